@@ -1,0 +1,159 @@
+"""Demo data for local mode: three small source tables and the control rows that load them.
+
+``seed_demo`` runs on every start of the embedded Lakebase (several processes may run it at
+once). It is idempotent: tables and rows are created once; on later starts it only refreshes
+the server's socket directory and port in ``db_config_value`` (the socket directory can move
+between starts) and appends a few new orders, so the incremental load has new rows to pick up.
+A person's edits to the demo control rows (schedule, is_active, ...) are kept.
+"""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+
+from dagsters.utils.embedded_lakebase import CONTROL_DATABASE, EmbeddedServer, ensure_database
+
+DEMO_DATABASE = "demo_source"
+DEMO_SCHEMA = "shop"
+DEMO_CATALOG = "demo_lake"
+_SEED_LOCK_KEY = 0x44454D4F  # "DEMO": serialises concurrent seeders
+
+_SOURCE_DDL = """
+CREATE SCHEMA IF NOT EXISTS shop;
+CREATE TABLE IF NOT EXISTS shop.customers (
+    customer_id integer PRIMARY KEY,
+    name        text NOT NULL,
+    email       text,
+    country     text,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS shop.products (
+    product_id  integer PRIMARY KEY,
+    name        text NOT NULL,
+    price       numeric(10,2) NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS shop.orders (
+    order_id    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    customer_id integer NOT NULL,
+    product_id  integer NOT NULL,
+    amount      numeric(12,2) NOT NULL,
+    status      text NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+_CUSTOMERS = [
+    (1, "Ada Lovelace", "ada@example.com", "GB"),
+    (2, "Grace Hopper", "grace@example.com", "US"),
+    (3, "Edsger Dijkstra", "edsger@example.com", "NL"),
+    (4, "Barbara Liskov", "barbara@example.com", "US"),
+    (5, "Donald Knuth", "don@example.com", "US"),
+]
+_PRODUCTS = [
+    (10, "Keyboard", "49.90"),
+    (11, "Mouse", "19.50"),
+    (12, "Monitor", "189.00"),
+    (13, "Headset", "79.99"),
+]
+
+# (control_key, source table, strategy, incremental column, merge keys, interval)
+DEMO_TABLES = [
+    ("demo.customers", "customers", "full", None, None, "5 minutes"),
+    ("demo.orders", "orders", "incremental", "updated_at", None, "2 minutes"),
+    ("demo.products", "products", "merge", None, ["product_id"], "3 minutes"),
+]
+
+
+def seed_demo(server: EmbeddedServer, *, new_orders: int = 3) -> None:
+    """Create/refresh the demo source tables and control rows on the embedded server."""
+    ensure_database(server, DEMO_DATABASE)
+    with psycopg.connect(server.conninfo(DEMO_DATABASE)) as conn:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SEED_LOCK_KEY,))
+        conn.execute(_SOURCE_DDL)
+        first_time = conn.execute("SELECT count(*) FROM shop.customers").fetchone()[0] == 0
+        if first_time:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO shop.customers (customer_id, name, email, country)"
+                    " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    _CUSTOMERS,
+                )
+                cur.executemany(
+                    "INSERT INTO shop.products (product_id, name, price) VALUES (%s, %s, %s)"
+                    " ON CONFLICT DO NOTHING",
+                    _PRODUCTS,
+                )
+        _append_orders(conn, 10 if first_time else new_orders)
+    _upsert_control_rows(server)
+
+
+def append_demo_orders(server: EmbeddedServer, count: int = 3) -> int:
+    """Add ``count`` new orders and bump one product's price; returns the new orders' count."""
+    with psycopg.connect(server.conninfo(DEMO_DATABASE)) as conn:
+        return _append_orders(conn, count)
+
+
+def _append_orders(conn: psycopg.Connection, count: int) -> int:
+    if count <= 0:
+        return 0
+    conn.execute(
+        "INSERT INTO shop.orders (customer_id, product_id, amount, status)"
+        " SELECT 1 + (random() * 4)::int, 10 + (random() * 3)::int,"
+        "        round((5 + random() * 200)::numeric, 2), 'placed'"
+        " FROM generate_series(1, %s)",
+        (count,),
+    )
+    # A price change gives the merge load an update to apply, not only inserts.
+    conn.execute(
+        "UPDATE shop.products SET price = round(price * 1.01, 2), updated_at = now()"
+        " WHERE product_id = 10 + (extract(epoch FROM now())::bigint % 4)"
+    )
+    return count
+
+
+def _upsert_control_rows(server: EmbeddedServer) -> None:
+    db_config = json.dumps(
+        {
+            "host": server.socket_dir,
+            "port": server.port,
+            "database": DEMO_DATABASE,
+            "user": "postgres",
+        }
+    )
+    with psycopg.connect(server.conninfo(CONTROL_DATABASE)) as conn, conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO table_control (control_key, source_catalog, source_schema_name,"
+            "  source_table_name, destination_catalog, destination_schema_name,"
+            "  destination_table_name, db_type, db_config_value, load_strategy,"
+            "  incremental_column, merge_keys, schedule_interval)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, 'postgresql', %s::jsonb, %s, %s, %s,"
+            "  %s::interval)"
+            # Only where the server listens is refreshed; a person's edits to the row stay.
+            " ON CONFLICT (control_key) DO UPDATE SET db_config_value ="
+            "  table_control.db_config_value || jsonb_build_object("
+            "   'host', EXCLUDED.db_config_value->'host', 'port', EXCLUDED.db_config_value->'port')"
+            " WHERE table_control.db_config_value->'host' IS DISTINCT FROM"
+            "   EXCLUDED.db_config_value->'host'"
+            "  OR table_control.db_config_value->'port' IS DISTINCT FROM"
+            "   EXCLUDED.db_config_value->'port'",
+            [
+                (
+                    key,
+                    DEMO_DATABASE,
+                    DEMO_SCHEMA,
+                    table,
+                    DEMO_CATALOG,
+                    DEMO_SCHEMA,
+                    table,
+                    db_config,
+                    strategy,
+                    column,
+                    keys,
+                    interval,
+                )
+                for key, table, strategy, column, keys, interval in DEMO_TABLES
+            ],
+        )
