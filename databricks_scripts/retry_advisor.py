@@ -1,0 +1,305 @@
+"""Ask a chat model whether a failed load should be retried, and fall back to the rules.
+
+The model is reached through the ``openai`` client, so any OpenAI-compatible endpoint works:
+OpenAI itself, a proxy, or a Databricks model-serving endpoint
+(``https://<workspace>/serving-endpoints``, authenticated with the databricks-sdk's credentials).
+Configuration comes from the environment (see :class:`AdvisorConfig`). The model is optional: with
+no model configured, or no usable answer (timeout, HTTP error, malformed JSON, an answer outside
+the schema), :mod:`retry_classifier` decides, and a model answer below the confidence threshold
+becomes ``Requires Review``.
+
+Everything sent to the model is redacted first, even though the request is built from redacted
+text, because the error messages come from drivers and clusters we do not control.
+
+Imports only the standard library, ``openai`` and sibling modules (``databricks.sdk`` lazily, and
+only for Databricks endpoints), because it runs inside the Pipes script on Databricks clusters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+try:  # imported as databricks_scripts.retry_advisor (code location, tests)
+    from .redaction import redact
+    from .retry_classifier import DECISIONS, REQUIRES_REVIEW, UNKNOWN, classify_error
+except ImportError:  # imported by the Pipes script, whose directory is on sys.path
+    from redaction import redact
+    from retry_classifier import DECISIONS, REQUIRES_REVIEW, UNKNOWN, classify_error
+
+RULES_DECIDER = "rules"
+DEFAULT_MIN_CONFIDENCE = 0.7
+DEFAULT_TIMEOUT_SECONDS = 30.0
+DEFAULT_MAX_RETRIES = 2
+_MAX_REASON_CHARS = 300
+
+# Env vars whose values are secrets wherever this script runs; their values are masked in
+# anything sent to the model even if a driver echoed them into an error message.
+_SECRET_ENV_NAMES = (
+    "DATALOADER_AI_API_KEY",
+    "OPENAI_API_KEY",
+    "DATABRICKS_TOKEN",
+    "DATABRICKS_CLIENT_SECRET",
+    "LAKEBASE_PASSWORD",
+)
+_SECRET_ENV_PREFIX = "DATALOADER_SECRET__"
+
+_SYSTEM_PROMPT = """\
+You triage failed database-to-lakehouse table loads. Given the latest error and recent attempts,
+decide whether an automatic retry is likely to succeed.
+Answer "Retry Recommended" only for transient faults: dropped or refused connections, timeouts,
+deadlocks and lock waits, throttling (429/503), a source or cluster that was restarting, not ready,
+terminated or lost (spot loss), or an unexpected internal platform error.
+Answer "Requires Review" for faults a retry cannot fix: authentication, permissions, missing tables
+or columns, SQL syntax, type or cast errors, constraint violations, bad configuration, and
+anything you cannot place. The same error failing repeatedly also suggests review.
+Reply with one JSON object only: {"decision": "Retry Recommended" | "Requires Review",
+"confidence": number between 0 and 1, "reason": one sentence}."""
+
+_RESPONSE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "decision": {"type": "string", "enum": list(DECISIONS)},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        "reason": {"type": "string"},
+    },
+    "required": ["decision", "confidence", "reason"],
+    "additionalProperties": False,
+}
+
+
+class NoAdvice(Exception):
+    """The model gave no usable answer; the message says why and holds no secrets."""
+
+
+@dataclass(frozen=True)
+class AdvisorConfig:
+    """Where and how to ask the model. ``model`` unset means: decide by rules only."""
+
+    model: str | None = None
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    provider: str = "openai"  # "openai" (any OpenAI-compatible endpoint) or "databricks"
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    max_retries: int = DEFAULT_MAX_RETRIES
+    response_format: str = "json_schema"  # "json_schema" | "json_object" | "none"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> AdvisorConfig:
+        """Read ``DATALOADER_AI_*`` settings (``OPENAI_API_KEY`` as the key's fallback)."""
+        env = os.environ if env is None else env
+        base_url = _blank_to_none(env.get("DATALOADER_AI_BASE_URL"))
+        provider = (_blank_to_none(env.get("DATALOADER_AI_PROVIDER")) or "").lower()
+        if not provider:
+            provider = "databricks" if base_url and _is_serving_endpoint(base_url) else "openai"
+        api_key = _blank_to_none(env.get("DATALOADER_AI_API_KEY"))
+        if api_key is None and provider != "databricks":
+            # OPENAI_API_KEY is an OpenAI key; sending it to a Databricks workspace would leak it.
+            api_key = _blank_to_none(env.get("OPENAI_API_KEY"))
+        return cls(
+            model=_blank_to_none(env.get("DATALOADER_AI_MODEL")),
+            base_url=base_url,
+            api_key=api_key,
+            provider=provider,
+            min_confidence=_float_env(env, "DATALOADER_AI_MIN_CONFIDENCE", DEFAULT_MIN_CONFIDENCE),
+            timeout_seconds=_float_env(
+                env, "DATALOADER_AI_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS
+            ),
+            max_retries=int(_float_env(env, "DATALOADER_AI_MAX_RETRIES", DEFAULT_MAX_RETRIES)),
+            response_format=(env.get("DATALOADER_AI_RESPONSE_FORMAT") or "json_schema").lower(),
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.model)
+
+
+def decide_retry(
+    request: Mapping[str, Any],
+    config: AdvisorConfig | None = None,
+    *,
+    secrets: Iterable[str | None] = (),
+) -> dict[str, Any]:
+    """Return ``{decision, confidence, reason, decider, ...}`` for one failed load.
+
+    ``decider`` is the model name when the model's answer was used, else ``"rules"``. Extra keys
+    (``rule_category``, ``rule_decision``, ``model_error``) explain how the decision was reached.
+    """
+    config = config or AdvisorConfig.from_env()
+    known_secrets = [*secrets, *_secrets_from_env(), config.api_key]
+    rules = classify_error(str(request.get("error_message") or ""))
+    by_rules: dict[str, Any] = {
+        "decision": rules.decision,
+        # Fixed values: a matched rule is a strong but not certain signal; no match is a guess.
+        "confidence": 0.5 if rules.category == UNKNOWN else 0.9,
+        "reason": rules.reason,
+        "decider": RULES_DECIDER,
+        "rule_category": rules.category,
+        "rule_decision": rules.decision,
+    }
+    if not config.enabled:
+        return by_rules
+    try:
+        advice = ask_model(request, config, secrets=known_secrets)
+    except NoAdvice as exc:
+        return {**by_rules, "model_error": redact(str(exc), known_secrets)}
+    result = {
+        **advice,
+        "rule_category": rules.category,
+        "rule_decision": rules.decision,
+    }
+    if advice["confidence"] < config.min_confidence and advice["decision"] != REQUIRES_REVIEW:
+        result["decision"] = REQUIRES_REVIEW
+        result["reason"] = _clip(
+            f"Model confidence {advice['confidence']:.2f} is below {config.min_confidence:.2f}"
+            f" (it suggested {advice['decision']}: {advice['reason']})"
+        )
+    return result
+
+
+def ask_model(
+    request: Mapping[str, Any],
+    config: AdvisorConfig,
+    *,
+    secrets: Iterable[str | None] = (),
+) -> dict[str, Any]:
+    """Ask the configured model once (with the client's bounded retries); raise NoAdvice if unusable."""
+    import openai  # deferred: a rules-only run never needs the client
+
+    if not config.model:
+        raise NoAdvice("no model configured")
+    base_url, api_key = _endpoint(config)
+    known_secrets = [*secrets, api_key, config.api_key]
+    payload = json.dumps(_redact_tree(dict(request), known_secrets), default=str, indent=1)
+    client = openai.OpenAI(
+        api_key=api_key or "unused",  # some compatible servers need no key; the client needs one
+        base_url=base_url,
+        timeout=config.timeout_seconds,
+        max_retries=config.max_retries,
+    )
+    kwargs: dict[str, Any] = {}
+    if config.response_format == "json_schema":
+        kwargs["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "retry_decision", "schema": _RESPONSE_SCHEMA, "strict": True},
+        }
+    elif config.response_format == "json_object":
+        kwargs["response_format"] = {"type": "json_object"}
+    try:
+        # No temperature/max_tokens: reasoning models reject them, and the answer is short anyway.
+        completion = client.chat.completions.create(
+            model=config.model,
+            messages=[
+                {"role": "system", "content": _SYSTEM_PROMPT},
+                {"role": "user", "content": "Failed load:\n" + payload},
+            ],
+            **kwargs,
+        )
+    except openai.APITimeoutError as exc:
+        raise NoAdvice(f"model timed out after {config.timeout_seconds:g}s") from exc
+    except openai.APIStatusError as exc:
+        raise NoAdvice(f"model endpoint answered HTTP {exc.status_code}") from exc
+    except openai.OpenAIError as exc:
+        raise NoAdvice(f"model call failed: {type(exc).__name__}") from exc
+    finally:
+        client.close()
+    try:
+        content = completion.choices[0].message.content
+    except (AttributeError, IndexError, TypeError) as exc:
+        raise NoAdvice("model answer had no message content") from exc
+    advice = parse_advice(content)
+    advice["reason"] = redact(advice["reason"], known_secrets)
+    advice["decider"] = config.model
+    return advice
+
+
+def parse_advice(content: str | None) -> dict[str, Any]:
+    """Validate a model's JSON answer; anything outside the schema is no answer (NoAdvice)."""
+    text = (content or "").strip()
+    fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", text, re.DOTALL | re.IGNORECASE)
+    if fenced:
+        text = fenced.group(1)
+    try:
+        answer = json.loads(text)
+    except ValueError as exc:
+        raise NoAdvice("model answer is not JSON") from exc
+    if not isinstance(answer, dict):
+        raise NoAdvice("model answer is not a JSON object")
+    decision = {d.lower(): d for d in DECISIONS}.get(
+        str(answer.get("decision", "")).strip().lower()
+    )
+    if decision is None:
+        raise NoAdvice("model answer has no valid decision")
+    confidence = answer.get("confidence")
+    if isinstance(confidence, bool) or not isinstance(confidence, int | float):
+        raise NoAdvice("model answer has no numeric confidence")
+    if not 0.0 <= float(confidence) <= 1.0:
+        raise NoAdvice("model confidence is outside 0..1")
+    reason = answer.get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        raise NoAdvice("model answer has no reason")
+    return {"decision": decision, "confidence": float(confidence), "reason": _clip(reason.strip())}
+
+
+def _endpoint(config: AdvisorConfig) -> tuple[str | None, str | None]:
+    """Base URL and key; Databricks endpoints take both from the databricks-sdk when not given."""
+    if config.provider != "databricks" or (config.base_url and config.api_key):
+        return config.base_url, config.api_key
+    try:
+        from databricks.sdk import WorkspaceClient
+
+        workspace = WorkspaceClient()
+        base_url = config.base_url or workspace.config.host.rstrip("/") + "/serving-endpoints"
+        api_key = config.api_key
+        if api_key is None:
+            # authenticate() works for every auth type (PAT, OAuth M2M, runtime credentials),
+            # where config.token is set only for PATs.
+            header = workspace.config.authenticate().get("Authorization", "")
+            api_key = header.split(" ", 1)[1] if " " in header else header or None
+    except Exception as exc:  # any sdk auth failure means: no model answer, use the rules
+        raise NoAdvice(f"Databricks credentials unavailable: {type(exc).__name__}") from exc
+    return base_url, api_key
+
+
+def _is_serving_endpoint(base_url: str) -> bool:
+    return "/serving-endpoints" in base_url.rstrip("/")
+
+
+def _secrets_from_env() -> list[str]:
+    values = [os.environ.get(name) for name in _SECRET_ENV_NAMES]
+    values += [v for k, v in os.environ.items() if k.startswith(_SECRET_ENV_PREFIX)]
+    return [v for v in values if v]
+
+
+def _redact_tree(value: Any, secrets: list[str | None]) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _redact_tree(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_tree(v, secrets) for v in value]
+    if isinstance(value, str):
+        return redact(value, secrets)
+    return value
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_REASON_CHARS else text[: _MAX_REASON_CHARS - 1] + "…"
+
+
+def _blank_to_none(value: str | None) -> str | None:
+    return value.strip() if value and value.strip() else None
+
+
+def _float_env(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = _blank_to_none(env.get(name))
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
