@@ -14,7 +14,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 # Same shape as the SQL CHECK dataloader_is_valid_cron: five fields or an @-macro. croniter on
 # its own also accepts six-field (seconds) expressions, which the database would refuse.
@@ -91,7 +91,11 @@ def _next_cron_time(after: datetime, expr: str, zone: ZoneInfo) -> datetime:
     start = after.astimezone(zone).replace(tzinfo=None) - timedelta(minutes=1)
     slots = croniter(expr, start)
     for _ in range(_MAX_CANDIDATES):
-        candidate = _wall_clock_to_utc(slots.get_next(datetime), zone)
+        try:
+            wall = slots.get_next(datetime)
+        except CroniterBadDateError:
+            break  # croniter gives up after decades without a match
+        candidate = _wall_clock_to_utc(wall, zone)
         if candidate > after:
             return candidate
     raise ValueError(f"cron expression {expr!r} has no upcoming slot")

@@ -1,0 +1,221 @@
+"""Migrations apply once and in order, refuse edited files, roll back failures; CHECKs refuse bad edits."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from dagsters.utils.migrate import SQL_DIR, MigrationError, apply_migrations, main
+
+ALL_FILES = sorted(p.name for p in SQL_DIR.glob("[0-9]*.sql"))
+
+
+def test_first_apply_runs_every_file_in_order_and_second_apply_nothing(source_db):
+    assert apply_migrations(source_db) == ALL_FILES
+    assert apply_migrations(source_db) == []
+    with psycopg.connect(source_db) as conn:
+        recorded = conn.execute(
+            "SELECT filename, length(sha256) FROM schema_migrations ORDER BY filename"
+        ).fetchall()
+        views = {
+            r[0]
+            for r in conn.execute(
+                "SELECT viewname FROM pg_views WHERE schemaname = 'public'"
+            ).fetchall()
+        }
+    assert recorded == [(name, 64) for name in ALL_FILES]
+    assert {"v_table_status", "v_load_history"} <= views
+
+
+def test_files_are_rerunnable_even_without_the_bookkeeping(control_db):
+    # The DDL itself must be idempotent (IF NOT EXISTS / OR REPLACE), not only the runner.
+    with psycopg.connect(control_db) as conn:
+        for path in sorted(SQL_DIR.glob("[0-9]*.sql")):
+            conn.execute(path.read_text())
+
+
+def test_concurrent_starts_apply_each_file_once(source_db):
+    # Webserver, daemon and code server may all migrate the embedded server at start-up.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = [pool.submit(apply_migrations, source_db) for _ in range(4)]
+        results = [f.result() for f in futures]
+    assert sorted(name for r in results for name in r) == ALL_FILES
+
+
+def _write(dir_: Path, name: str, text: str) -> Path:
+    path = dir_ / name
+    path.write_text(text)
+    return path
+
+
+def test_failed_file_rolls_back_completely_and_names_the_file(source_db, tmp_path):
+    _write(tmp_path, "001_first.sql", "CREATE TABLE first_table (id int);")
+    _write(
+        tmp_path,
+        "002_second.sql",
+        "CREATE TABLE second_table (id int);\n"
+        "INSERT INTO second_table VALUES (1);\n"
+        "SELECT no_such_function();\n",
+    )
+    with pytest.raises(MigrationError, match="002_second.sql") as err:
+        apply_migrations(source_db, tmp_path)
+    assert "rolled back" in str(err.value)
+    with psycopg.connect(source_db) as conn:
+        tables = {
+            r[0]
+            for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            ).fetchall()
+        }
+        applied = [r[0] for r in conn.execute("SELECT filename FROM schema_migrations")]
+    assert "first_table" in tables and "second_table" not in tables
+    assert applied == ["001_first.sql"]
+
+    # Fixed file: only it is applied now.
+    _write(tmp_path, "002_second.sql", "CREATE TABLE second_table (id int);")
+    assert apply_migrations(source_db, tmp_path) == ["002_second.sql"]
+
+
+def test_multi_statement_file_with_dollar_quotes_and_percent_signs(source_db, tmp_path):
+    _write(
+        tmp_path,
+        "001_tricky.sql",
+        "CREATE TABLE t (note text);\n"
+        "INSERT INTO t VALUES ('50% done; still going');\n"
+        "CREATE FUNCTION f() RETURNS text LANGUAGE plpgsql AS $$ BEGIN RETURN 'a;b'; END; $$;\n",
+    )
+    assert apply_migrations(source_db, tmp_path) == ["001_tricky.sql"]
+    with psycopg.connect(source_db) as conn:
+        assert conn.execute("SELECT note, f() FROM t").fetchone() == (
+            "50% done; still going",
+            "a;b",
+        )
+
+
+def test_file_changed_after_it_was_applied_is_refused(source_db, tmp_path):
+    path = _write(tmp_path, "001_a.sql", "CREATE TABLE a (id int);")
+    apply_migrations(source_db, tmp_path)
+    path.write_text("CREATE TABLE a (id bigint);")
+    with pytest.raises(MigrationError, match="001_a.sql was changed after it was applied"):
+        apply_migrations(source_db, tmp_path)
+
+
+def test_duplicate_numbers_are_refused(source_db, tmp_path):
+    _write(tmp_path, "001_a.sql", "SELECT 1;")
+    _write(tmp_path, "001_b.sql", "SELECT 1;")
+    with pytest.raises(MigrationError, match="share number 1"):
+        apply_migrations(source_db, tmp_path)
+
+
+def test_command_line_applies_then_reports_up_to_date(source_db, capsys):
+    assert main(["--conninfo", source_db]) == 0
+    assert "applied 3 file(s)" in capsys.readouterr().out
+    assert main(["--conninfo", source_db]) == 0
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_command_line_without_target_explains_what_to_set(monkeypatch, capsys):
+    monkeypatch.delenv("LAKEBASE_HOST", raising=False)
+    assert main([]) == 1
+    assert "LAKEBASE_HOST" in capsys.readouterr().err
+
+
+def test_connection_error_does_not_show_the_password(tmp_path):
+    conninfo = f"host={tmp_path} port=1 dbname=x user=u password=Sup3rSecretPw connect_timeout=2"
+    with pytest.raises(MigrationError) as err:
+        apply_migrations(conninfo)
+    assert "Sup3rSecretPw" not in str(err.value)
+
+
+# -- CHECK constraints: each bad edit is refused, naming the rule it breaks ------------------------
+
+VALID_ROW = (
+    "INSERT INTO table_control (control_key, source_table_name, destination_catalog,"
+    " destination_schema_name, destination_table_name, db_type)"
+    " VALUES ('k', 't', 'c', 's', 't', 'postgresql')"
+)
+
+BAD_EDITS = [
+    (
+        "SET last_status = 'Running'",
+        "last_status_must_be_null_queued_in_progress_succeeded_or_failed",
+    ),
+    ("SET load_strategy = 'append'", "load_strategy_must_be_full_incremental_or_merge"),
+    ("SET db_type = 'db2'", "db_type_must_be_postgresql_mysql_sqlserver_oracle_or_databricks"),
+    ("SET load_strategy = 'merge'", "merge_strategy_requires_merge_keys"),
+    ("SET load_strategy = 'merge', merge_keys = '{}'", "merge_strategy_requires_merge_keys"),
+    ("SET load_strategy = 'incremental'", "incremental_strategy_requires_incremental_column"),
+    (
+        "SET load_strategy = 'incremental', incremental_column = ' '",
+        "incremental_strategy_requires_incremental_column",
+    ),
+    ("SET schedule_cron = 'every day'", "schedule_cron_must_be_five_fields_or_a_macro"),
+    ("SET schedule_cron = '0 0 * *'", "schedule_cron_must_be_five_fields_or_a_macro"),
+    ("SET schedule_timezone = 'Mars/Olympus'", "schedule_timezone_must_be_a_known_time_zone"),
+    (
+        "SET schedule_cron = '0 2 * * *', schedule_interval = '1 hour'",
+        "schedule_is_either_cron_or_interval_not_both",
+    ),
+    ("SET schedule_interval = '-5 minutes'", "schedule_interval_must_be_positive"),
+    ("SET lookback_window = '-1 hour'", "lookback_window_must_not_be_negative"),
+    ("SET retry_count = -1", "retry_count_must_not_be_negative"),
+    (
+        'SET db_config_value = \'{"host": "h", "password": "x"}\'',
+        "db_config_value_must_be_an_object_without_password",
+    ),
+    ("SET db_config_value = '[1, 2]'", "db_config_value_must_be_an_object_without_password"),
+    ("SET control_key = '  '", "control_key_must_not_be_blank"),
+]
+
+
+@pytest.mark.parametrize(("assignment", "constraint"), BAD_EDITS)
+def test_check_constraint_refuses_bad_edit(control_db, assignment, constraint):
+    with psycopg.connect(control_db) as conn:
+        conn.execute(VALID_ROW)
+        conn.commit()
+        with pytest.raises(psycopg.errors.CheckViolation) as err:
+            conn.execute(f"UPDATE table_control {assignment} WHERE control_key = 'k'")
+    assert constraint in str(err.value)
+
+
+def test_duplicate_control_key_is_refused(control_db):
+    with psycopg.connect(control_db) as conn:
+        conn.execute(VALID_ROW)
+        with pytest.raises(psycopg.errors.UniqueViolation, match="control_key_must_be_unique"):
+            conn.execute(VALID_ROW)
+
+
+@pytest.mark.parametrize(
+    ("assignment", "constraint"),
+    [
+        ("SET status = 'Done'", "history_status_must_be_queued_in_progress_succeeded_or_failed"),
+        ("SET triggered_by = 'cron'", "history_triggered_by_must_be_sensor_ui_or_retry"),
+        ("SET retry_decision = 'Maybe'", "history_retry_decision_must_be_known"),
+    ],
+)
+def test_history_checks_refuse_bad_edits(control_db, assignment, constraint):
+    with psycopg.connect(control_db) as conn:
+        conn.execute(VALID_ROW)
+        conn.execute(
+            "INSERT INTO historical_metadata (config_id, control_key)"
+            " SELECT config_id, control_key FROM table_control"
+        )
+        conn.commit()
+        with pytest.raises(psycopg.errors.CheckViolation) as err:
+            conn.execute(f"UPDATE historical_metadata {assignment}")
+    assert constraint in str(err.value)
+
+
+def test_valid_schedules_are_accepted(control_db):
+    with psycopg.connect(control_db) as conn:
+        conn.execute(VALID_ROW)
+        for assignment in (
+            "SET schedule_cron = '*/15 6-18 * * mon-fri', schedule_timezone = 'Europe/Berlin'",
+            "SET schedule_cron = '@hourly'",
+            "SET schedule_cron = NULL, schedule_interval = '90 minutes'",
+            "SET load_strategy = 'merge', merge_keys = '{id}'",
+        ):
+            conn.execute(f"UPDATE table_control {assignment} WHERE control_key = 'k'")
