@@ -1,0 +1,182 @@
+"""The load parameters the script receives in the Pipes extras, validated into a ``LoadSpec``.
+
+Pure (stdlib only). The password never travels in the parameters: ``db_config_value`` names a key in
+the secret scope ``db_kv_scope``, resolved here from the environment locally or from
+``dbutils.secrets`` on Databricks.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DB_TYPES = ("postgresql", "mysql", "sqlserver", "oracle", "databricks")
+STRATEGIES = ("full", "incremental", "merge")
+
+
+class LoadParamsError(ValueError):
+    """The Pipes extras do not describe a load this script can run."""
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    control_key: str
+    source_catalog: str | None
+    source_schema_name: str | None
+    source_table_name: str
+    destination_catalog: str
+    destination_schema_name: str
+    destination_table_name: str
+    db_type: str
+    db_config_value: Mapping[str, Any]
+    db_kv_scope: str | None
+    load_strategy: str
+    incremental_column: str | None
+    incremental_value: str | None
+    merge_keys: tuple[str, ...]
+    lookback_window_seconds: float
+    force_full_reload: bool
+    config_id: int | None = None
+    metadata_id: int | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def source_label(self) -> str:
+        parts = (self.source_catalog, self.source_schema_name, self.source_table_name)
+        return ".".join(p for p in parts if p)
+
+    @property
+    def destination_label(self) -> str:
+        return (
+            f"{self.destination_catalog}.{self.destination_schema_name}."
+            f"{self.destination_table_name}"
+        )
+
+    def destination_path(self, lake_root: str | os.PathLike[str]) -> Path:
+        """Local Delta location: <lake root>/<catalog>/<schema>/<table>."""
+        parts = (
+            self.destination_catalog,
+            self.destination_schema_name,
+            self.destination_table_name,
+        )
+        for part in parts:
+            if part in (".", "..") or "/" in part or "\\" in part or "\x00" in part:
+                raise LoadParamsError(
+                    f"destination name part {part!r} cannot be used as a directory name"
+                )
+        return Path(lake_root).joinpath(*parts)
+
+
+def _opt_str(params: Mapping[str, Any], key: str) -> str | None:
+    value = params.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise LoadParamsError(f"parameter {key!r} must be text, got {type(value).__name__}")
+    return value
+
+
+def _req_str(params: Mapping[str, Any], key: str) -> str:
+    value = _opt_str(params, key)
+    if value is None:
+        raise LoadParamsError(f"parameter {key!r} is required")
+    return value
+
+
+def parse_load_spec(params: Mapping[str, Any]) -> LoadSpec:
+    """Validate the ``params`` extra sent by the load asset (see the shared contract)."""
+    if not isinstance(params, Mapping):
+        raise LoadParamsError("Pipes extra 'params' must be a mapping")
+    db_type = _req_str(params, "db_type").lower()
+    if db_type not in DB_TYPES:
+        raise LoadParamsError(f"db_type {db_type!r} is not one of {', '.join(DB_TYPES)}")
+    strategy = _req_str(params, "load_strategy").lower()
+    if strategy not in STRATEGIES:
+        raise LoadParamsError(f"load_strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
+    config = params.get("db_config_value") or {}
+    if not isinstance(config, Mapping):
+        raise LoadParamsError("db_config_value must be a mapping")
+    if any(str(k).lower() in ("password", "passwd", "pwd") for k in config):
+        raise LoadParamsError(
+            "db_config_value must not hold a password; name the secret in 'password_secret'"
+        )
+    keys = params.get("merge_keys") or ()
+    if isinstance(keys, str) or not all(isinstance(k, str) and k for k in keys):
+        raise LoadParamsError("merge_keys must be a list of column names")
+    incremental_column = _opt_str(params, "incremental_column")
+    if strategy == "incremental" and incremental_column is None:
+        raise LoadParamsError("load_strategy 'incremental' needs an incremental_column")
+    if strategy == "merge" and not keys:
+        raise LoadParamsError("load_strategy 'merge' needs merge_keys")
+    lookback = params.get("lookback_window_seconds") or 0
+    try:
+        lookback = float(lookback)
+    except (TypeError, ValueError):
+        raise LoadParamsError("lookback_window_seconds must be a number") from None
+    if lookback < 0:
+        raise LoadParamsError("lookback_window_seconds must not be negative")
+    return LoadSpec(
+        control_key=_opt_str(params, "control_key") or _req_str(params, "source_table_name"),
+        source_catalog=_opt_str(params, "source_catalog"),
+        source_schema_name=_opt_str(params, "source_schema_name"),
+        source_table_name=_req_str(params, "source_table_name"),
+        destination_catalog=_req_str(params, "destination_catalog"),
+        destination_schema_name=_req_str(params, "destination_schema_name"),
+        destination_table_name=_req_str(params, "destination_table_name"),
+        db_type=db_type,
+        db_config_value=dict(config),
+        db_kv_scope=_opt_str(params, "db_kv_scope"),
+        load_strategy=strategy,
+        incremental_column=incremental_column,
+        incremental_value=_opt_str(params, "incremental_value"),
+        merge_keys=tuple(keys),
+        lookback_window_seconds=lookback,
+        force_full_reload=bool(params.get("force_full_reload")),
+        config_id=params.get("config_id"),
+        metadata_id=params.get("metadata_id"),
+        extra=dict(params),
+    )
+
+
+def secret_env_var(scope: str, key: str) -> str:
+    """``DATALOADER_SECRET__<SCOPE>__<KEY>``: upper case, every other character as ``_``."""
+
+    def norm(text: str) -> str:
+        return re.sub(r"[^A-Z0-9]", "_", text.upper())
+
+    return f"DATALOADER_SECRET__{norm(scope)}__{norm(key)}"
+
+
+SecretGetter = Callable[[str, str], str]
+
+
+def resolve_password(
+    spec: LoadSpec,
+    *,
+    environ: Mapping[str, str] | None = None,
+    dbutils_get: SecretGetter | None = None,
+) -> str | None:
+    """The source password, or None when the row names no secret (trust/peer authentication).
+
+    On Databricks ``dbutils_get`` is ``dbutils.secrets.get``; elsewhere the environment variable
+    from :func:`secret_env_var` must be set.
+    """
+    key = spec.db_config_value.get("password_secret")
+    if not key:
+        return None
+    if not spec.db_kv_scope:
+        raise LoadParamsError("db_config_value names a password_secret but db_kv_scope is empty")
+    if dbutils_get is not None:
+        return dbutils_get(spec.db_kv_scope, str(key))
+    env = os.environ if environ is None else environ
+    name = secret_env_var(spec.db_kv_scope, str(key))
+    value = env.get(name)
+    if value is None:
+        raise LoadParamsError(
+            f"secret {key!r} of scope {spec.db_kv_scope!r} not found: set environment variable {name}"
+        )
+    return value

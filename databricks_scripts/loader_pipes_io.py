@@ -1,0 +1,138 @@
+"""Choose the Dagster Pipes context loader, message writer and params loader for where we run.
+
+- Local subprocess (``PipesSubprocessClient``): bootstrap in env vars, Pipes defaults.
+- Databricks existing cluster: bootstrap as CLI arguments (``PipesCliArgsParamsLoader``), context
+  file and message directory on DBFS.
+- Databricks new cluster: bootstrap in env vars (``spark_env_vars``), DBFS.
+- Databricks serverless: context file and messages in a Unity Catalog volume (``/Volumes/...``).
+
+DBFS paths are reached through the FUSE mount ``/dbfs``; ``DATALOADER_DBFS_ROOT`` moves it so a
+local Databricks stand-in can run this script unchanged (``DATALOADER_VOLUMES_ROOT`` likewise
+prefixes ``/Volumes`` paths). The choice is independent of the engine (arrow or spark).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from dagster_pipes import (
+    DAGSTER_PIPES_CONTEXT_ENV_VAR,
+    PipesBufferedFilesystemMessageWriterChannel,
+    PipesCliArgsParamsLoader,
+    PipesContextLoader,
+    PipesDbfsMessageWriter,
+    PipesDefaultContextLoader,
+    PipesDefaultMessageWriter,
+    PipesEnvVarParamsLoader,
+    PipesParamsLoader,
+    PipesUnityCatalogVolumesMessageWriter,
+)
+
+try:  # the CLI flag name dagster_pipes parses (--dagster-pipes-context)
+    from dagster_pipes import DAGSTER_PIPES_CONTEXT_CLI_ARGUMENT
+except ImportError:  # pragma: no cover - older dagster_pipes
+    DAGSTER_PIPES_CONTEXT_CLI_ARGUMENT = "--dagster-pipes-context"
+
+
+def dbfs_root() -> str:
+    return os.environ.get("DATALOADER_DBFS_ROOT") or "/dbfs"
+
+
+def dbfs_local_path(path: str) -> str:
+    """``dbfs:/tmp/x`` or ``/tmp/x`` (a DBFS path) -> ``<DBFS root>/tmp/x`` on the FUSE mount."""
+    path = path.removeprefix("dbfs:")
+    return os.path.join(dbfs_root(), path.lstrip("/"))
+
+
+def volume_local_path(path: str) -> str:
+    root = os.environ.get("DATALOADER_VOLUMES_ROOT")
+    return os.path.join(root, path.lstrip("/")) if root else path
+
+
+class DbfsContextLoader(PipesContextLoader):
+    """``PipesDbfsContextLoader`` with a configurable DBFS root."""
+
+    @contextmanager
+    def load_context(self, params: Mapping[str, Any]) -> Iterator[Any]:
+        with open(dbfs_local_path(str(params["path"])), encoding="utf-8") as f:
+            yield json.load(f)
+
+
+class DbfsMessageWriter(PipesDbfsMessageWriter):
+    """``PipesDbfsMessageWriter`` with a configurable root, usable without a SparkSession.
+
+    Upstream ``get_opened_extras`` raises unless a SparkSession is active (it reads the cluster log
+    location from Spark conf). The Arrow engine has none, and a stand-in has no cluster logs, so
+    without a session we report no extras: Dagster then forwards no driver logs, nothing else.
+    """
+
+    def make_channel(
+        self, params: Mapping[str, Any]
+    ) -> PipesBufferedFilesystemMessageWriterChannel:
+        return PipesBufferedFilesystemMessageWriterChannel(
+            path=dbfs_local_path(str(params["path"])), interval=self.interval
+        )
+
+    def get_opened_extras(self) -> dict[str, Any]:
+        try:
+            from pyspark.sql import SparkSession
+        except ImportError:
+            return {}
+        if SparkSession.getActiveSession() is None:
+            return {}
+        return dict(super().get_opened_extras())
+
+
+class VolumeContextLoader(PipesContextLoader):
+    @contextmanager
+    def load_context(self, params: Mapping[str, Any]) -> Iterator[Any]:
+        with open(volume_local_path(str(params["path"])), encoding="utf-8") as f:
+            yield json.load(f)
+
+
+class VolumeMessageWriter(PipesUnityCatalogVolumesMessageWriter):
+    def make_channel(
+        self, params: Mapping[str, Any]
+    ) -> PipesBufferedFilesystemMessageWriterChannel:
+        return PipesBufferedFilesystemMessageWriterChannel(
+            path=volume_local_path(str(params["path"])), interval=self.interval
+        )
+
+
+def _on_databricks() -> bool:
+    return bool(os.environ.get("DATABRICKS_RUNTIME_VERSION"))
+
+
+def choose_pipes_io(
+    argv: list[str] | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[PipesParamsLoader, PipesContextLoader, Any, str]:
+    """(params loader, context loader, message writer, description) for this process."""
+    argv = sys.argv if argv is None else argv
+    environ = os.environ if environ is None else environ
+    if DAGSTER_PIPES_CONTEXT_CLI_ARGUMENT in argv:
+        params_loader: PipesParamsLoader = PipesCliArgsParamsLoader()
+        via = "cli"
+    else:
+        params_loader = PipesEnvVarParamsLoader()
+        via = "env"
+    if not params_loader.is_dagster_pipes_process():
+        return params_loader, PipesDefaultContextLoader(), PipesDefaultMessageWriter(), "none"
+    context_params = params_loader.load_context_params()
+    path = str(context_params.get("path", ""))
+    if path.startswith("/Volumes/"):
+        return params_loader, VolumeContextLoader(), VolumeMessageWriter(), f"volumes ({via})"
+    dbfs = via == "cli" or _on_databricks() or path.startswith("dbfs:")
+    if not dbfs and path and environ.get("DATALOADER_DBFS_ROOT") and not os.path.exists(path):
+        # A local Databricks stand-in: the context file is under the moved DBFS root.
+        dbfs = os.path.exists(dbfs_local_path(path))
+    if dbfs:
+        return params_loader, DbfsContextLoader(), DbfsMessageWriter(), f"dbfs ({via})"
+    return params_loader, PipesDefaultContextLoader(), PipesDefaultMessageWriter(), "local"
+
+
+__all__ = ["DAGSTER_PIPES_CONTEXT_ENV_VAR", "choose_pipes_io", "dbfs_local_path"]

@@ -1,0 +1,315 @@
+"""Type mapping and lossless watermark text for the loader (pure: pyarrow and the stdlib only).
+
+Source readers hand over Arrow record batches. Before a batch reaches Delta it is normalised here:
+types Delta cannot store are mapped to ones it can, without losing information, and the batch is cast
+to the destination schema. The watermark is kept as text in the control table; it is encoded from and
+decoded to the cursor column's own type so no precision is lost on the way (microseconds, offsets,
+exact decimals).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# Delta stores decimals up to 38 digits (decimal128).
+MAX_DELTA_PRECISION = 38
+
+
+class IncompatibleSchemaError(ValueError):
+    """The source changed a column's type in a way the destination cannot take."""
+
+
+class WatermarkError(ValueError):
+    """The stored watermark does not fit the cursor column's type."""
+
+
+def _pg_numeric_typmod(field: pa.Field) -> tuple[int, int] | None:
+    """(precision, scale) of a PostgreSQL NUMERIC column from ADBC's field metadata, or None."""
+    meta = field.metadata or {}
+    raw = meta.get(b"POSTGRESQL:typmod")
+    if raw is None:
+        return None
+    typmod = int(raw)
+    if typmod < 4:  # -1: unconstrained NUMERIC
+        return None
+    typmod -= 4  # PostgreSQL stores (precision << 16 | scale) + VARHDRSZ
+    return (typmod >> 16) & 0xFFFF, typmod & 0xFFFF
+
+
+def _is_pg_numeric(field: pa.Field) -> bool:
+    meta = field.metadata or {}
+    return meta.get(b"POSTGRESQL:type") == b"numeric" or (
+        isinstance(field.type, pa.ExtensionType)
+        and getattr(field.type, "type_name", None) == "numeric"
+    )
+
+
+def delta_type_for(field: pa.Field) -> pa.DataType:
+    """The Arrow type a source column is stored as in Delta.
+
+    - NUMERIC(p,s) -> decimal128(p,s). Unconstrained NUMERIC, or precision above 38, stays exact
+      text (string): Delta has no arbitrary-precision decimal and rounding would lose data.
+    - timestamptz -> timestamp[us, UTC] (Delta ``timestamp``); timestamp -> timestamp[us]
+      (Delta ``timestamp_ntz``): the two stay distinct.
+    - Unsigned integers widen to the next signed type; TIME, intervals and other types Delta cannot
+      hold become their ISO/text form; extension types (json, uuid, opaque) use their storage type.
+    """
+    t = field.type
+    if _is_pg_numeric(field):
+        pm = _pg_numeric_typmod(field)
+        if pm and 0 < pm[0] <= MAX_DELTA_PRECISION:
+            return pa.decimal128(pm[0], pm[1])
+        return pa.string()
+    if isinstance(t, pa.ExtensionType):
+        return delta_type_for(pa.field(field.name, t.storage_type))
+    if pa.types.is_timestamp(t):
+        return pa.timestamp("us", tz="UTC" if t.tz else None)
+    if pa.types.is_decimal(t):
+        if t.precision > MAX_DELTA_PRECISION:
+            return pa.string()
+        return pa.decimal128(t.precision, t.scale)
+    if pa.types.is_unsigned_integer(t):
+        widened = {8: pa.int16(), 16: pa.int32(), 32: pa.int64()}.get(t.bit_width)
+        return widened or pa.decimal128(20, 0)
+    if pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return pa.string()
+    if (
+        pa.types.is_large_binary(t)
+        or pa.types.is_binary_view(t)
+        or pa.types.is_fixed_size_binary(t)
+    ):
+        return pa.binary()
+    if pa.types.is_date64(t):
+        return pa.date32()
+    if pa.types.is_time(t) or pa.types.is_duration(t) or pa.types.is_interval(t):
+        return pa.string()
+    if pa.types.is_float16(t):
+        return pa.float32()
+    if pa.types.is_null(t):
+        return pa.string()
+    return t
+
+
+def delta_schema_for(schema: pa.Schema) -> pa.Schema:
+    """The destination schema for a source schema (same names and order, Delta-storable types)."""
+    return pa.schema([pa.field(f.name, delta_type_for(f), nullable=True) for f in schema])
+
+
+def _storage(arr: pa.ChunkedArray | pa.Array) -> pa.Array:
+    if isinstance(arr.type, pa.ExtensionType):
+        return arr.storage
+    return arr
+
+
+def cast_batch(batch: pa.RecordBatch, target: pa.Schema) -> pa.RecordBatch:
+    """Cast a source batch to ``target`` (by name); columns missing from the batch become NULL.
+
+    Casts are ``safe``: a value that does not fit (a NUMERIC too large for its decimal, say)
+    raises instead of being truncated.
+    """
+    columns = []
+    names = set(batch.schema.names)
+    for field in target:
+        if field.name not in names:
+            columns.append(pa.nulls(batch.num_rows, field.type))
+            continue
+        arr = _storage(batch.column(field.name))
+        if arr.type.equals(field.type):
+            columns.append(arr)
+        elif (
+            pa.types.is_time(arr.type)
+            or pa.types.is_duration(arr.type)
+            or pa.types.is_interval(arr.type)
+        ):
+            columns.append(pa.array([None if v is None else str(v) for v in arr.to_pylist()]))
+        else:
+            columns.append(arr.cast(field.type, safe=True))
+    return pa.RecordBatch.from_arrays(columns, schema=target)
+
+
+def _same_kind(a: pa.DataType, b: pa.DataType) -> bool:
+    if a.equals(b):
+        return True
+    strings = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
+    return any(f(a) for f in strings) and any(f(b) for f in strings)
+
+
+def _widens_to(src: pa.DataType, dst: pa.DataType) -> bool:
+    """True when every value of ``src`` is exactly representable in ``dst``."""
+    if pa.types.is_signed_integer(src) and pa.types.is_signed_integer(dst):
+        return src.bit_width <= dst.bit_width
+    if pa.types.is_floating(src) and pa.types.is_floating(dst):
+        return src.bit_width <= dst.bit_width
+    if pa.types.is_signed_integer(src) and pa.types.is_decimal(dst):
+        digits = {8: 3, 16: 5, 32: 10, 64: 19}[src.bit_width]
+        return dst.precision - dst.scale >= digits
+    if pa.types.is_decimal(src) and pa.types.is_decimal(dst):
+        return dst.scale >= src.scale and (dst.precision - dst.scale) >= (src.precision - src.scale)
+    return False
+
+
+@dataclass(frozen=True)
+class SchemaPlan:
+    """How this load's batches are written: the schema they are cast to, and the columns added."""
+
+    write_schema: pa.Schema
+    added_columns: tuple[str, ...]
+
+
+def plan_schema(source: pa.Schema, destination: pa.Schema | None) -> SchemaPlan:
+    """Reconcile the (Delta-mapped) source schema with an existing destination schema.
+
+    New source columns are appended to the destination (schema evolution). A column present on both
+    sides keeps the destination's type when the source type widens into it exactly; any other type
+    change raises :class:`IncompatibleSchemaError` naming the column. Destination columns the source
+    no longer has are kept and filled with NULL for new rows.
+    """
+    mapped = delta_schema_for(source)
+    if destination is None:
+        return SchemaPlan(mapped, ())
+    dest_by_name = {f.name: f for f in destination}
+    problems = []
+    for f in mapped:
+        d = dest_by_name.get(f.name)
+        if d is None or _same_kind(f.type, d.type) or _widens_to(f.type, d.type):
+            continue
+        problems.append(
+            f"column {f.name!r} is {d.type} in the destination but {f.type} in the source"
+        )
+    if problems:
+        raise IncompatibleSchemaError(
+            "incompatible type change: "
+            + "; ".join(problems)
+            + " (a full reload with force_full_reload rebuilds the table with the new types)"
+        )
+    added = tuple(f.name for f in mapped if f.name not in dest_by_name)
+    fields = [pa.field(d.name, _normalise_dest_type(d.type)) for d in destination]
+    fields += [f for f in mapped if f.name in added]
+    return SchemaPlan(pa.schema(fields), added)
+
+
+def _normalise_dest_type(t: pa.DataType) -> pa.DataType:
+    # Delta reads strings back as large/view types depending on the reader; write plain ones.
+    if pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return pa.string()
+    if pa.types.is_large_binary(t) or pa.types.is_binary_view(t):
+        return pa.binary()
+    return t
+
+
+def arrow_schema_of(delta_schema: object) -> pa.Schema:
+    """A deltalake schema (``DeltaTable.schema()``) as a pyarrow schema."""
+    return pa.schema(delta_schema.to_arrow())  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------------------------
+# Watermarks: text <-> typed value, and the maximum over a batch.
+# ---------------------------------------------------------------------------------------------
+
+Watermark = int | float | decimal.Decimal | dt.datetime | dt.date | str
+
+
+def decode_watermark(text: str, cursor_type: pa.DataType) -> Watermark:
+    """Parse the stored watermark text as a value of the cursor column's (Delta) type."""
+    t = cursor_type
+    try:
+        if pa.types.is_timestamp(t):
+            value = dt.datetime.fromisoformat(text.strip())
+            if t.tz:
+                # A watermark written without an offset is read as UTC (documented).
+                return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+            if value.tzinfo is not None:
+                raise WatermarkError(
+                    f"watermark {text!r} has a UTC offset but the cursor column is a timestamp "
+                    "without time zone"
+                )
+            return value
+        if pa.types.is_date(t):
+            return dt.date.fromisoformat(text.strip())
+        if pa.types.is_integer(t):
+            return int(text)
+        if pa.types.is_decimal(t):
+            return decimal.Decimal(text)
+        if pa.types.is_floating(t):
+            return float(text)
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            return text
+    except (ValueError, decimal.InvalidOperation) as exc:
+        if isinstance(exc, WatermarkError):
+            raise
+        raise WatermarkError(f"watermark {text!r} is not a valid {t}: {exc}") from None
+    raise WatermarkError(f"a column of type {t} cannot be used as an incremental cursor")
+
+
+def decode_watermark_for(text: str, source_field: pa.Field) -> Watermark:
+    """Parse the watermark for a source cursor column (an unconstrained NUMERIC compares as Decimal)."""
+    if _is_pg_numeric(source_field):
+        try:
+            return decimal.Decimal(text)
+        except decimal.InvalidOperation:
+            raise WatermarkError(f"watermark {text!r} is not a valid number") from None
+    return decode_watermark(text, delta_type_for(source_field))
+
+
+def is_numeric_text(source_field: pa.Field) -> bool:
+    """True for a NUMERIC column stored as exact text (unconstrained or precision above 38)."""
+    return _is_pg_numeric(source_field) and pa.types.is_string(delta_type_for(source_field))
+
+
+def encode_watermark(value: Watermark) -> str:
+    """Lossless text for a watermark value (ISO 8601 to the microsecond, exact decimals)."""
+    if isinstance(value, dt.datetime):
+        return value.isoformat(timespec="microseconds")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return format(value, "f")
+    if isinstance(value, bool):
+        raise WatermarkError("a boolean column cannot be used as an incremental cursor")
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def lookback_lower_bound(watermark: Watermark, lookback_seconds: float) -> Watermark:
+    """The exclusive lower bound of an incremental read: watermark minus the look-back window.
+
+    The window is a duration, so it applies to timestamp and date cursors only; numeric and text
+    cursors read strictly above the watermark.
+    """
+    if not lookback_seconds:
+        return watermark
+    if isinstance(watermark, dt.datetime):
+        return watermark - dt.timedelta(seconds=lookback_seconds)
+    if isinstance(watermark, dt.date):
+        return watermark - dt.timedelta(days=int(-(-lookback_seconds // 86400)))
+    return watermark
+
+
+def batch_max(
+    column: pa.Array | pa.ChunkedArray, *, numeric_text: bool = False
+) -> Watermark | None:
+    """Exact maximum of a cursor column (None when all values are NULL or the column is empty).
+
+    ``numeric_text`` marks an unconstrained NUMERIC kept as text: compared as decimals, not strings.
+    """
+    if len(column) == 0:
+        return None
+    if numeric_text:
+        values = [decimal.Decimal(v) for v in column.to_pylist() if v is not None]
+        return max(values) if values else None
+    result = pc.max(column)
+    return result.as_py() if result.is_valid else None
+
+
+def max_watermark(a: Watermark | None, b: Watermark | None) -> Watermark | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)  # type: ignore[operator]
