@@ -72,6 +72,20 @@ _RESPONSE_SCHEMA: dict[str, Any] = {
 }
 
 
+# Non-secret settings the code location may hand the script in its request (``advisor``), for
+# backends where the script cannot see the code location's environment (an existing Databricks
+# cluster). The key is never among them: on Databricks it comes from the sdk's runtime credentials.
+ADVISOR_SETTINGS = (
+    "model",
+    "base_url",
+    "provider",
+    "min_confidence",
+    "timeout_seconds",
+    "max_retries",
+    "response_format",
+)
+
+
 class NoAdvice(Exception):
     """The model gave no usable answer; the message says why and holds no secrets."""
 
@@ -114,9 +128,35 @@ class AdvisorConfig:
             response_format=(env.get("DATALOADER_AI_RESPONSE_FORMAT") or "json_schema").lower(),
         )
 
+    @classmethod
+    def for_request(
+        cls, request: Mapping[str, Any], env: Mapping[str, str] | None = None
+    ) -> AdvisorConfig:
+        """Settings from this process's environment, gaps filled from ``request["advisor"]``."""
+        env = os.environ if env is None else env
+        given = request.get("advisor") if isinstance(request.get("advisor"), Mapping) else {}
+        merged = {
+            f"DATALOADER_AI_{name.upper()}": str(given[name])
+            for name in ADVISOR_SETTINGS
+            if given.get(name) not in (None, "")
+        }
+        merged.update({k: v for k, v in env.items() if v})
+        return cls.from_env(merged)
+
     @property
     def enabled(self) -> bool:
         return bool(self.model)
+
+
+def advisor_settings_from_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The non-secret ``DATALOADER_AI_*`` settings that are set, keyed as in ``ADVISOR_SETTINGS``."""
+    env = os.environ if env is None else env
+    settings = {
+        name: env.get(f"DATALOADER_AI_{name.upper()}", "").strip() for name in ADVISOR_SETTINGS
+    }
+    if settings["base_url"]:
+        settings["base_url"] = redact(settings["base_url"])  # a proxy URL may carry user:password
+    return {name: value for name, value in settings.items() if value}
 
 
 def decide_retry(
@@ -131,7 +171,7 @@ def decide_retry(
     (``rule_category``, ``rule_decision``, ``model_error``) explain how the decision was reached.
     """
     config = config or AdvisorConfig.from_env()
-    known_secrets = [*secrets, *_secrets_from_env(), config.api_key]
+    known_secrets = [*secrets, *secrets_from_env(), config.api_key]
     rules = classify_error(str(request.get("error_message") or ""))
     by_rules: dict[str, Any] = {
         "decision": rules.decision,
@@ -270,7 +310,8 @@ def _is_serving_endpoint(base_url: str) -> bool:
     return "/serving-endpoints" in base_url.rstrip("/")
 
 
-def _secrets_from_env() -> list[str]:
+def secrets_from_env() -> list[str]:
+    """Secret values visible in this process's environment, to be masked wherever text goes."""
     values = [os.environ.get(name) for name in _SECRET_ENV_NAMES]
     values += [v for k, v in os.environ.items() if k.startswith(_SECRET_ENV_PREFIX)]
     return [v for v in values if v]

@@ -1,0 +1,190 @@
+"""Retry analysis on the code-location side: what the script is told, and what its answer does.
+
+``dataloader__retry_analysis`` calls these three functions around the Pipes run of
+``databricks_scripts/dataloader_retry_pipe.py``:
+
+1. ``decide_without_asking(row)``: a row that has used its retries goes to review, no model asked.
+2. ``build_analysis_request(row, history)``: the script's params, redacted, without credentials.
+3. ``apply_decision(client, row, decision)``: the guarded transition in Lakebase.
+
+No Dagster imports: plain data in, plain data out, unit-testable against PostgreSQL alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Protocol
+
+from databricks_scripts.redaction import redact
+from databricks_scripts.retry_advisor import advisor_settings_from_env, secrets_from_env
+from databricks_scripts.retry_classifier import DECISIONS, REQUIRES_REVIEW, RETRY_RECOMMENDED
+
+MAX_RETRIES = 3  # the spec's failed_monitor limit
+HISTORY_ATTEMPTS = 5
+# Spark and JDBC errors can be pages of stack trace; the cause is usually at the top and the
+# innermost "Caused by" at the bottom, so both ends are kept.
+_ERROR_HEAD_CHARS = 3000
+_ERROR_TAIL_CHARS = 1000
+_HISTORY_MESSAGE_CHARS = 600
+
+RETRIED = "retried"
+REVIEW = "review"
+LOST = "lost"
+
+
+class RetryTransitions(Protocol):
+    """The two LakebaseClient methods apply_decision needs."""
+
+    def reset_for_retry(
+        self,
+        config_id: int,
+        reason: str,
+        *,
+        metadata_id: int | None = None,
+        decision: Mapping[str, Any] | None = None,
+    ) -> bool: ...
+
+    def mark_for_review(
+        self,
+        config_id: int,
+        reason: str,
+        *,
+        metadata_id: int | None = None,
+        decision: Mapping[str, Any] | None = None,
+    ) -> bool: ...
+
+
+def decide_without_asking(row: Mapping[str, Any]) -> dict | None:
+    """Review by rule for a row whose retries are used up; None when the script should decide."""
+    retry_count = int(row.get("retry_count") or 0)
+    if retry_count < MAX_RETRIES:
+        return None
+    return {
+        "decision": REQUIRES_REVIEW,
+        "confidence": 1.0,
+        "reason": (
+            f"Failed again after {retry_count} automatic retries, so a person should look "
+            "before it is loaded again."
+        ),
+        "decider": "rules",
+    }
+
+
+def build_analysis_request(row: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> dict:
+    """The script's params: the failure, which table, how it loads, the last few attempts.
+
+    Built from a whitelist of columns, so ``db_config_value`` (hosts, users, secret names) and
+    anything added to table_control later never leave by accident; every text is redacted.
+    """
+    secrets = secrets_from_env()
+    latest = row.get("last_metadata_id")
+    attempts = sorted(history, key=lambda h: h.get("metadata_id") or 0, reverse=True)
+    error = row.get("last_message")
+    if not error:
+        error = next((h.get("message") for h in attempts if h.get("metadata_id") == latest), None)
+    request = {
+        "config_id": row.get("config_id"),
+        "control_key": row.get("control_key"),
+        "metadata_id": latest,
+        "table": {
+            "source": _dotted(
+                row.get("source_catalog"),
+                row.get("source_schema_name"),
+                row.get("source_table_name"),
+            ),
+            "destination": _dotted(
+                row.get("destination_catalog"),
+                row.get("destination_schema_name"),
+                row.get("destination_table_name"),
+            ),
+        },
+        "db_type": row.get("db_type"),
+        "load_strategy": row.get("load_strategy"),
+        "incremental_column": row.get("incremental_column"),
+        "merge_keys": list(row.get("merge_keys") or []) or None,
+        "retry_count": int(row.get("retry_count") or 0),
+        "max_retries": MAX_RETRIES,
+        "failed_at": _plain(row.get("last_status_date_time")),
+        "error_message": redact(_clip_error(error), secrets),
+        "recent_attempts": [_attempt(h, secrets) for h in attempts[:HISTORY_ATTEMPTS]],
+    }
+    settings = advisor_settings_from_env()
+    if settings:
+        request["advisor"] = settings
+    return request
+
+
+def apply_decision(client: RetryTransitions, row: Mapping[str, Any], decision: Mapping) -> str:
+    """Apply a decision to the failed attempt; 'retried', 'review', or 'lost' if another actor won.
+
+    Anything that is not a clear ``Retry Recommended`` is treated as review: a wrong review costs a
+    person a look, a wrong retry loops on a broken load.
+    """
+    kind = decision.get("decision")
+    if kind not in DECISIONS:
+        kind = REQUIRES_REVIEW
+    reason = redact(str(decision.get("reason") or "No reason given."), secrets_from_env())
+    stored = {
+        "decision": kind,
+        "confidence": _confidence(decision.get("confidence")),
+        "reason": reason,
+        "decider": str(decision.get("decider") or "unknown"),
+    }
+    transition = client.reset_for_retry if kind == RETRY_RECOMMENDED else client.mark_for_review
+    won = transition(
+        row["config_id"], reason, metadata_id=row.get("last_metadata_id"), decision=stored
+    )
+    if not won:
+        return LOST
+    return RETRIED if kind == RETRY_RECOMMENDED else REVIEW
+
+
+def _attempt(history_row: Mapping[str, Any], secrets: list[str]) -> dict:
+    message = history_row.get("message")
+    if message and len(message) > _HISTORY_MESSAGE_CHARS:
+        message = message[: _HISTORY_MESSAGE_CHARS - 1] + "…"
+    return {
+        "metadata_id": history_row.get("metadata_id"),
+        "triggered_by": history_row.get("triggered_by"),
+        "status": history_row.get("status"),
+        "started_at": _plain(history_row.get("started_at")),
+        "ended_at": _plain(history_row.get("ended_at")),
+        "rows_written": _plain(history_row.get("rows_written")),
+        "message": redact(message, secrets) if message else None,
+        "retry_decision": history_row.get("retry_decision"),
+        "retry_reason": redact(history_row.get("retry_reason"), secrets)
+        if history_row.get("retry_reason")
+        else None,
+    }
+
+
+def _clip_error(text: str | None) -> str:
+    text = text or ""
+    if len(text) <= _ERROR_HEAD_CHARS + _ERROR_TAIL_CHARS:
+        return text
+    return text[:_ERROR_HEAD_CHARS] + "\n…\n" + text[-_ERROR_TAIL_CHARS:]
+
+
+def _dotted(*parts: Any) -> str:
+    return ".".join(str(p) for p in parts if p)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly value: Pipes extras are serialised as JSON."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value
+
+
+def _confidence(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return min(max(number, 0.0), 1.0)
