@@ -1,20 +1,160 @@
-"""Landing-table job: writes dbt source/staging files for newly loaded tables and commits them."""
+"""``landing_table_git_job``: dbt sources and staging models for newly landed tables, in git.
+
+``landing_table_monitor`` batches the rows that loaded successfully but have no staging model yet
+(``last_status = 'Succeeded' AND NOT staging_model_processed``) into one run. The op reads each
+destination table's real schema (the local Delta table, or Unity Catalog through
+``databricks_rest`` when ``DATALOADER_EXECUTION=databricks``), writes the files into the models
+repository, commits them on ``DATALOADER_MODELS_BRANCH`` (pushing when the repository has a remote)
+and only then sets ``staging_model_processed`` for exactly the tables whose files are committed.
+
+A table whose schema cannot be read is left unprocessed (its ``last_status`` is untouched, so the
+next tick tries again); the others proceed, and the run fails at the end so the problem is seen.
+"""
+
+# No ``from __future__ import annotations``: Dagster resolves the op's config annotation at runtime.
+
+import os
+from pathlib import Path
 
 import dagster as dg
+from pydantic import Field
+
+from dagsters.resources.databricks_rest import DatabricksRestResource, DatabricksSqlError
+from dagsters.utils.embedded_lakebase import dataloader_home
+from dagsters.utils.landing_models import (
+    LandingTable,
+    ModelsRepo,
+    SchemaUnavailable,
+    columns_from_uc_rows,
+    local_table_path,
+    publish_landing_tables,
+    read_delta_columns,
+    uc_columns_statement,
+)
 
 
 class LandingTableGitConfig(dg.Config):
-    """Which table_control rows (config_id) to process; the landing_table_monitor batches them."""
+    """Which table_control rows to process; an empty list means every unprocessed row."""
 
-    config_ids: list[int] = []
-
-
-@dg.op(name="landing_table_git_op")
-def landing_table_git_op(context: dg.OpExecutionContext, config: LandingTableGitConfig) -> None:
-    # First wiring version so the code location can import the job; file generation follows.
-    context.log.info(f"landing_table_git_op called for config_ids={config.config_ids}")
+    config_ids: list[int] = Field(default_factory=list)
 
 
-@dg.job(name="landing_table_git_job")
+def _execution_mode() -> str:
+    return (os.environ.get("DATALOADER_EXECUTION") or "local").strip().lower()
+
+
+def _lake_root() -> Path:
+    return Path(os.environ.get("DATALOADER_LAKE_ROOT") or dataloader_home() / "lake")
+
+
+def _read_columns(row: dict, databricks_rest: DatabricksRestResource) -> LandingTable:
+    catalog = row["destination_catalog"]
+    schema = row["destination_schema_name"]
+    table = row["destination_table_name"]
+    if _execution_mode() == "databricks":
+        try:
+            rows = databricks_rest.execute_statement(*uc_columns_statement(catalog, schema, table))
+        except DatabricksSqlError as exc:
+            raise SchemaUnavailable(str(exc)) from None
+        columns = columns_from_uc_rows(rows)
+        if not columns:
+            raise SchemaUnavailable(
+                f"{catalog}.{schema}.{table} not found in Unity Catalog (no columns in "
+                "information_schema)"
+            )
+    else:
+        columns = read_delta_columns(local_table_path(_lake_root(), catalog, schema, table))
+    return LandingTable(
+        config_id=row["config_id"],
+        control_key=row["control_key"],
+        load_strategy=row["load_strategy"],
+        catalog=catalog,
+        schema=schema,
+        table=table,
+        columns=columns,
+    )
+
+
+@dg.op(
+    name="landing_table_git_op",
+    required_resource_keys={"lakebase", "databricks_rest"},
+    out=dg.Out(dict, description="What was published: commit, changed files, processed rows."),
+)
+def landing_table_git_op(context: dg.OpExecutionContext, config: LandingTableGitConfig):
+    client = context.resources.lakebase.get_client()
+    wanted = set(config.config_ids)
+    # Re-read the rows: one queued earlier may have been processed by another run since.
+    rows = [
+        r for r in client.get_unprocessed_landing_tables() if not wanted or r["config_id"] in wanted
+    ]
+    missing = sorted(wanted - {r["config_id"] for r in rows})
+    if missing:
+        context.log.info(f"config_ids {missing} are already processed or not Succeeded; skipped")
+
+    tables: list[LandingTable] = []
+    unreadable: dict[str, str] = {}
+    for row in rows:
+        try:
+            tables.append(_read_columns(row, context.resources.databricks_rest))
+        except SchemaUnavailable as exc:
+            unreadable[row["control_key"]] = str(exc)
+            context.log.warning(
+                f"{row['control_key']}: schema not readable, left unprocessed: {exc}"
+            )
+
+    repo = ModelsRepo.from_env()
+    result = None
+    marked = 0
+    if tables:
+        result = publish_landing_tables(tables, repo)
+        # Only rows whose files are in the branch; the others stay for the next tick.
+        marked = client.mark_staging_processed(result.settled)
+        for path, reason in result.kept_files.items():
+            context.log.info(f"kept {path}: {reason}")
+        context.log.info(
+            f"commit {result.commit or '(nothing to commit)'} on {result.branch}"
+            + (f", pushed to {result.pushed_to}" if result.pushed_to else "")
+            + f"; {marked} row(s) marked processed"
+        )
+
+    by_id = {t.config_id: t.control_key for t in tables}
+    summary = {
+        "commit": result.commit if result else None,
+        "branch": repo.branch,
+        "repository": str(repo.path),
+        "pushed_to": result.pushed_to if result else None,
+        "changed_files": result.changed_files if result else [],
+        "kept_files": result.kept_files if result else {},
+        "processed": sorted(by_id[i] for i in (result.settled if result else [])),
+        "unreadable": unreadable,
+    }
+    yield dg.Output(
+        summary,
+        metadata={
+            "commit": dg.MetadataValue.text(summary["commit"] or "none"),
+            "branch": dg.MetadataValue.text(repo.branch),
+            "repository": dg.MetadataValue.path(str(repo.path)),
+            "pushed_to": dg.MetadataValue.text(summary["pushed_to"] or "not pushed (no remote)"),
+            "changed_files": dg.MetadataValue.json(summary["changed_files"]),
+            "kept_files": dg.MetadataValue.json(summary["kept_files"]),
+            "processed_tables": dg.MetadataValue.json(summary["processed"]),
+            "rows_marked_processed": dg.MetadataValue.int(marked),
+            "unreadable_tables": dg.MetadataValue.json(unreadable),
+        },
+    )
+    if unreadable:
+        raise dg.Failure(
+            description=(
+                f"{len(unreadable)} table(s) left unprocessed, schema not readable: "
+                + "; ".join(f"{key}: {msg}" for key, msg in sorted(unreadable.items()))
+            ),
+            metadata={"unreadable_tables": dg.MetadataValue.json(unreadable)},
+        )
+
+
+@dg.job(
+    name="landing_table_git_job",
+    description="Write dbt sources and staging models for newly loaded tables and commit them.",
+)
 def landing_table_git_job() -> None:
     landing_table_git_op()

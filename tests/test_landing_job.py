@@ -1,0 +1,280 @@
+"""landing_table_git_job on a real control database: commits the files, marks exactly those rows."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import dagster as dg
+import psycopg
+import pyarrow as pa
+import pytest
+import yaml
+from deltalake import write_deltalake
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
+
+from dagsters.jobs.landing_table_git_job import landing_table_git_job
+from dagsters.resources.databricks_rest import DatabricksRestResource, DatabricksSqlError
+from dagsters.resources.lakebase import LakebaseResource
+
+if TYPE_CHECKING:
+    from databricks_sql_standin import SqlWarehouseStandin
+
+# The stand-in's fixtures (databricks_standin, sql_warehouse) without shadowing imports.
+pytest_plugins = ["databricks_sql_standin"]
+
+BRANCH = "dataloader/landing-tables"
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=cwd, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def add_control_row(
+    conninfo: str, table: str, *, status: str = "Succeeded", processed: bool = False
+) -> int:
+    with psycopg.connect(conninfo) as conn:
+        return conn.execute(
+            "INSERT INTO table_control (control_key, source_table_name, destination_catalog,"
+            " destination_schema_name, destination_table_name, db_type, load_strategy,"
+            " last_status, last_message, staging_model_processed)"
+            " VALUES (%s, %s, 'main', 'sales', %s, 'postgresql', 'full', %s, 'loaded', %s)"
+            " RETURNING config_id",
+            (f"sales.{table}", table, table, status, processed),
+        ).fetchone()[0]
+
+
+def control_rows(conninfo: str) -> dict[str, dict]:
+    with psycopg.connect(conninfo, row_factory=dict_row) as conn:
+        rows = conn.execute(
+            "SELECT control_key, last_status, last_message, staging_model_processed"
+            " FROM table_control"
+        ).fetchall()
+    return {r["control_key"]: r for r in rows}
+
+
+def resources(conninfo: str) -> dict:
+    params = conninfo_to_dict(conninfo)
+    lakebase = LakebaseResource(
+        host=params["host"],
+        port=int(params["port"]),
+        database=params["dbname"],
+        user=params["user"],
+        sslmode="disable",
+    )
+    return {
+        "lakebase": lakebase,
+        "databricks_rest": DatabricksRestResource(poll_interval_seconds=0.05),
+    }
+
+
+def run_job(conninfo: str, config_ids: list[int]) -> dg.ExecuteInProcessResult:
+    return landing_table_git_job.execute_in_process(
+        run_config={"ops": {"landing_table_git_op": {"config": {"config_ids": config_ids}}}},
+        resources=resources(conninfo),
+        raise_on_error=False,
+    )
+
+
+def output_metadata(result: dg.ExecuteInProcessResult) -> dict:
+    (event,) = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    return {k: v.value for k, v in event.event_specific_data.metadata.items()}
+
+
+@pytest.fixture
+def models_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("DATALOADER_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("DATALOADER_MODELS_REPO", raising=False)
+    monkeypatch.delenv("DATALOADER_MODELS_BRANCH", raising=False)
+    monkeypatch.delenv("DATALOADER_EXECUTION", raising=False)
+    return tmp_path / "home" / "models_repo"  # the default location
+
+
+def land(lake_root: Path, table: str) -> None:
+    write_deltalake(
+        str(lake_root / "main" / "sales" / table),
+        pa.table({"ID": pa.array([1], pa.int64()), "amount": pa.array([1], pa.decimal128(9, 2))}),
+    )
+
+
+def test_local_run_commits_readable_tables_and_marks_only_them(
+    control_db: str, lake_root: Path, models_repo: Path
+) -> None:
+    land(lake_root, "orders")
+    land(lake_root, "customers")
+    ids = [add_control_row(control_db, t) for t in ("orders", "customers", "missing")]
+    add_control_row(control_db, "done", processed=True)
+    add_control_row(control_db, "broken", status="Failed")
+
+    result = run_job(control_db, ids)
+
+    # The unreadable table fails the run so someone looks, after the others were published.
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "sales.missing" in failure.event_specific_data.error.message
+    meta = output_metadata(result)
+    head = git(models_repo, "rev-parse", "HEAD")
+    assert meta["commit"] == head
+    assert git(models_repo, "branch", "--show-current") == BRANCH
+    assert sorted(meta["changed_files"]) == [
+        "models/staging/sales/_sales__sources.yml",
+        "models/staging/sales/stg_sales__customers.sql",
+        "models/staging/sales/stg_sales__orders.sql",
+    ]
+    assert meta["processed_tables"] == ["sales.customers", "sales.orders"]
+    assert "no Delta table" in meta["unreadable_tables"]["sales.missing"]
+    log = git(models_repo, "log", "--format=%B")
+    assert "main.sales.orders" in log and "main.sales.customers" in log
+    assert "missing" not in log
+
+    rows = control_rows(control_db)
+    assert rows["sales.orders"]["staging_model_processed"]
+    assert rows["sales.customers"]["staging_model_processed"]
+    assert not rows["sales.missing"]["staging_model_processed"]
+    assert rows["sales.missing"]["last_status"] == "Succeeded"
+    assert rows["sales.missing"]["last_message"] == "loaded"
+    assert not rows["sales.broken"]["staging_model_processed"]
+
+    source = yaml.safe_load((models_repo / meta["changed_files"][0]).read_text())["sources"][0]
+    assert {t["name"]: [c["data_type"] for c in t["columns"]] for t in source["tables"]} == {
+        "customers": ["bigint", "decimal(9,2)"],
+        "orders": ["bigint", "decimal(9,2)"],
+    }
+
+
+def test_rerun_with_nothing_new_commits_nothing(
+    control_db: str, lake_root: Path, models_repo: Path
+) -> None:
+    land(lake_root, "orders")
+    config_id = add_control_row(control_db, "orders")
+    assert run_job(control_db, [config_id]).success
+    head = git(models_repo, "rev-parse", "HEAD")
+
+    again = run_job(control_db, [config_id])
+
+    assert again.success
+    assert output_metadata(again)["commit"] == "none"
+    assert git(models_repo, "rev-parse", "HEAD") == head
+    assert git(models_repo, "rev-list", "--count", "HEAD") == "1"
+
+
+def test_pushes_to_configured_remote(
+    control_db: str, lake_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bare = tmp_path / "dbt.git"
+    subprocess.run(["git", "init", "--quiet", "--bare", str(bare)], check=True)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(bare), str(clone)], check=True)
+    monkeypatch.setenv("DATALOADER_MODELS_REPO", str(clone))
+    monkeypatch.setenv("DATALOADER_MODELS_BRANCH", "feature/new-sources")
+    monkeypatch.delenv("DATALOADER_EXECUTION", raising=False)
+    land(lake_root, "orders")
+    config_id = add_control_row(control_db, "orders")
+
+    result = run_job(control_db, [config_id])
+
+    assert result.success
+    meta = output_metadata(result)
+    assert meta["pushed_to"] == "origin"
+    assert git(bare, "rev-parse", "refs/heads/feature/new-sources") == meta["commit"]
+    assert control_rows(control_db)["sales.orders"]["staging_model_processed"]
+
+
+def test_databricks_mode_reads_unity_catalog_through_sql_warehouse(
+    control_db: str,
+    models_repo: Path,
+    sql_warehouse: SqlWarehouseStandin,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DATALOADER_EXECUTION", "databricks")
+    sql_warehouse.add_table(
+        "main.sales.orders",
+        [
+            ("order_id", "bigint", False),
+            ("Total Amount", "decimal(18,2)"),
+            ("tags", "array<string>"),
+        ],
+    )
+    ids = [add_control_row(control_db, t) for t in ("orders", "ghost")]
+
+    result = run_job(control_db, ids)
+
+    assert not result.success  # "ghost" is not in Unity Catalog
+    meta = output_metadata(result)
+    assert "not found in Unity Catalog" in meta["unreadable_tables"]["sales.ghost"]
+    source = yaml.safe_load((models_repo / "models/staging/sales/_sales__sources.yml").read_text())[
+        "sources"
+    ][0]
+    (orders,) = source["tables"]
+    assert [(c["name"], c["data_type"]) for c in orders["columns"]] == [
+        ("order_id", "bigint"),
+        ("Total Amount", "decimal(18,2)"),
+        ("tags", "array<string>"),
+    ]
+    rows = control_rows(control_db)
+    assert rows["sales.orders"]["staging_model_processed"]
+    assert not rows["sales.ghost"]["staging_model_processed"]
+    (first, *_) = sql_warehouse.submitted()
+    assert first["parameters"] == [
+        {"name": "schema_name", "value": "sales"},
+        {"name": "table_name", "value": "orders"},
+    ]
+
+
+# ------------------------------------------------------------------ DatabricksRestResource
+
+
+def test_statement_polled_until_done_and_all_chunks_read(
+    sql_warehouse: SqlWarehouseStandin,
+) -> None:
+    sql_warehouse.pending_polls = 3
+    sql_warehouse.chunk_rows = 2
+    sql_warehouse.on_statement(
+        r"SELECT id FROM range\(5\)", lambda m, p: (["id"], [[i] for i in range(5)])
+    )
+    rest = DatabricksRestResource(poll_interval_seconds=0.01)
+
+    rows = rest.execute_statement("SELECT id FROM range(5)")
+
+    assert rows == [{"id": str(i)} for i in range(5)]
+    statement_gets = sql_warehouse.standin.requests_to("GET", r"/api/2\.0/sql/statements/[^/]+")
+    assert len(statement_gets) == 4  # three RUNNING answers, then SUCCEEDED
+    chunk_gets = sql_warehouse.standin.requests_to("GET", r".*/result/chunks/\d+")
+    assert [r.path.rsplit("/", 1)[1] for r in chunk_gets] == ["1", "2"]
+
+
+def test_failed_statement_raises_with_warehouse_message_and_no_token(
+    sql_warehouse: SqlWarehouseStandin,
+) -> None:
+    token = sql_warehouse.standin.token
+
+    def leak(match, params):
+        sql_warehouse.fail("BAD_REQUEST", f"[INVALID] token was {token}")
+
+    sql_warehouse.on_statement(r"SELECT leak", leak)
+    rest = DatabricksRestResource()
+
+    with pytest.raises(DatabricksSqlError, match=r"FAILED: BAD_REQUEST: \[INVALID\]") as info:
+        rest.execute_statement("SELECT leak")
+    assert token not in str(info.value)
+
+
+def test_statement_running_too_long_is_cancelled(sql_warehouse: SqlWarehouseStandin) -> None:
+    sql_warehouse.hang = True
+    rest = DatabricksRestResource(poll_interval_seconds=0.01, statement_timeout_seconds=0.2)
+
+    with pytest.raises(DatabricksSqlError, match="cancelled"):
+        rest.execute_statement("SELECT 1 FROM main.information_schema.columns")
+    assert len(sql_warehouse.cancelled) == 1
+
+
+def test_missing_warehouse_id_is_a_clear_error(
+    sql_warehouse: SqlWarehouseStandin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DATABRICKS_WAREHOUSE_ID")
+    with pytest.raises(DatabricksSqlError, match="DATABRICKS_WAREHOUSE_ID"):
+        DatabricksRestResource().execute_statement("SELECT 1")
