@@ -305,3 +305,16 @@ def test_unity_catalog_query_and_rows() -> None:
         LandingColumn("a", "bigint", True),
         LandingColumn("b", "decimal(10,2)", False),
     )
+
+
+def test_git_errors_never_show_remote_credentials(tmp_path: Path, orders: LandingTable) -> None:
+    repo = ModelsRepo(tmp_path / "models")
+    repo.path.mkdir()
+    git(repo.path, "init", "--quiet")
+    # Loopback port 1: nothing listens, so the fetch fails fast without leaving the machine.
+    git(repo.path, "remote", "add", "origin", "https://dataloader:s3cret-token@127.0.0.1:1/m.git")
+
+    with pytest.raises(GitError) as info:
+        publish_landing_tables([orders], repo)
+    assert "s3cret-token" not in str(info.value)
+    assert "fetch" in str(info.value)

@@ -31,16 +31,13 @@ from dagsters.utils.landing_models import (
     read_delta_columns,
     uc_columns_statement,
 )
+from dagsters.utils.settings import execution_mode
 
 
 class LandingTableGitConfig(dg.Config):
     """Which table_control rows to process; an empty list means every unprocessed row."""
 
     config_ids: list[int] = Field(default_factory=list)
-
-
-def _execution_mode() -> str:
-    return (os.environ.get("DATALOADER_EXECUTION") or "local").strip().lower()
 
 
 def _lake_root() -> Path:
@@ -51,7 +48,7 @@ def _read_columns(row: dict, databricks_rest: DatabricksRestResource) -> Landing
     catalog = row["destination_catalog"]
     schema = row["destination_schema_name"]
     table = row["destination_table_name"]
-    if _execution_mode() == "databricks":
+    if execution_mode() == "databricks":
         try:
             rows = databricks_rest.execute_statement(*uc_columns_statement(catalog, schema, table))
         except DatabricksSqlError as exc:

@@ -31,6 +31,8 @@ from typing import Any
 
 import yaml
 
+from databricks_scripts.redaction import redact
+
 DEFAULT_BRANCH = "dataloader/landing-tables"
 MODELS_ROOT = "models/staging"
 GIT_AUTHOR_NAME = "DataLoader"
@@ -523,7 +525,8 @@ class ModelsRepo:
         )
         if check and proc.returncode != 0:
             output = (proc.stderr or proc.stdout).strip()
-            raise GitError(f"git {' '.join(args)} failed in {self.path}: {output}")
+            # Remote URLs may carry credentials (https://user:token@host/...).
+            raise GitError(redact(f"git {' '.join(args)} failed in {self.path}: {output}"))
         return proc
 
     def _identity(self) -> list[str]:
@@ -545,9 +548,16 @@ class ModelsRepo:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """Serialise runs that share this working copy (git's own index.lock would just fail)."""
+        """Serialise runs that share this working copy (git's own index.lock would just fail).
+
+        The lock file lives under the project's data directory, not next to a person's checkout.
+        """
+        from dagsters.utils.embedded_lakebase import dataloader_home
+
         self.path.mkdir(parents=True, exist_ok=True)
-        lock_path = self.path.parent / f".{self.path.name}.dataloader.lock"
+        digest = hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:16]
+        lock_path = dataloader_home() / "locks" / f"models_repo-{digest}.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
         with open(lock_path, "a+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
