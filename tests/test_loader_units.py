@@ -1,0 +1,290 @@
+"""Loader pure parts: identifier quoting, SQL/Spark statements, type mapping, watermark text, params."""
+
+import datetime as dt
+import decimal
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "databricks_scripts"))
+
+import loader_params as lp
+import loader_sources as ls
+import loader_sql as sq
+import loader_types as lt
+from loader_pipes_io import choose_pipes_io, dbfs_local_path
+
+UTC = dt.UTC
+
+
+# ---- identifiers and statements ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dialect", "name", "quoted"),
+    [
+        (sq.POSTGRESQL, 'a"b; DROP TABLE x', '"a""b; DROP TABLE x"'),
+        (sq.MYSQL, "a`b c", "`a``b c`"),
+        (sq.SQLSERVER, "a]b[c", "[a]]b[c]"),
+        (sq.ORACLE, 'x"y', '"x""y"'),
+        (sq.SPARK, "we`ird", "`we``ird`"),
+    ],
+)
+def test_identifiers_are_quoted_with_the_dialects_own_quotes(dialect, name, quoted):
+    assert dialect.quote(name) == quoted
+
+
+@pytest.mark.parametrize("name", ["", "a\x00b", "line\nbreak", "x" * 64])
+def test_unsafe_identifiers_are_refused(name):
+    with pytest.raises(sq.UnsafeIdentifierError):
+        sq.POSTGRESQL.quote(name)
+
+
+def test_source_select_binds_the_watermark_as_a_parameter():
+    table = sq.qualified_name(sq.POSTGRESQL, "public", "t")
+    assert sq.select_source(sq.POSTGRESQL, table, cursor="updated at") == (
+        'SELECT * FROM "public"."t" WHERE "updated at" > $1'
+    )
+    assert sq.select_source(sq.MYSQL, "`db`.`t`", cursor="c").endswith("`c` > %s")
+    assert sq.select_source(sq.ORACLE, '"S"."T"', cursor="C").endswith('"C" > :1')
+    assert sq.select_source(sq.SQLSERVER, "[t]", limit_zero=True) == "SELECT TOP 0 * FROM [t]"
+    assert sq.source_table_parts("sqlserver", "db", "dbo", "t") == ("db", "dbo", "t")
+    assert sq.source_table_parts("postgresql", "ignored", "public", "t") == ("public", "t")
+
+
+def test_spark_statements():
+    target = sq.spark_table("main", "landing", "or`ders")
+    assert target == "`main`.`landing`.`or``ders`"
+    merge = sq.spark_merge(target, "dl_src", ["id", "line no"], ["id", "line no", "qty"])
+    assert merge == (
+        "MERGE INTO `main`.`landing`.`or``ders` AS t USING `dl_src` AS s "
+        "ON t.`id` = s.`id` AND t.`line no` = s.`line no` "
+        "WHEN MATCHED THEN UPDATE SET t.`id` = s.`id`, t.`line no` = s.`line no`, "
+        "t.`qty` = s.`qty` "
+        "WHEN NOT MATCHED THEN INSERT (`id`, `line no`, `qty`) VALUES (s.`id`, s.`line no`, s.`qty`)"
+    )
+    append = sq.spark_append_new_rows(target, "dl_src", ["id", "ts"], "ts", with_lookback=True)
+    assert ":watermark" in append and ":lower_bound" in append and "EXCEPT ALL" in append
+    assert sq.spark_append_new_rows(target, "v", ["a"], "a", with_lookback=False) == (
+        f"INSERT INTO {target} (`a`) SELECT `a` FROM `v`"
+    )
+    assert sq.spark_create_table_as(target, "v", replace=True).startswith(
+        f"CREATE OR REPLACE TABLE {target} USING DELTA AS SELECT"
+    )
+    assert sq.spark_insert_overwrite(target, "v", ["a"]) == (
+        f"INSERT OVERWRITE TABLE {target} (`a`) SELECT `a` FROM `v`"
+    )
+    assert sq.spark_add_columns(target, [("new col", "DECIMAL(12,2)")]) == (
+        f"ALTER TABLE {target} ADD COLUMNS (`new col` DECIMAL(12,2))"
+    )
+    assert sq.delta_merge_predicate(['k"1']) == 't."k""1" = s."k""1"'
+
+
+# ---- types and schema evolution -------------------------------------------------------------
+
+
+def _pg_numeric(name: str, typmod: int) -> pa.Field:
+    meta = {b"POSTGRESQL:type": b"numeric", b"POSTGRESQL:typmod": str(typmod).encode()}
+    return pa.field(name, pa.string(), metadata=meta)
+
+
+def test_numeric_typmod_maps_to_decimal_and_unconstrained_stays_text():
+    assert lt.delta_type_for(_pg_numeric("n", ((12 << 16) | 2) + 4)) == pa.decimal128(12, 2)
+    assert lt.delta_type_for(_pg_numeric("n", -1)) == pa.string()
+    assert lt.delta_type_for(_pg_numeric("n", ((50 << 16) | 2) + 4)) == pa.string()
+    assert lt.delta_type_for(pa.field("t", pa.timestamp("us", tz="+02:00"))) == pa.timestamp(
+        "us", tz="UTC"
+    )
+    assert lt.delta_type_for(pa.field("t", pa.timestamp("us"))) == pa.timestamp("us")
+    assert lt.delta_type_for(pa.field("u", pa.uint64())) == pa.decimal128(20, 0)
+
+
+def test_cast_is_exact_or_fails():
+    batch = pa.record_batch({"n": pa.array(["12345678901.99", None])})
+    target = pa.schema([pa.field("n", pa.decimal128(13, 2)), pa.field("extra", pa.string())])
+    out = lt.cast_batch(batch, target)
+    assert out.column("n").to_pylist() == [decimal.Decimal("12345678901.99"), None]
+    assert out.column("extra").null_count == 2
+    with pytest.raises(pa.ArrowInvalid):
+        lt.cast_batch(batch, pa.schema([pa.field("n", pa.decimal128(5, 2))]))
+
+
+def test_schema_plan_adds_columns_widens_and_refuses_type_changes():
+    dest = pa.schema([pa.field("id", pa.int64()), pa.field("name", pa.large_string())])
+    src = pa.schema(
+        [pa.field("id", pa.int32()), pa.field("name", pa.string()), pa.field("tier", pa.string())]
+    )
+    plan = lt.plan_schema(src, dest)
+    assert plan.added_columns == ("tier",)
+    assert plan.write_schema.field("id").type == pa.int64()
+    bad = pa.schema([pa.field("id", pa.string())])
+    with pytest.raises(lt.IncompatibleSchemaError, match="'id'"):
+        lt.plan_schema(bad, dest)
+
+
+# ---- watermarks -----------------------------------------------------------------------------
+
+
+def test_watermark_text_round_trips_exactly():
+    tz = pa.timestamp("us", tz="UTC")
+    value = lt.decode_watermark("2024-03-01T10:00:00.000001+02:00", tz)
+    assert value == dt.datetime(2024, 3, 1, 8, 0, 0, 1, tzinfo=UTC)
+    assert lt.encode_watermark(value.astimezone(UTC)) == "2024-03-01T08:00:00.000001+00:00"
+    naive = lt.decode_watermark("2024-03-01 10:00:00", pa.timestamp("us"))
+    assert lt.encode_watermark(naive) == "2024-03-01T10:00:00.000000"
+    assert lt.decode_watermark("2024-03-01T10:00:00", tz).tzinfo is UTC  # read as UTC
+    with pytest.raises(lt.WatermarkError):
+        lt.decode_watermark("2024-03-01T10:00:00+01:00", pa.timestamp("us"))
+    assert lt.encode_watermark(decimal.Decimal("1E+3")) == "1000"
+    assert lt.encode_watermark(decimal.Decimal("0.10")) == "0.10"
+    assert lt.decode_watermark("9007199254740993", pa.int64()) == 9007199254740993
+    with pytest.raises(lt.WatermarkError):
+        lt.decode_watermark("1; DROP TABLE x", pa.int64())
+    assert lt.decode_watermark_for("1.5", _pg_numeric("n", -1)) == decimal.Decimal("1.5")
+
+
+def test_lookback_and_max():
+    wm = dt.datetime(2024, 1, 1, 12, tzinfo=UTC)
+    assert lt.lookback_lower_bound(wm, 90) == dt.datetime(2024, 1, 1, 11, 58, 30, tzinfo=UTC)
+    assert lt.lookback_lower_bound(10, 3600) == 10  # durations do not apply to numbers
+    assert lt.batch_max(pa.array(["9.5", "10.25", None]), numeric_text=True) == decimal.Decimal(
+        "10.25"
+    )
+    assert lt.batch_max(pa.array([None], pa.int64())) is None
+    assert lt.max_watermark(None, 3) == 3
+
+
+# ---- parameters, secrets and connections ----------------------------------------------------
+
+
+def _params(**kw):
+    base = {
+        "source_schema_name": "public",
+        "source_table_name": "t",
+        "destination_catalog": "c",
+        "destination_schema_name": "s",
+        "destination_table_name": "t",
+        "db_type": "postgresql",
+        "db_config_value": {
+            "host": "h",
+            "port": 5432,
+            "database": "d",
+            "user": "u",
+            "password_secret": "pg-pass",
+        },
+        "db_kv_scope": "kv.main",
+        "load_strategy": "full",
+    }
+    base.update(kw)
+    return base
+
+
+def test_secret_comes_from_the_environment_by_scope_and_key():
+    spec = lp.parse_load_spec(_params())
+    name = lp.secret_env_var("kv.main", "pg-pass")
+    assert name == "DATALOADER_SECRET__KV_MAIN__PG_PASS"
+    assert lp.resolve_password(spec, environ={name: "pw"}) == "pw"
+    assert lp.resolve_password(spec, dbutils_get=lambda s, k: f"{s}/{k}") == "kv.main/pg-pass"
+    with pytest.raises(lp.LoadParamsError, match=name):
+        lp.resolve_password(spec, environ={})
+
+
+def test_params_are_validated():
+    with pytest.raises(lp.LoadParamsError, match="password"):
+        lp.parse_load_spec(_params(db_config_value={"password": "x"}))
+    with pytest.raises(lp.LoadParamsError, match="incremental_column"):
+        lp.parse_load_spec(_params(load_strategy="incremental"))
+    with pytest.raises(lp.LoadParamsError, match="merge_keys"):
+        lp.parse_load_spec(_params(load_strategy="merge"))
+    with pytest.raises(lp.LoadParamsError, match="directory"):
+        lp.parse_load_spec(_params(destination_table_name="..")).destination_path("/lake")
+
+
+def test_connection_building_for_every_driver():
+    config = {"host": "db.internal", "port": 1433, "database": "sales", "user": "loader"}
+    assert ls.sqlserver_connect_kwargs(config, "pw") == {
+        "server": "db.internal",
+        "port": "1433",
+        "user": "loader",
+        "database": "sales",
+        "charset": "UTF-8",
+        "login_timeout": 30,
+        "as_dict": False,
+        "password": "pw",
+    }
+    ora = ls.oracle_connect_kwargs({**config, "port": 1521, "database": "ORCLPDB1"}, "pw")
+    assert ora == {
+        "user": "loader",
+        "host": "db.internal",
+        "port": 1521,
+        "service_name": "ORCLPDB1",
+        "password": "pw",
+    }
+    import oracledb  # the driver accepts exactly these parameters
+    import pymssql
+
+    params = oracledb.ConnectParams(**{k: v for k, v in ora.items() if k != "password"})
+    assert params.service_name == "ORCLPDB1" and params.port == 1521
+    with pytest.raises(pymssql.OperationalError):  # refused by the loopback port, not by kwargs
+        pymssql.connect(
+            **{
+                **ls.sqlserver_connect_kwargs({**config, "host": "127.0.0.1", "port": 1}, "pw"),
+                "login_timeout": 1,
+            }
+        )
+    conninfo = ls.postgres_conninfo(
+        {"host": "/sock dir", "port": 5432, "database": "d", "user": "u", "sslmode": "require"},
+        "p'w d",
+    )
+    from psycopg.conninfo import conninfo_to_dict
+
+    assert conninfo_to_dict(conninfo) == {
+        "host": "/sock dir",
+        "port": "5432",
+        "dbname": "d",
+        "user": "u",
+        "sslmode": "require",
+        "password": "p'w d",
+    }
+    my = ls.mysql_connect_kwargs({"host": "127.0.0.1", "database": "test", "user": "root"}, None)
+    assert my["port"] == 3306 and "password" not in my
+
+
+# ---- where Pipes reads its context from -----------------------------------------------------
+
+
+def test_pipes_io_is_chosen_from_the_bootstrap(tmp_path, monkeypatch):
+    from dagster_pipes import encode_param
+
+    ctx = tmp_path / "ctx.json"
+    ctx.write_text("{}")
+    env = {
+        "DAGSTER_PIPES_CONTEXT": encode_param({"path": str(ctx)}),
+        "DAGSTER_PIPES_MESSAGES": encode_param({"path": str(tmp_path / "m")}),
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION", raising=False)
+    assert choose_pipes_io(argv=["x"])[3] == "local"
+
+    cli = [
+        "x",
+        "--dagster-pipes-context",
+        encode_param({"path": "/tmp/abc"}),
+        "--dagster-pipes-messages",
+        encode_param({"path": "/tmp/def"}),
+    ]
+    monkeypatch.setattr(sys, "argv", cli)
+    assert choose_pipes_io(argv=cli)[3] == "dbfs (cli)"
+
+    monkeypatch.setenv("DAGSTER_PIPES_CONTEXT", encode_param({"path": "/Volumes/c/s/v/tmp/x"}))
+    assert choose_pipes_io(argv=["x"])[3] == "volumes (env)"
+
+    monkeypatch.setenv("DATALOADER_DBFS_ROOT", str(tmp_path / "dbfs"))
+    assert dbfs_local_path("dbfs:/tmp/x/context.json") == str(tmp_path / "dbfs/tmp/x/context.json")
+    (tmp_path / "dbfs/tmp/nc").mkdir(parents=True)
+    (tmp_path / "dbfs/tmp/nc/context.json").write_text("{}")
+    monkeypatch.setenv("DAGSTER_PIPES_CONTEXT", encode_param({"path": "/tmp/nc/context.json"}))
+    assert choose_pipes_io(argv=["x"])[3] == "dbfs (env)"  # new-cluster stand-in
