@@ -297,3 +297,17 @@ def test_429_asking_for_a_long_wait_is_not_waited_for(openai_standin: OpenAIStan
     assert "HTTP 429" in result["model_error"]
     # openai refuses Retry-After above its MAX_RETRY_AFTER_DELAY (120 s) instead of sleeping.
     assert len(openai_standin.requests) == 1
+
+
+@pytest.mark.parametrize("response_format", ["json_object", "none"])
+def test_response_format_can_be_relaxed_for_older_endpoints(
+    openai_standin: OpenAIStandIn, response_format: str
+) -> None:
+    openai_standin.queue(good_answer(RETRY_RECOMMENDED, 0.9, "Deadlock."))
+
+    result = decide_retry(_request(), _config(openai_standin, response_format=response_format))
+
+    assert result["decider"] == MODEL
+    [sent] = openai_standin.requests
+    expected = {"type": "json_object"} if response_format == "json_object" else None
+    assert sent.body.get("response_format") == expected
