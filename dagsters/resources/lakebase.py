@@ -65,6 +65,9 @@ class LakebaseResource(dg.ConfigurableResource):
     min_pool_size: int = 1
     max_pool_size: int = 4
     connect_timeout_seconds: int = 10
+    pool_timeout_seconds: float = Field(
+        default=30.0, description="How long a caller waits for a pooled connection"
+    )
 
     # -- never show secrets -----------------------------------------------------------------------
 
@@ -128,7 +131,10 @@ class LakebaseResource(dg.ConfigurableResource):
         conninfo = self.conninfo()
         if not s["host"]:
             return LakebaseClient(
-                conninfo, min_size=self.min_pool_size, max_size=self.max_pool_size
+                conninfo,
+                min_size=self.min_pool_size,
+                max_size=self.max_pool_size,
+                timeout=self.pool_timeout_seconds,
             )
         if s["auth_mode"] == "oauth":
             if not s["user"]:
@@ -143,6 +149,7 @@ class LakebaseResource(dg.ConfigurableResource):
                 conninfo,
                 min_size=self.min_pool_size,
                 max_size=self.max_pool_size,
+                timeout=self.pool_timeout_seconds,
                 connection_class=oauth_connection_class(provider),
             )
         connect_kwargs = {"password": s["password"]} if s["password"] else None
@@ -150,6 +157,7 @@ class LakebaseResource(dg.ConfigurableResource):
             conninfo,
             min_size=self.min_pool_size,
             max_size=self.max_pool_size,
+            timeout=self.pool_timeout_seconds,
             connect_kwargs=connect_kwargs,
         )
 
