@@ -13,6 +13,7 @@ from pathlib import Path
 import dagster as dg
 import psycopg
 import pyarrow as pa
+import pytest
 from dagster_pipes import encode_param
 from deltalake import DeltaTable
 from psycopg.conninfo import conninfo_to_dict
@@ -425,3 +426,115 @@ def test_killed_mid_load_leaves_destination_as_it_was(source_db, lake_root, tmp_
     assert (
         "blocker" not in pa.schema(table.schema().to_arrow()).names
     )  # nothing of the new load committed
+
+
+def test_existing_cluster_bootstrap_with_dbfs_stand_in_root(source_db, lake_root, tmp_path):
+    """CLI-args bootstrap + DBFS context/messages under DATALOADER_DBFS_ROOT, no SparkSession."""
+    execute(source_db, "CREATE TABLE dbfs_src (id int)")
+    execute(source_db, "INSERT INTO dbfs_src VALUES (1), (2)")
+    params = make_params(source_db, "dbfs_src")
+    root = tmp_path / "dbfs"
+    (root / "tmp/ctx").mkdir(parents=True)
+    (root / "tmp/msgs").mkdir(parents=True)
+    context = {
+        "asset_keys": ["dl_test_table"],
+        "code_version_by_asset_key": {"dl_test_table": None},
+        "provenance_by_asset_key": {"dl_test_table": None},
+        "partition_key": None,
+        "partition_key_range": None,
+        "partition_time_window": None,
+        "run_id": "r",
+        "job_name": None,
+        "retry_number": 0,
+        "extras": {"params": params},
+    }
+    (root / "tmp/ctx/context.json").write_text(json.dumps(context))
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--dagster-pipes-context",
+        encode_param({"path": "/tmp/ctx/context.json"}),
+        "--dagster-pipes-messages",
+        encode_param({"path": "/tmp/msgs"}),
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_PIPES")}
+    proc = subprocess.run(
+        cmd,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "DATALOADER_DBFS_ROOT": str(root)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    messages = [
+        json.loads(line)
+        for chunk in sorted((root / "tmp/msgs").glob("*.json"))
+        for line in chunk.read_text().splitlines()
+    ]
+    (mat,) = [m for m in messages if m["method"] == "report_asset_materialization"]
+    assert mat["params"]["metadata"]["rows_written"]["raw_value"] == 2
+    assert len(read_rows(dest(lake_root, params))) == 2
+
+
+def _mysql_or_skip():
+    pymysql = pytest.importorskip("pymysql")
+    try:
+        return pymysql.connect(
+            host="127.0.0.1",
+            port=3306,
+            user="root",
+            database="test",
+            connect_timeout=2,
+            autocommit=True,
+        )
+    except pymysql.err.OperationalError as exc:
+        pytest.skip(f"no MariaDB/MySQL on 127.0.0.1:3306 (root, db test): {exc}")
+
+
+def test_mysql_source_incremental_with_exact_types(lake_root):
+    conn = _mysql_or_skip()
+    table = "dl_loader_test_types"
+    with conn.cursor() as cur:
+        cur.execute(f"DROP TABLE IF EXISTS `{table}`")
+        cur.execute(
+            f"CREATE TABLE `{table}` (id int unsigned, amount decimal(12,2), "
+            "created datetime(6), stamped timestamp(6) NULL, label varchar(50), big bigint)"
+        )
+        cur.execute("SET time_zone = '+00:00'")
+        cur.execute(
+            f"INSERT INTO `{table}` VALUES (1, 1234567890.12, '2024-01-01 00:00:00.000001',"
+            " '2024-01-01 00:00:00.5', 'Grüße ☃', 9007199254740993),"
+            " (2, NULL, '2024-01-02 00:00:00', NULL, NULL, NULL)"
+        )
+    try:
+        params = {
+            **make_params("host=x port=1 dbname=x user=x", table),
+            "db_type": "mysql",
+            "source_schema_name": "test",
+            "db_config_value": {
+                "host": "127.0.0.1",
+                "port": 3306,
+                "database": "test",
+                "user": "root",
+            },
+            "load_strategy": "incremental",
+            "incremental_column": "created",
+        }
+        first = materialize_load(params)
+        assert first["watermark_after"] == "2024-01-02T00:00:00.000000"
+        rows = read_rows(dest(lake_root, params))
+        assert rows[0]["amount"] == decimal.Decimal("1234567890.12")
+        assert rows[0]["created"] == dt.datetime(2024, 1, 1, 0, 0, 0, 1)
+        assert rows[0]["stamped"] == dt.datetime(2024, 1, 1, 0, 0, 0, 500000, tzinfo=UTC)
+        assert rows[0]["label"] == "Grüße ☃" and rows[0]["big"] == 9007199254740993
+        with conn.cursor() as cur:
+            cur.execute(f"INSERT INTO `{table}` (id, created) VALUES (3, '2024-01-03 00:00:00')")
+        params["incremental_value"] = first["watermark_after"]
+        second = materialize_load(params)
+        assert second["rows_written"] == 1
+        assert [r["id"] for r in read_rows(dest(lake_root, params))] == [1, 2, 3]
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS `{table}`")
+        conn.close()
