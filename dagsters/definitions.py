@@ -11,7 +11,6 @@ from __future__ import annotations
 import dagster as dg
 
 from dagsters.assets.dataloader_pipes_asset import (
-    control_key_partitions,
     dataloader_retry_analysis,
     dataloader_table_load,
 )
@@ -32,13 +31,11 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     load_job = dg.define_asset_job(
         LOAD_JOB,
         selection=[dataloader_table_load],
-        partitions_def=control_key_partitions,
         description="One table load; launched by master_sensor, or by a person for a partition.",
     )
     retry_job = dg.define_asset_job(
         RETRY_JOB,
         selection=[dataloader_retry_analysis],
-        partitions_def=control_key_partitions,
         description="Retry-or-review decision for one failed load; launched by failed_monitor.",
     )
     return dg.Definitions(

@@ -1,0 +1,373 @@
+"""dataloader__table_load with the local backend: real source table, real Delta, real control rows.
+
+Pins down: a claimed row ends Succeeded with rows, watermark and next slot in both the control row
+and its history row; a failing load ends Failed with the script's own message and writes nothing;
+a launch with only control_key makes a new 'ui' attempt; re-executing a failed run makes a new
+history row; terminating a running load kills the script and leaves the row Failed/Cancelled with
+no materialization.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import psutil
+import psycopg
+import pytest
+from dagster._core.definitions.reconstruct import ReconstructableRepository
+from deltalake import DeltaTable
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from dagsters.assets.dataloader_pipes_asset import dataloader_table_load
+from dagsters.resources.lakebase import LakebaseResource
+from dagsters.resources.pipes_databricks import PipesDatabricksResource
+from dagsters.utils.lakebase_client import LakebaseClient
+from dagsters.utils.run_config import LOAD_ASSET, PARTITIONS_NAME, load_run_config
+
+
+def lakebase_for(conninfo: str) -> LakebaseResource:
+    parts = conninfo_to_dict(conninfo)
+    return LakebaseResource(
+        host=parts["host"],
+        port=int(parts["port"]),
+        database=parts["dbname"],
+        user=parts["user"],
+        sslmode="disable",
+    )
+
+
+@pytest.fixture
+def db(control_db: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(control_db, autocommit=True, row_factory=dict_row) as conn:
+        yield conn
+
+
+@pytest.fixture
+def source(source_db: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(source_db, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE public.orders (order_id int PRIMARY KEY, amount numeric(10,2),"
+            " updated_at timestamptz NOT NULL)"
+        )
+        conn.execute(
+            "INSERT INTO public.orders SELECT g, g * 1.5, timestamptz '2024-01-01' + g * interval"
+            " '1 hour' FROM generate_series(1, 25) g"
+        )
+        yield conn
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def add_control_row(db: psycopg.Connection, source_db: str, key: str, table: str, **columns) -> int:
+    parts = conninfo_to_dict(source_db)
+    values = {
+        "control_key": key,
+        "source_schema_name": "public",
+        "source_table_name": table,
+        "destination_catalog": "lake",
+        "destination_schema_name": "raw",
+        "destination_table_name": table,
+        "db_type": "postgresql",
+        "db_config_value": Jsonb(
+            {
+                "host": parts["host"],
+                "port": int(parts["port"]),
+                "database": parts["dbname"],
+                "user": parts["user"],
+            }
+        ),
+        "load_strategy": "incremental",
+        "incremental_column": "updated_at",
+        "schedule_interval": "1 hour",
+    }
+    values.update(columns)
+    names = ", ".join(values)
+    marks = ", ".join(["%s"] * len(values))
+    return db.execute(
+        f"INSERT INTO table_control ({names}) VALUES ({marks}) RETURNING config_id",
+        list(values.values()),
+    ).fetchone()["config_id"]
+
+
+def control_row(db: psycopg.Connection, key: str) -> dict:
+    return db.execute("SELECT * FROM table_control WHERE control_key = %s", (key,)).fetchone()
+
+
+def history(db: psycopg.Connection, key: str) -> list[dict]:
+    return db.execute(
+        "SELECT * FROM historical_metadata WHERE control_key = %s ORDER BY metadata_id", (key,)
+    ).fetchall()
+
+
+def resources(control_db: str, lake_root: Path) -> dict:
+    return {
+        "lakebase": lakebase_for(control_db),
+        "pipes_databricks": PipesDatabricksResource(
+            execution="local", lake_root=str(lake_root), termination_grace_seconds=3
+        ),
+    }
+
+
+def claim_and_materialize(control_db, lake_root, instance, key):
+    """What master_sensor + a run worker do: claim the due row, run its partition."""
+    with LakebaseClient(control_db) as client:
+        [claimed] = [r for r in client.claim_due_tables(10) if r["control_key"] == key]
+    instance.add_dynamic_partitions(PARTITIONS_NAME, [key])
+    return dg.materialize(
+        [dataloader_table_load],
+        partition_key=key,
+        run_config=load_run_config(claimed),
+        resources=resources(control_db, lake_root),
+        instance=instance,
+        raise_on_error=False,
+    ), claimed
+
+
+def materializations(result: dg.ExecuteInProcessResult) -> list:
+    return result.asset_materializations_for_node(LOAD_ASSET)
+
+
+def test_claimed_incremental_load_succeeds_then_picks_up_only_new_rows(
+    control_db, source_db, source, lake_root, db, instance
+):
+    add_control_row(db, source_db, "pg.orders", "orders")
+
+    result, claimed = claim_and_materialize(control_db, lake_root, instance, "pg.orders")
+
+    assert result.success
+    row = control_row(db, "pg.orders")
+    assert row["last_status"] == "Succeeded"
+    assert row["incremental_value"] is not None and row["incremental_value"].startswith(
+        "2024-01-02"
+    )
+    assert row["last_dagster_run"] == f"http://127.0.0.1:3000/runs/{result.run_id}"
+    assert row["next_load_date_time"] > row["last_load_date_time"]
+    [attempt] = history(db, "pg.orders")
+    assert attempt["metadata_id"] == claimed["metadata_id"]
+    assert attempt["status"] == "Succeeded"
+    assert (attempt["rows_read"], attempt["rows_written"]) == (25, 25)
+    assert attempt["dagster_run_id"] == result.run_id
+    assert DeltaTable(str(lake_root / "lake" / "raw" / "orders")).to_pyarrow_table().num_rows == 25
+    [materialization] = materializations(result)
+    assert materialization.partition == "pg.orders"
+    assert materialization.metadata["dagster/row_count"].value == 25
+    assert materialization.metadata["metadata_id"].value == claimed["metadata_id"]
+    assert "dagster/column_schema" in materialization.metadata
+
+    source.execute("INSERT INTO public.orders VALUES (26, 1, '2024-03-01'), (27, 2, '2024-03-02')")
+    db.execute("UPDATE table_control SET next_load_date_time = now()")
+    result, _ = claim_and_materialize(control_db, lake_root, instance, "pg.orders")
+
+    assert result.success
+    second = history(db, "pg.orders")[-1]
+    assert second["rows_written"] == 2
+    assert control_row(db, "pg.orders")["incremental_value"].startswith("2024-03-02")
+    assert DeltaTable(str(lake_root / "lake" / "raw" / "orders")).to_pyarrow_table().num_rows == 27
+
+
+def test_missing_source_table_fails_with_the_scripts_own_message(
+    control_db, source_db, source, lake_root, db, instance
+):
+    add_control_row(db, source_db, "pg.missing", "no_such_table")
+
+    result, _ = claim_and_materialize(control_db, lake_root, instance, "pg.missing")
+
+    assert not result.success
+    assert materializations(result) == []
+    row = control_row(db, "pg.missing")
+    assert row["last_status"] == "Failed"
+    assert "no_such_table" in row["last_message"]
+    assert "exited with code" not in row["last_message"]
+    [attempt] = history(db, "pg.missing")
+    assert attempt["status"] == "Failed"
+    assert attempt["message"] == row["last_message"]
+    assert attempt["ended_at"] is not None
+    assert row["incremental_value"] is None
+    assert not (lake_root / "lake" / "raw" / "no_such_table").exists()
+
+
+def test_launch_with_only_control_key_queues_a_ui_attempt(
+    control_db, source_db, source, lake_root, db, instance
+):
+    add_control_row(
+        db, source_db, "pg.orders", "orders", load_strategy="full", incremental_column=None
+    )
+    db.execute("UPDATE table_control SET next_load_date_time = now() + interval '1 day'")
+    instance.add_dynamic_partitions(PARTITIONS_NAME, ["pg.orders"])
+
+    result = dg.materialize(
+        [dataloader_table_load],
+        partition_key="pg.orders",
+        run_config={"ops": {LOAD_ASSET: {"config": {"control_key": "pg.orders"}}}},
+        resources=resources(control_db, lake_root),
+        instance=instance,
+    )
+
+    assert result.success
+    [attempt] = history(db, "pg.orders")
+    assert attempt["triggered_by"] == "ui"
+    assert attempt["status"] == "Succeeded"
+    assert control_row(db, "pg.orders")["last_metadata_id"] == attempt["metadata_id"]
+
+    # The partition alone (no config at all) is enough too.
+    result = dg.materialize(
+        [dataloader_table_load],
+        partition_key="pg.orders",
+        resources=resources(control_db, lake_root),
+        instance=instance,
+    )
+    assert result.success
+    assert [h["triggered_by"] for h in history(db, "pg.orders")] == ["ui", "ui"]
+
+
+def test_launch_while_the_table_is_already_loading_is_refused(
+    control_db, source_db, source, lake_root, db, instance
+):
+    add_control_row(db, source_db, "pg.orders", "orders")
+    with LakebaseClient(control_db) as client:
+        client.claim_due_tables(10)  # Queued by the sensor, its run not started yet
+    instance.add_dynamic_partitions(PARTITIONS_NAME, ["pg.orders"])
+
+    result = dg.materialize(
+        [dataloader_table_load],
+        partition_key="pg.orders",
+        resources=resources(control_db, lake_root),
+        instance=instance,
+        raise_on_error=False,
+    )
+
+    assert not result.success
+    failure = result.failure_data_for_node(LOAD_ASSET)
+    assert "already Queued" in failure.error.message
+    assert control_row(db, "pg.orders")["last_status"] == "Queued"  # the sensor's attempt stands
+    assert len(history(db, "pg.orders")) == 1
+
+
+def test_stale_attempt_is_not_loaded(control_db, source_db, source, lake_root, db, instance):
+    add_control_row(db, source_db, "pg.orders", "orders")
+    with LakebaseClient(control_db) as client:
+        [claimed] = client.claim_due_tables(10)
+        client.record_failure(
+            claimed["config_id"], claimed["metadata_id"], "Cancelled - stuck in queue"
+        )
+    instance.add_dynamic_partitions(PARTITIONS_NAME, ["pg.orders"])
+
+    result = dg.materialize(
+        [dataloader_table_load],
+        partition_key="pg.orders",
+        run_config=load_run_config(claimed),
+        resources=resources(control_db, lake_root),
+        instance=instance,
+        raise_on_error=False,
+    )
+
+    assert not result.success
+    assert "no longer queued" in result.failure_data_for_node(LOAD_ASSET).error.message
+    assert control_row(db, "pg.orders")["last_message"] == "Cancelled - stuck in queue"
+    assert not (lake_root / "lake" / "raw" / "orders").exists()
+
+
+def _load_children() -> list[psutil.Process]:
+    return [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if any("dataloader_pipe.py" in part for part in p.cmdline())
+    ]
+
+
+def test_terminating_a_running_load_kills_it_and_records_the_cancellation(
+    control_db, source_db, source, lake_root, db, instance
+):
+    # A view that takes a while to read keeps the script busy inside the source query.
+    source.execute(
+        "CREATE VIEW public.slow_orders AS SELECT o.* FROM public.orders o"
+        " WHERE (SELECT count(*) FROM pg_sleep(60)) > 0"
+    )
+    add_control_row(
+        db, source_db, "pg.slow", "slow_orders", load_strategy="full", incremental_column=None
+    )
+
+    def terminate_when_running() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if control_row(db, "pg.slow")["last_status"] == "In Progress" and _load_children():
+                time.sleep(2)  # let the script reach its source query
+                os.kill(os.getpid(), signal.SIGINT)  # what a run worker gets on termination
+                return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=terminate_when_running, daemon=True)
+    killer.start()
+    result, _ = claim_and_materialize(control_db, lake_root, instance, "pg.slow")
+    killer.join(timeout=5)
+
+    assert not result.success
+    assert materializations(result) == []
+    row = control_row(db, "pg.slow")
+    assert row["last_status"] == "Failed"
+    assert row["last_message"].startswith("Cancelled")
+    assert history(db, "pg.slow")[0]["status"] == "Failed"
+    assert _load_children() == []
+    assert not (lake_root / "lake" / "raw" / "slow_orders").exists()
+
+
+def test_reexecuting_a_failed_run_makes_a_new_history_row(
+    control_db, source_db, source, lake_root, db, instance, monkeypatch
+):
+    parts = conninfo_to_dict(control_db)
+    for name, value in {
+        "LAKEBASE_HOST": parts["host"],
+        "LAKEBASE_PORT": parts["port"],
+        "LAKEBASE_DATABASE": parts["dbname"],
+        "LAKEBASE_USER": parts["user"],
+        "LAKEBASE_SSLMODE": "disable",
+    }.items():
+        monkeypatch.setenv(name, str(value))
+    add_control_row(
+        db, source_db, "pg.late", "late_orders", load_strategy="full", incremental_column=None
+    )
+    with LakebaseClient(control_db) as client:
+        [claimed] = client.claim_due_tables(10)
+    instance.add_dynamic_partitions(PARTITIONS_NAME, ["pg.late"])
+    job = ReconstructableRepository.for_module(
+        "dagsters.definitions", "defs", working_directory=str(Path(__file__).parents[1])
+    ).get_reconstructable_job("dataloader__table_load_job")
+
+    with dg.execute_job(
+        job,
+        instance=instance,
+        run_config=load_run_config(claimed),
+        tags={"dagster/partition": "pg.late"},
+    ) as first:
+        assert not first.success
+    assert control_row(db, "pg.late")["last_status"] == "Failed"
+
+    source.execute("CREATE TABLE public.late_orders AS SELECT * FROM public.orders")
+    with dg.execute_job(
+        job,
+        instance=instance,
+        reexecution_options=dg.ReexecutionOptions.from_failure(first.run_id, instance),
+    ) as second:
+        assert second.success
+
+    old, new = history(db, "pg.late")
+    assert (old["metadata_id"], old["status"]) == (claimed["metadata_id"], "Failed")
+    assert old["dagster_run_id"] == first.run_id
+    assert (new["status"], new["triggered_by"], new["dagster_run_id"]) == (
+        "Succeeded",
+        "ui",
+        second.run_id,
+    )
+    assert control_row(db, "pg.late")["last_status"] == "Succeeded"
