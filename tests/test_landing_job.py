@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -86,6 +87,13 @@ def output_metadata(result: dg.ExecuteInProcessResult) -> dict:
 
 
 @pytest.fixture
+def control(control_db: str) -> Iterator[str]:
+    """``control_db``, closing the resource's cached pool before the database is dropped."""
+    yield control_db
+    resources(control_db)["lakebase"].get_client().close()
+
+
+@pytest.fixture
 def models_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("DATALOADER_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("DATALOADER_MODELS_REPO", raising=False)
@@ -102,15 +110,15 @@ def land(lake_root: Path, table: str) -> None:
 
 
 def test_local_run_commits_readable_tables_and_marks_only_them(
-    control_db: str, lake_root: Path, models_repo: Path
+    control: str, lake_root: Path, models_repo: Path
 ) -> None:
     land(lake_root, "orders")
     land(lake_root, "customers")
-    ids = [add_control_row(control_db, t) for t in ("orders", "customers", "missing")]
-    add_control_row(control_db, "done", processed=True)
-    add_control_row(control_db, "broken", status="Failed")
+    ids = [add_control_row(control, t) for t in ("orders", "customers", "missing")]
+    add_control_row(control, "done", processed=True)
+    add_control_row(control, "broken", status="Failed")
 
-    result = run_job(control_db, ids)
+    result = run_job(control, ids)
 
     # The unreadable table fails the run so someone looks, after the others were published.
     assert not result.success
@@ -131,7 +139,7 @@ def test_local_run_commits_readable_tables_and_marks_only_them(
     assert "main.sales.orders" in log and "main.sales.customers" in log
     assert "missing" not in log
 
-    rows = control_rows(control_db)
+    rows = control_rows(control)
     assert rows["sales.orders"]["staging_model_processed"]
     assert rows["sales.customers"]["staging_model_processed"]
     assert not rows["sales.missing"]["staging_model_processed"]
@@ -147,14 +155,14 @@ def test_local_run_commits_readable_tables_and_marks_only_them(
 
 
 def test_rerun_with_nothing_new_commits_nothing(
-    control_db: str, lake_root: Path, models_repo: Path
+    control: str, lake_root: Path, models_repo: Path
 ) -> None:
     land(lake_root, "orders")
-    config_id = add_control_row(control_db, "orders")
-    assert run_job(control_db, [config_id]).success
+    config_id = add_control_row(control, "orders")
+    assert run_job(control, [config_id]).success
     head = git(models_repo, "rev-parse", "HEAD")
 
-    again = run_job(control_db, [config_id])
+    again = run_job(control, [config_id])
 
     assert again.success
     assert output_metadata(again)["commit"] == "none"
@@ -163,7 +171,7 @@ def test_rerun_with_nothing_new_commits_nothing(
 
 
 def test_pushes_to_configured_remote(
-    control_db: str, lake_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    control: str, lake_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bare = tmp_path / "dbt.git"
     subprocess.run(["git", "init", "--quiet", "--bare", str(bare)], check=True)
@@ -173,19 +181,19 @@ def test_pushes_to_configured_remote(
     monkeypatch.setenv("DATALOADER_MODELS_BRANCH", "feature/new-sources")
     monkeypatch.delenv("DATALOADER_EXECUTION", raising=False)
     land(lake_root, "orders")
-    config_id = add_control_row(control_db, "orders")
+    config_id = add_control_row(control, "orders")
 
-    result = run_job(control_db, [config_id])
+    result = run_job(control, [config_id])
 
     assert result.success
     meta = output_metadata(result)
     assert meta["pushed_to"] == "origin"
     assert git(bare, "rev-parse", "refs/heads/feature/new-sources") == meta["commit"]
-    assert control_rows(control_db)["sales.orders"]["staging_model_processed"]
+    assert control_rows(control)["sales.orders"]["staging_model_processed"]
 
 
 def test_databricks_mode_reads_unity_catalog_through_sql_warehouse(
-    control_db: str,
+    control: str,
     models_repo: Path,
     sql_warehouse: SqlWarehouseStandin,
     monkeypatch: pytest.MonkeyPatch,
@@ -199,9 +207,9 @@ def test_databricks_mode_reads_unity_catalog_through_sql_warehouse(
             ("tags", "array<string>"),
         ],
     )
-    ids = [add_control_row(control_db, t) for t in ("orders", "ghost")]
+    ids = [add_control_row(control, t) for t in ("orders", "ghost")]
 
-    result = run_job(control_db, ids)
+    result = run_job(control, ids)
 
     assert not result.success  # "ghost" is not in Unity Catalog
     meta = output_metadata(result)
@@ -215,7 +223,7 @@ def test_databricks_mode_reads_unity_catalog_through_sql_warehouse(
         ("Total Amount", "decimal(18,2)"),
         ("tags", "array<string>"),
     ]
-    rows = control_rows(control_db)
+    rows = control_rows(control)
     assert rows["sales.orders"]["staging_model_processed"]
     assert not rows["sales.ghost"]["staging_model_processed"]
     (first, *_) = sql_warehouse.submitted()
