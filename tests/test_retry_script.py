@@ -9,11 +9,15 @@ from typing import Any
 import dagster as dg
 import pytest
 from dagster._core.errors import DagsterPipesExecutionError
+from dagster_databricks import PipesDatabricksClient
+from dagster_databricks.pipes import PipesDbfsMessageReader
+from databricks.sdk.service import compute, jobs
+from databricks_standin import DatabricksStandin, databricks_standin
 from openai_standin import OpenAIStandIn, Reply, good_answer, openai_standin
 
 from dagsters.utils.retry_analysis import build_analysis_request
 
-__all__ = ["openai_standin"]  # the fixture, imported so pytest finds it in this module
+__all__ = ["databricks_standin", "openai_standin"]  # fixtures, imported so pytest finds them here
 
 SCRIPT = Path(__file__).resolve().parents[1] / "databricks_scripts" / "dataloader_retry_pipe.py"
 SCOPE_SECRET = "Scope-Secret-Value-77"
@@ -172,3 +176,40 @@ def test_request_is_json_and_holds_no_connection_details() -> None:
     request = build_analysis_request(_failed_row("boom"), [])
     text = json.dumps(request)  # Pipes extras must serialise
     assert "pg-prod" not in text and "loader" not in text and "jdbc" not in text
+
+
+def test_runs_unchanged_on_a_databricks_cluster(
+    databricks_standin: DatabricksStandin, openai_standin: OpenAIStandIn
+) -> None:
+    # Existing cluster: bootstrap as CLI parameters, context and messages on DBFS, the scripts
+    # directory deployed as a bundle would; the model settings travel in the request.
+    scripts = databricks_standin.deploy(SCRIPT.parent, "/Workspace/Shared/dataloader/scripts")
+    openai_standin.queue(good_answer("Retry Recommended", 0.9, "Spot loss is temporary."))
+    request = build_analysis_request(
+        _failed_row("Cluster 0101-x was terminated. Reason: SPOT_INSTANCE_TERMINATION"), []
+    )
+    request["advisor"] = {"model": "served-model", "base_url": openai_standin.base_url}
+    workspace = databricks_standin.workspace_client()
+    pipes_client = PipesDatabricksClient(
+        workspace,
+        poll_interval_seconds=0.2,
+        message_reader=PipesDbfsMessageReader(client=workspace, interval=0.2),
+    )
+    task = jobs.SubmitTask(
+        task_key="retry_analysis",
+        spark_python_task=jobs.SparkPythonTask(python_file=f"{scripts}/{SCRIPT.name}"),
+        existing_cluster_id="0101-000000-standin",
+        libraries=[compute.Library(pypi=compute.PythonPyPiLibrary(package="openai"))],
+    )
+
+    @dg.asset(name="retry_on_databricks")
+    def retry_on_databricks(context: dg.AssetExecutionContext):
+        invocation = pipes_client.run(context=context, task=task, extras={"params": request})
+        return invocation.get_materialize_result()
+
+    result = dg.materialize([retry_on_databricks])
+
+    [materialization] = result.asset_materializations_for_node("retry_on_databricks")
+    metadata = {key: value.value for key, value in materialization.metadata.items()}
+    assert (metadata["decision"], metadata["decider"]) == ("Retry Recommended", "served-model")
+    assert databricks_standin.only_run().result_state == "SUCCESS"
