@@ -221,6 +221,10 @@ def _oauth_resource(server: EmbeddedServer, **kwargs) -> LakebaseResource:
         user=ROLE,
         sslmode="disable",
         auth_mode="oauth",
+        # The stand-in makes each new token the role's only password (stricter than Lakebase,
+        # where earlier tokens stay valid), so connections are opened one at a time here.
+        min_pool_size=0,
+        max_pool_size=1,
         **kwargs,
     )
 
