@@ -275,6 +275,11 @@ def test_missing_delta_table_is_reported(lake_root: Path) -> None:
         read_delta_columns(local_table_path(lake_root, "main", "sales", "nope"))
 
 
+def test_destination_names_cannot_leave_the_lake(lake_root: Path) -> None:
+    with pytest.raises(SchemaUnavailable, match="not a directory name"):
+        local_table_path(lake_root, "main", "..", "orders")
+
+
 def test_refuses_non_empty_directory_that_is_not_a_repository(tmp_path: Path) -> None:
     target = tmp_path / "models"
     target.mkdir()

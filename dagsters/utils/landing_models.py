@@ -140,6 +140,10 @@ def read_delta_columns(table_path: Path | str) -> tuple[LandingColumn, ...]:
 
 def local_table_path(lake_root: Path | str, catalog: str, schema: str, table: str) -> Path:
     """Where the local loader writes a destination table (``<lake>/<catalog>/<schema>/<table>``)."""
+    for part in (catalog, schema, table):
+        # Same rule as the loader: a control row must not point outside the lake.
+        if part in ("", ".", "..") or "/" in part or "\\" in part or "\x00" in part:
+            raise SchemaUnavailable(f"destination name part {part!r} is not a directory name")
     return Path(lake_root) / catalog / schema / table
 
 
