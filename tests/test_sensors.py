@@ -301,6 +301,11 @@ def test_failed_monitor_requests_one_analysis_per_failure(control_db, db, instan
     assert config == {"config_id": failed, "control_key": "failed", "metadata_id": metadata_id}
     assert row(db, "failed")["retry_analysis_requested_at"] is not None
     assert row(db, "reviewed")["retry_analysis_requested_at"] is None
+    # Retries used up: marked for review by rule, no analysis run.
+    exhausted_row = row(db, "exhausted")
+    assert exhausted_row["needs_review"] is True
+    assert exhausted_row["last_status"] == "Failed"
+    assert exhausted_row["last_message"].startswith("[AI Analysis - Requires Review]")
     # Already being analysed: not requested twice.
     again = tick(build_failed_monitor(Settings()), instance, control_db)
     assert isinstance(again, dg.SkipReason)

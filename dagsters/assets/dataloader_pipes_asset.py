@@ -23,6 +23,11 @@ from dagsters.utils.lakebase_client import (
     LoadAlreadyActive,
     UnknownControlKey,
 )
+from dagsters.utils.retry_analysis import (
+    apply_decision,
+    build_analysis_request,
+    decide_without_asking,
+)
 from dagsters.utils.run_config import LOAD_ASSET, PARTITIONS_NAME, RETRY_ASSET, load_params
 from dagsters.utils.settings import dagster_run_url
 from databricks_scripts.redaction import redact
@@ -263,12 +268,6 @@ def dataloader_retry_analysis(
     lakebase: LakebaseResource,
     pipes_databricks: PipesDatabricksResource,
 ) -> Iterator[dg.MaterializeResult]:
-    from dagsters.utils.retry_analysis import (
-        apply_decision,
-        build_analysis_request,
-        decide_without_asking,
-    )
-
     control_key = _control_key(context, config.control_key)
     client = lakebase.get_client()
     row = client.get_table_details(control_key)

@@ -1,14 +1,16 @@
 """failed_monitor: one ``dataloader__retry_analysis`` run per failed attempt.
 
-Rows that are Failed, under the retry limit, not marked for review and not already being analysed
-are stamped ``retry_analysis_requested_at`` in the same statement that selects them, so an analysis
-is requested once per failure; the run key is the failed attempt's history row.
+Rows that are Failed, not marked for review and not already being analysed are stamped
+``retry_analysis_requested_at`` in the same statement that selects them, so each failure is handled
+once. Rows under the retry limit get an analysis run (run key: the failed attempt's history row);
+rows that have used their retries are marked for review here, by rule, without asking anyone.
 """
 
 import dagster as dg
 
 from dagsters.assets.dataloader_pipes_asset import control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
+from dagsters.utils.retry_analysis import apply_decision, decide_without_asking
 from dagsters.utils.run_config import (
     PARTITIONS_NAME,
     retry_run_config,
@@ -18,6 +20,17 @@ from dagsters.utils.run_config import (
 from dagsters.utils.settings import Settings, load_settings
 
 RETRY_JOB = "dataloader__retry_analysis_job"
+_ANY_RETRY_COUNT = 2**31 - 1
+
+
+def _exhausted(row: dict, max_retries: int) -> dict:
+    # decide_without_asking uses the spec's limit of 3; a lower DATALOADER_MAX_RETRIES lands here.
+    return {
+        "decision": "Requires Review",
+        "confidence": 1.0,
+        "reason": f"Failed after {row['retry_count']} of {max_retries} automatic retries.",
+        "decider": "rules",
+    }
 
 
 def build_failed_monitor(settings: Settings) -> dg.SensorDefinition:
@@ -34,13 +47,23 @@ def build_failed_monitor(settings: Settings) -> dg.SensorDefinition:
     def failed_monitor(
         context: dg.SensorEvaluationContext, lakebase: LakebaseResource
     ) -> dg.SensorResult | dg.SkipReason:
-        rows = lakebase.get_client().claim_failed_for_analysis(
-            settings.failed_batch_size, settings.max_retries
-        )
+        client = lakebase.get_client()
+        # Every failure not yet handled, whatever its retry count: the exhausted ones are settled
+        # below, so they do not sit Failed without a review marker.
+        claimed = client.claim_failed_for_analysis(settings.failed_batch_size, _ANY_RETRY_COUNT)
+        rows = [r for r in claimed if r["retry_count"] < settings.max_retries]
+        exhausted = [r for r in claimed if r["retry_count"] >= settings.max_retries]
+        for row in exhausted:
+            decision = decide_without_asking(row) or _exhausted(row, settings.max_retries)
+            outcome = apply_decision(client, row, decision)
+            context.log.info(f"{row['control_key']}: retries used up; {outcome}")
         if not rows:
+            reviewed = (
+                f" Marked {len(exhausted)} for review (retries used up)." if exhausted else ""
+            )
             return dg.SkipReason(
                 f"No failure to analyse (Failed, retry_count < {settings.max_retries}, not under "
-                "review, not already being analysed)."
+                f"review, not already being analysed).{reviewed}"
             )
         new_keys = sorted(
             {

@@ -1,0 +1,159 @@
+"""failed_monitor -> dataloader__retry_analysis (real retry script via local Pipes) -> row's next state."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import dagster as dg
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from dagsters.assets.dataloader_pipes_asset import dataloader_retry_analysis
+from dagsters.resources.lakebase import LakebaseResource
+from dagsters.resources.pipes_databricks import PipesDatabricksResource
+from dagsters.sensors.dataloader_failed_monitor import build_failed_monitor
+from dagsters.utils.run_config import PARTITIONS_NAME, RETRY_ASSET
+from dagsters.utils.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No chat model configured: the script's deterministic classifier decides.
+    for name in ("DATALOADER_AI_MODEL", "DATALOADER_AI_BASE_URL", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def lakebase_for(conninfo: str) -> LakebaseResource:
+    parts = conninfo_to_dict(conninfo)
+    return LakebaseResource(
+        host=parts["host"],
+        port=int(parts["port"]),
+        database=parts["dbname"],
+        user=parts["user"],
+        sslmode="disable",
+    )
+
+
+@pytest.fixture
+def db(control_db: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(control_db, autocommit=True, row_factory=dict_row) as conn:
+        yield conn
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def failed_row(db: psycopg.Connection, key: str, message: str, retry_count: int = 0) -> int:
+    config_id = db.execute(
+        "INSERT INTO table_control (control_key, source_schema_name, source_table_name,"
+        " destination_catalog, destination_schema_name, destination_table_name, db_type,"
+        " db_config_value, last_status, last_status_date_time, last_message, retry_count)"
+        " VALUES (%s, 'public', %s, 'lake', 'raw', %s, 'postgresql', %s, 'Failed', now(), %s, %s)"
+        " RETURNING config_id",
+        (key, key, key, Jsonb({"host": "db1", "database": "shop"}), message, retry_count),
+    ).fetchone()["config_id"]
+    metadata_id = db.execute(
+        "INSERT INTO historical_metadata (config_id, control_key, status, message, ended_at)"
+        " VALUES (%s, %s, 'Failed', %s, now()) RETURNING metadata_id",
+        (config_id, key, message),
+    ).fetchone()["metadata_id"]
+    db.execute(
+        "UPDATE table_control SET last_metadata_id = %s WHERE config_id = %s",
+        (metadata_id, config_id),
+    )
+    return metadata_id
+
+
+def control_row(db: psycopg.Connection, key: str) -> dict:
+    return db.execute("SELECT * FROM table_control WHERE control_key = %s", (key,)).fetchone()
+
+
+def run_monitor_then_analysis(control_db: str, instance: dg.DagsterInstance) -> list:
+    lakebase = lakebase_for(control_db)
+    result = build_failed_monitor(Settings())(
+        dg.build_sensor_context(instance=instance, resources={"lakebase": lakebase})
+    )
+    if isinstance(result, dg.SkipReason):
+        return []
+    instance.add_dynamic_partitions(PARTITIONS_NAME, [r.partition_key for r in result.run_requests])
+    outcomes = []
+    for request in result.run_requests:
+        outcome = dg.materialize(
+            [dataloader_retry_analysis],
+            partition_key=request.partition_key,
+            run_config=request.run_config,
+            resources={
+                "lakebase": lakebase,
+                "pipes_databricks": PipesDatabricksResource(execution="local"),
+            },
+            instance=instance,
+        )
+        outcomes.append(outcome)
+    return outcomes
+
+
+def test_transient_failure_is_retried_with_backoff(control_db, db, instance):
+    metadata_id = failed_row(
+        db, "pg.flaky", "load of public.flaky failed at step 'load': connection reset by peer"
+    )
+
+    [outcome] = run_monitor_then_analysis(control_db, instance)
+
+    row = control_row(db, "pg.flaky")
+    assert row["last_status"] is None
+    assert row["retry_count"] == 1
+    assert row["last_message"].startswith("[AI Analysis - Retry Recommended]")
+    wait = row["next_load_date_time"] - db.execute("SELECT now() AS t").fetchone()["t"]
+    assert timedelta(minutes=4) < wait <= timedelta(minutes=5)
+    decision = db.execute(
+        "SELECT retry_decision, retry_decider FROM historical_metadata WHERE metadata_id = %s",
+        (metadata_id,),
+    ).fetchone()
+    assert decision == {"retry_decision": "Retry Recommended", "retry_decider": "rules"}
+    [materialization] = outcome.asset_materializations_for_node(RETRY_ASSET)
+    assert materialization.metadata["decision"].value == "Retry Recommended"
+    assert materialization.metadata["applied"].value == "retried"
+
+
+def test_permanent_failure_goes_to_review_and_is_not_analysed_again(control_db, db, instance):
+    failed_row(
+        db,
+        "pg.gone",
+        "load of public.gone failed at step 'load': relation \"public.gone\" does not exist",
+    )
+
+    run_monitor_then_analysis(control_db, instance)
+
+    row = control_row(db, "pg.gone")
+    assert row["last_status"] == "Failed"
+    assert row["needs_review"] is True
+    assert row["last_message"].startswith("[AI Analysis - Requires Review]")
+    assert run_monitor_then_analysis(control_db, instance) == []
+
+
+def test_analysis_of_a_row_rerun_meanwhile_changes_nothing(control_db, db, instance):
+    metadata_id = failed_row(db, "pg.rerun", "connection refused")
+    db.execute("UPDATE table_control SET last_status = 'Queued'")  # a person reran it
+    instance.add_dynamic_partitions(PARTITIONS_NAME, ["pg.rerun"])
+
+    outcome = dg.materialize(
+        [dataloader_retry_analysis],
+        partition_key="pg.rerun",
+        run_config={"ops": {RETRY_ASSET: {"config": {"metadata_id": metadata_id}}}},
+        resources={
+            "lakebase": lakebase_for(control_db),
+            "pipes_databricks": PipesDatabricksResource(execution="local"),
+        },
+        instance=instance,
+    )
+
+    assert outcome.asset_materializations_for_node(RETRY_ASSET) == []
+    row = control_row(db, "pg.rerun")
+    assert (row["last_status"], row["retry_count"]) == ("Queued", 0)
