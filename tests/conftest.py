@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,12 +24,19 @@ os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
 
 
 @pytest.fixture(scope="session")
-def embedded_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
-    """The project's own embedded PostgreSQL, started once per test session."""
-    pgdata = tmp_path_factory.mktemp("embedded") / "pgdata"
+def embedded_pg() -> Iterator[EmbeddedServer]:
+    """The project's own embedded PostgreSQL, started once per test session.
+
+    Its data lives outside pytest's basetemp: running as root, pgserver runs PostgreSQL as another
+    user that must traverse the path, and pytest prunes old basetemps that a concurrent session
+    may still be using.
+    """
+    top = Path(tempfile.mkdtemp(prefix="dataloader-test-pg-"))
+    pgdata = top / "pgdata"
     server = start_embedded_server(pgdata, cleanup_mode="stop")
     yield server
     stop_embedded_server(pgdata)
+    shutil.rmtree(top, ignore_errors=True)
 
 
 def _fresh_database(server: EmbeddedServer, prefix: str) -> Iterator[str]:
