@@ -175,7 +175,7 @@ def test_low_confidence_retry_is_reviewed(
     assert _row(db, "items")["needs_review"] is True
 
 
-def test_exhausted_and_in_flight_rows_are_not_handed_out_again(
+def test_exhausted_rows_go_to_review_by_rule_and_in_flight_rows_are_left_alone(
     control_db, db, instance, openai_standin: OpenAIStandIn, monkeypatch: pytest.MonkeyPatch
 ):
     monkeypatch.setenv("DATALOADER_AI_MODEL", "gpt-standin")
@@ -186,15 +186,19 @@ def test_exhausted_and_in_flight_rows_are_not_handed_out_again(
         "UPDATE table_control SET retry_analysis_requested_at = now() WHERE control_key = 'busy'"
     )
 
-    assert isinstance(_tick(instance, control_db), dg.SkipReason)
+    skipped = _tick(instance, control_db)
 
-    # A person (or a rerun) asks anyway: retries are used up, so review without asking the model.
-    metadata = _analyse(
-        instance,
-        control_db,
-        "flaky",
-        {"ops": {dataloader_retry_analysis.op.name: {"config": {"control_key": "flaky"}}}},
+    # Nothing to analyse: "busy" is already being analysed, and "flaky" has used its retries, so
+    # the monitor sends it to review by rule, without asking the model.
+    assert isinstance(skipped, dg.SkipReason)
+    flaky = _row(db, "flaky")
+    assert (flaky["last_status"], flaky["needs_review"], flaky["retry_count"]) == (
+        "Failed",
+        True,
+        3,
     )
-    assert (metadata["decision"], metadata["decider"]) == ("Requires Review", "rules")
-    assert _row(db, "flaky")["needs_review"] is True
+    assert flaky["last_message"].startswith("[AI Analysis - Requires Review]")
+    assert _decision_on(db, flaky["last_metadata_id"])["retry_decider"] == "rules"
+    assert _row(db, "busy")["needs_review"] is False
+    assert isinstance(_tick(instance, control_db), dg.SkipReason)
     assert openai_standin.requests == []
