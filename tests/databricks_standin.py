@@ -12,8 +12,9 @@ script as a subprocess, the way Databricks would hand it its inputs:
 Remote storage is mapped to local directories the script is told about through environment
 variables, because Databricks exposes them as FUSE mounts the script opens with plain file IO:
 
-* ``DATALOADER_DBFS_ROOT``    stands for ``/dbfs``    (DBFS path ``/tmp/x`` -> ``$ROOT/tmp/x``)
-* ``DATALOADER_VOLUMES_ROOT`` stands for ``/Volumes`` (``/Volumes/c/s/v/x`` -> ``$ROOT/c/s/v/x``)
+* ``DATALOADER_DBFS_ROOT`` stands for the ``/dbfs`` mount: DBFS ``/tmp/x`` -> ``$ROOT/tmp/x``;
+* ``DATALOADER_VOLUMES_ROOT`` is prefixed to volume paths: ``/Volumes/c/s/v/x`` ->
+  ``$ROOT/Volumes/c/s/v/x`` (the loader's ``loader_pipes_io`` convention).
 
 Other test modules can add endpoints with :meth:`DatabricksStandin.add_route`, inject transient
 faults with :meth:`DatabricksStandin.inject_fault`, and assert on :attr:`DatabricksStandin.requests`.
@@ -168,7 +169,9 @@ class DatabricksStandin:
         # cluster's base environment, which is how DATALOADER_LAKE_ROOT reaches the script.
         self.base_env = dict(base_env) if base_env is not None else None
         self.dbfs_root = self.root / "dbfs"
-        self.volumes_root = self.root / "volumes"
+        # The directory that plays "/": volume paths keep their /Volumes prefix under it.
+        self.volumes_fs_root = self.root / "volfs"
+        self.volumes_root = self.volumes_fs_root / "Volumes"
         self.workspace_root = self.root / "workspace"
         self.runs_dir = self.root / "runs"
         for d in (self.dbfs_root, self.volumes_root, self.workspace_root, self.runs_dir):
@@ -556,7 +559,7 @@ class DatabricksStandin:
                 )
             cluster_id = None
         env["DATALOADER_DBFS_ROOT"] = str(self.dbfs_root)
-        env["DATALOADER_VOLUMES_ROOT"] = str(self.volumes_root)
+        env["DATALOADER_VOLUMES_ROOT"] = str(self.volumes_fs_root)
         env.setdefault("PYTHONUNBUFFERED", "1")
 
         with self._lock:

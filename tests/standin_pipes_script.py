@@ -4,7 +4,8 @@ It picks its Pipes IO the way the loader script must on Databricks:
 * bootstrap from CLI args (existing cluster, serverless) or env vars (new cluster);
 * a context path under ``/Volumes/`` -> Unity Catalog volume IO, else DBFS IO;
 * ``/dbfs`` and ``/Volumes`` are FUSE mounts on Databricks; here they are the local directories
-  named by ``DATALOADER_DBFS_ROOT`` / ``DATALOADER_VOLUMES_ROOT`` (defaults: the real mounts).
+  named by ``DATALOADER_DBFS_ROOT`` (stands for ``/dbfs``) and ``DATALOADER_VOLUMES_ROOT``
+  (prefixed to ``/Volumes/...`` paths), the loader's convention; unset, the real mounts.
 Behaviour comes from the Pipes extras: ``mode`` = ok | fail | sleep, ``rows``, ``seconds``.
 """
 
@@ -33,8 +34,8 @@ from dagster_pipes import (
 def local_path(remote: str) -> str:
     """Where a DBFS or volume path is visible to plain file IO in this process."""
     if remote.startswith("/Volumes/"):
-        root = os.environ.get("DATALOADER_VOLUMES_ROOT", "/Volumes")
-        return os.path.join(root, remote[len("/Volumes/") :])
+        root = os.environ.get("DATALOADER_VOLUMES_ROOT", "/")
+        return os.path.join(root, remote.lstrip("/"))
     remote = remote.removeprefix("dbfs:")
     root = os.environ.get("DATALOADER_DBFS_ROOT", "/dbfs")
     return os.path.join(root, remote.lstrip("/"))

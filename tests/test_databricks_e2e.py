@@ -1,0 +1,318 @@
+"""dataloader__table_load through the Databricks backend, against the local Databricks stand-in.
+
+The real databricks-sdk and dagster-databricks clients submit the real, unmodified
+databricks_scripts/dataloader_pipe.py (deployed to /Workspace like the bundle does) to the
+stand-in, which runs it: full and incremental loads for an existing cluster (CLI-args bootstrap),
+a new cluster (spark_env_vars bootstrap) and serverless (Unity Catalog volume). Also pinned: a
+failing script leaves its own error on the row, termination cancels the Databricks run, the
+Databricks run carries the Dagster run id, and HTTP 429/503 while polling does not fail a load.
+"""
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pytest
+from databricks_standin import DatabricksStandin, databricks_standin  # noqa: F401
+from deltalake import DeltaTable
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from dagsters.assets.dataloader_pipes_asset import dataloader_table_load
+from dagsters.resources.lakebase import LakebaseResource
+from dagsters.resources.pipes_databricks import PipesDatabricksResource
+from dagsters.utils.lakebase_client import LakebaseClient
+from dagsters.utils.run_config import LOAD_ASSET, PARTITIONS_NAME, load_run_config
+
+REPO_SCRIPTS = Path(__file__).resolve().parents[1] / "databricks_scripts"
+# Where databricks.yml's dev target syncs the scripts (workspace.file_path of the bundle).
+WORKSPACE_SCRIPTS = "/Workspace/Shared/dataloader/databricks_scripts"
+CLUSTER = "0101-000000-standin"
+VOLUME = "/Volumes/main/dataloader/pipes"
+NEW_CLUSTER = '{"spark_version": "15.4.x-scala2.12", "node_type_id": "i3.xlarge", "num_workers": 0}'
+BACKENDS = {
+    "existing_cluster": {"cluster_id": CLUSTER},
+    "new_cluster": {"new_cluster_json": NEW_CLUSTER},
+    "serverless": {"serverless": True, "volume_path": VOLUME},
+}
+
+
+@pytest.fixture
+def standin(
+    databricks_standin: DatabricksStandin,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> DatabricksStandin:
+    databricks_standin.deploy(REPO_SCRIPTS, WORKSPACE_SCRIPTS)
+    # The resource authenticates like production: databricks-sdk reads these.
+    for name, value in databricks_standin.env().items():
+        monkeypatch.setenv(name, value)
+    return databricks_standin
+
+
+@pytest.fixture
+def db(control_db: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(control_db, autocommit=True, row_factory=dict_row) as conn:
+        yield conn
+
+
+@pytest.fixture
+def source(source_db: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(source_db, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE public.orders (order_id int PRIMARY KEY, amount numeric(10,2),"
+            " updated_at timestamptz NOT NULL)"
+        )
+        conn.execute(
+            "INSERT INTO public.orders SELECT g, g * 1.5, timestamptz '2024-01-01' + g * interval"
+            " '1 hour' FROM generate_series(1, 25) g"
+        )
+        yield conn
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def add_control_row(db, source_db: str, key: str, table: str, **columns) -> int:
+    parts = conninfo_to_dict(source_db)
+    values = {
+        "control_key": key,
+        "source_schema_name": "public",
+        "source_table_name": table,
+        "destination_catalog": "lake",
+        "destination_schema_name": "raw",
+        "destination_table_name": table,
+        "db_type": "postgresql",
+        "db_config_value": Jsonb(
+            {
+                "host": parts["host"],
+                "port": int(parts["port"]),
+                "database": parts["dbname"],
+                "user": parts["user"],
+            }
+        ),
+        "load_strategy": "incremental",
+        "incremental_column": "updated_at",
+        "schedule_interval": "1 hour",
+        **columns,
+    }
+    return db.execute(
+        f"INSERT INTO table_control ({', '.join(values)}) "
+        f"VALUES ({', '.join(['%s'] * len(values))}) RETURNING config_id",
+        list(values.values()),
+    ).fetchone()["config_id"]
+
+
+def control_row(db, key: str) -> dict:
+    return db.execute("SELECT * FROM table_control WHERE control_key = %s", (key,)).fetchone()
+
+
+def history(db, key: str) -> list[dict]:
+    return db.execute(
+        "SELECT * FROM historical_metadata WHERE control_key = %s ORDER BY metadata_id", (key,)
+    ).fetchall()
+
+
+def lakebase_for(conninfo: str) -> LakebaseResource:
+    parts = conninfo_to_dict(conninfo)
+    return LakebaseResource(
+        host=parts["host"],
+        port=int(parts["port"]),
+        database=parts["dbname"],
+        user=parts["user"],
+        sslmode="disable",
+    )
+
+
+def databricks_backend(backend: str) -> PipesDatabricksResource:
+    return PipesDatabricksResource(
+        execution="databricks",
+        scripts_path=WORKSPACE_SCRIPTS,
+        poll_interval_seconds=0.2,
+        **BACKENDS[backend],
+    )
+
+
+def claim_and_materialize(control_db, instance, key, backend="existing_cluster"):
+    """What master_sensor and a run worker do: claim the due row, run its partition."""
+    with LakebaseClient(control_db) as client:
+        [claimed] = [r for r in client.claim_due_tables(10) if r["control_key"] == key]
+    instance.add_dynamic_partitions(PARTITIONS_NAME, [key])
+    result = dg.materialize(
+        [dataloader_table_load],
+        partition_key=key,
+        run_config=load_run_config(claimed),
+        resources={
+            "lakebase": lakebase_for(control_db),
+            "pipes_databricks": databricks_backend(backend),
+        },
+        instance=instance,
+        raise_on_error=False,
+    )
+    return result, claimed
+
+
+def event_text(instance: dg.DagsterInstance, run_id: str) -> str:
+    parts = []
+    for entry in instance.all_logs(run_id):
+        parts.append(entry.user_message)
+        data = entry.dagster_event.event_specific_data if entry.dagster_event else None
+        error = getattr(data, "error", None)
+        if error is not None:
+            parts.append(error.to_string())
+    return "\n".join(parts)
+
+
+def destination_rows(lake_root: Path) -> int:
+    return DeltaTable(str(lake_root / "lake" / "raw" / "orders")).to_pyarrow_table().num_rows
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_full_then_incremental_load_on_databricks(
+    backend, standin, control_db, source_db, source, lake_root, db, instance
+):
+    add_control_row(db, source_db, "pg.orders", "orders")
+
+    result, claimed = claim_and_materialize(control_db, instance, "pg.orders", backend)
+
+    assert result.success, event_text(instance, result.run_id)
+    run = standin.only_run()
+    assert run.result_state == "SUCCESS"
+    row = control_row(db, "pg.orders")
+    assert row["last_status"] == "Succeeded"
+    assert row["last_databricks_run"] == standin.run_page_url(run)
+    assert row["incremental_value"].startswith("2024-01-02")
+    [attempt] = history(db, "pg.orders")
+    assert attempt["metadata_id"] == claimed["metadata_id"]
+    assert attempt["status"] == "Succeeded"
+    assert (attempt["rows_read"], attempt["rows_written"]) == (25, 25)
+    assert attempt["databricks_run_url"] == standin.run_page_url(run)
+    assert attempt["dagster_run_id"] == result.run_id
+    assert destination_rows(lake_root) == 25
+    [mat] = result.asset_materializations_for_node(LOAD_ASSET)
+    assert mat.metadata["dagster/row_count"].value == 25
+    assert mat.metadata["databricks_run"].value == standin.run_page_url(run)
+    assert "dagster/column_schema" in mat.metadata
+    logs = event_text(instance, result.run_id)
+    # Pipes log lines from the script itself reached the Dagster event log.
+    assert "load read 25 and wrote 25 rows" in logs
+    expected_bootstrap = {
+        "existing_cluster": ("parameters", "--dagster-pipes-context"),
+        "new_cluster": ("spark_env_vars", "DAGSTER_PIPES_CONTEXT"),
+        "serverless": ("parameters", "--dagster-pipes-context"),
+    }[backend]
+    submitted = run.submit_body["tasks"][0]
+    if expected_bootstrap[0] == "parameters":
+        assert expected_bootstrap[1] in submitted["spark_python_task"]["parameters"]
+    else:
+        assert expected_bootstrap[1] in submitted["new_cluster"]["spark_env_vars"]
+
+    source.execute("INSERT INTO public.orders VALUES (26, 1, '2024-03-01'), (27, 2, '2024-03-02')")
+    db.execute("UPDATE table_control SET next_load_date_time = now()")
+    result, _ = claim_and_materialize(control_db, instance, "pg.orders", backend)
+
+    assert result.success, event_text(instance, result.run_id)
+    second = history(db, "pg.orders")[-1]
+    assert (second["status"], second["rows_written"]) == ("Succeeded", 2)
+    assert second["databricks_run_url"] != attempt["databricks_run_url"]  # a new Databricks run
+    assert control_row(db, "pg.orders")["incremental_value"].startswith("2024-03-02")
+    assert destination_rows(lake_root) == 27
+
+
+def test_databricks_run_carries_the_dagster_run_id(
+    standin, control_db, source_db, source, lake_root, db, instance
+):
+    add_control_row(db, source_db, "pg.orders", "orders")
+
+    result, _ = claim_and_materialize(control_db, instance, "pg.orders")
+
+    assert result.success, event_text(instance, result.run_id)
+    run_name = standin.workspace_client().jobs.get_run(standin.only_run().run_id).run_name
+    assert result.run_id in run_name and "pg.orders" in run_name
+    # ...and the other way round: the control row links the Dagster run and the Databricks run.
+    row = control_row(db, "pg.orders")
+    assert result.run_id in row["last_dagster_run"]
+    assert row["last_databricks_run"] == standin.run_page_url(standin.only_run())
+
+
+def test_missing_source_table_fails_with_the_scripts_own_error(
+    standin, control_db, source_db, source, lake_root, db, instance
+):
+    add_control_row(db, source_db, "pg.missing", "no_such_table")
+
+    result, _ = claim_and_materialize(control_db, instance, "pg.missing")
+
+    assert not result.success
+    run = standin.only_run()
+    assert (run.life_cycle_state, run.result_state) == ("TERMINATED", "FAILED")
+    assert result.asset_materializations_for_node(LOAD_ASSET) == []
+    row = control_row(db, "pg.missing")
+    assert row["last_status"] == "Failed"
+    assert "no_such_table" in row["last_message"]
+    assert "Workload failed" not in row["last_message"]  # not the platform's generic text
+    assert row["last_databricks_run"] == standin.run_page_url(run)
+    assert row["incremental_value"] is None
+    [attempt] = history(db, "pg.missing")
+    assert (attempt["status"], attempt["message"]) == ("Failed", row["last_message"])
+    assert attempt["ended_at"] is not None
+    assert not (lake_root / "lake" / "raw" / "no_such_table").exists()
+
+
+def test_terminating_the_dagster_run_cancels_the_databricks_run(
+    standin, control_db, source_db, source, lake_root, db, instance
+):
+    add_control_row(db, source_db, "pg.orders", "orders")
+    # Hold a lock so the script's read blocks: the load is running when the run is terminated.
+    locker = psycopg.connect(source_db)
+    locker.execute("LOCK TABLE public.orders IN ACCESS EXCLUSIVE MODE")
+
+    def terminate_when_running():
+        standin.wait_for_run("RUNNING", timeout=60)
+        # A run worker receives termination as SIGINT in its main thread.
+        os.kill(os.getpid(), signal.SIGINT)
+
+    killer = threading.Thread(target=terminate_when_running, daemon=True)
+    killer.start()
+    try:
+        result, _ = claim_and_materialize(control_db, instance, "pg.orders")
+    finally:
+        killer.join(timeout=10)
+        locker.rollback()
+        locker.close()
+
+    assert not result.success
+    assert standin.requests_to("POST", r"/api/2\.[12]/jobs/runs/cancel")
+    run = standin.only_run()
+    assert run.done.wait(timeout=30)
+    assert (run.life_cycle_state, run.result_state) == ("TERMINATED", "CANCELED")
+    assert run.returncode not in (None, 0)  # the script process was killed
+    assert result.asset_materializations_for_node(LOAD_ASSET) == []
+    row = control_row(db, "pg.orders")
+    assert row["last_status"] == "Failed"
+    assert row["last_message"].startswith("Cancelled")
+    assert row["incremental_value"] is None
+    assert history(db, "pg.orders")[-1]["status"] == "Failed"
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_transient_api_errors_while_polling_are_tolerated(
+    status, standin, control_db, source_db, source, lake_root, db, instance
+):
+    add_control_row(db, source_db, "pg.orders", "orders")
+    standin.inject_fault(status, count=3, retry_after=1)
+
+    result, _ = claim_and_materialize(control_db, instance, "pg.orders")
+
+    assert result.success, event_text(instance, result.run_id)
+    assert standin.faults_pending() == 0
+    polls = [r.status for r in standin.requests_to("GET", r"/api/2\.[12]/jobs/runs/get")]
+    assert polls.count(status) == 3
+    assert control_row(db, "pg.orders")["last_status"] == "Succeeded"
+    assert destination_rows(lake_root) == 25
