@@ -316,3 +316,45 @@ def test_transient_api_errors_while_polling_are_tolerated(
     assert polls.count(status) == 3
     assert control_row(db, "pg.orders")["last_status"] == "Succeeded"
     assert destination_rows(lake_root) == 25
+
+
+def test_retry_analysis_runs_through_the_same_databricks_path(
+    standin, control_db, source_db, source, lake_root, db, instance, monkeypatch
+):
+    from dagsters.assets.dataloader_pipes_asset import dataloader_retry_analysis
+    from dagsters.sensors.dataloader_failed_monitor import build_failed_monitor
+    from dagsters.utils.settings import Settings
+
+    for name in ("DATALOADER_AI_MODEL", "DATALOADER_AI_BASE_URL", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)  # rules decide: no model is reachable here
+    add_control_row(db, source_db, "pg.missing", "no_such_table")
+    failed, _ = claim_and_materialize(control_db, instance, "pg.missing")
+    assert not failed.success
+
+    sensor_context = dg.build_sensor_context(
+        instance=instance, resources={"lakebase": lakebase_for(control_db)}
+    )
+    [request] = build_failed_monitor(Settings())(sensor_context).run_requests
+    result = dg.materialize(
+        [dataloader_retry_analysis],
+        instance=instance,
+        partition_key="pg.missing",
+        run_config=request.run_config,
+        resources={
+            "lakebase": lakebase_for(control_db),
+            "pipes_databricks": databricks_backend("existing_cluster"),
+        },
+    )
+
+    assert result.success
+    load_run, retry_run = sorted(standin.runs.values(), key=lambda r: r.run_id)
+    assert load_run.result_state == "FAILED"
+    assert retry_run.result_state == "SUCCESS"
+    assert retry_run.task["spark_python_task"]["python_file"].endswith("dataloader_retry_pipe.py")
+    [mat] = result.asset_materializations_for_node(dataloader_retry_analysis.op.name)
+    decision = mat.metadata["decision"].value
+    assert decision in ("Retry Recommended", "Requires Review")
+    assert mat.metadata["decider"].value == "rules"
+    attempt = history(db, "pg.missing")[-1]
+    assert attempt["retry_decision"] == decision
+    assert control_row(db, "pg.missing")["last_message"].startswith(f"[AI Analysis - {decision}]")
