@@ -93,11 +93,16 @@ def choose_strategy(spec, destination_exists: bool) -> str:
 
 
 def _delta_table(path: Path):
+    """The Delta table at ``path``, or None. One log read (not is_deltatable() and then open)."""
     from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
 
-    if path.exists() and DeltaTable.is_deltatable(str(path)):
+    if not path.exists():
+        return None
+    try:
         return DeltaTable(str(path))
-    return None
+    except TableNotFoundError:
+        return None
 
 
 def _row_count(table) -> int | None:
@@ -162,25 +167,44 @@ def _cursor_key(value: Watermark, numeric_text: bool):
     return decimal.Decimal(value) if numeric_text and isinstance(value, str) else value
 
 
+def _any_at_or_below(column: pa.Array, watermark: Watermark) -> bool:
+    """True unless the column provably has no value <= watermark (an uncastable bound: True)."""
+    try:
+        bound = pa.scalar(watermark).cast(column.type)
+    except (pa.ArrowException, TypeError, ValueError):
+        return True  # the row-by-row comparison decides
+    return bool(pc.any(pc.less_equal(column, bound)).as_py())
+
+
 def _drop_rows_already_loaded(
     batches,
     *,
     cursor,
     watermark,
-    existing: collections.Counter,
+    load_existing: Callable[[], collections.Counter],
     numeric_text: bool,
-    schema: pa.Schema,
 ):
-    """Keep rows above the watermark; keep a look-back row only if not already in the table."""
+    """Keep rows above the watermark; keep a look-back row only if not already in the table.
+
+    The destination's look-back window is read (``load_existing``) only when the first source
+    row at or below the watermark shows up: a run whose rows are all new never scans the table.
+    """
+    existing: collections.Counter | None = None
     for batch in batches:
+        col = batch.column(cursor)
+        # Vectorised check first: most batches of an incremental read hold only new rows.
+        if not numeric_text and not _any_at_or_below(col, watermark):
+            yield batch
+            continue
+        if existing is None:
+            existing = load_existing()
         if not existing:
             yield batch
             continue
-        col = batch.column(cursor).to_pylist()
         rows = None
         keep = []
-        for i, value in enumerate(col):
-            if _cursor_key(value, numeric_text) > watermark:
+        for i, value in enumerate(col.to_pylist()):
+            if value is None or _cursor_key(value, numeric_text) > watermark:
                 keep.append(True)
                 continue
             if rows is None:
@@ -194,6 +218,18 @@ def _drop_rows_already_loaded(
         yield batch if all(keep) else batch.filter(pa.array(keep))
 
 
+def _step(name: str, fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` whose failure is reported as step ``name`` (it runs lazily, inside another step)."""
+
+    def wrapped():
+        try:
+            return fn()
+        except Exception as exc:
+            raise LoadStepError(name, f"{type(exc).__name__}: {exc}") from exc
+
+    return wrapped
+
+
 def run_arrow_load(
     spec,
     source,
@@ -203,7 +239,7 @@ def run_arrow_load(
     progress_interval: float = 10.0,
 ) -> LoadResult:
     """Run one load of ``spec`` from ``source`` (a loader_sources reader) into ``destination``."""
-    from deltalake import DeltaTable, write_deltalake
+    from deltalake import write_deltalake
 
     step = "probe source"
     try:
@@ -234,14 +270,16 @@ def run_arrow_load(
             watermark = decode_watermark_for(spec.incremental_value, source_schema.field(cursor))
             lower = lookback_lower_bound(watermark, spec.lookback_window_seconds)
 
-        existing: collections.Counter = collections.Counter()
-        if (
+        lookback_rows_possible = (
             applied == "incremental"
             and not spec.merge_keys
             and lower is not None
             and lower != watermark
-        ):
-            step = "read destination look-back window"
+        )
+
+        def load_existing() -> collections.Counter:
+            """The destination's rows in (lower, watermark], as a multiset of row tuples."""
+            existing: collections.Counter = collections.Counter()
             window = table.to_pyarrow_dataset().to_table(
                 filter=(pc.field(cursor) > lower) & (pc.field(cursor) <= watermark)
             )
@@ -251,6 +289,7 @@ def run_arrow_load(
                     plan.write_schema,
                 )
                 existing.update(tuple(r.values()) for r in window.to_pylist())
+            return existing
 
         step = "read source"
         _, raw_batches = source.batches(lower)
@@ -270,7 +309,7 @@ def run_arrow_load(
         if applied == "full":
             reader = pa.RecordBatchReader.from_batches(write_schema, iter(tracker))
             write_deltalake(
-                str(destination),
+                table if table is not None else str(destination),
                 reader,
                 mode="overwrite",
                 schema_mode="overwrite" if rebuild else "merge",
@@ -299,19 +338,18 @@ def run_arrow_load(
                 committed = True
         else:
             batches = iter(tracker)
-            if existing:
+            if lookback_rows_possible:
                 batches = _drop_rows_already_loaded(
                     batches,
                     cursor=cursor,
                     watermark=_cursor_key(watermark, numeric_text),
-                    existing=existing,
+                    load_existing=_step("read destination look-back window", load_existing),
                     numeric_text=numeric_text,
-                    schema=write_schema,
                 )
             counted = _count(batches)
             reader = _peeked_reader(write_schema, counted)
             if reader is not None:
-                write_deltalake(str(destination), reader, mode="append", schema_mode="merge")
+                write_deltalake(table, reader, mode="append", schema_mode="merge")
                 committed = True
             rows_written = counted.rows
     except LoadStepError:
@@ -334,7 +372,9 @@ def run_arrow_load(
         else:
             watermark_after = encode_watermark(new_max)
 
-    final = DeltaTable(str(destination)) if destination.exists() else None
+    # write_deltalake/merge on a DeltaTable object advance that object to the new version, so
+    # the table is opened once per load (twice only when this load created it).
+    final = table if table is not None else _delta_table(destination)
     schema = arrow_schema_of(final.schema()) if final is not None else write_schema
     return LoadResult(
         rows_read=tracker.rows_read,

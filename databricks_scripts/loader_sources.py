@@ -26,6 +26,7 @@ from loader_sql import (
     select_source,
     source_table_parts,
 )
+from loader_types import decimal_from_unscaled, pg_numeric_as_scaled_int8
 
 DEFAULT_BATCH_BYTES = 16 * 1024 * 1024
 DEFAULT_BATCH_ROWS = 50_000
@@ -129,44 +130,124 @@ class SourceReader:
 
 
 class PostgresReader(SourceReader):
+    """ADBC through its low-level API (``adbc_driver_manager``), not its DB-API module.
+
+    The DB-API layer imports ``pyarrow.dataset`` and prepares every statement (one more round
+    trip): about a tenth of a second of fixed cost per load that buys this reader nothing.
+    """
+
     dialect = POSTGRESQL
 
     def __init__(self, spec: Any, password: str | None, **kw: Any):
         super().__init__(spec, password, **kw)
-        import adbc_driver_postgresql.dbapi as adbc
+        import adbc_driver_manager
+        import adbc_driver_postgresql
 
-        self._conn = adbc.connect(postgres_conninfo(spec.db_config_value, password))
+        self._adbc = adbc_driver_manager
+        self._db = adbc_driver_postgresql.connect(postgres_conninfo(spec.db_config_value, password))
+        try:
+            self._conn = adbc_driver_manager.AdbcConnection(self._db)
+        except BaseException:
+            self._db.close()
+            raise
+        self._schema: pa.Schema | None = None
 
-    def _cursor(self) -> Any:
-        cur = self._conn.cursor()
-        cur.adbc_statement.set_options(
-            **{"adbc.postgresql.batch_size_hint_bytes": str(self.batch_bytes)}
-        )
-        return cur
+    def _execute(
+        self, query: str, parameters: tuple | None = None, *, batch_hint: bool = False
+    ) -> tuple[Any, pa.RecordBatchReader]:
+        """Run one statement; returns (statement, its record batch stream). Close the statement."""
+        stmt = self._adbc.AdbcStatement(self._conn)
+        try:
+            if batch_hint:
+                stmt.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(self.batch_bytes)})
+            stmt.set_sql_query(query)
+            if parameters:
+                stmt.bind(
+                    pa.record_batch(
+                        [pa.array([p]) for p in parameters],
+                        names=[str(i) for i in range(len(parameters))],
+                    )
+                )
+            handle, _ = stmt.execute_query()
+            return stmt, pa.RecordBatchReader.from_stream(handle)
+        except BaseException:
+            stmt.close()
+            raise
 
     def schema(self) -> pa.Schema:
-        with self._conn.cursor() as cur:
-            cur.execute(self.query(limit_zero=True))
-            return cur.fetch_arrow_table().schema
+        if self._schema is None:
+            stmt, reader = self._execute(self.query(limit_zero=True))
+            try:
+                self._schema = reader.schema
+                reader.read_all()
+            finally:
+                reader.close()
+                stmt.close()
+        return self._schema
+
+    def read_query(self, *, incremental: bool) -> tuple[str, dict[str, tuple[int, int]]]:
+        """The streaming SELECT, and the NUMERIC columns it reads as scaled int8 (name -> p, s).
+
+        NUMERIC(p<=18, s) columns are read as ``(col * 10^s)::int8`` (exact; the slowest part of
+        an ADBC read is its NUMERIC-to-text reader); the other columns as they are. The WHERE
+        clause still compares the table's own column, so the cursor keeps its type.
+        """
+        text = self.query(incremental=incremental)
+        scaled = {
+            f.name: ps for f in self.schema() if (ps := pg_numeric_as_scaled_int8(f)) is not None
+        }
+        if not scaled:
+            return text, scaled
+        columns = []
+        for f in self.schema():
+            name = self.dialect.quote(f.name)
+            if f.name not in scaled:
+                columns.append(name)
+            elif scaled[f.name][1] == 0:
+                columns.append(f"{name}::int8 AS {name}")
+            else:
+                factor = "1" + "0" * scaled[f.name][1]
+                columns.append(f"({name} * {factor}::numeric)::int8 AS {name}")
+        prefix = "SELECT * FROM "
+        if not text.startswith(prefix):
+            raise ValueError(f"unexpected source query shape: {text[:40]!r}")
+        return f"SELECT {', '.join(columns)} FROM {text[len(prefix) :]}", scaled
 
     def batches(self, lower_bound: object | None) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-        cur = self._cursor()
-        if lower_bound is None:
-            cur.execute(self.query())
-        else:
-            cur.execute(self.query(incremental=True), parameters=(lower_bound,))
-        reader = cur.fetch_record_batch()
+        query, scaled = self.read_query(incremental=lower_bound is not None)
+        params = None if lower_bound is None else (lower_bound,)
+        stmt, reader = self._execute(query, params, batch_hint=True)
+        schema = reader.schema
+        convert = {schema.get_field_index(name): ps for name, ps in scaled.items()}
+        if convert:
+            schema = pa.schema(
+                [
+                    pa.field(f.name, pa.decimal128(*convert[i])) if i in convert else f
+                    for i, f in enumerate(schema)
+                ]
+            )
 
         def gen() -> Iterator[pa.RecordBatch]:
             try:
-                yield from reader
+                for batch in reader:
+                    if convert:
+                        arrays = [
+                            decimal_from_unscaled(c, *convert[i]) if i in convert else c
+                            for i, c in enumerate(batch.columns)
+                        ]
+                        batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
+                    yield batch
             finally:
-                cur.close()
+                reader.close()
+                stmt.close()
 
-        return reader.schema, gen()
+        return schema, gen()
 
     def close(self) -> None:
-        self._conn.close()
+        try:
+            self._conn.close()
+        finally:
+            self._db.close()
 
 
 # ---- DB-API sources: types from the driver's description, batches from fetchmany -------------

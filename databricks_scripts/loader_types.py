@@ -41,6 +41,44 @@ def _pg_numeric_typmod(field: pa.Field) -> tuple[int, int] | None:
     return (typmod >> 16) & 0xFFFF, typmod & 0xFFFF
 
 
+# NUMERIC(p,s) up to 18 digits fits int8 once scaled by 10**s.
+MAX_SCALED_INT8_PRECISION = 18
+
+
+def pg_numeric_as_scaled_int8(field: pa.Field) -> tuple[int, int] | None:
+    """(precision, scale) when a PostgreSQL NUMERIC column can be read as ``(col * 10^s)::int8``.
+
+    ADBC delivers NUMERIC as text (its slowest column reader) and text then needs a decimal cast;
+    for NUMERIC(p,s) with 0 <= s <= p <= 18 the server can instead send the exact unscaled integer,
+    which :func:`decimal_from_unscaled` turns into decimal128(p,s) without touching the digits.
+    """
+    if not _is_pg_numeric(field):
+        return None
+    pm = _pg_numeric_typmod(field)
+    if pm is None:
+        return None
+    precision, scale = pm
+    if 0 < precision <= MAX_SCALED_INT8_PRECISION and 0 <= scale <= precision:
+        return precision, scale
+    return None
+
+
+def decimal_from_unscaled(arr: pa.Array, precision: int, scale: int) -> pa.Array:
+    """decimal128(precision, scale) whose unscaled values are the int64 values of ``arr``.
+
+    The int64 -> decimal128(19, 0) cast is exact and vectorised; the result's 128-bit unscaled
+    integers are then re-labelled with the column's scale (same buffers, no copy).
+    """
+    wide = arr.cast(pa.decimal128(19, 0))
+    return pa.Array.from_buffers(
+        pa.decimal128(precision, scale),
+        len(wide),
+        wide.buffers(),
+        null_count=wide.null_count,
+        offset=wide.offset,
+    )
+
+
 def _is_pg_numeric(field: pa.Field) -> bool:
     meta = field.metadata or {}
     return meta.get(b"POSTGRESQL:type") == b"numeric" or (
