@@ -95,10 +95,13 @@ def _dev(args: argparse.Namespace) -> int:
     ]
     print(f"Dagster UI: http://{args.host}:{args.port}  (DAGSTER_HOME={env['DAGSTER_HOME']})")
     # A child, not exec: this process holds the embedded server and stops it after dagster dev
-    # exits. Ctrl-C reaches the whole process group; dagster dev shuts its children down itself.
-    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env)
+    # exits. A handler (not SIG_IGN) must be in place before the fork: a shell starting us in the
+    # background ignores SIGINT, an ignored signal stays ignored across exec, and dagster dev
+    # then could never be stopped with Ctrl-C. Ctrl-C reaches the whole process group; SIGTERM
+    # is passed on as SIGINT, the only signal dagster dev shuts its children down on.
     signal.signal(signal.SIGINT, lambda *_: None)
-    signal.signal(signal.SIGTERM, lambda *_: process.send_signal(signal.SIGTERM))
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env)
+    signal.signal(signal.SIGTERM, lambda *_: process.send_signal(signal.SIGINT))
     return process.wait()
 
 
