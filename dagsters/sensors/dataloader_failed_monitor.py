@@ -12,7 +12,6 @@ from dagsters.assets.dataloader_pipes_asset import control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.utils.retry_analysis import apply_decision, decide_without_asking
 from dagsters.utils.run_config import (
-    PARTITIONS_NAME,
     retry_run_config,
     retry_run_key,
     retry_run_tags,
@@ -65,13 +64,10 @@ def build_failed_monitor(settings: Settings) -> dg.SensorDefinition:
                 f"No failure to analyse (Failed, retry_count < {settings.max_retries}, not under "
                 f"review, not already being analysed).{reviewed}"
             )
-        new_keys = sorted(
-            {
-                row["control_key"]
-                for row in rows
-                if not context.instance.has_dynamic_partition(PARTITIONS_NAME, row["control_key"])
-            }
-        )
+        # Every claimed key goes in the add request: the sensor daemon adds only the keys it does
+        # not have yet (one lookup per key there), so checking them here as well would only
+        # double that cost on every tick.
+        keys = sorted({row["control_key"] for row in rows})
         return dg.SensorResult(
             run_requests=[
                 dg.RunRequest(
@@ -82,9 +78,7 @@ def build_failed_monitor(settings: Settings) -> dg.SensorDefinition:
                 )
                 for row in rows
             ],
-            dynamic_partitions_requests=(
-                [control_key_partitions.build_add_request(new_keys)] if new_keys else []
-            ),
+            dynamic_partitions_requests=[control_key_partitions.build_add_request(keys)],
         )
 
     return failed_monitor

@@ -11,7 +11,6 @@ import dagster as dg
 from dagsters.assets.dataloader_pipes_asset import control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.utils.run_config import (
-    PARTITIONS_NAME,
     load_run_config,
     load_run_key,
     load_run_tags,
@@ -42,13 +41,10 @@ def build_master_sensor(settings: Settings) -> dg.SensorDefinition:
                 "No table is due: no active row with next_load_date_time <= now() outside "
                 "Queued/In Progress."
             )
-        new_keys = sorted(
-            {
-                row["control_key"]
-                for row in rows
-                if not context.instance.has_dynamic_partition(PARTITIONS_NAME, row["control_key"])
-            }
-        )
+        # Every claimed key goes in the add request: the sensor daemon adds only the keys it does
+        # not have yet (one lookup per key there), so checking them here as well would only
+        # double that cost on every tick.
+        keys = sorted({row["control_key"] for row in rows})
         context.log.info(
             f"Claimed {len(rows)} table(s): " + ", ".join(row["control_key"] for row in rows)
         )
@@ -62,9 +58,7 @@ def build_master_sensor(settings: Settings) -> dg.SensorDefinition:
                 )
                 for row in rows
             ],
-            dynamic_partitions_requests=(
-                [control_key_partitions.build_add_request(new_keys)] if new_keys else []
-            ),
+            dynamic_partitions_requests=[control_key_partitions.build_add_request(keys)],
         )
 
     return master_sensor
