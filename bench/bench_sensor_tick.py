@@ -23,29 +23,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import dagster as dg  # noqa: E402
-import psycopg  # noqa: E402
-from psycopg import sql  # noqa: E402
+import dagster as dg
+import psycopg
+from psycopg import sql
 
-from dagsters.resources.lakebase import LakebaseResource  # noqa: E402
-from dagsters.sensors.dataloader_failed_monitor import build_failed_monitor  # noqa: E402
-from dagsters.sensors.dataloader_landing_table_monitor import (  # noqa: E402
+from dagsters.resources.lakebase import LakebaseResource
+from dagsters.sensors.dataloader_failed_monitor import build_failed_monitor
+from dagsters.sensors.dataloader_landing_table_monitor import (
     build_landing_table_monitor,
 )
-from dagsters.sensors.dataloader_longqueued_monitor import build_longqueued_monitor  # noqa: E402
-from dagsters.sensors.dataloader_longrunning_monitor import (  # noqa: E402
+from dagsters.sensors.dataloader_longqueued_monitor import build_longqueued_monitor
+from dagsters.sensors.dataloader_longrunning_monitor import (
     build_longrunning_monitor,
 )
-from dagsters.sensors.dataloader_master_sensor import build_master_sensor  # noqa: E402
-from dagsters.utils.embedded_lakebase import (  # noqa: E402
+from dagsters.sensors.dataloader_master_sensor import build_master_sensor
+from dagsters.utils.embedded_lakebase import (
     ensure_database,
     start_embedded_server,
     stop_embedded_server,
 )
-from dagsters.utils.lakebase_client import LakebaseClient  # noqa: E402
-from dagsters.utils.migrate import apply_migrations  # noqa: E402
-from dagsters.utils.run_config import PARTITIONS_NAME  # noqa: E402
-from dagsters.utils.settings import Settings  # noqa: E402
+from dagsters.utils.lakebase_client import LakebaseClient
+from dagsters.utils.migrate import apply_migrations
+from dagsters.utils.run_config import PARTITIONS_NAME
+from dagsters.utils.settings import Settings
 
 WORK = ROOT / "bench" / ".work"
 DATABASE = "bench_sensor_tick"
@@ -131,8 +131,9 @@ def stage(conn: psycopg.Connection, status: str, extra: str, count: int = 10) ->
         (status if status in ("Queued", "In Progress", "Failed") else "Succeeded", 1000 + count),
     )
     conn.execute(
-        sql.SQL("UPDATE table_control SET last_status = %s, {} WHERE config_id BETWEEN 1001 AND %s")
-        .format(sql.SQL(extra)),
+        sql.SQL(
+            "UPDATE table_control SET last_status = %s, {} WHERE config_id BETWEEN 1001 AND %s"
+        ).format(sql.SQL(extra)),
         (status, 1000 + count),
     )
 
@@ -193,9 +194,7 @@ def main() -> int:
         ensure_database(server, DATABASE)
         conninfo = server.conninfo(DATABASE)
         apply_migrations(conninfo)
-        _CLIENT.append(
-            LakebaseClient(conninfo, connect_kwargs={"cursor_factory": CountingCursor})
-        )
+        _CLIENT.append(LakebaseClient(conninfo, connect_kwargs={"cursor_factory": CountingCursor}))
         resource = BenchLakebase()
         with psycopg.connect(conninfo, autocommit=True) as admin, dg.instance_for_test() as inst:
             print(f"filling table_control with {args.rows:,} rows ...", flush=True)
