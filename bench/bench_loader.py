@@ -6,9 +6,14 @@ embedded PostgreSQL on a temporary directory, then in one run times:
   (b) the loader: databricks_scripts/dataloader_pipe.py, full load, run through a Pipes bootstrap
       exactly as PipesSubprocessClient would (child process; peak RSS sampled with psutil),
   (c) 1% new rows, then an incremental load through the loader.
-Prints both times, the ratio (target <= 1.25), incremental/full (target <= 5%) and peak RSS.
+  (a') the raw path plus one vectorised numeric -> decimal(12,2) cast, to show what the type
+      conversion alone costs (the issue's raw path writes numeric as text);
+  (d) an incremental load with no new rows: the fixed cost of one load.
+Each contender runs --repeat times, taking turns, and figures are median (min-max), because the
+machine may be shared. Prints the ratio (target <= 1.25), incremental/full (target <= 5%) and
+peak RSS (target <= 512 MB at 10M rows).
 
-    .venv/bin/python bench/bench_loader.py [--rows 2000000]
+    .venv/bin/python bench/bench_loader.py [--rows 2000000] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,15 +49,21 @@ import sys, time
 import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
 from deltalake import write_deltalake
-uri, path = sys.argv[1], sys.argv[2]
+uri, path, typed = sys.argv[1], sys.argv[2], sys.argv[3] == "typed"
 t0 = time.perf_counter()
 with adbc.connect(uri) as conn, conn.cursor() as cur:
     cur.execute("SELECT * FROM public.bench")
     reader = cur.fetch_record_batch()
     # numeric arrives as an opaque extension over text; delta-rs needs a plain type
-    schema = pa.schema([pa.field(f.name, getattr(f.type, "storage_type", f.type)) for f in reader.schema])
+    types = [getattr(f.type, "storage_type", f.type) for f in reader.schema]
+    if typed:  # the fair-types variant: numeric(12,2) -> decimal(12,2), one vectorised cast
+        types[2] = pa.decimal128(12, 2)
+    schema = pa.schema([pa.field(f.name, t) for f, t in zip(reader.schema, types)])
+    def plain(c, t):
+        c = getattr(c, "storage", c)
+        return c if c.type.equals(t) else c.cast(t)
     batches = (pa.RecordBatch.from_arrays(
-        [getattr(c, "storage", c) for c in b.columns], schema=schema) for b in reader)
+        [plain(c, t) for c, t in zip(b.columns, types)], schema=schema) for b in reader)
     write_deltalake(path, pa.RecordBatchReader.from_batches(schema, batches), mode="overwrite")
 print(time.perf_counter() - t0)
 """
@@ -109,9 +122,21 @@ def _run_loader(params: dict, work: Path, lake: Path) -> tuple[float, int, dict]
     raise SystemExit("loader reported no materialization")
 
 
+def _spread(values: list[float], fmt: str = "{:.2f}") -> str:
+    """'median (min-max)' of repeated measurements."""
+    v = sorted(values)
+    med = statistics.median(v)
+    if len(v) == 1:
+        return fmt.format(med)
+    return f"{fmt.format(med)} ({fmt.format(v[0])}-{fmt.format(v[-1])})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="rounds; raw/loader order alternates per round"
+    )
     args = parser.parse_args()
     os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
 
@@ -135,15 +160,11 @@ def main() -> None:
                     (args.rows,),
                 )
                 conn.execute("VACUUM ANALYZE bench")
+                conn.execute("SELECT count(*) FROM bench")  # warm the cache for every contender
             print(f"source: {args.rows:,} rows built in {time.perf_counter() - t0:.1f}s")
 
             info = conninfo_to_dict(conninfo)
             uri = f"postgresql://postgres@/bench?host={info['host']}&port={info['port']}"
-            raw_wall, raw_peak, raw = _run_child(
-                [sys.executable, "-c", RAW_PATH, uri, str(work / "raw_delta")], dict(os.environ)
-            )
-            raw_inner = float(raw.stdout.strip().splitlines()[-1])
-
             lake = work / "lake"
             params = {
                 "control_key": "bench",
@@ -164,7 +185,34 @@ def main() -> None:
                 "incremental_value": None,
                 "lookback_window_seconds": 0,
             }
-            full_wall, full_peak, full = _run_loader(params, work, lake)
+
+            def raw(variant: str) -> tuple[float, float, int]:
+                out = work / f"raw_{variant}"
+                shutil.rmtree(out, ignore_errors=True)
+                wall, peak, res = _run_child(
+                    [sys.executable, "-c", RAW_PATH, uri, str(out), variant], dict(os.environ)
+                )
+                return wall, float(res.stdout.strip().splitlines()[-1]), peak
+
+            def loader_full() -> tuple[float, float, int, dict]:
+                shutil.rmtree(lake, ignore_errors=True)
+                wall, peak, meta = _run_loader(params, work, lake)
+                return wall, meta["duration_seconds"], peak, meta
+
+            # Contenders take turns (raw first, then loader first, ...) so neither always meets
+            # the colder cache or the busier moment of a shared machine.
+            results: dict[str, list[tuple]] = {"raw": [], "typed": [], "loader": []}
+            contenders = [
+                ("raw", lambda: raw("plain")),
+                ("typed", lambda: raw("typed")),
+                ("loader", loader_full),
+            ]
+            for i in range(args.repeat):
+                for name, run in contenders if i % 2 == 0 else contenders[::-1]:
+                    results[name].append(run())
+            full = results["loader"][-1][3]
+            template = work / "lake_after_full"
+            shutil.copytree(lake, template)
 
             new_rows = max(args.rows // 100, 1)
             with psycopg.connect(conninfo, autocommit=True) as conn:
@@ -176,32 +224,61 @@ def main() -> None:
                 )
                 conn.execute("CREATE INDEX ON bench (updated_at)")
                 conn.execute("ANALYZE bench")
-            params["incremental_value"] = full["watermark_after"]
-            inc_wall, inc_peak, inc = _run_loader(params, work, lake)
+            inc_params = {**params, "incremental_value": full["watermark_after"]}
+            incs, empties = [], []
+            for _ in range(args.repeat):
+                shutil.rmtree(lake)
+                shutil.copytree(template, lake)  # the same table state before every round
+                wall, peak, meta = _run_loader(inc_params, work, lake)
+                incs.append((wall, meta["duration_seconds"], peak, meta))
+                # No new rows since: the fixed cost of a load (start, connect, open, probe).
+                empty_params = {**params, "incremental_value": meta["watermark_after"]}
+                wall, peak, meta = _run_loader(empty_params, work, lake)
+                empties.append((wall, meta["duration_seconds"], peak, meta))
         finally:
             stop_embedded_server(pgdata)
 
+    def col(name_or_list, i):
+        rows = results[name_or_list] if isinstance(name_or_list, str) else name_or_list
+        return [r[i] for r in rows]
+
+    mib = 2**20
+    print(f"rounds: {args.repeat}; figures are median (min-max)")
     print(
-        f"(a) raw ADBC -> write_deltalake : {raw_wall:6.2f}s wall ({raw_inner:.2f}s in-process),"
-        f" peak RSS {raw_peak / 2**20:.0f} MiB"
+        f"(a) raw ADBC -> write_deltalake   : {_spread(col('raw', 0))}s wall, "
+        f"{_spread(col('raw', 1))}s in-process, peak RSS {max(col('raw', 2)) / mib:.0f} MiB"
     )
     print(
-        f"(b) loader full load            : {full_wall:6.2f}s wall "
-        f"({full['duration_seconds']:.2f}s in-script), rows {full['rows_written']:,}, "
-        f"peak RSS {full_peak / 2**20:.0f} MiB"
+        f"(a') raw + numeric->decimal cast  : {_spread(col('typed', 0))}s wall, "
+        f"{_spread(col('typed', 1))}s in-process  (what the type conversion costs the raw path)"
     )
     print(
-        f"    ratio loader/raw            : {full_wall / raw_wall:.3f} wall, "
-        f"{full['duration_seconds'] / raw_inner:.3f} in-process   (target <= 1.25)"
+        f"(b) loader full load              : {_spread(col('loader', 0))}s wall, "
+        f"{_spread(col('loader', 1))}s in-script, rows {full['rows_written']:,}, "
+        f"peak RSS {max(col('loader', 2)) / mib:.0f} MiB"
+    )
+    ratio = [lo[0] / ra[0] for lo, ra in zip(results["loader"], results["raw"])]
+    ratio_typed = [lo[0] / ra[0] for lo, ra in zip(results["loader"], results["typed"])]
+    print(
+        f"    ratio loader/raw (wall)       : {_spread(ratio, '{:.3f}')}   (target <= 1.25); "
+        f"median/median {statistics.median(col('loader', 0)) / statistics.median(col('raw', 0)):.3f}"
+    )
+    print(f"    ratio loader/raw-typed (wall) : {_spread(ratio_typed, '{:.3f}')}")
+    full_med = statistics.median(col("loader", 0))
+    full_in = statistics.median(col("loader", 1))
+    print(
+        f"(c) incremental, {new_rows:,} new rows: {_spread(col(incs, 0))}s wall, "
+        f"{_spread(col(incs, 1), '{:.3f}')}s in-script, "
+        f"rows {incs[-1][3]['rows_written']:,}, peak RSS {max(col(incs, 2)) / mib:.0f} MiB"
     )
     print(
-        f"(c) incremental, {new_rows:,} new rows: {inc_wall:6.2f}s wall "
-        f"({inc['duration_seconds']:.2f}s in-script), rows {inc['rows_written']:,}, "
-        f"peak RSS {inc_peak / 2**20:.0f} MiB"
+        f"    incremental/full              : "
+        f"{statistics.median(col(incs, 0)) / full_med:.1%} wall, "
+        f"{statistics.median(col(incs, 1)) / full_in:.1%} in-script (target <= 5%)"
     )
     print(
-        f"    incremental/full            : {inc_wall / full_wall:.1%} wall, "
-        f"{inc['duration_seconds'] / full['duration_seconds']:.1%} in-script (target <= 5%)"
+        f"(d) incremental, no new rows      : {_spread(col(empties, 0))}s wall, "
+        f"{_spread(col(empties, 1), '{:.3f}')}s in-script (fixed cost of one load)"
     )
 
 
