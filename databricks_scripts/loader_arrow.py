@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from loader_sql import delta_merge_predicate
 from loader_types import (
     SchemaPlan,
@@ -108,7 +107,9 @@ def _delta_table(path: Path):
 def _row_count(table) -> int | None:
     try:
         actions = pa.table(table.get_add_actions(flatten=True))
-        return int(pc.sum(actions.column("num_records")).as_py() or 0)
+        # Few files per table: a Python sum spares an import of pyarrow.compute (~0.05 s) on
+        # loads that read nothing new.
+        return sum(n for n in actions.column("num_records").to_pylist() if n is not None)
     except Exception:  # noqa: BLE001 - stats are optional in Delta; the count is a nicety
         return None
 
@@ -173,6 +174,8 @@ def _any_at_or_below(column: pa.Array, watermark: Watermark) -> bool:
         bound = pa.scalar(watermark).cast(column.type)
     except (pa.ArrowException, TypeError, ValueError):
         return True  # the row-by-row comparison decides
+    import pyarrow.compute as pc
+
     return bool(pc.any(pc.less_equal(column, bound)).as_py())
 
 
@@ -280,6 +283,8 @@ def run_arrow_load(
         def load_existing() -> collections.Counter:
             """The destination's rows in (lower, watermark], as a multiset of row tuples."""
             existing: collections.Counter = collections.Counter()
+            import pyarrow.compute as pc
+
             window = table.to_pyarrow_dataset().to_table(
                 filter=(pc.field(cursor) > lower) & (pc.field(cursor) <= watermark)
             )
@@ -401,6 +406,8 @@ class _count:
 
 
 def _check_keys(data: pa.Table, keys: tuple[str, ...]) -> None:
+    import pyarrow.compute as pc
+
     for k in keys:
         nulls = data.column(k).null_count
         if nulls:

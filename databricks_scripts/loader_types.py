@@ -14,7 +14,6 @@ import decimal
 from dataclasses import dataclass
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 # Delta stores decimals up to 38 digits (decimal128).
 MAX_DELTA_PRECISION = 38
@@ -341,6 +340,8 @@ def batch_max(
     if numeric_text:
         values = [decimal.Decimal(v) for v in column.to_pylist() if v is not None]
         return max(values) if values else None
+    import pyarrow.compute as pc  # imported on first use: a load that reads nothing skips it
+
     result = pc.max(column)
     return result.as_py() if result.is_valid else None
 
