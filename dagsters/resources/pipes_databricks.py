@@ -301,7 +301,8 @@ class PipesDatabricksResource(dg.ConfigurableResource):
         label: str,
         on_external_run: Callable[[str | None, str], None] | None,
     ) -> ScriptOutcome:
-        from dagster_databricks import (
+        # The serverless client and UC volume reader are not re-exported at the package top level.
+        from dagster_databricks.pipes import (
             PipesDatabricksClient,
             PipesDatabricksServerlessClient,
             PipesUnityCatalogVolumesMessageReader,
