@@ -37,7 +37,8 @@ def _pg_numeric_typmod(field: pa.Field) -> tuple[int, int] | None:
     if typmod < 4:  # -1: unconstrained NUMERIC
         return None
     typmod -= 4  # PostgreSQL stores (precision << 16 | scale) + VARHDRSZ
-    return (typmod >> 16) & 0xFFFF, typmod & 0xFFFF
+    # Since PostgreSQL 15 the scale is an 11-bit signed number (NUMERIC(3,-2), NUMERIC(2,5)).
+    return (typmod >> 16) & 0xFFFF, ((typmod & 0x7FF) ^ 1024) - 1024
 
 
 # NUMERIC(p,s) up to 18 digits fits int8 once scaled by 10**s.
@@ -99,8 +100,14 @@ def delta_type_for(field: pa.Field) -> pa.DataType:
     t = field.type
     if _is_pg_numeric(field):
         pm = _pg_numeric_typmod(field)
-        if pm and 0 < pm[0] <= MAX_DELTA_PRECISION:
-            return pa.decimal128(pm[0], pm[1])
+        if pm:
+            precision, scale = pm
+            if scale < 0:  # whole multiples of 10^-scale: p - scale digits, none after the point
+                precision, scale = precision - scale, 0
+            elif scale > precision:  # |value| < 10^(p-s): s digits after the point hold it
+                precision = scale
+            if 0 < precision <= MAX_DELTA_PRECISION:
+                return pa.decimal128(precision, scale)
         return pa.string()
     if isinstance(t, pa.ExtensionType):
         return delta_type_for(pa.field(field.name, t.storage_type))

@@ -160,3 +160,33 @@ def test_lookback_window_is_read_only_when_a_source_row_falls_inside_it():
         {"id": 4, "ts": dt.datetime(2024, 1, 1, 12, 0, 1, tzinfo=UTC)},
     ]
     assert run(late) == [3, 4] and calls == [1]
+
+
+@pytest.mark.parametrize(
+    ("precision", "scale", "expected"),
+    [(3, -2, pa.decimal128(5, 0)), (2, 5, pa.decimal128(5, 5)), (12, 2, pa.decimal128(12, 2))],
+)
+def test_postgres_15_negative_and_large_scales_map_to_exact_decimals(precision, scale, expected):
+    typmod = ((precision << 16) | (scale & 0x7FF)) + 4
+    meta = {b"POSTGRESQL:type": b"numeric", b"POSTGRESQL:typmod": str(typmod).encode()}
+    field = pa.field("n", pa.string(), metadata=meta)
+    assert lt.delta_type_for(field) == expected
+    fits = 0 <= scale <= precision
+    assert lt.pg_numeric_as_scaled_int8(field) == ((precision, scale) if fits else None)
+
+
+def test_negative_scale_numeric_loads_exactly(source_db):
+    with psycopg.connect(source_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE rounded (id int, n numeric(3,-2), f numeric(2,5))")
+        conn.execute("INSERT INTO rounded VALUES (1, 99900, 0.00099), (2, -12300, -0.00001)")
+    reader = ls.open_source(_spec(source_db, "rounded"), None, batch_bytes=1 << 20, batch_rows=10)
+    try:
+        table = _read_all(reader).sort_by("id")
+        target = lt.delta_schema_for(reader.schema())
+    finally:
+        reader.close()
+    rows = lt.cast_batch(table.to_batches()[0], target).to_pylist()
+    assert [(r["n"], r["f"]) for r in rows] == [
+        (decimal.Decimal(99900), decimal.Decimal("0.00099")),
+        (decimal.Decimal(-12300), decimal.Decimal("-0.00001")),
+    ]
