@@ -24,11 +24,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+# secrets_from_env lives in redaction (one list for every caller); re-exported here for callers.
 try:  # imported as databricks_scripts.retry_advisor (code location, tests)
-    from .redaction import redact
+    from .redaction import redact, secrets_from_env
     from .retry_classifier import DECISIONS, REQUIRES_REVIEW, UNKNOWN, classify_error
 except ImportError:  # imported by the Pipes script, whose directory is on sys.path
-    from redaction import redact
+    from redaction import redact, secrets_from_env
     from retry_classifier import DECISIONS, REQUIRES_REVIEW, UNKNOWN, classify_error
 
 RULES_DECIDER = "rules"
@@ -36,17 +37,6 @@ DEFAULT_MIN_CONFIDENCE = 0.7
 DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_MAX_RETRIES = 2
 _MAX_REASON_CHARS = 300
-
-# Env vars whose values are secrets wherever this script runs; their values are masked in
-# anything sent to the model even if a driver echoed them into an error message.
-_SECRET_ENV_NAMES = (
-    "DATALOADER_AI_API_KEY",
-    "OPENAI_API_KEY",
-    "DATABRICKS_TOKEN",
-    "DATABRICKS_CLIENT_SECRET",
-    "LAKEBASE_PASSWORD",
-)
-_SECRET_ENV_PREFIX = "DATALOADER_SECRET__"
 
 _SYSTEM_PROMPT = """\
 You triage failed database-to-lakehouse table loads. Given the latest error and recent attempts,
@@ -308,13 +298,6 @@ def _endpoint(config: AdvisorConfig) -> tuple[str | None, str | None]:
 
 def _is_serving_endpoint(base_url: str) -> bool:
     return "/serving-endpoints" in base_url.rstrip("/")
-
-
-def secrets_from_env() -> list[str]:
-    """Secret values visible in this process's environment, to be masked wherever text goes."""
-    values = [os.environ.get(name) for name in _SECRET_ENV_NAMES]
-    values += [v for k, v in os.environ.items() if k.startswith(_SECRET_ENV_PREFIX)]
-    return [v for v in values if v]
 
 
 def _redact_tree(value: Any, secrets: list[str | None]) -> Any:

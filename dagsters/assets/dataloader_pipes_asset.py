@@ -8,7 +8,6 @@ Both run a script from ``databricks_scripts/`` through the ``pipes_databricks`` 
 subprocess or Databricks), and record the outcome in Lakebase: the control row and the history row.
 """
 
-import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -30,7 +29,7 @@ from dagsters.utils.retry_analysis import (
 )
 from dagsters.utils.run_config import LOAD_ASSET, PARTITIONS_NAME, RETRY_ASSET, load_params
 from dagsters.utils.settings import dagster_run_url
-from databricks_scripts.redaction import redact
+from databricks_scripts.redaction import redact, secrets_from_env
 
 LOAD_SCRIPT = "dataloader_pipe.py"
 RETRY_SCRIPT = "dataloader_retry_pipe.py"
@@ -71,16 +70,9 @@ class RetryAnalysisConfig(dg.Config):
     metadata_id: int | None = None
 
 
-def _known_secrets() -> list[str]:
-    """Secret values this process can see, so they never reach a message."""
-    names = ("LAKEBASE_PASSWORD", "DATABRICKS_TOKEN", "DATABRICKS_CLIENT_SECRET", "OPENAI_API_KEY")
-    values = [os.environ.get(n) for n in names]
-    values += [v for k, v in os.environ.items() if k.startswith("DATALOADER_SECRET__")]
-    return [v for v in values if v]
-
-
 def _safe(text: object) -> str:
-    return redact(text, _known_secrets())
+    """``text`` without any secret this process can see (the shared list) or secret shape."""
+    return redact(text, secrets_from_env())
 
 
 def _control_key(context: dg.AssetExecutionContext, configured: str | None) -> str:
