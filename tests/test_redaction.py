@@ -58,8 +58,10 @@ def test_longer_secret_wins_over_a_secret_it_contains():
 DRIVER_ERRORS = {
     # libpq / psycopg with a conninfo echoed by application code
     "libpq conninfo": (
-        "connection failed for \"host='db1' port='5432' user='loader' "
-        "password='S3cr\\'et pw' dbname='sales'\": FATAL:  password authentication failed",
+        (
+            "connection failed for \"host='db1' port='5432' user='loader' "
+            "password='S3cr\\'et pw' dbname='sales'\": FATAL:  password authentication failed"
+        ),
         ["S3cr", "et pw"],
         ["host='db1'", "dbname='sales'", "password authentication failed"],
     ),
@@ -119,8 +121,10 @@ DRIVER_ERRORS = {
         ["useSSL=false"],
     ),
     "Databricks PAT in a header dump": (
-        "HTTP 403 for POST /api/2.1/jobs/runs/submit "
-        "headers={'Authorization': 'Bearer dapi0123456789abcdef0123456789abcdef-2'}",
+        (
+            "HTTP 403 for POST /api/2.1/jobs/runs/submit "
+            "headers={'Authorization': 'Bearer dapi0123456789abcdef0123456789abcdef-2'}"
+        ),
         ["dapi0123456789abcdef0123456789abcdef"],
         ["/api/2.1/jobs/runs/submit"],
     ),
@@ -150,8 +154,10 @@ DRIVER_ERRORS = {
         ["Incorrect API key provided"],
     ),
     "JSON body": (
-        '{"client_id": "svc", "client_secret": "Cl1ent Secret", "api_key": "k-123456",'
-        ' "access_token": "at-987654", "password_secret": "pg_password"}',
+        (
+            '{"client_id": "svc", "client_secret": "Cl1ent Secret", "api_key": "k-123456",'
+            ' "access_token": "at-987654", "password_secret": "pg_password"}'
+        ),
         ["Cl1ent Secret", "k-123456", "at-987654"],
         ['"client_id": "svc"', '"password_secret": "pg_password"'],
     ),
@@ -200,9 +206,11 @@ def test_plain_prose_about_passwords_is_left_alone():
         'FATAL:  password authentication failed for user "loader"',
         "ORA-01017: invalid username/password; logon denied",
         "Login failed for user 'sa'.",
-        "secret 'pg-pass' of scope 'kv' not found: set environment variable "
-        "DATALOADER_SECRET__KV__PG_PASS",
-        "relation \"public.orders\" does not exist",
+        (
+            "secret 'pg-pass' of scope 'kv' not found: set environment variable "
+            "DATALOADER_SECRET__KV__PG_PASS"
+        ),
+        'relation "public.orders" does not exist',
     ):
         assert redact(text) == text
 
