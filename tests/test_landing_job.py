@@ -144,14 +144,26 @@ def test_local_run_commits_readable_tables_and_marks_only_them(
     assert rows["sales.customers"]["staging_model_processed"]
     assert not rows["sales.missing"]["staging_model_processed"]
     assert rows["sales.missing"]["last_status"] == "Succeeded"
-    assert rows["sales.missing"]["last_message"] == "loaded"
+    # Operators see why on the row itself; the load's own message stays in front.
+    note = rows["sales.missing"]["last_message"]
+    assert note.startswith("loaded | [Landing] staging model not generated, schema not readable:")
+    assert "no Delta table" in note
     assert not rows["sales.broken"]["staging_model_processed"]
+    assert rows["sales.broken"]["last_message"] == "loaded"
 
     source = yaml.safe_load((models_repo / meta["changed_files"][0]).read_text())["sources"][0]
     assert {t["name"]: [c["data_type"] for c in t["columns"]] for t in source["tables"]} == {
         "customers": ["bigint", "decimal(9,2)"],
         "orders": ["bigint", "decimal(9,2)"],
     }
+
+    # Once the table can be read, a later run processes it and the note goes away.
+    land(lake_root, "missing")
+    second = run_job(control, ids)
+    assert second.success
+    rows = control_rows(control)
+    assert rows["sales.missing"]["staging_model_processed"]
+    assert rows["sales.missing"]["last_message"] == "loaded"
 
 
 def test_rerun_with_nothing_new_commits_nothing(

@@ -89,18 +89,48 @@ def instance() -> Iterator[dg.DagsterInstance]:
         yield instance
 
 
-def tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, control_db: str):
+def tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, control_db: str, cursor=None):
     context = dg.build_sensor_context(
-        instance=instance, resources={"lakebase": lakebase_for(control_db)}
+        instance=instance, resources={"lakebase": lakebase_for(control_db)}, cursor=cursor
     )
     return sensor(context)
+
+
+class SensorLoop:
+    """Ticks a sensor like the daemon does: the cursor carries over, partition requests apply."""
+
+    def __init__(self, sensor: dg.SensorDefinition, instance: dg.DagsterInstance, conninfo: str):
+        self.sensor, self.instance, self.conninfo = sensor, instance, conninfo
+        self.cursor: str | None = None
+
+    def tick(self):
+        context = dg.build_sensor_context(
+            instance=self.instance,
+            resources={"lakebase": lakebase_for(self.conninfo)},
+            cursor=self.cursor,
+        )
+        result = self.sensor(context)
+        self.cursor = context.cursor
+        for request in getattr(result, "dynamic_partitions_requests", None) or []:
+            if isinstance(request, dg.AddDynamicPartitionsRequest):
+                self.instance.add_dynamic_partitions(PARTITIONS_NAME, request.partition_keys)
+            else:
+                for key in request.partition_keys:
+                    self.instance.delete_dynamic_partition(PARTITIONS_NAME, key)
+        return result
 
 
 def test_master_sensor_skips_with_a_reason_when_nothing_is_due(control_db, db, instance):
     add_row(db, "future")
     db.execute("UPDATE table_control SET next_load_date_time = now() + interval '1 hour'")
     add_row(db, "inactive", is_active=False)
-    result = tick(build_master_sensor(Settings()), instance, control_db)
+    loop = SensorLoop(build_master_sensor(Settings()), instance, control_db)
+    # The first tick gives every row its partition (inactive ones too: a person may rerun them).
+    first = loop.tick()
+    assert "No table is due" in first.skip_reason.skip_message
+    [add] = first.dynamic_partitions_requests
+    assert sorted(add.partition_keys) == ["future", "inactive"]
+    result = loop.tick()
     assert isinstance(result, dg.SkipReason)
     assert "No table is due" in result.skip_message
     assert db.execute("SELECT count(*) AS n FROM historical_metadata").fetchone()["n"] == 0
@@ -122,7 +152,8 @@ def test_master_sensor_claims_due_rows_and_requests_one_partitioned_run_each(
         "UPDATE table_control SET next_load_date_time = now() + interval '1 day'"
         " WHERE control_key = 'later'"
     )
-    result = tick(build_master_sensor(Settings()), instance, control_db)
+    loop = SensorLoop(build_master_sensor(Settings()), instance, control_db)
+    result = loop.tick()
 
     assert isinstance(result, dg.SensorResult)
     by_key = {r.partition_key: r for r in result.run_requests}
@@ -140,10 +171,10 @@ def test_master_sensor_claims_due_rows_and_requests_one_partitioned_run_each(
     assert request.tags["dataloader/control_key"] == "orders"
     assert request.tags["dataloader/source_system"] == "postgresql_db1.internal_5432"
     assert request.tags["dataloader/destination"] == "lake.raw.orders"
-    # New tables become partitions in the same tick.
+    # New tables become partitions in the same tick, claimed or not.
     [partition_request] = result.dynamic_partitions_requests
     assert partition_request.partitions_def_name == PARTITIONS_NAME
-    assert set(partition_request.partition_keys) == {"orders", "customers"}
+    assert set(partition_request.partition_keys) == {"orders", "customers", "later"}
     history = db.execute(
         "SELECT status, triggered_by FROM historical_metadata WHERE metadata_id = %s",
         (orders["last_metadata_id"],),
@@ -152,7 +183,7 @@ def test_master_sensor_claims_due_rows_and_requests_one_partitioned_run_each(
     assert row(db, "later")["last_status"] is None
 
     # The next tick finds them already queued.
-    assert isinstance(tick(build_master_sensor(Settings()), instance, control_db), dg.SkipReason)
+    assert isinstance(loop.tick(), dg.SkipReason)
 
 
 def test_master_sensor_honours_batch_size(control_db, db, instance):

@@ -8,7 +8,8 @@ repository, commits them on ``DATALOADER_MODELS_BRANCH`` (pushing when the repos
 and only then sets ``staging_model_processed`` for exactly the tables whose files are committed.
 
 A table whose schema cannot be read is left unprocessed (its ``last_status`` is untouched, so the
-next tick tries again); the others proceed, and the run fails at the end so the problem is seen.
+next tick tries again) with the reason appended to its ``last_message`` ("Loaded 5 rows |
+[Landing] ..."); the others proceed, and the run fails at the end so the problem is seen.
 """
 
 # No ``from __future__ import annotations``: Dagster resolves the op's config annotation at runtime.
@@ -97,6 +98,11 @@ def landing_table_git_op(context: dg.OpExecutionContext, config: LandingTableGit
             unreadable[row["control_key"]] = str(exc)
             context.log.warning(
                 f"{row['control_key']}: schema not readable, left unprocessed: {exc}"
+            )
+            # Operators read table_control, not run logs: leave the reason on the row (status
+            # unchanged; the note goes away once the staging model is generated).
+            client.note_landing_problem(
+                row["config_id"], f"staging model not generated, schema not readable: {exc}"
             )
 
     repo = ModelsRepo.from_env()

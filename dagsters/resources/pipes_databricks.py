@@ -44,6 +44,14 @@ DEFAULT_TIMEOUT_SECONDS = 10_800  # spec: 3 hours per load
 ERROR_MESSAGE_KEY = "dataloader_error"
 STDERR_ERROR_PREFIX = "DATALOADER_ERROR: "
 _STDERR_TAIL_LINES = 200
+# PyPI packages each script needs on the cluster; any other script gets DEFAULT_LIBRARIES.
+# The retry script asks a chat model through the openai client (it falls back to rules without it,
+# which would silently turn every analysis into a rule decision).
+DEFAULT_LIBRARIES = ("dagster-pipes",)
+SCRIPT_LIBRARIES: dict[str, tuple[str, ...]] = {
+    "dataloader_pipe.py": ("dagster-pipes",),
+    "dataloader_retry_pipe.py": ("dagster-pipes", "openai"),
+}
 
 
 @dataclass
@@ -136,17 +144,21 @@ class PipesDatabricksResource(dg.ConfigurableResource):
     volume_path: str | None = Field(
         default=None, description="Serverless: Unity Catalog volume for Pipes context/messages."
     )
-    libraries: list[str] = Field(default_factory=lambda: ["dagster-pipes"])
+    libraries: list[str] | None = Field(
+        default=None,
+        description="PyPI packages for every script's task; unset: per script (SCRIPT_LIBRARIES).",
+    )
     poll_interval_seconds: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PipesDatabricksResource:
         env = os.environ if env is None else env
+        # DATALOADER_DATABRICKS_LIBRARIES replaces the per-script lists for every script.
         libraries = [
             lib.strip()
-            for lib in (env.get("DATALOADER_DATABRICKS_LIBRARIES") or "dagster-pipes").split(",")
+            for lib in (env.get("DATALOADER_DATABRICKS_LIBRARIES") or "").split(",")
             if lib.strip()
-        ]
+        ] or None
         return cls(
             execution=execution_mode(env),
             scripts_path=env.get("DATALOADER_SCRIPTS_PATH") or None,
@@ -164,6 +176,12 @@ class PipesDatabricksResource(dg.ConfigurableResource):
         )
 
     # ------------------------------------------------------------------ public
+
+    def libraries_for(self, script: str) -> list[str]:
+        """PyPI packages the Databricks task for ``script`` installs."""
+        if self.libraries is not None:
+            return list(self.libraries)
+        return list(SCRIPT_LIBRARIES.get(script, DEFAULT_LIBRARIES))
 
     def run_script(
         self,
@@ -281,7 +299,7 @@ class PipesDatabricksResource(dg.ConfigurableResource):
         if self.serverless:
             task["environment_key"] = "dataloader"
             return task
-        task["libraries"] = [{"pypi": {"package": lib}} for lib in self.libraries]
+        task["libraries"] = [{"pypi": {"package": lib}} for lib in self.libraries_for(script)]
         if self.cluster_id:
             task["existing_cluster_id"] = self.cluster_id
         elif self.new_cluster_json:
@@ -324,7 +342,7 @@ class PipesDatabricksResource(dg.ConfigurableResource):
             submit_args["environments"] = [
                 jobs.JobEnvironment(
                     environment_key="dataloader",
-                    spec=compute.Environment(client="2", dependencies=list(self.libraries)),
+                    spec=compute.Environment(client="2", dependencies=self.libraries_for(script)),
                 )
             ]
             reader = _RecordingMessageReader(

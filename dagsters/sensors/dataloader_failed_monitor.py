@@ -4,22 +4,73 @@ Rows that are Failed, not marked for review and not already being analysed are s
 ``retry_analysis_requested_at`` in the same statement that selects them, so each failure is handled
 once. Rows under the retry limit get an analysis run (run key: the failed attempt's history row);
 rows that have used their retries are marked for review here, by rule, without asking anyone.
+
+An analysis that died before writing its decision (run crashed, Databricks unreachable) would
+leave the stamp for ever; a stamp older than ``DATALOADER_RETRY_ANALYSIS_TIMEOUT_MINUTES`` (60) is
+therefore taken back by the same guarded claim, and the failure gets a second analysis run with a
+new run key, unless the first analysis run is in fact still queued or running in Dagster.
 """
+
+import os
 
 import dagster as dg
 
 from dagsters.assets.dataloader_pipes_asset import control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
+from dagsters.utils.lakebase_client import DEFAULT_ANALYSIS_TIMEOUT_MINUTES
 from dagsters.utils.retry_analysis import apply_decision, decide_without_asking
 from dagsters.utils.run_config import (
+    TAG_METADATA_ID,
     retry_run_config,
     retry_run_key,
     retry_run_tags,
 )
-from dagsters.utils.settings import Settings, load_settings
+from dagsters.utils.settings import Settings, SettingsError, load_settings
 
 RETRY_JOB = "dataloader__retry_analysis_job"
 _ANY_RETRY_COUNT = 2**31 - 1
+ANALYSIS_TIMEOUT_VAR = "DATALOADER_RETRY_ANALYSIS_TIMEOUT_MINUTES"
+_ACTIVE = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def analysis_timeout_minutes(env=None) -> int:
+    """Minutes after which an undecided analysis is taken back (env override, default 60)."""
+    raw = ((os.environ if env is None else env).get(ANALYSIS_TIMEOUT_VAR) or "").strip()
+    if not raw:
+        return DEFAULT_ANALYSIS_TIMEOUT_MINUTES
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{ANALYSIS_TIMEOUT_VAR} must be a whole number, got {raw!r}") from None
+    if value <= 0:
+        raise SettingsError(f"{ANALYSIS_TIMEOUT_VAR} must be greater than 0, got {value}")
+    return value
+
+
+def _analysis_run_key(row: dict) -> str:
+    previous = row.get("previous_analysis_requested_at")
+    if previous is None:
+        return retry_run_key(row)
+    # A second analysis of the same attempt: the first run key is spent (Dagster would drop it).
+    return f"{retry_run_key(row)}:again-{int(row['retry_analysis_requested_at'].timestamp())}"
+
+
+def _still_running(context: dg.SensorEvaluationContext, row: dict) -> str | None:
+    """Run id of an analysis run for this attempt that is still queued or running, if any."""
+    records = context.instance.get_run_records(
+        filters=dg.RunsFilter(
+            job_name=RETRY_JOB,
+            statuses=_ACTIVE,
+            tags={TAG_METADATA_ID: str(row.get("last_metadata_id"))},
+        ),
+        limit=1,
+    )
+    return records[0].dagster_run.run_id if records else None
 
 
 def _exhausted(row: dict, max_retries: int) -> dict:
@@ -32,7 +83,11 @@ def _exhausted(row: dict, max_retries: int) -> dict:
     }
 
 
-def build_failed_monitor(settings: Settings) -> dg.SensorDefinition:
+def build_failed_monitor(
+    settings: Settings, *, analysis_timeout: int | None = None
+) -> dg.SensorDefinition:
+    timeout = analysis_timeout_minutes() if analysis_timeout is None else analysis_timeout
+
     @dg.sensor(
         name="failed_monitor",
         job_name=RETRY_JOB,
@@ -49,8 +104,27 @@ def build_failed_monitor(settings: Settings) -> dg.SensorDefinition:
         client = lakebase.get_client()
         # Every failure not yet handled, whatever its retry count: the exhausted ones are settled
         # below, so they do not sit Failed without a review marker.
-        claimed = client.claim_failed_for_analysis(settings.failed_batch_size, _ANY_RETRY_COUNT)
-        rows = [r for r in claimed if r["retry_count"] < settings.max_retries]
+        claimed = client.claim_failed_for_analysis(
+            settings.failed_batch_size, _ANY_RETRY_COUNT, stale_after_minutes=timeout
+        )
+        rows = []
+        for row in claimed:
+            if row["retry_count"] >= settings.max_retries:
+                continue
+            if row.get("previous_analysis_requested_at") is not None:
+                # Rare (an analysis that never decided): one run lookup for such rows only.
+                active = _still_running(context, row)
+                if active:
+                    context.log.info(
+                        f"{row['control_key']}: analysis run {active} is still in flight after "
+                        f"{timeout} min; waiting for it"
+                    )
+                    continue
+                context.log.warning(
+                    f"{row['control_key']}: analysis requested at "
+                    f"{row['previous_analysis_requested_at']} never decided; analysing again"
+                )
+            rows.append(row)
         exhausted = [r for r in claimed if r["retry_count"] >= settings.max_retries]
         for row in exhausted:
             decision = decide_without_asking(row) or _exhausted(row, settings.max_retries)
@@ -71,7 +145,7 @@ def build_failed_monitor(settings: Settings) -> dg.SensorDefinition:
         return dg.SensorResult(
             run_requests=[
                 dg.RunRequest(
-                    run_key=retry_run_key(row),
+                    run_key=_analysis_run_key(row),
                     run_config=retry_run_config(row),
                     tags=retry_run_tags(row),
                     partition_key=row["control_key"],

@@ -1,16 +1,31 @@
 """master_sensor: claims due tables and launches one ``dataloader__table_load`` run per table.
 
 Each tick claims up to the batch size of due rows in one transaction (status Queued + a history row
-each; FOR UPDATE SKIP LOCKED, so two ticks never claim the same row), adds any new control_key as a
-partition, and yields one RunRequest per row. The run key is the history row, so a repeated tick
-never launches an attempt twice, and a re-queued table always gets a new run.
+each; FOR UPDATE SKIP LOCKED, so two ticks never claim the same row) and yields one RunRequest per
+row. The run key is the history row, so a repeated tick never launches an attempt twice, and a
+re-queued table always gets a new run.
+
+It also keeps the ``control_key`` dynamic partitions in step with table_control: every row has a
+partition (so a person can load a table from the UI before it was ever claimed) and a deleted row's
+partition goes away. Listing 100k keys every minute would cost more than the claim, so the sensor
+reads a counter that a trigger moves whenever keys are added, removed or renamed (sql/004) and
+only compares the two key sets when the counter differs from the one in its cursor, or once an
+hour in case someone changed the partitions by hand.
 """
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import dagster as dg
 
 from dagsters.assets.dataloader_pipes_asset import control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.utils.run_config import (
+    PARTITIONS_NAME,
     load_run_config,
     load_run_key,
     load_run_tags,
@@ -19,6 +34,57 @@ from dagsters.utils.run_config import (
 from dagsters.utils.settings import Settings, load_settings
 
 LOAD_JOB = "dataloader__table_load_job"
+# Compare the key sets at least this often even when the counter did not move.
+PARTITION_RESYNC_SECONDS = 3600
+# The sensor daemon checks every requested key on its own (one instance lookup each), so a first
+# sync of 100k rows is spread over ticks instead of one tick that takes minutes.
+MAX_PARTITION_CHANGES_PER_TICK = 1000
+
+
+@dataclass(frozen=True)
+class PartitionSync:
+    """What one tick changes in the partition set, and the cursor to keep afterwards."""
+
+    add: list[str]
+    delete: list[str]
+    cursor: str | None  # None: keep the current cursor
+
+
+def _parse_cursor(raw: str | None) -> tuple[int | None, float]:
+    try:
+        state = json.loads(raw or "{}")
+        return state.get("keys_version"), float(state.get("synced_at") or 0.0)
+    except (ValueError, TypeError, AttributeError):
+        return None, 0.0  # unreadable cursor: sync again
+
+
+def plan_partition_sync(
+    *,
+    cursor: str | None,
+    version: int,
+    now: float,
+    list_control_keys,
+    list_partitions,
+    claimed: Iterable[str] = (),
+    limit: int = MAX_PARTITION_CHANGES_PER_TICK,
+) -> PartitionSync:
+    """Decide the partition requests for this tick (pure apart from the two list callables)."""
+    claimed = set(claimed)
+    known_version, synced_at = _parse_cursor(cursor)
+    if known_version == version and now - synced_at < PARTITION_RESYNC_SECONDS:
+        return PartitionSync(add=sorted(claimed), delete=[], cursor=None)
+    keys = set(list_control_keys())
+    partitions = set(list_partitions())
+    missing = sorted(keys - partitions)
+    removed = sorted(partitions - keys - claimed)
+    complete = len(missing) <= limit and len(removed) <= limit
+    # Only a complete sync records the version; a partial one tries again on the next tick.
+    state = {"keys_version": version if complete else None, "synced_at": now}
+    return PartitionSync(
+        add=sorted(set(missing[:limit]) | claimed),
+        delete=removed[:limit],
+        cursor=json.dumps(state, separators=(",", ":")),
+    )
 
 
 def build_master_sensor(settings: Settings) -> dg.SensorDefinition:
@@ -30,21 +96,42 @@ def build_master_sensor(settings: Settings) -> dg.SensorDefinition:
         if settings.sensors_running
         else dg.DefaultSensorStatus.STOPPED,
         description=f"Claims up to {settings.master_batch_size} due tables per tick and launches "
-        "a load for each.",
+        "a load for each; keeps the control_key partitions in step with table_control.",
     )
     def master_sensor(
         context: dg.SensorEvaluationContext, lakebase: LakebaseResource
     ) -> dg.SensorResult | dg.SkipReason:
-        rows = lakebase.get_client().claim_due_tables(settings.master_batch_size)
+        client = lakebase.get_client()
+        rows = client.claim_due_tables(settings.master_batch_size)
+        # Every claimed key goes in the add request: the sensor daemon adds only the keys it does
+        # not have yet, so checking them here as well would only double that cost.
+        sync = plan_partition_sync(
+            cursor=context.cursor,
+            version=client.control_keys_version(),
+            now=time.time(),
+            list_control_keys=client.list_control_keys,
+            list_partitions=lambda: context.instance.get_dynamic_partitions(PARTITIONS_NAME),
+            claimed=[row["control_key"] for row in rows],
+        )
+        if sync.cursor is not None:
+            context.update_cursor(sync.cursor)
+            context.log.info(
+                f"Partitions vs table_control: adding {len(sync.add)}, deleting "
+                f"{len(sync.delete)}" + (f" (e.g. {sync.delete[:5]})" if sync.delete else "")
+            )
+        requests: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
+        if sync.add:
+            requests.append(control_key_partitions.build_add_request(sync.add))
+        if sync.delete:
+            requests.append(control_key_partitions.build_delete_request(sync.delete))
         if not rows:
-            return dg.SkipReason(
+            skip = (
                 "No table is due: no active row with next_load_date_time <= now() outside "
                 "Queued/In Progress."
             )
-        # Every claimed key goes in the add request: the sensor daemon adds only the keys it does
-        # not have yet (one lookup per key there), so checking them here as well would only
-        # double that cost on every tick.
-        keys = sorted({row["control_key"] for row in rows})
+            if requests:
+                return dg.SensorResult(skip_reason=skip, dynamic_partitions_requests=requests)
+            return dg.SkipReason(skip)
         context.log.info(
             f"Claimed {len(rows)} table(s): " + ", ".join(row["control_key"] for row in rows)
         )
@@ -58,7 +145,7 @@ def build_master_sensor(settings: Settings) -> dg.SensorDefinition:
                 )
                 for row in rows
             ],
-            dynamic_partitions_requests=[control_key_partitions.build_add_request(keys)],
+            dynamic_partitions_requests=requests,
         )
 
     return master_sensor

@@ -23,7 +23,7 @@ from typing import Any, Self
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from dagsters.utils.schedule import next_load_time, retry_backoff
@@ -48,6 +48,10 @@ ALLOWED_FROM: dict[str | None, frozenset[str | None]] = {
 
 RETRY_MARKER = "[AI Analysis - Retry Recommended] "
 REVIEW_MARKER = "[AI Analysis - Requires Review] "
+# Put between a load's own message and a note from the landing-table job in last_message.
+LANDING_NOTE_SEPARATOR = " | [Landing] "
+# failed_monitor takes back a failure whose analysis was requested this long ago and never decided.
+DEFAULT_ANALYSIS_TIMEOUT_MINUTES = 60
 
 # historical_metadata columns a caller may set through update_metadata.
 METADATA_FIELDS = frozenset(
@@ -575,8 +579,14 @@ class LakebaseClient:
         watermark_after: str | None,
         message: str | None = None,
         databricks_run_url: str | None = None,
+        schema_changed: bool = False,
     ) -> bool:
-        """In Progress -> Succeeded, new watermark, next schedule slot, history: one transaction."""
+        """In Progress -> Succeeded, new watermark, next schedule slot, history: one transaction.
+
+        ``schema_changed``: the load changed the destination's columns, so the staging model
+        generated earlier is out of date; staging_model_processed goes back to false and the
+        landing-table job regenerates the files it wrote (a person's own files stay untouched).
+        """
         if message is None:
             message = f"Loaded {rows_written if rows_written is not None else '?'} rows"
         params = {
@@ -585,6 +595,7 @@ class LakebaseClient:
             "watermark": None if watermark_after is None else str(watermark_after),
             "message": self.redact(message),
             "databricks": databricks_run_url,
+            "schema_changed": bool(schema_changed),
         }
         with self._transaction("record_success") as conn:
             rows = self._guarded_transition(
@@ -599,6 +610,9 @@ class LakebaseClient:
                     "last_message": sql.SQL("%(message)s"),
                     "last_databricks_run": sql.SQL(
                         "coalesce(%(databricks)s, t.last_databricks_run)"
+                    ),
+                    "staging_model_processed": sql.SQL(
+                        "t.staging_model_processed AND NOT %(schema_changed)s"
                     ),
                 },
             )
@@ -723,20 +737,43 @@ class LakebaseClient:
                 (message, ids),
             )
 
-    def claim_failed_for_analysis(self, limit: int, max_retries: int = 3) -> list[dict]:
-        """Failed rows still eligible for a retry decision, marked as being analysed (once)."""
+    def claim_failed_for_analysis(
+        self,
+        limit: int,
+        max_retries: int = 3,
+        *,
+        stale_after_minutes: int | None = DEFAULT_ANALYSIS_TIMEOUT_MINUTES,
+    ) -> list[dict]:
+        """Failed rows still eligible for a retry decision, marked as being analysed (once).
+
+        A row whose analysis was requested more than ``stale_after_minutes`` ago and never
+        decided (the analysis run died before it could write a decision) is taken back too, so
+        a failure is not left unanalysed for ever; ``None`` turns that off. Each returned row
+        carries ``previous_analysis_requested_at``: None for a first claim, else the stale stamp
+        (the caller needs a new run key for a second analysis of the same attempt).
+        """
         with self._transaction("claim_failed_for_analysis") as conn:
             return conn.execute(
                 "WITH picked AS ("
-                "  SELECT config_id FROM table_control"
+                "  SELECT config_id, retry_analysis_requested_at AS previous"
+                "  FROM table_control"
                 "  WHERE last_status = 'Failed' AND retry_count < %(max_retries)s"
-                "    AND NOT needs_review AND retry_analysis_requested_at IS NULL"
+                "    AND NOT needs_review AND (retry_analysis_requested_at IS NULL"
+                "      OR retry_analysis_requested_at"
+                "         < now() - make_interval(mins => %(stale)s::int))"
                 "  ORDER BY last_status_date_time, config_id LIMIT %(limit)s"
                 "  FOR UPDATE SKIP LOCKED)"
                 " UPDATE table_control t SET retry_analysis_requested_at = now()"
                 " FROM picked WHERE t.config_id = picked.config_id"
-                " AND t.retry_analysis_requested_at IS NULL RETURNING t.*",
-                {"limit": int(limit), "max_retries": int(max_retries)},
+                # Guard: still Failed, not under review, and the stamp is the one we read.
+                " AND t.last_status = 'Failed' AND NOT t.needs_review"
+                " AND t.retry_analysis_requested_at IS NOT DISTINCT FROM picked.previous"
+                " RETURNING t.*, picked.previous AS previous_analysis_requested_at",
+                {
+                    "limit": int(limit),
+                    "max_retries": int(max_retries),
+                    "stale": None if stale_after_minutes is None else int(stale_after_minutes),
+                },
             ).fetchall()
 
     def get_recent_history(self, config_id: int, limit: int = 5) -> list[dict]:
@@ -762,14 +799,69 @@ class LakebaseClient:
             ).fetchall()
 
     def mark_staging_processed(self, config_ids: Sequence[int]) -> int:
+        """Staging model generated for these rows; clears a landing note left earlier."""
         if not config_ids:
             return 0
         with self._transaction("mark_staging_processed") as conn:
             return conn.execute(
-                "UPDATE table_control SET staging_model_processed = true"
-                " WHERE config_id = ANY(%s) AND NOT staging_model_processed",
-                (list(config_ids),),
+                "UPDATE table_control SET staging_model_processed = true,"
+                " last_message = CASE WHEN starts_with(last_message, %(bare)s) THEN NULL"
+                "   WHEN strpos(last_message, %(marker)s) > 0"
+                "   THEN split_part(last_message, %(marker)s, 1)"
+                "   ELSE last_message END"
+                " WHERE config_id = ANY(%(ids)s) AND NOT staging_model_processed",
+                {
+                    "ids": list(config_ids),
+                    "marker": LANDING_NOTE_SEPARATOR,
+                    "bare": LANDING_NOTE_SEPARATOR.lstrip(" |"),
+                },
             ).rowcount
+
+    def note_landing_problem(self, config_id: int, message: str) -> bool:
+        """Tell operators why a loaded table got no staging model yet, in ``last_message``.
+
+        Guarded like a status change but it changes no status: only a Succeeded row still
+        waiting for its staging model is touched, and the load's own message is kept in front
+        (``Loaded 5 rows | [Landing] ...``); a later note replaces an earlier one instead of
+        piling up. True if the row was in that state.
+        """
+        note = self.redact(message)
+        with self._transaction("note_landing_problem") as conn:
+            return (
+                conn.execute(
+                    "UPDATE table_control SET last_message ="
+                    " CASE WHEN coalesce(last_message, '') = '' OR"
+                    "   starts_with(last_message, %(bare)s) THEN %(bare)s || %(note)s"
+                    " ELSE split_part(last_message, %(marker)s, 1) || %(marker)s || %(note)s END"
+                    " WHERE config_id = %(config_id)s AND last_status = 'Succeeded'"
+                    " AND NOT staging_model_processed",
+                    {
+                        "config_id": config_id,
+                        "note": note,
+                        "marker": LANDING_NOTE_SEPARATOR,
+                        "bare": LANDING_NOTE_SEPARATOR.lstrip(" |"),
+                    },
+                ).rowcount
+                > 0
+            )
+
+    def control_keys_version(self) -> int:
+        """A counter that moves whenever control_keys are added, removed or renamed (sql/004).
+
+        One single-row read: master_sensor compares it with its cursor every tick and lists the
+        keys (:meth:`list_control_keys`) only when it moved.
+        """
+        with self._transaction("control_keys_version") as conn:
+            row = conn.execute("SELECT version FROM control_keys_state").fetchone()
+        return int(row["version"]) if row else 0
+
+    def list_control_keys(self) -> list[str]:
+        """Every control_key (active or not: a person may rerun an inactive row), sorted."""
+        with self._transaction("list_control_keys") as conn:
+            # Tuples, not dicts: at 100k rows the dict per row is most of the cost.
+            cur = conn.cursor(row_factory=tuple_row)
+            rows = cur.execute("SELECT control_key FROM table_control ORDER BY control_key")
+            return [key for (key,) in rows.fetchall()]
 
 
 def _success_sets() -> dict[str, sql.Composable]:
