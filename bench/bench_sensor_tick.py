@@ -8,11 +8,15 @@ included) and counts the SQL statements each tick sent, with a psycopg cursor cl
     .venv/bin/python bench/bench_sensor_tick.py [--rows 100000] [--iterations 30]
 
 Target (issue 4): master_sensor <= 50 ms per tick, statements constant whatever the batch size.
+master_sensor's steady-state ticks run with a cursor in step with table_control's key version
+(every row already a partition); one extra line times the tick that compares the two 100k key sets
+(what happens after keys were added or removed, and once an hour).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import threading
@@ -199,33 +203,56 @@ def main() -> int:
         with psycopg.connect(conninfo, autocommit=True) as admin, dg.instance_for_test() as inst:
             print(f"filling table_control with {args.rows:,} rows ...", flush=True)
             fill(admin, args.rows, due=10)
-            # Steady state: the due tables are known partitions already.
-            inst.add_dynamic_partitions(PARTITIONS_NAME, [f"bench.t{i}" for i in range(1, 101)])
+            # Steady state: every row is a partition already and the cursor knows the key version.
+            started = time.perf_counter()
+            inst.add_dynamic_partitions(
+                PARTITIONS_NAME, [f"bench.t{i}" for i in range(1, args.rows + 1)]
+            )
+            print(
+                f"added {args.rows:,} partitions to the test instance in "
+                f"{time.perf_counter() - started:.1f} s",
+                flush=True,
+            )
+            version = _CLIENT[0].control_keys_version()
+            in_step = json.dumps({"keys_version": version, "synced_at": time.time()})
+            keys_moved = json.dumps({"keys_version": version - 1, "synced_at": time.time()})
 
-            def ticker(sensor: dg.SensorDefinition) -> Callable[[], object]:
+            def ticker(
+                sensor: dg.SensorDefinition, cursor: str | None = None
+            ) -> Callable[[], object]:
                 return lambda: sensor(
-                    dg.build_sensor_context(instance=inst, resources={"lakebase": resource})
+                    dg.build_sensor_context(
+                        instance=inst, resources={"lakebase": resource}, cursor=cursor
+                    )
                 )
 
             settings = Settings()
             results = [
                 measure(
                     "master_sensor (10 due, batch 10)",
-                    ticker(build_master_sensor(settings)),
+                    ticker(build_master_sensor(settings), in_step),
                     lambda: reset_due(admin, 10),
                     args.iterations,
                 ),
                 measure(
                     "master_sensor (100 due, batch 100)",
-                    ticker(build_master_sensor(Settings(master_batch_size=100))),
+                    ticker(build_master_sensor(Settings(master_batch_size=100)), in_step),
                     lambda: reset_due(admin, 100),
                     args.iterations,
                 ),
                 measure(
                     "master_sensor (idle)",
-                    ticker(build_master_sensor(settings)),
+                    ticker(build_master_sensor(settings), in_step),
                     lambda: reset_due(admin, 0),
                     args.iterations,
+                ),
+                # Keys added/removed since the cursor (or the hourly check): both 100k key sets
+                # are read and compared; nothing differs here, so no partition request.
+                measure(
+                    "master_sensor (10 due, key sets compared)",
+                    ticker(build_master_sensor(settings), keys_moved),
+                    lambda: reset_due(admin, 10),
+                    max(3, args.iterations // 3),
                 ),
                 measure(
                     "longqueued_monitor (10 stuck)",
