@@ -22,7 +22,7 @@ if _HERE not in sys.path:
 from dagster_pipes import PipesContext, open_dagster_pipes
 from loader_params import LoadSpec, parse_load_spec, resolve_password
 from loader_pipes_io import choose_pipes_io
-from redaction import redact
+from redaction import redact, secrets_from_env
 
 ERROR_PREFIX = "DATALOADER_ERROR: "
 
@@ -99,6 +99,7 @@ def run_load(context: PipesContext, secrets: list[str]) -> None:
     started = time.monotonic()
     label = "load"
     step = "read parameters"
+    failure: str | None = None
     try:
         spec = parse_load_spec(context.get_extra("params"))
         label = f"load of {spec.source_label} ({spec.db_type}) into {spec.destination_label}"
@@ -117,9 +118,12 @@ def run_load(context: PipesContext, secrets: list[str]) -> None:
         result = _run_engine(engine, spec, password, lambda m: context.log.info(redact(m, secrets)))
     except Exception as exc:  # noqa: BLE001 - every failure must be reported the same way
         step = getattr(exc, "step", step)
-        text = redact(f"{label} failed at step '{step}': {exc}", secrets)
-        context.report_custom_message({"dataloader_error": text})
-        raise DataLoaderError(text) from None  # no chained driver error: it may hold secrets
+        failure = redact(f"{label} failed at step '{step}': {exc}", secrets)
+        context.report_custom_message({"dataloader_error": failure})
+    if failure is not None:
+        # Raised outside the except block, so the driver error is not even its __context__:
+        # dagster-pipes serializes __context__ despite ``from None``, and it may hold secrets.
+        raise DataLoaderError(failure)
 
     duration = round(time.monotonic() - started, 3)
     metadata = {
@@ -152,7 +156,8 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    secrets: list[str] = []
+    # Every secret this process can see (LAKEBASE_PASSWORD, AI key, ...), plus the source's.
+    secrets: list[str] = secrets_from_env()
     try:
         with open_dagster_pipes(
             params_loader=params_loader,

@@ -12,7 +12,6 @@ control row and of all history rows, and the exception raised to the caller.
 from __future__ import annotations
 
 import json
-import re
 import traceback
 import uuid
 from collections.abc import Iterator
@@ -296,32 +295,15 @@ def everywhere(instance, instance_dir, control_db, capfd, caplog) -> dict[str, s
 
 
 # dagster-pipes serializes an exception's __context__ even after ``raise ... from None`` (it
-# ignores __suppress_context__), and the loader script raises its redacted DataLoaderError inside
-# the ``except`` that caught the driver error: the raw driver text then rides along as the
-# "context" of the Pipes "closed" message, which Dagster stores in an ENGINE_EVENT and prints to
-# the step's stderr (compute logs). Drivers that echo a secret leak it there. Fix, in
-# databricks_scripts/dataloader_pipe.py run_load(): raise DataLoaderError after the except block.
-PIPES_CONTEXT_LEAK = (
-    "known leak: dataloader_pipe.run_load raises DataLoaderError inside its except block, and "
-    "dagster-pipes sends the driver error (with the echoed secret) as the exception's context"
-)
-_CONTEXT_LEAK_PLACES = re.compile(
-    r"ENGINE_EVENT|^file history/runs/.*\.db$|^file storage/.*/compute_logs/.*\.err$|"
-    r"^captured stderr$|^python logs$|^databricks run \d+ stderr$"
-)
+# ignores __suppress_context__); the loader therefore raises its redacted error outside the
+# ``except`` that caught the driver error. These checks are strict everywhere, including the
+# ENGINE_EVENT that carries the Pipes "closed" exception and the compute logs.
 
 
-def assert_absent_or_known_context_leak(places: dict[str, str], *needles: str) -> None:
-    """Strict everywhere the context leak cannot reach; the known leak itself is an xfail."""
-    leaked = {where for where, text in places.items() for n in needles if n and n in text}
-    elsewhere = sorted(w for w in leaked if not _CONTEXT_LEAK_PLACES.search(w))
-    assert not elsewhere, f"secret found in: {elsewhere}"
-    if leaked:
-        context_events = [
-            w for w in leaked if "ENGINE_EVENT" in w and '"context": {"__class__"' in places[w]
-        ]
-        assert context_events, f"secret found in {sorted(leaked)}, not via the Pipes context"
-        pytest.xfail(f"{PIPES_CONTEXT_LEAK}; found in {sorted(leaked)}")
+def assert_secret_absent(places: dict[str, str], *needles: str) -> None:
+    """No secret (in any of its encoded forms) in any of the places searched."""
+    leaked = sorted({where for where, text in places.items() for n in needles if n and n in text})
+    assert not leaked, f"secret found in: {leaked}"
 
 
 def local_pipes(lake_root: Path) -> PipesDatabricksResource:
@@ -404,7 +386,7 @@ def test_postgres_driver_echoing_the_password_is_masked(
 
     places = everywhere(instance, instance_dir, control_db, capfd, caplog)
     places["exception"] = exception_text(echo_exc)
-    assert_absent_or_known_context_leak(places, core, *forms(secret))
+    assert_secret_absent(places, core, *forms(secret))
 
 
 # -- MariaDB: a real password-protected MySQL-protocol source -------------------------------------
@@ -499,7 +481,7 @@ def test_mariadb_driver_echoing_the_password_is_masked(
     assert "driver echo: *** password=***" in echo["last_message"], echo["last_message"]
 
     places = everywhere(instance, instance_dir, control_db, capfd, caplog)
-    assert_absent_or_known_context_leak(places, core, *forms(secret))
+    assert_secret_absent(places, core, *forms(secret))
 
 
 # -- Databricks backend: the workspace token, and the source password on the "cluster" ------------
@@ -552,7 +534,7 @@ def test_databricks_token_and_source_password_stay_out_of_dagster(
         places[f"databricks run {run.run_id} stdout"] = run.stdout
         places[f"databricks run {run.run_id} stderr"] = run.stderr
     assert_absent(places, standin.token)  # the workspace token: nowhere, strictly
-    assert_absent_or_known_context_leak(places, core, *forms(secret))
+    assert_secret_absent(places, core, *forms(secret))
 
 
 # -- retry analysis: what goes to the model, and what comes back ----------------------------------
