@@ -177,6 +177,27 @@ def test_claimed_incremental_load_succeeds_then_picks_up_only_new_rows(
     assert DeltaTable(str(lake_root / "lake" / "raw" / "orders")).to_pyarrow_table().num_rows == 27
 
 
+def test_new_source_column_reopens_the_staging_model_only_when_the_schema_changes(
+    control_db, source_db, source, lake_root, db, instance
+):
+    add_control_row(db, source_db, "pg.orders", "orders")
+    assert claim_and_materialize(control_db, lake_root, instance, "pg.orders")[0].success
+    db.execute("UPDATE table_control SET staging_model_processed = true")
+
+    source.execute("INSERT INTO public.orders VALUES (26, 1, '2024-03-01')")
+    db.execute("UPDATE table_control SET next_load_date_time = now()")
+    assert claim_and_materialize(control_db, lake_root, instance, "pg.orders")[0].success
+    assert control_row(db, "pg.orders")["staging_model_processed"] is True  # same columns
+
+    source.execute("ALTER TABLE public.orders ADD COLUMN channel text")
+    source.execute("INSERT INTO public.orders VALUES (27, 2, '2024-03-02', 'web')")
+    db.execute("UPDATE table_control SET next_load_date_time = now()")
+    assert claim_and_materialize(control_db, lake_root, instance, "pg.orders")[0].success
+    row = control_row(db, "pg.orders")
+    assert row["last_status"] == "Succeeded"
+    assert row["staging_model_processed"] is False  # landing_table_monitor regenerates it
+
+
 def test_missing_source_table_fails_with_the_scripts_own_message(
     control_db, source_db, source, lake_root, db, instance
 ):

@@ -130,6 +130,28 @@ def _metadata_value(metadata: Mapping[str, Any], key: str) -> Any:
     return getattr(value, "value", value)
 
 
+def _schema_changed(context: dg.AssetExecutionContext, control_key: str, reported: Mapping) -> bool:
+    """Did this load change the destination's columns since the partition's last materialization?
+
+    Compared here rather than in the script so both engines (Arrow and Spark) are covered alike.
+    A first load is not a change: a new row's staging model is still unprocessed anyway.
+    """
+    new_schema = _metadata_value(reported, "dagster/column_schema")
+    if new_schema is None:
+        return False
+    previous = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=[control_key]),
+        limit=1,
+    ).records
+    if not previous:
+        return False
+    materialization = previous[0].asset_materialization
+    old_schema = _metadata_value(
+        materialization.metadata if materialization else {}, "dagster/column_schema"
+    )
+    return old_schema is not None and old_schema != new_schema
+
+
 def _reported_metadata(outcome: ScriptOutcome) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for result in outcome.results:
@@ -213,6 +235,7 @@ def dataloader_table_load(
         rows_written=rows_written,
         watermark_after=None if watermark_after is None else str(watermark_after),
         databricks_run_url=run_link,
+        schema_changed=_schema_changed(context, control_key, reported),
     )
     if not recorded:
         # The data was written; a monitor failed the row meanwhile. Say so instead of hiding it.
