@@ -84,3 +84,36 @@ def test_reason_is_one_readable_sentence() -> None:
         "Transient lock conflict fault: the source was busy with a conflicting lock or "
         "transaction, which clears by itself."
     )
+
+
+# A held-out set: real-world messages written after the rules, never used to tune them (keep it
+# that way: a message moved into the rules' reach here no longer measures anything; add it to
+# error_messages.json instead and write a new held-out message). Measured when it was written:
+# 42/49 decisions right (85.7%); permanent 26/26 (100%, 12 of them recognised, 14 reviewed as
+# unknown); transient 16/23 (69.6%, the misses were unknown and went to review, the safe side).
+HELD_OUT = json.loads((Path(__file__).parent / "data" / "error_messages_heldout.json").read_text())
+HELD_OUT_FLOOR = {"overall": 0.80, PERMANENT: 0.95, TRANSIENT: 0.65}
+
+
+def _held_out_accuracy(messages: list[dict]) -> float:
+    right = sum(
+        classify_error(m["message"]).decision
+        == (RETRY_RECOMMENDED if m["label"] == TRANSIENT else REQUIRES_REVIEW)
+        for m in messages
+    )
+    return right / len(messages)
+
+
+def test_held_out_set_is_separate_and_broad() -> None:
+    assert len(HELD_OUT) >= 20
+    assert not {m["message"] for m in HELD_OUT} & {m["message"] for m in LABELLED}
+    counts = Counter((m["source"], m["label"]) for m in HELD_OUT)
+    for source in SOURCES:
+        for label in (TRANSIENT, PERMANENT):
+            assert counts[(source, label)] >= 2, f"too few held-out {label} from {source}"
+
+
+@pytest.mark.parametrize("part", ["overall", TRANSIENT, PERMANENT])
+def test_held_out_accuracy_floor(part: str) -> None:
+    messages = HELD_OUT if part == "overall" else [m for m in HELD_OUT if m["label"] == part]
+    assert _held_out_accuracy(messages) >= HELD_OUT_FLOOR[part]
