@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -101,6 +102,29 @@ def test_transient_failure_is_retried_after_a_backoff(client: LakebaseClient, co
     assert stored["retry_decider"] == "rules"
     assert stored["retry_confidence"] == pytest.approx(decision["confidence"])
     assert stored["retry_analysed_at"] is not None
+
+
+def test_flapping_source_backs_off_5_15_45_minutes_then_goes_to_review(
+    client: LakebaseClient, control_db: str
+):
+    # The row itself, not just retry_backoff(): each retry moves next_load_date_time further out,
+    # so a source that keeps dropping connections is not hammered, and the fourth failure stops.
+    config_id = _add_row(control_db, "sales.flapping")
+    waits = []
+    for _ in range(3):
+        row = _fail_attempt(client, control_db, "sales.flapping", "Connection reset by peer")
+        assert decide_without_asking(row) is None
+        request = build_analysis_request(row, client.get_recent_history(config_id))
+        assert apply_decision(client, row, decide_retry(request, AdvisorConfig())) == RETRIED
+        waits.append(_state(control_db, config_id)["wait"])
+
+    for wait, minutes in zip(waits, (5, 15, 45), strict=True):
+        assert timedelta(minutes=minutes - 1) < wait <= timedelta(minutes=minutes)
+    row = _fail_attempt(client, control_db, "sales.flapping", "Connection reset by peer")
+    assert row["retry_count"] == 3
+    decision = decide_without_asking(row)
+    assert decision is not None and apply_decision(client, row, decision) == REVIEW
+    assert client.claim_failed_for_analysis(10) == []
 
 
 def test_permanent_failure_goes_to_review_and_stays_out_of_the_loop(

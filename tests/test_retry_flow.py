@@ -111,7 +111,8 @@ def _row(db: psycopg.Connection, key: str) -> dict:
 
 def _decision_on(db: psycopg.Connection, metadata_id: int) -> dict:
     return db.execute(
-        "SELECT retry_decision, retry_decider, retry_reason FROM historical_metadata"
+        "SELECT retry_decision, retry_decider, retry_reason, retry_confidence"
+        " FROM historical_metadata"
         " WHERE metadata_id = %s",
         (metadata_id,),
     ).fetchone()
@@ -148,6 +149,8 @@ def test_model_review_keeps_the_row_failed_and_out_of_the_loop(
     metadata = _analyse(instance, control_db, "refunds", request.run_config)
 
     assert (metadata["decision"], metadata["decider"]) == ("Requires Review", "gpt-standin")
+    assert metadata["confidence"] == pytest.approx(0.9)
+    assert metadata["reason"] == "The table was dropped at source."
     row = _row(db, "refunds")
     assert (row["last_status"], row["needs_review"], row["retry_count"]) == ("Failed", True, 0)
     assert row["last_message"] == (
@@ -155,6 +158,8 @@ def test_model_review_keeps_the_row_failed_and_out_of_the_loop(
     )
     stored = _decision_on(db, metadata_id)
     assert (stored["retry_decision"], stored["retry_decider"]) == ("Requires Review", "gpt-standin")
+    assert stored["retry_confidence"] == pytest.approx(0.9)
+    assert stored["retry_reason"] == "The table was dropped at source."
     assert isinstance(_tick(instance, control_db), dg.SkipReason)  # under review: never again
     assert len(openai_standin.requests) == 1
 
