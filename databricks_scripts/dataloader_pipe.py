@@ -90,9 +90,15 @@ def _run_engine(engine: str, spec: LoadSpec, password: str | None, log) -> objec
 
         raise LoadStepError("connect to source", f"{type(exc).__name__}: {exc}") from exc
     try:
-        return run_arrow_load(spec, source, destination, log=log, progress_interval=progress)
-    finally:
-        source.close()
+        result = run_arrow_load(spec, source, destination, log=log, progress_interval=progress)
+    except BaseException:
+        try:
+            source.close()
+        except Exception:  # noqa: BLE001, S110 - the load's own error is the one to report
+            pass
+        raise
+    source.close()
+    return result
 
 
 def run_load(context: PipesContext, secrets: list[str]) -> None:

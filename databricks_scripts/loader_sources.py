@@ -114,6 +114,17 @@ class SourceReader:
             spec.db_type, spec.source_catalog, spec.source_schema_name, spec.source_table_name
         )
         self.table_sql = qualified_name(self.dialect, *parts)
+        # Row streams handed out by batches(): closed before the connection, because a load that
+        # fails mid-stream leaves its stream suspended (ADBC then refuses to close the database).
+        self._streams: list[Any] = []
+
+    def _track(self, stream: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        self._streams.append(stream)
+        return stream
+
+    def close_streams(self) -> None:
+        while self._streams:
+            self._streams.pop().close()
 
     def query(self, *, incremental: bool = False, limit_zero: bool = False) -> str:
         cursor = self.spec.incremental_column if incremental else None
@@ -126,7 +137,7 @@ class SourceReader:
         raise NotImplementedError
 
     def close(self) -> None:
-        pass
+        self.close_streams()
 
 
 class PostgresReader(SourceReader):
@@ -241,13 +252,16 @@ class PostgresReader(SourceReader):
                 reader.close()
                 stmt.close()
 
-        return schema, gen()
+        return schema, self._track(gen())
 
     def close(self) -> None:
         try:
-            self._conn.close()
+            self.close_streams()
         finally:
-            self._db.close()
+            try:
+                self._conn.close()
+            finally:
+                self._db.close()
 
 
 # ---- DB-API sources: types from the driver's description, batches from fetchmany -------------
@@ -342,10 +356,13 @@ class MySQLReader(SourceReader):
             finally:
                 cur.close()
 
-        return schema, gen()
+        return schema, self._track(gen())
 
     def close(self) -> None:
-        self._conn.close()
+        try:
+            self.close_streams()
+        finally:
+            self._conn.close()
 
 
 def _infer_type(values: list[Any]) -> pa.DataType:
@@ -403,10 +420,13 @@ class DbApiReader(SourceReader):
             finally:
                 cur.close()
 
-        return schema, gen()
+        return schema, self._track(gen())
 
     def close(self) -> None:
-        self._conn.close()
+        try:
+            self.close_streams()
+        finally:
+            self._conn.close()
 
 
 def open_source(
