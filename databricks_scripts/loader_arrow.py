@@ -322,21 +322,31 @@ def run_arrow_load(
             rows_written = tracker.rows_read
             committed = True
         elif merging:
-            data = pa.Table.from_batches(list(tracker), write_schema)
-            if data.num_rows:
-                _check_keys(data, spec.merge_keys)
-                metrics = (
-                    table.merge(
-                        data,
-                        predicate=delta_merge_predicate(spec.merge_keys),
-                        source_alias="s",
-                        target_alias="t",
-                        merge_schema=bool(plan.added_columns),
+            # Streamed into delta-rs (streamed_exec): only the key columns are kept here, for
+            # the uniqueness check that must pass before the MERGE may commit.
+            keys = _KeyCheck(tracker, spec.merge_keys)
+            reader = _peeked_reader(write_schema, iter(keys))
+            if reader is not None:
+                try:
+                    metrics = (
+                        table.merge(
+                            reader,
+                            predicate=delta_merge_predicate(spec.merge_keys),
+                            source_alias="s",
+                            target_alias="t",
+                            merge_schema=bool(plan.added_columns),
+                            streamed_exec=True,
+                        )
+                        .when_matched_update_all()
+                        .when_not_matched_insert_all()
+                        .execute()
                     )
-                    .when_matched_update_all()
-                    .when_not_matched_insert_all()
-                    .execute()
-                )
+                except Exception:
+                    # delta-rs wraps an error raised by the stream in its own text, with a
+                    # traceback: report the check's (or the cast's) own message instead.
+                    if keys.error is not None:
+                        raise keys.error from None
+                    raise
                 rows_written = int(metrics.get("num_target_rows_inserted", 0)) + int(
                     metrics.get("num_target_rows_updated", 0)
                 )
@@ -405,13 +415,43 @@ class _count:
             yield b
 
 
-def _check_keys(data: pa.Table, keys: tuple[str, ...]) -> None:
+class _KeyCheck:
+    """Passes batches through; refuses NULL merge keys at once and duplicate keys at the end.
+
+    Keeps only the key columns of the rows read (not the rows), so a streamed merge holds the
+    keys plus one batch. An error raised here, inside the stream, aborts the MERGE before its
+    commit; it is also kept in ``error`` so the caller can report it unwrapped.
+    """
+
+    def __init__(self, batches, keys: tuple[str, ...]):
+        self._batches = batches
+        self._keys = list(keys)
+        self._seen: list[pa.RecordBatch] = []
+        self.error: Exception | None = None
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        try:
+            for batch in self._batches:
+                key_batch = batch.select(self._keys)
+                _check_keys(pa.Table.from_batches([key_batch]), tuple(self._keys), nulls_only=True)
+                self._seen.append(key_batch)
+                yield batch
+            if self._seen:
+                _check_keys(pa.Table.from_batches(self._seen), tuple(self._keys))
+        except Exception as exc:
+            self.error = exc
+            raise
+
+
+def _check_keys(data: pa.Table, keys: tuple[str, ...], *, nulls_only: bool = False) -> None:
     import pyarrow.compute as pc
 
     for k in keys:
         nulls = data.column(k).null_count
         if nulls:
             raise ValueError(f"merge key {k!r} is NULL in {nulls} source row(s); keys must be set")
+    if nulls_only:
+        return
     grouped = data.group_by(list(keys)).aggregate([([], "count_all")])
     dupes = grouped.filter(pc.field("count_all") > 1)
     if dupes.num_rows:

@@ -538,3 +538,42 @@ def test_mysql_source_incremental_with_exact_types(lake_root):
         with conn.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS `{table}`")
         conn.close()
+
+
+def test_merge_streams_and_refuses_null_or_duplicate_keys_before_committing(
+    source_db, lake_root, tmp_path
+):
+    """The merge source is streamed into delta-rs; a key check failing mid-stream commits nothing."""
+    key = 'cu"st id'  # a key column whose name needs quoting in the MERGE predicate
+    quoted = '"cu""st id"'
+    execute(source_db, f"CREATE TABLE keyed ({quoted} int, name text)")
+    execute(source_db, "INSERT INTO keyed SELECT g, 'v1' FROM generate_series(1, 30000) g")
+    params = make_params(source_db, "keyed", load_strategy="merge", merge_keys=[key])
+    materialize_load(params)
+    path = dest(lake_root, params)
+
+    # Many small batches: the update of every row and the insert of one reach delta-rs streamed.
+    execute(source_db, "UPDATE keyed SET name = 'v2'; INSERT INTO keyed VALUES (30001, 'v2')")
+    meta = materialize_load(params, env={"DATALOADER_BATCH_BYTES": "65536"})
+    assert meta["rows_read"] == 30001 and meta["rows_written"] == 30001
+    table = DeltaTable(str(path)).to_pyarrow_table()
+    assert table.num_rows == 30001 and set(table.column("name").to_pylist()) == {"v2"}
+    version = DeltaTable(str(path)).version()
+
+    # A duplicate key far apart in the stream (first and last batch) is only seen at its end.
+    execute(source_db, "INSERT INTO keyed VALUES (1, 'dup')")
+    proc, messages = run_raw(params, tmp_path, env={"DATALOADER_BATCH_BYTES": "65536"})
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "not unique" in last and "write destination" in last and "Traceback" not in last
+    assert not [m for m in messages if m["method"] == "report_asset_materialization"]
+    assert DeltaTable(str(path)).version() == version
+
+    execute(
+        source_db,
+        f"DELETE FROM keyed WHERE name = 'dup'; UPDATE keyed SET {quoted} = NULL"
+        f" WHERE {quoted} = 20000",
+    )
+    proc, _ = run_raw(params, tmp_path, env={"DATALOADER_BATCH_BYTES": "65536"})
+    assert proc.returncode == 1 and "is NULL in 1 source row" in proc.stderr.splitlines()[-1]
+    assert DeltaTable(str(path)).version() == version
