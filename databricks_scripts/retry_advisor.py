@@ -36,6 +36,12 @@ RULES_DECIDER = "rules"
 DEFAULT_MIN_CONFIDENCE = 0.7
 DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_MAX_RETRIES = 2
+# Hard bounds on whatever the configuration says: an analysis must end, so a typo such as a
+# timeout of 36000 or 100 retries cannot keep a failed row waiting for hours; the worst case is
+# (MAX_RETRIES_CAP + 1) * TIMEOUT_CAP_SECONDS plus the client's short backoffs.
+TIMEOUT_CAP_SECONDS = 300.0
+_TIMEOUT_FLOOR_SECONDS = 0.1
+MAX_RETRIES_CAP = 5
 _MAX_REASON_CHARS = 300
 
 _SYSTEM_PROMPT = """\
@@ -92,6 +98,12 @@ class AdvisorConfig:
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     max_retries: int = DEFAULT_MAX_RETRIES
     response_format: str = "json_schema"  # "json_schema" | "json_object" | "none"
+
+    def __post_init__(self) -> None:
+        # Clamp rather than refuse: a refused setting would send every failed row to review.
+        timeout = min(max(float(self.timeout_seconds), _TIMEOUT_FLOOR_SECONDS), TIMEOUT_CAP_SECONDS)
+        object.__setattr__(self, "timeout_seconds", timeout)
+        object.__setattr__(self, "max_retries", min(max(int(self.max_retries), 0), MAX_RETRIES_CAP))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AdvisorConfig:

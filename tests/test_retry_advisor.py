@@ -8,7 +8,9 @@ import pytest
 from openai_standin import OpenAIStandIn, Reply, good_answer, openai_standin, rate_limited
 
 from databricks_scripts.retry_advisor import (
+    MAX_RETRIES_CAP,
     RULES_DECIDER,
+    TIMEOUT_CAP_SECONDS,
     AdvisorConfig,
     NoAdvice,
     decide_retry,
@@ -311,3 +313,26 @@ def test_response_format_can_be_relaxed_for_older_endpoints(
     [sent] = openai_standin.requests
     expected = {"type": "json_object"} if response_format == "json_object" else None
     assert sent.body.get("response_format") == expected
+
+
+def test_configured_timeout_and_retries_are_clamped_to_bounds() -> None:
+    huge = AdvisorConfig.from_env(
+        {
+            "DATALOADER_AI_MODEL": MODEL,
+            "DATALOADER_AI_TIMEOUT_SECONDS": "36000",
+            "DATALOADER_AI_MAX_RETRIES": "100",
+        }
+    )
+    assert (huge.timeout_seconds, huge.max_retries) == (TIMEOUT_CAP_SECONDS, MAX_RETRIES_CAP)
+    silly = AdvisorConfig(model=MODEL, timeout_seconds=0, max_retries=-3)
+    assert silly.timeout_seconds > 0 and silly.max_retries == 0
+
+
+def test_many_configured_retries_still_stop_at_the_cap(openai_standin: OpenAIStandIn) -> None:
+    # A short Retry-After, which the client honours, keeps the test from sleeping its backoff.
+    openai_standin.default = rate_limited(retry_after="0.01")
+
+    result = decide_retry(_request(), _config(openai_standin, max_retries=50))
+
+    assert result["decider"] == RULES_DECIDER
+    assert len(openai_standin.requests) == MAX_RETRIES_CAP + 1
