@@ -66,7 +66,9 @@ def stop_embedded_server(pgdata: Path) -> None:
 
 def ensure_database(server: EmbeddedServer, database: str) -> None:
     with psycopg.connect(server.conninfo("postgres"), autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
+        ).fetchone()
         if not exists:
             try:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
