@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -287,3 +288,15 @@ def test_oauth_needs_an_instance_or_endpoint_and_a_user(monkeypatch):
         resource.get_client()
     with pytest.raises(LakebaseError, match="auth_mode"):
         LakebaseResource(host="127.0.0.1", auth_mode="kerberos").get_client()
+
+
+def test_oauth_reaches_the_workspace_named_by_databricks_workspace_url(
+    password_pg, databricks, monkeypatch
+):
+    # The spec's variable: with DATABRICKS_HOST unset the workspace comes from here.
+    host = os.environ["DATABRICKS_HOST"]
+    monkeypatch.delenv("DATABRICKS_HOST")
+    monkeypatch.setenv("DATABRICKS_WORKSPACE_URL", host + "/")
+    resource = _oauth_resource(password_pg, instance_name="dataloader-db")
+    assert resource.get_client().get_control_tables() == []
+    assert [path for path, _, _ in databricks.requests] == ["/api/2.0/database/credentials"]

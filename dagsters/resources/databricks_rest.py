@@ -2,7 +2,8 @@
 
 Statements go through the SQL Statement Execution API with databricks-sdk's
 ``WorkspaceClient().statement_execution``. Host and credentials come from the SDK's own
-authentication chain (``DATABRICKS_HOST`` / ``DATABRICKS_TOKEN``, OAuth, a config profile...), so no
+authentication chain (``DATABRICKS_HOST``, else the spec's ``DATABRICKS_WORKSPACE_URL``;
+``DATABRICKS_TOKEN``, OAuth, a config profile...; see ``dagsters.utils.databricks_workspace``), so no
 secret is ever part of this resource's config. The warehouse is ``DATABRICKS_WAREHOUSE_ID`` unless
 configured.
 
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from dagsters.utils.databricks_workspace import workspace_client
 from databricks_scripts.redaction import redact
 
 if TYPE_CHECKING:
@@ -57,9 +59,7 @@ class DatabricksRestResource(dg.ConfigurableResource):
     def get_workspace_client(self) -> WorkspaceClient:
         """databricks-sdk client built from the SDK's environment auth, once per resource."""
         if self._client is None:
-            from databricks.sdk import WorkspaceClient
-
-            self._client = WorkspaceClient()
+            self._client = workspace_client()
         return self._client
 
     def resolved_warehouse_id(self) -> str:

@@ -8,7 +8,8 @@ environment variables when the client is built, so secrets never enter run confi
 - ``sslmode``: ``LAKEBASE_SSLMODE``, default ``require`` for a remote host.
 - ``auth_mode``: ``password`` (default) or ``oauth`` (``DATALOADER_LAKEBASE_AUTH_MODE``). With
   ``oauth`` every new physical connection logs in with a fresh Databricks database credential,
-  minted through databricks-sdk (``DATABRICKS_HOST`` / ``DATABRICKS_TOKEN`` or any SDK auth):
+  minted through databricks-sdk (``DATABRICKS_HOST``, else ``DATABRICKS_WORKSPACE_URL``;
+  ``DATABRICKS_TOKEN`` or any SDK auth):
   ``instance_name`` (``DATALOADER_LAKEBASE_INSTANCE``) for a provisioned database instance, or
   ``endpoint`` (``DATALOADER_LAKEBASE_ENDPOINT``, ``projects/<p>/branches/<b>/endpoints/<e>``)
   for an autoscaling Lakebase project.
@@ -28,6 +29,7 @@ import dagster as dg
 import psycopg
 from pydantic import Field
 
+from dagsters.utils.databricks_workspace import workspace_client as _new_workspace_client
 from dagsters.utils.lakebase_client import LakebaseClient, LakebaseError
 from databricks_scripts.redaction import redact
 
@@ -205,9 +207,7 @@ def databricks_token_provider(
     def _workspace():
         with lock:
             if holder["client"] is None:
-                from databricks.sdk import WorkspaceClient
-
-                holder["client"] = WorkspaceClient()
+                holder["client"] = _new_workspace_client()
             return holder["client"]
 
     def mint() -> str:

@@ -7,7 +7,8 @@ One resource, two backends, chosen by ``DATALOADER_EXECUTION``:
 - ``databricks``: the script runs as a ``spark_python_task`` through dagster-databricks'
   ``PipesDatabricksClient`` (existing cluster ``DATABRICKS_CLUSTER_ID`` or a new-cluster spec) or
   ``PipesDatabricksServerlessClient`` (Unity Catalog volume for Pipes files), with databricks-sdk
-  authentication from the environment (``DATABRICKS_HOST`` / ``DATABRICKS_TOKEN`` or any sdk auth).
+  authentication from the environment (``DATABRICKS_HOST``, else ``DATABRICKS_WORKSPACE_URL``;
+  ``DATABRICKS_TOKEN`` or any sdk auth).
 
 Both return a :class:`ScriptOutcome`: the results the script reported, its own error text when it
 failed, and the external run link. When the Dagster run is terminated, the external work is
@@ -36,6 +37,7 @@ from dagster._core.pipes.client import PipesMessageReader
 from dagster._core.pipes.context import PipesMessageHandler
 from pydantic import Field
 
+from dagsters.utils.databricks_workspace import workspace_client
 from dagsters.utils.embedded_lakebase import PROJECT_ROOT, dataloader_home
 from dagsters.utils.settings import execution_mode
 
@@ -325,10 +327,9 @@ class PipesDatabricksResource(dg.ConfigurableResource):
             PipesDatabricksServerlessClient,
             PipesUnityCatalogVolumesMessageReader,
         )
-        from databricks.sdk import WorkspaceClient
         from databricks.sdk.service import compute, jobs
 
-        workspace = WorkspaceClient()  # sdk auth from the environment
+        workspace = workspace_client()  # sdk auth from the environment
         task = jobs.SubmitTask.from_dict(self._task(script))
         # The run name carries the Dagster run id, so the Databricks run links back to Dagster.
         submit_args: dict[str, Any] = {
