@@ -298,3 +298,32 @@ def test_missing_warehouse_id_is_a_clear_error(
     monkeypatch.delenv("DATABRICKS_WAREHOUSE_ID")
     with pytest.raises(DatabricksSqlError, match="DATABRICKS_WAREHOUSE_ID"):
         DatabricksRestResource().execute_statement("SELECT 1")
+
+
+def test_table_missing_from_a_persons_sources_file_is_left_unprocessed_with_a_note(
+    control: str, lake_root: Path, models_repo: Path
+) -> None:
+    models_repo.mkdir(parents=True)
+    git(models_repo, "init", "--quiet", f"--initial-branch={BRANCH}")
+    own = models_repo / "models/staging/sales/_sales__sources.yml"
+    own.parent.mkdir(parents=True)
+    own.write_text("version: 2\nsources:\n  - name: sales\n    tables:\n      - name: orders\n")
+    land(lake_root, "orders")
+    land(lake_root, "refunds")
+    ids = [add_control_row(control, t) for t in ("orders", "refunds")]
+
+    result = run_job(control, ids)
+
+    assert not result.success
+    meta = output_metadata(result)
+    assert meta["processed_tables"] == ["sales.orders"]
+    assert (
+        "has no entry for source 'sales' table 'refunds'" in meta["blocked_tables"]["sales.refunds"]
+    )
+    assert meta["changed_files"] == ["models/staging/sales/stg_sales__orders.sql"]
+    rows = control_rows(control)
+    assert rows["sales.orders"]["staging_model_processed"]
+    assert not rows["sales.refunds"]["staging_model_processed"]
+    assert rows["sales.refunds"]["last_message"].startswith(
+        "loaded | [Landing] staging model not generated:"
+    )

@@ -323,3 +323,28 @@ def test_git_errors_never_show_remote_credentials(tmp_path: Path, orders: Landin
         publish_landing_tables([orders], repo)
     assert "s3cret-token" not in str(info.value)
     assert "fetch" in str(info.value)
+
+
+def test_persons_sources_file_without_the_table_blocks_it(
+    tmp_path: Path, lake_root: Path, orders: LandingTable
+) -> None:
+    # A staging model for a table the person's sources file does not define would not compile,
+    # so nothing is written for it and it stays unprocessed; a table the person did define is
+    # generated as usual.
+    customers = landing(make_customers(lake_root), 2, "main", "sales", "customers")
+    repo = ModelsRepo(tmp_path / "models")
+    repo.path.mkdir()
+    git(repo.path, "init", "--quiet", "--initial-branch=dataloader/landing-tables")
+    own = repo.path / sources_file_path("sales")
+    own.parent.mkdir(parents=True)
+    mine = "version: 2\nsources:\n  - name: sales\n    tables:\n      - name: customers\n"
+    own.write_text(mine)
+
+    result = publish_landing_tables([orders, customers], repo)
+
+    assert own.read_text() == mine
+    assert result.settled == [2]
+    assert list(result.blocked) == [1] and "no entry for source 'sales'" in result.blocked[1]
+    assert result.changed_files == [staging_model_path("sales", customers)]
+    assert not (repo.path / staging_model_path("sales", orders)).exists()
+    assert "Orders" not in git(repo.path, "log", "-1", "--format=%B")

@@ -7,9 +7,11 @@ destination table's real schema (the local Delta table, or Unity Catalog through
 repository, commits them on ``DATALOADER_MODELS_BRANCH`` (pushing when the repository has a remote)
 and only then sets ``staging_model_processed`` for exactly the tables whose files are committed.
 
-A table whose schema cannot be read is left unprocessed (its ``last_status`` is untouched, so the
-next tick tries again) with the reason appended to its ``last_message`` ("Loaded 5 rows |
-[Landing] ..."); the others proceed, and the run fails at the end so the problem is seen.
+A table whose schema cannot be read, or whose source is defined by a person's sources file that
+lacks the table (a generated staging model would not compile), is left unprocessed (its
+``last_status`` is untouched; the next load tries again) with the reason appended to its
+``last_message`` ("Loaded 5 rows | [Landing] ..."); the others proceed, and the run fails at the
+end so the problem is seen.
 """
 
 # No ``from __future__ import annotations``: Dagster resolves the op's config annotation at runtime.
@@ -91,6 +93,7 @@ def landing_table_git_op(context: dg.OpExecutionContext, config: LandingTableGit
 
     tables: list[LandingTable] = []
     unreadable: dict[str, str] = {}
+    blocked: dict[str, str] = {}  # readable, but a person's sources file lacks the table
     for row in rows:
         try:
             tables.append(_read_columns(row, context.resources.databricks_rest))
@@ -112,6 +115,11 @@ def landing_table_git_op(context: dg.OpExecutionContext, config: LandingTableGit
         result = publish_landing_tables(tables, repo)
         # Only rows whose files are in the branch; the others stay for the next tick.
         marked = client.mark_staging_processed(result.settled)
+        by_config = {t.config_id: t.control_key for t in tables}
+        for config_id, reason in result.blocked.items():
+            blocked[by_config[config_id]] = reason
+            context.log.warning(f"{by_config[config_id]}: left unprocessed: {reason}")
+            client.note_landing_problem(config_id, f"staging model not generated: {reason}")
         for path, reason in result.kept_files.items():
             context.log.info(f"kept {path}: {reason}")
         context.log.info(
@@ -130,6 +138,7 @@ def landing_table_git_op(context: dg.OpExecutionContext, config: LandingTableGit
         "kept_files": result.kept_files if result else {},
         "processed": sorted(by_id[i] for i in (result.settled if result else [])),
         "unreadable": unreadable,
+        "blocked": blocked,
     }
     yield dg.Output(
         summary,
@@ -143,15 +152,20 @@ def landing_table_git_op(context: dg.OpExecutionContext, config: LandingTableGit
             "processed_tables": dg.MetadataValue.json(summary["processed"]),
             "rows_marked_processed": dg.MetadataValue.int(marked),
             "unreadable_tables": dg.MetadataValue.json(unreadable),
+            "blocked_tables": dg.MetadataValue.json(blocked),
         },
     )
-    if unreadable:
+    left = {**unreadable, **blocked}
+    if left:
         raise dg.Failure(
             description=(
-                f"{len(unreadable)} table(s) left unprocessed, schema not readable: "
-                + "; ".join(f"{key}: {msg}" for key, msg in sorted(unreadable.items()))
+                f"{len(left)} table(s) left unprocessed: "
+                + "; ".join(f"{key}: {msg}" for key, msg in sorted(left.items()))
             ),
-            metadata={"unreadable_tables": dg.MetadataValue.json(unreadable)},
+            metadata={
+                "unreadable_tables": dg.MetadataValue.json(unreadable),
+                "blocked_tables": dg.MetadataValue.json(blocked),
+            },
         )
 
 

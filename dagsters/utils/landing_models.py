@@ -386,6 +386,10 @@ class FilePlan:
     unchanged: list[str] = field(default_factory=list)  # job-owned files already up to date
     kept: dict[str, str] = field(default_factory=dict)  # person-owned path -> why it was left
     files_by_table: dict[int, list[str]] = field(default_factory=dict)  # config_id -> paths
+    # config_id -> why nothing was written for it: its source is a person's sources file that
+    # does not define the table, so a generated staging model would reference an undefined
+    # source and break the person's dbt project.
+    blocked: dict[int, str] = field(default_factory=dict)
 
 
 def _read(path: Path) -> str | None:
@@ -437,6 +441,17 @@ def plan_model_files(tables: Sequence[LandingTable], repo_root: Path | str) -> F
     by_source: dict[str, list[LandingTable]] = {}
     for table in tables:
         source = names[(table.catalog, table.schema)]
+        persons_sources = _persons_file(root / sources_file_path(source))
+        if persons_sources is not None and not _defines_table(persons_sources, source, table):
+            plan.blocked[table.config_id] = (
+                f"{sources_file_path(source)} was written by a person and has no entry for "
+                f"source {source!r} table {_source_table_name(table)!r}; add it there (or remove "
+                "the file) and reload the table"
+            )
+            plan.kept[sources_file_path(source)] = (
+                "written by a person (no DataLoader marker or edited since)"
+            )
+            continue
         by_source.setdefault(source, []).append(table)
         sql_path = staging_model_path(source, table)
         propose(sql_path, render_staging_sql(table, source))
@@ -451,6 +466,28 @@ def plan_model_files(tables: Sequence[LandingTable], repo_root: Path | str) -> F
         first = source_tables[0]
         propose(path, render_sources_yaml(source, first.catalog, first.schema, entries.values()))
     return plan
+
+
+def _persons_file(path: Path) -> str | None:
+    """The text of the file at ``path`` when it exists and is not this job's own."""
+    text = _read(path)
+    return None if text is None or is_generated(text) else text
+
+
+def _defines_table(sources_text: str, source_name: str, table: LandingTable) -> bool:
+    """True when a person's sources YAML defines ``table`` under ``source_name``."""
+    try:
+        document = yaml.safe_load(sources_text) or {}
+    except yaml.YAMLError:
+        return False
+    wanted = {_source_table_name(table), table.table}
+    for source in document.get("sources") or [] if isinstance(document, dict) else []:
+        if not isinstance(source, dict) or source.get("name") != source_name:
+            continue
+        for entry in source.get("tables") or []:
+            if isinstance(entry, dict) and wanted & {entry.get("name"), entry.get("identifier")}:
+                return True
+    return False
 
 
 def write_plan(plan: FilePlan, repo_root: Path | str) -> list[str]:
@@ -677,6 +714,7 @@ class PublishResult:
     settled: list[int]
     pushed_to: str | None
     branch: str
+    blocked: dict[int, str] = field(default_factory=dict)  # config_id -> why left unprocessed
 
 
 def publish_landing_tables(tables: Sequence[LandingTable], repo: ModelsRepo) -> PublishResult:
@@ -689,17 +727,18 @@ def publish_landing_tables(tables: Sequence[LandingTable], repo: ModelsRepo) -> 
         repo.ensure()
         plan = plan_model_files(tables, repo.path)
         changed = write_plan(plan, repo.path)
+        planned = [t for t in tables if t.config_id in plan.files_by_table]
         changed_tables = [
-            t for t in tables if set(plan.files_by_table[t.config_id]) & set(plan.writes)
+            t for t in planned if set(plan.files_by_table[t.config_id]) & set(plan.writes)
         ]
         # Unchanged generated files are added too: an earlier run may have written them and
         # failed before its commit.
         to_commit = sorted(set(changed) | set(plan.unchanged))
-        commit = repo.commit(to_commit, commit_message(changed_tables or tables))
+        commit = repo.commit(to_commit, commit_message(changed_tables or planned))
         pushed_to = repo.push()
         settled = [
             t.config_id
-            for t in tables
+            for t in planned
             if repo.tracked_and_clean(
                 [p for p in plan.files_by_table[t.config_id] if p not in plan.kept]
             )
@@ -712,4 +751,5 @@ def publish_landing_tables(tables: Sequence[LandingTable], repo: ModelsRepo) -> 
         settled=settled,
         pushed_to=pushed_to,
         branch=repo.branch,
+        blocked=dict(plan.blocked),
     )
