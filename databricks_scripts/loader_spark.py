@@ -110,11 +110,53 @@ def spark_schema_changes(
     return added, problems
 
 
-def _python_value(value: Any, spark_type: str) -> Any:
-    # With spark.sql.session.timeZone = UTC, TIMESTAMP values collect as naive UTC datetimes.
-    if spark_type == "timestamp" and isinstance(value, dt.datetime) and value.tzinfo is None:
+def spark_literal(value: Any) -> Any:
+    """A watermark value as PySpark must receive it.
+
+    PySpark turns a naive ``datetime`` into a TIMESTAMP literal through the driver's *Python*
+    local time zone (``time.mktime``), not the session's. A naive watermark belongs to a
+    TIMESTAMP_NTZ cursor; Spark compares that column with a TIMESTAMP by reading it in the
+    session time zone (UTC here), so the literal is handed over as the same wall clock in UTC.
+    """
+    if isinstance(value, dt.datetime) and value.tzinfo is None:
         return value.replace(tzinfo=dt.UTC)
     return value
+
+
+def table_exists(spark: Any, target: str) -> bool:
+    """``tableExists`` parses a multi-part identifier: pass it quoted (a name with a dot, space or
+    backtick in it is otherwise split or refused)."""
+    return bool(spark.catalog.tableExists(target))
+
+
+def read_watermark(spark: Any, target: str, cursor: str) -> Any:
+    """Exact max(cursor) of the destination, as a Python value (None when empty).
+
+    TIMESTAMP values are read as microseconds since the epoch: collecting a TIMESTAMP converts it
+    with the driver's Python time zone, which need not be the session's UTC.
+    """
+    types = {n.lower(): t for n, t in _fields(spark.table(target).schema)}
+    cursor_type = types.get(cursor.lower(), "string")
+    micros = cursor_type == "timestamp"
+    value = spark.sql(spark_max(target, cursor, as_micros=micros)).collect()[0]["watermark"]
+    if micros and value is not None:
+        return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=int(value))
+    return value
+
+
+def commit_counts(operation: str, metrics: Mapping[str, Any]) -> tuple[int, int]:
+    """(rows read, rows written) from the Delta commit's ``operationMetrics``.
+
+    MERGE also reports ``numOutputRows``, but that counts every row of the files it rewrote
+    (copied, unchanged rows included): a merge wrote its inserted plus updated rows.
+    """
+
+    def n(key: str) -> int:
+        return int(metrics.get(key) or 0)
+
+    if operation.upper().startswith("MERGE"):
+        return n("numSourceRows"), n("numTargetRowsInserted") + n("numTargetRowsUpdated")
+    return n("numOutputRows"), n("numOutputRows")
 
 
 def _arrow_type_for(spark_type: str):
@@ -147,7 +189,7 @@ def read_source(spark: Any, spec: Any, password: str | None, lower_bound: Any | 
     else:
         df = spark.read.format("jdbc").options(**jdbc_options(spec, password)).load()
     if lower_bound is not None:
-        df = df.filter(F.col(spec.incremental_column) > F.lit(lower_bound))
+        df = df.filter(F.col(spec.incremental_column) > F.lit(spark_literal(lower_bound)))
     return df
 
 
@@ -185,7 +227,7 @@ def run_spark_load(
     )
     step = "open destination"
     try:
-        exists = spark.catalog.tableExists(target.replace("`", ""))  # catalog API takes plain names
+        exists = table_exists(spark, target)
         applied = choose_strategy(spec, exists)
         target_fields = _fields(spark.table(target).schema) if exists else []
 
@@ -228,22 +270,16 @@ def run_spark_load(
                 target, view, columns, cursor, with_lookback=with_lookback
             )
             if with_lookback:
-                args = {"watermark": watermark, "lower_bound": lower}
+                args = {"watermark": spark_literal(watermark), "lower_bound": spark_literal(lower)}
         log(f"running: {statement}")
         spark.sql(statement, args=dict(args)) if args else spark.sql(statement)
 
         step = "read commit metrics"
-        metrics = spark.sql(f"DESCRIBE HISTORY {target} LIMIT 1").collect()[0]["operationMetrics"]
-        written = int(metrics.get("numOutputRows") or 0) or (
-            int(metrics.get("numTargetRowsInserted") or 0)
-            + int(metrics.get("numTargetRowsUpdated") or 0)
-        )
-        read = int(metrics.get("numSourceRows") or metrics.get("numOutputRows") or 0)
+        commit = spark.sql(f"DESCRIBE HISTORY {target} LIMIT 1").collect()[0]
+        read, written = commit_counts(commit["operation"], commit["operationMetrics"] or {})
         watermark_after = spec.incremental_value
         if cursor:
-            row = spark.sql(spark_max(target, cursor)).collect()[0]
-            cursor_type = dict(_fields(spark.table(target).schema)).get(cursor, "string")
-            value = _python_value(row["watermark"], cursor_type)
+            value = read_watermark(spark, target, cursor)
             if value is not None and value != watermark:
                 watermark_after = encode_watermark(value)
         final_fields = _fields(spark.table(target).schema)

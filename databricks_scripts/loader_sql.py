@@ -172,8 +172,12 @@ def spark_merge(target: str, view: str, keys: Sequence[str], columns: Sequence[s
     )
 
 
-def spark_max(target: str, cursor: str) -> str:
-    return f"SELECT max({SPARK.quote(cursor)}) AS watermark FROM {target}"
+def spark_max(target: str, cursor: str, *, as_micros: bool = False) -> str:
+    """max(cursor); ``as_micros`` reads a TIMESTAMP as exact microseconds since the epoch."""
+    expr = f"max({SPARK.quote(cursor)})"
+    if as_micros:
+        expr = f"unix_micros({expr})"
+    return f"SELECT {expr} AS watermark FROM {target}"
 
 
 def delta_merge_predicate(keys: Sequence[str]) -> str:

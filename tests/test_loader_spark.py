@@ -169,3 +169,84 @@ def test_schema_evolution_and_lookback_insert_run_on_spark(spark):
         key=lambda r: (r[0], r[1] or ""),
     )
     assert again == rows  # every row of the window already present: nothing inserted twice
+
+
+@pytest.fixture
+def driver_tz_not_utc(monkeypatch):
+    """The driver's Python time zone differs from the session's UTC (PySpark uses the former)."""
+    import time
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_table_exists_takes_the_quoted_multi_part_name(spark):
+    spark.range(1).createOrReplaceTempView("`we ird.name`")
+    assert lsp.table_exists(spark, sq.spark_table(None, None, "we ird.name"))
+    assert not lsp.table_exists(spark, sq.spark_table("spark_catalog", "default", "no such"))
+
+
+def test_ntz_watermark_filter_and_lookback_args_do_not_shift_with_the_driver_tz(
+    spark, driver_tz_not_utc
+):
+    spark.sql("DROP TABLE IF EXISTS src")
+    spark.sql("CREATE TABLE src (id INT, ts TIMESTAMP_NTZ) USING parquet")
+    spark.sql(
+        "INSERT INTO src VALUES (1, TIMESTAMP_NTZ'2024-01-01 10:00:00'),"
+        " (2, TIMESTAMP_NTZ'2024-01-01 10:00:00.000001'), (3, TIMESTAMP_NTZ'2024-01-01 12:00:00')"
+    )
+    lower = dt.datetime(2024, 1, 1, 10)  # naive: the cursor is TIMESTAMP_NTZ
+    df = lsp.read_source(spark, _spec(), None, lower)
+    assert sorted(r["id"] for r in df.collect()) == [2, 3]
+
+    spark.sql("DROP TABLE IF EXISTS dst")
+    spark.sql("CREATE TABLE dst (id INT, ts TIMESTAMP_NTZ) USING parquet")
+    spark.sql("INSERT INTO dst VALUES (2, TIMESTAMP_NTZ'2024-01-01 10:00:00.000001')")
+    df.createOrReplaceTempView("dl_src_ntz")  # the filtered read, as run_spark_load makes it
+    statement = sq.spark_append_new_rows(
+        sq.spark_table("spark_catalog", "default", "dst"),
+        "dl_src_ntz",
+        ["id", "ts"],
+        "ts",
+        with_lookback=True,
+    )
+    watermark = dt.datetime(2024, 1, 1, 11)
+    spark.sql(
+        statement,
+        args={"watermark": lsp.spark_literal(watermark), "lower_bound": lsp.spark_literal(lower)},
+    )
+    # 2 is in the window (10:00, 11:00] and already there; 3 is above the watermark.
+    assert sorted(r["id"] for r in spark.table("dst").collect()) == [2, 3]
+
+
+def test_watermark_is_read_back_exactly_whatever_the_driver_tz(spark, driver_tz_not_utc):
+    target = sq.spark_table("spark_catalog", "default", "wm")
+    spark.sql(f"DROP TABLE IF EXISTS {target}")
+    spark.sql(f"CREATE TABLE {target} (ts TIMESTAMP, local_ts TIMESTAMP_NTZ, n DECIMAL(20,0))")
+    assert lsp.read_watermark(spark, target, "ts") is None
+    spark.sql(
+        f"INSERT INTO {target} VALUES (TIMESTAMP'2024-03-10 06:59:59.999999', "
+        "TIMESTAMP_NTZ'2024-03-10 02:30:00.000001', 12345678901234567890)"
+    )
+    assert lsp.read_watermark(spark, target, "ts") == dt.datetime(
+        2024, 3, 10, 6, 59, 59, 999999, tzinfo=UTC
+    )
+    assert lsp.read_watermark(spark, target, "LOCAL_TS") == dt.datetime(2024, 3, 10, 2, 30, 0, 1)
+    assert lsp.read_watermark(spark, target, "n") == decimal.Decimal(12345678901234567890)
+
+
+def test_commit_counts_use_the_merge_metrics_for_a_merge():
+    merge = {
+        "numSourceRows": "3",
+        "numTargetRowsInserted": "1",
+        "numTargetRowsUpdated": "2",
+        "numTargetRowsCopied": "997",
+        "numOutputRows": "1000",  # every row of the rewritten files, copies included
+    }
+    assert lsp.commit_counts("MERGE", merge) == (3, 3)
+    assert lsp.commit_counts("WRITE", {"numOutputRows": "5", "numFiles": "1"}) == (5, 5)
+    assert lsp.commit_counts("CREATE OR REPLACE TABLE AS SELECT", {"numOutputRows": "7"}) == (7, 7)
+    assert lsp.commit_counts("WRITE", {}) == (0, 0)  # an empty append: nothing written
