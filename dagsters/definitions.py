@@ -3,7 +3,8 @@
 Loaded by ``dagster dev -w workspace.yaml`` locally and by Dagster+ (``dagster_cloud.yaml``).
 Sensor intervals, batch size and thresholds come from ``dagsters.utils.settings`` (the spec's
 defaults, ``DATALOADER_`` environment overrides); the execution backend from
-``DATALOADER_EXECUTION`` (local subprocess or Databricks).
+``DATALOADER_EXECUTION`` (local subprocess or Databricks). ``DAGSTER_ENVIRONMENT`` (npd | prod) is
+validated here and tags every run the sensors and jobs launch.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dagsters.sensors.dataloader_landing_table_monitor import build_landing_tabl
 from dagsters.sensors.dataloader_longqueued_monitor import build_longqueued_monitor
 from dagsters.sensors.dataloader_longrunning_monitor import build_longrunning_monitor
 from dagsters.sensors.dataloader_master_sensor import LOAD_JOB, build_master_sensor
+from dagsters.utils.run_config import environment_tags
 from dagsters.utils.settings import Settings, load_settings
 
 
@@ -32,11 +34,13 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         LOAD_JOB,
         selection=[dataloader_table_load],
         description="One table load; launched by master_sensor, or by a person for a partition.",
+        tags=environment_tags(settings.environment),
     )
     retry_job = dg.define_asset_job(
         RETRY_JOB,
         selection=[dataloader_retry_analysis],
         description="Retry-or-review decision for one failed load; launched by failed_monitor.",
+        tags=environment_tags(settings.environment),
     )
     return dg.Definitions(
         assets=[dataloader_table_load, dataloader_retry_analysis],

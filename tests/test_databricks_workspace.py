@@ -1,26 +1,32 @@
-"""The spec's DATABRICKS_WORKSPACE_URL names the workspace for every Databricks client we build."""
+"""DATABRICKS_WORKSPACE_URL names the workspace for every Databricks client; DAGSTER_ENVIRONMENT tags."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
+import dagster as dg
 import pytest
 from databricks_standin import DatabricksStandin, databricks_standin  # noqa: F401
 from test_databricks_e2e import (  # noqa: F401 - db, source, instance are fixtures
+    CLUSTER,
     REPO_SCRIPTS,
     WORKSPACE_SCRIPTS,
     add_control_row,
-    claim_and_materialize,
     control_row,
     db,
     event_text,
     instance,
+    lakebase_for,
     source,
 )
 
+from dagsters.assets.dataloader_pipes_asset import dataloader_table_load
 from dagsters.resources.databricks_rest import DatabricksRestResource
+from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.utils.databricks_workspace import workspace_client, workspace_host
+from dagsters.utils.lakebase_client import LakebaseClient
+from dagsters.utils.run_config import PARTITIONS_NAME, load_run_config
 
 DAGSTERS = Path(__file__).resolve().parents[1] / "dagsters"
 
@@ -70,7 +76,7 @@ def test_sql_resource_and_helper_reach_the_workspace_url(url_only):
     assert url_only.requests_to("GET", r".*/preview/scim/v2/Me")
 
 
-def test_load_on_databricks_with_only_the_workspace_url(
+def test_load_on_databricks_with_only_the_workspace_url_tagged_with_the_environment(
     url_only,
     control_db,
     source_db,
@@ -78,13 +84,40 @@ def test_load_on_databricks_with_only_the_workspace_url(
     lake_root,
     db,  # noqa: F811
     instance,  # noqa: F811
+    monkeypatch,
 ):
+    # Configured the way a deployment is: the resource from the environment.
+    for name, value in {
+        "DATALOADER_EXECUTION": "databricks",
+        "DATABRICKS_CLUSTER_ID": CLUSTER,
+        "DATALOADER_SCRIPTS_PATH": WORKSPACE_SCRIPTS,
+        "DATALOADER_DATABRICKS_POLL_SECONDS": "0.2",
+        "DAGSTER_ENVIRONMENT": "npd",
+    }.items():
+        monkeypatch.setenv(name, value)
     add_control_row(db, source_db, "pg.orders", "orders")
+    with LakebaseClient(control_db) as client:
+        [claimed] = client.claim_due_tables(10)
+    instance.add_dynamic_partitions(PARTITIONS_NAME, ["pg.orders"])
 
-    result, _ = claim_and_materialize(control_db, instance, "pg.orders")
+    result = dg.materialize(
+        [dataloader_table_load],
+        partition_key="pg.orders",
+        run_config=load_run_config(claimed),
+        resources={
+            "lakebase": lakebase_for(control_db),
+            "pipes_databricks": PipesDatabricksResource.from_env(),
+        },
+        instance=instance,
+        raise_on_error=False,
+    )
 
     assert result.success, event_text(instance, result.run_id)
-    assert url_only.only_run().result_state == "SUCCESS"
-    assert control_row(db, "pg.orders")["last_databricks_run"] == url_only.run_page_url(
-        url_only.only_run()
-    )
+    run = url_only.only_run()
+    assert run.result_state == "SUCCESS"
+    assert control_row(db, "pg.orders")["last_databricks_run"] == url_only.run_page_url(run)
+    # Both directions: the Databricks run names the environment and links the Dagster run...
+    assert run.run_name.startswith("dataloader [npd] pg.orders (dagster run http")
+    assert run.run_name.endswith(f"/runs/{result.run_id})")
+    # ...and the Dagster run (launched without sensor tags here) carries the environment.
+    assert instance.get_run_by_id(result.run_id).tags["dataloader/environment"] == "npd"

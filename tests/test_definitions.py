@@ -13,6 +13,7 @@ import yaml
 
 from dagsters.cli import GENERATED_MARKER, dev_environment
 from dagsters.definitions import build_definitions, defs
+from dagsters.resources.pipes_databricks import PipesDatabricksResource, databricks_run_name
 from dagsters.utils.run_config import (
     landing_run_config,
     landing_run_key,
@@ -161,3 +162,17 @@ def test_dev_environment_writes_a_dagster_home_with_a_source_system_limit(tmp_pa
     (tmp_path / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     dev_environment("127.0.0.1", 3999, {"DATALOADER_HOME": str(tmp_path)})
     assert (tmp_path / "dagster_home" / "dagster.yaml").read_text().startswith("telemetry")
+
+
+def test_dagster_environment_reaches_job_tags_and_databricks_run_names():
+    repo = build_definitions(Settings(environment="npd")).get_repository_def()
+    for job in ("dataloader__table_load_job", "dataloader__retry_analysis_job"):
+        assert repo.get_job(job).tags["dataloader/environment"] == "npd"
+    unset = build_definitions(Settings()).get_repository_def()
+    assert "dataloader/environment" not in unset.get_job("dataloader__table_load_job").tags
+
+    assert PipesDatabricksResource.from_env({"DAGSTER_ENVIRONMENT": "npd"}).environment == "npd"
+    assert PipesDatabricksResource.from_env({}).environment is None
+    name = databricks_run_name("pg.orders", "abc-123", "prod")
+    assert name == f"dataloader [prod] pg.orders (dagster run {dagster_run_url('abc-123')})"
+    assert databricks_run_name("pg.orders", "abc-123", None).startswith("dataloader pg.orders (")

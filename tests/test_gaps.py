@@ -13,11 +13,7 @@ from psycopg.rows import dict_row
 from test_sensors import SensorLoop, add_history, add_row, row, tick
 
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
-from dagsters.sensors.dataloader_failed_monitor import (
-    RETRY_JOB,
-    analysis_timeout_minutes,
-    build_failed_monitor,
-)
+from dagsters.sensors.dataloader_failed_monitor import RETRY_JOB, build_failed_monitor
 from dagsters.sensors.dataloader_master_sensor import (
     PARTITION_RESYNC_SECONDS,
     build_master_sensor,
@@ -25,7 +21,7 @@ from dagsters.sensors.dataloader_master_sensor import (
 )
 from dagsters.utils.lakebase_client import LakebaseClient
 from dagsters.utils.run_config import PARTITIONS_NAME, retry_run_key
-from dagsters.utils.settings import Settings, SettingsError
+from dagsters.utils.settings import Settings, SettingsError, load_settings
 
 
 @pytest.fixture
@@ -204,7 +200,9 @@ def test_claim_takes_back_analyses_older_than_the_timeout_only(db, client):
 def test_failed_monitor_reanalyses_a_dead_analysis_with_a_new_run_key(control_db, db, instance):
     config_id, metadata_id = failed(db, "orders", 90)
     failed(db, "busy", 30)
-    result = tick(build_failed_monitor(Settings(), analysis_timeout=60), instance, control_db)
+    result = tick(
+        build_failed_monitor(Settings(retry_analysis_timeout_minutes=60)), instance, control_db
+    )
     [request] = result.run_requests
     first_key = retry_run_key({"control_key": "orders", "last_metadata_id": metadata_id})
     assert request.partition_key == "orders"
@@ -230,18 +228,30 @@ def test_failed_monitor_reanalyses_a_dead_analysis_with_a_new_run_key(control_db
             tags={"dataloader/metadata_id": str(metadata_id)},
         )
     )
-    again = tick(build_failed_monitor(Settings(), analysis_timeout=60), instance, control_db)
+    again = tick(
+        build_failed_monitor(Settings(retry_analysis_timeout_minutes=60)), instance, control_db
+    )
     assert isinstance(again, dg.SkipReason)
     restamped = row(db, "orders")["retry_analysis_requested_at"]
     assert restamped > db.execute("SELECT now() - interval '1 minute' AS t").fetchone()["t"]
 
 
+def test_failed_monitor_uses_the_configured_analysis_timeout(control_db, db, instance):
+    failed(db, "orders", 25)
+    assert isinstance(tick(build_failed_monitor(Settings()), instance, control_db), dg.SkipReason)
+    shorter = tick(
+        build_failed_monitor(Settings(retry_analysis_timeout_minutes=20)), instance, control_db
+    )
+    assert [r.partition_key for r in shorter.run_requests] == ["orders"]
+
+
 def test_analysis_timeout_setting():
-    assert analysis_timeout_minutes({}) == 60
-    assert analysis_timeout_minutes({"DATALOADER_RETRY_ANALYSIS_TIMEOUT_MINUTES": " 5 "}) == 5
+    var = "DATALOADER_RETRY_ANALYSIS_TIMEOUT_MINUTES"
+    assert load_settings({}).retry_analysis_timeout_minutes == 60
+    assert load_settings({var: " 5 "}).retry_analysis_timeout_minutes == 5
     for bad in ("0", "soon"):
-        with pytest.raises(SettingsError, match="DATALOADER_RETRY_ANALYSIS_TIMEOUT_MINUTES"):
-            analysis_timeout_minutes({"DATALOADER_RETRY_ANALYSIS_TIMEOUT_MINUTES": bad})
+        with pytest.raises(SettingsError, match=var):
+            load_settings({var: bad})
 
 
 # -- 3. landing problems are visible on the control row -------------------------------------------

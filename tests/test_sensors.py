@@ -25,7 +25,7 @@ from dagsters.sensors.dataloader_longqueued_monitor import build_longqueued_moni
 from dagsters.sensors.dataloader_longrunning_monitor import build_longrunning_monitor
 from dagsters.sensors.dataloader_master_sensor import build_master_sensor
 from dagsters.utils.run_config import LOAD_ASSET, PARTITIONS_NAME, RETRY_ASSET
-from dagsters.utils.settings import Settings
+from dagsters.utils.settings import Settings, SettingsError, load_settings
 
 
 def lakebase_for(conninfo: str) -> LakebaseResource:
@@ -379,3 +379,51 @@ def test_landing_table_monitor_batches_new_tables_into_one_run(control_db, db, i
 def test_landing_table_monitor_idle(control_db, instance):
     result = tick(build_landing_table_monitor(Settings()), instance, control_db)
     assert isinstance(result, dg.SkipReason)
+
+
+def test_runs_are_tagged_with_dagster_environment(control_db, db, instance):
+    env = Settings(environment="prod")
+    add_row(db, "due")
+    failed = add_row(db, "failed")
+    add_history(db, failed, "failed", "Failed")
+    landed = add_row(db, "landed")
+    add_history(db, landed, "landed", "Succeeded")
+    db.execute(
+        "UPDATE table_control SET last_status = 'Failed' WHERE control_key = 'failed';"
+        "UPDATE table_control SET last_status = 'Succeeded' WHERE control_key = 'landed';"
+        "UPDATE table_control SET next_load_date_time = now() + interval '1 day'"
+        " WHERE control_key <> 'due'"
+    )
+    [load] = tick(build_master_sensor(env), instance, control_db).run_requests
+    [analysis] = tick(build_failed_monitor(env), instance, control_db).run_requests
+    landing = tick(build_landing_table_monitor(env), instance, control_db)
+    for request in (load, analysis, landing):
+        assert request.tags["dataloader/environment"] == "prod"
+    # Unset (local work): no environment tag at all.
+    db.execute("UPDATE table_control SET next_load_date_time = now() WHERE control_key = 'landed'")
+    [plain] = tick(build_master_sensor(Settings()), instance, control_db).run_requests
+    assert "dataloader/environment" not in plain.tags
+
+
+def test_dagster_environment_is_validated():
+    assert load_settings({}).environment is None
+    assert load_settings({"DAGSTER_ENVIRONMENT": " PROD "}).environment == "prod"
+    assert load_settings({"DAGSTER_ENVIRONMENT": "npd"}).environment == "npd"
+    with pytest.raises(SettingsError, match="DAGSTER_ENVIRONMENT must be one of"):
+        load_settings({"DAGSTER_ENVIRONMENT": "production"})
+
+
+def test_sensor_skip_reasons_say_what_was_looked_for(control_db, instance):
+    expected = {
+        build_master_sensor: "No table is due: no active row with next_load_date_time <= now() "
+        "outside Queued/In Progress.",
+        build_longqueued_monitor: "No row has been Queued for more than 60 minutes.",
+        build_longrunning_monitor: "No load has run for more than 180 minutes.",
+        build_failed_monitor: "No failure to analyse (Failed, retry_count < 3, not under review, "
+        "not already being analysed).",
+        build_landing_table_monitor: "No newly loaded table is waiting for its staging model.",
+    }
+    for build, message in expected.items():
+        result = tick(build(Settings()), instance, control_db)
+        assert isinstance(result, dg.SkipReason), build
+        assert result.skip_message == message

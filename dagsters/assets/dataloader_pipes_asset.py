@@ -27,8 +27,14 @@ from dagsters.utils.retry_analysis import (
     build_analysis_request,
     decide_without_asking,
 )
-from dagsters.utils.run_config import LOAD_ASSET, PARTITIONS_NAME, RETRY_ASSET, load_params
-from dagsters.utils.settings import dagster_run_url
+from dagsters.utils.run_config import (
+    LOAD_ASSET,
+    PARTITIONS_NAME,
+    RETRY_ASSET,
+    environment_tags,
+    load_params,
+)
+from dagsters.utils.settings import dagster_environment, dagster_run_url
 from databricks_scripts.redaction import redact, secrets_from_env
 
 LOAD_SCRIPT = "dataloader_pipe.py"
@@ -73,6 +79,13 @@ class RetryAnalysisConfig(dg.Config):
 def _safe(text: object) -> str:
     """``text`` without any secret this process can see (the shared list) or secret shape."""
     return redact(text, secrets_from_env())
+
+
+def _tag_environment(context: dg.AssetExecutionContext) -> None:
+    """Tag this run with DAGSTER_ENVIRONMENT when its launcher did not (UI materializations)."""
+    tags = environment_tags(dagster_environment())
+    if tags and any(context.run.tags.get(k) != v for k, v in tags.items()):
+        context.instance.add_run_tags(context.run.run_id, tags)
 
 
 def _control_key(context: dg.AssetExecutionContext, configured: str | None) -> str:
@@ -174,6 +187,7 @@ def dataloader_table_load(
     pipes_databricks: PipesDatabricksResource,
 ) -> Iterator[dg.MaterializeResult]:
     control_key = _control_key(context, config.control_key)
+    _tag_environment(context)
     client = lakebase.get_client()
     config_id, metadata_id, trigger = _begin_attempt(context, client, config, control_key)
     row = client.get_table_details(control_key)
@@ -284,6 +298,7 @@ def dataloader_retry_analysis(
     pipes_databricks: PipesDatabricksResource,
 ) -> Iterator[dg.MaterializeResult]:
     control_key = _control_key(context, config.control_key)
+    _tag_environment(context)
     client = lakebase.get_client()
     row = client.get_table_details(control_key)
     if row is None:

@@ -39,7 +39,7 @@ from pydantic import Field
 
 from dagsters.utils.databricks_workspace import workspace_client
 from dagsters.utils.embedded_lakebase import PROJECT_ROOT, dataloader_home
-from dagsters.utils.settings import execution_mode
+from dagsters.utils.settings import dagster_environment, dagster_run_url, execution_mode
 
 LOCAL_SCRIPTS_DIR = PROJECT_ROOT / "databricks_scripts"
 DEFAULT_TIMEOUT_SECONDS = 10_800  # spec: 3 hours per load
@@ -151,6 +151,9 @@ class PipesDatabricksResource(dg.ConfigurableResource):
         description="PyPI packages for every script's task; unset: per script (SCRIPT_LIBRARIES).",
     )
     poll_interval_seconds: float = 5.0
+    environment: str | None = Field(
+        default=None, description="DAGSTER_ENVIRONMENT (npd | prod), shown in Databricks run names."
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PipesDatabricksResource:
@@ -175,6 +178,7 @@ class PipesDatabricksResource(dg.ConfigurableResource):
             volume_path=env.get("DATALOADER_DATABRICKS_VOLUME_PATH") or None,
             libraries=libraries,
             poll_interval_seconds=float(env.get("DATALOADER_DATABRICKS_POLL_SECONDS") or 5.0),
+            environment=dagster_environment(env),
         )
 
     # ------------------------------------------------------------------ public
@@ -331,9 +335,8 @@ class PipesDatabricksResource(dg.ConfigurableResource):
 
         workspace = workspace_client()  # sdk auth from the environment
         task = jobs.SubmitTask.from_dict(self._task(script))
-        # The run name carries the Dagster run id, so the Databricks run links back to Dagster.
         submit_args: dict[str, Any] = {
-            "run_name": f"dataloader {label} (dagster run {context.run.run_id})"[:4096],
+            "run_name": databricks_run_name(label, context.run.run_id, self.environment),
             "timeout_seconds": self.timeout_seconds,
         }
         tracker = _RunTracker(workspace, on_external_run)
@@ -407,6 +410,16 @@ class PipesDatabricksResource(dg.ConfigurableResource):
             external_run_url=run.run_page_url or tracker.url,
             external_run_id=str(tracker.run_id),
         )
+
+
+def databricks_run_name(label: str, dagster_run_id: str, environment: str | None) -> str:
+    """The Databricks run's name: environment, table and a link back to the Dagster run.
+
+    One-time runs (``runs/submit``) take no job tags, so the name is where the Databricks side
+    links to Dagster (the spec's bidirectional traceability).
+    """
+    prefix = f"dataloader [{environment}]" if environment else "dataloader"
+    return f"{prefix} {label} (dagster run {dagster_run_url(dagster_run_id)})"[:4096]
 
 
 class _RunTracker:

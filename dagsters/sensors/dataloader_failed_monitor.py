@@ -11,45 +11,28 @@ therefore taken back by the same guarded claim, and the failure gets a second an
 new run key, unless the first analysis run is in fact still queued or running in Dagster.
 """
 
-import os
-
 import dagster as dg
 
 from dagsters.assets.dataloader_pipes_asset import control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
-from dagsters.utils.lakebase_client import DEFAULT_ANALYSIS_TIMEOUT_MINUTES
 from dagsters.utils.retry_analysis import apply_decision, decide_without_asking
 from dagsters.utils.run_config import (
     TAG_METADATA_ID,
+    environment_tags,
     retry_run_config,
     retry_run_key,
     retry_run_tags,
 )
-from dagsters.utils.settings import Settings, SettingsError, load_settings
+from dagsters.utils.settings import Settings, load_settings
 
 RETRY_JOB = "dataloader__retry_analysis_job"
 _ANY_RETRY_COUNT = 2**31 - 1
-ANALYSIS_TIMEOUT_VAR = "DATALOADER_RETRY_ANALYSIS_TIMEOUT_MINUTES"
 _ACTIVE = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.STARTING,
     dg.DagsterRunStatus.STARTED,
 ]
-
-
-def analysis_timeout_minutes(env=None) -> int:
-    """Minutes after which an undecided analysis is taken back (env override, default 60)."""
-    raw = ((os.environ if env is None else env).get(ANALYSIS_TIMEOUT_VAR) or "").strip()
-    if not raw:
-        return DEFAULT_ANALYSIS_TIMEOUT_MINUTES
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{ANALYSIS_TIMEOUT_VAR} must be a whole number, got {raw!r}") from None
-    if value <= 0:
-        raise SettingsError(f"{ANALYSIS_TIMEOUT_VAR} must be greater than 0, got {value}")
-    return value
 
 
 def _analysis_run_key(row: dict) -> str:
@@ -83,10 +66,8 @@ def _exhausted(row: dict, max_retries: int) -> dict:
     }
 
 
-def build_failed_monitor(
-    settings: Settings, *, analysis_timeout: int | None = None
-) -> dg.SensorDefinition:
-    timeout = analysis_timeout_minutes() if analysis_timeout is None else analysis_timeout
+def build_failed_monitor(settings: Settings) -> dg.SensorDefinition:
+    timeout = settings.retry_analysis_timeout_minutes
 
     @dg.sensor(
         name="failed_monitor",
@@ -147,7 +128,7 @@ def build_failed_monitor(
                 dg.RunRequest(
                     run_key=_analysis_run_key(row),
                     run_config=retry_run_config(row),
-                    tags=retry_run_tags(row),
+                    tags={**retry_run_tags(row), **environment_tags(settings.environment)},
                     partition_key=row["control_key"],
                 )
                 for row in rows

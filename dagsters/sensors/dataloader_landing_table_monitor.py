@@ -8,7 +8,12 @@ still queued or running the monitor waits, so two runs never write the same file
 import dagster as dg
 
 from dagsters.resources.lakebase import LakebaseResource
-from dagsters.utils.run_config import LANDING_JOB, landing_run_config, landing_run_key
+from dagsters.utils.run_config import (
+    LANDING_JOB,
+    environment_tags,
+    landing_run_config,
+    landing_run_key,
+)
 from dagsters.utils.settings import Settings, load_settings
 
 _ACTIVE = [
@@ -46,7 +51,10 @@ def build_landing_table_monitor(settings: Settings) -> dg.SensorDefinition:
         return dg.RunRequest(
             run_key=landing_run_key(rows),
             run_config=landing_run_config(row["config_id"] for row in rows),
-            tags={"dataloader/table_count": str(len(rows))},
+            tags={
+                "dataloader/table_count": str(len(rows)),
+                **environment_tags(settings.environment),
+            },
         )
 
     return landing_table_monitor

@@ -26,6 +26,7 @@ from dagsters.assets.dataloader_pipes_asset import control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.utils.run_config import (
     PARTITIONS_NAME,
+    environment_tags,
     load_run_config,
     load_run_key,
     load_run_tags,
@@ -140,7 +141,10 @@ def build_master_sensor(settings: Settings) -> dg.SensorDefinition:
                 dg.RunRequest(
                     run_key=load_run_key(row),
                     run_config=load_run_config(row),
-                    tags=load_run_tags(row, triggered_by=triggered_by(row)),
+                    tags={
+                        **load_run_tags(row, triggered_by=triggered_by(row)),
+                        **environment_tags(settings.environment),
+                    },
                     partition_key=row["control_key"],
                 )
                 for row in rows

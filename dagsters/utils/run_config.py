@@ -24,6 +24,7 @@ TAG_SOURCE_SYSTEM = "dataloader/source_system"
 TAG_DESTINATION = "dataloader/destination"
 TAG_METADATA_ID = "dataloader/metadata_id"
 TAG_TRIGGER = "dataloader/triggered_by"
+TAG_ENVIRONMENT = "dataloader/environment"
 
 # The fields of the spec's RunRequest config, in the spec's order.
 LOAD_CONFIG_FIELDS = (
@@ -121,6 +122,11 @@ def load_run_tags(row: Mapping[str, Any], *, triggered_by: str = "sensor") -> di
         TAG_METADATA_ID: str(row["metadata_id"]),
         TAG_TRIGGER: triggered_by,
     }
+
+
+def environment_tags(environment: str | None) -> dict[str, str]:
+    """The spec's DAGSTER_ENVIRONMENT (npd | prod) as a run tag; nothing when it is unset."""
+    return {TAG_ENVIRONMENT: environment} if environment else {}
 
 
 def triggered_by(row: Mapping[str, Any]) -> str:

@@ -38,6 +38,12 @@ class Settings:
 
     landing_interval_seconds: int = 1800
 
+    # failed_monitor takes back an analysis requested this long ago that never decided.
+    retry_analysis_timeout_minutes: int = 60
+
+    # The spec's DAGSTER_ENVIRONMENT (npd | prod); None when unset (local work).
+    environment: str | None = None
+
 
 # Environment variable -> Settings field, for every integer setting.
 _INT_VARS = {
@@ -51,9 +57,11 @@ _INT_VARS = {
     "DATALOADER_FAILED_BATCH_SIZE": "failed_batch_size",
     "DATALOADER_MAX_RETRIES": "max_retries",
     "DATALOADER_LANDING_INTERVAL_SECONDS": "landing_interval_seconds",
+    "DATALOADER_RETRY_ANALYSIS_TIMEOUT_MINUTES": "retry_analysis_timeout_minutes",
 }
 
 EXECUTION_MODES = ("local", "databricks")
+ENVIRONMENTS = ("npd", "prod")
 
 
 class SettingsError(ValueError):
@@ -87,11 +95,25 @@ def execution_mode(env: Mapping[str, str] | None = None) -> str:
     return mode
 
 
+def dagster_environment(env: Mapping[str, str] | None = None) -> str | None:
+    """The spec's ``DAGSTER_ENVIRONMENT`` (``npd`` or ``prod``), or None when it is unset.
+
+    A typo must stop the code location from loading rather than tag prod runs as something else.
+    """
+    env = os.environ if env is None else env
+    raw = (env.get("DAGSTER_ENVIRONMENT") or "").strip()
+    if not raw:
+        return None
+    if raw.lower() not in ENVIRONMENTS:
+        raise SettingsError(f"DAGSTER_ENVIRONMENT must be one of {ENVIRONMENTS}, got {raw!r}")
+    return raw.lower()
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Settings from ``env`` (default ``os.environ``); unset variables keep the spec's defaults."""
     env = os.environ if env is None else env
     mode = execution_mode(env)
-    values: dict[str, object] = {"execution": mode}
+    values: dict[str, object] = {"execution": mode, "environment": dagster_environment(env)}
     for name, field in _INT_VARS.items():
         raw = env.get(name)
         if raw not in (None, ""):
