@@ -8,7 +8,9 @@ embedded PostgreSQL on a temporary directory, then in one run times:
   (c) 1% new rows, then an incremental load through the loader.
   (a') the raw path plus one vectorised numeric -> decimal(12,2) cast, to show what the type
       conversion alone costs (the issue's raw path writes numeric as text);
-  (d) an incremental load with no new rows: the fixed cost of one load.
+  (d) an incremental load with no new rows: the fixed cost of one load;
+  (e) a merge that upserts every row on id (whole source, streamed into delta-rs): its peak RSS
+      shows the merge holds the key column and a batch, not the rows.
 Each contender runs --repeat times, taking turns, and figures are median (min-max), because the
 machine may be shared. Prints the ratio (target <= 1.25), incremental/full (target <= 5%) and
 peak RSS (target <= 512 MB at 10M rows).
@@ -235,6 +237,18 @@ def main() -> None:
                 empty_params = {**params, "incremental_value": meta["watermark_after"]}
                 wall, peak, meta = _run_loader(empty_params, work, lake)
                 empties.append((wall, meta["duration_seconds"], peak, meta))
+            merge_params = {
+                **params,
+                "load_strategy": "merge",
+                "merge_keys": ["id"],
+                "incremental_column": None,
+            }
+            merges = []
+            for _ in range(args.repeat):
+                shutil.rmtree(lake)
+                shutil.copytree(template, lake)
+                wall, peak, meta = _run_loader(merge_params, work, lake)
+                merges.append((wall, meta["duration_seconds"], peak, meta))
         finally:
             stop_embedded_server(pgdata)
 
@@ -279,6 +293,11 @@ def main() -> None:
     print(
         f"(d) incremental, no new rows      : {_spread(col(empties, 0))}s wall, "
         f"{_spread(col(empties, 1), '{:.3f}')}s in-script (fixed cost of one load)"
+    )
+    print(
+        f"(e) merge upserting every row     : {_spread(col(merges, 0))}s wall, "
+        f"rows written {merges[-1][3]['rows_written']:,}, "
+        f"peak RSS {max(col(merges, 2)) / mib:.0f} MiB"
     )
 
 
