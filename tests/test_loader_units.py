@@ -227,6 +227,9 @@ def test_connection_building_for_every_driver():
 
     params = oracledb.ConnectParams(**{k: v for k, v in ora.items() if k != "password"})
     assert params.service_name == "ORCLPDB1" and params.port == 1521
+    loopback = ls.oracle_connect_kwargs({**config, "host": "127.0.0.1", "port": 1}, "pw")
+    with pytest.raises(oracledb.OperationalError, match="DPY-6005"):  # refused, kwargs accepted
+        oracledb.connect(**loopback, tcp_connect_timeout=1, retry_count=0)
     with pytest.raises(pymssql.OperationalError):  # refused by the loopback port, not by kwargs
         pymssql.connect(
             **{
