@@ -4,12 +4,13 @@ Pins down: a claimed row ends Succeeded with rows, watermark and next slot in bo
 and its history row; a failing load ends Failed with the script's own message and writes nothing;
 a launch with only control_key makes a new 'ui' attempt; re-executing a failed run makes a new
 history row; terminating a running load kills the script and leaves the row Failed/Cancelled with
-no materialization.
+no materialization; the launchpad YAML in docs/operations.md works as printed.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -20,6 +21,7 @@ import dagster as dg
 import psutil
 import psycopg
 import pytest
+import yaml
 from dagster._core.definitions.reconstruct import ReconstructableRepository
 from deltalake import DeltaTable
 from psycopg.conninfo import conninfo_to_dict
@@ -392,3 +394,48 @@ def test_reexecuting_a_failed_run_makes_a_new_history_row(
         second.run_id,
     )
     assert control_row(db, "pg.late")["last_status"] == "Succeeded"
+
+
+def _launchpad_yaml() -> dict:
+    """The copy-paste launchpad YAML exactly as docs/operations.md shows it."""
+    text = (Path(__file__).parents[1] / "docs" / "operations.md").read_text()
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", text, re.DOTALL) if LOAD_ASSET in b]
+    assert len(blocks) == 1, "docs/operations.md should show one launchpad YAML for the load"
+    return yaml.safe_load(blocks[0])
+
+
+@pytest.mark.parametrize("with_partition", [True, False], ids=["partition", "no-partition"])
+def test_the_documented_launchpad_yaml_loads_the_table(
+    with_partition, control_db, source_db, source, lake_root, db, instance, monkeypatch
+):
+    parts = conninfo_to_dict(control_db)
+    for name, value in {
+        "LAKEBASE_HOST": parts["host"],
+        "LAKEBASE_PORT": parts["port"],
+        "LAKEBASE_DATABASE": parts["dbname"],
+        "LAKEBASE_USER": parts["user"],
+        "LAKEBASE_SSLMODE": "disable",
+    }.items():
+        monkeypatch.setenv(name, str(value))
+    run_config = _launchpad_yaml()
+    key = run_config["ops"][LOAD_ASSET]["config"]["control_key"]
+    add_control_row(db, source_db, key, "orders", load_strategy="full", incremental_column=None)
+    db.execute("UPDATE table_control SET next_load_date_time = now() + interval '1 day'")
+    instance.add_dynamic_partitions(PARTITIONS_NAME, [key])
+    job = ReconstructableRepository.for_module(
+        "dagsters.definitions", "defs", working_directory=str(Path(__file__).parents[1])
+    ).get_reconstructable_job("dataloader__table_load_job")
+
+    with dg.execute_job(
+        job,
+        instance=instance,
+        run_config=run_config,
+        tags={"dagster/partition": key} if with_partition else None,
+    ) as result:
+        assert result.success
+
+    [attempt] = history(db, key)
+    assert (attempt["status"], attempt["triggered_by"]) == ("Succeeded", "ui")
+    assert attempt["dagster_run_id"] == result.run_id
+    assert control_row(db, key)["last_status"] == "Succeeded"
+    assert DeltaTable(str(lake_root / "lake" / "raw" / "orders")).to_pyarrow_table().num_rows == 25
