@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import ClassVar
 
 import psycopg
+import psycopg.sql
 import pytest
 
+from dagsters.utils.lakebase_client import LakebaseClient
 from dagsters.utils.migrate import SQL_DIR, MigrationError, apply_migrations, main
 
 ALL_FILES = sorted(p.name for p in SQL_DIR.glob("[0-9]*.sql"))
@@ -219,3 +223,71 @@ def test_valid_schedules_are_accepted(control_db):
             "SET load_strategy = 'merge', merge_keys = '{id}'",
         ):
             conn.execute(f"UPDATE table_control {assignment} WHERE control_key = 'k'")
+
+
+class _RecordingConnection(psycopg.Connection):
+    """Keeps every statement the client sends, so the test can EXPLAIN exactly those."""
+
+    statements: ClassVar[list] = []
+
+    def execute(self, query, params=None, **kwargs):  # type: ignore[override]
+        if query:
+            _RecordingConnection.statements.append((query, params))
+        return super().execute(query, params, **kwargs)
+
+
+def _plans(conn: psycopg.Connection, statements: list) -> list[str]:
+    plans = []
+    for query, params in statements:
+        prefix = "EXPLAIN (FORMAT JSON) "
+        explain = (
+            psycopg.sql.SQL(prefix) + query
+            if isinstance(query, psycopg.sql.Composable)
+            else prefix + query
+        )
+        # EXPLAIN without ANALYZE plans the UPDATE/INSERT without running it.
+        plans.append(json.dumps(conn.execute(explain, params).fetchone()[0]))
+    return plans
+
+
+def test_sensor_queries_use_their_partial_indexes_at_100k_rows(control_db):
+    with psycopg.connect(control_db, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO table_control (control_key, source_schema_name, source_table_name,"
+            " destination_catalog, destination_schema_name, destination_table_name, db_type,"
+            " db_config_value, load_strategy, schedule_interval, next_load_date_time,"
+            " last_status, last_status_date_time, last_load_date_time, staging_model_processed)"
+            " SELECT 'idx.t' || g, 'public', 't' || g, 'lake', 'raw', 't' || g, 'postgresql',"
+            " jsonb_build_object('host', 'src', 'port', 5432, 'database', 'db'), 'full',"
+            " interval '1 day', now() + g * interval '1 second', 'Succeeded', now(), now(), true"
+            " FROM generate_series(1, 100000) g"
+        )
+        conn.execute(
+            "UPDATE table_control SET last_status = NULL, next_load_date_time = now()"
+            " WHERE config_id <= 10"
+        )
+        for status, ids in (("Queued", 11), ("In Progress", 12), ("Failed", 13)):
+            conn.execute(
+                "UPDATE table_control SET last_status = %s WHERE config_id = %s", (status, ids)
+            )
+        conn.execute(
+            "UPDATE table_control SET staging_model_processed = false WHERE config_id = 14"
+        )
+        conn.execute("ANALYZE table_control")
+        expected = {
+            "table_control_due_idx": lambda c: c.claim_due_tables(10),
+            "table_control_queued_idx": lambda c: c.fail_stuck_queued(60),
+            "table_control_in_progress_idx": lambda c: c.find_stuck_running(180),
+            "table_control_failed_not_reviewed_idx": lambda c: c.claim_failed_for_analysis(10, 3),
+            "table_control_unprocessed_landing_idx": lambda c: c.get_unprocessed_landing_tables(),
+        }
+        with LakebaseClient(control_db, connection_class=_RecordingConnection) as client:
+            for index, call in expected.items():
+                _RecordingConnection.statements = []
+                call(client)
+                plans = _plans(conn, _RecordingConnection.statements)
+                assert any(index in plan for plan in plans), (index, plans)
+                for plan in plans:
+                    assert '"Relation Name": "table_control"' not in plan or (
+                        '"Seq Scan"' not in plan
+                    ), (index, plan)
