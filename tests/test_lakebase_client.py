@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import re
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -528,3 +531,28 @@ def test_connection_errors_are_lakebase_errors_without_the_password(tmp_path):
         broken.get_control_tables()
     assert "Sup3rSecretPw" not in str(err.value) and "Sup3rSecretPw" not in repr(broken)
     assert err.value.__cause__ is None
+
+
+def test_every_status_assignment_in_the_product_is_the_guarded_helper():
+    """No SQL text anywhere sets last_status except _guarded_transition's one assignment."""
+    root = Path(__file__).resolve().parents[1]
+    assignment = re.compile(r"\blast_status\s*=\s*(%|'|\"|NULL|CASE|\$|\{)", re.IGNORECASE)
+    set_clause = re.compile(
+        r"\bSET\b(?:(?!\bWHERE\b).)*\blast_status\s*=", re.IGNORECASE | re.DOTALL
+    )
+    found = []
+    for path in [*root.joinpath("dagsters").rglob("*.py"), *root.joinpath("sql").glob("*.sql")]:
+        if path.suffix == ".sql":
+            texts = [path.read_text()]
+        else:
+            tree = ast.parse(path.read_text())
+            texts = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)]
+        for text in texts:
+            if not isinstance(text, str):
+                continue
+            # Comparisons in WHERE/CASE/CHECK are fine; assignments are what is counted.
+            if set_clause.search(text) or (assignment.match(text.strip()) and "SET" not in text):
+                found.append((path.relative_to(root).as_posix(), text.strip()[:60]))
+    assert found == [
+        ("dagsters/utils/lakebase_client.py", "last_status = %(_t_to)s"),
+    ]
