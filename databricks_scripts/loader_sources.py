@@ -27,6 +27,7 @@ from loader_sql import (
     source_table_parts,
 )
 from loader_types import (
+    ORACLE_DATE_METADATA,
     decimal_from_unscaled,
     oracle_field,
     oracle_utc_columns,
@@ -448,7 +449,12 @@ def oracle_read(
     if lower_bound is None or cursor is None:
         return text, ()
     col = ORACLE.quote(cursor)
-    t = schema.field(cursor).type
+    field = schema.field(cursor)
+    t = field.type
+    if (field.metadata or {}) == ORACLE_DATE_METADATA and isinstance(lower_bound, dt.datetime):
+        # DATE holds whole seconds: above the bound <=> above the bound's whole second.
+        bound = lower_bound.strftime("%Y-%m-%d %H:%M:%S")
+        return f"{text} WHERE {col} > TO_DATE(:1, 'YYYY-MM-DD HH24:MI:SS')", (bound,)
     if pa.types.is_timestamp(t) and isinstance(lower_bound, dt.datetime):
         expr = "TO_TIMESTAMP(:1, 'YYYY-MM-DD HH24:MI:SS.FF6')"
         if t.tz:

@@ -377,6 +377,10 @@ def max_watermark(a: Watermark | None, b: Watermark | None) -> Watermark | None:
 # as a cursor it compares as a number, like an unconstrained PostgreSQL NUMERIC.
 NUMERIC_TEXT_METADATA = {b"DATALOADER:numeric": b"text"}
 
+# Marks an Oracle DATE column (a timestamp to the second): its cursor is compared with a DATE
+# bound, so the column is not converted to TIMESTAMP (which would keep Oracle off its index).
+ORACLE_DATE_METADATA = {b"DATALOADER:oracle": b"DATE"}
+
 # Oracle reports scale -127 for NUMBER without precision/scale and for FLOAT(b) (decimal
 # floating point with up to 38 digits and any exponent): neither fits a fixed decimal128.
 _ORACLE_FLOATING_SCALE = -127
@@ -419,7 +423,6 @@ def oracle_field(description: tuple) -> pa.Field:
         "DB_TYPE_BOOLEAN": pa.bool_(),
         "DB_TYPE_BINARY_FLOAT": pa.float32(),
         "DB_TYPE_BINARY_DOUBLE": pa.float64(),
-        "DB_TYPE_DATE": pa.timestamp("us"),
         "DB_TYPE_TIMESTAMP": pa.timestamp("us"),
         "DB_TYPE_TIMESTAMP_TZ": pa.timestamp("us", tz="UTC"),
         "DB_TYPE_TIMESTAMP_LTZ": pa.timestamp("us", tz="UTC"),
@@ -429,6 +432,8 @@ def oracle_field(description: tuple) -> pa.Field:
     }
     if kind in simple:
         return pa.field(name, simple[kind])
+    if kind == "DB_TYPE_DATE":  # has a time of day (to the second): a timestamp, marked DATE
+        return pa.field(name, pa.timestamp("us"), metadata=ORACLE_DATE_METADATA)
     text_kinds = {
         "DB_TYPE_VARCHAR",
         "DB_TYPE_NVARCHAR",

@@ -56,7 +56,10 @@ def _ora(name, type_code, precision=None, scale=None, size=None):
         ),
         (_ora("BF", oracledb.DB_TYPE_BINARY_FLOAT), pa.field("BF", pa.float32())),
         (_ora("BD", oracledb.DB_TYPE_BINARY_DOUBLE), pa.field("BD", pa.float64())),
-        (_ora("D", oracledb.DB_TYPE_DATE), pa.field("D", pa.timestamp("us"))),
+        (
+            _ora("D", oracledb.DB_TYPE_DATE),
+            pa.field("D", pa.timestamp("us"), metadata=lt.ORACLE_DATE_METADATA),
+        ),
         (_ora("TS", oracledb.DB_TYPE_TIMESTAMP, 0, 6), pa.field("TS", pa.timestamp("us"))),
         (
             _ora("TZ", oracledb.DB_TYPE_TIMESTAMP_TZ, 0, 6),
@@ -101,6 +104,10 @@ def test_oracle_select_reads_tz_columns_in_utc_and_binds_the_watermark():
         " + INTERVAL '0.000001' SECOND"
     )
     assert params == ("2024-01-01 10:00:00.000005",)
+    dated = pa.schema([lt.oracle_field(_ora("D", oracledb.DB_TYPE_DATE))])
+    text, params = ls.oracle_read("T", dated, "D", dt.datetime(2024, 1, 1, 10, 0, 5, 500000))
+    assert text == 'SELECT "D" FROM T WHERE "D" > TO_DATE(:1, \'YYYY-MM-DD HH24:MI:SS\')'
+    assert params == ("2024-01-01 10:00:05",)
 
 
 # ---- SQL Server: sys.dm_exec_describe_first_result_set -> Arrow --------------------------------
@@ -153,7 +160,12 @@ def test_sqlserver_describe_result_errors_and_unsupported_types_are_refused():
         ls.sqlserver_schema_from_description(err)
     with pytest.raises(lt.UnsupportedColumnTypeError, match="'shape'.*geography"):
         lt.sqlserver_field(("shape", "geography", 0, 0, True))
-    assert "sys.dm_exec_describe_first_result_set(%s, NULL, 0)" in ls.sqlserver_describe_query()
+    import pymssql._mssql  # the statement pymssql sends: the probe text as one N'' literal
+
+    sent = pymssql._mssql.substitute_params(
+        ls.sqlserver_describe_query(), ("SELECT TOP 0 * FROM [d].[dbo].[it's]",)
+    )
+    assert b"sys.dm_exec_describe_first_result_set(N'SELECT TOP 0 * FROM [d].[dbo].[it''s]'" in sent
 
 
 def test_sqlserver_timestamp_cursor_reads_above_the_truncated_watermark():
@@ -177,6 +189,11 @@ def test_sqlserver_timestamp_cursor_reads_above_the_truncated_watermark():
     assert ls.sqlserver_read("[t]", schema, "id", 9) == ("SELECT * FROM [t] WHERE [id] > %s", (9,))
     assert ls.sqlserver_read("[t]", schema, "d", dt.date(2024, 2, 29))[1] == ("2024-02-29",)
     assert ls.sqlserver_read("[t]", schema, "id", None) == ("SELECT * FROM [t]", ())
+    # pymssql replaces each %s itself (no %-formatting): a % in a name reaches the server as is
+    import pymssql._mssql
+
+    text, params = ls.sqlserver_read("[5%]", schema, "id", 1)
+    assert pymssql._mssql.substitute_params(text, params) == b"SELECT * FROM [5%] WHERE [id] > 1"
 
 
 # ---- driver-shaped rows -> exact batches ----------------------------------------------------
