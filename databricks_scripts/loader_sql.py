@@ -64,6 +64,13 @@ def check_identifier(identifier: object, dialect: Dialect) -> str:
             f"identifier {identifier!r} is longer than {dialect.name}'s limit of "
             f"{dialect.max_identifier_bytes} bytes"
         )
+    if dialect.placeholder_style == "format" and "%" in identifier:
+        # pymysql and pymssql substitute parameters with Python %-formatting over the whole
+        # statement text, so a '%' inside a quoted name would be read as a placeholder.
+        raise UnsafeIdentifierError(
+            f"identifier {identifier!r} contains '%', which {dialect.name}'s driver would read as "
+            "a parameter placeholder; rename the column or load it through a view"
+        )
     return identifier
 
 

@@ -42,6 +42,13 @@ def test_unsafe_identifiers_are_refused(name):
         sq.POSTGRESQL.quote(name)
 
 
+@pytest.mark.parametrize("dialect", [sq.MYSQL, sq.SQLSERVER])
+def test_percent_in_names_is_refused_where_the_driver_uses_percent_placeholders(dialect):
+    with pytest.raises(sq.UnsafeIdentifierError, match="placeholder"):
+        dialect.quote("discount_%s")
+    assert sq.POSTGRESQL.quote("discount_%s") == '"discount_%s"'
+
+
 def test_source_select_binds_the_watermark_as_a_parameter():
     table = sq.qualified_name(sq.POSTGRESQL, "public", "t")
     assert sq.select_source(sq.POSTGRESQL, table, cursor="updated at") == (
