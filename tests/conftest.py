@@ -1,4 +1,4 @@
-"""Shared fixtures: one embedded PostgreSQL for the session, a fresh database per test."""
+"""Shared fixtures: one embedded PostgreSQL for the session, fresh databases, a Dagster instance."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.rows import dict_row
 
 from dagsters.utils.embedded_lakebase import (
     EmbeddedServer,
@@ -19,6 +21,9 @@ from dagsters.utils.embedded_lakebase import (
     start_embedded_server,
     stop_embedded_server,
 )
+
+if TYPE_CHECKING:
+    import dagster as dg
 
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
 
@@ -72,3 +77,34 @@ def lake_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root.mkdir()
     monkeypatch.setenv("DATALOADER_LAKE_ROOT", str(root))
     return root
+
+
+@pytest.fixture
+def db(control_db: str) -> Iterator[psycopg.Connection]:
+    """An autocommit connection to ``control_db`` returning dict rows."""
+    with psycopg.connect(control_db, autocommit=True, row_factory=dict_row) as conn:
+        yield conn
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    """A throwaway Dagster instance (modules needing one on a known path define their own)."""
+    import dagster as dg
+
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+@pytest.fixture
+def source(source_db: str) -> Iterator[psycopg.Connection]:
+    """``source_db`` holding public.orders: 25 rows, hourly updated_at from 2024-01-01 01:00."""
+    with psycopg.connect(source_db, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE public.orders (order_id int PRIMARY KEY, amount numeric(10,2),"
+            " updated_at timestamptz NOT NULL)"
+        )
+        conn.execute(
+            "INSERT INTO public.orders SELECT g, g * 1.5, timestamptz '2024-01-01' + g * interval"
+            " '1 hour' FROM generate_series(1, 25) g"
+        )
+        yield conn

@@ -11,7 +11,6 @@ Databricks run carries the Dagster run id, and HTTP 429/503 while polling does n
 import os
 import signal
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -19,12 +18,9 @@ import psycopg
 import pytest
 from databricks_standin import DatabricksStandin, databricks_standin  # noqa: F401
 from deltalake import DeltaTable
-from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
+from helpers import add_control_row, control_row, history, lakebase_for
 
 from dagsters.assets.dataloader_pipes_asset import dataloader_table_load
-from dagsters.resources.lakebase import LakebaseResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.utils.lakebase_client import LakebaseClient
 from dagsters.utils.run_config import LOAD_ASSET, PARTITIONS_NAME, load_run_config
@@ -52,83 +48,6 @@ def standin(
     for name, value in databricks_standin.env().items():
         monkeypatch.setenv(name, value)
     return databricks_standin
-
-
-@pytest.fixture
-def db(control_db: str) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(control_db, autocommit=True, row_factory=dict_row) as conn:
-        yield conn
-
-
-@pytest.fixture
-def source(source_db: str) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(source_db, autocommit=True) as conn:
-        conn.execute(
-            "CREATE TABLE public.orders (order_id int PRIMARY KEY, amount numeric(10,2),"
-            " updated_at timestamptz NOT NULL)"
-        )
-        conn.execute(
-            "INSERT INTO public.orders SELECT g, g * 1.5, timestamptz '2024-01-01' + g * interval"
-            " '1 hour' FROM generate_series(1, 25) g"
-        )
-        yield conn
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
-def add_control_row(db, source_db: str, key: str, table: str, **columns) -> int:
-    parts = conninfo_to_dict(source_db)
-    values = {
-        "control_key": key,
-        "source_schema_name": "public",
-        "source_table_name": table,
-        "destination_catalog": "lake",
-        "destination_schema_name": "raw",
-        "destination_table_name": table,
-        "db_type": "postgresql",
-        "db_config_value": Jsonb(
-            {
-                "host": parts["host"],
-                "port": int(parts["port"]),
-                "database": parts["dbname"],
-                "user": parts["user"],
-            }
-        ),
-        "load_strategy": "incremental",
-        "incremental_column": "updated_at",
-        "schedule_interval": "1 hour",
-        **columns,
-    }
-    return db.execute(
-        f"INSERT INTO table_control ({', '.join(values)}) "
-        f"VALUES ({', '.join(['%s'] * len(values))}) RETURNING config_id",
-        list(values.values()),
-    ).fetchone()["config_id"]
-
-
-def control_row(db, key: str) -> dict:
-    return db.execute("SELECT * FROM table_control WHERE control_key = %s", (key,)).fetchone()
-
-
-def history(db, key: str) -> list[dict]:
-    return db.execute(
-        "SELECT * FROM historical_metadata WHERE control_key = %s ORDER BY metadata_id", (key,)
-    ).fetchall()
-
-
-def lakebase_for(conninfo: str) -> LakebaseResource:
-    parts = conninfo_to_dict(conninfo)
-    return LakebaseResource(
-        host=parts["host"],
-        port=int(parts["port"]),
-        database=parts["dbname"],
-        user=parts["user"],
-        sslmode="disable",
-    )
 
 
 def databricks_backend(backend: str) -> PipesDatabricksResource:

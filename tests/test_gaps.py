@@ -7,10 +7,9 @@ import uuid
 from collections.abc import Iterator
 
 import dagster as dg
-import psycopg
 import pytest
-from psycopg.rows import dict_row
-from test_sensors import SensorLoop, add_history, add_row, row, tick
+from helpers import add_history, control_row
+from test_sensors import SensorLoop, add_row, tick
 
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.sensors.dataloader_failed_monitor import RETRY_JOB, build_failed_monitor
@@ -22,18 +21,6 @@ from dagsters.sensors.dataloader_master_sensor import (
 from dagsters.utils.lakebase_client import LakebaseClient
 from dagsters.utils.run_config import PARTITIONS_NAME, retry_run_key
 from dagsters.utils.settings import Settings, SettingsError, load_settings
-
-
-@pytest.fixture
-def db(control_db: str) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(control_db, autocommit=True, row_factory=dict_row) as conn:
-        yield conn
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 @pytest.fixture
@@ -192,7 +179,10 @@ def test_claim_takes_back_analyses_older_than_the_timeout_only(db, client):
     assert set(claimed) == {"stale"}
     stale = claimed["stale"]
     assert stale["previous_analysis_requested_at"] < stale["retry_analysis_requested_at"]
-    assert row(db, "stale")["retry_analysis_requested_at"] == stale["retry_analysis_requested_at"]
+    assert (
+        control_row(db, "stale")["retry_analysis_requested_at"]
+        == stale["retry_analysis_requested_at"]
+    )
     # Restamped: not taken again until the timeout passes once more.
     assert client.claim_failed_for_analysis(10, 3) == []
 
@@ -211,7 +201,7 @@ def test_failed_monitor_reanalyses_a_dead_analysis_with_a_new_run_key(control_db
         metadata_id
     )
     # Only the stale one: "busy" asked 30 min ago and may still be deciding.
-    busy_stamp = row(db, "busy")["retry_analysis_requested_at"]
+    busy_stamp = control_row(db, "busy")["retry_analysis_requested_at"]
     assert busy_stamp < db.execute("SELECT now() - interval '29 minutes' AS t").fetchone()["t"]
 
     # The same after another timeout, but now the analysis run is still running in Dagster.
@@ -232,7 +222,7 @@ def test_failed_monitor_reanalyses_a_dead_analysis_with_a_new_run_key(control_db
         build_failed_monitor(Settings(retry_analysis_timeout_minutes=60)), instance, control_db
     )
     assert isinstance(again, dg.SkipReason)
-    restamped = row(db, "orders")["retry_analysis_requested_at"]
+    restamped = control_row(db, "orders")["retry_analysis_requested_at"]
     assert restamped > db.execute("SELECT now() - interval '1 minute' AS t").fetchone()["t"]
 
 
@@ -270,22 +260,22 @@ def test_landing_note_is_guarded_replaces_itself_and_is_cleared(db, client):
     )
     assert client.note_landing_problem(ok, "no Delta table at /lake/x")
     assert client.note_landing_problem(ok, "password=hunter22 refused")  # replaces, redacted
-    assert row(db, "ok")["last_message"].startswith("Loaded 5 rows | [Landing] ")
-    assert row(db, "ok")["last_message"].count("[Landing]") == 1
-    assert "hunter22" not in row(db, "ok")["last_message"]
-    assert row(db, "ok")["last_status"] == "Succeeded"
+    assert control_row(db, "ok")["last_message"].startswith("Loaded 5 rows | [Landing] ")
+    assert control_row(db, "ok")["last_message"].count("[Landing]") == 1
+    assert "hunter22" not in control_row(db, "ok")["last_message"]
+    assert control_row(db, "ok")["last_status"] == "Succeeded"
     assert client.note_landing_problem(bare, "first")
     assert client.note_landing_problem(bare, "second")
-    assert row(db, "bare")["last_message"] == "[Landing] second"
+    assert control_row(db, "bare")["last_message"] == "[Landing] second"
     # Not waiting for a staging model: left alone.
     assert not client.note_landing_problem(busy, "x")
     assert not client.note_landing_problem(done, "x")
-    assert row(db, "busy")["last_message"] == "running"
-    assert row(db, "done")["last_message"] == "Loaded 1 rows"
+    assert control_row(db, "busy")["last_message"] == "running"
+    assert control_row(db, "done")["last_message"] == "Loaded 1 rows"
     # Generated later: the note goes, the load's own message stays.
     assert client.mark_staging_processed([ok, bare]) == 2
-    assert row(db, "ok")["last_message"] == "Loaded 5 rows"
-    assert row(db, "bare")["last_message"] is None
+    assert control_row(db, "ok")["last_message"] == "Loaded 5 rows"
+    assert control_row(db, "bare")["last_message"] is None
 
 
 # -- 4. libraries per script on Databricks -------------------------------------------------------
@@ -331,6 +321,6 @@ def test_success_with_a_schema_change_asks_for_the_staging_model_again(db, clien
             watermark_after=None,
             schema_changed=claimed["control_key"] == "changed",
         )
-    assert row(db, "same")["staging_model_processed"] is True
-    assert row(db, "changed")["staging_model_processed"] is False
+    assert control_row(db, "same")["staging_model_processed"] is True
+    assert control_row(db, "changed")["staging_model_processed"] is False
     assert [r["control_key"] for r in client.get_unprocessed_landing_tables()] == ["changed"]

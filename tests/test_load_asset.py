@@ -14,103 +14,21 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import psutil
-import psycopg
 import pytest
 import yaml
 from dagster._core.definitions.reconstruct import ReconstructableRepository
 from deltalake import DeltaTable
+from helpers import add_control_row, control_row, history, lakebase_for
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from dagsters.assets.dataloader_pipes_asset import dataloader_table_load
-from dagsters.resources.lakebase import LakebaseResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.utils.lakebase_client import LakebaseClient
 from dagsters.utils.run_config import LOAD_ASSET, PARTITIONS_NAME, load_run_config
-
-
-def lakebase_for(conninfo: str) -> LakebaseResource:
-    parts = conninfo_to_dict(conninfo)
-    return LakebaseResource(
-        host=parts["host"],
-        port=int(parts["port"]),
-        database=parts["dbname"],
-        user=parts["user"],
-        sslmode="disable",
-    )
-
-
-@pytest.fixture
-def db(control_db: str) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(control_db, autocommit=True, row_factory=dict_row) as conn:
-        yield conn
-
-
-@pytest.fixture
-def source(source_db: str) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(source_db, autocommit=True) as conn:
-        conn.execute(
-            "CREATE TABLE public.orders (order_id int PRIMARY KEY, amount numeric(10,2),"
-            " updated_at timestamptz NOT NULL)"
-        )
-        conn.execute(
-            "INSERT INTO public.orders SELECT g, g * 1.5, timestamptz '2024-01-01' + g * interval"
-            " '1 hour' FROM generate_series(1, 25) g"
-        )
-        yield conn
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
-def add_control_row(db: psycopg.Connection, source_db: str, key: str, table: str, **columns) -> int:
-    parts = conninfo_to_dict(source_db)
-    values = {
-        "control_key": key,
-        "source_schema_name": "public",
-        "source_table_name": table,
-        "destination_catalog": "lake",
-        "destination_schema_name": "raw",
-        "destination_table_name": table,
-        "db_type": "postgresql",
-        "db_config_value": Jsonb(
-            {
-                "host": parts["host"],
-                "port": int(parts["port"]),
-                "database": parts["dbname"],
-                "user": parts["user"],
-            }
-        ),
-        "load_strategy": "incremental",
-        "incremental_column": "updated_at",
-        "schedule_interval": "1 hour",
-    }
-    values.update(columns)
-    names = ", ".join(values)
-    marks = ", ".join(["%s"] * len(values))
-    return db.execute(
-        f"INSERT INTO table_control ({names}) VALUES ({marks}) RETURNING config_id",
-        list(values.values()),
-    ).fetchone()["config_id"]
-
-
-def control_row(db: psycopg.Connection, key: str) -> dict:
-    return db.execute("SELECT * FROM table_control WHERE control_key = %s", (key,)).fetchone()
-
-
-def history(db: psycopg.Connection, key: str) -> list[dict]:
-    return db.execute(
-        "SELECT * FROM historical_metadata WHERE control_key = %s ORDER BY metadata_id", (key,)
-    ).fetchall()
 
 
 def resources(control_db: str, lake_root: Path) -> dict:

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
 import dagster as dg
-import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
+from helpers import control_row, failed_row, lakebase_for
 
 from dagsters.assets.dataloader_pipes_asset import dataloader_retry_analysis
-from dagsters.resources.lakebase import LakebaseResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.sensors.dataloader_failed_monitor import build_failed_monitor
 from dagsters.utils.run_config import PARTITIONS_NAME, RETRY_ASSET
@@ -25,54 +20,6 @@ def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
     # No chat model configured: the script's deterministic classifier decides.
     for name in ("DATALOADER_AI_MODEL", "DATALOADER_AI_BASE_URL", "OPENAI_API_KEY"):
         monkeypatch.delenv(name, raising=False)
-
-
-def lakebase_for(conninfo: str) -> LakebaseResource:
-    parts = conninfo_to_dict(conninfo)
-    return LakebaseResource(
-        host=parts["host"],
-        port=int(parts["port"]),
-        database=parts["dbname"],
-        user=parts["user"],
-        sslmode="disable",
-    )
-
-
-@pytest.fixture
-def db(control_db: str) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(control_db, autocommit=True, row_factory=dict_row) as conn:
-        yield conn
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
-def failed_row(db: psycopg.Connection, key: str, message: str, retry_count: int = 0) -> int:
-    config_id = db.execute(
-        "INSERT INTO table_control (control_key, source_schema_name, source_table_name,"
-        " destination_catalog, destination_schema_name, destination_table_name, db_type,"
-        " db_config_value, last_status, last_status_date_time, last_message, retry_count)"
-        " VALUES (%s, 'public', %s, 'lake', 'raw', %s, 'postgresql', %s, 'Failed', now(), %s, %s)"
-        " RETURNING config_id",
-        (key, key, key, Jsonb({"host": "db1", "database": "shop"}), message, retry_count),
-    ).fetchone()["config_id"]
-    metadata_id = db.execute(
-        "INSERT INTO historical_metadata (config_id, control_key, status, message, ended_at)"
-        " VALUES (%s, %s, 'Failed', %s, now()) RETURNING metadata_id",
-        (config_id, key, message),
-    ).fetchone()["metadata_id"]
-    db.execute(
-        "UPDATE table_control SET last_metadata_id = %s WHERE config_id = %s",
-        (metadata_id, config_id),
-    )
-    return metadata_id
-
-
-def control_row(db: psycopg.Connection, key: str) -> dict:
-    return db.execute("SELECT * FROM table_control WHERE control_key = %s", (key,)).fetchone()
 
 
 def run_monitor_then_analysis(control_db: str, instance: dg.DagsterInstance) -> list:

@@ -1,17 +1,12 @@
 """failed_monitor -> dataloader__retry_analysis (real script, local Pipes) -> the row's next state."""
 
-from collections.abc import Iterator
-
 import dagster as dg
 import psycopg
 import pytest
+from helpers import failed_row, lakebase_for
 from openai_standin import OpenAIStandIn, good_answer, openai_standin
-from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from dagsters.assets.dataloader_pipes_asset import dataloader_retry_analysis
-from dagsters.resources.lakebase import LakebaseResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.sensors.dataloader_failed_monitor import build_failed_monitor
 from dagsters.utils.run_config import PARTITIONS_NAME
@@ -33,54 +28,9 @@ def _no_ai_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.fixture
-def db(control_db: str) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(control_db, autocommit=True, row_factory=dict_row) as conn:
-        yield conn
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
-def _lakebase(control_db: str) -> LakebaseResource:
-    parts = conninfo_to_dict(control_db)
-    return LakebaseResource(
-        host=parts["host"],
-        port=int(parts["port"]),
-        database=parts["dbname"],
-        user=parts["user"],
-        sslmode="disable",
-    )
-
-
-def _failed_row(db: psycopg.Connection, key: str, message: str, *, retry_count: int = 0) -> int:
-    """A control row whose latest attempt failed with ``message`` (as record_failure leaves it)."""
-    config_id = db.execute(
-        "INSERT INTO table_control (control_key, source_schema_name, source_table_name,"
-        " destination_catalog, destination_schema_name, destination_table_name, db_type,"
-        " db_config_value, retry_count, last_status, last_message)"
-        " VALUES (%s, 'public', %s, 'lake', 'raw', %s, 'postgresql', %s, %s, 'Failed', %s)"
-        " RETURNING config_id",
-        (key, key, key, Jsonb({"host": "db1.internal", "user": "loader"}), retry_count, message),
-    ).fetchone()["config_id"]
-    metadata_id = db.execute(
-        "INSERT INTO historical_metadata (config_id, control_key, status, message, ended_at)"
-        " VALUES (%s, %s, 'Failed', %s, now()) RETURNING metadata_id",
-        (config_id, key, message),
-    ).fetchone()["metadata_id"]
-    db.execute(
-        "UPDATE table_control SET last_metadata_id = %s WHERE config_id = %s",
-        (metadata_id, config_id),
-    )
-    return metadata_id
-
-
 def _tick(instance: dg.DagsterInstance, control_db: str):
     context = dg.build_sensor_context(
-        instance=instance, resources={"lakebase": _lakebase(control_db)}
+        instance=instance, resources={"lakebase": lakebase_for(control_db)}
     )
     return build_failed_monitor(Settings())(context)
 
@@ -94,7 +44,7 @@ def _analyse(instance: dg.DagsterInstance, control_db: str, key: str, run_config
         partition_key=key,
         run_config=run_config,
         resources={
-            "lakebase": _lakebase(control_db),
+            "lakebase": lakebase_for(control_db),
             "pipes_databricks": PipesDatabricksResource(execution="local"),
         },
     )
@@ -119,7 +69,7 @@ def _decision_on(db: psycopg.Connection, metadata_id: int) -> dict:
 
 
 def test_transient_failure_is_retried_by_rules_and_not_analysed_twice(control_db, db, instance):
-    metadata_id = _failed_row(db, "orders", "server closed the connection unexpectedly")
+    metadata_id = failed_row(db, "orders", "server closed the connection unexpectedly")
 
     [request] = _tick(instance, control_db).run_requests
     metadata = _analyse(instance, control_db, "orders", request.run_config)
@@ -143,7 +93,7 @@ def test_model_review_keeps_the_row_failed_and_out_of_the_loop(
     monkeypatch.setenv("DATALOADER_AI_MODEL", "gpt-standin")
     monkeypatch.setenv("DATALOADER_AI_BASE_URL", openai_standin.base_url)
     openai_standin.queue(good_answer("Requires Review", 0.9, "The table was dropped at source."))
-    metadata_id = _failed_row(db, "refunds", 'relation "public.refunds" does not exist')
+    metadata_id = failed_row(db, "refunds", 'relation "public.refunds" does not exist')
 
     [request] = _tick(instance, control_db).run_requests
     metadata = _analyse(instance, control_db, "refunds", request.run_config)
@@ -171,7 +121,7 @@ def test_low_confidence_retry_is_reviewed(
     monkeypatch.setenv("DATALOADER_AI_BASE_URL", openai_standin.base_url)
     monkeypatch.setenv("DATALOADER_AI_MIN_CONFIDENCE", "0.8")
     openai_standin.queue(good_answer("Retry Recommended", 0.6, "Could be a blip."))
-    _failed_row(db, "items", "Connection reset by peer")
+    failed_row(db, "items", "Connection reset by peer")
 
     [request] = _tick(instance, control_db).run_requests
     metadata = _analyse(instance, control_db, "items", request.run_config)
@@ -185,8 +135,8 @@ def test_exhausted_rows_go_to_review_by_rule_and_in_flight_rows_are_left_alone(
 ):
     monkeypatch.setenv("DATALOADER_AI_MODEL", "gpt-standin")
     monkeypatch.setenv("DATALOADER_AI_BASE_URL", openai_standin.base_url)
-    _failed_row(db, "flaky", "Connection refused", retry_count=3)
-    _failed_row(db, "busy", "Connection refused")
+    failed_row(db, "flaky", "Connection refused", retry_count=3)
+    failed_row(db, "busy", "Connection refused")
     db.execute(
         "UPDATE table_control SET retry_analysis_requested_at = now() WHERE control_key = 'busy'"
     )

@@ -23,14 +23,12 @@ import psycopg
 import pytest
 from dagster_shared.serdes import serialize_value
 from databricks_standin import DatabricksStandin, databricks_standin
+from helpers import lakebase_for
 from openai_standin import OpenAIStandIn, good_answer, openai_standin
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from dagsters.assets.dataloader_pipes_asset import dataloader_retry_analysis, dataloader_table_load
-from dagsters.resources.lakebase import LakebaseResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.sensors.dataloader_failed_monitor import build_failed_monitor
 from dagsters.utils.embedded_lakebase import (
@@ -203,23 +201,6 @@ def instance(instance_dir: Path) -> Iterator[dg.DagsterInstance]:
     instance_dir.mkdir()
     with dg.instance_for_test(temp_dir=str(instance_dir)) as instance:
         yield instance
-
-
-@pytest.fixture
-def db(control_db: str) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(control_db, autocommit=True, row_factory=dict_row) as conn:
-        yield conn
-
-
-def lakebase_for(conninfo: str) -> LakebaseResource:
-    parts = conninfo_to_dict(conninfo)
-    return LakebaseResource(
-        host=parts["host"],
-        port=int(parts["port"]),
-        database=parts["dbname"],
-        user=parts["user"],
-        sslmode="disable",
-    )
 
 
 def add_row(db: psycopg.Connection, key: str, table: str, db_type: str, config: dict) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import dagster as dg
 import psycopg
@@ -14,11 +13,9 @@ from dagster._core.remote_origin import (
     RemoteRepositoryOrigin,
 )
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
-from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import dict_row
+from helpers import SOME_SOURCE, add_history, control_row, insert_control_row, lakebase_for
 from psycopg.types.json import Jsonb
 
-from dagsters.resources.lakebase import LakebaseResource
 from dagsters.sensors.dataloader_failed_monitor import build_failed_monitor
 from dagsters.sensors.dataloader_landing_table_monitor import build_landing_table_monitor
 from dagsters.sensors.dataloader_longqueued_monitor import build_longqueued_monitor
@@ -26,17 +23,6 @@ from dagsters.sensors.dataloader_longrunning_monitor import build_longrunning_mo
 from dagsters.sensors.dataloader_master_sensor import build_master_sensor
 from dagsters.utils.run_config import LOAD_ASSET, PARTITIONS_NAME, RETRY_ASSET
 from dagsters.utils.settings import Settings, SettingsError, load_settings
-
-
-def lakebase_for(conninfo: str) -> LakebaseResource:
-    parts = conninfo_to_dict(conninfo)
-    return LakebaseResource(
-        host=parts["host"],
-        port=int(parts["port"]),
-        database=parts["dbname"],
-        user=parts["user"],
-        sslmode="disable",
-    )
 
 
 def add_row(conn: psycopg.Connection, key: str, **columns) -> int:
@@ -48,45 +34,11 @@ def add_row(conn: psycopg.Connection, key: str, **columns) -> int:
         "destination_schema_name": "raw",
         "destination_table_name": key,
         "db_type": "postgresql",
-        "db_config_value": Jsonb({"host": "db1.internal", "port": 5432, "database": "shop"}),
+        "db_config_value": Jsonb(SOME_SOURCE),
         "load_strategy": "full",
     }
     values.update(columns)
-    names = ", ".join(values)
-    marks = ", ".join(["%s"] * len(values))
-    return conn.execute(
-        f"INSERT INTO table_control ({names}) VALUES ({marks}) RETURNING config_id",
-        list(values.values()),
-    ).fetchone()["config_id"]
-
-
-def add_history(conn: psycopg.Connection, config_id: int, key: str, status: str) -> int:
-    metadata_id = conn.execute(
-        "INSERT INTO historical_metadata (config_id, control_key, status) VALUES (%s, %s, %s)"
-        " RETURNING metadata_id",
-        (config_id, key, status),
-    ).fetchone()["metadata_id"]
-    conn.execute(
-        "UPDATE table_control SET last_metadata_id = %s WHERE config_id = %s",
-        (metadata_id, config_id),
-    )
-    return metadata_id
-
-
-def row(conn: psycopg.Connection, key: str) -> dict:
-    return conn.execute("SELECT * FROM table_control WHERE control_key = %s", (key,)).fetchone()
-
-
-@pytest.fixture
-def db(control_db: str) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(control_db, autocommit=True, row_factory=dict_row) as conn:
-        yield conn
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
-        yield instance
+    return insert_control_row(conn, values)
 
 
 def tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, control_db: str, cursor=None):
@@ -158,7 +110,7 @@ def test_master_sensor_claims_due_rows_and_requests_one_partitioned_run_each(
     assert isinstance(result, dg.SensorResult)
     by_key = {r.partition_key: r for r in result.run_requests}
     assert set(by_key) == {"orders", "customers"}
-    orders = row(db, "orders")
+    orders = control_row(db, "orders")
     assert orders["last_status"] == "Queued"
     request = by_key["orders"]
     assert request.run_key == f"orders:{orders['last_metadata_id']}"
@@ -180,7 +132,7 @@ def test_master_sensor_claims_due_rows_and_requests_one_partitioned_run_each(
         (orders["last_metadata_id"],),
     ).fetchone()
     assert history == {"status": "Queued", "triggered_by": "sensor"}
-    assert row(db, "later")["last_status"] is None
+    assert control_row(db, "later")["last_status"] is None
 
     # The next tick finds them already queued.
     assert isinstance(loop.tick(), dg.SkipReason)
@@ -208,7 +160,7 @@ def test_master_sensor_skips_a_row_claimed_by_someone_else(control_db, db, insta
         result = tick(build_master_sensor(Settings()), instance, control_db)
         other.rollback()
     assert [r.partition_key for r in result.run_requests] == ["free"]
-    assert row(db, "locked")["last_status"] is None
+    assert control_row(db, "locked")["last_status"] is None
 
 
 def test_longqueued_monitor_fails_only_rows_queued_too_long(control_db, db, instance):
@@ -234,14 +186,14 @@ def test_longqueued_monitor_fails_only_rows_queued_too_long(control_db, db, inst
     result = tick(build_longqueued_monitor(Settings()), instance, control_db)
     assert isinstance(result, dg.SkipReason)
     assert "stuck" in result.skip_message
-    assert row(db, "stuck")["last_status"] == "Failed"
-    assert row(db, "stuck")["last_message"] == "Cancelled - stuck in queue for >60 minutes"
+    assert control_row(db, "stuck")["last_status"] == "Failed"
+    assert control_row(db, "stuck")["last_message"] == "Cancelled - stuck in queue for >60 minutes"
     history = db.execute(
         "SELECT status, message FROM historical_metadata WHERE config_id = %s", (stuck,)
     ).fetchone()
     assert history["status"] == "Failed"
-    assert row(db, "fresh")["last_status"] == "Queued"
-    assert row(db, "started")["last_status"] == "In Progress"
+    assert control_row(db, "fresh")["last_status"] == "Queued"
+    assert control_row(db, "started")["last_status"] == "In Progress"
     again = tick(build_longqueued_monitor(Settings()), instance, control_db)
     assert "No row has been Queued" in again.skip_message
 
@@ -289,7 +241,7 @@ def test_longrunning_monitor_cancels_the_dagster_run_then_fails_the_row(control_
 
     assert "slow" in result.skip_message
     assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED
-    slow_row = row(db, "slow")
+    slow_row = control_row(db, "slow")
     assert slow_row["last_status"] == "Failed"
     assert slow_row["last_message"] == "Cancelled - exceeded 180 minute timeout"
     assert (
@@ -298,8 +250,8 @@ def test_longrunning_monitor_cancels_the_dagster_run_then_fails_the_row(control_
         ).fetchone()["status"]
         == "Failed"
     )
-    assert row(db, "recent")["last_status"] == "In Progress"
-    assert row(db, "done")["last_status"] == "Succeeded"
+    assert control_row(db, "recent")["last_status"] == "In Progress"
+    assert control_row(db, "done")["last_status"] == "Succeeded"
 
 
 def test_longrunning_monitor_threshold_comes_from_settings(control_db, db, instance):
@@ -310,7 +262,7 @@ def test_longrunning_monitor_threshold_comes_from_settings(control_db, db, insta
         " last_load_date_time = now() - interval '10 minutes' WHERE control_key = 'slow'"
     )
     tick(build_longrunning_monitor(Settings(longrunning_threshold_minutes=5)), instance, control_db)
-    assert row(db, "slow")["last_message"] == "Cancelled - exceeded 5 minute timeout"
+    assert control_row(db, "slow")["last_message"] == "Cancelled - exceeded 5 minute timeout"
 
 
 def test_failed_monitor_requests_one_analysis_per_failure(control_db, db, instance):
@@ -332,10 +284,10 @@ def test_failed_monitor_requests_one_analysis_per_failure(control_db, db, instan
     assert request.run_key == f"retry-analysis:failed:{metadata_id}"
     config = request.run_config["ops"][RETRY_ASSET]["config"]
     assert config == {"config_id": failed, "control_key": "failed", "metadata_id": metadata_id}
-    assert row(db, "failed")["retry_analysis_requested_at"] is not None
-    assert row(db, "reviewed")["retry_analysis_requested_at"] is None
+    assert control_row(db, "failed")["retry_analysis_requested_at"] is not None
+    assert control_row(db, "reviewed")["retry_analysis_requested_at"] is None
     # Retries used up: marked for review by rule, no analysis run.
-    exhausted_row = row(db, "exhausted")
+    exhausted_row = control_row(db, "exhausted")
     assert exhausted_row["needs_review"] is True
     assert exhausted_row["last_status"] == "Failed"
     assert exhausted_row["last_message"].startswith("[AI Analysis - Requires Review]")

@@ -1,0 +1,115 @@
+"""Helpers shared by the test modules: control rows, history rows and a Lakebase resource."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.json import Jsonb
+
+from dagsters.resources.lakebase import LakebaseResource
+
+# db_config_value of rows no test loads from: well-formed, never connected to.
+SOME_SOURCE = {"host": "db1.internal", "port": 5432, "database": "shop"}
+
+
+def lakebase_for(conninfo: str) -> LakebaseResource:
+    """A LakebaseResource pointing at the embedded server database ``conninfo`` names."""
+    parts = conninfo_to_dict(conninfo)
+    return LakebaseResource(
+        host=parts["host"],
+        port=int(parts["port"]),
+        database=parts["dbname"],
+        user=parts["user"],
+        sslmode="disable",
+    )
+
+
+def pg_config(conninfo: str) -> dict[str, Any]:
+    """db_config_value for a postgres source on the embedded server (trust auth: no password)."""
+    parts = conninfo_to_dict(conninfo)
+    return {
+        "host": parts["host"],
+        "port": int(parts["port"]),
+        "database": parts["dbname"],
+        "user": parts["user"],
+    }
+
+
+def insert_control_row(db: psycopg.Connection, values: dict[str, Any]) -> int:
+    """INSERT one table_control row from column -> value; its config_id (db yields dict rows)."""
+    names = ", ".join(values)
+    marks = ", ".join(["%s"] * len(values))
+    return db.execute(
+        f"INSERT INTO table_control ({names}) VALUES ({marks}) RETURNING config_id",
+        list(values.values()),
+    ).fetchone()["config_id"]
+
+
+def add_control_row(db: psycopg.Connection, source_db: str, key: str, table: str, **columns) -> int:
+    """An hourly incremental postgres row loading public.<table> of ``source_db`` into lake.raw."""
+    values = {
+        "control_key": key,
+        "source_schema_name": "public",
+        "source_table_name": table,
+        "destination_catalog": "lake",
+        "destination_schema_name": "raw",
+        "destination_table_name": table,
+        "db_type": "postgresql",
+        "db_config_value": Jsonb(pg_config(source_db)),
+        "load_strategy": "incremental",
+        "incremental_column": "updated_at",
+        "schedule_interval": "1 hour",
+    }
+    values.update(columns)
+    return insert_control_row(db, values)
+
+
+def add_history(db: psycopg.Connection, config_id: int, key: str, status: str) -> int:
+    """A history row made the row's latest attempt (last_metadata_id); its metadata_id."""
+    metadata_id = db.execute(
+        "INSERT INTO historical_metadata (config_id, control_key, status) VALUES (%s, %s, %s)"
+        " RETURNING metadata_id",
+        (config_id, key, status),
+    ).fetchone()["metadata_id"]
+    db.execute(
+        "UPDATE table_control SET last_metadata_id = %s WHERE config_id = %s",
+        (metadata_id, config_id),
+    )
+    return metadata_id
+
+
+def control_row(db: psycopg.Connection, key: str) -> dict:
+    return db.execute("SELECT * FROM table_control WHERE control_key = %s", (key,)).fetchone()
+
+
+def history(db: psycopg.Connection, key: str) -> list[dict]:
+    return db.execute(
+        "SELECT * FROM historical_metadata WHERE control_key = %s ORDER BY metadata_id", (key,)
+    ).fetchall()
+
+
+def failed_row(db: psycopg.Connection, key: str, message: str, *, retry_count: int = 0) -> int:
+    """A control row whose latest attempt failed with ``message`` (as record_failure leaves it).
+
+    Returns the failed history row's metadata_id.
+    """
+    config_id = db.execute(
+        "INSERT INTO table_control (control_key, source_schema_name, source_table_name,"
+        " destination_catalog, destination_schema_name, destination_table_name, db_type,"
+        " db_config_value, last_status, last_status_date_time, last_message, retry_count)"
+        " VALUES (%s, 'public', %s, 'lake', 'raw', %s, 'postgresql', %s, 'Failed', now(), %s, %s)"
+        " RETURNING config_id",
+        (key, key, key, Jsonb(SOME_SOURCE), message, retry_count),
+    ).fetchone()["config_id"]
+    metadata_id = db.execute(
+        "INSERT INTO historical_metadata (config_id, control_key, status, message, ended_at)"
+        " VALUES (%s, %s, 'Failed', %s, now()) RETURNING metadata_id",
+        (config_id, key, message),
+    ).fetchone()["metadata_id"]
+    db.execute(
+        "UPDATE table_control SET last_metadata_id = %s WHERE config_id = %s",
+        (metadata_id, config_id),
+    )
+    return metadata_id
