@@ -13,12 +13,11 @@ import pyarrow as pa
 import pytest
 import yaml
 from deltalake import write_deltalake
-from psycopg.conninfo import conninfo_to_dict
+from helpers import lakebase_for
 from psycopg.rows import dict_row
 
 from dagsters.jobs.landing_table_git_job import landing_table_git_job
 from dagsters.resources.databricks_rest import DatabricksRestResource, DatabricksSqlError
-from dagsters.resources.lakebase import LakebaseResource
 
 if TYPE_CHECKING:
     from databricks_sql_standin import SqlWarehouseStandin
@@ -59,16 +58,8 @@ def control_rows(conninfo: str) -> dict[str, dict]:
 
 
 def resources(conninfo: str) -> dict:
-    params = conninfo_to_dict(conninfo)
-    lakebase = LakebaseResource(
-        host=params["host"],
-        port=int(params["port"]),
-        database=params["dbname"],
-        user=params["user"],
-        sslmode="disable",
-    )
     return {
-        "lakebase": lakebase,
+        "lakebase": lakebase_for(conninfo),
         "databricks_rest": DatabricksRestResource(poll_interval_seconds=0.05),
     }
 

@@ -40,6 +40,19 @@ def resources(control_db: str, lake_root: Path) -> dict:
     }
 
 
+def lakebase_env(monkeypatch: pytest.MonkeyPatch, conninfo: str) -> None:
+    """Point the LAKEBASE_* variables at ``conninfo``, as a deployment's code location sees them."""
+    parts = conninfo_to_dict(conninfo)
+    for name, value in {
+        "LAKEBASE_HOST": parts["host"],
+        "LAKEBASE_PORT": parts["port"],
+        "LAKEBASE_DATABASE": parts["dbname"],
+        "LAKEBASE_USER": parts["user"],
+        "LAKEBASE_SSLMODE": "disable",
+    }.items():
+        monkeypatch.setenv(name, str(value))
+
+
 def claim_and_materialize(control_db, lake_root, instance, key):
     """What master_sensor + a run worker do: claim the due row, run its partition."""
     with LakebaseClient(control_db) as client:
@@ -267,15 +280,7 @@ def test_terminating_a_running_load_kills_it_and_records_the_cancellation(
 def test_reexecuting_a_failed_run_makes_a_new_history_row(
     control_db, source_db, source, lake_root, db, instance, monkeypatch
 ):
-    parts = conninfo_to_dict(control_db)
-    for name, value in {
-        "LAKEBASE_HOST": parts["host"],
-        "LAKEBASE_PORT": parts["port"],
-        "LAKEBASE_DATABASE": parts["dbname"],
-        "LAKEBASE_USER": parts["user"],
-        "LAKEBASE_SSLMODE": "disable",
-    }.items():
-        monkeypatch.setenv(name, str(value))
+    lakebase_env(monkeypatch, control_db)
     add_control_row(
         db, source_db, "pg.late", "late_orders", load_strategy="full", incremental_column=None
     )
@@ -326,15 +331,7 @@ def _launchpad_yaml() -> dict:
 def test_the_documented_launchpad_yaml_loads_the_table(
     with_partition, control_db, source_db, source, lake_root, db, instance, monkeypatch
 ):
-    parts = conninfo_to_dict(control_db)
-    for name, value in {
-        "LAKEBASE_HOST": parts["host"],
-        "LAKEBASE_PORT": parts["port"],
-        "LAKEBASE_DATABASE": parts["dbname"],
-        "LAKEBASE_USER": parts["user"],
-        "LAKEBASE_SSLMODE": "disable",
-    }.items():
-        monkeypatch.setenv(name, str(value))
+    lakebase_env(monkeypatch, control_db)
     run_config = _launchpad_yaml()
     key = run_config["ops"][LOAD_ASSET]["config"]["control_key"]
     add_control_row(db, source_db, key, "orders", load_strategy="full", incremental_column=None)

@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 import pyarrow as pa
 import pytest
-from psycopg.conninfo import conninfo_to_dict
+from helpers import pg_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "databricks_scripts"))
 
@@ -68,7 +68,6 @@ NUMERIC_ROWS = (
 
 
 def _spec(source_db: str, table: str, **overrides) -> lp.LoadSpec:
-    info = conninfo_to_dict(source_db)
     params = {
         "control_key": f"test.{table}",
         "source_schema_name": "public",
@@ -77,12 +76,7 @@ def _spec(source_db: str, table: str, **overrides) -> lp.LoadSpec:
         "destination_schema_name": "landing",
         "destination_table_name": table,
         "db_type": "postgresql",
-        "db_config_value": {
-            "host": info["host"],
-            "port": int(info["port"]),
-            "database": info["dbname"],
-            "user": info["user"],
-        },
+        "db_config_value": pg_config(source_db),
         "load_strategy": "full",
         **overrides,
     }

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 from dagster_pipes import encode_param
 from deltalake import DeltaTable
-from psycopg.conninfo import conninfo_to_dict
+from helpers import pg_config
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "databricks_scripts" / "dataloader_pipe.py"
@@ -24,7 +24,6 @@ UTC = dt.UTC
 
 
 def make_params(source_db: str, table: str, **overrides) -> dict:
-    info = conninfo_to_dict(source_db)
     params = {
         "config_id": 1,
         "control_key": f"test.{table}",
@@ -37,12 +36,7 @@ def make_params(source_db: str, table: str, **overrides) -> dict:
         "destination_table_name": table.replace('"', "").replace(" ", "_").replace(";", "")[:40]
         or "t",
         "db_type": "postgresql",
-        "db_config_value": {
-            "host": info["host"],
-            "port": int(info["port"]),
-            "database": info["dbname"],
-            "user": info["user"],
-        },
+        "db_config_value": pg_config(source_db),
         "db_kv_scope": None,
         "load_strategy": "full",
         "incremental_column": None,
@@ -73,20 +67,25 @@ def materialize_load(params: dict, env: dict | None = None) -> dict:
     return {k: v.value for k, v in mat.metadata.items()}
 
 
-def run_raw(params: dict, tmp_path: Path, env: dict | None = None, *, popen: bool = False):
-    """Run the script as Pipes would, with the real local context file and message file."""
-    context = {
+def pipes_context(params: dict, *, run_id: str, job_name: str | None) -> dict:
+    """The Pipes context data Dagster would hand the script for one unpartitioned asset."""
+    return {
         "asset_keys": ["dl_test_table"],
         "code_version_by_asset_key": {"dl_test_table": None},
         "provenance_by_asset_key": {"dl_test_table": None},
         "partition_key": None,
         "partition_key_range": None,
         "partition_time_window": None,
-        "run_id": "test-run",
-        "job_name": "test_job",
+        "run_id": run_id,
+        "job_name": job_name,
         "retry_number": 0,
         "extras": {"params": params},
     }
+
+
+def run_raw(params: dict, tmp_path: Path, env: dict | None = None, *, popen: bool = False):
+    """Run the script as Pipes would, with the real local context file and message file."""
+    context = pipes_context(params, run_id="test-run", job_name="test_job")
     ctx_file = tmp_path / "context.json"
     ctx_file.write_text(json.dumps(context))
     msg_file = tmp_path / "messages.jsonl"
@@ -436,18 +435,7 @@ def test_existing_cluster_bootstrap_with_dbfs_stand_in_root(source_db, lake_root
     root = tmp_path / "dbfs"
     (root / "tmp/ctx").mkdir(parents=True)
     (root / "tmp/msgs").mkdir(parents=True)
-    context = {
-        "asset_keys": ["dl_test_table"],
-        "code_version_by_asset_key": {"dl_test_table": None},
-        "provenance_by_asset_key": {"dl_test_table": None},
-        "partition_key": None,
-        "partition_key_range": None,
-        "partition_time_window": None,
-        "run_id": "r",
-        "job_name": None,
-        "retry_number": 0,
-        "extras": {"params": params},
-    }
+    context = pipes_context(params, run_id="r", job_name=None)
     (root / "tmp/ctx/context.json").write_text(json.dumps(context))
     cmd = [
         sys.executable,
