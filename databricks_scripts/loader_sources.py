@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -144,8 +144,31 @@ class SourceReader:
     def batches(self, lower_bound: object | None) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         raise NotImplementedError
 
+    def _stream_rows(
+        self,
+        cur: Any,
+        schema: pa.Schema,
+        to_batch: Callable[[list[tuple], pa.Schema], pa.RecordBatch],
+    ) -> Iterator[pa.RecordBatch]:
+        """Batches of ``batch_rows`` from an executed DB-API cursor, closed when the stream ends."""
+
+        def gen() -> Iterator[pa.RecordBatch]:
+            try:
+                while rows := cur.fetchmany(self.batch_rows):
+                    yield to_batch(rows, schema)
+            finally:
+                cur.close()
+
+        return self._track(gen())
+
     def close(self) -> None:
-        self.close_streams()
+        try:
+            self.close_streams()
+        finally:
+            self._close_connection()
+
+    def _close_connection(self) -> None:
+        """Subclasses close what they opened; runs after the streams, even if closing one failed."""
 
 
 class PostgresReader(SourceReader):
@@ -262,14 +285,11 @@ class PostgresReader(SourceReader):
 
         return schema, self._track(gen())
 
-    def close(self) -> None:
+    def _close_connection(self) -> None:
         try:
-            self.close_streams()
+            self._conn.close()
         finally:
-            try:
-                self._conn.close()
-            finally:
-                self._db.close()
+            self._db.close()
 
 
 # ---- DB-API sources: types from the driver's description, batches from fetchmany -------------
@@ -356,21 +376,10 @@ class MySQLReader(SourceReader):
         else:
             cur.execute(self.query(incremental=True), (lower_bound,))
         schema = self._schema_of(cur)
+        return schema, self._stream_rows(cur, schema, rows_to_batch)
 
-        def gen() -> Iterator[pa.RecordBatch]:
-            try:
-                while rows := cur.fetchmany(self.batch_rows):
-                    yield rows_to_batch(rows, schema)
-            finally:
-                cur.close()
-
-        return schema, self._track(gen())
-
-    def close(self) -> None:
-        try:
-            self.close_streams()
-        finally:
-            self._conn.close()
+    def _close_connection(self) -> None:
+        self._conn.close()
 
 
 # ---- SQL Server and Oracle: types from the server's metadata, exact conversion per batch -------
@@ -534,21 +543,10 @@ class DbApiReader(SourceReader):
         if names != schema.names:
             cur.close()
             raise ValueError(f"source columns changed while reading: {names} != {schema.names}")
+        return schema, self._stream_rows(cur, schema, rows_to_exact_batch)
 
-        def gen() -> Iterator[pa.RecordBatch]:
-            try:
-                while rows := cur.fetchmany(self.batch_rows):
-                    yield rows_to_exact_batch(rows, schema)
-            finally:
-                cur.close()
-
-        return schema, self._track(gen())
-
-    def close(self) -> None:
-        try:
-            self.close_streams()
-        finally:
-            self._conn.close()
+    def _close_connection(self) -> None:
+        self._conn.close()
 
 
 def open_source(
