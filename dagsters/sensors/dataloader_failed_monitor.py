@@ -15,6 +15,7 @@ import dagster as dg
 
 from dagsters.assets.dataloader_pipes_asset import control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
+from dagsters.sensors import default_status
 from dagsters.utils.retry_analysis import apply_decision, decide_without_asking
 from dagsters.utils.run_config import (
     TAG_METADATA_ID,
@@ -73,9 +74,7 @@ def build_failed_monitor(settings: Settings) -> dg.SensorDefinition:
         name="failed_monitor",
         job_name=RETRY_JOB,
         minimum_interval_seconds=settings.failed_interval_seconds,
-        default_status=dg.DefaultSensorStatus.RUNNING
-        if settings.sensors_running
-        else dg.DefaultSensorStatus.STOPPED,
+        default_status=default_status(settings),
         description=f"Requests a retry decision for each failure (at most {settings.max_retries} "
         "retries per table).",
     )

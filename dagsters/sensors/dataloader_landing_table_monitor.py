@@ -8,6 +8,7 @@ still queued or running the monitor waits, so two runs never write the same file
 import dagster as dg
 
 from dagsters.resources.lakebase import LakebaseResource
+from dagsters.sensors import default_status
 from dagsters.utils.run_config import (
     LANDING_JOB,
     environment_tags,
@@ -29,9 +30,7 @@ def build_landing_table_monitor(settings: Settings) -> dg.SensorDefinition:
         name="landing_table_monitor",
         job_name=LANDING_JOB,
         minimum_interval_seconds=settings.landing_interval_seconds,
-        default_status=dg.DefaultSensorStatus.RUNNING
-        if settings.sensors_running
-        else dg.DefaultSensorStatus.STOPPED,
+        default_status=default_status(settings),
         description="Batches newly loaded tables into one landing_table_git_job run.",
     )
     def landing_table_monitor(

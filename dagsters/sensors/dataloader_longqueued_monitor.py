@@ -8,6 +8,7 @@ its attempt no longer queued and stops without loading.
 import dagster as dg
 
 from dagsters.resources.lakebase import LakebaseResource
+from dagsters.sensors import default_status
 from dagsters.utils.settings import Settings, load_settings
 
 
@@ -17,9 +18,7 @@ def build_longqueued_monitor(settings: Settings) -> dg.SensorDefinition:
     @dg.sensor(
         name="longqueued_monitor",
         minimum_interval_seconds=settings.longqueued_interval_seconds,
-        default_status=dg.DefaultSensorStatus.RUNNING
-        if settings.sensors_running
-        else dg.DefaultSensorStatus.STOPPED,
+        default_status=default_status(settings),
         description=f"Marks rows Queued for more than {threshold} minutes as Failed.",
     )
     def longqueued_monitor(

@@ -9,6 +9,7 @@ in the meantime keeps its result.
 import dagster as dg
 
 from dagsters.resources.lakebase import LakebaseResource
+from dagsters.sensors import default_status
 from dagsters.utils.run_config import run_id_from_url
 from dagsters.utils.settings import Settings, load_settings
 
@@ -35,9 +36,7 @@ def build_longrunning_monitor(settings: Settings) -> dg.SensorDefinition:
     @dg.sensor(
         name="longrunning_monitor",
         minimum_interval_seconds=settings.longrunning_interval_seconds,
-        default_status=dg.DefaultSensorStatus.RUNNING
-        if settings.sensors_running
-        else dg.DefaultSensorStatus.STOPPED,
+        default_status=default_status(settings),
         description=f"Cancels loads In Progress for more than {threshold} minutes.",
     )
     def longrunning_monitor(

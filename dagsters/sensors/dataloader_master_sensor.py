@@ -24,6 +24,7 @@ import dagster as dg
 
 from dagsters.assets.dataloader_pipes_asset import control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
+from dagsters.sensors import default_status
 from dagsters.utils.run_config import (
     PARTITIONS_NAME,
     environment_tags,
@@ -93,9 +94,7 @@ def build_master_sensor(settings: Settings) -> dg.SensorDefinition:
         name="master_sensor",
         job_name=LOAD_JOB,
         minimum_interval_seconds=settings.master_interval_seconds,
-        default_status=dg.DefaultSensorStatus.RUNNING
-        if settings.sensors_running
-        else dg.DefaultSensorStatus.STOPPED,
+        default_status=default_status(settings),
         description=f"Claims up to {settings.master_batch_size} due tables per tick and launches "
         "a load for each; keeps the control_key partitions in step with table_control.",
     )
