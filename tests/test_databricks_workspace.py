@@ -8,18 +8,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from databricks_standin import DatabricksStandin, databricks_standin  # noqa: F401
-from test_databricks_e2e import (  # noqa: F401 - db, source, instance are fixtures
-    CLUSTER,
-    REPO_SCRIPTS,
-    WORKSPACE_SCRIPTS,
-    add_control_row,
-    control_row,
-    db,
-    event_text,
-    instance,
-    lakebase_for,
-    source,
-)
+from helpers import add_control_row, control_row, lakebase_for
+from test_databricks_e2e import CLUSTER, REPO_SCRIPTS, WORKSPACE_SCRIPTS, event_text
 
 from dagsters.assets.dataloader_pipes_asset import dataloader_table_load
 from dagsters.resources.databricks_rest import DatabricksRestResource
@@ -80,10 +70,10 @@ def test_load_on_databricks_with_only_the_workspace_url_tagged_with_the_environm
     url_only,
     control_db,
     source_db,
-    source,  # noqa: F811
+    source,
     lake_root,
-    db,  # noqa: F811
-    instance,  # noqa: F811
+    db,
+    instance,
     monkeypatch,
 ):
     # Configured the way a deployment is: the resource from the environment.
