@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
 from dagsters.resources.lakebase import LakebaseResource
+from dagsters.utils.embedded_lakebase import (
+    EmbeddedServer,
+    ensure_database,
+    start_embedded_server,
+)
 
 # db_config_value of rows no test loads from: well-formed, never connected to.
 SOME_SOURCE = {"host": "db1.internal", "port": 5432, "database": "shop"}
@@ -113,3 +120,24 @@ def failed_row(db: psycopg.Connection, key: str, message: str, *, retry_count: i
         (metadata_id, config_id),
     )
     return metadata_id
+
+
+def start_password_enforcing_server(
+    pgdata: Path, role: str, database: str, *, superuser: bool = False
+) -> EmbeddedServer:
+    """A separate embedded server where ``role`` must log in with its scram password.
+
+    pgserver initialises with trust auth; an hba line for ``role`` placed first makes PostgreSQL
+    check that role's password only, so a wrong or stale password really is refused.
+    """
+    server = start_embedded_server(pgdata, cleanup_mode="stop")
+    hba = Path(server.socket_dir) / "pg_hba.conf"
+    if not hba.exists():
+        hba = pgdata / "pg_hba.conf"
+    hba.write_text(f"local all {role} scram-sha-256\n" + hba.read_text())
+    ensure_database(server, database)
+    create = "CREATE ROLE {} LOGIN SUPERUSER" if superuser else "CREATE ROLE {} LOGIN"
+    with psycopg.connect(server.conninfo("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL(create).format(sql.Identifier(role)))
+        conn.execute("SELECT pg_reload_conf()")
+    return server

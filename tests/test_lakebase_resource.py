@@ -8,10 +8,10 @@ import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import psycopg
 import pytest
+from helpers import start_password_enforcing_server
 from psycopg import sql
 
 from dagsters.resources.lakebase import (
@@ -23,7 +23,6 @@ from dagsters.resources.lakebase import (
 from dagsters.utils.demo import DEMO_DATABASE, seed_demo
 from dagsters.utils.embedded_lakebase import (
     EmbeddedServer,
-    ensure_database,
     start_embedded_server,
     stop_embedded_server,
 )
@@ -128,15 +127,7 @@ def password_pg(tmp_path_factory) -> Iterator[EmbeddedServer]:
     enforce the password for that role only, so a stale token really is refused.
     """
     pgdata = tmp_path_factory.mktemp("oauth_pg") / "pgdata"
-    server = start_embedded_server(pgdata, cleanup_mode="stop")
-    hba = Path(server.socket_dir) / "pg_hba.conf"
-    if not hba.exists():
-        hba = pgdata / "pg_hba.conf"
-    hba.write_text(f"local all {ROLE} scram-sha-256\n" + hba.read_text())
-    ensure_database(server, "control")
-    with psycopg.connect(server.conninfo("postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN SUPERUSER").format(sql.Identifier(ROLE)))
-        conn.execute("SELECT pg_reload_conf()")
+    server = start_password_enforcing_server(pgdata, ROLE, "control", superuser=True)
     apply_migrations(server.conninfo("control"))
     yield server
     stop_embedded_server(pgdata)

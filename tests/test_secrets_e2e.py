@@ -23,7 +23,7 @@ import psycopg
 import pytest
 from dagster_shared.serdes import serialize_value
 from databricks_standin import DatabricksStandin, databricks_standin
-from helpers import lakebase_for
+from helpers import lakebase_for, start_password_enforcing_server
 from openai_standin import OpenAIStandIn, good_answer, openai_standin
 from psycopg import sql
 from psycopg.types.json import Jsonb
@@ -33,8 +33,6 @@ from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.sensors.dataloader_failed_monitor import build_failed_monitor
 from dagsters.utils.embedded_lakebase import (
     EmbeddedServer,
-    ensure_database,
-    start_embedded_server,
     stop_embedded_server,
 )
 from dagsters.utils.lakebase_client import LakebaseClient
@@ -131,15 +129,7 @@ def password_pg(tmp_path_factory) -> Iterator[EmbeddedServer]:
     check that role's password, so a wrong password really fails.
     """
     pgdata = tmp_path_factory.mktemp("secrets_pg") / "pgdata"
-    server = start_embedded_server(pgdata, cleanup_mode="stop")
-    hba = Path(server.socket_dir) / "pg_hba.conf"
-    if not hba.exists():
-        hba = pgdata / "pg_hba.conf"
-    hba.write_text(f"local all {ROLE} scram-sha-256\n" + hba.read_text())
-    ensure_database(server, "src")
-    with psycopg.connect(server.conninfo("postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(ROLE)))
-        conn.execute("SELECT pg_reload_conf()")
+    server = start_password_enforcing_server(pgdata, ROLE, "src")
     with psycopg.connect(server.conninfo("src"), autocommit=True) as conn:
         conn.execute(
             "CREATE TABLE public.orders (order_id int PRIMARY KEY, updated_at timestamptz NOT NULL)"

@@ -15,11 +15,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from databricks_scripts.redaction import redact
 from databricks_scripts.retry_advisor import advisor_settings_from_env, secrets_from_env
 from databricks_scripts.retry_classifier import DECISIONS, REQUIRES_REVIEW, RETRY_RECOMMENDED
+
+if TYPE_CHECKING:
+    from dagsters.utils.lakebase_client import LakebaseClient
 
 MAX_RETRIES = 3  # the spec's failed_monitor limit
 HISTORY_ATTEMPTS = 5
@@ -32,28 +35,6 @@ _HISTORY_MESSAGE_CHARS = 600
 RETRIED = "retried"
 REVIEW = "review"
 LOST = "lost"
-
-
-class RetryTransitions(Protocol):
-    """The two LakebaseClient methods apply_decision needs."""
-
-    def reset_for_retry(
-        self,
-        config_id: int,
-        reason: str,
-        *,
-        metadata_id: int | None = None,
-        decision: Mapping[str, Any] | None = None,
-    ) -> bool: ...
-
-    def mark_for_review(
-        self,
-        config_id: int,
-        reason: str,
-        *,
-        metadata_id: int | None = None,
-        decision: Mapping[str, Any] | None = None,
-    ) -> bool: ...
 
 
 def decide_without_asking(row: Mapping[str, Any]) -> dict | None:
@@ -116,7 +97,7 @@ def build_analysis_request(row: Mapping[str, Any], history: Sequence[Mapping[str
     return request
 
 
-def apply_decision(client: RetryTransitions, row: Mapping[str, Any], decision: Mapping) -> str:
+def apply_decision(client: LakebaseClient, row: Mapping[str, Any], decision: Mapping) -> str:
     """Apply a decision to the failed attempt; 'retried', 'review', or 'lost' if another actor won.
 
     Anything that is not a clear ``Retry Recommended`` is treated as review: a wrong review costs a
