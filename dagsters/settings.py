@@ -1,0 +1,324 @@
+"""Every setting of the code location, read from the environment once, at the edge.
+
+``load_settings(env)`` is called by ``build_definitions`` (the code location) and by the CLI; the
+result is passed down to sensors, resources and jobs. No module below the edge reads
+``os.environ``: what it needs is a field here. Defaults are the spec's (master_sensor every 60 s
+with 10 tables per tick, queue timeout 60 min checked every 10 min, run timeout 180 min checked
+every 10 min, failure analysis every 15 min with at most 3 retries, landing tables every 30 min);
+every value can be overridden with a ``DATALOADER_`` variable so local work does not wait ten
+minutes for a monitor.
+
+Plain module: imports nothing from Dagster, so the CLI and tests use it without a code location.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+LOCAL_SCRIPTS_DIR = PROJECT_ROOT / "databricks_scripts"
+LOCAL_DAGSTER_BASE_URL = "http://127.0.0.1:3000"
+EXECUTION_MODES = ("local", "databricks")
+ENVIRONMENTS = ("npd", "prod")
+LAKEBASE_AUTH_MODES = ("password", "oauth")
+DEFAULT_LOAD_TIMEOUT_SECONDS = 10_800  # spec: 3 hours per load
+DEFAULT_MODELS_BRANCH = "main"
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often failed_monitor retries a table before a person must look (spec: 3)."""
+
+    max_retries: int = 3
+    # failed_monitor takes back an analysis requested this long ago that never decided.
+    analysis_timeout_minutes: int = 60
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where local state lives: the project's data directory, the local lake, the dbt repo."""
+
+    home: Path = PROJECT_ROOT / ".dataloader"
+    lake_root: Path = PROJECT_ROOT / ".dataloader" / "lake"
+    models_repo: Path = PROJECT_ROOT / ".dataloader" / "models_repo"
+    models_branch: str = DEFAULT_MODELS_BRANCH
+    models_remote: str | None = None  # None: origin if present, else the only remote, else none
+
+
+@dataclass(frozen=True)
+class LakebaseSettings:
+    """The control database (spec: ``LAKEBASE_*``). No host: the embedded local server.
+
+    The password is kept out of ``repr``; resources take it as ``dg.EnvVar("LAKEBASE_PASSWORD")``
+    so it never shows in the UI's resource configuration.
+    """
+
+    host: str | None = None
+    port: int = 5432
+    database: str = "dataloader"
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    sslmode: str = "require"
+    auth_mode: str = "password"
+    instance_name: str | None = None  # OAuth: provisioned database instance
+    endpoint: str | None = None  # OAuth: projects/<p>/branches/<b>/endpoints/<e>
+
+    @property
+    def embedded(self) -> bool:
+        return not self.host
+
+
+@dataclass(frozen=True)
+class DatabricksSettings:
+    """The workspace and how scripts run there (``DATALOADER_EXECUTION=databricks``).
+
+    Credentials are never here: databricks-sdk reads them from its own chain.
+    """
+
+    # The host to hand the SDK explicitly (``DATABRICKS_WORKSPACE_URL`` when ``DATABRICKS_HOST`` is
+    # unset); None lets the SDK resolve it itself.
+    workspace_host: str | None = None
+    warehouse_id: str | None = None
+    cluster_id: str | None = None
+    new_cluster_json: str | None = None
+    serverless: bool = False
+    volume_path: str | None = None
+    libraries: tuple[str, ...] | None = None  # None: per script
+    poll_interval_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    execution: str = "local"
+    # The spec's DAGSTER_ENVIRONMENT (npd | prod); None when unset (local work).
+    environment: str | None = None
+    sensors_running: bool = True
+
+    master_interval_seconds: int = 60
+    master_batch_size: int = 10
+    longqueued_interval_seconds: int = 600
+    longqueued_threshold_minutes: int = 60
+    longrunning_interval_seconds: int = 600
+    longrunning_threshold_minutes: int = 180
+    failed_interval_seconds: int = 900
+    failed_batch_size: int = 10
+    landing_interval_seconds: int = 1800
+
+    retry: RetryPolicy = RetryPolicy()
+    paths: Paths = Paths()
+    lakebase: LakebaseSettings = LakebaseSettings()
+    databricks: DatabricksSettings = DatabricksSettings()
+
+    # Where people open the Dagster UI, for run links written into table_control.
+    dagster_base_url: str = LOCAL_DAGSTER_BASE_URL
+    scripts_path: str | None = None  # local directory or workspace path of databricks_scripts/
+    load_timeout_seconds: int = DEFAULT_LOAD_TIMEOUT_SECONDS
+    # Local embedded Dagster instance (CLI only): per-source and overall run limits.
+    source_concurrency: int = 2
+    max_concurrent_runs: int = 10
+    # Secret values this process holds (Lakebase password, AI key, DATALOADER_SECRET__*), masked
+    # wherever text leaves: logs, history rows, exceptions. Kept out of repr.
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+    # The non-secret DATALOADER_AI_* settings, handed to the retry script in its request.
+    advisor: Mapping[str, str] = field(default_factory=dict)
+
+    def dagster_run_url(self, run_id: str) -> str:
+        return f"{self.dagster_base_url}/runs/{run_id}"
+
+
+# Environment variable -> Settings field, for every top-level integer setting.
+_INT_VARS = {
+    "DATALOADER_MASTER_SENSOR_INTERVAL_SECONDS": "master_interval_seconds",
+    "DATALOADER_MASTER_SENSOR_BATCH_SIZE": "master_batch_size",
+    "DATALOADER_LONGQUEUED_INTERVAL_SECONDS": "longqueued_interval_seconds",
+    "DATALOADER_LONGQUEUED_THRESHOLD_MINUTES": "longqueued_threshold_minutes",
+    "DATALOADER_LONGRUNNING_INTERVAL_SECONDS": "longrunning_interval_seconds",
+    "DATALOADER_LONGRUNNING_THRESHOLD_MINUTES": "longrunning_threshold_minutes",
+    "DATALOADER_FAILED_INTERVAL_SECONDS": "failed_interval_seconds",
+    "DATALOADER_FAILED_BATCH_SIZE": "failed_batch_size",
+    "DATALOADER_LANDING_INTERVAL_SECONDS": "landing_interval_seconds",
+    "DATALOADER_LOAD_TIMEOUT_SECONDS": "load_timeout_seconds",
+    "DATALOADER_SOURCE_CONCURRENCY": "source_concurrency",
+    "DATALOADER_MAX_CONCURRENT_RUNS": "max_concurrent_runs",
+}
+
+
+def _text(env: Mapping[str, str], name: str) -> str | None:
+    value = (env.get(name) or "").strip()
+    return value or None
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = _text(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    if value <= 0:
+        raise SettingsError(f"{name} must be greater than 0, got {value}")
+    return value
+
+
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = _text(env, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not value > 0:
+        raise SettingsError(f"{name} must be greater than 0, got {raw!r}")
+    return value
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _text(env, name)
+    if raw is None:
+        return default
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on", "running"):
+        return True
+    if lowered in ("0", "false", "no", "off", "stopped"):
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str | None):
+    raw = _text(env, name)
+    if raw is None:
+        return default
+    if raw.lower() not in choices:
+        raise SettingsError(f"{name} must be one of {choices}, got {raw!r}")
+    return raw.lower()
+
+
+def _paths(env: Mapping[str, str]) -> Paths:
+    home = Path(_text(env, "DATALOADER_HOME") or PROJECT_ROOT / ".dataloader").expanduser()
+    home = home.resolve()
+    lake = Path(_text(env, "DATALOADER_LAKE_ROOT") or home / "lake").expanduser()
+    repo = Path(_text(env, "DATALOADER_MODELS_REPO") or home / "models_repo").expanduser()
+    return Paths(
+        home=home,
+        lake_root=lake,
+        models_repo=repo,
+        models_branch=_text(env, "DATALOADER_MODELS_BRANCH") or DEFAULT_MODELS_BRANCH,
+        models_remote=_text(env, "DATALOADER_MODELS_REMOTE"),
+    )
+
+
+def _lakebase(env: Mapping[str, str]) -> LakebaseSettings:
+    return LakebaseSettings(
+        host=_text(env, "LAKEBASE_HOST"),
+        port=_positive_int(env, "LAKEBASE_PORT", 5432),
+        database=_text(env, "LAKEBASE_DATABASE") or "dataloader",
+        user=_text(env, "LAKEBASE_USER"),
+        password=env.get("LAKEBASE_PASSWORD") or None,
+        sslmode=_text(env, "LAKEBASE_SSLMODE") or "require",
+        auth_mode=_choice(env, "DATALOADER_LAKEBASE_AUTH_MODE", LAKEBASE_AUTH_MODES, "password"),
+        instance_name=_text(env, "DATALOADER_LAKEBASE_INSTANCE"),
+        endpoint=_text(env, "DATALOADER_LAKEBASE_ENDPOINT"),
+    )
+
+
+def workspace_host(env: Mapping[str, str]) -> str | None:
+    """The host to give databricks-sdk explicitly, or None to let it resolve one by itself.
+
+    The spec names ``DATABRICKS_WORKSPACE_URL``; the SDK reads ``DATABRICKS_HOST``, which wins
+    when both are set. People copy the address bar or just the host name.
+    """
+    if _text(env, "DATABRICKS_HOST"):
+        return None
+    url = (_text(env, "DATABRICKS_WORKSPACE_URL") or "").rstrip("/")
+    if not url:
+        return None
+    return url if "://" in url else f"https://{url}"
+
+
+def _databricks(env: Mapping[str, str]) -> DatabricksSettings:
+    libraries = tuple(
+        lib.strip() for lib in (env.get("DATALOADER_DATABRICKS_LIBRARIES") or "").split(",")
+    )
+    return DatabricksSettings(
+        workspace_host=workspace_host(env),
+        warehouse_id=_text(env, "DATABRICKS_WAREHOUSE_ID"),
+        cluster_id=_text(env, "DATABRICKS_CLUSTER_ID"),
+        new_cluster_json=_text(env, "DATALOADER_DATABRICKS_NEW_CLUSTER"),
+        serverless=_flag(env, "DATALOADER_DATABRICKS_SERVERLESS", False),
+        volume_path=_text(env, "DATALOADER_DATABRICKS_VOLUME_PATH"),
+        libraries=tuple(lib for lib in libraries if lib) or None,
+        poll_interval_seconds=_positive_float(env, "DATALOADER_DATABRICKS_POLL_SECONDS", 5.0),
+    )
+
+
+def dagster_base_url(env: Mapping[str, str]) -> str:
+    """``DATALOADER_DAGSTER_BASE_URL``; on Dagster+ derived from ``DAGSTER_CLOUD_URL`` and
+    ``DAGSTER_CLOUD_DEPLOYMENT_NAME``; otherwise the local webserver."""
+    explicit = _text(env, "DATALOADER_DAGSTER_BASE_URL")
+    if explicit:
+        return explicit.rstrip("/")
+    deployment = _text(env, "DAGSTER_CLOUD_DEPLOYMENT_NAME")
+    cloud_url = _text(env, "DAGSTER_CLOUD_URL")
+    if deployment and cloud_url:
+        organisation = (urlparse(cloud_url).hostname or "").split(".")[0]
+        if organisation:
+            return f"https://{organisation}.dagster.cloud/{deployment}"
+    return LOCAL_DAGSTER_BASE_URL
+
+
+def _secrets_and_advisor(env: Mapping[str, str]) -> tuple[tuple[str, ...], dict[str, str]]:
+    # The Pipes scripts' own modules know which variables are secret and which DATALOADER_AI_*
+    # settings may travel; one definition serves both sides.
+    from databricks_scripts.redaction import secrets_from_env
+    from databricks_scripts.retry_advisor import advisor_settings_from_env
+
+    return tuple(secrets_from_env(env)), advisor_settings_from_env(env)
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from ``env`` (default ``os.environ``); unset variables keep the spec's defaults."""
+    env = dict(os.environ if env is None else env)
+    execution = _choice(env, "DATALOADER_EXECUTION", EXECUTION_MODES, "local")
+    values: dict[str, object] = {
+        field_name: _positive_int(env, name, getattr(Settings, field_name))
+        for name, field_name in _INT_VARS.items()
+    }
+    secrets, advisor = _secrets_and_advisor(env)
+    return Settings(
+        execution=execution,
+        environment=_choice(env, "DAGSTER_ENVIRONMENT", ENVIRONMENTS, None),
+        # Sensors start by themselves locally, so `dataloader dev` loads the demo without clicks;
+        # in a deployment a person turns them on deliberately unless the variable says so.
+        sensors_running=_flag(env, "DATALOADER_SENSORS_RUNNING", execution == "local"),
+        retry=RetryPolicy(
+            max_retries=_positive_int(env, "DATALOADER_MAX_RETRIES", RetryPolicy.max_retries),
+            analysis_timeout_minutes=_positive_int(
+                env,
+                "DATALOADER_RETRY_ANALYSIS_TIMEOUT_MINUTES",
+                RetryPolicy.analysis_timeout_minutes,
+            ),
+        ),
+        paths=_paths(env),
+        lakebase=_lakebase(env),
+        databricks=_databricks(env),
+        dagster_base_url=dagster_base_url(env),
+        scripts_path=_text(env, "DATALOADER_SCRIPTS_PATH"),
+        secrets=secrets,
+        advisor=advisor,
+        **values,  # type: ignore[arg-type]
+    )
+
+
+def child_environment(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment plus ``overrides``, for a child process (scripts, git)."""
+    return {**os.environ, **(overrides or {})}

@@ -1,0 +1,164 @@
+"""The wire contract between the code location (``dagsters``) and the Pipes scripts.
+
+Both sides import this module and nothing else of each other for the names that cross the wire:
+the load parameters the asset sends, the metadata keys the load script reports, the error channel
+(a Pipes custom message and the last stderr line), and the retry decision. Standard library only:
+it is shipped to Databricks with the scripts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+# ---------------------------------------------------------------------------------------------
+# Load parameters: the Pipes extra ``params`` of dataloader_pipe.py (the spec's run config fields,
+# in the spec's order).
+PARAMS_EXTRA = "params"
+
+LOAD_PARAM_FIELDS: tuple[str, ...] = (
+    "config_id",
+    "control_key",
+    "metadata_id",
+    "source_catalog",
+    "source_schema_name",
+    "source_table_name",
+    "destination_catalog",
+    "destination_schema_name",
+    "destination_table_name",
+    "db_type",
+    "db_config_value",
+    "db_kv_scope",
+    "load_strategy",
+    "incremental_column",
+    "incremental_value",
+    "merge_keys",
+    "lookback_window_seconds",
+    "force_full_reload",
+)
+
+DB_TYPES: tuple[str, ...] = ("postgresql", "mysql", "sqlserver", "oracle", "databricks")
+STRATEGIES: tuple[str, ...] = ("full", "incremental", "merge")
+
+
+# ---------------------------------------------------------------------------------------------
+# What the load script reports as materialization metadata.
+class LoadMetadata:
+    """Metadata keys of the load script's materialization."""
+
+    ROWS_READ = "rows_read"
+    ROWS_WRITTEN = "rows_written"
+    WATERMARK_BEFORE = "watermark_before"
+    WATERMARK_AFTER = "watermark_after"
+    DURATION_SECONDS = "duration_seconds"
+    DESTINATION = "destination"
+    LOAD_STRATEGY = "load_strategy"
+    REQUESTED_LOAD_STRATEGY = "requested_load_strategy"
+    ENGINE = "engine"
+    TABLE_NAME = "dagster/table_name"
+    COLUMN_SCHEMA = "dagster/column_schema"
+    ROW_COUNT = "dagster/row_count"
+
+
+# ---------------------------------------------------------------------------------------------
+# The error channel: a failed script sends ``{ERROR_MESSAGE_KEY: text}`` as a Pipes custom message
+# and ends stderr with ``STDERR_ERROR_PREFIX + text`` (for runs whose messages are lost).
+ERROR_MESSAGE_KEY = "dataloader_error"
+STDERR_ERROR_PREFIX = "DATALOADER_ERROR: "
+
+
+def error_message(text: str) -> dict[str, str]:
+    """The custom message a failed script reports."""
+    return {ERROR_MESSAGE_KEY: text}
+
+
+def error_from_message(message: object) -> str | None:
+    """The error text of a custom message, or None when it is not an error message."""
+    if isinstance(message, Mapping) and message.get(ERROR_MESSAGE_KEY):
+        return str(message[ERROR_MESSAGE_KEY])
+    return None
+
+
+def stderr_error_line(text: str) -> str:
+    """The last stderr line of a failed script: the text on one line, after the prefix."""
+    one_line = " | ".join(line.strip() for line in str(text).splitlines() if line.strip())
+    return f"{STDERR_ERROR_PREFIX}{one_line}\n"
+
+
+def error_from_stderr(lines: list[str] | tuple[str, ...]) -> str | None:
+    """The text of the last ``STDERR_ERROR_PREFIX`` line, or None."""
+    for line in reversed(lines):
+        if line.startswith(STDERR_ERROR_PREFIX):
+            return line[len(STDERR_ERROR_PREFIX) :].strip()
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Retry decisions: what the retry script reports, failed_monitor decides by rule, and the asset
+# applies to the control row.
+RETRY_RECOMMENDED = "Retry Recommended"
+REQUIRES_REVIEW = "Requires Review"
+DECISIONS: tuple[str, ...] = (RETRY_RECOMMENDED, REQUIRES_REVIEW)
+RETRY_DECISION_MESSAGE_KEY = "retry_decision"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One retry-or-review decision. Anything but a clear ``Retry Recommended`` is review."""
+
+    decision: str
+    confidence: float | None
+    reason: str
+    decider: str
+
+    METADATA_KEYS = ("decision", "confidence", "reason", "decider")
+
+    def __post_init__(self) -> None:
+        if self.decision not in DECISIONS:
+            object.__setattr__(self, "decision", REQUIRES_REVIEW)
+        object.__setattr__(self, "confidence", _confidence(self.confidence))
+        object.__setattr__(self, "reason", str(self.reason or "No reason given."))
+        object.__setattr__(self, "decider", str(self.decider or "unknown"))
+
+    @property
+    def retry(self) -> bool:
+        return self.decision == RETRY_RECOMMENDED
+
+    @classmethod
+    def review(cls, reason: str, *, decider: str, confidence: float = 1.0) -> Decision:
+        return cls(REQUIRES_REVIEW, confidence, reason, decider)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> Decision | None:
+        """A decision from reported metadata or a stored dict; None when it names no decision.
+
+        Metadata values may arrive wrapped (Dagster ``MetadataValue``): their ``.value`` is used.
+        """
+
+        def plain(key: str) -> Any:
+            value = values.get(key)
+            return getattr(value, "value", value)
+
+        if not plain("decision"):
+            return None
+        return cls(
+            decision=str(plain("decision")),
+            confidence=plain("confidence"),
+            reason=str(plain("reason") or ""),
+            decider=str(plain("decider") or "unknown"),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _confidence(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if math.isnan(number):
+        return None
+    return min(max(number, 0.0), 1.0)
