@@ -1,0 +1,1 @@
+"""The control-database domain: the client, guarded status transitions, schedules, run requests and retry decisions. No Dagster imports."""
