@@ -27,7 +27,7 @@ from dagsters.utils.lakebase_client import (
     LoadAlreadyActive,
     UnknownControlKey,
 )
-from dagsters.utils.schedule import next_load_time
+from dagsters.control.schedule import next_load_time
 
 PAST = "now() - interval '1 minute'"
 

@@ -26,7 +26,7 @@ from psycopg import sql
 from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from dagsters.utils.schedule import next_load_time, retry_backoff
+from dagsters.control.schedule import next_load_time, retry_backoff
 from databricks_scripts.redaction import redact
 
 log = logging.getLogger(__name__)
