@@ -15,19 +15,21 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from dagsters.utils.lakebase_client import (
+from dagsters.control.schedule import next_load_time
+from dagsters.control.status import (
     ALLOWED_FROM,
     FAILED,
     IN_PROGRESS,
     QUEUED,
     STATUSES,
     SUCCEEDED,
+)
+from dagsters.utils.lakebase_client import (
     LakebaseClient,
     LakebaseError,
     LoadAlreadyActive,
     UnknownControlKey,
 )
-from dagsters.control.schedule import next_load_time
 
 PAST = "now() - interval '1 minute'"
 
@@ -534,7 +536,7 @@ def test_connection_errors_are_lakebase_errors_without_the_password(tmp_path):
 
 
 def test_every_status_assignment_in_the_product_is_the_guarded_helper():
-    """No SQL text anywhere sets last_status except _guarded_transition's one assignment."""
+    """No SQL text anywhere sets last_status except guarded_transition's one assignment."""
     root = Path(__file__).resolve().parents[1]
     assignment = re.compile(r"\blast_status\s*=\s*(%|'|\"|NULL|CASE|\$|\{)", re.IGNORECASE)
     set_clause = re.compile(
@@ -554,5 +556,5 @@ def test_every_status_assignment_in_the_product_is_the_guarded_helper():
             if set_clause.search(text) or (assignment.match(text.strip()) and "SET" not in text):
                 found.append((path.relative_to(root).as_posix(), text.strip()[:60]))
     assert found == [
-        ("dagsters/utils/lakebase_client.py", "last_status = %(_t_to)s"),
+        ("dagsters/control/transitions.py", "last_status = %(_t_to)s"),
     ]

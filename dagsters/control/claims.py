@@ -1,0 +1,153 @@
+"""Which control rows are due, and claiming them: the SQL behind master_sensor and UI reruns.
+
+A claim is one statement: lock the candidate rows, insert a history row for each and set them
+Queued through the guarded transition, so concurrent claimers never get the same row.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import sql
+from psycopg.rows import tuple_row
+
+from dagsters.control.connection import ControlDatabase
+from dagsters.control.errors import LoadAlreadyActive, UnknownControlKey
+from dagsters.control.status import ALLOWED_FROM, IN_PROGRESS, QUEUED
+from dagsters.control.transitions import guarded_transition
+
+# The spec's master_sensor query, plus: rows an AI analysis sent to review wait for a person.
+_DUE = sql.SQL(
+    "is_active AND next_load_date_time <= now()"
+    " AND (last_status IS NULL OR last_status NOT IN ('Queued', 'In Progress'))"
+    " AND NOT needs_review"
+)
+
+
+class ClaimsSql(ControlDatabase):
+    """Reads of ``table_control`` rows and keys; claims of due rows and manual reruns."""
+
+    def get_control_tables(self, limit: int | None = None) -> list[dict]:
+        """Rows that are due now (the master_sensor query), oldest due first. Read only."""
+        query = sql.SQL(
+            "SELECT * FROM table_control WHERE {due} ORDER BY next_load_date_time, config_id"
+        ).format(due=_DUE)
+        if limit is not None:
+            query = sql.SQL("{} LIMIT {}").format(query, sql.Literal(int(limit)))
+        with self._transaction("get_control_tables") as conn:
+            return conn.execute(query).fetchall()
+
+    def get_table_details(self, control_key: str) -> dict | None:
+        with self._transaction("get_table_details") as conn:
+            return conn.execute(
+                "SELECT * FROM table_control WHERE control_key = %s", (control_key,)
+            ).fetchone()
+
+    def get_table_by_id(self, config_id: int) -> dict | None:
+        with self._transaction("get_table_by_id") as conn:
+            return conn.execute(
+                "SELECT * FROM table_control WHERE config_id = %s", (config_id,)
+            ).fetchone()
+
+    def control_keys_version(self) -> int:
+        """A counter that moves whenever control_keys are added, removed or renamed (sql/004).
+
+        One single-row read: master_sensor compares it with its cursor every tick and lists the
+        keys (:meth:`list_control_keys`) only when it moved.
+        """
+        with self._transaction("control_keys_version") as conn:
+            row = conn.execute("SELECT version FROM control_keys_state").fetchone()
+        return int(row["version"]) if row else 0
+
+    def list_control_keys(self) -> list[str]:
+        """Every control_key (active or not: a person may rerun an inactive row), sorted."""
+        with self._transaction("list_control_keys") as conn:
+            # Tuples, not dicts: at 100k rows the dict per row is most of the cost.
+            cur = conn.cursor(row_factory=tuple_row)
+            rows = cur.execute("SELECT control_key FROM table_control ORDER BY control_key")
+            return [key for (key,) in rows.fetchall()]
+
+    def claim_due_tables(self, batch_size: int) -> list[dict]:
+        """Claim up to ``batch_size`` due rows: Queued + history row each, in one statement.
+
+        FOR UPDATE SKIP LOCKED means concurrent callers split the due rows between them and
+        never receive the same row. Each returned dict is the row plus its ``metadata_id``.
+        """
+        if batch_size <= 0:
+            return []
+        statement, params = _claim_statement(
+            sql.SQL(
+                "SELECT config_id FROM table_control WHERE {due}"
+                " ORDER BY next_load_date_time, config_id LIMIT %(_batch)s FOR UPDATE SKIP LOCKED"
+            ).format(due=_DUE),
+            sql.SQL("CASE WHEN c.retry_count > 0 THEN 'retry' ELSE 'sensor' END"),
+        )
+        with self._transaction("claim_due_tables") as conn:
+            return conn.execute(statement, {**params, "_batch": int(batch_size)}).fetchall()
+
+    def queue_manual_load(self, control_key: str, *, triggered_by: str = "ui") -> dict:
+        """Queue one row now (a person's rerun); raises if it is unknown or already active."""
+        with self._transaction("queue_manual_load") as conn:
+            row = conn.execute(
+                "SELECT config_id, last_status FROM table_control WHERE control_key = %s"
+                " FOR UPDATE",
+                (control_key,),
+            ).fetchone()
+            if row is None:
+                raise UnknownControlKey(f"no table_control row with control_key {control_key!r}")
+            if row["last_status"] in (QUEUED, IN_PROGRESS):
+                raise LoadAlreadyActive(
+                    f"{control_key} is already {row['last_status']}; wait for that load to "
+                    "finish (or for the stuck-load monitors to fail it) before queueing another"
+                )
+            statement, params = _claim_statement(
+                sql.SQL("SELECT %(_config_id)s::bigint AS config_id"),
+                sql.SQL("%(_triggered_by)s"),
+            )
+            claimed = conn.execute(
+                statement,
+                {**params, "_config_id": row["config_id"], "_triggered_by": triggered_by},
+            ).fetchall()
+            if not claimed:  # cannot happen while we hold the row lock; be explicit anyway
+                raise LoadAlreadyActive(f"{control_key} could not be queued")
+            # A person asked for this load: a pending review no longer blocks the row.
+            conn.execute(
+                "UPDATE table_control SET needs_review = false WHERE config_id = %s",
+                (row["config_id"],),
+            )
+            return {**claimed[0], "needs_review": False}
+
+
+def _claim_statement(
+    candidates: sql.Composable, triggered_by: sql.Composable
+) -> tuple[sql.Composed, dict[str, Any]]:
+    """Lock candidate rows, insert their history rows and set them Queued: one statement."""
+    update, params = guarded_transition(
+        None,
+        QUEUED,
+        ALLOWED_FROM[QUEUED],
+        where=sql.SQL("t.config_id = hist.config_id"),
+        params={},
+        from_items=sql.SQL("hist"),
+        sets={
+            "last_metadata_id": sql.SQL("hist.metadata_id"),
+            "last_dagster_run": sql.SQL("NULL"),
+            "last_databricks_run": sql.SQL("NULL"),
+            "retry_analysis_requested_at": sql.SQL("NULL"),
+        },
+        execute=False,
+    )
+    return sql.SQL(
+        "WITH picked AS ({candidates}),"
+        " hist AS ("
+        "  INSERT INTO historical_metadata"
+        "   (config_id, control_key, triggered_by, status, load_strategy, watermark_before)"
+        "  SELECT c.config_id, c.control_key, {triggered_by}, 'Queued', c.load_strategy,"
+        "         c.incremental_value"
+        "  FROM table_control c JOIN picked USING (config_id)"
+        "  RETURNING metadata_id, config_id),"
+        " claimed AS ({update})"
+        " SELECT claimed.*, hist.metadata_id"
+        " FROM claimed JOIN hist USING (config_id) ORDER BY claimed.next_load_date_time,"
+        " claimed.config_id"
+    ).format(candidates=candidates, triggered_by=triggered_by, update=update), params

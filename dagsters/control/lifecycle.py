@@ -1,0 +1,234 @@
+"""A load attempt's own status changes: start, success, failure, run links, generic change.
+
+Each one is a guarded transition (:mod:`dagsters.control.transitions`) on the control row plus,
+in the same transaction, the matching write to the attempt's ``historical_metadata`` row.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import sql
+
+from dagsters.control.connection import ControlDatabase
+from dagsters.control.status import (
+    ANY_ALLOWED,
+    FAILED,
+    IN_PROGRESS,
+    QUEUED,
+    SUCCEEDED,
+    expected_states,
+)
+from dagsters.control.transitions import (
+    advance_schedule,
+    guarded_transition,
+    row_guard,
+    success_sets,
+)
+
+
+class LifecycleSql(ControlDatabase):
+    """Queued -> In Progress -> Succeeded | Failed for one attempt, and its run links."""
+
+    def update_control_status(
+        self,
+        config_id: int,
+        status: str | None,
+        message: str | None = None,
+        *,
+        expected_status: Any = ANY_ALLOWED,
+    ) -> bool:
+        """Generic guarded status change; True if this caller won.
+
+        ``expected_status`` (a status, None, or a collection of them) narrows the states the row
+        may be in; by default any state the lifecycle allows before ``status``. Entering
+        In Progress stamps last_load_date_time; finishing (Succeeded/Failed) advances the schedule.
+        """
+        expected = expected_states(status, expected_status)
+        sets: dict[str, sql.Composable] = {}
+        params: dict[str, Any] = {"config_id": config_id}
+        if message is not None:
+            sets["last_message"] = sql.SQL("%(message)s")
+            params["message"] = self.redact(message)
+        if status == IN_PROGRESS:
+            sets["last_load_date_time"] = sql.SQL("now()")
+        if status == SUCCEEDED:
+            sets.update(success_sets())
+        with self._transaction("update_control_status") as conn:
+            rows = guarded_transition(
+                conn,
+                status,
+                expected,
+                where=sql.SQL("t.config_id = %(config_id)s"),
+                params=params,
+                sets=sets,
+            )
+            if status in (SUCCEEDED, FAILED):
+                advance_schedule(conn, rows)
+        return bool(rows)
+
+    def update_run_tracking(
+        self,
+        config_id: int,
+        dagster_url: str | None = None,
+        databricks_url: str | None = None,
+        *,
+        metadata_id: int | None = None,
+    ) -> bool:
+        """Record run links on the control row (and the history row when ``metadata_id`` given).
+
+        With ``metadata_id`` the control row is only touched while it still belongs to that
+        attempt, so a late, stale run cannot overwrite the links of a newer one.
+        """
+        params = {
+            "config_id": config_id,
+            "dagster": dagster_url,
+            "databricks": databricks_url,
+            "metadata_id": metadata_id,
+        }
+        with self._transaction("update_run_tracking") as conn:
+            won = conn.execute(
+                "UPDATE table_control SET"
+                " last_dagster_run = coalesce(%(dagster)s, last_dagster_run),"
+                " last_databricks_run = coalesce(%(databricks)s, last_databricks_run)"
+                " WHERE config_id = %(config_id)s"
+                " AND (%(metadata_id)s::bigint IS NULL OR last_metadata_id = %(metadata_id)s)",
+                params,
+            ).rowcount
+            if metadata_id is not None:
+                conn.execute(
+                    "UPDATE historical_metadata SET"
+                    " dagster_run_url = coalesce(%(dagster)s, dagster_run_url),"
+                    " databricks_run_url = coalesce(%(databricks)s, databricks_run_url)"
+                    " WHERE metadata_id = %(metadata_id)s AND config_id = %(config_id)s",
+                    params,
+                )
+        return won > 0
+
+    def start_load(
+        self, config_id: int, metadata_id: int, *, dagster_run_id: str, dagster_run_url: str
+    ) -> bool:
+        """Queued -> In Progress for this attempt; stamps last_load_date_time and the history."""
+        with self._transaction("start_load") as conn:
+            rows = guarded_transition(
+                conn,
+                IN_PROGRESS,
+                {QUEUED},
+                where=row_guard(metadata_id),
+                params={"config_id": config_id, "metadata_id": metadata_id, "url": dagster_run_url},
+                sets={
+                    "last_load_date_time": sql.SQL("now()"),
+                    "last_dagster_run": sql.SQL("%(url)s"),
+                },
+            )
+            if rows:
+                conn.execute(
+                    "UPDATE historical_metadata SET status = 'In Progress', started_at = now(),"
+                    " dagster_run_id = %s, dagster_run_url = %s WHERE metadata_id = %s",
+                    (dagster_run_id, dagster_run_url, metadata_id),
+                )
+        return bool(rows)
+
+    def record_success(
+        self,
+        config_id: int,
+        metadata_id: int,
+        *,
+        rows_read: int | None,
+        rows_written: int | None,
+        watermark_after: str | None,
+        message: str | None = None,
+        databricks_run_url: str | None = None,
+        schema_changed: bool = False,
+    ) -> bool:
+        """In Progress -> Succeeded, new watermark, next schedule slot, history: one transaction.
+
+        ``schema_changed``: the load changed the destination's columns, so the staging model
+        generated earlier is out of date; staging_model_processed goes back to false and the
+        landing-table job regenerates the files it wrote (a person's own files stay untouched).
+        """
+        if message is None:
+            message = f"Loaded {rows_written if rows_written is not None else '?'} rows"
+        params = {
+            "config_id": config_id,
+            "metadata_id": metadata_id,
+            "watermark": None if watermark_after is None else str(watermark_after),
+            "message": self.redact(message),
+            "databricks": databricks_run_url,
+            "schema_changed": bool(schema_changed),
+        }
+        with self._transaction("record_success") as conn:
+            rows = guarded_transition(
+                conn,
+                SUCCEEDED,
+                {IN_PROGRESS},
+                where=row_guard(metadata_id),
+                params=params,
+                sets={
+                    **success_sets(),
+                    "incremental_value": sql.SQL("coalesce(%(watermark)s, t.incremental_value)"),
+                    "last_message": sql.SQL("%(message)s"),
+                    "last_databricks_run": sql.SQL(
+                        "coalesce(%(databricks)s, t.last_databricks_run)"
+                    ),
+                    "staging_model_processed": sql.SQL(
+                        "t.staging_model_processed AND NOT %(schema_changed)s"
+                    ),
+                },
+            )
+            if rows:
+                advance_schedule(conn, rows)
+                conn.execute(
+                    "UPDATE historical_metadata SET status = 'Succeeded', ended_at = now(),"
+                    " rows_read = %(rows_read)s, rows_written = %(rows_written)s,"
+                    " watermark_after = coalesce(%(watermark)s, watermark_before),"
+                    " message = %(message)s,"
+                    " databricks_run_url = coalesce(%(databricks)s, databricks_run_url)"
+                    " WHERE metadata_id = %(metadata_id)s",
+                    {**params, "rows_read": rows_read, "rows_written": rows_written},
+                )
+        return bool(rows)
+
+    def record_failure(
+        self,
+        config_id: int,
+        metadata_id: int,
+        message: str,
+        *,
+        databricks_run_url: str | None = None,
+    ) -> bool:
+        """Queued | In Progress -> Failed for this attempt; message redacted; schedule advanced.
+
+        The schedule moves on so a failed row is not reclaimed on the very next tick; the
+        failed_monitor's retry (reset_for_retry) brings it back sooner with a back-off.
+        """
+        params = {
+            "config_id": config_id,
+            "metadata_id": metadata_id,
+            "message": self.redact(message),
+            "databricks": databricks_run_url,
+        }
+        with self._transaction("record_failure") as conn:
+            rows = guarded_transition(
+                conn,
+                FAILED,
+                {QUEUED, IN_PROGRESS},
+                where=row_guard(metadata_id),
+                params=params,
+                sets={
+                    "last_message": sql.SQL("%(message)s"),
+                    "last_databricks_run": sql.SQL(
+                        "coalesce(%(databricks)s, t.last_databricks_run)"
+                    ),
+                },
+            )
+            if rows:
+                advance_schedule(conn, rows)
+                conn.execute(
+                    "UPDATE historical_metadata SET status = 'Failed', ended_at = now(),"
+                    " message = %(message)s,"
+                    " databricks_run_url = coalesce(%(databricks)s, databricks_run_url)"
+                    " WHERE metadata_id = %(metadata_id)s",
+                    params,
+                )
+        return bool(rows)

@@ -1,0 +1,81 @@
+"""Stuck rows: Queued or In Progress for too long, failed by the long-queued/long-running monitors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import psycopg
+from psycopg import sql
+
+from dagsters.control.connection import ControlDatabase
+from dagsters.control.status import FAILED, IN_PROGRESS, QUEUED
+from dagsters.control.transitions import advance_schedule, guarded_transition
+
+
+class StuckRowsSql(ControlDatabase):
+    """Find and fail rows stuck in Queued or In Progress (guarded, per attempt)."""
+
+    def fail_stuck_queued(self, threshold_minutes: int = 60) -> list[dict]:
+        """Queued for longer than the threshold -> Failed (one guarded UPDATE); returns the rows."""
+        message = f"Cancelled - stuck in queue for >{threshold_minutes} minutes"
+        with self._transaction("fail_stuck_queued") as conn:
+            rows = guarded_transition(
+                conn,
+                FAILED,
+                {QUEUED},
+                where=sql.SQL(
+                    "t.last_status_date_time < now() - make_interval(mins => %(minutes)s)"
+                ),
+                params={"minutes": int(threshold_minutes), "message": message},
+                sets={"last_message": sql.SQL("%(message)s")},
+            )
+            _fail_history(conn, rows, message)
+            advance_schedule(conn, rows)
+        return rows
+
+    def find_stuck_running(self, threshold_minutes: int = 180) -> list[dict]:
+        """In Progress rows whose load started longer ago than the threshold (spec query)."""
+        with self._transaction("find_stuck_running") as conn:
+            return conn.execute(
+                "SELECT * FROM table_control WHERE last_status = 'In Progress'"
+                " AND last_load_date_time < now() - make_interval(mins => %s)"
+                " ORDER BY last_load_date_time",
+                (int(threshold_minutes),),
+            ).fetchall()
+
+    def fail_stuck_running(
+        self, config_id: int, metadata_id: int, threshold_minutes: int = 180
+    ) -> bool:
+        """In Progress past the threshold -> Failed, only for this attempt; True if this won."""
+        message = f"Cancelled - exceeded {threshold_minutes} minute timeout"
+        with self._transaction("fail_stuck_running") as conn:
+            rows = guarded_transition(
+                conn,
+                FAILED,
+                {IN_PROGRESS},
+                where=sql.SQL(
+                    "t.config_id = %(config_id)s AND t.last_metadata_id = %(metadata_id)s"
+                    " AND t.last_load_date_time < now() - make_interval(mins => %(minutes)s)"
+                ),
+                params={
+                    "config_id": config_id,
+                    "metadata_id": metadata_id,
+                    "minutes": int(threshold_minutes),
+                    "message": message,
+                },
+                sets={"last_message": sql.SQL("%(message)s")},
+            )
+            _fail_history(conn, rows, message)
+            advance_schedule(conn, rows)
+        return bool(rows)
+
+
+def _fail_history(conn: psycopg.Connection, rows: Sequence[Mapping], message: str) -> None:
+    """The history rows of attempts a stuck-row monitor failed: Failed with its message."""
+    ids = [r["last_metadata_id"] for r in rows if r["last_metadata_id"] is not None]
+    if ids:
+        conn.execute(
+            "UPDATE historical_metadata SET status = 'Failed', ended_at = now(), message = %s"
+            " WHERE metadata_id = ANY(%s) AND status IN ('Queued', 'In Progress')",
+            (message, ids),
+        )

@@ -1,0 +1,113 @@
+"""The one guarded status transition, and what every finished transition also writes.
+
+Every status change of a control row goes through :func:`guarded_transition`: one UPDATE whose
+WHERE clause names the state it expects (and, for a running load, the history row it belongs
+to), so when two actors race exactly one wins and the others get an empty list. No other SQL in
+the product assigns ``last_status`` (``tests/test_lakebase_client.py`` scans the tree for it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from dagsters.control.schedule import next_load_time
+from dagsters.control.status import ALLOWED_FROM, FAILED, STATUSES
+
+
+def guarded_transition(
+    conn: psycopg.Connection | None,
+    to_status: str | None,
+    expected: Iterable[str | None],
+    *,
+    where: sql.Composable,
+    params: Mapping[str, Any],
+    sets: Mapping[str, sql.Composable] | None = None,
+    from_items: sql.Composable | None = None,
+    execute: bool = True,
+) -> list[dict] | tuple[sql.Composed, dict[str, Any]]:
+    """The one place a status changes: UPDATE ... WHERE <target> AND <expected state>.
+
+    ``where`` picks the row(s) (``config_id = %(config_id)s`` or a join to ``from_items``);
+    ``sets`` are extra assignments (SQL fragments using named parameters). Returns the
+    updated rows (empty list: the guard refused), or with ``execute=False`` the statement and
+    its parameters so a caller can embed it in a larger one (claim_due_tables' CTE).
+    """
+    expected = set(expected)
+    if to_status not in ALLOWED_FROM:
+        raise ValueError(f"unknown status {to_status!r}; expected one of {STATUSES}")
+    illegal = expected - ALLOWED_FROM[to_status] - ({to_status} if to_status == FAILED else set())
+    if illegal or not expected:
+        raise ValueError(
+            f"transition to {to_status!r} is not allowed from {sorted(map(str, illegal))}"
+        )
+    allowed_named = sorted(s for s in expected if s is not None)
+    guard = sql.SQL("t.last_status = ANY(%(_t_from)s::text[])")
+    if None in expected:
+        guard = sql.SQL("(t.last_status IS NULL OR {})").format(guard)
+    assignments = [
+        sql.SQL("last_status = %(_t_to)s"),
+        # Time in status restarts only when the status really changes.
+        sql.SQL(
+            "last_status_date_time = CASE WHEN t.last_status IS DISTINCT FROM %(_t_to)s"
+            " THEN now() ELSE t.last_status_date_time END"
+        ),
+    ]
+    for column, value in (sets or {}).items():
+        assignments.append(sql.SQL("{} = {}").format(sql.Identifier(column), value))
+    statement = sql.SQL(
+        "UPDATE table_control AS t SET {sets}{from_} WHERE ({where}) AND {guard} RETURNING t.*"
+    ).format(
+        sets=sql.SQL(", ").join(assignments),
+        from_=sql.SQL(" FROM {}").format(from_items) if from_items is not None else sql.SQL(""),
+        where=where,
+        guard=guard,
+    )
+    all_params = {**params, "_t_to": to_status, "_t_from": allowed_named}
+    if not execute:
+        return statement, all_params
+    if conn is None:
+        raise ValueError("guarded_transition: a connection is needed to execute")
+    return conn.execute(statement, all_params).fetchall()
+
+
+def row_guard(metadata_id: int | None) -> sql.Composable:
+    """This row, and when known, only while it still belongs to this load attempt."""
+    if metadata_id is None:
+        return sql.SQL("t.config_id = %(config_id)s")
+    return sql.SQL("t.config_id = %(config_id)s AND t.last_metadata_id = %(metadata_id)s")
+
+
+def success_sets() -> dict[str, sql.Composable]:
+    """What entering Succeeded also resets on the control row."""
+    return {
+        "retry_count": sql.SQL("0"),
+        "force_full_reload": sql.SQL("false"),
+        "needs_review": sql.SQL("false"),
+        "retry_analysis_requested_at": sql.SQL("NULL"),
+    }
+
+
+def advance_schedule(conn: psycopg.Connection, rows: Sequence[Mapping]) -> None:
+    """Move next_load_date_time to each row's next schedule slot (same transaction)."""
+    if not rows:
+        return
+    now = conn.execute("SELECT now() AS now").fetchone()["now"]
+    values = [(_next_slot(row, now), row["config_id"]) for row in rows]
+    with conn.cursor() as cur:
+        cur.executemany(
+            "UPDATE table_control SET next_load_date_time = %s WHERE config_id = %s", values
+        )
+
+
+def _next_slot(row: Mapping, now: datetime) -> datetime | None:
+    return next_load_time(
+        now,
+        cron=row.get("schedule_cron"),
+        timezone=row.get("schedule_timezone") or "UTC",
+        interval=row.get("schedule_interval"),
+    )
