@@ -30,6 +30,7 @@ from dagsters.utils.lakebase_client import (
     LoadAlreadyActive,
     UnknownControlKey,
 )
+from databricks_scripts.contract import Decision
 
 PAST = "now() - interval '1 minute'"
 
@@ -414,17 +415,18 @@ def test_reset_for_retry_backs_off_and_records_the_decision(client, control_db):
 
 def test_mark_for_review_keeps_failed_and_blocks_every_sensor(client, control_db):
     cid, metadata_id = failed_row(client, control_db, "r.review")
-    decision = {
-        "decision": "Requires Review",
-        "confidence": 0.9,
-        "reason": "bad column",
-        "decider": "openai",
-    }
+    # The contract's Decision is accepted as well as a mapping of its fields.
+    decision = Decision.review("bad column", decider="openai", confidence=0.9)
     assert client.mark_for_review(cid, "bad column", metadata_id=metadata_id, decision=decision)
     r = row(control_db, cid)
     assert r["last_status"] == FAILED and r["needs_review"] is True
     assert r["last_message"] == "[AI Analysis - Requires Review] bad column"
-    assert history(control_db, metadata_id)["retry_decision"] == "Requires Review"
+    h = history(control_db, metadata_id)
+    assert (h["retry_decision"], h["retry_confidence"], h["retry_decider"]) == (
+        "Requires Review",
+        0.9,
+        "openai",
+    )
     set_cols(control_db, cid, next_load_date_time=r["db_now"] - timedelta(hours=1))
     assert client.claim_due_tables(10) == []
     assert client.claim_failed_for_analysis(10) == []
