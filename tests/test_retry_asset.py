@@ -8,11 +8,12 @@ import dagster as dg
 import pytest
 from helpers import control_row, failed_row, lakebase_for
 
-from dagsters.assets.dataloader_pipes_asset import dataloader_retry_analysis
+from dagsters.assets.dataloader_pipes_asset import build_retry_asset
+from dagsters.control.run_requests import RETRY_ASSET
+from dagsters.partitions import PARTITIONS_NAME
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.sensors.dataloader_failed_monitor import build_failed_monitor
-from dagsters.utils.run_config import PARTITIONS_NAME, RETRY_ASSET
-from dagsters.utils.settings import Settings
+from dagsters.settings import Settings, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +34,7 @@ def run_monitor_then_analysis(control_db: str, instance: dg.DagsterInstance) -> 
     outcomes = []
     for request in result.run_requests:
         outcome = dg.materialize(
-            [dataloader_retry_analysis],
+            [build_retry_asset(load_settings())],
             partition_key=request.partition_key,
             run_config=request.run_config,
             resources={
@@ -91,7 +92,7 @@ def test_analysis_of_a_row_rerun_meanwhile_changes_nothing(control_db, db, insta
     instance.add_dynamic_partitions(PARTITIONS_NAME, ["pg.rerun"])
 
     outcome = dg.materialize(
-        [dataloader_retry_analysis],
+        [build_retry_asset(load_settings())],
         partition_key="pg.rerun",
         run_config={"ops": {RETRY_ASSET: {"config": {"metadata_id": metadata_id}}}},
         resources={
