@@ -16,12 +16,12 @@ from helpers import start_password_enforcing_server
 from psycopg import sql
 
 from dagsters.local.demo import DEMO_DATABASE, seed_demo
-from dagsters.local.lakebase import lakebase_resource
 from dagsters.local.embedded_lakebase import (
     EmbeddedServer,
     start_embedded_server,
     stop_embedded_server,
 )
+from dagsters.local.lakebase import lakebase_resource
 from dagsters.local.migrate import apply_migrations
 from dagsters.resources.lakebase import (
     LakebaseResource,
