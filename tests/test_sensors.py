@@ -18,12 +18,12 @@ from psycopg.types.json import Jsonb
 
 from dagsters.control.run_requests import LOAD_ASSET, RETRY_ASSET
 from dagsters.partitions import PARTITIONS_NAME
-from dagsters.sensors.dataloader_failed_monitor import build_failed_monitor
+from dagsters.sensors.dataloader_failed_monitor import build_failed_monitor, triage_failures
 from dagsters.sensors.dataloader_landing_table_monitor import build_landing_table_monitor
 from dagsters.sensors.dataloader_longqueued_monitor import build_longqueued_monitor
 from dagsters.sensors.dataloader_longrunning_monitor import build_longrunning_monitor
 from dagsters.sensors.dataloader_master_sensor import build_master_sensor
-from dagsters.settings import Settings, SettingsError, load_settings
+from dagsters.settings import RetryPolicy, Settings, SettingsError, load_settings
 
 
 def add_row(conn: psycopg.Connection, key: str, **columns) -> int:
@@ -381,3 +381,24 @@ def test_sensor_skip_reasons_say_what_was_looked_for(control_db, instance):
         result = tick(build(Settings()), instance, control_db)
         assert isinstance(result, dg.SkipReason), build
         assert result.skip_message == message
+
+
+def test_failed_monitor_triage_follows_the_retry_policy():
+    rows = [
+        {"control_key": "a", "retry_count": 4},
+        {"control_key": "b", "retry_count": 5},
+        {"control_key": "c", "retry_count": 0, "previous_analysis_requested_at": "earlier"},
+        {"control_key": "d", "retry_count": 1, "previous_analysis_requested_at": "earlier"},
+    ]
+    active = {"c": "run-1"}
+
+    triage = triage_failures(
+        rows, RetryPolicy(max_retries=5), lambda r: active.get(r["control_key"])
+    )
+
+    assert [r["control_key"] for r in triage.analyse] == ["a", "d"]
+    assert [(r["control_key"], d.decider) for r, d in triage.exhausted] == [("b", "rules")]
+    assert [(r["control_key"], run) for r, run in triage.waiting] == [("c", "run-1")]
+    assert [r["control_key"] for r in triage.again] == ["d"]
+    spec = triage_failures(rows, RetryPolicy(), lambda r: None)
+    assert [r["control_key"] for r, _ in spec.exhausted] == ["a", "b"]

@@ -32,6 +32,7 @@ from dagsters.resources.lakebase import LakebaseResource
 from dagsters.sensors import default_status
 from dagsters.settings import RetryPolicy, Settings
 from dagsters.utils.lakebase_client import LakebaseClient
+from databricks_scripts.contract import Decision
 
 RETRY_JOB = "dataloader__retry_analysis_job"
 _ANY_RETRY_COUNT = 2**31 - 1
@@ -48,7 +49,7 @@ class FailureTriage:
     """What one tick does with the failures it claimed."""
 
     analyse: list[dict] = field(default_factory=list)
-    exhausted: list[dict] = field(default_factory=list)
+    exhausted: list[tuple[dict, Decision]] = field(default_factory=list)  # review by rule
     waiting: list[tuple[dict, str]] = field(default_factory=list)  # (row, active analysis run)
     again: list[dict] = field(default_factory=list)  # earlier analysis never decided
 
@@ -70,8 +71,9 @@ def triage_failures(
     """
     triage = FailureTriage()
     for row in claimed:
-        if decide_without_asking(row, policy) is not None:
-            triage.exhausted.append(row)
+        decision = decide_without_asking(row, policy)
+        if decision is not None:
+            triage.exhausted.append((row, decision))
             continue
         if row.get("previous_analysis_requested_at") is not None:
             active = active_run(row)
@@ -83,14 +85,14 @@ def triage_failures(
     return triage
 
 
-def review_exhausted(client: LakebaseClient, rows: Iterable[dict], settings: Settings) -> list:
+def review_exhausted(
+    client: LakebaseClient, exhausted: Iterable[tuple[dict, Decision]], settings: Settings
+) -> list[tuple[dict, str]]:
     """Mark rows out of retries for review by rule; one (row, outcome) pair per row."""
-    done = []
-    for row in rows:
-        decision = decide_without_asking(row, settings.retry)
-        if decision is not None:
-            done.append((row, apply_decision(client, row, decision, secrets=settings.secrets)))
-    return done
+    return [
+        (row, apply_decision(client, row, decision, secrets=settings.secrets))
+        for row, decision in exhausted
+    ]
 
 
 def analysis_requests(rows: list[dict], settings: Settings) -> dg.SensorResult:
