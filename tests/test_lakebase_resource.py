@@ -22,7 +22,7 @@ from dagsters.local.embedded_lakebase import (
     stop_embedded_server,
 )
 from dagsters.local.lakebase import lakebase_resource
-from dagsters.local.migrate import apply_migrations
+from dagsters.local.migrate import apply_migrations, migrate_control_database
 from dagsters.resources.lakebase import (
     LakebaseResource,
     databricks_token_provider,
@@ -310,3 +310,21 @@ def test_oauth_reaches_the_workspace_named_by_databricks_workspace_url(
     )
     assert resource.get_client().get_control_tables() == []
     assert [path for path, _, _ in databricks.requests] == ["/api/2.0/database/credentials"]
+
+
+def test_migrations_log_in_like_the_resource_with_oauth(password_pg, databricks):
+    # One parser (settings.py) and one connection description for the resource and `migrate`.
+    settings = load_settings(
+        {
+            "LAKEBASE_HOST": password_pg.socket_dir,
+            "LAKEBASE_PORT": str(password_pg.port),
+            "LAKEBASE_DATABASE": "control",
+            "LAKEBASE_USER": ROLE,
+            "LAKEBASE_SSLMODE": "disable",
+            "DATALOADER_LAKEBASE_AUTH_MODE": "oauth",
+            "DATALOADER_LAKEBASE_INSTANCE": "dataloader-db",
+        }
+    )
+    assert migrate_control_database(settings) == []  # the fixture migrated it already
+    assert len(databricks.tokens) == 1
+    assert databricks.requests[-1][1]["instance_names"] == ["dataloader-db"]

@@ -150,7 +150,13 @@ def _reported_metadata(outcome: ScriptOutcome) -> dict[str, Any]:
 class _Attempt:
     """One load attempt of one row: runs the script and writes its outcome to the control row."""
 
-    def __init__(self, context, client: LakebaseClient, settings: Settings, control_key: str):
+    def __init__(
+        self,
+        context: dg.AssetExecutionContext,
+        client: LakebaseClient,
+        settings: Settings,
+        control_key: str,
+    ):
         self.context = context
         self.client = client
         self.settings = settings
@@ -273,7 +279,9 @@ def build_load_asset(settings: Settings) -> dg.AssetsDefinition:
     return dataloader_table_load
 
 
-def _analysis_to_do(context, config: AttemptConfig, row: Mapping | None, control_key: str) -> bool:
+def _analysis_to_do(
+    context: dg.AssetExecutionContext, config: AttemptConfig, row: Mapping | None, control_key: str
+) -> bool:
     """Is the row still failed, unreviewed, and on the attempt this run was launched for?"""
     if row is None:
         raise dg.Failure(f"No table_control row with control_key {control_key!r}")
@@ -290,7 +298,11 @@ def _analysis_to_do(context, config: AttemptConfig, row: Mapping | None, control
 
 
 def _ask_the_script(
-    context, client: LakebaseClient, pipes_databricks, row: Mapping, settings: Settings
+    context: dg.AssetExecutionContext,
+    client: LakebaseClient,
+    pipes_databricks: PipesDatabricksResource,
+    row: Mapping,
+    settings: Settings,
 ) -> Decision:
     """The retry script's decision; review when it could not decide."""
     history = client.get_recent_history(row["config_id"], limit=5)
