@@ -17,6 +17,7 @@ from dagsters.control.run_requests import environment_tags
 from dagsters.jobs.landing_table_git_job import landing_table_git_job
 from dagsters.local.lakebase import lakebase_resource
 from dagsters.resources.databricks_rest import DatabricksRestResource
+from dagsters.resources.models_repo import ModelsRepoResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.sensors.dataloader_failed_monitor import RETRY_JOB, build_failed_monitor
 from dagsters.sensors.dataloader_landing_table_monitor import build_landing_table_monitor
@@ -30,8 +31,9 @@ def build_resources(settings: Settings) -> dict[str, object]:
     """Every resource, built from ``settings``; no secret becomes visible resource config."""
     return {
         "lakebase": lakebase_resource(settings),
-        "pipes_databricks": PipesDatabricksResource.from_env(),
-        "databricks_rest": DatabricksRestResource(),
+        "pipes_databricks": PipesDatabricksResource.from_settings(settings),
+        "databricks_rest": DatabricksRestResource.from_settings(settings),
+        "models_repo": ModelsRepoResource.from_settings(settings),
     }
 
 

@@ -61,7 +61,7 @@ def test_definitions_hold_the_specs_sensors_assets_jobs_and_resources():
     assert sensors["landing_table_monitor"].job_name == "landing_table_git_job"
     keys = {key.to_user_string() for key in repo.assets_defs_by_key}
     assert {"dataloader__table_load", "dataloader__retry_analysis"} <= keys
-    assert set(defs.resources) >= {"lakebase", "pipes_databricks", "databricks_rest"}
+    assert set(defs.resources) >= {"lakebase", "pipes_databricks", "databricks_rest", "models_repo"}
     load_job = repo.get_job("dataloader__table_load_job")
     assert load_job.partitions_def.name == "control_key"
 
@@ -171,8 +171,9 @@ def test_dagster_environment_reaches_job_tags_and_databricks_run_names():
     unset = build_definitions(Settings()).get_repository_def()
     assert "dataloader/environment" not in unset.get_job("dataloader__table_load_job").tags
 
-    assert PipesDatabricksResource.from_env({"DAGSTER_ENVIRONMENT": "npd"}).environment == "npd"
-    assert PipesDatabricksResource.from_env({}).environment is None
+    npd = PipesDatabricksResource.from_settings(Settings(environment="npd"))
+    assert npd.environment == "npd"
+    assert PipesDatabricksResource.from_settings(Settings()).environment is None
     name = databricks_run_name("pg.orders", "abc-123", "prod")
     assert name == f"dataloader [prod] pg.orders (dagster run {dagster_run_url('abc-123', {})})"
     assert databricks_run_name("pg.orders", "abc-123", None).startswith("dataloader pg.orders (")
