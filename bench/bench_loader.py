@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SCRIPT = REPO / "databricks_scripts" / "dataloader_pipe.py"
 
-from dagsters.utils.embedded_lakebase import (
+from dagsters.local.embedded_lakebase import (
     ensure_database,
     start_embedded_server,
     stop_embedded_server,

@@ -31,6 +31,13 @@ import dagster as dg
 import psycopg
 from psycopg import sql
 
+from dagsters.local.embedded_lakebase import (
+    ensure_database,
+    start_embedded_server,
+    stop_embedded_server,
+)
+from dagsters.local.migrate import apply_migrations
+from dagsters.partitions import PARTITIONS_NAME
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.sensors.dataloader_failed_monitor import build_failed_monitor
 from dagsters.sensors.dataloader_landing_table_monitor import (
@@ -41,15 +48,8 @@ from dagsters.sensors.dataloader_longrunning_monitor import (
     build_longrunning_monitor,
 )
 from dagsters.sensors.dataloader_master_sensor import build_master_sensor
-from dagsters.utils.embedded_lakebase import (
-    ensure_database,
-    start_embedded_server,
-    stop_embedded_server,
-)
+from dagsters.settings import Settings
 from dagsters.utils.lakebase_client import LakebaseClient
-from dagsters.utils.migrate import apply_migrations
-from dagsters.utils.run_config import PARTITIONS_NAME
-from dagsters.utils.settings import Settings
 
 WORK = ROOT / "bench" / ".work"
 DATABASE = "bench_sensor_tick"

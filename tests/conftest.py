@@ -15,7 +15,7 @@ import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from dagsters.utils.embedded_lakebase import (
+from dagsters.local.embedded_lakebase import (
     EmbeddedServer,
     ensure_database,
     start_embedded_server,
@@ -57,7 +57,7 @@ def _fresh_database(server: EmbeddedServer, prefix: str) -> Iterator[str]:
 @pytest.fixture
 def control_db(embedded_pg: EmbeddedServer) -> Iterator[str]:
     """Conninfo of a new, migrated control database (table_control, historical_metadata, views)."""
-    from dagsters.utils.migrate import apply_migrations
+    from dagsters.local.migrate import apply_migrations
 
     for conninfo in _fresh_database(embedded_pg, "control"):
         apply_migrations(conninfo)

@@ -10,12 +10,12 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
-from dagsters.resources.lakebase import LakebaseResource
-from dagsters.utils.embedded_lakebase import (
+from dagsters.local.embedded_lakebase import (
     EmbeddedServer,
     ensure_database,
     start_embedded_server,
 )
+from dagsters.resources.lakebase import LakebaseResource
 
 # db_config_value of rows no test loads from: well-formed, never connected to.
 SOME_SOURCE = {"host": "db1.internal", "port": 5432, "database": "shop"}

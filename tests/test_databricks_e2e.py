@@ -20,10 +20,12 @@ from databricks_standin import DatabricksStandin, databricks_standin  # noqa: F4
 from deltalake import DeltaTable
 from helpers import add_control_row, control_row, history, lakebase_for
 
-from dagsters.assets.dataloader_pipes_asset import dataloader_table_load
+from dagsters.assets.dataloader_pipes_asset import build_load_asset
+from dagsters.control.run_requests import LOAD_ASSET, load_run_config
+from dagsters.partitions import PARTITIONS_NAME
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
+from dagsters.settings import load_settings
 from dagsters.utils.lakebase_client import LakebaseClient
-from dagsters.utils.run_config import LOAD_ASSET, PARTITIONS_NAME, load_run_config
 
 REPO_SCRIPTS = Path(__file__).resolve().parents[1] / "databricks_scripts"
 # Where databricks.yml's dev target syncs the scripts (workspace.file_path of the bundle).
@@ -65,7 +67,7 @@ def claim_and_materialize(control_db, instance, key, backend="existing_cluster")
         [claimed] = [r for r in client.claim_due_tables(10) if r["control_key"] == key]
     instance.add_dynamic_partitions(PARTITIONS_NAME, [key])
     result = dg.materialize(
-        [dataloader_table_load],
+        [build_load_asset(load_settings())],
         partition_key=key,
         run_config=load_run_config(claimed),
         resources={
@@ -240,9 +242,9 @@ def test_transient_api_errors_while_polling_are_tolerated(
 def test_retry_analysis_runs_through_the_same_databricks_path(
     standin, control_db, source_db, source, lake_root, db, instance, monkeypatch
 ):
-    from dagsters.assets.dataloader_pipes_asset import dataloader_retry_analysis
+    from dagsters.assets.dataloader_pipes_asset import build_retry_asset
     from dagsters.sensors.dataloader_failed_monitor import build_failed_monitor
-    from dagsters.utils.settings import Settings
+    from dagsters.settings import Settings
 
     for name in ("DATALOADER_AI_MODEL", "DATALOADER_AI_BASE_URL", "OPENAI_API_KEY"):
         monkeypatch.delenv(name, raising=False)  # rules decide: no model is reachable here
@@ -255,7 +257,7 @@ def test_retry_analysis_runs_through_the_same_databricks_path(
     )
     [request] = build_failed_monitor(Settings())(sensor_context).run_requests
     result = dg.materialize(
-        [dataloader_retry_analysis],
+        [build_retry_asset(load_settings())],
         instance=instance,
         partition_key="pg.missing",
         run_config=request.run_config,
@@ -270,7 +272,7 @@ def test_retry_analysis_runs_through_the_same_databricks_path(
     assert load_run.result_state == "FAILED"
     assert retry_run.result_state == "SUCCESS"
     assert retry_run.task["spark_python_task"]["python_file"].endswith("dataloader_retry_pipe.py")
-    [mat] = result.asset_materializations_for_node(dataloader_retry_analysis.op.name)
+    [mat] = result.asset_materializations_for_node("dataloader__retry_analysis")
     decision = mat.metadata["decision"].value
     assert decision in ("Retry Recommended", "Requires Review")
     assert mat.metadata["decider"].value == "rules"

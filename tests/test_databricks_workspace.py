@@ -11,12 +11,14 @@ from databricks_standin import DatabricksStandin, databricks_standin  # noqa: F4
 from helpers import add_control_row, control_row, lakebase_for
 from test_databricks_e2e import CLUSTER, REPO_SCRIPTS, WORKSPACE_SCRIPTS, event_text
 
-from dagsters.assets.dataloader_pipes_asset import dataloader_table_load
+from dagsters.assets.dataloader_pipes_asset import build_load_asset
+from dagsters.control.run_requests import load_run_config
+from dagsters.partitions import PARTITIONS_NAME
 from dagsters.resources.databricks_rest import DatabricksRestResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
+from dagsters.settings import load_settings
 from dagsters.utils.databricks_workspace import workspace_client, workspace_host
 from dagsters.utils.lakebase_client import LakebaseClient
-from dagsters.utils.run_config import PARTITIONS_NAME, load_run_config
 
 DAGSTERS = Path(__file__).resolve().parents[1] / "dagsters"
 
@@ -91,7 +93,7 @@ def test_load_on_databricks_with_only_the_workspace_url_tagged_with_the_environm
     instance.add_dynamic_partitions(PARTITIONS_NAME, ["pg.orders"])
 
     result = dg.materialize(
-        [dataloader_table_load],
+        [build_load_asset(load_settings())],
         partition_key="pg.orders",
         run_config=load_run_config(claimed),
         resources={

@@ -11,22 +11,17 @@ import dagster as dg
 import pytest
 import yaml
 
-from dagsters.cli import GENERATED_MARKER, dev_environment
-from dagsters.definitions import build_definitions, defs
-from dagsters.resources.pipes_databricks import PipesDatabricksResource, databricks_run_name
-from dagsters.utils.run_config import (
+from dagsters.control.run_requests import (
     landing_run_config,
     landing_run_key,
     load_params,
     run_id_from_url,
     source_system,
 )
-from dagsters.utils.settings import (
-    Settings,
-    SettingsError,
-    dagster_run_url,
-    load_settings,
-)
+from dagsters.definitions import build_definitions, defs
+from dagsters.local.cli import GENERATED_MARKER, dev_environment
+from dagsters.resources.pipes_databricks import PipesDatabricksResource, databricks_run_name
+from dagsters.settings import Settings, SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +61,7 @@ def test_definitions_hold_the_specs_sensors_assets_jobs_and_resources():
     assert sensors["landing_table_monitor"].job_name == "landing_table_git_job"
     keys = {key.to_user_string() for key in repo.assets_defs_by_key}
     assert {"dataloader__table_load", "dataloader__retry_analysis"} <= keys
-    assert set(defs.resources) >= {"lakebase", "pipes_databricks", "databricks_rest"}
+    assert set(defs.resources) >= {"lakebase", "pipes_databricks", "databricks_rest", "models_repo"}
     load_job = repo.get_job("dataloader__table_load_job")
     assert load_job.partitions_def.name == "control_key"
 
@@ -89,7 +84,8 @@ def test_settings_defaults_are_the_specs_and_bad_values_are_refused():
     assert Settings().master_batch_size == 10
     assert Settings().longqueued_threshold_minutes == 60
     assert Settings().longrunning_threshold_minutes == 180
-    assert Settings().max_retries == 3
+    assert Settings().retry.max_retries == 3
+    assert load_settings({"DATALOADER_MAX_RETRIES": "5"}).retry.max_retries == 5
     assert load_settings({"DATALOADER_MASTER_SENSOR_BATCH_SIZE": "25"}).master_batch_size == 25
     with pytest.raises(SettingsError, match="DATALOADER_MASTER_SENSOR_BATCH_SIZE"):
         load_settings({"DATALOADER_MASTER_SENSOR_BATCH_SIZE": "ten"})
@@ -97,6 +93,10 @@ def test_settings_defaults_are_the_specs_and_bad_values_are_refused():
         load_settings({"DATALOADER_LONGQUEUED_THRESHOLD_MINUTES": "0"})
     with pytest.raises(SettingsError, match="DATALOADER_EXECUTION"):
         load_settings({"DATALOADER_EXECUTION": "cloud"})
+
+
+def dagster_run_url(run_id: str, env: dict[str, str]) -> str:
+    return load_settings(env).dagster_run_url(run_id)
 
 
 def test_dagster_run_links():
@@ -171,8 +171,9 @@ def test_dagster_environment_reaches_job_tags_and_databricks_run_names():
     unset = build_definitions(Settings()).get_repository_def()
     assert "dataloader/environment" not in unset.get_job("dataloader__table_load_job").tags
 
-    assert PipesDatabricksResource.from_env({"DAGSTER_ENVIRONMENT": "npd"}).environment == "npd"
-    assert PipesDatabricksResource.from_env({}).environment is None
+    npd = PipesDatabricksResource.from_settings(Settings(environment="npd"))
+    assert npd.environment == "npd"
+    assert PipesDatabricksResource.from_settings(Settings()).environment is None
     name = databricks_run_name("pg.orders", "abc-123", "prod")
-    assert name == f"dataloader [prod] pg.orders (dagster run {dagster_run_url('abc-123')})"
+    assert name == f"dataloader [prod] pg.orders (dagster run {dagster_run_url('abc-123', {})})"
     assert databricks_run_name("pg.orders", "abc-123", None).startswith("dataloader pg.orders (")

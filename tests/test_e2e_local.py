@@ -83,7 +83,7 @@ def dev(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen, Path]]:
     }
     with log.open("w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "dagsters.cli", "dev"],
+            [sys.executable, "-m", "dagsters.local.cli", "dev"],
             cwd=ROOT,
             env=env,
             stdout=out,

@@ -11,6 +11,8 @@ import pytest
 from helpers import add_history, control_row
 from test_sensors import SensorLoop, add_row, tick
 
+from dagsters.control.run_requests import retry_run_key
+from dagsters.partitions import PARTITIONS_NAME
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.sensors.dataloader_failed_monitor import RETRY_JOB, build_failed_monitor
 from dagsters.sensors.dataloader_master_sensor import (
@@ -18,9 +20,8 @@ from dagsters.sensors.dataloader_master_sensor import (
     build_master_sensor,
     plan_partition_sync,
 )
+from dagsters.settings import RetryPolicy, Settings, SettingsError, load_settings
 from dagsters.utils.lakebase_client import LakebaseClient
-from dagsters.utils.run_config import PARTITIONS_NAME, retry_run_key
-from dagsters.utils.settings import Settings, SettingsError, load_settings
 
 
 @pytest.fixture
@@ -191,7 +192,9 @@ def test_failed_monitor_reanalyses_a_dead_analysis_with_a_new_run_key(control_db
     config_id, metadata_id = failed(db, "orders", 90)
     failed(db, "busy", 30)
     result = tick(
-        build_failed_monitor(Settings(retry_analysis_timeout_minutes=60)), instance, control_db
+        build_failed_monitor(Settings(retry=RetryPolicy(analysis_timeout_minutes=60))),
+        instance,
+        control_db,
     )
     [request] = result.run_requests
     first_key = retry_run_key({"control_key": "orders", "last_metadata_id": metadata_id})
@@ -219,7 +222,9 @@ def test_failed_monitor_reanalyses_a_dead_analysis_with_a_new_run_key(control_db
         )
     )
     again = tick(
-        build_failed_monitor(Settings(retry_analysis_timeout_minutes=60)), instance, control_db
+        build_failed_monitor(Settings(retry=RetryPolicy(analysis_timeout_minutes=60))),
+        instance,
+        control_db,
     )
     assert isinstance(again, dg.SkipReason)
     restamped = control_row(db, "orders")["retry_analysis_requested_at"]
@@ -230,15 +235,17 @@ def test_failed_monitor_uses_the_configured_analysis_timeout(control_db, db, ins
     failed(db, "orders", 25)
     assert isinstance(tick(build_failed_monitor(Settings()), instance, control_db), dg.SkipReason)
     shorter = tick(
-        build_failed_monitor(Settings(retry_analysis_timeout_minutes=20)), instance, control_db
+        build_failed_monitor(Settings(retry=RetryPolicy(analysis_timeout_minutes=20))),
+        instance,
+        control_db,
     )
     assert [r.partition_key for r in shorter.run_requests] == ["orders"]
 
 
 def test_analysis_timeout_setting():
     var = "DATALOADER_RETRY_ANALYSIS_TIMEOUT_MINUTES"
-    assert load_settings({}).retry_analysis_timeout_minutes == 60
-    assert load_settings({var: " 5 "}).retry_analysis_timeout_minutes == 5
+    assert load_settings({}).retry.analysis_timeout_minutes == 60
+    assert load_settings({var: " 5 "}).retry.analysis_timeout_minutes == 5
     for bad in ("0", "soon"):
         with pytest.raises(SettingsError, match=var):
             load_settings({var: bad})

@@ -9,25 +9,28 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import dagster as dg
 import psycopg
 import pytest
 from helpers import start_password_enforcing_server
 from psycopg import sql
 
+from dagsters.local.demo import DEMO_DATABASE, seed_demo
+from dagsters.local.embedded_lakebase import (
+    EmbeddedServer,
+    start_embedded_server,
+    stop_embedded_server,
+)
+from dagsters.local.lakebase import lakebase_resource
+from dagsters.local.migrate import apply_migrations, migrate_control_database
 from dagsters.resources.lakebase import (
     LakebaseResource,
     databricks_token_provider,
     oauth_connection_class,
     reset_client_cache,
 )
-from dagsters.utils.demo import DEMO_DATABASE, seed_demo
-from dagsters.utils.embedded_lakebase import (
-    EmbeddedServer,
-    start_embedded_server,
-    stop_embedded_server,
-)
+from dagsters.settings import load_settings
 from dagsters.utils.lakebase_client import LakebaseError
-from dagsters.utils.migrate import apply_migrations
 
 PAT = "dapi0123456789abcdef0123456789abcdef"  # fake workspace token for the stand-in
 ROLE = "token_user"
@@ -43,13 +46,12 @@ def _fresh_client_cache():
 # -- embedded default -------------------------------------------------------------------------------
 
 
-def test_without_host_the_embedded_lakebase_is_started_migrated_and_seeded(tmp_path, monkeypatch):
-    for var in ("LAKEBASE_HOST", "LAKEBASE_PASSWORD", "LAKEBASE_USER", "LAKEBASE_DATABASE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("DATALOADER_HOME", str(tmp_path / "home"))
+def test_without_host_the_embedded_lakebase_is_started_migrated_and_seeded(tmp_path):
+    settings = load_settings({"DATALOADER_HOME": str(tmp_path / "home")})
     pgdata = tmp_path / "home" / "pgdata"
     try:
-        resource = LakebaseResource()
+        resource = lakebase_resource(settings)
+        assert isinstance(resource, LakebaseResource)  # what the sensors and assets ask for
         client = resource.get_client()
         assert resource.get_client() is client  # one pool per process and configuration
         due = client.get_control_tables()
@@ -90,11 +92,25 @@ def test_without_host_the_embedded_lakebase_is_started_migrated_and_seeded(tmp_p
 def test_repr_and_str_never_show_the_password(monkeypatch):
     monkeypatch.setenv("LAKEBASE_PASSWORD", "EnvPassw0rd!")
     explicit = LakebaseResource(host="127.0.0.1", user="svc", password="Sup3rSecret!")
-    from_env = LakebaseResource(host="127.0.0.1", user="svc")
-    for resource in (explicit, from_env):
+    from_settings = LakebaseResource.from_settings(
+        load_settings({"LAKEBASE_HOST": "127.0.0.1", "LAKEBASE_PASSWORD": "EnvPassw0rd!"})
+    )
+    for resource in (explicit, from_settings):
         for text in (repr(resource), str(resource), f"{resource}", resource.conninfo()):
             assert "Sup3rSecret!" not in text and "EnvPassw0rd!" not in text
         assert "password='***'" in repr(resource)
+
+
+def test_from_settings_keeps_the_password_an_environment_reference(monkeypatch):
+    monkeypatch.setenv("LAKEBASE_PASSWORD", "EnvPassw0rd!")
+    settings = load_settings({"LAKEBASE_HOST": "db.example.com", "LAKEBASE_PASSWORD": "x"})
+    resource = LakebaseResource.from_settings(settings)
+    # What the UI shows as the resource's config: the variable's name, never its value.
+    assert isinstance(resource.password, dg.EnvVar) and resource.password == "LAKEBASE_PASSWORD"
+    # Resolved when the resource is set up for a run (and when used outside one).
+    assert resource.process_config_and_initialize().password == "EnvPassw0rd!"
+    assert resource._settings().password == "EnvPassw0rd!"
+    assert LakebaseResource.from_settings(load_settings({})).password is None
 
 
 def test_connection_failure_shows_neither_password_in_errors_nor_logs(monkeypatch, caplog):
@@ -288,6 +304,27 @@ def test_oauth_reaches_the_workspace_named_by_databricks_workspace_url(
     host = os.environ["DATABRICKS_HOST"]
     monkeypatch.delenv("DATABRICKS_HOST")
     monkeypatch.setenv("DATABRICKS_WORKSPACE_URL", host + "/")
-    resource = _oauth_resource(password_pg, instance_name="dataloader-db")
+    workspace_host = load_settings().databricks.workspace_host
+    resource = _oauth_resource(
+        password_pg, instance_name="dataloader-db", workspace_host=workspace_host
+    )
     assert resource.get_client().get_control_tables() == []
     assert [path for path, _, _ in databricks.requests] == ["/api/2.0/database/credentials"]
+
+
+def test_migrations_log_in_like_the_resource_with_oauth(password_pg, databricks):
+    # One parser (settings.py) and one connection description for the resource and `migrate`.
+    settings = load_settings(
+        {
+            "LAKEBASE_HOST": password_pg.socket_dir,
+            "LAKEBASE_PORT": str(password_pg.port),
+            "LAKEBASE_DATABASE": "control",
+            "LAKEBASE_USER": ROLE,
+            "LAKEBASE_SSLMODE": "disable",
+            "DATALOADER_LAKEBASE_AUTH_MODE": "oauth",
+            "DATALOADER_LAKEBASE_INSTANCE": "dataloader-db",
+        }
+    )
+    assert migrate_control_database(settings) == []  # the fixture migrated it already
+    assert len(databricks.tokens) == 1
+    assert databricks.requests[-1][1]["instance_names"] == ["dataloader-db"]

@@ -25,10 +25,12 @@ from deltalake import DeltaTable
 from helpers import add_control_row, control_row, history, lakebase_for
 from psycopg.conninfo import conninfo_to_dict
 
-from dagsters.assets.dataloader_pipes_asset import dataloader_table_load
+from dagsters.assets.dataloader_pipes_asset import build_load_asset
+from dagsters.control.run_requests import LOAD_ASSET, load_run_config
+from dagsters.partitions import PARTITIONS_NAME
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
+from dagsters.settings import load_settings
 from dagsters.utils.lakebase_client import LakebaseClient
-from dagsters.utils.run_config import LOAD_ASSET, PARTITIONS_NAME, load_run_config
 
 
 def resources(control_db: str, lake_root: Path) -> dict:
@@ -59,7 +61,7 @@ def claim_and_materialize(control_db, lake_root, instance, key):
         [claimed] = [r for r in client.claim_due_tables(10) if r["control_key"] == key]
     instance.add_dynamic_partitions(PARTITIONS_NAME, [key])
     return dg.materialize(
-        [dataloader_table_load],
+        [build_load_asset(load_settings())],
         partition_key=key,
         run_config=load_run_config(claimed),
         resources=resources(control_db, lake_root),
@@ -162,7 +164,7 @@ def test_launch_with_only_control_key_queues_a_ui_attempt(
     instance.add_dynamic_partitions(PARTITIONS_NAME, ["pg.orders"])
 
     result = dg.materialize(
-        [dataloader_table_load],
+        [build_load_asset(load_settings())],
         partition_key="pg.orders",
         run_config={"ops": {LOAD_ASSET: {"config": {"control_key": "pg.orders"}}}},
         resources=resources(control_db, lake_root),
@@ -177,7 +179,7 @@ def test_launch_with_only_control_key_queues_a_ui_attempt(
 
     # The partition alone (no config at all) is enough too.
     result = dg.materialize(
-        [dataloader_table_load],
+        [build_load_asset(load_settings())],
         partition_key="pg.orders",
         resources=resources(control_db, lake_root),
         instance=instance,
@@ -195,7 +197,7 @@ def test_launch_while_the_table_is_already_loading_is_refused(
     instance.add_dynamic_partitions(PARTITIONS_NAME, ["pg.orders"])
 
     result = dg.materialize(
-        [dataloader_table_load],
+        [build_load_asset(load_settings())],
         partition_key="pg.orders",
         resources=resources(control_db, lake_root),
         instance=instance,
@@ -219,7 +221,7 @@ def test_stale_attempt_is_not_loaded(control_db, source_db, source, lake_root, d
     instance.add_dynamic_partitions(PARTITIONS_NAME, ["pg.orders"])
 
     result = dg.materialize(
-        [dataloader_table_load],
+        [build_load_asset(load_settings())],
         partition_key="pg.orders",
         run_config=load_run_config(claimed),
         resources=resources(control_db, lake_root),

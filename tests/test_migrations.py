@@ -11,8 +11,8 @@ import psycopg
 import psycopg.sql
 import pytest
 
+from dagsters.local.migrate import SQL_DIR, MigrationError, apply_migrations, main
 from dagsters.utils.lakebase_client import LakebaseClient
-from dagsters.utils.migrate import SQL_DIR, MigrationError, apply_migrations, main
 
 ALL_FILES = sorted(p.name for p in SQL_DIR.glob("[0-9]*.sql"))
 

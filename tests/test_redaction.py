@@ -259,8 +259,9 @@ def test_secrets_from_env_reads_the_process_environment(monkeypatch):
 
 def test_the_load_asset_masks_every_env_secret(monkeypatch):
     from dagsters.assets import dataloader_pipes_asset
+    from dagsters.settings import load_settings
 
     monkeypatch.setenv("DATALOADER_AI_API_KEY", "ai-key-the-asset-missed")
     assert "ai-key-the-asset-missed" not in dataloader_pipes_asset._safe(
-        "proxy rejected ai-key-the-asset-missed"
+        "proxy rejected ai-key-the-asset-missed", load_settings()
     )

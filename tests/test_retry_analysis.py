@@ -10,8 +10,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from dagsters.utils.lakebase_client import LakebaseClient
-from dagsters.utils.retry_analysis import (
+from dagsters.control.retry_analysis import (
     LOST,
     RETRIED,
     REVIEW,
@@ -19,7 +18,22 @@ from dagsters.utils.retry_analysis import (
     build_analysis_request,
     decide_without_asking,
 )
+from dagsters.settings import RetryPolicy, load_settings
+from dagsters.utils.lakebase_client import LakebaseClient
+from databricks_scripts.contract import Decision
 from databricks_scripts.retry_advisor import AdvisorConfig, decide_retry
+
+SPEC = RetryPolicy()  # the spec's 3 retries
+
+
+def _advise(request: dict) -> Decision:
+    """The retry script's rules (no model), as the Decision the asset applies."""
+    answer = decide_retry(request, AdvisorConfig())
+    return answer if isinstance(answer, Decision) else Decision.from_mapping(answer)
+
+
+def _decision(kind: str, reason: str = "r", confidence: float = 0.9) -> Decision:
+    return Decision(kind, confidence, reason, "m")
 
 
 @pytest.fixture
@@ -84,12 +98,12 @@ def test_transient_failure_is_retried_after_a_backoff(client: LakebaseClient, co
     row = _fail_attempt(client, control_db, "sales.orders", "ERROR:  deadlock detected")
     history = client.get_recent_history(config_id)
 
-    assert decide_without_asking(row) is None
+    assert decide_without_asking(row, SPEC) is None
     request = build_analysis_request(row, history)
     assert request["error_message"] == "ERROR:  deadlock detected"
     assert request["recent_attempts"][0]["message"] == "ERROR:  deadlock detected"
     assert request["metadata_id"] == row["last_metadata_id"]
-    decision = decide_retry(request, AdvisorConfig())  # no model: the rules decide
+    decision = _advise(request)  # no model: the rules decide
     outcome = apply_decision(client, row, decision)
 
     assert outcome == RETRIED
@@ -100,7 +114,7 @@ def test_transient_failure_is_retried_after_a_backoff(client: LakebaseClient, co
     stored = _history(control_db, row["last_metadata_id"])
     assert stored["retry_decision"] == "Retry Recommended"
     assert stored["retry_decider"] == "rules"
-    assert stored["retry_confidence"] == pytest.approx(decision["confidence"])
+    assert stored["retry_confidence"] == pytest.approx(decision.confidence)
     assert stored["retry_analysed_at"] is not None
 
 
@@ -113,16 +127,16 @@ def test_flapping_source_backs_off_5_15_45_minutes_then_goes_to_review(
     waits = []
     for _ in range(3):
         row = _fail_attempt(client, control_db, "sales.flapping", "Connection reset by peer")
-        assert decide_without_asking(row) is None
+        assert decide_without_asking(row, SPEC) is None
         request = build_analysis_request(row, client.get_recent_history(config_id))
-        assert apply_decision(client, row, decide_retry(request, AdvisorConfig())) == RETRIED
+        assert apply_decision(client, row, _advise(request)) == RETRIED
         waits.append(_state(control_db, config_id)["wait"])
 
     for wait, minutes in zip(waits, (5, 15, 45), strict=True):
         assert timedelta(minutes=minutes - 1) < wait <= timedelta(minutes=minutes)
     row = _fail_attempt(client, control_db, "sales.flapping", "Connection reset by peer")
     assert row["retry_count"] == 3
-    decision = decide_without_asking(row)
+    decision = decide_without_asking(row, SPEC)
     assert decision is not None and apply_decision(client, row, decision) == REVIEW
     assert client.claim_failed_for_analysis(10) == []
 
@@ -134,7 +148,7 @@ def test_permanent_failure_goes_to_review_and_stays_out_of_the_loop(
     row = _fail_attempt(
         client, control_db, "sales.customers", 'ERROR:  relation "customers" does not exist'
     )
-    decision = decide_retry(build_analysis_request(row, []), AdvisorConfig())
+    decision = _advise(build_analysis_request(row, []))
 
     assert apply_decision(client, row, decision) == REVIEW
 
@@ -153,9 +167,9 @@ def test_exhausted_retries_go_to_review_without_asking(client: LakebaseClient, c
     config_id = _add_row(control_db, "sales.flaky", retry_count=3)
     row = _fail_attempt(client, control_db, "sales.flaky", "Connection reset by peer")
 
-    decision = decide_without_asking(row)
+    decision = decide_without_asking(row, SPEC)
 
-    assert decision is not None and decision["decision"] == "Requires Review"
+    assert decision is not None and decision.decision == "Requires Review"
     assert apply_decision(client, row, decision) == REVIEW
     assert _state(control_db, config_id)["needs_review"] is True
     assert "3 automatic retries" in _history(control_db, row["last_metadata_id"])["retry_reason"]
@@ -164,8 +178,8 @@ def test_exhausted_retries_go_to_review_without_asking(client: LakebaseClient, c
 def test_a_second_decision_for_the_same_attempt_loses(client: LakebaseClient, control_db: str):
     config_id = _add_row(control_db, "sales.items")
     row = _fail_attempt(client, control_db, "sales.items", "Connection refused")
-    retry = {"decision": "Retry Recommended", "confidence": 0.9, "reason": "r", "decider": "m"}
-    review = {"decision": "Requires Review", "confidence": 0.9, "reason": "r", "decider": "m"}
+    retry = _decision("Retry Recommended")
+    review = _decision("Requires Review")
 
     assert apply_decision(client, row, retry) == RETRIED
     assert apply_decision(client, row, review) == LOST
@@ -185,7 +199,7 @@ def test_decision_for_an_older_attempt_loses(client: LakebaseClient, control_db:
         dagster_run_url="http://dagster/runs/2",
     )
     client.record_failure(latest["config_id"], latest["last_metadata_id"], "Connection refused")
-    retry = {"decision": "Retry Recommended", "confidence": 0.9, "reason": "r", "decider": "m"}
+    retry = _decision("Retry Recommended")
 
     assert apply_decision(client, stale, retry) == LOST  # guarded by last_metadata_id
     assert _history(control_db, stale["last_metadata_id"])["retry_decision"] is None
@@ -196,12 +210,14 @@ def test_unknown_decision_and_secret_in_reason_are_made_safe(
 ):
     config_id = _add_row(control_db, "sales.notes")
     row = _fail_attempt(client, control_db, "sales.notes", "weird")
-    decision = {
-        "decision": "Retry maybe",
-        "confidence": 7,
-        "reason": "dsn postgresql://loader:Hunter2Pw@pg-prod/db failed",
-        "decider": "m",
-    }
+    decision = Decision.from_mapping(
+        {
+            "decision": "Retry maybe",
+            "confidence": 7,
+            "reason": "dsn postgresql://loader:Hunter2Pw@pg-prod/db failed",
+            "decider": "m",
+        }
+    )
 
     assert apply_decision(client, row, decision) == REVIEW
 
@@ -220,7 +236,7 @@ def test_request_carries_recent_attempts_but_no_connection_details(
     apply_decision(
         client,
         first,
-        {"decision": "Retry Recommended", "confidence": 0.9, "reason": "blip", "decider": "m"},
+        _decision("Retry Recommended", "blip"),
     )
     row = _fail_attempt(client, control_db, "sales.stock", "password=Sw0rdfish connection reset")
 
@@ -234,3 +250,26 @@ def test_request_carries_recent_attempts_but_no_connection_details(
     assert request["retry_count"] == 1
     text = repr(request)
     assert "Sw0rdfish" not in text and "pg-prod" not in text and "pg_pw" not in text
+
+
+def test_max_retries_5_gives_five_retries_and_the_sixth_failure_goes_to_review(
+    client: LakebaseClient, control_db: str
+):
+    # The bug: DATALOADER_MAX_RETRIES=5 was capped at 3 by a constant of this module.
+    settings = load_settings({"DATALOADER_MAX_RETRIES": "5"})
+    config_id = _add_row(control_db, "sales.flaky")
+    for attempt in range(1, 6):
+        row = _fail_attempt(client, control_db, "sales.flaky", "connection reset by peer")
+        assert decide_without_asking(row, settings.retry) is None, f"failure {attempt}"
+        request = build_analysis_request(row, client.get_recent_history(config_id), settings)
+        assert request["max_retries"] == 5
+        assert apply_decision(client, row, _advise(request)) == RETRIED
+        assert _state(control_db, config_id)["retry_count"] == attempt
+
+    row = _fail_attempt(client, control_db, "sales.flaky", "connection reset by peer")
+    decision = decide_without_asking(row, settings.retry)
+    assert decision is not None and decision.decider == "rules"
+    assert "5 of 5" in decision.reason
+    assert apply_decision(client, row, decision) == REVIEW
+    state = _state(control_db, config_id)
+    assert state["needs_review"] is True and state["retry_count"] == 5

@@ -6,11 +6,11 @@ import pytest
 from helpers import failed_row, lakebase_for
 from openai_standin import OpenAIStandIn, good_answer, openai_standin
 
-from dagsters.assets.dataloader_pipes_asset import dataloader_retry_analysis
+from dagsters.assets.dataloader_pipes_asset import build_retry_asset
+from dagsters.partitions import PARTITIONS_NAME
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.sensors.dataloader_failed_monitor import build_failed_monitor
-from dagsters.utils.run_config import PARTITIONS_NAME
-from dagsters.utils.settings import Settings
+from dagsters.settings import Settings, load_settings
 
 __all__ = ["openai_standin"]  # the fixture, imported so pytest finds it in this module
 
@@ -39,7 +39,7 @@ def _analyse(instance: dg.DagsterInstance, control_db: str, key: str, run_config
     """Run the retry asset for ``key`` as the sensor's run would; its materialization metadata."""
     instance.add_dynamic_partitions(PARTITIONS_NAME, [key])
     result = dg.materialize(
-        [dataloader_retry_analysis],
+        [build_retry_asset(load_settings())],
         instance=instance,
         partition_key=key,
         run_config=run_config,
@@ -48,7 +48,7 @@ def _analyse(instance: dg.DagsterInstance, control_db: str, key: str, run_config
             "pipes_databricks": PipesDatabricksResource(execution="local"),
         },
     )
-    [materialization] = result.asset_materializations_for_node(dataloader_retry_analysis.op.name)
+    [materialization] = result.asset_materializations_for_node("dataloader__retry_analysis")
     return {k: v.value for k, v in materialization.metadata.items()}
 
 

@@ -15,7 +15,7 @@ from databricks.sdk.service import compute, jobs
 from databricks_standin import DatabricksStandin, databricks_standin
 from openai_standin import OpenAIStandIn, Reply, good_answer, openai_standin
 
-from dagsters.utils.retry_analysis import build_analysis_request
+from dagsters.control.retry_analysis import build_analysis_request
 
 __all__ = ["databricks_standin", "openai_standin"]  # fixtures, imported so pytest finds them here
 

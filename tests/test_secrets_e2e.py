@@ -28,16 +28,17 @@ from openai_standin import OpenAIStandIn, good_answer, openai_standin
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from dagsters.assets.dataloader_pipes_asset import dataloader_retry_analysis, dataloader_table_load
-from dagsters.resources.pipes_databricks import PipesDatabricksResource
-from dagsters.sensors.dataloader_failed_monitor import build_failed_monitor
-from dagsters.utils.embedded_lakebase import (
+from dagsters.assets.dataloader_pipes_asset import build_load_asset, build_retry_asset
+from dagsters.control.run_requests import LOAD_ASSET, RETRY_ASSET, load_run_config
+from dagsters.local.embedded_lakebase import (
     EmbeddedServer,
     stop_embedded_server,
 )
+from dagsters.partitions import PARTITIONS_NAME
+from dagsters.resources.pipes_databricks import PipesDatabricksResource
+from dagsters.sensors.dataloader_failed_monitor import build_failed_monitor
+from dagsters.settings import Settings, load_settings
 from dagsters.utils.lakebase_client import LakebaseClient
-from dagsters.utils.run_config import LOAD_ASSET, PARTITIONS_NAME, RETRY_ASSET, load_run_config
-from dagsters.utils.settings import Settings
 from databricks_scripts.loader_params import secret_env_var
 
 __all__ = ["databricks_standin", "openai_standin"]  # fixtures, imported so pytest finds them here
@@ -222,7 +223,7 @@ def materialize(control_db: str, instance: dg.DagsterInstance, key: str, pipes) 
         [claimed] = [r for r in client.claim_due_tables(10) if r["control_key"] == key]
     instance.add_dynamic_partitions(PARTITIONS_NAME, [key])
     result = dg.materialize(
-        [dataloader_table_load],
+        [build_load_asset(load_settings())],
         partition_key=key,
         run_config=load_run_config(claimed),
         resources={"lakebase": lakebase_for(control_db), "pipes_databricks": pipes},
@@ -236,7 +237,7 @@ def reraised(control_db: str, instance: dg.DagsterInstance, key: str, pipes) -> 
     """Rerun the load from the UI (control_key only) with raise_on_error: what a caller sees."""
     with pytest.raises(Exception) as caught:
         dg.materialize(
-            [dataloader_table_load],
+            [build_load_asset(load_settings())],
             partition_key=key,
             run_config={"ops": {LOAD_ASSET: {"config": {"control_key": key}}}},
             resources={"lakebase": lakebase_for(control_db), "pipes_databricks": pipes},
@@ -556,7 +557,7 @@ def test_retry_analysis_sends_and_stores_no_secret(
     [request] = requested.run_requests
     instance.add_dynamic_partitions(PARTITIONS_NAME, [request.partition_key])
     result = dg.materialize(
-        [dataloader_retry_analysis],
+        [build_retry_asset(load_settings())],
         partition_key=request.partition_key,
         run_config=request.run_config,
         resources={"lakebase": lakebase, "pipes_databricks": PipesDatabricksResource()},

@@ -6,84 +6,57 @@ a person reruns one table, or many as a backfill, by materializing its partition
 
 Both run a script from ``databricks_scripts/`` through the ``pipes_databricks`` resource (local
 subprocess or Databricks), and record the outcome in Lakebase: the control row and the history row.
+
+``build_definitions(settings)`` builds them with ``build_load_asset(settings)`` and
+``build_retry_asset(settings)``: the environment tag, the run links, the secrets to mask and the
+retry policy come from that one ``Settings`` object, not from the environment at run time.
 """
 
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import dagster as dg
-from dagster._core.errors import DagsterExecutionInterruptedError
-from pydantic import Field
 
+from dagsters.control.retry_analysis import (
+    apply_decision,
+    build_analysis_request,
+    decide_without_asking,
+)
+from dagsters.control.run_requests import LOAD_ASSET, RETRY_ASSET, environment_tags, load_params
+from dagsters.partitions import control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource, ScriptOutcome
+from dagsters.settings import Settings
 from dagsters.utils.lakebase_client import (
     LakebaseClient,
     LoadAlreadyActive,
     UnknownControlKey,
 )
-from dagsters.utils.retry_analysis import (
-    apply_decision,
-    build_analysis_request,
-    decide_without_asking,
-)
-from dagsters.utils.run_config import (
-    LOAD_ASSET,
-    PARTITIONS_NAME,
-    RETRY_ASSET,
-    environment_tags,
-    load_params,
-)
-from dagsters.utils.settings import dagster_environment, dagster_run_url
-from databricks_scripts.redaction import redact, secrets_from_env
+from databricks_scripts.contract import Decision, LoadMetadata
+from databricks_scripts.redaction import redact
 
 LOAD_SCRIPT = "dataloader_pipe.py"
 RETRY_SCRIPT = "dataloader_retry_pipe.py"
 
-control_key_partitions = dg.DynamicPartitionsDefinition(name=PARTITIONS_NAME)
 
-
-class DataloaderTableConfig(dg.Config):
-    """The spec's run config. master_sensor fills every field; a person may give only control_key
-    (or nothing: the partition key is the control_key). The control row is authoritative: the
-    other fields show what the sensor claimed, and the load reads the row itself."""
-
-    config_id: int | None = None
-    control_key: str | None = None
-    metadata_id: int | None = None
-    source_catalog: str | None = None
-    source_schema_name: str | None = None
-    source_table_name: str | None = None
-    destination_catalog: str | None = None
-    destination_schema_name: str | None = None
-    destination_table_name: str | None = None
-    db_type: str | None = None
-    db_config_value: dict[str, Any] = Field(default_factory=dict)
-    db_kv_scope: str | None = None
-    load_strategy: str | None = None
-    incremental_column: str | None = None
-    incremental_value: str | None = None
-    merge_keys: list[str] | None = None
-    lookback_window_seconds: float = 0.0
-    force_full_reload: bool = False
-
-
-class RetryAnalysisConfig(dg.Config):
-    """Which failure to analyse; failed_monitor fills all three, a person may give control_key."""
+class AttemptConfig(dg.Config):
+    """Which attempt the run works on. The sensors fill all three; a person may give only
+    control_key (or nothing: the partition key is the control_key). The control row is
+    authoritative for everything else: the asset reads it."""
 
     config_id: int | None = None
     control_key: str | None = None
     metadata_id: int | None = None
 
 
-def _safe(text: object) -> str:
-    """``text`` without any secret this process can see (the shared list) or secret shape."""
-    return redact(text, secrets_from_env())
+def _safe(text: object, settings: Settings) -> str:
+    """``text`` without any secret this process holds (settings.secrets) or secret shape."""
+    return redact(text, list(settings.secrets))
 
 
-def _tag_environment(context: dg.AssetExecutionContext) -> None:
+def _tag_environment(context: dg.AssetExecutionContext, settings: Settings) -> None:
     """Tag this run with DAGSTER_ENVIRONMENT when its launcher did not (UI materializations)."""
-    tags = environment_tags(dagster_environment())
+    tags = environment_tags(settings.environment)
     if tags and any(context.run.tags.get(k) != v for k, v in tags.items()):
         context.instance.add_run_tags(context.run.run_id, tags)
 
@@ -104,8 +77,9 @@ def _control_key(context: dg.AssetExecutionContext, configured: str | None) -> s
 def _begin_attempt(
     context: dg.AssetExecutionContext,
     client: LakebaseClient,
-    config: DataloaderTableConfig,
+    config: AttemptConfig,
     control_key: str,
+    settings: Settings,
 ) -> tuple[int, int, str]:
     """Put this run's attempt In Progress; returns (config_id, metadata_id, triggered_by).
 
@@ -114,7 +88,7 @@ def _begin_attempt(
     attempt's history is never overwritten.
     """
     run_id = context.run.run_id
-    url = dagster_run_url(run_id)
+    url = settings.dagster_run_url(run_id)
     reexecution = context.run.parent_run_id is not None
     if config.metadata_id is not None and config.config_id is not None and not reexecution:
         if client.start_load(
@@ -149,7 +123,7 @@ def _schema_changed(context: dg.AssetExecutionContext, control_key: str, reporte
     Compared here rather than in the script so both engines (Arrow and Spark) are covered alike.
     A first load is not a change: a new row's staging model is still unprocessed anyway.
     """
-    new_schema = _metadata_value(reported, "dagster/column_schema")
+    new_schema = _metadata_value(reported, LoadMetadata.COLUMN_SCHEMA)
     if new_schema is None:
         return False
     previous = context.instance.fetch_materializations(
@@ -160,7 +134,7 @@ def _schema_changed(context: dg.AssetExecutionContext, control_key: str, reporte
         return False
     materialization = previous[0].asset_materialization
     old_schema = _metadata_value(
-        materialization.metadata if materialization else {}, "dagster/column_schema"
+        materialization.metadata if materialization else {}, LoadMetadata.COLUMN_SCHEMA
     )
     return old_schema is not None and old_schema != new_schema
 
@@ -173,134 +147,142 @@ def _reported_metadata(outcome: ScriptOutcome) -> dict[str, Any]:
     return merged
 
 
-@dg.asset(
-    name=LOAD_ASSET,
-    partitions_def=control_key_partitions,
-    group_name="dataloader",
-    kinds={"databricks", "python"},
-    description="Loads one source table (the partition's control_key) into its Delta destination.",
-)
-def dataloader_table_load(
-    context: dg.AssetExecutionContext,
-    config: DataloaderTableConfig,
-    lakebase: LakebaseResource,
-    pipes_databricks: PipesDatabricksResource,
-) -> Iterator[dg.MaterializeResult]:
-    control_key = _control_key(context, config.control_key)
-    _tag_environment(context)
-    client = lakebase.get_client()
-    config_id, metadata_id, trigger = _begin_attempt(context, client, config, control_key)
-    row = client.get_table_details(control_key)
-    if row is None:  # deleted between the claim and now
-        raise dg.Failure(f"{control_key}: table_control row disappeared")
-    params = load_params({**row, "metadata_id": metadata_id})
-    databricks_url: list[str | None] = [None]
+class _Attempt:
+    """One load attempt of one row: runs the script and writes its outcome to the control row."""
 
-    def _link_external_run(url: str | None, external_run_id: str) -> None:
-        databricks_url[0] = url
-        context.log.info(f"{control_key}: Databricks run {external_run_id} {url or ''}")
-        client.update_run_tracking(config_id, databricks_url=url, metadata_id=metadata_id)
+    def __init__(
+        self,
+        context: dg.AssetExecutionContext,
+        client: LakebaseClient,
+        settings: Settings,
+        control_key: str,
+    ):
+        self.context = context
+        self.client = client
+        self.settings = settings
+        self.control_key = control_key
+        self.config_id = 0
+        self.metadata_id = 0
+        self.databricks_url: str | None = None
 
-    try:
-        outcome = pipes_databricks.run_script(
-            context,
-            script=LOAD_SCRIPT,
-            params=params,
-            label=control_key,
-            on_external_run=_link_external_run,
-        )
-    except DagsterExecutionInterruptedError:
-        client.record_failure(
-            config_id,
-            metadata_id,
-            f"Cancelled - Dagster run {context.run.run_id} was terminated",
-            databricks_run_url=databricks_url[0],
-        )
-        raise
-    except Exception as exc:  # noqa: BLE001 - any failure to run must end the attempt Failed
-        message = _safe(f"Load could not run: {type(exc).__name__}: {exc}")
-        client.record_failure(config_id, metadata_id, message, databricks_run_url=databricks_url[0])
-        raise dg.Failure(message) from None
-
-    run_link = outcome.external_run_url or databricks_url[0]
-    if outcome.error is not None:
-        message = _safe(outcome.error)
-        client.record_failure(config_id, metadata_id, message, databricks_run_url=run_link)
-        raise dg.Failure(
-            description=message,
-            metadata={
-                "control_key": control_key,
-                "metadata_id": metadata_id,
-                **({"databricks_run": dg.MetadataValue.url(run_link)} if run_link else {}),
-            },
+    def link_external_run(self, url: str | None, external_run_id: str) -> None:
+        self.databricks_url = url
+        self.context.log.info(f"{self.control_key}: Databricks run {external_run_id} {url or ''}")
+        self.client.update_run_tracking(
+            self.config_id, databricks_url=url, metadata_id=self.metadata_id
         )
 
-    reported = _reported_metadata(outcome)
-    if not reported:
-        message = "Load script finished without reporting a materialization (rows, watermark)"
-        client.record_failure(config_id, metadata_id, message, databricks_run_url=run_link)
-        raise dg.Failure(message)
-    rows_written = _metadata_value(reported, "rows_written")
-    watermark_after = _metadata_value(reported, "watermark_after")
-    recorded = client.record_success(
-        config_id,
-        metadata_id,
-        rows_read=_metadata_value(reported, "rows_read"),
-        rows_written=rows_written,
-        watermark_after=None if watermark_after is None else str(watermark_after),
-        databricks_run_url=run_link,
-        schema_changed=_schema_changed(context, control_key, reported),
+    def fail(self, message: str, run_link: str | None = None) -> None:
+        self.client.record_failure(
+            self.config_id,
+            self.metadata_id,
+            message,
+            databricks_run_url=run_link or self.databricks_url,
+        )
+
+    def run(self, pipes_databricks: PipesDatabricksResource, params: dict) -> ScriptOutcome:
+        try:
+            return pipes_databricks.run_script(
+                self.context,
+                script=LOAD_SCRIPT,
+                params=params,
+                label=self.control_key,
+                on_external_run=self.link_external_run,
+            )
+        except dg.DagsterExecutionInterruptedError:
+            self.fail(f"Cancelled - Dagster run {self.context.run.run_id} was terminated")
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure to run must end the attempt Failed
+            message = _safe(f"Load could not run: {type(exc).__name__}: {exc}", self.settings)
+            self.fail(message)
+            raise dg.Failure(message) from None
+
+    def record(self, outcome: ScriptOutcome) -> tuple[dict[str, Any], str | None]:
+        """Write the script's outcome to the row; the reported metadata and the run link."""
+        run_link = outcome.external_run_url or self.databricks_url
+        if outcome.error is not None:
+            message = _safe(outcome.error, self.settings)
+            self.fail(message, run_link)
+            raise dg.Failure(
+                description=message,
+                metadata={
+                    "control_key": self.control_key,
+                    "metadata_id": self.metadata_id,
+                    **({"databricks_run": dg.MetadataValue.url(run_link)} if run_link else {}),
+                },
+            )
+        reported = _reported_metadata(outcome)
+        if not reported:
+            message = "Load script finished without reporting a materialization (rows, watermark)"
+            self.fail(message, run_link)
+            raise dg.Failure(message)
+        watermark_after = _metadata_value(reported, LoadMetadata.WATERMARK_AFTER)
+        recorded = self.client.record_success(
+            self.config_id,
+            self.metadata_id,
+            rows_read=_metadata_value(reported, LoadMetadata.ROWS_READ),
+            rows_written=_metadata_value(reported, LoadMetadata.ROWS_WRITTEN),
+            watermark_after=None if watermark_after is None else str(watermark_after),
+            databricks_run_url=run_link,
+            schema_changed=_schema_changed(self.context, self.control_key, reported),
+        )
+        if not recorded:
+            # The data was written; a monitor failed the row meanwhile. Say so instead of hiding it.
+            self.context.log.warning(
+                f"{self.control_key}: load finished but attempt {self.metadata_id} was no longer "
+                "In Progress; the control row keeps the state a monitor gave it"
+            )
+        return reported, run_link
+
+
+def build_load_asset(settings: Settings) -> dg.AssetsDefinition:
+    """``dataloader__table_load``: one load of the partition's table, with these settings."""
+
+    @dg.asset(
+        name=LOAD_ASSET,
+        partitions_def=control_key_partitions,
+        group_name="dataloader",
+        kinds={"databricks", "python"},
+        description="Loads one source table (the partition's control_key) into its Delta "
+        "destination.",
     )
-    if not recorded:
-        # The data was written; a monitor failed the row meanwhile. Say so instead of hiding it.
-        context.log.warning(
-            f"{control_key}: load finished but attempt {metadata_id} was no longer In Progress; "
-            "the control row keeps the state a monitor gave it"
+    def dataloader_table_load(
+        context: dg.AssetExecutionContext,
+        config: AttemptConfig,
+        lakebase: LakebaseResource,
+        pipes_databricks: PipesDatabricksResource,
+    ) -> Iterator[dg.MaterializeResult]:
+        control_key = _control_key(context, config.control_key)
+        _tag_environment(context, settings)
+        client = lakebase.get_client()
+        attempt = _Attempt(context, client, settings, control_key)
+        attempt.config_id, attempt.metadata_id, trigger = _begin_attempt(
+            context, client, config, control_key, settings
         )
-    extra: dict[str, Any] = {
-        "control_key": control_key,
-        "metadata_id": metadata_id,
-        "triggered_by": trigger,
-    }
-    if rows_written is not None and "dagster/row_count" not in reported:
-        extra["dagster/row_count"] = int(rows_written)
-    if run_link:
-        extra["databricks_run"] = dg.MetadataValue.url(run_link)
-    yield dg.MaterializeResult(metadata={**reported, **extra})
+        row = client.get_table_details(control_key)
+        if row is None:  # deleted between the claim and now
+            raise dg.Failure(f"{control_key}: table_control row disappeared")
+        params = load_params({**row, "metadata_id": attempt.metadata_id})
+        reported, run_link = attempt.record(attempt.run(pipes_databricks, params))
+        extra: dict[str, Any] = {
+            "control_key": control_key,
+            "metadata_id": attempt.metadata_id,
+            "triggered_by": trigger,
+        }
+        rows_written = _metadata_value(reported, LoadMetadata.ROWS_WRITTEN)
+        if rows_written is not None and LoadMetadata.ROW_COUNT not in reported:
+            extra[LoadMetadata.ROW_COUNT] = int(rows_written)
+        if run_link:
+            extra["databricks_run"] = dg.MetadataValue.url(run_link)
+        yield dg.MaterializeResult(metadata={**reported, **extra})
+
+    return dataloader_table_load
 
 
-def _decision_from_outcome(outcome: ScriptOutcome) -> dict[str, Any] | None:
-    reported = _reported_metadata(outcome)
-    decision = _metadata_value(reported, "decision")
-    if not decision:
-        return None
-    confidence = _metadata_value(reported, "confidence")
-    return {
-        "decision": str(decision),
-        "confidence": None if confidence is None else float(confidence),
-        "reason": str(_metadata_value(reported, "reason") or ""),
-        "decider": str(_metadata_value(reported, "decider") or "unknown"),
-    }
-
-
-@dg.asset(
-    name=RETRY_ASSET,
-    partitions_def=control_key_partitions,
-    group_name="dataloader",
-    kinds={"databricks", "python"},
-    output_required=False,
-    description="Decides whether a failed load is retried or needs a person (failed_monitor).",
-)
-def dataloader_retry_analysis(
-    context: dg.AssetExecutionContext,
-    config: RetryAnalysisConfig,
-    lakebase: LakebaseResource,
-    pipes_databricks: PipesDatabricksResource,
-) -> Iterator[dg.MaterializeResult]:
-    control_key = _control_key(context, config.control_key)
-    _tag_environment(context)
-    client = lakebase.get_client()
-    row = client.get_table_details(control_key)
+def _analysis_to_do(
+    context: dg.AssetExecutionContext, config: AttemptConfig, row: Mapping | None, control_key: str
+) -> bool:
+    """Is the row still failed, unreviewed, and on the attempt this run was launched for?"""
     if row is None:
         raise dg.Failure(f"No table_control row with control_key {control_key!r}")
     if row["last_status"] != "Failed" or row["needs_review"]:
@@ -308,36 +290,73 @@ def dataloader_retry_analysis(
             f"{control_key}: nothing to analyse (status {row['last_status']!r}, "
             f"needs_review={row['needs_review']})"
         )
-        return
+        return False
     if config.metadata_id is not None and row["last_metadata_id"] != config.metadata_id:
         context.log.info(f"{control_key}: attempt {config.metadata_id} is no longer the latest")
-        return
+        return False
+    return True
 
-    decision = decide_without_asking(row)
-    if decision is None:
-        history = client.get_recent_history(row["config_id"], limit=5)
-        request = build_analysis_request(row, history)
-        outcome = pipes_databricks.run_script(
-            context, script=RETRY_SCRIPT, params=request, label=f"retry {control_key}"
-        )
-        decision = _decision_from_outcome(outcome) if outcome.error is None else None
-        if decision is None:
-            # No decision means a person looks at it: never loop on an analysis that cannot run.
-            decision = {
-                "decision": "Requires Review",
-                "confidence": 0.0,
-                "reason": _safe(f"Retry analysis did not decide: {outcome.error or 'no answer'}"),
-                "decider": "none",
-            }
-    applied = apply_decision(client, row, decision)
-    yield dg.MaterializeResult(
-        metadata={
-            "control_key": control_key,
-            "metadata_id": row["last_metadata_id"],
-            "decision": decision["decision"],
-            "confidence": decision.get("confidence"),
-            "reason": decision.get("reason") or "",
-            "decider": decision.get("decider") or "",
-            "applied": str(applied),
-        }
+
+def _ask_the_script(
+    context: dg.AssetExecutionContext,
+    client: LakebaseClient,
+    pipes_databricks: PipesDatabricksResource,
+    row: Mapping,
+    settings: Settings,
+) -> Decision:
+    """The retry script's decision; review when it could not decide."""
+    history = client.get_recent_history(row["config_id"], limit=5)
+    request = build_analysis_request(row, history, settings)
+    outcome = pipes_databricks.run_script(
+        context, script=RETRY_SCRIPT, params=request, label=f"retry {row['control_key']}"
     )
+    decision = None
+    if outcome.error is None:
+        decision = Decision.from_mapping(_reported_metadata(outcome))
+    if decision is None:
+        # No decision means a person looks at it: never loop on an analysis that cannot run.
+        decision = Decision.review(
+            _safe(f"Retry analysis did not decide: {outcome.error or 'no answer'}", settings),
+            decider="none",
+            confidence=0.0,
+        )
+    return decision
+
+
+def build_retry_asset(settings: Settings) -> dg.AssetsDefinition:
+    """``dataloader__retry_analysis``: retry or review one failed load, with these settings."""
+
+    @dg.asset(
+        name=RETRY_ASSET,
+        partitions_def=control_key_partitions,
+        group_name="dataloader",
+        kinds={"databricks", "python"},
+        output_required=False,
+        description="Decides whether a failed load is retried or needs a person (failed_monitor).",
+    )
+    def dataloader_retry_analysis(
+        context: dg.AssetExecutionContext,
+        config: AttemptConfig,
+        lakebase: LakebaseResource,
+        pipes_databricks: PipesDatabricksResource,
+    ) -> Iterator[dg.MaterializeResult]:
+        control_key = _control_key(context, config.control_key)
+        _tag_environment(context, settings)
+        client = lakebase.get_client()
+        row = client.get_table_details(control_key)
+        if not _analysis_to_do(context, config, row, control_key):
+            return
+        decision = decide_without_asking(row, settings.retry) or _ask_the_script(
+            context, client, pipes_databricks, row, settings
+        )
+        applied = apply_decision(client, row, decision, secrets=settings.secrets)
+        yield dg.MaterializeResult(
+            metadata={
+                "control_key": control_key,
+                "metadata_id": row["last_metadata_id"],
+                **decision.as_dict(),
+                "applied": str(applied),
+            }
+        )
+
+    return dataloader_retry_analysis

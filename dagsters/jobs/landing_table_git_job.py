@@ -23,7 +23,7 @@ import dagster as dg
 from pydantic import Field
 
 from dagsters.resources.databricks_rest import DatabricksRestResource, DatabricksSqlError
-from dagsters.utils.embedded_lakebase import dataloader_home
+from dagsters.settings import load_settings
 from dagsters.utils.landing_models import (
     LandingTable,
     ModelsRepo,
@@ -34,7 +34,6 @@ from dagsters.utils.landing_models import (
     read_delta_columns,
     uc_columns_statement,
 )
-from dagsters.utils.settings import execution_mode
 
 
 class LandingTableGitConfig(dg.Config):
@@ -44,14 +43,14 @@ class LandingTableGitConfig(dg.Config):
 
 
 def _lake_root() -> Path:
-    return Path(os.environ.get("DATALOADER_LAKE_ROOT") or dataloader_home() / "lake")
+    return Path(os.environ.get("DATALOADER_LAKE_ROOT") or load_settings().paths.home / "lake")
 
 
 def _read_columns(row: dict, databricks_rest: DatabricksRestResource) -> LandingTable:
     catalog = row["destination_catalog"]
     schema = row["destination_schema_name"]
     table = row["destination_table_name"]
-    if execution_mode() == "databricks":
+    if load_settings().execution == "databricks":
         try:
             rows = databricks_rest.execute_statement(*uc_columns_statement(catalog, schema, table))
         except DatabricksSqlError as exc:

@@ -1,20 +1,19 @@
 """The ``lakebase`` resource: where the control database is and how to log in to it.
 
-Configuration (every field may also be given as ``dg.EnvVar(...)``; unset fields read the spec's
-environment variables when the client is built, so secrets never enter run config):
+Built at the edge with ``LakebaseResource.from_settings(settings)`` from ``Settings.lakebase`` (the
+spec's ``LAKEBASE_*`` variables, parsed once in ``dagsters/settings.py``). The password is passed
+as ``dg.EnvVar("LAKEBASE_PASSWORD")``, so it never shows in the UI's resource configuration.
 
-- ``host`` / ``port`` / ``database`` / ``user`` / ``password``: ``LAKEBASE_HOST``, ``LAKEBASE_PORT``
-  (5432), ``LAKEBASE_DATABASE`` (``dataloader``), ``LAKEBASE_USER``, ``LAKEBASE_PASSWORD``.
-- ``sslmode``: ``LAKEBASE_SSLMODE``, default ``require`` for a remote host.
-- ``auth_mode``: ``password`` (default) or ``oauth`` (``DATALOADER_LAKEBASE_AUTH_MODE``). With
-  ``oauth`` every new physical connection logs in with a fresh Databricks database credential,
-  minted through databricks-sdk (``DATABRICKS_HOST``, else ``DATABRICKS_WORKSPACE_URL``;
-  ``DATABRICKS_TOKEN`` or any SDK auth):
-  ``instance_name`` (``DATALOADER_LAKEBASE_INSTANCE``) for a provisioned database instance, or
-  ``endpoint`` (``DATALOADER_LAKEBASE_ENDPOINT``, ``projects/<p>/branches/<b>/endpoints/<e>``)
+- ``host`` / ``port`` / ``database`` / ``user`` / ``password`` / ``sslmode``: the connection.
+- ``auth_mode``: ``password`` (default) or ``oauth``. With ``oauth`` every new physical connection
+  logs in with a fresh Databricks database credential, minted through databricks-sdk
+  (``workspace_host``, or the SDK's own ``DATABRICKS_HOST``; any SDK auth): ``instance_name`` for
+  a provisioned database instance, or ``endpoint`` (``projects/<p>/branches/<b>/endpoints/<e>``)
   for an autoscaling Lakebase project.
 
-With no host at all, the project's embedded PostgreSQL is started, migrated and seeded.
+``lakebase_connection(settings.lakebase, ...)`` is the one place a connection is described; the
+resource and the migrations runner both use it. The resource itself always needs a host: with
+none, the edge (``definitions.py``, the CLI) gives it the embedded local server's instead.
 """
 
 from __future__ import annotations
@@ -23,13 +22,15 @@ import os
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
 import psycopg
 from pydantic import Field
 
-from dagsters.utils.databricks_workspace import workspace_client as _new_workspace_client
+from dagsters.resources.databricks_workspace import workspace_client as _new_workspace_client
+from dagsters.settings import LAKEBASE_AUTH_MODES, LakebaseSettings, Settings
 from dagsters.utils.lakebase_client import LakebaseClient, LakebaseError
 from databricks_scripts.redaction import redact
 
@@ -42,20 +43,67 @@ _clients_lock = threading.Lock()
 _POSTGRES_CREDENTIALS_PATH = "/api/2.0/postgres/credentials"
 
 
+@dataclass(frozen=True)
+class LakebaseConnection:
+    """How to open a connection: conninfo without secrets, plus what logs in."""
+
+    conninfo: str
+    connect_kwargs: dict | None = None
+    connection_class: type[psycopg.Connection] | None = None
+
+    def connect(self, **kwargs: Any) -> psycopg.Connection:
+        connection_class = self.connection_class or psycopg.Connection
+        return connection_class.connect(self.conninfo, **{**(self.connect_kwargs or {}), **kwargs})
+
+
+def lakebase_connection(
+    settings: LakebaseSettings,
+    *,
+    workspace_host: str | None = None,
+    connect_timeout_seconds: int = 10,
+) -> LakebaseConnection:
+    """The connection ``settings`` describe (password or OAuth login); never the embedded one."""
+    if not settings.host:
+        raise LakebaseError("no Lakebase host: set LAKEBASE_HOST (or use the local CLI)")
+    if settings.auth_mode not in LAKEBASE_AUTH_MODES:
+        raise LakebaseError(f"auth_mode must be 'password' or 'oauth', not {settings.auth_mode!r}")
+    conninfo = psycopg.conninfo.make_conninfo(
+        host=settings.host,
+        port=settings.port,
+        dbname=settings.database,
+        user=settings.user,
+        sslmode=settings.sslmode,
+        connect_timeout=connect_timeout_seconds,
+        application_name="dataloader",
+    )
+    if settings.auth_mode == "oauth":
+        if not settings.user:
+            raise LakebaseError(
+                "auth_mode=oauth needs LAKEBASE_USER: the Databricks identity (user e-mail or "
+                "service principal application id) that owns the database role"
+            )
+        provider = databricks_token_provider(
+            instance_name=settings.instance_name,
+            endpoint=settings.endpoint,
+            workspace_host=workspace_host,
+        )
+        return LakebaseConnection(conninfo, connection_class=oauth_connection_class(provider))
+    password = {"password": settings.password} if settings.password else None
+    return LakebaseConnection(conninfo, connect_kwargs=password)
+
+
 class LakebaseResource(dg.ConfigurableResource):
     """Connection settings for the Lakebase control database; ``get_client()`` does the rest."""
 
-    host: str | None = Field(default=None, description="LAKEBASE_HOST; unset: embedded server")
-    port: int | None = Field(default=None, description="LAKEBASE_PORT (default 5432)")
-    database: str | None = Field(default=None, description="LAKEBASE_DATABASE (dataloader)")
+    host: str | None = Field(default=None, description="LAKEBASE_HOST")
+    port: int = Field(default=5432, description="LAKEBASE_PORT")
+    database: str = Field(default="dataloader", description="LAKEBASE_DATABASE")
     user: str | None = Field(default=None, description="LAKEBASE_USER")
     password: str | None = Field(
-        default=None, description="LAKEBASE_PASSWORD (auth_mode=password only)"
+        default=None, description="LAKEBASE_PASSWORD (auth_mode=password only; an EnvVar)"
     )
-    sslmode: str | None = Field(default=None, description="LAKEBASE_SSLMODE (require)")
-    auth_mode: str | None = Field(
-        default=None, description="password | oauth (DATALOADER_LAKEBASE_AUTH_MODE)"
-    )
+    sslmode: str = Field(default="require", description="LAKEBASE_SSLMODE")
+    auth_mode: str = Field(default="password", description="password | oauth")
     instance_name: str | None = Field(
         default=None, description="Provisioned database instance (DATALOADER_LAKEBASE_INSTANCE)"
     )
@@ -64,6 +112,9 @@ class LakebaseResource(dg.ConfigurableResource):
         description="Autoscaling endpoint projects/<p>/branches/<b>/endpoints/<e> "
         "(DATALOADER_LAKEBASE_ENDPOINT)",
     )
+    workspace_host: str | None = Field(
+        default=None, description="Databricks workspace minting OAuth credentials"
+    )
     min_pool_size: int = 1
     max_pool_size: int = 4
     connect_timeout_seconds: int = 10
@@ -71,97 +122,85 @@ class LakebaseResource(dg.ConfigurableResource):
         default=30.0, description="How long a caller waits for a pooled connection"
     )
 
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> LakebaseResource:
+        """The resource for ``settings.lakebase``; the password stays an environment reference."""
+        lakebase = settings.lakebase
+        values: dict[str, Any] = {
+            "host": lakebase.host,
+            "port": lakebase.port,
+            "database": lakebase.database,
+            "user": lakebase.user,
+            "password": dg.EnvVar("LAKEBASE_PASSWORD") if lakebase.password else None,
+            "sslmode": lakebase.sslmode,
+            "auth_mode": lakebase.auth_mode,
+            "instance_name": lakebase.instance_name,
+            "endpoint": lakebase.endpoint,
+            "workspace_host": settings.databricks.workspace_host,
+        }
+        return cls(**{**values, **overrides})
+
     # -- never show secrets -----------------------------------------------------------------------
 
     def __repr__(self) -> str:
-        settings = self._settings()
-        shown = {k: v for k, v in settings.items() if k != "password"}
-        shown["password"] = "***" if settings["password"] else None
-        return f"LakebaseResource({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+        shown = {k: v for k, v in self._settings().__dict__.items() if k != "password"}
+        shown["password"] = "***" if self.password else None
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     __str__ = __repr__
 
-    # -- settings ---------------------------------------------------------------------------------
+    # -- connection -------------------------------------------------------------------------------
 
-    def _settings(self) -> dict[str, Any]:
-        env = os.environ
-        host = self.host or env.get("LAKEBASE_HOST") or None
-        auth_mode = self.auth_mode or env.get("DATALOADER_LAKEBASE_AUTH_MODE") or "password"
-        if auth_mode not in ("password", "oauth"):
-            raise LakebaseError(f"auth_mode must be 'password' or 'oauth', not {auth_mode!r}")
-        return {
-            "host": host,
-            "port": int(self.port or env.get("LAKEBASE_PORT") or 5432),
-            "database": self.database or env.get("LAKEBASE_DATABASE") or "dataloader",
-            "user": self.user or env.get("LAKEBASE_USER") or None,
-            "password": self.password or env.get("LAKEBASE_PASSWORD") or None,
-            "sslmode": self.sslmode or env.get("LAKEBASE_SSLMODE") or "require",
-            "auth_mode": auth_mode,
-            "instance_name": self.instance_name or env.get("DATALOADER_LAKEBASE_INSTANCE") or None,
-            "endpoint": self.endpoint or env.get("DATALOADER_LAKEBASE_ENDPOINT") or None,
-        }
+    def _settings(self) -> LakebaseSettings:
+        password = self.password
+        if isinstance(password, dg.EnvVar):  # used outside a run: Dagster has not resolved it
+            password = password.get_value()
+        return LakebaseSettings(
+            host=self.host,
+            port=self.port,
+            database=self.database,
+            user=self.user,
+            password=password,
+            sslmode=self.sslmode,
+            auth_mode=self.auth_mode,
+            instance_name=self.instance_name,
+            endpoint=self.endpoint,
+        )
+
+    def connection(self) -> LakebaseConnection:
+        return lakebase_connection(
+            self._settings(),
+            workspace_host=self.workspace_host,
+            connect_timeout_seconds=self.connect_timeout_seconds,
+        )
 
     def conninfo(self) -> str:
         """The connection string without any password or token (safe to log)."""
-        s = self._settings()
-        if not s["host"]:
-            from dagsters.utils.embedded_lakebase import CONTROL_DATABASE, ensure_embedded_lakebase
-
-            return ensure_embedded_lakebase().conninfo(CONTROL_DATABASE)
-        return psycopg.conninfo.make_conninfo(
-            host=s["host"],
-            port=s["port"],
-            dbname=s["database"],
-            user=s["user"],
-            sslmode=s["sslmode"],
-            connect_timeout=self.connect_timeout_seconds,
-            application_name="dataloader",
-        )
+        return self.connection().conninfo
 
     def get_client(self) -> LakebaseClient:
         """A pooled :class:`LakebaseClient`, one per process and configuration."""
         s = self._settings()
-        key = (os.getpid(), tuple(sorted((k, _fingerprint(k, v)) for k, v in s.items())))
+        key = (
+            os.getpid(),  # a forked worker must not share its parent's pool
+            type(self).__name__,
+            self.workspace_host,
+            tuple(sorted((k, _fingerprint(k, v)) for k, v in s.__dict__.items())),
+        )
         with _clients_lock:
             client = _clients.get(key)
             if client is None:
-                client = self._build_client(s)
+                connection = self.connection()
+                client = LakebaseClient(
+                    connection.conninfo,
+                    min_size=self.min_pool_size,
+                    max_size=self.max_pool_size,
+                    timeout=self.pool_timeout_seconds,
+                    connect_kwargs=connection.connect_kwargs,
+                    connection_class=connection.connection_class,
+                )
                 _clients[key] = client
             return client
-
-    def _build_client(self, s: dict[str, Any]) -> LakebaseClient:
-        conninfo = self.conninfo()
-        if not s["host"]:
-            return LakebaseClient(
-                conninfo,
-                min_size=self.min_pool_size,
-                max_size=self.max_pool_size,
-                timeout=self.pool_timeout_seconds,
-            )
-        if s["auth_mode"] == "oauth":
-            if not s["user"]:
-                raise LakebaseError(
-                    "auth_mode=oauth needs LAKEBASE_USER: the Databricks identity (user e-mail or "
-                    "service principal application id) that owns the database role"
-                )
-            provider = databricks_token_provider(
-                instance_name=s["instance_name"], endpoint=s["endpoint"]
-            )
-            return LakebaseClient(
-                conninfo,
-                min_size=self.min_pool_size,
-                max_size=self.max_pool_size,
-                timeout=self.pool_timeout_seconds,
-                connection_class=oauth_connection_class(provider),
-            )
-        connect_kwargs = {"password": s["password"]} if s["password"] else None
-        return LakebaseClient(
-            conninfo,
-            min_size=self.min_pool_size,
-            max_size=self.max_pool_size,
-            timeout=self.pool_timeout_seconds,
-            connect_kwargs=connect_kwargs,
-        )
 
 
 def _fingerprint(key: str, value: Any) -> Any:
@@ -193,7 +232,11 @@ def oauth_connection_class(token_provider: Callable[[], str]) -> type[psycopg.Co
 
 
 def databricks_token_provider(
-    *, instance_name: str | None, endpoint: str | None, workspace_client: Any = None
+    *,
+    instance_name: str | None,
+    endpoint: str | None,
+    workspace_client: Any = None,
+    workspace_host: str | None = None,
 ) -> Callable[[], str]:
     """A function returning a new Lakebase OAuth token each call (databricks-sdk auth)."""
     if not instance_name and not endpoint:
@@ -207,7 +250,7 @@ def databricks_token_provider(
     def _workspace():
         with lock:
             if holder["client"] is None:
-                holder["client"] = _new_workspace_client()
+                holder["client"] = _new_workspace_client(host=workspace_host)
             return holder["client"]
 
     def mint() -> str:

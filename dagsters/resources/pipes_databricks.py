@@ -37,9 +37,26 @@ from dagster._core.pipes.client import PipesMessageReader
 from dagster._core.pipes.context import PipesMessageHandler
 from pydantic import Field
 
+from dagsters.settings import PROJECT_ROOT, load_settings
 from dagsters.utils.databricks_workspace import workspace_client
-from dagsters.utils.embedded_lakebase import PROJECT_ROOT, dataloader_home
-from dagsters.utils.settings import dagster_environment, dagster_run_url, execution_mode
+
+
+# Interim glue on rewire-core only (the runner branch replaces this module): the removed helpers.
+def dataloader_home():
+    return load_settings().paths.home
+
+
+def execution_mode(env=None):
+    return load_settings(env).execution
+
+
+def dagster_environment(env=None):
+    return load_settings(env).environment
+
+
+def dagster_run_url(run_id, env=None):
+    return load_settings(env).dagster_run_url(run_id)
+
 
 LOCAL_SCRIPTS_DIR = PROJECT_ROOT / "databricks_scripts"
 DEFAULT_TIMEOUT_SECONDS = 10_800  # spec: 3 hours per load

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from dagsters.utils.settings import Settings
+from dagsters.settings import Settings
 
 
 def default_status(settings: Settings) -> dg.DefaultSensorStatus:

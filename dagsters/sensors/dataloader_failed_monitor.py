@@ -2,8 +2,9 @@
 
 Rows that are Failed, not marked for review and not already being analysed are stamped
 ``retry_analysis_requested_at`` in the same statement that selects them, so each failure is handled
-once. Rows under the retry limit get an analysis run (run key: the failed attempt's history row);
-rows that have used their retries are marked for review here, by rule, without asking anyone.
+once. Rows under the retry limit (``settings.retry``, ``DATALOADER_MAX_RETRIES``) get an analysis
+run (run key: the failed attempt's history row); rows that have used their retries are marked for
+review here, by rule, without asking anyone.
 
 An analysis that died before writing its decision (run crashed, Databricks unreachable) would
 leave the stamp for ever; a stamp older than ``DATALOADER_RETRY_ANALYSIS_TIMEOUT_MINUTES`` (60) is
@@ -11,20 +12,27 @@ therefore taken back by the same guarded claim, and the failure gets a second an
 new run key, unless the first analysis run is in fact still queued or running in Dagster.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
 import dagster as dg
 
-from dagsters.assets.dataloader_pipes_asset import control_key_partitions
-from dagsters.resources.lakebase import LakebaseResource
-from dagsters.sensors import default_status
-from dagsters.utils.retry_analysis import apply_decision, decide_without_asking
-from dagsters.utils.run_config import (
+from dagsters.control.retry_analysis import apply_decision, decide_without_asking
+from dagsters.control.run_requests import (
     TAG_METADATA_ID,
     environment_tags,
     retry_run_config,
     retry_run_key,
     retry_run_tags,
 )
-from dagsters.utils.settings import Settings, load_settings
+from dagsters.partitions import control_key_partitions
+from dagsters.resources.lakebase import LakebaseResource
+from dagsters.sensors import default_status
+from dagsters.settings import RetryPolicy, Settings
+from dagsters.utils.lakebase_client import LakebaseClient
+from databricks_scripts.contract import Decision
 
 RETRY_JOB = "dataloader__retry_analysis_job"
 _ANY_RETRY_COUNT = 2**31 - 1
@@ -36,7 +44,17 @@ _ACTIVE = [
 ]
 
 
-def _analysis_run_key(row: dict) -> str:
+@dataclass
+class FailureTriage:
+    """What one tick does with the failures it claimed."""
+
+    analyse: list[dict] = field(default_factory=list)
+    exhausted: list[tuple[dict, Decision]] = field(default_factory=list)  # review by rule
+    waiting: list[tuple[dict, str]] = field(default_factory=list)  # (row, active analysis run)
+    again: list[dict] = field(default_factory=list)  # earlier analysis never decided
+
+
+def analysis_run_key(row: dict) -> str:
     previous = row.get("previous_analysis_requested_at")
     if previous is None:
         return retry_run_key(row)
@@ -44,38 +62,84 @@ def _analysis_run_key(row: dict) -> str:
     return f"{retry_run_key(row)}:again-{int(row['retry_analysis_requested_at'].timestamp())}"
 
 
-def _still_running(context: dg.SensorEvaluationContext, row: dict) -> str | None:
-    """Run id of an analysis run for this attempt that is still queued or running, if any."""
-    records = context.instance.get_run_records(
-        filters=dg.RunsFilter(
-            job_name=RETRY_JOB,
-            statuses=_ACTIVE,
-            tags={TAG_METADATA_ID: str(row.get("last_metadata_id"))},
-        ),
-        limit=1,
+def triage_failures(
+    claimed: Iterable[dict], policy: RetryPolicy, active_run: Callable[[dict], str | None]
+) -> FailureTriage:
+    """Split claimed failures: out of retries, to analyse, or still being analysed.
+
+    ``active_run(row)`` is asked only for rows whose earlier analysis never decided (rare).
+    """
+    triage = FailureTriage()
+    for row in claimed:
+        decision = decide_without_asking(row, policy)
+        if decision is not None:
+            triage.exhausted.append((row, decision))
+            continue
+        if row.get("previous_analysis_requested_at") is not None:
+            active = active_run(row)
+            if active:
+                triage.waiting.append((row, active))
+                continue
+            triage.again.append(row)
+        triage.analyse.append(row)
+    return triage
+
+
+def review_exhausted(
+    client: LakebaseClient, exhausted: Iterable[tuple[dict, Decision]], settings: Settings
+) -> list[tuple[dict, str]]:
+    """Mark rows out of retries for review by rule; one (row, outcome) pair per row."""
+    return [
+        (row, apply_decision(client, row, decision, secrets=settings.secrets))
+        for row, decision in exhausted
+    ]
+
+
+def analysis_requests(rows: list[dict], settings: Settings) -> dg.SensorResult:
+    # Every claimed key goes in the add request: the sensor daemon adds only the keys it does not
+    # have yet (one lookup per key there), so checking them here as well would only double that
+    # cost on every tick.
+    keys = sorted({row["control_key"] for row in rows})
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(
+                run_key=analysis_run_key(row),
+                run_config=retry_run_config(row),
+                tags={**retry_run_tags(row), **environment_tags(settings.environment)},
+                partition_key=row["control_key"],
+            )
+            for row in rows
+        ],
+        dynamic_partitions_requests=[control_key_partitions.build_add_request(keys)],
     )
-    return records[0].dagster_run.run_id if records else None
 
 
-def _exhausted(row: dict, max_retries: int) -> dict:
-    # decide_without_asking uses the spec's limit of 3; a lower DATALOADER_MAX_RETRIES lands here.
-    return {
-        "decision": "Requires Review",
-        "confidence": 1.0,
-        "reason": f"Failed after {row['retry_count']} of {max_retries} automatic retries.",
-        "decider": "rules",
-    }
+def _active_analysis_run(context: dg.SensorEvaluationContext) -> Callable[[dict], str | None]:
+    def active_run(row: dict) -> str | None:
+        """Run id of an analysis run for this attempt that is still queued or running, if any."""
+        records = context.instance.get_run_records(
+            filters=dg.RunsFilter(
+                job_name=RETRY_JOB,
+                statuses=_ACTIVE,
+                tags={TAG_METADATA_ID: str(row.get("last_metadata_id"))},
+            ),
+            limit=1,
+        )
+        return records[0].dagster_run.run_id if records else None
+
+    return active_run
 
 
 def build_failed_monitor(settings: Settings) -> dg.SensorDefinition:
-    timeout = settings.retry_analysis_timeout_minutes
+    timeout = settings.retry.analysis_timeout_minutes
+    max_retries = settings.retry.max_retries
 
     @dg.sensor(
         name="failed_monitor",
         job_name=RETRY_JOB,
         minimum_interval_seconds=settings.failed_interval_seconds,
         default_status=default_status(settings),
-        description=f"Requests a retry decision for each failure (at most {settings.max_retries} "
+        description=f"Requests a retry decision for each failure (at most {max_retries} "
         "retries per table).",
     )
     def failed_monitor(
@@ -83,59 +147,30 @@ def build_failed_monitor(settings: Settings) -> dg.SensorDefinition:
     ) -> dg.SensorResult | dg.SkipReason:
         client = lakebase.get_client()
         # Every failure not yet handled, whatever its retry count: the exhausted ones are settled
-        # below, so they do not sit Failed without a review marker.
+        # here, so they do not sit Failed without a review marker.
         claimed = client.claim_failed_for_analysis(
             settings.failed_batch_size, _ANY_RETRY_COUNT, stale_after_minutes=timeout
         )
-        rows = []
-        for row in claimed:
-            if row["retry_count"] >= settings.max_retries:
-                continue
-            if row.get("previous_analysis_requested_at") is not None:
-                # Rare (an analysis that never decided): one run lookup for such rows only.
-                active = _still_running(context, row)
-                if active:
-                    context.log.info(
-                        f"{row['control_key']}: analysis run {active} is still in flight after "
-                        f"{timeout} min; waiting for it"
-                    )
-                    continue
-                context.log.warning(
-                    f"{row['control_key']}: analysis requested at "
-                    f"{row['previous_analysis_requested_at']} never decided; analysing again"
-                )
-            rows.append(row)
-        exhausted = [r for r in claimed if r["retry_count"] >= settings.max_retries]
-        for row in exhausted:
-            decision = decide_without_asking(row) or _exhausted(row, settings.max_retries)
-            outcome = apply_decision(client, row, decision)
+        triage = triage_failures(claimed, settings.retry, _active_analysis_run(context))
+        for row, active in triage.waiting:
+            context.log.info(
+                f"{row['control_key']}: analysis run {active} is still in flight after "
+                f"{timeout} min; waiting for it"
+            )
+        for row in triage.again:
+            context.log.warning(
+                f"{row['control_key']}: analysis requested at "
+                f"{row['previous_analysis_requested_at']} never decided; analysing again"
+            )
+        for row, outcome in review_exhausted(client, triage.exhausted, settings):
             context.log.info(f"{row['control_key']}: retries used up; {outcome}")
-        if not rows:
-            reviewed = (
-                f" Marked {len(exhausted)} for review (retries used up)." if exhausted else ""
-            )
-            return dg.SkipReason(
-                f"No failure to analyse (Failed, retry_count < {settings.max_retries}, not under "
-                f"review, not already being analysed).{reviewed}"
-            )
-        # Every claimed key goes in the add request: the sensor daemon adds only the keys it does
-        # not have yet (one lookup per key there), so checking them here as well would only
-        # double that cost on every tick.
-        keys = sorted({row["control_key"] for row in rows})
-        return dg.SensorResult(
-            run_requests=[
-                dg.RunRequest(
-                    run_key=_analysis_run_key(row),
-                    run_config=retry_run_config(row),
-                    tags={**retry_run_tags(row), **environment_tags(settings.environment)},
-                    partition_key=row["control_key"],
-                )
-                for row in rows
-            ],
-            dynamic_partitions_requests=[control_key_partitions.build_add_request(keys)],
+        if triage.analyse:
+            return analysis_requests(triage.analyse, settings)
+        reviewed = len(triage.exhausted)
+        return dg.SkipReason(
+            f"No failure to analyse (Failed, retry_count < {max_retries}, not under review, not "
+            "already being analysed)."
+            + (f" Marked {reviewed} for review (retries used up)." if reviewed else "")
         )
 
     return failed_monitor
-
-
-failed_monitor = build_failed_monitor(load_settings())

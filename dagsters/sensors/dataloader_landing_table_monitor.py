@@ -7,15 +7,15 @@ still queued or running the monitor waits, so two runs never write the same file
 
 import dagster as dg
 
-from dagsters.resources.lakebase import LakebaseResource
-from dagsters.sensors import default_status
-from dagsters.utils.run_config import (
+from dagsters.control.run_requests import (
     LANDING_JOB,
     environment_tags,
     landing_run_config,
     landing_run_key,
 )
-from dagsters.utils.settings import Settings, load_settings
+from dagsters.resources.lakebase import LakebaseResource
+from dagsters.sensors import default_status
+from dagsters.settings import Settings
 
 _ACTIVE = [
     dg.DagsterRunStatus.QUEUED,
@@ -57,6 +57,3 @@ def build_landing_table_monitor(settings: Settings) -> dg.SensorDefinition:
         )
 
     return landing_table_monitor
-
-
-landing_table_monitor = build_landing_table_monitor(load_settings())

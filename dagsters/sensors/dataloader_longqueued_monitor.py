@@ -9,7 +9,7 @@ import dagster as dg
 
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.sensors import default_status
-from dagsters.utils.settings import Settings, load_settings
+from dagsters.settings import Settings
 
 
 def build_longqueued_monitor(settings: Settings) -> dg.SensorDefinition:
@@ -32,6 +32,3 @@ def build_longqueued_monitor(settings: Settings) -> dg.SensorDefinition:
         return dg.SkipReason(f"Marked {len(rows)} row(s) Failed (stuck in queue): {keys}")
 
     return longqueued_monitor
-
-
-longqueued_monitor = build_longqueued_monitor(load_settings())

@@ -8,10 +8,10 @@ in the meantime keeps its result.
 
 import dagster as dg
 
+from dagsters.control.run_requests import run_id_from_url
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.sensors import default_status
-from dagsters.utils.run_config import run_id_from_url
-from dagsters.utils.settings import Settings, load_settings
+from dagsters.settings import Settings
 
 
 def _cancel_dagster_run(context: dg.SensorEvaluationContext, run_id: str | None) -> str:
@@ -61,6 +61,3 @@ def build_longrunning_monitor(settings: Settings) -> dg.SensorDefinition:
         )
 
     return longrunning_monitor
-
-
-longrunning_monitor = build_longrunning_monitor(load_settings())

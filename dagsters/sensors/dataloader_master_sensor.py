@@ -22,18 +22,17 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from dagsters.assets.dataloader_pipes_asset import control_key_partitions
-from dagsters.resources.lakebase import LakebaseResource
-from dagsters.sensors import default_status
-from dagsters.utils.run_config import (
-    PARTITIONS_NAME,
+from dagsters.control.run_requests import (
     environment_tags,
     load_run_config,
     load_run_key,
     load_run_tags,
     triggered_by,
 )
-from dagsters.utils.settings import Settings, load_settings
+from dagsters.partitions import PARTITIONS_NAME, control_key_partitions
+from dagsters.resources.lakebase import LakebaseResource
+from dagsters.sensors import default_status
+from dagsters.settings import Settings
 
 LOAD_JOB = "dataloader__table_load_job"
 # Compare the key sets at least this often even when the counter did not move.
@@ -152,6 +151,3 @@ def build_master_sensor(settings: Settings) -> dg.SensorDefinition:
         )
 
     return master_sensor
-
-
-master_sensor = build_master_sensor(load_settings())

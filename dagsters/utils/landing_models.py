@@ -526,9 +526,9 @@ def default_models_repo_path() -> Path:
     configured = os.environ.get("DATALOADER_MODELS_REPO")
     if configured:
         return Path(configured).expanduser()
-    from dagsters.utils.embedded_lakebase import dataloader_home
+    from dagsters.settings import load_settings
 
-    return dataloader_home() / "models_repo"
+    return load_settings().paths.home / "models_repo"
 
 
 @dataclass
@@ -593,11 +593,11 @@ class ModelsRepo:
 
         The lock file lives under the project's data directory, not next to a person's checkout.
         """
-        from dagsters.utils.embedded_lakebase import dataloader_home
+        from dagsters.settings import load_settings
 
         self.path.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:16]
-        lock_path = dataloader_home() / "locks" / f"models_repo-{digest}.lock"
+        lock_path = load_settings().paths.home / "locks" / f"models_repo-{digest}.lock"
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         with open(lock_path, "a+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)

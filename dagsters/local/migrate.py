@@ -1,7 +1,7 @@
 """Apply the numbered DDL files in ``sql/`` to a control database, each exactly once.
 
-    python -m dagsters.utils.migrate --conninfo "host=... dbname=dataloader user=... sslmode=require"
-    python -m dagsters.utils.migrate            # uses LAKEBASE_HOST/PORT/DATABASE/USER/PASSWORD
+    python -m dagsters.local.migrate --conninfo "host=... dbname=dataloader user=... sslmode=require"
+    python -m dagsters.local.migrate            # the LAKEBASE_* settings, password or OAuth login
 
 Each file runs whole, in its own transaction, and is recorded in ``schema_migrations`` with its
 sha256, so a second run applies nothing and a failed file leaves the database as it was.
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import os
 import re
 import sys
 from collections.abc import Sequence
@@ -21,9 +20,12 @@ from pathlib import Path
 
 import psycopg
 
+from dagsters.resources.lakebase import lakebase_connection
+from dagsters.settings import PROJECT_ROOT, Settings, load_settings
+from dagsters.utils.lakebase_client import LakebaseError
 from databricks_scripts.redaction import redact
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+SQL_DIR = PROJECT_ROOT / "sql"
 _NUMBERED = re.compile(r"^(\d+)_.+\.sql$")
 # Any fixed number works; it only has to be the same in every process that migrates.
 _ADVISORY_LOCK_KEY = 0x44415441_4C4F4144 & 0x7FFFFFFFFFFFFFFF  # "DATALOAD"
@@ -50,15 +52,23 @@ def migration_files(sql_dir: Path | str = SQL_DIR) -> list[Path]:
 
 
 def apply_migrations(
-    conninfo: str, sql_dir: Path | str = SQL_DIR, *, connect_kwargs: dict | None = None
+    conninfo: str,
+    sql_dir: Path | str = SQL_DIR,
+    *,
+    connect_kwargs: dict | None = None,
+    connection_class: type[psycopg.Connection] | None = None,
 ) -> list[str]:
-    """Apply the files not yet recorded; return their names (empty when up to date)."""
+    """Apply the files not yet recorded; return their names (empty when up to date).
+
+    ``connection_class`` logs in another way (the Lakebase resource's OAuth connection).
+    """
     files = migration_files(sql_dir)
     applied_now: list[str] = []
     secrets = _secrets(conninfo, connect_kwargs)
+    connect = (connection_class or psycopg.Connection).connect
     try:
-        conn = psycopg.connect(conninfo, autocommit=True, **(connect_kwargs or {}))
-    except psycopg.Error as exc:
+        conn = connect(conninfo, autocommit=True, **(connect_kwargs or {}))
+    except (psycopg.Error, LakebaseError) as exc:
         raise MigrationError(
             f"cannot connect to the control database: {redact(exc, secrets)}"
         ) from None
@@ -121,37 +131,43 @@ def _secrets(conninfo: str, connect_kwargs: dict | None) -> list[str]:
     return [s for s in found if s]
 
 
-def conninfo_from_env(env: dict[str, str] | None = None) -> str:
-    """Conninfo from the spec's LAKEBASE_* variables (password kept out of the string's repr)."""
-    env = os.environ if env is None else env
-    if not env.get("LAKEBASE_HOST"):
+def migrate_control_database(settings: Settings, sql_dir: Path | str = SQL_DIR) -> list[str]:
+    """Apply ``sql/`` to the Lakebase ``settings`` name, logging in as the resource does."""
+    if settings.lakebase.embedded:
         raise MigrationError("LAKEBASE_HOST is not set; pass --conninfo or set LAKEBASE_*")
-    return psycopg.conninfo.make_conninfo(
-        host=env["LAKEBASE_HOST"],
-        port=env.get("LAKEBASE_PORT") or "5432",
-        dbname=env.get("LAKEBASE_DATABASE") or "dataloader",
-        user=env.get("LAKEBASE_USER") or None,
-        password=env.get("LAKEBASE_PASSWORD") or None,
-        sslmode=env.get("LAKEBASE_SSLMODE") or "require",
+    try:
+        connection = lakebase_connection(
+            settings.lakebase, workspace_host=settings.databricks.workspace_host
+        )
+    except LakebaseError as exc:
+        raise MigrationError(str(exc)) from None
+    return apply_migrations(
+        connection.conninfo,
+        sql_dir,
+        connect_kwargs=connection.connect_kwargs,
+        connection_class=connection.connection_class,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m dagsters.utils.migrate",
+        prog="python -m dagsters.local.migrate",
         description="Apply sql/*.sql to the DataLoader control database (each file once).",
     )
     parser.add_argument(
         "--conninfo",
-        help="libpq connection string or URI; default: built from LAKEBASE_HOST, LAKEBASE_PORT, "
-        "LAKEBASE_DATABASE, LAKEBASE_USER, LAKEBASE_PASSWORD (and LAKEBASE_SSLMODE, default require)",
+        help="libpq connection string or URI; default: the LAKEBASE_* settings (LAKEBASE_HOST, "
+        "LAKEBASE_PORT, LAKEBASE_DATABASE, LAKEBASE_USER, LAKEBASE_PASSWORD or OAuth, "
+        "LAKEBASE_SSLMODE default require)",
     )
     parser.add_argument("--sql-dir", default=str(SQL_DIR), help="directory of numbered .sql files")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        conninfo = args.conninfo or conninfo_from_env()
-        applied = apply_migrations(conninfo, args.sql_dir)
+        if args.conninfo:
+            applied = apply_migrations(args.conninfo, args.sql_dir)
+        else:
+            applied = migrate_control_database(load_settings(), args.sql_dir)
     except MigrationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,6 +1,7 @@
 """Demo data for local mode: three small source tables and the control rows that load them.
 
-``seed_demo`` runs on every start of the embedded Lakebase (several processes may run it at
+``start_demo_lakebase(home)`` starts the embedded Lakebase with this seed; ``seed_demo`` runs on
+every start of the embedded Lakebase (several processes may run it at
 once). It is idempotent: tables and rows are created once; on later starts it only refreshes
 the server's socket directory and port in ``db_config_value`` (the socket directory can move
 between starts) and appends a few new orders, so the incremental load has new rows to pick up.
@@ -10,10 +11,16 @@ A person's edits to the demo control rows (schedule, is_active, ...) are kept.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import psycopg
 
-from dagsters.utils.embedded_lakebase import CONTROL_DATABASE, EmbeddedServer, ensure_database
+from dagsters.local.embedded_lakebase import (
+    CONTROL_DATABASE,
+    EmbeddedServer,
+    ensure_database,
+    ensure_embedded_lakebase,
+)
 
 DEMO_DATABASE = "demo_source"
 DEMO_SCHEMA = "shop"
@@ -65,6 +72,11 @@ DEMO_TABLES = [
     ("demo.orders", "orders", "incremental", "updated_at", None, "2 minutes"),
     ("demo.products", "products", "merge", None, ["product_id"], "3 minutes"),
 ]
+
+
+def start_demo_lakebase(home: Path, *, seed: bool = True) -> EmbeddedServer:
+    """The embedded Lakebase under ``home``, migrated, with the demo rows unless ``seed`` is off."""
+    return ensure_embedded_lakebase(home, seed=seed_demo if seed else None)
 
 
 def seed_demo(server: EmbeddedServer, *, new_orders: int = 3) -> None:

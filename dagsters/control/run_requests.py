@@ -13,11 +13,12 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlparse
 
+from databricks_scripts.contract import LOAD_PARAM_FIELDS
+
 LOAD_ASSET = "dataloader__table_load"
 RETRY_ASSET = "dataloader__retry_analysis"
 LANDING_JOB = "landing_table_git_job"
 LANDING_OP = "landing_table_git_op"
-PARTITIONS_NAME = "control_key"
 
 TAG_CONTROL_KEY = "dataloader/control_key"
 TAG_SOURCE_SYSTEM = "dataloader/source_system"
@@ -25,28 +26,6 @@ TAG_DESTINATION = "dataloader/destination"
 TAG_METADATA_ID = "dataloader/metadata_id"
 TAG_TRIGGER = "dataloader/triggered_by"
 TAG_ENVIRONMENT = "dataloader/environment"
-
-# The fields of the spec's RunRequest config, in the spec's order.
-LOAD_CONFIG_FIELDS = (
-    "config_id",
-    "control_key",
-    "metadata_id",
-    "source_catalog",
-    "source_schema_name",
-    "source_table_name",
-    "destination_catalog",
-    "destination_schema_name",
-    "destination_table_name",
-    "db_type",
-    "db_config_value",
-    "db_kv_scope",
-    "load_strategy",
-    "incremental_column",
-    "incremental_value",
-    "merge_keys",
-    "lookback_window_seconds",
-    "force_full_reload",
-)
 
 
 def _seconds(value: Any) -> float:
@@ -58,13 +37,13 @@ def _seconds(value: Any) -> float:
 
 
 def load_params(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The loader script's params (and the asset's run config) from a table_control row.
+    """The loader script's params (the wire contract's ``LOAD_PARAM_FIELDS``) from a control row.
 
     Values are JSON-safe: the interval becomes seconds, the watermark stays text. The row carries no
     password (a CHECK on db_config_value refuses one), so the result is safe to show in the UI.
     """
     params: dict[str, Any] = {}
-    for field in LOAD_CONFIG_FIELDS:
+    for field in LOAD_PARAM_FIELDS:
         if field == "lookback_window_seconds":
             params[field] = _seconds(row.get("lookback_window"))
         elif field == "db_config_value":
@@ -82,8 +61,19 @@ def load_params(row: Mapping[str, Any]) -> dict[str, Any]:
     return params
 
 
+def attempt_config(row: Mapping[str, Any], *, metadata_id_column: str = "metadata_id") -> dict:
+    """Which attempt a run works on: the row, its key, its history row. The control row is
+    authoritative for everything else (the asset reads it), so nothing is copied here for show."""
+    return {
+        "config_id": row["config_id"],
+        "control_key": row["control_key"],
+        "metadata_id": row.get(metadata_id_column),
+    }
+
+
 def load_run_config(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {"ops": {LOAD_ASSET: {"config": load_params(row)}}}
+    """Run config of a claimed row's load run (the claim returns the new ``metadata_id``)."""
+    return {"ops": {LOAD_ASSET: {"config": attempt_config(row)}}}
 
 
 def load_run_key(row: Mapping[str, Any]) -> str:
@@ -134,17 +124,9 @@ def triggered_by(row: Mapping[str, Any]) -> str:
 
 
 def retry_run_config(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "ops": {
-            RETRY_ASSET: {
-                "config": {
-                    "config_id": row["config_id"],
-                    "control_key": row["control_key"],
-                    "metadata_id": row.get("last_metadata_id"),
-                }
-            }
-        }
-    }
+    """Run config of a failed row's analysis run: the failed attempt is the row's latest."""
+    config = attempt_config(row, metadata_id_column="last_metadata_id")
+    return {"ops": {RETRY_ASSET: {"config": config}}}
 
 
 def retry_run_key(row: Mapping[str, Any]) -> str:

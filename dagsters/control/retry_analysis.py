@@ -1,65 +1,67 @@
 """Retry analysis on the code-location side: what the script is told, and what its answer does.
 
-``dataloader__retry_analysis`` calls these three functions around the Pipes run of
-``databricks_scripts/dataloader_retry_pipe.py``:
+``dataloader__retry_analysis`` (and failed_monitor for rows out of retries) call these around the
+Pipes run of ``databricks_scripts/dataloader_retry_pipe.py``:
 
-1. ``decide_without_asking(row)``: a row that has used its retries goes to review, no model asked.
-2. ``build_analysis_request(row, history)``: the script's params, redacted, without credentials.
-3. ``apply_decision(client, row, decision)``: the guarded transition in Lakebase.
+1. ``decide_without_asking(row, policy)``: a row that has used its retries goes to review, no
+   model asked. The limit is the settings' retry policy (``DATALOADER_MAX_RETRIES``), nothing else.
+2. ``build_analysis_request(row, history, settings)``: the script's params, redacted, without
+   credentials.
+3. ``apply_decision(client, row, decision, secrets=...)``: the guarded transition in Lakebase.
 
 No Dagster imports: plain data in, plain data out, unit-testable against PostgreSQL alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from dagsters.settings import RetryPolicy, Settings
+from databricks_scripts.contract import Decision
 from databricks_scripts.redaction import redact
-from databricks_scripts.retry_advisor import advisor_settings_from_env, secrets_from_env
-from databricks_scripts.retry_classifier import DECISIONS, REQUIRES_REVIEW, RETRY_RECOMMENDED
 
 if TYPE_CHECKING:
     from dagsters.utils.lakebase_client import LakebaseClient
 
-MAX_RETRIES = 3  # the spec's failed_monitor limit
 HISTORY_ATTEMPTS = 5
 # Spark and JDBC errors can be pages of stack trace; the cause is usually at the top and the
 # innermost "Caused by" at the bottom, so both ends are kept.
 _ERROR_HEAD_CHARS = 3000
 _ERROR_TAIL_CHARS = 1000
 _HISTORY_MESSAGE_CHARS = 600
+_DEFAULT_SETTINGS = Settings()
 
 RETRIED = "retried"
 REVIEW = "review"
 LOST = "lost"
 
 
-def decide_without_asking(row: Mapping[str, Any]) -> dict | None:
+def decide_without_asking(row: Mapping[str, Any], policy: RetryPolicy) -> Decision | None:
     """Review by rule for a row whose retries are used up; None when the script should decide."""
     retry_count = int(row.get("retry_count") or 0)
-    if retry_count < MAX_RETRIES:
+    if retry_count < policy.max_retries:
         return None
-    return {
-        "decision": REQUIRES_REVIEW,
-        "confidence": 1.0,
-        "reason": (
-            f"Failed again after {retry_count} automatic retries, so a person should look "
-            "before it is loaded again."
-        ),
-        "decider": "rules",
-    }
+    return Decision.review(
+        f"Failed again after {retry_count} of {policy.max_retries} automatic retries, so a "
+        "person should look before it is loaded again.",
+        decider="rules",
+    )
 
 
-def build_analysis_request(row: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> dict:
+def build_analysis_request(
+    row: Mapping[str, Any],
+    history: Sequence[Mapping[str, Any]],
+    settings: Settings = _DEFAULT_SETTINGS,
+) -> dict:
     """The script's params: the failure, which table, how it loads, the last few attempts.
 
     Built from a whitelist of columns, so ``db_config_value`` (hosts, users, secret names) and
     anything added to table_control later never leave by accident; every text is redacted.
     """
-    secrets = secrets_from_env()
+    secrets = list(settings.secrets)
     latest = row.get("last_metadata_id")
     attempts = sorted(history, key=lambda h: h.get("metadata_id") or 0, reverse=True)
     error = row.get("last_message")
@@ -86,40 +88,37 @@ def build_analysis_request(row: Mapping[str, Any], history: Sequence[Mapping[str
         "incremental_column": row.get("incremental_column"),
         "merge_keys": list(row.get("merge_keys") or []) or None,
         "retry_count": int(row.get("retry_count") or 0),
-        "max_retries": MAX_RETRIES,
+        "max_retries": settings.retry.max_retries,
         "failed_at": _plain(row.get("last_status_date_time")),
         "error_message": redact(_clip_error(error), secrets),
         "recent_attempts": [_attempt(h, secrets) for h in attempts[:HISTORY_ATTEMPTS]],
     }
-    settings = advisor_settings_from_env()
-    if settings:
-        request["advisor"] = settings
+    if settings.advisor:
+        request["advisor"] = dict(settings.advisor)
     return request
 
 
-def apply_decision(client: LakebaseClient, row: Mapping[str, Any], decision: Mapping) -> str:
+def apply_decision(
+    client: LakebaseClient,
+    row: Mapping[str, Any],
+    decision: Decision,
+    *,
+    secrets: Iterable[str] = (),
+) -> str:
     """Apply a decision to the failed attempt; 'retried', 'review', or 'lost' if another actor won.
 
-    Anything that is not a clear ``Retry Recommended`` is treated as review: a wrong review costs a
-    person a look, a wrong retry loops on a broken load.
+    Anything that is not a clear ``Retry Recommended`` is review (``Decision`` sees to that): a
+    wrong review costs a person a look, a wrong retry loops on a broken load.
     """
-    kind = decision.get("decision")
-    if kind not in DECISIONS:
-        kind = REQUIRES_REVIEW
-    reason = redact(str(decision.get("reason") or "No reason given."), secrets_from_env())
-    stored = {
-        "decision": kind,
-        "confidence": _confidence(decision.get("confidence")),
-        "reason": reason,
-        "decider": str(decision.get("decider") or "unknown"),
-    }
-    transition = client.reset_for_retry if kind == RETRY_RECOMMENDED else client.mark_for_review
+    reason = redact(decision.reason, list(secrets))
+    stored = {**decision.as_dict(), "reason": reason}
+    transition = client.reset_for_retry if decision.retry else client.mark_for_review
     won = transition(
         row["config_id"], reason, metadata_id=row.get("last_metadata_id"), decision=stored
     )
     if not won:
         return LOST
-    return RETRIED if kind == RETRY_RECOMMENDED else REVIEW
+    return RETRIED if decision.retry else REVIEW
 
 
 def _attempt(history_row: Mapping[str, Any], secrets: list[str]) -> dict:
@@ -161,11 +160,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     return value
-
-
-def _confidence(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return min(max(number, 0.0), 1.0)

@@ -1,8 +1,9 @@
 """The embedded Lakebase: a PostgreSQL 16 server owned by the project, for local mode.
 
 With no ``LAKEBASE_HOST`` set, DataLoader starts PostgreSQL from the ``pgserver`` wheel under the
-project's data directory, creates the control database, applies ``sql/`` and (in local mode) seeds
-the demo source tables and control rows, so that a first ``dagster dev`` has work to do.
+project's data directory (``Settings.paths.home``), creates the control database, applies ``sql/``
+and runs the seed it is given (the CLI and the code location give ``dagsters.local.demo``'s), so
+that a first ``dagster dev`` has work to do.
 
 pgserver listens on a Unix socket only; the socket directory doubles as the libpq ``host``.
 Several processes (webserver, daemon, code server, run workers) may call
@@ -12,20 +13,16 @@ when the last of them exits.
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+from dagsters.local.migrate import apply_migrations
+
 CONTROL_DATABASE = "dataloader"
-
-
-def dataloader_home() -> Path:
-    """Project-local data directory (``DATALOADER_HOME``, default ``<project>/.dataloader``)."""
-    return Path(os.environ.get("DATALOADER_HOME") or PROJECT_ROOT / ".dataloader").resolve()
 
 
 @dataclass(frozen=True)
@@ -76,15 +73,14 @@ def ensure_database(server: EmbeddedServer, database: str) -> None:
                 pass  # another process created it between our check and our CREATE
 
 
-def ensure_embedded_lakebase(*, seed_demo: bool = True) -> EmbeddedServer:
-    """Start the embedded server, create the control database, migrate it, and seed the demo."""
-    from dagsters.utils.migrate import apply_migrations
-
-    server = start_embedded_server(dataloader_home() / "pgdata")
+def ensure_embedded_lakebase(
+    home: Path, *, seed: Callable[[EmbeddedServer], None] | None = None
+) -> EmbeddedServer:
+    """Start the embedded server under ``home``, create the control database, migrate it, and run
+    ``seed`` (the demo's, for local mode) on it."""
+    server = start_embedded_server(Path(home) / "pgdata")
     ensure_database(server, CONTROL_DATABASE)
     apply_migrations(server.conninfo(CONTROL_DATABASE))
-    if seed_demo:
-        from dagsters.utils.demo import seed_demo as _seed
-
-        _seed(server)
+    if seed is not None:
+        seed(server)
     return server

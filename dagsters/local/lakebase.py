@@ -1,0 +1,40 @@
+"""The ``lakebase`` resource for local mode: the embedded server instead of ``LAKEBASE_HOST``.
+
+``build_definitions`` uses it when ``settings.lakebase`` names no host. Like the product resource it
+connects lazily: the embedded server is started, migrated and seeded with the demo rows when the
+resource first builds a client in a process (a sensor tick, a run worker), never when the code
+location merely loads. pgserver shares one server between the processes that start it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from dagsters.local.demo import start_demo_lakebase
+from dagsters.local.embedded_lakebase import CONTROL_DATABASE
+from dagsters.resources.lakebase import LakebaseConnection, LakebaseResource
+from dagsters.settings import Settings
+
+
+class EmbeddedLakebaseResource(LakebaseResource):
+    """``LakebaseResource`` whose connection is the embedded server under ``home``."""
+
+    home: str = Field(description="DATALOADER_HOME: the embedded server's data lives here")
+    seed_demo: bool = Field(default=True, description="Seed the demo tables and control rows")
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> EmbeddedLakebaseResource:
+        return cls.from_settings(settings, home=str(settings.paths.home), sslmode="disable")
+
+    def connection(self) -> LakebaseConnection:
+        server = start_demo_lakebase(Path(self.home), seed=self.seed_demo)
+        return LakebaseConnection(server.conninfo(CONTROL_DATABASE))
+
+
+def lakebase_resource(settings: Settings) -> LakebaseResource:
+    """The ``lakebase`` resource for ``settings``: the configured server, else the embedded one."""
+    if settings.lakebase.embedded:
+        return EmbeddedLakebaseResource.for_settings(settings)
+    return LakebaseResource.from_settings(settings)
