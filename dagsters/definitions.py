@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+import dagsters.settings
 from dagsters.assets.dataloader_pipes_asset import (
     dataloader_retry_analysis,
     dataloader_table_load,
@@ -30,6 +31,9 @@ from dagsters.utils.settings import Settings, load_settings
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or load_settings()
+    # Until dagsters.utils.settings is folded into dagsters.settings (core), the runner's
+    # resources read the new Settings.
+    edge_settings = dagsters.settings.load_settings()
     load_job = dg.define_asset_job(
         LOAD_JOB,
         selection=[dataloader_table_load],
@@ -54,8 +58,8 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         ],
         resources={
             "lakebase": LakebaseResource(),
-            "pipes_databricks": PipesDatabricksResource.from_env(),
-            "databricks_rest": DatabricksRestResource(),
+            "pipes_databricks": PipesDatabricksResource.from_settings(edge_settings),
+            "databricks_rest": DatabricksRestResource.from_settings(edge_settings),
         },
     )
 

@@ -11,9 +11,11 @@ import dagster as dg
 import pytest
 import yaml
 
+import dagsters.settings
 from dagsters.cli import GENERATED_MARKER, dev_environment
 from dagsters.definitions import build_definitions, defs
-from dagsters.resources.pipes_databricks import PipesDatabricksResource, databricks_run_name
+from dagsters.resources.pipes_databricks import PipesDatabricksResource
+from dagsters.runners.databricks import databricks_run_name
 from dagsters.utils.run_config import (
     landing_run_config,
     landing_run_key,
@@ -171,8 +173,10 @@ def test_dagster_environment_reaches_job_tags_and_databricks_run_names():
     unset = build_definitions(Settings()).get_repository_def()
     assert "dataloader/environment" not in unset.get_job("dataloader__table_load_job").tags
 
-    assert PipesDatabricksResource.from_env({"DAGSTER_ENVIRONMENT": "npd"}).environment == "npd"
-    assert PipesDatabricksResource.from_env({}).environment is None
+    npd = dagsters.settings.load_settings({"DAGSTER_ENVIRONMENT": "npd"})
+    assert PipesDatabricksResource.from_settings(npd).environment == "npd"
+    unset_env = dagsters.settings.load_settings({})
+    assert PipesDatabricksResource.from_settings(unset_env).environment is None
     name = databricks_run_name("pg.orders", "abc-123", "prod")
     assert name == f"dataloader [prod] pg.orders (dagster run {dagster_run_url('abc-123')})"
     assert databricks_run_name("pg.orders", "abc-123", None).startswith("dataloader pg.orders (")

@@ -27,6 +27,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from dagsters.assets.dataloader_pipes_asset import dataloader_table_load
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
+from dagsters.settings import load_settings
 from dagsters.utils.lakebase_client import LakebaseClient
 from dagsters.utils.run_config import LOAD_ASSET, PARTITIONS_NAME, load_run_config
 
@@ -34,8 +35,8 @@ from dagsters.utils.run_config import LOAD_ASSET, PARTITIONS_NAME, load_run_conf
 def resources(control_db: str, lake_root: Path) -> dict:
     return {
         "lakebase": lakebase_for(control_db),
-        "pipes_databricks": PipesDatabricksResource(
-            execution="local", lake_root=str(lake_root), termination_grace_seconds=3
+        "pipes_databricks": PipesDatabricksResource.from_settings(
+            load_settings({"DATALOADER_LAKE_ROOT": str(lake_root)}), termination_grace_seconds=3
         ),
     }
 

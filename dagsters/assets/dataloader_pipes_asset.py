@@ -12,11 +12,12 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import dagster as dg
-from dagster._core.errors import DagsterExecutionInterruptedError
+from dagster import DagsterExecutionInterruptedError
 from pydantic import Field
 
 from dagsters.resources.lakebase import LakebaseResource
-from dagsters.resources.pipes_databricks import PipesDatabricksResource, ScriptOutcome
+from dagsters.resources.pipes_databricks import PipesDatabricksResource
+from dagsters.runners.outcome import ScriptOutcome
 from dagsters.utils.lakebase_client import (
     LakebaseClient,
     LoadAlreadyActive,

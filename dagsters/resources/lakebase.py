@@ -29,7 +29,7 @@ import dagster as dg
 import psycopg
 from pydantic import Field
 
-from dagsters.utils.databricks_workspace import workspace_client as _new_workspace_client
+from dagsters.resources.databricks_workspace import workspace_client as _new_workspace_client
 from dagsters.utils.lakebase_client import LakebaseClient, LakebaseError
 from databricks_scripts.redaction import redact
 
