@@ -30,6 +30,7 @@ import psycopg
 from pydantic import Field
 
 from dagsters.resources.databricks_workspace import workspace_client as _new_workspace_client
+from dagsters.settings import workspace_host
 from dagsters.utils.lakebase_client import LakebaseClient, LakebaseError
 from databricks_scripts.redaction import redact
 
@@ -207,7 +208,7 @@ def databricks_token_provider(
     def _workspace():
         with lock:
             if holder["client"] is None:
-                holder["client"] = _new_workspace_client()
+                holder["client"] = _new_workspace_client(host=workspace_host(os.environ))
             return holder["client"]
 
     def mint() -> str:
