@@ -46,6 +46,12 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import pytest
 
 DEFAULT_TOKEN = "dapi-standin-0123456789abcdef"
+# The repository's scripts and where databricks.yml's targets sync them (workspace.file_path of the
+# bundle): what tests deploy with :meth:`DatabricksStandin.deploy`.
+REPO_SCRIPTS = Path(__file__).resolve().parents[1] / "databricks_scripts"
+WORKSPACE_SCRIPTS = "/Workspace/Shared/dataloader/databricks_scripts"
+CLUSTER = "0101-000000-standin"  # the fixture's all-purpose cluster
+VOLUME = "/Volumes/main/dataloader/pipes"  # the fixture's volume
 # Real limits of the DBFS API: reads default to 0.5 MB and refuse more than 1 MB.
 DBFS_READ_DEFAULT = 512 * 1024
 DBFS_MAX_BLOCK = 1024 * 1024
@@ -1085,7 +1091,19 @@ def databricks_standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dat
     """A started stand-in with one all-purpose cluster (``0101-000000-standin``, no log
     delivery) and one volume (``/Volumes/main/dataloader/pipes``)."""
     standin = DatabricksStandin(tmp_path_factory.mktemp("databricks"))
-    standin.add_cluster()
+    standin.add_cluster(CLUSTER)
     standin.add_volume("main.dataloader.pipes")
     with standin:
         yield standin
+
+
+def event_text(instance: Any, run_id: str) -> str:
+    """Every user message and error of a Dagster run's event log, for assertion messages."""
+    parts = []
+    for entry in instance.all_logs(run_id):
+        parts.append(entry.user_message)
+        data = entry.dagster_event.event_specific_data if entry.dagster_event else None
+        error = getattr(data, "error", None)
+        if error is not None:
+            parts.append(error.to_string())
+    return "\n".join(parts)

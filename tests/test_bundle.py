@@ -45,7 +45,8 @@ def test_prod_puts_scripts_where_the_code_location_looks(bundle):
     assert prod["run_as"]["service_principal_name"] == "${var.prod_service_principal}"
     synced = f"{prod['workspace']['file_path']}/{bundle['sync']['paths'][0]}"
     # The resource's default script location (used when DATALOADER_SCRIPTS_PATH is unset).
-    task = PipesDatabricksResource(execution="databricks", cluster_id="c")._task("x.py")
+    resource = PipesDatabricksResource(execution="databricks", cluster_id="c")
+    task = resource.databricks_runner().task("x.py")
     assert task["spark_python_task"]["python_file"] == f"{synced}/x.py"
 
 

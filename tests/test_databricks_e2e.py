@@ -16,7 +16,15 @@ from pathlib import Path
 import dagster as dg
 import psycopg
 import pytest
-from databricks_standin import DatabricksStandin, databricks_standin  # noqa: F401
+from databricks_standin import (  # noqa: F401
+    CLUSTER,
+    REPO_SCRIPTS,
+    VOLUME,
+    WORKSPACE_SCRIPTS,
+    DatabricksStandin,
+    databricks_standin,
+    event_text,
+)
 from deltalake import DeltaTable
 from helpers import add_control_row, control_row, history, lakebase_for
 
@@ -27,11 +35,6 @@ from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.settings import load_settings
 from dagsters.utils.lakebase_client import LakebaseClient
 
-REPO_SCRIPTS = Path(__file__).resolve().parents[1] / "databricks_scripts"
-# Where databricks.yml's dev target syncs the scripts (workspace.file_path of the bundle).
-WORKSPACE_SCRIPTS = "/Workspace/Shared/dataloader/databricks_scripts"
-CLUSTER = "0101-000000-standin"
-VOLUME = "/Volumes/main/dataloader/pipes"
 NEW_CLUSTER = '{"spark_version": "15.4.x-scala2.12", "node_type_id": "i3.xlarge", "num_workers": 0}'
 BACKENDS = {
     "existing_cluster": {"cluster_id": CLUSTER},
@@ -78,17 +81,6 @@ def claim_and_materialize(control_db, instance, key, backend="existing_cluster")
         raise_on_error=False,
     )
     return result, claimed
-
-
-def event_text(instance: dg.DagsterInstance, run_id: str) -> str:
-    parts = []
-    for entry in instance.all_logs(run_id):
-        parts.append(entry.user_message)
-        data = entry.dagster_event.event_specific_data if entry.dagster_event else None
-        error = getattr(data, "error", None)
-        if error is not None:
-            parts.append(error.to_string())
-    return "\n".join(parts)
 
 
 def destination_rows(lake_root: Path) -> int:

@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from databricks_standin import DatabricksStandin, databricks_standin  # noqa: F401
+from databricks_standin import (  # noqa: F401
+    CLUSTER,
+    REPO_SCRIPTS,
+    WORKSPACE_SCRIPTS,
+    DatabricksStandin,
+    databricks_standin,
+    event_text,
+)
 from helpers import add_control_row, control_row, lakebase_for
-from test_databricks_e2e import CLUSTER, REPO_SCRIPTS, WORKSPACE_SCRIPTS, event_text
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
 from dagsters.control.run_requests import load_run_config
 from dagsters.partitions import PARTITIONS_NAME
 from dagsters.resources.databricks_rest import DatabricksRestResource
+from dagsters.resources.databricks_workspace import workspace_client
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
-from dagsters.settings import load_settings
-from dagsters.utils.databricks_workspace import workspace_client, workspace_host
+from dagsters.settings import load_settings, workspace_host
 from dagsters.utils.lakebase_client import LakebaseClient
 
 DAGSTERS = Path(__file__).resolve().parents[1] / "dagsters"
@@ -45,7 +52,7 @@ def test_the_code_location_builds_workspace_clients_in_one_place():
                 and getattr(node.func, "id", getattr(node.func, "attr", None)) == "WorkspaceClient"
             ):
                 callers.append(path.relative_to(DAGSTERS).as_posix())
-    assert callers == ["utils/databricks_workspace.py"]
+    assert callers == ["resources/databricks_workspace.py"]
 
 
 @pytest.fixture
@@ -61,8 +68,10 @@ def url_only(databricks_standin: DatabricksStandin, monkeypatch, tmp_path):  # n
 
 
 def test_sql_resource_and_helper_reach_the_workspace_url(url_only):
-    assert workspace_client().config.host == url_only.host
-    client = DatabricksRestResource().get_workspace_client()
+    settings = load_settings(os.environ)  # as the code location's edge reads it
+    assert settings.databricks.workspace_host == url_only.host
+    assert workspace_client(host=settings.databricks.workspace_host).config.host == url_only.host
+    client = DatabricksRestResource.from_settings(settings).get_workspace_client()
     assert client.config.host == url_only.host
     assert client.current_user.me() is not None
     assert url_only.requests_to("GET", r".*/preview/scim/v2/Me")
@@ -78,7 +87,7 @@ def test_load_on_databricks_with_only_the_workspace_url_tagged_with_the_environm
     instance,
     monkeypatch,
 ):
-    # Configured the way a deployment is: the resource from the environment.
+    # Configured the way a deployment is: the resource from settings read from the environment.
     for name, value in {
         "DATALOADER_EXECUTION": "databricks",
         "DATABRICKS_CLUSTER_ID": CLUSTER,
@@ -98,7 +107,7 @@ def test_load_on_databricks_with_only_the_workspace_url_tagged_with_the_environm
         run_config=load_run_config(claimed),
         resources={
             "lakebase": lakebase_for(control_db),
-            "pipes_databricks": PipesDatabricksResource.from_env(),
+            "pipes_databricks": PipesDatabricksResource.from_settings(load_settings(os.environ)),
         },
         instance=instance,
         raise_on_error=False,

@@ -20,7 +20,8 @@ from dagsters.control.run_requests import (
 )
 from dagsters.definitions import build_definitions, defs
 from dagsters.local.cli import GENERATED_MARKER, dev_environment
-from dagsters.resources.pipes_databricks import PipesDatabricksResource, databricks_run_name
+from dagsters.resources.pipes_databricks import PipesDatabricksResource
+from dagsters.runners.databricks import databricks_run_name
 from dagsters.settings import Settings, SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]

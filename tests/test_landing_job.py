@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from psycopg.rows import dict_row
 
 from dagsters.jobs.landing_table_git_job import landing_table_git_job
 from dagsters.resources.databricks_rest import DatabricksRestResource, DatabricksSqlError
+from dagsters.settings import load_settings
 
 if TYPE_CHECKING:
     from databricks_sql_standin import SqlWarehouseStandin
@@ -60,8 +62,13 @@ def control_rows(conninfo: str) -> dict[str, dict]:
 def resources(conninfo: str) -> dict:
     return {
         "lakebase": lakebase_for(conninfo),
-        "databricks_rest": DatabricksRestResource(poll_interval_seconds=0.05),
+        "databricks_rest": rest_resource(poll_interval_seconds=0.05),
     }
+
+
+def rest_resource(**overrides) -> DatabricksRestResource:
+    """The resource as the code location builds it, from settings read from the environment."""
+    return DatabricksRestResource.from_settings(load_settings(os.environ), **overrides)
 
 
 def run_job(conninfo: str, config_ids: list[int]) -> dg.ExecuteInProcessResult:
@@ -247,7 +254,7 @@ def test_statement_polled_until_done_and_all_chunks_read(
     sql_warehouse.on_statement(
         r"SELECT id FROM range\(5\)", lambda m, p: (["id"], [[i] for i in range(5)])
     )
-    rest = DatabricksRestResource(poll_interval_seconds=0.01)
+    rest = rest_resource(poll_interval_seconds=0.01)
 
     rows = rest.execute_statement("SELECT id FROM range(5)")
 
@@ -267,7 +274,7 @@ def test_failed_statement_raises_with_warehouse_message_and_no_token(
         sql_warehouse.fail("BAD_REQUEST", f"[INVALID] token was {token}")
 
     sql_warehouse.on_statement(r"SELECT leak", leak)
-    rest = DatabricksRestResource()
+    rest = rest_resource()
 
     with pytest.raises(DatabricksSqlError, match=r"FAILED: BAD_REQUEST: \[INVALID\]") as info:
         rest.execute_statement("SELECT leak")
@@ -276,7 +283,7 @@ def test_failed_statement_raises_with_warehouse_message_and_no_token(
 
 def test_statement_running_too_long_is_cancelled(sql_warehouse: SqlWarehouseStandin) -> None:
     sql_warehouse.hang = True
-    rest = DatabricksRestResource(poll_interval_seconds=0.01, statement_timeout_seconds=0.2)
+    rest = rest_resource(poll_interval_seconds=0.01, statement_timeout_seconds=0.2)
 
     with pytest.raises(DatabricksSqlError, match="cancelled"):
         rest.execute_statement("SELECT 1 FROM main.information_schema.columns")
@@ -288,7 +295,7 @@ def test_missing_warehouse_id_is_a_clear_error(
 ) -> None:
     monkeypatch.delenv("DATABRICKS_WAREHOUSE_ID")
     with pytest.raises(DatabricksSqlError, match="DATABRICKS_WAREHOUSE_ID"):
-        DatabricksRestResource().execute_statement("SELECT 1")
+        rest_resource().execute_statement("SELECT 1")
 
 
 def test_table_missing_from_a_persons_sources_file_is_left_unprocessed_with_a_note(

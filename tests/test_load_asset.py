@@ -36,8 +36,8 @@ from dagsters.utils.lakebase_client import LakebaseClient
 def resources(control_db: str, lake_root: Path) -> dict:
     return {
         "lakebase": lakebase_for(control_db),
-        "pipes_databricks": PipesDatabricksResource(
-            execution="local", lake_root=str(lake_root), termination_grace_seconds=3
+        "pipes_databricks": PipesDatabricksResource.from_settings(
+            load_settings({"DATALOADER_LAKE_ROOT": str(lake_root)}), termination_grace_seconds=3
         ),
     }
 

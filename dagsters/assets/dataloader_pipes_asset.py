@@ -25,7 +25,8 @@ from dagsters.control.retry_analysis import (
 from dagsters.control.run_requests import LOAD_ASSET, RETRY_ASSET, environment_tags, load_params
 from dagsters.partitions import control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
-from dagsters.resources.pipes_databricks import PipesDatabricksResource, ScriptOutcome
+from dagsters.resources.pipes_databricks import PipesDatabricksResource
+from dagsters.runners.outcome import ScriptOutcome
 from dagsters.settings import Settings
 from dagsters.utils.lakebase_client import (
     LakebaseClient,

@@ -1,11 +1,12 @@
 """The ``databricks_rest`` resource: SQL on a Databricks SQL warehouse over the REST API.
 
 Statements go through the SQL Statement Execution API with databricks-sdk's
-``WorkspaceClient().statement_execution``. Host and credentials come from the SDK's own
-authentication chain (``DATABRICKS_HOST``, else the spec's ``DATABRICKS_WORKSPACE_URL``;
-``DATABRICKS_TOKEN``, OAuth, a config profile...; see ``dagsters.utils.databricks_workspace``), so no
-secret is ever part of this resource's config. The warehouse is ``DATABRICKS_WAREHOUSE_ID`` unless
-configured.
+``WorkspaceClient().statement_execution``. Built at the edge with
+:meth:`DatabricksRestResource.from_settings`: the warehouse is ``Settings.databricks.warehouse_id``
+(``DATABRICKS_WAREHOUSE_ID``) and the workspace host ``Settings.databricks.workspace_host``;
+credentials come from the SDK's own authentication chain (``DATABRICKS_TOKEN``, OAuth, a config
+profile...; see ``dagsters.resources.databricks_workspace``), so no secret is ever part of this
+resource's config.
 
 The API answers synchronously for up to ``wait_timeout_seconds``; a slower statement keeps running
 and is polled until it finishes or ``statement_timeout_seconds`` have passed, after which it is
@@ -14,7 +15,6 @@ cancelled, so a stuck warehouse cannot hold a run forever.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from dagsters.utils.databricks_workspace import workspace_client
+from dagsters.resources.databricks_workspace import workspace_client
+from dagsters.settings import Settings
 from databricks_scripts.redaction import redact
 
 if TYPE_CHECKING:
@@ -41,7 +42,11 @@ class DatabricksRestResource(dg.ConfigurableResource):
     """Runs SQL statements on a Databricks SQL warehouse and returns the rows as dicts."""
 
     warehouse_id: str | None = Field(
-        default=None, description="SQL warehouse id; unset: DATABRICKS_WAREHOUSE_ID"
+        default=None, description="SQL warehouse id (DATABRICKS_WAREHOUSE_ID)"
+    )
+    workspace_host: str | None = Field(
+        default=None,
+        description="Databricks workspace URL handed to databricks-sdk; unset: the SDK's own.",
     )
     wait_timeout_seconds: int = Field(
         default=10,
@@ -56,14 +61,23 @@ class DatabricksRestResource(dg.ConfigurableResource):
 
     _client: Any = PrivateAttr(default=None)
 
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> DatabricksRestResource:
+        """The resource the code location uses; ``overrides`` set other fields (tests)."""
+        values: dict[str, Any] = {
+            "warehouse_id": settings.databricks.warehouse_id,
+            "workspace_host": settings.databricks.workspace_host,
+        }
+        return cls(**{**values, **overrides})
+
     def get_workspace_client(self) -> WorkspaceClient:
-        """databricks-sdk client built from the SDK's environment auth, once per resource."""
+        """databricks-sdk client (host from settings, SDK auth), built once per resource."""
         if self._client is None:
-            self._client = workspace_client()
+            self._client = workspace_client(host=self.workspace_host)
         return self._client
 
     def resolved_warehouse_id(self) -> str:
-        warehouse = self.warehouse_id or os.environ.get("DATABRICKS_WAREHOUSE_ID")
+        warehouse = self.warehouse_id
         if not warehouse:
             raise DatabricksSqlError(
                 "no SQL warehouse configured: set DATABRICKS_WAREHOUSE_ID (or the resource's "

@@ -1,0 +1,73 @@
+"""The one module of the code location that depends on Dagster internals.
+
+Everything else uses public names (``dg.DagsterExecutionInterruptedError``,
+``dg.PipesMessageReader``, ``dg.PipesMessageHandler``, ...). What has no public equivalent lives
+here, so a Dagster or dagster-databricks upgrade that moves it breaks in one place, and
+``tests/test_dagster_compat.py`` says so loudly:
+
+- ``DagsterPipesExecutionError``: what dagster-databricks' clients raise when the Databricks run
+  ends in anything but success. Dagster does not export it at the top level.
+- The polling hook: dagster-databricks' ``PipesDatabricksClient`` and
+  ``PipesDatabricksServerlessClient`` submit the run inside ``run()`` and then call
+  ``self._poll_til_success(context, run_id)``, catching ``DagsterExecutionInterruptedError`` to
+  cancel the run. Overriding that private method is the only way to learn the run id while the run
+  is still going (to link it from the control row at once) and to notice a termination, which
+  ``run()`` cancels and then swallows. :func:`tracked_databricks_client` makes that override.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import dagster as dg
+from dagster._core.errors import DagsterPipesExecutionError
+
+__all__ = [
+    "POLL_METHOD",
+    "POLL_PARAMETERS",
+    "DagsterPipesExecutionError",
+    "RunTracker",
+    "tracked_databricks_client",
+]
+
+# The dagster-databricks method we override and the parameters we rely on (pinned by a test).
+POLL_METHOD = "_poll_til_success"
+POLL_PARAMETERS = ("self", "context", "run_id")
+
+
+class RunTracker(Protocol):
+    """Told the Databricks run id once it exists; remembers whether the run was interrupted."""
+
+    interrupted: bool
+
+    def submitted(self, run_id: int) -> None: ...
+
+
+_TRACKED_CLASSES: dict[type, type] = {}
+
+
+def _tracked_class(base: type) -> type:
+    """``base`` with its polling loop reporting the run id and remembering interrupts."""
+    if base not in _TRACKED_CLASSES:
+        base_poll = getattr(base, POLL_METHOD)
+
+        def _poll_til_success(self: Any, context: Any, run_id: int) -> None:
+            self.dataloader_tracker.submitted(run_id)
+            try:
+                base_poll(self, context, run_id)
+            except dg.DagsterExecutionInterruptedError:
+                self.dataloader_tracker.interrupted = True
+                raise
+
+        _TRACKED_CLASSES[base] = type(
+            f"DataLoader{base.__name__}", (base,), {POLL_METHOD: _poll_til_success}
+        )
+    return _TRACKED_CLASSES[base]
+
+
+def tracked_databricks_client(base: type, tracker: RunTracker, **client_args: Any) -> Any:
+    """An instance of the dagster-databricks client class ``base`` (``PipesDatabricksClient`` or
+    ``PipesDatabricksServerlessClient``) built with ``client_args``, reporting to ``tracker``."""
+    client = _tracked_class(base)(**client_args)
+    client.dataloader_tracker = tracker
+    return client

@@ -1,0 +1,287 @@
+"""The Databricks runner: a script from ``databricks_scripts/`` as a ``spark_python_task``.
+
+Submitted through dagster-databricks' ``PipesDatabricksClient`` (an existing cluster, or a
+new-cluster spec) or ``PipesDatabricksServerlessClient`` (Pipes files in a Unity Catalog volume).
+The workspace client comes from ``dagsters.resources.databricks_workspace`` (host from settings,
+credentials from databricks-sdk's own chain). The run id is reported as soon as the run exists; a
+terminated Dagster run cancels the Databricks run and raises ``DagsterExecutionInterruptedError``;
+the outcome is read from the run's own final state, not from the client's return.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+
+from dagsters.dagster_compat import DagsterPipesExecutionError, tracked_databricks_client
+from dagsters.resources.databricks_workspace import workspace_client
+from dagsters.runners.outcome import ScriptOutcome, error_from_custom_messages
+from dagsters.settings import LOCAL_DAGSTER_BASE_URL
+
+DEFAULT_WORKSPACE_SCRIPTS = "/Workspace/Shared/dataloader/databricks_scripts"
+# PyPI packages each script needs on the cluster; any other script gets DEFAULT_LIBRARIES.
+# The retry script asks a chat model through the openai client (it falls back to rules without it,
+# which would silently turn every analysis into a rule decision).
+DEFAULT_LIBRARIES = ("dagster-pipes",)
+SCRIPT_LIBRARIES: dict[str, tuple[str, ...]] = {
+    "dataloader_pipe.py": ("dagster-pipes",),
+    "dataloader_retry_pipe.py": ("dagster-pipes", "openai"),
+}
+_ENVIRONMENT_KEY = "dataloader"
+
+OnExternalRun = Callable[[str | None, str], None]
+
+
+def databricks_run_name(
+    label: str,
+    dagster_run_id: str,
+    environment: str | None,
+    *,
+    dagster_base_url: str = LOCAL_DAGSTER_BASE_URL,
+) -> str:
+    """The Databricks run's name: environment, table and a link back to the Dagster run.
+
+    One-time runs (``runs/submit``) take no job tags, so the name is where the Databricks side
+    links to Dagster (the spec's bidirectional traceability). The link has the shape of
+    ``Settings.dagster_run_url``.
+    """
+    prefix = f"dataloader [{environment}]" if environment else "dataloader"
+    link = f"{dagster_base_url}/runs/{dagster_run_id}"
+    return f"{prefix} {label} (dagster run {link})"[:4096]
+
+
+@dataclass(frozen=True)
+class DatabricksRunner:
+    """Submits one script as a one-time Databricks run and waits for it."""
+
+    timeout_seconds: int
+    scripts_path: str | None = None
+    cluster_id: str | None = None
+    new_cluster_json: str | None = None
+    serverless: bool = False
+    volume_path: str | None = None
+    libraries: Sequence[str] | None = None  # None: per script (SCRIPT_LIBRARIES)
+    poll_interval_seconds: float = 5.0
+    environment: str | None = None
+    dagster_base_url: str = LOCAL_DAGSTER_BASE_URL
+    workspace_host: str | None = None
+
+    def libraries_for(self, script: str) -> list[str]:
+        """PyPI packages the Databricks task for ``script`` installs."""
+        if self.libraries is not None:
+            return list(self.libraries)
+        return list(SCRIPT_LIBRARIES.get(script, DEFAULT_LIBRARIES))
+
+    def task(self, script: str) -> dict[str, Any]:
+        """The ``SubmitTask`` (as a dict) that runs ``script``."""
+        base = (self.scripts_path or DEFAULT_WORKSPACE_SCRIPTS).rstrip("/")
+        task: dict[str, Any] = {
+            "task_key": "dataloader_task",
+            "spark_python_task": {"python_file": f"{base}/{script}", "parameters": []},
+            "timeout_seconds": self.timeout_seconds,
+        }
+        if self.serverless:
+            task["environment_key"] = _ENVIRONMENT_KEY
+            return task
+        task["libraries"] = [{"pypi": {"package": lib}} for lib in self.libraries_for(script)]
+        if self.cluster_id:
+            task["existing_cluster_id"] = self.cluster_id
+        elif self.new_cluster_json:
+            task["new_cluster"] = json.loads(self.new_cluster_json)
+        else:
+            raise dg.Failure(
+                "DATALOADER_EXECUTION=databricks needs DATABRICKS_CLUSTER_ID, "
+                "DATALOADER_DATABRICKS_NEW_CLUSTER (JSON spec) or DATALOADER_DATABRICKS_SERVERLESS=1"
+            )
+        return task
+
+    def run(
+        self,
+        context: dg.AssetExecutionContext,
+        script: str,
+        extras: Mapping[str, Any],
+        label: str,
+        on_external_run: OnExternalRun | None = None,
+    ) -> ScriptOutcome:
+        from databricks.sdk.service import jobs
+
+        workspace = workspace_client(host=self.workspace_host)
+        task = jobs.SubmitTask.from_dict(self.task(script))
+        submit_args: dict[str, Any] = {
+            "run_name": databricks_run_name(
+                label, context.run.run_id, self.environment, dagster_base_url=self.dagster_base_url
+            ),
+            "timeout_seconds": self.timeout_seconds,
+        }
+        tracker = _RunTracker(workspace, on_external_run)
+        client, reader = self._client(workspace, task, script, submit_args, tracker)
+
+        pipes_error: str | None = None
+        invocation = None
+        try:
+            invocation = client.run(
+                context=context, extras=dict(extras), task=task, submit_args=submit_args
+            )
+        except DagsterPipesExecutionError as exc:
+            pipes_error = str(exc)
+        if tracker.interrupted:
+            # PipesDatabricksClient.run() cancels the run on termination but then swallows the
+            # interrupt and returns as if it succeeded; the interrupt is re-raised here.
+            raise dg.DagsterExecutionInterruptedError(
+                f"Dagster run terminated; Databricks run {tracker.run_id} cancelled"
+            )
+        if tracker.run_id is None:
+            raise dg.Failure(f"Databricks run was not submitted: {pipes_error}")
+        return self._outcome(workspace, tracker, reader, invocation, pipes_error)
+
+    def _client(
+        self,
+        workspace: Any,
+        task: Any,
+        script: str,
+        submit_args: dict[str, Any],
+        tracker: _RunTracker,
+    ) -> tuple[Any, _RecordingMessageReader]:
+        """The dagster-databricks client for this backend and the reader it reports through."""
+        # The serverless client and UC volume reader are not re-exported at the package top level.
+        from dagster_databricks.pipes import (
+            PipesDatabricksClient,
+            PipesDatabricksServerlessClient,
+            PipesUnityCatalogVolumesMessageReader,
+        )
+        from databricks.sdk.service import compute, jobs
+
+        if not self.serverless:
+            default = PipesDatabricksClient(client=workspace).get_default_message_reader(task)
+            reader = _RecordingMessageReader(default)
+            client = tracked_databricks_client(
+                PipesDatabricksClient,
+                tracker,
+                client=workspace,
+                message_reader=reader,
+                poll_interval_seconds=self.poll_interval_seconds,
+            )
+            return client, reader
+        if not self.volume_path:
+            raise dg.Failure("Serverless execution needs DATALOADER_DATABRICKS_VOLUME_PATH")
+        submit_args["environments"] = [
+            jobs.JobEnvironment(
+                environment_key=_ENVIRONMENT_KEY,
+                spec=compute.Environment(client="2", dependencies=self.libraries_for(script)),
+            )
+        ]
+        reader = _RecordingMessageReader(
+            PipesUnityCatalogVolumesMessageReader(client=workspace, volume_path=self.volume_path)
+        )
+        client = tracked_databricks_client(
+            PipesDatabricksServerlessClient,
+            tracker,
+            client=workspace,
+            volume_path=self.volume_path,
+            message_reader=reader,
+            poll_interval_seconds=self.poll_interval_seconds,
+        )
+        return client, reader
+
+    def _outcome(
+        self,
+        workspace: Any,
+        tracker: _RunTracker,
+        reader: _RecordingMessageReader,
+        invocation: Any,
+        pipes_error: str | None,
+    ) -> ScriptOutcome:
+        from databricks.sdk.service import jobs
+
+        # Do not trust the client's return: read the run's own final state.
+        run = workspace.jobs.get_run(tracker.run_id)
+        state = run.state
+        result_state = state.result_state if state else None
+        error: str | None = None
+        if pipes_error is not None or result_state != jobs.RunResultState.SUCCESS:
+            error = (
+                error_from_custom_messages(reader.custom_messages())
+                or _task_error(workspace, run)
+                or (state.state_message if state and state.state_message else None)
+                or pipes_error
+                or f"Databricks run ended {result_state}"
+            )
+        results = invocation.get_results() if (invocation and error is None) else ()
+        return ScriptOutcome(
+            results=results,
+            custom_messages=reader.custom_messages(),
+            error=error,
+            external_run_url=run.run_page_url or tracker.url,
+            external_run_id=str(tracker.run_id),
+        )
+
+
+class _RecordingMessageReader(dg.PipesMessageReader):
+    """Delegates to a real reader and remembers the session's message handler.
+
+    dagster-databricks' clients raise on a failed run before returning the session, which holds
+    the script's custom messages (its own error text). Keeping the handler lets us read them.
+    """
+
+    def __init__(self, inner: dg.PipesMessageReader):
+        self.inner = inner
+        self.handler: dg.PipesMessageHandler | None = None
+
+    @contextmanager
+    def read_messages(self, handler: dg.PipesMessageHandler) -> Iterator[Any]:
+        self.handler = handler
+        with self.inner.read_messages(handler) as params:
+            yield params
+
+    def on_opened(self, opened_payload: Any) -> None:
+        self.inner.on_opened(opened_payload)
+
+    def on_launched(self, launched_payload: Any) -> None:
+        self.inner.on_launched(launched_payload)
+
+    @property
+    def expected_writer_count(self) -> int:
+        return self.inner.expected_writer_count
+
+    def no_messages_debug_text(self) -> str:
+        return self.inner.no_messages_debug_text()
+
+    def custom_messages(self) -> Sequence[Any]:
+        return self.handler.get_custom_messages() if self.handler else ()
+
+
+class _RunTracker:
+    """Learns the Databricks run id as soon as the client starts polling it."""
+
+    def __init__(self, workspace: Any, callback: OnExternalRun | None):
+        self.workspace = workspace
+        self.callback = callback
+        self.run_id: int | None = None
+        self.url: str | None = None
+        self.interrupted = False
+
+    def submitted(self, run_id: int) -> None:
+        self.run_id = run_id
+        try:
+            self.url = self.workspace.jobs.get_run(run_id).run_page_url
+        except Exception:  # noqa: BLE001 - a link is helpful, not essential: never fail the load over it
+            self.url = None
+        if self.callback:
+            self.callback(self.url, str(run_id))
+
+
+def _task_error(workspace: Any, run: Any) -> str | None:
+    """The task's own exception text from the Jobs API (``runs/get-output``), when available."""
+    try:
+        tasks = run.tasks or []
+        if not tasks or tasks[0].run_id is None:
+            return None
+        output = workspace.jobs.get_run_output(tasks[0].run_id)
+        return output.error or None
+    except Exception:  # noqa: BLE001 - the Jobs API is a fallback source here; its absence is not an error
+        return None

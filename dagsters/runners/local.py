@@ -1,0 +1,140 @@
+"""The local runner: a script from ``databricks_scripts/`` as a subprocess of the step.
+
+Pipes context and messages travel in temp files. The child's environment is this process's
+(``dagsters.settings.child_environment``) plus ``DATALOADER_HOME``, ``DATALOADER_LAKE_ROOT`` and
+``PYTHONUNBUFFERED``. Its stderr is copied to the Dagster compute log and its tail kept for the
+error text. A script outliving the timeout is stopped; when the Dagster run is terminated the
+script is stopped (SIGINT, then SIGKILL after a grace period) and the interrupt re-raised.
+"""
+
+from __future__ import annotations
+
+import collections
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from dagsters.runners.outcome import (
+    ScriptOutcome,
+    error_from_custom_messages,
+    error_from_stderr_tail,
+)
+from dagsters.settings import child_environment
+
+_STDERR_TAIL_LINES = 200
+
+
+@dataclass(frozen=True)
+class LocalRunner:
+    """Runs one script with ``python_executable`` and waits for it."""
+
+    scripts_dir: Path
+    timeout_seconds: int
+    termination_grace_seconds: float
+    python_executable: str = sys.executable
+    # None: the child inherits this process's value (the script has its own fallback).
+    home: str | None = None
+    lake_root: str | None = None
+
+    def child_overrides(self) -> dict[str, str]:
+        """What the script's environment gets on top of this process's."""
+        overrides = {"PYTHONUNBUFFERED": "1"}
+        if self.home:
+            overrides["DATALOADER_HOME"] = self.home
+        if self.lake_root:
+            overrides["DATALOADER_LAKE_ROOT"] = self.lake_root
+        return overrides
+
+    def run(
+        self, context: dg.AssetExecutionContext, script: str, extras: Mapping[str, Any]
+    ) -> ScriptOutcome:
+        # Not PipesSubprocessClient.run(): on failure it raises before handing back the session
+        # (which holds the script's own error message), it cannot both show and keep stderr, and on
+        # termination it leaves a child that ignores SIGINT running after 20 s. Same Pipes parts,
+        # driven here.
+        script_path = self.scripts_dir / script
+        command = [self.python_executable, str(script_path)]
+        stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
+        with dg.open_pipes_session(
+            context=context,
+            context_injector=dg.PipesTempFileContextInjector(),
+            message_reader=dg.PipesTempFileMessageReader(),
+            extras=dict(extras),
+        ) as session:
+            process = subprocess.Popen(
+                command,
+                cwd=str(script_path.parent),
+                env=child_environment(
+                    {**self.child_overrides(), **session.get_bootstrap_env_vars()}
+                ),
+                stdout=None,
+                stderr=subprocess.PIPE,
+                text=True,
+                errors="replace",
+            )
+            tee = threading.Thread(
+                target=_tee_stderr, args=(process, stderr_tail), daemon=True, name="stderr-tee"
+            )
+            tee.start()
+            try:
+                returncode = self._wait(process)
+            except dg.DagsterExecutionInterruptedError:
+                context.log.info("Dagster run terminated: stopping the load subprocess.")
+                self._stop(process)
+                raise
+            finally:
+                tee.join(timeout=5)
+        error = self._error(returncode, session.get_custom_messages(), list(stderr_tail))
+        return ScriptOutcome(
+            results=session.get_reported_results() if error is None else (),
+            custom_messages=session.get_custom_messages(),
+            error=error,
+        )
+
+    def _error(
+        self, returncode: int | None, messages: list[Any], stderr_tail: list[str]
+    ) -> str | None:
+        if returncode is None:
+            return f"Timed out after {self.timeout_seconds} seconds; the load process was killed."
+        if returncode != 0:
+            return (
+                error_from_custom_messages(messages)
+                or error_from_stderr_tail(stderr_tail)
+                or f"Load process exited with code {returncode}"
+            )
+        return None
+
+    def _wait(self, process: subprocess.Popen) -> int | None:
+        """Exit code, or None after killing a process that outlived the timeout."""
+        try:
+            return process.wait(timeout=self.timeout_seconds)
+        except subprocess.TimeoutExpired:
+            self._stop(process)
+            return None
+
+    def _stop(self, process: subprocess.Popen) -> None:
+        if process.poll() is not None:
+            return
+        # SIGINT first so the script can close its source connection and say why it stopped.
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=self.termination_grace_seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+
+
+def _tee_stderr(process: subprocess.Popen, tail: collections.deque[str]) -> None:
+    """Copy the script's stderr to ours (the Dagster compute log) and keep the last lines."""
+    assert process.stderr is not None
+    for line in process.stderr:
+        tail.append(line.rstrip("\n"))
+        sys.stderr.write(line)
+        sys.stderr.flush()

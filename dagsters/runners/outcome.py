@@ -1,0 +1,49 @@
+"""What one script execution produced, and how a failed script's own error text is found.
+
+Shared by both runners. The error channel itself (the custom message key and the stderr prefix)
+is the wire contract's (``databricks_scripts.contract``); this module only picks the best text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from databricks_scripts.contract import error_from_message, error_from_stderr
+
+
+@dataclass
+class ScriptOutcome:
+    """What one script execution produced."""
+
+    results: Sequence[Any] = ()
+    custom_messages: Sequence[Any] = ()
+    error: str | None = None  # the script's own error text when it failed, else None
+    external_run_url: str | None = None
+    external_run_id: str | None = None
+    extra_metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.error is None
+
+
+def error_from_custom_messages(messages: Sequence[Any]) -> str | None:
+    """The last error message (``contract.error_message``) the script reported, if any."""
+    for message in reversed(list(messages)):
+        text = error_from_message(message)
+        if text:
+            return text
+    return None
+
+
+def error_from_stderr_tail(lines: Sequence[str]) -> str | None:
+    """The script's ``STDERR_ERROR_PREFIX`` line; else the last non-empty stderr line."""
+    text = error_from_stderr(list(lines))
+    if text is not None:
+        return text
+    for line in reversed(lines):
+        if line.strip():
+            return line.strip()
+    return None
