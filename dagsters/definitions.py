@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+import dagsters.settings
 from dagsters.assets.dataloader_pipes_asset import (
     dataloader_retry_analysis,
     dataloader_table_load,
@@ -18,6 +19,7 @@ from dagsters.assets.dataloader_pipes_asset import (
 from dagsters.jobs.landing_table_git_job import landing_table_git_job
 from dagsters.resources.databricks_rest import DatabricksRestResource
 from dagsters.resources.lakebase import LakebaseResource
+from dagsters.resources.models_repo import ModelsRepoResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.sensors.dataloader_failed_monitor import RETRY_JOB, build_failed_monitor
 from dagsters.sensors.dataloader_landing_table_monitor import build_landing_table_monitor
@@ -56,6 +58,8 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
             "lakebase": LakebaseResource(),
             "pipes_databricks": PipesDatabricksResource.from_env(),
             "databricks_rest": DatabricksRestResource(),
+            # landing branch: stands in until build_definitions takes dagsters.settings.Settings.
+            "models_repo": ModelsRepoResource.from_settings(dagsters.settings.load_settings()),
         },
     )
 
