@@ -26,7 +26,7 @@ EXECUTION_MODES = ("local", "databricks")
 ENVIRONMENTS = ("npd", "prod")
 LAKEBASE_AUTH_MODES = ("password", "oauth")
 DEFAULT_LOAD_TIMEOUT_SECONDS = 10_800  # spec: 3 hours per load
-DEFAULT_MODELS_BRANCH = "main"
+DEFAULT_MODELS_BRANCH = "dataloader/landing-tables"  # never a branch people work on
 
 
 class SettingsError(ValueError):

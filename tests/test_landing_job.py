@@ -19,6 +19,7 @@ from psycopg.rows import dict_row
 
 from dagsters.jobs.landing_table_git_job import landing_table_git_job
 from dagsters.resources.databricks_rest import DatabricksRestResource, DatabricksSqlError
+from dagsters.resources.models_repo import ModelsRepoResource
 from dagsters.settings import load_settings
 
 if TYPE_CHECKING:
@@ -59,10 +60,12 @@ def control_rows(conninfo: str) -> dict[str, dict]:
     return {r["control_key"]: r for r in rows}
 
 
-def resources(conninfo: str) -> dict:
+def resources(conninfo: str, env: dict[str, str]) -> dict:
     return {
         "lakebase": lakebase_for(conninfo),
         "databricks_rest": rest_resource(poll_interval_seconds=0.05),
+        # Built the way build_definitions builds it: from settings, never from os.environ.
+        "models_repo": ModelsRepoResource.from_settings(load_settings(env)),
     }
 
 
@@ -71,10 +74,10 @@ def rest_resource(**overrides) -> DatabricksRestResource:
     return DatabricksRestResource.from_settings(load_settings(os.environ), **overrides)
 
 
-def run_job(conninfo: str, config_ids: list[int]) -> dg.ExecuteInProcessResult:
+def run_job(conninfo: str, config_ids: list[int], env: dict[str, str]) -> dg.ExecuteInProcessResult:
     return landing_table_git_job.execute_in_process(
         run_config={"ops": {"landing_table_git_op": {"config": {"config_ids": config_ids}}}},
-        resources=resources(conninfo),
+        resources=resources(conninfo, env),
         raise_on_error=False,
     )
 
@@ -88,16 +91,18 @@ def output_metadata(result: dg.ExecuteInProcessResult) -> dict:
 def control(control_db: str) -> Iterator[str]:
     """``control_db``, closing the resource's cached pool before the database is dropped."""
     yield control_db
-    resources(control_db)["lakebase"].get_client().close()
+    lakebase_for(control_db).get_client().close()
 
 
 @pytest.fixture
-def models_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("DATALOADER_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("DATALOADER_MODELS_REPO", raising=False)
-    monkeypatch.delenv("DATALOADER_MODELS_BRANCH", raising=False)
-    monkeypatch.delenv("DATALOADER_EXECUTION", raising=False)
-    return tmp_path / "home" / "models_repo"  # the default location
+def env(tmp_path: Path, lake_root: Path) -> dict[str, str]:
+    """The environment the job's settings are read from (local mode, default repo and branch)."""
+    return {"DATALOADER_HOME": str(tmp_path / "home"), "DATALOADER_LAKE_ROOT": str(lake_root)}
+
+
+@pytest.fixture
+def models_repo(env: dict[str, str]) -> Path:
+    return Path(env["DATALOADER_HOME"]) / "models_repo"  # the default location
 
 
 def land(lake_root: Path, table: str) -> None:
@@ -108,7 +113,7 @@ def land(lake_root: Path, table: str) -> None:
 
 
 def test_local_run_commits_readable_tables_and_marks_only_them(
-    control: str, lake_root: Path, models_repo: Path
+    control: str, lake_root: Path, models_repo: Path, env: dict[str, str]
 ) -> None:
     land(lake_root, "orders")
     land(lake_root, "customers")
@@ -116,7 +121,7 @@ def test_local_run_commits_readable_tables_and_marks_only_them(
     add_control_row(control, "done", processed=True)
     add_control_row(control, "broken", status="Failed")
 
-    result = run_job(control, ids)
+    result = run_job(control, ids, env)
 
     # The unreadable table fails the run so someone looks, after the others were published.
     assert not result.success
@@ -157,7 +162,7 @@ def test_local_run_commits_readable_tables_and_marks_only_them(
 
     # Once the table can be read, a later run processes it and the note goes away.
     land(lake_root, "missing")
-    second = run_job(control, ids)
+    second = run_job(control, ids, env)
     assert second.success
     rows = control_rows(control)
     assert rows["sales.missing"]["staging_model_processed"]
@@ -165,14 +170,14 @@ def test_local_run_commits_readable_tables_and_marks_only_them(
 
 
 def test_rerun_with_nothing_new_commits_nothing(
-    control: str, lake_root: Path, models_repo: Path
+    control: str, lake_root: Path, models_repo: Path, env: dict[str, str]
 ) -> None:
     land(lake_root, "orders")
     config_id = add_control_row(control, "orders")
-    assert run_job(control, [config_id]).success
+    assert run_job(control, [config_id], env).success
     head = git(models_repo, "rev-parse", "HEAD")
 
-    again = run_job(control, [config_id])
+    again = run_job(control, [config_id], env)
 
     assert again.success
     assert output_metadata(again)["commit"] == "none"
@@ -181,19 +186,18 @@ def test_rerun_with_nothing_new_commits_nothing(
 
 
 def test_pushes_to_configured_remote(
-    control: str, lake_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    control: str, lake_root: Path, tmp_path: Path, env: dict[str, str]
 ) -> None:
     bare = tmp_path / "dbt.git"
     subprocess.run(["git", "init", "--quiet", "--bare", str(bare)], check=True)
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "--quiet", str(bare), str(clone)], check=True)
-    monkeypatch.setenv("DATALOADER_MODELS_REPO", str(clone))
-    monkeypatch.setenv("DATALOADER_MODELS_BRANCH", "feature/new-sources")
-    monkeypatch.delenv("DATALOADER_EXECUTION", raising=False)
+    env["DATALOADER_MODELS_REPO"] = str(clone)
+    env["DATALOADER_MODELS_BRANCH"] = "feature/new-sources"
     land(lake_root, "orders")
     config_id = add_control_row(control, "orders")
 
-    result = run_job(control, [config_id])
+    result = run_job(control, [config_id], env)
 
     assert result.success
     meta = output_metadata(result)
@@ -205,10 +209,10 @@ def test_pushes_to_configured_remote(
 def test_databricks_mode_reads_unity_catalog_through_sql_warehouse(
     control: str,
     models_repo: Path,
+    env: dict[str, str],
     sql_warehouse: SqlWarehouseStandin,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("DATALOADER_EXECUTION", "databricks")
+    env["DATALOADER_EXECUTION"] = "databricks"
     sql_warehouse.add_table(
         "main.sales.orders",
         [
@@ -219,7 +223,7 @@ def test_databricks_mode_reads_unity_catalog_through_sql_warehouse(
     )
     ids = [add_control_row(control, t) for t in ("orders", "ghost")]
 
-    result = run_job(control, ids)
+    result = run_job(control, ids, env)
 
     assert not result.success  # "ghost" is not in Unity Catalog
     meta = output_metadata(result)
@@ -241,6 +245,26 @@ def test_databricks_mode_reads_unity_catalog_through_sql_warehouse(
         {"name": "schema_name", "value": "sales"},
         {"name": "table_name", "value": "orders"},
     ]
+
+
+def test_models_repo_resource_takes_its_values_from_settings(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    settings = load_settings(
+        {
+            "DATALOADER_HOME": str(home),
+            "DATALOADER_MODELS_REMOTE": "upstream",
+            "DATALOADER_EXECUTION": "databricks",
+        }
+    )
+
+    resource = ModelsRepoResource.from_settings(settings)
+    repo = resource.repo()
+
+    assert repo.path == home.resolve() / "models_repo"
+    assert (repo.branch, repo.remote) == (BRANCH, "upstream")  # the default branch is DataLoader's
+    assert repo.lock_dir == home.resolve() / "locks"
+    assert Path(resource.lake_root) == home.resolve() / "lake"
+    assert resource.execution == "databricks"
 
 
 # ------------------------------------------------------------------ DatabricksRestResource
@@ -299,7 +323,7 @@ def test_missing_warehouse_id_is_a_clear_error(
 
 
 def test_table_missing_from_a_persons_sources_file_is_left_unprocessed_with_a_note(
-    control: str, lake_root: Path, models_repo: Path
+    control: str, lake_root: Path, models_repo: Path, env: dict[str, str]
 ) -> None:
     models_repo.mkdir(parents=True)
     git(models_repo, "init", "--quiet", f"--initial-branch={BRANCH}")
@@ -310,7 +334,7 @@ def test_table_missing_from_a_persons_sources_file_is_left_unprocessed_with_a_no
     land(lake_root, "refunds")
     ids = [add_control_row(control, t) for t in ("orders", "refunds")]
 
-    result = run_job(control, ids)
+    result = run_job(control, ids, env)
 
     assert not result.success
     meta = output_metadata(result)

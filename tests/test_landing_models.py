@@ -11,22 +11,23 @@ import pytest
 import yaml
 from deltalake import DeltaTable, write_deltalake
 
-from dagsters.utils.landing_models import (
-    GitError,
-    LandingColumn,
-    LandingTable,
-    ModelsRepo,
-    SchemaUnavailable,
+from dagsters.landing.dbt_files import (
     column_aliases,
-    columns_from_uc_rows,
     is_generated,
-    local_table_path,
-    publish_landing_tables,
-    read_delta_columns,
     render_staging_sql,
-    snake_case,
     sources_file_path,
     staging_model_path,
+)
+from dagsters.landing.git_repo import GitError, ModelsRepo
+from dagsters.landing.names import snake_case
+from dagsters.landing.publish import publish_landing_tables
+from dagsters.landing.schema import (
+    LandingColumn,
+    LandingTable,
+    SchemaUnavailable,
+    columns_from_uc_rows,
+    local_table_path,
+    read_delta_columns,
     uc_columns_statement,
 )
 
@@ -35,6 +36,11 @@ def git(cwd: Path, *args: str) -> str:
     return subprocess.run(
         ["git", *args], cwd=cwd, capture_output=True, text=True, check=True
     ).stdout.strip()
+
+
+def repo_at(path: Path, **kwargs: str) -> ModelsRepo:
+    """A models repo whose lock file lives beside it in the test's own directory."""
+    return ModelsRepo(path, lock_dir=path.parent / "locks", **kwargs)
 
 
 def make_orders(lake: Path, catalog: str = "main", schema: str = "sales") -> Path:
@@ -113,7 +119,7 @@ def test_names_are_snake_case_and_unique() -> None:
 def test_delta_schema_round_trips_through_sources_yaml(
     tmp_path: Path, lake_root: Path, orders: LandingTable
 ) -> None:
-    repo = ModelsRepo(tmp_path / "models")
+    repo = repo_at(tmp_path / "models")
     result = publish_landing_tables([orders], repo)
 
     sources_text = (repo.path / sources_file_path("sales")).read_text()
@@ -158,7 +164,7 @@ def test_commit_without_remote_lists_tables_and_rerun_commits_nothing(
     tmp_path: Path, lake_root: Path, orders: LandingTable
 ) -> None:
     customers = landing(make_customers(lake_root), 2, "main", "sales", "customers")
-    repo = ModelsRepo(tmp_path / "models", branch="dataloader/landing-tables")
+    repo = repo_at(tmp_path / "models", branch="dataloader/landing-tables")
 
     first = publish_landing_tables([orders, customers], repo)
 
@@ -175,6 +181,9 @@ def test_commit_without_remote_lists_tables_and_rerun_commits_nothing(
     ]
     assert git(repo.path, "status", "--porcelain") == ""
     assert sorted(first.settled) == [1, 2]
+    # The lock file is in the lock directory, never in the working copy.
+    (lock,) = (tmp_path / "locks").iterdir()
+    assert lock.name.startswith("models_repo-")
 
     again = publish_landing_tables([orders, customers], repo)
     assert again.commit is None and again.changed_files == []
@@ -185,7 +194,7 @@ def test_commit_without_remote_lists_tables_and_rerun_commits_nothing(
 def test_second_batch_adds_table_to_existing_source_file(
     tmp_path: Path, lake_root: Path, orders: LandingTable
 ) -> None:
-    repo = ModelsRepo(tmp_path / "models")
+    repo = repo_at(tmp_path / "models")
     publish_landing_tables([orders], repo)
     customers = landing(make_customers(lake_root), 2, "main", "sales", "customers")
 
@@ -206,7 +215,7 @@ def test_push_to_bare_remote(tmp_path: Path, orders: LandingTable) -> None:
     bare = tmp_path / "remote.git"
     subprocess.run(["git", "init", "--quiet", "--bare", str(bare)], check=True)
     subprocess.run(["git", "clone", "--quiet", str(bare), str(tmp_path / "clone")], check=True)
-    repo = ModelsRepo(tmp_path / "clone", branch="dataloader/landing-tables")
+    repo = repo_at(tmp_path / "clone", branch="dataloader/landing-tables")
 
     result = publish_landing_tables([orders], repo)
 
@@ -216,7 +225,7 @@ def test_push_to_bare_remote(tmp_path: Path, orders: LandingTable) -> None:
     assert staging_model_path("sales", orders) in files
 
     # A second working copy picks the branch up from the remote and fast-forwards onto it.
-    other = ModelsRepo(tmp_path / "clone2", branch="dataloader/landing-tables")
+    other = repo_at(tmp_path / "clone2", branch="dataloader/landing-tables")
     subprocess.run(["git", "clone", "--quiet", str(bare), str(other.path)], check=True)
     rerun = publish_landing_tables([orders], other)
     assert rerun.commit is None and rerun.settled == [1]
@@ -224,7 +233,7 @@ def test_push_to_bare_remote(tmp_path: Path, orders: LandingTable) -> None:
 
 
 def test_persons_file_is_never_overwritten(tmp_path: Path, orders: LandingTable) -> None:
-    repo = ModelsRepo(tmp_path / "models")
+    repo = repo_at(tmp_path / "models")
     repo.path.mkdir()
     git(repo.path, "init", "--quiet", "--initial-branch=dataloader/landing-tables")
     own = repo.path / staging_model_path("sales", orders)
@@ -240,7 +249,7 @@ def test_persons_file_is_never_overwritten(tmp_path: Path, orders: LandingTable)
 
 
 def test_edited_generated_file_becomes_the_persons(tmp_path: Path, orders: LandingTable) -> None:
-    repo = ModelsRepo(tmp_path / "models")
+    repo = repo_at(tmp_path / "models")
     publish_landing_tables([orders], repo)
     model = repo.path / staging_model_path("sales", orders)
     edited = model.read_text().replace("select * from renamed", "select * from renamed where 1=1")
@@ -260,7 +269,7 @@ def test_edited_generated_file_becomes_the_persons(tmp_path: Path, orders: Landi
 def test_same_schema_name_in_two_catalogs_gets_two_sources(tmp_path: Path, lake_root: Path) -> None:
     a = landing(make_customers(lake_root, "main", "crm"), 1, "main", "crm", "customers")
     b = landing(make_customers(lake_root, "dev", "crm"), 2, "dev", "crm", "customers")
-    repo = ModelsRepo(tmp_path / "models")
+    repo = repo_at(tmp_path / "models")
 
     result = publish_landing_tables([a, b], repo)
 
@@ -285,7 +294,7 @@ def test_refuses_non_empty_directory_that_is_not_a_repository(tmp_path: Path) ->
     target.mkdir()
     (target / "notes.txt").write_text("mine")
     with pytest.raises(GitError, match="not a git working copy"):
-        ModelsRepo(target).ensure()
+        repo_at(target).ensure()
 
 
 def test_unity_catalog_query_and_rows() -> None:
@@ -313,7 +322,7 @@ def test_unity_catalog_query_and_rows() -> None:
 
 
 def test_git_errors_never_show_remote_credentials(tmp_path: Path, orders: LandingTable) -> None:
-    repo = ModelsRepo(tmp_path / "models")
+    repo = repo_at(tmp_path / "models")
     repo.path.mkdir()
     git(repo.path, "init", "--quiet")
     # Loopback port 1: nothing listens, so the fetch fails fast without leaving the machine.
@@ -332,7 +341,7 @@ def test_persons_sources_file_without_the_table_blocks_it(
     # so nothing is written for it and it stays unprocessed; a table the person did define is
     # generated as usual.
     customers = landing(make_customers(lake_root), 2, "main", "sales", "customers")
-    repo = ModelsRepo(tmp_path / "models")
+    repo = repo_at(tmp_path / "models")
     repo.path.mkdir()
     git(repo.path, "init", "--quiet", "--initial-branch=dataloader/landing-tables")
     own = repo.path / sources_file_path("sales")

@@ -6,6 +6,8 @@ destination table's real schema (the local Delta table, or Unity Catalog through
 ``databricks_rest`` when ``DATALOADER_EXECUTION=databricks``), writes the files into the models
 repository, commits them on ``DATALOADER_MODELS_BRANCH`` (pushing when the repository has a remote)
 and only then sets ``staging_model_processed`` for exactly the tables whose files are committed.
+Where the repository and the lake are, and the execution mode, come from the ``models_repo``
+resource (:class:`dagsters.resources.models_repo.ModelsRepoResource`, built from settings).
 
 A table whose schema cannot be read, or whose source is defined by a person's sources file that
 lacks the table (a generated staging model would not compile), is left unprocessed (its
@@ -16,24 +18,23 @@ end so the problem is seen.
 
 # No ``from __future__ import annotations``: Dagster resolves the op's config annotation at runtime.
 
-import os
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
-from dagsters.resources.databricks_rest import DatabricksRestResource, DatabricksSqlError
-from dagsters.settings import load_settings
-from dagsters.utils.landing_models import (
+from dagsters.landing.publish import PublishResult, publish_landing_tables
+from dagsters.landing.schema import (
     LandingTable,
-    ModelsRepo,
     SchemaUnavailable,
     columns_from_uc_rows,
     local_table_path,
-    publish_landing_tables,
     read_delta_columns,
     uc_columns_statement,
 )
+from dagsters.resources.databricks_rest import DatabricksRestResource, DatabricksSqlError
+from dagsters.resources.models_repo import ModelsRepoResource
+from dagsters.utils.lakebase_client import LakebaseClient
 
 
 class LandingTableGitConfig(dg.Config):
@@ -42,15 +43,13 @@ class LandingTableGitConfig(dg.Config):
     config_ids: list[int] = Field(default_factory=list)
 
 
-def _lake_root() -> Path:
-    return Path(os.environ.get("DATALOADER_LAKE_ROOT") or load_settings().paths.home / "lake")
-
-
-def _read_columns(row: dict, databricks_rest: DatabricksRestResource) -> LandingTable:
+def _read_columns(
+    row: dict, models_repo: ModelsRepoResource, databricks_rest: DatabricksRestResource
+) -> LandingTable:
     catalog = row["destination_catalog"]
     schema = row["destination_schema_name"]
     table = row["destination_table_name"]
-    if load_settings().execution == "databricks":
+    if models_repo.execution == "databricks":
         try:
             rows = databricks_rest.execute_statement(*uc_columns_statement(catalog, schema, table))
         except DatabricksSqlError as exc:
@@ -62,7 +61,8 @@ def _read_columns(row: dict, databricks_rest: DatabricksRestResource) -> Landing
                 "information_schema)"
             )
     else:
-        columns = read_delta_columns(local_table_path(_lake_root(), catalog, schema, table))
+        lake_root = Path(models_repo.lake_root)
+        columns = read_delta_columns(local_table_path(lake_root, catalog, schema, table))
     return LandingTable(
         config_id=row["config_id"],
         control_key=row["control_key"],
@@ -74,9 +74,76 @@ def _read_columns(row: dict, databricks_rest: DatabricksRestResource) -> Landing
     )
 
 
+def _read_tables(
+    context: dg.OpExecutionContext, client: LakebaseClient, rows: list[dict]
+) -> tuple[list[LandingTable], dict[str, str]]:
+    """The readable tables, and ``control_key -> reason`` for the others (noted on their rows)."""
+    tables: list[LandingTable] = []
+    unreadable: dict[str, str] = {}
+    for row in rows:
+        try:
+            tables.append(
+                _read_columns(row, context.resources.models_repo, context.resources.databricks_rest)
+            )
+        except SchemaUnavailable as exc:
+            unreadable[row["control_key"]] = str(exc)
+            context.log.warning(
+                f"{row['control_key']}: schema not readable, left unprocessed: {exc}"
+            )
+            # Operators read table_control, not run logs: leave the reason on the row (status
+            # unchanged; the note goes away once the staging model is generated).
+            client.note_landing_problem(
+                row["config_id"], f"staging model not generated, schema not readable: {exc}"
+            )
+    return tables, unreadable
+
+
+def _record_publish(
+    context: dg.OpExecutionContext,
+    client: LakebaseClient,
+    tables: list[LandingTable],
+    result: PublishResult,
+) -> tuple[int, dict[str, str]]:
+    """Mark the settled rows, note the blocked ones; returns (rows marked, control_key -> why)."""
+    # Only rows whose files are in the branch; the others stay for the next tick.
+    marked = client.mark_staging_processed(result.settled)
+    by_config = {t.config_id: t.control_key for t in tables}
+    blocked: dict[str, str] = {}  # readable, but a person's sources file lacks the table
+    for config_id, reason in result.blocked.items():
+        blocked[by_config[config_id]] = reason
+        context.log.warning(f"{by_config[config_id]}: left unprocessed: {reason}")
+        client.note_landing_problem(config_id, f"staging model not generated: {reason}")
+    for path, reason in result.kept_files.items():
+        context.log.info(f"kept {path}: {reason}")
+    context.log.info(
+        f"commit {result.commit or '(nothing to commit)'} on {result.branch}"
+        + (f", pushed to {result.pushed_to}" if result.pushed_to else "")
+        + f"; {marked} row(s) marked processed"
+    )
+    return marked, blocked
+
+
+def _output(summary: dict, marked: int) -> dg.Output:
+    return dg.Output(
+        summary,
+        metadata={
+            "commit": dg.MetadataValue.text(summary["commit"] or "none"),
+            "branch": dg.MetadataValue.text(summary["branch"]),
+            "repository": dg.MetadataValue.path(summary["repository"]),
+            "pushed_to": dg.MetadataValue.text(summary["pushed_to"] or "not pushed (no remote)"),
+            "changed_files": dg.MetadataValue.json(summary["changed_files"]),
+            "kept_files": dg.MetadataValue.json(summary["kept_files"]),
+            "processed_tables": dg.MetadataValue.json(summary["processed"]),
+            "rows_marked_processed": dg.MetadataValue.int(marked),
+            "unreadable_tables": dg.MetadataValue.json(summary["unreadable"]),
+            "blocked_tables": dg.MetadataValue.json(summary["blocked"]),
+        },
+    )
+
+
 @dg.op(
     name="landing_table_git_op",
-    required_resource_keys={"lakebase", "databricks_rest"},
+    required_resource_keys={"lakebase", "databricks_rest", "models_repo"},
     out=dg.Out(dict, description="What was published: commit, changed files, processed rows."),
 )
 def landing_table_git_op(context: dg.OpExecutionContext, config: LandingTableGitConfig):
@@ -90,42 +157,13 @@ def landing_table_git_op(context: dg.OpExecutionContext, config: LandingTableGit
     if missing:
         context.log.info(f"config_ids {missing} are already processed or not Succeeded; skipped")
 
-    tables: list[LandingTable] = []
-    unreadable: dict[str, str] = {}
-    blocked: dict[str, str] = {}  # readable, but a person's sources file lacks the table
-    for row in rows:
-        try:
-            tables.append(_read_columns(row, context.resources.databricks_rest))
-        except SchemaUnavailable as exc:
-            unreadable[row["control_key"]] = str(exc)
-            context.log.warning(
-                f"{row['control_key']}: schema not readable, left unprocessed: {exc}"
-            )
-            # Operators read table_control, not run logs: leave the reason on the row (status
-            # unchanged; the note goes away once the staging model is generated).
-            client.note_landing_problem(
-                row["config_id"], f"staging model not generated, schema not readable: {exc}"
-            )
-
-    repo = ModelsRepo.from_env()
+    tables, unreadable = _read_tables(context, client, rows)
+    repo = context.resources.models_repo.repo()
     result = None
-    marked = 0
+    marked, blocked = 0, {}
     if tables:
         result = publish_landing_tables(tables, repo)
-        # Only rows whose files are in the branch; the others stay for the next tick.
-        marked = client.mark_staging_processed(result.settled)
-        by_config = {t.config_id: t.control_key for t in tables}
-        for config_id, reason in result.blocked.items():
-            blocked[by_config[config_id]] = reason
-            context.log.warning(f"{by_config[config_id]}: left unprocessed: {reason}")
-            client.note_landing_problem(config_id, f"staging model not generated: {reason}")
-        for path, reason in result.kept_files.items():
-            context.log.info(f"kept {path}: {reason}")
-        context.log.info(
-            f"commit {result.commit or '(nothing to commit)'} on {result.branch}"
-            + (f", pushed to {result.pushed_to}" if result.pushed_to else "")
-            + f"; {marked} row(s) marked processed"
-        )
+        marked, blocked = _record_publish(context, client, tables, result)
 
     by_id = {t.config_id: t.control_key for t in tables}
     summary = {
@@ -139,21 +177,7 @@ def landing_table_git_op(context: dg.OpExecutionContext, config: LandingTableGit
         "unreadable": unreadable,
         "blocked": blocked,
     }
-    yield dg.Output(
-        summary,
-        metadata={
-            "commit": dg.MetadataValue.text(summary["commit"] or "none"),
-            "branch": dg.MetadataValue.text(repo.branch),
-            "repository": dg.MetadataValue.path(str(repo.path)),
-            "pushed_to": dg.MetadataValue.text(summary["pushed_to"] or "not pushed (no remote)"),
-            "changed_files": dg.MetadataValue.json(summary["changed_files"]),
-            "kept_files": dg.MetadataValue.json(summary["kept_files"]),
-            "processed_tables": dg.MetadataValue.json(summary["processed"]),
-            "rows_marked_processed": dg.MetadataValue.int(marked),
-            "unreadable_tables": dg.MetadataValue.json(unreadable),
-            "blocked_tables": dg.MetadataValue.json(blocked),
-        },
-    )
+    yield _output(summary, marked)
     left = {**unreadable, **blocked}
     if left:
         raise dg.Failure(
