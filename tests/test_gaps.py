@@ -290,7 +290,7 @@ def test_landing_note_is_guarded_replaces_itself_and_is_cleared(db, client):
 
 def test_databricks_libraries_per_script_and_env_override():
     resource = PipesDatabricksResource.from_settings(
-        dagsters.settings.load_settings({"DATALOADER_EXECUTION": "databricks"})
+        load_settings({"DATALOADER_EXECUTION": "databricks"})
     )
     assert resource.libraries_for("dataloader_pipe.py") == ["dagster-pipes"]
     assert resource.libraries_for("dataloader_retry_pipe.py") == ["dagster-pipes", "openai"]
@@ -304,7 +304,7 @@ def test_databricks_libraries_per_script_and_env_override():
         {"pypi": {"package": "dagster-pipes"}}
     ]
     pinned = PipesDatabricksResource.from_settings(
-        dagsters.settings.load_settings(
+        load_settings(
             {
                 "DATALOADER_EXECUTION": "databricks",
                 "DATALOADER_DATABRICKS_LIBRARIES": "dagster-pipes==1.9.0, openai>=1.40",
