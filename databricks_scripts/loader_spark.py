@@ -16,8 +16,8 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from loader_arrow import LoadStepError, choose_strategy
-from loader_sql import (
+from databricks_scripts.loader_arrow import LoadResult, LoadStepError, choose_strategy
+from databricks_scripts.loader_sql import (
     MYSQL,
     ORACLE,
     POSTGRESQL,
@@ -32,7 +32,7 @@ from loader_sql import (
     spark_merge,
     spark_table,
 )
-from loader_types import decode_watermark, encode_watermark, lookback_lower_bound
+from databricks_scripts.watermark import decode_watermark, encode_watermark, lookback_lower_bound
 
 _JDBC = {
     "postgresql": (
@@ -217,7 +217,6 @@ def run_spark_load(
     progress_interval: float = 10.0,
     spark: Any | None = None,
 ) -> Any:
-    from loader_arrow import LoadResult
     from pyspark.sql import SparkSession
 
     spark = spark or SparkSession.builder.getOrCreate()
