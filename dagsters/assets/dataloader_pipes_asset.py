@@ -8,6 +8,7 @@ Both run a script from ``databricks_scripts/`` through the ``pipes_databricks`` 
 subprocess or Databricks), and record the outcome in Lakebase: the control row and the history row.
 """
 
+import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -78,7 +79,7 @@ class RetryAnalysisConfig(dg.Config):
 
 def _safe(text: object) -> str:
     """``text`` without any secret this process can see (the shared list) or secret shape."""
-    return redact(text, secrets_from_env())
+    return redact(text, secrets_from_env(os.environ))
 
 
 def _tag_environment(context: dg.AssetExecutionContext) -> None:

@@ -12,13 +12,14 @@ No Dagster imports: plain data in, plain data out, unit-testable against Postgre
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from databricks_scripts.redaction import redact
-from databricks_scripts.retry_advisor import advisor_settings_from_env, secrets_from_env
+from databricks_scripts.redaction import redact, secrets_from_env
+from databricks_scripts.retry_advisor import advisor_settings_from_env
 from databricks_scripts.retry_classifier import DECISIONS, REQUIRES_REVIEW, RETRY_RECOMMENDED
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def build_analysis_request(row: Mapping[str, Any], history: Sequence[Mapping[str
     Built from a whitelist of columns, so ``db_config_value`` (hosts, users, secret names) and
     anything added to table_control later never leave by accident; every text is redacted.
     """
-    secrets = secrets_from_env()
+    secrets = secrets_from_env(os.environ)
     latest = row.get("last_metadata_id")
     attempts = sorted(history, key=lambda h: h.get("metadata_id") or 0, reverse=True)
     error = row.get("last_message")
@@ -91,7 +92,7 @@ def build_analysis_request(row: Mapping[str, Any], history: Sequence[Mapping[str
         "error_message": redact(_clip_error(error), secrets),
         "recent_attempts": [_attempt(h, secrets) for h in attempts[:HISTORY_ATTEMPTS]],
     }
-    settings = advisor_settings_from_env()
+    settings = advisor_settings_from_env(os.environ)
     if settings:
         request["advisor"] = settings
     return request
@@ -106,7 +107,7 @@ def apply_decision(client: LakebaseClient, row: Mapping[str, Any], decision: Map
     kind = decision.get("decision")
     if kind not in DECISIONS:
         kind = REQUIRES_REVIEW
-    reason = redact(str(decision.get("reason") or "No reason given."), secrets_from_env())
+    reason = redact(str(decision.get("reason") or "No reason given."), secrets_from_env(os.environ))
     stored = {
         "decision": kind,
         "confidence": _confidence(decision.get("confidence")),
