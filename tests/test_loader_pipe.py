@@ -558,6 +558,9 @@ def test_merge_streams_and_refuses_null_or_duplicate_keys_before_committing(
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert "not unique" in last and "write destination" in last and "Traceback" not in last
+    assert (
+        """merge keys ['cu"st id']""" in last and "row ordinal" not in last
+    )  # ours, not delta-rs'
     assert not [m for m in messages if m["method"] == "report_asset_materialization"]
     assert DeltaTable(str(path)).version() == version
 
