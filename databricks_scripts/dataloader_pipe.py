@@ -86,6 +86,7 @@ def column_schema_metadata(schema) -> dict:
 
 
 def _run_engine(engine: str, spec: LoadSpec, password: str | None, log, env: ScriptEnv) -> object:
+    env.check()  # a malformed DATALOADER_BATCH_* / _PROGRESS_SECONDS fails at step 'load'
     progress = env.progress_seconds
     if engine == "spark":
         from databricks_scripts.loader_spark import run_spark_load
@@ -174,11 +175,7 @@ def run_load(context: PipesContext, env: ScriptEnv, secrets: list[str]) -> None:
 
 
 def main() -> int:
-    try:
-        env = ScriptEnv.from_environ()
-    except ValueError as exc:  # a malformed setting: nothing else can be trusted to report it
-        sys.stderr.write(stderr_error_line(redact(f"{type(exc).__name__}: {exc}")))
-        return 1
+    env = ScriptEnv.from_environ()
     params_loader, context_loader, message_writer, where = choose_pipes_io(env)
     if where == "none":
         sys.stderr.write(

@@ -51,6 +51,7 @@ class ScriptEnv:
     - ``source_secrets``: the ``DATALOADER_SECRET__<SCOPE>__<KEY>`` variables (source passwords
       resolved locally, see ``loader_params.secret_env_var``).
     - ``ai_env``: the ``DATALOADER_AI_*`` variables and ``OPENAI_API_KEY``, for the advisor.
+    - ``invalid``: what was malformed (see :meth:`check`).
     """
 
     engine: str | None = None
@@ -64,6 +65,7 @@ class ScriptEnv:
     secrets: tuple[str, ...] = field(default=(), repr=False)
     source_secrets: Mapping[str, str] = field(default_factory=_empty, repr=False)
     ai_env: Mapping[str, str] = field(default_factory=_empty, repr=False)
+    invalid: tuple[str, ...] = ()
 
     @property
     def on_databricks(self) -> bool:
@@ -71,15 +73,29 @@ class ScriptEnv:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> ScriptEnv:
-        """Read the settings once (``environ`` defaults to this process's environment)."""
+        """Read the settings once (``environ`` defaults to this process's environment).
+
+        Never raises: a malformed number keeps its default and is named in ``invalid``, so the
+        retry script is not stopped by a loader setting; the load script calls :meth:`check`.
+        """
         env = dict(os.environ if environ is None else environ)
+        invalid: list[str] = []
+
+        def number(name: str, default: float) -> float:
+            value = env.get(name)
+            try:
+                return float(value) if value else default
+            except ValueError:
+                invalid.append(f"{name} must be a number, got {value!r}")
+                return default
+
         return cls(
             engine=(env.get("DATALOADER_ENGINE") or "").strip().lower() or None,
             databricks_runtime=env.get("DATABRICKS_RUNTIME_VERSION") or None,
             lake_root=default_lake_root(env),
-            batch_bytes=int(_number(env, "DATALOADER_BATCH_BYTES", DEFAULT_BATCH_BYTES)),
-            batch_rows=int(_number(env, "DATALOADER_BATCH_ROWS", DEFAULT_BATCH_ROWS)),
-            progress_seconds=_number(env, "DATALOADER_PROGRESS_SECONDS", DEFAULT_PROGRESS_SECONDS),
+            batch_bytes=int(number("DATALOADER_BATCH_BYTES", DEFAULT_BATCH_BYTES)),
+            batch_rows=int(number("DATALOADER_BATCH_ROWS", DEFAULT_BATCH_ROWS)),
+            progress_seconds=number("DATALOADER_PROGRESS_SECONDS", DEFAULT_PROGRESS_SECONDS),
             dbfs_root=env.get("DATALOADER_DBFS_ROOT") or DEFAULT_DBFS_ROOT,
             volumes_root=env.get("DATALOADER_VOLUMES_ROOT") or None,
             secrets=tuple(secrets_from_env(env)),
@@ -89,7 +105,13 @@ class ScriptEnv:
             ai_env=MappingProxyType(
                 {k: v for k, v in env.items() if k.startswith(AI_ENV_PREFIX) or k in AI_ENV_NAMES}
             ),
+            invalid=tuple(invalid),
         )
+
+    def check(self) -> None:
+        """Raise ValueError naming every malformed setting (the load script's first step)."""
+        if self.invalid:
+            raise ValueError("; ".join(self.invalid))
 
 
 def default_lake_root(env: Mapping[str, str] | None) -> Path:
@@ -101,13 +123,3 @@ def default_lake_root(env: Mapping[str, str] | None) -> Path:
     if home:
         return Path(home) / "lake"
     return Path(__file__).resolve().parents[1] / ".dataloader" / "lake"
-
-
-def _number(env: Mapping[str, str], name: str, default: float) -> float:
-    value = env.get(name)
-    if not value:
-        return default
-    try:
-        return float(value)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {value!r}") from None

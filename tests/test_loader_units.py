@@ -344,8 +344,10 @@ def test_script_env_reads_every_setting_once_from_the_given_environment(tmp_path
 
     lake = ScriptEnv.from_environ({"DATALOADER_LAKE_ROOT": "/x/lake", "DATALOADER_HOME": "/h"})
     assert lake.lake_root == Path("/x/lake") and lake.engine is None and not lake.on_databricks
-    with pytest.raises(ValueError, match="DATALOADER_BATCH_ROWS"):
-        ScriptEnv.from_environ({"DATALOADER_BATCH_ROWS": "many"})
+    odd = ScriptEnv.from_environ({"DATALOADER_BATCH_ROWS": "many"})  # the retry script runs on
+    assert odd.batch_rows == 50_000
+    with pytest.raises(ValueError, match="DATALOADER_BATCH_ROWS must be a number"):
+        odd.check()  # the load script's first step refuses it
 
 
 def test_script_env_defaults_to_the_process_environment(monkeypatch):
