@@ -9,8 +9,9 @@ embedded PostgreSQL on a temporary directory, then in one run times:
   (a') the raw path plus one vectorised numeric -> decimal(12,2) cast, to show what the type
       conversion alone costs (the issue's raw path writes numeric as text);
   (d) an incremental load with no new rows: the fixed cost of one load;
-  (e) a merge that upserts every row on id (whole source, streamed into delta-rs): its peak RSS
-      shows the merge holds the key column and a batch, not the rows.
+  (e) a merge that upserts every row on id (whole source, spooled to a local Arrow file while its
+      keys are checked, then streamed into delta-rs): its peak RSS shows the loader holds the key
+      column and a batch, not the rows.
 Each contender runs --repeat times, taking turns, and figures are median (min-max), because the
 machine may be shared. Prints the ratio (target <= 1.25), incremental/full (target <= 5%) and
 peak RSS (target <= 512 MB at 10M rows).

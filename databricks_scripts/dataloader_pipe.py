@@ -3,8 +3,9 @@
 Reads the load parameters from the Pipes extra ``params``, loads the source table into the
 destination (Arrow/deltalake locally, Spark/Delta on Databricks), and reports one asset
 materialization with rows, watermarks, duration and the destination schema. On failure it reports
-``{"dataloader_error": text}`` as a custom message, raises (Pipes reports the exception), and ends
-stderr with ``DATALOADER_ERROR: <text>``; no watermark is reported. Secrets never leave redacted.
+``contract.error_message(text)`` as a custom message, raises (Pipes reports the exception), and
+ends stderr with ``contract.stderr_error_line(text)``; no watermark is reported. Secrets never
+leave redacted. Its settings come from the environment once (``script_env.ScriptEnv``).
 """
 
 from __future__ import annotations
@@ -14,32 +15,48 @@ import sys
 import time
 import traceback
 
-# Databricks runs this file by path: make the sibling loader_*.py modules importable there too.
-_HERE = os.path.dirname(os.path.abspath(__file__ if "__file__" in globals() else sys.argv[0]))
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
+
+def _import_as_package() -> None:
+    """Make ``databricks_scripts`` importable as a package when this file is run by its path.
+
+    The directory is taken from a code object's file name: on Databricks a spark_python_task may
+    run the file through ``exec(compile(source, path, "exec"))``, where ``__file__`` is missing
+    and ``sys.argv[0]`` is not this file. The directory ABOVE ``databricks_scripts/`` goes first
+    on ``sys.path``; the script's own directory (``sys.path[0]`` of ``python <this file>``, or
+    ``''`` when run from it) is taken off, so no sibling also loads as a top-level module
+    (``redaction`` next to ``databricks_scripts.redaction``).
+    """
+    here = os.path.dirname(os.path.abspath(_import_as_package.__code__.co_filename))
+    parent = os.path.dirname(here)
+    real_here, real_parent = os.path.realpath(here), os.path.realpath(parent)
+    sys.path[:] = [
+        p for p in sys.path if os.path.realpath(p or os.curdir) not in (real_here, real_parent)
+    ]
+    sys.path.insert(0, parent)
+
+
+_import_as_package()
 
 from dagster_pipes import PipesContext, open_dagster_pipes
-from loader_params import LoadSpec, parse_load_spec, resolve_password
-from loader_pipes_io import choose_pipes_io
-from redaction import redact, secrets_from_env
 
-ERROR_PREFIX = "DATALOADER_ERROR: "
+from databricks_scripts.contract import (
+    PARAMS_EXTRA,
+    LoadMetadata,
+    error_message,
+    stderr_error_line,
+)
+from databricks_scripts.loader_params import LoadSpec, parse_load_spec, resolve_password
+from databricks_scripts.loader_pipes_io import choose_pipes_io
+from databricks_scripts.redaction import redact
+from databricks_scripts.script_env import ScriptEnv
 
 
 class DataLoaderError(RuntimeError):
     """A load failed; the message is already redacted and says which table and which step."""
 
 
-def _env_float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    return float(value) if value else default
-
-
-def choose_engine(spec: LoadSpec) -> str:
-    engine = (os.environ.get("DATALOADER_ENGINE") or "").strip().lower()
-    if not engine:
-        engine = "spark" if os.environ.get("DATABRICKS_RUNTIME_VERSION") else "arrow"
+def choose_engine(spec: LoadSpec, env: ScriptEnv) -> str:
+    engine = env.engine or ("spark" if env.on_databricks else "arrow")
     if engine not in ("arrow", "spark"):
         raise ValueError(f"DATALOADER_ENGINE must be 'arrow' or 'spark', not {engine!r}")
     if spec.db_type == "databricks" and engine != "spark":
@@ -49,9 +66,9 @@ def choose_engine(spec: LoadSpec) -> str:
     return engine
 
 
-def _dbutils_secret_getter():
+def _dbutils_secret_getter(env: ScriptEnv):
     """``dbutils.secrets.get`` on Databricks, else None (secrets come from the environment)."""
-    if not os.environ.get("DATABRICKS_RUNTIME_VERSION"):
+    if not env.on_databricks:
         return None
     from pyspark.dbutils import DBUtils  # only exists on Databricks runtimes
     from pyspark.sql import SparkSession
@@ -68,26 +85,20 @@ def column_schema_metadata(schema) -> dict:
     return {"type": "table_schema", "raw_value": {"columns": columns}}
 
 
-def _run_engine(engine: str, spec: LoadSpec, password: str | None, log) -> object:
-    progress = _env_float("DATALOADER_PROGRESS_SECONDS", 10.0)
+def _run_engine(engine: str, spec: LoadSpec, password: str | None, log, env: ScriptEnv) -> object:
+    env.check()  # a malformed DATALOADER_BATCH_* / _PROGRESS_SECONDS fails at step 'load'
+    progress = env.progress_seconds
     if engine == "spark":
-        from loader_spark import run_spark_load
+        from databricks_scripts.loader_spark import run_spark_load
 
         return run_spark_load(spec, password, log=log, progress_interval=progress)
-    from loader_arrow import lake_root, run_arrow_load
-    from loader_sources import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ROWS, open_source
+    from databricks_scripts.loader_arrow import LoadStepError, run_arrow_load
+    from databricks_scripts.loader_sources import open_source
 
-    destination = spec.destination_path(lake_root())
+    destination = spec.destination_path(env.lake_root)
     try:
-        source = open_source(
-            spec,
-            password,
-            batch_bytes=int(_env_float("DATALOADER_BATCH_BYTES", DEFAULT_BATCH_BYTES)),
-            batch_rows=int(_env_float("DATALOADER_BATCH_ROWS", DEFAULT_BATCH_ROWS)),
-        )
+        source = open_source(spec, password, batch_bytes=env.batch_bytes, batch_rows=env.batch_rows)
     except Exception as exc:
-        from loader_arrow import LoadStepError
-
         raise LoadStepError("connect to source", f"{type(exc).__name__}: {exc}") from exc
     try:
         result = run_arrow_load(spec, source, destination, log=log, progress_interval=progress)
@@ -101,31 +112,40 @@ def _run_engine(engine: str, spec: LoadSpec, password: str | None, log) -> objec
     return result
 
 
-def run_load(context: PipesContext, secrets: list[str]) -> None:
+def _redacted_log(context: PipesContext, secrets: list[str]):
+    def log(message: str) -> None:
+        context.log.info(redact(message, secrets))
+
+    return log
+
+
+def run_load(context: PipesContext, env: ScriptEnv, secrets: list[str]) -> None:
     started = time.monotonic()
     label = "load"
     step = "read parameters"
     failure: str | None = None
     try:
-        spec = parse_load_spec(context.get_extra("params"))
+        spec = parse_load_spec(context.get_extra(PARAMS_EXTRA))
         label = f"load of {spec.source_label} ({spec.db_type}) into {spec.destination_label}"
         step = "resolve secret"
-        password = resolve_password(spec, dbutils_get=_dbutils_secret_getter())
+        password = resolve_password(
+            spec, environ=env.source_secrets, dbutils_get=_dbutils_secret_getter(env)
+        )
         if password:
             secrets.append(password)
         step = "choose engine"
-        engine = choose_engine(spec)
+        engine = choose_engine(spec, env)
         context.log.info(
             f"{label}: strategy {spec.load_strategy}"
             f"{' (force full reload)' if spec.force_full_reload else ''}, engine {engine}, "
             f"watermark {spec.incremental_value!r}"
         )
         step = "load"
-        result = _run_engine(engine, spec, password, lambda m: context.log.info(redact(m, secrets)))
+        result = _run_engine(engine, spec, password, _redacted_log(context, secrets), env)
     except Exception as exc:  # noqa: BLE001 - every failure must be reported the same way
         step = getattr(exc, "step", step)
         failure = redact(f"{label} failed at step '{step}': {exc}", secrets)
-        context.report_custom_message({"dataloader_error": failure})
+        context.report_custom_message(error_message(failure))
     if failure is not None:
         # Raised outside the except block, so the driver error is not even its __context__:
         # dagster-pipes serializes __context__ despite ``from None``, and it may hold secrets.
@@ -133,20 +153,20 @@ def run_load(context: PipesContext, secrets: list[str]) -> None:
 
     duration = round(time.monotonic() - started, 3)
     metadata = {
-        "rows_read": result.rows_read,
-        "rows_written": result.rows_written,
-        "watermark_before": result.watermark_before,
-        "watermark_after": result.watermark_after,
-        "duration_seconds": duration,
-        "destination": result.destination,
-        "load_strategy": result.applied_strategy,
-        "requested_load_strategy": spec.load_strategy,
-        "engine": engine,
-        "dagster/table_name": spec.destination_label,
-        "dagster/column_schema": column_schema_metadata(result.schema),
+        LoadMetadata.ROWS_READ: result.rows_read,
+        LoadMetadata.ROWS_WRITTEN: result.rows_written,
+        LoadMetadata.WATERMARK_BEFORE: result.watermark_before,
+        LoadMetadata.WATERMARK_AFTER: result.watermark_after,
+        LoadMetadata.DURATION_SECONDS: duration,
+        LoadMetadata.DESTINATION: result.destination,
+        LoadMetadata.LOAD_STRATEGY: result.applied_strategy,
+        LoadMetadata.REQUESTED_LOAD_STRATEGY: spec.load_strategy,
+        LoadMetadata.ENGINE: engine,
+        LoadMetadata.TABLE_NAME: spec.destination_label,
+        LoadMetadata.COLUMN_SCHEMA: column_schema_metadata(result.schema),
     }
     if result.row_count is not None:
-        metadata["dagster/row_count"] = result.row_count
+        metadata[LoadMetadata.ROW_COUNT] = result.row_count
     context.log.info(
         f"{label}: {result.applied_strategy} load read {result.rows_read:,} and wrote "
         f"{result.rows_written:,} rows in {duration}s; watermark {result.watermark_after!r}"
@@ -155,29 +175,27 @@ def run_load(context: PipesContext, secrets: list[str]) -> None:
 
 
 def main() -> int:
-    params_loader, context_loader, message_writer, where = choose_pipes_io()
+    env = ScriptEnv.from_environ()
+    params_loader, context_loader, message_writer, where = choose_pipes_io(env)
     if where == "none":
-        print(
-            f"{ERROR_PREFIX}not launched by Dagster Pipes (no bootstrap parameters)",
-            file=sys.stderr,
+        sys.stderr.write(
+            stderr_error_line("not launched by Dagster Pipes (no bootstrap parameters)")
         )
         return 2
     # Every secret this process can see (LAKEBASE_PASSWORD, AI key, ...), plus the source's.
-    secrets: list[str] = secrets_from_env()
+    secrets: list[str] = list(env.secrets)
     try:
         with open_dagster_pipes(
             params_loader=params_loader,
             context_loader=context_loader,
             message_writer=message_writer,
         ) as context:
-            run_load(context, secrets)
+            run_load(context, env, secrets)
     except Exception as exc:  # noqa: BLE001 - the last stderr line must carry any failure
         text = str(exc) if isinstance(exc, DataLoaderError) else f"{type(exc).__name__}: {exc}"
-        text = redact(text, secrets)
         if not isinstance(exc, DataLoaderError):
             sys.stderr.write(redact("".join(traceback.format_exception(exc)), secrets))
-        one_line = " | ".join(line.strip() for line in text.splitlines() if line.strip())
-        sys.stderr.write(f"{ERROR_PREFIX}{one_line}\n")
+        sys.stderr.write(stderr_error_line(redact(text, secrets)))
         sys.stderr.flush()
         return 1
     return 0

@@ -12,33 +12,39 @@ Rules (see docs/loader.md):
   not already in the table's window (multiset difference, as SQL ``EXCEPT ALL``), so a late
   committed row is loaded exactly once. NULL cursors are never read incrementally.
 - incremental with merge keys, and merge: the rows read are upserted on the keys (Delta MERGE).
-  Without an incremental column, merge reads the whole source.
+  Without an incremental column, merge reads the whole source. The rows are spooled to a local
+  Arrow file first, so NULL or duplicate keys are refused before the MERGE starts.
 - No watermark yet, no destination yet, or force_full_reload: the load runs as full.
 """
 
 from __future__ import annotations
 
 import collections
-import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
-from loader_sql import delta_merge_predicate
-from loader_types import (
+
+from databricks_scripts.loader_sql import delta_merge_predicate
+from databricks_scripts.loader_types import (
     SchemaPlan,
-    Watermark,
     arrow_schema_of,
-    batch_max,
     cast_batch,
+    is_numeric_text,
+    plan_schema,
+)
+from databricks_scripts.watermark import (
+    Watermark,
+    batch_max,
     decode_watermark_for,
     encode_watermark,
-    is_numeric_text,
     lookback_lower_bound,
     max_watermark,
-    plan_schema,
 )
 
 
@@ -221,16 +227,219 @@ def _drop_rows_already_loaded(
         yield batch if all(keep) else batch.filter(pa.array(keep))
 
 
-def _step(name: str, fn: Callable[[], object]) -> Callable[[], object]:
+def _lazy_step(name: str, fn: Callable[[], object]) -> Callable[[], object]:
     """``fn`` whose failure is reported as step ``name`` (it runs lazily, inside another step)."""
 
     def wrapped():
-        try:
+        with _step(name):
             return fn()
-        except Exception as exc:
-            raise LoadStepError(name, f"{type(exc).__name__}: {exc}") from exc
 
     return wrapped
+
+
+@contextmanager
+def _step(name: str) -> Iterator[None]:
+    """Report a failure inside the block as step ``name`` (a LoadStepError passes unchanged)."""
+    try:
+        yield
+    except LoadStepError:
+        raise
+    except Exception as exc:
+        raise LoadStepError(name, f"{type(exc).__name__}: {exc}") from exc
+
+
+@dataclass
+class _Load:
+    """What the writers need, decided before a row is read."""
+
+    spec: Any
+    destination: Path
+    table: Any  # the DeltaTable, None when there is none yet
+    applied: str
+    rebuild: bool
+    plan: SchemaPlan
+    numeric_text: bool
+    source_columns: frozenset[str] = frozenset()
+    watermark: Watermark | None = None
+    lower: Watermark | None = None
+
+    @property
+    def cursor(self) -> str | None:
+        return self.spec.incremental_column
+
+    @property
+    def merging(self) -> bool:
+        return self.applied in ("merge", "incremental") and bool(self.spec.merge_keys)
+
+    @property
+    def write_schema(self) -> pa.Schema:
+        if not self.merging:
+            return self.plan.write_schema
+        # Upserts touch only the columns the source has; destination-only columns keep values.
+        return pa.schema([f for f in self.plan.write_schema if f.name in self.source_columns])
+
+    def load_existing(self) -> collections.Counter:
+        """The destination's rows in (lower, watermark], as a multiset of row tuples."""
+        import pyarrow.compute as pc
+
+        existing: collections.Counter = collections.Counter()
+        window = self.table.to_pyarrow_dataset().to_table(
+            filter=(pc.field(self.cursor) > self.lower) & (pc.field(self.cursor) <= self.watermark)
+        )
+        if window.num_rows:
+            schema = self.plan.write_schema
+            window = pa.Table.from_batches(
+                [cast_batch(b, schema) for b in window.to_batches()], schema
+            )
+            existing.update(tuple(r.values()) for r in window.to_pylist())
+        return existing
+
+
+def _prepare(spec, source, destination: Path, log: Callable[[str], None]) -> _Load:
+    """Probe the source, open the destination, reconcile schemas, decode the watermark."""
+    with _step("probe source"):
+        source_schema = source.schema()
+        cursor = spec.incremental_column
+        roles = [(cursor, "incremental_column")] + [(k, "merge key") for k in spec.merge_keys]
+        for column, role in roles:
+            if column is not None and column not in source_schema.names:
+                raise ValueError(f"{role} {column!r} is not a column of the source table")
+        numeric_text = bool(cursor) and is_numeric_text(source_schema.field(cursor))
+    with _step("open destination"):
+        table = _delta_table(destination)
+        applied = choose_strategy(spec, table is not None)
+        rebuild = applied == "full" and (table is None or spec.force_full_reload)
+        dest_schema = None if rebuild else arrow_schema_of(table.schema())
+    with _step("reconcile schema"):
+        plan = plan_schema(source_schema, dest_schema)
+        if plan.added_columns:
+            log(f"schema evolution: adding column(s) {', '.join(plan.added_columns)}")
+    load = _Load(
+        spec,
+        destination,
+        table,
+        applied,
+        rebuild,
+        plan,
+        numeric_text,
+        source_columns=frozenset(source_schema.names),
+    )
+    if applied != "full" and cursor and spec.incremental_value is not None:
+        with _step("decode watermark"):
+            load.watermark = decode_watermark_for(
+                spec.incremental_value, source_schema.field(cursor)
+            )
+            load.lower = lookback_lower_bound(load.watermark, spec.lookback_window_seconds)
+    return load
+
+
+# ---- one writer per strategy: each returns (rows written, committed) ---------------------------
+
+
+def _write_full(load: _Load, batches: Iterator[pa.RecordBatch], tracker: _Tracker):
+    """Every source row replaces the table in one overwrite commit (or creates it)."""
+    from deltalake import write_deltalake
+
+    reader = pa.RecordBatchReader.from_batches(load.write_schema, batches)
+    write_deltalake(
+        load.table if load.table is not None else str(load.destination),
+        reader,
+        mode="overwrite",
+        schema_mode="overwrite" if load.rebuild else "merge",
+    )
+    return tracker.rows_read, True
+
+
+def _write_append(load: _Load, batches: Iterator[pa.RecordBatch], tracker: _Tracker):
+    """New rows appended in one commit; look-back rows only when not already in the table."""
+    from deltalake import write_deltalake
+
+    if load.lower is not None and load.lower != load.watermark:
+        batches = _drop_rows_already_loaded(
+            batches,
+            cursor=load.cursor,
+            watermark=_cursor_key(load.watermark, load.numeric_text),
+            load_existing=_lazy_step("read destination look-back window", load.load_existing),
+            numeric_text=load.numeric_text,
+        )
+    counted = _count(batches)
+    reader = _peeked_reader(load.write_schema, counted)
+    if reader is None:
+        return 0, False
+    write_deltalake(load.table, reader, mode="append", schema_mode="merge")
+    return counted.rows, True
+
+
+def _write_merge(load: _Load, batches: Iterator[pa.RecordBatch], tracker: _Tracker):
+    """The rows read are upserted on the merge keys in one Delta MERGE commit.
+
+    The source is first spooled to a local Arrow IPC file while its keys are checked, so the
+    MERGE starts only once every key is known to be set and unique: a bad key is always reported
+    by our check (naming the key), never by delta-rs midway through its MERGE. Memory holds the
+    key columns plus one batch; the MERGE then streams the spooled rows.
+    """
+    keys = tuple(load.spec.merge_keys)
+    with tempfile.TemporaryDirectory(prefix="dataloader-merge-") as spool_dir:
+        spool = Path(spool_dir) / "source.arrows"
+        if not _spool_checked(batches, load.write_schema, keys, spool):
+            return 0, False
+        with pa.OSFile(str(spool), "rb") as stream:
+            metrics = (
+                load.table.merge(
+                    pa.ipc.open_stream(stream),
+                    predicate=delta_merge_predicate(keys),
+                    source_alias="s",
+                    target_alias="t",
+                    merge_schema=bool(load.plan.added_columns),
+                    streamed_exec=True,
+                )
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .execute()
+            )
+    written = int(metrics.get("num_target_rows_inserted", 0)) + int(
+        metrics.get("num_target_rows_updated", 0)
+    )
+    return written, True
+
+
+def _spool_checked(
+    batches: Iterator[pa.RecordBatch], schema: pa.Schema, keys: tuple[str, ...], path: Path
+) -> int:
+    """Write ``batches`` to ``path`` (Arrow IPC stream); refuse NULL keys at once, duplicate keys
+    at the end. Keeps only the key columns in memory. Returns the number of rows spooled."""
+    seen: list[pa.RecordBatch] = []
+    rows = 0
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for batch in batches:
+            key_batch = batch.select(list(keys))
+            _check_keys(pa.Table.from_batches([key_batch]), keys, nulls_only=True)
+            seen.append(key_batch)
+            writer.write_batch(batch)
+            rows += batch.num_rows
+    if seen:
+        _check_keys(pa.Table.from_batches(seen), keys)
+    return rows
+
+
+def _writer(load: _Load):
+    if load.applied == "full":
+        return _write_full
+    if load.merging:
+        return _write_merge
+    return _write_append
+
+
+def _watermark_after(load: _Load, tracker: _Tracker) -> str | None:
+    """The watermark to hand back; called only after the commit, when it is known to be safe."""
+    if load.cursor is None:
+        return None
+    if load.applied == "full":
+        return encode_watermark(tracker.max_cursor) if tracker.max_cursor is not None else None
+    new_max = max_watermark(load.watermark, tracker.max_cursor)
+    if new_max is None or new_max == load.watermark:
+        return load.spec.incremental_value  # nothing newer: the stored text, untouched
+    return encode_watermark(new_max)
 
 
 def run_arrow_load(
@@ -241,162 +450,30 @@ def run_arrow_load(
     log: Callable[[str], None],
     progress_interval: float = 10.0,
 ) -> LoadResult:
-    """Run one load of ``spec`` from ``source`` (a loader_sources reader) into ``destination``."""
-    from deltalake import write_deltalake
+    """Run one load of ``spec`` from ``source`` (a loader_sources reader) into ``destination``.
 
-    step = "probe source"
-    try:
-        source_schema = source.schema()
-        cursor = spec.incremental_column
-        for column, role in [(cursor, "incremental_column")] + [
-            (k, "merge key") for k in spec.merge_keys
-        ]:
-            if column is not None and column not in source_schema.names:
-                raise ValueError(f"{role} {column!r} is not a column of the source table")
-        numeric_text = bool(cursor) and is_numeric_text(source_schema.field(cursor))
-
-        step = "open destination"
-        table = _delta_table(destination)
-        applied = choose_strategy(spec, table is not None)
-        rebuild = applied == "full" and (table is None or spec.force_full_reload)
-        dest_schema = None if rebuild else arrow_schema_of(table.schema())
-
-        step = "reconcile schema"
-        plan: SchemaPlan = plan_schema(source_schema, dest_schema)
-        if plan.added_columns:
-            log(f"schema evolution: adding column(s) {', '.join(plan.added_columns)}")
-
-        watermark: Watermark | None = None
-        lower: Watermark | None = None
-        if applied != "full" and cursor and spec.incremental_value is not None:
-            step = "decode watermark"
-            watermark = decode_watermark_for(spec.incremental_value, source_schema.field(cursor))
-            lower = lookback_lower_bound(watermark, spec.lookback_window_seconds)
-
-        lookback_rows_possible = (
-            applied == "incremental"
-            and not spec.merge_keys
-            and lower is not None
-            and lower != watermark
-        )
-
-        def load_existing() -> collections.Counter:
-            """The destination's rows in (lower, watermark], as a multiset of row tuples."""
-            existing: collections.Counter = collections.Counter()
-            import pyarrow.compute as pc
-
-            window = table.to_pyarrow_dataset().to_table(
-                filter=(pc.field(cursor) > lower) & (pc.field(cursor) <= watermark)
-            )
-            if window.num_rows:
-                window = pa.Table.from_batches(
-                    [cast_batch(b, plan.write_schema) for b in window.to_batches()],
-                    plan.write_schema,
-                )
-                existing.update(tuple(r.values()) for r in window.to_pylist())
-            return existing
-
-        step = "read source"
-        _, raw_batches = source.batches(lower)
+    Failures are raised as :class:`LoadStepError` naming the step: probe source, open
+    destination, reconcile schema, decode watermark, read source, write destination.
+    """
+    load = _prepare(spec, source, destination, log)
+    with _step("read source"):
+        _, raw_batches = source.batches(load.lower)
         progress = Progress(log, f"{spec.source_label}", progress_interval)
-        merging = applied in ("merge", "incremental") and bool(spec.merge_keys)
-        write_schema = plan.write_schema
-        if merging:
-            # Upserts touch only the columns the source has; destination-only columns keep values.
-            keep = set(source_schema.names)
-            write_schema = pa.schema([f for f in plan.write_schema if f.name in keep])
-        tracker = _Tracker(raw_batches, write_schema, cursor, numeric_text, progress)
+        tracker = _Tracker(raw_batches, load.write_schema, load.cursor, load.numeric_text, progress)
         destination.parent.mkdir(parents=True, exist_ok=True)
-
-        rows_written = 0
-        committed = False
-        step = "write destination"
-        if applied == "full":
-            reader = pa.RecordBatchReader.from_batches(write_schema, iter(tracker))
-            write_deltalake(
-                table if table is not None else str(destination),
-                reader,
-                mode="overwrite",
-                schema_mode="overwrite" if rebuild else "merge",
-            )
-            rows_written = tracker.rows_read
-            committed = True
-        elif merging:
-            # Streamed into delta-rs (streamed_exec): only the key columns are kept here, for
-            # the uniqueness check that must pass before the MERGE may commit.
-            keys = _KeyCheck(tracker, spec.merge_keys)
-            reader = _peeked_reader(write_schema, iter(keys))
-            if reader is not None:
-                try:
-                    metrics = (
-                        table.merge(
-                            reader,
-                            predicate=delta_merge_predicate(spec.merge_keys),
-                            source_alias="s",
-                            target_alias="t",
-                            merge_schema=bool(plan.added_columns),
-                            streamed_exec=True,
-                        )
-                        .when_matched_update_all()
-                        .when_not_matched_insert_all()
-                        .execute()
-                    )
-                except Exception:
-                    # delta-rs wraps an error raised by the stream in its own text, with a
-                    # traceback: report the check's (or the cast's) own message instead.
-                    if keys.error is not None:
-                        raise keys.error from None
-                    raise
-                rows_written = int(metrics.get("num_target_rows_inserted", 0)) + int(
-                    metrics.get("num_target_rows_updated", 0)
-                )
-                committed = True
-        else:
-            batches = iter(tracker)
-            if lookback_rows_possible:
-                batches = _drop_rows_already_loaded(
-                    batches,
-                    cursor=cursor,
-                    watermark=_cursor_key(watermark, numeric_text),
-                    load_existing=_step("read destination look-back window", load_existing),
-                    numeric_text=numeric_text,
-                )
-            counted = _count(batches)
-            reader = _peeked_reader(write_schema, counted)
-            if reader is not None:
-                write_deltalake(table, reader, mode="append", schema_mode="merge")
-                committed = True
-            rows_written = counted.rows
-    except LoadStepError:
-        raise
-    except Exception as exc:
-        raise LoadStepError(step, f"{type(exc).__name__}: {exc}") from exc
-
-    # Only now, after the commit, is a new watermark known to be safe to hand back.
-    step = "report"
-    if cursor is None:
-        watermark_after = None
-    elif applied == "full":
-        watermark_after = (
-            encode_watermark(tracker.max_cursor) if tracker.max_cursor is not None else None
-        )
-    else:
-        new_max = max_watermark(watermark, tracker.max_cursor)
-        if new_max is None or new_max == watermark:
-            watermark_after = spec.incremental_value  # nothing newer: the stored text, untouched
-        else:
-            watermark_after = encode_watermark(new_max)
+    with _step("write destination"):
+        rows_written, committed = _writer(load)(load, iter(tracker), tracker)
 
     # write_deltalake/merge on a DeltaTable object advance that object to the new version, so
     # the table is opened once per load (twice only when this load created it).
-    final = table if table is not None else _delta_table(destination)
-    schema = arrow_schema_of(final.schema()) if final is not None else write_schema
+    final = load.table if load.table is not None else _delta_table(destination)
+    schema = arrow_schema_of(final.schema()) if final is not None else load.write_schema
     return LoadResult(
         rows_read=tracker.rows_read,
         rows_written=rows_written,
         watermark_before=spec.incremental_value,
-        watermark_after=watermark_after,
-        applied_strategy=applied,
+        watermark_after=_watermark_after(load, tracker),
+        applied_strategy=load.applied,
         destination=str(destination),
         schema=schema,
         row_count=_row_count(final) if final is not None else 0,
@@ -413,34 +490,6 @@ class _count:
         for b in self._batches:
             self.rows += b.num_rows
             yield b
-
-
-class _KeyCheck:
-    """Passes batches through; refuses NULL merge keys at once and duplicate keys at the end.
-
-    Keeps only the key columns of the rows read (not the rows), so a streamed merge holds the
-    keys plus one batch. An error raised here, inside the stream, aborts the MERGE before its
-    commit; it is also kept in ``error`` so the caller can report it unwrapped.
-    """
-
-    def __init__(self, batches, keys: tuple[str, ...]):
-        self._batches = batches
-        self._keys = list(keys)
-        self._seen: list[pa.RecordBatch] = []
-        self.error: Exception | None = None
-
-    def __iter__(self) -> Iterator[pa.RecordBatch]:
-        try:
-            for batch in self._batches:
-                key_batch = batch.select(self._keys)
-                _check_keys(pa.Table.from_batches([key_batch]), tuple(self._keys), nulls_only=True)
-                self._seen.append(key_batch)
-                yield batch
-            if self._seen:
-                _check_keys(pa.Table.from_batches(self._seen), tuple(self._keys))
-        except Exception as exc:
-            self.error = exc
-            raise
 
 
 def _check_keys(data: pa.Table, keys: tuple[str, ...], *, nulls_only: bool = False) -> None:
@@ -460,13 +509,3 @@ def _check_keys(data: pa.Table, keys: tuple[str, ...], *, nulls_only: bool = Fal
             f"merge keys {list(keys)} are not unique in the source rows read "
             f"({dupes.num_rows} duplicated key(s), e.g. {sample})"
         )
-
-
-def lake_root() -> Path:
-    root = os.environ.get("DATALOADER_LAKE_ROOT")
-    if root:
-        return Path(root)
-    home = os.environ.get("DATALOADER_HOME")
-    if home:
-        return Path(home) / "lake"
-    return Path(__file__).resolve().parents[1] / ".dataloader" / "lake"

@@ -1,8 +1,10 @@
 """The load parameters the script receives in the Pipes extras, validated into a ``LoadSpec``.
 
-Pure (stdlib only). The password never travels in the parameters: ``db_config_value`` names a key in
-the secret scope ``db_kv_scope``, resolved here from the environment locally or from
-``dbutils.secrets`` on Databricks.
+Pure (stdlib only). The fields, database types and strategies are the wire contract's
+(``contract.LOAD_PARAM_FIELDS``, ``DB_TYPES``, ``STRATEGIES``). The password never travels in the
+parameters: ``db_config_value`` names a key in the secret scope ``db_kv_scope``, resolved here from
+the script's environment (``ScriptEnv.source_secrets``) locally or from ``dbutils.secrets`` on
+Databricks.
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DB_TYPES = ("postgresql", "mysql", "sqlserver", "oracle", "databricks")
-STRATEGIES = ("full", "incremental", "merge")
+from databricks_scripts.contract import DB_TYPES, PARAMS_EXTRA, STRATEGIES
 
 
 class LoadParamsError(ValueError):
@@ -24,6 +25,8 @@ class LoadParamsError(ValueError):
 
 @dataclass(frozen=True)
 class LoadSpec:
+    """One load, as validated from the Pipes extra ``params`` (one field per LOAD_PARAM_FIELDS)."""
+
     control_key: str
     source_catalog: str | None
     source_schema_name: str | None
@@ -88,9 +91,9 @@ def _req_str(params: Mapping[str, Any], key: str) -> str:
 
 
 def parse_load_spec(params: Mapping[str, Any]) -> LoadSpec:
-    """Validate the ``params`` extra sent by the load asset (see the shared contract)."""
+    """Validate the ``params`` extra sent by the load asset (see ``contract.LOAD_PARAM_FIELDS``)."""
     if not isinstance(params, Mapping):
-        raise LoadParamsError("Pipes extra 'params' must be a mapping")
+        raise LoadParamsError(f"Pipes extra {PARAMS_EXTRA!r} must be a mapping")
     db_type = _req_str(params, "db_type").lower()
     if db_type not in DB_TYPES:
         raise LoadParamsError(f"db_type {db_type!r} is not one of {', '.join(DB_TYPES)}")
@@ -157,13 +160,13 @@ SecretGetter = Callable[[str, str], str]
 def resolve_password(
     spec: LoadSpec,
     *,
-    environ: Mapping[str, str] | None = None,
+    environ: Mapping[str, str],
     dbutils_get: SecretGetter | None = None,
 ) -> str | None:
     """The source password, or None when the row names no secret (trust/peer authentication).
 
-    On Databricks ``dbutils_get`` is ``dbutils.secrets.get``; elsewhere the environment variable
-    from :func:`secret_env_var` must be set.
+    On Databricks ``dbutils_get`` is ``dbutils.secrets.get``; elsewhere the variable from
+    :func:`secret_env_var` must be set in ``environ`` (the script's ``ScriptEnv.source_secrets``).
     """
     key = spec.db_config_value.get("password_secret")
     if not key:
@@ -172,9 +175,8 @@ def resolve_password(
         raise LoadParamsError("db_config_value names a password_secret but db_kv_scope is empty")
     if dbutils_get is not None:
         return dbutils_get(spec.db_kv_scope, str(key))
-    env = os.environ if environ is None else environ
     name = secret_env_var(spec.db_kv_scope, str(key))
-    value = env.get(name)
+    value = environ.get(name)
     if value is None:
         raise LoadParamsError(
             f"secret {key!r} of scope {spec.db_kv_scope!r} not found: set environment variable {name}"

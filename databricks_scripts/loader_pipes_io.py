@@ -6,9 +6,10 @@
 - Databricks new cluster: bootstrap in env vars (``spark_env_vars``), DBFS.
 - Databricks serverless: context file and messages in a Unity Catalog volume (``/Volumes/...``).
 
-DBFS paths are reached through the FUSE mount ``/dbfs``; ``DATALOADER_DBFS_ROOT`` moves it so a
-local Databricks stand-in can run this script unchanged (``DATALOADER_VOLUMES_ROOT`` likewise
-prefixes ``/Volumes`` paths). The choice is independent of the engine (arrow or spark).
+DBFS paths are reached through the FUSE mount ``/dbfs``; ``ScriptEnv.dbfs_root``
+(``DATALOADER_DBFS_ROOT``) moves it so a local Databricks stand-in can run this script unchanged
+(``ScriptEnv.volumes_root``, ``DATALOADER_VOLUMES_ROOT``, likewise prefixes ``/Volumes`` paths).
+The choice is independent of the engine (arrow or spark).
 """
 
 from __future__ import annotations
@@ -33,33 +34,33 @@ from dagster_pipes import (
     PipesUnityCatalogVolumesMessageWriter,
 )
 
+from databricks_scripts.script_env import DEFAULT_DBFS_ROOT, ScriptEnv
+
 try:  # the CLI flag name dagster_pipes parses (--dagster-pipes-context)
     from dagster_pipes import DAGSTER_PIPES_CONTEXT_CLI_ARGUMENT
 except ImportError:  # pragma: no cover - older dagster_pipes
     DAGSTER_PIPES_CONTEXT_CLI_ARGUMENT = "--dagster-pipes-context"
 
 
-def dbfs_root() -> str:
-    return os.environ.get("DATALOADER_DBFS_ROOT") or "/dbfs"
-
-
-def dbfs_local_path(path: str) -> str:
+def dbfs_local_path(path: str, dbfs_root: str) -> str:
     """``dbfs:/tmp/x`` or ``/tmp/x`` (a DBFS path) -> ``<DBFS root>/tmp/x`` on the FUSE mount."""
     path = path.removeprefix("dbfs:")
-    return os.path.join(dbfs_root(), path.lstrip("/"))
+    return os.path.join(dbfs_root, path.lstrip("/"))
 
 
-def volume_local_path(path: str) -> str:
-    root = os.environ.get("DATALOADER_VOLUMES_ROOT")
-    return os.path.join(root, path.lstrip("/")) if root else path
+def volume_local_path(path: str, volumes_root: str | None) -> str:
+    return os.path.join(volumes_root, path.lstrip("/")) if volumes_root else path
 
 
 class DbfsContextLoader(PipesContextLoader):
     """``PipesDbfsContextLoader`` with a configurable DBFS root."""
 
+    def __init__(self, dbfs_root: str):
+        self._root = dbfs_root
+
     @contextmanager
     def load_context(self, params: Mapping[str, Any]) -> Iterator[Any]:
-        with open(dbfs_local_path(str(params["path"])), encoding="utf-8") as f:
+        with open(dbfs_local_path(str(params["path"]), self._root), encoding="utf-8") as f:
             yield json.load(f)
 
 
@@ -71,11 +72,15 @@ class DbfsMessageWriter(PipesDbfsMessageWriter):
     without a session we report no extras: Dagster then forwards no driver logs, nothing else.
     """
 
+    def __init__(self, dbfs_root: str, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._root = dbfs_root
+
     def make_channel(
         self, params: Mapping[str, Any]
     ) -> PipesBufferedFilesystemMessageWriterChannel:
         return PipesBufferedFilesystemMessageWriterChannel(
-            path=dbfs_local_path(str(params["path"])), interval=self.interval
+            path=dbfs_local_path(str(params["path"]), self._root), interval=self.interval
         )
 
     def get_opened_extras(self) -> dict[str, Any]:
@@ -89,31 +94,33 @@ class DbfsMessageWriter(PipesDbfsMessageWriter):
 
 
 class VolumeContextLoader(PipesContextLoader):
+    def __init__(self, volumes_root: str | None):
+        self._root = volumes_root
+
     @contextmanager
     def load_context(self, params: Mapping[str, Any]) -> Iterator[Any]:
-        with open(volume_local_path(str(params["path"])), encoding="utf-8") as f:
+        with open(volume_local_path(str(params["path"]), self._root), encoding="utf-8") as f:
             yield json.load(f)
 
 
 class VolumeMessageWriter(PipesUnityCatalogVolumesMessageWriter):
+    def __init__(self, volumes_root: str | None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._root = volumes_root
+
     def make_channel(
         self, params: Mapping[str, Any]
     ) -> PipesBufferedFilesystemMessageWriterChannel:
         return PipesBufferedFilesystemMessageWriterChannel(
-            path=volume_local_path(str(params["path"])), interval=self.interval
+            path=volume_local_path(str(params["path"]), self._root), interval=self.interval
         )
 
 
-def _on_databricks() -> bool:
-    return bool(os.environ.get("DATABRICKS_RUNTIME_VERSION"))
-
-
 def choose_pipes_io(
-    argv: list[str] | None = None, environ: Mapping[str, str] | None = None
+    env: ScriptEnv, argv: list[str] | None = None
 ) -> tuple[PipesParamsLoader, PipesContextLoader, Any, str]:
     """(params loader, context loader, message writer, description) for this process."""
     argv = sys.argv if argv is None else argv
-    environ = os.environ if environ is None else environ
     if DAGSTER_PIPES_CONTEXT_CLI_ARGUMENT in argv:
         params_loader: PipesParamsLoader = PipesCliArgsParamsLoader()
         via = "cli"
@@ -125,13 +132,20 @@ def choose_pipes_io(
     context_params = params_loader.load_context_params()
     path = str(context_params.get("path", ""))
     if path.startswith("/Volumes/"):
-        return params_loader, VolumeContextLoader(), VolumeMessageWriter(), f"volumes ({via})"
-    dbfs = via == "cli" or _on_databricks() or path.startswith("dbfs:")
-    if not dbfs and path and environ.get("DATALOADER_DBFS_ROOT") and not os.path.exists(path):
+        root = env.volumes_root
+        return (
+            params_loader,
+            VolumeContextLoader(root),
+            VolumeMessageWriter(root),
+            f"volumes ({via})",
+        )
+    dbfs = via == "cli" or env.on_databricks or path.startswith("dbfs:")
+    if not dbfs and path and env.dbfs_root != DEFAULT_DBFS_ROOT and not os.path.exists(path):
         # A local Databricks stand-in: the context file is under the moved DBFS root.
-        dbfs = os.path.exists(dbfs_local_path(path))
+        dbfs = os.path.exists(dbfs_local_path(path, env.dbfs_root))
     if dbfs:
-        return params_loader, DbfsContextLoader(), DbfsMessageWriter(), f"dbfs ({via})"
+        root = env.dbfs_root
+        return params_loader, DbfsContextLoader(root), DbfsMessageWriter(root), f"dbfs ({via})"
     return params_loader, PipesDefaultContextLoader(), PipesDefaultMessageWriter(), "local"
 
 

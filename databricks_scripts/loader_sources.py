@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pyarrow as pa
-from loader_sql import (
+
+from databricks_scripts.loader_sql import (
     MYSQL,
     ORACLE,
     POSTGRESQL,
@@ -26,18 +27,14 @@ from loader_sql import (
     select_source,
     source_table_parts,
 )
-from loader_types import (
+from databricks_scripts.loader_types import decimal_from_unscaled, pg_numeric_as_scaled_int8
+from databricks_scripts.loader_types_mssql_oracle import (
     ORACLE_DATE_METADATA,
-    decimal_from_unscaled,
     oracle_field,
     oracle_utc_columns,
-    pg_numeric_as_scaled_int8,
     rows_to_exact_batch,
     sqlserver_field,
 )
-
-DEFAULT_BATCH_BYTES = 16 * 1024 * 1024
-DEFAULT_BATCH_ROWS = 50_000
 
 
 def _libpq_value(value: object) -> str:

@@ -16,8 +16,8 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from loader_arrow import LoadStepError, choose_strategy
-from loader_sql import (
+from databricks_scripts.loader_arrow import LoadResult, LoadStepError, choose_strategy
+from databricks_scripts.loader_sql import (
     MYSQL,
     ORACLE,
     POSTGRESQL,
@@ -32,7 +32,7 @@ from loader_sql import (
     spark_merge,
     spark_table,
 )
-from loader_types import decode_watermark, encode_watermark, lookback_lower_bound
+from databricks_scripts.watermark import decode_watermark, encode_watermark, lookback_lower_bound
 
 _JDBC = {
     "postgresql": (
@@ -209,6 +209,31 @@ class _Schema:
         return iter(SimpleNamespace(name=n, type=t, nullable=True) for n, t in self._fields)
 
 
+def _upsert_or_append(
+    spec: Any, target: str, view: str, columns: list[str], watermark: Any, lower: Any
+) -> tuple[str, Mapping[str, Any]]:
+    """The MERGE (with merge keys) or the incremental INSERT, and its named parameters."""
+    if spec.merge_keys:
+        return spark_merge(target, view, spec.merge_keys, columns), {}
+    with_lookback = lower is not None and lower != watermark
+    statement = spark_append_new_rows(
+        target, view, columns, spec.incremental_column, with_lookback=with_lookback
+    )
+    if not with_lookback:
+        return statement, {}
+    return statement, {"watermark": spark_literal(watermark), "lower_bound": spark_literal(lower)}
+
+
+def _watermark_after(spark: Any, spec: Any, target: str, watermark: Any) -> str | None:
+    """max(cursor) of the destination after the commit; the stored text when nothing is newer."""
+    if not spec.incremental_column:
+        return spec.incremental_value
+    value = read_watermark(spark, target, spec.incremental_column)
+    if value is None or value == watermark:
+        return spec.incremental_value
+    return encode_watermark(value)
+
+
 def run_spark_load(
     spec: Any,
     password: str | None,
@@ -217,7 +242,6 @@ def run_spark_load(
     progress_interval: float = 10.0,
     spark: Any | None = None,
 ) -> Any:
-    from loader_arrow import LoadResult
     from pyspark.sql import SparkSession
 
     spark = spark or SparkSession.builder.getOrCreate()
@@ -257,31 +281,19 @@ def run_spark_load(
                 spark.sql(spark_add_columns(target, added))
 
         step = "write destination"
-        args: Mapping[str, Any] = {}
         if rebuild:
-            statement = spark_create_table_as(target, view, replace=exists)
+            statement, args = spark_create_table_as(target, view, replace=exists), {}
         elif applied == "full":
-            statement = spark_insert_overwrite(target, view, columns)
-        elif spec.merge_keys:
-            statement = spark_merge(target, view, spec.merge_keys, columns)
+            statement, args = spark_insert_overwrite(target, view, columns), {}
         else:
-            with_lookback = lower is not None and lower != watermark
-            statement = spark_append_new_rows(
-                target, view, columns, cursor, with_lookback=with_lookback
-            )
-            if with_lookback:
-                args = {"watermark": spark_literal(watermark), "lower_bound": spark_literal(lower)}
+            statement, args = _upsert_or_append(spec, target, view, columns, watermark, lower)
         log(f"running: {statement}")
         spark.sql(statement, args=dict(args)) if args else spark.sql(statement)
 
         step = "read commit metrics"
         commit = spark.sql(f"DESCRIBE HISTORY {target} LIMIT 1").collect()[0]
         read, written = commit_counts(commit["operation"], commit["operationMetrics"] or {})
-        watermark_after = spec.incremental_value
-        if cursor:
-            value = read_watermark(spark, target, cursor)
-            if value is not None and value != watermark:
-                watermark_after = encode_watermark(value)
+        watermark_after = _watermark_after(spark, spec, target, watermark)
         final_fields = _fields(spark.table(target).schema)
         count = spark.sql(f"SELECT count(*) AS n FROM {target}").collect()[0]["n"]
     except Exception as exc:

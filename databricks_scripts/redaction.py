@@ -5,7 +5,7 @@ only this directory exists, so it imports nothing outside the standard library).
 
 Two layers, both applied by :func:`redact`:
 
-1. Known secret values (the ones this process holds, see :func:`secrets_from_env`) are masked
+1. Known secret values (the ones the caller holds, see :func:`secrets_from_env`) are masked
    wherever they appear, also in the encoded forms a driver or library may echo them in: URL
    encoding, JSON/Python string escaping and libpq conninfo quoting.
 2. Secret-looking shapes are masked even when their value is unknown: ``password=...`` style
@@ -16,7 +16,6 @@ Two layers, both applied by :func:`redact`:
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterable, Mapping
 from urllib.parse import quote, quote_plus
@@ -96,13 +95,12 @@ def _masked(value: str) -> str:
     return MASK
 
 
-def secrets_from_env(env: Mapping[str, str] | None = None) -> list[str]:
-    """Secret values visible in this process's environment, to be masked wherever text goes.
+def secrets_from_env(env: Mapping[str, str]) -> list[str]:
+    """The secret values in ``env`` (an environment mapping), to be masked wherever text goes.
 
-    The one list every caller uses (assets, retry analysis, scripts), so a new secret variable is
-    added here once.
+    The one list every caller uses (the code location's settings and the scripts' ``ScriptEnv``,
+    each with the environment it read), so a new secret variable is added here once.
     """
-    env = os.environ if env is None else env
     return list(dict.fromkeys(v for k, v in env.items() if v and _is_secret_var(k, v)))
 
 

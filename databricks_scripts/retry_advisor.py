@@ -3,7 +3,7 @@
 The model is reached through the ``openai`` client, so any OpenAI-compatible endpoint works:
 OpenAI itself, a proxy, or a Databricks model-serving endpoint
 (``https://<workspace>/serving-endpoints``, authenticated with the databricks-sdk's credentials).
-Configuration comes from the environment (see :class:`AdvisorConfig`). The model is optional: with
+Configuration comes from an environment mapping the caller read (see :class:`AdvisorConfig`). The model is optional: with
 no model configured, or no usable answer (timeout, HTTP error, malformed JSON, an answer outside
 the schema), :mod:`retry_classifier` decides, and a model answer below the confidence threshold
 becomes ``Requires Review``.
@@ -18,19 +18,14 @@ only for Databricks endpoints), because it runs inside the Pipes script on Datab
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# secrets_from_env lives in redaction (one list for every caller); re-exported here for callers.
-try:  # imported as databricks_scripts.retry_advisor (code location, tests)
-    from .redaction import redact, secrets_from_env
-    from .retry_classifier import DECISIONS, REQUIRES_REVIEW, UNKNOWN, classify_error
-except ImportError:  # imported by the Pipes script, whose directory is on sys.path
-    from redaction import redact, secrets_from_env
-    from retry_classifier import DECISIONS, REQUIRES_REVIEW, UNKNOWN, classify_error
+from databricks_scripts.contract import DECISIONS, REQUIRES_REVIEW, Decision
+from databricks_scripts.redaction import redact
+from databricks_scripts.retry_classifier import UNKNOWN, classify_error
 
 RULES_DECIDER = "rules"
 DEFAULT_MIN_CONFIDENCE = 0.7
@@ -106,9 +101,8 @@ class AdvisorConfig:
         object.__setattr__(self, "max_retries", min(max(int(self.max_retries), 0), MAX_RETRIES_CAP))
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> AdvisorConfig:
+    def from_env(cls, env: Mapping[str, str]) -> AdvisorConfig:
         """Read ``DATALOADER_AI_*`` settings (``OPENAI_API_KEY`` as the key's fallback)."""
-        env = os.environ if env is None else env
         base_url = _blank_to_none(env.get("DATALOADER_AI_BASE_URL"))
         provider = (_blank_to_none(env.get("DATALOADER_AI_PROVIDER")) or "").lower()
         if not provider:
@@ -131,11 +125,8 @@ class AdvisorConfig:
         )
 
     @classmethod
-    def for_request(
-        cls, request: Mapping[str, Any], env: Mapping[str, str] | None = None
-    ) -> AdvisorConfig:
-        """Settings from this process's environment, gaps filled from ``request["advisor"]``."""
-        env = os.environ if env is None else env
+    def for_request(cls, request: Mapping[str, Any], env: Mapping[str, str]) -> AdvisorConfig:
+        """Settings from the script's environment ``env``, gaps filled from ``request["advisor"]``."""
         given = request.get("advisor") if isinstance(request.get("advisor"), Mapping) else {}
         merged = {
             f"DATALOADER_AI_{name.upper()}": str(given[name])
@@ -150,9 +141,8 @@ class AdvisorConfig:
         return bool(self.model)
 
 
-def advisor_settings_from_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The non-secret ``DATALOADER_AI_*`` settings that are set, keyed as in ``ADVISOR_SETTINGS``."""
-    env = os.environ if env is None else env
+def advisor_settings_from_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The non-secret ``DATALOADER_AI_*`` settings set in ``env``, keyed as in ``ADVISOR_SETTINGS``."""
     settings = {
         name: env.get(f"DATALOADER_AI_{name.upper()}", "").strip() for name in ADVISOR_SETTINGS
     }
@@ -163,24 +153,23 @@ def advisor_settings_from_env(env: Mapping[str, str] | None = None) -> dict[str,
 
 def decide_retry(
     request: Mapping[str, Any],
-    config: AdvisorConfig | None = None,
+    config: AdvisorConfig,
     *,
     secrets: Iterable[str | None] = (),
 ) -> dict[str, Any]:
     """Return ``{decision, confidence, reason, decider, ...}`` for one failed load.
 
-    ``decider`` is the model name when the model's answer was used, else ``"rules"``. Extra keys
-    (``rule_category``, ``rule_decision``, ``model_error``) explain how the decision was reached.
+    The first four keys are a :class:`~databricks_scripts.contract.Decision`. ``decider`` is the
+    model name when the model's answer was used, else ``"rules"``. Extra keys (``rule_category``,
+    ``rule_decision``, ``model_error``) explain how the decision was reached. ``secrets`` are the
+    values the caller holds (``ScriptEnv.secrets``), masked in everything sent to the model.
     """
-    config = config or AdvisorConfig.from_env()
-    known_secrets = [*secrets, *secrets_from_env(), config.api_key]
+    known_secrets = [*secrets, config.api_key]
     rules = classify_error(str(request.get("error_message") or ""))
+    # Fixed confidence: a matched rule is a strong but not certain signal; no match is a guess.
+    confidence = 0.5 if rules.category == UNKNOWN else 0.9
     by_rules: dict[str, Any] = {
-        "decision": rules.decision,
-        # Fixed values: a matched rule is a strong but not certain signal; no match is a guess.
-        "confidence": 0.5 if rules.category == UNKNOWN else 0.9,
-        "reason": rules.reason,
-        "decider": RULES_DECIDER,
+        **Decision(rules.decision, confidence, rules.reason, RULES_DECIDER).as_dict(),
         "rule_category": rules.category,
         "rule_decision": rules.decision,
     }

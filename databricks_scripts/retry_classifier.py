@@ -15,13 +15,23 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-RETRY_RECOMMENDED = "Retry Recommended"
-REQUIRES_REVIEW = "Requires Review"
-DECISIONS = (RETRY_RECOMMENDED, REQUIRES_REVIEW)
+# The decision names are the wire contract's; re-exported for this module's callers.
+from databricks_scripts.contract import DECISIONS, REQUIRES_REVIEW, RETRY_RECOMMENDED
 
 TRANSIENT = "transient"
 PERMANENT = "permanent"
 UNKNOWN = "unknown"
+
+__all__ = [
+    "DECISIONS",
+    "PERMANENT",
+    "REQUIRES_REVIEW",
+    "RETRY_RECOMMENDED",
+    "TRANSIENT",
+    "UNKNOWN",
+    "Classification",
+    "classify_error",
+]
 
 
 @dataclass(frozen=True)

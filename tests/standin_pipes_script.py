@@ -30,6 +30,9 @@ from dagster_pipes import (
     open_dagster_pipes,
 )
 
+# The stand-in's python is the project's, where databricks_scripts is installed.
+from databricks_scripts.contract import error_message, stderr_error_line
+
 
 def local_path(remote: str) -> str:
     """Where a DBFS or volume path is visible to plain file IO in this process."""
@@ -85,7 +88,7 @@ def main() -> None:
         print("standin script stdout line")
         if mode == "fail":
             message = f"standin script failed on purpose: {pipes.get_extra('reason')}"
-            pipes.report_custom_message({"dataloader_error": message})
+            pipes.report_custom_message(error_message(message))
             raise RuntimeError(message)
         if mode == "sleep":
             pipes.log.info("sleeping")
@@ -107,5 +110,5 @@ if __name__ == "__main__":
     except Exception as exc:  # noqa: BLE001 - report any failure, then exit non-zero
         # Same shape as the loader: traceback, then the error as the last stderr line.
         traceback.print_exc()
-        print(f"DATALOADER_ERROR: {exc}", file=sys.stderr)
+        sys.stderr.write(stderr_error_line(str(exc)))
         sys.exit(1)

@@ -13,14 +13,6 @@ PACKAGE = ROOT / "dagsters"
 # The edge: builds Settings from the environment and the local-dev pieces for the code location.
 EDGE = {"dagsters.definitions", "dagsters.local.cli"}
 ENVIRONMENT_READERS = {"dagsters.settings", "dagsters.local.cli"}
-# Modules the runner and landing branches of the same refactor clean; empty once merged.
-CLEANED_ON_OTHER_BRANCHES = {
-    "dagsters.resources.pipes_databricks",
-    "dagsters.resources.databricks_rest",
-    "dagsters.jobs.landing_table_git_job",
-    "dagsters.utils.landing_models",
-    "dagsters.utils.databricks_workspace",
-}
 
 
 def _modules() -> dict[str, ast.Module]:
@@ -125,4 +117,4 @@ def _reads_environment(tree: ast.AST) -> bool:
 
 def test_only_the_edge_reads_the_environment():
     readers = {name for name, tree in _modules().items() if _reads_environment(tree)}
-    assert readers - CLEANED_ON_OTHER_BRANCHES <= ENVIRONMENT_READERS
+    assert readers <= ENVIRONMENT_READERS

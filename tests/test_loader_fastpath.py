@@ -3,20 +3,16 @@
 import collections
 import datetime as dt
 import decimal
-import sys
-from pathlib import Path
 
 import psycopg
 import pyarrow as pa
 import pytest
 from helpers import pg_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "databricks_scripts"))
-
-import loader_arrow as la
-import loader_params as lp
-import loader_sources as ls
-import loader_types as lt
+from databricks_scripts import loader_arrow as la
+from databricks_scripts import loader_params as lp
+from databricks_scripts import loader_sources as ls
+from databricks_scripts import loader_types as lt
 
 UTC = dt.UTC
 

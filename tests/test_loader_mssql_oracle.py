@@ -2,20 +2,18 @@
 
 import datetime as dt
 import decimal
-import sys
 import uuid
-from pathlib import Path
 
 import oracledb
 import pyarrow as pa
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "databricks_scripts"))
-
-import loader_arrow as la
-import loader_params as lp
-import loader_sources as ls
-import loader_types as lt
+from databricks_scripts import loader_arrow as la
+from databricks_scripts import loader_params as lp
+from databricks_scripts import loader_sources as ls
+from databricks_scripts import loader_types as lt
+from databricks_scripts import loader_types_mssql_oracle as lmo
+from databricks_scripts import watermark as lw
 
 D = decimal.Decimal
 UTC = dt.UTC
@@ -58,7 +56,7 @@ def _ora(name, type_code, precision=None, scale=None, size=None):
         (_ora("BD", oracledb.DB_TYPE_BINARY_DOUBLE), pa.field("BD", pa.float64())),
         (
             _ora("D", oracledb.DB_TYPE_DATE),
-            pa.field("D", pa.timestamp("us"), metadata=lt.ORACLE_DATE_METADATA),
+            pa.field("D", pa.timestamp("us"), metadata=lmo.ORACLE_DATE_METADATA),
         ),
         (_ora("TS", oracledb.DB_TYPE_TIMESTAMP, 0, 6), pa.field("TS", pa.timestamp("us"))),
         (
@@ -77,20 +75,20 @@ def _ora(name, type_code, precision=None, scale=None, size=None):
     ],
 )
 def test_oracle_description_maps_to_exact_arrow_types(desc, field):
-    got = lt.oracle_field(desc)
+    got = lmo.oracle_field(desc)
     assert got.equals(field, check_metadata=True), (got, field)
 
 
 def test_oracle_unsupported_type_is_refused_naming_the_column():
-    with pytest.raises(lt.UnsupportedColumnTypeError, match="'GEOM'.*DB_TYPE_OBJECT"):
-        lt.oracle_field(_ora("GEOM", oracledb.DB_TYPE_OBJECT))
+    with pytest.raises(lmo.UnsupportedColumnTypeError, match="'GEOM'.*DB_TYPE_OBJECT"):
+        lmo.oracle_field(_ora("GEOM", oracledb.DB_TYPE_OBJECT))
 
 
 def test_oracle_select_reads_tz_columns_in_utc_and_binds_the_watermark():
     schema = pa.schema(
         [
-            lt.oracle_field(_ora("ID", oracledb.DB_TYPE_NUMBER, 10, 0)),
-            lt.oracle_field(_ora("UPD", oracledb.DB_TYPE_TIMESTAMP_TZ, 0, 9)),
+            lmo.oracle_field(_ora("ID", oracledb.DB_TYPE_NUMBER, 10, 0)),
+            lmo.oracle_field(_ora("UPD", oracledb.DB_TYPE_TIMESTAMP_TZ, 0, 9)),
         ]
     )
     text, params = ls.oracle_read('"S"."T"', schema, None, None)
@@ -104,7 +102,7 @@ def test_oracle_select_reads_tz_columns_in_utc_and_binds_the_watermark():
         " + INTERVAL '0.000001' SECOND"
     )
     assert params == ("2024-01-01 10:00:00.000005",)
-    dated = pa.schema([lt.oracle_field(_ora("D", oracledb.DB_TYPE_DATE))])
+    dated = pa.schema([lmo.oracle_field(_ora("D", oracledb.DB_TYPE_DATE))])
     text, params = ls.oracle_read("T", dated, "D", dt.datetime(2024, 1, 1, 10, 0, 5, 500000))
     assert text == 'SELECT "D" FROM T WHERE "D" > TO_DATE(:1, \'YYYY-MM-DD HH24:MI:SS\')'
     assert params == ("2024-01-01 10:00:05",)
@@ -144,7 +142,7 @@ def test_oracle_select_reads_tz_columns_in_utc_and_binds_the_watermark():
     ],
 )
 def test_sqlserver_describe_rows_map_to_exact_arrow_types(row, t):
-    field = lt.sqlserver_field(row)
+    field = lmo.sqlserver_field(row)
     assert field.name == row[0] and field.type.equals(t)
 
 
@@ -158,8 +156,8 @@ def test_sqlserver_describe_result_errors_and_unsupported_types_are_refused():
     err = [(None, None, None, None, None, 208, "Invalid object name 'dbo.nope'.")]
     with pytest.raises(ValueError, match="Invalid object name"):
         ls.sqlserver_schema_from_description(err)
-    with pytest.raises(lt.UnsupportedColumnTypeError, match="'shape'.*geography"):
-        lt.sqlserver_field(("shape", "geography", 0, 0, True))
+    with pytest.raises(lmo.UnsupportedColumnTypeError, match="'shape'.*geography"):
+        lmo.sqlserver_field(("shape", "geography", 0, 0, True))
     import pymssql._mssql  # the statement pymssql sends: the probe text as one N'' literal
 
     sent = pymssql._mssql.substitute_params(
@@ -231,7 +229,7 @@ def test_sqlserver_shaped_rows_convert_exactly():
         ),
         (10, False, None, D("-1.0000"), None, None, None, None, None, None),
     ]
-    batch = lt.rows_to_exact_batch(rows, schema)
+    batch = lmo.rows_to_exact_batch(rows, schema)
     assert batch.schema == schema
     got = batch.to_pylist()
     assert got[0] == {
@@ -252,13 +250,13 @@ def test_sqlserver_shaped_rows_convert_exactly():
 def test_oracle_shaped_rows_convert_exactly_and_unconstrained_number_stays_exact_text():
     schema = pa.schema(
         [
-            lt.oracle_field(_ora("ID", oracledb.DB_TYPE_NUMBER, 10, 0)),
-            lt.oracle_field(_ora("AMT", oracledb.DB_TYPE_NUMBER, 12, 2)),
-            lt.oracle_field(_ora("N", oracledb.DB_TYPE_NUMBER, 0, -127)),
-            lt.oracle_field(_ora("D", oracledb.DB_TYPE_DATE)),
-            lt.oracle_field(_ora("TZ", oracledb.DB_TYPE_TIMESTAMP_TZ, 0, 6)),
-            lt.oracle_field(_ora("BD", oracledb.DB_TYPE_BINARY_DOUBLE)),
-            lt.oracle_field(_ora("R", oracledb.DB_TYPE_RAW, size=4)),
+            lmo.oracle_field(_ora("ID", oracledb.DB_TYPE_NUMBER, 10, 0)),
+            lmo.oracle_field(_ora("AMT", oracledb.DB_TYPE_NUMBER, 12, 2)),
+            lmo.oracle_field(_ora("N", oracledb.DB_TYPE_NUMBER, 0, -127)),
+            lmo.oracle_field(_ora("D", oracledb.DB_TYPE_DATE)),
+            lmo.oracle_field(_ora("TZ", oracledb.DB_TYPE_TIMESTAMP_TZ, 0, 6)),
+            lmo.oracle_field(_ora("BD", oracledb.DB_TYPE_BINARY_DOUBLE)),
+            lmo.oracle_field(_ora("R", oracledb.DB_TYPE_RAW, size=4)),
         ]
     )
     rows = [  # NUMBER as Decimal (outputtypehandler); TZ read through SYS_EXTRACT_UTC: naive UTC
@@ -281,7 +279,7 @@ def test_oracle_shaped_rows_convert_exactly_and_unconstrained_number_stays_exact
             None,
         ),
     ]
-    batch = lt.rows_to_exact_batch(rows, schema)
+    batch = lmo.rows_to_exact_batch(rows, schema)
     got = batch.to_pylist()
     assert [r["ID"] for r in got] == [9, 10] and batch.schema.field("ID").type == pa.int64()
     assert got[0]["AMT"] == D("0.10") and got[1]["AMT"] == D("-5.00")
@@ -306,32 +304,32 @@ def test_oracle_shaped_rows_convert_exactly_and_unconstrained_number_stays_exact
 )
 def test_a_value_that_does_not_fit_fails_naming_the_column(t, value):
     with pytest.raises(ValueError, match="column 'c'"):
-        lt.column_from_values([None, value], pa.field("c", t))
+        lmo.column_from_values([None, value], pa.field("c", t))
 
 
 # ---- watermarks ------------------------------------------------------------------------------
 
 
 def test_integer_and_number_watermarks_compare_numerically_not_as_text():
-    ids = lt.column_from_values(
-        [D("9"), D("10"), D("2")], lt.oracle_field(_ora("ID", oracledb.DB_TYPE_NUMBER, 10, 0))
+    ids = lmo.column_from_values(
+        [D("9"), D("10"), D("2")], lmo.oracle_field(_ora("ID", oracledb.DB_TYPE_NUMBER, 10, 0))
     )
-    assert lt.encode_watermark(lt.batch_max(ids)) == "10"
-    assert lt.decode_watermark_for("9", pa.field("ID", pa.int64())) < lt.decode_watermark_for(
+    assert lw.encode_watermark(lw.batch_max(ids)) == "10"
+    assert lw.decode_watermark_for("9", pa.field("ID", pa.int64())) < lw.decode_watermark_for(
         "10", pa.field("ID", pa.int64())
     )
-    n = lt.oracle_field(_ora("N", oracledb.DB_TYPE_NUMBER, 0, -127))
+    n = lmo.oracle_field(_ora("N", oracledb.DB_TYPE_NUMBER, 0, -127))
     assert lt.is_numeric_text(n)
-    col = lt.column_from_values([D("9"), D("10"), D("9.5")], n)
-    assert lt.encode_watermark(lt.batch_max(col, numeric_text=True)) == "10"
-    assert lt.decode_watermark_for("10", n) == D("10")
-    with pytest.raises(lt.WatermarkError):
-        lt.decode_watermark_for("1; DROP TABLE x", n)
-    tz = lt.column_from_values(
+    col = lmo.column_from_values([D("9"), D("10"), D("9.5")], n)
+    assert lw.encode_watermark(lw.batch_max(col, numeric_text=True)) == "10"
+    assert lw.decode_watermark_for("10", n) == D("10")
+    with pytest.raises(lw.WatermarkError):
+        lw.decode_watermark_for("1; DROP TABLE x", n)
+    tz = lmo.column_from_values(
         [dt.datetime(2024, 1, 1, 12, 0, 0, 1, tzinfo=dt.timezone(dt.timedelta(hours=2)))],
-        lt.sqlserver_field(("dto", "datetimeoffset(7)", 34, 7, True)),
+        lmo.sqlserver_field(("dto", "datetimeoffset(7)", 34, 7, True)),
     )
-    assert lt.encode_watermark(lt.batch_max(tz)) == "2024-01-01T10:00:00.000001+00:00"
+    assert lw.encode_watermark(lw.batch_max(tz)) == "2024-01-01T10:00:00.000001+00:00"
 
 
 # ---- end to end through the Arrow engine with a driver-shaped stand-in reader ------------------
@@ -352,7 +350,7 @@ class _SqlServerShapedReader:
         if lower_bound is not None:
             rows = [r for r in rows if r[0] is not None and r[0] > lower_bound]
         batches = [
-            lt.rows_to_exact_batch(rows[i : i + 2], self._schema) for i in range(0, len(rows), 2)
+            lmo.rows_to_exact_batch(rows[i : i + 2], self._schema) for i in range(0, len(rows), 2)
         ]
         return self._schema, iter(batches)
 

@@ -4,9 +4,11 @@ import datetime as dt
 import decimal
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 from pathlib import Path
 
@@ -17,6 +19,8 @@ import pytest
 from dagster_pipes import encode_param
 from deltalake import DeltaTable
 from helpers import pg_config
+
+from databricks_scripts.contract import ERROR_MESSAGE_KEY, STDERR_ERROR_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "databricks_scripts" / "dataloader_pipe.py"
@@ -280,10 +284,10 @@ def test_schema_change_to_incompatible_type_fails_naming_the_column(source_db, l
     proc, messages = run_raw(params, tmp_path)
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("DATALOADER_ERROR: ") and "'price'" in last
+    assert last.startswith(STDERR_ERROR_PREFIX) and "'price'" in last
     assert "reconcile schema" in last and "public.shifty" in last
     custom = [m for m in messages if m["method"] == "report_custom_message"]
-    assert "'price'" in custom[0]["params"]["payload"]["dataloader_error"]
+    assert "'price'" in custom[0]["params"]["payload"][ERROR_MESSAGE_KEY]
     assert not [m for m in messages if m["method"] == "report_asset_materialization"]
     closed = next(m for m in messages if m["method"] == "closed")
     assert "'price'" in closed["params"]["exception"]["message"]
@@ -307,7 +311,7 @@ def test_driver_error_is_redacted_and_names_table_and_step(source_db, lake_root,
     assert proc.returncode == 1
     assert secret not in proc.stderr and secret not in json.dumps(messages)
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("DATALOADER_ERROR: ") and "connect to source" in last
+    assert last.startswith(STDERR_ERROR_PREFIX) and "connect to source" in last
     assert "public.events" in last
 
 
@@ -554,6 +558,9 @@ def test_merge_streams_and_refuses_null_or_duplicate_keys_before_committing(
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert "not unique" in last and "write destination" in last and "Traceback" not in last
+    assert (
+        """merge keys ['cu"st id']""" in last and "row ordinal" not in last
+    )  # ours, not delta-rs'
     assert not [m for m in messages if m["method"] == "report_asset_materialization"]
     assert DeltaTable(str(path)).version() == version
 
@@ -565,3 +572,60 @@ def test_merge_streams_and_refuses_null_or_duplicate_keys_before_committing(
     proc, _ = run_raw(params, tmp_path, env={"DATALOADER_BATCH_BYTES": "65536"})
     assert proc.returncode == 1 and "is NULL in 1 source row" in proc.stderr.splitlines()[-1]
     assert DeltaTable(str(path)).version() == version
+
+
+# A driver that runs an entry script the way a Databricks spark_python_task may: the source
+# compiled with its path and exec'd in fresh globals, without ``__file__``.
+EXEC_DRIVER = textwrap.dedent(
+    """
+    import json, sys
+    path = sys.argv[1]
+    scope = {"__name__": "__main__"}
+    code = None
+    try:
+        exec(compile(open(path).read(), path, "exec"), scope)
+    except SystemExit as exc:
+        code = exc.code
+    try:
+        import redaction
+        top_level = redaction.__file__
+    except ImportError:
+        top_level = None
+    package = sys.modules["databricks_scripts.redaction"].__file__
+    print(json.dumps({"code": code, "package": package, "top_level": top_level}))
+    """
+)
+
+
+@pytest.mark.parametrize("script", ["dataloader_pipe.py", "dataloader_retry_pipe.py"])
+def test_entry_script_imports_its_package_when_exec_compiled_without_file(script, tmp_path):
+    """Run from the scripts folder (so ``''`` on sys.path is that folder) through exec(compile()):
+    the imports resolve to this copy of the package, and no sibling loads as a top-level module."""
+    scripts = tmp_path / "Workspace" / "files" / "databricks_scripts"
+    shutil.copytree(
+        REPO / "databricks_scripts", scripts, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("DAGSTER_PIPES") and k != "PYTHONPATH"
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", EXEC_DRIVER, str(scripts / script)],
+        cwd=scripts,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["code"] == 2, proc.stderr  # the "not launched by Dagster Pipes" exit
+    assert Path(out["package"]).resolve() == (scripts / "redaction.py").resolve()
+    assert out["top_level"] is None
+    if script == "dataloader_pipe.py":
+        last = proc.stderr.strip().splitlines()[-1]
+        assert (
+            last == f"{STDERR_ERROR_PREFIX}not launched by Dagster Pipes (no bootstrap parameters)"
+        )

@@ -4,16 +4,12 @@ evolution and the look-back INSERT statement, on a local SparkSession."""
 import datetime as dt
 import decimal
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "databricks_scripts"))
-
-import loader_spark as lsp
-import loader_sql as sq
-from loader_params import parse_load_spec
+from databricks_scripts import loader_spark as lsp
+from databricks_scripts import loader_sql as sq
+from databricks_scripts.loader_params import parse_load_spec
 
 UTC = dt.UTC
 

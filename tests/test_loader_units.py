@@ -1,5 +1,6 @@
 """Loader pure parts: identifier quoting, SQL/Spark statements, type mapping, watermark text, params."""
 
+import dataclasses
 import datetime as dt
 import decimal
 import sys
@@ -8,13 +9,14 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "databricks_scripts"))
-
-import loader_params as lp
-import loader_sources as ls
-import loader_sql as sq
-import loader_types as lt
-from loader_pipes_io import choose_pipes_io, dbfs_local_path
+from databricks_scripts import contract
+from databricks_scripts import loader_params as lp
+from databricks_scripts import loader_sources as ls
+from databricks_scripts import loader_sql as sq
+from databricks_scripts import loader_types as lt
+from databricks_scripts import watermark as lw
+from databricks_scripts.loader_pipes_io import choose_pipes_io, dbfs_local_path
+from databricks_scripts.script_env import ScriptEnv
 
 UTC = dt.UTC
 
@@ -136,31 +138,31 @@ def test_schema_plan_adds_columns_widens_and_refuses_type_changes():
 
 def test_watermark_text_round_trips_exactly():
     tz = pa.timestamp("us", tz="UTC")
-    value = lt.decode_watermark("2024-03-01T10:00:00.000001+02:00", tz)
+    value = lw.decode_watermark("2024-03-01T10:00:00.000001+02:00", tz)
     assert value == dt.datetime(2024, 3, 1, 8, 0, 0, 1, tzinfo=UTC)
-    assert lt.encode_watermark(value.astimezone(UTC)) == "2024-03-01T08:00:00.000001+00:00"
-    naive = lt.decode_watermark("2024-03-01 10:00:00", pa.timestamp("us"))
-    assert lt.encode_watermark(naive) == "2024-03-01T10:00:00.000000"
-    assert lt.decode_watermark("2024-03-01T10:00:00", tz).tzinfo is UTC  # read as UTC
-    with pytest.raises(lt.WatermarkError):
-        lt.decode_watermark("2024-03-01T10:00:00+01:00", pa.timestamp("us"))
-    assert lt.encode_watermark(decimal.Decimal("1E+3")) == "1000"
-    assert lt.encode_watermark(decimal.Decimal("0.10")) == "0.10"
-    assert lt.decode_watermark("9007199254740993", pa.int64()) == 9007199254740993
-    with pytest.raises(lt.WatermarkError):
-        lt.decode_watermark("1; DROP TABLE x", pa.int64())
-    assert lt.decode_watermark_for("1.5", _pg_numeric("n", -1)) == decimal.Decimal("1.5")
+    assert lw.encode_watermark(value.astimezone(UTC)) == "2024-03-01T08:00:00.000001+00:00"
+    naive = lw.decode_watermark("2024-03-01 10:00:00", pa.timestamp("us"))
+    assert lw.encode_watermark(naive) == "2024-03-01T10:00:00.000000"
+    assert lw.decode_watermark("2024-03-01T10:00:00", tz).tzinfo is UTC  # read as UTC
+    with pytest.raises(lw.WatermarkError):
+        lw.decode_watermark("2024-03-01T10:00:00+01:00", pa.timestamp("us"))
+    assert lw.encode_watermark(decimal.Decimal("1E+3")) == "1000"
+    assert lw.encode_watermark(decimal.Decimal("0.10")) == "0.10"
+    assert lw.decode_watermark("9007199254740993", pa.int64()) == 9007199254740993
+    with pytest.raises(lw.WatermarkError):
+        lw.decode_watermark("1; DROP TABLE x", pa.int64())
+    assert lw.decode_watermark_for("1.5", _pg_numeric("n", -1)) == decimal.Decimal("1.5")
 
 
 def test_lookback_and_max():
     wm = dt.datetime(2024, 1, 1, 12, tzinfo=UTC)
-    assert lt.lookback_lower_bound(wm, 90) == dt.datetime(2024, 1, 1, 11, 58, 30, tzinfo=UTC)
-    assert lt.lookback_lower_bound(10, 3600) == 10  # durations do not apply to numbers
-    assert lt.batch_max(pa.array(["9.5", "10.25", None]), numeric_text=True) == decimal.Decimal(
+    assert lw.lookback_lower_bound(wm, 90) == dt.datetime(2024, 1, 1, 11, 58, 30, tzinfo=UTC)
+    assert lw.lookback_lower_bound(10, 3600) == 10  # durations do not apply to numbers
+    assert lw.batch_max(pa.array(["9.5", "10.25", None]), numeric_text=True) == decimal.Decimal(
         "10.25"
     )
-    assert lt.batch_max(pa.array([None], pa.int64())) is None
-    assert lt.max_watermark(None, 3) == 3
+    assert lw.batch_max(pa.array([None], pa.int64())) is None
+    assert lw.max_watermark(None, 3) == 3
 
 
 # ---- parameters, secrets and connections ----------------------------------------------------
@@ -193,7 +195,10 @@ def test_secret_comes_from_the_environment_by_scope_and_key():
     name = lp.secret_env_var("kv.main", "pg-pass")
     assert name == "DATALOADER_SECRET__KV_MAIN__PG_PASS"
     assert lp.resolve_password(spec, environ={name: "pw"}) == "pw"
-    assert lp.resolve_password(spec, dbutils_get=lambda s, k: f"{s}/{k}") == "kv.main/pg-pass"
+    assert (
+        lp.resolve_password(spec, environ={}, dbutils_get=lambda s, k: f"{s}/{k}")
+        == "kv.main/pg-pass"
+    )
     with pytest.raises(lp.LoadParamsError, match=name):
         lp.resolve_password(spec, environ={})
 
@@ -274,10 +279,10 @@ def test_pipes_io_is_chosen_from_the_bootstrap(tmp_path, monkeypatch):
         "DAGSTER_PIPES_CONTEXT": encode_param({"path": str(ctx)}),
         "DAGSTER_PIPES_MESSAGES": encode_param({"path": str(tmp_path / "m")}),
     }
-    for key, value in env.items():
+    for key, value in env.items():  # dagster_pipes' own loaders read the bootstrap from here
         monkeypatch.setenv(key, value)
-    monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION", raising=False)
-    assert choose_pipes_io(argv=["x"])[3] == "local"
+    local = ScriptEnv()
+    assert choose_pipes_io(local, argv=["x"])[3] == "local"
 
     cli = [
         "x",
@@ -287,14 +292,84 @@ def test_pipes_io_is_chosen_from_the_bootstrap(tmp_path, monkeypatch):
         encode_param({"path": "/tmp/def"}),
     ]
     monkeypatch.setattr(sys, "argv", cli)
-    assert choose_pipes_io(argv=cli)[3] == "dbfs (cli)"
+    assert choose_pipes_io(local, argv=cli)[3] == "dbfs (cli)"
 
     monkeypatch.setenv("DAGSTER_PIPES_CONTEXT", encode_param({"path": "/Volumes/c/s/v/tmp/x"}))
-    assert choose_pipes_io(argv=["x"])[3] == "volumes (env)"
+    assert choose_pipes_io(local, argv=["x"])[3] == "volumes (env)"
 
-    monkeypatch.setenv("DATALOADER_DBFS_ROOT", str(tmp_path / "dbfs"))
-    assert dbfs_local_path("dbfs:/tmp/x/context.json") == str(tmp_path / "dbfs/tmp/x/context.json")
+    stand_in = ScriptEnv.from_environ({"DATALOADER_DBFS_ROOT": str(tmp_path / "dbfs")})
+    assert dbfs_local_path("dbfs:/tmp/x/context.json", stand_in.dbfs_root) == str(
+        tmp_path / "dbfs/tmp/x/context.json"
+    )
     (tmp_path / "dbfs/tmp/nc").mkdir(parents=True)
     (tmp_path / "dbfs/tmp/nc/context.json").write_text("{}")
     monkeypatch.setenv("DAGSTER_PIPES_CONTEXT", encode_param({"path": "/tmp/nc/context.json"}))
-    assert choose_pipes_io(argv=["x"])[3] == "dbfs (env)"  # new-cluster stand-in
+    assert choose_pipes_io(stand_in, argv=["x"])[3] == "dbfs (env)"  # new-cluster stand-in
+    assert choose_pipes_io(local, argv=["x"])[3] == "local"  # not under the real /dbfs
+    on_cluster = ScriptEnv.from_environ({"DATABRICKS_RUNTIME_VERSION": "15.4"})
+    assert choose_pipes_io(on_cluster, argv=["x"])[3] == "dbfs (env)"
+
+
+# ---- the scripts' settings and the wire contract ----------------------------------------------
+
+
+def test_script_env_reads_every_setting_once_from_the_given_environment(tmp_path):
+    env = ScriptEnv.from_environ(
+        {
+            "DATALOADER_ENGINE": " Spark ",
+            "DATABRICKS_RUNTIME_VERSION": "15.4",
+            "DATALOADER_HOME": str(tmp_path / "home"),
+            "DATALOADER_BATCH_BYTES": "65536",
+            "DATALOADER_BATCH_ROWS": "100",
+            "DATALOADER_PROGRESS_SECONDS": "0",
+            "DATALOADER_VOLUMES_ROOT": str(tmp_path / "vol"),
+            "DATALOADER_SECRET__KV__PG": "scope-password",
+            "LAKEBASE_PASSWORD": "lake-password",
+            "DATALOADER_AI_MODEL": "gpt-test",
+            "OPENAI_API_KEY": "sk-openai-test-key",
+            "HOME": "/root",
+        }
+    )
+    assert (env.engine, env.on_databricks) == ("spark", True)
+    assert env.lake_root == tmp_path / "home" / "lake"
+    assert (env.batch_bytes, env.batch_rows, env.progress_seconds) == (65536, 100, 0.0)
+    assert (env.dbfs_root, env.volumes_root) == ("/dbfs", str(tmp_path / "vol"))
+    assert set(env.secrets) == {"scope-password", "lake-password", "sk-openai-test-key"}
+    assert dict(env.source_secrets) == {"DATALOADER_SECRET__KV__PG": "scope-password"}
+    assert dict(env.ai_env) == {
+        "DATALOADER_AI_MODEL": "gpt-test",
+        "OPENAI_API_KEY": "sk-openai-test-key",
+    }
+    assert "scope-password" not in repr(env) and "sk-openai" not in repr(env)
+
+    lake = ScriptEnv.from_environ({"DATALOADER_LAKE_ROOT": "/x/lake", "DATALOADER_HOME": "/h"})
+    assert lake.lake_root == Path("/x/lake") and lake.engine is None and not lake.on_databricks
+    odd = ScriptEnv.from_environ({"DATALOADER_BATCH_ROWS": "many"})  # the retry script runs on
+    assert odd.batch_rows == 50_000
+    with pytest.raises(ValueError, match="DATALOADER_BATCH_ROWS must be a number"):
+        odd.check()  # the load script's first step refuses it
+
+
+def test_script_env_defaults_to_the_process_environment(monkeypatch):
+    monkeypatch.setenv("DATALOADER_SECRET__KV__PG", "from-the-process")
+    assert "from-the-process" in ScriptEnv.from_environ().secrets
+
+
+def test_no_script_module_but_script_env_reads_the_environment():
+    scripts = Path(lp.__file__).parent
+    readers = [
+        p.name
+        for p in sorted(scripts.glob("*.py"))
+        if p.name != "script_env.py"
+        and ("os.environ" in p.read_text() or "os.getenv" in p.read_text())
+    ]
+    assert readers == []
+
+
+def test_load_spec_has_every_field_of_the_wire_contract():
+    assert set(contract.LOAD_PARAM_FIELDS) <= {f.name for f in dataclasses.fields(lp.LoadSpec)}
+    spec = lp.parse_load_spec(_params(config_id=7, metadata_id=9))
+    assert (spec.config_id, spec.metadata_id) == (7, 9)
+    with pytest.raises(lp.LoadParamsError, match="db_type"):
+        lp.parse_load_spec(_params(db_type="db2"))
+    assert lp.parse_load_spec(_params(db_type=contract.DB_TYPES[-1])).db_type == "databricks"

@@ -7,8 +7,9 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from databricks_scripts import redaction, retry_advisor
+from databricks_scripts import retry_advisor
 from databricks_scripts.redaction import MASK, redact, secret_forms, secrets_from_env
+from databricks_scripts.script_env import ScriptEnv
 
 SECRET = "Sup3r$ecret-7f3a 'q' \\x@/#"  # quote, backslash, @, / and # change under every encoding
 
@@ -250,11 +251,13 @@ def test_secrets_from_env_knows_every_secret_variable():
     }
 
 
-def test_secrets_from_env_reads_the_process_environment(monkeypatch):
+def test_the_scripts_take_their_secrets_from_the_process_environment_once(monkeypatch):
     monkeypatch.setenv("DATALOADER_AI_API_KEY", "ai-key-from-env")
-    assert "ai-key-from-env" in secrets_from_env()
-    # The retry advisor and the code location use this same function, not a copy of their own.
-    assert retry_advisor.secrets_from_env is redaction.secrets_from_env
+    assert "ai-key-from-env" in ScriptEnv.from_environ().secrets
+    with pytest.raises(TypeError):
+        secrets_from_env()  # no hidden read of os.environ: the caller passes its environment
+    # One list of secret variables: the advisor keeps no copy of its own.
+    assert not hasattr(retry_advisor, "secrets_from_env")
 
 
 def test_the_load_asset_masks_every_env_secret(monkeypatch):

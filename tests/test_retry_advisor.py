@@ -17,6 +17,7 @@ from databricks_scripts.retry_advisor import (
     parse_advice,
 )
 from databricks_scripts.retry_classifier import REQUIRES_REVIEW, RETRY_RECOMMENDED
+from databricks_scripts.script_env import ScriptEnv
 
 __all__ = ["openai_standin"]  # the fixture, imported so pytest finds it in this module
 
@@ -215,7 +216,11 @@ def test_secrets_never_reach_the_model(
     request["recent_attempts"] = [{"status": "Failed", "message": leaks["url password"]}]
     openai_standin.queue(good_answer(REQUIRES_REVIEW, 0.9, f"Saw password {scope_secret}."))
 
-    result = decide_retry(request, _config(openai_standin, api_key=api_key))
+    result = decide_retry(
+        request,
+        _config(openai_standin, api_key=api_key),
+        secrets=ScriptEnv.from_environ().secrets,
+    )
 
     bodies = "\n".join(r.raw for r in openai_standin.requests)
     assert bodies, "the model was not asked"
@@ -279,8 +284,11 @@ def test_databricks_serving_endpoint_uses_sdk_credentials(
         good_answer(RETRY_RECOMMENDED, 0.95, "Cluster was terminated by spot loss.")
     )
 
+    env = ScriptEnv.from_environ()
     result = decide_retry(
-        _request("Cluster 0612-1 was terminated. Reason: SPOT_INSTANCE_TERMINATION")
+        _request("Cluster 0612-1 was terminated. Reason: SPOT_INSTANCE_TERMINATION"),
+        AdvisorConfig.from_env(env.ai_env),
+        secrets=env.secrets,
     )
 
     assert result["decider"] == "databricks-meta-llama-3-3-70b-instruct"

@@ -1,0 +1,125 @@
+"""The Pipes scripts' own settings, read from the process environment in this one place.
+
+The entry scripts (``dataloader_pipe.py``, ``dataloader_retry_pipe.py``) build one ``ScriptEnv`` in
+``main()`` and pass it down; no other module of ``databricks_scripts`` reads ``os.environ``. The
+code location has its own settings (``dagsters/settings.py``); both share the lists of secret
+variables (``redaction.secrets_from_env``) and AI settings (``retry_advisor``) by calling those
+functions with their own environment mapping.
+
+Standard library only: it is shipped to Databricks with the scripts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from databricks_scripts.redaction import SECRET_ENV_PREFIX, secrets_from_env
+
+DEFAULT_BATCH_BYTES = 16 * 1024 * 1024
+DEFAULT_BATCH_ROWS = 50_000
+DEFAULT_PROGRESS_SECONDS = 10.0
+DEFAULT_DBFS_ROOT = "/dbfs"
+# The variables the retry advisor reads (``retry_advisor.AdvisorConfig.from_env``).
+AI_ENV_PREFIX = "DATALOADER_AI_"
+AI_ENV_NAMES = ("OPENAI_API_KEY",)
+
+
+def _empty() -> Mapping[str, str]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class ScriptEnv:
+    """Everything a Pipes script takes from its environment.
+
+    - ``engine``: ``DATALOADER_ENGINE`` as given (lower case; the load script checks it is
+      ``arrow`` or ``spark``), None when unset: the load script then picks ``spark`` on a
+      Databricks runtime and ``arrow`` elsewhere.
+    - ``databricks_runtime``: ``DATABRICKS_RUNTIME_VERSION``, set only on Databricks clusters.
+    - ``lake_root``: where the Arrow engine keeps Delta tables (``DATALOADER_LAKE_ROOT``, else
+      ``$DATALOADER_HOME/lake``, else ``.dataloader/lake`` next to this folder).
+    - ``batch_bytes``/``batch_rows``/``progress_seconds``: ``DATALOADER_BATCH_BYTES``,
+      ``DATALOADER_BATCH_ROWS``, ``DATALOADER_PROGRESS_SECONDS``.
+    - ``dbfs_root``/``volumes_root``: where ``/dbfs`` and ``/Volumes`` paths are on this machine
+      (``DATALOADER_DBFS_ROOT``, ``DATALOADER_VOLUMES_ROOT``; a local Databricks stand-in moves
+      them).
+    - ``secrets``: every secret value this process can see, to be masked wherever text goes.
+    - ``source_secrets``: the ``DATALOADER_SECRET__<SCOPE>__<KEY>`` variables (source passwords
+      resolved locally, see ``loader_params.secret_env_var``).
+    - ``ai_env``: the ``DATALOADER_AI_*`` variables and ``OPENAI_API_KEY``, for the advisor.
+    - ``invalid``: what was malformed (see :meth:`check`).
+    """
+
+    engine: str | None = None
+    databricks_runtime: str | None = None
+    lake_root: Path = field(default_factory=lambda: default_lake_root(None))
+    batch_bytes: int = DEFAULT_BATCH_BYTES
+    batch_rows: int = DEFAULT_BATCH_ROWS
+    progress_seconds: float = DEFAULT_PROGRESS_SECONDS
+    dbfs_root: str = DEFAULT_DBFS_ROOT
+    volumes_root: str | None = None
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+    source_secrets: Mapping[str, str] = field(default_factory=_empty, repr=False)
+    ai_env: Mapping[str, str] = field(default_factory=_empty, repr=False)
+    invalid: tuple[str, ...] = ()
+
+    @property
+    def on_databricks(self) -> bool:
+        return bool(self.databricks_runtime)
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> ScriptEnv:
+        """Read the settings once (``environ`` defaults to this process's environment).
+
+        Never raises: a malformed number keeps its default and is named in ``invalid``, so the
+        retry script is not stopped by a loader setting; the load script calls :meth:`check`.
+        """
+        env = dict(os.environ if environ is None else environ)
+        invalid: list[str] = []
+
+        def number(name: str, default: float) -> float:
+            value = env.get(name)
+            try:
+                return float(value) if value else default
+            except ValueError:
+                invalid.append(f"{name} must be a number, got {value!r}")
+                return default
+
+        return cls(
+            engine=(env.get("DATALOADER_ENGINE") or "").strip().lower() or None,
+            databricks_runtime=env.get("DATABRICKS_RUNTIME_VERSION") or None,
+            lake_root=default_lake_root(env),
+            batch_bytes=int(number("DATALOADER_BATCH_BYTES", DEFAULT_BATCH_BYTES)),
+            batch_rows=int(number("DATALOADER_BATCH_ROWS", DEFAULT_BATCH_ROWS)),
+            progress_seconds=number("DATALOADER_PROGRESS_SECONDS", DEFAULT_PROGRESS_SECONDS),
+            dbfs_root=env.get("DATALOADER_DBFS_ROOT") or DEFAULT_DBFS_ROOT,
+            volumes_root=env.get("DATALOADER_VOLUMES_ROOT") or None,
+            secrets=tuple(secrets_from_env(env)),
+            source_secrets=MappingProxyType(
+                {k: v for k, v in env.items() if k.upper().startswith(SECRET_ENV_PREFIX)}
+            ),
+            ai_env=MappingProxyType(
+                {k: v for k, v in env.items() if k.startswith(AI_ENV_PREFIX) or k in AI_ENV_NAMES}
+            ),
+            invalid=tuple(invalid),
+        )
+
+    def check(self) -> None:
+        """Raise ValueError naming every malformed setting (the load script's first step)."""
+        if self.invalid:
+            raise ValueError("; ".join(self.invalid))
+
+
+def default_lake_root(env: Mapping[str, str] | None) -> Path:
+    env = env or {}
+    root = env.get("DATALOADER_LAKE_ROOT")
+    if root:
+        return Path(root)
+    home = env.get("DATALOADER_HOME")
+    if home:
+        return Path(home) / "lake"
+    return Path(__file__).resolve().parents[1] / ".dataloader" / "lake"

@@ -1,0 +1,124 @@
+"""The watermark codec: stored text <-> typed cursor value, and the maximum over a batch.
+
+The watermark is kept as text in the control table; it is encoded from and decoded to the cursor
+column's own type so no precision is lost on the way (microseconds, offsets, exact decimals).
+Pure: pyarrow and the stdlib only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+
+import pyarrow as pa
+
+from databricks_scripts.loader_types import (
+    delta_type_for,
+    is_marked_numeric_text,
+    is_pg_numeric,
+)
+
+
+class WatermarkError(ValueError):
+    """The stored watermark does not fit the cursor column's type."""
+
+
+Watermark = int | float | decimal.Decimal | dt.datetime | dt.date | str
+
+
+def decode_watermark(text: str, cursor_type: pa.DataType) -> Watermark:
+    """Parse the stored watermark text as a value of the cursor column's (Delta) type."""
+    t = cursor_type
+    try:
+        if pa.types.is_timestamp(t):
+            value = dt.datetime.fromisoformat(text.strip())
+            if t.tz:
+                # A watermark written without an offset is read as UTC (documented).
+                return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+            if value.tzinfo is not None:
+                raise WatermarkError(
+                    f"watermark {text!r} has a UTC offset but the cursor column is a timestamp "
+                    "without time zone"
+                )
+            return value
+        if pa.types.is_date(t):
+            return dt.date.fromisoformat(text.strip())
+        if pa.types.is_integer(t):
+            return int(text)
+        if pa.types.is_decimal(t):
+            return decimal.Decimal(text)
+        if pa.types.is_floating(t):
+            return float(text)
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            return text
+    except (ValueError, decimal.InvalidOperation) as exc:
+        if isinstance(exc, WatermarkError):
+            raise
+        raise WatermarkError(f"watermark {text!r} is not a valid {t}: {exc}") from None
+    raise WatermarkError(f"a column of type {t} cannot be used as an incremental cursor")
+
+
+def decode_watermark_for(text: str, source_field: pa.Field) -> Watermark:
+    """Parse the watermark for a source cursor column (an unconstrained NUMERIC compares as Decimal)."""
+    if is_pg_numeric(source_field) or is_marked_numeric_text(source_field):
+        try:
+            return decimal.Decimal(text)
+        except decimal.InvalidOperation:
+            raise WatermarkError(f"watermark {text!r} is not a valid number") from None
+    return decode_watermark(text, delta_type_for(source_field))
+
+
+def encode_watermark(value: Watermark) -> str:
+    """Lossless text for a watermark value (ISO 8601 to the microsecond, exact decimals)."""
+    if isinstance(value, dt.datetime):
+        return value.isoformat(timespec="microseconds")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return format(value, "f")
+    if isinstance(value, bool):
+        raise WatermarkError("a boolean column cannot be used as an incremental cursor")
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def lookback_lower_bound(watermark: Watermark, lookback_seconds: float) -> Watermark:
+    """The exclusive lower bound of an incremental read: watermark minus the look-back window.
+
+    The window is a duration, so it applies to timestamp and date cursors only; numeric and text
+    cursors read strictly above the watermark.
+    """
+    if not lookback_seconds:
+        return watermark
+    if isinstance(watermark, dt.datetime):
+        return watermark - dt.timedelta(seconds=lookback_seconds)
+    if isinstance(watermark, dt.date):
+        return watermark - dt.timedelta(days=int(-(-lookback_seconds // 86400)))
+    return watermark
+
+
+def batch_max(
+    column: pa.Array | pa.ChunkedArray, *, numeric_text: bool = False
+) -> Watermark | None:
+    """Exact maximum of a cursor column (None when all values are NULL or the column is empty).
+
+    ``numeric_text`` marks an unconstrained NUMERIC kept as text: compared as decimals, not strings.
+    """
+    if len(column) == 0:
+        return None
+    if numeric_text:
+        values = [decimal.Decimal(v) for v in column.to_pylist() if v is not None]
+        return max(values) if values else None
+    import pyarrow.compute as pc  # imported on first use: a load that reads nothing skips it
+
+    result = pc.max(column)
+    return result.as_py() if result.is_valid else None
+
+
+def max_watermark(a: Watermark | None, b: Watermark | None) -> Watermark | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)  # type: ignore[operator]
