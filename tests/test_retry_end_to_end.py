@@ -7,20 +7,21 @@ The decisions themselves, without Dagster, are test_retry_decisions.py.
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 import dagster as dg
 import psycopg
 import pytest
-from helpers import control_row, failed_row, lakebase_for, tick
+from helpers import control_row, failed_row, failed_under_analysis, lakebase_for, tick
 from openai_standin import OpenAIStandIn, good_answer, openai_standin
 
 from dagsters.assets.dataloader_pipes_asset import build_retry_asset
-from dagsters.control.run_requests import RETRY_ASSET
+from dagsters.control.run_requests import RETRY_ASSET, retry_run_key
 from dagsters.partitions import PARTITIONS_NAME
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
-from dagsters.sensors.dataloader_failed_monitor import build_failed_monitor
-from dagsters.settings import Settings, load_settings
+from dagsters.sensors.dataloader_failed_monitor import RETRY_JOB, build_failed_monitor
+from dagsters.settings import RetryPolicy, Settings, SettingsError, load_settings
 from dagsters.utils.lakebase_client import LakebaseClient
 
 __all__ = ["openai_standin"]  # the fixture, imported so pytest finds it in this module
@@ -270,3 +271,69 @@ def test_max_retries_5_means_five_retries_then_review(control_db, db, instance):
     row = control_row(db, "pg.flaky")
     assert (row["needs_review"], row["retry_count"]) == (True, 5)
     assert "5 of 5 automatic retries" in row["last_message"]
+
+
+# -- a retry analysis that died is taken back -----------------------------------------------------
+
+
+def test_failed_monitor_reanalyses_a_dead_analysis_with_a_new_run_key(control_db, db, instance):
+    config_id, metadata_id = failed_under_analysis(db, "orders", 90)
+    failed_under_analysis(db, "busy", 30)
+    result = tick(
+        build_failed_monitor(Settings(retry=RetryPolicy(analysis_timeout_minutes=60))),
+        instance,
+        control_db,
+    )
+    [request] = result.run_requests
+    first_key = retry_run_key({"control_key": "orders", "last_metadata_id": metadata_id})
+    assert request.partition_key == "orders"
+    assert request.run_key.startswith(first_key + ":again-") and request.run_key != first_key
+    assert request.run_config["ops"]["dataloader__retry_analysis"]["config"]["metadata_id"] == (
+        metadata_id
+    )
+    # Only the stale one: "busy" asked 30 min ago and may still be deciding.
+    busy_stamp = control_row(db, "busy")["retry_analysis_requested_at"]
+    assert busy_stamp < db.execute("SELECT now() - interval '29 minutes' AS t").fetchone()["t"]
+
+    # The same after another timeout, but now the analysis run is still running in Dagster.
+    db.execute(
+        "UPDATE table_control SET retry_analysis_requested_at = now() - interval '2 hours'"
+        " WHERE config_id = %s",
+        (config_id,),
+    )
+    instance.add_run(
+        dg.DagsterRun(
+            job_name=RETRY_JOB,
+            run_id=str(uuid.uuid4()),
+            status=dg.DagsterRunStatus.STARTED,
+            tags={"dataloader/metadata_id": str(metadata_id)},
+        )
+    )
+    again = tick(
+        build_failed_monitor(Settings(retry=RetryPolicy(analysis_timeout_minutes=60))),
+        instance,
+        control_db,
+    )
+    assert isinstance(again, dg.SkipReason)
+    restamped = control_row(db, "orders")["retry_analysis_requested_at"]
+    assert restamped > db.execute("SELECT now() - interval '1 minute' AS t").fetchone()["t"]
+
+
+def test_failed_monitor_uses_the_configured_analysis_timeout(control_db, db, instance):
+    failed_under_analysis(db, "orders", 25)
+    assert isinstance(tick(build_failed_monitor(Settings()), instance, control_db), dg.SkipReason)
+    shorter = tick(
+        build_failed_monitor(Settings(retry=RetryPolicy(analysis_timeout_minutes=20))),
+        instance,
+        control_db,
+    )
+    assert [r.partition_key for r in shorter.run_requests] == ["orders"]
+
+
+def test_analysis_timeout_setting():
+    var = "DATALOADER_RETRY_ANALYSIS_TIMEOUT_MINUTES"
+    assert load_settings({}).retry.analysis_timeout_minutes == 60
+    assert load_settings({var: " 5 "}).retry.analysis_timeout_minutes == 5
+    for bad in ("0", "soon"):
+        with pytest.raises(SettingsError, match=var):
+            load_settings({var: bad})
