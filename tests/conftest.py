@@ -1,4 +1,5 @@
-"""Shared fixtures: one embedded PostgreSQL for the session, fresh databases, a Dagster instance."""
+"""Shared fixtures: one embedded PostgreSQL for the session, fresh databases, a LakebaseClient,
+a Dagster instance, and an environment without AI settings."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from dagsters.local.embedded_lakebase import (
 
 if TYPE_CHECKING:
     import dagster as dg
+
+    from dagsters.utils.lakebase_client import LakebaseClient
 
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
 
@@ -84,6 +87,23 @@ def db(control_db: str) -> Iterator[psycopg.Connection]:
     """An autocommit connection to ``control_db`` returning dict rows."""
     with psycopg.connect(control_db, autocommit=True, row_factory=dict_row) as conn:
         yield conn
+
+
+@pytest.fixture
+def client(control_db: str) -> Iterator[LakebaseClient]:
+    """A LakebaseClient on ``control_db``."""
+    from dagsters.utils.lakebase_client import LakebaseClient
+
+    with LakebaseClient(control_db) as lakebase:
+        yield lakebase
+
+
+@pytest.fixture
+def no_ai_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No AI setting in the environment (helpers.clear_ai_settings): the retry rules decide."""
+    from helpers import clear_ai_settings
+
+    clear_ai_settings(monkeypatch)
 
 
 @pytest.fixture

@@ -1,11 +1,17 @@
-"""Helpers shared by the test modules: control rows, history rows and a Lakebase resource."""
+"""Helpers shared by the test modules: control rows, history rows, sensor ticks, a Lakebase resource.
+
+Test modules import builders from here (or use fixtures from conftest.py), never from each other.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import psycopg
+import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
@@ -15,10 +21,26 @@ from dagsters.local.embedded_lakebase import (
     ensure_database,
     start_embedded_server,
 )
+from dagsters.partitions import PARTITIONS_NAME
 from dagsters.resources.lakebase import LakebaseResource
 
 # db_config_value of rows no test loads from: well-formed, never connected to.
 SOME_SOURCE = {"host": "db1.internal", "port": 5432, "database": "shop"}
+
+# The retry advisor's settings: every DATALOADER_AI_* variable (databricks_scripts.script_env reads
+# them by this prefix) and what the openai client reads by itself.
+AI_ENV_PREFIX = "DATALOADER_AI_"
+OPENAI_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL")
+
+
+def clear_ai_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset every AI setting, so no developer's own model is asked and the rules decide.
+
+    Pipes scripts inherit this environment, so this also holds for the retry script.
+    """
+    for name in list(os.environ):
+        if name.startswith(AI_ENV_PREFIX) or name in OPENAI_ENV:
+            monkeypatch.delenv(name, raising=False)
 
 
 def lakebase_for(conninfo: str) -> LakebaseResource:
@@ -52,6 +74,23 @@ def insert_control_row(db: psycopg.Connection, values: dict[str, Any]) -> int:
         f"INSERT INTO table_control ({names}) VALUES ({marks}) RETURNING config_id",
         list(values.values()),
     ).fetchone()["config_id"]
+
+
+def add_row(db: psycopg.Connection, key: str, **columns) -> int:
+    """A full-load row for public.<key> of SOME_SOURCE (never loaded from); its config_id."""
+    values = {
+        "control_key": key,
+        "source_schema_name": "public",
+        "source_table_name": key,
+        "destination_catalog": "lake",
+        "destination_schema_name": "raw",
+        "destination_table_name": key,
+        "db_type": "postgresql",
+        "db_config_value": Jsonb(SOME_SOURCE),
+        "load_strategy": "full",
+    }
+    values.update(columns)
+    return insert_control_row(db, values)
 
 
 def add_control_row(db: psycopg.Connection, source_db: str, key: str, table: str, **columns) -> int:
@@ -120,6 +159,80 @@ def failed_row(db: psycopg.Connection, key: str, message: str, *, retry_count: i
         (metadata_id, config_id),
     )
     return metadata_id
+
+
+def failed_under_analysis(
+    db: psycopg.Connection, key: str, requested_minutes_ago: int | None, **columns
+) -> tuple[int, int]:
+    """A Failed row (add_row) whose retry analysis was requested that long ago (None: never).
+
+    Returns (config_id, metadata_id of the failed attempt).
+    """
+    config_id = add_row(db, key, **columns)
+    metadata_id = add_history(db, config_id, key, "Failed")
+    db.execute(
+        "UPDATE table_control SET last_status = 'Failed', last_status_date_time = now(),"
+        " retry_analysis_requested_at = now() - make_interval(mins => %s) WHERE config_id = %s",
+        (requested_minutes_ago, config_id),
+    )
+    return config_id, metadata_id
+
+
+def read_failed_row(message: str, retry_count: int = 1) -> dict[str, Any]:
+    """A Failed table_control row as LakebaseClient.get_table_details returns it (no database).
+
+    Its db_config_value and db_kv_scope hold connection details no analysis request may carry.
+    """
+    return {
+        "config_id": 7,
+        "control_key": "sales.orders",
+        "source_catalog": None,
+        "source_schema_name": "public",
+        "source_table_name": "orders",
+        "destination_catalog": "main",
+        "destination_schema_name": "bronze",
+        "destination_table_name": "orders",
+        "db_type": "postgresql",
+        "db_config_value": {"host": "pg-prod", "user": "loader", "password_secret": "pg_pw"},
+        "db_kv_scope": "jdbc",
+        "load_strategy": "full",
+        "retry_count": retry_count,
+        "last_status": "Failed",
+        "last_message": message,
+        "last_metadata_id": 41,
+    }
+
+
+def tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, control_db: str, cursor=None):
+    """One evaluation of ``sensor`` against ``control_db``; what it returned."""
+    context = dg.build_sensor_context(
+        instance=instance, resources={"lakebase": lakebase_for(control_db)}, cursor=cursor
+    )
+    return sensor(context)
+
+
+class SensorLoop:
+    """Ticks a sensor like the daemon does: the cursor carries over, partition requests apply."""
+
+    def __init__(self, sensor: dg.SensorDefinition, instance: dg.DagsterInstance, conninfo: str):
+        self.sensor, self.instance, self.conninfo = sensor, instance, conninfo
+        self.cursor: str | None = None
+
+    def tick(self):
+        context = dg.build_sensor_context(
+            instance=self.instance,
+            resources={"lakebase": lakebase_for(self.conninfo)},
+            cursor=self.cursor,
+        )
+        result = self.sensor(context)
+        self.cursor = context.cursor
+        for request in getattr(result, "dynamic_partitions_requests", None) or []:
+            if isinstance(request, dg.AddDynamicPartitionsRequest):
+                self.instance.add_dynamic_partitions(PARTITIONS_NAME, request.partition_keys)
+            else:
+                for key in request.partition_keys:
+                    self.instance.delete_dynamic_partition(PARTITIONS_NAME, key)
+        return result
 
 
 def start_password_enforcing_server(

@@ -232,14 +232,13 @@ def test_transient_api_errors_while_polling_are_tolerated(
 
 
 def test_retry_analysis_runs_through_the_same_databricks_path(
-    standin, control_db, source_db, source, lake_root, db, instance, monkeypatch
+    standin, control_db, source_db, source, lake_root, db, instance, no_ai_model
 ):
+    # no_ai_model: the rules decide, no model is reachable here.
     from dagsters.assets.dataloader_pipes_asset import build_retry_asset
     from dagsters.sensors.dataloader_failed_monitor import build_failed_monitor
     from dagsters.settings import Settings
 
-    for name in ("DATALOADER_AI_MODEL", "DATALOADER_AI_BASE_URL", "OPENAI_API_KEY"):
-        monkeypatch.delenv(name, raising=False)  # rules decide: no model is reachable here
     add_control_row(db, source_db, "pg.missing", "no_such_table")
     failed, _ = claim_and_materialize(control_db, instance, "pg.missing")
     assert not failed.success

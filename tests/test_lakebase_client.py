@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from helpers import control_row, failed_under_analysis
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -302,6 +303,25 @@ def test_success_uses_the_rows_cron_and_time_zone(client, control_db):
     assert r["next_load_date_time"] == expected > r["last_status_date_time"]
 
 
+def test_success_with_a_schema_change_asks_for_the_staging_model_again(db, client, control_db):
+    for key in ("same", "changed"):
+        add_row(control_db, key, staging_model_processed=True)
+    for claimed in client.claim_due_tables(10):
+        config_id, metadata_id = claimed["config_id"], claimed["metadata_id"]
+        assert client.start_load(config_id, metadata_id, dagster_run_id="r", dagster_run_url="u")
+        assert client.record_success(
+            config_id,
+            metadata_id,
+            rows_read=1,
+            rows_written=1,
+            watermark_after=None,
+            schema_changed=claimed["control_key"] == "changed",
+        )
+    assert control_row(db, "same")["staging_model_processed"] is True
+    assert control_row(db, "changed")["staging_model_processed"] is False
+    assert [r["control_key"] for r in client.get_unprocessed_landing_tables()] == ["changed"]
+
+
 def test_success_without_schedule_loads_once_and_keeps_watermark(client, control_db):
     cid = add_row(control_db, "l.once", incremental_value="7")
     metadata_id = run_one(client, cid)
@@ -376,6 +396,29 @@ def test_failed_rows_are_claimed_for_analysis_once(client, control_db):
     assert [r["config_id"] for r in claimed] == [cid]
     assert claimed[0]["retry_analysis_requested_at"] is not None
     assert client.claim_failed_for_analysis(10) == []
+
+
+def test_claim_takes_back_analyses_older_than_the_timeout_only(db, client):
+    failed_under_analysis(db, "new", None)
+    failed_under_analysis(db, "stale", 61)
+    failed_under_analysis(db, "running", 10)
+    failed_under_analysis(db, "reviewed", 600, needs_review=True)
+    stale_succeeded, _ = failed_under_analysis(db, "loaded", 600)
+    db.execute(
+        "UPDATE table_control SET last_status = 'Succeeded' WHERE config_id = %s",
+        (stale_succeeded,),
+    )
+    assert [r["control_key"] for r in client.claim_failed_for_analysis(10, 3, stale_after_minutes=None)] == ["new"]  # fmt: skip
+    claimed = {r["control_key"]: r for r in client.claim_failed_for_analysis(10, 3)}
+    assert set(claimed) == {"stale"}
+    stale = claimed["stale"]
+    assert stale["previous_analysis_requested_at"] < stale["retry_analysis_requested_at"]
+    assert (
+        control_row(db, "stale")["retry_analysis_requested_at"]
+        == stale["retry_analysis_requested_at"]
+    )
+    # Restamped: not taken again until the timeout passes once more.
+    assert client.claim_failed_for_analysis(10, 3) == []
 
 
 def test_reset_for_retry_backs_off_and_records_the_decision(client, control_db):
@@ -524,6 +567,37 @@ def test_landing_tables_are_listed_until_marked_processed(client, control_db):
     assert client.get_unprocessed_landing_tables() == []
     assert client.get_table_details("g.ok")["staging_model_processed"] is True
     assert client.get_table_details("nope") is None
+
+
+def test_landing_note_is_guarded_replaces_itself_and_is_cleared(db, client, control_db):
+    ok = add_row(control_db, "ok", last_status="Succeeded", last_message="Loaded 5 rows")
+    bare = add_row(control_db, "bare", last_status="Succeeded")
+    busy = add_row(control_db, "busy", last_status="In Progress", last_message="running")
+    done = add_row(
+        control_db,
+        "done",
+        last_status="Succeeded",
+        last_message="Loaded 1 rows",
+        staging_model_processed=True,
+    )
+    assert client.note_landing_problem(ok, "no Delta table at /lake/x")
+    assert client.note_landing_problem(ok, "password=hunter22 refused")  # replaces, redacted
+    assert control_row(db, "ok")["last_message"].startswith("Loaded 5 rows | [Landing] ")
+    assert control_row(db, "ok")["last_message"].count("[Landing]") == 1
+    assert "hunter22" not in control_row(db, "ok")["last_message"]
+    assert control_row(db, "ok")["last_status"] == "Succeeded"
+    assert client.note_landing_problem(bare, "first")
+    assert client.note_landing_problem(bare, "second")
+    assert control_row(db, "bare")["last_message"] == "[Landing] second"
+    # Not waiting for a staging model: left alone.
+    assert not client.note_landing_problem(busy, "x")
+    assert not client.note_landing_problem(done, "x")
+    assert control_row(db, "busy")["last_message"] == "running"
+    assert control_row(db, "done")["last_message"] == "Loaded 1 rows"
+    # Generated later: the note goes, the load's own message stays.
+    assert client.mark_staging_processed([ok, bare]) == 2
+    assert control_row(db, "ok")["last_message"] == "Loaded 5 rows"
+    assert control_row(db, "bare")["last_message"] is None
 
 
 def test_connection_errors_are_lakebase_errors_without_the_password(tmp_path):

@@ -118,3 +118,35 @@ def _reads_environment(tree: ast.AST) -> bool:
 def test_only_the_edge_reads_the_environment():
     readers = {name for name, tree in _modules().items() if _reads_environment(tree)}
     assert readers <= ENVIRONMENT_READERS
+
+
+# Limits for one product file and one function (decorators and docstring included): past them, a
+# file or function has more than one reason to change and is split before it grows.
+MAX_FILE_LINES = 600
+MAX_FUNCTION_LINES = 80
+PRODUCT_DIRS = ("dagsters", "databricks_scripts")
+
+
+def _product_files() -> list[Path]:
+    return sorted(path for top in PRODUCT_DIRS for path in (ROOT / top).rglob("*.py"))
+
+
+def test_no_product_file_or_function_is_too_long():
+    offenders = []
+    for path in _product_files():
+        text = path.read_text(encoding="utf-8")
+        where = path.relative_to(ROOT).as_posix()
+        lines = len(text.splitlines())
+        if lines > MAX_FILE_LINES:
+            offenders.append(f"{where}: {lines} lines (limit {MAX_FILE_LINES})")
+        for node in ast.walk(ast.parse(text, where)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                size = node.end_lineno - first + 1
+                if size > MAX_FUNCTION_LINES:
+                    offenders.append(
+                        f"{where}:{node.lineno} {node.name}: {size} lines"
+                        f" (limit {MAX_FUNCTION_LINES})"
+                    )
+    assert _product_files(), "no product file found"
+    assert offenders == [], "\n".join(offenders)

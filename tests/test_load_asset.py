@@ -18,6 +18,7 @@ from pathlib import Path
 
 import dagster as dg
 import psutil
+import psycopg
 import pytest
 import yaml
 from dagster._core.definitions.reconstruct import ReconstructableRepository
@@ -243,6 +244,20 @@ def _load_children() -> list[psutil.Process]:
     ]
 
 
+def _source_query_running(source: psycopg.Connection, relation: str) -> bool:
+    """Whether another session of the source database is inside a query on ``relation``, waiting
+    in the pg_sleep that the slow view ``relation`` makes."""
+    return (
+        source.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND state = 'active' AND wait_event = 'PgSleep'"
+            " AND query LIKE %s",
+            (f"%{relation}%",),
+        ).fetchone()[0]
+        > 0
+    )
+
+
 def test_terminating_a_running_load_kills_it_and_records_the_cancellation(
     control_db, source_db, source, lake_root, db, instance
 ):
@@ -255,20 +270,29 @@ def test_terminating_a_running_load_kills_it_and_records_the_cancellation(
         db, source_db, "pg.slow", "slow_orders", load_strategy="full", incremental_column=None
     )
 
-    def terminate_when_running() -> None:
+    terminated = threading.Event()
+
+    def terminate_inside_the_source_query() -> None:
+        # Terminate only once the script is inside its source query (seen in pg_stat_activity of
+        # the source database), whatever the machine's speed; poll with a deadline.
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if control_row(db, "pg.slow")["last_status"] == "In Progress" and _load_children():
-                time.sleep(2)  # let the script reach its source query
+            if (
+                control_row(db, "pg.slow")["last_status"] == "In Progress"
+                and _load_children()
+                and _source_query_running(source, "slow_orders")
+            ):
                 os.kill(os.getpid(), signal.SIGINT)  # what a run worker gets on termination
+                terminated.set()
                 return
             time.sleep(0.2)
 
-    killer = threading.Thread(target=terminate_when_running, daemon=True)
+    killer = threading.Thread(target=terminate_inside_the_source_query, daemon=True)
     killer.start()
     result, _ = claim_and_materialize(control_db, lake_root, instance, "pg.slow")
     killer.join(timeout=5)
 
+    assert terminated.is_set(), "the load never reached its source query"
     assert not result.success
     assert materializations(result) == []
     row = control_row(db, "pg.slow")

@@ -81,3 +81,30 @@ def test_no_secret_reaches_the_resources_configuration():
         config = json.dumps(resource.model_dump(), default=str)
         for secret in SECRETS:
             assert secret not in config, (type(resource).__name__, secret)
+
+
+def test_databricks_libraries_per_script_and_env_override():
+    resource = PipesDatabricksResource.from_settings(
+        load_settings({"DATALOADER_EXECUTION": "databricks"})
+    )
+    assert resource.libraries_for("dataloader_pipe.py") == ["dagster-pipes"]
+    assert resource.libraries_for("dataloader_retry_pipe.py") == ["dagster-pipes", "openai"]
+    assert resource.libraries_for("other.py") == ["dagster-pipes"]
+    on_cluster = PipesDatabricksResource(execution="databricks", cluster_id="c")
+    assert on_cluster.databricks_runner().task("dataloader_retry_pipe.py")["libraries"] == [
+        {"pypi": {"package": "dagster-pipes"}},
+        {"pypi": {"package": "openai"}},
+    ]
+    assert on_cluster.databricks_runner().task("dataloader_pipe.py")["libraries"] == [
+        {"pypi": {"package": "dagster-pipes"}}
+    ]
+    pinned = PipesDatabricksResource.from_settings(
+        load_settings(
+            {
+                "DATALOADER_EXECUTION": "databricks",
+                "DATALOADER_DATABRICKS_LIBRARIES": "dagster-pipes==1.9.0, openai>=1.40",
+            }
+        )
+    )
+    for script in ("dataloader_pipe.py", "dataloader_retry_pipe.py"):
+        assert pinned.libraries_for(script) == ["dagster-pipes==1.9.0", "openai>=1.40"]

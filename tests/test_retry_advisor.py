@@ -1,4 +1,10 @@
-"""The retry advisor asks a real openai client, bounds its waiting, distrusts bad answers and leaks no secrets."""
+"""The retry advisor's model client, against the openai stand-in: a real openai client asks, its
+waiting is bounded, bad answers are distrusted (the rules decide), no secret leaks, and its settings
+(AdvisorConfig) are read and clamped.
+
+The rules themselves are test_retry_classifier.py; the script that runs the advisor under Pipes is
+test_retry_script.py.
+"""
 
 from __future__ import annotations
 
@@ -23,25 +29,11 @@ __all__ = ["openai_standin"]  # the fixture, imported so pytest finds it in this
 
 MODEL = "gpt-test-mini"
 
-_AI_ENV = (
-    "DATALOADER_AI_MODEL",
-    "DATALOADER_AI_BASE_URL",
-    "DATALOADER_AI_API_KEY",
-    "DATALOADER_AI_PROVIDER",
-    "DATALOADER_AI_MIN_CONFIDENCE",
-    "DATALOADER_AI_TIMEOUT_SECONDS",
-    "DATALOADER_AI_MAX_RETRIES",
-    "DATALOADER_AI_RESPONSE_FORMAT",
-    "OPENAI_API_KEY",
-    "OPENAI_BASE_URL",
-    "DATABRICKS_HOST",
-    "DATABRICKS_TOKEN",
-)
-
 
 @pytest.fixture(autouse=True)
-def _clean_ai_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    for name in _AI_ENV:
+def _clean_ai_env(no_ai_model, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    # The Databricks provider's credentials come from the sdk's chain: environment, then a file.
+    for name in ("DATABRICKS_HOST", "DATABRICKS_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     # A developer's ~/.databrickscfg must not decide which workspace the sdk talks to.
     monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "no-databrickscfg"))

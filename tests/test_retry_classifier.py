@@ -1,4 +1,7 @@
-"""The rules classifier sends every labelled transient error to retry and every permanent one to review."""
+"""The rules alone (retry_classifier.classify_error, no model, no database): every labelled transient
+error goes to retry and every permanent one to review, held-out messages stay above their floors,
+and the reason names the cause in one sentence.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,11 @@
-"""dataloader_retry_pipe.py, run through real Dagster Pipes, reports one decision: the model's or the rules'."""
+"""The retry script as a Dagster Pipes process: given an analysis request, dataloader_retry_pipe.py
+reports one decision (the model's or the rules'), takes its model settings from its environment or
+the request, fails loudly on a bad start, and runs unchanged on a Databricks cluster.
 
-import json
+No control database here: what a decision does to the row is test_retry_decisions.py and
+test_retry_end_to_end.py.
+"""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +18,7 @@ from dagster_databricks import PipesDatabricksClient
 from dagster_databricks.pipes import PipesDbfsMessageReader
 from databricks.sdk.service import compute, jobs
 from databricks_standin import DatabricksStandin, databricks_standin
+from helpers import read_failed_row
 from openai_standin import OpenAIStandIn, Reply, good_answer, openai_standin
 
 from dagsters.control.retry_analysis import build_analysis_request
@@ -23,42 +29,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "databricks_scripts" / "dataloade
 SCOPE_SECRET = "Scope-Secret-Value-77"
 
 
-@pytest.fixture(autouse=True)
-def _clean_ai_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The subprocess inherits this environment; a developer's own AI settings must not leak in.
-    for name in (
-        "DATALOADER_AI_MODEL",
-        "DATALOADER_AI_BASE_URL",
-        "DATALOADER_AI_API_KEY",
-        "DATALOADER_AI_PROVIDER",
-        "DATALOADER_AI_MIN_CONFIDENCE",
-        "DATALOADER_AI_TIMEOUT_SECONDS",
-        "DATALOADER_AI_MAX_RETRIES",
-        "OPENAI_API_KEY",
-        "OPENAI_BASE_URL",
-    ):
-        monkeypatch.delenv(name, raising=False)
-
-
-def _failed_row(message: str, retry_count: int = 1) -> dict[str, Any]:
-    return {
-        "config_id": 7,
-        "control_key": "sales.orders",
-        "source_catalog": None,
-        "source_schema_name": "public",
-        "source_table_name": "orders",
-        "destination_catalog": "main",
-        "destination_schema_name": "bronze",
-        "destination_table_name": "orders",
-        "db_type": "postgresql",
-        "db_config_value": {"host": "pg-prod", "user": "loader", "password_secret": "pg_pw"},
-        "db_kv_scope": "jdbc",
-        "load_strategy": "full",
-        "retry_count": retry_count,
-        "last_status": "Failed",
-        "last_message": message,
-        "last_metadata_id": 41,
-    }
+pytestmark = pytest.mark.usefixtures("no_ai_model")  # the script inherits the environment
 
 
 def _run_script(request: dict, env: dict[str, str] | None = None) -> tuple[dict, list[Any]]:
@@ -87,7 +58,7 @@ def _run_script(request: dict, env: dict[str, str] | None = None) -> tuple[dict,
 
 
 def test_rules_decide_when_no_model_is_configured() -> None:
-    request = build_analysis_request(_failed_row("ORA-00942: table or view does not exist"), [])
+    request = build_analysis_request(read_failed_row("ORA-00942: table or view does not exist"), [])
 
     metadata, messages = _run_script(request)
 
@@ -105,7 +76,7 @@ def test_model_answer_is_reported_and_secrets_stay_home(
 ) -> None:
     monkeypatch.setenv("DATALOADER_SECRET__JDBC__PG_PW", SCOPE_SECRET)
     openai_standin.queue(good_answer("Retry Recommended", 0.88, "The connection was refused once."))
-    row = _failed_row(
+    row = read_failed_row(
         "connection to server at pg-prod failed: Connection refused "
         f"(dsn postgresql://loader:{SCOPE_SECRET}@pg-prod/sales password={SCOPE_SECRET})"
     )
@@ -132,7 +103,7 @@ def test_model_answer_is_reported_and_secrets_stay_home(
 def test_advisor_settings_can_come_with_the_request(openai_standin: OpenAIStandIn) -> None:
     # An existing Databricks cluster does not see the code location's environment.
     openai_standin.queue(good_answer("Requires Review", 0.95, "Same error three times."))
-    request = build_analysis_request(_failed_row("ERROR:  deadlock detected"), [])
+    request = build_analysis_request(read_failed_row("ERROR:  deadlock detected"), [])
     request["advisor"] = {"model": "served-model", "base_url": openai_standin.base_url}
 
     metadata, _ = _run_script(request)
@@ -143,7 +114,7 @@ def test_advisor_settings_can_come_with_the_request(openai_standin: OpenAIStandI
 
 def test_model_timeout_falls_back_to_rules(openai_standin: OpenAIStandIn) -> None:
     openai_standin.default = Reply(content="{}", delay_seconds=30)
-    request = build_analysis_request(_failed_row("(1205, 'Lock wait timeout exceeded')"), [])
+    request = build_analysis_request(read_failed_row("(1205, 'Lock wait timeout exceeded')"), [])
 
     metadata, messages = _run_script(
         request,
@@ -172,12 +143,6 @@ def test_started_outside_dagster_says_so() -> None:
     assert "started by Dagster Pipes" in process.stderr
 
 
-def test_request_is_json_and_holds_no_connection_details() -> None:
-    request = build_analysis_request(_failed_row("boom"), [])
-    text = json.dumps(request)  # Pipes extras must serialise
-    assert "pg-prod" not in text and "loader" not in text and "jdbc" not in text
-
-
 def test_runs_unchanged_on_a_databricks_cluster(
     databricks_standin: DatabricksStandin, openai_standin: OpenAIStandIn
 ) -> None:
@@ -186,7 +151,7 @@ def test_runs_unchanged_on_a_databricks_cluster(
     scripts = databricks_standin.deploy(SCRIPT.parent, "/Workspace/Shared/dataloader/scripts")
     openai_standin.queue(good_answer("Retry Recommended", 0.9, "Spot loss is temporary."))
     request = build_analysis_request(
-        _failed_row("Cluster 0101-x was terminated. Reason: SPOT_INSTANCE_TERMINATION"), []
+        read_failed_row("Cluster 0101-x was terminated. Reason: SPOT_INSTANCE_TERMINATION"), []
     )
     request["advisor"] = {"model": "served-model", "base_url": openai_standin.base_url}
     workspace = databricks_standin.workspace_client()

@@ -13,8 +13,7 @@ from dagster._core.remote_origin import (
     RemoteRepositoryOrigin,
 )
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
-from helpers import SOME_SOURCE, add_history, control_row, insert_control_row, lakebase_for
-from psycopg.types.json import Jsonb
+from helpers import SensorLoop, add_history, add_row, control_row, tick
 
 from dagsters.control.run_requests import LOAD_ASSET, RETRY_ASSET
 from dagsters.partitions import PARTITIONS_NAME
@@ -24,53 +23,6 @@ from dagsters.sensors.dataloader_longqueued_monitor import build_longqueued_moni
 from dagsters.sensors.dataloader_longrunning_monitor import build_longrunning_monitor
 from dagsters.sensors.dataloader_master_sensor import build_master_sensor
 from dagsters.settings import RetryPolicy, Settings, SettingsError, load_settings
-
-
-def add_row(conn: psycopg.Connection, key: str, **columns) -> int:
-    values = {
-        "control_key": key,
-        "source_schema_name": "public",
-        "source_table_name": key,
-        "destination_catalog": "lake",
-        "destination_schema_name": "raw",
-        "destination_table_name": key,
-        "db_type": "postgresql",
-        "db_config_value": Jsonb(SOME_SOURCE),
-        "load_strategy": "full",
-    }
-    values.update(columns)
-    return insert_control_row(conn, values)
-
-
-def tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, control_db: str, cursor=None):
-    context = dg.build_sensor_context(
-        instance=instance, resources={"lakebase": lakebase_for(control_db)}, cursor=cursor
-    )
-    return sensor(context)
-
-
-class SensorLoop:
-    """Ticks a sensor like the daemon does: the cursor carries over, partition requests apply."""
-
-    def __init__(self, sensor: dg.SensorDefinition, instance: dg.DagsterInstance, conninfo: str):
-        self.sensor, self.instance, self.conninfo = sensor, instance, conninfo
-        self.cursor: str | None = None
-
-    def tick(self):
-        context = dg.build_sensor_context(
-            instance=self.instance,
-            resources={"lakebase": lakebase_for(self.conninfo)},
-            cursor=self.cursor,
-        )
-        result = self.sensor(context)
-        self.cursor = context.cursor
-        for request in getattr(result, "dynamic_partitions_requests", None) or []:
-            if isinstance(request, dg.AddDynamicPartitionsRequest):
-                self.instance.add_dynamic_partitions(PARTITIONS_NAME, request.partition_keys)
-            else:
-                for key in request.partition_keys:
-                    self.instance.delete_dynamic_partition(PARTITIONS_NAME, key)
-        return result
 
 
 def test_master_sensor_skips_with_a_reason_when_nothing_is_due(control_db, db, instance):

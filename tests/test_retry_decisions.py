@@ -1,13 +1,21 @@
-"""A failed attempt's retry decision moves the control row to its next state, once, on real PostgreSQL."""
+"""Retry decisions on the real control database, without Dagster: which failures are decided by rule
+(decide_without_asking), what the analysis request carries (build_analysis_request), and how a
+decision moves the control row to its next state, once (apply_decision), including the retry limit
+from DATALOADER_MAX_RETRIES.
+
+The classifier's rules have test_retry_classifier.py, the model client test_retry_advisor.py, the
+script under Pipes test_retry_script.py, the sensor-to-asset flow test_retry_end_to_end.py.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
 from datetime import timedelta
 from typing import Any
 
 import psycopg
 import pytest
+from helpers import read_failed_row
 from psycopg.rows import dict_row
 
 from dagsters.control.retry_analysis import (
@@ -34,12 +42,6 @@ def _advise(request: dict) -> Decision:
 
 def _decision(kind: str, reason: str = "r", confidence: float = 0.9) -> Decision:
     return Decision(kind, confidence, reason, "m")
-
-
-@pytest.fixture
-def client(control_db: str) -> Iterator[LakebaseClient]:
-    with LakebaseClient(control_db) as lakebase:
-        yield lakebase
 
 
 def _add_row(control_db: str, key: str, *, retry_count: int = 0) -> int:
@@ -273,3 +275,9 @@ def test_max_retries_5_gives_five_retries_and_the_sixth_failure_goes_to_review(
     assert apply_decision(client, row, decision) == REVIEW
     state = _state(control_db, config_id)
     assert state["needs_review"] is True and state["retry_count"] == 5
+
+
+def test_request_is_json_and_holds_no_connection_details() -> None:
+    request = build_analysis_request(read_failed_row("boom"), [])
+    text = json.dumps(request)  # Pipes extras must serialise
+    assert "pg-prod" not in text and "loader" not in text and "jdbc" not in text
