@@ -22,7 +22,7 @@ from dagster_databricks.pipes import (
 )
 from databricks.sdk.errors import NotFound, PermissionDenied, ResourceAlreadyExists
 from databricks.sdk.service import compute, jobs
-from databricks_standin import DatabricksStandin, databricks_standin  # noqa: F401
+from databricks_standin import DatabricksStandin, databricks_standin, event_text  # noqa: F401
 
 SCRIPT = Path(__file__).parent / "standin_pipes_script.py"
 WORKSPACE_SCRIPT = "/Workspace/Shared/dataloader-tests/standin_pipes_script.py"
@@ -84,14 +84,7 @@ def _materialization_metadata(result) -> dict:
 def _log_text(instance: DagsterInstance, result) -> str:
     """Log messages plus the error text of engine events (how Pipes reports a closed-with-
     exception external process)."""
-    parts = []
-    for entry in instance.all_logs(result.run_id):
-        parts.append(entry.user_message)
-        data = entry.dagster_event.event_specific_data if entry.dagster_event else None
-        error = getattr(data, "error", None)
-        if error is not None:
-            parts.append(error.to_string())
-    return "\n".join(parts)
+    return event_text(instance, result.run_id)
 
 
 def _leftovers(root: Path) -> list[str]:
