@@ -93,7 +93,9 @@ def test_postgres_numeric_columns_arrive_exact_through_the_scaled_read(source_db
     try:
         query, scaled = reader.read_query(incremental=False)
         assert scaled == {"a": (12, 2), "b": (18, 0), "c": (18, 18), "d": (5, 5)}
-        assert '("a" OPERATOR(pg_catalog.*) 100::pg_catalog.numeric)::pg_catalog.int8 AS "a"' in query
+        assert (
+            '("a" OPERATOR(pg_catalog.*) 100::pg_catalog.numeric)::pg_catalog.int8 AS "a"' in query
+        )
         assert '"b"::pg_catalog.int8 AS "b"' in query
         assert '"big", "free", "ts"' in query  # wider and unconstrained NUMERIC: as they are
         table = _read_all(reader).sort_by("id")

@@ -3,8 +3,9 @@
 Pipes context and messages travel in temp files. The child's environment is this process's
 (``dagsters.settings.child_environment``) plus ``DATALOADER_HOME``, ``DATALOADER_LAKE_ROOT`` and
 ``PYTHONUNBUFFERED``, minus every secret it does not need (:func:`secrets_for_script`): the load
-script gets only its own source's ``DATALOADER_SECRET__<SCOPE>__<KEY>``, never
-``LAKEBASE_PASSWORD`` or another source's secret. Its stderr is copied to the Dagster compute log and its tail kept for the
+script gets only its own source's ``DATALOADER_SECRET__<SCOPE>__<KEY>``; the retry script gets
+its model's key, databricks-sdk auth and the source secrets (it only masks them); neither gets
+``LAKEBASE_PASSWORD``. Its stderr is copied to the Dagster compute log and its tail kept for the
 error text. A script outliving the timeout is stopped; when the Dagster run is terminated the
 script is stopped (SIGINT, then SIGKILL after a grace period) and the interrupt re-raised.
 """
@@ -33,8 +34,9 @@ from databricks_scripts.contract import PARAMS_EXTRA
 from databricks_scripts.loader_params import secret_env_var
 
 LOAD_SCRIPT = "dataloader_pipe.py"
-# What the retry script may need: its model's key, and databricks-sdk auth for model serving.
-_RETRY_SECRET_PREFIXES = ("DATALOADER_AI_", "OPENAI_", "DATABRICKS_")
+# What the retry script may need: its model's key, databricks-sdk auth for model serving, and the
+# source secrets' values (it never connects to a source; it masks them in the model's answer).
+_RETRY_SECRET_PREFIXES = ("DATALOADER_AI_", "OPENAI_", "DATABRICKS_", "DATALOADER_SECRET__")
 
 _STDERR_TAIL_LINES = 200
 
