@@ -220,9 +220,12 @@ BEGIN
     EXECUTE format('GRANT SELECT, UPDATE ON %I.table_control TO dataloader_service', s);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE ON %I.historical_metadata TO dataloader_service', s);
     EXECUTE format('GRANT SELECT, UPDATE ON %I.control_keys_state TO dataloader_service', s);
-    EXECUTE format('GRANT SELECT ON %I.source_connection, %I.schema_migrations,'
-                   ' %I.v_table_status, %I.v_load_history, %I.v_control_audit,'
-                   ' %I.v_source_connections TO dataloader_service', s, s, s, s, s, s);
+    EXECUTE format('GRANT SELECT ON %I.source_connection, %I.v_table_status, %I.v_load_history,'
+                   ' %I.v_control_audit, %I.v_source_connections TO dataloader_service',
+                   s, s, s, s, s);
+    IF to_regclass(format('%I.schema_migrations', s)) IS NOT NULL THEN
+        EXECUTE format('GRANT SELECT ON %I.schema_migrations TO dataloader_service', s);
+    END IF;
     FOR t IN
         SELECT tablename FROM pg_tables WHERE schemaname = s AND tablename NOT IN
             ('table_control', 'historical_metadata', 'control_keys_state', 'source_connection',

@@ -173,3 +173,36 @@ def test_grants_can_be_reapplied_and_are_rerunnable(control_db):
     with psycopg.connect(control_db, autocommit=True) as conn:
         conn.execute("SELECT dataloader_apply_grants()")
         conn.execute("SELECT dataloader_apply_grants()")
+
+
+def test_a_migrating_user_without_createrole_migrates_and_grants_to_existing_roles(
+    embedded_pg, control_db
+):
+    # As on Lakebase: the migrating identity owns the database but is no superuser. The roles
+    # exist already (control_db was migrated by the superuser, which created them).
+    from dagsters.local.migrate import apply_migrations
+
+    tag = uuid.uuid4().hex[:8]
+    owner, dbname = f"migrator_{tag}", f"control_owned_{tag}"
+    admin = embedded_pg.conninfo("postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(owner)))
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(dbname), sql.Identifier(owner)
+            )
+        )
+    try:
+        conninfo = make_conninfo(embedded_pg.conninfo(dbname), user=owner)
+        assert "007_source_connections_roles_audit.sql" in apply_migrations(conninfo)
+        with psycopg.connect(conninfo) as conn:
+            granted = conn.execute(
+                "SELECT has_table_privilege('dataloader_operator', 'table_control', 'INSERT'),"
+                " has_table_privilege('dataloader_operator', 'source_connection', 'SELECT'),"
+                " has_table_privilege('dataloader_service', 'source_connection', 'UPDATE')"
+            ).fetchone()
+        assert granted == (True, False, False)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(dbname)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(owner)))
