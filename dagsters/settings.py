@@ -14,7 +14,7 @@ Plain module: imports nothing from Dagster, so the CLI and tests use it without 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -319,6 +319,20 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     )
 
 
-def child_environment(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This process's environment plus ``overrides``, for a child process (scripts, git)."""
-    return {**os.environ, **(overrides or {})}
+def child_environment(
+    overrides: Mapping[str, str] | None = None,
+    *,
+    keep_secret: Callable[[str], bool] | None = None,
+) -> dict[str, str]:
+    """This process's environment plus ``overrides``, for a child process (scripts, git).
+
+    With ``keep_secret``, every secret variable (``redaction.is_secret_env_var``: the Lakebase
+    password, ``DATALOADER_SECRET__*``, tokens, ...) is left out unless ``keep_secret(name)`` says
+    the child needs it: a load script gets its own source's secret and nothing else.
+    """
+    from databricks_scripts.redaction import is_secret_env_var
+
+    env = dict(os.environ)
+    if keep_secret is not None:
+        env = {k: v for k, v in env.items() if not is_secret_env_var(k, v) or keep_secret(k)}
+    return {**env, **(overrides or {})}

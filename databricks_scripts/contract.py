@@ -42,6 +42,56 @@ LOAD_PARAM_FIELDS: tuple[str, ...] = (
 DB_TYPES: tuple[str, ...] = ("postgresql", "mysql", "sqlserver", "oracle", "databricks")
 STRATEGIES: tuple[str, ...] = ("full", "incremental", "merge")
 
+# The keys ``db_config_value`` may carry on the wire (and in an inline table_control row). Anything
+# else is refused naming the key: every key used to reach the driver, so ``options``, ``passfile``,
+# ``sslmode=disable`` and friends could change where a secret goes or how the session behaves.
+# ``connection`` names the source_connection the settings came from (for messages only).
+CONNECTION_KEYS: tuple[str, ...] = (
+    "host",
+    "port",
+    "database",
+    "user",
+    "password_secret",
+    "sslmode",
+    "sslrootcert",
+    "connect_timeout",
+    "service_name",
+    "connection",
+)
+# TLS modes, weakest first (libpq's names; each driver maps them, see docs/secrets.md).
+TLS_MODES: tuple[str, ...] = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+TLS_DEFAULT_REMOTE = "require"
+DEFAULT_PORTS: dict[str, int] = {
+    "postgresql": 5432,
+    "mysql": 3306,
+    "sqlserver": 1433,
+    "oracle": 1521,
+}
+
+
+def is_loopback_host(host: object) -> bool:
+    """True for a host that never leaves this machine: 127.0.0.0/8, ::1, ``localhost``, or a
+    Unix socket directory (a path). Everything else gets TLS by default."""
+    import ipaddress
+
+    text = str(host or "").strip().lower()
+    if not text:
+        return False
+    if text.startswith("/") or text in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(text.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def tls_mode_default(host: object, mode: str | None) -> str | None:
+    """The TLS mode to use: ``mode`` when given, ``require`` for a host that is not loopback,
+    None (the driver's own default) on loopback."""
+    if mode:
+        return mode
+    return None if is_loopback_host(host) else TLS_DEFAULT_REMOTE
+
 
 # ---------------------------------------------------------------------------------------------
 # What the load script reports as materialization metadata.

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from databricks_scripts.contract import DB_TYPES, PARAMS_EXTRA, STRATEGIES
+from databricks_scripts.contract import (
+    CONNECTION_KEYS,
+    DB_TYPES,
+    PARAMS_EXTRA,
+    STRATEGIES,
+    TLS_MODES,
+    tls_mode_default,
+)
 
 
 class LoadParamsError(ValueError):
@@ -90,6 +97,34 @@ def _req_str(params: Mapping[str, Any], key: str) -> str:
     return value
 
 
+def check_connection_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``db_config_value`` restricted to ``contract.CONNECTION_KEYS``, TLS made explicit.
+
+    A key outside the allow-list is refused by name (it would otherwise reach the driver:
+    ``options``, ``passfile``, ...). ``sslmode`` defaults to ``require`` for a host that is not
+    loopback; the code location already decided whether a weaker mode is the connection's own.
+    """
+    if any(str(k).lower() in ("password", "passwd", "pwd") for k in config):
+        raise LoadParamsError(
+            "db_config_value must not hold a password; name the secret in 'password_secret'"
+        )
+    for key in config:
+        if key not in CONNECTION_KEYS:
+            raise LoadParamsError(
+                f"db_config_value key {key!r} is not allowed (allowed: "
+                f"{', '.join(CONNECTION_KEYS)})"
+            )
+    checked = {k: v for k, v in config.items() if v is not None}
+    mode = checked.get("sslmode")
+    if mode is not None and mode not in TLS_MODES:
+        raise LoadParamsError(f"sslmode {mode!r} is not one of {', '.join(TLS_MODES)}")
+    if "host" in checked:
+        mode = tls_mode_default(checked["host"], mode)
+        if mode:
+            checked["sslmode"] = mode
+    return checked
+
+
 def parse_load_spec(params: Mapping[str, Any]) -> LoadSpec:
     """Validate the ``params`` extra sent by the load asset (see ``contract.LOAD_PARAM_FIELDS``)."""
     if not isinstance(params, Mapping):
@@ -103,10 +138,7 @@ def parse_load_spec(params: Mapping[str, Any]) -> LoadSpec:
     config = params.get("db_config_value") or {}
     if not isinstance(config, Mapping):
         raise LoadParamsError("db_config_value must be a mapping")
-    if any(str(k).lower() in ("password", "passwd", "pwd") for k in config):
-        raise LoadParamsError(
-            "db_config_value must not hold a password; name the secret in 'password_secret'"
-        )
+    config = check_connection_config(config)
     keys = params.get("merge_keys") or ()
     if isinstance(keys, str) or not all(isinstance(k, str) and k for k in keys):
         raise LoadParamsError("merge_keys must be a list of column names")

@@ -12,11 +12,18 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
 
+from databricks_scripts.loader_connections import (
+    PG_SESSION_OPTIONS,
+    mysql_connect_kwargs,
+    oracle_connect_kwargs,
+    postgres_conninfo,
+    sqlserver_connect_kwargs,
+)
 from databricks_scripts.loader_sql import (
     MYSQL,
     ORACLE,
@@ -36,73 +43,14 @@ from databricks_scripts.loader_types_mssql_oracle import (
     sqlserver_field,
 )
 
-
-def _libpq_value(value: object) -> str:
-    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
-    return f"'{text}'"
-
-
-def postgres_conninfo(config: Mapping[str, Any], password: str | None) -> str:
-    """libpq key/value conninfo (not a URL, so the password is never part of a URL in errors).
-
-    Keys other than host/port/database/user/password_secret (sslmode, connect_timeout, ...) are
-    passed through to libpq.
-    """
-    pairs: dict[str, object] = {}
-    for key, value in config.items():
-        if key in ("password_secret", "database") or value is None:
-            continue
-        pairs[key] = value
-    if config.get("database"):
-        pairs["dbname"] = config["database"]
-    if password is not None:
-        pairs["password"] = password
-    return " ".join(f"{k}={_libpq_value(v)}" for k, v in pairs.items())
-
-
-def mysql_connect_kwargs(config: Mapping[str, Any], password: str | None) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {
-        "host": config.get("host", "127.0.0.1"),
-        "port": int(config.get("port", 3306)),
-        "user": config.get("user"),
-        "database": config.get("database"),
-        "charset": "utf8mb4",
-        # TIMESTAMP columns are UTC instants: read them in UTC and keep the zone.
-        "init_command": "SET time_zone = '+00:00'",
-    }
-    if password is not None:
-        kwargs["password"] = password
-    if config.get("connect_timeout"):
-        kwargs["connect_timeout"] = int(config["connect_timeout"])
-    return kwargs
-
-
-def sqlserver_connect_kwargs(config: Mapping[str, Any], password: str | None) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {
-        "server": config.get("host"),
-        "port": str(config.get("port", 1433)),
-        "user": config.get("user"),
-        "database": config.get("database"),
-        "charset": "UTF-8",
-        "login_timeout": int(config.get("connect_timeout", 30)),
-        "as_dict": False,
-    }
-    if password is not None:
-        kwargs["password"] = password
-    return kwargs
-
-
-def oracle_connect_kwargs(config: Mapping[str, Any], password: str | None) -> dict[str, Any]:
-    """oracledb thin-mode parameters; ``database`` is the service name."""
-    kwargs: dict[str, Any] = {
-        "user": config.get("user"),
-        "host": config.get("host"),
-        "port": int(config.get("port", 1521)),
-        "service_name": config.get("service_name") or config.get("database"),
-    }
-    if password is not None:
-        kwargs["password"] = password
-    return kwargs
+__all__ = [
+    "PG_SESSION_OPTIONS",
+    "mysql_connect_kwargs",
+    "open_source",
+    "oracle_connect_kwargs",
+    "postgres_conninfo",
+    "sqlserver_connect_kwargs",
+]
 
 
 class SourceReader:
@@ -243,10 +191,15 @@ class PostgresReader(SourceReader):
             if f.name not in scaled:
                 columns.append(name)
             elif scaled[f.name][1] == 0:
-                columns.append(f"{name}::int8 AS {name}")
+                columns.append(f"{name}::pg_catalog.int8 AS {name}")
             else:
+                # Qualified operator and casts: never a source user's own (issue: a `*` defined
+                # in a schema on the search_path ran once per row in the loader's session).
                 factor = "1" + "0" * scaled[f.name][1]
-                columns.append(f"({name} * {factor}::numeric)::int8 AS {name}")
+                columns.append(
+                    f"({name} OPERATOR(pg_catalog.*) {factor}::pg_catalog.numeric)"
+                    f"::pg_catalog.int8 AS {name}"
+                )
         prefix = "SELECT * FROM "
         if not text.startswith(prefix):
             raise ValueError(f"unexpected source query shape: {text[:40]!r}")

@@ -45,7 +45,7 @@ _JDBC = {
     "sqlserver": (
         "com.microsoft.sqlserver.jdbc.SQLServerDriver",
         SQLSERVER,
-        "jdbc:sqlserver://{host}:{port};databaseName={database};encrypt=true",
+        "jdbc:sqlserver://{host}:{port};databaseName={database}",
         1433,
     ),
     "oracle": (
@@ -57,12 +57,23 @@ _JDBC = {
 }
 
 
+# Each driver's connect-timeout property and its unit (seconds x scale).
+_JDBC_CONNECT_TIMEOUT = {
+    "postgresql": ("connectTimeout", 1),
+    "mysql": ("connectTimeout", 1000),
+    "sqlserver": ("loginTimeout", 1),
+    "oracle": ("oracle.net.CONNECT_TIMEOUT", 1000),
+}
+
+
 def jdbc_options(spec: Any, password: str | None, *, fetch_size: int = 10_000) -> dict[str, str]:
     """Options for ``spark.read.format("jdbc")``. The password goes in the ``password`` option,
     never into the URL, so it cannot leak through a logged URL."""
     driver, dialect, url, default_port = _JDBC[spec.db_type]
     cfg = spec.db_config_value
     database = cfg.get("service_name") or cfg.get("database") or ""
+    if spec.db_type == "oracle" and cfg.get("sslmode") in ("require", "verify-ca", "verify-full"):
+        url = "jdbc:oracle:thin:@tcps://{host}:{port}/{database}"
     opts = {
         "url": url.format(
             host=cfg.get("host"), port=cfg.get("port") or default_port, database=database
@@ -78,9 +89,47 @@ def jdbc_options(spec: Any, password: str | None, *, fetch_size: int = 10_000) -
         "fetchsize": str(fetch_size),
         "pushDownPredicate": "true",
     }
+    opts.update(jdbc_tls_options(spec.db_type, cfg))
+    if cfg.get("connect_timeout"):
+        name, scale = _JDBC_CONNECT_TIMEOUT[spec.db_type]
+        opts[name] = str(int(cfg["connect_timeout"]) * scale)
     if password is not None:
         opts["password"] = password
     return opts
+
+
+def jdbc_tls_options(db_type: str, cfg: Mapping[str, Any]) -> dict[str, str]:
+    """Driver properties for the checked ``sslmode`` (``loader_params.check_connection_config``:
+    ``require`` by default for a host that is not loopback). Each JDBC driver refuses to log in
+    without TLS when it is required, so the password is never sent in clear."""
+    mode = cfg.get("sslmode")
+    ca = cfg.get("sslrootcert")
+    secure = mode in ("require", "verify-ca", "verify-full")
+    if db_type == "postgresql":
+        opts = {"sslmode": mode} if mode else {}
+        if ca:
+            opts["sslrootcert"] = str(ca)
+        return opts
+    if db_type == "mysql":
+        names = {
+            "require": "REQUIRED",
+            "verify-ca": "VERIFY_CA",
+            "verify-full": "VERIFY_IDENTITY",
+            "disable": "DISABLED",
+        }
+        return {"sslMode": names[mode]} if mode in names else {}
+    if db_type == "sqlserver":
+        if not mode:
+            return {}
+        if not secure:
+            return {"encrypt": "false"}
+        # require: encrypted, the driver's own certificate check (as before); verify-*: explicit.
+        if mode == "require":
+            return {"encrypt": "true"}
+        return {"encrypt": "true", "trustServerCertificate": "false"}
+    if db_type == "oracle" and secure:
+        return {"oracle.net.ssl_server_dn_match": str(mode == "verify-full").lower()}
+    return {}
 
 
 _WIDENING = {

@@ -108,10 +108,14 @@ def select_source(
     if limit_zero:
         if dialect is SQLSERVER:
             return f"SELECT TOP 0 * FROM {table_sql}"
+        if dialect is POSTGRESQL:
+            return f"SELECT * FROM {table_sql} WHERE false"
         return f"SELECT * FROM {table_sql} WHERE 1 = 0"
     text = f"SELECT * FROM {table_sql}"
     if cursor is not None:
-        text += f" WHERE {dialect.quote(cursor)} > {dialect.placeholder(1, 'lower_bound')}"
+        # PostgreSQL: the built-in operator by name, whatever the source defines on its path.
+        op = "OPERATOR(pg_catalog.>)" if dialect is POSTGRESQL else ">"
+        text += f" WHERE {dialect.quote(cursor)} {op} {dialect.placeholder(1, 'lower_bound')}"
     return text
 
 

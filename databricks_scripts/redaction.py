@@ -104,6 +104,11 @@ def secrets_from_env(env: Mapping[str, str]) -> list[str]:
     return list(dict.fromkeys(v for k, v in env.items() if v and _is_secret_var(k, v)))
 
 
+def is_secret_env_var(name: str, value: str) -> bool:
+    """Whether the variable ``name`` holds a secret (the rule of :func:`secrets_from_env`)."""
+    return bool(value) and _is_secret_var(name, value)
+
+
 def _is_secret_var(name: str, value: str) -> bool:
     upper = name.upper()
     if upper in SECRET_ENV_NAMES or upper.startswith(SECRET_ENV_PREFIX):

@@ -54,7 +54,7 @@ def test_percent_in_names_is_refused_where_the_driver_uses_percent_placeholders(
 def test_source_select_binds_the_watermark_as_a_parameter():
     table = sq.qualified_name(sq.POSTGRESQL, "public", "t")
     assert sq.select_source(sq.POSTGRESQL, table, cursor="updated at") == (
-        'SELECT * FROM "public"."t" WHERE "updated at" > $1'
+        'SELECT * FROM "public"."t" WHERE "updated at" OPERATOR(pg_catalog.>) $1'
     )
     assert sq.select_source(sq.MYSQL, "`db`.`t`", cursor="c").endswith("`c` > %s")
     assert sq.select_source(sq.ORACLE, '"S"."T"', cursor="C").endswith('"C" > :1')
@@ -262,6 +262,7 @@ def test_connection_building_for_every_driver():
         "user": "u",
         "sslmode": "require",
         "password": "p'w d",
+        "options": ls.PG_SESSION_OPTIONS,  # search_path pinned (issue 17)
     }
     my = ls.mysql_connect_kwargs({"host": "127.0.0.1", "database": "test", "user": "root"}, None)
     assert my["port"] == 3306 and "password" not in my

@@ -26,7 +26,6 @@ from databricks_standin import DatabricksStandin, databricks_standin
 from helpers import lakebase_for, start_password_enforcing_server
 from openai_standin import OpenAIStandIn, good_answer, openai_standin
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset, build_retry_asset
 from dagsters.control.run_requests import LOAD_ASSET, RETRY_ASSET, load_run_config
@@ -195,21 +194,21 @@ def instance(instance_dir: Path) -> Iterator[dg.DagsterInstance]:
 
 
 def add_row(db: psycopg.Connection, key: str, table: str, db_type: str, config: dict) -> None:
+    schema = config.pop("schema", "public")
+    # The secret is bound to this host/port/database by a source_connection (issue 17).
+    db.execute(
+        "INSERT INTO source_connection (connection_name, db_type, host, port, database,"
+        " user_name, secret_scope, secret_key) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (key, db_type, config["host"], config["port"], config["database"], config["user"])
+        + (SCOPE, KEY),
+    )
     db.execute(
         "INSERT INTO table_control (control_key, source_schema_name, source_table_name,"
         " destination_catalog, destination_schema_name, destination_table_name, db_type,"
-        " db_config_value, db_kv_scope, load_strategy, schedule_interval, next_load_date_time)"
-        " VALUES (%s, %s, %s, 'lake', 'raw', %s, %s, %s, %s, 'full', '1 hour',"
+        " connection_name, load_strategy, schedule_interval, next_load_date_time)"
+        " VALUES (%s, %s, %s, 'lake', 'raw', %s, %s, %s, 'full', '1 hour',"
         " now() + interval '1 day')",  # due only when a test makes it due (materialize)
-        (
-            key,
-            config.pop("schema", "public"),
-            table,
-            key.replace(".", "_"),
-            db_type,
-            Jsonb({**config, "password_secret": KEY}),
-            SCOPE,
-        ),
+        (key, schema, table, key.replace(".", "_"), db_type, key),
     )
 
 

@@ -23,6 +23,7 @@ from dagsters.control.retry_analysis import (
     decide_without_asking,
 )
 from dagsters.control.run_requests import LOAD_ASSET, RETRY_ASSET, environment_tags, load_params
+from dagsters.control.source_connections import ResolvedSource, SourceConnectionError
 from dagsters.partitions import control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
@@ -181,6 +182,15 @@ class _Attempt:
             databricks_run_url=run_link or self.databricks_url,
         )
 
+    def source(self, row: Mapping[str, Any]) -> ResolvedSource:
+        """The row's source (its connection, or its secret's binding); a refusal fails the row."""
+        try:
+            return self.client.resolve_source(row)
+        except SourceConnectionError as exc:
+            message = _safe(f"{self.control_key}: source refused: {exc}", self.settings)
+            self.fail(message)
+            raise dg.Failure(message) from None
+
     def run(self, pipes_databricks: PipesDatabricksResource, params: dict) -> ScriptOutcome:
         try:
             return pipes_databricks.run_script(
@@ -263,7 +273,7 @@ def build_load_asset(settings: Settings) -> dg.AssetsDefinition:
         row = client.get_table_details(control_key)
         if row is None:  # deleted between the claim and now
             raise dg.Failure(f"{control_key}: table_control row disappeared")
-        params = load_params({**row, "metadata_id": attempt.metadata_id})
+        params = load_params({**row, "metadata_id": attempt.metadata_id}, attempt.source(row))
         reported, run_link = attempt.record(attempt.run(pipes_databricks, params))
         extra: dict[str, Any] = {
             "control_key": control_key,

@@ -10,10 +10,13 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from databricks_scripts.contract import LOAD_PARAM_FIELDS
+
+if TYPE_CHECKING:
+    from dagsters.control.source_connections import ResolvedSource
 
 LOAD_ASSET = "dataloader__table_load"
 RETRY_ASSET = "dataloader__retry_analysis"
@@ -36,12 +39,16 @@ def _seconds(value: Any) -> float:
     return float(value)
 
 
-def load_params(row: Mapping[str, Any]) -> dict[str, Any]:
+def load_params(row: Mapping[str, Any], source: ResolvedSource | None = None) -> dict[str, Any]:
     """The loader script's params (the wire contract's ``LOAD_PARAM_FIELDS``) from a control row.
 
-    Values are JSON-safe: the interval becomes seconds, the watermark stays text. The row carries no
-    password (a CHECK on db_config_value refuses one), so the result is safe to show in the UI.
+    Values are JSON-safe: the interval becomes seconds, the watermark stays text. ``source`` is the
+    row's resolved source (``LakebaseClient.resolve_source``): its connection settings and secret
+    *name* replace the row's ``db_config_value``/``db_kv_scope``. Neither carries a password, so
+    the result is safe to show in the UI.
     """
+    if source is not None:
+        row = {**row, "db_config_value": source.db_config_value, "db_kv_scope": source.db_kv_scope}
     params: dict[str, Any] = {}
     for field in LOAD_PARAM_FIELDS:
         if field == "lookback_window_seconds":
@@ -85,11 +92,15 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 def source_system(row: Mapping[str, Any]) -> str:
-    """One name per source database server, used to cap concurrent loads against it.
+    """One name per source, used to cap concurrent loads against it.
 
-    ``postgresql:db.example.com:5432`` style; the database name is left out on purpose: two
-    databases on one server share its CPU and connections.
+    A row that names a source_connection: ``connection:<name>`` (the connection is the unit a
+    data team manages; tables of one database share it). Otherwise ``postgresql:db.example.com:5432``
+    style; the database name is left out on purpose: two databases on one server share its CPU
+    and connections.
     """
+    if row.get("connection_name"):
+        return _UNSAFE.sub("_", f"connection:{row['connection_name']}").strip("_")[:200]
     config = row.get("db_config_value") or {}
     host = str(config.get("host") or config.get("server_hostname") or "unknown")
     port = config.get("port")

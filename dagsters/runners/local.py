@@ -2,7 +2,10 @@
 
 Pipes context and messages travel in temp files. The child's environment is this process's
 (``dagsters.settings.child_environment``) plus ``DATALOADER_HOME``, ``DATALOADER_LAKE_ROOT`` and
-``PYTHONUNBUFFERED``. Its stderr is copied to the Dagster compute log and its tail kept for the
+``PYTHONUNBUFFERED``, minus every secret it does not need (:func:`secrets_for_script`): the load
+script gets only its own source's ``DATALOADER_SECRET__<SCOPE>__<KEY>``; the retry script gets
+its model's key, databricks-sdk auth and the source secrets (it only masks them); neither gets
+``LAKEBASE_PASSWORD``. Its stderr is copied to the Dagster compute log and its tail kept for the
 error text. A script outliving the timeout is stopped; when the Dagster run is terminated the
 script is stopped (SIGINT, then SIGKILL after a grace period) and the interrupt re-raised.
 """
@@ -14,7 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,13 @@ from dagsters.runners.outcome import (
     error_from_stderr_tail,
 )
 from dagsters.settings import child_environment
+from databricks_scripts.contract import PARAMS_EXTRA
+from databricks_scripts.loader_params import secret_env_var
+
+LOAD_SCRIPT = "dataloader_pipe.py"
+# What the retry script may need: its model's key, databricks-sdk auth for model serving, and the
+# source secrets' values (it never connects to a source; it masks them in the model's answer).
+_RETRY_SECRET_PREFIXES = ("DATALOADER_AI_", "OPENAI_", "DATABRICKS_", "DATALOADER_SECRET__")
 
 _STDERR_TAIL_LINES = 200
 
@@ -72,7 +82,8 @@ class LocalRunner:
                 command,
                 cwd=str(script_path.parent),
                 env=child_environment(
-                    {**self.child_overrides(), **session.get_bootstrap_env_vars()}
+                    {**self.child_overrides(), **session.get_bootstrap_env_vars()},
+                    keep_secret=secrets_for_script(script, extras.get(PARAMS_EXTRA) or {}),
                 ),
                 stdout=None,
                 stderr=subprocess.PIPE,
@@ -129,6 +140,16 @@ class LocalRunner:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=30)
+
+
+def secrets_for_script(script: str, params: Mapping[str, Any]) -> Callable[[str], bool]:
+    """Which secret variables the child running ``script`` with ``params`` may inherit."""
+    if script == LOAD_SCRIPT:
+        config = params.get("db_config_value") or {}
+        scope, key = params.get("db_kv_scope"), config.get("password_secret")
+        own = secret_env_var(str(scope), str(key)) if scope and key else None
+        return lambda name: own is not None and name.upper() == own
+    return lambda name: name.upper().startswith(_RETRY_SECRET_PREFIXES)
 
 
 def _tee_stderr(process: subprocess.Popen, tail: collections.deque[str]) -> None:

@@ -24,6 +24,7 @@ Messages written to the database or raised are redacted first.
 ``control/stuck.py``               rows stuck in Queued / In Progress (the two monitors)
 ``control/retry_state.py``         claim a failure for analysis; reset for retry or review
 ``control/landing_notes.py``       rows waiting for a staging model, the landing note
+``control/source_connections.py``  a row's source: its connection, or its secret's binding
 =================================  ===========================================================
 """
 
@@ -40,6 +41,7 @@ from dagsters.control.retry_state import (
     REVIEW_MARKER,
     RetrySql,
 )
+from dagsters.control.source_connections import SourceConnectionsSql
 from dagsters.control.status import (
     ALLOWED_FROM,
     FAILED,
@@ -69,7 +71,15 @@ __all__ = [
 ]
 
 
-class LakebaseClient(ClaimsSql, LifecycleSql, HistorySql, StuckRowsSql, RetrySql, LandingSql):
+class LakebaseClient(
+    ClaimsSql,
+    LifecycleSql,
+    HistorySql,
+    StuckRowsSql,
+    RetrySql,
+    LandingSql,
+    SourceConnectionsSql,
+):
     """Pooled access to ``table_control`` and ``historical_metadata`` (rows as dicts).
 
     ``LakebaseClient(conninfo, *, min_size=1, max_size=4, connect_kwargs=None,
