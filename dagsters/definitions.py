@@ -5,7 +5,9 @@ This is the edge: ``load_settings()`` reads the environment once (``dagsters/set
 spec's defaults, ``DATALOADER_`` overrides, ``LAKEBASE_*``, ``DAGSTER_ENVIRONMENT``, ...) and
 ``build_definitions(settings)`` hands that one ``Settings`` object to every sensor, asset and
 resource. With no ``LAKEBASE_HOST`` the ``lakebase`` resource is the embedded local server
-(``dagsters.local``; the only product-side import of it is here).
+(``dagsters.local``; the only product-side import of it is here). In a deployment (npd, prod,
+Dagster+) nothing falls back to local mode: ``build_definitions`` refuses to load with one message
+listing every missing or contradictory setting (``dagsters/deployment.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import dagster as dg
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset, build_retry_asset
 from dagsters.control.run_requests import environment_tags
+from dagsters.deployment import require_deployment_ready
 from dagsters.jobs.landing_table_git_job import landing_table_git_job
 from dagsters.local.lakebase import lakebase_resource
 from dagsters.resources.databricks_rest import DatabricksRestResource
@@ -38,6 +41,9 @@ def build_resources(settings: Settings) -> dict[str, object]:
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
+    # In npd/prod/Dagster+ no local fallback may stand in for a missing setting: refuse to load,
+    # listing every problem at once (dagsters/deployment.py). Local mode is unaffected.
+    require_deployment_ready(settings)
     load_asset = build_load_asset(settings)
     retry_asset = build_retry_asset(settings)
     load_job = dg.define_asset_job(

@@ -51,6 +51,8 @@ class Paths:
     models_repo: Path = PROJECT_ROOT / ".dataloader" / "models_repo"
     models_branch: str = DEFAULT_MODELS_BRANCH
     models_remote: str | None = None  # None: origin if present, else the only remote, else none
+    # DATALOADER_MODELS_URL: the models repository's git URL (required in a deployment).
+    models_url: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,8 @@ class DatabricksSettings:
     # The host to hand the SDK explicitly (``DATABRICKS_WORKSPACE_URL`` when ``DATABRICKS_HOST`` is
     # unset); None lets the SDK resolve it itself.
     workspace_host: str | None = None
+    # DATABRICKS_HOST or DATABRICKS_WORKSPACE_URL names a workspace (a deployment needs one).
+    workspace_configured: bool = False
     warehouse_id: str | None = None
     cluster_id: str | None = None
     new_cluster_json: str | None = None
@@ -100,6 +104,8 @@ class Settings:
     execution: str = "local"
     # The spec's DAGSTER_ENVIRONMENT (npd | prod); None when unset (local work).
     environment: str | None = None
+    # DAGSTER_CLOUD_DEPLOYMENT_NAME: set by Dagster+ in every deployment it runs this code in.
+    cloud_deployment: str | None = None
     sensors_running: bool = True
 
     master_interval_seconds: int = 60
@@ -129,6 +135,11 @@ class Settings:
     secrets: tuple[str, ...] = field(default=(), repr=False)
     # The non-secret DATALOADER_AI_* settings, handed to the retry script in its request.
     advisor: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def deployment(self) -> bool:
+        """True in npd/prod or on Dagster+: no local fallback may stand in for a setting there."""
+        return bool(self.environment or self.cloud_deployment)
 
     def dagster_run_url(self, run_id: str) -> str:
         return f"{self.dagster_base_url}/runs/{run_id}"
@@ -214,6 +225,7 @@ def _paths(env: Mapping[str, str]) -> Paths:
         models_repo=repo,
         models_branch=_text(env, "DATALOADER_MODELS_BRANCH") or DEFAULT_MODELS_BRANCH,
         models_remote=_text(env, "DATALOADER_MODELS_REMOTE"),
+        models_url=_text(env, "DATALOADER_MODELS_URL"),
     )
 
 
@@ -251,6 +263,9 @@ def _databricks(env: Mapping[str, str]) -> DatabricksSettings:
     )
     return DatabricksSettings(
         workspace_host=workspace_host(env),
+        workspace_configured=bool(
+            _text(env, "DATABRICKS_HOST") or _text(env, "DATABRICKS_WORKSPACE_URL")
+        ),
         warehouse_id=_text(env, "DATABRICKS_WAREHOUSE_ID"),
         cluster_id=_text(env, "DATABRICKS_CLUSTER_ID"),
         new_cluster_json=_text(env, "DATALOADER_DATABRICKS_NEW_CLUSTER"),
@@ -297,6 +312,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         execution=execution,
         environment=_choice(env, "DAGSTER_ENVIRONMENT", ENVIRONMENTS, None),
+        cloud_deployment=_text(env, "DAGSTER_CLOUD_DEPLOYMENT_NAME"),
         # Sensors start by themselves locally, so `dataloader dev` loads the demo without clicks;
         # in a deployment a person turns them on deliberately unless the variable says so.
         sensors_running=_flag(env, "DATALOADER_SENSORS_RUNNING", execution == "local"),
