@@ -127,7 +127,9 @@ class Settings:
     dagster_base_url: str = LOCAL_DAGSTER_BASE_URL
     scripts_path: str | None = None  # local directory or workspace path of databricks_scripts/
     load_timeout_seconds: int = DEFAULT_LOAD_TIMEOUT_SECONDS
-    # Local embedded Dagster instance (CLI only): per-source and overall run limits.
+    # Per-source limit: master_sensor claims no more in-flight rows per source system (everywhere)
+    # and `dataloader dev` writes it as the instance's tag limit; keep the Dagster+ deployment's
+    # tag_concurrency_limits at the same value. Overall run limit: local instance (CLI) only.
     source_concurrency: int = 2
     max_concurrent_runs: int = 10
     # Secret values this process holds (Lakebase password, AI key, DATALOADER_SECRET__*), masked

@@ -24,6 +24,7 @@ Messages written to the database or raised are redacted first.
 ``control/stuck.py``               rows stuck in Queued / In Progress (the two monitors)
 ``control/retry_state.py``         claim a failure for analysis; reset for retry or review
 ``control/landing_notes.py``       rows waiting for a staging model, the landing note
+``control/source_slots.py``        claims bounded by free per-source slots; one stuck queued row
 =================================  ===========================================================
 """
 
@@ -40,6 +41,7 @@ from dagsters.control.retry_state import (
     REVIEW_MARKER,
     RetrySql,
 )
+from dagsters.control.source_slots import SourceSlotsSql
 from dagsters.control.status import (
     ALLOWED_FROM,
     FAILED,
@@ -69,7 +71,9 @@ __all__ = [
 ]
 
 
-class LakebaseClient(ClaimsSql, LifecycleSql, HistorySql, StuckRowsSql, RetrySql, LandingSql):
+class LakebaseClient(
+    ClaimsSql, LifecycleSql, HistorySql, StuckRowsSql, RetrySql, LandingSql, SourceSlotsSql
+):
     """Pooled access to ``table_control`` and ``historical_metadata`` (rows as dicts).
 
     ``LakebaseClient(conninfo, *, min_size=1, max_size=4, connect_kwargs=None,
