@@ -53,6 +53,8 @@ class Paths:
     models_remote: str | None = None  # None: origin if present, else the only remote, else none
     # DATALOADER_MODELS_URL: the models repository's git URL (required in a deployment).
     models_url: str | None = field(default=None, repr=False)
+    # DATALOADER_MODELS_TOKEN is set (the value itself stays in the environment: a dg.EnvVar).
+    models_token: bool = False
 
 
 @dataclass(frozen=True)
@@ -228,6 +230,7 @@ def _paths(env: Mapping[str, str]) -> Paths:
         models_branch=_text(env, "DATALOADER_MODELS_BRANCH") or DEFAULT_MODELS_BRANCH,
         models_remote=_text(env, "DATALOADER_MODELS_REMOTE"),
         models_url=_text(env, "DATALOADER_MODELS_URL"),
+        models_token=bool(_text(env, "DATALOADER_MODELS_TOKEN")),
     )
 
 
