@@ -8,6 +8,8 @@ Pipes run of ``databricks_scripts/dataloader_retry_pipe.py``:
 2. ``build_analysis_request(row, history, settings)``: the script's params, redacted, without
    credentials.
 3. ``apply_decision(client, row, decision, secrets=...)``: the guarded transition in Lakebase.
+4. ``decide_by_rules(row, why)``: when the script could not run or answer, the deterministic rules
+   decide here instead of sending the table to review.
 
 No Dagster imports: plain data in, plain data out, unit-testable against PostgreSQL alone.
 """
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from dagsters.settings import RetryPolicy, Settings
 from databricks_scripts.contract import Decision
 from databricks_scripts.redaction import redact
+from databricks_scripts.retry_classifier import UNKNOWN, classify_error
 
 if TYPE_CHECKING:
     from dagsters.utils.lakebase_client import LakebaseClient
@@ -33,6 +36,7 @@ _ERROR_HEAD_CHARS = 3000
 _ERROR_TAIL_CHARS = 1000
 _HISTORY_MESSAGE_CHARS = 600
 _DEFAULT_SETTINGS = Settings()
+_REASON_LIMIT = 1000
 
 RETRIED = "retried"
 REVIEW = "review"
@@ -49,6 +53,19 @@ def decide_without_asking(row: Mapping[str, Any], policy: RetryPolicy) -> Decisi
         "person should look before it is loaded again.",
         decider="rules",
     )
+
+
+def decide_by_rules(row: Mapping[str, Any], why_not_asked: str) -> Decision:
+    """The deterministic rules' decision on the row's error, taken inside the code location.
+
+    Used when the retry-analysis script itself could not run or answer (cluster gone, model
+    down): the same rules the script falls back to (``retry_classifier``), so a transient fault
+    is retried instead of every affected table going to review.
+    """
+    rules = classify_error(str(row.get("last_message") or ""))
+    confidence = 0.5 if rules.category == UNKNOWN else 0.9
+    reason = f"{rules.reason} (decided in the code location: {why_not_asked})"
+    return Decision(rules.decision, confidence, reason[:_REASON_LIMIT], "rules")
 
 
 def build_analysis_request(

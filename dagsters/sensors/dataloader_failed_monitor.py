@@ -10,6 +10,10 @@ An analysis that died before writing its decision (run crashed, Databricks unrea
 leave the stamp for ever; a stamp older than ``DATALOADER_RETRY_ANALYSIS_TIMEOUT_MINUTES`` (60) is
 therefore taken back by the same guarded claim, and the failure gets a second analysis run with a
 new run key, unless the first analysis run is in fact still queued or running in Dagster.
+
+A failure that is a person's termination (``Cancelled - Dagster run <id> was terminated``) is not
+analysed and uses no retry: the row is released to its next schedule slot
+(``dagsters/control/termination.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dagsters.control.run_requests import (
     retry_run_key,
     retry_run_tags,
 )
+from dagsters.control.termination import terminated_by_a_person
 from dagsters.partitions import control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.sensors import default_status
@@ -114,6 +119,23 @@ def analysis_requests(rows: list[dict], settings: Settings) -> dg.SensorResult:
     )
 
 
+def release_terminations(
+    context: dg.SensorEvaluationContext, client: LakebaseClient, claimed: Iterable[dict]
+) -> int:
+    """Put rows whose run a person terminated back on their schedule; how many were released."""
+    released = 0
+    for row in claimed:
+        if not terminated_by_a_person(row):
+            continue
+        if client.release_terminated(row["config_id"], row.get("last_metadata_id")):
+            released += 1
+            context.log.info(
+                f"{row['control_key']}: run terminated by a person; not analysed, no retry "
+                "used, loads again at its next scheduled time"
+            )
+    return released
+
+
 def _active_analysis_run(context: dg.SensorEvaluationContext) -> Callable[[dict], str | None]:
     def active_run(row: dict) -> str | None:
         """Run id of an analysis run for this attempt that is still queued or running, if any."""
@@ -151,6 +173,9 @@ def build_failed_monitor(settings: Settings) -> dg.SensorDefinition:
         claimed = client.claim_failed_for_analysis(
             settings.failed_batch_size, _ANY_RETRY_COUNT, stale_after_minutes=timeout
         )
+        # A person's termination is not analysed and uses no retry: back to its schedule.
+        released = release_terminations(context, client, claimed)
+        claimed = [row for row in claimed if not terminated_by_a_person(row)]
         triage = triage_failures(claimed, settings.retry, _active_analysis_run(context))
         for row, active in triage.waiting:
             context.log.info(
@@ -171,6 +196,7 @@ def build_failed_monitor(settings: Settings) -> dg.SensorDefinition:
             f"No failure to analyse (Failed, retry_count < {max_retries}, not under review, not "
             "already being analysed)."
             + (f" Marked {reviewed} for review (retries used up)." if reviewed else "")
+            + (f" Released {released} terminated by a person." if released else "")
         )
 
     return failed_monitor

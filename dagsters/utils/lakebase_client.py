@@ -25,6 +25,7 @@ Messages written to the database or raised are redacted first.
 ``control/retry_state.py``         claim a failure for analysis; reset for retry or review
 ``control/landing_notes.py``       rows waiting for a staging model, the landing note
 ``control/source_slots.py``        claims bounded by free per-source slots; one stuck queued row
+``control/termination.py``         a person's termination: back to the schedule, not analysed
 =================================  ===========================================================
 """
 
@@ -51,6 +52,7 @@ from dagsters.control.status import (
     SUCCEEDED,
 )
 from dagsters.control.stuck import StuckRowsSql
+from dagsters.control.termination import TerminationSql
 
 __all__ = [
     "ALLOWED_FROM",
@@ -72,7 +74,14 @@ __all__ = [
 
 
 class LakebaseClient(
-    ClaimsSql, LifecycleSql, HistorySql, StuckRowsSql, RetrySql, LandingSql, SourceSlotsSql
+    ClaimsSql,
+    LifecycleSql,
+    HistorySql,
+    StuckRowsSql,
+    RetrySql,
+    LandingSql,
+    SourceSlotsSql,
+    TerminationSql,
 ):
     """Pooled access to ``table_control`` and ``historical_metadata`` (rows as dicts).
 
