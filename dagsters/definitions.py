@@ -17,6 +17,10 @@ import dagster as dg
 from dagsters.assets.dataloader_pipes_asset import build_load_asset, build_retry_asset
 from dagsters.control.run_requests import environment_tags
 from dagsters.deployment import require_deployment_ready
+from dagsters.jobs.history_retention_job import (
+    build_history_retention_job,
+    build_history_retention_schedule,
+)
 from dagsters.jobs.landing_table_git_job import landing_table_git_job
 from dagsters.local.lakebase import lakebase_resource
 from dagsters.resources.databricks_rest import DatabricksRestResource
@@ -58,9 +62,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         description="Retry-or-review decision for one failed load; launched by failed_monitor.",
         tags=environment_tags(settings.environment),
     )
+    retention_job = build_history_retention_job(settings)
     return dg.Definitions(
         assets=[load_asset, retry_asset],
-        jobs=[load_job, retry_job, landing_table_git_job],
+        jobs=[load_job, retry_job, landing_table_git_job, retention_job],
+        schedules=[build_history_retention_schedule(settings, retention_job)],
         sensors=[
             build_master_sensor(settings),
             build_longqueued_monitor(settings),

@@ -134,6 +134,11 @@ class Settings:
     # tag_concurrency_limits at the same value. Overall run limit: local instance (CLI) only.
     source_concurrency: int = 2
     max_concurrent_runs: int = 10
+    # historical_metadata retention: finished attempts older than this are deleted in batches by
+    # dataloader__history_retention_job on its schedule (cron, UTC).
+    history_retention_days: int = 400
+    history_retention_batch_rows: int = 10_000
+    history_retention_cron: str = "30 3 * * *"
     # Secret values this process holds (Lakebase password, AI key, DATALOADER_SECRET__*), masked
     # wherever text leaves: logs, history rows, exceptions. Kept out of repr.
     secrets: tuple[str, ...] = field(default=(), repr=False)
@@ -163,6 +168,8 @@ _INT_VARS = {
     "DATALOADER_LOAD_TIMEOUT_SECONDS": "load_timeout_seconds",
     "DATALOADER_SOURCE_CONCURRENCY": "source_concurrency",
     "DATALOADER_MAX_CONCURRENT_RUNS": "max_concurrent_runs",
+    "DATALOADER_HISTORY_RETENTION_DAYS": "history_retention_days",
+    "DATALOADER_HISTORY_RETENTION_BATCH_ROWS": "history_retention_batch_rows",
 }
 
 
@@ -216,6 +223,18 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default
     if raw.lower() not in choices:
         raise SettingsError(f"{name} must be one of {choices}, got {raw!r}")
     return raw.lower()
+
+
+def _cron(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = _text(env, name)
+    if raw is None:
+        return default
+    from dagsters.control.schedule import validate_cron
+
+    try:
+        return validate_cron(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
 
 
 def _paths(env: Mapping[str, str]) -> Paths:
@@ -334,6 +353,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         databricks=_databricks(env),
         dagster_base_url=dagster_base_url(env),
         scripts_path=_text(env, "DATALOADER_SCRIPTS_PATH"),
+        history_retention_cron=_cron(env, "DATALOADER_HISTORY_RETENTION_CRON", "30 3 * * *"),
         secrets=secrets,
         advisor=advisor,
         **values,  # type: ignore[arg-type]

@@ -26,6 +26,7 @@ Messages written to the database or raised are redacted first.
 ``control/landing_notes.py``       rows waiting for a staging model, the landing note
 ``control/source_slots.py``        claims bounded by free per-source slots; one stuck queued row
 ``control/termination.py``         a person's termination: back to the schedule, not analysed
+``control/retention.py``           batched deletes of history rows older than the retention
 =================================  ===========================================================
 """
 
@@ -36,6 +37,7 @@ from dagsters.control.errors import LakebaseError, LoadAlreadyActive, UnknownCon
 from dagsters.control.history import METADATA_FIELDS, HistorySql
 from dagsters.control.landing_notes import LANDING_NOTE_SEPARATOR, LandingSql
 from dagsters.control.lifecycle import LifecycleSql
+from dagsters.control.retention import RetentionSql
 from dagsters.control.retry_state import (
     DEFAULT_ANALYSIS_TIMEOUT_MINUTES,
     RETRY_MARKER,
@@ -82,6 +84,7 @@ class LakebaseClient(
     LandingSql,
     SourceSlotsSql,
     TerminationSql,
+    RetentionSql,
 ):
     """Pooled access to ``table_control`` and ``historical_metadata`` (rows as dicts).
 
