@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from dagsters.alerts import ALERT_ON_FAILURE_TAGS
 from dagsters.assets.dataloader_pipes_asset import build_load_asset, build_retry_asset
 from dagsters.control.run_requests import environment_tags
 from dagsters.deployment import require_deployment_ready
@@ -22,6 +23,7 @@ from dagsters.jobs.history_retention_job import (
     build_history_retention_schedule,
 )
 from dagsters.jobs.landing_table_git_job import landing_table_git_job
+from dagsters.jobs.release_review_job import release_review_job
 from dagsters.local.lakebase import lakebase_resource
 from dagsters.resources.databricks_rest import DatabricksRestResource
 from dagsters.resources.models_repo import ModelsRepoResource
@@ -60,12 +62,12 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         RETRY_JOB,
         selection=[retry_asset],
         description="Retry-or-review decision for one failed load; launched by failed_monitor.",
-        tags=environment_tags(settings.environment),
+        tags={**environment_tags(settings.environment), **ALERT_ON_FAILURE_TAGS},
     )
     retention_job = build_history_retention_job(settings)
     return dg.Definitions(
         assets=[load_asset, retry_asset],
-        jobs=[load_job, retry_job, landing_table_git_job, retention_job],
+        jobs=[load_job, retry_job, landing_table_git_job, retention_job, release_review_job],
         schedules=[build_history_retention_schedule(settings, retention_job)],
         sensors=[
             build_master_sensor(settings),

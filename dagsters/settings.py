@@ -139,6 +139,10 @@ class Settings:
     history_retention_days: int = 400
     history_retention_batch_rows: int = 10_000
     history_retention_cron: str = "30 3 * * *"
+    # Alerts (dagsters/alerts.py): webhook URLs are secrets (kept out of repr, masked).
+    alert_slack_webhook_url: str | None = field(default=None, repr=False)
+    alert_teams_webhook_url: str | None = field(default=None, repr=False)
+    alert_after_failures: int = 2  # tell someone when a table has failed this many times in a row
     # Secret values this process holds (Lakebase password, AI key, DATALOADER_SECRET__*), masked
     # wherever text leaves: logs, history rows, exceptions. Kept out of repr.
     secrets: tuple[str, ...] = field(default=(), repr=False)
@@ -170,6 +174,7 @@ _INT_VARS = {
     "DATALOADER_MAX_CONCURRENT_RUNS": "max_concurrent_runs",
     "DATALOADER_HISTORY_RETENTION_DAYS": "history_retention_days",
     "DATALOADER_HISTORY_RETENTION_BATCH_ROWS": "history_retention_batch_rows",
+    "DATALOADER_ALERT_AFTER_FAILURES": "alert_after_failures",
 }
 
 
@@ -333,6 +338,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         for name, field_name in _INT_VARS.items()
     }
     secrets, advisor = _secrets_and_advisor(env)
+    slack = _text(env, "DATALOADER_ALERT_SLACK_WEBHOOK_URL")
+    teams = _text(env, "DATALOADER_ALERT_TEAMS_WEBHOOK_URL")
+    secrets = tuple(dict.fromkeys([*secrets, *(url for url in (slack, teams) if url)]))
     return Settings(
         execution=execution,
         environment=_choice(env, "DAGSTER_ENVIRONMENT", ENVIRONMENTS, None),
@@ -354,6 +362,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         dagster_base_url=dagster_base_url(env),
         scripts_path=_text(env, "DATALOADER_SCRIPTS_PATH"),
         history_retention_cron=_cron(env, "DATALOADER_HISTORY_RETENTION_CRON", "30 3 * * *"),
+        alert_slack_webhook_url=slack,
+        alert_teams_webhook_url=teams,
         secrets=secrets,
         advisor=advisor,
         **values,  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ from typing import Any
 
 import dagster as dg
 
+from dagsters.alerts import notifier_from_settings
 from dagsters.control.retry_analysis import (
     apply_decision,
     build_analysis_request,
@@ -358,7 +359,13 @@ def build_retry_asset(settings: Settings) -> dg.AssetsDefinition:
         decision = decide_without_asking(row, settings.retry) or _ask_the_script(
             context, client, pipes_databricks, row, settings
         )
-        applied = apply_decision(client, row, decision, secrets=settings.secrets)
+        applied = apply_decision(
+            client,
+            row,
+            decision,
+            secrets=settings.secrets,
+            notifier=notifier_from_settings(settings),
+        )
         yield dg.MaterializeResult(
             metadata={
                 "control_key": control_key,

@@ -21,6 +21,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from dagsters.alerts import Alert, Notifier
 from dagsters.settings import RetryPolicy, Settings
 from databricks_scripts.contract import Decision
 from databricks_scripts.redaction import redact
@@ -121,8 +122,11 @@ def apply_decision(
     decision: Decision,
     *,
     secrets: Iterable[str] = (),
+    notifier: Notifier | None = None,
 ) -> str:
     """Apply a decision to the failed attempt; 'retried', 'review', or 'lost' if another actor won.
+
+    A row sent to review is announced through ``notifier`` (Slack / Teams), when one is given.
 
     Anything that is not a clear ``Retry Recommended`` is review (``Decision`` sees to that): a
     wrong review costs a person a look, a wrong retry loops on a broken load.
@@ -135,6 +139,8 @@ def apply_decision(
     )
     if not won:
         return LOST
+    if not decision.retry and notifier is not None:
+        notifier.send(Alert.for_row("DataLoader: a table needs review", row, reason))
     return RETRIED if decision.retry else REVIEW
 
 

@@ -13,6 +13,7 @@ the launchpad's config can override the days or the batch size for one run.
 import dagster as dg
 from pydantic import Field
 
+from dagsters.alerts import ALERT_ON_FAILURE_TAGS
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.settings import Settings
 
@@ -64,6 +65,7 @@ def build_history_retention_job(settings: Settings) -> dg.JobDefinition:
         name=HISTORY_RETENTION_JOB,
         description=f"Deletes finished load history older than {settings.history_retention_days} "
         "days, in batches.",
+        tags=ALERT_ON_FAILURE_TAGS,
     )
     def history_retention_job() -> None:
         history_retention_op()

@@ -24,6 +24,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from dagsters.alerts import ALERT_ON_FAILURE_TAGS
 from dagsters.landing.publish import PublishResult, publish_landing_tables
 from dagsters.landing.schema import (
     LandingTable,
@@ -199,6 +200,7 @@ def landing_table_git_op(context: dg.OpExecutionContext, config: LandingTableGit
 @dg.job(
     name="landing_table_git_job",
     description="Write dbt sources and staging models for newly loaded tables and commit them.",
+    tags=ALERT_ON_FAILURE_TAGS,
 )
 def landing_table_git_job() -> None:
     landing_table_git_op()

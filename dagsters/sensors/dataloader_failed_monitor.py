@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
+from dagsters.alerts import Alert, notifier_from_settings
 from dagsters.control.retry_analysis import apply_decision, decide_without_asking
 from dagsters.control.run_requests import (
     TAG_METADATA_ID,
@@ -34,7 +35,7 @@ from dagsters.control.run_requests import (
 from dagsters.control.termination import terminated_by_a_person
 from dagsters.partitions import control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
-from dagsters.sensors import default_status
+from dagsters.sensors import alert_on_error, default_status
 from dagsters.settings import RetryPolicy, Settings
 from dagsters.utils.lakebase_client import LakebaseClient
 from databricks_scripts.contract import Decision
@@ -94,10 +95,27 @@ def review_exhausted(
     client: LakebaseClient, exhausted: Iterable[tuple[dict, Decision]], settings: Settings
 ) -> list[tuple[dict, str]]:
     """Mark rows out of retries for review by rule; one (row, outcome) pair per row."""
+    notifier = notifier_from_settings(settings)
     return [
-        (row, apply_decision(client, row, decision, secrets=settings.secrets))
+        (row, apply_decision(client, row, decision, secrets=settings.secrets, notifier=notifier))
         for row, decision in exhausted
     ]
+
+
+def alert_repeated_failures(rows: Iterable[dict], settings: Settings) -> int:
+    """Tell someone about each table that has just failed ``alert_after_failures`` times in a row.
+
+    ``retry_count`` counts the automatic retries of the current streak, so this attempt is failure
+    number ``retry_count + 1``; each failure is claimed once, so each streak alerts once.
+    """
+    notifier = notifier_from_settings(settings)
+    due = [r for r in rows if int(r.get("retry_count") or 0) + 1 == settings.alert_after_failures]
+    if notifier.enabled:
+        notifier.send_all(
+            Alert.for_row(f"DataLoader: a table failed {settings.alert_after_failures} times", r)
+            for r in due
+        )
+    return len(due)
 
 
 def analysis_requests(rows: list[dict], settings: Settings) -> dg.SensorResult:
@@ -164,6 +182,7 @@ def build_failed_monitor(settings: Settings) -> dg.SensorDefinition:
         description=f"Requests a retry decision for each failure (at most {max_retries} "
         "retries per table).",
     )
+    @alert_on_error(settings, "failed_monitor")
     def failed_monitor(
         context: dg.SensorEvaluationContext, lakebase: LakebaseResource
     ) -> dg.SensorResult | dg.SkipReason:
@@ -176,6 +195,7 @@ def build_failed_monitor(settings: Settings) -> dg.SensorDefinition:
         # A person's termination is not analysed and uses no retry: back to its schedule.
         released = release_terminations(context, client, claimed)
         claimed = [row for row in claimed if not terminated_by_a_person(row)]
+        alert_repeated_failures(claimed, settings)
         triage = triage_failures(claimed, settings.retry, _active_analysis_run(context))
         for row, active in triage.waiting:
             context.log.info(

@@ -19,7 +19,7 @@ from dagsters.control.run_requests import (
     landing_run_key,
 )
 from dagsters.resources.lakebase import LakebaseResource
-from dagsters.sensors import default_status
+from dagsters.sensors import alert_on_error, default_status
 from dagsters.settings import Settings
 
 LANDING_BATCH_TAG = "dataloader/landing_batch"
@@ -39,6 +39,7 @@ def build_landing_table_monitor(settings: Settings) -> dg.SensorDefinition:
         default_status=default_status(settings),
         description="Batches newly loaded tables into one landing_table_git_job run.",
     )
+    @alert_on_error(settings, "landing_table_monitor")
     def landing_table_monitor(
         context: dg.SensorEvaluationContext, lakebase: LakebaseResource
     ) -> dg.RunRequest | dg.SkipReason:

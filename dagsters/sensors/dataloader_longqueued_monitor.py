@@ -25,7 +25,7 @@ import dagster as dg
 from dagsters.control.run_requests import TAG_CONTROL_KEY, TAG_METADATA_ID
 from dagsters.resources.databricks_workspace import workspace_client
 from dagsters.resources.lakebase import LakebaseResource
-from dagsters.sensors import default_status
+from dagsters.sensors import alert_on_error, default_status
 from dagsters.settings import Settings
 
 _WAITING = {dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED}
@@ -87,6 +87,7 @@ def build_longqueued_monitor(settings: Settings) -> dg.SensorDefinition:
         default_status=default_status(settings),
         description=f"Cancels runs queued for more than {threshold} minutes and fails their rows.",
     )
+    @alert_on_error(settings, "longqueued_monitor")
     def longqueued_monitor(
         context: dg.SensorEvaluationContext,
         lakebase: LakebaseResource,

@@ -32,7 +32,7 @@ from dagsters.control.run_requests import (
 )
 from dagsters.partitions import PARTITIONS_NAME, control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
-from dagsters.sensors import default_status
+from dagsters.sensors import alert_on_error, default_status
 from dagsters.settings import Settings
 
 LOAD_JOB = "dataloader__table_load_job"
@@ -98,6 +98,7 @@ def build_master_sensor(settings: Settings) -> dg.SensorDefinition:
         description=f"Claims up to {settings.master_batch_size} due tables per tick and launches "
         "a load for each; keeps the control_key partitions in step with table_control.",
     )
+    @alert_on_error(settings, "master_sensor")
     def master_sensor(
         context: dg.SensorEvaluationContext, lakebase: LakebaseResource
     ) -> dg.SensorResult | dg.SkipReason:

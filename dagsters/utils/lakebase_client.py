@@ -27,6 +27,7 @@ Messages written to the database or raised are redacted first.
 ``control/source_slots.py``        claims bounded by free per-source slots; one stuck queued row
 ``control/termination.py``         a person's termination: back to the schedule, not analysed
 ``control/retention.py``           batched deletes of history rows older than the retention
+``control/review_release.py``      release a reviewed row (job / CLI), no hand-written SQL
 =================================  ===========================================================
 """
 
@@ -44,6 +45,7 @@ from dagsters.control.retry_state import (
     REVIEW_MARKER,
     RetrySql,
 )
+from dagsters.control.review_release import ReviewReleaseSql
 from dagsters.control.source_slots import SourceSlotsSql
 from dagsters.control.status import (
     ALLOWED_FROM,
@@ -85,6 +87,7 @@ class LakebaseClient(
     SourceSlotsSql,
     TerminationSql,
     RetentionSql,
+    ReviewReleaseSql,
 ):
     """Pooled access to ``table_control`` and ``historical_metadata`` (rows as dicts).
 
