@@ -3,7 +3,7 @@
 Sent when a row goes to review, when a table has failed ``DATALOADER_ALERT_AFTER_FAILURES`` times in
 a row, and when a sensor tick fails. Each message says which table (control key), why (the
 cause), where to look (the Dagster run and the Databricks run) and how to release the row (the job
-to launch and the SQL).
+to launch from the UI, or the one-line command).
 
 Transport: ``slack_sdk``'s incoming-webhook client (installed with ``dagster-slack``) for
 ``DATALOADER_ALERT_SLACK_WEBHOOK_URL`` and ``dagster-msteams``' ``TeamsClient`` with an adaptive
@@ -29,14 +29,6 @@ RELEASE_JOB = "dataloader__release_review_job"
 ALERT_ON_FAILURE_TAGS = {"dataloader/alert_on_failure": "true"}
 _TIMEOUT_SECONDS = 15
 _log = logging.getLogger(__name__)
-
-
-def release_sql(control_key: str) -> str:
-    key = control_key.replace("'", "''")
-    return (
-        "UPDATE table_control SET last_status = NULL, needs_review = false, retry_count = 0,"
-        f" next_load_date_time = now() WHERE control_key = '{key}';"
-    )
 
 
 @dataclass(frozen=True)
@@ -67,10 +59,11 @@ class Alert:
         out.append(f"Dagster run: {self.dagster_run or 'none'}")
         out.append(f"Databricks run: {self.databricks_run or 'none'}")
         if self.control_key:
+            # The UI action and the command, not raw SQL: a release is one guarded transition
+            # (dagsters/control/review_release.py), never a hand-written status UPDATE.
             out.append(
-                f"Release it: launch {RELEASE_JOB} with config control_key: {self.control_key}"
-                f" (or `dataloader release {self.control_key}`), or in SQL: "
-                f"{release_sql(self.control_key)}"
+                f"Release it once fixed: launch {RELEASE_JOB} with config control_key: "
+                f"{self.control_key}, or run `dataloader release {self.control_key}`"
             )
         return out
 

@@ -101,7 +101,7 @@ def test_a_row_sent_to_review_is_announced_on_slack_and_teams(control_db, db, in
         assert DAGSTER_RUN in text
         assert DATABRICKS_RUN.replace("#", "#") in text
         assert RELEASE_JOB in text and "control_key: erp.invoices" in text
-        assert "UPDATE table_control SET last_status = NULL, needs_review = false" in text
+        assert "dataloader release erp.invoices" in text
     teams_body = next(body for p, body in webhook.posts if p.startswith("/teams"))
     assert teams_body["attachments"][0]["contentType"] == "application/vnd.microsoft.card.adaptive"
 
