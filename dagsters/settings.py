@@ -55,6 +55,8 @@ class Paths:
     models_url: str | None = field(default=None, repr=False)
     # DATALOADER_MODELS_TOKEN is set (the value itself stays in the environment: a dg.EnvVar).
     models_token: bool = False
+    # DATALOADER_MODELS_TOKEN_SECRET: "<scope>/<key>" of a Databricks secret holding the token.
+    models_token_secret: str | None = None
 
 
 @dataclass(frozen=True)
@@ -242,6 +244,16 @@ def _cron(env: Mapping[str, str], name: str, default: str) -> str:
         raise SettingsError(f"{name}: {exc}") from None
 
 
+def _secret_ref(env: Mapping[str, str], name: str) -> str | None:
+    raw = _text(env, name)
+    if raw is None:
+        return None
+    scope, _, key = raw.partition("/")
+    if not scope.strip() or not key.strip():
+        raise SettingsError(f"{name} must be <scope>/<key> of a Databricks secret, got {raw!r}")
+    return f"{scope.strip()}/{key.strip()}"
+
+
 def _paths(env: Mapping[str, str]) -> Paths:
     home = Path(_text(env, "DATALOADER_HOME") or PROJECT_ROOT / ".dataloader").expanduser()
     home = home.resolve()
@@ -255,6 +267,7 @@ def _paths(env: Mapping[str, str]) -> Paths:
         models_remote=_text(env, "DATALOADER_MODELS_REMOTE"),
         models_url=_text(env, "DATALOADER_MODELS_URL"),
         models_token=bool(_text(env, "DATALOADER_MODELS_TOKEN")),
+        models_token_secret=_secret_ref(env, "DATALOADER_MODELS_TOKEN_SECRET"),
     )
 
 

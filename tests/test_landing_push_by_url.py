@@ -6,6 +6,7 @@ landing_table_monitor tick launches the same batch again.
 
 from __future__ import annotations
 
+import base64
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import dagster as dg
 import psycopg
 import pyarrow as pa
 import pytest
+from databricks_standin import databricks_standin  # noqa: F401
 from deltalake import write_deltalake
 from helpers import lakebase_for
 from psycopg.rows import dict_row
@@ -229,3 +231,39 @@ def test_the_token_reaches_git_only_through_the_credential_helper(tmp_path):
     )
     assert "username=x-access-token" in asked.stdout
     assert f"password={token}" in asked.stdout
+
+
+def test_the_token_can_come_from_a_databricks_secret(
+    control,
+    lake_root,
+    tmp_path,
+    remote,
+    instance,
+    databricks_standin,  # noqa: F811
+    monkeypatch,
+):
+    token = "ghp-from-secret-scope-55555"
+    asked = []
+
+    def get_secret(request):
+        asked.append((request.query.get("scope"), request.query.get("key")))
+        return {"key": request.query["key"], "value": base64.b64encode(token.encode()).decode()}
+
+    databricks_standin.add_route("GET", r"/api/2\.0/secrets/get", get_secret)
+    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "no-databrickscfg"))
+    monkeypatch.setenv("DATABRICKS_HOST", databricks_standin.host)
+    monkeypatch.setenv("DATABRICKS_TOKEN", databricks_standin.token)
+    env = {
+        **settings_env(tmp_path, lake_root, remote),
+        "DATALOADER_MODELS_TOKEN_SECRET": "kv-main/models-push-token",
+    }
+    resource = ModelsRepoResource.from_settings(load_settings(env))
+    assert resource.token_secret == "kv-main/models-push-token"
+    assert resource.push_token() == token
+    assert asked == [("kv-main", "models-push-token")]
+    # The whole job with it: the secret is read per run and the push goes through.
+    add_landed(control, lake_root, "orders")
+    assert run_landing(control, env, instance).success
+    assert processed(control) == {"sales.orders": True}
+    with pytest.raises(Exception, match="DATALOADER_MODELS_TOKEN_SECRET must be <scope>/<key>"):
+        load_settings({"DATALOADER_MODELS_TOKEN_SECRET": "no-slash"})

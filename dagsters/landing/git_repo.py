@@ -74,7 +74,9 @@ class ModelsRepo:
         if check and proc.returncode != 0:
             output = (proc.stderr or proc.stdout).strip()
             # Remote URLs may carry credentials (https://user:token@host/...).
-            raise GitError(redact(f"git {' '.join(args)} failed in {self.path}: {output}"))
+            raise GitError(
+                redact(f"git {' '.join(args)} failed in {self.path}: {output}", [self.token])
+            )
         return proc
 
     def _token_env(self) -> dict[str, str]:

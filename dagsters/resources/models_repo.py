@@ -11,12 +11,14 @@ afterwards, so nothing depends on the container's disk. Without it (local work) 
 at ``DATALOADER_MODELS_REPO`` is used as before (``git init``-ed if missing, pushed when it has a
 remote). Push credentials: an SSH key / credential helper of the machine, or
 ``DATALOADER_MODELS_TOKEN`` (an https token, handed to git through a credential helper; kept as
-``dg.EnvVar`` so it never shows in the UI). A URL that carries credentials is kept as an
+``dg.EnvVar`` so it never shows in the UI), or ``DATALOADER_MODELS_TOKEN_SECRET=<scope>/<key>``
+(the token read from a Databricks secret scope at the start of each run, never stored). A URL that carries credentials is kept as an
 ``EnvVar`` too.
 """
 
 from __future__ import annotations
 
+import base64
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +29,7 @@ import dagster as dg
 from pydantic import Field
 
 from dagsters.landing.git_repo import ModelsRepo, clone_shallow
+from dagsters.resources.databricks_workspace import workspace_client
 from dagsters.settings import DEFAULT_MODELS_BRANCH, Settings
 from databricks_scripts.redaction import redact
 
@@ -52,6 +55,14 @@ class ModelsRepoResource(dg.ConfigurableResource):
     token: str | None = Field(
         default=None, description="DATALOADER_MODELS_TOKEN (an EnvVar): https push credential"
     )
+    token_secret: str | None = Field(
+        default=None,
+        description="DATALOADER_MODELS_TOKEN_SECRET: <scope>/<key> of a Databricks secret "
+        "holding the push token (read per run, never stored)",
+    )
+    workspace_host: str | None = Field(
+        default=None, description="Databricks workspace for token_secret; unset: the SDK's own"
+    )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelsRepoResource:
@@ -65,6 +76,8 @@ class ModelsRepoResource(dg.ConfigurableResource):
             execution=settings.execution,
             url=_url_config(paths.models_url),
             token=dg.EnvVar("DATALOADER_MODELS_TOKEN") if paths.models_token else None,
+            token_secret=paths.models_token_secret,
+            workspace_host=settings.databricks.workspace_host,
         )
 
     def repo(self) -> ModelsRepo:
@@ -91,8 +104,16 @@ class ModelsRepoResource(dg.ConfigurableResource):
                 Path(tmp) / "models",
                 branch=self.branch,
                 lock_dir=Path(tmp) / "locks",
-                token=self.token,
+                token=self.push_token(),
             )
+
+    def push_token(self) -> str | None:
+        """The https push token: DATALOADER_MODELS_TOKEN, else the Databricks secret, else None."""
+        if self.token or not self.token_secret:
+            return self.token
+        scope, _, key = self.token_secret.partition("/")
+        secret = workspace_client(host=self.workspace_host).secrets.get_secret(scope, key)
+        return base64.b64decode(secret.value or "").decode() or None
 
 
 def _url_config(url: str | None) -> str | dg.EnvVar | None:
