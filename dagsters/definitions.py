@@ -5,16 +5,25 @@ This is the edge: ``load_settings()`` reads the environment once (``dagsters/set
 spec's defaults, ``DATALOADER_`` overrides, ``LAKEBASE_*``, ``DAGSTER_ENVIRONMENT``, ...) and
 ``build_definitions(settings)`` hands that one ``Settings`` object to every sensor, asset and
 resource. With no ``LAKEBASE_HOST`` the ``lakebase`` resource is the embedded local server
-(``dagsters.local``; the only product-side import of it is here).
+(``dagsters.local``; the only product-side import of it is here). In a deployment (npd, prod,
+Dagster+) nothing falls back to local mode: ``build_definitions`` refuses to load with one message
+listing every missing or contradictory setting (``dagsters/deployment.py``).
 """
 
 from __future__ import annotations
 
 import dagster as dg
 
+from dagsters.alerts import ALERT_ON_FAILURE_TAGS
 from dagsters.assets.dataloader_pipes_asset import build_load_asset, build_retry_asset
 from dagsters.control.run_requests import environment_tags
+from dagsters.deployment import require_deployment_ready
+from dagsters.jobs.history_retention_job import (
+    build_history_retention_job,
+    build_history_retention_schedule,
+)
 from dagsters.jobs.landing_table_git_job import landing_table_git_job
+from dagsters.jobs.release_review_job import release_review_job
 from dagsters.local.lakebase import lakebase_resource
 from dagsters.resources.databricks_rest import DatabricksRestResource
 from dagsters.resources.models_repo import ModelsRepoResource
@@ -38,6 +47,9 @@ def build_resources(settings: Settings) -> dict[str, object]:
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
+    # In npd/prod/Dagster+ no local fallback may stand in for a missing setting: refuse to load,
+    # listing every problem at once (dagsters/deployment.py). Local mode is unaffected.
+    require_deployment_ready(settings)
     load_asset = build_load_asset(settings)
     retry_asset = build_retry_asset(settings)
     load_job = dg.define_asset_job(
@@ -50,11 +62,13 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         RETRY_JOB,
         selection=[retry_asset],
         description="Retry-or-review decision for one failed load; launched by failed_monitor.",
-        tags=environment_tags(settings.environment),
+        tags={**environment_tags(settings.environment), **ALERT_ON_FAILURE_TAGS},
     )
+    retention_job = build_history_retention_job(settings)
     return dg.Definitions(
         assets=[load_asset, retry_asset],
-        jobs=[load_job, retry_job, landing_table_git_job],
+        jobs=[load_job, retry_job, landing_table_git_job, retention_job, release_review_job],
+        schedules=[build_history_retention_schedule(settings, retention_job)],
         sensors=[
             build_master_sensor(settings),
             build_longqueued_monitor(settings),

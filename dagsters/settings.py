@@ -51,6 +51,12 @@ class Paths:
     models_repo: Path = PROJECT_ROOT / ".dataloader" / "models_repo"
     models_branch: str = DEFAULT_MODELS_BRANCH
     models_remote: str | None = None  # None: origin if present, else the only remote, else none
+    # DATALOADER_MODELS_URL: the models repository's git URL (required in a deployment).
+    models_url: str | None = field(default=None, repr=False)
+    # DATALOADER_MODELS_TOKEN is set (the value itself stays in the environment: a dg.EnvVar).
+    models_token: bool = False
+    # DATALOADER_MODELS_TOKEN_SECRET: "<scope>/<key>" of a Databricks secret holding the token.
+    models_token_secret: str | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,8 @@ class DatabricksSettings:
     # The host to hand the SDK explicitly (``DATABRICKS_WORKSPACE_URL`` when ``DATABRICKS_HOST`` is
     # unset); None lets the SDK resolve it itself.
     workspace_host: str | None = None
+    # DATABRICKS_HOST or DATABRICKS_WORKSPACE_URL names a workspace (a deployment needs one).
+    workspace_configured: bool = False
     warehouse_id: str | None = None
     cluster_id: str | None = None
     new_cluster_json: str | None = None
@@ -100,6 +108,8 @@ class Settings:
     execution: str = "local"
     # The spec's DAGSTER_ENVIRONMENT (npd | prod); None when unset (local work).
     environment: str | None = None
+    # DAGSTER_CLOUD_DEPLOYMENT_NAME: set by Dagster+ in every deployment it runs this code in.
+    cloud_deployment: str | None = None
     sensors_running: bool = True
 
     master_interval_seconds: int = 60
@@ -121,14 +131,30 @@ class Settings:
     dagster_base_url: str = LOCAL_DAGSTER_BASE_URL
     scripts_path: str | None = None  # local directory or workspace path of databricks_scripts/
     load_timeout_seconds: int = DEFAULT_LOAD_TIMEOUT_SECONDS
-    # Local embedded Dagster instance (CLI only): per-source and overall run limits.
+    # Per-source limit: master_sensor claims no more in-flight rows per source system (everywhere)
+    # and `dataloader dev` writes it as the instance's tag limit; keep the Dagster+ deployment's
+    # tag_concurrency_limits at the same value. Overall run limit: local instance (CLI) only.
     source_concurrency: int = 2
     max_concurrent_runs: int = 10
+    # historical_metadata retention: finished attempts older than this are deleted in batches by
+    # dataloader__history_retention_job on its schedule (cron, UTC).
+    history_retention_days: int = 400
+    history_retention_batch_rows: int = 10_000
+    history_retention_cron: str = "30 3 * * *"
+    # Alerts (dagsters/alerts.py): webhook URLs are secrets (kept out of repr, masked).
+    alert_slack_webhook_url: str | None = field(default=None, repr=False)
+    alert_teams_webhook_url: str | None = field(default=None, repr=False)
+    alert_after_failures: int = 2  # tell someone when a table has failed this many times in a row
     # Secret values this process holds (Lakebase password, AI key, DATALOADER_SECRET__*), masked
     # wherever text leaves: logs, history rows, exceptions. Kept out of repr.
     secrets: tuple[str, ...] = field(default=(), repr=False)
     # The non-secret DATALOADER_AI_* settings, handed to the retry script in its request.
     advisor: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def deployment(self) -> bool:
+        """True in npd/prod or on Dagster+: no local fallback may stand in for a setting there."""
+        return bool(self.environment or self.cloud_deployment)
 
     def dagster_run_url(self, run_id: str) -> str:
         return f"{self.dagster_base_url}/runs/{run_id}"
@@ -148,6 +174,9 @@ _INT_VARS = {
     "DATALOADER_LOAD_TIMEOUT_SECONDS": "load_timeout_seconds",
     "DATALOADER_SOURCE_CONCURRENCY": "source_concurrency",
     "DATALOADER_MAX_CONCURRENT_RUNS": "max_concurrent_runs",
+    "DATALOADER_HISTORY_RETENTION_DAYS": "history_retention_days",
+    "DATALOADER_HISTORY_RETENTION_BATCH_ROWS": "history_retention_batch_rows",
+    "DATALOADER_ALERT_AFTER_FAILURES": "alert_after_failures",
 }
 
 
@@ -203,6 +232,28 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default
     return raw.lower()
 
 
+def _cron(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = _text(env, name)
+    if raw is None:
+        return default
+    from dagsters.control.schedule import validate_cron
+
+    try:
+        return validate_cron(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
+
+
+def _secret_ref(env: Mapping[str, str], name: str) -> str | None:
+    raw = _text(env, name)
+    if raw is None:
+        return None
+    scope, _, key = raw.partition("/")
+    if not scope.strip() or not key.strip():
+        raise SettingsError(f"{name} must be <scope>/<key> of a Databricks secret, got {raw!r}")
+    return f"{scope.strip()}/{key.strip()}"
+
+
 def _paths(env: Mapping[str, str]) -> Paths:
     home = Path(_text(env, "DATALOADER_HOME") or PROJECT_ROOT / ".dataloader").expanduser()
     home = home.resolve()
@@ -214,6 +265,9 @@ def _paths(env: Mapping[str, str]) -> Paths:
         models_repo=repo,
         models_branch=_text(env, "DATALOADER_MODELS_BRANCH") or DEFAULT_MODELS_BRANCH,
         models_remote=_text(env, "DATALOADER_MODELS_REMOTE"),
+        models_url=_text(env, "DATALOADER_MODELS_URL"),
+        models_token=bool(_text(env, "DATALOADER_MODELS_TOKEN")),
+        models_token_secret=_secret_ref(env, "DATALOADER_MODELS_TOKEN_SECRET"),
     )
 
 
@@ -251,6 +305,9 @@ def _databricks(env: Mapping[str, str]) -> DatabricksSettings:
     )
     return DatabricksSettings(
         workspace_host=workspace_host(env),
+        workspace_configured=bool(
+            _text(env, "DATABRICKS_HOST") or _text(env, "DATABRICKS_WORKSPACE_URL")
+        ),
         warehouse_id=_text(env, "DATABRICKS_WAREHOUSE_ID"),
         cluster_id=_text(env, "DATABRICKS_CLUSTER_ID"),
         new_cluster_json=_text(env, "DATALOADER_DATABRICKS_NEW_CLUSTER"),
@@ -294,9 +351,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         for name, field_name in _INT_VARS.items()
     }
     secrets, advisor = _secrets_and_advisor(env)
+    slack = _text(env, "DATALOADER_ALERT_SLACK_WEBHOOK_URL")
+    teams = _text(env, "DATALOADER_ALERT_TEAMS_WEBHOOK_URL")
+    secrets = tuple(dict.fromkeys([*secrets, *(url for url in (slack, teams) if url)]))
     return Settings(
         execution=execution,
         environment=_choice(env, "DAGSTER_ENVIRONMENT", ENVIRONMENTS, None),
+        cloud_deployment=_text(env, "DAGSTER_CLOUD_DEPLOYMENT_NAME"),
         # Sensors start by themselves locally, so `dataloader dev` loads the demo without clicks;
         # in a deployment a person turns them on deliberately unless the variable says so.
         sensors_running=_flag(env, "DATALOADER_SENSORS_RUNNING", execution == "local"),
@@ -313,6 +374,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         databricks=_databricks(env),
         dagster_base_url=dagster_base_url(env),
         scripts_path=_text(env, "DATALOADER_SCRIPTS_PATH"),
+        history_retention_cron=_cron(env, "DATALOADER_HISTORY_RETENTION_CRON", "30 3 * * *"),
+        alert_slack_webhook_url=slack,
+        alert_teams_webhook_url=teams,
         secrets=secrets,
         advisor=advisor,
         **values,  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
+from deployment_env import deployment_env
 
 from dagsters.control.run_requests import (
     landing_run_config,
@@ -166,7 +167,7 @@ def test_dev_environment_writes_a_dagster_home_with_a_source_system_limit(tmp_pa
 
 
 def test_dagster_environment_reaches_job_tags_and_databricks_run_names():
-    repo = build_definitions(Settings(environment="npd")).get_repository_def()
+    repo = build_definitions(load_settings(deployment_env("npd"))).get_repository_def()
     for job in ("dataloader__table_load_job", "dataloader__retry_analysis_job"):
         assert repo.get_job(job).tags["dataloader/environment"] == "npd"
     unset = build_definitions(Settings()).get_repository_def()

@@ -96,12 +96,20 @@ def test_master_sensor_honours_batch_size(control_db, db, instance):
     for key in ("a", "b", "c"):
         add_row(db, key)
     instance.add_dynamic_partitions(PARTITIONS_NAME, ["a", "b", "c"])
-    result = tick(build_master_sensor(Settings(master_batch_size=2)), instance, control_db)
+    result = tick(
+        build_master_sensor(Settings(master_batch_size=2, source_concurrency=3)),
+        instance,
+        control_db,
+    )
     assert len(result.run_requests) == 2
     # Known keys may be requested again: the daemon adds only missing ones.
     [partition_request] = result.dynamic_partitions_requests
     assert set(partition_request.partition_keys) == {r.partition_key for r in result.run_requests}
-    result = tick(build_master_sensor(Settings(master_batch_size=2)), instance, control_db)
+    result = tick(
+        build_master_sensor(Settings(master_batch_size=2, source_concurrency=3)),
+        instance,
+        control_db,
+    )
     assert [r.partition_key for r in result.run_requests] == ["c"]
 
 

@@ -17,9 +17,11 @@ from typing import Any
 
 import dagster as dg
 
+from dagsters.alerts import notifier_from_settings
 from dagsters.control.retry_analysis import (
     apply_decision,
     build_analysis_request,
+    decide_by_rules,
     decide_without_asking,
 )
 from dagsters.control.run_requests import LOAD_ASSET, RETRY_ASSET, environment_tags, load_params
@@ -315,22 +317,29 @@ def _ask_the_script(
     row: Mapping,
     settings: Settings,
 ) -> Decision:
-    """The retry script's decision; review when it could not decide."""
+    """The retry script's decision; the deterministic rules' when it could not run or answer."""
     history = client.get_recent_history(row["config_id"], limit=5)
     request = build_analysis_request(row, history, settings)
-    outcome = pipes_databricks.run_script(
-        context, script=RETRY_SCRIPT, params=request, label=f"retry {row['control_key']}"
-    )
-    decision = None
-    if outcome.error is None:
-        decision = Decision.from_mapping(_reported_metadata(outcome))
-    if decision is None:
-        # No decision means a person looks at it: never loop on an analysis that cannot run.
-        decision = Decision.review(
-            _safe(f"Retry analysis did not decide: {outcome.error or 'no answer'}", settings),
-            decider="none",
-            confidence=0.0,
+    decision, error = None, None
+    try:
+        outcome = pipes_databricks.run_script(
+            context, script=RETRY_SCRIPT, params=request, label=f"retry {row['control_key']}"
         )
+    except dg.DagsterExecutionInterruptedError:
+        raise  # a person terminated the analysis run: nothing is decided
+    except Exception as exc:  # noqa: BLE001 - the run could not even start: rules decide below
+        error = f"{type(exc).__name__}: {exc}"
+    else:
+        error = outcome.error
+        if outcome.error is None:
+            decision = Decision.from_mapping(_reported_metadata(outcome))
+    if decision is None:
+        # The analysis itself could not run (cluster gone, model down): the same rules the script
+        # falls back to decide here, so a transient load failure is still retried (within the
+        # retry budget) instead of every affected table going to review.
+        why = _safe(f"retry analysis did not decide: {error or 'no answer'}", settings)
+        context.log.warning(f"{row['control_key']}: {why}; deciding by the rules")
+        decision = decide_by_rules(row, why)
     return decision
 
 
@@ -360,7 +369,13 @@ def build_retry_asset(settings: Settings) -> dg.AssetsDefinition:
         decision = decide_without_asking(row, settings.retry) or _ask_the_script(
             context, client, pipes_databricks, row, settings
         )
-        applied = apply_decision(client, row, decision, secrets=settings.secrets)
+        applied = apply_decision(
+            client,
+            row,
+            decision,
+            secrets=settings.secrets,
+            notifier=notifier_from_settings(settings),
+        )
         yield dg.MaterializeResult(
             metadata={
                 "control_key": control_key,

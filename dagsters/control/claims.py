@@ -16,10 +16,13 @@ from dagsters.control.errors import LoadAlreadyActive, UnknownControlKey
 from dagsters.control.status import ALLOWED_FROM, IN_PROGRESS, QUEUED
 from dagsters.control.transitions import guarded_transition
 
-# The spec's master_sensor query, plus: rows an AI analysis sent to review wait for a person.
+# The spec's master_sensor query, plus: rows an AI analysis sent to review wait for a person, and
+# a Failed row waits for its retry decision (failed_monitor resets it to NULL or sends it to
+# review), so its schedule never re-claims it before the analysis decides.
 _DUE = sql.SQL(
     "is_active AND next_load_date_time <= now()"
     " AND (last_status IS NULL OR last_status NOT IN ('Queued', 'In Progress'))"
+    " AND last_status IS DISTINCT FROM 'Failed'"
     " AND NOT needs_review"
 )
 

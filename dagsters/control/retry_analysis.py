@@ -8,6 +8,8 @@ Pipes run of ``databricks_scripts/dataloader_retry_pipe.py``:
 2. ``build_analysis_request(row, history, settings)``: the script's params, redacted, without
    credentials.
 3. ``apply_decision(client, row, decision, secrets=...)``: the guarded transition in Lakebase.
+4. ``decide_by_rules(row, why)``: when the script could not run or answer, the deterministic rules
+   decide here instead of sending the table to review.
 
 No Dagster imports: plain data in, plain data out, unit-testable against PostgreSQL alone.
 """
@@ -19,9 +21,11 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from dagsters.alerts import Alert, Notifier
 from dagsters.settings import RetryPolicy, Settings
 from databricks_scripts.contract import Decision
 from databricks_scripts.redaction import redact
+from databricks_scripts.retry_classifier import UNKNOWN, classify_error
 
 if TYPE_CHECKING:
     from dagsters.utils.lakebase_client import LakebaseClient
@@ -33,6 +37,7 @@ _ERROR_HEAD_CHARS = 3000
 _ERROR_TAIL_CHARS = 1000
 _HISTORY_MESSAGE_CHARS = 600
 _DEFAULT_SETTINGS = Settings()
+_REASON_LIMIT = 1000
 
 RETRIED = "retried"
 REVIEW = "review"
@@ -49,6 +54,19 @@ def decide_without_asking(row: Mapping[str, Any], policy: RetryPolicy) -> Decisi
         "person should look before it is loaded again.",
         decider="rules",
     )
+
+
+def decide_by_rules(row: Mapping[str, Any], why_not_asked: str) -> Decision:
+    """The deterministic rules' decision on the row's error, taken inside the code location.
+
+    Used when the retry-analysis script itself could not run or answer (cluster gone, model
+    down): the same rules the script falls back to (``retry_classifier``), so a transient fault
+    is retried instead of every affected table going to review.
+    """
+    rules = classify_error(str(row.get("last_message") or ""))
+    confidence = 0.5 if rules.category == UNKNOWN else 0.9
+    reason = f"{rules.reason} (decided in the code location: {why_not_asked})"
+    return Decision(rules.decision, confidence, reason[:_REASON_LIMIT], "rules")
 
 
 def build_analysis_request(
@@ -104,8 +122,11 @@ def apply_decision(
     decision: Decision,
     *,
     secrets: Iterable[str] = (),
+    notifier: Notifier | None = None,
 ) -> str:
     """Apply a decision to the failed attempt; 'retried', 'review', or 'lost' if another actor won.
+
+    A row sent to review is announced through ``notifier`` (Slack / Teams), when one is given.
 
     Anything that is not a clear ``Retry Recommended`` is review (``Decision`` sees to that): a
     wrong review costs a person a look, a wrong retry loops on a broken load.
@@ -118,6 +139,8 @@ def apply_decision(
     )
     if not won:
         return LOST
+    if not decision.retry and notifier is not None:
+        notifier.send(Alert.for_row("DataLoader: a table needs review", row, reason))
     return RETRIED if decision.retry else REVIEW
 
 

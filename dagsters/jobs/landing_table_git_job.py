@@ -4,8 +4,9 @@
 (``last_status = 'Succeeded' AND NOT staging_model_processed``) into one run. The op reads each
 destination table's real schema (the local Delta table, or Unity Catalog through
 ``databricks_rest`` when ``DATALOADER_EXECUTION=databricks``), writes the files into the models
-repository, commits them on ``DATALOADER_MODELS_BRANCH`` (pushing when the repository has a remote)
-and only then sets ``staging_model_processed`` for exactly the tables whose files are committed.
+repository (a fresh shallow clone of ``DATALOADER_MODELS_URL`` in a temporary directory, or the local
+working copy when no URL is set), commits them on ``DATALOADER_MODELS_BRANCH``, pushes (mandatory
+with a URL; locally when the working copy has a remote) and only then sets ``staging_model_processed`` for exactly the tables whose files are committed.
 Where the repository and the lake are, and the execution mode, come from the ``models_repo``
 resource (:class:`dagsters.resources.models_repo.ModelsRepoResource`, built from settings).
 
@@ -23,6 +24,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from dagsters.alerts import ALERT_ON_FAILURE_TAGS
 from dagsters.landing.publish import PublishResult, publish_landing_tables
 from dagsters.landing.schema import (
     LandingTable,
@@ -158,18 +160,21 @@ def landing_table_git_op(context: dg.OpExecutionContext, config: LandingTableGit
         context.log.info(f"config_ids {missing} are already processed or not Succeeded; skipped")
 
     tables, unreadable = _read_tables(context, client, rows)
-    repo = context.resources.models_repo.repo()
+    models_repo: ModelsRepoResource = context.resources.models_repo
     result = None
     marked, blocked = 0, {}
     if tables:
-        result = publish_landing_tables(tables, repo)
+        # A URL: a fresh shallow clone, deleted after the push; a failed push raises before any
+        # row is marked, and landing_table_monitor launches the batch again on a later tick.
+        with models_repo.checkout() as repo:
+            result = publish_landing_tables(tables, repo)
         marked, blocked = _record_publish(context, client, tables, result)
 
     by_id = {t.config_id: t.control_key for t in tables}
     summary = {
         "commit": result.commit if result else None,
-        "branch": repo.branch,
-        "repository": str(repo.path),
+        "branch": models_repo.branch,
+        "repository": models_repo.location,
         "pushed_to": result.pushed_to if result else None,
         "changed_files": result.changed_files if result else [],
         "kept_files": result.kept_files if result else {},
@@ -195,6 +200,7 @@ def landing_table_git_op(context: dg.OpExecutionContext, config: LandingTableGit
 @dg.job(
     name="landing_table_git_job",
     description="Write dbt sources and staging models for newly loaded tables and commit them.",
+    tags=ALERT_ON_FAILURE_TAGS,
 )
 def landing_table_git_job() -> None:
     landing_table_git_op()

@@ -24,6 +24,14 @@ GIT_AUTHOR_EMAIL = "dataloader@localhost"
 GIT_TIMEOUT_SECONDS = 300
 
 
+# The token reaches git only as this variable of the git child process.
+_TOKEN_VARIABLE = "DATALOADER_GIT_TOKEN"
+_CREDENTIAL_HELPER = (
+    '!f() { test "$1" = get || exit 0; echo username=x-access-token; '
+    f'echo "password=${_TOKEN_VARIABLE}"; }}; f'
+)
+
+
 class GitError(Exception):
     """A git command failed; the message has the command and git's own output."""
 
@@ -40,16 +48,22 @@ class ModelsRepo:
     branch: str = DEFAULT_MODELS_BRANCH
     remote: str | None = None  # None: ``origin`` if present, else the only remote, else none
     lock_dir: Path = field(kw_only=True)
+    # A push must happen (the repository was cloned from DATALOADER_MODELS_URL): publishing
+    # without one is an error instead of a local-only commit.
+    push_required: bool = field(default=False, kw_only=True)
+    # Password/token for an https remote, handed to git through a credential helper that reads it
+    # from the child's environment: never in a command line, a URL, a log or an exception.
+    token: str | None = field(default=None, kw_only=True, repr=False)
     _identity_args: list[str] | None = field(default=None, init=False, repr=False)
 
     # -- plumbing
 
     def git(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         # Never wait for a password prompt inside a Dagster run.
-        env = child_environment({"GIT_TERMINAL_PROMPT": "0"})
+        env = child_environment({"GIT_TERMINAL_PROMPT": "0", **self._token_env()})
         env.setdefault("GIT_ASKPASS", "true")
         proc = subprocess.run(
-            ["git", *self._identity(), *args],
+            ["git", *self._identity(), *self._credential_args(), *args],
             cwd=self.path,
             capture_output=True,
             text=True,
@@ -60,8 +74,19 @@ class ModelsRepo:
         if check and proc.returncode != 0:
             output = (proc.stderr or proc.stdout).strip()
             # Remote URLs may carry credentials (https://user:token@host/...).
-            raise GitError(redact(f"git {' '.join(args)} failed in {self.path}: {output}"))
+            raise GitError(
+                redact(f"git {' '.join(args)} failed in {self.path}: {output}", [self.token])
+            )
         return proc
+
+    def _token_env(self) -> dict[str, str]:
+        return {_TOKEN_VARIABLE: self.token} if self.token else {}
+
+    def _credential_args(self) -> list[str]:
+        if not self.token:
+            return []
+        # The empty helper first drops any helper of the machine's config for this command.
+        return ["-c", "credential.helper=", "-c", f"credential.helper={_CREDENTIAL_HELPER}"]
 
     def _identity(self) -> list[str]:
         # Use the machine's git identity when there is one; otherwise commits still need an author.
@@ -174,8 +199,13 @@ class ModelsRepo:
         return self.head()
 
     def push(self) -> str | None:
-        """Push the branch when a remote is configured; returns the remote name or None."""
+        """Push the branch when a remote is configured; returns the remote name or None.
+
+        With ``push_required`` a missing remote is an error: the files must leave this machine.
+        """
         remote = self.remote_name()
+        if remote is None and self.push_required:
+            raise GitError(f"no remote to push {self.branch} to from {self.path}")
         if remote is None or self.head() is None:
             return None
         # Also pushes a commit left behind by an earlier run whose push failed.
@@ -190,3 +220,33 @@ class ModelsRepo:
         if listed != set(paths):
             return False
         return self.git("diff", "--quiet", "HEAD", "--", *paths, check=False).returncode == 0
+
+
+def clone_shallow(
+    url: str,
+    into: Path,
+    *,
+    branch: str,
+    lock_dir: Path,
+    token: str | None = None,
+) -> ModelsRepo:
+    """A fresh shallow clone of ``url`` at ``branch`` in ``into`` (an empty temporary directory).
+
+    The branch is created from the default branch when the remote has no such branch yet (or
+    from nothing when the repository is empty). Pushing is required for the returned copy.
+    """
+    into.mkdir(parents=True, exist_ok=True)
+    repo = ModelsRepo(
+        into, branch=branch, remote="origin", lock_dir=lock_dir, push_required=True, token=token
+    )
+    heads = repo.git("ls-remote", "--heads", url).stdout.split()
+    depth = ["--depth", "1", "--no-tags"]
+    if f"refs/heads/{branch}" in heads:
+        repo.git("clone", "--quiet", *depth, "--single-branch", "--branch", branch, url, ".")
+    elif heads:
+        repo.git("clone", "--quiet", *depth, url, ".")
+        repo.git("checkout", "--quiet", "-b", branch)
+    else:  # an empty repository: the branch starts from nothing
+        repo.git("init", "--quiet", f"--initial-branch={branch}")
+        repo.git("remote", "add", "origin", url)
+    return repo

@@ -129,6 +129,21 @@ def _psql(args: argparse.Namespace) -> int:
     return subprocess.call([psql, conninfo])
 
 
+def _release(args: argparse.Namespace) -> int:
+    """Release a reviewed row in the control database LAKEBASE_* names (or the embedded one)."""
+    from dagsters.control.errors import LakebaseError, LoadAlreadyActive, UnknownControlKey
+    from dagsters.local.lakebase import lakebase_resource
+
+    client = lakebase_resource(load_settings()).get_client()
+    try:
+        client.release_reviewed(args.control_key, released_by=args.by)
+    except (UnknownControlKey, LoadAlreadyActive, LakebaseError) as exc:
+        print(f"not released: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.control_key} released: ready to load on master_sensor's next tick")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dataloader", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -142,6 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     psql = sub.add_parser("psql", help="open psql on the embedded control database")
     psql.add_argument("--print", dest="print_only", action="store_true", help="only print it")
     psql.set_defaults(func=_psql)
+    release = sub.add_parser("release", help="release a reviewed table_control row")
+    release.add_argument("control_key")
+    release.add_argument("--by", default=os.environ.get("USER") or "an operator")
+    release.set_defaults(func=_release)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -1,7 +1,12 @@
 """The five DataLoader sensors; each module builds its sensor from Settings."""
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 import dagster as dg
 
+from dagsters.alerts import Alert, notifier_from_settings
 from dagsters.settings import Settings
 
 
@@ -10,3 +15,29 @@ def default_status(settings: Settings) -> dg.DefaultSensorStatus:
     if settings.sensors_running:
         return dg.DefaultSensorStatus.RUNNING
     return dg.DefaultSensorStatus.STOPPED
+
+
+def alert_on_error(settings: Settings, name: str) -> Callable[[Callable], Callable]:
+    """Wrap a sensor function: a tick that raises is announced (Slack / Teams), then re-raised so
+    Dagster records the failed tick as usual. ``functools.wraps`` keeps the signature Dagster reads
+    the resources from."""
+    notifier = notifier_from_settings(settings)
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if notifier.enabled:
+                    notifier.send(
+                        Alert(
+                            title=f"DataLoader: sensor {name} failed",
+                            cause=f"{type(exc).__name__}: {exc}",
+                        )
+                    )
+                raise
+
+        return wrapper
+
+    return decorate

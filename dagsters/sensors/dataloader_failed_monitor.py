@@ -10,6 +10,10 @@ An analysis that died before writing its decision (run crashed, Databricks unrea
 leave the stamp for ever; a stamp older than ``DATALOADER_RETRY_ANALYSIS_TIMEOUT_MINUTES`` (60) is
 therefore taken back by the same guarded claim, and the failure gets a second analysis run with a
 new run key, unless the first analysis run is in fact still queued or running in Dagster.
+
+A failure that is a person's termination (``Cancelled - Dagster run <id> was terminated``) is not
+analysed and uses no retry: the row is released to its next schedule slot
+(``dagsters/control/termination.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
+from dagsters.alerts import Alert, notifier_from_settings
 from dagsters.control.retry_analysis import apply_decision, decide_without_asking
 from dagsters.control.run_requests import (
     TAG_METADATA_ID,
@@ -27,9 +32,10 @@ from dagsters.control.run_requests import (
     retry_run_key,
     retry_run_tags,
 )
+from dagsters.control.termination import terminated_by_a_person
 from dagsters.partitions import control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
-from dagsters.sensors import default_status
+from dagsters.sensors import alert_on_error, default_status
 from dagsters.settings import RetryPolicy, Settings
 from dagsters.utils.lakebase_client import LakebaseClient
 from databricks_scripts.contract import Decision
@@ -89,10 +95,27 @@ def review_exhausted(
     client: LakebaseClient, exhausted: Iterable[tuple[dict, Decision]], settings: Settings
 ) -> list[tuple[dict, str]]:
     """Mark rows out of retries for review by rule; one (row, outcome) pair per row."""
+    notifier = notifier_from_settings(settings)
     return [
-        (row, apply_decision(client, row, decision, secrets=settings.secrets))
+        (row, apply_decision(client, row, decision, secrets=settings.secrets, notifier=notifier))
         for row, decision in exhausted
     ]
+
+
+def alert_repeated_failures(rows: Iterable[dict], settings: Settings) -> int:
+    """Tell someone about each table that has just failed ``alert_after_failures`` times in a row.
+
+    ``retry_count`` counts the automatic retries of the current streak, so this attempt is failure
+    number ``retry_count + 1``; each failure is claimed once, so each streak alerts once.
+    """
+    notifier = notifier_from_settings(settings)
+    due = [r for r in rows if int(r.get("retry_count") or 0) + 1 == settings.alert_after_failures]
+    if notifier.enabled:
+        notifier.send_all(
+            Alert.for_row(f"DataLoader: a table failed {settings.alert_after_failures} times", r)
+            for r in due
+        )
+    return len(due)
 
 
 def analysis_requests(rows: list[dict], settings: Settings) -> dg.SensorResult:
@@ -112,6 +135,23 @@ def analysis_requests(rows: list[dict], settings: Settings) -> dg.SensorResult:
         ],
         dynamic_partitions_requests=[control_key_partitions.build_add_request(keys)],
     )
+
+
+def release_terminations(
+    context: dg.SensorEvaluationContext, client: LakebaseClient, claimed: Iterable[dict]
+) -> int:
+    """Put rows whose run a person terminated back on their schedule; how many were released."""
+    released = 0
+    for row in claimed:
+        if not terminated_by_a_person(row):
+            continue
+        if client.release_terminated(row["config_id"], row.get("last_metadata_id")):
+            released += 1
+            context.log.info(
+                f"{row['control_key']}: run terminated by a person; not analysed, no retry "
+                "used, loads again at its next scheduled time"
+            )
+    return released
 
 
 def _active_analysis_run(context: dg.SensorEvaluationContext) -> Callable[[dict], str | None]:
@@ -142,6 +182,7 @@ def build_failed_monitor(settings: Settings) -> dg.SensorDefinition:
         description=f"Requests a retry decision for each failure (at most {max_retries} "
         "retries per table).",
     )
+    @alert_on_error(settings, "failed_monitor")
     def failed_monitor(
         context: dg.SensorEvaluationContext, lakebase: LakebaseResource
     ) -> dg.SensorResult | dg.SkipReason:
@@ -151,6 +192,10 @@ def build_failed_monitor(settings: Settings) -> dg.SensorDefinition:
         claimed = client.claim_failed_for_analysis(
             settings.failed_batch_size, _ANY_RETRY_COUNT, stale_after_minutes=timeout
         )
+        # A person's termination is not analysed and uses no retry: back to its schedule.
+        released = release_terminations(context, client, claimed)
+        claimed = [row for row in claimed if not terminated_by_a_person(row)]
+        alert_repeated_failures(claimed, settings)
         triage = triage_failures(claimed, settings.retry, _active_analysis_run(context))
         for row, active in triage.waiting:
             context.log.info(
@@ -171,6 +216,7 @@ def build_failed_monitor(settings: Settings) -> dg.SensorDefinition:
             f"No failure to analyse (Failed, retry_count < {max_retries}, not under review, not "
             "already being analysed)."
             + (f" Marked {reviewed} for review (retries used up)." if reviewed else "")
+            + (f" Released {released} terminated by a person." if released else "")
         )
 
     return failed_monitor

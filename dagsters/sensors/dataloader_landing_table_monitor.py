@@ -1,8 +1,13 @@
 """landing_table_monitor: one ``landing_table_git_job`` run for all newly loaded tables.
 
 Batches every Succeeded row whose staging model is not generated yet. The run key is derived from
-the (row, attempt) pairs in the batch, so the same batch is launched once; while a landing run is
-still queued or running the monitor waits, so two runs never write the same files.
+the (row, attempt) pairs in the batch, so a batch is launched once per tick at most; while a landing
+run is still queued or running the monitor waits, so two runs never write the same files.
+
+A run that ended without marking its rows (a failed push, a warehouse error) leaves them
+unprocessed; the next tick launches the same batch again under the key ``<batch>#<n>`` (n = runs
+of that batch so far, counted by the ``dataloader/landing_batch`` tag), so a failure is retried
+every ``DATALOADER_LANDING_INTERVAL_SECONDS`` instead of never.
 """
 
 import dagster as dg
@@ -14,9 +19,10 @@ from dagsters.control.run_requests import (
     landing_run_key,
 )
 from dagsters.resources.lakebase import LakebaseResource
-from dagsters.sensors import default_status
+from dagsters.sensors import alert_on_error, default_status
 from dagsters.settings import Settings
 
+LANDING_BATCH_TAG = "dataloader/landing_batch"
 _ACTIVE = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -33,6 +39,7 @@ def build_landing_table_monitor(settings: Settings) -> dg.SensorDefinition:
         default_status=default_status(settings),
         description="Batches newly loaded tables into one landing_table_git_job run.",
     )
+    @alert_on_error(settings, "landing_table_monitor")
     def landing_table_monitor(
         context: dg.SensorEvaluationContext, lakebase: LakebaseResource
     ) -> dg.RunRequest | dg.SkipReason:
@@ -47,11 +54,20 @@ def build_landing_table_monitor(settings: Settings) -> dg.SensorDefinition:
                 f"{len(rows)} table(s) waiting; landing run {active[0].dagster_run.run_id} "
                 "is still in flight."
             )
+        batch = landing_run_key(rows)
+        earlier = len(
+            context.instance.get_run_records(
+                filters=dg.RunsFilter(job_name=LANDING_JOB, tags={LANDING_BATCH_TAG: batch})
+            )
+        )
+        if earlier:
+            context.log.info(f"Batch {batch} ran {earlier} time(s) without settling; again")
         return dg.RunRequest(
-            run_key=landing_run_key(rows),
+            run_key=f"{batch}#{earlier}" if earlier else batch,
             run_config=landing_run_config(row["config_id"] for row in rows),
             tags={
                 "dataloader/table_count": str(len(rows)),
+                LANDING_BATCH_TAG: batch,
                 **environment_tags(settings.environment),
             },
         )

@@ -1,15 +1,81 @@
-"""longqueued_monitor: fails rows that have waited in Queued longer than the threshold.
+"""longqueued_monitor: cancels runs queued longer than the threshold, then fails their rows.
 
-Passive (no RunRequest). The UPDATE is guarded on status Queued and the age of the status, so a row
-whose load started in the meantime is left alone. A Dagster run still waiting for that attempt finds
-its attempt no longer queued and stops without loading.
+Passive (no RunRequest). For each row Queued past the threshold (spec: the queued run is
+*cancelled*, not just the row failed):
+
+1. the attempt's Dagster run is found by its ``dataloader/metadata_id`` tag; a run still waiting
+   (QUEUED / NOT_STARTED) is cancelled through the instance's run coordinator, so it can never
+   start later and fail on a row that moved on;
+2. a Databricks run linked to the row (if any) is cancelled;
+3. the row is marked Failed (``Cancelled - stuck in queue for >N minutes``: retry analysis treats
+   it as transient), guarded on this attempt still being Queued past the threshold.
+
+A row whose run is already starting is left alone this tick: the run is about to move it to
+In Progress, and cancelling it would turn a healthy load into a failure. With queue-aware claiming
+(``dagsters/control/source_slots.py``) a row reaches this monitor only when a run really is stuck
+(a run queue that is paused or misconfigured, a launch that never happened).
 """
+
+from __future__ import annotations
+
+import re
 
 import dagster as dg
 
+from dagsters.control.run_requests import TAG_CONTROL_KEY, TAG_METADATA_ID
+from dagsters.resources.databricks_workspace import workspace_client
 from dagsters.resources.lakebase import LakebaseResource
-from dagsters.sensors import default_status
+from dagsters.sensors import alert_on_error, default_status
 from dagsters.settings import Settings
+
+_WAITING = {dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED}
+_STARTING = {dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED}
+_DATABRICKS_RUN = re.compile(r"(?:#job/\d+/run/|/runs/|/run/)(\d+)")
+
+
+def databricks_run_id(url: str | None) -> int | None:
+    """The run id in a Databricks run page link (``...#job/<job>/run/<run>``), or None."""
+    match = _DATABRICKS_RUN.search(url or "")
+    return int(match.group(1)) if match else None
+
+
+def _cancel_queued_dagster_runs(context: dg.SensorEvaluationContext, row: dict) -> str | None:
+    """Cancel the attempt's waiting runs; a description, or None when a run is already starting."""
+    runs = context.instance.get_runs(
+        filters=dg.RunsFilter(
+            tags={
+                TAG_CONTROL_KEY: str(row["control_key"]),
+                TAG_METADATA_ID: str(row["last_metadata_id"]),
+            }
+        )
+    )
+    if any(run.status in _STARTING for run in runs):
+        return None
+    done = []
+    for run in runs:
+        if run.status not in _WAITING:
+            continue
+        try:
+            context.instance.run_coordinator.cancel_run(run.run_id)
+            done.append(f"Dagster run {run.run_id} cancelled")
+        except Exception as exc:  # noqa: BLE001 - still fail the row, say what happened
+            context.log.warning(f"Could not cancel Dagster run {run.run_id}: {exc}")
+            done.append(f"cancel of Dagster run {run.run_id} failed")
+    return "; ".join(done) or "no queued Dagster run"
+
+
+def _cancel_databricks_run(
+    context: dg.SensorEvaluationContext, settings: Settings, row: dict
+) -> str | None:
+    run_id = databricks_run_id(row.get("last_databricks_run"))
+    if run_id is None:
+        return None
+    try:
+        workspace_client(host=settings.databricks.workspace_host).jobs.cancel_run(run_id)
+    except Exception as exc:  # noqa: BLE001 - the row must not stay Queued because of it
+        context.log.warning(f"Could not cancel Databricks run {run_id}: {type(exc).__name__}")
+        return f"cancel of Databricks run {run_id} failed"
+    return f"Databricks run {run_id} cancelled"
 
 
 def build_longqueued_monitor(settings: Settings) -> dg.SensorDefinition:
@@ -19,16 +85,36 @@ def build_longqueued_monitor(settings: Settings) -> dg.SensorDefinition:
         name="longqueued_monitor",
         minimum_interval_seconds=settings.longqueued_interval_seconds,
         default_status=default_status(settings),
-        description=f"Marks rows Queued for more than {threshold} minutes as Failed.",
+        description=f"Cancels runs queued for more than {threshold} minutes and fails their rows.",
     )
+    @alert_on_error(settings, "longqueued_monitor")
     def longqueued_monitor(
-        context: dg.SensorEvaluationContext, lakebase: LakebaseResource
+        context: dg.SensorEvaluationContext,
+        lakebase: LakebaseResource,
     ) -> dg.SkipReason:
-        rows = lakebase.get_client().fail_stuck_queued(threshold)
+        client = lakebase.get_client()
+        rows = client.find_stuck_queued(threshold)
         if not rows:
             return dg.SkipReason(f"No row has been Queued for more than {threshold} minutes.")
-        keys = ", ".join(row["control_key"] for row in rows)
-        context.log.warning(f"Failed {len(rows)} row(s) stuck in queue >{threshold} min: {keys}")
-        return dg.SkipReason(f"Marked {len(rows)} row(s) Failed (stuck in queue): {keys}")
+        failed = []
+        for row in rows:
+            dagster = _cancel_queued_dagster_runs(context, row)
+            if dagster is None:
+                context.log.info(f"{row['control_key']}: its run is starting; left alone")
+                continue
+            databricks = _cancel_databricks_run(context, settings, row)
+            won = client.fail_stuck_queued_attempt(
+                row["config_id"], row["last_metadata_id"], threshold
+            )
+            outcome = "marked Failed" if won else "left alone (moved on meanwhile)"
+            context.log.warning(
+                f"{row['control_key']}: {'; '.join(filter(None, [dagster, databricks]))}; {outcome}"
+            )
+            if won:
+                failed.append(row["control_key"])
+        if not failed:
+            return dg.SkipReason("Rows stuck in queue started or moved on before being failed.")
+        keys = ", ".join(failed)
+        return dg.SkipReason(f"Cancelled and failed {len(failed)} row(s) stuck in queue: {keys}")
 
     return longqueued_monitor

@@ -10,7 +10,7 @@ import dagster as dg
 
 from dagsters.control.run_requests import run_id_from_url
 from dagsters.resources.lakebase import LakebaseResource
-from dagsters.sensors import default_status
+from dagsters.sensors import alert_on_error, default_status
 from dagsters.settings import Settings
 
 
@@ -39,6 +39,7 @@ def build_longrunning_monitor(settings: Settings) -> dg.SensorDefinition:
         default_status=default_status(settings),
         description=f"Cancels loads In Progress for more than {threshold} minutes.",
     )
+    @alert_on_error(settings, "longrunning_monitor")
     def longrunning_monitor(
         context: dg.SensorEvaluationContext, lakebase: LakebaseResource
     ) -> dg.SkipReason:

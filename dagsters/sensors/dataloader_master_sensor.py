@@ -1,6 +1,7 @@
 """master_sensor: claims due tables and launches one ``dataloader__table_load`` run per table.
 
-Each tick claims up to the batch size of due rows in one transaction (status Queued + a history row
+Each tick claims up to the batch size of due rows (never more in flight per source system than
+``DATALOADER_SOURCE_CONCURRENCY``: see ``dagsters/control/source_slots.py``) in one transaction (status Queued + a history row
 each; FOR UPDATE SKIP LOCKED, so two ticks never claim the same row) and yields one RunRequest per
 row. The run key is the history row, so a repeated tick never launches an attempt twice, and a
 re-queued table always gets a new run.
@@ -31,7 +32,7 @@ from dagsters.control.run_requests import (
 )
 from dagsters.partitions import PARTITIONS_NAME, control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
-from dagsters.sensors import default_status
+from dagsters.sensors import alert_on_error, default_status
 from dagsters.settings import Settings
 
 LOAD_JOB = "dataloader__table_load_job"
@@ -97,11 +98,16 @@ def build_master_sensor(settings: Settings) -> dg.SensorDefinition:
         description=f"Claims up to {settings.master_batch_size} due tables per tick and launches "
         "a load for each; keeps the control_key partitions in step with table_control.",
     )
+    @alert_on_error(settings, "master_sensor")
     def master_sensor(
         context: dg.SensorEvaluationContext, lakebase: LakebaseResource
     ) -> dg.SensorResult | dg.SkipReason:
         client = lakebase.get_client()
-        rows = client.claim_due_tables(settings.master_batch_size)
+        # Queue-aware: only rows whose source system has a free slot (the same limit Dagster's
+        # run queue applies per source tag), so nothing claimed waits into longqueued_monitor.
+        rows = client.claim_due_tables_within_source_limit(
+            settings.master_batch_size, settings.source_concurrency
+        )
         # Every claimed key goes in the add request: the sensor daemon adds only the keys it does
         # not have yet, so checking them here as well would only double that cost.
         sync = plan_partition_sync(

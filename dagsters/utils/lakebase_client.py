@@ -25,6 +25,10 @@ Messages written to the database or raised are redacted first.
 ``control/retry_state.py``         claim a failure for analysis; reset for retry or review
 ``control/landing_notes.py``       rows waiting for a staging model, the landing note
 ``control/source_connections.py``  a row's source: its connection, or its secret's binding
+``control/source_slots.py``        claims bounded by free per-source slots; one stuck queued row
+``control/termination.py``         a person's termination: back to the schedule, not analysed
+``control/retention.py``           batched deletes of history rows older than the retention
+``control/review_release.py``      release a reviewed row (job / CLI), no hand-written SQL
 =================================  ===========================================================
 """
 
@@ -35,6 +39,7 @@ from dagsters.control.errors import LakebaseError, LoadAlreadyActive, UnknownCon
 from dagsters.control.history import METADATA_FIELDS, HistorySql
 from dagsters.control.landing_notes import LANDING_NOTE_SEPARATOR, LandingSql
 from dagsters.control.lifecycle import LifecycleSql
+from dagsters.control.retention import RetentionSql
 from dagsters.control.retry_state import (
     DEFAULT_ANALYSIS_TIMEOUT_MINUTES,
     RETRY_MARKER,
@@ -42,6 +47,8 @@ from dagsters.control.retry_state import (
     RetrySql,
 )
 from dagsters.control.source_connections import SourceConnectionsSql
+from dagsters.control.review_release import ReviewReleaseSql
+from dagsters.control.source_slots import SourceSlotsSql
 from dagsters.control.status import (
     ALLOWED_FROM,
     FAILED,
@@ -51,6 +58,7 @@ from dagsters.control.status import (
     SUCCEEDED,
 )
 from dagsters.control.stuck import StuckRowsSql
+from dagsters.control.termination import TerminationSql
 
 __all__ = [
     "ALLOWED_FROM",
@@ -79,6 +87,10 @@ class LakebaseClient(
     RetrySql,
     LandingSql,
     SourceConnectionsSql,
+    SourceSlotsSql,
+    TerminationSql,
+    RetentionSql,
+    ReviewReleaseSql,
 ):
     """Pooled access to ``table_control`` and ``historical_metadata`` (rows as dicts).
 
