@@ -46,8 +46,8 @@ from dagsters.control.retry_state import (
     REVIEW_MARKER,
     RetrySql,
 )
-from dagsters.control.source_connections import SourceConnectionsSql
 from dagsters.control.review_release import ReviewReleaseSql
+from dagsters.control.source_connections import SourceConnectionsSql
 from dagsters.control.source_slots import SourceSlotsSql
 from dagsters.control.status import (
     ALLOWED_FROM,
