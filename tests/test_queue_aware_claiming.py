@@ -94,14 +94,23 @@ def test_the_sql_source_system_is_the_run_tag(db):
     for key, (db_type, config) in configs.items():
         extra = {"source_catalog": "c"} if db_type == "databricks" else {}
         add_row(db, key, config, db_type=db_type, **extra)
+    # A row naming a source connection: the connection is the source system.
+    db.execute(
+        "INSERT INTO source_connection (connection_name, db_type, host, port, database)"
+        " VALUES ('erp-pg.main', 'postgresql', 'erp.internal', 5432, 'erp')"
+    )
+    add_row(db, "by_connection", {}, connection_name="erp-pg.main")
     rows = db.execute(
         psycopg.sql.SQL("SELECT t.*, {src} AS sql_source FROM table_control t").format(
             src=SOURCE_SYSTEM_SQL
         )
     ).fetchall()
-    assert len(rows) == len(configs)
+    assert len(rows) == len(configs) + 1
     for row in rows:
         assert row["sql_source"] == source_system(row), row["control_key"]
+    assert {r["control_key"]: r["sql_source"] for r in rows}["by_connection"] == (
+        "connection_erp-pg.main"
+    )
 
 
 def test_claims_fill_only_the_free_slots_of_each_source(control_db, db, instance):

@@ -25,20 +25,23 @@ from dagsters.control.status import FAILED, QUEUED
 from dagsters.control.stuck import _fail_history
 from dagsters.control.transitions import advance_schedule, guarded_transition
 
-# run_requests.source_system in SQL: db_type:host[:port], unsafe characters -> "_", 200 chars.
+# run_requests.source_system in SQL: ``connection:<name>`` for a row naming a source_connection,
+# else db_type:host[:port]; unsafe characters -> "_", 200 chars.
 SOURCE_SYSTEM_SQL = sql.SQL(
     "left(btrim(regexp_replace("
-    "coalesce(t.db_type, 'None') || ':' || coalesce(nullif(t.db_config_value->>'host', ''),"
+    "CASE WHEN coalesce(t.connection_name, '') <> '' THEN 'connection:' || t.connection_name ELSE"
+    " coalesce(t.db_type, 'None') || ':' || coalesce(nullif(t.db_config_value->>'host', ''),"
     " nullif(t.db_config_value->>'server_hostname', ''), 'unknown')"
-    " || coalesce(':' || nullif(nullif(t.db_config_value->>'port', ''), '0'), ''),"
+    " || coalesce(':' || nullif(nullif(t.db_config_value->>'port', ''), '0'), '') END,"
     " '[^A-Za-z0-9_.-]+', '_', 'g'), '_'), 200)"
 )
 
 # Rows holding a slot. Two halves so each uses its partial index (table_control_queued_idx,
 # table_control_in_progress_idx, sql/002): `last_status IN (...)` scans all 100k rows instead.
 _IN_FLIGHT = sql.SQL(
-    "SELECT t.db_type, t.db_config_value FROM table_control t WHERE t.last_status = 'Queued'"
-    " UNION ALL SELECT t.db_type, t.db_config_value FROM table_control t"
+    "SELECT t.db_type, t.db_config_value, t.connection_name FROM table_control t"
+    " WHERE t.last_status = 'Queued'"
+    " UNION ALL SELECT t.db_type, t.db_config_value, t.connection_name FROM table_control t"
     " WHERE t.last_status = 'In Progress'"
 )
 
