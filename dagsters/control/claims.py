@@ -16,10 +16,15 @@ from dagsters.control.errors import LoadAlreadyActive, UnknownControlKey
 from dagsters.control.status import ALLOWED_FROM, IN_PROGRESS, QUEUED
 from dagsters.control.transitions import guarded_transition
 
-# The spec's master_sensor query, plus: rows an AI analysis sent to review wait for a person.
+# The spec's master_sensor query, plus: rows an AI analysis sent to review wait for a person, and
+# a Failed row is not reclaimed by its own schedule: it waits for its retry decision
+# (failed_monitor resets it to ready after a back-off of 5, 15, 45 ... minutes, or sends it to
+# review), so a failing row on a frequent schedule cannot keep taking the per-source run slots
+# that healthy rows need. (The first two clauses are sql/002's partial index predicate.)
 _DUE = sql.SQL(
     "is_active AND next_load_date_time <= now()"
     " AND (last_status IS NULL OR last_status NOT IN ('Queued', 'In Progress'))"
+    " AND last_status IS DISTINCT FROM 'Failed'"
     " AND NOT needs_review"
 )
 
