@@ -10,6 +10,8 @@ to the control database what the fault names, as a person or another process cou
   switched sql/005's guards off, as on a database written before them);
 - ``writeback_refused``: make the control database refuse the success write-back (a trigger
   raising "No space left on device", as a full Lakebase would);
+- ``drop_connections``: end every other connection to the control database (the asset's pooled
+  connections included), as a failover or an idle-connection reaper would;
 - ``delete_row``: delete the row, then wait until the test says go (it deletes the partition,
   as master_sensor's next tick would).
 """
@@ -43,6 +45,11 @@ def _harm(conninfo: str, fault: str, config_id: int) -> None:
                 "CREATE TRIGGER fault_disk_full BEFORE UPDATE ON historical_metadata"
                 " FOR EACH ROW WHEN (NEW.status = 'Succeeded')"
                 " EXECUTE FUNCTION fault_disk_full()"
+            )
+        elif fault == "drop_connections":
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
         elif fault == "delete_row":
             conn.execute("DELETE FROM table_control WHERE config_id = %s", (config_id,))

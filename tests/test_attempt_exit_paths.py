@@ -6,6 +6,7 @@ does one harmful thing mid-load) or the real loader against a real source table:
 
 - the script reports malformed metadata -> Failed with the database's own words;
 - the success write-back is refused by the control database -> Failed with that error;
+- every connection to the control database is cut mid-load -> the write-back reconnects;
 - the row's schedule cannot be computed at write-back (a row from before sql/005) -> Failed,
   watermark saved (no reload of committed data), reason on the row, not scheduled again;
 - a control_key renamed while Queued -> the claimed row (by config_id) loads and Succeeds;
@@ -25,8 +26,10 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import psycopg
 import pytest
 from helpers import add_control_row, control_row, history, lakebase_for
+from psycopg.rows import dict_row
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
 from dagsters.control.run_requests import LOAD_ASSET, load_run_config
@@ -119,6 +122,23 @@ def test_a_refused_success_write_back_ends_the_attempt_failed(
 
     assert not result.success
     _settled_failed(db, "f.diskfull", "No space left on device")
+
+
+def test_a_lost_control_database_connection_still_settles_the_attempt(
+    control_db, source_db, lake_root, db, instance, tmp_path
+):
+    add_control_row(db, source_db, "f.dropped", "orders")
+    scripts = _scripts_dir(tmp_path, control_db, "drop_connections")
+
+    result, _ = _materialize(control_db, lake_root, instance, "f.dropped", scripts=scripts)
+
+    # The pool checks a connection before handing it out, so the write-back reconnects.
+    assert result.success
+    with psycopg.connect(control_db, autocommit=True, row_factory=dict_row) as fresh:
+        row = control_row(fresh, "f.dropped")  # the test's own connection was cut as well
+        [attempt] = history(fresh, "f.dropped")
+    assert (row["last_status"], attempt["status"]) == ("Succeeded", "Succeeded")
+    assert row["last_message"] == "Loaded 3 rows" and row["incremental_value"] == "2024-01-02"
 
 
 def test_an_uncomputable_schedule_at_write_back_keeps_the_watermark_and_says_why(
