@@ -322,7 +322,12 @@ def build_load_asset(settings: Settings) -> dg.AssetsDefinition:
         try:
             reported, run_link = _load(attempt, pipes_databricks)
         except dg.DagsterExecutionInterruptedError:
-            raise  # the terminate is recorded where it is caught (_Attempt.run)
+            # Recorded where it is caught while the script runs (_Attempt.run); a terminate that
+            # lands elsewhere (the write-back) is recorded here. Guarded: never twice.
+            attempt.settle(
+                dg.Failure(f"Cancelled - Dagster run {context.run.run_id} was terminated")
+            )
+            raise
         except Exception as exc:
             attempt.settle(exc)
             raise
