@@ -177,3 +177,21 @@ def test_a_timeout_after_the_last_retry_still_goes_to_review():
     row = {"retry_count": 3, "last_message": "Cancelled - stuck in queue for >60 minutes"}
     ruled = decide_without_asking(row, RetryPolicy(max_retries=3))
     assert ruled is not None and ruled.decision == "Requires Review"
+
+
+def test_the_kept_cause_never_keeps_a_secret(client, db):
+    # A message written by something that did not redact (an older version, a person with psql).
+    row = _failed(client, db, "erp.leaky", "x")
+    db.execute(
+        "UPDATE table_control SET last_message = 'login with Hunter2-Secret-Value rejected'"
+        " WHERE config_id = %s",
+        (row["config_id"],),
+    )
+    row = _row(db, row["config_id"])
+    decision = Decision.review("Permanent authentication fault.", decider="rules")
+
+    assert apply_decision(client, row, decision, secrets=["Hunter2-Secret-Value"]) == "review"
+
+    message = _row(db, row["config_id"])["last_message"]
+    assert "Hunter2-Secret-Value" not in message
+    assert "| Cause: login with " in message and "rejected" in message

@@ -124,11 +124,16 @@ def apply_decision(
     Anything that is not a clear ``Retry Recommended`` is review (``Decision`` sees to that): a
     wrong review costs a person a look, a wrong retry loops on a broken load.
     """
-    reason = redact(decision.reason, list(secrets))
+    secrets = list(secrets)
+    reason = redact(decision.reason, secrets)
     stored = {**decision.as_dict(), "reason": reason}
     transition = client.reset_for_retry if decision.retry else client.mark_for_review
     won = transition(
-        row["config_id"], reason, metadata_id=row.get("last_metadata_id"), decision=stored
+        row["config_id"],
+        reason,
+        metadata_id=row.get("last_metadata_id"),
+        decision=stored,
+        secrets=secrets,
     )
     if not won:
         return LOST

@@ -7,7 +7,7 @@ back-off, or keep it Failed for a person's review, and record the decision in th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import psycopg
@@ -18,6 +18,7 @@ from dagsters.control.schedule import retry_backoff
 from dagsters.control.status import FAILED
 from dagsters.control.transitions import guarded_transition, row_guard
 from databricks_scripts.contract import REQUIRES_REVIEW, RETRY_RECOMMENDED, Decision
+from databricks_scripts.redaction import redact
 from databricks_scripts.retry_classifier import TERMINATED_SQL_LIKE
 
 RETRY_MARKER = f"[AI Analysis - {RETRY_RECOMMENDED}] "
@@ -83,6 +84,7 @@ class RetrySql(ControlDatabase):
         *,
         metadata_id: int | None = None,
         decision: Mapping[str, Any] | Decision | None = None,
+        secrets: Iterable[str] = (),
     ) -> bool:
         """Failed -> NULL (ready) after a back-off, retry_count + 1; True if this caller won."""
         with self._transaction("reset_for_retry") as conn:
@@ -98,7 +100,9 @@ class RetrySql(ControlDatabase):
                     "config_id": config_id,
                     "metadata_id": metadata_id,
                     "message": self.redact(
-                        decided_message(RETRY_MARKER, reason, decision, current["last_message"])
+                        decided_message(
+                            RETRY_MARKER, reason, decision, current["last_message"], secrets
+                        )
                     ),
                     "backoff": retry_backoff(current["retry_count"]),
                 },
@@ -121,6 +125,7 @@ class RetrySql(ControlDatabase):
         *,
         metadata_id: int | None = None,
         decision: Mapping[str, Any] | Decision | None = None,
+        secrets: Iterable[str] = (),
     ) -> bool:
         """Failed stays Failed with needs_review, so no sensor picks it up until a person acts."""
         with self._transaction("mark_for_review") as conn:
@@ -136,7 +141,9 @@ class RetrySql(ControlDatabase):
                     "config_id": config_id,
                     "metadata_id": metadata_id,
                     "message": self.redact(
-                        decided_message(REVIEW_MARKER, reason, decision, current["last_message"])
+                        decided_message(
+                            REVIEW_MARKER, reason, decision, current["last_message"], secrets
+                        )
                     ),
                 },
                 sets={"needs_review": sql.SQL("true"), "last_message": sql.SQL("%(message)s")},
@@ -177,19 +184,21 @@ def decided_message(
     reason: str,
     decision: Mapping[str, Any] | Decision | None,
     failure: str | None,
+    secrets: Iterable[str] = (),
 ) -> str:
     """last_message after a decision: the spec's marker, the reason, who decided, and the cause.
 
     ``[AI Analysis - Requires Review] <reason> (decided by <decider>) | Cause: <the failure>``:
     the control row alone still says what broke. The failure text is the row's message before
     the decision (an earlier decision's own marker and reason are not repeated), clipped to
-    ``CAUSE_CHARS``.
+    ``CAUSE_CHARS``, and redacted with ``secrets`` (the process's own secret values): a message
+    written by something that did not redact does not survive the decision with a secret in it.
     """
     decider = _decision_values(decision).get("decider")
     text = marker + reason.strip()
     if decider:
         text += f" (decided by {decider})"
-    cause = _original_cause(failure)
+    cause = redact(_original_cause(failure), list(secrets)) if failure else ""
     if cause:
         if len(cause) > CAUSE_CHARS:
             cause = cause[: CAUSE_CHARS - 1] + "…"

@@ -91,6 +91,58 @@ def plan_partition_sync(
 
 
 def build_master_sensor(settings: Settings) -> dg.SensorDefinition:
+    def tick_result(
+        context: dg.SensorEvaluationContext, client: LakebaseClient, rows: list[dict]
+    ) -> dg.SensorResult | dg.SkipReason:
+        """Partition requests and one run request per claimed row (no Lakebase writes)."""
+        # Every claimed key goes in the add request: the sensor daemon adds only the keys it does
+        # not have yet, so checking them here as well would only double that cost.
+        sync = plan_partition_sync(
+            cursor=context.cursor,
+            version=client.control_keys_version(),
+            now=time.time(),
+            list_control_keys=client.list_control_keys,
+            list_partitions=lambda: context.instance.get_dynamic_partitions(PARTITIONS_NAME),
+            claimed=[row["control_key"] for row in rows],
+        )
+        if sync.cursor is not None:
+            context.update_cursor(sync.cursor)
+            context.log.info(
+                f"Partitions vs table_control: adding {len(sync.add)}, deleting "
+                f"{len(sync.delete)}" + (f" (e.g. {sync.delete[:5]})" if sync.delete else "")
+            )
+        requests: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
+        if sync.add:
+            requests.append(control_key_partitions.build_add_request(sync.add))
+        if sync.delete:
+            requests.append(control_key_partitions.build_delete_request(sync.delete))
+        if not rows:
+            skip = (
+                "No table is due: no active row with next_load_date_time <= now() outside "
+                "Queued/In Progress."
+            )
+            if requests:
+                return dg.SensorResult(skip_reason=skip, dynamic_partitions_requests=requests)
+            return dg.SkipReason(skip)
+        context.log.info(
+            f"Claimed {len(rows)} table(s): " + ", ".join(row["control_key"] for row in rows)
+        )
+        return dg.SensorResult(
+            run_requests=[
+                dg.RunRequest(
+                    run_key=load_run_key(row),
+                    run_config=load_run_config(row),
+                    tags={
+                        **load_run_tags(row, triggered_by=triggered_by(row)),
+                        **environment_tags(settings.environment),
+                    },
+                    partition_key=row["control_key"],
+                )
+                for row in rows
+            ],
+            dynamic_partitions_requests=requests,
+        )
+
     @dg.sensor(
         name="master_sensor",
         job_name=LOAD_JOB,
@@ -106,66 +158,10 @@ def build_master_sensor(settings: Settings) -> dg.SensorDefinition:
         settle_orphan_claims(context, client, LOAD_JOB)
         rows = client.claim_due_tables(settings.master_batch_size)
         try:
-            return _tick_result(context, client, rows, settings)
+            return tick_result(context, client, rows)
         except Exception as exc:
             # The claims are committed but no run will be requested: give them back now.
             release_after_failed_tick(client, rows, exc)
             raise
 
     return master_sensor
-
-
-def _tick_result(
-    context: dg.SensorEvaluationContext,
-    client: LakebaseClient,
-    rows: list[dict],
-    settings: Settings,
-) -> dg.SensorResult | dg.SkipReason:
-    """Partition requests and one run request per claimed row (nothing here writes Lakebase)."""
-    # Every claimed key goes in the add request: the sensor daemon adds only the keys it does
-    # not have yet, so checking them here as well would only double that cost.
-    sync = plan_partition_sync(
-        cursor=context.cursor,
-        version=client.control_keys_version(),
-        now=time.time(),
-        list_control_keys=client.list_control_keys,
-        list_partitions=lambda: context.instance.get_dynamic_partitions(PARTITIONS_NAME),
-        claimed=[row["control_key"] for row in rows],
-    )
-    if sync.cursor is not None:
-        context.update_cursor(sync.cursor)
-        context.log.info(
-            f"Partitions vs table_control: adding {len(sync.add)}, deleting "
-            f"{len(sync.delete)}" + (f" (e.g. {sync.delete[:5]})" if sync.delete else "")
-        )
-    requests: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
-    if sync.add:
-        requests.append(control_key_partitions.build_add_request(sync.add))
-    if sync.delete:
-        requests.append(control_key_partitions.build_delete_request(sync.delete))
-    if not rows:
-        skip = (
-            "No table is due: no active row with next_load_date_time <= now() outside "
-            "Queued/In Progress."
-        )
-        if requests:
-            return dg.SensorResult(skip_reason=skip, dynamic_partitions_requests=requests)
-        return dg.SkipReason(skip)
-    context.log.info(
-        f"Claimed {len(rows)} table(s): " + ", ".join(row["control_key"] for row in rows)
-    )
-    return dg.SensorResult(
-        run_requests=[
-            dg.RunRequest(
-                run_key=load_run_key(row),
-                run_config=load_run_config(row),
-                tags={
-                    **load_run_tags(row, triggered_by=triggered_by(row)),
-                    **environment_tags(settings.environment),
-                },
-                partition_key=row["control_key"],
-            )
-            for row in rows
-        ],
-        dynamic_partitions_requests=requests,
-    )
