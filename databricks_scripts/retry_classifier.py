@@ -23,10 +23,15 @@ PERMANENT = "permanent"
 UNKNOWN = "unknown"
 
 __all__ = [
+    "CANCELLATION_RULES",
     "DECISIONS",
     "PERMANENT",
+    "QUEUE_TIMEOUT_RULE",
     "REQUIRES_REVIEW",
     "RETRY_RECOMMENDED",
+    "RUN_TIMEOUT_RULE",
+    "TERMINATED_RULE",
+    "TERMINATED_SQL_LIKE",
     "TRANSIENT",
     "UNKNOWN",
     "Classification",
@@ -59,6 +64,21 @@ def _rule(name: str, category: str, explanation: str, *patterns: str) -> _Rule:
     return _Rule(name, category, re.compile("|".join(patterns), re.IGNORECASE), explanation)
 
 
+# Our own "Cancelled - ..." messages (the asset's terminate, the two stuck-load monitors) are known
+# causes with known decisions, so they are matched first and only at the start of the message:
+# - a person terminated the run: not retried, and failed_monitor does not analyse it at all (the
+#   row stays Failed with its message until someone loads it again; TERMINATED_SQL_LIKE below);
+# - longqueued_monitor ("stuck in queue"): the run never started because the queue was full or the
+#   daemon was down, nothing was read; retried;
+# - longrunning_monitor ("exceeded ... timeout"): the same load will most likely run as long again,
+#   so a person decides (a bigger cluster, a higher threshold, an incremental strategy).
+TERMINATED_RULE = "cancelled_by_person"
+QUEUE_TIMEOUT_RULE = "cancelled_stuck_in_queue"
+RUN_TIMEOUT_RULE = "cancelled_run_timeout"
+CANCELLATION_RULES = (TERMINATED_RULE, QUEUE_TIMEOUT_RULE, RUN_TIMEOUT_RULE)
+# The same terminate message as a SQL LIKE pattern: failed_monitor's claim leaves these rows alone.
+TERMINATED_SQL_LIKE = "Cancelled - Dagster run % was terminated%"
+
 # First match wins, so the order is the design: a message often carries several layers (a Spark
 # wrapper around a JDBC error around a socket error), and the most specific cause must be found
 # before the generic wrapper. Credentials and permissions come first because a refused login is
@@ -67,6 +87,28 @@ def _rule(name: str, category: str, explanation: str, *patterns: str) -> _Rule:
 # words (timeout, 503, cluster) that also appear in stack traces and configuration dumps, and
 # "Unexpected error" comes last because it wraps anything.
 _RULES: tuple[_Rule, ...] = (
+    _rule(
+        TERMINATED_RULE,
+        PERMANENT,
+        "a person terminated the run, so it is not retried; it loads again when someone "
+        "reruns it or clears the row",
+        r"^\s*Cancelled - Dagster run \S+ was terminated",
+    ),
+    _rule(
+        QUEUE_TIMEOUT_RULE,
+        TRANSIENT,
+        "the run waited in the queue past the long-queued threshold and never started, so "
+        "nothing was read and a later attempt usually gets a slot",
+        r"^\s*Cancelled - stuck in queue for",
+    ),
+    _rule(
+        RUN_TIMEOUT_RULE,
+        PERMANENT,
+        "the load ran past the long-running threshold and was cancelled; it will most likely "
+        "run as long again, so a person decides (more compute, a higher threshold, an "
+        "incremental strategy)",
+        r"^\s*Cancelled - exceeded \d+ minute timeout",
+    ),
     _rule(
         "authentication",
         PERMANENT,

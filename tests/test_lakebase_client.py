@@ -434,7 +434,9 @@ def test_reset_for_retry_backs_off_and_records_the_decision(client, control_db):
     assert client.reset_for_retry(cid, "transient", metadata_id=metadata_id, decision=decision)
     r, h = row(control_db, cid), history(control_db, metadata_id)
     assert r["last_status"] is None and r["retry_count"] == 1
-    assert r["last_message"] == "[AI Analysis - Retry Recommended] transient"
+    assert r["last_message"] == (
+        "[AI Analysis - Retry Recommended] transient (decided by rules) | Cause: network blip"
+    )
     assert r["next_load_date_time"] - r["last_status_date_time"] == timedelta(minutes=5)
     assert r["retry_analysis_requested_at"] is None and r["needs_review"] is False
     assert (h["retry_decision"], h["retry_confidence"], h["retry_decider"]) == (
@@ -463,7 +465,9 @@ def test_mark_for_review_keeps_failed_and_blocks_every_sensor(client, control_db
     assert client.mark_for_review(cid, "bad column", metadata_id=metadata_id, decision=decision)
     r = row(control_db, cid)
     assert r["last_status"] == FAILED and r["needs_review"] is True
-    assert r["last_message"] == "[AI Analysis - Requires Review] bad column"
+    assert r["last_message"] == (
+        "[AI Analysis - Requires Review] bad column (decided by openai) | Cause: network blip"
+    )
     h = history(control_db, metadata_id)
     assert (h["retry_decision"], h["retry_confidence"], h["retry_decider"]) == (
         "Requires Review",

@@ -4,7 +4,8 @@
 - When the analysis run itself cannot run (the cluster is gone), the deterministic rules decide in
   the code location: a transient fault is retried, a permanent one reviewed, not everything
   reviewed.
-- A person's termination uses no retry and is not analysed: the row goes back to its schedule.
+- A person's termination uses no retry and is not analysed: the row stays Failed until someone
+  loads it again.
 """
 
 from __future__ import annotations
@@ -110,35 +111,48 @@ def test_when_the_analysis_cannot_run_the_rules_decide_in_the_code_location(
     assert materialization.metadata["decider"].value == "rules"
 
 
-def test_a_persons_termination_uses_no_retry_and_goes_back_to_its_schedule(
+def test_a_persons_termination_uses_no_retry_and_stays_failed_until_someone_loads_it(
     control_db, db, instance
 ):
     failed_row(db, "pg.stopped", "Cancelled - Dagster run 1234-abcd was terminated")
     db.execute(
         "UPDATE table_control SET schedule_interval = interval '1 hour',"
-        " next_load_date_time = now() + interval '1 hour'"
+        " next_load_date_time = now() - interval '1 second'"
     )
     # Three terminations in a row would have been three retries used and then review.
     result = tick(build_failed_monitor(Settings()), instance, control_db)
 
     assert isinstance(result, dg.SkipReason)
-    assert "Released 1 terminated by a person." in result.skip_message
     row = control_row(db, "pg.stopped")
-    assert row["last_status"] is None
+    assert row["last_status"] == "Failed"
     assert row["retry_count"] == 0
     assert row["needs_review"] is False
     assert row["retry_analysis_requested_at"] is None
-    assert row["last_message"].startswith("[Terminated by a person - not counted as a retry")
-    assert "Cancelled - Dagster run 1234-abcd was terminated" in row["last_message"]
-    # Not loaded again at once: at its next slot.
+    assert row["last_message"] == "Cancelled - Dagster run 1234-abcd was terminated"
+    # Its schedule slot has passed, but a Failed row waits for a person, not for its schedule.
     assert claimed_keys(tick(build_master_sensor(Settings()), instance, control_db)) == []
-    db.execute("UPDATE table_control SET next_load_date_time = now() - interval '1 second'")
+    # A person loads it again (the README's SQL): the next tick claims it.
+    db.execute(
+        "UPDATE table_control SET last_status = NULL, next_load_date_time = now()"
+        " WHERE control_key = 'pg.stopped'"
+    )
     assert claimed_keys(tick(build_master_sensor(Settings()), instance, control_db)) == [
         "pg.stopped"
     ]
 
 
-def test_other_cancellations_are_still_analysed(control_db, db, instance):
+def test_the_monitors_own_cancellations_are_decided_by_rule_and_count_as_retries(
+    control_db, db, instance
+):
     failed_row(db, "pg.queued", "Cancelled - stuck in queue for >60 minutes")
+    failed_row(db, "pg.slow", "Cancelled - exceeded 180 minute timeout")
     result = tick(build_failed_monitor(Settings()), instance, control_db)
-    assert [r.partition_key for r in result.run_requests] == ["pg.queued"]
+    assert isinstance(result, dg.SkipReason)
+    assert "Decided 2 by rule." in result.skip_message
+    queued, slow = control_row(db, "pg.queued"), control_row(db, "pg.slow")
+    assert (queued["last_status"], queued["retry_count"], queued["needs_review"]) == (
+        None,
+        1,
+        False,
+    )
+    assert (slow["last_status"], slow["needs_review"]) == ("Failed", True)

@@ -161,7 +161,8 @@ def test_model_review_keeps_the_row_failed_and_out_of_the_loop(
     row = row_with_wait(db, "refunds")
     assert (row["last_status"], row["needs_review"], row["retry_count"]) == ("Failed", True, 0)
     assert row["last_message"] == (
-        "[AI Analysis - Requires Review] The table was dropped at source."
+        "[AI Analysis - Requires Review] The table was dropped at source. (decided by"
+        ' gpt-standin) | Cause: relation "public.refunds" does not exist'
     )
     stored = decision_on(db, metadata_id)
     assert (stored["retry_decision"], stored["retry_decider"]) == ("Requires Review", "gpt-standin")

@@ -357,8 +357,8 @@ def test_failed_monitor_triage_follows_the_retry_policy():
     )
 
     assert [r["control_key"] for r in triage.analyse] == ["a", "d"]
-    assert [(r["control_key"], d.decider) for r, d in triage.exhausted] == [("b", "rules")]
+    assert [(r["control_key"], d.decider) for r, d in triage.by_rule] == [("b", "rules")]
     assert [(r["control_key"], run) for r, run in triage.waiting] == [("c", "run-1")]
     assert [r["control_key"] for r in triage.again] == ["d"]
     spec = triage_failures(rows, RetryPolicy(), lambda r: None)
-    assert [r["control_key"] for r, _ in spec.exhausted] == ["a", "b"]
+    assert [r["control_key"] for r, _ in spec.by_rule] == ["a", "b"]

@@ -26,7 +26,7 @@ from dagsters.control.retry_analysis import (
 )
 from dagsters.control.run_requests import LOAD_ASSET, RETRY_ASSET, environment_tags, load_params
 from dagsters.control.source_connections import ResolvedSource, SourceConnectionError
-from dagsters.partitions import control_key_partitions
+from dagsters.partitions import PARTITIONS_NAME, control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.runners.outcome import ScriptOutcome
@@ -99,7 +99,7 @@ def _begin_attempt(
             config.config_id, config.metadata_id, dagster_run_id=run_id, dagster_run_url=url
         ):
             return config.config_id, config.metadata_id, "sensor"
-        row = client.get_table_details(control_key) or {}
+        row = client.get_table_by_id(config.config_id) or {}
         raise dg.Failure(
             f"{control_key}: attempt {config.metadata_id} is no longer queued (row is "
             f"{row.get('last_status')!r}: {row.get('last_message')!r}); nothing was loaded. "
@@ -111,7 +111,9 @@ def _begin_attempt(
         raise dg.Failure(str(exc)) from None
     config_id, metadata_id = int(claimed["config_id"]), int(claimed["metadata_id"])
     if not client.start_load(config_id, metadata_id, dagster_run_id=run_id, dagster_run_url=url):
-        raise dg.Failure(f"{control_key}: could not start attempt {metadata_id} (row changed)")
+        message = f"{control_key}: could not start attempt {metadata_id} (row changed)"
+        client.record_failure(config_id, metadata_id, message)  # never leave it Queued
+        raise dg.Failure(message)
     context.log.info(f"{control_key}: new attempt {metadata_id} (triggered from the UI)")
     return config_id, metadata_id, "ui"
 
@@ -193,6 +195,27 @@ class _Attempt:
             self.fail(message)
             raise dg.Failure(message) from None
 
+    def settle(self, exc: BaseException) -> None:
+        """Any exception after the attempt went In Progress ends it Failed with its text.
+
+        Guarded like every transition: when the attempt was already settled (the script's own
+        error, a terminate, a monitor) this changes nothing. If even this write fails (the
+        control database is down) the original error is kept and the monitors settle the row.
+        """
+        if isinstance(exc, dg.Failure):
+            text = exc.description or str(exc)
+        else:
+            text = f"Load failed after it started: {type(exc).__name__}: {exc}"
+        try:
+            self.fail(_safe(text, self.settings))
+        except Exception as write_error:  # noqa: BLE001 - the load's own error is what matters
+            self.context.log.error(
+                _safe(
+                    f"{self.control_key}: could not record the failure: {write_error}",
+                    self.settings,
+                )
+            )
+
     def run(self, pipes_databricks: PipesDatabricksResource, params: dict) -> ScriptOutcome:
         try:
             return pipes_databricks.run_script(
@@ -240,12 +263,48 @@ class _Attempt:
             schema_changed=_schema_changed(self.context, self.control_key, reported),
         )
         if not recorded:
-            # The data was written; a monitor failed the row meanwhile. Say so instead of hiding it.
-            self.context.log.warning(
-                f"{self.control_key}: load finished but attempt {self.metadata_id} was no longer "
-                "In Progress; the control row keeps the state a monitor gave it"
-            )
+            self._say_why_not_recorded()
         return reported, run_link
+
+    def _say_why_not_recorded(self) -> None:
+        """The data was written but the row was not ours any more: say what happened instead."""
+        row = self.client.get_table_by_id(self.config_id)
+        if row is None:
+            self.context.log.warning(
+                f"{self.control_key}: the table_control row (config_id {self.config_id}) was "
+                "deleted while this attempt was loading; the data written stays in the "
+                "destination and nothing was recorded"
+            )
+            return
+        # A monitor (or a person) settled the row meanwhile. Say so instead of hiding it.
+        self.context.log.warning(
+            f"{self.control_key}: load finished but attempt {self.metadata_id} was no longer "
+            f"In Progress (row is {row['last_status']!r}: {row['last_message']!r}); the "
+            "control row keeps that state"
+        )
+
+    def partition_gone(self) -> bool:
+        """Was this partition deleted meanwhile (row deleted, or its control_key renamed)?"""
+        if not self.context.has_partition_key:
+            return False
+        return not self.context.instance.has_dynamic_partition(
+            PARTITIONS_NAME, self.context.partition_key
+        )
+
+
+def _load(
+    attempt: _Attempt, pipes_databricks: PipesDatabricksResource
+) -> tuple[dict[str, Any], str | None]:
+    """Run the load of the attempt's row and record it. Once claimed, the row is found by its
+    config_id: a control_key renamed while Queued still loads the row that was claimed."""
+    row = attempt.client.get_table_by_id(attempt.config_id)
+    if row is None:  # deleted between the claim and now
+        raise dg.Failure(
+            f"{attempt.control_key}: the table_control row (config_id {attempt.config_id}) was "
+            "deleted before the load started; nothing was loaded"
+        )
+    params = load_params({**row, "metadata_id": attempt.metadata_id}, attempt.source(row))
+    return attempt.record(attempt.run(pipes_databricks, params))
 
 
 def build_load_asset(settings: Settings) -> dg.AssetsDefinition:
@@ -272,11 +331,26 @@ def build_load_asset(settings: Settings) -> dg.AssetsDefinition:
         attempt.config_id, attempt.metadata_id, trigger = _begin_attempt(
             context, client, config, control_key, settings
         )
-        row = client.get_table_details(control_key)
-        if row is None:  # deleted between the claim and now
-            raise dg.Failure(f"{control_key}: table_control row disappeared")
-        params = load_params({**row, "metadata_id": attempt.metadata_id}, attempt.source(row))
-        reported, run_link = attempt.record(attempt.run(pipes_databricks, params))
+        try:
+            reported, run_link = _load(attempt, pipes_databricks)
+        except dg.DagsterExecutionInterruptedError:
+            # Recorded where it is caught while the script runs (_Attempt.run); a terminate that
+            # lands elsewhere (the write-back) is recorded here. Guarded: never twice.
+            attempt.settle(
+                dg.Failure(f"Cancelled - Dagster run {context.run.run_id} was terminated")
+            )
+            raise
+        except Exception as exc:
+            attempt.settle(exc)
+            raise
+        if attempt.partition_gone():
+            # A Pipes asset must yield its output; a clear failure instead of Dagster's
+            # partition error. The control row already holds the truth.
+            raise dg.Failure(
+                f"{control_key}: partition {control_key!r} no longer exists (the row was "
+                "deleted or its control_key renamed while loading), so nothing is materialized "
+                "in Dagster; the table_control row and its history say what was recorded"
+            )
         extra: dict[str, Any] = {
             "control_key": control_key,
             "metadata_id": attempt.metadata_id,

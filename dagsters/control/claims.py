@@ -6,6 +6,7 @@ Queued through the guarded transition, so concurrent claimers never get the same
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from psycopg import sql
@@ -14,11 +15,13 @@ from psycopg.rows import tuple_row
 from dagsters.control.connection import ControlDatabase
 from dagsters.control.errors import LoadAlreadyActive, UnknownControlKey
 from dagsters.control.status import ALLOWED_FROM, IN_PROGRESS, QUEUED
-from dagsters.control.transitions import guarded_transition
+from dagsters.control.transitions import guarded_transition, row_guard
 
 # The spec's master_sensor query, plus: rows an AI analysis sent to review wait for a person, and
-# a Failed row waits for its retry decision (failed_monitor resets it to NULL or sends it to
-# review), so its schedule never re-claims it before the analysis decides.
+# a Failed row is not reclaimed by its own schedule: it waits for its retry decision
+# (failed_monitor resets it to ready after a back-off of 5, 15, 45 ... minutes, or sends it to
+# review), so a failing row on a frequent schedule cannot keep taking the per-source run slots
+# that healthy rows need. (The first two clauses are sql/002's partial index predicate.)
 _DUE = sql.SQL(
     "is_active AND next_load_date_time <= now()"
     " AND (last_status IS NULL OR last_status NOT IN ('Queued', 'In Progress'))"
@@ -87,6 +90,51 @@ class ClaimsSql(ControlDatabase):
         )
         with self._transaction("claim_due_tables") as conn:
             return conn.execute(statement, {**params, "_batch": int(batch_size)}).fetchall()
+
+    def queued_longer_than(self, minutes: float, limit: int = 100) -> list[dict]:
+        """Rows Queued for more than ``minutes`` (each with its attempt's ``metadata_id``)."""
+        with self._transaction("queued_longer_than") as conn:
+            return conn.execute(
+                "SELECT *, last_metadata_id AS metadata_id FROM table_control"
+                " WHERE last_status = 'Queued'"
+                " AND last_status_date_time < now() - make_interval(secs => %s)"
+                " ORDER BY last_status_date_time LIMIT %s",
+                (float(minutes) * 60, int(limit)),
+            ).fetchall()
+
+    def release_claims(self, attempts: Iterable[Mapping[str, Any]], reason: str) -> list[dict]:
+        """Queued -> ready for claims whose run was never created; returns the released rows.
+
+        Guarded per attempt (``config_id`` + ``metadata_id``), so a claim whose run did start
+        meanwhile is left alone. The row keeps its schedule (it is due again at once) and says
+        why in last_message; the attempt's history row ends Failed with the same words.
+        """
+        message = self.redact(reason)
+        released: list[dict] = []
+        with self._transaction("release_claims") as conn:
+            for attempt in attempts:
+                params = {
+                    "config_id": attempt["config_id"],
+                    "metadata_id": attempt["metadata_id"],
+                    "message": message,
+                }
+                rows = guarded_transition(
+                    conn,
+                    None,
+                    {QUEUED},
+                    where=row_guard(attempt["metadata_id"]),
+                    params=params,
+                    sets={"last_message": sql.SQL("%(message)s")},
+                )
+                if rows:
+                    conn.execute(
+                        "UPDATE historical_metadata SET status = 'Failed', ended_at = now(),"
+                        " message = %(message)s WHERE metadata_id = %(metadata_id)s"
+                        " AND status = 'Queued'",
+                        params,
+                    )
+                    released.extend(rows)
+        return released
 
     def queue_manual_load(self, control_key: str, *, triggered_by: str = "ui") -> dict:
         """Queue one row now (a person's rerun); raises if it is unknown or already active."""

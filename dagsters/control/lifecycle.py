@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from dagsters.control.connection import ControlDatabase
@@ -22,6 +23,7 @@ from dagsters.control.status import (
 from dagsters.control.transitions import (
     advance_schedule,
     guarded_transition,
+    next_slot_or_problem,
     row_guard,
     success_sets,
 )
@@ -158,9 +160,18 @@ class LifecycleSql(ControlDatabase):
             "schema_changed": bool(schema_changed),
         }
         with self._transaction("record_success") as conn:
+            # A schedule that cannot be computed must not roll back the bookkeeping of a
+            # committed load: the watermark is saved and the row ends Failed, saying why.
+            status = SUCCEEDED if _schedulable(conn, config_id) else FAILED
+            if status == FAILED:
+                params["message"] = self.redact(
+                    f"{message}; committed and watermark saved, but the next load cannot be"
+                    " scheduled"
+                )
+            params["status"] = status
             rows = guarded_transition(
                 conn,
-                SUCCEEDED,
+                status,
                 {IN_PROGRESS},
                 where=row_guard(metadata_id),
                 params=params,
@@ -177,9 +188,8 @@ class LifecycleSql(ControlDatabase):
                 },
             )
             if rows:
-                advance_schedule(conn, rows)
                 conn.execute(
-                    "UPDATE historical_metadata SET status = 'Succeeded', ended_at = now(),"
+                    "UPDATE historical_metadata SET status = %(status)s, ended_at = now(),"
                     " rows_read = %(rows_read)s, rows_written = %(rows_written)s,"
                     " watermark_after = coalesce(%(watermark)s, watermark_before),"
                     " message = %(message)s,"
@@ -187,6 +197,7 @@ class LifecycleSql(ControlDatabase):
                     " WHERE metadata_id = %(metadata_id)s",
                     {**params, "rows_read": rows_read, "rows_written": rows_written},
                 )
+                advance_schedule(conn, rows)
         return bool(rows)
 
     def record_failure(
@@ -223,7 +234,6 @@ class LifecycleSql(ControlDatabase):
                 },
             )
             if rows:
-                advance_schedule(conn, rows)
                 conn.execute(
                     "UPDATE historical_metadata SET status = 'Failed', ended_at = now(),"
                     " message = %(message)s,"
@@ -231,4 +241,15 @@ class LifecycleSql(ControlDatabase):
                     " WHERE metadata_id = %(metadata_id)s",
                     params,
                 )
+                advance_schedule(conn, rows)
         return bool(rows)
+
+
+def _schedulable(conn: psycopg.Connection, config_id: int) -> bool:
+    """Can the row's next slot be computed (a row written before sql/005's rules may not)?"""
+    row = conn.execute(
+        "SELECT schedule_cron, schedule_timezone, schedule_interval, now() AS now"
+        " FROM table_control WHERE config_id = %s",
+        (config_id,),
+    ).fetchone()
+    return row is None or next_slot_or_problem(row, row["now"])[1] is None

@@ -25,7 +25,12 @@ from dagsters.alerts import Alert, Notifier
 from dagsters.settings import RetryPolicy, Settings
 from databricks_scripts.contract import Decision
 from databricks_scripts.redaction import redact
-from databricks_scripts.retry_classifier import UNKNOWN, classify_error
+from databricks_scripts.retry_classifier import (
+    QUEUE_TIMEOUT_RULE,
+    RUN_TIMEOUT_RULE,
+    UNKNOWN,
+    classify_error,
+)
 
 if TYPE_CHECKING:
     from dagsters.utils.lakebase_client import LakebaseClient
@@ -45,9 +50,18 @@ LOST = "lost"
 
 
 def decide_without_asking(row: Mapping[str, Any], policy: RetryPolicy) -> Decision | None:
-    """Review by rule for a row whose retries are used up; None when the script should decide."""
+    """A decision by rule, or None when the script (model or rules) should decide.
+
+    Review for a row whose retries are used up; for the two stuck-load monitors' own
+    ``Cancelled - ...`` messages the documented rule of ``retry_classifier`` (stuck in queue:
+    retry; exceeded the running timeout: review). A person's terminate never gets here:
+    failed_monitor does not claim it (``TERMINATED_SQL_LIKE``).
+    """
     retry_count = int(row.get("retry_count") or 0)
     if retry_count < policy.max_retries:
+        known = classify_error(row.get("last_message"))
+        if known.rule in (QUEUE_TIMEOUT_RULE, RUN_TIMEOUT_RULE):
+            return Decision(known.decision, 1.0, known.reason, "rules")
         return None
     return Decision.review(
         f"Failed again after {retry_count} of {policy.max_retries} automatic retries, so a "
@@ -131,11 +145,16 @@ def apply_decision(
     Anything that is not a clear ``Retry Recommended`` is review (``Decision`` sees to that): a
     wrong review costs a person a look, a wrong retry loops on a broken load.
     """
-    reason = redact(decision.reason, list(secrets))
+    secrets = list(secrets)
+    reason = redact(decision.reason, secrets)
     stored = {**decision.as_dict(), "reason": reason}
     transition = client.reset_for_retry if decision.retry else client.mark_for_review
     won = transition(
-        row["config_id"], reason, metadata_id=row.get("last_metadata_id"), decision=stored
+        row["config_id"],
+        reason,
+        metadata_id=row.get("last_metadata_id"),
+        decision=stored,
+        secrets=secrets,
     )
     if not won:
         return LOST

@@ -7,7 +7,7 @@ back-off, or keep it Failed for a person's review, and record the decision in th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import psycopg
@@ -18,11 +18,17 @@ from dagsters.control.schedule import retry_backoff
 from dagsters.control.status import FAILED
 from dagsters.control.transitions import guarded_transition, row_guard
 from databricks_scripts.contract import REQUIRES_REVIEW, RETRY_RECOMMENDED, Decision
+from databricks_scripts.redaction import redact
+from databricks_scripts.retry_classifier import TERMINATED_SQL_LIKE
 
 RETRY_MARKER = f"[AI Analysis - {RETRY_RECOMMENDED}] "
 REVIEW_MARKER = f"[AI Analysis - {REQUIRES_REVIEW}] "
 # failed_monitor takes back a failure whose analysis was requested this long ago and never decided.
 DEFAULT_ANALYSIS_TIMEOUT_MINUTES = 60
+# The failure's own text kept after the decision in last_message (bounded: a stack trace can be
+# pages long; the history row keeps the whole message).
+CAUSE_CHARS = 1000
+CAUSE_SEPARATOR = " | Cause: "
 
 
 class RetrySql(ControlDatabase):
@@ -49,7 +55,10 @@ class RetrySql(ControlDatabase):
                 "  SELECT config_id, retry_analysis_requested_at AS previous"
                 "  FROM table_control"
                 "  WHERE last_status = 'Failed' AND retry_count < %(max_retries)s"
-                "    AND NOT needs_review AND (retry_analysis_requested_at IS NULL"
+                "    AND NOT needs_review"
+                # A person's terminate stays Failed with its message: nothing to analyse.
+                "    AND coalesce(last_message, '') NOT LIKE %(terminated)s"
+                "    AND (retry_analysis_requested_at IS NULL"
                 "      OR retry_analysis_requested_at"
                 "         < now() - make_interval(mins => %(stale)s::int))"
                 "  ORDER BY last_status_date_time, config_id LIMIT %(limit)s"
@@ -63,6 +72,7 @@ class RetrySql(ControlDatabase):
                 {
                     "limit": int(limit),
                     "max_retries": int(max_retries),
+                    "terminated": TERMINATED_SQL_LIKE,
                     "stale": None if stale_after_minutes is None else int(stale_after_minutes),
                 },
             ).fetchall()
@@ -74,6 +84,7 @@ class RetrySql(ControlDatabase):
         *,
         metadata_id: int | None = None,
         decision: Mapping[str, Any] | Decision | None = None,
+        secrets: Iterable[str] = (),
     ) -> bool:
         """Failed -> NULL (ready) after a back-off, retry_count + 1; True if this caller won."""
         with self._transaction("reset_for_retry") as conn:
@@ -88,7 +99,11 @@ class RetrySql(ControlDatabase):
                 params={
                     "config_id": config_id,
                     "metadata_id": metadata_id,
-                    "message": self.redact(RETRY_MARKER + reason),
+                    "message": self.redact(
+                        decided_message(
+                            RETRY_MARKER, reason, decision, current["last_message"], secrets
+                        )
+                    ),
                     "backoff": retry_backoff(current["retry_count"]),
                 },
                 sets={
@@ -110,9 +125,13 @@ class RetrySql(ControlDatabase):
         *,
         metadata_id: int | None = None,
         decision: Mapping[str, Any] | Decision | None = None,
+        secrets: Iterable[str] = (),
     ) -> bool:
         """Failed stays Failed with needs_review, so no sensor picks it up until a person acts."""
         with self._transaction("mark_for_review") as conn:
+            current = _lock_row(conn, config_id)
+            if current is None or current["last_status"] != FAILED:
+                return False
             rows = guarded_transition(
                 conn,
                 FAILED,
@@ -121,7 +140,11 @@ class RetrySql(ControlDatabase):
                 params={
                     "config_id": config_id,
                     "metadata_id": metadata_id,
-                    "message": self.redact(REVIEW_MARKER + reason),
+                    "message": self.redact(
+                        decided_message(
+                            REVIEW_MARKER, reason, decision, current["last_message"], secrets
+                        )
+                    ),
                 },
                 sets={"needs_review": sql.SQL("true"), "last_message": sql.SQL("%(message)s")},
             )
@@ -154,6 +177,42 @@ class RetrySql(ControlDatabase):
                 "config_id": row["config_id"],
             },
         )
+
+
+def decided_message(
+    marker: str,
+    reason: str,
+    decision: Mapping[str, Any] | Decision | None,
+    failure: str | None,
+    secrets: Iterable[str] = (),
+) -> str:
+    """last_message after a decision: the spec's marker, the reason, who decided, and the cause.
+
+    ``[AI Analysis - Requires Review] <reason> (decided by <decider>) | Cause: <the failure>``:
+    the control row alone still says what broke. The failure text is the row's message before
+    the decision (an earlier decision's own marker and reason are not repeated), clipped to
+    ``CAUSE_CHARS``, and redacted with ``secrets`` (the process's own secret values): a message
+    written by something that did not redact does not survive the decision with a secret in it.
+    """
+    decider = _decision_values(decision).get("decider")
+    text = marker + reason.strip()
+    if decider:
+        text += f" (decided by {decider})"
+    cause = redact(_original_cause(failure), list(secrets)) if failure else ""
+    if cause:
+        if len(cause) > CAUSE_CHARS:
+            cause = cause[: CAUSE_CHARS - 1] + "…"
+        text += CAUSE_SEPARATOR + cause
+    return text
+
+
+def _original_cause(message: str | None) -> str:
+    """The failure text of a last_message, without a decision written over it earlier."""
+    message = (message or "").strip()
+    if message.startswith((RETRY_MARKER, REVIEW_MARKER)):
+        _, found, cause = message.partition(CAUSE_SEPARATOR)
+        return cause.strip() if found else ""
+    return message
 
 
 def _lock_row(conn: psycopg.Connection, config_id: int) -> dict | None:

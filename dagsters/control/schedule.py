@@ -10,18 +10,12 @@ Cron expressions are evaluated on the wall clock of the row's time zone:
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, croniter
 
-# Same shape as the SQL CHECK dataloader_is_valid_cron: five fields or an @-macro. croniter on
-# its own also accepts six-field (seconds) expressions, which the database would refuse.
-_CRON_SHAPE = re.compile(
-    r"^\s*(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|(\S+\s+){4}\S+)\s*$",
-    re.IGNORECASE,
-)
+from dagsters.control.cron_rules import cron_problem
 
 RETRY_BASE = timedelta(minutes=5)
 RETRY_FACTOR = 3
@@ -32,12 +26,14 @@ _MAX_CANDIDATES = 100_000
 
 
 def validate_cron(expr: str) -> str:
-    """Return ``expr`` stripped if it is a five-field cron expression or macro; else ValueError."""
-    if not isinstance(expr, str) or not _CRON_SHAPE.match(expr):
-        raise ValueError(
-            f"invalid cron expression {expr!r}: expected five fields "
-            "(minute hour day-of-month month day-of-week) or an @-macro such as @daily"
-        )
+    """Return ``expr`` stripped if DataLoader can schedule it; else ValueError saying why.
+
+    The rules are :func:`dagsters.control.cron_rules.cron_problem`, the same the database's
+    CHECK applies (``sql/005``), so a row the database accepted is always computable.
+    """
+    problem = cron_problem(expr)
+    if problem is not None:
+        raise ValueError(f"invalid cron expression: {problem}")
     expr = expr.strip()
     if not croniter.is_valid(expr):
         raise ValueError(f"invalid cron expression {expr!r}")
@@ -45,6 +41,14 @@ def validate_cron(expr: str) -> str:
 
 
 def validate_timezone(name: str) -> ZoneInfo:
+    """The zone ``name`` names in the IANA zone database (``Europe/Berlin``, ``UTC``).
+
+    POSIX offset strings (``UTC+3``) are refused here as in the database (``sql/005``: only
+    names PostgreSQL lists in ``pg_timezone_names``, which ``tests/test_schedule_rules.py``
+    checks are all known here).
+    """
+    if not isinstance(name, str) or not name or name != name.strip():
+        raise ValueError(f"unknown time zone {name!r}")
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:

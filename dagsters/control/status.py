@@ -4,6 +4,7 @@
 
     NULL (ready) -> Queued -> In Progress -> Succeeded | Failed
     Failed -> NULL (retry, retry_count + 1)      Queued -> Failed (stuck / run failed early)
+    Queued -> NULL (a claim whose run was never created is released)
 
 Plain values only: :mod:`dagsters.control.transitions` turns them into the one guarded UPDATE.
 """
@@ -24,7 +25,7 @@ ALLOWED_FROM: dict[str | None, frozenset[str | None]] = {
     IN_PROGRESS: frozenset({QUEUED}),
     SUCCEEDED: frozenset({IN_PROGRESS}),
     FAILED: frozenset({QUEUED, IN_PROGRESS}),
-    None: frozenset({FAILED}),
+    None: frozenset({FAILED, QUEUED}),
 }
 
 ANY_ALLOWED: Any = object()  # "use the lifecycle's allowed predecessor states"

@@ -92,16 +92,55 @@ def success_sets() -> dict[str, sql.Composable]:
     }
 
 
-def advance_schedule(conn: psycopg.Connection, rows: Sequence[Mapping]) -> None:
-    """Move next_load_date_time to each row's next schedule slot (same transaction)."""
+def advance_schedule(conn: psycopg.Connection, rows: Sequence[Mapping]) -> dict[int, str]:
+    """Move next_load_date_time to each row's next schedule slot (same transaction).
+
+    Row by row: a row whose schedule cannot be computed (a cron written before sql/005's rules)
+    gets next_load_date_time NULL and the reason appended to its last_message and to the message
+    of its latest attempt, so it is never silently unscheduled, and the other rows are not held
+    up. Returns {config_id: problem} for those rows.
+    """
     if not rows:
-        return
+        return {}
     now = conn.execute("SELECT now() AS now").fetchone()["now"]
-    values = [(_next_slot(row, now), row["config_id"]) for row in rows]
+    values: list[tuple[datetime | None, int]] = []
+    problems: dict[int, str] = {}
+    for row in rows:
+        slot, problem = next_slot_or_problem(row, now)
+        values.append((slot, row["config_id"]))
+        if problem is not None:
+            problems[row["config_id"]] = problem
     with conn.cursor() as cur:
         cur.executemany(
             "UPDATE table_control SET next_load_date_time = %s WHERE config_id = %s", values
         )
+    for config_id, problem in problems.items():
+        note = UNSCHEDULED_NOTE.format(problem=problem)
+        conn.execute(
+            "UPDATE table_control SET last_message = concat(last_message, %s::text)"
+            " WHERE config_id = %s",
+            (note, config_id),
+        )
+        conn.execute(
+            "UPDATE historical_metadata h SET message = concat(h.message, %s::text)"
+            " FROM table_control t WHERE t.config_id = %s AND h.metadata_id = t.last_metadata_id",
+            (note, config_id),
+        )
+    return problems
+
+
+UNSCHEDULED_NOTE = (
+    " | Not scheduled again: {problem}. Fix schedule_cron/schedule_timezone, then set"
+    " next_load_date_time."
+)
+
+
+def next_slot_or_problem(row: Mapping, now: datetime) -> tuple[datetime | None, str | None]:
+    """(the row's next slot after ``now``, None) or (None, why its schedule cannot be computed)."""
+    try:
+        return _next_slot(row, now), None
+    except ValueError as exc:
+        return None, str(exc)
 
 
 def _next_slot(row: Mapping, now: datetime) -> datetime | None:

@@ -263,8 +263,13 @@ def plan_model_files(tables: Sequence[LandingTable], repo_root: Path | str) -> F
                 "written by a person (no DataLoader marker or edited since)"
             )
             continue
-        by_source.setdefault(source, []).append(table)
         sql_path = staging_model_path(source, table)
+        too_long = _name_too_long(sql_path, sources_file_path(source))
+        if too_long:
+            # One table with an unusable file name must not stop the batch: noted on its row.
+            plan.blocked[table.config_id] = too_long
+            continue
+        by_source.setdefault(source, []).append(table)
         propose(sql_path, render_staging_sql(table, source))
         plan.files_by_table[table.config_id] = [sources_file_path(source), sql_path]
 
@@ -277,6 +282,24 @@ def plan_model_files(tables: Sequence[LandingTable], repo_root: Path | str) -> F
         first = source_tables[0]
         propose(path, render_sources_yaml(source, first.catalog, first.schema, entries.values()))
     return plan
+
+
+# The longest file or directory name file systems accept (ext4, APFS, NTFS: 255 bytes).
+NAME_MAX_BYTES = 255
+
+
+def _name_too_long(*paths: str) -> str | None:
+    """Why one of ``paths`` cannot be written (a component over NAME_MAX_BYTES), or None."""
+    for path in paths:
+        for part in path.split("/"):
+            size = len(part.encode("utf-8"))
+            if size > NAME_MAX_BYTES:
+                return (
+                    f"the dbt file name {part[:40]}... would be {size} bytes, over the "
+                    f"{NAME_MAX_BYTES} a file system allows; shorten destination_table_name "
+                    "(or destination_schema_name) and reload the table"
+                )
+    return None
 
 
 def _persons_file(path: Path) -> str | None:

@@ -116,15 +116,18 @@ def _psql(args: argparse.Namespace) -> int:
     if not settings.lakebase.embedded:
         print("LAKEBASE_HOST is set: connect with psql to that server (PGPASSWORD / OAuth token).")
         return 1
-    server = start_demo_lakebase(settings.paths.home)
+    # Starts the server when it is not running; never seeds or changes the demo.
+    server = start_demo_lakebase(settings.paths.home, seed=False)
     conninfo = server.conninfo(CONTROL_DATABASE)
     import pgserver
 
     bundled = Path(pgserver.__file__).parent / "pginstall" / "bin" / "psql"
     psql = str(bundled) if bundled.exists() else shutil.which("psql")
-    print(f'psql "{conninfo}"')
     if args.print_only or psql is None:
+        # Only the connection string, so `psql "$(dataloader psql --print)"` works.
+        print(conninfo)
         return 0
+    print(f"psql {conninfo}", file=sys.stderr)
     # The server stays up while psql runs because this process keeps its handle.
     return subprocess.call([psql, conninfo])
 
@@ -155,7 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     migrate.add_argument("--no-demo", action="store_true", help="embedded: do not seed demo rows")
     migrate.set_defaults(func=_migrate)
     psql = sub.add_parser("psql", help="open psql on the embedded control database")
-    psql.add_argument("--print", dest="print_only", action="store_true", help="only print it")
+    psql.add_argument(
+        "--print",
+        dest="print_only",
+        action="store_true",
+        help='only print the connection string (psql "$(dataloader psql --print)")',
+    )
     psql.set_defaults(func=_psql)
     release = sub.add_parser("release", help="release a reviewed table_control row")
     release.add_argument("control_key")

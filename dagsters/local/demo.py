@@ -1,11 +1,14 @@
 """Demo data for local mode: three small source tables and the control rows that load them.
 
-``start_demo_lakebase(home)`` starts the embedded Lakebase with this seed; ``seed_demo`` runs on
-every start of the embedded Lakebase (several processes may run it at
-once). It is idempotent: tables and rows are created once; on later starts it only refreshes
-the server's socket directory and port in ``db_config_value`` (the socket directory can move
-between starts) and appends a few new orders, so the incremental load has new rows to pick up.
-A person's edits to the demo control rows (schedule, is_active, ...) are kept.
+``start_demo_lakebase(home)`` starts the embedded Lakebase with this seed. ``seed_demo`` is
+idempotent and changes nothing once the demo exists: the source tables, ten orders and the three
+control rows are created the first time (``dataloader dev``, or the first process that needs the
+database); on later starts it only refreshes the server's socket directory and port in the demo
+rows' ``db_config_value`` when they moved (an UPDATE, so the control-key counter of sql/004 and
+the identity sequence are untouched). It never appends orders or changes prices by itself: add
+rows to ``demo_source.shop.orders`` with SQL to give the incremental load something new
+(``append_demo_orders``). ``dataloader psql`` does not seed. A person's edits to the demo
+control rows (schedule, is_active, ...) are kept; several processes may seed at once.
 """
 
 from __future__ import annotations
@@ -79,8 +82,8 @@ def start_demo_lakebase(home: Path, *, seed: bool = True) -> EmbeddedServer:
     return ensure_embedded_lakebase(home, seed=seed_demo if seed else None)
 
 
-def seed_demo(server: EmbeddedServer, *, new_orders: int = 3) -> None:
-    """Create/refresh the demo source tables and control rows on the embedded server."""
+def seed_demo(server: EmbeddedServer) -> None:
+    """Create the demo source tables and control rows once; afterwards change nothing."""
     ensure_database(server, DEMO_DATABASE)
     with psycopg.connect(server.conninfo(DEMO_DATABASE)) as conn:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SEED_LOCK_KEY,))
@@ -98,7 +101,7 @@ def seed_demo(server: EmbeddedServer, *, new_orders: int = 3) -> None:
                     " ON CONFLICT DO NOTHING",
                     _PRODUCTS,
                 )
-        _append_orders(conn, 10 if first_time else new_orders)
+            _append_orders(conn, 10)
     _upsert_control_rows(server)
 
 
@@ -127,45 +130,44 @@ def _append_orders(conn: psycopg.Connection, count: int) -> int:
 
 
 def _upsert_control_rows(server: EmbeddedServer) -> None:
-    db_config = json.dumps(
-        {
-            "host": server.socket_dir,
-            "port": server.port,
-            "database": DEMO_DATABASE,
-            "user": "postgres",
-        }
-    )
+    """Insert the demo rows that are missing; refresh where the server listens in the others.
+
+    No INSERT runs when every row exists (a statement-level trigger would count even an empty
+    INSERT ... ON CONFLICT as a key change, and each would burn an identity value).
+    """
+    where = {"host": server.socket_dir, "port": server.port}
+    db_config = json.dumps({**where, "database": DEMO_DATABASE, "user": "postgres"})
     with psycopg.connect(server.conninfo(CONTROL_DATABASE)) as conn, conn.cursor() as cur:
-        cur.executemany(
-            "INSERT INTO table_control (control_key, source_catalog, source_schema_name,"
-            "  source_table_name, destination_catalog, destination_schema_name,"
-            "  destination_table_name, db_type, db_config_value, load_strategy,"
-            "  incremental_column, merge_keys, schedule_interval)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, 'postgresql', %s::jsonb, %s, %s, %s,"
-            "  %s::interval)"
-            # Only where the server listens is refreshed; a person's edits to the row stay.
-            " ON CONFLICT (control_key) DO UPDATE SET db_config_value ="
-            "  table_control.db_config_value || jsonb_build_object("
-            "   'host', EXCLUDED.db_config_value->'host', 'port', EXCLUDED.db_config_value->'port')"
-            " WHERE table_control.db_config_value->'host' IS DISTINCT FROM"
-            "   EXCLUDED.db_config_value->'host'"
-            "  OR table_control.db_config_value->'port' IS DISTINCT FROM"
-            "   EXCLUDED.db_config_value->'port'",
-            [
-                (
-                    key,
-                    DEMO_DATABASE,
-                    DEMO_SCHEMA,
-                    table,
-                    DEMO_CATALOG,
-                    DEMO_SCHEMA,
-                    table,
-                    db_config,
-                    strategy,
-                    column,
-                    keys,
-                    interval,
-                )
-                for key, table, strategy, column, keys, interval in DEMO_TABLES
-            ],
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SEED_LOCK_KEY,))
+        keys = [key for key, *_ in DEMO_TABLES]
+        present = {
+            key
+            for (key,) in conn.execute(
+                "SELECT control_key FROM table_control WHERE control_key = ANY(%s)", (keys,)
+            ).fetchall()
+        }
+        missing = [
+            (key, DEMO_DATABASE, DEMO_SCHEMA, table, DEMO_CATALOG, DEMO_SCHEMA, table, db_config)
+            + (strategy, column, merge_keys, interval)
+            for key, table, strategy, column, merge_keys, interval in DEMO_TABLES
+            if key not in present
+        ]
+        if missing:
+            cur.executemany(
+                "INSERT INTO table_control (control_key, source_catalog, source_schema_name,"
+                "  source_table_name, destination_catalog, destination_schema_name,"
+                "  destination_table_name, db_type, db_config_value, load_strategy,"
+                "  incremental_column, merge_keys, schedule_interval)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, 'postgresql', %s::jsonb, %s, %s, %s,"
+                "  %s::interval) ON CONFLICT (control_key) DO NOTHING",
+                missing,
+            )
+        # Only where the server listens is refreshed, and only when it moved; a person's
+        # edits to the row stay.
+        conn.execute(
+            "UPDATE table_control SET db_config_value = db_config_value || %(where)s::jsonb"
+            " WHERE control_key = ANY(%(keys)s)"
+            "  AND (db_config_value->'host' IS DISTINCT FROM %(where)s::jsonb->'host'"
+            "   OR db_config_value->'port' IS DISTINCT FROM %(where)s::jsonb->'port')",
+            {"where": json.dumps(where), "keys": [k for k in keys if k in present]},
         )

@@ -12,8 +12,8 @@ therefore taken back by the same guarded claim, and the failure gets a second an
 new run key, unless the first analysis run is in fact still queued or running in Dagster.
 
 A failure that is a person's termination (``Cancelled - Dagster run <id> was terminated``) is not
-analysed and uses no retry: the row is released to its next schedule slot
-(``dagsters/control/termination.py``).
+claimed at all (``retry_state.TERMINATED_SQL_LIKE``): it is not analysed, uses no retry, and the row
+stays Failed with its message until someone loads it again.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from dagsters.control.run_requests import (
     retry_run_key,
     retry_run_tags,
 )
-from dagsters.control.termination import terminated_by_a_person
 from dagsters.partitions import control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.sensors import alert_on_error, default_status
@@ -55,7 +54,9 @@ class FailureTriage:
     """What one tick does with the failures it claimed."""
 
     analyse: list[dict] = field(default_factory=list)
-    exhausted: list[tuple[dict, Decision]] = field(default_factory=list)  # review by rule
+    # Decided by rule without a run: retries used up (review), or a monitor's own
+    # Cancelled message (stuck in queue: retry; over the run timeout: review).
+    by_rule: list[tuple[dict, Decision]] = field(default_factory=list)
     waiting: list[tuple[dict, str]] = field(default_factory=list)  # (row, active analysis run)
     again: list[dict] = field(default_factory=list)  # earlier analysis never decided
 
@@ -79,7 +80,7 @@ def triage_failures(
     for row in claimed:
         decision = decide_without_asking(row, policy)
         if decision is not None:
-            triage.exhausted.append((row, decision))
+            triage.by_rule.append((row, decision))
             continue
         if row.get("previous_analysis_requested_at") is not None:
             active = active_run(row)
@@ -91,14 +92,14 @@ def triage_failures(
     return triage
 
 
-def review_exhausted(
-    client: LakebaseClient, exhausted: Iterable[tuple[dict, Decision]], settings: Settings
+def apply_rule_decisions(
+    client: LakebaseClient, decided: Iterable[tuple[dict, Decision]], settings: Settings
 ) -> list[tuple[dict, str]]:
-    """Mark rows out of retries for review by rule; one (row, outcome) pair per row."""
+    """Apply the decisions made by rule; one (row, outcome) pair per row."""
     notifier = notifier_from_settings(settings)
     return [
         (row, apply_decision(client, row, decision, secrets=settings.secrets, notifier=notifier))
-        for row, decision in exhausted
+        for row, decision in decided
     ]
 
 
@@ -137,23 +138,6 @@ def analysis_requests(rows: list[dict], settings: Settings) -> dg.SensorResult:
     )
 
 
-def release_terminations(
-    context: dg.SensorEvaluationContext, client: LakebaseClient, claimed: Iterable[dict]
-) -> int:
-    """Put rows whose run a person terminated back on their schedule; how many were released."""
-    released = 0
-    for row in claimed:
-        if not terminated_by_a_person(row):
-            continue
-        if client.release_terminated(row["config_id"], row.get("last_metadata_id")):
-            released += 1
-            context.log.info(
-                f"{row['control_key']}: run terminated by a person; not analysed, no retry "
-                "used, loads again at its next scheduled time"
-            )
-    return released
-
-
 def _active_analysis_run(context: dg.SensorEvaluationContext) -> Callable[[dict], str | None]:
     def active_run(row: dict) -> str | None:
         """Run id of an analysis run for this attempt that is still queued or running, if any."""
@@ -187,14 +171,11 @@ def build_failed_monitor(settings: Settings) -> dg.SensorDefinition:
         context: dg.SensorEvaluationContext, lakebase: LakebaseResource
     ) -> dg.SensorResult | dg.SkipReason:
         client = lakebase.get_client()
-        # Every failure not yet handled, whatever its retry count: the exhausted ones are settled
+        # Every failure not yet handled, whatever its retry count: those decided by rule are settled
         # here, so they do not sit Failed without a review marker.
         claimed = client.claim_failed_for_analysis(
             settings.failed_batch_size, _ANY_RETRY_COUNT, stale_after_minutes=timeout
         )
-        # A person's termination is not analysed and uses no retry: back to its schedule.
-        released = release_terminations(context, client, claimed)
-        claimed = [row for row in claimed if not terminated_by_a_person(row)]
         alert_repeated_failures(claimed, settings)
         triage = triage_failures(claimed, settings.retry, _active_analysis_run(context))
         for row, active in triage.waiting:
@@ -207,16 +188,16 @@ def build_failed_monitor(settings: Settings) -> dg.SensorDefinition:
                 f"{row['control_key']}: analysis requested at "
                 f"{row['previous_analysis_requested_at']} never decided; analysing again"
             )
-        for row, outcome in review_exhausted(client, triage.exhausted, settings):
-            context.log.info(f"{row['control_key']}: retries used up; {outcome}")
+        decided = apply_rule_decisions(client, triage.by_rule, settings)
+        for (row, outcome), (_, decision) in zip(decided, triage.by_rule, strict=True):
+            context.log.info(
+                f"{row['control_key']}: {decision.decision} by rule ({decision.reason}); {outcome}"
+            )
         if triage.analyse:
             return analysis_requests(triage.analyse, settings)
-        reviewed = len(triage.exhausted)
         return dg.SkipReason(
             f"No failure to analyse (Failed, retry_count < {max_retries}, not under review, not "
-            "already being analysed)."
-            + (f" Marked {reviewed} for review (retries used up)." if reviewed else "")
-            + (f" Released {released} terminated by a person." if released else "")
+            "already being analysed)." + (f" Decided {len(decided)} by rule." if decided else "")
         )
 
     return failed_monitor

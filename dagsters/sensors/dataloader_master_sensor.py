@@ -1,7 +1,6 @@
 """master_sensor: claims due tables and launches one ``dataloader__table_load`` run per table.
 
-Each tick claims up to the batch size of due rows (never more in flight per source system than
-``DATALOADER_SOURCE_CONCURRENCY``: see ``dagsters/control/source_slots.py``) in one transaction (status Queued + a history row
+Each tick claims up to the batch size of due rows in one transaction (status Queued + a history row
 each; FOR UPDATE SKIP LOCKED, so two ticks never claim the same row) and yields one RunRequest per
 row. The run key is the history row, so a repeated tick never launches an attempt twice, and a
 re-queued table always gets a new run.
@@ -33,7 +32,9 @@ from dagsters.control.run_requests import (
 from dagsters.partitions import PARTITIONS_NAME, control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.sensors import alert_on_error, default_status
+from dagsters.sensors.orphan_claims import release_after_failed_tick, settle_orphan_claims
 from dagsters.settings import Settings
+from dagsters.utils.lakebase_client import LakebaseClient
 
 LOAD_JOB = "dataloader__table_load_job"
 # Compare the key sets at least this often even when the counter did not move.
@@ -90,24 +91,10 @@ def plan_partition_sync(
 
 
 def build_master_sensor(settings: Settings) -> dg.SensorDefinition:
-    @dg.sensor(
-        name="master_sensor",
-        job_name=LOAD_JOB,
-        minimum_interval_seconds=settings.master_interval_seconds,
-        default_status=default_status(settings),
-        description=f"Claims up to {settings.master_batch_size} due tables per tick and launches "
-        "a load for each; keeps the control_key partitions in step with table_control.",
-    )
-    @alert_on_error(settings, "master_sensor")
-    def master_sensor(
-        context: dg.SensorEvaluationContext, lakebase: LakebaseResource
+    def tick_result(
+        context: dg.SensorEvaluationContext, client: LakebaseClient, rows: list[dict]
     ) -> dg.SensorResult | dg.SkipReason:
-        client = lakebase.get_client()
-        # Queue-aware: only rows whose source system has a free slot (the same limit Dagster's
-        # run queue applies per source tag), so nothing claimed waits into longqueued_monitor.
-        rows = client.claim_due_tables_within_source_limit(
-            settings.master_batch_size, settings.source_concurrency
-        )
+        """Partition requests and one run request per claimed row (no Lakebase writes)."""
         # Every claimed key goes in the add request: the sensor daemon adds only the keys it does
         # not have yet, so checking them here as well would only double that cost.
         sync = plan_partition_sync(
@@ -155,5 +142,31 @@ def build_master_sensor(settings: Settings) -> dg.SensorDefinition:
             ],
             dynamic_partitions_requests=requests,
         )
+
+    @dg.sensor(
+        name="master_sensor",
+        job_name=LOAD_JOB,
+        minimum_interval_seconds=settings.master_interval_seconds,
+        default_status=default_status(settings),
+        description=f"Claims up to {settings.master_batch_size} due tables per tick and launches "
+        "a load for each; keeps the control_key partitions in step with table_control.",
+    )
+    @alert_on_error(settings, "master_sensor")
+    def master_sensor(
+        context: dg.SensorEvaluationContext, lakebase: LakebaseResource
+    ) -> dg.SensorResult | dg.SkipReason:
+        client = lakebase.get_client()
+        settle_orphan_claims(context, client, LOAD_JOB)
+        # Queue-aware: only rows whose source system has a free slot (the same limit Dagster's
+        # run queue applies per source tag), so nothing claimed waits into longqueued_monitor.
+        rows = client.claim_due_tables_within_source_limit(
+            settings.master_batch_size, settings.source_concurrency
+        )
+        try:
+            return tick_result(context, client, rows)
+        except Exception as exc:
+            # The claims are committed but no run will be requested: give them back now.
+            release_after_failed_tick(client, rows, exc)
+            raise
 
     return master_sensor

@@ -26,7 +26,6 @@ Messages written to the database or raised are redacted first.
 ``control/landing_notes.py``       rows waiting for a staging model, the landing note
 ``control/source_connections.py``  a row's source: its connection, or its secret's binding
 ``control/source_slots.py``        claims bounded by free per-source slots; one stuck queued row
-``control/termination.py``         a person's termination: back to the schedule, not analysed
 ``control/retention.py``           batched deletes of history rows older than the retention
 ``control/review_release.py``      release a reviewed row (job / CLI), no hand-written SQL
 =================================  ===========================================================
@@ -58,7 +57,6 @@ from dagsters.control.status import (
     SUCCEEDED,
 )
 from dagsters.control.stuck import StuckRowsSql
-from dagsters.control.termination import TerminationSql
 
 __all__ = [
     "ALLOWED_FROM",
@@ -88,7 +86,6 @@ class LakebaseClient(
     LandingSql,
     SourceConnectionsSql,
     SourceSlotsSql,
-    TerminationSql,
     RetentionSql,
     ReviewReleaseSql,
 ):
