@@ -167,6 +167,10 @@ def run_load(context: PipesContext, env: ScriptEnv, secrets: list[str]) -> None:
     }
     if result.row_count is not None:
         metadata[LoadMetadata.ROW_COUNT] = result.row_count
+    reconciled = getattr(result, "reconciled", None)
+    if reconciled is not None:
+        metadata[LoadMetadata.RECONCILED_METADATA_ID] = reconciled.metadata_id
+        metadata[LoadMetadata.RECONCILED_VERSION] = reconciled.version
     context.log.info(
         f"{label}: {result.applied_strategy} load read {result.rows_read:,} and wrote "
         f"{result.rows_written:,} rows in {duration}s; watermark {result.watermark_after!r}"

@@ -30,6 +30,15 @@ from typing import Any
 
 import pyarrow as pa
 
+from databricks_scripts.loader_commits import (
+    StaleAttempt,
+    UnrecordedCommit,
+    check_still_current,
+    commit_properties,
+    committed_attempt,
+    unrecorded_commit,
+)
+from databricks_scripts.loader_keys import keys_checked, spool_checked
 from databricks_scripts.loader_sql import delta_merge_predicate
 from databricks_scripts.loader_types import (
     SchemaPlan,
@@ -68,6 +77,8 @@ class LoadResult:
     row_count: int | None
     committed: bool
     notes: list[str] = field(default_factory=list)
+    # Set when nothing was loaded because an earlier attempt's commit had not been recorded.
+    reconciled: UnrecordedCommit | None = None
 
 
 class Progress:
@@ -242,7 +253,7 @@ def _step(name: str) -> Iterator[None]:
     """Report a failure inside the block as step ``name`` (a LoadStepError passes unchanged)."""
     try:
         yield
-    except LoadStepError:
+    except (LoadStepError, StaleAttempt):
         raise
     except Exception as exc:
         raise LoadStepError(name, f"{type(exc).__name__}: {exc}") from exc
@@ -262,6 +273,9 @@ class _Load:
     source_columns: frozenset[str] = frozenset()
     watermark: Watermark | None = None
     lower: Watermark | None = None
+    committed_at_start: int | None = None  # the row's last committing attempt when this began
+    # An error raised inside a stream the writer consumes (delta-rs re-raises it as its own).
+    stream_error: BaseException | None = None
 
     @property
     def cursor(self) -> str | None:
@@ -324,6 +338,7 @@ def _prepare(spec, source, destination: Path, log: Callable[[str], None]) -> _Lo
         numeric_text,
         source_columns=frozenset(source_schema.names),
     )
+    load.committed_at_start = committed_attempt(table, spec)
     if applied != "full" and cursor and spec.incremental_value is not None:
         with _step("decode watermark"):
             load.watermark = decode_watermark_for(
@@ -340,13 +355,17 @@ def _write_full(load: _Load, batches: Iterator[pa.RecordBatch], tracker: _Tracke
     """Every source row replaces the table in one overwrite commit (or creates it)."""
     from deltalake import write_deltalake
 
-    reader = pa.RecordBatchReader.from_batches(load.write_schema, batches)
-    write_deltalake(
-        load.table if load.table is not None else str(load.destination),
-        reader,
-        mode="overwrite",
-        schema_mode="overwrite" if load.rebuild else "merge",
-    )
+    if load.spec.merge_keys:  # a keyed table's first load (or rebuild) checks its keys too
+        batches = keys_checked(batches, tuple(load.spec.merge_keys))
+    reader = pa.RecordBatchReader.from_batches(load.write_schema, _fenced(batches, load))
+    with _stream_errors(load):
+        write_deltalake(
+            load.table if load.table is not None else str(load.destination),
+            reader,
+            mode="overwrite",
+            schema_mode="overwrite" if load.rebuild else "merge",
+            commit_properties=commit_properties(load.spec, load.applied),
+        )
     return tracker.rows_read, True
 
 
@@ -363,10 +382,17 @@ def _write_append(load: _Load, batches: Iterator[pa.RecordBatch], tracker: _Trac
             numeric_text=load.numeric_text,
         )
     counted = _count(batches)
-    reader = _peeked_reader(load.write_schema, counted)
+    reader = _peeked_reader(load.write_schema, _fenced(counted, load))
     if reader is None:
         return 0, False
-    write_deltalake(load.table, reader, mode="append", schema_mode="merge")
+    with _stream_errors(load):
+        write_deltalake(
+            load.table,
+            reader,
+            mode="append",
+            schema_mode="merge",
+            commit_properties=commit_properties(load.spec, load.applied),
+        )
     return counted.rows, True
 
 
@@ -381,8 +407,9 @@ def _write_merge(load: _Load, batches: Iterator[pa.RecordBatch], tracker: _Track
     keys = tuple(load.spec.merge_keys)
     with tempfile.TemporaryDirectory(prefix="dataloader-merge-") as spool_dir:
         spool = Path(spool_dir) / "source.arrows"
-        if not _spool_checked(batches, load.write_schema, keys, spool):
+        if not spool_checked(batches, load.write_schema, keys, spool):
             return 0, False
+        check_still_current(load.destination, load.spec, load.committed_at_start)
         with pa.OSFile(str(spool), "rb") as stream:
             metrics = (
                 load.table.merge(
@@ -392,6 +419,7 @@ def _write_merge(load: _Load, batches: Iterator[pa.RecordBatch], tracker: _Track
                     target_alias="t",
                     merge_schema=bool(load.plan.added_columns),
                     streamed_exec=True,
+                    commit_properties=commit_properties(load.spec, load.applied),
                 )
                 .when_matched_update_all()
                 .when_not_matched_insert_all()
@@ -403,23 +431,32 @@ def _write_merge(load: _Load, batches: Iterator[pa.RecordBatch], tracker: _Track
     return written, True
 
 
-def _spool_checked(
-    batches: Iterator[pa.RecordBatch], schema: pa.Schema, keys: tuple[str, ...], path: Path
-) -> int:
-    """Write ``batches`` to ``path`` (Arrow IPC stream); refuse NULL keys at once, duplicate keys
-    at the end. Keeps only the key columns in memory. Returns the number of rows spooled."""
-    seen: list[pa.RecordBatch] = []
-    rows = 0
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-        for batch in batches:
-            key_batch = batch.select(list(keys))
-            _check_keys(pa.Table.from_batches([key_batch]), keys, nulls_only=True)
-            seen.append(key_batch)
-            writer.write_batch(batch)
-            rows += batch.num_rows
-    if seen:
-        _check_keys(pa.Table.from_batches(seen), keys)
-    return rows
+def _fenced(batches: Iterator[pa.RecordBatch], load: _Load) -> Iterator[pa.RecordBatch]:
+    """``batches``, then the fencing check: the last thing before the writer commits."""
+    try:
+        yield from batches
+        # Called from inside delta-rs's writer, whose async runtime cannot be re-entered to open
+        # the table: the check runs on a thread of its own.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, thread_name_prefix="fence") as pool:
+            pool.submit(
+                check_still_current, load.destination, load.spec, load.committed_at_start
+            ).result()
+    except BaseException as exc:
+        load.stream_error = exc
+        raise
+
+
+@contextmanager
+def _stream_errors(load: _Load) -> Iterator[None]:
+    """Re-raise the error a consumed stream raised (delta-rs reports it as its own, retyped)."""
+    try:
+        yield
+    except Exception:
+        if load.stream_error is not None:
+            raise load.stream_error from None
+        raise
 
 
 def _writer(load: _Load):
@@ -456,6 +493,11 @@ def run_arrow_load(
     destination, reconcile schema, decode watermark, read source, write destination.
     """
     load = _prepare(spec, source, destination, log)
+    if load.applied != "full":
+        with _step("reconcile with the destination"):
+            unrecorded = unrecorded_commit(load.table, spec)
+            if unrecorded is not None:
+                return _reconciled(load, unrecorded, log)
     with _step("read source"):
         _, raw_batches = source.batches(load.lower)
         progress = Progress(log, f"{spec.source_label}", progress_interval)
@@ -481,6 +523,47 @@ def run_arrow_load(
     )
 
 
+def _destination_watermark(load: _Load) -> str | None:
+    """max(cursor) of the destination above the row's watermark: what a committed-but-unrecorded
+    load moved it to (the Spark engine reads every new watermark this way)."""
+    if load.cursor is None:
+        return load.spec.incremental_value
+    import pyarrow.compute as pc
+
+    dataset = load.table.to_pyarrow_dataset()
+    newer = None
+    if load.watermark is not None and not load.numeric_text:
+        newer = pc.field(load.cursor) > load.watermark
+    column = dataset.to_table(columns=[load.cursor], filter=newer).column(load.cursor)
+    top = batch_max(column, numeric_text=load.numeric_text)
+    new_max = max_watermark(load.watermark, top)
+    if new_max is None or new_max == load.watermark:
+        return load.spec.incremental_value
+    return encode_watermark(new_max)
+
+
+def _reconciled(load: _Load, unrecorded: UnrecordedCommit, log: Callable[[str], None]):
+    """Nothing read: an earlier attempt's commit is reported for the asset to record."""
+    watermark = _destination_watermark(load)
+    log(
+        f"attempt {unrecorded.metadata_id} committed destination version {unrecorded.version} "
+        f"but its success was never recorded; recording it (watermark {watermark!r}) instead of "
+        "loading again"
+    )
+    return LoadResult(
+        rows_read=0,
+        rows_written=0,
+        watermark_before=load.spec.incremental_value,
+        watermark_after=watermark,
+        applied_strategy=load.applied,
+        destination=str(load.destination),
+        schema=arrow_schema_of(load.table.schema()),
+        row_count=_row_count(load.table),
+        committed=False,
+        reconciled=unrecorded,
+    )
+
+
 class _count:
     def __init__(self, batches: Iterator[pa.RecordBatch]):
         self._batches = batches
@@ -490,22 +573,3 @@ class _count:
         for b in self._batches:
             self.rows += b.num_rows
             yield b
-
-
-def _check_keys(data: pa.Table, keys: tuple[str, ...], *, nulls_only: bool = False) -> None:
-    import pyarrow.compute as pc
-
-    for k in keys:
-        nulls = data.column(k).null_count
-        if nulls:
-            raise ValueError(f"merge key {k!r} is NULL in {nulls} source row(s); keys must be set")
-    if nulls_only:
-        return
-    grouped = data.group_by(list(keys)).aggregate([([], "count_all")])
-    dupes = grouped.filter(pc.field("count_all") > 1)
-    if dupes.num_rows:
-        sample = dupes.slice(0, 1).select(list(keys)).to_pylist()[0]
-        raise ValueError(
-            f"merge keys {list(keys)} are not unique in the source rows read "
-            f"({dupes.num_rows} duplicated key(s), e.g. {sample})"
-        )
