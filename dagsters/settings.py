@@ -121,6 +121,10 @@ class Settings:
     dagster_base_url: str = LOCAL_DAGSTER_BASE_URL
     scripts_path: str | None = None  # local directory or workspace path of databricks_scripts/
     load_timeout_seconds: int = DEFAULT_LOAD_TIMEOUT_SECONDS
+    # How long a finished load keeps retrying to write its result to an unreachable control
+    # database (bounded exponential back-off, 1 s doubling to 30 s) before it gives up; a commit
+    # whose success was not written is recorded by the row's next load (docs/control-database.md).
+    writeback_retry_seconds: int = 300
     # Local embedded Dagster instance (CLI only): per-source and overall run limits.
     source_concurrency: int = 2
     max_concurrent_runs: int = 10
@@ -146,6 +150,7 @@ _INT_VARS = {
     "DATALOADER_FAILED_BATCH_SIZE": "failed_batch_size",
     "DATALOADER_LANDING_INTERVAL_SECONDS": "landing_interval_seconds",
     "DATALOADER_LOAD_TIMEOUT_SECONDS": "load_timeout_seconds",
+    "DATALOADER_WRITEBACK_RETRY_SECONDS": "writeback_retry_seconds",
     "DATALOADER_SOURCE_CONCURRENCY": "source_concurrency",
     "DATALOADER_MAX_CONCURRENT_RUNS": "max_concurrent_runs",
 }

@@ -23,6 +23,7 @@ from dagsters.control.retry_analysis import (
     decide_without_asking,
 )
 from dagsters.control.run_requests import LOAD_ASSET, RETRY_ASSET, environment_tags, load_params
+from dagsters.control.writeback import with_writeback_retries
 from dagsters.partitions import control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
@@ -30,10 +31,11 @@ from dagsters.runners.outcome import ScriptOutcome
 from dagsters.settings import Settings
 from dagsters.utils.lakebase_client import (
     LakebaseClient,
+    LakebaseError,
     LoadAlreadyActive,
     UnknownControlKey,
 )
-from databricks_scripts.contract import Decision, LoadMetadata
+from databricks_scripts.contract import RECORDED_METADATA_ID_PARAM, Decision, LoadMetadata
 from databricks_scripts.redaction import redact
 
 LOAD_SCRIPT = "dataloader_pipe.py"
@@ -173,12 +175,29 @@ class _Attempt:
             self.config_id, databricks_url=url, metadata_id=self.metadata_id
         )
 
-    def fail(self, message: str, run_link: str | None = None) -> None:
-        self.client.record_failure(
-            self.config_id,
-            self.metadata_id,
-            message,
-            databricks_run_url=run_link or self.databricks_url,
+    def fail(self, message: str, run_link: str | None = None, *, retry: bool = True) -> None:
+        def write() -> bool:
+            return self.client.record_failure(
+                self.config_id,
+                self.metadata_id,
+                message,
+                databricks_run_url=run_link or self.databricks_url,
+            )
+
+        if not retry:  # a terminated run: one try, the interrupt must not wait
+            try:
+                write()
+            except LakebaseError as exc:
+                self.context.log.error(f"{self.control_key}: could not record the failure: {exc}")
+            return
+        self._write_back(write)
+
+    def _write_back(self, write):
+        """``write()`` with bounded retries while the control database is unreachable."""
+        return with_writeback_retries(
+            write,
+            bound_seconds=self.settings.writeback_retry_seconds,
+            log=lambda text: self.context.log.warning(f"{self.control_key}: {text}"),
         )
 
     def run(self, pipes_databricks: PipesDatabricksResource, params: dict) -> ScriptOutcome:
@@ -191,7 +210,9 @@ class _Attempt:
                 on_external_run=self.link_external_run,
             )
         except dg.DagsterExecutionInterruptedError:
-            self.fail(f"Cancelled - Dagster run {self.context.run.run_id} was terminated")
+            self.fail(
+                f"Cancelled - Dagster run {self.context.run.run_id} was terminated", retry=False
+            )
             raise
         except Exception as exc:  # noqa: BLE001 - any failure to run must end the attempt Failed
             message = _safe(f"Load could not run: {type(exc).__name__}: {exc}", self.settings)
@@ -217,16 +238,17 @@ class _Attempt:
             message = "Load script finished without reporting a materialization (rows, watermark)"
             self.fail(message, run_link)
             raise dg.Failure(message)
-        watermark_after = _metadata_value(reported, LoadMetadata.WATERMARK_AFTER)
-        recorded = self.client.record_success(
-            self.config_id,
-            self.metadata_id,
-            rows_read=_metadata_value(reported, LoadMetadata.ROWS_READ),
-            rows_written=_metadata_value(reported, LoadMetadata.ROWS_WRITTEN),
-            watermark_after=None if watermark_after is None else str(watermark_after),
-            databricks_run_url=run_link,
-            schema_changed=_schema_changed(self.context, self.control_key, reported),
-        )
+        try:
+            recorded = self._write_back(lambda: self._record_result(reported, run_link))
+        except LakebaseError as exc:
+            message = _safe(
+                f"{self.control_key}: the load finished and committed (attempt "
+                f"{self.metadata_id}) but its result could not be written to the control "
+                f"database: {exc}. The row's next load records this commit instead of loading "
+                "it again.",
+                self.settings,
+            )
+            raise dg.Failure(message) from None
         if not recorded:
             # The data was written; a monitor failed the row meanwhile. Say so instead of hiding it.
             self.context.log.warning(
@@ -234,6 +256,34 @@ class _Attempt:
                 "In Progress; the control row keeps the state a monitor gave it"
             )
         return reported, run_link
+
+    def _record_result(self, reported: Mapping[str, Any], run_link: str | None) -> bool:
+        """Succeeded with the reported result, or with the earlier unrecorded commit's."""
+        watermark = _metadata_value(reported, LoadMetadata.WATERMARK_AFTER)
+        watermark = None if watermark is None else str(watermark)
+        committed = _metadata_value(reported, LoadMetadata.RECONCILED_METADATA_ID)
+        if committed is not None:
+            self.context.log.warning(
+                f"{self.control_key}: attempt {committed} had committed without being recorded; "
+                "recording it instead of loading again"
+            )
+            return self.client.record_reconciled(
+                self.config_id,
+                self.metadata_id,
+                committed_metadata_id=int(committed),
+                destination_version=_metadata_value(reported, LoadMetadata.RECONCILED_VERSION),
+                watermark_after=watermark,
+                databricks_run_url=run_link,
+            )
+        return self.client.record_success(
+            self.config_id,
+            self.metadata_id,
+            rows_read=_metadata_value(reported, LoadMetadata.ROWS_READ),
+            rows_written=_metadata_value(reported, LoadMetadata.ROWS_WRITTEN),
+            watermark_after=watermark,
+            databricks_run_url=run_link,
+            schema_changed=_schema_changed(self.context, self.control_key, reported),
+        )
 
 
 def build_load_asset(settings: Settings) -> dg.AssetsDefinition:
@@ -264,6 +314,8 @@ def build_load_asset(settings: Settings) -> dg.AssetsDefinition:
         if row is None:  # deleted between the claim and now
             raise dg.Failure(f"{control_key}: table_control row disappeared")
         params = load_params({**row, "metadata_id": attempt.metadata_id})
+        # What the destination's last commit is compared with (databricks_scripts/loader_commits).
+        params[RECORDED_METADATA_ID_PARAM] = client.last_recorded_attempt(attempt.config_id)
         reported, run_link = attempt.record(attempt.run(pipes_databricks, params))
         extra: dict[str, Any] = {
             "control_key": control_key,

@@ -24,6 +24,7 @@ Messages written to the database or raised are redacted first.
 ``control/stuck.py``               rows stuck in Queued / In Progress (the two monitors)
 ``control/retry_state.py``         claim a failure for analysis; reset for retry or review
 ``control/landing_notes.py``       rows waiting for a staging model, the landing note
+``control/reconcile.py``           a commit whose success was not recorded: read and record it
 =================================  ===========================================================
 """
 
@@ -34,6 +35,7 @@ from dagsters.control.errors import LakebaseError, LoadAlreadyActive, UnknownCon
 from dagsters.control.history import METADATA_FIELDS, HistorySql
 from dagsters.control.landing_notes import LANDING_NOTE_SEPARATOR, LandingSql
 from dagsters.control.lifecycle import LifecycleSql
+from dagsters.control.reconcile import ReconcileSql
 from dagsters.control.retry_state import (
     DEFAULT_ANALYSIS_TIMEOUT_MINUTES,
     RETRY_MARKER,
@@ -69,7 +71,9 @@ __all__ = [
 ]
 
 
-class LakebaseClient(ClaimsSql, LifecycleSql, HistorySql, StuckRowsSql, RetrySql, LandingSql):
+class LakebaseClient(
+    ClaimsSql, LifecycleSql, HistorySql, StuckRowsSql, RetrySql, LandingSql, ReconcileSql
+):
     """Pooled access to ``table_control`` and ``historical_metadata`` (rows as dicts).
 
     ``LakebaseClient(conninfo, *, min_size=1, max_size=4, connect_kwargs=None,
