@@ -190,7 +190,12 @@ class _Attempt:
             except LakebaseError as exc:
                 self.context.log.error(f"{self.control_key}: could not record the failure: {exc}")
             return
-        self._write_back(write)
+        if not self._write_back(write):
+            # The row was already failed or taken over (a stale attempt): its own history row
+            # still says what happened to it.
+            self._write_back(
+                lambda: self.client.note_on_attempt(self.config_id, self.metadata_id, message)
+            )
 
     def _write_back(self, write):
         """``write()`` with bounded retries while the control database is unreachable."""

@@ -35,6 +35,23 @@ class ReconcileSql(ControlDatabase):
             ).fetchone()
         return None if row is None else row["metadata_id"]
 
+    def note_on_attempt(self, config_id: int, metadata_id: int, note: str) -> bool:
+        """Add ``note`` to an attempt's own history row without touching any status: what a
+        stale attempt (its row already failed or taken over by a newer attempt) has to say."""
+        with self._transaction("note_on_attempt") as conn:
+            return bool(
+                conn.execute(
+                    "UPDATE historical_metadata SET message = CASE WHEN message IS NULL"
+                    " OR message = '' THEN %(note)s ELSE message || ' | ' || %(note)s END"
+                    " WHERE metadata_id = %(metadata_id)s AND config_id = %(config_id)s",
+                    {
+                        "note": self.redact(note),
+                        "metadata_id": metadata_id,
+                        "config_id": config_id,
+                    },
+                ).rowcount
+            )
+
     def record_reconciled(
         self,
         config_id: int,
