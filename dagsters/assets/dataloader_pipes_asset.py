@@ -214,9 +214,15 @@ class _Attempt:
                 label=self.control_key,
                 on_external_run=self.link_external_run,
             )
-        except dg.DagsterExecutionInterruptedError:
+        except dg.DagsterExecutionInterruptedError as exc:
+            said = getattr(exc, "said", None)  # the script's own account of its stop
             self.fail(
-                f"Cancelled - Dagster run {self.context.run.run_id} was terminated", retry=False
+                _safe(
+                    f"Cancelled - Dagster run {self.context.run.run_id} was terminated"
+                    + (f": {said}" if said else ""),
+                    self.settings,
+                ),
+                retry=False,
             )
             raise
         except Exception as exc:  # noqa: BLE001 - any failure to run must end the attempt Failed

@@ -22,11 +22,13 @@ from typing import Any
 import dagster as dg
 
 from dagsters.runners.outcome import (
+    ScriptInterrupted,
     ScriptOutcome,
     error_from_custom_messages,
     error_from_stderr_tail,
 )
 from dagsters.settings import child_environment
+from databricks_scripts.contract import error_from_stderr
 
 _STDERR_TAIL_LINES = 200
 
@@ -62,6 +64,7 @@ class LocalRunner:
         script_path = self.scripts_dir / script
         command = [self.python_executable, str(script_path)]
         stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
+        interrupted = False
         with dg.open_pipes_session(
             context=context,
             context_injector=dg.PipesTempFileContextInjector(),
@@ -88,9 +91,15 @@ class LocalRunner:
             except dg.DagsterExecutionInterruptedError:
                 context.log.info("Dagster run terminated: stopping the load subprocess.")
                 self._stop(process)
-                raise
+                interrupted = True  # raised below, once the session has read the last messages
+                returncode = process.returncode
             finally:
                 tee.join(timeout=5)
+        if interrupted:
+            raise ScriptInterrupted(
+                error_from_custom_messages(session.get_custom_messages())
+                or error_from_stderr(list(stderr_tail))
+            )
         error = self._error(returncode, session.get_custom_messages(), list(stderr_tail))
         return ScriptOutcome(
             results=session.get_reported_results() if error is None else (),
