@@ -94,7 +94,7 @@ def _run_engine(
     if engine == "spark":
         from databricks_scripts.loader_spark import run_spark_load
 
-        return run_spark_load(spec, password, log=log, progress_interval=progress)
+        return run_spark_load(spec, password, log=log, progress_interval=progress, stop=stop)
     from databricks_scripts.loader_arrow import LoadStepError, run_arrow_load
     from databricks_scripts.loader_sources import open_source
 
