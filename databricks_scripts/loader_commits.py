@@ -104,9 +104,7 @@ def check_still_current(destination: Path, spec: Any, committed_at_start: int | 
     """
     if spec.metadata_id is None:
         return
-    from databricks_scripts.loader_arrow import _delta_table
-
-    now = committed_attempt(_delta_table(destination), spec)
+    now = committed_attempt(_open_latest(destination), spec)
     if now == committed_at_start or now == spec.metadata_id:
         return
     newer = now is not None and now > spec.metadata_id
@@ -117,3 +115,16 @@ def check_still_current(destination: Path, spec: Any, committed_at_start: int | 
         + "; this attempt committed nothing"
         + ("" if newer else f"; the next load records attempt {now}'s result")
     )
+
+
+def _open_latest(destination: Path):
+    """The destination's newest state, or None when there is no Delta table there."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    if not destination.exists():
+        return None
+    try:
+        return DeltaTable(str(destination))
+    except TableNotFoundError:
+        return None

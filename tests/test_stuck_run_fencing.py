@@ -86,13 +86,21 @@ def test_a_stuck_row_is_failed_only_after_its_run_has_stopped(control_db, source
     assert "running" in message
     assert control_row(db, "elsewhere")["last_status"] == "In Progress"
 
-    # Not found for more than twice the threshold: taken as dead.
+    # Still not known to have stopped at twice the threshold: failed anyway (never stranded).
+    hung = dg.DagsterRun(
+        job_name="dataloader__table_load_job",
+        run_id=str(uuid.uuid4()),
+        status=dg.DagsterRunStatus.STARTED,
+    )
+    instance.add_run(hung)
+    stuck_row(db, source_db, "hung", f"http://127.0.0.1:3000/runs/{hung.run_id}")
     db.execute(
         "UPDATE table_control SET last_load_date_time = now() - interval '361 minutes'"
-        " WHERE control_key = 'elsewhere'"
+        " WHERE control_key IN ('elsewhere', 'hung')"
     )
     tick(instance, control_db)
     assert control_row(db, "elsewhere")["last_status"] == "Failed"
+    assert control_row(db, "hung")["last_status"] == "Failed"
 
 
 def materialize(control_db: str, lake_root: Path, instance, claimed: dict):

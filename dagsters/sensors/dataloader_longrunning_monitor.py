@@ -9,7 +9,9 @@ finished in the meantime keeps its result) only once the run is known to have st
 - the run is still going (cancel requested, or cancelling): left In Progress; a later tick fails
   it once the run has stopped (the asset's own terminate handler usually records it first);
 - the run is not in this Dagster instance (another deployment on the same control database, or a
-  wiped instance): left alone until twice the threshold, then failed as dead;
+  wiped instance): left alone;
+- either way, a row whose run is still not known to have stopped at twice the threshold is failed
+  anyway, so no row strands (a run worker that died without Dagster noticing);
 - the row has no run link at all: failed (there is nothing to wait for).
 
 A load that still commits after its row was failed is harmless: the loader's fencing check and the
@@ -41,11 +43,20 @@ def _cancel_dagster_run(
 ) -> RunState:
     if not run_id:
         return RunState("no Dagster run link", True)
+    state = _ask_run_to_stop(context, run_id)
+    overdue = started is not None and datetime.now(UTC) - started > timedelta(minutes=2 * limit)
+    if not state.stopped and overdue:
+        return RunState(
+            f"{state.text}; still not known to have stopped after {2 * limit} min: failed anyway "
+            "(the loader's fencing check keeps a late commit from loading twice)",
+            True,
+        )
+    return state
+
+
+def _ask_run_to_stop(context: dg.SensorEvaluationContext, run_id: str) -> RunState:
     run = context.instance.get_run_by_id(run_id)
     if run is None:
-        age = datetime.now(UTC) - started if started else None
-        if age is not None and age > timedelta(minutes=2 * limit):
-            return RunState(f"run {run_id} not found for over {2 * limit} min: taken as dead", True)
         return RunState(f"run {run_id} not found in this Dagster instance; waiting", False)
     if run.is_finished:
         return RunState(f"run {run_id} {run.status.value}", True)
