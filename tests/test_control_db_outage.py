@@ -229,7 +229,7 @@ def test_a_commit_never_recorded_is_recorded_by_the_next_load_not_loaded_again(
     # The commit landed; its success could not be written: the row still says In Progress.
     assert stopped.is_set() and not result.success
     failure = result.failure_data_for_node(LOAD_ASSET).error.message
-    assert "next load records this commit" in failure
+    assert "recorded by the row's next load, never loaded again" in failure
     assert destination_rows(lake_root) == (30, 30)
     control.start()
     with LakebaseClient(control.conninfo) as client:

@@ -253,10 +253,10 @@ class _Attempt:
             recorded = self._write_back(lambda: self._record_result(reported, run_link))
         except LakebaseError as exc:
             message = _safe(
-                f"{self.control_key}: the load finished and committed (attempt "
-                f"{self.metadata_id}) but its result could not be written to the control "
-                f"database: {exc}. The row's next load records this commit instead of loading "
-                "it again.",
+                f"{self.control_key}: the load finished (attempt {self.metadata_id}) but its "
+                f"result could not be written to the control database: {exc}. The row stays "
+                "In Progress until longrunning_monitor fails it; what this attempt committed is "
+                "recorded by the row's next load, never loaded again.",
                 self.settings,
             )
             raise dg.Failure(message) from None
