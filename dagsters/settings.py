@@ -131,6 +131,10 @@ class Settings:
     dagster_base_url: str = LOCAL_DAGSTER_BASE_URL
     scripts_path: str | None = None  # local directory or workspace path of databricks_scripts/
     load_timeout_seconds: int = DEFAULT_LOAD_TIMEOUT_SECONDS
+    # How long a finished load keeps retrying to write its result to an unreachable control
+    # database (bounded exponential back-off, 1 s doubling to 30 s) before it gives up; a commit
+    # whose success was not written is recorded by the row's next load (docs/control-database.md).
+    writeback_retry_seconds: int = 300
     # Per-source limit: master_sensor claims no more in-flight rows per source system (everywhere)
     # and `dataloader dev` writes it as the instance's tag limit; keep the Dagster+ deployment's
     # tag_concurrency_limits at the same value. Overall run limit: local instance (CLI) only.
@@ -172,6 +176,7 @@ _INT_VARS = {
     "DATALOADER_FAILED_BATCH_SIZE": "failed_batch_size",
     "DATALOADER_LANDING_INTERVAL_SECONDS": "landing_interval_seconds",
     "DATALOADER_LOAD_TIMEOUT_SECONDS": "load_timeout_seconds",
+    "DATALOADER_WRITEBACK_RETRY_SECONDS": "writeback_retry_seconds",
     "DATALOADER_SOURCE_CONCURRENCY": "source_concurrency",
     "DATALOADER_MAX_CONCURRENT_RUNS": "max_concurrent_runs",
     "DATALOADER_HISTORY_RETENTION_DAYS": "history_retention_days",

@@ -39,6 +39,13 @@ LOAD_PARAM_FIELDS: tuple[str, ...] = (
     "force_full_reload",
 )
 
+# Not one of the control row's fields: the latest attempt of the row whose success the control
+# database recorded (max metadata_id of its Succeeded history rows; None when there is none). The
+# load script compares it with the attempt that last committed to the destination (a Delta
+# transaction id, see loader_commits), so a commit whose success was never recorded is recorded
+# instead of loaded again. Absent (an older orchestrator): the script does not reconcile.
+RECORDED_METADATA_ID_PARAM = "recorded_metadata_id"
+
 DB_TYPES: tuple[str, ...] = ("postgresql", "mysql", "sqlserver", "oracle", "databricks")
 STRATEGIES: tuple[str, ...] = ("full", "incremental", "merge")
 
@@ -110,6 +117,11 @@ class LoadMetadata:
     TABLE_NAME = "dagster/table_name"
     COLUMN_SCHEMA = "dagster/column_schema"
     ROW_COUNT = "dagster/row_count"
+    # Set when this attempt loaded nothing because an earlier attempt of the row had committed to
+    # the destination without its success being recorded: that attempt's metadata_id and the
+    # destination version it committed. WATERMARK_AFTER is then the destination's watermark.
+    RECONCILED_METADATA_ID = "reconciled_metadata_id"
+    RECONCILED_VERSION = "reconciled_destination_version"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from databricks_scripts.contract import (
     error_message,
     stderr_error_line,
 )
+from databricks_scripts.loader_interrupt import StopSignal
 from databricks_scripts.loader_params import LoadSpec, parse_load_spec, resolve_password
 from databricks_scripts.loader_pipes_io import choose_pipes_io
 from databricks_scripts.redaction import redact
@@ -85,13 +86,15 @@ def column_schema_metadata(schema) -> dict:
     return {"type": "table_schema", "raw_value": {"columns": columns}}
 
 
-def _run_engine(engine: str, spec: LoadSpec, password: str | None, log, env: ScriptEnv) -> object:
+def _run_engine(
+    engine: str, spec: LoadSpec, password: str | None, log, env: ScriptEnv, stop: StopSignal
+) -> object:
     env.check()  # a malformed DATALOADER_BATCH_* / _PROGRESS_SECONDS fails at step 'load'
     progress = env.progress_seconds
     if engine == "spark":
         from databricks_scripts.loader_spark import run_spark_load
 
-        return run_spark_load(spec, password, log=log, progress_interval=progress)
+        return run_spark_load(spec, password, log=log, progress_interval=progress, stop=stop)
     from databricks_scripts.loader_arrow import LoadStepError, run_arrow_load
     from databricks_scripts.loader_sources import open_source
 
@@ -101,7 +104,15 @@ def _run_engine(engine: str, spec: LoadSpec, password: str | None, log, env: Scr
     except Exception as exc:
         raise LoadStepError("connect to source", f"{type(exc).__name__}: {exc}") from exc
     try:
-        result = run_arrow_load(spec, source, destination, log=log, progress_interval=progress)
+        result = run_arrow_load(
+            spec,
+            source,
+            destination,
+            log=log,
+            progress_interval=progress,
+            stop=stop,
+            target_file_size=env.target_file_bytes,
+        )
     except BaseException:
         try:
             source.close()
@@ -119,7 +130,23 @@ def _redacted_log(context: PipesContext, secrets: list[str]):
     return log
 
 
-def run_load(context: PipesContext, env: ScriptEnv, secrets: list[str]) -> None:
+def _stop_reporter(context: PipesContext, secrets: list[str]):
+    """How the stop watcher reports when it must end the process itself."""
+
+    def report(text: str) -> None:
+        failure = redact(f"load {text}", secrets)
+        context.report_custom_message(error_message(failure))
+        sys.stderr.write(stderr_error_line(failure))
+        sys.stderr.flush()
+
+    return report
+
+
+def run_load(
+    context: PipesContext, env: ScriptEnv, secrets: list[str], stop: StopSignal | None = None
+) -> None:
+    stop = stop or StopSignal()
+    stop.on_stop(reporter=_stop_reporter(context, secrets))
     started = time.monotonic()
     label = "load"
     step = "read parameters"
@@ -141,10 +168,11 @@ def run_load(context: PipesContext, env: ScriptEnv, secrets: list[str]) -> None:
             f"watermark {spec.incremental_value!r}"
         )
         step = "load"
-        result = _run_engine(engine, spec, password, _redacted_log(context, secrets), env)
+        result = _run_engine(engine, spec, password, _redacted_log(context, secrets), env, stop)
     except Exception as exc:  # noqa: BLE001 - every failure must be reported the same way
         step = getattr(exc, "step", step)
         failure = redact(f"{label} failed at step '{step}': {exc}", secrets)
+        stop.reported = True
         context.report_custom_message(error_message(failure))
     if failure is not None:
         # Raised outside the except block, so the driver error is not even its __context__:
@@ -167,6 +195,10 @@ def run_load(context: PipesContext, env: ScriptEnv, secrets: list[str]) -> None:
     }
     if result.row_count is not None:
         metadata[LoadMetadata.ROW_COUNT] = result.row_count
+    reconciled = getattr(result, "reconciled", None)
+    if reconciled is not None:
+        metadata[LoadMetadata.RECONCILED_METADATA_ID] = reconciled.metadata_id
+        metadata[LoadMetadata.RECONCILED_VERSION] = reconciled.version
     context.log.info(
         f"{label}: {result.applied_strategy} load read {result.rows_read:,} and wrote "
         f"{result.rows_written:,} rows in {duration}s; watermark {result.watermark_after!r}"
@@ -184,20 +216,23 @@ def main() -> int:
         return 2
     # Every secret this process can see (LAKEBASE_PASSWORD, AI key, ...), plus the source's.
     secrets: list[str] = list(env.secrets)
+    stop = StopSignal().install()
     try:
         with open_dagster_pipes(
             params_loader=params_loader,
             context_loader=context_loader,
             message_writer=message_writer,
         ) as context:
-            run_load(context, env, secrets)
+            run_load(context, env, secrets, stop)
     except Exception as exc:  # noqa: BLE001 - the last stderr line must carry any failure
         text = str(exc) if isinstance(exc, DataLoaderError) else f"{type(exc).__name__}: {exc}"
         if not isinstance(exc, DataLoaderError):
             sys.stderr.write(redact("".join(traceback.format_exception(exc)), secrets))
         sys.stderr.write(stderr_error_line(redact(text, secrets)))
         sys.stderr.flush()
+        stop.finished.set()
         return 1
+    stop.finished.set()
     return 0
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,7 +29,23 @@ from typing import Any
 
 import pyarrow as pa
 
+from databricks_scripts.loader_commits import (
+    StaleAttempt,
+    UnrecordedCommit,
+    check_still_current,
+    commit_properties,
+    committed_attempt,
+    unrecorded_commit,
+)
+from databricks_scripts.loader_interrupt import (
+    StopRequested,
+    StopSignal,
+    data_files,
+    remove_uncommitted,
+)
+from databricks_scripts.loader_keys import keys_checked, spool_checked
 from databricks_scripts.loader_sql import delta_merge_predicate
+from databricks_scripts.loader_stream import Counted, Progress, Tracker, peeked_reader
 from databricks_scripts.loader_types import (
     SchemaPlan,
     arrow_schema_of,
@@ -68,24 +83,8 @@ class LoadResult:
     row_count: int | None
     committed: bool
     notes: list[str] = field(default_factory=list)
-
-
-class Progress:
-    """Logs 'rows so far' at most every ``interval`` seconds (0: after every batch)."""
-
-    def __init__(self, log: Callable[[str], None], label: str, interval: float):
-        self._log = log
-        self._label = label
-        self._interval = interval
-        self._last = time.monotonic()
-        self.rows = 0
-
-    def add(self, n: int) -> None:
-        self.rows += n
-        now = time.monotonic()
-        if now - self._last >= self._interval:
-            self._last = now
-            self._log(f"{self._label}: {self.rows:,} rows read so far")
+    # Set when nothing was loaded because an earlier attempt's commit had not been recorded.
+    reconciled: UnrecordedCommit | None = None
 
 
 def choose_strategy(spec, destination_exists: bool) -> str:
@@ -118,54 +117,6 @@ def _row_count(table) -> int | None:
         return sum(n for n in actions.column("num_records").to_pylist() if n is not None)
     except Exception:  # noqa: BLE001 - stats are optional in Delta; the count is a nicety
         return None
-
-
-class _Tracker:
-    """Wraps the source stream: casts to the write schema, counts rows, tracks the cursor max."""
-
-    def __init__(
-        self,
-        batches: Iterator[pa.RecordBatch],
-        schema: pa.Schema,
-        cursor: str | None,
-        numeric_text: bool,
-        progress: Progress,
-    ):
-        self._batches = batches
-        self.schema = schema
-        self._cursor = cursor
-        self._numeric_text = numeric_text
-        self._progress = progress
-        self.rows_read = 0
-        self.max_cursor: Watermark | None = None
-
-    def __iter__(self) -> Iterator[pa.RecordBatch]:
-        for raw in self._batches:
-            if raw.num_rows == 0:
-                continue
-            batch = cast_batch(raw, self.schema)
-            self.rows_read += batch.num_rows
-            if self._cursor is not None:
-                self.max_cursor = max_watermark(
-                    self.max_cursor,
-                    batch_max(batch.column(self._cursor), numeric_text=self._numeric_text),
-                )
-            self._progress.add(batch.num_rows)
-            yield batch
-
-
-def _peeked_reader(schema: pa.Schema, batches: Iterator[pa.RecordBatch]):
-    """A RecordBatchReader over ``batches``, or None when they hold no rows (so no empty commit)."""
-    it = iter(batches)
-    first = next((b for b in it if b.num_rows), None)
-    if first is None:
-        return None
-
-    def chain() -> Iterator[pa.RecordBatch]:
-        yield first
-        yield from it
-
-    return pa.RecordBatchReader.from_batches(schema, chain())
 
 
 def _cursor_key(value: Watermark, numeric_text: bool):
@@ -242,7 +193,7 @@ def _step(name: str) -> Iterator[None]:
     """Report a failure inside the block as step ``name`` (a LoadStepError passes unchanged)."""
     try:
         yield
-    except LoadStepError:
+    except (LoadStepError, StaleAttempt, StopRequested):
         raise
     except Exception as exc:
         raise LoadStepError(name, f"{type(exc).__name__}: {exc}") from exc
@@ -262,6 +213,11 @@ class _Load:
     source_columns: frozenset[str] = frozenset()
     watermark: Watermark | None = None
     lower: Watermark | None = None
+    committed_at_start: int | None = None  # the row's last committing attempt when this began
+    stop: StopSignal | None = None  # SIGINT/SIGTERM: checked between batches, gates the commit
+    target_file_size: int | None = None  # Delta data file size (None: delta-rs's default)
+    # An error raised inside a stream the writer consumes (delta-rs re-raises it as its own).
+    stream_error: BaseException | None = None
 
     @property
     def cursor(self) -> str | None:
@@ -324,6 +280,7 @@ def _prepare(spec, source, destination: Path, log: Callable[[str], None]) -> _Lo
         numeric_text,
         source_columns=frozenset(source_schema.names),
     )
+    load.committed_at_start = committed_attempt(table, spec)
     if applied != "full" and cursor and spec.incremental_value is not None:
         with _step("decode watermark"):
             load.watermark = decode_watermark_for(
@@ -336,21 +293,26 @@ def _prepare(spec, source, destination: Path, log: Callable[[str], None]) -> _Lo
 # ---- one writer per strategy: each returns (rows written, committed) ---------------------------
 
 
-def _write_full(load: _Load, batches: Iterator[pa.RecordBatch], tracker: _Tracker):
+def _write_full(load: _Load, batches: Iterator[pa.RecordBatch], tracker: Tracker):
     """Every source row replaces the table in one overwrite commit (or creates it)."""
     from deltalake import write_deltalake
 
-    reader = pa.RecordBatchReader.from_batches(load.write_schema, batches)
-    write_deltalake(
-        load.table if load.table is not None else str(load.destination),
-        reader,
-        mode="overwrite",
-        schema_mode="overwrite" if load.rebuild else "merge",
-    )
+    if load.spec.merge_keys:  # a keyed table's first load (or rebuild) checks its keys too
+        batches = keys_checked(batches, tuple(load.spec.merge_keys))
+    reader = pa.RecordBatchReader.from_batches(load.write_schema, _fenced(batches, load))
+    with _stream_errors(load):
+        write_deltalake(
+            load.table if load.table is not None else str(load.destination),
+            reader,
+            mode="overwrite",
+            schema_mode="overwrite" if load.rebuild else "merge",
+            commit_properties=commit_properties(load.spec, load.applied),
+            target_file_size=load.target_file_size,
+        )
     return tracker.rows_read, True
 
 
-def _write_append(load: _Load, batches: Iterator[pa.RecordBatch], tracker: _Tracker):
+def _write_append(load: _Load, batches: Iterator[pa.RecordBatch], tracker: Tracker):
     """New rows appended in one commit; look-back rows only when not already in the table."""
     from deltalake import write_deltalake
 
@@ -362,15 +324,23 @@ def _write_append(load: _Load, batches: Iterator[pa.RecordBatch], tracker: _Trac
             load_existing=_lazy_step("read destination look-back window", load.load_existing),
             numeric_text=load.numeric_text,
         )
-    counted = _count(batches)
-    reader = _peeked_reader(load.write_schema, counted)
+    counted = Counted(batches)
+    reader = peeked_reader(load.write_schema, _fenced(counted, load))
     if reader is None:
         return 0, False
-    write_deltalake(load.table, reader, mode="append", schema_mode="merge")
+    with _stream_errors(load):
+        write_deltalake(
+            load.table,
+            reader,
+            mode="append",
+            schema_mode="merge",
+            commit_properties=commit_properties(load.spec, load.applied),
+            target_file_size=load.target_file_size,
+        )
     return counted.rows, True
 
 
-def _write_merge(load: _Load, batches: Iterator[pa.RecordBatch], tracker: _Tracker):
+def _write_merge(load: _Load, batches: Iterator[pa.RecordBatch], tracker: Tracker):
     """The rows read are upserted on the merge keys in one Delta MERGE commit.
 
     The source is first spooled to a local Arrow IPC file while its keys are checked, so the
@@ -381,17 +351,19 @@ def _write_merge(load: _Load, batches: Iterator[pa.RecordBatch], tracker: _Track
     keys = tuple(load.spec.merge_keys)
     with tempfile.TemporaryDirectory(prefix="dataloader-merge-") as spool_dir:
         spool = Path(spool_dir) / "source.arrows"
-        if not _spool_checked(batches, load.write_schema, keys, spool):
+        if not spool_checked(batches, load.write_schema, keys, spool):
             return 0, False
-        with pa.OSFile(str(spool), "rb") as stream:
+        with pa.OSFile(str(spool), "rb") as stream, _stream_errors(load):
+            spooled = pa.ipc.open_stream(stream)
             metrics = (
                 load.table.merge(
-                    pa.ipc.open_stream(stream),
+                    pa.RecordBatchReader.from_batches(spooled.schema, _fenced(spooled, load)),
                     predicate=delta_merge_predicate(keys),
                     source_alias="s",
                     target_alias="t",
                     merge_schema=bool(load.plan.added_columns),
                     streamed_exec=True,
+                    commit_properties=commit_properties(load.spec, load.applied),
                 )
                 .when_matched_update_all()
                 .when_not_matched_insert_all()
@@ -403,23 +375,37 @@ def _write_merge(load: _Load, batches: Iterator[pa.RecordBatch], tracker: _Track
     return written, True
 
 
-def _spool_checked(
-    batches: Iterator[pa.RecordBatch], schema: pa.Schema, keys: tuple[str, ...], path: Path
-) -> int:
-    """Write ``batches`` to ``path`` (Arrow IPC stream); refuse NULL keys at once, duplicate keys
-    at the end. Keeps only the key columns in memory. Returns the number of rows spooled."""
-    seen: list[pa.RecordBatch] = []
-    rows = 0
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+def _fenced(batches: Iterator[pa.RecordBatch], load: _Load) -> Iterator[pa.RecordBatch]:
+    """``batches``, then the fencing check: the last thing before the writer commits."""
+    try:
         for batch in batches:
-            key_batch = batch.select(list(keys))
-            _check_keys(pa.Table.from_batches([key_batch]), keys, nulls_only=True)
-            seen.append(key_batch)
-            writer.write_batch(batch)
-            rows += batch.num_rows
-    if seen:
-        _check_keys(pa.Table.from_batches(seen), keys)
-    return rows
+            if load.stop is not None:
+                load.stop.check()
+            yield batch
+        # Called from inside delta-rs's writer, whose async runtime cannot be re-entered to open
+        # the table: the check runs on a thread of its own.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, thread_name_prefix="fence") as pool:
+            pool.submit(
+                check_still_current, load.destination, load.spec, load.committed_at_start
+            ).result()
+        if load.stop is not None:
+            load.stop.enter_commit()
+    except BaseException as exc:
+        load.stream_error = exc
+        raise
+
+
+@contextmanager
+def _stream_errors(load: _Load) -> Iterator[None]:
+    """Re-raise the error a consumed stream raised (delta-rs reports it as its own, retyped)."""
+    try:
+        yield
+    except Exception:
+        if load.stream_error is not None:
+            raise load.stream_error from None
+        raise
 
 
 def _writer(load: _Load):
@@ -430,7 +416,7 @@ def _writer(load: _Load):
     return _write_append
 
 
-def _watermark_after(load: _Load, tracker: _Tracker) -> str | None:
+def _watermark_after(load: _Load, tracker: Tracker) -> str | None:
     """The watermark to hand back; called only after the commit, when it is known to be safe."""
     if load.cursor is None:
         return None
@@ -449,6 +435,8 @@ def run_arrow_load(
     *,
     log: Callable[[str], None],
     progress_interval: float = 10.0,
+    stop: StopSignal | None = None,
+    target_file_size: int | None = None,
 ) -> LoadResult:
     """Run one load of ``spec`` from ``source`` (a loader_sources reader) into ``destination``.
 
@@ -456,13 +444,28 @@ def run_arrow_load(
     destination, reconcile schema, decode watermark, read source, write destination.
     """
     load = _prepare(spec, source, destination, log)
+    load.stop, load.target_file_size = stop, target_file_size
+    if load.applied != "full":
+        with _step("reconcile with the destination"):
+            unrecorded = unrecorded_commit(load.table, spec)
+            if unrecorded is not None:
+                return _reconciled(load, unrecorded, log)
     with _step("read source"):
         _, raw_batches = source.batches(load.lower)
         progress = Progress(log, f"{spec.source_label}", progress_interval)
-        tracker = _Tracker(raw_batches, load.write_schema, load.cursor, load.numeric_text, progress)
+        tracker = Tracker(raw_batches, load.write_schema, load.cursor, load.numeric_text, progress)
         destination.parent.mkdir(parents=True, exist_ok=True)
-    with _step("write destination"):
-        rows_written, committed = _writer(load)(load, iter(tracker), tracker)
+    before = data_files(destination)
+    if stop is not None:
+        stop.on_stop(
+            cleanup=lambda: remove_uncommitted(destination, before),
+            progress=lambda: f"after reading {tracker.rows_read:,} rows",
+        )
+    try:
+        with _step("write destination"):
+            rows_written, committed = _writer(load)(load, iter(tracker), tracker)
+    except StopRequested:
+        raise StopRequested(stop.finish_stop() if stop else "stopped") from None
 
     # write_deltalake/merge on a DeltaTable object advance that object to the new version, so
     # the table is opened once per load (twice only when this load created it).
@@ -481,31 +484,42 @@ def run_arrow_load(
     )
 
 
-class _count:
-    def __init__(self, batches: Iterator[pa.RecordBatch]):
-        self._batches = batches
-        self.rows = 0
-
-    def __iter__(self) -> Iterator[pa.RecordBatch]:
-        for b in self._batches:
-            self.rows += b.num_rows
-            yield b
-
-
-def _check_keys(data: pa.Table, keys: tuple[str, ...], *, nulls_only: bool = False) -> None:
+def _destination_watermark(load: _Load) -> str | None:
+    """max(cursor) of the destination above the row's watermark: what a committed-but-unrecorded
+    load moved it to (the Spark engine reads every new watermark this way)."""
+    if load.cursor is None:
+        return load.spec.incremental_value
     import pyarrow.compute as pc
 
-    for k in keys:
-        nulls = data.column(k).null_count
-        if nulls:
-            raise ValueError(f"merge key {k!r} is NULL in {nulls} source row(s); keys must be set")
-    if nulls_only:
-        return
-    grouped = data.group_by(list(keys)).aggregate([([], "count_all")])
-    dupes = grouped.filter(pc.field("count_all") > 1)
-    if dupes.num_rows:
-        sample = dupes.slice(0, 1).select(list(keys)).to_pylist()[0]
-        raise ValueError(
-            f"merge keys {list(keys)} are not unique in the source rows read "
-            f"({dupes.num_rows} duplicated key(s), e.g. {sample})"
-        )
+    dataset = load.table.to_pyarrow_dataset()
+    newer = None
+    if load.watermark is not None and not load.numeric_text:
+        newer = pc.field(load.cursor) > load.watermark
+    column = dataset.to_table(columns=[load.cursor], filter=newer).column(load.cursor)
+    top = batch_max(column, numeric_text=load.numeric_text)
+    new_max = max_watermark(load.watermark, top)
+    if new_max is None or new_max == load.watermark:
+        return load.spec.incremental_value
+    return encode_watermark(new_max)
+
+
+def _reconciled(load: _Load, unrecorded: UnrecordedCommit, log: Callable[[str], None]):
+    """Nothing read: an earlier attempt's commit is reported for the asset to record."""
+    watermark = _destination_watermark(load)
+    log(
+        f"attempt {unrecorded.metadata_id} committed destination version {unrecorded.version} "
+        f"but its success was never recorded; recording it (watermark {watermark!r}) instead of "
+        "loading again"
+    )
+    return LoadResult(
+        rows_read=0,
+        rows_written=0,
+        watermark_before=load.spec.incremental_value,
+        watermark_after=watermark,
+        applied_strategy=load.applied,
+        destination=str(load.destination),
+        schema=arrow_schema_of(load.table.schema()),
+        row_count=_row_count(load.table),
+        committed=False,
+        reconciled=unrecorded,
+    )

@@ -17,6 +17,16 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from databricks_scripts.loader_arrow import LoadResult, LoadStepError, choose_strategy
+from databricks_scripts.loader_commits import StaleAttempt
+from databricks_scripts.loader_interrupt import StopRequested
+from databricks_scripts.loader_spark_commits import (
+    cancellable,
+    check_keys,
+    check_still_current,
+    commit_named,
+    read_last_commit,
+    unrecorded,
+)
 from databricks_scripts.loader_sql import (
     MYSQL,
     ORACLE,
@@ -290,6 +300,7 @@ def run_spark_load(
     log: Callable[[str], None],
     progress_interval: float = 10.0,
     spark: Any | None = None,
+    stop: Any | None = None,
 ) -> Any:
     from pyspark.sql import SparkSession
 
@@ -298,64 +309,93 @@ def run_spark_load(
     target = spark_table(
         spec.destination_catalog, spec.destination_schema_name, spec.destination_table_name
     )
-    step = "open destination"
+    where = ["open destination"]  # the step a failure is reported at
     try:
-        exists = table_exists(spark, target)
-        applied = choose_strategy(spec, exists)
-        target_fields = _fields(spark.table(target).schema) if exists else []
+        with cancellable(spark, stop):
+            return _load(spark, spec, password, target, log, where)
+    except StaleAttempt:
+        raise
+    except Exception as exc:
+        if stop is not None and stop.requested.is_set():
+            raise StopRequested(stop.finish_stop()) from None
+        raise LoadStepError(where[0], f"{type(exc).__name__}: {exc}") from exc
 
-        watermark = lower = None
-        cursor = spec.incremental_column
-        if applied != "full" and cursor and spec.incremental_value is not None:
-            step = "decode watermark"
-            cursor_type = {n.lower(): t for n, t in target_fields}.get(cursor.lower(), "string")
-            watermark = decode_watermark(spec.incremental_value, _arrow_type_for(cursor_type))
-            lower = lookback_lower_bound(watermark, spec.lookback_window_seconds)
 
-        step = "read source"
-        df = read_source(spark, spec, password, lower)
-        source_fields = _fields(df.schema)
-        columns = [n for n, _ in source_fields]
-        view = f"dl_src_{uuid.uuid4().hex[:12]}"
-        df.createOrReplaceTempView(view)
+def _load(spark: Any, spec: Any, password: str | None, target: str, log, where: list) -> Any:
+    exists = table_exists(spark, target)
+    applied = choose_strategy(spec, exists)
+    target_fields = _fields(spark.table(target).schema) if exists else []
+    last = read_last_commit(spark, target) if exists else None
 
-        step = "reconcile schema"
-        rebuild = applied == "full" and (not exists or spec.force_full_reload)
-        if not rebuild:
-            added, problems = spark_schema_changes(source_fields, target_fields)
-            if problems:
-                raise ValueError("incompatible type change: " + "; ".join(problems))
-            if added:
-                log(f"schema evolution: adding column(s) {', '.join(n for n, _ in added)}")
-                spark.sql(spark_add_columns(target, added))
+    watermark = lower = None
+    cursor = spec.incremental_column
+    if applied != "full" and cursor and spec.incremental_value is not None:
+        where[0] = "decode watermark"
+        cursor_type = {n.lower(): t for n, t in target_fields}.get(cursor.lower(), "string")
+        watermark = decode_watermark(spec.incremental_value, _arrow_type_for(cursor_type))
+        lower = lookback_lower_bound(watermark, spec.lookback_window_seconds)
+    found = unrecorded(spec, last) if applied != "full" else None
+    if found is not None:
+        where[0] = "reconcile with the destination"
+        return _reconciled(spark, spec, target, applied, watermark, found, log)
 
-        step = "write destination"
-        if rebuild:
-            statement, args = spark_create_table_as(target, view, replace=exists), {}
-        elif applied == "full":
-            statement, args = spark_insert_overwrite(target, view, columns), {}
-        else:
-            statement, args = _upsert_or_append(spec, target, view, columns, watermark, lower)
-        log(f"running: {statement}")
+    where[0] = "read source"
+    df = read_source(spark, spec, password, lower)
+    source_fields = _fields(df.schema)
+    columns = [n for n, _ in source_fields]
+    view = f"dl_src_{uuid.uuid4().hex[:12]}"
+    df.createOrReplaceTempView(view)
+
+    where[0] = "reconcile schema"
+    rebuild = applied == "full" and (not exists or spec.force_full_reload)
+    if not rebuild:
+        added, problems = spark_schema_changes(source_fields, target_fields)
+        if problems:
+            raise ValueError("incompatible type change: " + "; ".join(problems))
+        if added:
+            log(f"schema evolution: adding column(s) {', '.join(n for n, _ in added)}")
+            spark.sql(spark_add_columns(target, added))
+
+    where[0] = "write destination"
+    if rebuild:
+        statement, args = spark_create_table_as(target, view, replace=exists), {}
+    elif applied == "full":
+        statement, args = spark_insert_overwrite(target, view, columns), {}
+    else:
+        statement, args = _upsert_or_append(spec, target, view, columns, watermark, lower)
+    if applied == "full" and spec.merge_keys:  # a keyed table's first load checks its keys
+        check_keys(spark, view, spec.merge_keys)
+    if exists:
+        check_still_current(spec, last, read_last_commit(spark, target))
+    log(f"running: {statement}")
+    with commit_named(spark, spec, applied):
         spark.sql(statement, args=dict(args)) if args else spark.sql(statement)
 
-        step = "read commit metrics"
-        commit = spark.sql(f"DESCRIBE HISTORY {target} LIMIT 1").collect()[0]
-        read, written = commit_counts(commit["operation"], commit["operationMetrics"] or {})
-        watermark_after = _watermark_after(spark, spec, target, watermark)
-        final_fields = _fields(spark.table(target).schema)
-        count = spark.sql(f"SELECT count(*) AS n FROM {target}").collect()[0]["n"]
-    except Exception as exc:
-        raise LoadStepError(step, f"{type(exc).__name__}: {exc}") from exc
+    where[0] = "read commit metrics"
+    commit = spark.sql(f"DESCRIBE HISTORY {target} LIMIT 1").collect()[0]
+    read, written = commit_counts(commit["operation"], commit["operationMetrics"] or {})
+    return _result(spark, spec, target, applied, watermark, read, written)
 
+
+def _result(spark, spec, target, applied, watermark, read, written, reconciled=None) -> Any:
     return LoadResult(
         rows_read=read,
         rows_written=written,
         watermark_before=spec.incremental_value,
-        watermark_after=watermark_after,
+        watermark_after=_watermark_after(spark, spec, target, watermark),
         applied_strategy=applied,
         destination=target,
-        schema=_Schema(final_fields),
-        row_count=int(count),
-        committed=True,
+        schema=_Schema(_fields(spark.table(target).schema)),
+        row_count=int(spark.sql(f"SELECT count(*) AS n FROM {target}").collect()[0]["n"]),
+        committed=reconciled is None,
+        reconciled=reconciled,
     )
+
+
+def _reconciled(spark, spec, target, applied, watermark, found, log) -> Any:
+    """Nothing read: an earlier attempt's commit is reported for the asset to record."""
+    log(
+        f"attempt {found.metadata_id} committed destination version {found.version} but its "
+        "success was never recorded; recording it instead of loading again"
+    )
+    return _result(spark, spec, target, applied, watermark, 0, 0, reconciled=found)

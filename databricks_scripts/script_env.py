@@ -44,6 +44,8 @@ class ScriptEnv:
       ``$DATALOADER_HOME/lake``, else ``.dataloader/lake`` next to this folder).
     - ``batch_bytes``/``batch_rows``/``progress_seconds``: ``DATALOADER_BATCH_BYTES``,
       ``DATALOADER_BATCH_ROWS``, ``DATALOADER_PROGRESS_SECONDS``.
+    - ``target_file_bytes``: ``DATALOADER_TARGET_FILE_BYTES``, the Arrow engine's Delta data
+      file size (None: delta-rs's default, about 100 MiB).
     - ``dbfs_root``/``volumes_root``: where ``/dbfs`` and ``/Volumes`` paths are on this machine
       (``DATALOADER_DBFS_ROOT``, ``DATALOADER_VOLUMES_ROOT``; a local Databricks stand-in moves
       them).
@@ -60,6 +62,7 @@ class ScriptEnv:
     batch_bytes: int = DEFAULT_BATCH_BYTES
     batch_rows: int = DEFAULT_BATCH_ROWS
     progress_seconds: float = DEFAULT_PROGRESS_SECONDS
+    target_file_bytes: int | None = None
     dbfs_root: str = DEFAULT_DBFS_ROOT
     volumes_root: str | None = None
     secrets: tuple[str, ...] = field(default=(), repr=False)
@@ -96,6 +99,7 @@ class ScriptEnv:
             batch_bytes=int(number("DATALOADER_BATCH_BYTES", DEFAULT_BATCH_BYTES)),
             batch_rows=int(number("DATALOADER_BATCH_ROWS", DEFAULT_BATCH_ROWS)),
             progress_seconds=number("DATALOADER_PROGRESS_SECONDS", DEFAULT_PROGRESS_SECONDS),
+            target_file_bytes=int(number("DATALOADER_TARGET_FILE_BYTES", 0)) or None,
             dbfs_root=env.get("DATALOADER_DBFS_ROOT") or DEFAULT_DBFS_ROOT,
             volumes_root=env.get("DATALOADER_VOLUMES_ROOT") or None,
             secrets=tuple(secrets_from_env(env)),

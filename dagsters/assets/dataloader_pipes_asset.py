@@ -26,6 +26,7 @@ from dagsters.control.retry_analysis import (
 )
 from dagsters.control.run_requests import LOAD_ASSET, RETRY_ASSET, environment_tags, load_params
 from dagsters.control.source_connections import ResolvedSource, SourceConnectionError
+from dagsters.control.writeback import with_writeback_retries
 from dagsters.partitions import PARTITIONS_NAME, control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
@@ -33,10 +34,11 @@ from dagsters.runners.outcome import ScriptOutcome
 from dagsters.settings import Settings
 from dagsters.utils.lakebase_client import (
     LakebaseClient,
+    LakebaseError,
     LoadAlreadyActive,
     UnknownControlKey,
 )
-from databricks_scripts.contract import Decision, LoadMetadata
+from databricks_scripts.contract import RECORDED_METADATA_ID_PARAM, Decision, LoadMetadata
 from databricks_scripts.redaction import redact
 
 LOAD_SCRIPT = "dataloader_pipe.py"
@@ -153,6 +155,10 @@ def _reported_metadata(outcome: ScriptOutcome) -> dict[str, Any]:
     return merged
 
 
+class _ResultNotWritten(dg.Failure):
+    """The load committed but its result could not be written to the control database."""
+
+
 class _Attempt:
     """One load attempt of one row: runs the script and writes its outcome to the control row."""
 
@@ -178,12 +184,34 @@ class _Attempt:
             self.config_id, databricks_url=url, metadata_id=self.metadata_id
         )
 
-    def fail(self, message: str, run_link: str | None = None) -> None:
-        self.client.record_failure(
-            self.config_id,
-            self.metadata_id,
-            message,
-            databricks_run_url=run_link or self.databricks_url,
+    def fail(self, message: str, run_link: str | None = None, *, retry: bool = True) -> None:
+        def write() -> bool:
+            return self.client.record_failure(
+                self.config_id,
+                self.metadata_id,
+                message,
+                databricks_run_url=run_link or self.databricks_url,
+            )
+
+        if not retry:  # a terminated run: one try, the interrupt must not wait
+            try:
+                write()
+            except LakebaseError as exc:
+                self.context.log.error(f"{self.control_key}: could not record the failure: {exc}")
+            return
+        if not self._write_back(write):
+            # The row was already failed or taken over (a stale attempt): its own history row
+            # still says what happened to it.
+            self._write_back(
+                lambda: self.client.note_on_attempt(self.config_id, self.metadata_id, message)
+            )
+
+    def _write_back(self, write):
+        """``write()`` with bounded retries while the control database is unreachable."""
+        return with_writeback_retries(
+            write,
+            bound_seconds=self.settings.writeback_retry_seconds,
+            log=lambda text: self.context.log.warning(f"{self.control_key}: {text}"),
         )
 
     def source(self, row: Mapping[str, Any]) -> ResolvedSource:
@@ -202,6 +230,8 @@ class _Attempt:
         error, a terminate, a monitor) this changes nothing. If even this write fails (the
         control database is down) the original error is kept and the monitors settle the row.
         """
+        if isinstance(exc, _ResultNotWritten):
+            return  # the write-back already waited its bound; the row's next load records it
         if isinstance(exc, dg.Failure):
             text = exc.description or str(exc)
         else:
@@ -225,8 +255,16 @@ class _Attempt:
                 label=self.control_key,
                 on_external_run=self.link_external_run,
             )
-        except dg.DagsterExecutionInterruptedError:
-            self.fail(f"Cancelled - Dagster run {self.context.run.run_id} was terminated")
+        except dg.DagsterExecutionInterruptedError as exc:
+            said = getattr(exc, "said", None)  # the script's own account of its stop
+            self.fail(
+                _safe(
+                    f"Cancelled - Dagster run {self.context.run.run_id} was terminated"
+                    + (f": {said}" if said else ""),
+                    self.settings,
+                ),
+                retry=False,
+            )
             raise
         except Exception as exc:  # noqa: BLE001 - any failure to run must end the attempt Failed
             message = _safe(f"Load could not run: {type(exc).__name__}: {exc}", self.settings)
@@ -252,19 +290,48 @@ class _Attempt:
             message = "Load script finished without reporting a materialization (rows, watermark)"
             self.fail(message, run_link)
             raise dg.Failure(message)
-        watermark_after = _metadata_value(reported, LoadMetadata.WATERMARK_AFTER)
-        recorded = self.client.record_success(
+        try:
+            recorded = self._write_back(lambda: self._record_result(reported, run_link))
+        except LakebaseError as exc:
+            message = _safe(
+                f"{self.control_key}: the load finished (attempt {self.metadata_id}) but its "
+                f"result could not be written to the control database: {exc}. The row stays "
+                "In Progress until longrunning_monitor fails it; what this attempt committed is "
+                "recorded by the row's next load, never loaded again.",
+                self.settings,
+            )
+            raise _ResultNotWritten(message) from None
+        if not recorded:
+            self._say_why_not_recorded()
+        return reported, run_link
+
+    def _record_result(self, reported: Mapping[str, Any], run_link: str | None) -> bool:
+        """Succeeded with the reported result, or with the earlier unrecorded commit's."""
+        watermark = _metadata_value(reported, LoadMetadata.WATERMARK_AFTER)
+        watermark = None if watermark is None else str(watermark)
+        committed = _metadata_value(reported, LoadMetadata.RECONCILED_METADATA_ID)
+        if committed is not None:
+            self.context.log.warning(
+                f"{self.control_key}: attempt {committed} had committed without being recorded; "
+                "recording it instead of loading again"
+            )
+            return self.client.record_reconciled(
+                self.config_id,
+                self.metadata_id,
+                committed_metadata_id=int(committed),
+                destination_version=_metadata_value(reported, LoadMetadata.RECONCILED_VERSION),
+                watermark_after=watermark,
+                databricks_run_url=run_link,
+            )
+        return self.client.record_success(
             self.config_id,
             self.metadata_id,
             rows_read=_metadata_value(reported, LoadMetadata.ROWS_READ),
             rows_written=_metadata_value(reported, LoadMetadata.ROWS_WRITTEN),
-            watermark_after=None if watermark_after is None else str(watermark_after),
+            watermark_after=watermark,
             databricks_run_url=run_link,
             schema_changed=_schema_changed(self.context, self.control_key, reported),
         )
-        if not recorded:
-            self._say_why_not_recorded()
-        return reported, run_link
 
     def _say_why_not_recorded(self) -> None:
         """The data was written but the row was not ours any more: say what happened instead."""
@@ -304,6 +371,8 @@ def _load(
             "deleted before the load started; nothing was loaded"
         )
     params = load_params({**row, "metadata_id": attempt.metadata_id}, attempt.source(row))
+    # What the destination's last commit is compared with (databricks_scripts/loader_commits).
+    params[RECORDED_METADATA_ID_PARAM] = attempt.client.last_recorded_attempt(attempt.config_id)
     return attempt.record(attempt.run(pipes_databricks, params))
 
 

@@ -25,12 +25,13 @@ from typing import Any
 import dagster as dg
 
 from dagsters.runners.outcome import (
+    ScriptInterrupted,
     ScriptOutcome,
     error_from_custom_messages,
     error_from_stderr_tail,
 )
 from dagsters.settings import child_environment
-from databricks_scripts.contract import PARAMS_EXTRA
+from databricks_scripts.contract import PARAMS_EXTRA, error_from_stderr
 from databricks_scripts.loader_params import secret_env_var
 
 LOAD_SCRIPT = "dataloader_pipe.py"
@@ -72,6 +73,7 @@ class LocalRunner:
         script_path = self.scripts_dir / script
         command = [self.python_executable, str(script_path)]
         stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
+        interrupted = False
         with dg.open_pipes_session(
             context=context,
             context_injector=dg.PipesTempFileContextInjector(),
@@ -99,9 +101,15 @@ class LocalRunner:
             except dg.DagsterExecutionInterruptedError:
                 context.log.info("Dagster run terminated: stopping the load subprocess.")
                 self._stop(process)
-                raise
+                interrupted = True  # raised below, once the session has read the last messages
+                returncode = process.returncode
             finally:
                 tee.join(timeout=5)
+        if interrupted:
+            raise ScriptInterrupted(
+                error_from_custom_messages(session.get_custom_messages())
+                or error_from_stderr(list(stderr_tail))
+            )
         error = self._error(returncode, session.get_custom_messages(), list(stderr_tail))
         return ScriptOutcome(
             results=session.get_reported_results() if error is None else (),

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import dagster as dg
+
 from databricks_scripts.contract import error_from_message, error_from_stderr
 
 
@@ -27,6 +29,15 @@ class ScriptOutcome:
     @property
     def succeeded(self) -> bool:
         return self.error is None
+
+
+class ScriptInterrupted(dg.DagsterExecutionInterruptedError):
+    """The Dagster run was terminated and the script stopped; ``said`` is what the script
+    reported about its stop (what it committed, what it removed), when it said anything."""
+
+    def __init__(self, said: str | None):
+        super().__init__(said or "terminated")
+        self.said = said
 
 
 def error_from_custom_messages(messages: Sequence[Any]) -> str | None:

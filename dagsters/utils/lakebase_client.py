@@ -28,6 +28,7 @@ Messages written to the database or raised are redacted first.
 ``control/source_slots.py``        claims bounded by free per-source slots; one stuck queued row
 ``control/retention.py``           batched deletes of history rows older than the retention
 ``control/review_release.py``      release a reviewed row (job / CLI), no hand-written SQL
+``control/reconcile.py``           a commit whose success was not recorded: read and record it
 =================================  ===========================================================
 """
 
@@ -38,6 +39,7 @@ from dagsters.control.errors import LakebaseError, LoadAlreadyActive, UnknownCon
 from dagsters.control.history import METADATA_FIELDS, HistorySql
 from dagsters.control.landing_notes import LANDING_NOTE_SEPARATOR, LandingSql
 from dagsters.control.lifecycle import LifecycleSql
+from dagsters.control.reconcile import ReconcileSql
 from dagsters.control.retention import RetentionSql
 from dagsters.control.retry_state import (
     DEFAULT_ANALYSIS_TIMEOUT_MINUTES,
@@ -88,6 +90,7 @@ class LakebaseClient(
     SourceSlotsSql,
     RetentionSql,
     ReviewReleaseSql,
+    ReconcileSql,
 ):
     """Pooled access to ``table_control`` and ``historical_metadata`` (rows as dicts).
 

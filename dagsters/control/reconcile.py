@@ -1,0 +1,127 @@
+"""A load that committed to its destination but whose success was never written back.
+
+The loader records in every Delta commit the attempt (``metadata_id``) that made it
+(``databricks_scripts/loader_commits.py``). Before a load the asset reads the latest attempt whose
+success this database recorded (:meth:`ReconcileSql.last_recorded_attempt`) and hands it to the
+script; when the destination's last committing attempt is newer, the script loads nothing and the
+asset records that attempt's result here (:meth:`ReconcileSql.record_reconciled`), guarded like
+every status change, in one transaction.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from dagsters.control.connection import ControlDatabase
+from dagsters.control.status import IN_PROGRESS, SUCCEEDED
+from dagsters.control.transitions import (
+    advance_schedule,
+    guarded_transition,
+    row_guard,
+    success_sets,
+)
+
+
+class ReconcileSql(ControlDatabase):
+    """Read and record what an earlier attempt committed without being recorded."""
+
+    def last_recorded_attempt(self, config_id: int) -> int | None:
+        """metadata_id of the row's latest attempt recorded Succeeded (None: none yet)."""
+        with self._transaction("last_recorded_attempt") as conn:
+            row = conn.execute(
+                "SELECT max(metadata_id) AS metadata_id FROM historical_metadata"
+                " WHERE config_id = %s AND status = 'Succeeded'",
+                (config_id,),
+            ).fetchone()
+        return None if row is None else row["metadata_id"]
+
+    def note_on_attempt(self, config_id: int, metadata_id: int, note: str) -> bool:
+        """Add ``note`` to an attempt's own history row without touching any status: what a
+        stale attempt (its row already failed or taken over by a newer attempt) has to say."""
+        with self._transaction("note_on_attempt") as conn:
+            return bool(
+                conn.execute(
+                    "UPDATE historical_metadata SET message = CASE WHEN message IS NULL"
+                    " OR message = '' THEN %(note)s ELSE message || ' | ' || %(note)s END"
+                    " WHERE metadata_id = %(metadata_id)s AND config_id = %(config_id)s",
+                    {
+                        "note": self.redact(note),
+                        "metadata_id": metadata_id,
+                        "config_id": config_id,
+                    },
+                ).rowcount
+            )
+
+    def record_reconciled(
+        self,
+        config_id: int,
+        metadata_id: int,
+        *,
+        committed_metadata_id: int,
+        destination_version: int | None,
+        watermark_after: str | None,
+        databricks_run_url: str | None = None,
+    ) -> bool:
+        """This attempt In Progress -> Succeeded with the committed attempt's watermark; the
+        committed attempt's history row says Succeeded (its data is in the destination).
+
+        Returns False (nothing written) when this attempt is no longer the row's current one.
+        """
+        version = (
+            "" if destination_version is None else f" (destination version {destination_version})"
+        )
+        message = self.redact(
+            f"Loaded nothing: attempt {committed_metadata_id} had committed its load{version} "
+            "but its success was never recorded (control database unreachable?); recorded now, "
+            "watermark " + (repr(watermark_after) if watermark_after is not None else "unchanged")
+        )
+        earlier = self.redact(
+            f"Committed to the destination{version}; success recorded late by attempt {metadata_id}"
+        )
+        params = {
+            "config_id": config_id,
+            "metadata_id": metadata_id,
+            "committed": committed_metadata_id,
+            "watermark": watermark_after,
+            "message": message,
+            "earlier": earlier,
+            "databricks": databricks_run_url,
+        }
+        with self._transaction("record_reconciled") as conn:
+            rows = guarded_transition(
+                conn,
+                SUCCEEDED,
+                {IN_PROGRESS},
+                where=row_guard(metadata_id),
+                params=params,
+                sets={
+                    **success_sets(),
+                    "incremental_value": sql.SQL("coalesce(%(watermark)s, t.incremental_value)"),
+                    "last_message": sql.SQL("%(message)s"),
+                    "last_databricks_run": sql.SQL(
+                        "coalesce(%(databricks)s, t.last_databricks_run)"
+                    ),
+                },
+            )
+            if not rows:
+                return False
+            advance_schedule(conn, rows)
+            conn.execute(
+                "UPDATE historical_metadata SET status = 'Succeeded', ended_at = now(),"
+                " rows_read = 0, rows_written = 0,"
+                " watermark_after = coalesce(%(watermark)s, watermark_before),"
+                " message = %(message)s,"
+                " databricks_run_url = coalesce(%(databricks)s, databricks_run_url)"
+                " WHERE metadata_id = %(metadata_id)s",
+                params,
+            )
+            conn.execute(
+                "UPDATE historical_metadata SET status = 'Succeeded',"
+                " ended_at = coalesce(ended_at, now()),"
+                " watermark_after = coalesce(%(watermark)s, watermark_after),"
+                " message = CASE WHEN message IS NULL OR message = '' THEN %(earlier)s"
+                " ELSE message || ' | ' || %(earlier)s END"
+                " WHERE metadata_id = %(committed)s AND config_id = %(config_id)s",
+                params,
+            )
+        return True

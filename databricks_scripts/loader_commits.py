@@ -1,0 +1,130 @@
+"""Which load attempt made a Delta commit: recorded in the commit, read back before every load.
+
+Every commit the Arrow engine makes carries the attempt that made it, twice:
+
+- a Delta *transaction id* (``txn`` action, app id ``dataloader:<config_id>``, version =
+  ``metadata_id``), kept in the table's snapshot, so the last attempt that committed is known
+  from the table state alone (``DeltaTable.transaction_version``);
+- commit metadata (``dataloader.metadata_id``, ``dataloader.control_key``,
+  ``dataloader.watermark_before``, ``dataloader.strategy``), readable with ``DESCRIBE HISTORY`` /
+  ``DeltaTable.history()`` by a person.
+
+Two checks use it (docs/control-database.md, "Exactly once"):
+
+- **Reconcile, before a load.** The asset sends the latest attempt whose success the control
+  database recorded (``contract.RECORDED_METADATA_ID_PARAM``). When the destination's last
+  committing attempt is newer, that attempt committed but its success was never written back (the
+  control database was unreachable): this load reads nothing and reports that attempt and the
+  destination's watermark, and the asset records them.
+- **Fence, just before the commit.** When another attempt of the same row committed while this
+  one was reading, this one commits nothing and says so: two loads of one table never both commit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from databricks_scripts.contract import RECORDED_METADATA_ID_PARAM
+
+APP_ID_PREFIX = "dataloader:"
+KEY_METADATA_ID = "dataloader.metadata_id"
+KEY_CONTROL_KEY = "dataloader.control_key"
+KEY_WATERMARK_BEFORE = "dataloader.watermark_before"
+KEY_STRATEGY = "dataloader.strategy"
+
+
+class StaleAttempt(RuntimeError):
+    """Another attempt of the same row committed while this one ran: nothing was committed."""
+
+    step = "check attempt before commit"
+
+
+def app_id(spec: Any) -> str:
+    """The Delta transaction app id of the row (config_id; the control_key when it is unknown)."""
+    return f"{APP_ID_PREFIX}{spec.config_id if spec.config_id is not None else spec.control_key}"
+
+
+def commit_properties(spec: Any, strategy: str):
+    """CommitProperties naming this attempt (None when the attempt is unknown: a test run)."""
+    if spec.metadata_id is None:
+        return None
+    from deltalake import CommitProperties, Transaction
+
+    return CommitProperties(
+        custom_metadata={
+            KEY_METADATA_ID: str(spec.metadata_id),
+            KEY_CONTROL_KEY: str(spec.control_key),
+            KEY_WATERMARK_BEFORE: "" if spec.incremental_value is None else spec.incremental_value,
+            KEY_STRATEGY: strategy,
+        },
+        app_transactions=[Transaction(app_id(spec), int(spec.metadata_id))],
+    )
+
+
+def committed_attempt(table: Any, spec: Any) -> int | None:
+    """metadata_id of the last attempt of this row that committed to ``table`` (None: none)."""
+    if table is None:
+        return None
+    version = table.transaction_version(app_id(spec))
+    return None if version is None else int(version)
+
+
+@dataclass(frozen=True)
+class UnrecordedCommit:
+    metadata_id: int
+    version: int | None  # the destination version it committed, when found in the history
+
+
+def unrecorded_commit(table: Any, spec: Any) -> UnrecordedCommit | None:
+    """The attempt that committed to ``table`` without its success being recorded, if any."""
+    if table is None or spec.metadata_id is None or RECORDED_METADATA_ID_PARAM not in spec.extra:
+        return None
+    committed = committed_attempt(table, spec)
+    recorded = spec.extra.get(RECORDED_METADATA_ID_PARAM)
+    if committed is None or committed == spec.metadata_id:
+        return None
+    if recorded is not None and committed <= int(recorded):
+        return None
+    return UnrecordedCommit(committed, _commit_version(table, committed))
+
+
+def _commit_version(table: Any, metadata_id: int, limit: int = 200) -> int | None:
+    for commit in table.history(limit):
+        if commit.get(KEY_METADATA_ID) == str(metadata_id):
+            return int(commit["version"])
+    return None
+
+
+def check_still_current(destination: Path, spec: Any, committed_at_start: int | None) -> None:
+    """Raise :class:`StaleAttempt` when another attempt of the row committed since the load began.
+
+    Reads the destination's newest state (not the snapshot the load started from).
+    """
+    if spec.metadata_id is None:
+        return
+    now = committed_attempt(_open_latest(destination), spec)
+    if now == committed_at_start or now == spec.metadata_id:
+        return
+    newer = now is not None and now > spec.metadata_id
+    raise StaleAttempt(
+        f"attempt {now} of this table committed to the destination while attempt "
+        f"{spec.metadata_id} was loading"
+        + (" (a newer attempt: this one is stale)" if newer else "")
+        + "; this attempt committed nothing"
+        + ("" if newer else f"; the next load records attempt {now}'s result")
+    )
+
+
+def _open_latest(destination: Path):
+    """The destination's newest state, or None when there is no Delta table there."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    if not destination.exists():
+        return None
+    try:
+        return DeltaTable(str(destination))
+    except TableNotFoundError:
+        return None

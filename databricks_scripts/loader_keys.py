@@ -1,0 +1,66 @@
+"""Merge keys: set and unique in the rows a keyed load writes, checked before anything commits.
+
+Used by every load of a table with ``merge_keys``: the MERGE spools its rows and checks them
+before it starts; a first load (or a rebuild) of a keyed table, which runs as a full overwrite,
+checks them while streaming and fails before the commit. Only the key columns stay in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+
+
+def spool_checked(
+    batches: Iterator[pa.RecordBatch], schema: pa.Schema, keys: tuple[str, ...], path: Path
+) -> int:
+    """Write ``batches`` to ``path`` (Arrow IPC stream); refuse NULL keys at once, duplicate keys
+    at the end. Keeps only the key columns in memory. Returns the number of rows spooled."""
+    seen: list[pa.RecordBatch] = []
+    rows = 0
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for batch in batches:
+            key_batch = batch.select(list(keys))
+            check_keys(pa.Table.from_batches([key_batch]), keys, nulls_only=True)
+            seen.append(key_batch)
+            writer.write_batch(batch)
+            rows += batch.num_rows
+    if seen:
+        check_keys(pa.Table.from_batches(seen), keys)
+    return rows
+
+
+def keys_checked(
+    batches: Iterator[pa.RecordBatch], keys: tuple[str, ...]
+) -> Iterator[pa.RecordBatch]:
+    """``batches`` unchanged; NULL keys refused at once, duplicate keys after the last batch
+    (before the writer commits). Keeps only the key columns in memory."""
+    seen: list[pa.RecordBatch] = []
+    for batch in batches:
+        key_batch = batch.select(list(keys))
+        check_keys(pa.Table.from_batches([key_batch]), keys, nulls_only=True)
+        seen.append(key_batch)
+        yield batch
+    if seen:
+        check_keys(pa.Table.from_batches(seen), keys)
+
+
+def check_keys(data: pa.Table, keys: tuple[str, ...], *, nulls_only: bool = False) -> None:
+    import pyarrow.compute as pc
+
+    for k in keys:
+        nulls = data.column(k).null_count
+        if nulls:
+            raise ValueError(f"merge key {k!r} is NULL in {nulls} source row(s); keys must be set")
+    if nulls_only:
+        return
+    grouped = data.group_by(list(keys)).aggregate([([], "count_all")])
+    dupes = grouped.filter(pc.field("count_all") > 1)
+    if dupes.num_rows:
+        sample = dupes.slice(0, 1).select(list(keys)).to_pylist()[0]
+        raise ValueError(
+            f"merge keys {list(keys)} are not unique in the source rows read "
+            f"({dupes.num_rows} duplicated key(s), e.g. {sample})"
+        )

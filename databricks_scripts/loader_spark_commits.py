@@ -1,0 +1,162 @@
+"""The Spark engine's side of "exactly once": commits that name their attempt, read back.
+
+The Arrow engine's rules (``loader_commits``), expressed for Databricks:
+
+- every write statement runs with ``spark.databricks.delta.commitInfo.userMetadata`` set to a JSON
+  object naming the attempt (``dataloader.metadata_id``, ``dataloader.control_key``,
+  ``dataloader.watermark_before``, ``dataloader.strategy``), visible as ``userMetadata`` in
+  ``DESCRIBE HISTORY``;
+- before a load, the newest commit of the destination that carries a ``dataloader.metadata_id``
+  is compared with the attempt the control database last recorded: a newer one is recorded
+  instead of loaded again (reconcile);
+- just before the write statement, the same read tells whether another attempt of the row
+  committed since this load began (fencing). On Spark the statement reads the source and commits
+  in one go, so the check runs before the source is read: the window is the statement itself;
+- a keyed table's load that runs as a full (its first load) checks that the keys are set and
+  unique before it writes;
+- on SIGINT/SIGTERM the load's Spark jobs (one job group) are cancelled; an aborted Delta write
+  commits nothing and its files are unreferenced (removed by VACUUM).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from databricks_scripts.contract import RECORDED_METADATA_ID_PARAM
+from databricks_scripts.loader_commits import (
+    KEY_CONTROL_KEY,
+    KEY_METADATA_ID,
+    KEY_STRATEGY,
+    KEY_WATERMARK_BEFORE,
+    StaleAttempt,
+    UnrecordedCommit,
+)
+
+USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
+HISTORY_LIMIT = 50
+
+
+def user_metadata(spec: Any, strategy: str) -> str:
+    """The JSON ``userMetadata`` of this attempt's commit."""
+    return json.dumps(
+        {
+            KEY_METADATA_ID: str(spec.metadata_id),
+            KEY_CONTROL_KEY: str(spec.control_key),
+            KEY_WATERMARK_BEFORE: spec.incremental_value or "",
+            KEY_STRATEGY: strategy,
+        },
+        sort_keys=True,
+    )
+
+
+def last_dataloader_commit(history: Iterable[Mapping[str, Any]]) -> UnrecordedCommit | None:
+    """The newest commit in ``history`` (DESCRIBE HISTORY rows) made by a DataLoader attempt."""
+    best: UnrecordedCommit | None = None
+    for row in history:
+        try:
+            meta = json.loads(row.get("userMetadata") or "")
+            metadata_id = int(meta[KEY_METADATA_ID])
+        except (ValueError, TypeError, KeyError):
+            continue
+        version = int(row["version"])
+        if best is None or (best.version is not None and version > best.version):
+            best = UnrecordedCommit(metadata_id, version)
+    return best
+
+
+def read_last_commit(spark: Any, target: str) -> UnrecordedCommit | None:
+    rows = spark.sql(f"DESCRIBE HISTORY {target} LIMIT {HISTORY_LIMIT}").collect()
+    return last_dataloader_commit(r.asDict() for r in rows)
+
+
+def unrecorded(spec: Any, last: UnrecordedCommit | None) -> UnrecordedCommit | None:
+    """``last`` when it is an attempt whose success the control database did not record."""
+    if last is None or spec.metadata_id is None or RECORDED_METADATA_ID_PARAM not in spec.extra:
+        return None
+    recorded = spec.extra.get(RECORDED_METADATA_ID_PARAM)
+    if last.metadata_id == spec.metadata_id:
+        return None
+    if recorded is not None and last.metadata_id <= int(recorded):
+        return None
+    return last
+
+
+def check_still_current(spec: Any, at_start: UnrecordedCommit | None, now: UnrecordedCommit | None):
+    """Raise :class:`StaleAttempt` when another attempt committed since the load began."""
+    if spec.metadata_id is None or now is None or now == at_start:
+        return
+    if now.metadata_id == spec.metadata_id:
+        return
+    raise StaleAttempt(
+        f"attempt {now.metadata_id} of this table committed to the destination (version "
+        f"{now.version}) while attempt {spec.metadata_id} was loading; this attempt committed "
+        "nothing"
+    )
+
+
+@contextmanager
+def commit_named(spark: Any, spec: Any, strategy: str) -> Iterator[None]:
+    """Statements run inside carry this attempt's userMetadata in their Delta commit."""
+    if spec.metadata_id is None:
+        yield
+        return
+    spark.conf.set(USER_METADATA_CONF, user_metadata(spec, strategy))
+    try:
+        yield
+    finally:
+        spark.conf.unset(USER_METADATA_CONF)
+
+
+def key_check_sql(view: str, keys: Iterable[str]) -> str:
+    """One row: how many rows have a NULL key, how many key values occur more than once."""
+    quoted = [f"`{k.replace('`', '``')}`" for k in keys]
+    any_null = " OR ".join(f"{q} IS NULL" for q in quoted)
+    return (
+        f"SELECT (SELECT count(*) FROM {view} WHERE {any_null}) AS null_keys,"
+        f" (SELECT count(*) FROM (SELECT {', '.join(quoted)} FROM {view}"
+        f" WHERE NOT ({any_null}) GROUP BY {', '.join(quoted)} HAVING count(*) > 1)) AS dup_keys"
+    )
+
+
+def check_keys(spark: Any, view: str, keys: Iterable[str]) -> None:
+    """Refuse NULL or duplicate merge keys in the rows of ``view`` (before anything is written)."""
+    keys = list(keys)
+    row = spark.sql(key_check_sql(view, keys)).collect()[0]
+    if row["null_keys"]:
+        raise ValueError(
+            f"merge keys {keys} are NULL in {row['null_keys']} source row(s); keys must be set"
+        )
+    if row["dup_keys"]:
+        raise ValueError(
+            f"merge keys {keys} are not unique in the source rows read "
+            f"({row['dup_keys']} duplicated key(s))"
+        )
+
+
+@contextmanager
+def cancellable(spark: Any, stop: Any | None) -> Iterator[None]:
+    """Run the load's Spark jobs in one job group that a stop signal cancels."""
+    context = None
+    try:
+        context = spark.sparkContext  # absent on Spark Connect (serverless, shared clusters)
+    except Exception:  # noqa: BLE001 - no job groups there; Databricks' own cancel applies
+        context = None
+    if context is None or stop is None:
+        yield
+        return
+    group = f"dataloader-{uuid.uuid4().hex[:12]}"
+    context.setJobGroup(group, "DataLoader load", interruptOnCancel=True)
+
+    def cancel() -> int:
+        context.cancelJobGroup(group)
+        return 0  # an aborted Delta write leaves only unreferenced files (VACUUM removes them)
+
+    stop.on_stop(cleanup=cancel)
+    try:
+        yield
+    finally:
+        context.setLocalProperty("spark.jobGroup.id", None)

@@ -1,0 +1,93 @@
+"""The source stream as the Arrow engine's writers consume it: cast, counted, cursor tracked.
+
+``Tracker`` casts each source batch to the write schema, counts rows, keeps the cursor's maximum
+and logs progress; ``peeked_reader`` makes a reader only when there is a row to write (so an empty
+incremental read makes no empty commit); ``Counted`` counts what a filter let through.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import pyarrow as pa
+
+from databricks_scripts.loader_types import cast_batch
+from databricks_scripts.watermark import Watermark, batch_max, max_watermark
+
+
+class Progress:
+    """Logs 'rows so far' at most every ``interval`` seconds (0: after every batch)."""
+
+    def __init__(self, log: Callable[[str], None], label: str, interval: float):
+        self._log = log
+        self._label = label
+        self._interval = interval
+        self._last = time.monotonic()
+        self.rows = 0
+
+    def add(self, n: int) -> None:
+        self.rows += n
+        now = time.monotonic()
+        if now - self._last >= self._interval:
+            self._last = now
+            self._log(f"{self._label}: {self.rows:,} rows read so far")
+
+
+class Tracker:
+    """Wraps the source stream: casts to the write schema, counts rows, tracks the cursor max."""
+
+    def __init__(
+        self,
+        batches: Iterator[pa.RecordBatch],
+        schema: pa.Schema,
+        cursor: str | None,
+        numeric_text: bool,
+        progress: Progress,
+    ):
+        self._batches = batches
+        self.schema = schema
+        self._cursor = cursor
+        self._numeric_text = numeric_text
+        self._progress = progress
+        self.rows_read = 0
+        self.max_cursor: Watermark | None = None
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        for raw in self._batches:
+            if raw.num_rows == 0:
+                continue
+            batch = cast_batch(raw, self.schema)
+            self.rows_read += batch.num_rows
+            if self._cursor is not None:
+                self.max_cursor = max_watermark(
+                    self.max_cursor,
+                    batch_max(batch.column(self._cursor), numeric_text=self._numeric_text),
+                )
+            self._progress.add(batch.num_rows)
+            yield batch
+
+
+def peeked_reader(schema: pa.Schema, batches: Iterator[pa.RecordBatch]):
+    """A RecordBatchReader over ``batches``, or None when they hold no rows (so no empty commit)."""
+    it = iter(batches)
+    first = next((b for b in it if b.num_rows), None)
+    if first is None:
+        return None
+
+    def chain() -> Iterator[pa.RecordBatch]:
+        yield first
+        yield from it
+
+    return pa.RecordBatchReader.from_batches(schema, chain())
+
+
+class Counted:
+    def __init__(self, batches: Iterator[pa.RecordBatch]):
+        self._batches = batches
+        self.rows = 0
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        for b in self._batches:
+            self.rows += b.num_rows
+            yield b
