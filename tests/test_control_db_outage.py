@@ -155,7 +155,10 @@ def first_load_then_new_rows(control, source_db, slow_source, lake_root, instanc
     )
     slow_source.execute("UPDATE public.delay SET seconds = 2")
     with psycopg.connect(control.conninfo, autocommit=True) as db:
-        db.execute("UPDATE table_control SET next_load_date_time = now()")
+        db.execute(
+            "UPDATE table_control SET last_status = NULLIF(last_status, 'Failed'),"
+            " next_load_date_time = now()"
+        )
 
 
 def write_back_retried(instance) -> bool:
@@ -234,10 +237,14 @@ def test_a_commit_never_recorded_is_recorded_by_the_next_load_not_loaded_again(
     control.start()
     with LakebaseClient(control.conninfo) as client:
         assert client.get_table_details("pg.slow")["last_status"] == "In Progress"
-        # What longrunning_monitor does once the run is known dead; then the row is due again.
+        # What longrunning_monitor does once the run is known dead; then a person (or the retry
+        # decision) makes the Failed row ready again: its schedule alone does not.
         assert client.fail_stuck_running(lost["config_id"], lost["metadata_id"], 0)
     with psycopg.connect(control.conninfo, autocommit=True) as db:
-        db.execute("UPDATE table_control SET next_load_date_time = now()")
+        db.execute(
+            "UPDATE table_control SET last_status = NULLIF(last_status, 'Failed'),"
+            " next_load_date_time = now()"
+        )
 
     result, claimed = materialize(control, lake_root, instance, "pg.slow", bound=5)
 
@@ -261,7 +268,10 @@ def test_a_commit_never_recorded_is_recorded_by_the_next_load_not_loaded_again(
     slow_source.execute("UPDATE public.delay SET seconds = 0")
     slow_source.execute("INSERT INTO public.orders VALUES (31, 1, '2024-04-01')")
     with psycopg.connect(control.conninfo, autocommit=True) as db:
-        db.execute("UPDATE table_control SET next_load_date_time = now()")
+        db.execute(
+            "UPDATE table_control SET last_status = NULLIF(last_status, 'Failed'),"
+            " next_load_date_time = now()"
+        )
     result, _ = materialize(control, lake_root, instance, "pg.slow", bound=5)
     assert result.success
     assert destination_rows(lake_root) == (31, 31)

@@ -73,7 +73,10 @@ def test_first_load_refuses_bad_keys_and_writes_nothing(
 
     # The source is fixed: the next load succeeds with one row per key.
     source.execute("DELETE FROM public.orders WHERE updated_at = '2024-02-01'")
-    db.execute("UPDATE table_control SET next_load_date_time = now()")
+    db.execute(
+        "UPDATE table_control SET last_status = NULLIF(last_status, 'Failed'),"
+        " next_load_date_time = now()"
+    )
     assert load(control_db, lake_root, instance, "pg.orders").success
     table = DeltaTable(str(destination)).to_pyarrow_table()
     assert table.num_rows == 25 == len(set(table.column("order_id").to_pylist()))

@@ -127,13 +127,14 @@ def claim(control_db: str, key: str) -> dict:
 def gated_source(source, where: str) -> None:
     """public.gated_orders: while public.gate says closed, the loader's schema probe ('probe') or
     its row read ('read') waits on an advisory lock the test holds."""
-    probe = "LIKE" if where == "probe" else "NOT LIKE"
+    # The PostgreSQL schema probe is ``SELECT * FROM <table> WHERE false`` (loader_sql).
+    probe = "~" if where == "probe" else "!~"
     source.execute("CREATE TABLE public.gate (closed boolean NOT NULL)")
     source.execute("INSERT INTO public.gate VALUES (false)")
     source.execute(
         "CREATE FUNCTION public.pass_gate() RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN"
         " IF (SELECT closed FROM public.gate)"
-        f" AND current_query() {probe} '%%WHERE 1 = 0%%' THEN"
+        f" AND current_query() {probe} 'WHERE (false|1 = 0)' THEN"
         f" PERFORM pg_advisory_xact_lock_shared({GATE_LOCK}); END IF; RETURN true; END $$"
     )
     source.execute(
@@ -164,7 +165,10 @@ def test_a_stale_attempt_still_running_commits_nothing(
         "INSERT INTO public.orders SELECT g, g, timestamptz '2024-03-01' + g * interval '1 hour'"
         " FROM generate_series(26, 30) g"
     )
-    db.execute("UPDATE table_control SET next_load_date_time = now()")
+    db.execute(
+        "UPDATE table_control SET last_status = NULLIF(last_status, 'Failed'),"
+        " next_load_date_time = now()"
+    )
 
     # Attempt A starts and is held inside its source read.
     source.execute("UPDATE public.gate SET closed = true")
@@ -183,7 +187,10 @@ def test_a_stale_attempt_still_running_commits_nothing(
     source.execute("UPDATE public.gate SET closed = false")
     with LakebaseClient(control_db) as client:
         assert client.fail_stuck_running(stale["config_id"], stale["metadata_id"], 0)
-    db.execute("UPDATE table_control SET next_load_date_time = now()")
+    db.execute(
+        "UPDATE table_control SET last_status = NULLIF(last_status, 'Failed'),"
+        " next_load_date_time = now()"
+    )
     current = claim(control_db, "pg.gated")
     assert materialize(control_db, lake_root, instance, current).success
 

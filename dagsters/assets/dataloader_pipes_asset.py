@@ -26,7 +26,7 @@ from dagsters.control.retry_analysis import (
 )
 from dagsters.control.run_requests import LOAD_ASSET, RETRY_ASSET, environment_tags, load_params
 from dagsters.control.source_connections import ResolvedSource, SourceConnectionError
-from dagsters.control.writeback import with_writeback_retries
+from dagsters.control.writeback import is_connection_error, with_writeback_retries
 from dagsters.partitions import PARTITIONS_NAME, control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
@@ -184,7 +184,12 @@ class _Attempt:
             self.config_id, databricks_url=url, metadata_id=self.metadata_id
         )
 
-    def fail(self, message: str, run_link: str | None = None, *, retry: bool = True) -> None:
+    def fail(
+        self, message: str, run_link: str | None = None, *, retry: bool = True, note: bool = True
+    ) -> None:
+        """End the attempt Failed; ``note``: if the row is not this attempt's any more (a stale
+        attempt), add the message to its own history row instead."""
+
         def write() -> bool:
             return self.client.record_failure(
                 self.config_id,
@@ -199,7 +204,7 @@ class _Attempt:
             except LakebaseError as exc:
                 self.context.log.error(f"{self.control_key}: could not record the failure: {exc}")
             return
-        if not self._write_back(write):
+        if not self._write_back(write) and note:
             # The row was already failed or taken over (a stale attempt): its own history row
             # still says what happened to it.
             self._write_back(
@@ -237,7 +242,8 @@ class _Attempt:
         else:
             text = f"Load failed after it started: {type(exc).__name__}: {exc}"
         try:
-            self.fail(_safe(text, self.settings))
+            # Already settled (the script's error, a terminate, a monitor): nothing to add.
+            self.fail(_safe(text, self.settings), note=False)
         except Exception as write_error:  # noqa: BLE001 - the load's own error is what matters
             self.context.log.error(
                 _safe(
@@ -293,6 +299,8 @@ class _Attempt:
         try:
             recorded = self._write_back(lambda: self._record_result(reported, run_link))
         except LakebaseError as exc:
+            if not is_connection_error(exc):
+                raise  # a refused statement (bad metadata, a full disk): settle() fails the row
             message = _safe(
                 f"{self.control_key}: the load finished (attempt {self.metadata_id}) but its "
                 f"result could not be written to the control database: {exc}. The row stays "
