@@ -56,10 +56,12 @@ from databricks_scripts.loader_types import (
 from databricks_scripts.watermark import (
     Watermark,
     batch_max,
+    cursor_type_problem,
     decode_watermark_for,
     encode_watermark,
     lookback_lower_bound,
     max_watermark,
+    text_shape,
 )
 
 
@@ -251,6 +253,16 @@ class _Load:
         return existing
 
 
+def _text_cursor_start(load: _Load) -> tuple[str, str] | None | bool:
+    """False unless the cursor is text; else the stored watermark's (shape, value) or None."""
+    field = load.write_schema.field(load.cursor) if load.cursor else None
+    if field is None or load.numeric_text or not pa.types.is_string(field.type):
+        return False
+    if isinstance(load.watermark, str):
+        return text_shape(load.watermark), load.watermark
+    return None
+
+
 def _prepare(spec, source, destination: Path, log: Callable[[str], None]) -> _Load:
     """Probe the source, open the destination, reconcile schemas, decode the watermark."""
     with _step("probe source"):
@@ -260,6 +272,9 @@ def _prepare(spec, source, destination: Path, log: Callable[[str], None]) -> _Lo
         for column, role in roles:
             if column is not None and column not in source_schema.names:
                 raise ValueError(f"{role} {column!r} is not a column of the source table")
+        problem = cursor_type_problem(source_schema.field(cursor)) if cursor else None
+        if problem:
+            raise ValueError(f"incremental_column {cursor!r} cannot be a cursor: {problem}")
         numeric_text = bool(cursor) and is_numeric_text(source_schema.field(cursor))
     with _step("open destination"):
         table = _delta_table(destination)
@@ -453,7 +468,14 @@ def run_arrow_load(
     with _step("read source"):
         _, raw_batches = source.batches(load.lower)
         progress = Progress(log, f"{spec.source_label}", progress_interval)
-        tracker = Tracker(raw_batches, load.write_schema, load.cursor, load.numeric_text, progress)
+        tracker = Tracker(
+            raw_batches,
+            load.write_schema,
+            load.cursor,
+            load.numeric_text,
+            progress,
+            text_cursor=_text_cursor_start(load),
+        )
         destination.parent.mkdir(parents=True, exist_ok=True)
     before = data_files(destination)
     if stop is not None:

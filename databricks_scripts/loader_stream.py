@@ -13,7 +13,12 @@ from collections.abc import Callable, Iterator
 import pyarrow as pa
 
 from databricks_scripts.loader_types import cast_batch
-from databricks_scripts.watermark import Watermark, batch_max, max_watermark
+from databricks_scripts.watermark import (
+    Watermark,
+    batch_max,
+    check_text_cursor,
+    max_watermark,
+)
 
 
 class Progress:
@@ -44,6 +49,7 @@ class Tracker:
         cursor: str | None,
         numeric_text: bool,
         progress: Progress,
+        text_cursor: tuple[str, str] | None | bool = False,
     ):
         self._batches = batches
         self.schema = schema
@@ -52,6 +58,9 @@ class Tracker:
         self._progress = progress
         self.rows_read = 0
         self.max_cursor: Watermark | None = None
+        # A text cursor's (shape, example) so far (False: not a text cursor; see
+        # watermark.check_text_cursor): values of mixed formats fail the load before its commit.
+        self._text_cursor = text_cursor
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         for raw in self._batches:
@@ -59,6 +68,10 @@ class Tracker:
                 continue
             batch = cast_batch(raw, self.schema)
             self.rows_read += batch.num_rows
+            if self._cursor is not None and self._text_cursor is not False:
+                self._text_cursor = check_text_cursor(
+                    batch.column(self._cursor), self._text_cursor or None, self._cursor
+                )
             if self._cursor is not None:
                 self.max_cursor = max_watermark(
                     self.max_cursor,

@@ -9,9 +9,11 @@ codec is in ``watermark``.
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 # Delta stores decimals up to 38 digits (decimal128).
 MAX_DELTA_PRECISION = 38
@@ -108,7 +110,9 @@ def delta_type_for(field: pa.Field) -> pa.DataType:
             if 0 < precision <= MAX_DELTA_PRECISION:
                 return pa.decimal128(precision, scale)
         return pa.string()
-    if isinstance(t, pa.ExtensionType):
+    if _is_uuid(t):
+        return pa.string()  # the canonical 8-4-4-4-12 text, as the source prints it
+    if isinstance(t, pa.BaseExtensionType):  # json, opaque, user extension types
         return delta_type_for(pa.field(field.name, t.storage_type))
     if pa.types.is_timestamp(t):
         return pa.timestamp("us", tz="UTC" if t.tz else None)
@@ -143,8 +147,32 @@ def delta_schema_for(schema: pa.Schema) -> pa.Schema:
     return pa.schema([pa.field(f.name, delta_type_for(f), nullable=True) for f in schema])
 
 
+def _is_uuid(t: pa.DataType) -> bool:
+    """Arrow's canonical ``arrow.uuid`` (ADBC's PostgreSQL ``uuid``): a built-in extension type."""
+    return isinstance(t, pa.BaseExtensionType) and t.extension_name == "arrow.uuid"
+
+
+def uuid_text(arr: pa.Array) -> pa.Array:
+    """``arrow.uuid`` values (16 bytes each) as their canonical text, without a Python loop."""
+    storage = arr.storage if isinstance(arr.type, pa.BaseExtensionType) else arr
+    n = len(storage)
+    start = storage.offset * 16
+    hexed = bytes(storage.buffers()[1])[start : start + n * 16].hex().encode("ascii")
+    offsets = pa.py_buffer(array("i", range(0, 32 * n + 1, 32)).tobytes())
+    digits = pa.Array.from_buffers(pa.string(), n, [None, offsets, pa.py_buffer(hexed)])
+    text = pc.binary_join_element_wise(
+        *[pc.utf8_slice_codeunits(digits, a, b) for a, b in _UUID_GROUPS], "-"
+    )
+    return pc.if_else(storage.is_valid(), text, pa.scalar(None, pa.string()))
+
+
+_UUID_GROUPS = ((0, 8), (8, 12), (12, 16), (16, 20), (20, 32))
+
+
 def _storage(arr: pa.ChunkedArray | pa.Array) -> pa.Array:
-    if isinstance(arr.type, pa.ExtensionType):
+    if _is_uuid(arr.type):
+        return uuid_text(arr)
+    if isinstance(arr.type, pa.BaseExtensionType):
         return arr.storage
     return arr
 

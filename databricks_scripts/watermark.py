@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import re
 
 import pyarrow as pa
 
@@ -114,6 +115,64 @@ def batch_max(
 
     result = pc.max(column)
     return result.as_py() if result.is_valid else None
+
+
+def cursor_type_problem(field: pa.Field) -> str | None:
+    """Why ``field`` cannot be an incremental cursor, or None when its values are ordered.
+
+    Numbers, dates, timestamps and text are ordered; uuid, json/jsonb, binary, boolean, time and
+    interval columns are not (or not in a way that finds new rows), so they are refused at the
+    probe, before anything is read.
+    """
+    t = field.type
+    if isinstance(t, pa.BaseExtensionType):
+        return f"its type {t.extension_name} has no order that finds new rows"
+    ordered = (
+        pa.types.is_integer,
+        pa.types.is_decimal,
+        pa.types.is_floating,
+        pa.types.is_date,
+        pa.types.is_timestamp,
+        pa.types.is_string,
+        pa.types.is_large_string,
+    )
+    if any(check(t) for check in ordered):
+        return None
+    return f"its type {t} has no order that finds new rows"
+
+
+# A text cursor is compared character by character (by the source in its WHERE, by the loader for
+# the new watermark), so only values of one shape sort as their meaning: '2025-06-01' after
+# '2025-05-31', but 'zzz' after every date. The shape keeps punctuation and maps digits to 9 and
+# letters to a; every value a load sees must have the shape of the first (or of the stored
+# watermark), else the load fails before its commit and the watermark does not move.
+def text_shape(value: str) -> str:
+    return re.sub(r"[A-Za-z]", "a", re.sub(r"[0-9]", "9", value))
+
+
+def check_text_cursor(
+    column: pa.Array | pa.ChunkedArray, known: tuple[str, str] | None, name: str
+) -> tuple[str, str] | None:
+    """(shape, an example) of the text cursor values so far, starting from ``known`` (the stored
+    watermark's); WatermarkError when the values mix shapes."""
+    import pyarrow.compute as pc
+
+    shapes = pc.replace_substring_regex(
+        pc.replace_substring_regex(column, "[0-9]", "9"), "[A-Za-z]", "a"
+    )
+    found: dict[str, str] = dict([known]) if known else {}
+    for shape in pc.unique(shapes).to_pylist():
+        if shape is not None and shape not in found:
+            found[shape] = pc.filter(column, pc.equal(shapes, shape))[0].as_py()
+    if len(found) > 1:
+        first, second = list(found.values())[:2]
+        raise WatermarkError(
+            f"text incremental_column {name!r} holds values of different formats ({first!r} "
+            f"and {second!r}); text compares character by character, so mixed formats would "
+            "move the watermark past rows never loaded. Give every value one format (ISO dates, "
+            "zero-padded numbers) or use a date, timestamp or number column"
+        )
+    return next(iter(found.items()), None)
 
 
 def max_watermark(a: Watermark | None, b: Watermark | None) -> Watermark | None:
