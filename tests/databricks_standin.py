@@ -115,6 +115,60 @@ class _Fault:
     retry_after: int | None
     method: str | None
     path: re.Pattern | None
+    error_code: str | None = None
+    message: str | None = None
+
+
+# What the service answers for a fault of this status (error_code, message) unless the test says.
+# 500 and 403 are not retried by databricks-sdk: they reach the caller as the SDK's exceptions.
+_FAULT_TEXT = {
+    429: ("REQUEST_LIMIT_EXCEEDED", "Too many requests. Please wait a moment and try again."),
+    500: ("INTERNAL_ERROR", "Internal Server Error"),
+    401: ("UNAUTHENTICATED", "Credential was not sent or was of an unsupported type for this API."),
+    403: ("PERMISSION_DENIED", "Invalid access token."),
+}
+
+
+def _sdk_fields(cls: type) -> set[str]:
+    import dataclasses
+
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _unknown_fields(body: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    """Refuse a request body naming fields the API (the SDK's dataclass) does not know."""
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise ApiError(
+            400,
+            "INVALID_PARAMETER_VALUE",
+            f"Invalid JSON given in the body of the request - unknown field(s) {unknown} in {where}",
+        )
+
+
+def validate_submit_body(body: Mapping[str, Any]) -> None:
+    """``runs/submit`` as strictly as the SDK's own model of it: unknown fields refused at the top
+    level (``JobsAPI.submit``'s parameters), in each task (``SubmitTask``), its
+    ``spark_python_task``, ``new_cluster`` (``ClusterSpec``), libraries and environments."""
+    import inspect
+
+    from databricks.sdk.service import compute, jobs
+
+    top = set(inspect.signature(jobs.JobsAPI.submit).parameters) - {"self"}
+    _unknown_fields(body, top, "the run")
+    for task in body.get("tasks") or []:
+        _unknown_fields(task, _sdk_fields(jobs.SubmitTask), f"task {task.get('task_key')}")
+        if isinstance(task.get("spark_python_task"), Mapping):
+            _unknown_fields(
+                task["spark_python_task"], _sdk_fields(jobs.SparkPythonTask), "spark_python_task"
+            )
+        if isinstance(task.get("new_cluster"), Mapping):
+            _unknown_fields(task["new_cluster"], _sdk_fields(compute.ClusterSpec), "new_cluster")
+        for library in task.get("libraries") or []:
+            _unknown_fields(library, _sdk_fields(compute.Library), "libraries")
+    for env in body.get("environments") or []:
+        _unknown_fields(env, _sdk_fields(jobs.JobEnvironment), "environments")
+        _unknown_fields(env.get("spec") or {}, _sdk_fields(compute.Environment), "environment spec")
 
 
 @dataclass
@@ -310,8 +364,14 @@ class DatabricksStandin:
         retry_after: int | None = 1,
         method: str | None = "GET",
         path: str | None = r"/api/2\.[12]/jobs/runs/get",
+        error_code: str | None = None,
+        message: str | None = None,
     ) -> None:
-        """Answer the next ``count`` matching requests with ``status`` (and ``Retry-After``)."""
+        """Answer the next ``count`` matching requests with ``status`` (and ``Retry-After``).
+
+        The body is the service's for that status (``_FAULT_TEXT``; 503 otherwise), or
+        ``error_code`` / ``message`` when given. The run itself is not affected: a run whose
+        polling fails keeps running until it ends or is cancelled."""
         with self._lock:
             self._faults.append(
                 _Fault(
@@ -320,6 +380,8 @@ class DatabricksStandin:
                     retry_after=retry_after,
                     method=method.upper() if method else None,
                     path=re.compile(path) if path else None,
+                    error_code=error_code,
+                    message=message,
                 )
             )
 
@@ -465,19 +527,16 @@ class DatabricksStandin:
                 headers = {}
                 if fault.retry_after is not None:
                     headers["Retry-After"] = str(fault.retry_after)
-                if fault.status == 429:
-                    raise ApiError(
-                        429,
-                        "REQUEST_LIMIT_EXCEEDED",
-                        "Too many requests. Please wait a moment and try again.",
-                        headers,
-                    )
-                raise ApiError(
+                code, text = _FAULT_TEXT.get(
                     fault.status,
-                    "TEMPORARILY_UNAVAILABLE",
-                    "The service at /api/2.2/jobs/runs/get is temporarily unavailable. "
-                    "Please try again later.",
-                    headers,
+                    (
+                        "TEMPORARILY_UNAVAILABLE",
+                        f"The service at {req.path} is temporarily unavailable. "
+                        + "Please try again later.",
+                    ),
+                )
+                raise ApiError(
+                    fault.status, fault.error_code or code, fault.message or text, headers
                 )
 
     def _register_builtin_routes(self) -> None:
@@ -514,6 +573,20 @@ class DatabricksStandin:
     # ------------------------------------------------------------------ Jobs
     def _runs_submit(self, req: Request) -> dict:
         body = req.json()
+        validate_submit_body(body)
+        token = body.get("idempotency_token")
+        if token is not None:
+            if len(str(token)) > 64:
+                raise ApiError(
+                    400,
+                    "INVALID_PARAMETER_VALUE",
+                    "idempotency_token must be at most 64 characters",
+                )
+            with self._lock:
+                for existing in self.runs.values():
+                    if existing.submit_body.get("idempotency_token") == token:
+                        # Databricks starts exactly one run per token: a retry gets its id.
+                        return {"run_id": existing.run_id}
         tasks = body.get("tasks") or []
         if len(tasks) != 1:
             raise ApiError(
