@@ -122,9 +122,11 @@ def _redacted_log(context: PipesContext, secrets: list[str]):
 def run_load(context: PipesContext, env: ScriptEnv, secrets: list[str]) -> None:
     started = time.monotonic()
     label = "load"
-    step = "read parameters"
+    step = "check runtime"
     failure: str | None = None
     try:
+        env.check_runtime()
+        step = "read parameters"
         spec = parse_load_spec(context.get_extra(PARAMS_EXTRA))
         label = f"load of {spec.source_label} ({spec.db_type}) into {spec.destination_label}"
         step = "resolve secret"
