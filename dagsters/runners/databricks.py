@@ -10,7 +10,6 @@ the outcome is read from the run's own final state, not from the client's return
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,6 +21,7 @@ import dagster as dg
 
 from dagsters.dagster_compat import DagsterPipesExecutionError, tracked_databricks_client
 from dagsters.resources.databricks_workspace import workspace_client
+from dagsters.runners.cluster_spec import parse_new_cluster
 from dagsters.runners.outcome import ScriptOutcome, error_from_custom_messages
 from dagsters.settings import LOCAL_DAGSTER_BASE_URL
 
@@ -105,7 +105,10 @@ class DatabricksRunner:
         if self.cluster_id:
             task["existing_cluster_id"] = self.cluster_id
         elif self.new_cluster_json:
-            task["new_cluster"] = json.loads(self.new_cluster_json)
+            try:
+                task["new_cluster"] = parse_new_cluster(self.new_cluster_json)
+            except ValueError as exc:
+                raise dg.Failure(str(exc)) from None
         else:
             raise dg.Failure(
                 "DATALOADER_EXECUTION=databricks needs DATABRICKS_CLUSTER_ID, "
