@@ -75,6 +75,11 @@ class ScriptEnv:
     def on_databricks(self) -> bool:
         return bool(self.databricks_runtime)
 
+    @property
+    def on_serverless(self) -> bool:
+        """Serverless compute names its environment ``client.<n>`` instead of a runtime."""
+        return bool(self.databricks_runtime and self.databricks_runtime.startswith("client."))
+
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> ScriptEnv:
         """Read the settings once (``environ`` defaults to this process's environment).

@@ -240,6 +240,7 @@ class DatabricksStandin:
         self.runs: dict[int, StandinRun] = {}
         self.clusters: dict[str, dict] = {}
         self.volumes: set[str] = set()
+        self.secrets: dict[tuple[str, str], str] = {}
         self._routes: list[tuple[str, re.Pattern, Callable[[Request], Any]]] = []
         self._faults: list[_Fault] = []
         self._lock = threading.RLock()
@@ -548,6 +549,7 @@ class DatabricksStandin:
             ("POST", jobs + "/cancel", self._runs_cancel),
             ("GET", r"/api/2\.[01]/clusters/get", self._clusters_get),
             ("GET", r"/api/2\.0/preview/scim/v2/Me", self._me),
+            ("GET", r"/api/2\.0/secrets/get", self._secrets_get),
             ("POST", r"/api/2\.0/dbfs/mkdirs", self._dbfs_mkdirs),
             ("POST", r"/api/2\.0/dbfs/put", self._dbfs_put),
             ("POST", r"/api/2\.0/dbfs/create", self._dbfs_create),
@@ -869,6 +871,23 @@ class DatabricksStandin:
         run, _ = self._run_or_error(req)
         run.cancel_requested.set()
         return {}
+
+    def add_secret(self, scope: str, key: str, value: str) -> None:
+        """A secret the run identity may read (``dbutils.secrets.get`` / ``secrets/get``)."""
+        with self._lock:
+            self.secrets[(scope, key)] = value
+
+    def _secrets_get(self, req: Request) -> dict:
+        scope, key = req.query.get("scope") or "", req.query.get("key") or ""
+        with self._lock:
+            value = self.secrets.get((scope, key))
+        if value is None:
+            raise ApiError(
+                404,
+                "RESOURCE_DOES_NOT_EXIST",
+                f"Failed to get secret {key} for scope {scope}.",
+            )
+        return {"key": key, "value": base64.b64encode(value.encode()).decode()}
 
     def _clusters_get(self, req: Request) -> dict:
         cluster_id = req.query.get("cluster_id", "")

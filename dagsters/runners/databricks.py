@@ -10,6 +10,7 @@ the outcome is read from the run's own final state, not from the client's return
 
 from __future__ import annotations
 
+import importlib.metadata
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -26,14 +27,38 @@ from dagsters.runners.outcome import ScriptOutcome, error_from_custom_messages
 from dagsters.settings import LOCAL_DAGSTER_BASE_URL
 
 DEFAULT_WORKSPACE_SCRIPTS = "/Workspace/Shared/dataloader/databricks_scripts"
-# PyPI packages each script needs on the cluster; any other script gets DEFAULT_LIBRARIES.
+
+
+def pinned(package: str) -> str:
+    """``package==<the version installed here>``: the cluster runs the version the orchestrator
+    runs and was tested with (dagster-pipes speaks the orchestrator's Pipes protocol), not
+    whatever PyPI has on the day of the run."""
+    try:
+        return f"{package}=={importlib.metadata.version(package)}"
+    except importlib.metadata.PackageNotFoundError:
+        return package
+
+
+# What each script needs on the cluster; any other script gets DEFAULT_LIBRARIES.
 # The retry script asks a chat model through the openai client (it falls back to rules without it,
 # which would silently turn every analysis into a rule decision).
-DEFAULT_LIBRARIES = ("dagster-pipes",)
+DEFAULT_LIBRARIES = (pinned("dagster-pipes"),)
 SCRIPT_LIBRARIES: dict[str, tuple[str, ...]] = {
-    "dataloader_pipe.py": ("dagster-pipes",),
-    "dataloader_retry_pipe.py": ("dagster-pipes", "openai"),
+    "dataloader_pipe.py": DEFAULT_LIBRARIES,
+    "dataloader_retry_pipe.py": (*DEFAULT_LIBRARIES, pinned("openai")),
 }
+# Serverless environment version 2: Python 3.11, like the 15.4 LTS floor of classic compute.
+SERVERLESS_ENVIRONMENT_VERSION = "2"
+
+
+def library_spec(entry: str) -> dict[str, Any]:
+    """A task library: a wheel by its workspace / volume path (workspaces without PyPI egress),
+    else a PyPI requirement."""
+    if entry.endswith(".whl"):
+        return {"whl": entry}
+    return {"pypi": {"package": entry}}
+
+
 _ENVIRONMENT_KEY = "dataloader"
 # How long a run that had to be cancelled (polling it failed) is watched until it stops.
 CANCEL_WAIT_SECONDS = 120.0
@@ -101,7 +126,7 @@ class DatabricksRunner:
         if self.serverless:
             task["environment_key"] = _ENVIRONMENT_KEY
             return task
-        task["libraries"] = [{"pypi": {"package": lib}} for lib in self.libraries_for(script)]
+        task["libraries"] = [library_spec(lib) for lib in self.libraries_for(script)]
         if self.cluster_id:
             task["existing_cluster_id"] = self.cluster_id
         elif self.new_cluster_json:
@@ -193,7 +218,10 @@ class DatabricksRunner:
         submit_args["environments"] = [
             jobs.JobEnvironment(
                 environment_key=_ENVIRONMENT_KEY,
-                spec=compute.Environment(client="2", dependencies=self.libraries_for(script)),
+                spec=compute.Environment(
+                    environment_version=SERVERLESS_ENVIRONMENT_VERSION,
+                    dependencies=self.libraries_for(script),  # requirements or wheel paths
+                ),
             )
         ]
         reader = _RecordingMessageReader(
