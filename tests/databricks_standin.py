@@ -61,6 +61,19 @@ FAILED_STATE_MESSAGE = "Workload failed, see run output for details"
 TERMINAL_STATES = ("TERMINATED", "SKIPPED", "INTERNAL_ERROR")
 # Variables of the orchestrating process that a real cluster would never see.
 _NOT_INHERITED = ("DAGSTER_PIPES_CONTEXT", "DAGSTER_PIPES_MESSAGES", "DATABRICKS_TOKEN")
+# What a cluster's process has of the machine's environment in ``cluster_env_only`` mode.
+_MACHINE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ")
+# How Databricks runs a spark_python_task's file: its source through exec(compile(...)) in a
+# Python process of its own, ``sys.argv = [path, *parameters]``, no ``__file__``, another cwd.
+EXEC_DRIVER = (
+    "import sys\n"
+    "path = sys.argv[1]\n"
+    "sys.argv = sys.argv[1:]\n"
+    "with open(path, encoding='utf-8') as f:\n"
+    "    source = f.read()\n"
+    "exec(compile(source, path, 'exec'), {'__name__': '__main__', '__builtins__': __builtins__})\n"
+)
+SERVERLESS_RUNTIME = "client.2.5"  # what serverless environment version 2 reports
 
 
 class ApiError(Exception):
@@ -220,6 +233,7 @@ class DatabricksStandin:
         python: str = sys.executable,
         pending_seconds: float = 0.2,
         base_env: Mapping[str, str] | None = None,
+        cluster_env_only: bool = False,
     ):
         self.root = Path(os.path.abspath(root))
         self.token = token
@@ -228,6 +242,9 @@ class DatabricksStandin:
         # None: the test process' environment (minus Pipes/Databricks secrets) plays the
         # cluster's base environment, which is how DATALOADER_LAKE_ROOT reaches the script.
         self.base_env = dict(base_env) if base_env is not None else None
+        # True: a run sees only what a cluster would give it (spark_env_vars, the runtime version
+        # from spark_version, the machine basics), nothing of the test process' environment.
+        self.cluster_env_only = cluster_env_only
         self.dbfs_root = self.root / "dbfs"
         # The directory that plays "/": volume paths keep their /Volumes prefix under it.
         self.volumes_fs_root = self.root / "volfs"
@@ -612,7 +629,7 @@ class DatabricksStandin:
                 "Exactly one of existing_cluster_id, new_cluster or environment_key "
                 f"must be set on task {task['task_key']}, got {compute or 'none'}.",
             )
-        env = self._base_env()
+        env = {} if self.cluster_env_only else self._base_env()
         cluster_id: str | None
         if "existing_cluster_id" in task:
             cluster_id = task["existing_cluster_id"]
@@ -621,6 +638,7 @@ class DatabricksStandin:
                 raise ApiError(
                     400, "INVALID_PARAMETER_VALUE", f"Cluster {cluster_id} does not exist"
                 )
+            env.update(self._cluster_env(cluster.get("spark_version")))
             env.update(cluster.get("spark_env_vars") or {})
         elif "new_cluster" in task:
             spec = task["new_cluster"]
@@ -629,6 +647,7 @@ class DatabricksStandin:
                     400, "INVALID_PARAMETER_VALUE", "Missing required field: spark_version"
                 )
             cluster_id = f"new-{next(self._ids)}"
+            env.update(self._cluster_env(spec.get("spark_version")))
             env.update(spec.get("spark_env_vars") or {})
         else:
             keys = [e.get("environment_key") for e in body.get("environments") or []]
@@ -639,6 +658,7 @@ class DatabricksStandin:
                     f"Environment key {task['environment_key']} is not defined in environments.",
                 )
             cluster_id = None
+            env.update(self._cluster_env(SERVERLESS_RUNTIME))
         env["DATALOADER_DBFS_ROOT"] = str(self.dbfs_root)
         env["DATALOADER_VOLUMES_ROOT"] = str(self.volumes_fs_root)
         env.setdefault("PYTHONUNBUFFERED", "1")
@@ -658,6 +678,18 @@ class DatabricksStandin:
             self.runs[run_id] = run
         threading.Thread(target=self._execute, args=(run,), daemon=True).start()
         return {"run_id": run_id}
+
+    def _cluster_env(self, runtime: str | None) -> dict[str, str]:
+        """In ``cluster_env_only`` mode: the machine basics, the runtime version (from
+        ``spark_version``, e.g. ``15.4.x-scala2.12``) and a credential for the workspace (the SDK's
+        ``dbutils`` calls the API off a real cluster). Otherwise nothing."""
+        if not self.cluster_env_only:
+            return {}
+        env = {k: os.environ[k] for k in _MACHINE_ENV if k in os.environ}
+        if runtime:
+            env["DATABRICKS_RUNTIME_VERSION"] = str(runtime)
+        env.update(DATABRICKS_HOST=self.host, DATABRICKS_TOKEN=self.token)
+        return env
 
     def _base_env(self) -> dict[str, str]:
         env = dict(self.base_env if self.base_env is not None else os.environ)
@@ -705,9 +737,9 @@ class DatabricksStandin:
         run_dir.mkdir(parents=True, exist_ok=True)
         run.stdout_path = run_dir / "stdout"
         run.stderr_path = run_dir / "stderr"
-        # Databricks runs the file by its path, so the script's directory is sys.path[0]
-        # (how the loader finds its sibling ``redaction`` module).
-        run.argv = [self.python, str(local_file), *[str(p) for p in spt.get("parameters") or []]]
+        # As Databricks does: exec(compile(source, path)) without __file__, cwd elsewhere.
+        parameters = [str(p) for p in spt.get("parameters") or []]
+        run.argv = [self.python, "-c", EXEC_DRIVER, str(local_file), *parameters]
         with open(run.stdout_path, "wb") as out, open(run.stderr_path, "wb") as err:
             proc = subprocess.Popen(
                 run.argv,
