@@ -203,6 +203,9 @@ class DatabricksRunner:
         from databricks.sdk.service import compute, jobs
 
         if not self.serverless:
+            if self.volume_path:
+                # DBFS root may be disabled: the Pipes files go to the Unity Catalog volume.
+                return self._classic_volume_client(workspace, tracker)
             default = PipesDatabricksClient(client=workspace).get_default_message_reader(task)
             reader = _RecordingMessageReader(default)
             client = tracked_databricks_client(
@@ -232,6 +235,32 @@ class DatabricksRunner:
             tracker,
             client=workspace,
             volume_path=self.volume_path,
+            message_reader=reader,
+            poll_interval_seconds=self.poll_interval_seconds,
+        )
+        return client, reader
+
+    def _classic_volume_client(
+        self, workspace: Any, tracker: _RunTracker
+    ) -> tuple[Any, _RecordingMessageReader]:
+        """A classic cluster whose Pipes context and messages live in the Unity Catalog volume
+        (``DATALOADER_DATABRICKS_VOLUME_PATH``) instead of DBFS."""
+        from dagster_databricks.pipes import (
+            PipesDatabricksClient,
+            PipesUnityCatalogVolumesContextInjector,
+            PipesUnityCatalogVolumesMessageReader,
+        )
+
+        reader = _RecordingMessageReader(
+            PipesUnityCatalogVolumesMessageReader(client=workspace, volume_path=self.volume_path)
+        )
+        client = tracked_databricks_client(
+            PipesDatabricksClient,
+            tracker,
+            client=workspace,
+            context_injector=PipesUnityCatalogVolumesContextInjector(
+                client=workspace, volume_path=self.volume_path
+            ),
             message_reader=reader,
             poll_interval_seconds=self.poll_interval_seconds,
         )
