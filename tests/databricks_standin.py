@@ -204,6 +204,7 @@ class StandinRun:
     pid: int | None = None
     stdout_path: Path | None = None
     stderr_path: Path | None = None
+    served_states: list[str] = field(default_factory=list)  # life-cycle states runs/get gave
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -232,6 +233,7 @@ class DatabricksStandin:
         token: str = DEFAULT_TOKEN,
         python: str = sys.executable,
         pending_seconds: float = 0.2,
+        hold_queued: bool = False,
         base_env: Mapping[str, str] | None = None,
         cluster_env_only: bool = False,
     ):
@@ -239,6 +241,10 @@ class DatabricksStandin:
         self.token = token
         self.python = python
         self.pending_seconds = pending_seconds
+        # True: PENDING -> QUEUED (waiting for capacity, as with job queueing) until the test
+        # sets ``release_queue`` (no timing: it can wait until a poll has seen QUEUED).
+        self.hold_queued = hold_queued
+        self.release_queue = threading.Event()
         # None: the test process' environment (minus Pipes/Databricks secrets) plays the
         # cluster's base environment, which is how DATALOADER_LAKE_ROOT reaches the script.
         self.base_env = dict(base_env) if base_env is not None else None
@@ -718,6 +724,14 @@ class DatabricksStandin:
         if run.cancel_requested.wait(self.pending_seconds):
             self._set_state(run, "TERMINATED", "CANCELED", "Run cancelled.")
             return
+        if self.hold_queued:
+            self._set_state(
+                run, "QUEUED", None, "Queued due to reaching maximum concurrent runs of the job."
+            )
+            while not self.release_queue.wait(0.05):
+                if run.cancel_requested.is_set():
+                    self._set_state(run, "TERMINATED", "CANCELED", "Run cancelled.")
+                    return
         spt = run.task["spark_python_task"]
         python_file = spt["python_file"]
         try:
@@ -873,6 +887,8 @@ class DatabricksStandin:
 
     def _runs_get(self, req: Request) -> dict:
         run, is_task = self._run_or_error(req)
+        with self._lock:
+            run.served_states.append(run.life_cycle_state)
         if is_task:
             return {**self._task_json(run), "run_name": run.task["task_key"]}
         return self.run_json(run)

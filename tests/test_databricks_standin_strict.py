@@ -3,6 +3,8 @@
 ``__file__`` from another directory, and, in ``cluster_env_only`` mode, with only the environment
 a cluster gives it (its ``spark_env_vars`` and runtime version), none of the orchestrator's."""
 
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -80,3 +82,36 @@ def test_scripts_run_through_exec_compile_without_file_from_another_directory(
     assert run.argv[3].endswith("dataloader_pipe.py")
     assert not str(run.argv[3]).startswith(str(lenient_standin.runs_dir))  # cwd is elsewhere
     assert BACKENDS["serverless"]["volume_path"] == VOLUME
+
+
+def test_a_queued_run_is_waited_for_like_any_other_state(
+    lenient_standin,  # noqa: F811
+    control_db,
+    source_db,
+    source,
+    lake_root,
+    db,
+    instance,
+):
+    lenient_standin.hold_queued = True
+
+    def release_once_a_poll_saw_queued():
+        run = lenient_standin.wait_for_run("QUEUED", timeout=60)
+        deadline = time.monotonic() + 60
+        while "QUEUED" not in list(run.served_states) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        lenient_standin.release_queue.set()
+
+    releaser = threading.Thread(target=release_once_a_poll_saw_queued, daemon=True)
+    releaser.start()
+    add_control_row(db, source_db, "pg.orders", "orders")
+    try:
+        result, _ = claim_and_materialize(control_db, instance, "pg.orders", "existing_cluster")
+    finally:
+        lenient_standin.release_queue.set()
+        releaser.join(timeout=10)
+
+    assert result.success, event_text(instance, result.run_id)
+    logs = event_text(instance, result.run_id)
+    assert "state transition to RunLifeCycleState.QUEUED" in logs
+    assert control_row(db, "pg.orders")["last_status"] == "Succeeded"
