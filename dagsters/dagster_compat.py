@@ -13,6 +13,10 @@ here, so a Dagster or dagster-databricks upgrade that moves it breaks in one pla
   cancel the run. Overriding that private method is the only way to learn the run id while the run
   is still going (to link it from the control row at once) and to notice a termination, which
   ``run()`` cancels and then swallows. :func:`tracked_databricks_client` makes that override.
+  Everything from the moment the run id is known is guarded: the tracker's own bookkeeping
+  (linking the control row) runs inside it, an interrupt there still cancels the run, and any
+  other exception while polling (HTTP 500, expired credentials, the SDK's retry budget) goes to
+  the tracker's ``poll_failed``, which must not let the run outlive the step.
 """
 
 from __future__ import annotations
@@ -42,6 +46,10 @@ class RunTracker(Protocol):
 
     def submitted(self, run_id: int) -> None: ...
 
+    def poll_failed(self, run_id: int, error: Exception) -> None:
+        """Polling ``run_id`` raised ``error``: return only if the run ended in success, raise
+        otherwise (after cancelling a run that is still going)."""
+
 
 _TRACKED_CLASSES: dict[type, type] = {}
 
@@ -52,12 +60,18 @@ def _tracked_class(base: type) -> type:
         base_poll = getattr(base, POLL_METHOD)
 
         def _poll_til_success(self: Any, context: Any, run_id: int) -> None:
-            self.dataloader_tracker.submitted(run_id)
+            tracker = self.dataloader_tracker
             try:
+                tracker.submitted(run_id)
                 base_poll(self, context, run_id)
             except dg.DagsterExecutionInterruptedError:
-                self.dataloader_tracker.interrupted = True
+                # run() cancels the Databricks run on this exception (forward_termination).
+                tracker.interrupted = True
                 raise
+            except DagsterPipesExecutionError:
+                raise  # the run itself ended in failure: it is over
+            except Exception as exc:  # noqa: BLE001 - any other fault must not orphan the run
+                tracker.poll_failed(run_id, exc)
 
         _TRACKED_CLASSES[base] = type(
             f"DataLoader{base.__name__}", (base,), {POLL_METHOD: _poll_til_success}

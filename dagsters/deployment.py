@@ -18,6 +18,7 @@ from __future__ import annotations
 from ipaddress import ip_address
 from urllib.parse import urlparse
 
+from dagsters.runners.cluster_spec import new_cluster_problems
 from dagsters.settings import Settings, SettingsError
 
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
@@ -86,6 +87,8 @@ def _databricks_problems(settings: Settings) -> list[str]:
             "no compute for loads: set DATABRICKS_CLUSTER_ID, DATALOADER_DATABRICKS_NEW_CLUSTER "
             "(JSON spec) or DATALOADER_DATABRICKS_SERVERLESS=true"
         )
+    if databricks.new_cluster_json and not databricks.cluster_id and not databricks.serverless:
+        problems += new_cluster_problems(databricks.new_cluster_json)
     if databricks.serverless and not databricks.volume_path:
         problems.append(
             "DATALOADER_DATABRICKS_SERVERLESS=true needs DATALOADER_DATABRICKS_VOLUME_PATH "

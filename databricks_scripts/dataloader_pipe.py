@@ -56,10 +56,22 @@ class DataLoaderError(RuntimeError):
     """A load failed; the message is already redacted and says which table and which step."""
 
 
+# JDBC drivers a serverless environment cannot get: it installs PyPI packages and wheels only,
+# no Maven JARs, and the Databricks Runtime does not ship these two (docs/databricks.md).
+SERVERLESS_NO_JDBC_DRIVER = ("mysql", "oracle")
+
+
 def choose_engine(spec: LoadSpec, env: ScriptEnv) -> str:
     engine = env.engine or ("spark" if env.on_databricks else "arrow")
     if engine not in ("arrow", "spark"):
         raise ValueError(f"DATALOADER_ENGINE must be 'arrow' or 'spark', not {engine!r}")
+    if env.on_serverless and engine == "spark" and spec.db_type in SERVERLESS_NO_JDBC_DRIVER:
+        raise ValueError(
+            f"a {spec.db_type} source cannot be read from serverless compute: its JDBC driver "
+            "is not part of the runtime and serverless environments cannot install Maven "
+            "libraries; load this table on classic compute (DATABRICKS_CLUSTER_ID or "
+            "DATALOADER_DATABRICKS_NEW_CLUSTER with the driver as a cluster library)"
+        )
     if spec.db_type == "databricks" and engine != "spark":
         raise ValueError(
             "db_type 'databricks' (a Unity Catalog table) is read with the spark engine"
@@ -68,13 +80,16 @@ def choose_engine(spec: LoadSpec, env: ScriptEnv) -> str:
 
 
 def _dbutils_secret_getter(env: ScriptEnv):
-    """``dbutils.secrets.get`` on Databricks, else None (secrets come from the environment)."""
+    """``dbutils.secrets.get`` on Databricks, else None (secrets come from the environment).
+
+    ``databricks.sdk.runtime.dbutils`` is the runtime's own dbutils on every kind of compute
+    (classic, Standard access mode, serverless); ``pyspark.dbutils.DBUtils`` is not on serverless.
+    """
     if not env.on_databricks:
         return None
-    from pyspark.dbutils import DBUtils  # only exists on Databricks runtimes
-    from pyspark.sql import SparkSession
+    from databricks.sdk.runtime import dbutils  # ships with every supported runtime
 
-    return DBUtils(SparkSession.builder.getOrCreate()).secrets.get
+    return dbutils.secrets.get
 
 
 def column_schema_metadata(schema) -> dict:
@@ -149,9 +164,11 @@ def run_load(
     stop.on_stop(reporter=_stop_reporter(context, secrets))
     started = time.monotonic()
     label = "load"
-    step = "read parameters"
+    step = "check runtime"
     failure: str | None = None
     try:
+        env.check_runtime()
+        step = "read parameters"
         spec = parse_load_spec(context.get_extra(PARAMS_EXTRA))
         label = f"load of {spec.source_label} ({spec.db_type}) into {spec.destination_label}"
         step = "resolve secret"

@@ -82,6 +82,7 @@ def main() -> int:
         context_loader=context_loader,
         message_writer=message_writer,
     ) as pipes:
+        env.check_runtime()
         request = pipes.get_extra(PARAMS_EXTRA)
         result = analyse(request, env)
         decision = Decision.from_mapping(result)

@@ -84,13 +84,24 @@ class DbfsMessageWriter(PipesDbfsMessageWriter):
         )
 
     def get_opened_extras(self) -> dict[str, Any]:
+        """The cluster log location, or no extras when it cannot be read.
+
+        Upstream catches only ``Py4JJavaError``; on Spark Connect (Standard access mode,
+        serverless) a restricted or missing ``spark.conf`` key raises something else (a
+        ``SparkConnectGrpcException``, ``SparkNoSuchElementException``, ...) and would stop the load
+        before it starts. Log forwarding is a convenience: it is dropped with a warning instead.
+        """
         try:
             from pyspark.sql import SparkSession
-        except ImportError:
+
+            if SparkSession.getActiveSession() is None:
+                return {}
+            return dict(super().get_opened_extras())
+        except Exception as exc:  # noqa: BLE001 - see above: never fail the load over log links
+            sys.stderr.write(
+                f"dataloader: driver log forwarding disabled ({type(exc).__name__}: {exc})\n"
+            )
             return {}
-        if SparkSession.getActiveSession() is None:
-            return {}
-        return dict(super().get_opened_extras())
 
 
 class VolumeContextLoader(PipesContextLoader):

@@ -218,6 +218,78 @@ def commit_counts(operation: str, metrics: Mapping[str, Any]) -> tuple[int, int]
     return n("numOutputRows"), n("numOutputRows")
 
 
+# How many of the newest commits are searched for ours. Auto compaction and predictive
+# optimization add OPTIMIZE commits after a write, other writers may commit too.
+HISTORY_SEARCH_DEPTH = 50
+
+
+def write_operation(statement: str) -> str:
+    """The Delta ``operation`` our statement records (``DESCRIBE HISTORY``'s column)."""
+    head = statement.lstrip().upper()
+    if head.startswith("MERGE"):
+        return "MERGE"
+    if head.startswith("INSERT"):
+        return "WRITE"
+    return "TABLE AS SELECT"  # CREATE / CREATE OR REPLACE / REPLACE TABLE AS SELECT
+
+
+def table_version(spark: Any, target: str) -> int | None:
+    """The destination's current Delta version (None when it has no history yet)."""
+    rows = spark.sql(f"DESCRIBE HISTORY {target} LIMIT 1").collect()
+    return int(rows[0]["version"]) if rows else None
+
+
+def our_commit(history: Sequence[Any], version_before: int | None, operation: str) -> Any | None:
+    """The oldest commit after ``version_before`` whose operation is ours.
+
+    ``DESCRIBE HISTORY ... LIMIT 1`` is not it: on Databricks an ``OPTIMIZE`` (auto compaction,
+    predictive optimization) or another writer's commit can be newer than our write.
+    """
+    newer = [row for row in history if version_before is None or row["version"] > version_before]
+    for row in sorted(newer, key=lambda r: r["version"]):
+        if operation in str(row["operation"]).upper():
+            return row
+    return None
+
+
+def statement_written(rows: Sequence[Any]) -> int | None:
+    """Rows written as the MERGE / INSERT statement itself reports them (Databricks returns
+    ``num_affected_rows``, ``num_inserted_rows``, ``num_updated_rows``, ``num_deleted_rows``);
+    None when the statement returned no metrics (CREATE TABLE AS SELECT, open-source Spark)."""
+    if not rows:
+        return None
+    row = rows[0].asDict() if hasattr(rows[0], "asDict") else dict(rows[0])
+    if "num_inserted_rows" not in row and "num_updated_rows" not in row:
+        return None
+    return int(row.get("num_inserted_rows") or 0) + int(row.get("num_updated_rows") or 0)
+
+
+def counts_from(
+    history: Sequence[Any], statement: str, result_rows: Sequence[Any], version_before: int | None
+) -> tuple[int, int]:
+    """(rows read, rows written) of our write: our own commit's metrics (found by version, not by
+    being newest), the statement's own written count where it gives one."""
+    commit = our_commit(history, version_before, write_operation(statement))
+    written = statement_written(result_rows)
+    if commit is None:
+        if written is None:
+            raise ValueError(
+                f"our commit was not among the newest {HISTORY_SEARCH_DEPTH} commits after "
+                f"version {version_before} and the statement reported no row counts"
+            )
+        return written, written
+    read, from_history = commit_counts(commit["operation"], commit["operationMetrics"] or {})
+    return read, from_history if written is None else written
+
+
+def write_counts(
+    spark: Any, target: str, statement: str, result_rows: Sequence[Any], version_before: int | None
+) -> tuple[int, int]:
+    """:func:`counts_from` on the destination's newest ``HISTORY_SEARCH_DEPTH`` commits."""
+    history = spark.sql(f"DESCRIBE HISTORY {target} LIMIT {HISTORY_SEARCH_DEPTH}").collect()
+    return counts_from(history, statement, result_rows, version_before)
+
+
 def _arrow_type_for(spark_type: str):
     import pyarrow as pa
 
@@ -367,13 +439,15 @@ def _load(spark: Any, spec: Any, password: str | None, target: str, log, where: 
         check_keys(spark, view, spec.merge_keys)
     if exists:
         check_still_current(spec, last, read_last_commit(spark, target))
+    # The version before the write: on Databricks auto compaction / predictive optimization (or
+    # another writer) may commit after ours, so "the newest commit" is not necessarily ours.
+    version_before = table_version(spark, target) if exists else None
     log(f"running: {statement}")
     with commit_named(spark, spec, applied):
-        spark.sql(statement, args=dict(args)) if args else spark.sql(statement)
+        result = spark.sql(statement, args=dict(args)) if args else spark.sql(statement)
 
     where[0] = "read commit metrics"
-    commit = spark.sql(f"DESCRIBE HISTORY {target} LIMIT 1").collect()[0]
-    read, written = commit_counts(commit["operation"], commit["operationMetrics"] or {})
+    read, written = write_counts(spark, target, statement, result.collect(), version_before)
     return _result(spark, spec, target, applied, watermark, read, written)
 
 

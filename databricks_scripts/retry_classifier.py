@@ -271,6 +271,36 @@ _RULES: tuple[_Rule, ...] = (
         "the platform reported an unexpected internal error, which is usually a one-off",
         r"unexpected error|internal error|INTERNAL_ERROR",
     ),
+    # Databricks' own faults (issue 12), appended: they decide only what nothing above matched.
+    _rule(
+        "delta_conflict",
+        TRANSIENT,
+        "another writer committed to the Delta table at the same time, which a new attempt gets past",
+        r"(?:MetadataChanged|ProtocolChanged|ConcurrentWrite)Exception",
+        r"DELTA_(?:METADATA|PROTOCOL)_CHANGED|DELTA_CONCURRENT_\w+",
+        r"by a concurrent update",
+    ),
+    _rule(
+        "storage_throttling",
+        TRANSIENT,
+        "the cloud storage account throttled requests, which eases off by itself",
+        r"\bSlowDown\b|\bslow down\b|please reduce your request rate",
+        r"\bServerBusy\b|is over the account limit",
+        r"rateLimitExceeded|exceeds the rate limit",
+    ),
+    _rule(
+        "driver_lost",
+        TRANSIENT,
+        "the cluster's driver was lost or restarted mid-run, which a new run gets past",
+        r"lost contact with the driver|driver is unresponsive|driver (?:is )?not responding",
+    ),
+    _rule(
+        "unity_catalog",
+        PERMANENT,
+        "Unity Catalog refused the object or the compute, which needs a change by a person",
+        r"NO_SUCH_CATALOG_EXCEPTION|CATALOG_NOT_FOUND|UC_NOT_ENABLED|UC_COMMAND_NOT_SUPPORTED",
+        r"UNAUTHORIZED_ACCESS|UC_\w+_NOT_FOUND",
+    ),
 )
 
 

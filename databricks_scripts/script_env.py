@@ -26,6 +26,10 @@ DEFAULT_DBFS_ROOT = "/dbfs"
 # The variables the retry advisor reads (``retry_advisor.AdvisorConfig.from_env``).
 AI_ENV_PREFIX = "DATALOADER_AI_"
 AI_ENV_NAMES = ("OPENAI_API_KEY",)
+# The oldest Databricks Runtime the scripts support (docs/databricks.md, "Supported runtimes and
+# compute"): 15.4 LTS, Spark 3.5 (named parameters in spark.sql) and Python 3.11.
+MIN_DATABRICKS_RUNTIME = (15, 4)
+MIN_PYTHON = (3, 11)
 
 
 def _empty() -> Mapping[str, str]:
@@ -74,6 +78,11 @@ class ScriptEnv:
     def on_databricks(self) -> bool:
         return bool(self.databricks_runtime)
 
+    @property
+    def on_serverless(self) -> bool:
+        """Serverless compute names its environment ``client.<n>`` instead of a runtime."""
+        return bool(self.databricks_runtime and self.databricks_runtime.startswith("client."))
+
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> ScriptEnv:
         """Read the settings once (``environ`` defaults to this process's environment).
@@ -112,10 +121,47 @@ class ScriptEnv:
             invalid=tuple(invalid),
         )
 
+    def check_runtime(self) -> None:
+        """Raise RuntimeError when the Databricks Runtime or Python is older than supported."""
+        import sys
+
+        problem = runtime_problem(self.databricks_runtime, tuple(sys.version_info[:3]))
+        if problem:
+            raise RuntimeError(problem)
+
     def check(self) -> None:
         """Raise ValueError naming every malformed setting (the load script's first step)."""
         if self.invalid:
             raise ValueError("; ".join(self.invalid))
+
+
+def runtime_problem(runtime: str | None, python: tuple[int, ...]) -> str | None:
+    """Why this runtime cannot run the scripts, or None when it can.
+
+    ``runtime`` is ``DATABRICKS_RUNTIME_VERSION``: ``15.4``, ``16.4.x-scala2.12``, ... on classic
+    compute; serverless sets a ``client.<n>`` environment version, which is always current.
+    """
+    floor = ".".join(map(str, MIN_DATABRICKS_RUNTIME))
+    if python[:2] < MIN_PYTHON:
+        have = ".".join(map(str, python[:3]))
+        return (
+            f"Python {have} is too old: the DataLoader scripts need Python "
+            f"{'.'.join(map(str, MIN_PYTHON))}+ (Databricks Runtime {floor} LTS or later)"
+        )
+    if not runtime or not runtime[:1].isdigit():
+        return None
+    parts = runtime.split(".")
+    try:
+        version = (int(parts[0]), int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0)
+    except ValueError:
+        return None
+    if version < MIN_DATABRICKS_RUNTIME:
+        return (
+            f"Databricks Runtime {runtime} is not supported: the DataLoader scripts need "
+            f"Databricks Runtime {floor} LTS or later (Spark 3.5, Python 3.11); choose a newer "
+            "spark_version for the cluster"
+        )
+    return None
 
 
 def default_lake_root(env: Mapping[str, str] | None) -> Path:

@@ -61,6 +61,19 @@ FAILED_STATE_MESSAGE = "Workload failed, see run output for details"
 TERMINAL_STATES = ("TERMINATED", "SKIPPED", "INTERNAL_ERROR")
 # Variables of the orchestrating process that a real cluster would never see.
 _NOT_INHERITED = ("DAGSTER_PIPES_CONTEXT", "DAGSTER_PIPES_MESSAGES", "DATABRICKS_TOKEN")
+# What a cluster's process has of the machine's environment in ``cluster_env_only`` mode.
+_MACHINE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ")
+# How Databricks runs a spark_python_task's file: its source through exec(compile(...)) in a
+# Python process of its own, ``sys.argv = [path, *parameters]``, no ``__file__``, another cwd.
+EXEC_DRIVER = (
+    "import sys\n"
+    "path = sys.argv[1]\n"
+    "sys.argv = sys.argv[1:]\n"
+    "with open(path, encoding='utf-8') as f:\n"
+    "    source = f.read()\n"
+    "exec(compile(source, path, 'exec'), {'__name__': '__main__', '__builtins__': __builtins__})\n"
+)
+SERVERLESS_RUNTIME = "client.2.5"  # what serverless environment version 2 reports
 
 
 class ApiError(Exception):
@@ -115,6 +128,60 @@ class _Fault:
     retry_after: int | None
     method: str | None
     path: re.Pattern | None
+    error_code: str | None = None
+    message: str | None = None
+
+
+# What the service answers for a fault of this status (error_code, message) unless the test says.
+# 500 and 403 are not retried by databricks-sdk: they reach the caller as the SDK's exceptions.
+_FAULT_TEXT = {
+    429: ("REQUEST_LIMIT_EXCEEDED", "Too many requests. Please wait a moment and try again."),
+    500: ("INTERNAL_ERROR", "Internal Server Error"),
+    401: ("UNAUTHENTICATED", "Credential was not sent or was of an unsupported type for this API."),
+    403: ("PERMISSION_DENIED", "Invalid access token."),
+}
+
+
+def _sdk_fields(cls: type) -> set[str]:
+    import dataclasses
+
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _unknown_fields(body: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    """Refuse a request body naming fields the API (the SDK's dataclass) does not know."""
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise ApiError(
+            400,
+            "INVALID_PARAMETER_VALUE",
+            f"Invalid JSON given in the body of the request - unknown field(s) {unknown} in {where}",
+        )
+
+
+def validate_submit_body(body: Mapping[str, Any]) -> None:
+    """``runs/submit`` as strictly as the SDK's own model of it: unknown fields refused at the top
+    level (``JobsAPI.submit``'s parameters), in each task (``SubmitTask``), its
+    ``spark_python_task``, ``new_cluster`` (``ClusterSpec``), libraries and environments."""
+    import inspect
+
+    from databricks.sdk.service import compute, jobs
+
+    top = set(inspect.signature(jobs.JobsAPI.submit).parameters) - {"self"}
+    _unknown_fields(body, top, "the run")
+    for task in body.get("tasks") or []:
+        _unknown_fields(task, _sdk_fields(jobs.SubmitTask), f"task {task.get('task_key')}")
+        if isinstance(task.get("spark_python_task"), Mapping):
+            _unknown_fields(
+                task["spark_python_task"], _sdk_fields(jobs.SparkPythonTask), "spark_python_task"
+            )
+        if isinstance(task.get("new_cluster"), Mapping):
+            _unknown_fields(task["new_cluster"], _sdk_fields(compute.ClusterSpec), "new_cluster")
+        for library in task.get("libraries") or []:
+            _unknown_fields(library, _sdk_fields(compute.Library), "libraries")
+    for env in body.get("environments") or []:
+        _unknown_fields(env, _sdk_fields(jobs.JobEnvironment), "environments")
+        _unknown_fields(env.get("spec") or {}, _sdk_fields(compute.Environment), "environment spec")
 
 
 @dataclass
@@ -137,6 +204,7 @@ class StandinRun:
     pid: int | None = None
     stdout_path: Path | None = None
     stderr_path: Path | None = None
+    served_states: list[str] = field(default_factory=list)  # life-cycle states runs/get gave
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -165,15 +233,24 @@ class DatabricksStandin:
         token: str = DEFAULT_TOKEN,
         python: str = sys.executable,
         pending_seconds: float = 0.2,
+        hold_queued: bool = False,
         base_env: Mapping[str, str] | None = None,
+        cluster_env_only: bool = False,
     ):
         self.root = Path(os.path.abspath(root))
         self.token = token
         self.python = python
         self.pending_seconds = pending_seconds
+        # True: PENDING -> QUEUED (waiting for capacity, as with job queueing) until the test
+        # sets ``release_queue`` (no timing: it can wait until a poll has seen QUEUED).
+        self.hold_queued = hold_queued
+        self.release_queue = threading.Event()
         # None: the test process' environment (minus Pipes/Databricks secrets) plays the
         # cluster's base environment, which is how DATALOADER_LAKE_ROOT reaches the script.
         self.base_env = dict(base_env) if base_env is not None else None
+        # True: a run sees only what a cluster would give it (spark_env_vars, the runtime version
+        # from spark_version, the machine basics), nothing of the test process' environment.
+        self.cluster_env_only = cluster_env_only
         self.dbfs_root = self.root / "dbfs"
         # The directory that plays "/": volume paths keep their /Volumes prefix under it.
         self.volumes_fs_root = self.root / "volfs"
@@ -186,6 +263,7 @@ class DatabricksStandin:
         self.runs: dict[int, StandinRun] = {}
         self.clusters: dict[str, dict] = {}
         self.volumes: set[str] = set()
+        self.secrets: dict[tuple[str, str], str] = {}
         self._routes: list[tuple[str, re.Pattern, Callable[[Request], Any]]] = []
         self._faults: list[_Fault] = []
         self._lock = threading.RLock()
@@ -310,8 +388,14 @@ class DatabricksStandin:
         retry_after: int | None = 1,
         method: str | None = "GET",
         path: str | None = r"/api/2\.[12]/jobs/runs/get",
+        error_code: str | None = None,
+        message: str | None = None,
     ) -> None:
-        """Answer the next ``count`` matching requests with ``status`` (and ``Retry-After``)."""
+        """Answer the next ``count`` matching requests with ``status`` (and ``Retry-After``).
+
+        The body is the service's for that status (``_FAULT_TEXT``; 503 otherwise), or
+        ``error_code`` / ``message`` when given. The run itself is not affected: a run whose
+        polling fails keeps running until it ends or is cancelled."""
         with self._lock:
             self._faults.append(
                 _Fault(
@@ -320,6 +404,8 @@ class DatabricksStandin:
                     retry_after=retry_after,
                     method=method.upper() if method else None,
                     path=re.compile(path) if path else None,
+                    error_code=error_code,
+                    message=message,
                 )
             )
 
@@ -465,19 +551,16 @@ class DatabricksStandin:
                 headers = {}
                 if fault.retry_after is not None:
                     headers["Retry-After"] = str(fault.retry_after)
-                if fault.status == 429:
-                    raise ApiError(
-                        429,
-                        "REQUEST_LIMIT_EXCEEDED",
-                        "Too many requests. Please wait a moment and try again.",
-                        headers,
-                    )
-                raise ApiError(
+                code, text = _FAULT_TEXT.get(
                     fault.status,
-                    "TEMPORARILY_UNAVAILABLE",
-                    "The service at /api/2.2/jobs/runs/get is temporarily unavailable. "
-                    "Please try again later.",
-                    headers,
+                    (
+                        "TEMPORARILY_UNAVAILABLE",
+                        f"The service at {req.path} is temporarily unavailable. "
+                        + "Please try again later.",
+                    ),
+                )
+                raise ApiError(
+                    fault.status, fault.error_code or code, fault.message or text, headers
                 )
 
     def _register_builtin_routes(self) -> None:
@@ -489,6 +572,7 @@ class DatabricksStandin:
             ("POST", jobs + "/cancel", self._runs_cancel),
             ("GET", r"/api/2\.[01]/clusters/get", self._clusters_get),
             ("GET", r"/api/2\.0/preview/scim/v2/Me", self._me),
+            ("GET", r"/api/2\.0/secrets/get", self._secrets_get),
             ("POST", r"/api/2\.0/dbfs/mkdirs", self._dbfs_mkdirs),
             ("POST", r"/api/2\.0/dbfs/put", self._dbfs_put),
             ("POST", r"/api/2\.0/dbfs/create", self._dbfs_create),
@@ -514,6 +598,20 @@ class DatabricksStandin:
     # ------------------------------------------------------------------ Jobs
     def _runs_submit(self, req: Request) -> dict:
         body = req.json()
+        validate_submit_body(body)
+        token = body.get("idempotency_token")
+        if token is not None:
+            if len(str(token)) > 64:
+                raise ApiError(
+                    400,
+                    "INVALID_PARAMETER_VALUE",
+                    "idempotency_token must be at most 64 characters",
+                )
+            with self._lock:
+                for existing in self.runs.values():
+                    if existing.submit_body.get("idempotency_token") == token:
+                        # Databricks starts exactly one run per token: a retry gets its id.
+                        return {"run_id": existing.run_id}
         tasks = body.get("tasks") or []
         if len(tasks) != 1:
             raise ApiError(
@@ -537,7 +635,7 @@ class DatabricksStandin:
                 "Exactly one of existing_cluster_id, new_cluster or environment_key "
                 f"must be set on task {task['task_key']}, got {compute or 'none'}.",
             )
-        env = self._base_env()
+        env = {} if self.cluster_env_only else self._base_env()
         cluster_id: str | None
         if "existing_cluster_id" in task:
             cluster_id = task["existing_cluster_id"]
@@ -546,6 +644,7 @@ class DatabricksStandin:
                 raise ApiError(
                     400, "INVALID_PARAMETER_VALUE", f"Cluster {cluster_id} does not exist"
                 )
+            env.update(self._cluster_env(cluster.get("spark_version")))
             env.update(cluster.get("spark_env_vars") or {})
         elif "new_cluster" in task:
             spec = task["new_cluster"]
@@ -554,6 +653,7 @@ class DatabricksStandin:
                     400, "INVALID_PARAMETER_VALUE", "Missing required field: spark_version"
                 )
             cluster_id = f"new-{next(self._ids)}"
+            env.update(self._cluster_env(spec.get("spark_version")))
             env.update(spec.get("spark_env_vars") or {})
         else:
             keys = [e.get("environment_key") for e in body.get("environments") or []]
@@ -564,6 +664,7 @@ class DatabricksStandin:
                     f"Environment key {task['environment_key']} is not defined in environments.",
                 )
             cluster_id = None
+            env.update(self._cluster_env(SERVERLESS_RUNTIME))
         env["DATALOADER_DBFS_ROOT"] = str(self.dbfs_root)
         env["DATALOADER_VOLUMES_ROOT"] = str(self.volumes_fs_root)
         env.setdefault("PYTHONUNBUFFERED", "1")
@@ -583,6 +684,18 @@ class DatabricksStandin:
             self.runs[run_id] = run
         threading.Thread(target=self._execute, args=(run,), daemon=True).start()
         return {"run_id": run_id}
+
+    def _cluster_env(self, runtime: str | None) -> dict[str, str]:
+        """In ``cluster_env_only`` mode: the machine basics, the runtime version (from
+        ``spark_version``, e.g. ``15.4.x-scala2.12``) and a credential for the workspace (the SDK's
+        ``dbutils`` calls the API off a real cluster). Otherwise nothing."""
+        if not self.cluster_env_only:
+            return {}
+        env = {k: os.environ[k] for k in _MACHINE_ENV if k in os.environ}
+        if runtime:
+            env["DATABRICKS_RUNTIME_VERSION"] = str(runtime)
+        env.update(DATABRICKS_HOST=self.host, DATABRICKS_TOKEN=self.token)
+        return env
 
     def _base_env(self) -> dict[str, str]:
         env = dict(self.base_env if self.base_env is not None else os.environ)
@@ -611,6 +724,14 @@ class DatabricksStandin:
         if run.cancel_requested.wait(self.pending_seconds):
             self._set_state(run, "TERMINATED", "CANCELED", "Run cancelled.")
             return
+        if self.hold_queued:
+            self._set_state(
+                run, "QUEUED", None, "Queued due to reaching maximum concurrent runs of the job."
+            )
+            while not self.release_queue.wait(0.05):
+                if run.cancel_requested.is_set():
+                    self._set_state(run, "TERMINATED", "CANCELED", "Run cancelled.")
+                    return
         spt = run.task["spark_python_task"]
         python_file = spt["python_file"]
         try:
@@ -630,9 +751,9 @@ class DatabricksStandin:
         run_dir.mkdir(parents=True, exist_ok=True)
         run.stdout_path = run_dir / "stdout"
         run.stderr_path = run_dir / "stderr"
-        # Databricks runs the file by its path, so the script's directory is sys.path[0]
-        # (how the loader finds its sibling ``redaction`` module).
-        run.argv = [self.python, str(local_file), *[str(p) for p in spt.get("parameters") or []]]
+        # As Databricks does: exec(compile(source, path)) without __file__, cwd elsewhere.
+        parameters = [str(p) for p in spt.get("parameters") or []]
+        run.argv = [self.python, "-c", EXEC_DRIVER, str(local_file), *parameters]
         with open(run.stdout_path, "wb") as out, open(run.stderr_path, "wb") as err:
             proc = subprocess.Popen(
                 run.argv,
@@ -766,6 +887,8 @@ class DatabricksStandin:
 
     def _runs_get(self, req: Request) -> dict:
         run, is_task = self._run_or_error(req)
+        with self._lock:
+            run.served_states.append(run.life_cycle_state)
         if is_task:
             return {**self._task_json(run), "run_name": run.task["task_key"]}
         return self.run_json(run)
@@ -796,6 +919,23 @@ class DatabricksStandin:
         run, _ = self._run_or_error(req)
         run.cancel_requested.set()
         return {}
+
+    def add_secret(self, scope: str, key: str, value: str) -> None:
+        """A secret the run identity may read (``dbutils.secrets.get`` / ``secrets/get``)."""
+        with self._lock:
+            self.secrets[(scope, key)] = value
+
+    def _secrets_get(self, req: Request) -> dict:
+        scope, key = req.query.get("scope") or "", req.query.get("key") or ""
+        with self._lock:
+            value = self.secrets.get((scope, key))
+        if value is None:
+            raise ApiError(
+                404,
+                "RESOURCE_DOES_NOT_EXIST",
+                f"Failed to get secret {key} for scope {scope}.",
+            )
+        return {"key": key, "value": base64.b64encode(value.encode()).decode()}
 
     def _clusters_get(self, req: Request) -> dict:
         cluster_id = req.query.get("cluster_id", "")

@@ -35,7 +35,13 @@ from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.settings import load_settings
 from dagsters.utils.lakebase_client import LakebaseClient
 
-NEW_CLUSTER = '{"spark_version": "15.4.x-scala2.12", "node_type_id": "i3.xlarge", "num_workers": 0}'
+# A single-node job cluster that can write Unity Catalog tables (dagsters/runners/cluster_spec.py).
+NEW_CLUSTER = (
+    '{"spark_version": "15.4.x-scala2.12", "node_type_id": "i3.xlarge", "num_workers": 0, '
+    '"data_security_mode": "SINGLE_USER", '
+    '"spark_conf": {"spark.databricks.cluster.profile": "singleNode", "spark.master": "local[*]"}, '
+    '"custom_tags": {"ResourceClass": "SingleNode"}}'
+)
 BACKENDS = {
     "existing_cluster": {"cluster_id": CLUSTER},
     "new_cluster": {"new_cluster_json": NEW_CLUSTER},

@@ -6,6 +6,7 @@ import json
 
 from dagsters.resources.databricks_rest import DatabricksRestResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
+from dagsters.runners.databricks import pinned as orchestrator_pin
 from dagsters.settings import load_settings
 
 DEPLOYMENT_ENV = {
@@ -87,16 +88,20 @@ def test_databricks_libraries_per_script_and_env_override():
     resource = PipesDatabricksResource.from_settings(
         load_settings({"DATALOADER_EXECUTION": "databricks"})
     )
-    assert resource.libraries_for("dataloader_pipe.py") == ["dagster-pipes"]
-    assert resource.libraries_for("dataloader_retry_pipe.py") == ["dagster-pipes", "openai"]
-    assert resource.libraries_for("other.py") == ["dagster-pipes"]
+    pipes, openai = (
+        orchestrator_pin("dagster-pipes"),
+        orchestrator_pin("openai"),
+    )  # the orchestrator's versions
+    assert resource.libraries_for("dataloader_pipe.py") == [pipes]
+    assert resource.libraries_for("dataloader_retry_pipe.py") == [pipes, openai]
+    assert resource.libraries_for("other.py") == [pipes]
     on_cluster = PipesDatabricksResource(execution="databricks", cluster_id="c")
     assert on_cluster.databricks_runner().task("dataloader_retry_pipe.py")["libraries"] == [
-        {"pypi": {"package": "dagster-pipes"}},
-        {"pypi": {"package": "openai"}},
+        {"pypi": {"package": pipes}},
+        {"pypi": {"package": openai}},
     ]
     assert on_cluster.databricks_runner().task("dataloader_pipe.py")["libraries"] == [
-        {"pypi": {"package": "dagster-pipes"}}
+        {"pypi": {"package": pipes}}
     ]
     pinned = PipesDatabricksResource.from_settings(
         load_settings(

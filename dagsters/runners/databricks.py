@@ -10,7 +10,9 @@ the outcome is read from the run's own final state, not from the client's return
 
 from __future__ import annotations
 
-import json
+import importlib.metadata
+import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,19 +22,46 @@ import dagster as dg
 
 from dagsters.dagster_compat import DagsterPipesExecutionError, tracked_databricks_client
 from dagsters.resources.databricks_workspace import workspace_client
+from dagsters.runners.cluster_spec import parse_new_cluster
 from dagsters.runners.outcome import ScriptOutcome, error_from_custom_messages
 from dagsters.settings import LOCAL_DAGSTER_BASE_URL
 
 DEFAULT_WORKSPACE_SCRIPTS = "/Workspace/Shared/dataloader/databricks_scripts"
-# PyPI packages each script needs on the cluster; any other script gets DEFAULT_LIBRARIES.
+
+
+def pinned(package: str) -> str:
+    """``package==<the version installed here>``: the cluster runs the version the orchestrator
+    runs and was tested with (dagster-pipes speaks the orchestrator's Pipes protocol), not
+    whatever PyPI has on the day of the run."""
+    try:
+        return f"{package}=={importlib.metadata.version(package)}"
+    except importlib.metadata.PackageNotFoundError:
+        return package
+
+
+# What each script needs on the cluster; any other script gets DEFAULT_LIBRARIES.
 # The retry script asks a chat model through the openai client (it falls back to rules without it,
 # which would silently turn every analysis into a rule decision).
-DEFAULT_LIBRARIES = ("dagster-pipes",)
+DEFAULT_LIBRARIES = (pinned("dagster-pipes"),)
 SCRIPT_LIBRARIES: dict[str, tuple[str, ...]] = {
-    "dataloader_pipe.py": ("dagster-pipes",),
-    "dataloader_retry_pipe.py": ("dagster-pipes", "openai"),
+    "dataloader_pipe.py": DEFAULT_LIBRARIES,
+    "dataloader_retry_pipe.py": (*DEFAULT_LIBRARIES, pinned("openai")),
 }
+# Serverless environment version 2: Python 3.11, like the 15.4 LTS floor of classic compute.
+SERVERLESS_ENVIRONMENT_VERSION = "2"
+
+
+def library_spec(entry: str) -> dict[str, Any]:
+    """A task library: a wheel by its workspace / volume path (workspaces without PyPI egress),
+    else a PyPI requirement."""
+    if entry.endswith(".whl"):
+        return {"whl": entry}
+    return {"pypi": {"package": entry}}
+
+
 _ENVIRONMENT_KEY = "dataloader"
+# How long a run that had to be cancelled (polling it failed) is watched until it stops.
+CANCEL_WAIT_SECONDS = 120.0
 
 OnExternalRun = Callable[[str | None, str], None]
 
@@ -53,6 +82,15 @@ def databricks_run_name(
     prefix = f"dataloader [{environment}]" if environment else "dataloader"
     link = f"{dagster_base_url}/runs/{dagster_run_id}"
     return f"{prefix} {label} (dagster run {link})"[:4096]
+
+
+def idempotency_token(dagster_run_id: str) -> str:
+    """A fresh ``runs/submit`` idempotency token (at most 64 characters) for one attempt.
+
+    Unique per attempt, not per Dagster run: a step retried in the same Dagster run must start a
+    new Databricks run, while the SDK's own retries of this one POST reuse it.
+    """
+    return f"{dagster_run_id[:36]}-{uuid.uuid4().hex[:16]}"
 
 
 @dataclass(frozen=True)
@@ -88,11 +126,14 @@ class DatabricksRunner:
         if self.serverless:
             task["environment_key"] = _ENVIRONMENT_KEY
             return task
-        task["libraries"] = [{"pypi": {"package": lib}} for lib in self.libraries_for(script)]
+        task["libraries"] = [library_spec(lib) for lib in self.libraries_for(script)]
         if self.cluster_id:
             task["existing_cluster_id"] = self.cluster_id
         elif self.new_cluster_json:
-            task["new_cluster"] = json.loads(self.new_cluster_json)
+            try:
+                task["new_cluster"] = parse_new_cluster(self.new_cluster_json)
+            except ValueError as exc:
+                raise dg.Failure(str(exc)) from None
         else:
             raise dg.Failure(
                 "DATALOADER_EXECUTION=databricks needs DATABRICKS_CLUSTER_ID, "
@@ -117,8 +158,13 @@ class DatabricksRunner:
                 label, context.run.run_id, self.environment, dagster_base_url=self.dagster_base_url
             ),
             "timeout_seconds": self.timeout_seconds,
+            # databricks-sdk retries a POST that timed out: with the token, Databricks starts
+            # exactly one run for it (a retried submit returns the first run's id).
+            "idempotency_token": idempotency_token(context.run.run_id),
         }
-        tracker = _RunTracker(workspace, on_external_run)
+        tracker = _RunTracker(
+            workspace, on_external_run, poll_interval_seconds=self.poll_interval_seconds
+        )
         client, reader = self._client(workspace, task, script, submit_args, tracker)
 
         pipes_error: str | None = None
@@ -157,6 +203,9 @@ class DatabricksRunner:
         from databricks.sdk.service import compute, jobs
 
         if not self.serverless:
+            if self.volume_path:
+                # DBFS root may be disabled: the Pipes files go to the Unity Catalog volume.
+                return self._classic_volume_client(workspace, tracker)
             default = PipesDatabricksClient(client=workspace).get_default_message_reader(task)
             reader = _RecordingMessageReader(default)
             client = tracked_databricks_client(
@@ -172,7 +221,10 @@ class DatabricksRunner:
         submit_args["environments"] = [
             jobs.JobEnvironment(
                 environment_key=_ENVIRONMENT_KEY,
-                spec=compute.Environment(client="2", dependencies=self.libraries_for(script)),
+                spec=compute.Environment(
+                    environment_version=SERVERLESS_ENVIRONMENT_VERSION,
+                    dependencies=self.libraries_for(script),  # requirements or wheel paths
+                ),
             )
         ]
         reader = _RecordingMessageReader(
@@ -183,6 +235,32 @@ class DatabricksRunner:
             tracker,
             client=workspace,
             volume_path=self.volume_path,
+            message_reader=reader,
+            poll_interval_seconds=self.poll_interval_seconds,
+        )
+        return client, reader
+
+    def _classic_volume_client(
+        self, workspace: Any, tracker: _RunTracker
+    ) -> tuple[Any, _RecordingMessageReader]:
+        """A classic cluster whose Pipes context and messages live in the Unity Catalog volume
+        (``DATALOADER_DATABRICKS_VOLUME_PATH``) instead of DBFS."""
+        from dagster_databricks.pipes import (
+            PipesDatabricksClient,
+            PipesUnityCatalogVolumesContextInjector,
+            PipesUnityCatalogVolumesMessageReader,
+        )
+
+        reader = _RecordingMessageReader(
+            PipesUnityCatalogVolumesMessageReader(client=workspace, volume_path=self.volume_path)
+        )
+        client = tracked_databricks_client(
+            PipesDatabricksClient,
+            tracker,
+            client=workspace,
+            context_injector=PipesUnityCatalogVolumesContextInjector(
+                client=workspace, volume_path=self.volume_path
+            ),
             message_reader=reader,
             poll_interval_seconds=self.poll_interval_seconds,
         )
@@ -255,15 +333,72 @@ class _RecordingMessageReader(dg.PipesMessageReader):
         return self.handler.get_custom_messages() if self.handler else ()
 
 
-class _RunTracker:
-    """Learns the Databricks run id as soon as the client starts polling it."""
+_FINISHED = ("TERMINATING", "TERMINATED", "SKIPPED", "INTERNAL_ERROR")
 
-    def __init__(self, workspace: Any, callback: OnExternalRun | None):
+
+class _RunTracker:
+    """Learns the Databricks run id as soon as the client starts polling it, and makes sure the
+    run does not outlive the step when polling it fails (``poll_failed``)."""
+
+    def __init__(
+        self,
+        workspace: Any,
+        callback: OnExternalRun | None,
+        *,
+        poll_interval_seconds: float = 5.0,
+        cancel_wait_seconds: float = CANCEL_WAIT_SECONDS,
+    ):
         self.workspace = workspace
         self.callback = callback
+        self.poll_interval_seconds = poll_interval_seconds
+        self.cancel_wait_seconds = cancel_wait_seconds
         self.run_id: int | None = None
         self.url: str | None = None
         self.interrupted = False
+
+    def poll_failed(self, run_id: int, error: Exception) -> None:
+        """Polling failed: use the run's final state if it already has one, else cancel it and
+        wait until it stops, then fail with what happened (never leave it running unnoticed)."""
+        reason = f"{type(error).__name__}: {error}"
+        state = self._state(run_id)
+        if state is not None and _name(state.life_cycle_state) in _FINISHED:
+            if _name(state.result_state) == "SUCCESS":
+                return  # it finished while we could not look: its outcome is read as usual
+            raise DagsterPipesExecutionError(f"Error running Databricks job: {state.state_message}")
+        cancel_error = None
+        try:
+            self.workspace.jobs.cancel_run(run_id)
+        except Exception as exc:  # noqa: BLE001 - reported in the failure below
+            cancel_error = f"{type(exc).__name__}: {exc}"
+        stopped = self._wait_stopped(run_id) if cancel_error is None else None
+        where = self.url or f"Databricks run {run_id}"
+        if stopped:
+            raise dg.Failure(
+                f"Lost track of Databricks run {run_id} while polling it ({reason}); the run was "
+                f"cancelled ({stopped}) so it cannot commit after this attempt: {where}"
+            )
+        raise dg.Failure(
+            f"Lost track of Databricks run {run_id} while polling it ({reason}) and could not "
+            f"confirm its cancellation ({cancel_error or 'still running'}): it may still be "
+            f"running and commit later; cancel it before the next attempt: {where}"
+        )
+
+    def _state(self, run_id: int) -> Any:
+        try:
+            return self.workspace.jobs.get_run(run_id).state
+        except Exception:  # noqa: BLE001 - unknown state: treated as still running
+            return None
+
+    def _wait_stopped(self, run_id: int) -> str | None:
+        """The life-cycle state once the cancelled run stops executing; None past the wait."""
+        deadline = time.monotonic() + self.cancel_wait_seconds
+        while True:
+            state = self._state(run_id)
+            if state is not None and _name(state.life_cycle_state) in _FINISHED:
+                return _name(state.life_cycle_state)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(self.poll_interval_seconds)
 
     def submitted(self, run_id: int) -> None:
         self.run_id = run_id
@@ -273,6 +408,11 @@ class _RunTracker:
             self.url = None
         if self.callback:
             self.callback(self.url, str(run_id))
+
+
+def _name(value: Any) -> str | None:
+    """An SDK enum's name (``RunLifeCycleState.TERMINATED`` -> ``TERMINATED``)."""
+    return getattr(value, "value", value)
 
 
 def _task_error(workspace: Any, run: Any) -> str | None:
