@@ -71,9 +71,7 @@ def test_uuid_and_json_columns_load_as_their_text(source_db, tmp_path):
 @pytest.mark.parametrize("column_type", ["uuid", "jsonb", "json", "boolean", "bytea"])
 def test_an_unordered_cursor_type_is_refused_at_the_probe(source_db, tmp_path, column_type):
     _sql(source_db, f"CREATE TABLE odd (id int, cursor_col {column_type})")
-    spec = _spec(
-        source_db, "odd", load_strategy="incremental", incremental_column="cursor_col"
-    )
+    spec = _spec(source_db, "odd", load_strategy="incremental", incremental_column="cursor_col")
     destination = tmp_path / "odd"
     with pytest.raises(la.LoadStepError) as refused:
         _load(spec, destination)
