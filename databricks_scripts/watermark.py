@@ -125,8 +125,11 @@ def cursor_type_problem(field: pa.Field) -> str | None:
     probe, before anything is read.
     """
     t = field.type
-    if isinstance(t, pa.BaseExtensionType):
+    if isinstance(t, pa.BaseExtensionType) and t.extension_name in ("arrow.uuid", "arrow.json"):
         return f"its type {t.extension_name} has no order that finds new rows"
+    if is_pg_numeric(field):  # ADBC's NUMERIC (an opaque type): compared as a number
+        return None
+    t = delta_type_for(field)  # the type the cursor is compared as
     ordered = (
         pa.types.is_integer,
         pa.types.is_decimal,

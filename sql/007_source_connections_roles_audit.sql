@@ -238,6 +238,13 @@ BEGIN
     EXECUTE format('GRANT SELECT, INSERT, UPDATE ON %I.table_control TO dataloader_operator', s);
     EXECUTE format('GRANT SELECT ON %I.v_table_status, %I.v_load_history, %I.v_control_audit,'
                    ' %I.v_source_connections TO dataloader_operator', s, s, s, s);
+    -- The schedule-rule trigger (sql/005) checks a row's time zone against this list as the
+    -- user who edits the row: operators and connection admins (who rename connections, cascading
+    -- to control rows) read it too.
+    IF to_regclass(format('%I.dataloader_time_zone_names', s)) IS NOT NULL THEN
+        EXECUTE format('GRANT SELECT ON %I.dataloader_time_zone_names TO dataloader_operator,'
+                       ' dataloader_connection_admin', s);
+    END IF;
     -- Connection admins: connections and their secret bindings; see who uses them.
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %I.source_connection'
                    ' TO dataloader_connection_admin', s);
