@@ -6,6 +6,12 @@ Test modules import builders from here (or use fixtures from conftest.py), never
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -254,3 +260,60 @@ def start_password_enforcing_server(
         conn.execute(sql.SQL(create).format(sql.Identifier(role)))
         conn.execute("SELECT pg_reload_conf()")
     return server
+
+
+# -- `dataloader dev` as a person starts it (the two end-to-end test files) ----------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_dev(
+    tmp_path: Path, settings: dict[str, str], *, drop: tuple[str, ...] = ()
+) -> Iterator[tuple[Path, subprocess.Popen, Path]]:
+    """``dataloader dev`` in its own home and process group, with ``settings`` on top of this
+    process's environment (minus LAKEBASE_*/DAGSTER_* and the ``drop`` prefixes); yields
+    (home, process, log) and stops the whole group afterwards."""
+    home = tmp_path / "home"
+    home.mkdir()
+    log = tmp_path / "dev.log"
+    env = {
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("LAKEBASE_", "DAGSTER_", *drop))
+        },
+        "DATALOADER_HOME": str(home),
+        "DATALOADER_LAKE_ROOT": str(home / "lake"),
+        "DATALOADER_PORT": str(free_port()),
+        **settings,
+    }
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dagsters.local.cli", "dev"],
+            cwd=Path(__file__).resolve().parents[1],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stopped as one below
+        )
+    try:
+        yield home, process, log
+    finally:
+        for sig, grace in ((signal.SIGINT, 30), (signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+            if process.poll() is not None:
+                break
+            os.killpg(process.pid, sig)
+            try:
+                process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                continue
+        # Anything left in the group (webserver, daemon, code server) goes too.
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -11,17 +11,14 @@ never ran.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+from helpers import running_dev
 from psycopg.rows import dict_row
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,12 +30,6 @@ BAD = {
     "bad.injection": ("customers; DROP TABLE shop.products; --", "shop", "DROP TABLE"),
     "bad.escape": ("customers", "../../outside", "outside"),
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _conninfo(home: Path, dbname: str = "dataloader") -> str | None:
@@ -75,45 +66,15 @@ def _wait_for(predicate, what: str, process: subprocess.Popen, log: Path) -> Non
 
 @pytest.fixture
 def dev(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen, Path]]:
-    home = tmp_path / "home"
-    home.mkdir()
-    log = tmp_path / "dev.log"
-    env = {
-        **{
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("LAKEBASE_", "DAGSTER_", "DATALOADER_AI_", "OPENAI_"))
+    with running_dev(
+        tmp_path,
+        {
+            "DATALOADER_MASTER_SENSOR_INTERVAL_SECONDS": "5",
+            "DATALOADER_FAILED_INTERVAL_SECONDS": "5",
         },
-        "DATALOADER_HOME": str(home),
-        "DATALOADER_LAKE_ROOT": str(home / "lake"),
-        "DATALOADER_PORT": str(_free_port()),
-        "DATALOADER_MASTER_SENSOR_INTERVAL_SECONDS": "5",
-        "DATALOADER_FAILED_INTERVAL_SECONDS": "5",
-    }
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dagsters.local.cli", "dev"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield home, process, log
-    finally:
-        for sig, grace in ((signal.SIGINT, 30), (signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-            if process.poll() is not None:
-                break
-            os.killpg(process.pid, sig)
-            try:
-                process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                continue
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        drop=("DATALOADER_AI_", "OPENAI_"),
+    ) as started:
+        yield started
 
 
 def _add_bad_rows(home: Path) -> None:

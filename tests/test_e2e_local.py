@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,17 +10,12 @@ from pathlib import Path
 import psycopg
 import pytest
 from deltalake import DeltaTable
+from helpers import running_dev
 from psycopg.rows import dict_row
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_KEYS = {"demo.customers", "demo.orders", "demo.products"}
 WAIT_SECONDS = 240  # a bound, not a timing assertion: the run fails only if nothing happens
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _conninfo(home: Path) -> str | None:
@@ -71,41 +62,8 @@ def _wait_for(predicate, what: str, process: subprocess.Popen, log: Path) -> Non
 
 @pytest.fixture
 def dev(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen, Path]]:
-    home = tmp_path / "home"
-    home.mkdir()
-    log = tmp_path / "dev.log"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("LAKEBASE_", "DAGSTER_"))},
-        "DATALOADER_HOME": str(home),
-        "DATALOADER_LAKE_ROOT": str(home / "lake"),
-        "DATALOADER_PORT": str(_free_port()),
-        "DATALOADER_MASTER_SENSOR_INTERVAL_SECONDS": "5",
-    }
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dagsters.local.cli", "dev"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stopped as one below
-        )
-    try:
-        yield home, process, log
-    finally:
-        for sig, grace in ((signal.SIGINT, 30), (signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-            if process.poll() is not None:
-                break
-            os.killpg(process.pid, sig)
-            try:
-                process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                continue
-        # Anything left in the group (webserver, daemon, code server) goes too.
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    with running_dev(tmp_path, {"DATALOADER_MASTER_SENSOR_INTERVAL_SECONDS": "5"}) as started:
+        yield started
 
 
 def test_dev_loads_the_demo_and_reloads_a_row_set_due_with_sql(dev):
