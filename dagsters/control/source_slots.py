@@ -22,7 +22,7 @@ from psycopg import sql
 from dagsters.control.claims import _DUE, _claim_statement
 from dagsters.control.connection import ControlDatabase
 from dagsters.control.status import FAILED, QUEUED
-from dagsters.control.stuck import _fail_history
+from dagsters.control.stuck import STUCK_IN_QUEUE, _fail_history
 from dagsters.control.transitions import advance_schedule, guarded_transition
 
 # run_requests.source_system in SQL: ``connection:<name>`` for a row naming a source_connection,
@@ -44,8 +44,6 @@ _IN_FLIGHT = sql.SQL(
     " UNION ALL SELECT t.db_type, t.db_config_value, t.connection_name FROM table_control t"
     " WHERE t.last_status = 'In Progress'"
 )
-
-STUCK_IN_QUEUE = "Cancelled - stuck in queue for >{minutes} minutes"
 
 
 class SourceSlotsSql(ControlDatabase):

@@ -11,13 +11,17 @@ from dagsters.control.connection import ControlDatabase
 from dagsters.control.status import FAILED, IN_PROGRESS, QUEUED
 from dagsters.control.transitions import advance_schedule, guarded_transition
 
+# The two monitors' messages (the spec's words); retry_classifier recognises them by these prefixes.
+STUCK_IN_QUEUE = "Cancelled - stuck in queue for >{minutes} minutes"
+RUN_TIMEOUT = "Cancelled - exceeded {minutes} minute timeout"
+
 
 class StuckRowsSql(ControlDatabase):
     """Find and fail rows stuck in Queued or In Progress (guarded, per attempt)."""
 
     def fail_stuck_queued(self, threshold_minutes: int = 60) -> list[dict]:
         """Queued for longer than the threshold -> Failed (one guarded UPDATE); returns the rows."""
-        message = f"Cancelled - stuck in queue for >{threshold_minutes} minutes"
+        message = STUCK_IN_QUEUE.format(minutes=threshold_minutes)
         with self._transaction("fail_stuck_queued") as conn:
             rows = guarded_transition(
                 conn,
@@ -47,7 +51,7 @@ class StuckRowsSql(ControlDatabase):
         self, config_id: int, metadata_id: int, threshold_minutes: int = 180
     ) -> bool:
         """In Progress past the threshold -> Failed, only for this attempt; True if this won."""
-        message = f"Cancelled - exceeded {threshold_minutes} minute timeout"
+        message = RUN_TIMEOUT.format(minutes=threshold_minutes)
         with self._transaction("fail_stuck_running") as conn:
             rows = guarded_transition(
                 conn,
