@@ -7,7 +7,11 @@ and the Unity Catalog Files/Directories API. Each submitted ``spark_python_task`
 script as a subprocess, the way Databricks would hand it its inputs:
 
 * existing cluster / serverless: task ``parameters`` appended to ``argv``;
-* new cluster: ``new_cluster.spark_env_vars`` added to the environment.
+* new cluster: ``new_cluster.spark_env_vars`` added to the environment;
+* only what a cluster has in its environment (never the test process'), and secrets through
+  ``secrets/get`` (the runtime's ``dbutils.secrets``);
+* life cycle PENDING -> (QUEUED or BLOCKED, when held) -> RUNNING -> TERMINATING -> TERMINATED;
+  ``runs/get-output`` gives the uncaught exception (``error``) and its traceback (``error_trace``).
 
 Remote storage is mapped to local directories the script is told about through environment
 variables, because Databricks exposes them as FUSE mounts the script opens with plain file IO:
@@ -59,20 +63,45 @@ DBFS_MAX_BLOCK = 1024 * 1024
 # error only reaches the caller through runs/get-output (or the Pipes messages).
 FAILED_STATE_MESSAGE = "Workload failed, see run output for details"
 TERMINAL_STATES = ("TERMINATED", "SKIPPED", "INTERNAL_ERROR")
-# Variables of the orchestrating process that a real cluster would never see.
-_NOT_INHERITED = ("DAGSTER_PIPES_CONTEXT", "DAGSTER_PIPES_MESSAGES", "DATABRICKS_TOKEN")
-# What a cluster's process has of the machine's environment in ``cluster_env_only`` mode.
+# What a cluster's process has of the machine's environment (nothing else of the test process).
 _MACHINE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ")
+# Where the exec driver records the exception that ended the task (in the run's directory).
+RUN_ERROR_FILE = ".standin-run-error.json"
 # How Databricks runs a spark_python_task's file: its source through exec(compile(...)) in a
 # Python process of its own, ``sys.argv = [path, *parameters]``, no ``__file__``, another cwd.
+# An exception escaping the file (``SystemExit`` with a non-zero code included) fails the task;
+# runs/get-output then reports it as the service does: ``error`` is its ``Type: message`` line
+# and ``error_trace`` its traceback (not whatever the process wrote last on stderr).
 EXEC_DRIVER = (
-    "import sys\n"
+    "import json, os, sys, traceback\n"
     "path = sys.argv[1]\n"
     "sys.argv = sys.argv[1:]\n"
+    f"record = os.path.abspath({RUN_ERROR_FILE!r})\n"
     "with open(path, encoding='utf-8') as f:\n"
     "    source = f.read()\n"
-    "exec(compile(source, path, 'exec'), {'__name__': '__main__', '__builtins__': __builtins__})\n"
+    "try:\n"
+    "    exec(compile(source, path, 'exec'),\n"
+    "         {'__name__': '__main__', '__builtins__': __builtins__})\n"
+    "except BaseException as exc:\n"
+    "    if isinstance(exc, SystemExit) and exc.code in (None, 0):\n"
+    "        raise\n"
+    "    kind = type(exc).__qualname__\n"
+    "    if type(exc).__module__ not in ('__main__', 'builtins'):\n"
+    "        kind = type(exc).__module__ + '.' + kind\n"
+    "    text = str(exc)\n"
+    "    trace = ''.join(traceback.format_exception(exc))\n"
+    "    with open(record, 'w', encoding='utf-8') as f:\n"
+    "        json.dump({'error': kind + ': ' + text if text else kind, 'error_trace': trace}, f)\n"
+    "    sys.stderr.write(trace)\n"
+    "    sys.stderr.flush()\n"
+    "    code = exc.code if isinstance(exc, SystemExit) else 1\n"
+    "    sys.exit(code if isinstance(code, int) else 1)\n"
 )
+# What runs/get reports while a run waits before it starts (``hold_in``).
+HOLD_MESSAGES = {
+    "QUEUED": "Queued due to reaching maximum concurrent runs of the job.",
+    "BLOCKED": "The run is blocked on an upstream dependency.",
+}
 SERVERLESS_RUNTIME = "client.2.5"  # what serverless environment version 2 reports
 
 
@@ -233,24 +262,24 @@ class DatabricksStandin:
         token: str = DEFAULT_TOKEN,
         python: str = sys.executable,
         pending_seconds: float = 0.2,
-        hold_queued: bool = False,
-        base_env: Mapping[str, str] | None = None,
-        cluster_env_only: bool = False,
+        hold_in: str | None = None,
+        runtime_env: Mapping[str, str] | None = None,
     ):
         self.root = Path(os.path.abspath(root))
         self.token = token
         self.python = python
         self.pending_seconds = pending_seconds
-        # True: PENDING -> QUEUED (waiting for capacity, as with job queueing) until the test
-        # sets ``release_queue`` (no timing: it can wait until a poll has seen QUEUED).
-        self.hold_queued = hold_queued
-        self.release_queue = threading.Event()
-        # None: the test process' environment (minus Pipes/Databricks secrets) plays the
-        # cluster's base environment, which is how DATALOADER_LAKE_ROOT reaches the script.
-        self.base_env = dict(base_env) if base_env is not None else None
-        # True: a run sees only what a cluster would give it (spark_env_vars, the runtime version
-        # from spark_version, the machine basics), nothing of the test process' environment.
-        self.cluster_env_only = cluster_env_only
+        # "QUEUED" (waiting for capacity, as with job queueing) or "BLOCKED" (held by an
+        # upstream run or a concurrency limit): PENDING -> that state until the test sets
+        # ``release`` (no timing: it can wait until a poll has seen the state). None: no wait.
+        self.hold_in = hold_in
+        self.release = threading.Event()
+        # What the stand-in's "runtime image" sets in every run, in place of what it lacks: it
+        # has no Spark and no Unity Catalog storage, so tests give DATALOADER_ENGINE=arrow and a
+        # local DATALOADER_LAKE_ROOT here. Nothing else of the test process reaches a run: it
+        # sees the machine basics, DATABRICKS_RUNTIME_VERSION, this, and the cluster's
+        # spark_env_vars (``_cluster_env``).
+        self.runtime_env: dict[str, str] = dict(runtime_env or {})
         self.dbfs_root = self.root / "dbfs"
         # The directory that plays "/": volume paths keep their /Volumes prefix under it.
         self.volumes_fs_root = self.root / "volfs"
@@ -635,7 +664,7 @@ class DatabricksStandin:
                 "Exactly one of existing_cluster_id, new_cluster or environment_key "
                 f"must be set on task {task['task_key']}, got {compute or 'none'}.",
             )
-        env = {} if self.cluster_env_only else self._base_env()
+        env: dict[str, str] = {}
         cluster_id: str | None
         if "existing_cluster_id" in task:
             cluster_id = task["existing_cluster_id"]
@@ -686,22 +715,16 @@ class DatabricksStandin:
         return {"run_id": run_id}
 
     def _cluster_env(self, runtime: str | None) -> dict[str, str]:
-        """In ``cluster_env_only`` mode: the machine basics, the runtime version (from
-        ``spark_version``, e.g. ``15.4.x-scala2.12``) and a credential for the workspace (the SDK's
-        ``dbutils`` calls the API off a real cluster). Otherwise nothing."""
-        if not self.cluster_env_only:
-            return {}
+        """What every process on the compute starts with: the machine basics, the runtime
+        version (from ``spark_version``, e.g. ``15.4.x-scala2.12``), a credential for the
+        workspace (standing for the runtime's own, so the SDK's ``dbutils`` can call
+        ``secrets/get`` off a real cluster) and :attr:`runtime_env`. The cluster's
+        ``spark_env_vars`` go on top (the caller)."""
         env = {k: os.environ[k] for k in _MACHINE_ENV if k in os.environ}
         if runtime:
             env["DATABRICKS_RUNTIME_VERSION"] = str(runtime)
         env.update(DATABRICKS_HOST=self.host, DATABRICKS_TOKEN=self.token)
-        return env
-
-    def _base_env(self) -> dict[str, str]:
-        env = dict(self.base_env if self.base_env is not None else os.environ)
-        for name in list(env):
-            if name in _NOT_INHERITED or name.startswith("PYTEST_"):
-                env.pop(name)
+        env.update(self.runtime_env)
         return env
 
     def _set_state(self, run: StandinRun, life: str, result: str | None = None, msg: str = ""):
@@ -724,11 +747,9 @@ class DatabricksStandin:
         if run.cancel_requested.wait(self.pending_seconds):
             self._set_state(run, "TERMINATED", "CANCELED", "Run cancelled.")
             return
-        if self.hold_queued:
-            self._set_state(
-                run, "QUEUED", None, "Queued due to reaching maximum concurrent runs of the job."
-            )
-            while not self.release_queue.wait(0.05):
+        if self.hold_in:
+            self._set_state(run, self.hold_in, None, HOLD_MESSAGES[self.hold_in])
+            while not self.release.wait(0.05):
                 if run.cancel_requested.is_set():
                     self._set_state(run, "TERMINATED", "CANCELED", "Run cancelled.")
                     return
@@ -908,12 +929,22 @@ class DatabricksStandin:
         out["logs"] = stdout[-5 * 1024 * 1024 :]
         out["logs_truncated"] = len(stdout) > 5 * 1024 * 1024
         if run.result_state == "FAILED" and run.returncode not in (None, 0):
-            stderr_lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
-            out["error"] = stderr_lines[-1] if stderr_lines else FAILED_STATE_MESSAGE
-            out["error_trace"] = run.stderr[-64 * 1024 :]
+            # The exception that ended the task, as the service reports it; a process that died
+            # without one (killed, os._exit) has no error text beyond the run's state message.
+            raised = self.run_error(run)
+            out["error"] = raised.get("error") or run.state_message
+            if raised.get("error_trace"):
+                out["error_trace"] = raised["error_trace"][-64 * 1024 :]
         elif run.life_cycle_state == "INTERNAL_ERROR":
             out["error"] = run.state_message
         return out
+
+    def run_error(self, run: StandinRun) -> dict[str, str]:
+        """``{"error", "error_trace"}`` the exec driver recorded for ``run``, else ``{}``."""
+        record = self.runs_dir / str(run.run_id) / RUN_ERROR_FILE
+        if not record.is_file():
+            return {}
+        return json.loads(record.read_text(encoding="utf-8"))
 
     def _runs_cancel(self, req: Request) -> dict:
         run, _ = self._run_or_error(req)
@@ -1235,6 +1266,12 @@ def databricks_standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dat
     standin.add_volume("main.dataloader.pipes")
     with standin:
         yield standin
+
+
+def arrow_runtime(lake_root: Path) -> dict[str, str]:
+    """A :attr:`DatabricksStandin.runtime_env` for loads: the stand-in has no Spark, so its
+    runtime loads with the Arrow engine into ``lake_root`` (a local Delta lake)."""
+    return {"DATALOADER_ENGINE": "arrow", "DATALOADER_LAKE_ROOT": str(lake_root)}
 
 
 def event_text(instance: Any, run_id: str) -> str:

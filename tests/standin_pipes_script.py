@@ -15,7 +15,6 @@ import json
 import os
 import sys
 import time
-import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -31,7 +30,7 @@ from dagster_pipes import (
 )
 
 # The stand-in's python is the project's, where databricks_scripts is installed.
-from databricks_scripts.contract import error_message, stderr_error_line
+from databricks_scripts.contract import error_message
 
 
 def local_path(remote: str) -> str:
@@ -105,10 +104,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Exception as exc:  # noqa: BLE001 - report any failure, then exit non-zero
-        # Same shape as the loader: traceback, then the error as the last stderr line.
-        traceback.print_exc()
-        sys.stderr.write(stderr_error_line(str(exc)))
-        sys.exit(1)
+    # An exception escaping the file fails the task; Databricks reports it (``Type: message``)
+    # as runs/get-output's ``error``, its traceback as ``error_trace``.
+    main()

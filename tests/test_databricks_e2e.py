@@ -22,6 +22,7 @@ from databricks_standin import (  # noqa: F401
     VOLUME,
     WORKSPACE_SCRIPTS,
     DatabricksStandin,
+    arrow_runtime,
     databricks_standin,
     event_text,
 )
@@ -52,9 +53,13 @@ BACKENDS = {
 @pytest.fixture
 def standin(
     databricks_standin: DatabricksStandin,  # noqa: F811
+    lake_root: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> DatabricksStandin:
     databricks_standin.deploy(REPO_SCRIPTS, WORKSPACE_SCRIPTS)
+    # The run sees only a cluster's environment; with no Spark in the stand-in, its runtime
+    # loads with the Arrow engine into the test's lake.
+    databricks_standin.runtime_env.update(arrow_runtime(lake_root))
     # The resource authenticates like production: databricks-sdk reads these.
     for name, value in databricks_standin.env().items():
         monkeypatch.setenv(name, value)
@@ -70,8 +75,9 @@ def databricks_backend(backend: str) -> PipesDatabricksResource:
     )
 
 
-def claim_and_materialize(control_db, instance, key, backend="existing_cluster"):
-    """What master_sensor and a run worker do: claim the due row, run its partition."""
+def claim_and_materialize(control_db, instance, key, backend="existing_cluster", pipes=None):
+    """What master_sensor and a run worker do: claim the due row, run its partition (with
+    ``pipes``, else the ``backend`` of BACKENDS running the repository's scripts)."""
     with LakebaseClient(control_db) as client:
         [claimed] = [r for r in client.claim_due_tables(10) if r["control_key"] == key]
     instance.add_dynamic_partitions(PARTITIONS_NAME, [key])
@@ -81,7 +87,7 @@ def claim_and_materialize(control_db, instance, key, backend="existing_cluster")
         run_config=load_run_config(claimed),
         resources={
             "lakebase": lakebase_for(control_db),
-            "pipes_databricks": databricks_backend(backend),
+            "pipes_databricks": pipes or databricks_backend(backend),
         },
         instance=instance,
         raise_on_error=False,

@@ -84,6 +84,42 @@ def test_a_poll_failure_cancels_the_run_and_fails_the_row_saying_so(
     assert not (lake_root / "lake" / "raw" / "orders").exists()
 
 
+def test_a_poll_failure_while_the_run_is_blocked_cancels_it(
+    standin,  # noqa: F811
+    control_db,
+    source_db,
+    source,
+    lake_root,
+    db,
+    instance,
+):
+    """BLOCKED is a run still going, not a finished one: losing track of it cancels it."""
+    standin.hold_in = "BLOCKED"
+
+    def fail_a_poll_once_blocked():
+        standin.wait_for_run("BLOCKED", timeout=60)
+        standin.inject_fault(status=500, count=1, retry_after=None)
+
+    injector = threading.Thread(target=fail_a_poll_once_blocked, daemon=True)
+    injector.start()
+    add_control_row(db, source_db, "pg.orders", "orders")
+    try:
+        result, _ = claim_and_materialize(control_db, instance, "pg.orders")
+    finally:
+        injector.join(timeout=10)
+        standin.release.set()
+
+    assert not result.success
+    assert standin.requests_to("POST", RUNS_CANCEL)
+    run = standin.only_run()
+    assert run.done.wait(timeout=30)
+    assert (run.life_cycle_state, run.result_state) == ("TERMINATED", "CANCELED")
+    assert run.pid is None  # cancelled while blocked: the script never started
+    message = control_row(db, "pg.orders")["last_message"]
+    assert f"Lost track of Databricks run {run.run_id}" in message
+    assert "the run was cancelled (TERMINATED)" in message
+
+
 def test_a_run_that_cannot_be_cancelled_is_named_as_possibly_still_running(
     standin,  # noqa: F811
     control_db,

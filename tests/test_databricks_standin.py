@@ -185,10 +185,12 @@ def test_failing_script_fails_the_dagster_run_and_keeps_its_error(standin: Datab
     client = standin.workspace_client()
     task_run_id = client.jobs.get_run(run.run_id).tasks[0].run_id
     output = client.jobs.get_run_output(task_run_id)
+    # As the service gives it: the exception that ended the task, and its traceback.
     assert output.error == (
-        "DATALOADER_ERROR: standin script failed on purpose: no such table public.missing"
+        "RuntimeError: standin script failed on purpose: no such table public.missing"
     )
-    assert "RuntimeError" in output.error_trace
+    assert output.error_trace.startswith("Traceback (most recent call last):")
+    assert "raise RuntimeError(message)" in output.error_trace
 
 
 def test_missing_python_file_is_an_internal_error(standin: DatabricksStandin):

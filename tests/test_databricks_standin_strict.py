@@ -1,7 +1,8 @@
 """The stand-in runs a task the way Databricks does, so the scripts are tested as they will run
 (issue 12, "the stand-in must stop being lenient"): the file through ``exec(compile())`` without
-``__file__`` from another directory, and, in ``cluster_env_only`` mode, with only the environment
-a cluster gives it (its ``spark_env_vars`` and runtime version), none of the orchestrator's."""
+``__file__`` from another directory, with only the environment a cluster gives it (its
+``spark_env_vars`` and runtime version), none of the orchestrator's, and through the life cycle
+PENDING -> QUEUED or BLOCKED -> RUNNING -> TERMINATING -> TERMINATED."""
 
 import threading
 import time
@@ -19,7 +20,7 @@ from databricks_standin import (
 )
 from helpers import add_control_row, control_row
 from test_databricks_e2e import BACKENDS, claim_and_materialize, destination_rows
-from test_databricks_e2e import standin as lenient_standin  # noqa: F401
+from test_databricks_e2e import standin as loading_standin  # noqa: F401
 
 LEAKS = {
     "DATALOADER_SECRET__SOURCES__ORDERS": "orchestrator-only-secret-1",
@@ -31,7 +32,7 @@ LEAKS = {
 def strict_standin(
     tmp_path_factory: pytest.TempPathFactory, lake_root, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[DatabricksStandin]:
-    standin = DatabricksStandin(tmp_path_factory.mktemp("strict"), cluster_env_only=True)
+    standin = DatabricksStandin(tmp_path_factory.mktemp("strict"))
     # The cluster's own configuration: where the (stand-in's Arrow) engine writes.
     standin.add_cluster(
         CLUSTER,
@@ -65,7 +66,7 @@ def test_a_load_runs_with_only_the_clusters_environment(
 
 
 def test_scripts_run_through_exec_compile_without_file_from_another_directory(
-    lenient_standin,  # noqa: F811
+    loading_standin,  # noqa: F811
     control_db,
     source_db,
     source,
@@ -77,15 +78,17 @@ def test_scripts_run_through_exec_compile_without_file_from_another_directory(
     result, _ = claim_and_materialize(control_db, instance, "pg.orders", "serverless")
 
     assert result.success, event_text(instance, result.run_id)
-    run = lenient_standin.only_run()
+    run = loading_standin.only_run()
     assert run.argv[1:3][0] == "-c" and "exec(compile(source, path" in run.argv[2]
     assert run.argv[3].endswith("dataloader_pipe.py")
-    assert not str(run.argv[3]).startswith(str(lenient_standin.runs_dir))  # cwd is elsewhere
+    assert not str(run.argv[3]).startswith(str(loading_standin.runs_dir))  # cwd is elsewhere
     assert BACKENDS["serverless"]["volume_path"] == VOLUME
 
 
-def test_a_queued_run_is_waited_for_like_any_other_state(
-    lenient_standin,  # noqa: F811
+@pytest.mark.parametrize("held_in", ["QUEUED", "BLOCKED"])
+def test_a_queued_or_blocked_run_is_waited_for_and_succeeds(
+    held_in,
+    loading_standin,  # noqa: F811
     control_db,
     source_db,
     source,
@@ -93,25 +96,33 @@ def test_a_queued_run_is_waited_for_like_any_other_state(
     db,
     instance,
 ):
-    lenient_standin.hold_queued = True
+    """BLOCKED (held by an upstream run or a concurrency limit) is a waiting state like QUEUED:
+    not failed, not terminal; the load goes on once the run starts."""
+    loading_standin.hold_in = held_in
 
-    def release_once_a_poll_saw_queued():
-        run = lenient_standin.wait_for_run("QUEUED", timeout=60)
+    def release_once_a_poll_saw_it():
+        run = loading_standin.wait_for_run(held_in, timeout=60)
         deadline = time.monotonic() + 60
-        while "QUEUED" not in list(run.served_states) and time.monotonic() < deadline:
+        while held_in not in list(run.served_states) and time.monotonic() < deadline:
             time.sleep(0.05)
-        lenient_standin.release_queue.set()
+        loading_standin.release.set()
 
-    releaser = threading.Thread(target=release_once_a_poll_saw_queued, daemon=True)
+    releaser = threading.Thread(target=release_once_a_poll_saw_it, daemon=True)
     releaser.start()
     add_control_row(db, source_db, "pg.orders", "orders")
     try:
         result, _ = claim_and_materialize(control_db, instance, "pg.orders", "existing_cluster")
     finally:
-        lenient_standin.release_queue.set()
+        loading_standin.release.set()
         releaser.join(timeout=10)
 
     assert result.success, event_text(instance, result.run_id)
+    run = loading_standin.only_run()
+    served = list(dict.fromkeys(run.served_states))  # the states polls saw, in order
+    assert served[0] in ("PENDING", held_in) and held_in in served
+    assert served.index(held_in) < served.index("TERMINATED")
+    assert "INTERNAL_ERROR" not in served
     logs = event_text(instance, result.run_id)
-    assert "state transition to RunLifeCycleState.QUEUED" in logs
+    assert f"state transition to RunLifeCycleState.{held_in}" in logs
     assert control_row(db, "pg.orders")["last_status"] == "Succeeded"
+    assert destination_rows(lake_root) == 25

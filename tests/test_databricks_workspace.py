@@ -13,6 +13,7 @@ from databricks_standin import (  # noqa: F401
     REPO_SCRIPTS,
     WORKSPACE_SCRIPTS,
     DatabricksStandin,
+    arrow_runtime,
     databricks_standin,
     event_text,
 )
@@ -56,9 +57,10 @@ def test_the_code_location_builds_workspace_clients_in_one_place():
 
 
 @pytest.fixture
-def url_only(databricks_standin: DatabricksStandin, monkeypatch, tmp_path):  # noqa: F811
+def url_only(databricks_standin: DatabricksStandin, lake_root, monkeypatch, tmp_path):  # noqa: F811
     """Point the SDK at the stand-in through DATABRICKS_WORKSPACE_URL alone."""
     databricks_standin.deploy(REPO_SCRIPTS, WORKSPACE_SCRIPTS)
+    databricks_standin.runtime_env.update(arrow_runtime(lake_root))  # no Spark in the stand-in
     for name in ("DATABRICKS_HOST", "DATABRICKS_CONFIG_PROFILE", "DATABRICKS_CLIENT_ID"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "no-databrickscfg"))

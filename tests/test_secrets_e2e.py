@@ -22,7 +22,7 @@ import dagster as dg
 import psycopg
 import pytest
 from dagster_shared.serdes import serialize_value
-from databricks_standin import DatabricksStandin, databricks_standin
+from databricks_standin import DatabricksStandin, arrow_runtime, databricks_standin
 from helpers import lakebase_for, start_password_enforcing_server
 from openai_standin import OpenAIStandIn, good_answer, openai_standin
 from psycopg import sql
@@ -460,9 +460,12 @@ def test_mariadb_driver_echoing_the_password_is_masked(
 
 @pytest.fixture
 def standin(
-    databricks_standin: DatabricksStandin, monkeypatch: pytest.MonkeyPatch
+    databricks_standin: DatabricksStandin, lake_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> DatabricksStandin:
     databricks_standin.deploy(REPO_SCRIPTS, WORKSPACE_SCRIPTS)
+    # The run sees only a cluster's environment (no Spark in the stand-in: its runtime loads
+    # with the Arrow engine into the test's lake); secrets come from the workspace's scope.
+    databricks_standin.runtime_env.update(arrow_runtime(lake_root))
     for name, value in databricks_standin.env().items():
         monkeypatch.setenv(name, value)
     return databricks_standin
@@ -482,7 +485,11 @@ def test_databricks_token_and_source_password_stay_out_of_dagster(
     caplog,
 ):
     secret, core = pg_secret
-    monkeypatch.setenv(secret_env_var(SCOPE, KEY), secret)  # the stand-in's cluster inherits it
+    # As on Databricks: the password is in the workspace's secret scope, read on the cluster
+    # through dbutils.secrets; the code location does not hold it (nothing of its environment
+    # reaches the cluster anyway), so only the script can mask it.
+    standin.add_secret(SCOPE, KEY, secret)
+    monkeypatch.delenv(secret_env_var(SCOPE, KEY), raising=False)
     pipes = PipesDatabricksResource(
         execution="databricks",
         scripts_path=WORKSPACE_SCRIPTS,
@@ -498,6 +505,12 @@ def test_databricks_token_and_source_password_stay_out_of_dagster(
     echo = status(db, "dbx.echo")
     assert echo["last_status"] == "Failed" and "driver echo: ***" in echo["last_message"]
     assert len(standin.runs) == 2, "the loads did not run on the stand-in"
+    secret_reads = standin.requests_to("GET", r"/api/2\.0/secrets/get")
+    assert [(r.query["scope"], r.query["key"], r.status) for r in secret_reads] == [
+        (SCOPE, KEY, 200)
+    ] * 2
+    for run in standin.runs.values():
+        assert not any(name.startswith("DATALOADER_SECRET__") for name in run.env)
 
     places = everywhere(instance, instance_dir, control_db, capfd, caplog)
     # The cluster's own driver logs (what a person reads in the Databricks UI) too.

@@ -11,6 +11,7 @@ the outcome is read from the run's own final state, not from the client's return
 from __future__ import annotations
 
 import importlib.metadata
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -25,6 +26,7 @@ from dagsters.resources.databricks_workspace import workspace_client
 from dagsters.runners.cluster_spec import parse_new_cluster
 from dagsters.runners.outcome import ScriptOutcome, error_from_custom_messages
 from dagsters.settings import LOCAL_DAGSTER_BASE_URL
+from databricks_scripts.redaction import redact
 
 DEFAULT_WORKSPACE_SCRIPTS = "/Workspace/Shared/dataloader/databricks_scripts"
 
@@ -60,6 +62,9 @@ def library_spec(entry: str) -> dict[str, Any]:
 
 
 _ENVIRONMENT_KEY = "dataloader"
+# runs/get-output's ``error`` for a script that ended with ``sys.exit(<code>)``: no cause in it.
+_BARE_EXIT = re.compile(r"SystemExit: (-?\d+)")
+_TRACE_CHARS = 8_000  # the end of a long traceback is where its cause is
 # How long a run that had to be cancelled (polling it failed) is watched until it stops.
 CANCEL_WAIT_SECONDS = 120.0
 
@@ -183,7 +188,7 @@ class DatabricksRunner:
             )
         if tracker.run_id is None:
             raise dg.Failure(f"Databricks run was not submitted: {pipes_error}")
-        return self._outcome(workspace, tracker, reader, invocation, pipes_error)
+        return self._outcome(context, workspace, tracker, reader, invocation, pipes_error)
 
     def _client(
         self,
@@ -268,6 +273,7 @@ class DatabricksRunner:
 
     def _outcome(
         self,
+        context: dg.AssetExecutionContext,
         workspace: Any,
         tracker: _RunTracker,
         reader: _RecordingMessageReader,
@@ -284,7 +290,7 @@ class DatabricksRunner:
         if pipes_error is not None or result_state != jobs.RunResultState.SUCCESS:
             error = (
                 error_from_custom_messages(reader.custom_messages())
-                or _task_error(workspace, run)
+                or _task_error(context, workspace, run)
                 or (state.state_message if state and state.state_message else None)
                 or pipes_error
                 or f"Databricks run ended {result_state}"
@@ -333,6 +339,9 @@ class _RecordingMessageReader(dg.PipesMessageReader):
         return self.handler.get_custom_messages() if self.handler else ()
 
 
+# Life-cycle states in which the task no longer executes. PENDING, QUEUED, BLOCKED (held by an
+# upstream dependency or a concurrency limit) and RUNNING are a run still going: waited for by
+# dagster-databricks' polling, cancelled by ``poll_failed``.
 _FINISHED = ("TERMINATING", "TERMINATED", "SKIPPED", "INTERNAL_ERROR")
 
 
@@ -415,13 +424,32 @@ def _name(value: Any) -> str | None:
     return getattr(value, "value", value)
 
 
-def _task_error(workspace: Any, run: Any) -> str | None:
-    """The task's own exception text from the Jobs API (``runs/get-output``), when available."""
+def _task_error(context: dg.AssetExecutionContext, workspace: Any, run: Any) -> str | None:
+    """Why the task failed, from the Jobs API (``runs/get-output``), when the script reported no
+    error over Pipes (it failed before its Pipes session opened, or its messages were lost).
+
+    The service's ``error`` is the exception that ended the task (``Type: message``), its
+    ``error_trace`` the traceback, which goes to the Dagster event log. Both are masked of
+    secret-shaped text here (the asset masks the values it knows again). A bare
+    ``SystemExit: <code>`` (the script chose its exit status) names no cause: the message says
+    where the cause is instead.
+    """
     try:
         tasks = run.tasks or []
         if not tasks or tasks[0].run_id is None:
             return None
         output = workspace.jobs.get_run_output(tasks[0].run_id)
-        return output.error or None
     except Exception:  # noqa: BLE001 - the Jobs API is a fallback source here; its absence is not an error
         return None
+    error = redact((output.error or "").strip())
+    if output.error_trace:
+        trace = redact(output.error_trace[-_TRACE_CHARS:])
+        context.log.error(f"Databricks run {run.run_id} failed; runs/get-output trace:\n{trace}")
+    exit_code = _BARE_EXIT.fullmatch(error)
+    if exit_code:
+        where = run.run_page_url or f"Databricks run {run.run_id}"
+        return (
+            f"the script exited with status {exit_code.group(1)} ({error}) without reporting its "
+            f"error over Dagster Pipes; its driver log (stderr) says why: {where}"
+        )
+    return error or None
