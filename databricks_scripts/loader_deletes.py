@@ -45,7 +45,7 @@ def live_keys(load: Any, soft: bool) -> pa.Table:
     import pyarrow.compute as pc
 
     keys = list(load.spec.merge_keys)
-    has_flag = DELETED_AT in load.table.schema().to_arrow().names  # type: ignore[attr-defined]
+    has_flag = DELETED_AT in load.plan.write_schema.names  # destination (+ new source) columns
     flt = pc.field(DELETED_AT).is_null() if soft and has_flag else None
     live = load.table.to_pyarrow_dataset().to_table(columns=keys, filter=flt)
     return pa.Table.from_batches(

@@ -183,10 +183,6 @@ def check_floor(spec: Any, deleting: int, live: int) -> None:
     )
 
 
-def with_column(table: pa.Table, name: str, value: Any, type_: pa.DataType) -> pa.Table:
-    return table.append_column(pa.field(name, type_), pa.array([value] * table.num_rows, type_))
-
-
 def merge_metrics(metrics: dict) -> int:
     return sum(
         int(metrics.get(k, 0))
