@@ -73,17 +73,33 @@ def differs(a: pa.Array, b: pa.Array) -> pa.Array:
     return pc.if_else(both, ne, pc.xor(pc.is_valid(a), pc.is_valid(b)))
 
 
-def current_versions(load: Any, columns: list[str]) -> pa.Table:
-    """The destination's current versions (``__END_AT`` NULL), the ``columns`` it has."""
+def current_versions(load: Any, columns: list[str], read_keys: pa.Table) -> pa.Table:
+    """The destination's current versions (``__END_AT`` NULL) of the keys read, the ``columns``
+    it has. The first key column filters the scan, so memory follows the rows read, not the
+    table."""
     import pyarrow.compute as pc
 
     have = [
         c for c in columns if c in load.plan.write_schema.names and c not in load.plan.added_columns
     ]
+    first = load.spec.merge_keys[0]
+    wanted = pc.unique(read_keys.column(first).combine_chunks())
     table = load.table.to_pyarrow_dataset().to_table(
-        columns=have, filter=pc.field(END_AT).is_null()
+        columns=have, filter=pc.field(END_AT).is_null() & pc.field(first).isin(wanted)
     )
     schema = pa.schema([load.plan.write_schema.field(c) for c in have])
+    return pa.Table.from_batches([cast_batch(b, schema) for b in table.to_batches()], schema)
+
+
+def current_keys(load: Any) -> pa.Table:
+    """The key columns of every current version (delete detection's live keys)."""
+    import pyarrow.compute as pc
+
+    keys = list(load.spec.merge_keys)
+    schema = pa.schema([load.plan.write_schema.field(k) for k in keys])
+    table = load.table.to_pyarrow_dataset().to_table(
+        columns=keys, filter=pc.field(END_AT).is_null()
+    )
     return pa.Table.from_batches([cast_batch(b, schema) for b in table.to_batches()], schema)
 
 
@@ -150,7 +166,8 @@ def write_scd2(load: Any, batches: Iterator[pa.RecordBatch], tracker: Any, *, ho
             versions, closes = read, read.slice(0, 0)
         else:
             with hooks.step("compare with current versions"):
-                current = current_versions(load, [f.name for f in load.write_schema])
+                columns = [f.name for f in load.write_schema]
+                current = current_versions(load, columns, read.select(keys))
                 versions, closes = compare(read, current, keys)
         starts = version_start(versions, load.cursor, now)
         versions = versions.append_column(pa.field(START_AT, TIMESTAMP_UTC), starts)
@@ -161,7 +178,7 @@ def write_scd2(load: Any, batches: Iterator[pa.RecordBatch], tracker: Any, *, ho
         if detect and load.table is not None:
             snapshot = key_snapshot(load, hooks)
             with hooks.step("check deletes"):
-                live = current.select(keys)
+                live = current_keys(load)
                 gone = gone_keys(live, snapshot, read.select(keys), keys)
                 check_floor(spec, gone.num_rows, live.num_rows)
             gone = gone.append_column(

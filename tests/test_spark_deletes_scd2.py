@@ -148,3 +148,47 @@ def test_generated_merges_parse_and_resolve(spark, tables, soft):
     )
     assert ("THEN UPDATE SET t.`__DELETED_AT` = " if soft else "THEN DELETE") in deletes
     _analysed_until_delta_is_needed(spark, deletes)
+
+
+def test_history_statement_reads_keys_checks_the_floor_and_refuses_a_key_type_change(spark, tables):
+    fields = [("id", "int"), ("v", "string"), ("n", "int"), ("ts", "timestamp")]
+    target_fields = [
+        *fields,
+        (START_AT, "timestamp"),
+        (END_AT, "timestamp"),
+        (DELETED_AT, "timestamp"),
+    ]
+    logged = []
+
+    def statement(fraction, source_fields=fields):
+        where = ["reconcile schema"]
+        spec = parse_load_spec(_params(delete_max_fraction=fraction))
+        try:
+            return sh.history_statement(
+                spark,
+                spec,
+                None,
+                tables,
+                "rows_read",
+                source_fields,
+                target_fields,
+                True,
+                "scd2",
+                where,
+                lambda: spark.table("src_keys"),
+                logged.append,
+            ), where
+        except ValueError as exc:
+            return exc, where
+
+    (text, args), where = statement(0.5)
+    assert text.startswith(f"MERGE INTO {tables} AS t USING (") and args == {}
+    assert "src_keys" not in text  # the key snapshot became a temp view of its own
+    assert where == ["write destination"]
+    refused, where = statement(0.2)  # 1 of 4 current versions would be closed: 25% > 20%
+    assert where == ["check deletes"] and "more than delete_max_fraction 0.2" in str(refused)
+    changed = [("id", "bigint"), *fields[1:]]
+    refused, _ = statement(0.5, changed)
+    assert "merge key 'id' changed type: int in the destination, bigint in the source" in str(
+        refused
+    )
