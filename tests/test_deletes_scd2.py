@@ -361,3 +361,38 @@ def test_a_control_row_sends_the_settings_to_the_script(db):
     row = db.execute("SELECT * FROM table_control WHERE config_id = %s", (plain,)).fetchone()
     spec = parse_load_spec(load_params(row))
     assert (spec.delete_detection, spec.delete_max_fraction) == ("none", 0.5)
+
+
+def test_mysql_source_hard_deletes_read_only_the_keys(lake_root):
+    from test_loader_pipe import _mysql_or_skip
+
+    conn = _mysql_or_skip()
+    table = "dl_history_keys"
+    with conn.cursor() as cur:
+        cur.execute(f"DROP TABLE IF EXISTS `{table}`")
+        cur.execute(f"CREATE TABLE `{table}` (region char(2), id int unsigned, v varchar(9))")
+        cur.execute(f"INSERT INTO `{table}` VALUES ('eu',1,'a'),('eu',2,'b'),('us',1,'c')")
+    try:
+        mysql = {"host": "127.0.0.1", "port": 3306, "database": "test", "user": "root"}
+        loads = Loads(
+            "host=x port=1 dbname=x user=x",
+            lake_root,
+            table,
+            db_type="mysql",
+            source_schema_name="test",
+            db_config_value=mysql,
+            load_strategy="merge",
+            merge_keys=["region", "id"],
+            delete_detection="hard",
+        )
+        loads.run(source_class=ls.MySQLReader)
+        with conn.cursor() as cur:
+            cur.execute(f"DELETE FROM `{table}` WHERE region = 'eu' AND id = 2")
+        loads.run(source_class=ls.MySQLReader)
+        assert [(r["region"], r["id"], r["v"]) for r in loads.rows(("region", "id"))] == [
+            ("eu", 1, "a"),
+            ("us", 1, "c"),
+        ]
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS `{table}`")
