@@ -302,5 +302,123 @@ def main() -> None:
     )
 
 
+# ---- deletes and history (issue 15): what delete detection and SCD2 cost next to a merge -------
+
+
+def _history_source(conninfo: str, rows: int) -> None:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE hist (id int PRIMARY KEY, name text, amount numeric(12,2), "
+            "updated_at timestamptz)"
+        )
+        conn.execute(
+            "INSERT INTO hist SELECT g, 'customer ' || g, (g %% 100000) / 100.0, "
+            "timestamptz '2024-01-01' + g * interval '1 second' FROM generate_series(1, %s) g",
+            (rows,),
+        )
+        conn.execute("CREATE INDEX ON hist (updated_at)")
+        conn.execute("VACUUM ANALYZE hist")
+
+
+def _history_change_one_percent(conninfo: str) -> None:
+    """1% of the rows change (their cursor moves); nothing is deleted, so every contender writes
+    the same changes and delete detection pays only for its key snapshot and comparison."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE hist SET amount = amount + 1, updated_at = timestamptz '2030-01-01' "
+            "+ id * interval '1 second' WHERE id % 100 = 0"
+        )
+        conn.execute("VACUUM ANALYZE hist")
+
+
+def history_main() -> None:
+    """(f) keyed incremental merge of 1% changed rows (the baseline), (g) the same with
+    delete_detection='hard' (key snapshot of every source key + destination keys), (h) an scd2
+    load of the same 1% (close + new version per changed row). Each round starts from the same
+    table state; figures are median (min-max) over rounds, ratios against (f) of the same round."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args, _ = parser.parse_known_args()
+    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+    with tempfile.TemporaryDirectory(prefix="dl_bench_hist_") as tmp:
+        work = Path(tmp)
+        server = start_embedded_server(work / "pgdata", cleanup_mode="stop")
+        try:
+            ensure_database(server, "bench")
+            conninfo = server.conninfo("bench")
+            _history_source(conninfo, args.rows)
+            info = conninfo_to_dict(conninfo)
+            base = {
+                "control_key": "hist",
+                "source_schema_name": "public",
+                "source_table_name": "hist",
+                "destination_catalog": "bench",
+                "destination_schema_name": "landing",
+                "destination_table_name": "hist",
+                "db_type": "postgresql",
+                "db_config_value": {
+                    "host": info["host"],
+                    "port": int(info["port"]),
+                    "database": "bench",
+                    "user": "postgres",
+                },
+                "load_strategy": "incremental",
+                "incremental_column": "updated_at",
+                "merge_keys": ["id"],
+                "lookback_window_seconds": 0,
+            }
+            cases = {
+                "merge": base,
+                "deletes": {**base, "delete_detection": "hard"},
+                "scd2": {**base, "load_strategy": "scd2"},
+            }
+            templates, watermarks = {}, {}
+            for name, params in cases.items():
+                lake = work / f"lake_{name}"
+                _, _, meta = _run_loader({**params, "incremental_value": None}, work, lake)
+                templates[name], watermarks[name] = lake, meta["watermark_after"]
+            _history_change_one_percent(conninfo)
+            results: dict[str, list[tuple]] = {name: [] for name in cases}
+            for i in range(args.repeat):
+                order = list(cases) if i % 2 == 0 else list(cases)[::-1]
+                for name in order:
+                    lake = work / "lake_run"
+                    shutil.rmtree(lake, ignore_errors=True)
+                    shutil.copytree(templates[name], lake)
+                    params = {**cases[name], "incremental_value": watermarks[name]}
+                    wall, peak, meta = _run_loader(params, work, lake)
+                    results[name].append((wall, meta["duration_seconds"], peak, meta))
+        finally:
+            stop_embedded_server(work / "pgdata")
+    _print_history(results, args)
+
+
+def _print_history(results: dict[str, list[tuple]], args: argparse.Namespace) -> None:
+    mib = 2**20
+    print(f"deletes and history: {args.rows:,} rows, 1% changed; rounds {args.repeat}")
+    labels = {
+        "merge": "(f) keyed merge, 1% changed      ",
+        "deletes": "(g) + delete_detection hard      ",
+        "scd2": "(h) scd2, 1% changed             ",
+    }
+    for name, label in labels.items():
+        rows = results[name]
+        line = (
+            f"{label}: {_spread([r[0] for r in rows])}s wall, "
+            f"{_spread([r[1] for r in rows], '{:.3f}')}s in-script, "
+            f"rows written {rows[-1][3]['rows_written']:,}, "
+            f"peak RSS {max(r[2] for r in rows) / mib:.0f} MiB"
+        )
+        if name != "merge":
+            ratio = [r[0] / m[0] for r, m in zip(rows, results["merge"], strict=True)]
+            line += f"; ratio to (f) {_spread(ratio, '{:.2f}')}"
+        print(line)
+
+
 if __name__ == "__main__":
-    main()
+    if "--history-only" in sys.argv:
+        history_main()
+    else:
+        main()
+        history_main()

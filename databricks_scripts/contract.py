@@ -37,6 +37,8 @@ LOAD_PARAM_FIELDS: tuple[str, ...] = (
     "merge_keys",
     "lookback_window_seconds",
     "force_full_reload",
+    "delete_detection",
+    "delete_max_fraction",
 )
 
 # Not one of the control row's fields: the latest attempt of the row whose success the control
@@ -47,7 +49,16 @@ LOAD_PARAM_FIELDS: tuple[str, ...] = (
 RECORDED_METADATA_ID_PARAM = "recorded_metadata_id"
 
 DB_TYPES: tuple[str, ...] = ("postgresql", "mysql", "sqlserver", "oracle", "databricks")
-STRATEGIES: tuple[str, ...] = ("full", "incremental", "merge")
+STRATEGIES: tuple[str, ...] = ("full", "incremental", "merge", "scd2")
+# What happens to destination rows whose key is no longer in the source (docs/loader.md).
+DELETE_DETECTIONS: tuple[str, ...] = ("none", "soft", "hard")
+# Default floor: a load never deletes (or marks deleted) more than this share of the live rows.
+DEFAULT_DELETE_MAX_FRACTION = 0.5
+# Technical destination columns (the names Databricks AUTO CDC uses for SCD type 2; fixed: other
+# tools read them). Timestamps with time zone, UTC.
+DELETED_AT = "__DELETED_AT"
+START_AT = "__START_AT"
+END_AT = "__END_AT"
 
 # The keys ``db_config_value`` may carry on the wire (and in an inline table_control row). Anything
 # else is refused naming the key: every key used to reach the driver, so ``options``, ``passfile``,

@@ -37,6 +37,7 @@ from databricks_scripts.loader_commits import (
     committed_attempt,
     unrecorded_commit,
 )
+from databricks_scripts.loader_history import WriterHooks, history_strategy, history_writer
 from databricks_scripts.loader_interrupt import (
     StopRequested,
     StopSignal,
@@ -91,6 +92,9 @@ class LoadResult:
 
 def choose_strategy(spec, destination_exists: bool) -> str:
     """The strategy actually applied: full when forced, first load, or no watermark yet."""
+    kept = history_strategy(spec, destination_exists)  # scd2 / soft deletes never overwrite
+    if kept is not None:
+        return kept
     if spec.force_full_reload or not destination_exists or spec.load_strategy == "full":
         return "full"
     if spec.incremental_column and spec.incremental_value is None:
@@ -220,6 +224,7 @@ class _Load:
     target_file_size: int | None = None  # Delta data file size (None: delta-rs's default)
     # An error raised inside a stream the writer consumes (delta-rs re-raises it as its own).
     stream_error: BaseException | None = None
+    source: Any = None  # the source reader (delete detection reads its keys)
 
     @property
     def cursor(self) -> str | None:
@@ -227,7 +232,7 @@ class _Load:
 
     @property
     def merging(self) -> bool:
-        return self.applied in ("merge", "incremental") and bool(self.spec.merge_keys)
+        return self.applied in ("merge", "incremental", "scd2") and bool(self.spec.merge_keys)
 
     @property
     def write_schema(self) -> pa.Schema:
@@ -296,7 +301,8 @@ def _prepare(spec, source, destination: Path, log: Callable[[str], None]) -> _Lo
         source_columns=frozenset(source_schema.names),
     )
     load.committed_at_start = committed_attempt(table, spec)
-    if applied != "full" and cursor and spec.incremental_value is not None:
+    reread = spec.force_full_reload  # a forced reload of an scd2 / soft-delete table reads all
+    if applied != "full" and cursor and spec.incremental_value is not None and not reread:
         with _step("decode watermark"):
             load.watermark = decode_watermark_for(
                 spec.incremental_value, source_schema.field(cursor)
@@ -424,6 +430,9 @@ def _stream_errors(load: _Load) -> Iterator[None]:
 
 
 def _writer(load: _Load):
+    kept = history_writer(load, WriterHooks(_fenced, _stream_errors, _step))
+    if kept is not None:
+        return kept
     if load.applied == "full":
         return _write_full
     if load.merging:
@@ -459,7 +468,7 @@ def run_arrow_load(
     destination, reconcile schema, decode watermark, read source, write destination.
     """
     load = _prepare(spec, source, destination, log)
-    load.stop, load.target_file_size = stop, target_file_size
+    load.stop, load.target_file_size, load.source = stop, target_file_size, source
     if load.applied != "full":
         with _step("reconcile with the destination"):
             unrecorded = unrecorded_commit(load.table, spec)

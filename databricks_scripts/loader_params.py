@@ -19,6 +19,8 @@ from typing import Any
 from databricks_scripts.contract import (
     CONNECTION_KEYS,
     DB_TYPES,
+    DEFAULT_DELETE_MAX_FRACTION,
+    DELETE_DETECTIONS,
     PARAMS_EXTRA,
     STRATEGIES,
     TLS_MODES,
@@ -52,6 +54,8 @@ class LoadSpec:
     force_full_reload: bool
     config_id: int | None = None
     metadata_id: int | None = None
+    delete_detection: str = "none"
+    delete_max_fraction: float = DEFAULT_DELETE_MAX_FRACTION
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -125,6 +129,32 @@ def check_connection_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return checked
 
 
+def _delete_settings(params: Mapping[str, Any], strategy: str, keys: Any) -> tuple[str, float]:
+    """(delete_detection, delete_max_fraction), checked as the control table's CHECKs do."""
+    if strategy == "scd2" and not keys:
+        raise LoadParamsError("load_strategy 'scd2' needs merge_keys")
+    detection = (_opt_str(params, "delete_detection") or "none").lower()
+    if detection not in DELETE_DETECTIONS:
+        raise LoadParamsError(
+            f"delete_detection {detection!r} is not one of {', '.join(DELETE_DETECTIONS)}"
+        )
+    if detection != "none" and not keys:
+        raise LoadParamsError(f"delete_detection {detection!r} needs merge_keys")
+    if detection == "soft" and strategy == "full":
+        raise LoadParamsError(
+            "delete_detection 'soft' cannot be used with load_strategy 'full' (a full load "
+            "replaces the table, so deleted rows are gone): use merge, incremental or scd2"
+        )
+    raw = params.get("delete_max_fraction")
+    try:
+        fraction = DEFAULT_DELETE_MAX_FRACTION if raw is None else float(raw)
+    except (TypeError, ValueError):
+        raise LoadParamsError("delete_max_fraction must be a number") from None
+    if not 0 < fraction <= 1:
+        raise LoadParamsError("delete_max_fraction must be above 0 and at most 1")
+    return detection, fraction
+
+
 def parse_load_spec(params: Mapping[str, Any]) -> LoadSpec:
     """Validate the ``params`` extra sent by the load asset (see ``contract.LOAD_PARAM_FIELDS``)."""
     if not isinstance(params, Mapping):
@@ -147,6 +177,7 @@ def parse_load_spec(params: Mapping[str, Any]) -> LoadSpec:
         raise LoadParamsError("load_strategy 'incremental' needs an incremental_column")
     if strategy == "merge" and not keys:
         raise LoadParamsError("load_strategy 'merge' needs merge_keys")
+    detection, max_fraction = _delete_settings(params, strategy, keys)
     lookback = params.get("lookback_window_seconds") or 0
     try:
         lookback = float(lookback)
@@ -173,6 +204,8 @@ def parse_load_spec(params: Mapping[str, Any]) -> LoadSpec:
         force_full_reload=bool(params.get("force_full_reload")),
         config_id=params.get("config_id"),
         metadata_id=params.get("metadata_id"),
+        delete_detection=detection,
+        delete_max_fraction=max_fraction,
         extra=dict(params),
     )
 

@@ -89,6 +89,11 @@ class SourceReader:
     def batches(self, lower_bound: object | None) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         raise NotImplementedError
 
+    def key_batches(self, keys: tuple[str, ...]) -> Iterator[pa.RecordBatch]:
+        """Only the ``keys`` columns of every source row, streamed (delete detection's key
+        snapshot, loader_deletes). One statement, so one snapshot of the source."""
+        raise NotImplementedError
+
     def _stream_rows(
         self,
         cur: Any,
@@ -235,6 +240,40 @@ class PostgresReader(SourceReader):
 
         return schema, self._track(gen())
 
+    def key_batches(self, keys: tuple[str, ...]) -> Iterator[pa.RecordBatch]:
+        fields = [self.schema().field(k) for k in keys]
+        columns, scaled = [], {}
+        for f in fields:
+            name = self.dialect.quote(f.name)
+            ps = pg_numeric_as_scaled_int8(f)
+            if ps is None:
+                columns.append(name)
+                continue
+            scaled[f.name] = ps
+            factor = "1" + "0" * ps[1]
+            columns.append(
+                f"({name} OPERATOR(pg_catalog.*) {factor}::pg_catalog.numeric)"
+                f"::pg_catalog.int8 AS {name}"
+            )
+        query = f"SELECT {', '.join(columns)} FROM {self.table_sql}"
+        stmt, reader = self._execute(query, batch_hint=True)
+
+        def gen() -> Iterator[pa.RecordBatch]:
+            try:
+                for batch in reader:
+                    if scaled:
+                        arrays = [
+                            decimal_from_unscaled(c, *scaled[n]) if n in scaled else c
+                            for n, c in zip(batch.schema.names, batch.columns, strict=True)
+                        ]
+                        batch = pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
+                    yield batch
+            finally:
+                reader.close()
+                stmt.close()
+
+        return self._track(gen())
+
     def _close_connection(self) -> None:
         try:
             self._conn.close()
@@ -327,6 +366,15 @@ class MySQLReader(SourceReader):
             cur.execute(self.query(incremental=True), (lower_bound,))
         schema = self._schema_of(cur)
         return schema, self._stream_rows(cur, schema, rows_to_batch)
+
+    def key_batches(self, keys: tuple[str, ...]) -> Iterator[pa.RecordBatch]:
+        import pymysql.cursors
+
+        cur = self._conn.cursor(pymysql.cursors.SSCursor)
+        cur.execute(
+            f"SELECT {', '.join(self.dialect.quote(k) for k in keys)} FROM {self.table_sql}"
+        )
+        return self._stream_rows(cur, self._schema_of(cur), rows_to_batch)
 
     def _close_connection(self) -> None:
         self._conn.close()
@@ -494,6 +542,21 @@ class DbApiReader(SourceReader):
             cur.close()
             raise ValueError(f"source columns changed while reading: {names} != {schema.names}")
         return schema, self._stream_rows(cur, schema, rows_to_exact_batch)
+
+    def key_batches(self, keys: tuple[str, ...]) -> Iterator[pa.RecordBatch]:
+        schema = pa.schema([self.schema().field(k) for k in keys])
+        utc = set(oracle_utc_columns(schema)) if self.dialect is ORACLE else set()
+        cols = [
+            f"SYS_EXTRACT_UTC({self.dialect.quote(k)}) AS {self.dialect.quote(k)}"
+            if k in utc
+            else self.dialect.quote(k)
+            for k in keys
+        ]
+        cur = self._conn.cursor()
+        if self.dialect is ORACLE:
+            cur.arraysize = min(self.batch_rows, 10_000)
+        cur.execute(f"SELECT {', '.join(cols)} FROM {self.table_sql}")
+        return self._stream_rows(cur, schema, rows_to_exact_batch)
 
     def _close_connection(self) -> None:
         self._conn.close()

@@ -27,6 +27,7 @@ from databricks_scripts.loader_spark_commits import (
     read_last_commit,
     unrecorded,
 )
+from databricks_scripts.loader_spark_history import history_statement
 from databricks_scripts.loader_sql import (
     MYSQL,
     ORACLE,
@@ -401,7 +402,13 @@ def _load(spark: Any, spec: Any, password: str | None, target: str, log, where: 
 
     watermark = lower = None
     cursor = spec.incremental_column
-    if applied != "full" and cursor and spec.incremental_value is not None:
+    # A forced reload of an scd2 / soft-delete table (never overwritten) reads everything.
+    if (
+        applied != "full"
+        and cursor
+        and spec.incremental_value is not None
+        and not (spec.force_full_reload)
+    ):
         where[0] = "decode watermark"
         cursor_type = {n.lower(): t for n, t in target_fields}.get(cursor.lower(), "string")
         watermark = decode_watermark(spec.incremental_value, _arrow_type_for(cursor_type))
@@ -429,7 +436,23 @@ def _load(spark: Any, spec: Any, password: str | None, target: str, log, where: 
             spark.sql(spark_add_columns(target, added))
 
     where[0] = "write destination"
-    if rebuild:
+    kept = history_statement(  # delete detection / scd2 (loader_spark_history)
+        spark,
+        spec,
+        password,
+        target,
+        view,
+        source_fields,
+        target_fields,
+        exists,
+        applied,
+        where,
+        lambda: read_source(spark, spec, password, None).select(*spec.merge_keys),
+        log,
+    )
+    if kept is not None:
+        statement, args = kept
+    elif rebuild:
         statement, args = spark_create_table_as(target, view, replace=exists), {}
     elif applied == "full":
         statement, args = spark_insert_overwrite(target, view, columns), {}

@@ -147,7 +147,7 @@ BAD_EDITS = [
         "SET last_status = 'Running'",
         "last_status_must_be_null_queued_in_progress_succeeded_or_failed",
     ),
-    ("SET load_strategy = 'append'", "load_strategy_must_be_full_incremental_or_merge"),
+    ("SET load_strategy = 'append'", "load_strategy_must_be_full_incremental_merge_or_scd2"),
     ("SET db_type = 'db2'", "db_type_must_be_postgresql_mysql_sqlserver_oracle_or_databricks"),
     ("SET load_strategy = 'merge'", "merge_strategy_requires_merge_keys"),
     ("SET load_strategy = 'merge', merge_keys = '{}'", "merge_strategy_requires_merge_keys"),

@@ -60,6 +60,11 @@ def load_params(row: Mapping[str, Any], source: ResolvedSource | None = None) ->
             params[field] = list(keys) if keys else None
         elif field == "force_full_reload":
             params[field] = bool(row.get("force_full_reload"))
+        elif field == "delete_detection":
+            params[field] = row.get(field) or "none"
+        elif field == "delete_max_fraction":
+            value = row.get(field)
+            params[field] = None if value is None else float(value)
         elif field == "incremental_value":
             value = row.get("incremental_value")
             params[field] = None if value is None else str(value)
