@@ -16,6 +16,7 @@ import dagster as dg
 
 from dagsters.alerts import ALERT_ON_FAILURE_TAGS
 from dagsters.assets.dataloader_pipes_asset import build_load_asset, build_retry_asset
+from dagsters.assets.launch_config import load_job_config
 from dagsters.control.run_requests import environment_tags
 from dagsters.deployment import require_deployment_ready
 from dagsters.jobs.history_retention_job import (
@@ -50,13 +51,17 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     # In npd/prod/Dagster+ no local fallback may stand in for a missing setting: refuse to load,
     # listing every problem at once (dagsters/deployment.py). Local mode is unaffected.
     require_deployment_ready(settings)
+    resources = build_resources(settings)
     load_asset = build_load_asset(settings)
     retry_asset = build_retry_asset(settings)
+    lakebase = resources["lakebase"]
     load_job = dg.define_asset_job(
         LOAD_JOB,
         selection=[load_asset],
         description="One table load; launched by master_sensor, or by a person for a partition.",
         tags=environment_tags(settings.environment),
+        # A partition picked in the launchpad gets the table's tags (its per-source limit).
+        config=load_job_config(lambda key: lakebase.get_client().get_table_details(key)),
     )
     retry_job = dg.define_asset_job(
         RETRY_JOB,
@@ -76,7 +81,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_failed_monitor(settings),
             build_landing_table_monitor(settings),
         ],
-        resources=build_resources(settings),
+        resources=resources,
     )
 
 

@@ -271,6 +271,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def embedded_conninfo(home: Path) -> str | None:
+    """The control database of the embedded server a ``dataloader dev`` in ``home`` started, or
+    None while it is not up yet."""
+    # postmaster.pid: line 4 is the port, line 5 the socket directory.
+    pid_file = home / "pgdata" / "postmaster.pid"
+    if not pid_file.exists():
+        return None
+    lines = pid_file.read_text().splitlines()
+    if len(lines) < 5 or not lines[4].strip():
+        return None
+    return psycopg.conninfo.make_conninfo(
+        host=lines[4].strip(), port=lines[3].strip(), dbname="dataloader", user="postgres"
+    )
+
+
 @contextmanager
 def running_dev(
     tmp_path: Path, settings: dict[str, str], *, drop: tuple[str, ...] = ()

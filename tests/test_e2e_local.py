@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from deltalake import DeltaTable
-from helpers import running_dev
+from helpers import embedded_conninfo, running_dev
 from psycopg.rows import dict_row
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,24 +18,11 @@ DEMO_KEYS = {"demo.customers", "demo.orders", "demo.products"}
 WAIT_SECONDS = 240  # a bound, not a timing assertion: the run fails only if nothing happens
 
 
-def _conninfo(home: Path) -> str | None:
-    # postmaster.pid: line 4 is the port, line 5 the socket directory.
-    pid_file = home / "pgdata" / "postmaster.pid"
-    if not pid_file.exists():
-        return None
-    lines = pid_file.read_text().splitlines()
-    if len(lines) < 5 or not lines[4].strip():
-        return None
-    return psycopg.conninfo.make_conninfo(
-        host=lines[4].strip(), port=lines[3].strip(), dbname="dataloader", user="postgres"
-    )
-
-
 _last_error: list[str] = [""]
 
 
 def _query(home: Path, sql: str, params: tuple = ()) -> list[dict]:
-    conninfo = _conninfo(home)
+    conninfo = embedded_conninfo(home)
     if conninfo is None:
         _last_error[0] = "embedded server not started yet"
         return []

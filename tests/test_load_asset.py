@@ -2,9 +2,11 @@
 
 Pins down: a claimed row ends Succeeded with rows, watermark and next slot in both the control row
 and its history row; a failing load ends Failed with the script's own message and writes nothing;
-a launch with only control_key makes a new 'ui' attempt; re-executing a failed run makes a new
-history row; terminating a running load kills the script and leaves the row Failed/Cancelled with
-no materialization; the launchpad YAML in docs/operations.md works as printed.
+a launch of a partition (its config naming the key, or no config) makes a new 'ui' attempt;
+re-executing a failed run makes a new history row; terminating a running load kills the script
+and leaves the row Failed/Cancelled with no materialization; the launchpad YAML in
+docs/operations.md forces a full reload of the partition and is refused without one; a config
+field the asset does not know is refused at launch.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from helpers import add_control_row, control_row, history, lakebase_for
 from psycopg.conninfo import conninfo_to_dict
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
-from dagsters.control.run_requests import LOAD_ASSET, load_run_config
+from dagsters.control.run_requests import LOAD_ASSET, load_run_config, source_system
 from dagsters.partitions import PARTITIONS_NAME
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.settings import load_settings
@@ -331,6 +333,9 @@ def test_reexecuting_a_failed_run_makes_a_new_history_row(
         job,
         instance=instance,
         reexecution_options=dg.ReexecutionOptions.from_failure(first.run_id, instance),
+        # The UI's re-execution copies the parent's tags (partition included); in process they
+        # are given (tests/test_ui_launches.py re-executes through the UI's GraphQL API).
+        tags={"dagster/partition": "pg.late"},
     ) as second:
         assert second.success
 
@@ -353,30 +358,62 @@ def _launchpad_yaml() -> dict:
     return yaml.safe_load(blocks[0])
 
 
-@pytest.mark.parametrize("with_partition", [True, False], ids=["partition", "no-partition"])
-def test_the_documented_launchpad_yaml_loads_the_table(
-    with_partition, control_db, source_db, source, lake_root, db, instance, monkeypatch
-):
-    lakebase_env(monkeypatch, control_db)
-    run_config = _launchpad_yaml()
-    key = run_config["ops"][LOAD_ASSET]["config"]["control_key"]
-    add_control_row(db, source_db, key, "orders", load_strategy="full", incremental_column=None)
-    db.execute("UPDATE table_control SET next_load_date_time = now() + interval '1 day'")
-    instance.add_dynamic_partitions(PARTITIONS_NAME, [key])
-    job = ReconstructableRepository.for_module(
+def _load_job():
+    return ReconstructableRepository.for_module(
         "dagsters.definitions", "defs", working_directory=str(Path(__file__).parents[1])
     ).get_reconstructable_job("dataloader__table_load_job")
 
+
+def test_the_documented_launchpad_yaml_forces_a_full_reload_of_the_partition(
+    control_db, source_db, source, lake_root, db, instance, monkeypatch
+):
+    """The docs' YAML on the table's partition: a full overwrite, said as such, the row's own
+    flag untouched; the same YAML without a partition is refused before anything is claimed."""
+    lakebase_env(monkeypatch, control_db)
+    run_config = _launchpad_yaml()
+    assert run_config["ops"][LOAD_ASSET]["config"] == {"force_full_reload": True}
+    add_control_row(db, source_db, "pg.orders", "orders")
+    assert claim_and_materialize(control_db, lake_root, instance, "pg.orders")[0].success
+    db.execute("UPDATE table_control SET next_load_date_time = now() + interval '1 day'")
+
+    with dg.execute_job(_load_job(), instance=instance, run_config=run_config) as refused:
+        assert not refused.success
+    [failure] = [e for e in refused.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "select the table's partition and launch again" in str(failure.event_specific_data)
+    assert len(history(db, "pg.orders")) == 1  # nothing claimed
+    assert control_row(db, "pg.orders")["last_status"] == "Succeeded"
+
+    # Without new source rows an incremental load writes 0 rows; forced, it rewrites all 25.
     with dg.execute_job(
-        job,
+        _load_job(),
         instance=instance,
         run_config=run_config,
-        tags={"dagster/partition": key} if with_partition else None,
+        tags={"dagster/partition": "pg.orders"},
     ) as result:
         assert result.success
+    first, forced = history(db, "pg.orders")
+    assert (forced["status"], forced["triggered_by"]) == ("Succeeded", "ui")
+    assert forced["dagster_run_id"] == result.run_id
+    assert forced["rows_written"] == 25
+    row = control_row(db, "pg.orders")
+    assert (row["last_status"], row["force_full_reload"]) == ("Succeeded", False)
+    assert row["incremental_value"] == first["watermark_after"]
+    orders = DeltaTable(str(lake_root / "lake" / "raw" / "orders"))
+    assert orders.to_pyarrow_table().num_rows == 25
+    assert orders.history(1)[0]["operation"] in ("WRITE", "CREATE OR REPLACE TABLE")
+    assert orders.history(1)[0].get("operationParameters", {}).get("mode") == "Overwrite"
+    # The person's run carries the tags of a sensor run for the attempt it made.
+    tags = instance.get_run_by_id(result.run_id).tags
+    assert tags["dataloader/metadata_id"] == str(forced["metadata_id"])
+    assert tags["dataloader/triggered_by"] == "ui"
+    assert tags["dataloader/source_system"] == source_system(row)  # what a sensor run carries
 
-    [attempt] = history(db, key)
-    assert (attempt["status"], attempt["triggered_by"]) == ("Succeeded", "ui")
-    assert attempt["dagster_run_id"] == result.run_id
-    assert control_row(db, key)["last_status"] == "Succeeded"
-    assert DeltaTable(str(lake_root / "lake" / "raw" / "orders")).to_pyarrow_table().num_rows == 25
+
+def test_a_config_field_the_asset_does_not_know_is_refused_at_launch(instance):
+    with pytest.raises(dg.DagsterInvalidConfigError, match="load_strategy"):
+        dg.execute_job(
+            _load_job(),
+            instance=instance,
+            run_config={"ops": {LOAD_ASSET: {"config": {"load_strategy": "full"}}}},
+            tags={"dagster/partition": "pg.orders"},
+        )

@@ -18,6 +18,7 @@ from typing import Any
 import dagster as dg
 
 from dagsters.alerts import notifier_from_settings
+from dagsters.assets.launch_config import LoadConfig, launched_control_key, tag_ui_run
 from dagsters.control.retry_analysis import (
     apply_decision,
     build_analysis_request,
@@ -46,9 +47,8 @@ RETRY_SCRIPT = "dataloader_retry_pipe.py"
 
 
 class AttemptConfig(dg.Config):
-    """Which attempt the run works on. The sensors fill all three; a person may give only
-    control_key (or nothing: the partition key is the control_key). The control row is
-    authoritative for everything else: the asset reads it."""
+    """Which failed attempt a retry analysis run works on; failed_monitor fills all three. The
+    load asset's config is ``LoadConfig`` (dagsters/assets/launch_config.py)."""
 
     config_id: int | None = None
     control_key: str | None = None
@@ -83,7 +83,7 @@ def _control_key(context: dg.AssetExecutionContext, configured: str | None) -> s
 def _begin_attempt(
     context: dg.AssetExecutionContext,
     client: LakebaseClient,
-    config: AttemptConfig,
+    config: LoadConfig,
     control_key: str,
     settings: Settings,
 ) -> tuple[int, int, str]:
@@ -368,7 +368,7 @@ class _Attempt:
 
 
 def _load(
-    attempt: _Attempt, pipes_databricks: PipesDatabricksResource
+    attempt: _Attempt, pipes_databricks: PipesDatabricksResource, config: LoadConfig, trigger: str
 ) -> tuple[dict[str, Any], str | None]:
     """Run the load of the attempt's row and record it. Once claimed, the row is found by its
     config_id: a control_key renamed while Queued still loads the row that was claimed."""
@@ -378,7 +378,14 @@ def _load(
             f"{attempt.control_key}: the table_control row (config_id {attempt.config_id}) was "
             "deleted before the load started; nothing was loaded"
         )
+    if trigger == "ui":
+        tag_ui_run(attempt.context, row, attempt.metadata_id)
     params = load_params({**row, "metadata_id": attempt.metadata_id}, attempt.source(row))
+    if config.force_full_reload:
+        # A person's one-off full reload takes the path of the row's own flag (the script
+        # overwrites the destination); the row's flag itself is left as it is.
+        params["force_full_reload"] = True
+        attempt.context.log.info(f"{attempt.control_key}: full reload forced by the run config")
     # What the destination's last commit is compared with (databricks_scripts/loader_commits).
     params[RECORDED_METADATA_ID_PARAM] = attempt.client.last_recorded_attempt(attempt.config_id)
     return attempt.record(attempt.run(pipes_databricks, params))
@@ -397,11 +404,11 @@ def build_load_asset(settings: Settings) -> dg.AssetsDefinition:
     )
     def dataloader_table_load(
         context: dg.AssetExecutionContext,
-        config: AttemptConfig,
+        config: LoadConfig,
         lakebase: LakebaseResource,
         pipes_databricks: PipesDatabricksResource,
     ) -> Iterator[dg.MaterializeResult]:
-        control_key = _control_key(context, config.control_key)
+        control_key = launched_control_key(context, config.control_key)
         _tag_environment(context, settings)
         client = lakebase.get_client()
         attempt = _Attempt(context, client, settings, control_key)
@@ -409,7 +416,7 @@ def build_load_asset(settings: Settings) -> dg.AssetsDefinition:
             context, client, config, control_key, settings
         )
         try:
-            reported, run_link = _load(attempt, pipes_databricks)
+            reported, run_link = _load(attempt, pipes_databricks, config, trigger)
         except dg.DagsterExecutionInterruptedError:
             # Recorded where it is caught while the script runs (_Attempt.run); a terminate that
             # lands elsewhere (the write-back) is recorded here. Guarded: never twice.

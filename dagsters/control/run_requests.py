@@ -130,6 +130,20 @@ def load_run_tags(row: Mapping[str, Any], *, triggered_by: str = "sensor") -> di
     }
 
 
+def launch_tags(row: Mapping[str, Any]) -> dict[str, str]:
+    """The table's tags on any launch of its partition (the job's partitioned config): the
+    source system tag puts a person's run under the same per-source limit as the sensor's.
+
+    Dagster lays these over a sensor request's own tags, so they are exactly the values
+    ``load_run_tags`` gives for the same row, and nothing about the attempt or its trigger
+    (a person's run gets those when it starts and has made its attempt)."""
+    return {
+        TAG_CONTROL_KEY: str(row["control_key"]),
+        TAG_SOURCE_SYSTEM: source_system(row),
+        TAG_DESTINATION: destination(row),
+    }
+
+
 def environment_tags(environment: str | None) -> dict[str, str]:
     """The spec's DAGSTER_ENVIRONMENT (npd | prod) as a run tag; nothing when it is unset."""
     return {TAG_ENVIRONMENT: environment} if environment else {}
