@@ -29,6 +29,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from databricks_scripts.contract import full_load_reason
 from databricks_scripts.loader_commits import (
     StaleAttempt,
     UnrecordedCommit,
@@ -87,15 +88,26 @@ class LoadResult:
     notes: list[str] = field(default_factory=list)
     # Set when nothing was loaded because an earlier attempt's commit had not been recorded.
     reconciled: UnrecordedCommit | None = None
+    # The destination's row count at the version the write started from (0: it did not exist;
+    # None: unknown), and why the load ran full (None: it did not).
+    destination_rows_before: int | None = None
+    full_reason: str | None = None
+
+
+def full_reason(spec, destination_exists: bool) -> str | None:
+    """Why this load runs full (``contract.FULL_REASONS``), or None."""
+    return full_load_reason(
+        force_full_reload=spec.force_full_reload,
+        destination_exists=destination_exists,
+        load_strategy=spec.load_strategy,
+        incremental_column=spec.incremental_column,
+        incremental_value=spec.incremental_value,
+    )
 
 
 def choose_strategy(spec, destination_exists: bool) -> str:
     """The strategy actually applied: full when forced, first load, or no watermark yet."""
-    if spec.force_full_reload or not destination_exists or spec.load_strategy == "full":
-        return "full"
-    if spec.incremental_column and spec.incremental_value is None:
-        return "full"
-    return spec.load_strategy
+    return "full" if full_reason(spec, destination_exists) else spec.load_strategy
 
 
 def _delta_table(path: Path):
@@ -478,6 +490,7 @@ def run_arrow_load(
         )
         destination.parent.mkdir(parents=True, exist_ok=True)
     before = data_files(destination)
+    rows_before = _row_count(load.table) if load.table is not None else 0
     if stop is not None:
         stop.on_stop(
             cleanup=lambda: remove_uncommitted(destination, before),
@@ -503,6 +516,8 @@ def run_arrow_load(
         schema=schema,
         row_count=_row_count(final) if final is not None else 0,
         committed=committed,
+        destination_rows_before=rows_before,
+        full_reason=full_reason(spec, load.table is not None),
     )
 
 

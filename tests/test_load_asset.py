@@ -99,7 +99,7 @@ def test_claimed_incremental_load_succeeds_then_picks_up_only_new_rows(
     [materialization] = materializations(result)
     assert materialization.partition == "pg.orders"
     assert materialization.metadata["dagster/row_count"].value == 25
-    assert materialization.metadata["metadata_id"].value == claimed["metadata_id"]
+    assert materialization.metadata["metadata_id"].value == str(claimed["metadata_id"])
     assert "dagster/column_schema" in materialization.metadata
 
     source.execute("INSERT INTO public.orders VALUES (26, 1, '2024-03-01'), (27, 2, '2024-03-02')")

@@ -206,7 +206,9 @@ def test_a_stale_attempt_still_running_commits_nothing(
     else:
         [materialization] = result.asset_materializations_for_node(LOAD_ASSET)
         assert materialization.metadata["rows_written"].value == 0
-        assert materialization.metadata["reconciled_metadata_id"].value == current["metadata_id"]
+        assert materialization.metadata["reconciled_metadata_id"].value == str(
+            current["metadata_id"]
+        )
     table = DeltaTable(str(lake_root / "lake" / "raw" / "gated_orders")).to_pyarrow_table()
     assert table.num_rows == 30 == len(set(table.column("order_id").to_pylist()))
     row = control_row(db, "pg.gated")
