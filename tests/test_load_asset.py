@@ -72,7 +72,12 @@ def claim_and_materialize(control_db, lake_root, instance, key):
 
 
 def materializations(result: dg.ExecuteInProcessResult) -> list:
-    return result.asset_materializations_for_node(LOAD_ASSET)
+    """The load asset's own materializations (not its destination table's, logged alongside)."""
+    return [
+        m
+        for m in result.asset_materializations_for_node(LOAD_ASSET)
+        if m.asset_key == dg.AssetKey(LOAD_ASSET)
+    ]
 
 
 def test_claimed_incremental_load_succeeds_then_picks_up_only_new_rows(
