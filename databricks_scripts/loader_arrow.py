@@ -479,7 +479,9 @@ def run_arrow_load(
                 return _reconciled(load, unrecorded, log)
     with _step("read source"):
         _, raw_batches = source.batches(load.lower)
-        progress = Progress(log, f"{spec.source_label}", progress_interval)
+        progress = Progress(
+            log, f"{spec.source_label}", progress_interval, _estimate(source, load.applied)
+        )
         tracker = Tracker(
             raw_batches,
             load.write_schema,
@@ -519,6 +521,17 @@ def run_arrow_load(
         destination_rows_before=rows_before,
         full_reason=full_reason(spec, load.table is not None),
     )
+
+
+def _estimate(source, applied: str) -> int | None:
+    """The source's row estimate for a full load's progress figure (an incremental load reads a
+    part of the table: no total to show). A failed estimate only costs the figure."""
+    if applied != "full":
+        return None
+    try:
+        return source.estimated_rows()
+    except Exception:  # noqa: BLE001 - statistics are a nicety; the load goes on without them
+        return None
 
 
 def _destination_watermark(load: _Load) -> str | None:

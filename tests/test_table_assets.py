@@ -102,3 +102,28 @@ def test_retry_analysis_metadata_shows_the_original_error_and_links_the_failed_r
     assert meta["metadata_id"] == dg.MetadataValue.text("41")
     by_id = analysis_metadata({**row, "last_dagster_run": "abc"}, lambda r: f"http://ui/runs/{r}")
     assert by_id["failed_run"] == dg.MetadataValue.url("http://ui/runs/abc")
+
+
+def test_progress_shows_rows_so_far_of_the_sources_own_estimate(source_db, source, db):
+    """A full load's progress lines say how far it is, from PostgreSQL's catalog estimate."""
+
+    from dagsters.control.run_requests import load_params
+    from databricks_scripts.loader_params import parse_load_spec
+    from databricks_scripts.loader_sources import open_source
+    from databricks_scripts.loader_stream import Progress
+
+    config_id = add_control_row(db, source_db, "pg.orders", "orders")
+    row = db.execute("SELECT * FROM table_control WHERE config_id = %s", (config_id,)).fetchone()
+    spec = parse_load_spec(load_params({**row, "metadata_id": 1}))
+    source.execute("ANALYZE public.orders")
+    reader = open_source(spec, None, batch_bytes=1 << 20, batch_rows=1000)
+    try:
+        assert reader.estimated_rows() == 25
+    finally:
+        reader.close()
+    lines: list[str] = []
+    progress = Progress(lines.append, "public.orders", 0, estimated_total=25)
+    progress.add(10)
+    assert lines == ["public.orders: 10 rows read so far (of ~25 estimated, 40%)"]
+    Progress(lines.append, "t", 0).add(3)
+    assert lines[-1] == "t: 3 rows read so far"
