@@ -478,10 +478,10 @@ def run_arrow_load(
             if unrecorded is not None:
                 return _reconciled(load, unrecorded, log)
     with _step("read source"):
+        # Asked before the read starts: the connection then streams the rows (COPY) alone.
+        estimate = _estimate(source, load.applied)
         _, raw_batches = source.batches(load.lower)
-        progress = Progress(
-            log, f"{spec.source_label}", progress_interval, _estimate(source, load.applied)
-        )
+        progress = Progress(log, f"{spec.source_label}", progress_interval, estimate)
         tracker = Tracker(
             raw_batches,
             load.write_schema,
