@@ -143,3 +143,29 @@ def test_declared_table_specs_carry_kinds_freshness_and_the_row_count_check(
     add_control_row(db, source_db, "pg.more", "more")
     assert table_asset_definitions(capped, lakebase_for(control_db)) == ([], [])
     assert table_asset_definitions(load_settings({}), lakebase_for(control_db)) == ([], [])
+
+
+def test_executing_a_declared_check_re_evaluates_the_tables_latest_load():
+    """The UI's "Execute" on a table's row-count check reads its latest materialization."""
+    from dagsters.assets.table_specs import row_count_checks
+
+    key = dg.AssetKey(["lake", "raw", "orders"])
+    checks = row_count_checks([dg.AssetSpec(key)])
+    instance = dg.DagsterInstance.ephemeral()
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(asset_key=key, metadata=_full(3, 3, 2))
+    )
+
+    result = dg.materialize(
+        [checks], instance=instance, selection=dg.AssetSelection.all_asset_checks()
+    )
+
+    [evaluation] = [
+        e.event_specific_data
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    ]
+    assert (evaluation.asset_key, evaluation.passed) == (key, False)
+    assert (
+        "source snapshot 3 rows" in evaluation.description and "holds 2" in evaluation.description
+    )

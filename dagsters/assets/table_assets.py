@@ -142,8 +142,26 @@ def report_destination_table(
 ) -> None:
     """Record the destination table's materialization and its row-count check for this load.
 
-    Called after the control row was written: neither can hold up or undo the status.
+    Called after the control row was written: neither can hold up or undo the status, and a
+    failure to report them is a warning in the run's log, not a failed load.
     """
+    try:
+        _report(context, row, metadata, control_key=control_key, metadata_id=metadata_id)
+    except Exception as exc:  # noqa: BLE001 - the load succeeded and is recorded; say what is missing
+        context.log.warning(
+            f"{control_key}: the destination table's materialization or check was not recorded: "
+            f"{type(exc).__name__}: {exc}"
+        )
+
+
+def _report(
+    context: dg.AssetExecutionContext,
+    row: Mapping[str, Any],
+    metadata: Mapping[str, Any],
+    *,
+    control_key: str,
+    metadata_id: int,
+) -> None:
     key = destination_asset_key(row)
     table_meta = {
         **metadata,

@@ -95,7 +95,7 @@ def _unique(specs: Iterable[dg.AssetSpec]) -> list[dg.AssetSpec]:
     return list(seen.values())
 
 
-def _row_count_checks(specs: Sequence[dg.AssetSpec]) -> dg.AssetChecksDefinition:
+def row_count_checks(specs: Sequence[dg.AssetSpec]) -> dg.AssetChecksDefinition:
     """The row-count check of every declared table. Loads report its evaluations; executing it
     from the UI re-evaluates the counts of the table's latest materialization."""
 
@@ -131,4 +131,4 @@ def table_asset_definitions(
     specs = _unique(
         table_spec(row, settings.execution) for row in _declared_rows(settings, lakebase)
     )
-    return specs, ([_row_count_checks(specs)] if specs else [])
+    return specs, ([row_count_checks(specs)] if specs else [])
