@@ -53,7 +53,8 @@ def test_a_load_materializes_the_table_key_with_its_source_checks_and_strategy(
     assert checked.passed and checked.metadata["source_rows"].value == 25
 
     [attempt] = history(db, "pg.orders")
-    assert (attempt["applied_strategy"], attempt["full_load_reason"]) == ("full", "first load")
+    assert (attempt["load_strategy"], attempt["requested_load_strategy"]) == ("full", "incremental")
+    assert attempt["full_load_reason"] == "first load"
     assert attempt["message"] == "Loaded 25 rows (full load: first load)"
 
     source.execute("INSERT INTO public.orders VALUES (26, 1, '2024-03-01'), (27, 2, '2024-03-02')")
@@ -62,14 +63,9 @@ def test_a_load_materializes_the_table_key_with_its_source_checks_and_strategy(
 
     assert result.success
     second = db.execute(
-        "SELECT applied_strategy, full_load_reason, message FROM v_load_history"
-        " ORDER BY metadata_id DESC LIMIT 1"
+        "SELECT load_strategy, message FROM v_load_history ORDER BY metadata_id DESC LIMIT 1"
     ).fetchone()
-    assert second == {
-        "applied_strategy": "incremental",
-        "full_load_reason": None,
-        "message": "Loaded 2 rows (incremental load)",
-    }
+    assert second == {"load_strategy": "incremental", "message": "Loaded 2 rows (incremental load)"}
     checked = _latest_check(instance, ROW_COUNT_CHECK)
     assert checked.passed
     assert (checked.metadata["destination_change"].value, checked.metadata["rows_read"].value) == (

@@ -150,8 +150,9 @@ class LifecycleSql(ControlDatabase):
         ``schema_changed``: the load changed the destination's columns, so the staging model
         generated earlier is out of date; staging_model_processed goes back to false and the
         landing-table job regenerates the files it wrote (a person's own files stay untouched).
-        ``applied_strategy``/``full_load_reason``: what the loader did and why it ran full, kept
-        on the history row (``v_load_history``) and said in its message.
+        ``applied_strategy``/``full_load_reason``: what the loader did and why it ran full; the
+        history row's ``load_strategy`` becomes the applied one (the queued one moves to
+        ``requested_load_strategy``, sql/010) and its message says both.
         """
         if message is None:
             message = f"Loaded {rows_written if rows_written is not None else '?'} rows"
@@ -269,7 +270,10 @@ _SUCCESS_HISTORY = (
     "UPDATE historical_metadata SET status = %(status)s, ended_at = now(),"
     " rows_read = %(rows_read)s, rows_written = %(rows_written)s,"
     " watermark_after = coalesce(%(watermark)s, watermark_before),"
-    " message = %(history_message)s, applied_strategy = %(applied)s,"
+    " message = %(history_message)s,"
+    # Old values on the right: what the row asked for moves to requested_load_strategy.
+    " requested_load_strategy = load_strategy,"
+    " load_strategy = coalesce(%(applied)s, load_strategy),"
     " full_load_reason = %(full_reason)s,"
     " databricks_run_url = coalesce(%(databricks)s, databricks_run_url)"
     " WHERE metadata_id = %(metadata_id)s"
