@@ -17,6 +17,7 @@ import dagster as dg
 from dagsters.alerts import ALERT_ON_FAILURE_TAGS
 from dagsters.assets.dataloader_pipes_asset import build_load_asset, build_retry_asset
 from dagsters.assets.launch_config import load_job_config
+from dagsters.assets.table_specs import table_asset_definitions
 from dagsters.control.run_requests import environment_tags
 from dagsters.deployment import require_deployment_ready
 from dagsters.jobs.history_retention_job import (
@@ -70,8 +71,10 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         tags={**environment_tags(settings.environment), **ALERT_ON_FAILURE_TAGS},
     )
     retention_job = build_history_retention_job(settings)
+    table_specs, table_checks = table_asset_definitions(settings, resources["lakebase"])
     return dg.Definitions(
-        assets=[load_asset, retry_asset],
+        assets=[load_asset, retry_asset, *table_specs],
+        asset_checks=table_checks,
         jobs=[load_job, retry_job, landing_table_git_job, retention_job, release_review_job],
         schedules=[build_history_retention_schedule(settings, retention_job)],
         sensors=[

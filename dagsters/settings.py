@@ -149,6 +149,9 @@ class Settings:
     alert_slack_webhook_url: str | None = field(default=None, repr=False)
     alert_teams_webhook_url: str | None = field(default=None, repr=False)
     alert_after_failures: int = 2  # tell someone when a table has failed this many times in a row
+    # How many active table_control rows are declared as assets of their own (0: none; the
+    # loads still record every table's materializations). docs/assets.md, "How this scales".
+    table_assets_max: int = 0
     # Secret values this process holds (Lakebase password, AI key, DATALOADER_SECRET__*), masked
     # wherever text leaves: logs, history rows, exceptions. Kept out of repr.
     secrets: tuple[str, ...] = field(default=(), repr=False)
@@ -201,6 +204,14 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     if value <= 0:
         raise SettingsError(f"{name} must be greater than 0, got {value}")
     return value
+
+
+def _whole_number(env: Mapping[str, str], name: str, default: int) -> int:
+    """A whole number, 0 or more."""
+    raw = _text(env, name)
+    if raw is None:
+        return default
+    return 0 if raw == "0" else _positive_int(env, name, default)
 
 
 def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -375,6 +386,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             ),
         ),
         paths=_paths(env),
+        table_assets_max=_whole_number(env, "DATALOADER_TABLE_ASSETS_MAX", 0),
         lakebase=_lakebase(env),
         databricks=_databricks(env),
         dagster_base_url=dagster_base_url(env),

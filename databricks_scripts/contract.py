@@ -133,6 +133,47 @@ class LoadMetadata:
     # destination version it committed. WATERMARK_AFTER is then the destination's watermark.
     RECONCILED_METADATA_ID = "reconciled_metadata_id"
     RECONCILED_VERSION = "reconciled_destination_version"
+    # Row-count reconciliation (the asset's row_count check, docs/assets.md). SOURCE_ROWS: the
+    # rows a full load's one source statement returned (one snapshot), counted by the reader, not
+    # the writer; DESTINATION_ROWS_BEFORE: the destination's row count at the version the write
+    # started from (0 when it did not exist). ROW_COUNT is the count after the write.
+    SOURCE_ROWS = "source_rows"
+    DESTINATION_ROWS_BEFORE = "destination_rows_before"
+    # Why a load ran full (None for an incremental or merge load): one of FULL_REASONS.
+    FULL_REASON = "full_load_reason"
+
+
+FULL_REASON_FIRST_LOAD = "first load"
+FULL_REASON_FORCED = "forced"
+FULL_REASON_STRATEGY = "strategy"
+FULL_REASON_NO_WATERMARK = "no watermark yet"
+FULL_REASONS: tuple[str, ...] = (
+    FULL_REASON_FIRST_LOAD,
+    FULL_REASON_FORCED,
+    FULL_REASON_STRATEGY,
+    FULL_REASON_NO_WATERMARK,
+)
+
+
+def full_load_reason(
+    *,
+    force_full_reload: bool,
+    destination_exists: bool,
+    load_strategy: str,
+    incremental_column: str | None,
+    incremental_value: str | None,
+) -> str | None:
+    """Why a load runs full, or None when it does not (the same rules as the engines' choice of
+    strategy). A missing destination is a first load even when the row also forces a reload."""
+    if not destination_exists:
+        return FULL_REASON_FIRST_LOAD
+    if force_full_reload:
+        return FULL_REASON_FORCED
+    if load_strategy == "full":
+        return FULL_REASON_STRATEGY
+    if incremental_column and incremental_value is None:
+        return FULL_REASON_NO_WATERMARK
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -212,6 +212,7 @@ def run_load(
     }
     if result.row_count is not None:
         metadata[LoadMetadata.ROW_COUNT] = result.row_count
+    metadata.update(_reconciliation_counts(result))
     reconciled = getattr(result, "reconciled", None)
     if reconciled is not None:
         metadata[LoadMetadata.RECONCILED_METADATA_ID] = reconciled.metadata_id
@@ -221,6 +222,23 @@ def run_load(
         f"{result.rows_written:,} rows in {duration}s; watermark {result.watermark_after!r}"
     )
     context.report_asset_materialization(metadata=metadata)
+
+
+def _reconciliation_counts(result) -> dict:
+    """The counts the asset's row-count check compares (absent when unknown or nothing loaded)."""
+    counts: dict = {}
+    if getattr(result, "reconciled", None) is not None:
+        return counts  # nothing was read: the earlier attempt's commit is being recorded
+    before = getattr(result, "destination_rows_before", None)
+    if before is not None:
+        counts[LoadMetadata.DESTINATION_ROWS_BEFORE] = before
+    reason = getattr(result, "full_reason", None)
+    if reason is not None:
+        counts[LoadMetadata.FULL_REASON] = reason
+    if result.applied_strategy == "full":
+        # One statement, one snapshot: what the reader counted is the source's row count then.
+        counts[LoadMetadata.SOURCE_ROWS] = result.rows_read
+    return counts
 
 
 def main() -> int:

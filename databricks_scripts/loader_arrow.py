@@ -29,6 +29,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from databricks_scripts.contract import full_load_reason
 from databricks_scripts.loader_commits import (
     StaleAttempt,
     UnrecordedCommit,
@@ -88,6 +89,26 @@ class LoadResult:
     notes: list[str] = field(default_factory=list)
     # Set when nothing was loaded because an earlier attempt's commit had not been recorded.
     reconciled: UnrecordedCommit | None = None
+    # The destination's row count at the version the write started from (0: it did not exist;
+    # None: unknown), and why the load ran full (None: it did not).
+    destination_rows_before: int | None = None
+    full_reason: str | None = None
+
+
+def full_reason(spec, destination_exists: bool) -> str | None:
+    """Why this load runs full (``contract.FULL_REASONS``), or None.
+
+    None too for a table that keeps history (scd2, soft deletes): it is never overwritten.
+    """
+    if history_strategy(spec, destination_exists) is not None:
+        return None
+    return full_load_reason(
+        force_full_reload=spec.force_full_reload,
+        destination_exists=destination_exists,
+        load_strategy=spec.load_strategy,
+        incremental_column=spec.incremental_column,
+        incremental_value=spec.incremental_value,
+    )
 
 
 def choose_strategy(spec, destination_exists: bool) -> str:
@@ -95,11 +116,7 @@ def choose_strategy(spec, destination_exists: bool) -> str:
     kept = history_strategy(spec, destination_exists)  # scd2 / soft deletes never overwrite
     if kept is not None:
         return kept
-    if spec.force_full_reload or not destination_exists or spec.load_strategy == "full":
-        return "full"
-    if spec.incremental_column and spec.incremental_value is None:
-        return "full"
-    return spec.load_strategy
+    return "full" if full_reason(spec, destination_exists) else spec.load_strategy
 
 
 def _delta_table(path: Path):
@@ -475,8 +492,10 @@ def run_arrow_load(
             if unrecorded is not None:
                 return _reconciled(load, unrecorded, log)
     with _step("read source"):
+        # Asked before the read starts: the connection then streams the rows (COPY) alone.
+        estimate = _estimate(source, load.applied)
         _, raw_batches = source.batches(load.lower)
-        progress = Progress(log, f"{spec.source_label}", progress_interval)
+        progress = Progress(log, f"{spec.source_label}", progress_interval, estimate)
         tracker = Tracker(
             raw_batches,
             load.write_schema,
@@ -487,6 +506,7 @@ def run_arrow_load(
         )
         destination.parent.mkdir(parents=True, exist_ok=True)
     before = data_files(destination)
+    rows_before = _row_count(load.table) if load.table is not None else 0
     if stop is not None:
         stop.on_stop(
             cleanup=lambda: remove_uncommitted(destination, before),
@@ -512,7 +532,20 @@ def run_arrow_load(
         schema=schema,
         row_count=_row_count(final) if final is not None else 0,
         committed=committed,
+        destination_rows_before=rows_before,
+        full_reason=full_reason(spec, load.table is not None),
     )
+
+
+def _estimate(source, applied: str) -> int | None:
+    """The source's row estimate for a full load's progress figure (an incremental load reads a
+    part of the table: no total to show). A failed estimate only costs the figure."""
+    if applied != "full":
+        return None
+    try:
+        return source.estimated_rows()
+    except Exception:  # noqa: BLE001 - statistics are a nicety; the load goes on without them
+        return None
 
 
 def _destination_watermark(load: _Load) -> str | None:

@@ -86,6 +86,11 @@ class SourceReader:
     def schema(self) -> pa.Schema:
         raise NotImplementedError
 
+    def estimated_rows(self) -> int | None:
+        """The database's own row estimate of the table (catalog statistics), or None. Only a
+        progress figure: never a count anything is checked against."""
+        return None
+
     def batches(self, lower_bound: object | None) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         raise NotImplementedError
 
@@ -176,6 +181,20 @@ class PostgresReader(SourceReader):
                 reader.close()
                 stmt.close()
         return self._schema
+
+    def estimated_rows(self) -> int | None:
+        """``pg_class.reltuples`` (-1 before the table was first analysed: None)."""
+        stmt, reader = self._execute(
+            "SELECT c.reltuples::pg_catalog.int8 AS n FROM pg_catalog.pg_class c"
+            " WHERE c.oid = pg_catalog.to_regclass($1)",
+            (self.table_sql,),
+        )
+        try:
+            rows = reader.read_all().column("n").to_pylist()
+        finally:
+            reader.close()
+            stmt.close()
+        return rows[0] if rows and rows[0] is not None and rows[0] >= 0 else None
 
     def read_query(self, *, incremental: bool) -> tuple[str, dict[str, tuple[int, int]]]:
         """The streaming SELECT, and the NUMERIC columns it reads as scaled int8 (name -> p, s).

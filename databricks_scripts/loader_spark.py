@@ -16,7 +16,12 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from databricks_scripts.loader_arrow import LoadResult, LoadStepError, choose_strategy
+from databricks_scripts.loader_arrow import (
+    LoadResult,
+    LoadStepError,
+    choose_strategy,
+    full_reason,
+)
 from databricks_scripts.loader_commits import StaleAttempt
 from databricks_scripts.loader_interrupt import StopRequested
 from databricks_scripts.loader_spark_commits import (
@@ -403,12 +408,8 @@ def _load(spark: Any, spec: Any, password: str | None, target: str, log, where: 
     watermark = lower = None
     cursor = spec.incremental_column
     # A forced reload of an scd2 / soft-delete table (never overwritten) reads everything.
-    if (
-        applied != "full"
-        and cursor
-        and spec.incremental_value is not None
-        and not (spec.force_full_reload)
-    ):
+    reads_all = applied == "full" or spec.force_full_reload or spec.incremental_value is None
+    if cursor and not reads_all:
         where[0] = "decode watermark"
         cursor_type = {n.lower(): t for n, t in target_fields}.get(cursor.lower(), "string")
         watermark = decode_watermark(spec.incremental_value, _arrow_type_for(cursor_type))
@@ -465,13 +466,25 @@ def _load(spark: Any, spec: Any, password: str | None, target: str, log, where: 
     # The version before the write: on Databricks auto compaction / predictive optimization (or
     # another writer) may commit after ours, so "the newest commit" is not necessarily ours.
     version_before = table_version(spark, target) if exists else None
+    rows_before = _count(spark, target, version_before) if exists else 0
     log(f"running: {statement}")
     with commit_named(spark, spec, applied):
         result = spark.sql(statement, args=dict(args)) if args else spark.sql(statement)
 
     where[0] = "read commit metrics"
     read, written = write_counts(spark, target, statement, result.collect(), version_before)
-    return _result(spark, spec, target, applied, watermark, read, written)
+    loaded = _result(spark, spec, target, applied, watermark, read, written)
+    loaded.destination_rows_before = rows_before
+    loaded.full_reason = full_reason(spec, exists)
+    return loaded
+
+
+def _count(spark: Any, target: str, version: int | None) -> int | None:
+    """The row count of ``target`` at ``version`` (Delta answers it from the log's statistics)."""
+    if version is None:
+        return None
+    n = spark.sql(f"SELECT count(*) AS n FROM {target} VERSION AS OF {int(version)}").collect()
+    return int(n[0]["n"])
 
 
 def _result(spark, spec, target, applied, watermark, read, written, reconciled=None) -> Any:

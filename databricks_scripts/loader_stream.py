@@ -22,21 +22,36 @@ from databricks_scripts.watermark import (
 
 
 class Progress:
-    """Logs 'rows so far' at most every ``interval`` seconds (0: after every batch)."""
+    """Logs 'rows so far' at most every ``interval`` seconds (0: after every batch), and of the
+    source's estimated total when it gave one (``of ~N estimated, P%``)."""
 
-    def __init__(self, log: Callable[[str], None], label: str, interval: float):
+    def __init__(
+        self,
+        log: Callable[[str], None],
+        label: str,
+        interval: float,
+        estimated_total: int | None = None,
+    ):
         self._log = log
         self._label = label
         self._interval = interval
         self._last = time.monotonic()
         self.rows = 0
+        self.estimated_total = estimated_total
 
     def add(self, n: int) -> None:
         self.rows += n
         now = time.monotonic()
         if now - self._last >= self._interval:
             self._last = now
-            self._log(f"{self._label}: {self.rows:,} rows read so far")
+            self._log(f"{self._label}: {self.figure()}")
+
+    def figure(self) -> str:
+        text = f"{self.rows:,} rows read so far"
+        total = self.estimated_total
+        if total:
+            text += f" (of ~{total:,} estimated, {min(100 * self.rows // total, 100)}%)"
+        return text
 
 
 class Tracker:

@@ -28,6 +28,7 @@ from databricks_standin import (  # noqa: F401
 )
 from deltalake import DeltaTable
 from helpers import add_control_row, control_row, history, lakebase_for
+from test_load_asset import materializations
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
 from dagsters.control.run_requests import LOAD_ASSET, load_run_config
@@ -121,7 +122,7 @@ def test_full_then_incremental_load_on_databricks(
     assert attempt["databricks_run_url"] == standin.run_page_url(run)
     assert attempt["dagster_run_id"] == result.run_id
     assert destination_rows(lake_root) == 25
-    [mat] = result.asset_materializations_for_node(LOAD_ASSET)
+    [mat] = materializations(result)
     assert mat.metadata["dagster/row_count"].value == 25
     assert mat.metadata["databricks_run"].value == standin.run_page_url(run)
     assert "dagster/column_schema" in mat.metadata

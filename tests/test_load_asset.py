@@ -74,7 +74,12 @@ def claim_and_materialize(control_db, lake_root, instance, key):
 
 
 def materializations(result: dg.ExecuteInProcessResult) -> list:
-    return result.asset_materializations_for_node(LOAD_ASSET)
+    """The load asset's own materializations (not its destination table's, logged alongside)."""
+    return [
+        m
+        for m in result.asset_materializations_for_node(LOAD_ASSET)
+        if m.asset_key == dg.AssetKey(LOAD_ASSET)
+    ]
 
 
 def test_claimed_incremental_load_succeeds_then_picks_up_only_new_rows(
@@ -101,7 +106,7 @@ def test_claimed_incremental_load_succeeds_then_picks_up_only_new_rows(
     [materialization] = materializations(result)
     assert materialization.partition == "pg.orders"
     assert materialization.metadata["dagster/row_count"].value == 25
-    assert materialization.metadata["metadata_id"].value == claimed["metadata_id"]
+    assert materialization.metadata["metadata_id"].value == str(claimed["metadata_id"])
     assert "dagster/column_schema" in materialization.metadata
 
     source.execute("INSERT INTO public.orders VALUES (26, 1, '2024-03-01'), (27, 2, '2024-03-02')")

@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from deltalake import DeltaTable
 from helpers import add_control_row, add_history, control_row, history, lakebase_for
+from test_load_asset import materializations
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
 from dagsters.control.run_requests import LOAD_ASSET, load_run_config
@@ -204,9 +205,11 @@ def test_a_stale_attempt_still_running_commits_nothing(
         error = result.failure_data_for_node(LOAD_ASSET).error.message
         assert f"attempt {current['metadata_id']}" in error and "committed nothing" in error
     else:
-        [materialization] = result.asset_materializations_for_node(LOAD_ASSET)
+        [materialization] = materializations(result)
         assert materialization.metadata["rows_written"].value == 0
-        assert materialization.metadata["reconciled_metadata_id"].value == current["metadata_id"]
+        assert materialization.metadata["reconciled_metadata_id"].value == str(
+            current["metadata_id"]
+        )
     table = DeltaTable(str(lake_root / "lake" / "raw" / "gated_orders")).to_pyarrow_table()
     assert table.num_rows == 30 == len(set(table.column("order_id").to_pylist()))
     row = control_row(db, "pg.gated")

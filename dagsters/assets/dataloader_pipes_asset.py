@@ -19,6 +19,13 @@ import dagster as dg
 
 from dagsters.alerts import notifier_from_settings
 from dagsters.assets.launch_config import LoadConfig, launched_control_key, tag_ui_run
+from dagsters.assets.table_assets import (
+    analysis_metadata,
+    load_asset_kinds,
+    load_metadata,
+    report_destination_table,
+    retry_asset_kinds,
+)
 from dagsters.control.retry_analysis import (
     apply_decision,
     build_analysis_request,
@@ -176,6 +183,8 @@ class _Attempt:
         self.config_id = 0
         self.metadata_id = 0
         self.databricks_url: str | None = None
+        self.row: Mapping[str, Any] = {}  # the control row as loaded, and its resolved source
+        self.resolved: ResolvedSource | None = None
 
     def link_external_run(self, url: str | None, external_run_id: str) -> None:
         self.databricks_url = url
@@ -339,6 +348,8 @@ class _Attempt:
             watermark_after=watermark,
             databricks_run_url=run_link,
             schema_changed=_schema_changed(self.context, self.control_key, reported),
+            applied_strategy=_metadata_value(reported, LoadMetadata.LOAD_STRATEGY),
+            full_load_reason=_metadata_value(reported, LoadMetadata.FULL_REASON),
         )
 
     def _say_why_not_recorded(self) -> None:
@@ -380,7 +391,8 @@ def _load(
         )
     if trigger == "ui":
         tag_ui_run(attempt.context, row, attempt.metadata_id)
-    params = load_params({**row, "metadata_id": attempt.metadata_id}, attempt.source(row))
+    attempt.row, attempt.resolved = row, attempt.source(row)
+    params = load_params({**row, "metadata_id": attempt.metadata_id}, attempt.resolved)
     if config.force_full_reload:
         # A person's one-off full reload takes the path of the row's own flag (the script
         # overwrites the destination); the row's flag itself is left as it is.
@@ -398,7 +410,7 @@ def build_load_asset(settings: Settings) -> dg.AssetsDefinition:
         name=LOAD_ASSET,
         partitions_def=control_key_partitions,
         group_name="dataloader",
-        kinds={"databricks", "python"},
+        kinds=load_asset_kinds(settings.execution),
         description="Loads one source table (the partition's control_key) into its Delta "
         "destination.",
     )
@@ -435,17 +447,14 @@ def build_load_asset(settings: Settings) -> dg.AssetsDefinition:
                 "deleted or its control_key renamed while loading), so nothing is materialized "
                 "in Dagster; the table_control row and its history say what was recorded"
             )
-        extra: dict[str, Any] = {
-            "control_key": control_key,
-            "metadata_id": attempt.metadata_id,
-            "triggered_by": trigger,
-        }
-        rows_written = _metadata_value(reported, LoadMetadata.ROWS_WRITTEN)
-        if rows_written is not None and LoadMetadata.ROW_COUNT not in reported:
-            extra[LoadMetadata.ROW_COUNT] = int(rows_written)
-        if run_link:
-            extra["databricks_run"] = dg.MetadataValue.url(run_link)
-        yield dg.MaterializeResult(metadata={**reported, **extra})
+        metadata = load_metadata(
+            reported, attempt.row, attempt.resolved, trigger=trigger, run_link=run_link
+        )
+        metadata.update(control_key=control_key, metadata_id=str(attempt.metadata_id))
+        report_destination_table(
+            context, attempt.row, metadata, control_key=control_key, metadata_id=attempt.metadata_id
+        )
+        yield dg.MaterializeResult(metadata=metadata)
 
     return dataloader_table_load
 
@@ -508,7 +517,7 @@ def build_retry_asset(settings: Settings) -> dg.AssetsDefinition:
         name=RETRY_ASSET,
         partitions_def=control_key_partitions,
         group_name="dataloader",
-        kinds={"databricks", "python"},
+        kinds=retry_asset_kinds(settings.execution),
         output_required=False,
         description="Decides whether a failed load is retried or needs a person (failed_monitor).",
     )
@@ -536,8 +545,7 @@ def build_retry_asset(settings: Settings) -> dg.AssetsDefinition:
         )
         yield dg.MaterializeResult(
             metadata={
-                "control_key": control_key,
-                "metadata_id": row["last_metadata_id"],
+                **analysis_metadata(row, settings.dagster_run_url),
                 **decision.as_dict(),
                 "applied": str(applied),
             }

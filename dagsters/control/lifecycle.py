@@ -142,12 +142,17 @@ class LifecycleSql(ControlDatabase):
         message: str | None = None,
         databricks_run_url: str | None = None,
         schema_changed: bool = False,
+        applied_strategy: str | None = None,
+        full_load_reason: str | None = None,
     ) -> bool:
         """In Progress -> Succeeded, new watermark, next schedule slot, history: one transaction.
 
         ``schema_changed``: the load changed the destination's columns, so the staging model
         generated earlier is out of date; staging_model_processed goes back to false and the
         landing-table job regenerates the files it wrote (a person's own files stay untouched).
+        ``applied_strategy``/``full_load_reason``: what the loader did and why it ran full; the
+        history row's ``load_strategy`` becomes the applied one (the queued one moves to
+        ``requested_load_strategy``, sql/010) and its message says both.
         """
         if message is None:
             message = f"Loaded {rows_written if rows_written is not None else '?'} rows"
@@ -158,6 +163,13 @@ class LifecycleSql(ControlDatabase):
             "message": self.redact(message),
             "databricks": databricks_run_url,
             "schema_changed": bool(schema_changed),
+        }
+        history = {
+            "rows_read": rows_read,
+            "rows_written": rows_written,
+            "applied": applied_strategy,
+            "full_reason": full_load_reason,
+            "note": _strategy_note(applied_strategy, full_load_reason),
         }
         with self._transaction("record_success") as conn:
             # A schedule that cannot be computed must not roll back the bookkeeping of a
@@ -189,13 +201,12 @@ class LifecycleSql(ControlDatabase):
             )
             if rows:
                 conn.execute(
-                    "UPDATE historical_metadata SET status = %(status)s, ended_at = now(),"
-                    " rows_read = %(rows_read)s, rows_written = %(rows_written)s,"
-                    " watermark_after = coalesce(%(watermark)s, watermark_before),"
-                    " message = %(message)s,"
-                    " databricks_run_url = coalesce(%(databricks)s, databricks_run_url)"
-                    " WHERE metadata_id = %(metadata_id)s",
-                    {**params, "rows_read": rows_read, "rows_written": rows_written},
+                    _SUCCESS_HISTORY,
+                    {
+                        **params,
+                        **history,
+                        "history_message": self.redact(params["message"] + history["note"]),
+                    },
                 )
                 advance_schedule(conn, rows)
         return bool(rows)
@@ -253,3 +264,24 @@ def _schedulable(conn: psycopg.Connection, config_id: int) -> bool:
         (config_id,),
     ).fetchone()
     return row is None or next_slot_or_problem(row, row["now"])[1] is None
+
+
+_SUCCESS_HISTORY = (
+    "UPDATE historical_metadata SET status = %(status)s, ended_at = now(),"
+    " rows_read = %(rows_read)s, rows_written = %(rows_written)s,"
+    " watermark_after = coalesce(%(watermark)s, watermark_before),"
+    " message = %(history_message)s,"
+    # Old values on the right: what the row asked for moves to requested_load_strategy.
+    " requested_load_strategy = load_strategy,"
+    " load_strategy = coalesce(%(applied)s, load_strategy),"
+    " full_load_reason = %(full_reason)s,"
+    " databricks_run_url = coalesce(%(databricks)s, databricks_run_url)"
+    " WHERE metadata_id = %(metadata_id)s"
+)
+
+
+def _strategy_note(applied: str | None, full_reason: str | None) -> str:
+    """`` (full load: first load)`` / `` (incremental load)`` for a history message."""
+    if not applied:
+        return ""
+    return f" ({applied} load: {full_reason})" if full_reason else f" ({applied} load)"

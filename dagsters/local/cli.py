@@ -69,6 +69,8 @@ def dev_environment(host: str, port: int, base: dict[str, str] | None = None) ->
     env["DATALOADER_HOME"] = str(home)
     env.setdefault("DATALOADER_LAKE_ROOT", str(home / "lake"))
     env.setdefault("DATALOADER_DAGSTER_BASE_URL", f"http://{host}:{port}")
+    # The demo's tables as assets of their own (checks, freshness): docs/assets.md.
+    env.setdefault("DATALOADER_TABLE_ASSETS_MAX", "1000")
     dagster_home = Path(env.get("DAGSTER_HOME") or home / "dagster_home")
     env["DAGSTER_HOME"] = str(prepare_dagster_home(dagster_home, load_settings(env)))
     return env

@@ -59,6 +59,7 @@ from dagsters.control.status import (
     SUCCEEDED,
 )
 from dagsters.control.stuck import StuckRowsSql
+from dagsters.control.table_listing import TableListingSql
 
 __all__ = [
     "ALLOWED_FROM",
@@ -91,6 +92,7 @@ class LakebaseClient(
     RetentionSql,
     ReviewReleaseSql,
     ReconcileSql,
+    TableListingSql,
 ):
     """Pooled access to ``table_control`` and ``historical_metadata`` (rows as dicts).
 

@@ -1,0 +1,185 @@
+"""Each destination table as its own asset key, reported at run time by the load that wrote it.
+
+The spec's two assets stay as they are (``dataloader__table_load``, partitioned by control_key).
+In addition every successful load records a materialization of the destination table's own key,
+``[destination_catalog, destination_schema_name, destination_table_name]``, with the same metadata
+as the load's partition (row count, column schema, table name, watermark, links) and the source it
+came from, plus the load's row-count check (``load_checks``) on that key. A dbt source mapped to
+the key (docs/assets.md) gets lineage and freshness from our loads.
+
+The keys are *reported*, not declared: no ``AssetSpec`` per table_control row is built when the
+code location loads. Declaring 100k specs would mean a control-database query on every definitions
+load, a reload for every row a person adds with SQL, and an asset graph the UI has to lay out in
+full; reported keys appear with their first load, cost one event per load, and the asset catalog
+pages through them (docs/assets.md, "How this scales").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import dagster as dg
+
+from dagsters.assets.load_checks import reconcile_row_counts, row_count_evaluation
+from dagsters.control.source_connections import ResolvedSource
+from databricks_scripts.contract import LoadMetadata
+
+# Text, never plotted: the identifiers of a load (the plots tab shows rows, duration, bytes).
+ID_KEYS = ("control_key", "metadata_id", "config_id", "triggered_by")
+SOURCE_SYSTEM = "source_system"
+SOURCE_CONNECTION = "source_connection"
+SOURCE_DATABASE = "source_database"
+SOURCE_SCHEMA = "source_schema"
+SOURCE_TABLE = "source_table"
+LOAD_ASSET_KEY = "dataloader/load_asset"
+
+
+def destination_asset_key(row: Mapping[str, Any]) -> dg.AssetKey:
+    """The destination table's own asset key: catalog, schema, table (as in table_control)."""
+    return dg.AssetKey(
+        [
+            str(row["destination_catalog"]),
+            str(row["destination_schema_name"]),
+            str(row["destination_table_name"]),
+        ]
+    )
+
+
+def load_asset_kinds(execution: str) -> set[str]:
+    """The kinds of the load asset where it runs: Databricks only with Databricks execution."""
+    if execution == "databricks":
+        return {"databricks", "spark", "delta"}
+    return {"python", "delta"}
+
+
+def retry_asset_kinds(execution: str) -> set[str]:
+    return {"databricks", "python", "openai"} if execution == "databricks" else {"python", "openai"}
+
+
+def source_metadata(row: Mapping[str, Any], source: ResolvedSource | None) -> dict[str, Any]:
+    """Where the rows came from: system, connection, database, schema, table. No host, user or
+    secret: only names a person uses to find the source."""
+    meta: dict[str, Any] = {SOURCE_SYSTEM: dg.MetadataValue.text(str(row.get("db_type") or ""))}
+    if source is not None and source.connection_name:
+        meta[SOURCE_CONNECTION] = dg.MetadataValue.text(source.connection_name)
+    for key, column in (
+        (SOURCE_DATABASE, "source_catalog"),
+        (SOURCE_SCHEMA, "source_schema_name"),
+        (SOURCE_TABLE, "source_table_name"),
+    ):
+        if row.get(column):
+            meta[key] = dg.MetadataValue.text(str(row[column]))
+    return meta
+
+
+def as_text_ids(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """``metadata`` with its identifiers as text, so no plot is drawn of them."""
+    out = dict(metadata)
+    for key in ID_KEYS + (LoadMetadata.RECONCILED_METADATA_ID, LoadMetadata.RECONCILED_VERSION):
+        value = out.get(key)
+        value = getattr(value, "value", value)
+        if value is not None and not isinstance(value, dg.MetadataValue):
+            out[key] = dg.MetadataValue.text(str(value))
+    for key in (LoadMetadata.WATERMARK_BEFORE, LoadMetadata.WATERMARK_AFTER):
+        value = out.get(key)
+        value = getattr(value, "value", value)
+        # A numeric watermark (an id cursor) would be plotted; it is a position, not a measure.
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = dg.MetadataValue.text(str(value))
+    return out
+
+
+def load_metadata(
+    reported: Mapping[str, Any],
+    row: Mapping[str, Any],
+    source: ResolvedSource | None,
+    *,
+    trigger: str,
+    run_link: str | None,
+) -> dict[str, Any]:
+    """The load's materialization metadata: what the script reported, where it came from, why it
+    ran full, the run link; identifiers as text."""
+    extra: dict[str, Any] = {"triggered_by": trigger, **source_metadata(row, source)}
+    rows_written = reported.get(LoadMetadata.ROWS_WRITTEN)
+    rows_written = getattr(rows_written, "value", rows_written)
+    if rows_written is not None and LoadMetadata.ROW_COUNT not in reported:
+        extra[LoadMetadata.ROW_COUNT] = int(rows_written)
+    if run_link:
+        extra["databricks_run"] = dg.MetadataValue.url(run_link)
+    return as_text_ids({**reported, **extra})
+
+
+def analysis_metadata(row: Mapping[str, Any], run_url: Callable[[str], str]) -> dict[str, Any]:
+    """What a retry analysis looked at: the failed attempt, its original error, its run."""
+    meta: dict[str, Any] = {
+        "control_key": dg.MetadataValue.text(str(row["control_key"])),
+        "metadata_id": dg.MetadataValue.text(str(row.get("last_metadata_id"))),
+        "original_error": dg.MetadataValue.md(_code_block(str(row.get("last_message") or ""))),
+    }
+    failed_run = str(row.get("last_dagster_run") or "")
+    if failed_run:
+        link = failed_run if "://" in failed_run else run_url(failed_run)
+        meta["failed_run"] = dg.MetadataValue.url(link)
+    if row.get("last_databricks_run"):
+        meta["failed_databricks_run"] = dg.MetadataValue.url(str(row["last_databricks_run"]))
+    return meta
+
+
+def _code_block(text: str) -> str:
+    """``text`` as a Markdown code block: an error keeps its line breaks and shows no markup."""
+    fence = "```"
+    return f"{fence}\n{text.replace(fence, '` ` `')}\n{fence}"
+
+
+def report_destination_table(
+    context: dg.AssetExecutionContext,
+    row: Mapping[str, Any],
+    metadata: Mapping[str, Any],
+    *,
+    control_key: str,
+    metadata_id: int,
+) -> None:
+    """Record the destination table's materialization and its row-count check for this load.
+
+    Called after the control row was written: neither can hold up or undo the status, and a
+    failure to report them is a warning in the run's log, not a failed load.
+    """
+    try:
+        _report(context, row, metadata, control_key=control_key, metadata_id=metadata_id)
+    except Exception as exc:  # noqa: BLE001 - the load succeeded and is recorded; say what is missing
+        context.log.warning(
+            f"{control_key}: the destination table's materialization or check was not recorded: "
+            f"{type(exc).__name__}: {exc}"
+        )
+
+
+def _report(
+    context: dg.AssetExecutionContext,
+    row: Mapping[str, Any],
+    metadata: Mapping[str, Any],
+    *,
+    control_key: str,
+    metadata_id: int,
+) -> None:
+    key = destination_asset_key(row)
+    table_meta = {
+        **metadata,
+        LOAD_ASSET_KEY: dg.MetadataValue.asset(context.asset_key),
+    }
+    context.log_event(
+        dg.AssetMaterialization(
+            asset_key=key,
+            description=f"Loaded by {context.asset_key.to_user_string()} [{control_key}]",
+            metadata=table_meta,
+        )
+    )
+    check = reconcile_row_counts(metadata)
+    if check is None:
+        context.log.info(f"{control_key}: row counts not checked (nothing loaded or not known)")
+        return
+    context.log_event(
+        row_count_evaluation(key, check, control_key=control_key, metadata_id=metadata_id)
+    )
+    if not check.passed:
+        context.log.warning(f"{control_key}: row-count check failed: {check.description}")

@@ -1,0 +1,134 @@
+"""The destination tables declared as assets when the code location loads (up to a cap).
+
+Declared, a table gets what only a definition gives in the Dagster UI: its kinds and group, a
+freshness policy derived from its own schedule (the freshness daemon shows it late when a load is
+overdue, ``control/freshness.py``), and the row-count check on its Checks tab. The loads report
+its materializations and check evaluations at run time either way (``table_assets``); a table
+that is not declared still gets them, as an external asset, with no checks tab or freshness.
+
+``DATALOADER_TABLE_ASSETS_MAX`` (default 0: declare none; ``dataloader dev`` sets 1000) bounds
+how many active rows are declared. More active rows than the cap: none is declared and the load
+log says so once. At 100k tables the declared graph would cost a control-database read on every
+code-location load, a reload before a new row's asset shows its checks, and an asset graph the
+UI and the freshness daemon walk in full (docs/assets.md, "How this scales"); the runtime-reported
+keys cost one event per load.
+"""
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import dagster as dg
+
+from dagsters.assets.load_checks import (
+    ROW_COUNT_CHECK,
+    ROW_COUNT_CHECK_DESCRIPTION,
+    reconcile_row_counts,
+)
+from dagsters.assets.table_assets import destination_asset_key
+from dagsters.control.freshness import freshness_window
+from dagsters.control.run_requests import LOAD_ASSET
+from dagsters.resources.lakebase import LakebaseResource
+from dagsters.settings import Settings
+
+TABLE_GROUP = "destination_tables"
+TABLE_CHECKS = "destination_table_checks"
+_log = logging.getLogger(__name__)
+
+
+def table_kinds(row: Mapping[str, Any], execution: str) -> set[str]:
+    """Delta, the source system, and Databricks only when the loads run there."""
+    kinds = {"delta", str(row.get("db_type") or "database")}
+    if execution == "databricks":
+        kinds.add("databricks")
+    return kinds
+
+
+def table_spec(row: Mapping[str, Any], execution: str) -> dg.AssetSpec:
+    """The declared asset of one row's destination table."""
+    source = ".".join(
+        str(row[c])
+        for c in ("source_catalog", "source_schema_name", "source_table_name")
+        if row.get(c)
+    )
+    window = freshness_window(row)
+    return dg.AssetSpec(
+        key=destination_asset_key(row),
+        group_name=TABLE_GROUP,
+        kinds=table_kinds(row, execution),
+        description=(
+            f"Delta table loaded from {row.get('db_type')} {source} by {LOAD_ASSET} "
+            f"(partition {row['control_key']}, {row.get('load_strategy')} load)."
+        ),
+        metadata={
+            "control_key": dg.MetadataValue.text(str(row["control_key"])),
+            "dagster/table_name": ".".join(destination_asset_key(row).path),
+        },
+        tags={"dataloader/source_system": str(row.get("db_type") or "")},
+        freshness_policy=dg.FreshnessPolicy.time_window(fail_window=window) if window else None,
+    )
+
+
+def _declared_rows(settings: Settings, lakebase: LakebaseResource) -> list[dict]:
+    cap = settings.table_assets_max
+    if cap <= 0:
+        return []
+    try:
+        rows = lakebase.get_client().active_tables(cap + 1)
+    except Exception as exc:  # noqa: BLE001 - the code location must load without its tables
+        _log.warning(f"Destination tables not declared as assets: control database: {exc}")
+        return []
+    if len(rows) > cap:
+        _log.warning(
+            f"More than DATALOADER_TABLE_ASSETS_MAX={cap} active tables: none is declared as an "
+            "asset; loads still record each table's materializations (docs/assets.md)"
+        )
+        return []
+    return rows
+
+
+def _unique(specs: Iterable[dg.AssetSpec]) -> list[dg.AssetSpec]:
+    """One spec per key: two rows loading into one table share its asset (the first declares)."""
+    seen: dict[dg.AssetKey, dg.AssetSpec] = {}
+    for spec in specs:
+        seen.setdefault(spec.key, spec)
+    return list(seen.values())
+
+
+def row_count_checks(specs: Sequence[dg.AssetSpec]) -> dg.AssetChecksDefinition:
+    """The row-count check of every declared table. Loads report its evaluations; executing it
+    from the UI re-evaluates the counts of the table's latest materialization."""
+
+    @dg.multi_asset_check(
+        name=TABLE_CHECKS,
+        specs=[
+            dg.AssetCheckSpec(ROW_COUNT_CHECK, asset=s.key, description=ROW_COUNT_CHECK_DESCRIPTION)
+            for s in specs
+        ],
+        can_subset=True,
+    )
+    def destination_table_checks(context: dg.AssetCheckExecutionContext):
+        for check_key in context.selected_asset_check_keys:
+            event = context.instance.get_latest_materialization_event(check_key.asset_key)
+            materialization = event.asset_materialization if event else None
+            result = reconcile_row_counts(materialization.metadata if materialization else {})
+            yield dg.AssetCheckResult(
+                asset_key=check_key.asset_key,
+                check_name=check_key.name,
+                passed=bool(result and result.passed),
+                severity=dg.AssetCheckSeverity.WARN,
+                description=result.description if result else "no load with counts to check yet",
+                metadata=dict(result.counts) if result else {},
+            )
+
+    return destination_table_checks
+
+
+def table_asset_definitions(
+    settings: Settings, lakebase: LakebaseResource
+) -> tuple[list[dg.AssetSpec], list[dg.AssetChecksDefinition]]:
+    """The declared table specs and their checks ([] and [] when none is declared)."""
+    specs = _unique(
+        table_spec(row, settings.execution) for row in _declared_rows(settings, lakebase)
+    )
+    return specs, ([row_count_checks(specs)] if specs else [])
