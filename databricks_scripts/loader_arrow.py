@@ -20,7 +20,6 @@ Rules (see docs/loader.md):
 from __future__ import annotations
 
 import collections
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,19 +31,19 @@ import pyarrow as pa
 from databricks_scripts.loader_commits import (
     StaleAttempt,
     UnrecordedCommit,
-    check_still_current,
     commit_properties,
     committed_attempt,
     unrecorded_commit,
 )
+from databricks_scripts.loader_commits import fenced as _fenced
+from databricks_scripts.loader_commits import stream_errors as _stream_errors
 from databricks_scripts.loader_interrupt import (
     StopRequested,
     StopSignal,
     data_files,
     remove_uncommitted,
 )
-from databricks_scripts.loader_keys import keys_checked, spool_checked
-from databricks_scripts.loader_sql import delta_merge_predicate
+from databricks_scripts.loader_keys import keys_checked
 from databricks_scripts.loader_stream import Counted, Progress, Tracker, peeked_reader
 from databricks_scripts.loader_types import (
     SchemaPlan,
@@ -218,8 +217,18 @@ class _Load:
     committed_at_start: int | None = None  # the row's last committing attempt when this began
     stop: StopSignal | None = None  # SIGINT/SIGTERM: checked between batches, gates the commit
     target_file_size: int | None = None  # Delta data file size (None: delta-rs's default)
+    merge_chunk_rows: int | None = None  # rows per MERGE commit (None: loader_merge's default)
     # An error raised inside a stream the writer consumes (delta-rs re-raises it as its own).
     stream_error: BaseException | None = None
+
+    @property
+    def file_size(self) -> int | None:
+        """Data file size: keyed tables default to small files, so a MERGE rewrites little."""
+        if self.target_file_size or not self.spec.merge_keys:
+            return self.target_file_size
+        from databricks_scripts.loader_merge import KEYED_FILE_BYTES
+
+        return KEYED_FILE_BYTES
 
     @property
     def cursor(self) -> str | None:
@@ -322,7 +331,11 @@ def _write_full(load: _Load, batches: Iterator[pa.RecordBatch], tracker: Tracker
             mode="overwrite",
             schema_mode="overwrite" if load.rebuild else "merge",
             commit_properties=commit_properties(load.spec, load.applied),
-            target_file_size=load.target_file_size,
+            target_file_size=load.file_size,
+            # A table created here keeps its file size for MERGE rewrites too.
+            configuration={"delta.targetFileSize": str(load.file_size)}
+            if load.table is None and load.file_size
+            else None,
         )
     return tracker.rows_read, True
 
@@ -356,71 +369,12 @@ def _write_append(load: _Load, batches: Iterator[pa.RecordBatch], tracker: Track
 
 
 def _write_merge(load: _Load, batches: Iterator[pa.RecordBatch], tracker: Tracker):
-    """The rows read are upserted on the merge keys in one Delta MERGE commit.
+    """The rows read are upserted on the merge keys (loader_merge: appends of keys that cannot
+    be in the table, MERGEs restricted to the key range that may match, chunked above
+    ``merge_chunk_rows`` rows). Every key is checked before the first commit."""
+    from databricks_scripts.loader_merge import DEFAULT_MERGE_CHUNK_ROWS, write_upsert
 
-    The source is first spooled to a local Arrow IPC file while its keys are checked, so the
-    MERGE starts only once every key is known to be set and unique: a bad key is always reported
-    by our check (naming the key), never by delta-rs midway through its MERGE. Memory holds the
-    key columns plus one batch; the MERGE then streams the spooled rows.
-    """
-    keys = tuple(load.spec.merge_keys)
-    with tempfile.TemporaryDirectory(prefix="dataloader-merge-") as spool_dir:
-        spool = Path(spool_dir) / "source.arrows"
-        if not spool_checked(batches, load.write_schema, keys, spool):
-            return 0, False
-        with pa.OSFile(str(spool), "rb") as stream, _stream_errors(load):
-            spooled = pa.ipc.open_stream(stream)
-            metrics = (
-                load.table.merge(
-                    pa.RecordBatchReader.from_batches(spooled.schema, _fenced(spooled, load)),
-                    predicate=delta_merge_predicate(keys),
-                    source_alias="s",
-                    target_alias="t",
-                    merge_schema=bool(load.plan.added_columns),
-                    streamed_exec=True,
-                    commit_properties=commit_properties(load.spec, load.applied),
-                )
-                .when_matched_update_all()
-                .when_not_matched_insert_all()
-                .execute()
-            )
-    written = int(metrics.get("num_target_rows_inserted", 0)) + int(
-        metrics.get("num_target_rows_updated", 0)
-    )
-    return written, True
-
-
-def _fenced(batches: Iterator[pa.RecordBatch], load: _Load) -> Iterator[pa.RecordBatch]:
-    """``batches``, then the fencing check: the last thing before the writer commits."""
-    try:
-        for batch in batches:
-            if load.stop is not None:
-                load.stop.check()
-            yield batch
-        # Called from inside delta-rs's writer, whose async runtime cannot be re-entered to open
-        # the table: the check runs on a thread of its own.
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(1, thread_name_prefix="fence") as pool:
-            pool.submit(
-                check_still_current, load.destination, load.spec, load.committed_at_start
-            ).result()
-        if load.stop is not None:
-            load.stop.enter_commit()
-    except BaseException as exc:
-        load.stream_error = exc
-        raise
-
-
-@contextmanager
-def _stream_errors(load: _Load) -> Iterator[None]:
-    """Re-raise the error a consumed stream raised (delta-rs reports it as its own, retyped)."""
-    try:
-        yield
-    except Exception:
-        if load.stream_error is not None:
-            raise load.stream_error from None
-        raise
+    return write_upsert(load, batches, load.merge_chunk_rows or DEFAULT_MERGE_CHUNK_ROWS)
 
 
 def _writer(load: _Load):
@@ -452,21 +406,34 @@ def run_arrow_load(
     progress_interval: float = 10.0,
     stop: StopSignal | None = None,
     target_file_size: int | None = None,
+    merge_chunk_rows: int | None = None,
+    first_load_chunks: tuple[int, int] | None = None,
 ) -> LoadResult:
     """Run one load of ``spec`` from ``source`` (a loader_sources reader) into ``destination``.
 
     Failures are raised as :class:`LoadStepError` naming the step: probe source, open
     destination, reconcile schema, decode watermark, read source, write destination.
+    ``first_load_chunks`` = (chunk rows, chunked above rows): see loader_first_load.
     """
     load = _prepare(spec, source, destination, log)
     load.stop, load.target_file_size = stop, target_file_size
+    load.merge_chunk_rows = merge_chunk_rows
     if load.applied != "full":
         with _step("reconcile with the destination"):
             unrecorded = unrecorded_commit(load.table, spec)
             if unrecorded is not None:
                 return _reconciled(load, unrecorded, log)
+    chunked = None
+    if load.applied == "full" and first_load_chunks is not None:
+        from databricks_scripts.loader_first_load import plan_first_load, source_batches
+
+        with _step("plan resumable first load"):
+            chunked = plan_first_load(load, source, first_load_chunks, log)
     with _step("read source"):
-        _, raw_batches = source.batches(load.lower)
+        if chunked is not None:
+            raw_batches = source_batches(chunked, source)
+        else:
+            _, raw_batches = source.batches(load.lower)
         progress = Progress(log, f"{spec.source_label}", progress_interval)
         tracker = Tracker(
             raw_batches,
@@ -476,6 +443,8 @@ def run_arrow_load(
             progress,
             text_cursor=_text_cursor_start(load),
         )
+        if chunked is not None:
+            tracker.max_cursor = chunked.resume_from  # resumed: the chunks already committed
         destination.parent.mkdir(parents=True, exist_ok=True)
     before = data_files(destination)
     if stop is not None:
@@ -485,7 +454,12 @@ def run_arrow_load(
         )
     try:
         with _step("write destination"):
-            rows_written, committed = _writer(load)(load, iter(tracker), tracker)
+            if chunked is not None:
+                from databricks_scripts.loader_first_load import write_first_load_chunks
+
+                rows_written, committed = write_first_load_chunks(load, iter(tracker), chunked)
+            else:
+                rows_written, committed = _writer(load)(load, iter(tracker), tracker)
     except StopRequested:
         raise StopRequested(stop.finish_stop() if stop else "stopped") from None
 

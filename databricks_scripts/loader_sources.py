@@ -79,9 +79,37 @@ class SourceReader:
         while self._streams:
             self._streams.pop().close()
 
-    def query(self, *, incremental: bool = False, limit_zero: bool = False) -> str:
-        cursor = self.spec.incremental_column if incremental else None
-        return select_source(self.dialect, self.table_sql, cursor=cursor, limit_zero=limit_zero)
+    # Readers that can stream in cursor order and estimate their size (resumable first load).
+    ordered_reads = False
+
+    def query(
+        self,
+        *,
+        incremental: bool = False,
+        limit_zero: bool = False,
+        ordered: bool = False,
+        null_cursor: bool = False,
+    ) -> str:
+        column = self.spec.incremental_column
+        return select_source(
+            self.dialect,
+            self.table_sql,
+            cursor=column if incremental else None,
+            limit_zero=limit_zero,
+            order_by=column if ordered else None,
+            null_cursor=column if null_cursor else None,
+        )
+
+    def estimated_rows(self) -> int | None:
+        """The catalog's row estimate for the table (None: not known)."""
+        return None
+
+    def ordered_batches(
+        self, lower_bound: object | None, *, null_cursor: bool = False
+    ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        """Rows with cursor > ``lower_bound`` (all non-NULL when None) in cursor order, or
+        (``null_cursor``) the rows whose cursor IS NULL."""
+        raise NotImplementedError
 
     def schema(self) -> pa.Schema:
         raise NotImplementedError
@@ -172,14 +200,36 @@ class PostgresReader(SourceReader):
                 stmt.close()
         return self._schema
 
-    def read_query(self, *, incremental: bool) -> tuple[str, dict[str, tuple[int, int]]]:
+    ordered_reads = True
+
+    def estimated_rows(self) -> int | None:
+        stmt, reader = self._execute(
+            "SELECT c.reltuples::pg_catalog.int8 FROM pg_catalog.pg_class c "
+            "WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1)",
+            (self.table_sql,),
+        )
+        try:
+            values = reader.read_all().column(0).to_pylist()
+        finally:
+            reader.close()
+            stmt.close()
+        return values[0] if values and values[0] is not None and values[0] >= 0 else None
+
+    def ordered_batches(
+        self, lower_bound: object | None, *, null_cursor: bool = False
+    ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        return self.batches(lower_bound, ordered=not null_cursor, null_cursor=null_cursor)
+
+    def read_query(
+        self, *, incremental: bool, ordered: bool = False, null_cursor: bool = False
+    ) -> tuple[str, dict[str, tuple[int, int]]]:
         """The streaming SELECT, and the NUMERIC columns it reads as scaled int8 (name -> p, s).
 
         NUMERIC(p<=18, s) columns are read as ``(col * 10^s)::int8`` (exact; the slowest part of
         an ADBC read is its NUMERIC-to-text reader); the other columns as they are. The WHERE
         clause still compares the table's own column, so the cursor keeps its type.
         """
-        text = self.query(incremental=incremental)
+        text = self.query(incremental=incremental, ordered=ordered, null_cursor=null_cursor)
         scaled = {
             f.name: ps for f in self.schema() if (ps := pg_numeric_as_scaled_int8(f)) is not None
         }
@@ -205,8 +255,12 @@ class PostgresReader(SourceReader):
             raise ValueError(f"unexpected source query shape: {text[:40]!r}")
         return f"SELECT {', '.join(columns)} FROM {text[len(prefix) :]}", scaled
 
-    def batches(self, lower_bound: object | None) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-        query, scaled = self.read_query(incremental=lower_bound is not None)
+    def batches(
+        self, lower_bound: object | None, *, ordered: bool = False, null_cursor: bool = False
+    ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        query, scaled = self.read_query(
+            incremental=lower_bound is not None, ordered=ordered, null_cursor=null_cursor
+        )
         params = None if lower_bound is None else (lower_bound,)
         stmt, reader = self._execute(query, params, batch_hint=True)
         schema = reader.schema
@@ -317,14 +371,36 @@ class MySQLReader(SourceReader):
             cur.execute(self.query(limit_zero=True))
             return self._schema_of(cur)
 
-    def batches(self, lower_bound: object | None) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    ordered_reads = True
+
+    def estimated_rows(self) -> int | None:
+        parts = source_table_parts(
+            self.spec.db_type, None, self.spec.source_schema_name, self.spec.source_table_name
+        )
+        with self._conn.cursor() as cur:
+            cur.execute(
+                "SELECT table_rows FROM information_schema.tables "
+                "WHERE table_schema = COALESCE(%s, DATABASE()) AND table_name = %s",
+                parts,
+            )
+            row = cur.fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
+    def ordered_batches(
+        self, lower_bound: object | None, *, null_cursor: bool = False
+    ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        return self.batches(lower_bound, ordered=not null_cursor, null_cursor=null_cursor)
+
+    def batches(
+        self, lower_bound: object | None, *, ordered: bool = False, null_cursor: bool = False
+    ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         import pymysql.cursors
 
         cur = self._conn.cursor(pymysql.cursors.SSCursor)  # unbuffered: rows stream
         if lower_bound is None:
-            cur.execute(self.query())
+            cur.execute(self.query(ordered=ordered, null_cursor=null_cursor))
         else:
-            cur.execute(self.query(incremental=True), (lower_bound,))
+            cur.execute(self.query(incremental=True, ordered=ordered), (lower_bound,))
         schema = self._schema_of(cur)
         return schema, self._stream_rows(cur, schema, rows_to_batch)
 
