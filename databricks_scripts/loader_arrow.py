@@ -420,17 +420,14 @@ def run_arrow_load(
     load.merge_chunk_rows = merge_chunk_rows
     if load.applied != "full":
         with _step("reconcile with the destination"):
-            unrecorded = unrecorded_commit(load.table, spec)
-            if unrecorded is not None:
-                return _reconciled(load, unrecorded, log)
-    chunked = None
-    if load.applied == "full" and first_load_chunks is not None:
-        from databricks_scripts.loader_first_load import plan_first_load, source_batches
-
-        with _step("plan resumable first load"):
-            chunked = plan_first_load(load, source, first_load_chunks, log)
+            reconciled = _reconcile(load, log)
+        if reconciled is not None:
+            return reconciled
+    chunked = _first_load_plan(load, source, first_load_chunks, log)
     with _step("read source"):
         if chunked is not None:
+            from databricks_scripts.loader_first_load import source_batches
+
             raw_batches = source_batches(chunked, source)
         else:
             _, raw_batches = source.batches(load.lower)
@@ -497,6 +494,29 @@ def _destination_watermark(load: _Load) -> str | None:
     if new_max is None or new_max == load.watermark:
         return load.spec.incremental_value
     return encode_watermark(new_max)
+
+
+def _first_load_plan(load: _Load, source, settings: tuple[int, int] | None, log):
+    """A resumable first load's plan (loader_first_load), or None for a one-commit load."""
+    if load.applied != "full" or settings is None:
+        return None
+    from databricks_scripts.loader_first_load import plan_first_load
+
+    with _step("plan resumable first load"):
+        return plan_first_load(load, source, settings, log)
+
+
+def _reconcile(load: _Load, log: Callable[[str], None]) -> LoadResult | None:
+    """The result to report when an earlier attempt's complete load was never recorded."""
+    unrecorded = unrecorded_commit(load.table, load.spec)
+    if unrecorded is not None and unrecorded.complete:
+        return _reconciled(load, unrecorded, log)
+    if unrecorded is not None:  # it died between the commits of a chunked upsert
+        log(
+            f"attempt {unrecorded.metadata_id} stopped between the commits of its upsert "
+            f"(destination version {unrecorded.version}); this load upserts the rows again"
+        )
+    return None
 
 
 def _reconciled(load: _Load, unrecorded: UnrecordedCommit, log: Callable[[str], None]):
