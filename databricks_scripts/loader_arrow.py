@@ -1,9 +1,12 @@
 """The Arrow engine: source record batches -> local Delta table with deltalake (delta-rs).
 
-Each load ends in at most ONE Delta commit, so readers see the table before or after a load, never
+A load ends in at most ONE Delta commit, so readers see the table before or after a load, never
 half of it, and a load killed before its commit leaves the table as it was (the files it wrote are
 unreferenced). The watermark is computed from the rows actually read and handed back only after
-the commit returned.
+the commit returned. Two exceptions, for big tables (docs/loader.md, "Big tables"): an upsert of
+more than DATALOADER_MERGE_CHUNK_ROWS rows commits in chunks (loader_merge; a rerun repeats it),
+and a big incremental table's first load commits in cursor-ordered chunks (loader_first_load; a
+rerun resumes it).
 
 Rules (see docs/loader.md):
 - full: every source row (NULL cursors included) replaces the table in one overwrite commit.
@@ -11,9 +14,10 @@ Rules (see docs/loader.md):
   watermark are appended. Rows inside the look-back window are appended only if an identical row is
   not already in the table's window (multiset difference, as SQL ``EXCEPT ALL``), so a late
   committed row is loaded exactly once. NULL cursors are never read incrementally.
-- incremental with merge keys, and merge: the rows read are upserted on the keys (Delta MERGE).
-  Without an incremental column, merge reads the whole source. The rows are spooled to a local
-  Arrow file first, so NULL or duplicate keys are refused before the MERGE starts.
+- incremental with merge keys, and merge: the rows read are upserted on the keys (loader_merge:
+  appends for keys no data file can hold, MERGEs restricted to the key range that may match).
+  Without an incremental column, merge reads the whole source. The rows are spooled to local
+  Arrow files first, so NULL or duplicate keys are refused before the first commit.
 - No watermark yet, no destination yet, or force_full_reload: the load runs as full.
 """
 

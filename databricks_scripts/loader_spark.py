@@ -27,6 +27,7 @@ from databricks_scripts.loader_spark_commits import (
     read_last_commit,
     unrecorded,
 )
+from databricks_scripts.loader_spark_merge import with_key_range
 from databricks_scripts.loader_sql import (
     MYSQL,
     ORACLE,
@@ -341,11 +342,17 @@ class _Schema:
 
 
 def _upsert_or_append(
-    spec: Any, target: str, view: str, columns: list[str], watermark: Any, lower: Any
+    spec: Any,
+    target: str,
+    view: str,
+    columns: list[str],
+    watermark: Any,
+    lower: Any,
+    key_range: tuple[str, str] | None = None,
 ) -> tuple[str, Mapping[str, Any]]:
     """The MERGE (with merge keys) or the incremental INSERT, and its named parameters."""
     if spec.merge_keys:
-        return spark_merge(target, view, spec.merge_keys, columns), {}
+        return spark_merge(target, view, spec.merge_keys, columns, key_range), {}
     with_lookback = lower is not None and lower != watermark
     statement = spark_append_new_rows(
         target, view, columns, spec.incremental_column, with_lookback=with_lookback
@@ -415,6 +422,9 @@ def _load(spark: Any, spec: Any, password: str | None, target: str, log, where: 
     df = read_source(spark, spec, password, lower)
     source_fields = _fields(df.schema)
     columns = [n for n, _ in source_fields]
+    key_range = None
+    if applied != "full" and spec.merge_keys:  # restrict the MERGE to the keys read
+        df, key_range = with_key_range(df, spec.merge_keys[0], log)
     view = f"dl_src_{uuid.uuid4().hex[:12]}"
     df.createOrReplaceTempView(view)
 
@@ -434,7 +444,9 @@ def _load(spark: Any, spec: Any, password: str | None, target: str, log, where: 
     elif applied == "full":
         statement, args = spark_insert_overwrite(target, view, columns), {}
     else:
-        statement, args = _upsert_or_append(spec, target, view, columns, watermark, lower)
+        statement, args = _upsert_or_append(
+            spec, target, view, columns, watermark, lower, key_range
+        )
     if applied == "full" and spec.merge_keys:  # a keyed table's first load checks its keys
         check_keys(spark, view, spec.merge_keys)
     if exists:

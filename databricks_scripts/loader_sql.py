@@ -182,9 +182,22 @@ def spark_append_new_rows(
     )
 
 
-def spark_merge(target: str, view: str, keys: Sequence[str], columns: Sequence[str]) -> str:
-    """Upsert on the merge keys: matched rows are updated, others inserted (one Delta commit)."""
+def spark_merge(
+    target: str,
+    view: str,
+    keys: Sequence[str],
+    columns: Sequence[str],
+    key_range: tuple[str, str] | None = None,
+) -> str:
+    """Upsert on the merge keys: matched rows are updated, others inserted (one Delta commit).
+
+    ``key_range``: literal bounds of the first key among the rows read; the target side is
+    restricted to them so Delta prunes files by their statistics (loader_spark_merge).
+    """
     on = " AND ".join(f"t.{SPARK.quote(k)} = s.{SPARK.quote(k)}" for k in keys)
+    if key_range is not None:
+        first = f"t.{SPARK.quote(keys[0])}"
+        on = f"{first} >= {key_range[0]} AND {first} <= {key_range[1]} AND {on}"
     sets = ", ".join(f"t.{SPARK.quote(c)} = s.{SPARK.quote(c)}" for c in columns)
     return (
         f"MERGE INTO {target} AS t USING {SPARK.quote(view)} AS s ON {on} "
