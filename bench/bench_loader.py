@@ -146,6 +146,11 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=3, help="rounds; raw/loader order alternates per round"
     )
+    parser.add_argument(
+        "--merge-memory",
+        action="store_true",
+        help="only the keyed full load and (e), the merge of every row (peak RSS at 10M rows)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
 
@@ -194,6 +199,10 @@ def main() -> None:
                 "incremental_value": None,
                 "lookback_window_seconds": 0,
             }
+
+            if args.merge_memory:
+                _merge_memory(args.repeat, work, lake, params)
+                return
 
             def raw(variant: str) -> tuple[float, float, int]:
                 out = work / f"raw_{variant}"
@@ -318,6 +327,35 @@ def main() -> None:
     )
     empty_med = statistics.median(col(empties, 0))
     _print_keyed(keyed, keyed_full, full_med - empty_med)
+
+
+def _merge_memory(repeat: int, work: Path, lake: Path, params: dict) -> None:
+    """(b') the keyed full load and (e) the merge upserting every row, side by side."""
+    keyed = {**params, "merge_keys": ["id"]}
+    merge = {**keyed, "load_strategy": "merge", "incremental_column": None}
+    template = work / "lake_keyed"
+    fulls, merges = [], []
+    for i in range(repeat):
+        shutil.rmtree(lake, ignore_errors=True)
+        fulls.append(_run_loader(keyed, work, lake))
+        if i == 0:
+            shutil.copytree(lake, template)
+        shutil.rmtree(lake)
+        shutil.copytree(template, lake)
+        merges.append(_run_loader(merge, work, lake))
+    mib = 2**20
+    table = DeltaTable(str(lake / "bench" / "landing" / "bench"))
+    commits = sum(1 for h in table.history(10_000) if h.get("operation") == "MERGE")
+    print(f"rounds: {repeat}; figures are median (min-max)")
+    print(
+        f"(b') keyed full load              : {_spread([f[0] for f in fulls])}s wall, "
+        f"peak RSS {max(f[1] for f in fulls) / mib:.0f} MiB"
+    )
+    print(
+        f"(e) merge upserting every row     : {_spread([m[0] for m in merges])}s wall, rows "
+        f"written {merges[-1][2]['rows_written']:,} in {commits} MERGE commits, "
+        f"peak RSS {max(m[1] for m in merges) / mib:.0f} MiB (target <= 512 MiB)"
+    )
 
 
 def _keyed_rounds(repeat, conninfo, work, lake, template, keyed_params, watermark_full) -> dict:
