@@ -251,3 +251,49 @@ def test_cursor_chunks_end_only_where_the_cursor_changes():
 )
 def test_key_parts_are_disjoint_ranges(ranges, expected):
     assert key_parts(ranges) == expected
+
+
+def test_mysql_first_load_goes_in_cursor_ordered_chunks(lake_root, tmp_path):
+    from test_loader_pipe import _mysql_or_skip
+
+    conn = _mysql_or_skip()
+    table = "dl_big_first"
+    with conn.cursor() as cur:
+        cur.execute(f"DROP TABLE IF EXISTS `{table}`")
+        cur.execute(f"CREATE TABLE `{table}` (id int primary key, label text, updated_at int)")
+        cur.execute(
+            f"INSERT INTO `{table}` SELECT seq, CONCAT('row ', seq), "
+            "IF(seq % 100 = 0, NULL, seq DIV 3) FROM seq_1_to_2000"
+        )
+        cur.execute(f"ANALYZE TABLE `{table}`")
+        cur.execute(f"SELECT id, label, updated_at FROM `{table}`")
+        expected = Counter(cur.fetchall())
+    try:
+        params = {
+            **make_params("host=x port=1 dbname=x user=x", table),
+            "db_type": "mysql",
+            "source_schema_name": "test",
+            "db_config_value": {
+                "host": "127.0.0.1",
+                "port": 3306,
+                "database": "test",
+                "user": "root",
+            },
+            "load_strategy": "incremental",
+            "incremental_column": "updated_at",
+        }
+        env = {
+            "DATALOADER_FIRST_LOAD_CHUNKED_ABOVE_ROWS": "100",
+            "DATALOADER_FIRST_LOAD_CHUNK_ROWS": "300",
+            "DATALOADER_BATCH_ROWS": "128",
+        }
+        result = load(params, tmp_path, env)
+        path = dest(lake_root, params)
+        history = DeltaTable(str(path)).history()
+        assert len(history) >= 5 and all(h[KEY_RESUMABLE] == "first_load" for h in history)
+        assert destination_rows(path) == expected
+        assert result["watermark_after"] == str(1999 // 3)
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS `{table}`")
+        conn.close()
