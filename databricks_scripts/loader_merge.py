@@ -36,10 +36,10 @@ from databricks_scripts.loader_commits import commit_properties, fenced, stream_
 from databricks_scripts.loader_keys import check_keys
 from databricks_scripts.loader_sql import DATAFUSION, delta_merge_predicate
 
-DEFAULT_MERGE_CHUNK_ROWS = 250_000
+DEFAULT_MERGE_CHUNK_ROWS = 200_000
 # Data file size of keyed tables (unless DATALOADER_TARGET_FILE_BYTES says otherwise): a MERGE
 # rewrites whole files and holds what it rewrites, so small files keep it cheap and bounded.
-KEYED_FILE_BYTES = 8 * 1024 * 1024
+KEYED_FILE_BYTES = 4 * 1024 * 1024
 # At most this many parts (spool files open at once); smaller parts are joined to stay under it.
 MAX_PARTS = 256
 _EPOCH = dt.date(1970, 1, 1)
@@ -379,6 +379,9 @@ def write_upsert(load: Any, batches: Iterator[pa.RecordBatch], chunk_rows: int) 
         written = 0
         for i, commit in enumerate(commits):
             last = i == len(commits) - 1
+            # Arrow's allocator keeps freed memory for reuse; hand it back before each MERGE, so
+            # what the read and the previous chunk used does not add to the next chunk's peak.
+            pa.default_memory_pool().release_unused()
             written += _write_commit(load, commit, last, key_type)
             if not last and load.stop is not None:
                 load.stop.leave_commit()
