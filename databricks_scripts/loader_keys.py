@@ -39,12 +39,20 @@ def keys_checked(
     (before the writer commits). Keeps only the key columns in memory."""
     seen: list[pa.RecordBatch] = []
     for batch in batches:
-        key_batch = batch.select(list(keys))
+        key_batch = _copied(batch.select(list(keys)))
         check_keys(pa.Table.from_batches([key_batch]), keys, nulls_only=True)
         seen.append(key_batch)
         yield batch
     if seen:
         check_keys(pa.Table.from_batches(seen), keys)
+
+
+def _copied(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """``batch`` in buffers of its own: a slice or selection would keep the whole source batch's
+    allocation alive (its other columns could not be freed), for every batch of the load."""
+    return pa.RecordBatch.from_arrays(
+        [pa.concat_arrays([column]) for column in batch.columns], names=batch.schema.names
+    )
 
 
 def check_keys(data: pa.Table, keys: tuple[str, ...], *, nulls_only: bool = False) -> None:

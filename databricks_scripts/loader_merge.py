@@ -36,7 +36,7 @@ from databricks_scripts.loader_commits import commit_properties, fenced, stream_
 from databricks_scripts.loader_keys import check_keys
 from databricks_scripts.loader_sql import DATAFUSION, delta_merge_predicate
 
-DEFAULT_MERGE_CHUNK_ROWS = 200_000
+DEFAULT_MERGE_CHUNK_ROWS = 150_000
 # Data file size of keyed tables (unless DATALOADER_TARGET_FILE_BYTES says otherwise): a MERGE
 # rewrites whole files and holds what it rewrites, so small files keep it cheap and bounded.
 KEYED_FILE_BYTES = 4 * 1024 * 1024

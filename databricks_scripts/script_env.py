@@ -24,7 +24,7 @@ DEFAULT_BATCH_ROWS = 50_000
 DEFAULT_PROGRESS_SECONDS = 10.0
 # Big tables (docs/loader.md, "Big tables"): rows per MERGE commit of an upsert, and the resumable
 # first load's chunk size and the estimated source size from which a first load goes in chunks.
-DEFAULT_MERGE_CHUNK_ROWS = 200_000
+DEFAULT_MERGE_CHUNK_ROWS = 150_000
 DEFAULT_FIRST_LOAD_CHUNK_ROWS = 5_000_000
 DEFAULT_FIRST_LOAD_CHUNKED_ABOVE_ROWS = 20_000_000
 DEFAULT_DBFS_ROOT = "/dbfs"
