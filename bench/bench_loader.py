@@ -9,9 +9,14 @@ embedded PostgreSQL on a temporary directory, then in one run times:
   (a') the raw path plus one vectorised numeric -> decimal(12,2) cast, to show what the type
       conversion alone costs (the issue's raw path writes numeric as text);
   (d) an incremental load with no new rows: the fixed cost of one load;
-  (e) a merge that upserts every row on id (whole source, spooled to a local Arrow file while its
-      keys are checked, then streamed into delta-rs): its peak RSS shows the loader holds the key
-      column and a batch, not the rows.
+  (e) a merge that upserts every row on id (whole source, spooled to local Arrow files while its
+      keys are checked, then MERGEd in key-ordered chunks of DATALOADER_MERGE_CHUNK_ROWS): its
+      peak RSS against the full load's (b) shows what bounds a merge's memory;
+  (f) the same table loaded with merge_keys (id): an upsert of the 1% new keys of (c), and
+  (d') the keyed incremental that finds nothing new (its fixed cost); variable cost of (f) =
+      (f) - (d') against the full load's variable cost (b) - (d) (target <= 5%);
+  (g) 1% scattered updates (every 100th id) upserted into the keyed table: time, variable cost
+      and the fraction of data files the MERGE rewrote (from the Delta log).
 Each contender runs --repeat times, taking turns, and figures are median (min-max), because the
 machine may be shared. Prints the ratio (target <= 1.25), incremental/full (target <= 5%) and
 peak RSS (target <= 512 MB at 10M rows).
@@ -35,6 +40,7 @@ from pathlib import Path
 import psutil
 import psycopg
 from dagster_pipes import encode_param
+from deltalake import DeltaTable
 from psycopg.conninfo import conninfo_to_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,6 +146,11 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=3, help="rounds; raw/loader order alternates per round"
     )
+    parser.add_argument(
+        "--merge-memory",
+        action="store_true",
+        help="only the keyed full load and (e), the merge of every row (peak RSS at 10M rows)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
 
@@ -189,6 +200,10 @@ def main() -> None:
                 "lookback_window_seconds": 0,
             }
 
+            if args.merge_memory:
+                _merge_memory(args.repeat, work, lake, params)
+                return
+
             def raw(variant: str) -> tuple[float, float, int]:
                 out = work / f"raw_{variant}"
                 shutil.rmtree(out, ignore_errors=True)
@@ -216,6 +231,11 @@ def main() -> None:
             full = results["loader"][-1][3]
             template = work / "lake_after_full"
             shutil.copytree(lake, template)
+            keyed_params = {**params, "merge_keys": ["id"]}
+            shutil.rmtree(lake)
+            keyed_full = _run_loader(keyed_params, work, lake)
+            keyed_template = work / "lake_keyed_after_full"
+            shutil.copytree(lake, keyed_template)
 
             new_rows = max(args.rows // 100, 1)
             with psycopg.connect(conninfo, autocommit=True) as conn:
@@ -238,6 +258,9 @@ def main() -> None:
                 empty_params = {**params, "incremental_value": meta["watermark_after"]}
                 wall, peak, meta = _run_loader(empty_params, work, lake)
                 empties.append((wall, meta["duration_seconds"], peak, meta))
+            keyed = _keyed_rounds(
+                args.repeat, conninfo, work, lake, keyed_template, keyed_params, keyed_full[2]
+            )
             merge_params = {
                 **params,
                 "load_strategy": "merge",
@@ -247,7 +270,8 @@ def main() -> None:
             merges = []
             for _ in range(args.repeat):
                 shutil.rmtree(lake)
-                shutil.copytree(template, lake)
+                # A merge row's table is keyed: written as the keyed full load wrote it.
+                shutil.copytree(keyed_template, lake)
                 wall, peak, meta = _run_loader(merge_params, work, lake)
                 merges.append((wall, meta["duration_seconds"], peak, meta))
         finally:
@@ -298,7 +322,104 @@ def main() -> None:
     print(
         f"(e) merge upserting every row     : {_spread(col(merges, 0))}s wall, "
         f"rows written {merges[-1][3]['rows_written']:,}, "
-        f"peak RSS {max(col(merges, 2)) / mib:.0f} MiB"
+        f"peak RSS {max(col(merges, 2)) / mib:.0f} MiB (full load (b): "
+        f"{max(col('loader', 2)) / mib:.0f} MiB; target <= 512 MiB)"
+    )
+    empty_med = statistics.median(col(empties, 0))
+    _print_keyed(keyed, keyed_full, full_med - empty_med)
+
+
+def _merge_memory(repeat: int, work: Path, lake: Path, params: dict) -> None:
+    """(b') the keyed full load and (e) the merge upserting every row, side by side."""
+    keyed = {**params, "merge_keys": ["id"]}
+    merge = {**keyed, "load_strategy": "merge", "incremental_column": None}
+    template = work / "lake_keyed"
+    fulls, merges = [], []
+    for i in range(repeat):
+        shutil.rmtree(lake, ignore_errors=True)
+        fulls.append(_run_loader(keyed, work, lake))
+        if i == 0:
+            shutil.copytree(lake, template)
+        shutil.rmtree(lake)
+        shutil.copytree(template, lake)
+        merges.append(_run_loader(merge, work, lake))
+    mib = 2**20
+    table = DeltaTable(str(lake / "bench" / "landing" / "bench"))
+    commits = sum(1 for h in table.history(10_000) if h.get("operation") == "MERGE")
+    print(f"rounds: {repeat}; figures are median (min-max)")
+    print(
+        f"(b') keyed full load              : {_spread([f[0] for f in fulls])}s wall, "
+        f"peak RSS {max(f[1] for f in fulls) / mib:.0f} MiB"
+    )
+    print(
+        f"(e) merge upserting every row     : {_spread([m[0] for m in merges])}s wall, rows "
+        f"written {merges[-1][2]['rows_written']:,} in {commits} MERGE commits, "
+        f"peak RSS {max(m[1] for m in merges) / mib:.0f} MiB (target <= 512 MiB)"
+    )
+
+
+def _keyed_rounds(repeat, conninfo, work, lake, template, keyed_params, watermark_full) -> dict:
+    """(f) upsert of the 1% new keys, (d') keyed with nothing new, (g) 1% scattered updates."""
+    inc = {**keyed_params, "incremental_value": watermark_full["watermark_after"]}
+    rounds: dict[str, list] = {"f": [], "d": [], "g": []}
+    after_f = work / "lake_keyed_after_new_keys"
+    for i in range(repeat):
+        shutil.rmtree(lake)
+        shutil.copytree(template, lake)
+        rounds["f"].append(_run_loader(inc, work, lake))
+        if i == 0:
+            shutil.copytree(lake, after_f)
+        empty = {**keyed_params, "incremental_value": rounds["f"][-1][2]["watermark_after"]}
+        rounds["d"].append(_run_loader(empty, work, lake))
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE bench SET amount = amount + 1, "
+            "updated_at = timestamptz '2031-01-01' + id * interval '1 second' WHERE id % 100 = 50"
+        )
+    updates = {**keyed_params, "incremental_value": rounds["f"][0][2]["watermark_after"]}
+    for _ in range(repeat):
+        shutil.rmtree(lake)
+        shutil.copytree(after_f, lake)
+        table = DeltaTable(str(lake / "bench" / "landing" / "bench"))
+        files, before = len(table.file_uris()), table.version()
+        wall, peak, meta = _run_loader(updates, work, lake)
+        table = DeltaTable(str(lake / "bench" / "landing" / "bench"))
+        removed = sum(
+            int(h.get("operationMetrics", {}).get("num_target_files_removed", 0))
+            for h in table.history(table.version() - before)
+        )
+        rounds["g"].append((wall, peak, meta, removed, files))
+    return rounds
+
+
+def _print_keyed(rounds: dict, keyed_full: tuple, full_variable: float) -> None:
+    mib = 2**20
+    f = [r[0] for r in rounds["f"]]
+    d = [r[0] for r in rounds["d"]]
+    g = [r[0] for r in rounds["g"]]
+    print(
+        f"    keyed full load (merge_keys id): {keyed_full[0]:.2f}s wall, "
+        f"peak RSS {keyed_full[1] / mib:.0f} MiB"
+    )
+    print(
+        f"(f) upsert, 1% new keys           : {_spread(f)}s wall, rows "
+        f"{rounds['f'][-1][2]['rows_written']:,}, peak RSS {max(r[1] for r in rounds['f']) / mib:.0f} MiB"
+    )
+    print(f"(d') keyed, no new rows           : {_spread(d)}s wall (fixed cost of a keyed load)")
+    variable = [fi - di for fi, di in zip(f, d, strict=True)]
+    print(
+        f"    upsert variable / full variable: "
+        f"{statistics.median(variable) / full_variable:.1%} "
+        f"(rounds: {', '.join(f'{v / full_variable:.1%}' for v in variable)}; "
+        f"full variable (b)-(d) = {full_variable:.2f}s; target <= 5%)"
+    )
+    gv = [gi - statistics.median(d) for gi in g]
+    last = rounds["g"][-1]
+    print(
+        f"(g) upsert, 1% scattered updates  : {_spread(g)}s wall, rows "
+        f"{last[2]['rows_written']:,}, variable {statistics.median(gv) / full_variable:.1%} of "
+        f"the full load's; files rewritten {last[3]} of {last[4]}, "
+        f"peak RSS {max(r[1] for r in rounds['g']) / mib:.0f} MiB"
     )
 
 

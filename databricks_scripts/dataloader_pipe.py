@@ -127,6 +127,8 @@ def _run_engine(
             progress_interval=progress,
             stop=stop,
             target_file_size=env.target_file_bytes,
+            merge_chunk_rows=env.merge_chunk_rows,
+            first_load_chunks=(env.first_load_chunk_rows, env.first_load_chunked_above_rows),
         )
     except BaseException:
         try:

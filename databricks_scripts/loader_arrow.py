@@ -1,9 +1,12 @@
 """The Arrow engine: source record batches -> local Delta table with deltalake (delta-rs).
 
-Each load ends in at most ONE Delta commit, so readers see the table before or after a load, never
+A load ends in at most ONE Delta commit, so readers see the table before or after a load, never
 half of it, and a load killed before its commit leaves the table as it was (the files it wrote are
 unreferenced). The watermark is computed from the rows actually read and handed back only after
-the commit returned.
+the commit returned. Two exceptions, for big tables (docs/loader.md, "Big tables"): an upsert of
+more than DATALOADER_MERGE_CHUNK_ROWS rows commits in chunks (loader_merge; a rerun repeats it),
+and a big incremental table's first load commits in cursor-ordered chunks (loader_first_load; a
+rerun resumes it).
 
 Rules (see docs/loader.md):
 - full: every source row (NULL cursors included) replaces the table in one overwrite commit.
@@ -11,16 +14,16 @@ Rules (see docs/loader.md):
   watermark are appended. Rows inside the look-back window are appended only if an identical row is
   not already in the table's window (multiset difference, as SQL ``EXCEPT ALL``), so a late
   committed row is loaded exactly once. NULL cursors are never read incrementally.
-- incremental with merge keys, and merge: the rows read are upserted on the keys (Delta MERGE).
-  Without an incremental column, merge reads the whole source. The rows are spooled to a local
-  Arrow file first, so NULL or duplicate keys are refused before the MERGE starts.
+- incremental with merge keys, and merge: the rows read are upserted on the keys (loader_merge:
+  appends for keys no data file can hold, MERGEs restricted to the key range that may match).
+  Without an incremental column, merge reads the whole source. The rows are spooled to local
+  Arrow files first, so NULL or duplicate keys are refused before the first commit.
 - No watermark yet, no destination yet, or force_full_reload: the load runs as full.
 """
 
 from __future__ import annotations
 
 import collections
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,11 +36,12 @@ from databricks_scripts.contract import full_load_reason
 from databricks_scripts.loader_commits import (
     StaleAttempt,
     UnrecordedCommit,
-    check_still_current,
     commit_properties,
     committed_attempt,
     unrecorded_commit,
 )
+from databricks_scripts.loader_commits import fenced as _fenced
+from databricks_scripts.loader_commits import stream_errors as _stream_errors
 from databricks_scripts.loader_history import WriterHooks, history_strategy, history_writer
 from databricks_scripts.loader_interrupt import (
     StopRequested,
@@ -45,8 +49,7 @@ from databricks_scripts.loader_interrupt import (
     data_files,
     remove_uncommitted,
 )
-from databricks_scripts.loader_keys import keys_checked, spool_checked
-from databricks_scripts.loader_sql import delta_merge_predicate
+from databricks_scripts.loader_keys import keys_checked
 from databricks_scripts.loader_stream import Counted, Progress, Tracker, peeked_reader
 from databricks_scripts.loader_types import (
     SchemaPlan,
@@ -239,9 +242,19 @@ class _Load:
     committed_at_start: int | None = None  # the row's last committing attempt when this began
     stop: StopSignal | None = None  # SIGINT/SIGTERM: checked between batches, gates the commit
     target_file_size: int | None = None  # Delta data file size (None: delta-rs's default)
+    merge_chunk_rows: int | None = None  # rows per MERGE commit (None: loader_merge's default)
     # An error raised inside a stream the writer consumes (delta-rs re-raises it as its own).
     stream_error: BaseException | None = None
     source: Any = None  # the source reader (delete detection reads its keys)
+
+    @property
+    def file_size(self) -> int | None:
+        """Data file size: keyed tables default to small files, so a MERGE rewrites little."""
+        if self.target_file_size or not self.spec.merge_keys:
+            return self.target_file_size
+        from databricks_scripts.loader_merge import KEYED_FILE_BYTES
+
+        return KEYED_FILE_BYTES
 
     @property
     def cursor(self) -> str | None:
@@ -345,7 +358,11 @@ def _write_full(load: _Load, batches: Iterator[pa.RecordBatch], tracker: Tracker
             mode="overwrite",
             schema_mode="overwrite" if load.rebuild else "merge",
             commit_properties=commit_properties(load.spec, load.applied),
-            target_file_size=load.target_file_size,
+            target_file_size=load.file_size,
+            # A table created here keeps its file size for MERGE rewrites too.
+            configuration={"delta.targetFileSize": str(load.file_size)}
+            if load.table is None and load.file_size
+            else None,
         )
     return tracker.rows_read, True
 
@@ -379,71 +396,12 @@ def _write_append(load: _Load, batches: Iterator[pa.RecordBatch], tracker: Track
 
 
 def _write_merge(load: _Load, batches: Iterator[pa.RecordBatch], tracker: Tracker):
-    """The rows read are upserted on the merge keys in one Delta MERGE commit.
+    """The rows read are upserted on the merge keys (loader_merge: appends of keys that cannot
+    be in the table, MERGEs restricted to the key range that may match, chunked above
+    ``merge_chunk_rows`` rows). Every key is checked before the first commit."""
+    from databricks_scripts.loader_merge import DEFAULT_MERGE_CHUNK_ROWS, write_upsert
 
-    The source is first spooled to a local Arrow IPC file while its keys are checked, so the
-    MERGE starts only once every key is known to be set and unique: a bad key is always reported
-    by our check (naming the key), never by delta-rs midway through its MERGE. Memory holds the
-    key columns plus one batch; the MERGE then streams the spooled rows.
-    """
-    keys = tuple(load.spec.merge_keys)
-    with tempfile.TemporaryDirectory(prefix="dataloader-merge-") as spool_dir:
-        spool = Path(spool_dir) / "source.arrows"
-        if not spool_checked(batches, load.write_schema, keys, spool):
-            return 0, False
-        with pa.OSFile(str(spool), "rb") as stream, _stream_errors(load):
-            spooled = pa.ipc.open_stream(stream)
-            metrics = (
-                load.table.merge(
-                    pa.RecordBatchReader.from_batches(spooled.schema, _fenced(spooled, load)),
-                    predicate=delta_merge_predicate(keys),
-                    source_alias="s",
-                    target_alias="t",
-                    merge_schema=bool(load.plan.added_columns),
-                    streamed_exec=True,
-                    commit_properties=commit_properties(load.spec, load.applied),
-                )
-                .when_matched_update_all()
-                .when_not_matched_insert_all()
-                .execute()
-            )
-    written = int(metrics.get("num_target_rows_inserted", 0)) + int(
-        metrics.get("num_target_rows_updated", 0)
-    )
-    return written, True
-
-
-def _fenced(batches: Iterator[pa.RecordBatch], load: _Load) -> Iterator[pa.RecordBatch]:
-    """``batches``, then the fencing check: the last thing before the writer commits."""
-    try:
-        for batch in batches:
-            if load.stop is not None:
-                load.stop.check()
-            yield batch
-        # Called from inside delta-rs's writer, whose async runtime cannot be re-entered to open
-        # the table: the check runs on a thread of its own.
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(1, thread_name_prefix="fence") as pool:
-            pool.submit(
-                check_still_current, load.destination, load.spec, load.committed_at_start
-            ).result()
-        if load.stop is not None:
-            load.stop.enter_commit()
-    except BaseException as exc:
-        load.stream_error = exc
-        raise
-
-
-@contextmanager
-def _stream_errors(load: _Load) -> Iterator[None]:
-    """Re-raise the error a consumed stream raised (delta-rs reports it as its own, retyped)."""
-    try:
-        yield
-    except Exception:
-        if load.stream_error is not None:
-            raise load.stream_error from None
-        raise
+    return write_upsert(load, batches, load.merge_chunk_rows or DEFAULT_MERGE_CHUNK_ROWS)
 
 
 def _writer(load: _Load):
@@ -478,32 +436,26 @@ def run_arrow_load(
     progress_interval: float = 10.0,
     stop: StopSignal | None = None,
     target_file_size: int | None = None,
+    merge_chunk_rows: int | None = None,
+    first_load_chunks: tuple[int, int] | None = None,
 ) -> LoadResult:
     """Run one load of ``spec`` from ``source`` (a loader_sources reader) into ``destination``.
 
     Failures are raised as :class:`LoadStepError` naming the step: probe source, open
     destination, reconcile schema, decode watermark, read source, write destination.
+    ``first_load_chunks`` = (chunk rows, chunked above rows): see loader_first_load.
     """
     load = _prepare(spec, source, destination, log)
     load.stop, load.target_file_size, load.source = stop, target_file_size, source
+    load.merge_chunk_rows = merge_chunk_rows
     if load.applied != "full":
         with _step("reconcile with the destination"):
-            unrecorded = unrecorded_commit(load.table, spec)
-            if unrecorded is not None:
-                return _reconciled(load, unrecorded, log)
+            reconciled = _reconcile(load, log)
+        if reconciled is not None:
+            return reconciled
+    chunked = _first_load_plan(load, source, first_load_chunks, log)
     with _step("read source"):
-        # Asked before the read starts: the connection then streams the rows (COPY) alone.
-        estimate = _estimate(source, load.applied)
-        _, raw_batches = source.batches(load.lower)
-        progress = Progress(log, f"{spec.source_label}", progress_interval, estimate)
-        tracker = Tracker(
-            raw_batches,
-            load.write_schema,
-            load.cursor,
-            load.numeric_text,
-            progress,
-            text_cursor=_text_cursor_start(load),
-        )
+        tracker = _open_stream(load, source, chunked, progress_interval, log)
         destination.parent.mkdir(parents=True, exist_ok=True)
     before = data_files(destination)
     rows_before = _row_count(load.table) if load.table is not None else 0
@@ -514,7 +466,12 @@ def run_arrow_load(
         )
     try:
         with _step("write destination"):
-            rows_written, committed = _writer(load)(load, iter(tracker), tracker)
+            if chunked is not None:
+                from databricks_scripts.loader_first_load import write_first_load_chunks
+
+                rows_written, committed = write_first_load_chunks(load, iter(tracker), chunked)
+            else:
+                rows_written, committed = _writer(load)(load, iter(tracker), tracker)
     except StopRequested:
         raise StopRequested(stop.finish_stop() if stop else "stopped") from None
 
@@ -535,6 +492,30 @@ def run_arrow_load(
         destination_rows_before=rows_before,
         full_reason=full_reason(spec, load.table is not None),
     )
+
+
+def _open_stream(load: _Load, source, chunked, progress_interval: float, log) -> Tracker:
+    """The tracked stream of source rows: the chunks of a resumable first load, or one read."""
+    # Asked before the read starts: the connection then streams the rows (COPY) alone.
+    estimate = _estimate(source, load.applied)
+    if chunked is not None:
+        from databricks_scripts.loader_first_load import source_batches
+
+        raw_batches = source_batches(chunked, source)
+    else:
+        _, raw_batches = source.batches(load.lower)
+    progress = Progress(log, f"{load.spec.source_label}", progress_interval, estimate)
+    tracker = Tracker(
+        raw_batches,
+        load.write_schema,
+        load.cursor,
+        load.numeric_text,
+        progress,
+        text_cursor=_text_cursor_start(load),
+    )
+    if chunked is not None:
+        tracker.max_cursor = chunked.resume_from  # resumed: the chunks already committed
+    return tracker
 
 
 def _estimate(source, applied: str) -> int | None:
@@ -565,6 +546,29 @@ def _destination_watermark(load: _Load) -> str | None:
     if new_max is None or new_max == load.watermark:
         return load.spec.incremental_value
     return encode_watermark(new_max)
+
+
+def _first_load_plan(load: _Load, source, settings: tuple[int, int] | None, log):
+    """A resumable first load's plan (loader_first_load), or None for a one-commit load."""
+    if load.applied != "full" or settings is None:
+        return None
+    from databricks_scripts.loader_first_load import plan_first_load
+
+    with _step("plan resumable first load"):
+        return plan_first_load(load, source, settings, log)
+
+
+def _reconcile(load: _Load, log: Callable[[str], None]) -> LoadResult | None:
+    """The result to report when an earlier attempt's complete load was never recorded."""
+    unrecorded = unrecorded_commit(load.table, load.spec)
+    if unrecorded is not None and unrecorded.complete:
+        return _reconciled(load, unrecorded, log)
+    if unrecorded is not None:  # it died between the commits of a chunked upsert
+        log(
+            f"attempt {unrecorded.metadata_id} stopped between the commits of its upsert "
+            f"(destination version {unrecorded.version}); this load upserts the rows again"
+        )
+    return None
 
 
 def _reconciled(load: _Load, unrecorded: UnrecordedCommit, log: Callable[[str], None]):

@@ -18,10 +18,18 @@ Two checks use it (docs/control-database.md, "Exactly once"):
   destination's watermark, and the asset records them.
 - **Fence, just before the commit.** When another attempt of the same row committed while this
   one was reading, this one commits nothing and says so: two loads of one table never both commit.
+
+A load may make several commits (a chunked upsert, a resumable first load; docs/loader.md). Each is
+fenced and named the same way; every commit but a load's last carries ``dataloader.complete =
+false``, so an attempt that died between two commits is not taken for a finished one: the next load
+repeats the upsert, or resumes the first load (``dataloader.resumable``) from the destination's
+max(cursor), instead of reconciling.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +41,12 @@ KEY_METADATA_ID = "dataloader.metadata_id"
 KEY_CONTROL_KEY = "dataloader.control_key"
 KEY_WATERMARK_BEFORE = "dataloader.watermark_before"
 KEY_STRATEGY = "dataloader.strategy"
+# Multi-commit loads: "false" on every commit but the load's last (absent: a complete load).
+KEY_COMPLETE = "dataloader.complete"
+# Resumable first load: "first_load" on each of its chunk commits. Chunks are committed in cursor
+# order, so the destination's max(cursor) is the watermark the load reached.
+KEY_RESUMABLE = "dataloader.resumable"
+RESUMABLE_FIRST_LOAD = "first_load"
 
 
 class StaleAttempt(RuntimeError):
@@ -46,18 +60,27 @@ def app_id(spec: Any) -> str:
     return f"{APP_ID_PREFIX}{spec.config_id if spec.config_id is not None else spec.control_key}"
 
 
-def commit_properties(spec: Any, strategy: str):
-    """CommitProperties naming this attempt (None when the attempt is unknown: a test run)."""
-    if spec.metadata_id is None:
-        return None
+def commit_properties(spec: Any, strategy: str, *, complete: bool = True, resumable: bool = False):
+    """CommitProperties naming this attempt.
+
+    ``complete=False`` marks a commit that is not the load's last; ``resumable`` a chunk of a
+    resumable first load. Without a ``metadata_id`` (a test run) only those marks are written
+    (None when there is nothing to write).
+    """
     from deltalake import CommitProperties, Transaction
 
+    marks = {} if complete else {KEY_COMPLETE: "false"}
+    if resumable:
+        marks[KEY_RESUMABLE] = RESUMABLE_FIRST_LOAD
+    if spec.metadata_id is None:
+        return CommitProperties(custom_metadata=marks) if marks else None
     return CommitProperties(
         custom_metadata={
             KEY_METADATA_ID: str(spec.metadata_id),
             KEY_CONTROL_KEY: str(spec.control_key),
             KEY_WATERMARK_BEFORE: "" if spec.incremental_value is None else spec.incremental_value,
             KEY_STRATEGY: strategy,
+            **marks,
         },
         app_transactions=[Transaction(app_id(spec), int(spec.metadata_id))],
     )
@@ -75,6 +98,11 @@ def committed_attempt(table: Any, spec: Any) -> int | None:
 class UnrecordedCommit:
     metadata_id: int
     version: int | None  # the destination version it committed, when found in the history
+    # False: the attempt died between the commits of one load (its last commit is not marked
+    # complete); the next load repeats or resumes it instead of recording it.
+    complete: bool = True
+    # Its last commit is a chunk of a resumable first load: the next load resumes it.
+    resumable: bool = False
 
 
 def unrecorded_commit(table: Any, spec: Any) -> UnrecordedCommit | None:
@@ -87,13 +115,22 @@ def unrecorded_commit(table: Any, spec: Any) -> UnrecordedCommit | None:
         return None
     if recorded is not None and committed <= int(recorded):
         return None
-    return UnrecordedCommit(committed, _commit_version(table, committed))
+    commit = _last_commit_of(table, committed)
+    if commit is None:
+        return UnrecordedCommit(committed, None)
+    return UnrecordedCommit(
+        committed,
+        int(commit["version"]),
+        complete=commit.get(KEY_COMPLETE) != "false",
+        resumable=commit.get(KEY_RESUMABLE) == RESUMABLE_FIRST_LOAD,
+    )
 
 
-def _commit_version(table: Any, metadata_id: int, limit: int = 200) -> int | None:
+def _last_commit_of(table: Any, metadata_id: int, limit: int = 200) -> dict | None:
+    """The newest commit (history entry) of attempt ``metadata_id`` among the last ``limit``."""
     for commit in table.history(limit):
         if commit.get(KEY_METADATA_ID) == str(metadata_id):
-            return int(commit["version"])
+            return commit
     return None
 
 
@@ -128,3 +165,40 @@ def _open_latest(destination: Path):
         return DeltaTable(str(destination))
     except TableNotFoundError:
         return None
+
+
+def fenced(batches: Iterator[Any], load: Any) -> Iterator[Any]:
+    """``batches``, then the fencing check: the last thing before the writer commits.
+
+    ``load`` has ``stop``, ``destination``, ``spec``, ``committed_at_start`` and ``stream_error``
+    (loader_arrow._Load). Every commit of a load goes through this, each one fenced.
+    """
+    try:
+        for batch in batches:
+            if load.stop is not None:
+                load.stop.check()
+            yield batch
+        # Called from inside delta-rs's writer, whose async runtime cannot be re-entered to open
+        # the table: the check runs on a thread of its own.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, thread_name_prefix="fence") as pool:
+            pool.submit(
+                check_still_current, load.destination, load.spec, load.committed_at_start
+            ).result()
+        if load.stop is not None:
+            load.stop.enter_commit()
+    except BaseException as exc:
+        load.stream_error = exc
+        raise
+
+
+@contextmanager
+def stream_errors(load: Any) -> Iterator[None]:
+    """Re-raise the error a consumed stream raised (delta-rs reports it as its own, retyped)."""
+    try:
+        yield
+    except Exception:
+        if load.stream_error is not None:
+            raise load.stream_error from None
+        raise

@@ -53,6 +53,8 @@ class StopSignal:
         self._reporter: Callable[[str], None] | None = None
         self._outcome: str | None = None
         self.reported = False
+        # Commits a multi-commit load (chunked upsert, resumable first load) already made.
+        self.commits_done = 0
 
     # -- set up -------------------------------------------------------------------------------
 
@@ -90,8 +92,14 @@ class StopSignal:
             if self._outcome is None:
                 removed = self._cleanup() if self._cleanup else 0
                 progress = f" {self._progress()}" if self._progress else ""
+                committed = (
+                    f"its {self.commits_done} earlier commit(s) stay and the next load "
+                    "repeats or resumes it"
+                    if self.commits_done
+                    else "committed nothing"
+                )
                 self._outcome = (
-                    f"{self.describe()}{progress}; committed nothing; removed {removed} "
+                    f"{self.describe()}{progress}; {committed}; removed {removed} "
                     "uncommitted file(s) this attempt had written"
                 )
             return self._outcome
@@ -107,6 +115,12 @@ class StopSignal:
         with self._lock:
             self.check()
             self._committing = True
+
+    def leave_commit(self) -> None:
+        """One commit of a multi-commit load returned: a stop aborts the next one again."""
+        with self._lock:
+            self._committing = False
+            self.commits_done += 1
 
     def describe(self) -> str:
         return f"stopped by {self.signal_name or 'a signal'} before the commit"

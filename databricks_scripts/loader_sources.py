@@ -11,8 +11,7 @@ puts a value into SQL text: the look-back bound is a bound parameter.
 from __future__ import annotations
 
 import datetime as dt
-import decimal
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -24,106 +23,35 @@ from databricks_scripts.loader_connections import (
     postgres_conninfo,
     sqlserver_connect_kwargs,
 )
+from databricks_scripts.loader_source_base import SourceReader
+from databricks_scripts.loader_sources_dbapi import (
+    DbApiReader,
+    oracle_read,
+    sqlserver_describe_query,
+    sqlserver_read,
+    sqlserver_schema_from_description,
+)
 from databricks_scripts.loader_sql import (
     MYSQL,
-    ORACLE,
     POSTGRESQL,
-    SQLSERVER,
-    Dialect,
-    qualified_name,
-    select_source,
     source_table_parts,
 )
 from databricks_scripts.loader_types import decimal_from_unscaled, pg_numeric_as_scaled_int8
-from databricks_scripts.loader_types_mssql_oracle import (
-    ORACLE_DATE_METADATA,
-    oracle_field,
-    oracle_utc_columns,
-    rows_to_exact_batch,
-    sqlserver_field,
-)
 
 __all__ = [
     "PG_SESSION_OPTIONS",
+    "DbApiReader",
+    "SourceReader",
     "mysql_connect_kwargs",
     "open_source",
     "oracle_connect_kwargs",
+    "oracle_read",
     "postgres_conninfo",
     "sqlserver_connect_kwargs",
+    "sqlserver_describe_query",
+    "sqlserver_read",
+    "sqlserver_schema_from_description",
 ]
-
-
-class SourceReader:
-    """Base: ``schema()`` probes the column types, ``batches(lower_bound)`` streams the rows."""
-
-    dialect: Dialect
-
-    def __init__(self, spec: Any, password: str | None, *, batch_bytes: int, batch_rows: int):
-        self.spec = spec
-        self.password = password
-        self.batch_bytes = batch_bytes
-        self.batch_rows = batch_rows
-        parts = source_table_parts(
-            spec.db_type, spec.source_catalog, spec.source_schema_name, spec.source_table_name
-        )
-        self.table_sql = qualified_name(self.dialect, *parts)
-        # Row streams handed out by batches(): closed before the connection, because a load that
-        # fails mid-stream leaves its stream suspended (ADBC then refuses to close the database).
-        self._streams: list[Any] = []
-
-    def _track(self, stream: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        self._streams.append(stream)
-        return stream
-
-    def close_streams(self) -> None:
-        while self._streams:
-            self._streams.pop().close()
-
-    def query(self, *, incremental: bool = False, limit_zero: bool = False) -> str:
-        cursor = self.spec.incremental_column if incremental else None
-        return select_source(self.dialect, self.table_sql, cursor=cursor, limit_zero=limit_zero)
-
-    def schema(self) -> pa.Schema:
-        raise NotImplementedError
-
-    def estimated_rows(self) -> int | None:
-        """The database's own row estimate of the table (catalog statistics), or None. Only a
-        progress figure: never a count anything is checked against."""
-        return None
-
-    def batches(self, lower_bound: object | None) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-        raise NotImplementedError
-
-    def key_batches(self, keys: tuple[str, ...]) -> Iterator[pa.RecordBatch]:
-        """Only the ``keys`` columns of every source row, streamed (delete detection's key
-        snapshot, loader_deletes). One statement, so one snapshot of the source."""
-        raise NotImplementedError
-
-    def _stream_rows(
-        self,
-        cur: Any,
-        schema: pa.Schema,
-        to_batch: Callable[[list[tuple], pa.Schema], pa.RecordBatch],
-    ) -> Iterator[pa.RecordBatch]:
-        """Batches of ``batch_rows`` from an executed DB-API cursor, closed when the stream ends."""
-
-        def gen() -> Iterator[pa.RecordBatch]:
-            try:
-                while rows := cur.fetchmany(self.batch_rows):
-                    yield to_batch(rows, schema)
-            finally:
-                cur.close()
-
-        return self._track(gen())
-
-    def close(self) -> None:
-        try:
-            self.close_streams()
-        finally:
-            self._close_connection()
-
-    def _close_connection(self) -> None:
-        """Subclasses close what they opened; runs after the streams, even if closing one failed."""
 
 
 class PostgresReader(SourceReader):
@@ -182,28 +110,36 @@ class PostgresReader(SourceReader):
                 stmt.close()
         return self._schema
 
+    ordered_reads = True
+
     def estimated_rows(self) -> int | None:
-        """``pg_class.reltuples`` (-1 before the table was first analysed: None)."""
         stmt, reader = self._execute(
-            "SELECT c.reltuples::pg_catalog.int8 AS n FROM pg_catalog.pg_class c"
-            " WHERE c.oid = pg_catalog.to_regclass($1)",
+            "SELECT c.reltuples::pg_catalog.int8 FROM pg_catalog.pg_class c "
+            "WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1)",
             (self.table_sql,),
         )
         try:
-            rows = reader.read_all().column("n").to_pylist()
+            values = reader.read_all().column(0).to_pylist()
         finally:
             reader.close()
             stmt.close()
-        return rows[0] if rows and rows[0] is not None and rows[0] >= 0 else None
+        return values[0] if values and values[0] is not None and values[0] >= 0 else None
 
-    def read_query(self, *, incremental: bool) -> tuple[str, dict[str, tuple[int, int]]]:
+    def ordered_batches(
+        self, lower_bound: object | None, *, null_cursor: bool = False
+    ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        return self.batches(lower_bound, ordered=not null_cursor, null_cursor=null_cursor)
+
+    def read_query(
+        self, *, incremental: bool, ordered: bool = False, null_cursor: bool = False
+    ) -> tuple[str, dict[str, tuple[int, int]]]:
         """The streaming SELECT, and the NUMERIC columns it reads as scaled int8 (name -> p, s).
 
         NUMERIC(p<=18, s) columns are read as ``(col * 10^s)::int8`` (exact; the slowest part of
         an ADBC read is its NUMERIC-to-text reader); the other columns as they are. The WHERE
         clause still compares the table's own column, so the cursor keeps its type.
         """
-        text = self.query(incremental=incremental)
+        text = self.query(incremental=incremental, ordered=ordered, null_cursor=null_cursor)
         scaled = {
             f.name: ps for f in self.schema() if (ps := pg_numeric_as_scaled_int8(f)) is not None
         }
@@ -229,8 +165,12 @@ class PostgresReader(SourceReader):
             raise ValueError(f"unexpected source query shape: {text[:40]!r}")
         return f"SELECT {', '.join(columns)} FROM {text[len(prefix) :]}", scaled
 
-    def batches(self, lower_bound: object | None) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-        query, scaled = self.read_query(incremental=lower_bound is not None)
+    def batches(
+        self, lower_bound: object | None, *, ordered: bool = False, null_cursor: bool = False
+    ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        query, scaled = self.read_query(
+            incremental=lower_bound is not None, ordered=ordered, null_cursor=null_cursor
+        )
         params = None if lower_bound is None else (lower_bound,)
         stmt, reader = self._execute(query, params, batch_hint=True)
         schema = reader.schema
@@ -375,14 +315,36 @@ class MySQLReader(SourceReader):
             cur.execute(self.query(limit_zero=True))
             return self._schema_of(cur)
 
-    def batches(self, lower_bound: object | None) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    ordered_reads = True
+
+    def estimated_rows(self) -> int | None:
+        parts = source_table_parts(
+            self.spec.db_type, None, self.spec.source_schema_name, self.spec.source_table_name
+        )
+        with self._conn.cursor() as cur:
+            cur.execute(
+                "SELECT table_rows FROM information_schema.tables "
+                "WHERE table_schema = COALESCE(%s, DATABASE()) AND table_name = %s",
+                parts,
+            )
+            row = cur.fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
+    def ordered_batches(
+        self, lower_bound: object | None, *, null_cursor: bool = False
+    ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        return self.batches(lower_bound, ordered=not null_cursor, null_cursor=null_cursor)
+
+    def batches(
+        self, lower_bound: object | None, *, ordered: bool = False, null_cursor: bool = False
+    ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         import pymysql.cursors
 
         cur = self._conn.cursor(pymysql.cursors.SSCursor)  # unbuffered: rows stream
         if lower_bound is None:
-            cur.execute(self.query())
+            cur.execute(self.query(ordered=ordered, null_cursor=null_cursor))
         else:
-            cur.execute(self.query(incremental=True), (lower_bound,))
+            cur.execute(self.query(incremental=True, ordered=ordered), (lower_bound,))
         schema = self._schema_of(cur)
         return schema, self._stream_rows(cur, schema, rows_to_batch)
 
@@ -394,188 +356,6 @@ class MySQLReader(SourceReader):
             f"SELECT {', '.join(self.dialect.quote(k) for k in keys)} FROM {self.table_sql}"
         )
         return self._stream_rows(cur, self._schema_of(cur), rows_to_batch)
-
-    def _close_connection(self) -> None:
-        self._conn.close()
-
-
-# ---- SQL Server and Oracle: types from the server's metadata, exact conversion per batch -------
-
-_TS_TEXT = "%Y-%m-%d %H:%M:%S.%f"
-
-
-def _utc_naive(value: dt.datetime) -> dt.datetime:
-    return value.astimezone(dt.UTC).replace(tzinfo=None) if value.tzinfo else value
-
-
-def sqlserver_describe_query() -> str:
-    """Describes a statement (its text is the one parameter) without running it."""
-    return (
-        "SELECT name, system_type_name, precision, scale, is_nullable, error_number, error_message"
-        " FROM sys.dm_exec_describe_first_result_set(%s, NULL, 0)"
-        " WHERE ISNULL(is_hidden, 0) = 0 ORDER BY column_ordinal"
-    )
-
-
-def sqlserver_schema_from_description(rows: list[tuple]) -> pa.Schema:
-    """Schema from ``sqlserver_describe_query`` rows; a describe error is raised as such."""
-    for row in rows:
-        if row[5] is not None:
-            raise ValueError(f"SQL Server cannot describe the source query: {row[6]}")
-    if not rows:
-        raise ValueError("SQL Server described no columns for the source query")
-    return pa.schema([sqlserver_field(row[:5]) for row in rows])
-
-
-def sqlserver_read(
-    table_sql: str, schema: pa.Schema, cursor: str | None, lower_bound: object | None
-) -> tuple[str, tuple]:
-    """The streaming SELECT for SQL Server and its parameters (pymssql ``%s`` style).
-
-    Timestamps arrive truncated to microseconds (datetime2(7) has 100 ns steps), so the watermark
-    is a truncated value: a timestamp cursor reads ``c >= watermark + 1 microsecond`` (= its
-    truncated value is above the watermark), or a row in the same microsecond as the watermark
-    would be read and appended again on every run. The bound is sent as text and cast on the
-    server, so no driver conversion touches its precision.
-    """
-    text = f"SELECT * FROM {table_sql}"
-    if lower_bound is None or cursor is None:
-        return text, ()
-    col = SQLSERVER.quote(cursor)
-    t = schema.field(cursor).type
-    if pa.types.is_timestamp(t) and isinstance(lower_bound, dt.datetime):
-        if t.tz:
-            bound = _utc_naive(lower_bound).strftime(_TS_TEXT) + " +00:00"
-            expr = "CAST(%s AS datetimeoffset(7))"
-        else:
-            bound, expr = lower_bound.strftime(_TS_TEXT), "CAST(%s AS datetime2(7))"
-        return f"{text} WHERE {col} >= DATEADD(microsecond, 1, {expr})", (bound,)
-    if pa.types.is_date(t) and isinstance(lower_bound, dt.date):
-        return f"{text} WHERE {col} > CAST(%s AS date)", (lower_bound.isoformat(),)
-    return f"{text} WHERE {col} > %s", (lower_bound,)
-
-
-def oracle_read(
-    table_sql: str, schema: pa.Schema, cursor: str | None, lower_bound: object | None
-) -> tuple[str, tuple]:
-    """The streaming SELECT for Oracle and its parameters (``:1`` style).
-
-    TIMESTAMP WITH (LOCAL) TIME ZONE columns are read as ``SYS_EXTRACT_UTC(col)`` (the driver
-    would drop the zone); a timestamp cursor reads ``c >= watermark + 1 microsecond`` for the
-    same truncation reason as SQL Server (TIMESTAMP(9)), with the bound sent as text.
-    """
-    utc = set(oracle_utc_columns(schema))
-    cols = [
-        f"SYS_EXTRACT_UTC({ORACLE.quote(f.name)}) AS {ORACLE.quote(f.name)}"
-        if f.name in utc
-        else ORACLE.quote(f.name)
-        for f in schema
-    ]
-    text = f"SELECT {', '.join(cols)} FROM {table_sql}"
-    if lower_bound is None or cursor is None:
-        return text, ()
-    col = ORACLE.quote(cursor)
-    field = schema.field(cursor)
-    t = field.type
-    if (field.metadata or {}) == ORACLE_DATE_METADATA and isinstance(lower_bound, dt.datetime):
-        # DATE holds whole seconds: above the bound <=> above the bound's whole second.
-        bound = lower_bound.strftime("%Y-%m-%d %H:%M:%S")
-        return f"{text} WHERE {col} > TO_DATE(:1, 'YYYY-MM-DD HH24:MI:SS')", (bound,)
-    if pa.types.is_timestamp(t) and isinstance(lower_bound, dt.datetime):
-        expr = "TO_TIMESTAMP(:1, 'YYYY-MM-DD HH24:MI:SS.FF6')"
-        if t.tz:
-            expr = f"FROM_TZ({expr}, 'UTC')"
-        bound = _utc_naive(lower_bound).strftime(_TS_TEXT)
-        return f"{text} WHERE {col} >= {expr} + INTERVAL '0.000001' SECOND", (bound,)
-    return f"{text} WHERE {col} > :1", (lower_bound,)
-
-
-def _oracle_output_type_handler(cursor: Any, metadata: Any) -> Any:
-    """NUMBER as Decimal (exact, never float) and LOBs as values, not LOB locators."""
-    import oracledb
-
-    size = cursor.arraysize
-    if metadata.type_code is oracledb.DB_TYPE_NUMBER:
-        return cursor.var(decimal.Decimal, arraysize=size)
-    lobs = {
-        oracledb.DB_TYPE_CLOB: oracledb.DB_TYPE_LONG,
-        oracledb.DB_TYPE_NCLOB: oracledb.DB_TYPE_LONG_NVARCHAR,
-        oracledb.DB_TYPE_BLOB: oracledb.DB_TYPE_LONG_RAW,
-    }
-    if metadata.type_code in lobs:
-        return cursor.var(lobs[metadata.type_code], arraysize=size)
-    return None
-
-
-class DbApiReader(SourceReader):
-    """SQL Server / Oracle through their DB-API drivers; exact types from the server's metadata.
-
-    SQL Server: ``sys.dm_exec_describe_first_result_set`` (pymssql's description has only coarse
-    type codes). Oracle: oracledb's ``cursor.description`` (type, precision, scale). Each batch is
-    converted to that schema exactly (a value that does not fit fails the load naming the column).
-    """
-
-    def __init__(self, spec: Any, password: str | None, **kw: Any):
-        self.dialect = SQLSERVER if spec.db_type == "sqlserver" else ORACLE
-        super().__init__(spec, password, **kw)
-        self._schema: pa.Schema | None = None
-        if spec.db_type == "sqlserver":
-            import pymssql
-
-            self._conn = pymssql.connect(**sqlserver_connect_kwargs(spec.db_config_value, password))
-        else:
-            import oracledb
-
-            self._conn = oracledb.connect(**oracle_connect_kwargs(spec.db_config_value, password))
-            self._conn.outputtypehandler = _oracle_output_type_handler
-
-    def schema(self) -> pa.Schema:
-        if self._schema is not None:
-            return self._schema
-        cur = self._conn.cursor()
-        try:
-            if self.dialect is SQLSERVER:
-                cur.execute(sqlserver_describe_query(), (self.query(limit_zero=True),))
-                self._schema = sqlserver_schema_from_description(cur.fetchall())
-            else:
-                cur.execute(self.query(limit_zero=True))
-                self._schema = pa.schema([oracle_field(tuple(d)) for d in cur.description])
-                cur.fetchall()
-        finally:
-            cur.close()
-        return self._schema
-
-    def batches(self, lower_bound: object | None) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-        schema = self.schema()
-        build = sqlserver_read if self.dialect is SQLSERVER else oracle_read
-        query, params = build(self.table_sql, schema, self.spec.incremental_column, lower_bound)
-        cur = self._conn.cursor()
-        if self.dialect is ORACLE:
-            cur.arraysize = min(self.batch_rows, 10_000)
-        if params:
-            cur.execute(query, params)
-        else:
-            cur.execute(query)
-        names = [d[0] for d in cur.description]
-        if names != schema.names:
-            cur.close()
-            raise ValueError(f"source columns changed while reading: {names} != {schema.names}")
-        return schema, self._stream_rows(cur, schema, rows_to_exact_batch)
-
-    def key_batches(self, keys: tuple[str, ...]) -> Iterator[pa.RecordBatch]:
-        schema = pa.schema([self.schema().field(k) for k in keys])
-        utc = set(oracle_utc_columns(schema)) if self.dialect is ORACLE else set()
-        cols = [
-            f"SYS_EXTRACT_UTC({self.dialect.quote(k)}) AS {self.dialect.quote(k)}"
-            if k in utc
-            else self.dialect.quote(k)
-            for k in keys
-        ]
-        cur = self._conn.cursor()
-        if self.dialect is ORACLE:
-            cur.arraysize = min(self.batch_rows, 10_000)
-        cur.execute(f"SELECT {', '.join(cols)} FROM {self.table_sql}")
-        return self._stream_rows(cur, schema, rows_to_exact_batch)
 
     def _close_connection(self) -> None:
         self._conn.close()

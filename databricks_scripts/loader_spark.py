@@ -33,6 +33,7 @@ from databricks_scripts.loader_spark_commits import (
     unrecorded,
 )
 from databricks_scripts.loader_spark_history import history_statement
+from databricks_scripts.loader_spark_merge import with_key_range
 from databricks_scripts.loader_sql import (
     MYSQL,
     ORACLE,
@@ -347,11 +348,17 @@ class _Schema:
 
 
 def _upsert_or_append(
-    spec: Any, target: str, view: str, columns: list[str], watermark: Any, lower: Any
+    spec: Any,
+    target: str,
+    view: str,
+    columns: list[str],
+    watermark: Any,
+    lower: Any,
+    key_range: tuple[str, str] | None = None,
 ) -> tuple[str, Mapping[str, Any]]:
     """The MERGE (with merge keys) or the incremental INSERT, and its named parameters."""
     if spec.merge_keys:
-        return spark_merge(target, view, spec.merge_keys, columns), {}
+        return spark_merge(target, view, spec.merge_keys, columns, key_range), {}
     with_lookback = lower is not None and lower != watermark
     statement = spark_append_new_rows(
         target, view, columns, spec.incremental_column, with_lookback=with_lookback
@@ -423,18 +430,17 @@ def _load(spark: Any, spec: Any, password: str | None, target: str, log, where: 
     df = read_source(spark, spec, password, lower)
     source_fields = _fields(df.schema)
     columns = [n for n, _ in source_fields]
+    key_range = None
+    plain_merge = spec.load_strategy != "scd2" and spec.delete_detection == "none"
+    if applied != "full" and spec.merge_keys and plain_merge:  # MERGE only the keys read
+        df, key_range = with_key_range(df, spec.merge_keys[0], log)
     view = f"dl_src_{uuid.uuid4().hex[:12]}"
     df.createOrReplaceTempView(view)
 
     where[0] = "reconcile schema"
     rebuild = applied == "full" and (not exists or spec.force_full_reload)
     if not rebuild:
-        added, problems = spark_schema_changes(source_fields, target_fields)
-        if problems:
-            raise ValueError("incompatible type change: " + "; ".join(problems))
-        if added:
-            log(f"schema evolution: adding column(s) {', '.join(n for n, _ in added)}")
-            spark.sql(spark_add_columns(target, added))
+        _evolve_schema(spark, target, source_fields, target_fields, log)
 
     where[0] = "write destination"
     kept = history_statement(  # delete detection / scd2 (loader_spark_history)
@@ -458,7 +464,9 @@ def _load(spark: Any, spec: Any, password: str | None, target: str, log, where: 
     elif applied == "full":
         statement, args = spark_insert_overwrite(target, view, columns), {}
     else:
-        statement, args = _upsert_or_append(spec, target, view, columns, watermark, lower)
+        statement, args = _upsert_or_append(
+            spec, target, view, columns, watermark, lower, key_range
+        )
     if applied == "full" and spec.merge_keys:  # a keyed table's first load checks its keys
         check_keys(spark, view, spec.merge_keys)
     if exists:
@@ -477,6 +485,16 @@ def _load(spark: Any, spec: Any, password: str | None, target: str, log, where: 
     loaded.destination_rows_before = rows_before
     loaded.full_reason = full_reason(spec, exists)
     return loaded
+
+
+def _evolve_schema(spark: Any, target: str, source_fields, target_fields, log) -> None:
+    """Add the source's new columns to ``target``; an incompatible type change is refused."""
+    added, problems = spark_schema_changes(source_fields, target_fields)
+    if problems:
+        raise ValueError("incompatible type change: " + "; ".join(problems))
+    if added:
+        log(f"schema evolution: adding column(s) {', '.join(n for n, _ in added)}")
+        spark.sql(spark_add_columns(target, added))
 
 
 def _count(spark: Any, target: str, version: int | None) -> int | None:

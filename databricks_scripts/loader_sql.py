@@ -99,11 +99,15 @@ def select_source(
     *,
     cursor: str | None = None,
     limit_zero: bool = False,
+    order_by: str | None = None,
+    null_cursor: str | None = None,
 ) -> str:
     """``SELECT * FROM <table> [WHERE <cursor> > <param 1>]`` or a zero-row schema probe.
 
     Only rows whose cursor is above the bound are read, so NULL cursors are never read by an
-    incremental query (they are loaded by full loads).
+    incremental query (they are loaded by full loads). ``order_by`` adds ``ORDER BY`` that
+    column; ``null_cursor`` reads only the rows where that column IS NULL (the resumable first
+    load: its NULL cursors first, then the rest in cursor order).
     """
     if limit_zero:
         if dialect is SQLSERVER:
@@ -116,6 +120,12 @@ def select_source(
         # PostgreSQL: the built-in operator by name, whatever the source defines on its path.
         op = "OPERATOR(pg_catalog.>)" if dialect is POSTGRESQL else ">"
         text += f" WHERE {dialect.quote(cursor)} {op} {dialect.placeholder(1, 'lower_bound')}"
+    elif null_cursor is not None:
+        text += f" WHERE {dialect.quote(null_cursor)} IS NULL"
+    elif order_by is not None:
+        text += f" WHERE {dialect.quote(order_by)} IS NOT NULL"
+    if order_by is not None:
+        text += f" ORDER BY {dialect.quote(order_by)}"
     return text
 
 
@@ -172,9 +182,22 @@ def spark_append_new_rows(
     )
 
 
-def spark_merge(target: str, view: str, keys: Sequence[str], columns: Sequence[str]) -> str:
-    """Upsert on the merge keys: matched rows are updated, others inserted (one Delta commit)."""
+def spark_merge(
+    target: str,
+    view: str,
+    keys: Sequence[str],
+    columns: Sequence[str],
+    key_range: tuple[str, str] | None = None,
+) -> str:
+    """Upsert on the merge keys: matched rows are updated, others inserted (one Delta commit).
+
+    ``key_range``: literal bounds of the first key among the rows read; the target side is
+    restricted to them so Delta prunes files by their statistics (loader_spark_merge).
+    """
     on = " AND ".join(f"t.{SPARK.quote(k)} = s.{SPARK.quote(k)}" for k in keys)
+    if key_range is not None:
+        first = f"t.{SPARK.quote(keys[0])}"
+        on = f"{first} >= {key_range[0]} AND {first} <= {key_range[1]} AND {on}"
     sets = ", ".join(f"t.{SPARK.quote(c)} = s.{SPARK.quote(c)}" for c in columns)
     return (
         f"MERGE INTO {target} AS t USING {SPARK.quote(view)} AS s ON {on} "

@@ -22,6 +22,11 @@ from databricks_scripts.redaction import SECRET_ENV_PREFIX, secrets_from_env
 DEFAULT_BATCH_BYTES = 16 * 1024 * 1024
 DEFAULT_BATCH_ROWS = 50_000
 DEFAULT_PROGRESS_SECONDS = 10.0
+# Big tables (docs/loader.md, "Big tables"): rows per MERGE commit of an upsert, and the resumable
+# first load's chunk size and the estimated source size from which a first load goes in chunks.
+DEFAULT_MERGE_CHUNK_ROWS = 150_000
+DEFAULT_FIRST_LOAD_CHUNK_ROWS = 5_000_000
+DEFAULT_FIRST_LOAD_CHUNKED_ABOVE_ROWS = 20_000_000
 DEFAULT_DBFS_ROOT = "/dbfs"
 # The variables the retry advisor reads (``retry_advisor.AdvisorConfig.from_env``).
 AI_ENV_PREFIX = "DATALOADER_AI_"
@@ -50,6 +55,11 @@ class ScriptEnv:
       ``DATALOADER_BATCH_ROWS``, ``DATALOADER_PROGRESS_SECONDS``.
     - ``target_file_bytes``: ``DATALOADER_TARGET_FILE_BYTES``, the Arrow engine's Delta data
       file size (None: delta-rs's default, about 100 MiB).
+    - ``merge_chunk_rows``: ``DATALOADER_MERGE_CHUNK_ROWS``, rows per MERGE commit of an upsert.
+    - ``first_load_chunk_rows``/``first_load_chunked_above_rows``:
+      ``DATALOADER_FIRST_LOAD_CHUNK_ROWS`` and ``DATALOADER_FIRST_LOAD_CHUNKED_ABOVE_ROWS``: an
+      incremental table's first load of a source estimated above the second goes in commits of
+      about the first (0 turns resumable first loads off).
     - ``dbfs_root``/``volumes_root``: where ``/dbfs`` and ``/Volumes`` paths are on this machine
       (``DATALOADER_DBFS_ROOT``, ``DATALOADER_VOLUMES_ROOT``; a local Databricks stand-in moves
       them).
@@ -67,6 +77,9 @@ class ScriptEnv:
     batch_rows: int = DEFAULT_BATCH_ROWS
     progress_seconds: float = DEFAULT_PROGRESS_SECONDS
     target_file_bytes: int | None = None
+    merge_chunk_rows: int = DEFAULT_MERGE_CHUNK_ROWS
+    first_load_chunk_rows: int = DEFAULT_FIRST_LOAD_CHUNK_ROWS
+    first_load_chunked_above_rows: int = DEFAULT_FIRST_LOAD_CHUNKED_ABOVE_ROWS
     dbfs_root: str = DEFAULT_DBFS_ROOT
     volumes_root: str | None = None
     secrets: tuple[str, ...] = field(default=(), repr=False)
@@ -109,6 +122,18 @@ class ScriptEnv:
             batch_rows=int(number("DATALOADER_BATCH_ROWS", DEFAULT_BATCH_ROWS)),
             progress_seconds=number("DATALOADER_PROGRESS_SECONDS", DEFAULT_PROGRESS_SECONDS),
             target_file_bytes=int(number("DATALOADER_TARGET_FILE_BYTES", 0)) or None,
+            merge_chunk_rows=int(number("DATALOADER_MERGE_CHUNK_ROWS", DEFAULT_MERGE_CHUNK_ROWS))
+            or DEFAULT_MERGE_CHUNK_ROWS,
+            first_load_chunk_rows=int(
+                number("DATALOADER_FIRST_LOAD_CHUNK_ROWS", DEFAULT_FIRST_LOAD_CHUNK_ROWS)
+            )
+            or DEFAULT_FIRST_LOAD_CHUNK_ROWS,
+            first_load_chunked_above_rows=int(
+                number(
+                    "DATALOADER_FIRST_LOAD_CHUNKED_ABOVE_ROWS",
+                    DEFAULT_FIRST_LOAD_CHUNKED_ABOVE_ROWS,
+                )
+            ),
             dbfs_root=env.get("DATALOADER_DBFS_ROOT") or DEFAULT_DBFS_ROOT,
             volumes_root=env.get("DATALOADER_VOLUMES_ROOT") or None,
             secrets=tuple(secrets_from_env(env)),
