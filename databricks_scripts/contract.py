@@ -37,6 +37,10 @@ LOAD_PARAM_FIELDS: tuple[str, ...] = (
     "merge_keys",
     "lookback_window_seconds",
     "force_full_reload",
+    # Spark engine only (sql/009): the column a JDBC read is split on and the most connections it
+    # opens; None: the loader's defaults (docs/databricks.md, "Partitioned JDBC reads").
+    "jdbc_partition_column",
+    "jdbc_num_partitions",
 )
 
 # Not one of the control row's fields: the latest attempt of the row whose success the control
@@ -122,6 +126,9 @@ class LoadMetadata:
     # destination version it committed. WATERMARK_AFTER is then the destination's watermark.
     RECONCILED_METADATA_ID = "reconciled_metadata_id"
     RECONCILED_VERSION = "reconciled_destination_version"
+    # What a person should know about how the load ran (e.g. a JDBC read that could not be split),
+    # one sentence per note joined with "; "; the asset appends it to the history row's message.
+    NOTES = "load_notes"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -52,6 +52,8 @@ class LoadSpec:
     force_full_reload: bool
     config_id: int | None = None
     metadata_id: int | None = None
+    jdbc_partition_column: str | None = None
+    jdbc_num_partitions: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -125,6 +127,15 @@ def check_connection_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return checked
 
 
+def _jdbc_num_partitions(params: Mapping[str, Any]) -> int | None:
+    value = params.get("jdbc_num_partitions")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 256:
+        raise LoadParamsError(f"jdbc_num_partitions must be a whole number 1-256, got {value!r}")
+    return value
+
+
 def parse_load_spec(params: Mapping[str, Any]) -> LoadSpec:
     """Validate the ``params`` extra sent by the load asset (see ``contract.LOAD_PARAM_FIELDS``)."""
     if not isinstance(params, Mapping):
@@ -173,6 +184,8 @@ def parse_load_spec(params: Mapping[str, Any]) -> LoadSpec:
         force_full_reload=bool(params.get("force_full_reload")),
         config_id=params.get("config_id"),
         metadata_id=params.get("metadata_id"),
+        jdbc_partition_column=_opt_str(params, "jdbc_partition_column"),
+        jdbc_num_partitions=_jdbc_num_partitions(params),
         extra=dict(params),
     )
 

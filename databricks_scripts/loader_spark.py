@@ -27,6 +27,7 @@ from databricks_scripts.loader_spark_commits import (
     read_last_commit,
     unrecorded,
 )
+from databricks_scripts.loader_spark_partitions import ReadPlan, plan_read
 from databricks_scripts.loader_sql import (
     MYSQL,
     ORACLE,
@@ -311,17 +312,45 @@ def _arrow_type_for(spark_type: str):
 
 def read_source(spark: Any, spec: Any, password: str | None, lower_bound: Any | None) -> Any:
     """The source DataFrame, filtered above ``lower_bound`` (pushed down by Spark)."""
+    return read_source_planned(spark, spec, password, lower_bound)[0]
+
+
+def read_source_planned(
+    spark: Any,
+    spec: Any,
+    password: str | None,
+    lower_bound: Any | None,
+    partitioning: tuple[int, int] | None = None,
+) -> tuple[Any, ReadPlan]:
+    """The source DataFrame, filtered above ``lower_bound`` (pushed down by Spark), and how a JDBC
+    read was split: ``partitioning`` = (rows per partition, most partitions), None: one connection
+    (loader_spark_partitions)."""
     from pyspark.sql import functions as F
 
+    plan = ReadPlan.single()
     if spec.db_type == "databricks":
         df = spark.read.table(
             spark_table(spec.source_catalog, spec.source_schema_name, spec.source_table_name)
         )
     else:
-        df = spark.read.format("jdbc").options(**jdbc_options(spec, password)).load()
+        options = jdbc_options(spec, password)
+        df = spark.read.format("jdbc").options(**options).load()
+        if partitioning is not None:
+            rows_per_partition, max_partitions = partitioning
+            plan = plan_read(
+                spark,
+                spec,
+                options,
+                _fields(df.schema),
+                lower_bound,
+                rows_per_partition=rows_per_partition,
+                max_partitions=max_partitions,
+            )
+        if plan.options:
+            df = spark.read.format("jdbc").options(**options, **plan.options).load()
     if lower_bound is not None:
         df = df.filter(F.col(spec.incremental_column) > F.lit(spark_literal(lower_bound)))
-    return df
+    return df, plan
 
 
 def _fields(schema: Any) -> list[tuple[str, str]]:
@@ -373,7 +402,10 @@ def run_spark_load(
     progress_interval: float = 10.0,
     spark: Any | None = None,
     stop: Any | None = None,
+    partitioning: tuple[int, int] | None = None,
 ) -> Any:
+    """One load on Spark; ``partitioning``: (rows per JDBC partition, most partitions), None to
+    read a JDBC source on one connection."""
     from pyspark.sql import SparkSession
 
     spark = spark or SparkSession.builder.getOrCreate()
@@ -384,7 +416,7 @@ def run_spark_load(
     where = ["open destination"]  # the step a failure is reported at
     try:
         with cancellable(spark, stop):
-            return _load(spark, spec, password, target, log, where)
+            return _load(spark, spec, password, target, log, where, partitioning)
     except StaleAttempt:
         raise
     except Exception as exc:
@@ -393,7 +425,9 @@ def run_spark_load(
         raise LoadStepError(where[0], f"{type(exc).__name__}: {exc}") from exc
 
 
-def _load(spark: Any, spec: Any, password: str | None, target: str, log, where: list) -> Any:
+def _load(
+    spark: Any, spec: Any, password: str | None, target: str, log, where: list, partitioning=None
+) -> Any:
     exists = table_exists(spark, target)
     applied = choose_strategy(spec, exists)
     target_fields = _fields(spark.table(target).schema) if exists else []
@@ -412,7 +446,11 @@ def _load(spark: Any, spec: Any, password: str | None, target: str, log, where: 
         return _reconciled(spark, spec, target, applied, watermark, found, log)
 
     where[0] = "read source"
-    df = read_source(spark, spec, password, lower)
+    df, plan = read_source_planned(spark, spec, password, lower, partitioning)
+    if plan.partitions > 1:
+        log(f"reading the source over {plan.partitions} JDBC connections: {dict(plan.options)}")
+    elif plan.note:
+        log(plan.note)
     source_fields = _fields(df.schema)
     columns = [n for n, _ in source_fields]
     view = f"dl_src_{uuid.uuid4().hex[:12]}"
@@ -448,11 +486,15 @@ def _load(spark: Any, spec: Any, password: str | None, target: str, log, where: 
 
     where[0] = "read commit metrics"
     read, written = write_counts(spark, target, statement, result.collect(), version_before)
-    return _result(spark, spec, target, applied, watermark, read, written)
+    notes = [plan.note] if plan.note else []
+    return _result(spark, spec, target, applied, watermark, read, written, notes=notes)
 
 
-def _result(spark, spec, target, applied, watermark, read, written, reconciled=None) -> Any:
+def _result(
+    spark, spec, target, applied, watermark, read, written, reconciled=None, notes=()
+) -> Any:
     return LoadResult(
+        notes=list(notes),
         rows_read=read,
         rows_written=written,
         watermark_before=spec.incremental_value,

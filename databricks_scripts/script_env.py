@@ -23,6 +23,10 @@ DEFAULT_BATCH_BYTES = 16 * 1024 * 1024
 DEFAULT_BATCH_ROWS = 50_000
 DEFAULT_PROGRESS_SECONDS = 10.0
 DEFAULT_DBFS_ROOT = "/dbfs"
+# Spark engine's partitioned JDBC reads (loader_spark_partitions): rows one connection reads, and
+# the most connections one load opens unless its control row says otherwise.
+DEFAULT_JDBC_ROWS_PER_PARTITION = 500_000
+DEFAULT_JDBC_MAX_PARTITIONS = 8
 # The variables the retry advisor reads (``retry_advisor.AdvisorConfig.from_env``).
 AI_ENV_PREFIX = "DATALOADER_AI_"
 AI_ENV_NAMES = ("OPENAI_API_KEY",)
@@ -50,6 +54,8 @@ class ScriptEnv:
       ``DATALOADER_BATCH_ROWS``, ``DATALOADER_PROGRESS_SECONDS``.
     - ``target_file_bytes``: ``DATALOADER_TARGET_FILE_BYTES``, the Arrow engine's Delta data
       file size (None: delta-rs's default, about 100 MiB).
+    - ``jdbc_rows_per_partition``/``jdbc_max_partitions``: ``DATALOADER_JDBC_ROWS_PER_PARTITION``,
+      ``DATALOADER_JDBC_MAX_PARTITIONS``, how the Spark engine splits a JDBC read.
     - ``dbfs_root``/``volumes_root``: where ``/dbfs`` and ``/Volumes`` paths are on this machine
       (``DATALOADER_DBFS_ROOT``, ``DATALOADER_VOLUMES_ROOT``; a local Databricks stand-in moves
       them).
@@ -67,6 +73,8 @@ class ScriptEnv:
     batch_rows: int = DEFAULT_BATCH_ROWS
     progress_seconds: float = DEFAULT_PROGRESS_SECONDS
     target_file_bytes: int | None = None
+    jdbc_rows_per_partition: int = DEFAULT_JDBC_ROWS_PER_PARTITION
+    jdbc_max_partitions: int = DEFAULT_JDBC_MAX_PARTITIONS
     dbfs_root: str = DEFAULT_DBFS_ROOT
     volumes_root: str | None = None
     secrets: tuple[str, ...] = field(default=(), repr=False)
@@ -109,6 +117,13 @@ class ScriptEnv:
             batch_rows=int(number("DATALOADER_BATCH_ROWS", DEFAULT_BATCH_ROWS)),
             progress_seconds=number("DATALOADER_PROGRESS_SECONDS", DEFAULT_PROGRESS_SECONDS),
             target_file_bytes=int(number("DATALOADER_TARGET_FILE_BYTES", 0)) or None,
+            jdbc_rows_per_partition=max(
+                1,
+                int(number("DATALOADER_JDBC_ROWS_PER_PARTITION", DEFAULT_JDBC_ROWS_PER_PARTITION)),
+            ),
+            jdbc_max_partitions=max(
+                1, int(number("DATALOADER_JDBC_MAX_PARTITIONS", DEFAULT_JDBC_MAX_PARTITIONS))
+            ),
             dbfs_root=env.get("DATALOADER_DBFS_ROOT") or DEFAULT_DBFS_ROOT,
             volumes_root=env.get("DATALOADER_VOLUMES_ROOT") or None,
             secrets=tuple(secrets_from_env(env)),

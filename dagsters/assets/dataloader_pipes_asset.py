@@ -331,11 +331,14 @@ class _Attempt:
                 watermark_after=watermark,
                 databricks_run_url=run_link,
             )
+        rows_written = _metadata_value(reported, LoadMetadata.ROWS_WRITTEN)
+        notes = _metadata_value(reported, LoadMetadata.NOTES)
         return self.client.record_success(
             self.config_id,
             self.metadata_id,
             rows_read=_metadata_value(reported, LoadMetadata.ROWS_READ),
-            rows_written=_metadata_value(reported, LoadMetadata.ROWS_WRITTEN),
+            rows_written=rows_written,
+            message=f"Loaded {rows_written} rows; {notes}" if notes else None,
             watermark_after=watermark,
             databricks_run_url=run_link,
             schema_changed=_schema_changed(self.context, self.control_key, reported),
