@@ -299,3 +299,12 @@ def test_the_control_row_columns_are_checked_and_reach_the_load_spec(control_db)
     assert (spec.jdbc_partition_column, spec.jdbc_num_partitions) == ("id", 4)
     with pytest.raises(ValueError, match="jdbc_num_partitions must be a whole number"):
         parse_load_spec({**load_params(row), "jdbc_num_partitions": "4"})
+
+
+def test_a_loads_notes_follow_its_row_count_in_the_history_message():
+    from dagsters.assets.dataloader_pipes_asset import _loaded_message
+
+    note = "read on one connection: the merge key 'code' is string"
+    assert _loaded_message(120, note) == f"Loaded 120 rows; {note}"
+    assert _loaded_message(None, note) == f"Loaded ? rows; {note}"
+    assert _loaded_message(120, None) is None  # the default "Loaded 120 rows"
