@@ -9,11 +9,13 @@ finished attempt. Then it reads each run's event log from the Dagster instance a
 
 - completions per hour: tables / (last run's end - the moment the rows became due), and the
   steady rate between the first and the last completion;
-- a per-run breakdown (median, p10-p90 over the runs): queued (the run queue: per-source limit,
-  max concurrent runs), worker start (process spawn + importing and loading the code location),
-  step start, script start (the asset's bookkeeping + the Pipes subprocess start and its imports,
-  until the script's first log line), the load itself (the script's ``duration_seconds``), and
-  recording (script end -> control row Succeeded -> run end);
+- a per-run breakdown from the run event logs (median, p10-p90 over the runs), grouped by the
+  executor the run used: queued (the run queue), worker start (the run worker process: spawn,
+  import and load the code location), step process (the multiprocess executor's second process
+  for the step, importing the code location again), step start (resources, until the step
+  starts), script start (the asset's bookkeeping, the Pipes script's process start and imports,
+  until its first log line), load (its first to its last log line), recording (script end ->
+  control row Succeeded -> step success) and run exit;
 - import cost (median of 3 fresh-process rounds): the code location a run worker imports, and the
   modules the Pipes script imports for an Arrow-engine load.
 
@@ -194,14 +196,15 @@ def _run_times(instance, run_id: str) -> dict[str, float]:
     return times
 
 
-def _breakdown(dagster_home: Path) -> dict[str, list[float]]:
-    """Per-part seconds of every finished load run of the bench's tables."""
+def _breakdown(dagster_home: Path) -> dict[str, dict[str, list[float]]]:
+    """Per-part seconds of every finished load run of the bench's tables, by executor (a run whose
+    step ran in a process of its own: multiprocess; else in process)."""
     import dagster as dg
 
     from dagsters.control.run_requests import TAG_CONTROL_KEY
 
     instance = dg.DagsterInstance.from_config(str(dagster_home))
-    parts: dict[str, list[float]] = {k: [] for k in PARTS}
+    groups: dict[str, dict[str, list[float]]] = {}
     try:
         runs = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS]))
         for run in runs:
@@ -211,6 +214,8 @@ def _breakdown(dagster_home: Path) -> dict[str, list[float]]:
             need = ("RUN_ENQUEUED", "RUN_STARTING", "RUN_START", "STEP_START", "STEP_SUCCESS")
             if not all(k in t for k in (*need, "SCRIPT_FIRST_LINE", "RUN_SUCCESS")):
                 continue
+            executor = "multiprocess" if "STEP_WORKER_STARTING" in t else "in process"
+            parts = groups.setdefault(executor, {k: [] for k in PARTS})
             step_process = t.get("STEP_WORKER_STARTED", 0) - t.get("STEP_WORKER_STARTING", 0)
             parts["queued"].append(t["RUN_STARTING"] - t["RUN_ENQUEUED"])
             parts["worker start"].append(t["RUN_START"] - t["RUN_STARTING"])
@@ -220,19 +225,23 @@ def _breakdown(dagster_home: Path) -> dict[str, list[float]]:
             parts["load"].append(t["SCRIPT_LAST_LINE"] - t["SCRIPT_FIRST_LINE"])
             parts["recording"].append(t["STEP_SUCCESS"] - t["SCRIPT_LAST_LINE"])
             parts["run exit"].append(t["RUN_SUCCESS"] - t["STEP_SUCCESS"])
+            parts.setdefault("whole run", []).append(t["RUN_SUCCESS"] - t["RUN_STARTING"])
     finally:
         instance.dispose()
-    return parts
+    return groups
 
 
 def _print_breakdown(dagster_home: Path) -> None:
-    parts = _breakdown(dagster_home)
-    total = sum(statistics.median(v) for v in parts.values() if v)
-    for name, values in parts.items():
-        share = f"{statistics.median(values) / total:4.0%}" if values and total else "  - "
+    for executor, parts in sorted(_breakdown(dagster_home).items()):
+        whole = parts.pop("whole run")
         print(
-            f"  {name:13s} {_percentiles(values)}  {share} of the median run  ({len(values)} runs)"
+            f"runs with the {executor} executor: whole run (starting -> success) "
+            f"{_percentiles(whole)}  ({len(whole)} runs)"
         )
+        total = sum(statistics.median(v) for v in parts.values() if v)
+        for name, values in parts.items():
+            share = f"{statistics.median(values) / total:4.0%}" if values and total else "  - "
+            print(f"  {name:13s} {_percentiles(values)}  {share} of the sum of medians")
 
 
 def _import_seconds(code: str, rounds: int = 3) -> list[float]:
@@ -274,18 +283,22 @@ def main() -> int:
     parser.add_argument("--source-concurrency", type=int, default=2)
     parser.add_argument("--max-concurrent-runs", type=int, default=10)
     parser.add_argument("--imports-only", action="store_true")
+    parser.add_argument("--no-imports", action="store_true", help="skip the import timings")
     parser.add_argument(
         "--report-only", action="store_true", help="only the breakdown of the last run's runs"
     )
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
+    # A SIGTERM (e.g. from `timeout`) still stops `dataloader dev` in the finally below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.report_only:
         _print_breakdown(WORK / "home" / "dagster_home")
         return 0
 
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
-    _print_imports()
+    if not args.no_imports:
+        _print_imports()
     if args.imports_only:
         return 0
     home = WORK / "home"
