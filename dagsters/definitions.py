@@ -77,11 +77,6 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_landing_table_monitor(settings),
         ],
         resources=build_resources(settings),
-        # Every job here is one step (or a few small ones): the default multiprocess executor
-        # would start a second process per step that imports the whole code location again
-        # (about a quarter of a tiny load's run, docs/operations.md "Loads per hour"). In
-        # process, the step runs in the run worker itself; a UI launch of the asset gets it too.
-        executor=dg.in_process_executor,
     )
 
 

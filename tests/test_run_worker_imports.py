@@ -34,15 +34,3 @@ def test_loading_the_code_location_leaves_the_heavy_packages_unimported(tmp_path
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stderr[-2000:]
-
-
-def test_every_job_runs_its_steps_in_the_run_worker_itself():
-    # The multiprocess executor would start one more process per step, importing the code
-    # location again: about a quarter of a tiny load's run (bench/bench_loads_per_hour.py).
-    from dagsters.definitions import build_definitions
-    from dagsters.sensors.dataloader_master_sensor import LOAD_JOB
-    from dagsters.settings import load_settings
-
-    repository = build_definitions(load_settings({})).get_repository_def()
-    assert repository.get_job(LOAD_JOB).executor_def.name == "in_process"
-    assert {job.executor_def.name for job in repository.get_all_jobs()} == {"in_process"}
