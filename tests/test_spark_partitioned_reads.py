@@ -133,14 +133,19 @@ class _TcpToUnixSocket:
 
 
 @pytest.fixture(scope="module")
-def spark():
+def spark(tmp_path_factory):
     if shutil.which("java") is None:
         pytest.skip("java is not installed: the local SparkSession needs a JVM")
     if not PG_JARS:
         pytest.skip("no PostgreSQL JDBC driver jar in the local Maven repository (~/.m2)")
     from pyspark.sql import SparkSession
 
-    session = SparkSession.builder.master("local[2]").getOrCreate()
+    session = (
+        SparkSession.builder.master("local[2]")
+        .config("spark.sql.warehouse.dir", str(tmp_path_factory.mktemp("spark_warehouse")))
+        .config("spark.ui.enabled", "false")
+        .getOrCreate()
+    )
     # Another module's session may already run in this JVM: the driver jar is added to it.
     session.sql(f"ADD JAR '{PG_JARS[-1]}'")
     session.conf.set("spark.sql.session.timeZone", "UTC")
