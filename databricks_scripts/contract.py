@@ -39,6 +39,10 @@ LOAD_PARAM_FIELDS: tuple[str, ...] = (
     "force_full_reload",
     "delete_detection",
     "delete_max_fraction",
+    # Spark engine only (sql/009): the column a JDBC read is split on and the most connections it
+    # opens; None: the loader's defaults (docs/databricks.md, "Partitioned JDBC reads").
+    "jdbc_partition_column",
+    "jdbc_num_partitions",
 )
 
 # Not one of the control row's fields: the latest attempt of the row whose success the control
@@ -141,6 +145,9 @@ class LoadMetadata:
     DESTINATION_ROWS_BEFORE = "destination_rows_before"
     # Why a load ran full (None for an incremental or merge load): one of FULL_REASONS.
     FULL_REASON = "full_load_reason"
+    # What a person should know about how the load ran (e.g. a JDBC read that could not be split),
+    # one sentence per note joined with "; "; the asset appends it to the history row's message.
+    NOTES = "load_notes"
 
 
 FULL_REASON_FIRST_LOAD = "first load"

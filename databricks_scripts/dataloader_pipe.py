@@ -109,7 +109,14 @@ def _run_engine(
     if engine == "spark":
         from databricks_scripts.loader_spark import run_spark_load
 
-        return run_spark_load(spec, password, log=log, progress_interval=progress, stop=stop)
+        return run_spark_load(
+            spec,
+            password,
+            log=log,
+            progress_interval=progress,
+            stop=stop,
+            partitioning=(env.jdbc_rows_per_partition, env.jdbc_max_partitions),
+        )
     from databricks_scripts.loader_arrow import LoadStepError, run_arrow_load
     from databricks_scripts.loader_sources import open_source
 
@@ -215,6 +222,9 @@ def run_load(
     if result.row_count is not None:
         metadata[LoadMetadata.ROW_COUNT] = result.row_count
     metadata.update(_reconciliation_counts(result))
+    notes = [redact(n, secrets) for n in getattr(result, "notes", None) or ()]
+    if notes:
+        metadata[LoadMetadata.NOTES] = "; ".join(notes)
     reconciled = getattr(result, "reconciled", None)
     if reconciled is not None:
         metadata[LoadMetadata.RECONCILED_METADATA_ID] = reconciled.metadata_id

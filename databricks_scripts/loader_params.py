@@ -56,6 +56,8 @@ class LoadSpec:
     metadata_id: int | None = None
     delete_detection: str = "none"
     delete_max_fraction: float = DEFAULT_DELETE_MAX_FRACTION
+    jdbc_partition_column: str | None = None
+    jdbc_num_partitions: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -155,6 +157,15 @@ def _delete_settings(params: Mapping[str, Any], strategy: str, keys: Any) -> tup
     return detection, fraction
 
 
+def _jdbc_num_partitions(params: Mapping[str, Any]) -> int | None:
+    value = params.get("jdbc_num_partitions")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 256:
+        raise LoadParamsError(f"jdbc_num_partitions must be a whole number 1-256, got {value!r}")
+    return value
+
+
 def parse_load_spec(params: Mapping[str, Any]) -> LoadSpec:
     """Validate the ``params`` extra sent by the load asset (see ``contract.LOAD_PARAM_FIELDS``)."""
     if not isinstance(params, Mapping):
@@ -206,6 +217,8 @@ def parse_load_spec(params: Mapping[str, Any]) -> LoadSpec:
         metadata_id=params.get("metadata_id"),
         delete_detection=detection,
         delete_max_fraction=max_fraction,
+        jdbc_partition_column=_opt_str(params, "jdbc_partition_column"),
+        jdbc_num_partitions=_jdbc_num_partitions(params),
         extra=dict(params),
     )
 

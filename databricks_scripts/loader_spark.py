@@ -34,6 +34,7 @@ from databricks_scripts.loader_spark_commits import (
 )
 from databricks_scripts.loader_spark_history import history_statement
 from databricks_scripts.loader_spark_merge import with_key_range
+from databricks_scripts.loader_spark_partitions import ReadPlan, plan_read
 from databricks_scripts.loader_sql import (
     MYSQL,
     ORACLE,
@@ -318,17 +319,45 @@ def _arrow_type_for(spark_type: str):
 
 def read_source(spark: Any, spec: Any, password: str | None, lower_bound: Any | None) -> Any:
     """The source DataFrame, filtered above ``lower_bound`` (pushed down by Spark)."""
+    return read_source_planned(spark, spec, password, lower_bound)[0]
+
+
+def read_source_planned(
+    spark: Any,
+    spec: Any,
+    password: str | None,
+    lower_bound: Any | None,
+    partitioning: tuple[int, int] | None = None,
+) -> tuple[Any, ReadPlan]:
+    """The source DataFrame, filtered above ``lower_bound`` (pushed down by Spark), and how a JDBC
+    read was split: ``partitioning`` = (rows per partition, most partitions), None: one connection
+    (loader_spark_partitions)."""
     from pyspark.sql import functions as F
 
+    plan = ReadPlan.single()
     if spec.db_type == "databricks":
         df = spark.read.table(
             spark_table(spec.source_catalog, spec.source_schema_name, spec.source_table_name)
         )
     else:
-        df = spark.read.format("jdbc").options(**jdbc_options(spec, password)).load()
+        options = jdbc_options(spec, password)
+        df = spark.read.format("jdbc").options(**options).load()
+        if partitioning is not None:
+            rows_per_partition, max_partitions = partitioning
+            plan = plan_read(
+                spark,
+                spec,
+                options,
+                _fields(df.schema),
+                lower_bound,
+                rows_per_partition=rows_per_partition,
+                max_partitions=max_partitions,
+            )
+        if plan.options:
+            df = spark.read.format("jdbc").options(**options, **plan.options).load()
     if lower_bound is not None:
         df = df.filter(F.col(spec.incremental_column) > F.lit(spark_literal(lower_bound)))
-    return df
+    return df, plan
 
 
 def _fields(schema: Any) -> list[tuple[str, str]]:
@@ -386,7 +415,10 @@ def run_spark_load(
     progress_interval: float = 10.0,
     spark: Any | None = None,
     stop: Any | None = None,
+    partitioning: tuple[int, int] | None = None,
 ) -> Any:
+    """One load on Spark; ``partitioning``: (rows per JDBC partition, most partitions), None to
+    read a JDBC source on one connection."""
     from pyspark.sql import SparkSession
 
     spark = spark or SparkSession.builder.getOrCreate()
@@ -397,7 +429,7 @@ def run_spark_load(
     where = ["open destination"]  # the step a failure is reported at
     try:
         with cancellable(spark, stop):
-            return _load(spark, spec, password, target, log, where)
+            return _load(spark, spec, password, target, log, where, partitioning)
     except StaleAttempt:
         raise
     except Exception as exc:
@@ -406,7 +438,9 @@ def run_spark_load(
         raise LoadStepError(where[0], f"{type(exc).__name__}: {exc}") from exc
 
 
-def _load(spark: Any, spec: Any, password: str | None, target: str, log, where: list) -> Any:
+def _load(
+    spark: Any, spec: Any, password: str | None, target: str, log, where: list, partitioning=None
+) -> Any:
     exists = table_exists(spark, target)
     applied = choose_strategy(spec, exists)
     target_fields = _fields(spark.table(target).schema) if exists else []
@@ -427,15 +461,10 @@ def _load(spark: Any, spec: Any, password: str | None, target: str, log, where: 
         return _reconciled(spark, spec, target, applied, watermark, found, log)
 
     where[0] = "read source"
-    df = read_source(spark, spec, password, lower)
-    source_fields = _fields(df.schema)
+    view, source_fields, key_range, plan = _source_view(
+        spark, spec, password, lower, partitioning, applied, log
+    )
     columns = [n for n, _ in source_fields]
-    key_range = None
-    plain_merge = spec.load_strategy != "scd2" and spec.delete_detection == "none"
-    if applied != "full" and spec.merge_keys and plain_merge:  # MERGE only the keys read
-        df, key_range = with_key_range(df, spec.merge_keys[0], log)
-    view = f"dl_src_{uuid.uuid4().hex[:12]}"
-    df.createOrReplaceTempView(view)
 
     where[0] = "reconcile schema"
     rebuild = applied == "full" and (not exists or spec.force_full_reload)
@@ -481,10 +510,27 @@ def _load(spark: Any, spec: Any, password: str | None, target: str, log, where: 
 
     where[0] = "read commit metrics"
     read, written = write_counts(spark, target, statement, result.collect(), version_before)
-    loaded = _result(spark, spec, target, applied, watermark, read, written)
+    notes = [plan.note] if plan.note else []
+    loaded = _result(spark, spec, target, applied, watermark, read, written, notes=notes)
     loaded.destination_rows_before = rows_before
     loaded.full_reason = full_reason(spec, exists)
     return loaded
+
+
+def _source_view(spark: Any, spec: Any, password, lower, partitioning, applied: str, log):
+    """The source read as a temp view: (view, its fields, the MERGE's key range, the read plan)."""
+    df, plan = read_source_planned(spark, spec, password, lower, partitioning)
+    if plan.partitions > 1:
+        log(f"reading the source over {plan.partitions} JDBC connections: {dict(plan.options)}")
+    elif plan.note:
+        log(plan.note)
+    key_range = None
+    plain_merge = spec.load_strategy != "scd2" and spec.delete_detection == "none"
+    if applied != "full" and spec.merge_keys and plain_merge:  # MERGE only the keys read
+        df, key_range = with_key_range(df, spec.merge_keys[0], log)
+    view = f"dl_src_{uuid.uuid4().hex[:12]}"
+    df.createOrReplaceTempView(view)
+    return view, _fields(df.schema), key_range, plan
 
 
 def _evolve_schema(spark: Any, target: str, source_fields, target_fields, log) -> None:
@@ -505,8 +551,11 @@ def _count(spark: Any, target: str, version: int | None) -> int | None:
     return int(n[0]["n"])
 
 
-def _result(spark, spec, target, applied, watermark, read, written, reconciled=None) -> Any:
+def _result(
+    spark, spec, target, applied, watermark, read, written, reconciled=None, notes=()
+) -> Any:
     return LoadResult(
+        notes=list(notes),
         rows_read=read,
         rows_written=written,
         watermark_before=spec.incremental_value,

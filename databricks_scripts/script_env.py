@@ -28,6 +28,10 @@ DEFAULT_MERGE_CHUNK_ROWS = 150_000
 DEFAULT_FIRST_LOAD_CHUNK_ROWS = 5_000_000
 DEFAULT_FIRST_LOAD_CHUNKED_ABOVE_ROWS = 20_000_000
 DEFAULT_DBFS_ROOT = "/dbfs"
+# Spark engine's partitioned JDBC reads (loader_spark_partitions): rows one connection reads, and
+# the most connections one load opens unless its control row says otherwise.
+DEFAULT_JDBC_ROWS_PER_PARTITION = 500_000
+DEFAULT_JDBC_MAX_PARTITIONS = 8
 # The variables the retry advisor reads (``retry_advisor.AdvisorConfig.from_env``).
 AI_ENV_PREFIX = "DATALOADER_AI_"
 AI_ENV_NAMES = ("OPENAI_API_KEY",)
@@ -60,6 +64,8 @@ class ScriptEnv:
       ``DATALOADER_FIRST_LOAD_CHUNK_ROWS`` and ``DATALOADER_FIRST_LOAD_CHUNKED_ABOVE_ROWS``: an
       incremental table's first load of a source estimated above the second goes in commits of
       about the first (0 turns resumable first loads off).
+    - ``jdbc_rows_per_partition``/``jdbc_max_partitions``: ``DATALOADER_JDBC_ROWS_PER_PARTITION``,
+      ``DATALOADER_JDBC_MAX_PARTITIONS``, how the Spark engine splits a JDBC read.
     - ``dbfs_root``/``volumes_root``: where ``/dbfs`` and ``/Volumes`` paths are on this machine
       (``DATALOADER_DBFS_ROOT``, ``DATALOADER_VOLUMES_ROOT``; a local Databricks stand-in moves
       them).
@@ -80,6 +86,8 @@ class ScriptEnv:
     merge_chunk_rows: int = DEFAULT_MERGE_CHUNK_ROWS
     first_load_chunk_rows: int = DEFAULT_FIRST_LOAD_CHUNK_ROWS
     first_load_chunked_above_rows: int = DEFAULT_FIRST_LOAD_CHUNKED_ABOVE_ROWS
+    jdbc_rows_per_partition: int = DEFAULT_JDBC_ROWS_PER_PARTITION
+    jdbc_max_partitions: int = DEFAULT_JDBC_MAX_PARTITIONS
     dbfs_root: str = DEFAULT_DBFS_ROOT
     volumes_root: str | None = None
     secrets: tuple[str, ...] = field(default=(), repr=False)
@@ -133,6 +141,13 @@ class ScriptEnv:
                     "DATALOADER_FIRST_LOAD_CHUNKED_ABOVE_ROWS",
                     DEFAULT_FIRST_LOAD_CHUNKED_ABOVE_ROWS,
                 )
+            ),
+            jdbc_rows_per_partition=max(
+                1,
+                int(number("DATALOADER_JDBC_ROWS_PER_PARTITION", DEFAULT_JDBC_ROWS_PER_PARTITION)),
+            ),
+            jdbc_max_partitions=max(
+                1, int(number("DATALOADER_JDBC_MAX_PARTITIONS", DEFAULT_JDBC_MAX_PARTITIONS))
             ),
             dbfs_root=env.get("DATALOADER_DBFS_ROOT") or DEFAULT_DBFS_ROOT,
             volumes_root=env.get("DATALOADER_VOLUMES_ROOT") or None,

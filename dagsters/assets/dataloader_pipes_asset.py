@@ -154,6 +154,13 @@ def _schema_changed(context: dg.AssetExecutionContext, control_key: str, reporte
     return old_schema is not None and old_schema != new_schema
 
 
+def _loaded_message(rows_written: Any, notes: Any) -> str | None:
+    """The success message with the script's notes (None: the default "Loaded N rows")."""
+    if not notes:
+        return None
+    return f"Loaded {rows_written if rows_written is not None else '?'} rows; {notes}"
+
+
 def _reported_metadata(outcome: ScriptOutcome) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for result in outcome.results:
@@ -340,11 +347,14 @@ class _Attempt:
                 watermark_after=watermark,
                 databricks_run_url=run_link,
             )
+        rows_written = _metadata_value(reported, LoadMetadata.ROWS_WRITTEN)
+        notes = _metadata_value(reported, LoadMetadata.NOTES)
         return self.client.record_success(
             self.config_id,
             self.metadata_id,
             rows_read=_metadata_value(reported, LoadMetadata.ROWS_READ),
-            rows_written=_metadata_value(reported, LoadMetadata.ROWS_WRITTEN),
+            rows_written=rows_written,
+            message=_loaded_message(rows_written, notes),
             watermark_after=watermark,
             databricks_run_url=run_link,
             schema_changed=_schema_changed(self.context, self.control_key, reported),
