@@ -169,3 +169,17 @@ def test_executing_a_declared_check_re_evaluates_the_tables_latest_load():
     assert (
         "source snapshot 3 rows" in evaluation.description and "holds 2" in evaluation.description
     )
+
+
+def test_a_row_whose_destination_dagster_cannot_name_is_not_declared_and_the_rest_still_are(
+    control_db, source_db, db
+):
+    """One bad row (a destination table named like a path) must not stop the code location."""
+    add_control_row(db, source_db, "pg.orders", "orders")
+    add_control_row(db, source_db, "pg.bad", "bad", destination_table_name="../outside_bad")
+    local = load_settings({"DATALOADER_TABLE_ASSETS_MAX": "10"})
+
+    specs, [checks] = table_asset_definitions(local, lakebase_for(control_db))
+
+    assert [spec.key for spec in specs] == [dg.AssetKey(["lake", "raw", "orders"])]
+    assert {key.asset_key for key in checks.check_keys} == {specs[0].key}

@@ -175,7 +175,9 @@ def test_migration_pauses_rows_written_before_the_rules(source_db, tmp_path):
                 " %s, %s, 'Loaded 5 rows')",
                 (key, cron, zone),
             )
-    assert apply_migrations(source_db) == [p.name for p in sorted(SQL_DIR.glob("00[5-9]_*.sql"))]
+    assert apply_migrations(source_db) == [
+        p.name for p in sorted(SQL_DIR.glob("*.sql")) if p.name >= "005"
+    ]
     with psycopg.connect(source_db) as conn:
         rows = {
             r[0]: r[1:]

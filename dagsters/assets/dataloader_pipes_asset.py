@@ -555,7 +555,10 @@ def build_retry_asset(settings: Settings) -> dg.AssetsDefinition:
         )
         yield dg.MaterializeResult(
             metadata={
-                **analysis_metadata(row, settings.dagster_run_url),
+                **analysis_metadata(
+                    {**row, "last_message": _safe(row.get("last_message") or "", settings)},
+                    settings.dagster_run_url,
+                ),
                 **decision.as_dict(),
                 "applied": str(applied),
             }

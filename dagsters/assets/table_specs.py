@@ -15,6 +15,7 @@ keys cost one event per load.
 """
 
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -34,6 +35,8 @@ from dagsters.settings import Settings
 TABLE_GROUP = "destination_tables"
 TABLE_CHECKS = "destination_table_checks"
 _log = logging.getLogger(__name__)
+# What Dagster accepts in the names it derives from an asset key (a check's op, the UI's paths).
+_DAGSTER_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
 
 def table_kinds(row: Mapping[str, Any], execution: str) -> set[str]:
@@ -128,7 +131,23 @@ def table_asset_definitions(
     settings: Settings, lakebase: LakebaseResource
 ) -> tuple[list[dg.AssetSpec], list[dg.AssetChecksDefinition]]:
     """The declared table specs and their checks ([] and [] when none is declared)."""
-    specs = _unique(
-        table_spec(row, settings.execution) for row in _declared_rows(settings, lakebase)
-    )
-    return specs, ([row_count_checks(specs)] if specs else [])
+    rows = _declared_rows(settings, lakebase)
+    declarable = [r for r in rows if all(map(_DAGSTER_NAME.match, _key_parts(r)))]
+    if len(declarable) < len(rows):
+        skipped = sorted({str(r["control_key"]) for r in rows if r not in declarable})
+        _log.warning(
+            "Not declared as assets (a destination name Dagster cannot use; their loads still "
+            f"record materializations): {', '.join(skipped[:10])}"
+        )
+    specs = _unique(table_spec(row, settings.execution) for row in declarable)
+    if not specs:
+        return [], []
+    try:
+        return specs, [row_count_checks(specs)]
+    except Exception as exc:  # noqa: BLE001 - one bad row must not stop the code location loading
+        _log.warning(f"Destination tables not declared as assets: {exc}")
+        return [], []
+
+
+def _key_parts(row: Mapping[str, Any]) -> list[str]:
+    return [str(part) for part in destination_asset_key(row).path]
