@@ -29,8 +29,13 @@ install: $(STAMP)
 dev: $(STAMP)
 	$(BIN)/dataloader dev
 
+# Test files run on 4 workers (pytest-xdist, one file per worker at a time): most tests wait on
+# real processes (dagster dev, Pipes scripts, Spark), so 4 workers fit a 2-core machine.
+# `make test PYTEST_WORKERS=0` runs them one after another.
+PYTEST_WORKERS ?= 4
+
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 $(STAMP312): pyproject.toml
 	@command -v $(PYTHON312) >/dev/null 2>&1 || { echo "$(PYTHON312) not found; set PYTHON312=/path/to/python3.12"; exit 1; }
