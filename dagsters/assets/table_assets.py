@@ -7,11 +7,10 @@ as the load's partition (row count, column schema, table name, watermark, links)
 came from, plus the load's row-count check (``load_checks``) on that key. A dbt source mapped to
 the key (docs/assets.md) gets lineage and freshness from our loads.
 
-The keys are *reported*, not declared: no ``AssetSpec`` per table_control row is built when the
-code location loads. Declaring 100k specs would mean a control-database query on every definitions
-load, a reload for every row a person adds with SQL, and an asset graph the UI has to lay out in
-full; reported keys appear with their first load, cost one event per load, and the asset catalog
-pages through them (docs/assets.md, "How this scales").
+Every load reports the key at run time, so a table has its asset from its first load on. Up to
+``DATALOADER_TABLE_ASSETS_MAX`` tables are also declared when the code location loads
+(``table_specs``: kinds, freshness, the Checks tab); above the cap only the reported keys remain,
+which cost one event per load (docs/assets.md, "How this scales").
 """
 
 from __future__ import annotations
