@@ -43,6 +43,8 @@ LOAD_PARAM_FIELDS: tuple[str, ...] = (
     # opens; None: the loader's defaults (docs/databricks.md, "Partitioned JDBC reads").
     "jdbc_partition_column",
     "jdbc_num_partitions",
+    # sql/013: how deep the reconciliation check after each load goes (none | counts | keys).
+    "verify_depth",
 )
 
 # Not one of the control row's fields: the latest attempt of the row whose success the control
@@ -58,6 +60,9 @@ STRATEGIES: tuple[str, ...] = ("full", "incremental", "merge", "scd2")
 DELETE_DETECTIONS: tuple[str, ...] = ("none", "soft", "hard")
 # Default floor: a load never deletes (or marks deleted) more than this share of the live rows.
 DEFAULT_DELETE_MAX_FRACTION = 0.5
+# How deep the reconciliation check after each load goes (databricks_scripts/loader_verify).
+VERIFY_DEPTHS: tuple[str, ...] = ("none", "counts", "keys")
+DEFAULT_VERIFY_DEPTH = "counts"
 # Technical destination columns (the names Databricks AUTO CDC uses for SCD type 2; fixed: other
 # tools read them). Timestamps with time zone, UTC.
 DELETED_AT = "__DELETED_AT"
@@ -148,6 +153,11 @@ class LoadMetadata:
     # What a person should know about how the load ran (e.g. a JDBC read that could not be split),
     # one sentence per note joined with "; "; the asset appends it to the history row's message.
     NOTES = "load_notes"
+    # The reconciliation check (loader_verify): passed or not, its sentence, its depth and the
+    # facts it read from both sides (source_rows_in_scope, destination_rows_in_scope, ...).
+    VERIFIED = "verification_passed"
+    VERIFICATION = "verification"
+    VERIFY_DEPTH = "verify_depth"
 
 
 FULL_REASON_FIRST_LOAD = "first load"

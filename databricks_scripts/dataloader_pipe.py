@@ -223,6 +223,15 @@ def run_load(
         metadata[LoadMetadata.ROW_COUNT] = result.row_count
     metadata.update(_reconciliation_counts(result))
     notes = [redact(n, secrets) for n in getattr(result, "notes", None) or ()]
+    verification = getattr(result, "verification", None)
+    if verification is not None:
+        described = redact(verification.description, secrets)
+        metadata[LoadMetadata.VERIFIED] = verification.passed
+        metadata[LoadMetadata.VERIFICATION] = described
+        metadata[LoadMetadata.VERIFY_DEPTH] = verification.depth
+        metadata.update(verification.facts)
+        if not verification.passed:
+            notes.append(f"RECONCILIATION FAILED ({verification.depth}): {described}")
     if notes:
         metadata[LoadMetadata.NOTES] = "; ".join(notes)
     reconciled = getattr(result, "reconciled", None)

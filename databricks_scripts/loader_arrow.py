@@ -58,6 +58,7 @@ from databricks_scripts.loader_types import (
     is_numeric_text,
     plan_schema,
 )
+from databricks_scripts.loader_verify import Verification, verify_committed
 from databricks_scripts.watermark import (
     Watermark,
     batch_max,
@@ -96,6 +97,8 @@ class LoadResult:
     # None: unknown), and why the load ran full (None: it did not).
     destination_rows_before: int | None = None
     full_reason: str | None = None
+    # The reconciliation check (loader_verify); None: verify_depth none, or nothing committed.
+    verification: Verification | None = None
 
 
 def full_reason(spec, destination_exists: bool) -> str | None:
@@ -479,6 +482,7 @@ def run_arrow_load(
     # the table is opened once per load (twice only when this load created it).
     final = load.table if load.table is not None else _delta_table(destination)
     schema = arrow_schema_of(final.schema()) if final is not None else load.write_schema
+    verification = verify_committed(load, source, lambda: _delta_table(destination), log)
     return LoadResult(
         rows_read=tracker.rows_read,
         rows_written=rows_written,
@@ -491,6 +495,7 @@ def run_arrow_load(
         committed=committed,
         destination_rows_before=rows_before,
         full_reason=full_reason(spec, load.table is not None),
+        verification=verification,
     )
 
 

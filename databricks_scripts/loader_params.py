@@ -20,10 +20,12 @@ from databricks_scripts.contract import (
     CONNECTION_KEYS,
     DB_TYPES,
     DEFAULT_DELETE_MAX_FRACTION,
+    DEFAULT_VERIFY_DEPTH,
     DELETE_DETECTIONS,
     PARAMS_EXTRA,
     STRATEGIES,
     TLS_MODES,
+    VERIFY_DEPTHS,
     tls_mode_default,
 )
 
@@ -55,6 +57,8 @@ class LoadSpec:
     config_id: int | None = None
     metadata_id: int | None = None
     delete_detection: str = "none"
+    # The reconciliation check's depth after each load (loader_verify): none | counts | keys.
+    verify_depth: str = "counts"
     delete_max_fraction: float = DEFAULT_DELETE_MAX_FRACTION
     jdbc_partition_column: str | None = None
     jdbc_num_partitions: int | None = None
@@ -157,6 +161,13 @@ def _delete_settings(params: Mapping[str, Any], strategy: str, keys: Any) -> tup
     return detection, fraction
 
 
+def _verify_depth(params: Mapping[str, Any]) -> str:
+    depth = (_opt_str(params, "verify_depth") or DEFAULT_VERIFY_DEPTH).lower()
+    if depth not in VERIFY_DEPTHS:
+        raise LoadParamsError(f"verify_depth {depth!r} is not one of {', '.join(VERIFY_DEPTHS)}")
+    return depth
+
+
 def _jdbc_num_partitions(params: Mapping[str, Any]) -> int | None:
     value = params.get("jdbc_num_partitions")
     if value is None:
@@ -219,6 +230,7 @@ def parse_load_spec(params: Mapping[str, Any]) -> LoadSpec:
         delete_max_fraction=max_fraction,
         jdbc_partition_column=_opt_str(params, "jdbc_partition_column"),
         jdbc_num_partitions=_jdbc_num_partitions(params),
+        verify_depth=_verify_depth(params),
         extra=dict(params),
     )
 

@@ -15,8 +15,57 @@ from databricks_scripts.loader_sql import (
 )
 
 
+class SourceBusyError(RuntimeError):
+    """A statement was about to run on a source connection while another result still streamed
+    on it. Drivers that stream (pymysql's unbuffered cursor, pymssql, libpq's COPY) would drop
+    the rest of that result without an error, so the reader refuses the statement instead."""
+
+
+class SourceStream:
+    """The rows of one statement, as Arrow batches; ``done`` once exhausted, failed or closed.
+
+    ``cleanup`` closes the statement's cursor: it runs when the stream ends, fails or is closed,
+    even if it was never iterated (an executed cursor holds its connection until then).
+    """
+
+    def __init__(self, batches: Iterator[pa.RecordBatch], cleanup: Callable[[], None]):
+        self._batches = batches
+        self._cleanup = cleanup
+        self.done = False
+
+    def __iter__(self) -> SourceStream:
+        return self
+
+    def __next__(self) -> pa.RecordBatch:
+        if self.done:
+            raise StopIteration
+        try:
+            return next(self._batches)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        try:
+            close = getattr(self._batches, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._cleanup()
+
+
 class SourceReader:
-    """Base: ``schema()`` probes the column types, ``batches(lower_bound)`` streams the rows."""
+    """Base: ``schema()`` probes the column types, ``batches(lower_bound)`` streams the rows.
+
+    One statement at a time: every statement first calls ``_statement()``, which refuses to run
+    while a stream handed out earlier is still open (``SourceBusyError``). Readers whose database
+    allows it (PostgreSQL, MySQL/MariaDB) run every statement of a load in one read-only
+    REPEATABLE READ transaction, so the rows, the key snapshot and the verification counts come
+    from one snapshot of the source.
+    """
 
     dialect: Dialect
 
@@ -31,11 +80,27 @@ class SourceReader:
         self.table_sql = qualified_name(self.dialect, *parts)
         # Row streams handed out by batches(): closed before the connection, because a load that
         # fails mid-stream leaves its stream suspended (ADBC then refuses to close the database).
-        self._streams: list[Any] = []
+        self._streams: list[SourceStream] = []
+        # Verification facts read at the snapshot (loader_verify): set by the readers that
+        # hold one for the whole load.
+        self.snapshot = False
 
-    def _track(self, stream: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def _track(
+        self, batches: Iterator[pa.RecordBatch], cleanup: Callable[[], None]
+    ) -> SourceStream:
+        stream = SourceStream(batches, cleanup)
         self._streams.append(stream)
         return stream
+
+    def _statement(self) -> None:
+        """Called before every statement on the reader's connection: one result at a time."""
+        self._streams = [s for s in self._streams if not s.done]
+        if self._streams:
+            raise SourceBusyError(
+                "a statement was about to run on the source connection while an earlier "
+                "result was still being read; the loader reads one result at a time (the "
+                "driver would silently drop the rest of the earlier one)"
+            )
 
     def close_streams(self) -> None:
         while self._streams:
@@ -81,8 +146,30 @@ class SourceReader:
         raise NotImplementedError
 
     def key_batches(self, keys: tuple[str, ...]) -> Iterator[pa.RecordBatch]:
-        """Only the ``keys`` columns of every source row, streamed (delete detection's key
-        snapshot, loader_deletes). One statement, so one snapshot of the source."""
+        """Only the ``keys`` columns of every source row, streamed: delete detection's key
+        snapshot (loader_deletes) and the key verification (loader_verify)."""
+        raise NotImplementedError
+
+    def count_rows(self, *above: object | None) -> tuple[int, ...]:
+        """(every row, then for each bound how many rows have cursor > it; a None bound counts
+        every row), in one statement, so from one snapshot (loader_verify)."""
+        cursor = self.spec.incremental_column
+        op = "OPERATOR(pg_catalog.>)" if self.dialect.name == "postgresql" else ">"
+        columns, params = ["COUNT(*)"], []
+        for bound in above:
+            if bound is None or cursor is None:
+                columns.append("COUNT(*)")
+                continue
+            params.append(bound)
+            mark = self.dialect.placeholder(len(params), "above")
+            columns.append(
+                f"SUM(CASE WHEN {self.dialect.quote(cursor)} {op} {mark} THEN 1 ELSE 0 END)"
+            )
+        named = ", ".join(f"{c} AS n{i}" for i, c in enumerate(columns))
+        return self._counts(f"SELECT {named} FROM {self.table_sql}", tuple(params))
+
+    def _counts(self, query: str, params: tuple) -> tuple[int, ...]:
+        """The one row of a counting statement, NULLs as 0."""
         raise NotImplementedError
 
     def _stream_rows(
@@ -94,13 +181,10 @@ class SourceReader:
         """Batches of ``batch_rows`` from an executed DB-API cursor, closed when the stream ends."""
 
         def gen() -> Iterator[pa.RecordBatch]:
-            try:
-                while rows := cur.fetchmany(self.batch_rows):
-                    yield to_batch(rows, schema)
-            finally:
-                cur.close()
+            while rows := cur.fetchmany(self.batch_rows):
+                yield to_batch(rows, schema)
 
-        return self._track(gen())
+        return self._track(gen(), cur.close)
 
     def close(self) -> None:
         try:

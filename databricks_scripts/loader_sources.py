@@ -72,15 +72,27 @@ class PostgresReader(SourceReader):
         self._db = adbc_driver_postgresql.connect(postgres_conninfo(spec.db_config_value, password))
         try:
             self._conn = adbc_driver_manager.AdbcConnection(self._db)
+            # One read-only snapshot for the whole load: the rows, the key snapshot and the
+            # verification counts agree with each other (loader_verify).
+            self._conn.set_options(
+                **{
+                    "adbc.connection.autocommit": "false",
+                    "adbc.connection.transaction.isolation_level": (
+                        "adbc.connection.transaction.isolation.repeatable_read"
+                    ),
+                }
+            )
         except BaseException:
             self._db.close()
             raise
+        self.snapshot = True
         self._schema: pa.Schema | None = None
 
     def _execute(
         self, query: str, parameters: tuple | None = None, *, batch_hint: bool = False
     ) -> tuple[Any, pa.RecordBatchReader]:
         """Run one statement; returns (statement, its record batch stream). Close the statement."""
+        self._statement()
         stmt = self._adbc.AdbcStatement(self._conn)
         try:
             if batch_hint:
@@ -184,20 +196,16 @@ class PostgresReader(SourceReader):
             )
 
         def gen() -> Iterator[pa.RecordBatch]:
-            try:
-                for batch in reader:
-                    if convert:
-                        arrays = [
-                            decimal_from_unscaled(c, *convert[i]) if i in convert else c
-                            for i, c in enumerate(batch.columns)
-                        ]
-                        batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
-                    yield batch
-            finally:
-                reader.close()
-                stmt.close()
+            for batch in reader:
+                if convert:
+                    arrays = [
+                        decimal_from_unscaled(c, *convert[i]) if i in convert else c
+                        for i, c in enumerate(batch.columns)
+                    ]
+                    batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
+                yield batch
 
-        return schema, self._track(gen())
+        return schema, self._track(gen(), _closer(reader, stmt))
 
     def key_batches(self, keys: tuple[str, ...]) -> Iterator[pa.RecordBatch]:
         fields = [self.schema().field(k) for k in keys]
@@ -218,26 +226,41 @@ class PostgresReader(SourceReader):
         stmt, reader = self._execute(query, batch_hint=True)
 
         def gen() -> Iterator[pa.RecordBatch]:
-            try:
-                for batch in reader:
-                    if scaled:
-                        arrays = [
-                            decimal_from_unscaled(c, *scaled[n]) if n in scaled else c
-                            for n, c in zip(batch.schema.names, batch.columns, strict=True)
-                        ]
-                        batch = pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
-                    yield batch
-            finally:
-                reader.close()
-                stmt.close()
+            for batch in reader:
+                if scaled:
+                    arrays = [
+                        decimal_from_unscaled(c, *scaled[n]) if n in scaled else c
+                        for n, c in zip(batch.schema.names, batch.columns, strict=True)
+                    ]
+                    batch = pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
+                yield batch
 
-        return self._track(gen())
+        return self._track(gen(), _closer(reader, stmt))
+
+    def _counts(self, query: str, params: tuple) -> tuple[int, ...]:
+        stmt, reader = self._execute(query, params or None)
+        try:
+            row = reader.read_all().slice(0, 1).to_pylist()[0]
+        finally:
+            reader.close()
+            stmt.close()
+        return tuple(int(v or 0) for v in row.values())
 
     def _close_connection(self) -> None:
         try:
             self._conn.close()
         finally:
             self._db.close()
+
+
+def _closer(reader: pa.RecordBatchReader, stmt: Any):
+    def close() -> None:
+        try:
+            reader.close()
+        finally:
+            stmt.close()
+
+    return close
 
 
 # ---- DB-API sources: types from the driver's description, batches from fetchmany -------------
@@ -306,14 +329,33 @@ class MySQLReader(SourceReader):
         import pymysql
 
         self._conn = pymysql.connect(**mysql_connect_kwargs(spec.db_config_value, password))
+        try:
+            # One snapshot for the whole load (InnoDB; other engines read as they are).
+            with self._conn.cursor() as cur:
+                cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        except BaseException:
+            self._conn.close()
+            raise
+        self.snapshot = True
+        self._schema: pa.Schema | None = None
 
     def _schema_of(self, cur: Any) -> pa.Schema:
         return pa.schema([pa.field(f.name, mysql_arrow_type(f)) for f in cur._result.fields])
 
     def schema(self) -> pa.Schema:
+        if self._schema is None:
+            self._statement()
+            with self._conn.cursor() as cur:
+                cur.execute(self.query(limit_zero=True))
+                self._schema = self._schema_of(cur)
+        return self._schema
+
+    def _counts(self, query: str, params: tuple) -> tuple[int, ...]:
+        self._statement()
         with self._conn.cursor() as cur:
-            cur.execute(self.query(limit_zero=True))
-            return self._schema_of(cur)
+            cur.execute(query, params or None)
+            return tuple(int(v or 0) for v in cur.fetchone())
 
     ordered_reads = True
 
@@ -321,6 +363,7 @@ class MySQLReader(SourceReader):
         parts = source_table_parts(
             self.spec.db_type, None, self.spec.source_schema_name, self.spec.source_table_name
         )
+        self._statement()
         with self._conn.cursor() as cur:
             cur.execute(
                 "SELECT table_rows FROM information_schema.tables "
@@ -340,6 +383,7 @@ class MySQLReader(SourceReader):
     ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         import pymysql.cursors
 
+        self._statement()
         cur = self._conn.cursor(pymysql.cursors.SSCursor)  # unbuffered: rows stream
         if lower_bound is None:
             cur.execute(self.query(ordered=ordered, null_cursor=null_cursor))
@@ -351,6 +395,7 @@ class MySQLReader(SourceReader):
     def key_batches(self, keys: tuple[str, ...]) -> Iterator[pa.RecordBatch]:
         import pymysql.cursors
 
+        self._statement()
         cur = self._conn.cursor(pymysql.cursors.SSCursor)
         cur.execute(
             f"SELECT {', '.join(self.dialect.quote(k) for k in keys)} FROM {self.table_sql}"

@@ -160,6 +160,7 @@ class DbApiReader(SourceReader):
     def schema(self) -> pa.Schema:
         if self._schema is not None:
             return self._schema
+        self._statement()
         cur = self._conn.cursor()
         try:
             if self.dialect is SQLSERVER:
@@ -177,6 +178,7 @@ class DbApiReader(SourceReader):
         schema = self.schema()
         build = sqlserver_read if self.dialect is SQLSERVER else oracle_read
         query, params = build(self.table_sql, schema, self.spec.incremental_column, lower_bound)
+        self._statement()
         cur = self._conn.cursor()
         if self.dialect is ORACLE:
             cur.arraysize = min(self.batch_rows, 10_000)
@@ -199,6 +201,7 @@ class DbApiReader(SourceReader):
             else self.dialect.quote(k)
             for k in keys
         ]
+        self._statement()
         cur = self._conn.cursor()
         if self.dialect is ORACLE:
             cur.arraysize = min(self.batch_rows, 10_000)

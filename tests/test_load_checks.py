@@ -16,65 +16,40 @@ from databricks_scripts.contract import LoadMetadata as M
 from databricks_scripts.contract import full_load_reason
 
 
-def _full(source: int, written: int, after: int) -> dict:
+def _verified(passed: bool, **facts) -> dict:
     return {
-        M.LOAD_STRATEGY: "full",
-        M.ROWS_READ: source,
-        M.SOURCE_ROWS: source,
-        M.ROWS_WRITTEN: written,
-        M.DESTINATION_ROWS_BEFORE: 7,
-        M.ROW_COUNT: after,
+        M.LOAD_STRATEGY: "merge",
+        M.ROWS_READ: 4,
+        M.VERIFIED: passed,
+        M.VERIFICATION: "table: source 10, destination 9" if not passed else "table: 10, 10",
+        M.VERIFY_DEPTH: "counts",
+        **facts,
     }
 
 
-def _changed(strategy: str, read: int, written: int, before: int, after: int) -> dict:
-    return {
-        M.LOAD_STRATEGY: strategy,
-        M.ROWS_READ: read,
-        M.ROWS_WRITTEN: written,
-        M.DESTINATION_ROWS_BEFORE: before,
-        M.ROW_COUNT: after,
-    }
-
-
-def test_full_load_passes_when_source_written_and_destination_agree_and_fails_with_numbers():
-    assert reconcile_row_counts(_full(25, 25, 25)).passed
-    failed = reconcile_row_counts(_full(25, 25, 24))
+def test_the_check_reports_the_scripts_facts_not_what_it_says_it_wrote():
+    ok = reconcile_row_counts(_verified(True, source_rows=10, destination_rows=10))
+    assert ok.passed and ok.description.startswith("reconciliation (counts) passed")
+    assert ok.counts == {"source_rows": 10, "destination_rows": 10}
+    failed = reconcile_row_counts(_verified(False, source_rows=10, destination_rows=9))
     assert not failed.passed
-    assert "25" in failed.description and "24" in failed.description
-    assert failed.counts == {"source_rows": 25, "rows_written": 25, "destination_rows_after": 24}
+    assert failed.description == "reconciliation (counts) FAILED: table: source 10, destination 9"
 
 
-def test_incremental_load_checks_the_destination_change_against_rows_read_and_written():
-    assert reconcile_row_counts(_changed("incremental", 3, 2, 25, 27)).passed  # 1 look-back dup
-    wrong = reconcile_row_counts(_changed("incremental", 3, 3, 25, 27))
-    assert (
-        not wrong.passed and "changed by 2" in wrong.description and "wrote 3" in wrong.description
-    )
-    assert not reconcile_row_counts(_changed("incremental", 2, 3, 25, 28)).passed  # wrote > read
-
-
-def test_merge_changes_the_destination_by_at_most_the_rows_read():
-    assert reconcile_row_counts(_changed("merge", 4, 4, 10, 11)).passed  # 3 updated, 1 inserted
-    assert reconcile_row_counts(_changed("merge", 4, 4, 10, 10)).passed  # all updates
-    doubled = reconcile_row_counts(_changed("merge", 4, 4, 10, 18))
-    assert not doubled.passed and "read 4" in doubled.description and "18" in doubled.description
-    assert not reconcile_row_counts(_changed("merge", 4, 4, 10, 9)).passed
-
-
-def test_unknown_counts_and_reconciled_commits_are_not_checked():
+def test_unverified_loads_and_reconciled_commits_are_not_checked():
+    # Written counts alone are never checked: an engine or row that does not verify says nothing.
     assert reconcile_row_counts({M.LOAD_STRATEGY: "incremental", M.ROWS_READ: 1}) is None
-    reconciled = {**_changed("incremental", 0, 0, 5, 5), M.RECONCILED_METADATA_ID: 4}
+    reconciled = {**_verified(True), M.RECONCILED_METADATA_ID: 4}
     assert reconcile_row_counts(reconciled) is None
 
 
-def test_the_evaluation_lands_on_the_table_key_as_a_warning_with_ids_as_text():
+def test_the_evaluation_lands_on_the_table_key_as_an_error_with_ids_as_text():
     key = dg.AssetKey(["lake", "raw", "orders"])
     evaluation = row_count_evaluation(
-        key, reconcile_row_counts(_full(3, 3, 2)), control_key="pg.orders", metadata_id=12
+        key, reconcile_row_counts(_verified(False)), control_key="pg.orders", metadata_id=12
     )
     assert (evaluation.asset_key, evaluation.check_name) == (key, ROW_COUNT_CHECK)
-    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
     assert evaluation.metadata["metadata_id"] == dg.MetadataValue.text("12")
 
 
@@ -153,7 +128,7 @@ def test_executing_a_declared_check_re_evaluates_the_tables_latest_load():
     checks = row_count_checks([dg.AssetSpec(key)])
     instance = dg.DagsterInstance.ephemeral()
     instance.report_runless_asset_event(
-        dg.AssetMaterialization(asset_key=key, metadata=_full(3, 3, 2))
+        dg.AssetMaterialization(asset_key=key, metadata=_verified(False, destination_rows=9))
     )
 
     result = dg.materialize(
@@ -166,9 +141,8 @@ def test_executing_a_declared_check_re_evaluates_the_tables_latest_load():
         if e.event_type_value == "ASSET_CHECK_EVALUATION"
     ]
     assert (evaluation.asset_key, evaluation.passed) == (key, False)
-    assert (
-        "source snapshot 3 rows" in evaluation.description and "holds 2" in evaluation.description
-    )
+    assert evaluation.severity == dg.AssetCheckSeverity.ERROR
+    assert "source 10, destination 9" in evaluation.description
 
 
 def test_a_row_whose_destination_dagster_cannot_name_is_not_declared_and_the_rest_still_are(

@@ -68,12 +68,39 @@ def test_a_load_materializes_the_table_key_with_its_source_checks_and_strategy(
     assert second == {"load_strategy": "incremental", "message": "Loaded 2 rows (incremental load)"}
     checked = _latest_check(instance, ROW_COUNT_CHECK)
     assert checked.passed
-    assert (checked.metadata["destination_change"].value, checked.metadata["rows_read"].value) == (
-        2,
-        2,
-    )
+    assert checked.severity == dg.AssetCheckSeverity.ERROR
+    facts = {k: v.value for k, v in checked.metadata.items() if k.startswith(("source", "dest"))}
+    assert facts["source_rows_new"] == facts["destination_rows_new"] == 2
+    assert facts["source_rows"] == facts["destination_rows"] == 27
     meta = instance.get_latest_materialization_event(TABLE).asset_materialization.metadata
     assert _value(meta, "dagster/row_count") == 27
+
+
+def test_a_destination_changed_behind_the_loaders_back_fails_the_check_and_says_so(
+    control_db, source_db, source, lake_root, db, instance
+):
+    from deltalake import DeltaTable
+
+    add_control_row(db, source_db, "pg.orders", "orders")
+    result, _ = claim_and_materialize(control_db, lake_root, instance, "pg.orders")
+    assert result.success and _latest_check(instance, ROW_COUNT_CHECK).passed
+    path = _value(
+        instance.get_latest_materialization_event(TABLE).asset_materialization.metadata,
+        "destination",
+    )
+    DeltaTable(str(path)).delete("order_id <= 3")  # old rows: no later incremental load reads them
+    source.execute("INSERT INTO public.orders VALUES (26, 1, '2024-03-01')")
+    db.execute("UPDATE table_control SET next_load_date_time = now()")
+    result, _ = claim_and_materialize(control_db, lake_root, instance, "pg.orders")
+
+    assert result.success  # the load itself committed what it read; the check is red
+    checked = _latest_check(instance, ROW_COUNT_CHECK)
+    assert not checked.passed and checked.severity == dg.AssetCheckSeverity.ERROR
+    assert "3 source row(s) missing from the table" in checked.description
+    row = db.execute("SELECT last_message FROM table_control").fetchone()
+    assert "RECONCILIATION FAILED (counts)" in row["last_message"], row
+    [*_, latest] = history(db, "pg.orders")
+    assert "RECONCILIATION FAILED" in latest["message"]
 
 
 def test_kinds_say_where_the_assets_run():

@@ -1,21 +1,19 @@
-"""The row-count check of one load: do the counts the load script reported add up?
+"""The reconciliation check of one load: facts read from the source and from the destination.
 
-``reconcile_row_counts(reported)`` is plain Python (no Dagster): it reads the wire contract's
-counts (``LoadMetadata``) and says whether they agree, with both numbers when they do not.
+The load script reads them itself after its commit (``databricks_scripts/loader_verify``): the
+source's rows in the load's scope, inside the snapshot it read the rows in, and the committed
+destination's rows, open versions and distinct keys in the same scope; with
+``verify_depth = 'keys'`` the key (and cursor) sets too. It reports the verdict, its sentence and
+the facts in the materialization (``LoadMetadata.VERIFIED`` / ``VERIFICATION`` / ``VERIFY_DEPTH``).
+Nothing here compares what the writer says it wrote.
 
-- full load: the rows the source's one statement returned (one snapshot, counted by the reader)
-  must equal the rows written and the destination's row count after the write (read from the
-  Delta log, independently of the writer);
-- incremental (append): the destination must have grown by exactly the rows written, and no more
-  rows can be written than were read (look-back rows already loaded are dropped, never added);
-- merge: the destination grows by the rows inserted, so its change lies between 0 and the rows
-  read (an update changes no count).
-
-A load that recorded an earlier attempt's commit (nothing read) or whose counts the engine could
-not give (Delta statistics missing) is not checked: no evaluation is reported, the log says why.
+``reconcile_row_counts(reported)`` is plain Python (no Dagster): it reads those keys back. A load
+that recorded an earlier attempt's commit (nothing read), a row with ``verify_depth = 'none'`` and
+an engine that does not verify report nothing: no evaluation, the log says why.
 ``row_count_evaluation`` turns the result into a ``dg.AssetCheckEvaluation`` on the destination
-table's asset key (``table_assets.destination_asset_key``). It is reported after the status
-write-back, with severity WARN, so a failed check never blocks or fails the load: it flags it.
+table's asset key (``table_assets.destination_asset_key``), severity ERROR: a destination that
+differs from its source is never green. It is reported after the status write-back, so it never
+blocks the load's own record; the row's message says so too (docs/loader.md, "Reconciliation").
 """
 
 from __future__ import annotations
@@ -30,8 +28,8 @@ from databricks_scripts.contract import LoadMetadata
 
 ROW_COUNT_CHECK = "row_count_reconciliation"
 ROW_COUNT_CHECK_DESCRIPTION = (
-    "The load's row counts add up: full loads write every source row of one snapshot; "
-    "incremental and merge loads change the destination by what they read."
+    "After each load, the source's rows in the load's scope (read in the load's own snapshot) "
+    "are compared with the committed destination's rows, open versions and keys in that scope."
 )
 
 
@@ -55,71 +53,47 @@ def _count(reported: Mapping[str, Any], key: str) -> int | None:
         return None
 
 
+FACTS = (
+    "source_rows",
+    "destination_rows",
+    "destination_keys",
+    "source_rows_in_scope",
+    "destination_rows_in_scope",
+    "source_rows_new",
+    "destination_rows_new",
+    "source_keys_missing",
+    "destination_keys_extra",
+)
+
+
+def _value(reported: Mapping[str, Any], key: str) -> Any:
+    value = reported.get(key)
+    return getattr(value, "value", value)
+
+
 def reconcile_row_counts(reported: Mapping[str, Any]) -> RowCountCheck | None:
-    """The check of one load's reported counts; None when the load cannot be checked."""
+    """The load's reconciliation as the script reported it; None when the load was not checked."""
     if _count(reported, LoadMetadata.RECONCILED_METADATA_ID) is not None:
         return None  # nothing read: an earlier attempt's commit was recorded instead
-    strategy = getattr(reported.get(LoadMetadata.LOAD_STRATEGY), "value", None) or reported.get(
-        LoadMetadata.LOAD_STRATEGY
-    )
-    read = _count(reported, LoadMetadata.ROWS_READ)
-    written = _count(reported, LoadMetadata.ROWS_WRITTEN)
-    before = _count(reported, LoadMetadata.DESTINATION_ROWS_BEFORE)
-    after = _count(reported, LoadMetadata.ROW_COUNT)
-    if strategy == "full":
-        return _full(_count(reported, LoadMetadata.SOURCE_ROWS), written, after)
-    if None in (read, written, before, after):
+    passed = _value(reported, LoadMetadata.VERIFIED)
+    if not isinstance(passed, bool):
         return None
-    change = after - before  # type: ignore[operator]
-    counts = {
-        "rows_read": read,
-        "rows_written": written,
-        "destination_rows_before": before,
-        "destination_rows_after": after,
-        "destination_change": change,
-    }
-    if strategy == "merge":
-        ok = 0 <= change <= read  # type: ignore[operator]
-        text = (
-            f"merge read {read:,} rows; the destination changed by {change:,} rows "
-            f"({before:,} -> {after:,})"
-        )
-        if not ok:
-            text += ", more than the rows read (or fewer than before): rows were lost or doubled"
-        return RowCountCheck(ok, text, counts)
-    ok = change == written and written <= read  # type: ignore[operator]
-    text = (
-        f"incremental load read {read:,} rows and wrote {written:,}; the destination changed by "
-        f"{change:,} rows ({before:,} -> {after:,})"
-    )
-    if not ok:
-        text += ": the destination's change does not match the rows read and written"
-    return RowCountCheck(ok, text, counts)
-
-
-def _full(source: int | None, written: int | None, after: int | None) -> RowCountCheck | None:
-    if None in (source, written, after):
-        return None
-    counts = {"source_rows": source, "rows_written": written, "destination_rows_after": after}
-    ok = source == written == after
-    text = (
-        f"full load: source snapshot {source:,} rows, written {written:,}, destination now "
-        f"holds {after:,}"
-    )
-    if not ok:
-        text += ": the counts differ"
-    return RowCountCheck(ok, text, counts)  # type: ignore[arg-type]
+    depth = _value(reported, LoadMetadata.VERIFY_DEPTH) or "counts"
+    text = str(_value(reported, LoadMetadata.VERIFICATION) or "")
+    counts = {k: c for k in FACTS if (c := _count(reported, k)) is not None}
+    prefix = f"reconciliation ({depth})" + (" passed" if passed else " FAILED")
+    return RowCountCheck(passed, f"{prefix}: {text}", counts)
 
 
 def row_count_evaluation(
     asset_key: dg.AssetKey, check: RowCountCheck, *, control_key: str, metadata_id: int
 ) -> dg.AssetCheckEvaluation:
-    """The check's evaluation on the destination table's asset key (severity WARN)."""
+    """The check's evaluation on the destination table's asset key (severity ERROR)."""
     return dg.AssetCheckEvaluation(
         asset_key=asset_key,
         check_name=ROW_COUNT_CHECK,
         passed=check.passed,
-        severity=dg.AssetCheckSeverity.WARN,
+        severity=dg.AssetCheckSeverity.ERROR,
         description=check.description,
         metadata={
             **check.counts,

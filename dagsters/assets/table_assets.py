@@ -175,10 +175,13 @@ def _report(
     )
     check = reconcile_row_counts(metadata)
     if check is None:
-        context.log.info(f"{control_key}: row counts not checked (nothing loaded or not known)")
+        context.log.info(
+            f"{control_key}: not reconciled (an earlier attempt's commit recorded, verify_depth "
+            "none, or an engine that does not verify)"
+        )
         return
     context.log_event(
         row_count_evaluation(key, check, control_key=control_key, metadata_id=metadata_id)
     )
     if not check.passed:
-        context.log.warning(f"{control_key}: row-count check failed: {check.description}")
+        context.log.error(f"{control_key}: {check.description}")

@@ -119,7 +119,7 @@ def row_count_checks(specs: Sequence[dg.AssetSpec]) -> dg.AssetChecksDefinition:
                 asset_key=check_key.asset_key,
                 check_name=check_key.name,
                 passed=bool(result and result.passed),
-                severity=dg.AssetCheckSeverity.WARN,
+                severity=dg.AssetCheckSeverity.ERROR,
                 description=result.description if result else "no load with counts to check yet",
                 metadata=dict(result.counts) if result else {},
             )
