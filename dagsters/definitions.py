@@ -16,6 +16,7 @@ import dagster as dg
 
 from dagsters.alerts import ALERT_ON_FAILURE_TAGS
 from dagsters.assets.dataloader_pipes_asset import build_load_asset, build_retry_asset
+from dagsters.assets.deep_verify import DEEP_CHECKS, deep_verify_job, deep_verify_schedule
 from dagsters.assets.launch_config import load_job_config
 from dagsters.assets.table_specs import table_asset_definitions
 from dagsters.control.run_requests import environment_tags
@@ -72,11 +73,17 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     )
     retention_job = build_history_retention_job(settings)
     table_specs, table_checks = table_asset_definitions(settings, resources["lakebase"])
+    jobs = [load_job, retry_job, landing_table_git_job, retention_job, release_review_job]
+    schedules = [build_history_retention_schedule(settings, retention_job)]
+    deep = [c for c in table_checks if DEEP_CHECKS in c.node_def.name]
+    if deep:  # declared keyed tables: their deep verification, on demand or weekly
+        jobs.append(deep_verify_job(deep[0]))
+        schedules.append(deep_verify_schedule(jobs[-1]))
     return dg.Definitions(
         assets=[load_asset, retry_asset, *table_specs],
         asset_checks=table_checks,
-        jobs=[load_job, retry_job, landing_table_git_job, retention_job, release_review_job],
-        schedules=[build_history_retention_schedule(settings, retention_job)],
+        jobs=jobs,
+        schedules=schedules,
         sensors=[
             build_master_sensor(settings),
             build_longqueued_monitor(settings),

@@ -54,6 +54,13 @@ LOAD_PARAM_FIELDS: tuple[str, ...] = (
 # instead of loaded again. Absent (an older orchestrator): the script does not reconcile.
 RECORDED_METADATA_ID_PARAM = "recorded_metadata_id"
 
+# Not one of the control row's fields: what the load script is asked to do. Absent: load. With
+# DEEP_VERIFY_MODE it compares the whole table with its source instead (loader_deep_verify) and
+# reports the outcome as one custom message {DEEP_VERIFY_KEY: {passed, description, facts}}.
+MODE_PARAM = "mode"
+DEEP_VERIFY_MODE = "deep_verify"
+DEEP_VERIFY_KEY = "dataloader_deep_verify"
+
 DB_TYPES: tuple[str, ...] = ("postgresql", "mysql", "sqlserver", "oracle", "databricks")
 STRATEGIES: tuple[str, ...] = ("full", "incremental", "merge", "scd2")
 # What happens to destination rows whose key is no longer in the source (docs/loader.md).

@@ -40,6 +40,9 @@ _import_as_package()
 from dagster_pipes import PipesContext, open_dagster_pipes
 
 from databricks_scripts.contract import (
+    DEEP_VERIFY_KEY,
+    DEEP_VERIFY_MODE,
+    MODE_PARAM,
     PARAMS_EXTRA,
     LoadMetadata,
     error_message,
@@ -147,6 +150,35 @@ def _run_engine(
     return result
 
 
+def _deep_verify(
+    context: PipesContext,
+    engine: str,
+    spec: LoadSpec,
+    password: str | None,
+    secrets: list[str],
+    env: ScriptEnv,
+) -> None:
+    """Deep verification of the row's table (loader_deep_verify), reported as one message."""
+    if engine != "arrow":
+        raise ValueError("deep verification runs on the Arrow engine only (DATALOADER_ENGINE)")
+    from databricks_scripts.loader_arrow import _delta_table
+    from databricks_scripts.loader_deep_verify import deep_verify
+    from databricks_scripts.loader_sources import open_source
+
+    table = _delta_table(spec.destination_path(env.lake_root))
+    if table is None:
+        raise ValueError("the destination table does not exist yet: nothing to verify")
+    source = open_source(spec, password, batch_bytes=env.batch_bytes, batch_rows=env.batch_rows)
+    try:
+        found = deep_verify(spec, source, table, log=_redacted_log(context, secrets))
+    finally:
+        source.close()
+    text = redact(found.description, secrets)
+    context.report_custom_message(
+        {DEEP_VERIFY_KEY: {"passed": found.passed, "description": text, "facts": found.facts}}
+    )
+
+
 def _redacted_log(context: PipesContext, secrets: list[str]):
     def log(message: str) -> None:
         context.log.info(redact(message, secrets))
@@ -193,6 +225,9 @@ def run_load(
             f"{' (force full reload)' if spec.force_full_reload else ''}, engine {engine}, "
             f"watermark {spec.incremental_value!r}"
         )
+        if context.get_extra(PARAMS_EXTRA).get(MODE_PARAM) == DEEP_VERIFY_MODE:
+            step = "deep verify"
+            return _deep_verify(context, engine, spec, password, secrets, env)
         step = "load"
         result = _run_engine(engine, spec, password, _redacted_log(context, secrets), env, stop)
     except Exception as exc:  # noqa: BLE001 - every failure must be reported the same way

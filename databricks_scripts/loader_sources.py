@@ -184,6 +184,15 @@ class PostgresReader(SourceReader):
             incremental=lower_bound is not None, ordered=ordered, null_cursor=null_cursor
         )
         params = None if lower_bound is None else (lower_bound,)
+        return self._stream(query, params, scaled)
+
+    def key_range_batches(self, key: str, start: int, stop: int) -> Iterator[pa.RecordBatch]:
+        query, scaled = self.read_query(incremental=False)
+        return self._stream(query + self.range_where(key), (start, stop), scaled)[1]
+
+    def _stream(
+        self, query: str, params: tuple | None, scaled: dict[str, tuple[int, int]]
+    ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         stmt, reader = self._execute(query, params, batch_hint=True)
         schema = reader.schema
         convert = {schema.get_field_index(name): ps for name, ps in scaled.items()}
@@ -391,6 +400,14 @@ class MySQLReader(SourceReader):
             cur.execute(self.query(incremental=True, ordered=ordered), (lower_bound,))
         schema = self._schema_of(cur)
         return schema, self._stream_rows(cur, schema, rows_to_batch)
+
+    def key_range_batches(self, key: str, start: int, stop: int) -> Iterator[pa.RecordBatch]:
+        import pymysql.cursors
+
+        self._statement()
+        cur = self._conn.cursor(pymysql.cursors.SSCursor)
+        cur.execute(self.query() + self.range_where(key), (start, stop))
+        return self._stream_rows(cur, self._schema_of(cur), rows_to_batch)
 
     def key_batches(self, keys: tuple[str, ...]) -> Iterator[pa.RecordBatch]:
         import pymysql.cursors

@@ -21,6 +21,7 @@ from typing import Any
 
 import dagster as dg
 
+from dagsters.assets.deep_verify import deep_checks
 from dagsters.assets.load_checks import (
     ROW_COUNT_CHECK,
     ROW_COUNT_CHECK_DESCRIPTION,
@@ -142,8 +143,12 @@ def table_asset_definitions(
     specs = _unique(table_spec(row, settings.execution) for row in declarable)
     if not specs:
         return [], []
+    keyed = {destination_asset_key(r) for r in declarable if r.get("merge_keys")}
     try:
-        return specs, [row_count_checks(specs)]
+        checks = [row_count_checks(specs)]
+        if keyed:
+            checks.append(deep_checks([s for s in specs if s.key in keyed], settings))
+        return specs, checks
     except Exception as exc:  # noqa: BLE001 - one bad row must not stop the code location loading
         _log.warning(f"Destination tables not declared as assets: {exc}")
         return [], []

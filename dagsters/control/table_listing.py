@@ -7,7 +7,7 @@ from dagsters.control.connection import ControlDatabase
 _COLUMNS = (
     "config_id, control_key, db_type, source_catalog, source_schema_name, source_table_name,"
     " destination_catalog, destination_schema_name, destination_table_name, load_strategy,"
-    " schedule_cron, schedule_timezone, schedule_interval"
+    " schedule_cron, schedule_timezone, schedule_interval, merge_keys"
 )
 
 
