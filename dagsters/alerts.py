@@ -125,7 +125,7 @@ class Notifier:
             if not url:
                 continue
             # Redacted before escaping, so a secret is masked in the form it was written.
-            lines = alert.lines(lambda text: escape(redact(text, self._secrets())))
+            lines = alert.lines(lambda text, escape=escape: escape(redact(text, self._secrets())))
             lines = [redact(line, self._secrets()) for line in lines]
             if self.environment:
                 lines[0] = f"[{self.environment}] {lines[0]}"

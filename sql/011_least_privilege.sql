@@ -418,6 +418,182 @@ SELECT audit_id, changed_at, changed_by, acting_role, table_name, row_key, actio
 FROM public.control_audit
 ORDER BY audit_id DESC;
 
+-- ---- teams: which connections a row may name, under which destinations it may write ---------
+-- A team is a PostgreSQL role (a group; on Lakebase a Databricks group's role): its members,
+-- direct or indirect, are the team. The platform team (the tables' owner) creates teams and their
+-- destination prefixes; connection admins grant connections to teams. An operator may insert or
+-- update a control row only when one team of theirs holds both the row's connection (or, for an
+-- inline row with a secret, a connection binding that secret) and a destination prefix covering
+-- the row's destination_catalog (and destination_schema_name, unless the prefix is the whole
+-- catalog). Enforced by row-level security on table_control, in the database, not in Python.
+CREATE TABLE IF NOT EXISTS public.dataloader_team (
+    team_name    text PRIMARY KEY
+                 CONSTRAINT team_name_must_be_a_plain_name
+                 CHECK (team_name ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$'),
+    member_role  text NOT NULL,
+    description  text
+);
+
+CREATE TABLE IF NOT EXISTS public.dataloader_team_connection (
+    team_name        text NOT NULL REFERENCES public.dataloader_team (team_name)
+                     ON UPDATE CASCADE ON DELETE CASCADE,
+    connection_name  text NOT NULL REFERENCES public.source_connection (connection_name)
+                     ON UPDATE CASCADE ON DELETE CASCADE,
+    PRIMARY KEY (team_name, connection_name)
+);
+
+-- destination_schema_name NULL: every schema of the catalog.
+CREATE TABLE IF NOT EXISTS public.dataloader_team_destination (
+    team_name                text NOT NULL REFERENCES public.dataloader_team (team_name)
+                             ON UPDATE CASCADE ON DELETE CASCADE,
+    destination_catalog      text NOT NULL,
+    destination_schema_name  text
+);
+CREATE UNIQUE INDEX IF NOT EXISTS dataloader_team_destination_once
+    ON public.dataloader_team_destination
+    (team_name, pg_catalog.lower(destination_catalog),
+     pg_catalog.lower(coalesce(destination_schema_name, '')));
+
+-- Whether the session's login may write a row with these values (see above). SECURITY DEFINER:
+-- it reads the connections' secret bindings, which operators may not read. With raise_why, a
+-- refusal says what is missing instead of returning false (the WITH CHECK of the policies).
+CREATE OR REPLACE FUNCTION public.dataloader_may_write_row(
+    p_connection text, p_scope text, p_config jsonb, p_catalog text, p_schema text,
+    raise_why boolean DEFAULT false)
+RETURNS boolean
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+DECLARE
+    teams text[];
+    secret text := CASE WHEN pg_catalog.jsonb_typeof(p_config) = 'object'
+                        THEN p_config ->> 'password_secret' END;
+BEGIN
+    SELECT pg_catalog.array_agg(t.team_name ORDER BY t.team_name) INTO teams
+    FROM public.dataloader_team t
+    JOIN pg_catalog.pg_roles r ON r.rolname = t.member_role
+    WHERE pg_catalog.pg_has_role(session_user, r.oid, 'MEMBER')
+      AND EXISTS (SELECT 1 FROM public.dataloader_team_destination d
+                  WHERE d.team_name = t.team_name
+                    AND pg_catalog.lower(d.destination_catalog) = pg_catalog.lower(p_catalog)
+                    AND (d.destination_schema_name IS NULL
+                         OR pg_catalog.lower(d.destination_schema_name)
+                            = pg_catalog.lower(p_schema)))
+      AND CASE
+            WHEN p_connection IS NOT NULL THEN EXISTS (
+                SELECT 1 FROM public.dataloader_team_connection tc
+                WHERE tc.team_name = t.team_name AND tc.connection_name = p_connection)
+            WHEN secret IS NOT NULL THEN EXISTS (
+                SELECT 1 FROM public.dataloader_team_connection tc
+                JOIN public.source_connection s ON s.connection_name = tc.connection_name
+                WHERE tc.team_name = t.team_name
+                  AND s.secret_scope = p_scope AND s.secret_key = secret)
+            ELSE true
+          END;
+    IF teams IS NOT NULL THEN
+        RETURN true;
+    END IF;
+    IF raise_why THEN
+        RAISE EXCEPTION 'new row for table_control violates row-level security policy '
+                        '"table_control_team_boundary": no team of % holds %, together with the '
+                        'destination prefix %.%',
+                        session_user,
+                        CASE WHEN p_connection IS NOT NULL
+                             THEN pg_catalog.format('connection %L', p_connection)
+                             WHEN secret IS NOT NULL
+                             THEN pg_catalog.format('a connection binding secret %L of scope %L',
+                                                    secret, p_scope)
+                             ELSE 'a destination' END,
+                        p_catalog, p_schema
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'SELECT * FROM v_my_teams shows your teams, their connections and '
+                         'destination prefixes; the platform team grants them (docs/secrets.md).';
+    END IF;
+    RETURN false;
+END;
+$$;
+
+-- What the session's login may use: its teams, their connections and destination prefixes.
+CREATE OR REPLACE VIEW public.v_my_teams AS
+SELECT t.team_name, t.member_role,
+       (SELECT pg_catalog.array_agg(tc.connection_name ORDER BY tc.connection_name)
+        FROM public.dataloader_team_connection tc WHERE tc.team_name = t.team_name) AS connections,
+       (SELECT pg_catalog.array_agg(d.destination_catalog
+                                    || coalesce('.' || d.destination_schema_name, '.*')
+                                    ORDER BY 1)
+        FROM public.dataloader_team_destination d WHERE d.team_name = t.team_name) AS destinations
+FROM public.dataloader_team t
+JOIN pg_catalog.pg_roles r ON r.rolname = t.member_role
+WHERE pg_catalog.pg_has_role(session_user, r.oid, 'MEMBER');
+
+DROP TRIGGER IF EXISTS dataloader_team_audit ON public.dataloader_team;
+CREATE TRIGGER dataloader_team_audit
+    AFTER INSERT OR UPDATE OR DELETE ON public.dataloader_team
+    FOR EACH ROW EXECUTE FUNCTION public.dataloader_audit_change('team_name');
+DROP TRIGGER IF EXISTS dataloader_team_connection_audit ON public.dataloader_team_connection;
+CREATE TRIGGER dataloader_team_connection_audit
+    AFTER INSERT OR UPDATE OR DELETE ON public.dataloader_team_connection
+    FOR EACH ROW EXECUTE FUNCTION public.dataloader_audit_change('team_name');
+DROP TRIGGER IF EXISTS dataloader_team_destination_audit ON public.dataloader_team_destination;
+CREATE TRIGGER dataloader_team_destination_audit
+    AFTER INSERT OR UPDATE OR DELETE ON public.dataloader_team_destination
+    FOR EACH ROW EXECUTE FUNCTION public.dataloader_audit_change('team_name');
+
+-- The policies name the roles, so they are (re)made with the grants, once the roles exist.
+CREATE OR REPLACE FUNCTION public.dataloader_apply_row_security() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, public, pg_temp AS $$
+BEGIN
+    ALTER TABLE public.table_control ENABLE ROW LEVEL SECURITY;
+    DROP POLICY IF EXISTS table_control_service ON public.table_control;
+    DROP POLICY IF EXISTS table_control_operators_read ON public.table_control;
+    DROP POLICY IF EXISTS table_control_team_insert ON public.table_control;
+    DROP POLICY IF EXISTS table_control_team_update ON public.table_control;
+    -- The code location runs every table's loads.
+    CREATE POLICY table_control_service ON public.table_control
+        FOR ALL TO dataloader_service USING (true) WITH CHECK (true);
+    -- Operators see every row (status is not a secret); they write only inside their teams.
+    CREATE POLICY table_control_operators_read ON public.table_control
+        FOR SELECT TO dataloader_operator USING (true);
+    CREATE POLICY table_control_team_insert ON public.table_control
+        FOR INSERT TO dataloader_operator
+        WITH CHECK (public.dataloader_may_write_row(connection_name, db_kv_scope, db_config_value,
+                    destination_catalog, destination_schema_name, true));
+    CREATE POLICY table_control_team_update ON public.table_control
+        FOR UPDATE TO dataloader_operator
+        USING (public.dataloader_may_write_row(connection_name, db_kv_scope, db_config_value,
+               destination_catalog, destination_schema_name))
+        WITH CHECK (public.dataloader_may_write_row(connection_name, db_kv_scope, db_config_value,
+                    destination_catalog, destination_schema_name, true));
+END;
+$$;
+REVOKE ALL ON FUNCTION public.dataloader_apply_row_security() FROM PUBLIC;
+
+-- One destination belongs to one row (case-insensitive: most lakehouse catalogs fold names).
+DO $$
+DECLARE
+    dups text;
+BEGIN
+    SELECT pg_catalog.string_agg(pg_catalog.format('%s.%s.%s (%s)', destination_catalog,
+               destination_schema_name, destination_table_name, keys), '; ')
+    INTO dups
+    FROM (SELECT pg_catalog.min(destination_catalog) AS destination_catalog,
+                 pg_catalog.min(destination_schema_name) AS destination_schema_name,
+                 pg_catalog.min(destination_table_name) AS destination_table_name,
+                 pg_catalog.string_agg(control_key, ', ' ORDER BY control_key) AS keys
+          FROM public.table_control
+          GROUP BY pg_catalog.lower(destination_catalog), pg_catalog.lower(destination_schema_name),
+                   pg_catalog.lower(destination_table_name)
+          HAVING pg_catalog.count(*) > 1) AS d;
+    IF dups IS NOT NULL THEN
+        RAISE EXCEPTION 'table_control rows share a destination: %', dups
+            USING HINT = 'Give each row its own destination_table_name (or delete the extra rows), '
+                         'then migrate again: one destination belongs to one row.';
+    END IF;
+END;
+$$;
+CREATE UNIQUE INDEX IF NOT EXISTS destination_must_belong_to_one_row
+    ON public.table_control (pg_catalog.lower(destination_catalog),
+                             pg_catalog.lower(destination_schema_name),
+                             pg_catalog.lower(destination_table_name));
+
 -- ---- grants ------------------------------------------------------------------------------------
 -- As 007's, with the schema named (current_schema() is pg_catalog under a pinned search_path).
 CREATE OR REPLACE FUNCTION public.dataloader_apply_grants() RETURNS void
@@ -448,7 +624,8 @@ BEGIN
     FOR t IN
         SELECT tablename FROM pg_catalog.pg_tables WHERE schemaname = 'public' AND tablename NOT IN
             ('table_control', 'historical_metadata', 'control_keys_state', 'source_connection',
-             'control_audit', 'schema_migrations', 'dataloader_time_zone_names')
+             'control_audit', 'schema_migrations', 'dataloader_time_zone_names',
+             'dataloader_team', 'dataloader_team_connection', 'dataloader_team_destination')
     LOOP
         EXECUTE pg_catalog.format(
             'GRANT SELECT, INSERT, UPDATE, DELETE ON public.%I TO dataloader_service', t);
@@ -468,6 +645,13 @@ BEGIN
         REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON public.dataloader_time_zone_names
             FROM dataloader_service;
     END IF;
+    -- Teams (the platform team, i.e. the owner, writes teams and destination prefixes):
+    -- everyone reads them; connection admins grant their connections to teams.
+    GRANT SELECT ON public.dataloader_team, public.dataloader_team_connection,
+        public.dataloader_team_destination, public.v_my_teams
+        TO dataloader_service, dataloader_operator, dataloader_connection_admin;
+    GRANT INSERT, DELETE ON public.dataloader_team_connection TO dataloader_connection_admin;
+    PERFORM public.dataloader_apply_row_security();
     -- Connection admins: connections and their secret bindings; see who uses them.
     GRANT SELECT, INSERT, UPDATE, DELETE ON public.source_connection TO dataloader_connection_admin;
     GRANT SELECT ON public.v_control_audit, public.v_source_connections, public.v_table_status

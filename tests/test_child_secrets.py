@@ -145,7 +145,7 @@ def read_running_childs_environ(tmp_path: Path, script: str, params: dict) -> di
                     "pipes": PipesDatabricksResource(execution="local", scripts_path=str(scripts))
                 },
             )
-        except BaseException as exc:  # reported below
+        except BaseException as exc:  # noqa: BLE001 - reported below, in the test's thread
             errors.append(exc)
 
     thread = threading.Thread(target=materialize)

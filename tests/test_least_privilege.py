@@ -66,6 +66,7 @@ def owned(request, embedded_pg, control_db) -> Iterator[ControlDb]:
                     sql.Identifier(name), sql.Identifier(group)
                 )
             )
+        # The operator's team (created below, as the platform team would) writes under bronze*.
         if request.param == "createrole_owner":
             owner_role, dbname = f"owner_{tag}", f"control_owned_{tag}"
             conn.execute(
@@ -82,6 +83,15 @@ def owned(request, embedded_pg, control_db) -> Iterator[ControlDb]:
         assert "011_least_privilege.sql" in apply_migrations(owner)
     else:
         base = owner = control_db
+    with psycopg.connect(owner, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO dataloader_team (team_name, member_role) VALUES ('erp-team', %s)",
+            (names["dataloader_operator"],),
+        )
+        conn.execute(
+            "INSERT INTO dataloader_team_destination VALUES ('erp-team', 'bronze', NULL),"
+            " ('erp-team', 'bronze2', NULL)"
+        )
     try:
         yield ControlDb(
             owner=owner,
@@ -106,6 +116,7 @@ def _seed(db: ControlDb) -> None:
     """One connection and one control row, written as the roles that own them."""
     with psycopg.connect(db.logins["dataloader_connection_admin"], autocommit=True) as conn:
         conn.execute(CONNECTION, ("erp",))
+        conn.execute("INSERT INTO dataloader_team_connection VALUES ('erp-team', 'erp')")
     with psycopg.connect(db.logins["dataloader_operator"], autocommit=True) as conn:
         conn.execute(ROW, ("erp.invoices", "invoices", "invoices"))
 
@@ -194,10 +205,15 @@ def test_a_temp_table_cannot_turn_a_login_into_its_owner(owned, group, trigger_s
 @pytest.mark.parametrize(
     ("group", "statement"),
     [
-        ("dataloader_operator", "INSERT INTO table_control (control_key, source_table_name,"
-         " destination_catalog, destination_schema_name, destination_table_name, db_type,"
-         " connection_name, schedule_cron, schedule_timezone) VALUES ('erp.mars', 'mars',"
-         " 'bronze', 'erp', 'mars', 'postgresql', 'erp', '0 * * * *', 'Mars/Olympus')"),
+        (
+            "dataloader_operator",
+            (
+                "INSERT INTO table_control (control_key, source_table_name,"
+                " destination_catalog, destination_schema_name, destination_table_name, db_type,"
+                " connection_name, schedule_cron, schedule_timezone) VALUES ('erp.mars', 'mars',"
+                " 'bronze', 'erp', 'mars', 'postgresql', 'erp', '0 * * * *', 'Mars/Olympus')"
+            ),
+        ),
         ("dataloader_operator", "UPDATE table_control SET schedule_timezone = 'UTC+3'"),
         ("dataloader_service", "UPDATE table_control SET schedule_timezone = 'Mars/Olympus'"),
     ],
@@ -212,28 +228,35 @@ def test_a_temp_zone_list_does_not_let_an_unknown_zone_in(owned, group, statemen
         with pytest.raises(errors.CheckViolation, match="schedule_timezone"):
             conn.execute(statement)
     with psycopg.connect(owned.superuser) as conn:
-        assert conn.execute("SELECT array_agg(DISTINCT schedule_timezone) FROM table_control"
-                            ).fetchone()[0] == ["UTC"]
+        assert conn.execute(
+            "SELECT array_agg(DISTINCT schedule_timezone) FROM table_control"
+        ).fetchone()[0] == ["UTC"]
 
 
 def test_the_service_cannot_add_a_zone_to_the_list(owned):
-    with psycopg.connect(owned.logins["dataloader_service"], autocommit=True) as conn:
-        with pytest.raises(errors.InsufficientPrivilege):
-            conn.execute("INSERT INTO dataloader_time_zone_names VALUES ('Mars/Olympus')")
+    with (
+        psycopg.connect(owned.logins["dataloader_service"], autocommit=True) as conn,
+        pytest.raises(errors.InsufficientPrivilege),
+    ):
+        conn.execute("INSERT INTO dataloader_time_zone_names VALUES ('Mars/Olympus')")
 
 
 def test_no_login_may_create_objects_in_public(owned):
     for group in GROUPS:
-        with psycopg.connect(owned.logins[group], autocommit=True) as conn:
-            with pytest.raises(errors.InsufficientPrivilege):
-                conn.execute("CREATE FUNCTION public.lower(text) RETURNS text LANGUAGE sql"
-                             " AS 'SELECT $1'")
+        with (
+            psycopg.connect(owned.logins[group], autocommit=True) as conn,
+            pytest.raises(errors.InsufficientPrivilege),
+        ):
+            conn.execute(
+                "CREATE FUNCTION public.lower(text) RETURNS text LANGUAGE sql AS 'SELECT $1'"
+            )
 
 
 # Our tables and functions: every reference to one inside a function body must name its schema.
 _OURS = re.compile(
     r"(?<![\w.'\"%])(table_control|historical_metadata|control_keys_state|source_connection"
-    r"|control_audit|dataloader_time_zone_names|dataloader_[a-z_]+\s*\()"
+    r"|control_audit|dataloader_time_zone_names|dataloader_team[a-z_]*)\b(?!\s*\()"
+    r"|(?<![\w.'\"%])(dataloader_[a-z_]+\s*\()"
 )
 
 _LITERAL = re.compile(r"'(?:[^']|'')*'")
@@ -249,13 +272,17 @@ def test_every_function_of_ours_pins_search_path_with_pg_temp_last_and_qualifies
             " ORDER BY 1"
         ).fetchall()
     names = {f["name"].split("(")[0] for f in functions}
-    assert {"dataloader_bump_control_keys_version", "dataloader_audit_change",
-            "dataloader_is_valid_timezone", "dataloader_apply_grants"} <= names
+    assert {
+        "dataloader_bump_control_keys_version",
+        "dataloader_audit_change",
+        "dataloader_is_valid_timezone",
+        "dataloader_apply_grants",
+    } <= names
     unpinned = [f["name"] for f in functions if PINNED not in (f["proconfig"] or [])]
     assert unpinned == []
     code = {f["name"]: _LITERAL.sub("''", f["prosrc"]) for f in functions}
     unqualified = {
-        name: sorted({m.group(1) for m in _OURS.finditer(src)})
+        name: sorted({m.group(1) or m.group(2) for m in _OURS.finditer(src)})
         for name, src in code.items()
         if _OURS.search(src)
     }
@@ -309,9 +336,18 @@ NEW_VALUES = {
 }
 NOT_EDITABLE = {"config_id", "updated_at"}  # identity; set by the touch trigger on every edit
 STATE = {
-    "incremental_value", "next_load_date_time", "last_status", "last_status_date_time",
-    "last_load_date_time", "last_dagster_run", "last_databricks_run", "last_message",
-    "last_metadata_id", "retry_count", "retry_analysis_requested_at", "staging_model_processed",
+    "incremental_value",
+    "next_load_date_time",
+    "last_status",
+    "last_status_date_time",
+    "last_load_date_time",
+    "last_dagster_run",
+    "last_databricks_run",
+    "last_message",
+    "last_metadata_id",
+    "retry_count",
+    "retry_analysis_requested_at",
+    "staging_model_processed",
 }
 
 
@@ -341,17 +377,20 @@ def test_every_column_of_table_control_is_audited_for_operators(owned):
     _seed(owned)
     with psycopg.connect(owned.logins["dataloader_connection_admin"], autocommit=True) as conn:
         conn.execute(CONNECTION, ("erp2",))
+        conn.execute("INSERT INTO dataloader_team_connection VALUES ('erp-team', 'erp2')")
     with psycopg.connect(owned.superuser, autocommit=True) as conn:
         columns = _columns(conn, "table_control")
     missing = set(columns) - set(NEW_VALUES) - NOT_EDITABLE
     assert not missing, f"new table_control column(s) {missing}: give a value in NEW_VALUES"
-    with psycopg.connect(owned.logins["dataloader_operator"], autocommit=True) as op, \
-            psycopg.connect(owned.superuser, autocommit=True) as su:
+    with (
+        psycopg.connect(owned.logins["dataloader_operator"], autocommit=True) as op,
+        psycopg.connect(owned.superuser, autocommit=True) as su,
+    ):
         since = _last_audit_id(su)
-        for column in NEW_VALUES:  # this order passes the CHECKs at each step
+        for column, value in NEW_VALUES.items():  # this order passes the CHECKs at each step
             op.execute(
                 sql.SQL("UPDATE table_control SET {} = %s").format(sql.Identifier(column)),
-                (NEW_VALUES[column],),
+                (value,),
             )
         audited = _audited_columns(su, since)
     assert audited == set(columns) - NOT_EDITABLE
@@ -359,8 +398,10 @@ def test_every_column_of_table_control_is_audited_for_operators(owned):
 
 def test_the_code_locations_state_updates_are_not_recorded_but_its_edits_are(owned):
     _seed(owned)
-    with psycopg.connect(owned.logins["dataloader_service"], autocommit=True) as svc, \
-            psycopg.connect(owned.superuser, autocommit=True) as su:
+    with (
+        psycopg.connect(owned.logins["dataloader_service"], autocommit=True) as svc,
+        psycopg.connect(owned.superuser, autocommit=True) as su,
+    ):
         since = _last_audit_id(su)
         for column in sorted(STATE):
             svc.execute(
@@ -393,10 +434,18 @@ def test_an_operator_rewinding_a_watermark_is_recorded(owned):
 def test_every_column_of_source_connection_is_audited(owned):
     _seed(owned)
     values = {
-        "connection_name": "erp-renamed", "db_type": "mysql", "host": "erp-db2.internal",
-        "port": 3306, "database": "erp2", "user_name": "loader2", "tls_mode": "verify-full",
-        "tls_ca_file": "/etc/ssl/erp.pem", "secret_scope": "kv-2", "secret_key": "erp-2",
-        "connect_timeout_seconds": 7, "description": "moved",
+        "connection_name": "erp-renamed",
+        "db_type": "mysql",
+        "host": "erp-db2.internal",
+        "port": 3306,
+        "database": "erp2",
+        "user_name": "loader2",
+        "tls_mode": "verify-full",
+        "tls_ca_file": "/etc/ssl/erp.pem",
+        "secret_scope": "kv-2",
+        "secret_key": "erp-2",
+        "connect_timeout_seconds": 7,
+        "description": "moved",
         "created_at": "2031-01-01T00:00:00+00:00",
     }
     admin = owned.logins["dataloader_connection_admin"]
@@ -461,24 +510,233 @@ def test_secret_names_in_the_audit_are_for_connection_admins_only(owned):
     ],
 )
 def test_a_key_naming_a_password_secret_or_token_is_refused_in_any_case(owned, config):
-    with psycopg.connect(owned.logins["dataloader_operator"], autocommit=True) as conn:
-        with pytest.raises(
+    with (
+        psycopg.connect(owned.logins["dataloader_operator"], autocommit=True) as conn,
+        pytest.raises(
             errors.CheckViolation,
             match="db_config_value_must_not_name_a_password_secret_or_token_key",
-        ):
-            conn.execute(
-                "INSERT INTO table_control (control_key, source_table_name, destination_catalog,"
-                " destination_schema_name, destination_table_name, db_type, db_config_value)"
-                " VALUES ('a.b', 'b', 'l', 'r', 'b', 'postgresql', %s)",
-                (Jsonb(config),),
-            )
+        ),
+    ):
+        conn.execute(
+            "INSERT INTO table_control (control_key, source_table_name, destination_catalog,"
+            " destination_schema_name, destination_table_name, db_type, db_config_value)"
+            " VALUES ('a.b', 'b', 'bronze', 'r', 'b', 'postgresql', %s)",
+            (Jsonb(config),),
+        )
 
 
 def test_the_secrets_name_is_still_accepted(owned):
+    _seed(owned)  # the team holds connection erp, which binds kv-main/erp-pg-pass
     with psycopg.connect(owned.logins["dataloader_operator"], autocommit=True) as conn:
         conn.execute(
             "INSERT INTO table_control (control_key, source_table_name, destination_catalog,"
             " destination_schema_name, destination_table_name, db_type, db_config_value,"
-            " db_kv_scope) VALUES ('a.b', 'b', 'l', 'r', 'b', 'postgresql', %s, 'kv')",
+            " db_kv_scope) VALUES ('a.b', 'b', 'bronze', 'r', 'b', 'postgresql', %s, 'kv-main')",
             (Jsonb({"host": "db1.internal", "password_secret": "erp-pg-pass"}),),
         )
+
+
+# ---- teams ------------------------------------------------------------------------------------
+
+HR_CONNECTION = (
+    "INSERT INTO source_connection (connection_name, db_type, host, port, database, user_name,"
+    " secret_scope, secret_key) VALUES ('hr', 'postgresql', 'hr-db.internal', 5432, 'hr',"
+    " 'loader', 'kv-main', 'hr-pg-pass')"
+)
+
+
+def _insert(
+    conninfo: str,
+    key: str,
+    catalog: str,
+    schema: str,
+    connection: str | None,
+    config: dict | None = None,
+    scope: str | None = None,
+    table: str | None = None,
+) -> None:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO table_control (control_key, source_table_name, destination_catalog,"
+            " destination_schema_name, destination_table_name, db_type, connection_name,"
+            " db_config_value, db_kv_scope) VALUES (%s, 't', %s, %s, %s, 'postgresql', %s, %s, %s)",
+            (
+                key,
+                catalog,
+                schema,
+                table or key.replace(".", "_"),
+                connection,
+                Jsonb(config or {}),
+                scope,
+            ),
+        )
+
+
+@pytest.fixture
+def hr_team(owned, embedded_pg) -> Iterator[str]:
+    """A second team, 'hr-team', whose role is a group; its operator is a member of that group.
+
+    Yields the hr operator's conninfo. hr-team holds connection 'hr' and destination silver.hr.
+    """
+    tag = uuid.uuid4().hex[:8]
+    group, login = f"hr_group_{tag}", f"hr_op_{tag}"
+    admin = embedded_pg.conninfo("postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(group)))
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN IN ROLE dataloader_operator, {}").format(
+                sql.Identifier(login), sql.Identifier(group)
+            )
+        )
+    _seed(owned)
+    with psycopg.connect(owned.owner, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO dataloader_team (team_name, member_role) VALUES ('hr-team', %s)", (group,)
+        )
+        conn.execute("INSERT INTO dataloader_team_destination VALUES ('hr-team', 'silver', 'hr')")
+    with psycopg.connect(owned.logins["dataloader_connection_admin"], autocommit=True) as conn:
+        conn.execute(HR_CONNECTION)
+        conn.execute("INSERT INTO dataloader_team_connection VALUES ('hr-team', 'hr')")
+    try:
+        yield make_conninfo(owned.owner, user=login)
+    finally:
+        with psycopg.connect(make_conninfo(owned.owner, user="postgres"), autocommit=True) as c:
+            c.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(login)))
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(login)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(group)))
+
+
+def test_a_row_names_only_its_teams_connections_and_writes_only_under_its_prefixes(owned, hr_team):
+    erp = owned.logins["dataloader_operator"]
+    _insert(hr_team, "hr.staff", "silver", "hr", "hr")  # the hr team, through its group role
+    refused = [
+        ("erp.hr1", "bronze", "erp", "hr", None, None),  # another team's connection
+        ("erp.hr2", "silver", "hr", "erp", None, None),  # another team's destination
+        ("erp.hr3", "gold", "x", "erp", None, None),  # nobody's destination
+        # inline, with the secret another team's connection binds
+        (
+            "erp.hr4",
+            "bronze",
+            "erp",
+            None,
+            {
+                "host": "hr-db.internal",
+                "database": "hr",
+                "user": "loader",
+                "password_secret": "hr-pg-pass",
+            },
+            "kv-main",
+        ),
+    ]
+    for key, catalog, schema, connection, config, scope in refused:
+        with pytest.raises(errors.InsufficientPrivilege, match="no team of"):
+            _insert(erp, key, catalog, schema, connection, config, scope)
+    _insert(erp, "erp.trust", "bronze", "erp", None, {"host": "/tmp", "database": "d"})
+    _insert(
+        erp,
+        "erp.bound",
+        "BRONZE",
+        "Erp",
+        None,
+        {
+            "host": "erp-db.internal",
+            "database": "erp",
+            "user": "loader",
+            "password_secret": "erp-pg-pass",
+        },
+        "kv-main",
+    )
+    with psycopg.connect(erp, autocommit=True) as conn:
+        for change in ("connection_name = 'hr'", "destination_catalog = 'silver'"):
+            with pytest.raises(errors.InsufficientPrivilege, match="no team of"):
+                conn.execute(
+                    f"UPDATE table_control SET {change} WHERE control_key = 'erp.invoices'"
+                )
+        # Another team's row: not writable (row-level security filters it), still readable.
+        touched = conn.execute(
+            "UPDATE table_control SET is_active = false, connection_name = 'erp'"
+            " WHERE control_key = 'hr.staff'"
+        ).rowcount
+        assert touched == 0
+        assert conn.execute(
+            "SELECT is_active, connection_name FROM table_control WHERE control_key = 'hr.staff'"
+        ).fetchone() == (True, "hr")
+        assert conn.execute("SELECT team_name, connections FROM v_my_teams").fetchall() == [
+            ("erp-team", ["erp"])
+        ]
+    with (
+        psycopg.connect(hr_team, autocommit=True) as conn,
+        pytest.raises(errors.InsufficientPrivilege, match="connection 'erp'"),
+    ):
+        conn.execute(
+            "UPDATE table_control SET connection_name = 'erp' WHERE control_key = 'hr.staff'"
+        )
+
+
+def test_an_operator_in_no_team_writes_nothing(owned, embedded_pg):
+    _seed(owned)
+    tag = uuid.uuid4().hex[:8]
+    admin = embedded_pg.conninfo("postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN IN ROLE dataloader_operator").format(
+                sql.Identifier(f"loner_{tag}")
+            )
+        )
+    try:
+        loner = make_conninfo(owned.owner, user=f"loner_{tag}")
+        with pytest.raises(errors.InsufficientPrivilege):
+            _insert(loner, "x.y", "bronze", "erp", "erp")
+        with psycopg.connect(loner, autocommit=True) as conn:
+            assert conn.execute("UPDATE table_control SET is_active = false").rowcount == 0
+            assert conn.execute("SELECT count(*) FROM table_control").fetchone() == (1,)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(f"loner_{tag}")))
+
+
+def test_one_destination_belongs_to_one_row_whatever_its_case(owned):
+    _seed(owned)  # erp.invoices -> bronze.erp.invoices
+    with pytest.raises(errors.UniqueViolation, match="destination_must_belong_to_one_row"):
+        _insert(
+            owned.logins["dataloader_operator"],
+            "erp.copy",
+            "BRONZE",
+            "Erp",
+            "erp",
+            table="INVOICES",
+        )
+    with (
+        psycopg.connect(owned.superuser, autocommit=True) as conn,
+        pytest.raises(errors.UniqueViolation, match="destination_must_belong_to_one_row"),
+    ):
+        conn.execute(
+            "INSERT INTO table_control (control_key, source_table_name, destination_catalog,"
+            " destination_schema_name, destination_table_name, db_type)"
+            " VALUES ('erp.copy2', 't', 'bronze', 'ERP', 'Invoices', 'postgresql')"
+        )
+
+
+def test_the_migration_names_rows_that_share_a_destination(source_db, tmp_path):
+    from dagsters.local.migrate import SQL_DIR, MigrationError
+
+    for path in sorted(SQL_DIR.glob("[0-9]*.sql")):
+        if path.name < "011":
+            (tmp_path / path.name).write_text(path.read_text())
+    apply_migrations(source_db, tmp_path)
+    with psycopg.connect(source_db, autocommit=True) as conn:
+        for key, table in (("a.one", "T"), ("a.two", "t"), ("a.three", "other")):
+            conn.execute(
+                "INSERT INTO table_control (control_key, source_table_name, destination_catalog,"
+                " destination_schema_name, destination_table_name, db_type)"
+                " VALUES (%s, 't', 'lake', 'raw', %s, 'postgresql')",
+                (key, table),
+            )
+    (tmp_path / "011_least_privilege.sql").write_text(
+        (SQL_DIR / "011_least_privilege.sql").read_text()
+    )
+    with pytest.raises(
+        MigrationError, match=r"share a destination: lake\.raw\.T \(a\.one, a\.two\)"
+    ):
+        apply_migrations(source_db, tmp_path)

@@ -163,11 +163,11 @@ def environment_for_script(script: str, params: Mapping[str, Any]) -> Callable[[
         config = params.get("db_config_value") or {}
         scope, key = params.get("db_kv_scope"), config.get("password_secret")
         own = secret_env_var(str(scope), str(key)) if scope and key else None
-        return lambda name: is_script_base_env_var(name) or (
-            own is not None and name.upper() == own
+        return lambda name: (
+            is_script_base_env_var(name) or (own is not None and name.upper() == own)
         )
-    return lambda name: is_script_base_env_var(name) or name.upper().startswith(
-        _RETRY_SECRET_PREFIXES
+    return lambda name: (
+        is_script_base_env_var(name) or name.upper().startswith(_RETRY_SECRET_PREFIXES)
     )
 
 
