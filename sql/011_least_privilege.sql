@@ -651,6 +651,10 @@ BEGIN
         public.dataloader_team_destination, public.v_my_teams
         TO dataloader_service, dataloader_operator, dataloader_connection_admin;
     GRANT INSERT, DELETE ON public.dataloader_team_connection TO dataloader_connection_admin;
+    -- 007's grants gave the service DML on every table they did not know; not on these.
+    REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON public.dataloader_team,
+        public.dataloader_team_connection, public.dataloader_team_destination
+        FROM dataloader_service, dataloader_operator;
     PERFORM public.dataloader_apply_row_security();
     -- Connection admins: connections and their secret bindings; see who uses them.
     GRANT SELECT, INSERT, UPDATE, DELETE ON public.source_connection TO dataloader_connection_admin;

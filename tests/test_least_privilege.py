@@ -674,6 +674,24 @@ def test_a_row_names_only_its_teams_connections_and_writes_only_under_its_prefix
         )
 
 
+def test_only_the_platform_team_and_connection_admins_write_teams(owned):
+    team_tables = ("dataloader_team", "dataloader_team_connection", "dataloader_team_destination")
+    for group in ("dataloader_operator", "dataloader_service"):
+        for table in team_tables:
+            with (
+                psycopg.connect(owned.logins[group], autocommit=True) as conn,
+                pytest.raises(errors.InsufficientPrivilege),
+            ):
+                conn.execute(f"DELETE FROM {table}")
+    admin = owned.logins["dataloader_connection_admin"]
+    for table in ("dataloader_team", "dataloader_team_destination"):
+        with (
+            psycopg.connect(admin, autocommit=True) as conn,
+            pytest.raises(errors.InsufficientPrivilege),
+        ):
+            conn.execute(f"DELETE FROM {table}")
+
+
 def test_an_operator_in_no_team_writes_nothing(owned, embedded_pg):
     _seed(owned)
     tag = uuid.uuid4().hex[:8]
