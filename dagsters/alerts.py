@@ -16,8 +16,11 @@ Plain module apart from the two clients; built from settings at the edge and pas
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterable, Mapping
+import re
+import shlex
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,21 +54,52 @@ class Alert:
             databricks_run=row.get("last_databricks_run"),
         )
 
-    def lines(self) -> list[str]:
+    def lines(self, escape: Callable[[str], str] = lambda text: text) -> list[str]:
+        """The message, one line each; ``escape`` is applied to every value that comes from data
+        (key, cause, run links: a control row and a source's error text are written by others).
+        The release command is shell-quoted, so pasting it runs ``dataloader release`` and only
+        that, whatever the control key holds."""
         out = [self.title]
         if self.control_key:
-            out.append(f"Table: {self.control_key}")
-        out.append(f"Cause: {self.cause}")
-        out.append(f"Dagster run: {self.dagster_run or 'none'}")
-        out.append(f"Databricks run: {self.databricks_run or 'none'}")
+            out.append(f"Table: {escape(self.control_key)}")
+        out.append(f"Cause: {escape(self.cause)}")
+        out.append(f"Dagster run: {escape(self.dagster_run or 'none')}")
+        out.append(f"Databricks run: {escape(self.databricks_run or 'none')}")
         if self.control_key:
             # The UI action and the command, not raw SQL: a release is one guarded transition
             # (dagsters/control/review_release.py), never a hand-written status UPDATE.
+            key = self.control_key
+            yaml_key = key if re.fullmatch(r"[A-Za-z0-9_.-]+", key) else json.dumps(key)
+            command = shlex.join(["dataloader", "release", key])
             out.append(
                 f"Release it once fixed: launch {RELEASE_JOB} with config control_key: "
-                f"{self.control_key}, or run `dataloader release {self.control_key}`"
+                f"{escape(yaml_key)}, or run: {escape(command)}"
             )
         return out
+
+
+# Words that ping a whole channel when a chat client reads them as a mention.
+_BROADCAST = re.compile(r"@(?=(channel|here|everyone|all)\b)", re.IGNORECASE)
+_ZERO_WIDTH_SPACE = "\u200b"
+
+
+def escape_slack(text: str) -> str:
+    """``text`` shown as written in Slack mrkdwn: ``&``, ``<``, ``>`` as Slack's own escapes
+    (no ``<!channel>``, ``<@U…>`` mention, no ``<url|label>`` disguised link), and ``@here``-style
+    words broken so they cannot ping."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _BROADCAST.sub("@" + _ZERO_WIDTH_SPACE, text)
+
+
+# Markdown that changes what Teams shows or links to: links ([t](u)), autolinks and <at>
+# mentions (<...>), emphasis and code. Backslash escapes are CommonMark's, which Teams follows.
+_TEAMS_SPECIAL = re.compile(r"([\\`*_\[\]()<>~])")
+
+
+def escape_teams(text: str) -> str:
+    """``text`` shown as written in a Teams card (CommonMark subset): markdown punctuation
+    backslash-escaped, ``@here``-style words broken."""
+    return _BROADCAST.sub("@" + _ZERO_WIDTH_SPACE, _TEAMS_SPECIAL.sub(r"\\\1", text))
 
 
 @dataclass(frozen=True)
@@ -83,16 +117,18 @@ class Notifier:
 
     def send(self, alert: Alert) -> list[str]:
         """Post ``alert`` everywhere configured; returns one redacted error per failed channel."""
-        lines = [redact(line, self._secrets()) for line in alert.lines()]
-        if self.environment:
-            lines[0] = f"[{self.environment}] {lines[0]}"
         errors = []
-        for name, url, post in (
-            ("Slack", self.slack_webhook_url, _post_slack),
-            ("Teams", self.teams_webhook_url, _post_teams),
+        for name, url, post, escape in (
+            ("Slack", self.slack_webhook_url, _post_slack, escape_slack),
+            ("Teams", self.teams_webhook_url, _post_teams, escape_teams),
         ):
             if not url:
                 continue
+            # Redacted before escaping, so a secret is masked in the form it was written.
+            lines = alert.lines(lambda text, escape=escape: escape(redact(text, self._secrets())))
+            lines = [redact(line, self._secrets()) for line in lines]
+            if self.environment:
+                lines[0] = f"[{self.environment}] {lines[0]}"
             try:
                 post(url, lines)
             except Exception as exc:  # noqa: BLE001 - an alert must never break its sender

@@ -404,16 +404,21 @@ def child_environment(
     overrides: Mapping[str, str] | None = None,
     *,
     keep_secret: Callable[[str], bool] | None = None,
+    allow: Callable[[str], bool] | None = None,
 ) -> dict[str, str]:
     """This process's environment plus ``overrides``, for a child process (scripts, git).
 
-    With ``keep_secret``, every secret variable (``redaction.is_secret_env_var``: the Lakebase
-    password, ``DATALOADER_SECRET__*``, tokens, ...) is left out unless ``keep_secret(name)`` says
-    the child needs it: a load script gets its own source's secret and nothing else.
+    With ``allow``, only the variables ``allow(name)`` accepts are inherited (the Pipes scripts:
+    an allow-list, ``dagsters.runners.local.environment_for_script``). With ``keep_secret``,
+    every secret variable (``redaction.is_secret_env_var``: the Lakebase password,
+    ``DATALOADER_SECRET__*``, tokens, ...) is left out unless ``keep_secret(name)`` says the child
+    needs it. ``overrides`` are always set.
     """
     from databricks_scripts.redaction import is_secret_env_var
 
     env = dict(os.environ)
+    if allow is not None:
+        env = {k: v for k, v in env.items() if allow(k)}
     if keep_secret is not None:
         env = {k: v for k, v in env.items() if not is_secret_env_var(k, v) or keep_secret(k)}
     return {**env, **(overrides or {})}

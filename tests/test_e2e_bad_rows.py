@@ -84,9 +84,9 @@ def _add_bad_rows(home: Path) -> None:
                 "INSERT INTO table_control (control_key, source_catalog, source_schema_name,"
                 " source_table_name, destination_catalog, destination_schema_name,"
                 " destination_table_name, db_type, db_config_value, load_strategy)"
-                " SELECT %s, source_catalog, 'shop', %s, 'demo_lake', %s, 'bad', db_type,"
+                " SELECT %s, source_catalog, 'shop', %s, 'demo_lake', %s, %s, db_type,"
                 " db_config_value, 'full' FROM table_control WHERE control_key = 'demo.customers'",
-                (key, table, schema),
+                (key, table, schema, key.replace(".", "_")),  # one destination per row
             )
         for column, value, words in [
             ("schedule_cron", "61 * * * *", "minute '61' is outside 0-59"),

@@ -33,7 +33,7 @@ def test_key_version_moves_on_key_changes_only(db, client):
     db.execute(
         "INSERT INTO table_control (control_key, source_table_name, destination_catalog,"
         " destination_schema_name, destination_table_name, db_type)"
-        " SELECT 'k' || g, 't', 'c', 's', 't', 'postgresql' FROM generate_series(1, 50) g"
+        " SELECT 'k' || g, 't', 'c', 's', 't' || g, 'postgresql' FROM generate_series(1, 50) g"
     )
     assert client.control_keys_version() == start + 1  # one bump per statement, not per row
     assert client.list_control_keys()[:3] == ["k1", "k10", "k11"]

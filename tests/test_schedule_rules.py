@@ -171,9 +171,9 @@ def test_migration_pauses_rows_written_before_the_rules(source_db, tmp_path):
             conn.execute(
                 "INSERT INTO table_control (control_key, source_table_name, destination_catalog,"
                 " destination_schema_name, destination_table_name, db_type, schedule_cron,"
-                " schedule_timezone, last_message) VALUES (%s, 't', 'l', 'r', 't', 'postgresql',"
+                " schedule_timezone, last_message) VALUES (%s, 't', 'l', 'r', %s, 'postgresql',"
                 " %s, %s, 'Loaded 5 rows')",
-                (key, cron, zone),
+                (key, key, cron, zone),
             )
     assert apply_migrations(source_db) == [
         p.name for p in sorted(SQL_DIR.glob("*.sql")) if p.name >= "005"

@@ -90,6 +90,81 @@ def test_an_inline_secret_needs_a_binding_to_exactly_that_host_port_and_database
         )
 
 
+def test_an_inline_secret_binding_matches_user_and_database_exactly():
+    # Issue 22: the user was ignored, and service_name (which Oracle and the Spark engine's JDBC
+    # URL prefer) was matched while PostgreSQL's driver connects to database.
+    inline = {"host": "erp-db.internal", "port": 5432, "database": "erp", "user": "loader"}
+    for change in (
+        {"user": "postgres"},
+        {"user": None},
+        {"user": "LOADER"},
+        {"database": "hr", "service_name": "erp"},
+        {"database": "erp", "service_name": "hr"},
+        {"database": None, "service_name": "hr"},
+    ):
+        config = {k: v for k, v in {**inline, **change}.items() if v is not None}
+        moved = row(
+            db_config_value={**config, "password_secret": "erp-pg-pass"}, db_kv_scope="kv-main"
+        )
+        with pytest.raises(SourceConnectionError, match="is not bound to postgresql"):
+            resolve_source(moved, connection=None, bindings=[ERP])
+    same = row(
+        db_config_value={**inline, "service_name": "erp", "password_secret": "erp-pg-pass"},
+        db_kv_scope="kv-main",
+    )
+    assert resolve_source(same, connection=None, bindings=[ERP]).connection_name == "erp"
+    oracle = {**ERP, "db_type": "oracle", "port": 1521, "database": "ERPPDB"}
+    by_service = row(
+        db_type="oracle",
+        db_config_value={
+            "host": "erp-db.internal",
+            "port": 1521,
+            "service_name": "ERPPDB",
+            "user": "loader",
+            "password_secret": "erp-pg-pass",
+        },
+        db_kv_scope="kv-main",
+    )
+    assert resolve_source(by_service, connection=None, bindings=[oracle]).connection_name == "erp"
+
+
+def test_an_inline_row_cannot_replace_the_connections_certificate():
+    pinned = {**ERP, "tls_mode": "verify-full", "tls_ca_file": "/etc/ssl/erp-ca.pem"}
+    inline = {
+        "host": "erp-db.internal",
+        "port": 5432,
+        "database": "erp",
+        "user": "loader",
+        "password_secret": "erp-pg-pass",
+    }
+    for swap in ("system", "/tmp/attacker-ca.pem"):
+        for connection in (pinned, ERP):  # a pinned CA, or none at all
+            with pytest.raises(SourceConnectionError, match="replaces the certificate"):
+                resolve_source(
+                    row(
+                        db_config_value={**inline, "sslmode": "verify-full", "sslrootcert": swap},
+                        db_kv_scope="kv-main",
+                    ),
+                    connection=None,
+                    bindings=[connection],
+                )
+    kept = resolve_source(
+        row(
+            db_config_value={**inline, "sslrootcert": "/etc/ssl/erp-ca.pem"}, db_kv_scope="kv-main"
+        ),
+        connection=None,
+        bindings=[pinned],
+    )
+    assert kept.db_config_value["sslmode"] == "verify-full"
+    assert kept.db_config_value["sslrootcert"] == "/etc/ssl/erp-ca.pem"
+    with pytest.raises(SourceConnectionError, match="weaker than 'verify-full'"):
+        resolve_source(
+            row(db_config_value={**inline, "sslmode": "require"}, db_kv_scope="kv-main"),
+            connection=None,
+            bindings=[pinned],
+        )
+
+
 def test_inline_rows_without_a_secret_keep_working_and_get_tls_off_loopback():
     local = row(db_config_value={"host": "/tmp/sock", "port": 5432, "database": "d"})
     assert resolve_source(local, connection=None).db_config_value == {
@@ -128,13 +203,16 @@ def test_the_client_resolves_from_the_database_and_the_schema_refuses_mixed_rows
         "destination_table_name": "invoices",
         "db_type": "postgresql",
     }
-    insert_control_row(db, {**base, "control_key": "a", "connection_name": "erp"})
-    inline = {"host": "erp-db.internal", "port": 5432, "database": "erp"}
+    insert_control_row(
+        db, {**base, "control_key": "a", "destination_table_name": "a", "connection_name": "erp"}
+    )
+    inline = {"host": "erp-db.internal", "port": 5432, "database": "erp", "user": "loader"}
     insert_control_row(
         db,
         {
             **base,
             "control_key": "b",
+            "destination_table_name": "b",
             "db_config_value": Jsonb({**inline, "password_secret": "erp-pg-pass"}),
             "db_kv_scope": "kv-main",
         },
@@ -150,11 +228,15 @@ def test_the_client_resolves_from_the_database_and_the_schema_refuses_mixed_rows
             {
                 **base,
                 "control_key": "c",
+                "destination_table_name": "c",
                 "connection_name": "erp",
                 "db_config_value": Jsonb({"host": "evil"}),
             },
         )
     with pytest.raises(psycopg.errors.ForeignKeyViolation, match="must_name_a_source_connection"):
-        insert_control_row(db, {**base, "control_key": "d", "connection_name": "nope"})
+        insert_control_row(
+            db,
+            {**base, "control_key": "d", "destination_table_name": "d", "connection_name": "nope"},
+        )
     with pytest.raises(psycopg.errors.CheckViolation, match="tls_mode"):
         db.execute("UPDATE source_connection SET tls_mode = 'off'")

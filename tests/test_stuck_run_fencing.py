@@ -43,7 +43,10 @@ def wait_for(condition, what: str) -> None:
 
 
 def stuck_row(db: psycopg.Connection, source_db: str, key: str, run_link: str | None) -> int:
-    config_id = add_control_row(db, source_db, key, "orders")
+    # One destination per row (sql/011): several stuck rows of public.orders in one test.
+    config_id = add_control_row(
+        db, source_db, key, "orders", destination_table_name=key.replace(".", "_")
+    )
     metadata_id = add_history(db, config_id, key, "In Progress")
     db.execute(
         "UPDATE table_control SET last_status = 'In Progress', last_dagster_run = %s,"

@@ -94,24 +94,36 @@ def _check_keys(config: Mapping[str, Any]) -> None:
 def _binding(
     row: Mapping[str, Any], config: Mapping[str, Any], bindings: Sequence[Mapping[str, Any]]
 ) -> Mapping[str, Any]:
-    """The connection that binds the row's secret to the row's own host/port/database."""
+    """The connection that binds the row's secret to the row's own host/port/database/user.
+
+    Exact matches: the user logs in with that secret, and every key a driver may take the
+    database from (``database``; ``service_name``, which Oracle and the Spark engine's JDBC URL
+    prefer) must name the connection's database.
+    """
     db_type = row["db_type"]
     host = str(config.get("host") or "")
     port = _port(db_type, config.get("port"))
-    database = config.get("service_name") or config.get("database")
+    user = config.get("user") or None
+    databases = {config.get("database") or None, config.get("service_name") or None}
+    if len(databases) > 1 and None in databases:
+        databases.discard(None)
+    database = next(iter(databases)) if len(databases) == 1 else None
     for connection in bindings:
         if (
-            connection["db_type"] == db_type
+            len(databases) == 1
+            and connection["db_type"] == db_type
             and str(connection["host"]).lower() == host.lower()
             and _port(db_type, connection.get("port")) == port
-            and (connection.get("database") or None) == (database or None)
+            and (connection.get("database") or None) == database
+            and (connection.get("user_name") or None) == user
         ):
             return connection
+    named = "/".join(sorted(str(d) for d in databases if d)) or ""
     raise SourceConnectionError(
         f"secret {config.get('password_secret')!r} of scope {row.get('db_kv_scope')!r} is not "
-        f"bound to {db_type} {host}:{port}/{database or ''}, so it is not sent there. Fix: name a "
-        "source_connection in connection_name (and remove host, port, database, user and "
-        "password_secret from db_config_value); a connection admin creates one for a new "
+        f"bound to {db_type} {host}:{port}/{named} as user {user!r}, so it is not sent there. "
+        "Fix: name a source_connection in connection_name (and remove host, port, database, user "
+        "and password_secret from db_config_value); a connection admin creates one for a new "
         "database (docs/secrets.md)"
     )
 
@@ -159,8 +171,17 @@ def resolve_source(
     base = tls_mode_default(bound["host"], bound.get("tls_mode"))
     where = f"source_connection {bound['connection_name']!r}"
     config["sslmode"] = _stricter(config.get("sslmode"), base, where)
-    if bound.get("tls_ca_file") and not config.get("sslrootcert"):
-        config["sslrootcert"] = bound["tls_ca_file"]
+    # The certificate that proves the server is the connection's: a row cannot swap it (a CA of
+    # its choosing, or 'system') while keeping verify-ca / verify-full.
+    pinned = bound.get("tls_ca_file") or None
+    if (config.get("sslrootcert") or None) not in (None, pinned):
+        raise SourceConnectionError(
+            f"sslrootcert in db_config_value replaces the certificate of {where}; TLS settings "
+            "are the connection's, changed only by its owner: remove sslrootcert"
+        )
+    config.pop("sslrootcert", None)
+    if pinned:
+        config["sslrootcert"] = pinned
     config = {k: v for k, v in config.items() if v is not None}
     return ResolvedSource(config, row["db_kv_scope"], bound["connection_name"])
 

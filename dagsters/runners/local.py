@@ -1,11 +1,12 @@
 """The local runner: a script from ``databricks_scripts/`` as a subprocess of the step.
 
-Pipes context and messages travel in temp files. The child's environment is this process's
-(``dagsters.settings.child_environment``) plus ``DATALOADER_HOME``, ``DATALOADER_LAKE_ROOT`` and
-``PYTHONUNBUFFERED``, minus every secret it does not need (:func:`secrets_for_script`): the load
-script gets only its own source's ``DATALOADER_SECRET__<SCOPE>__<KEY>``; the retry script gets
-its model's key, databricks-sdk auth and the source secrets (it only masks them); neither gets
-``LAKEBASE_PASSWORD``. Its stderr is copied to the Dagster compute log and its tail kept for the
+Pipes context and messages travel in temp files. The child's environment is an allow-list
+(:func:`environment_for_script`): PATH, HOME, the locale, TZ and the like, the scripts' own
+documented settings (``script_env.SCRIPT_SETTING_NAMES``), plus ``DATALOADER_HOME``,
+``DATALOADER_LAKE_ROOT``, ``PYTHONUNBUFFERED`` and the Pipes bootstrap variables. The load
+script gets its own source's ``DATALOADER_SECRET__<SCOPE>__<KEY>`` and no other secret; the retry
+script also gets its model's settings and key, databricks-sdk auth and the source secrets (it only
+masks them). Neither gets ``LAKEBASE_*``, alert webhooks or the models repository URL. Its stderr is copied to the Dagster compute log and its tail kept for the
 error text. A script outliving the timeout is stopped; when the Dagster run is terminated the
 script is stopped (SIGINT, then SIGKILL after a grace period) and the interrupt re-raised.
 """
@@ -33,6 +34,7 @@ from dagsters.runners.outcome import (
 from dagsters.settings import child_environment
 from databricks_scripts.contract import PARAMS_EXTRA, error_from_stderr
 from databricks_scripts.loader_params import secret_env_var
+from databricks_scripts.script_env import is_script_base_env_var
 
 LOAD_SCRIPT = "dataloader_pipe.py"
 # What the retry script may need: its model's key, databricks-sdk auth for model serving, and the
@@ -85,7 +87,7 @@ class LocalRunner:
                 cwd=str(script_path.parent),
                 env=child_environment(
                     {**self.child_overrides(), **session.get_bootstrap_env_vars()},
-                    keep_secret=secrets_for_script(script, extras.get(PARAMS_EXTRA) or {}),
+                    allow=environment_for_script(script, extras.get(PARAMS_EXTRA) or {}),
                 ),
                 stdout=None,
                 stderr=subprocess.PIPE,
@@ -150,14 +152,23 @@ class LocalRunner:
             process.wait(timeout=30)
 
 
-def secrets_for_script(script: str, params: Mapping[str, Any]) -> Callable[[str], bool]:
-    """Which secret variables the child running ``script`` with ``params`` may inherit."""
+def environment_for_script(script: str, params: Mapping[str, Any]) -> Callable[[str], bool]:
+    """Which variables of this process the child running ``script`` with ``params`` inherits.
+
+    An allow-list: the process basics and the scripts' settings
+    (``script_env.is_script_base_env_var``); the load script adds its own source's secret, the
+    retry script its model's and databricks-sdk settings and the source secrets.
+    """
     if script == LOAD_SCRIPT:
         config = params.get("db_config_value") or {}
         scope, key = params.get("db_kv_scope"), config.get("password_secret")
         own = secret_env_var(str(scope), str(key)) if scope and key else None
-        return lambda name: own is not None and name.upper() == own
-    return lambda name: name.upper().startswith(_RETRY_SECRET_PREFIXES)
+        return lambda name: (
+            is_script_base_env_var(name) or (own is not None and name.upper() == own)
+        )
+    return lambda name: (
+        is_script_base_env_var(name) or name.upper().startswith(_RETRY_SECRET_PREFIXES)
+    )
 
 
 def _tee_stderr(process: subprocess.Popen, tail: collections.deque[str]) -> None:
