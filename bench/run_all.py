@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ["bench_sensor_tick.py", "bench_loader.py"]
+BENCHES = ["bench_sensor_tick.py", "bench_loader.py", "bench_verify.py"]
+# The differential tests' long profile (tests/test_differential.py): many more and longer random
+# sequences of source changes and loads than `make test` draws.
+LONG_DIFFERENTIAL = {"DATALOADER_DIFF_EXAMPLES": "200"}
 
 
 def main() -> int:
@@ -15,6 +19,15 @@ def main() -> int:
     for name in BENCHES:
         print(f"== {name}", flush=True)
         worst = max(worst, subprocess.call([sys.executable, str(here / name)]))
+    print("== tests/test_differential.py, long profile", flush=True)
+    worst = max(
+        worst,
+        subprocess.call(
+            [sys.executable, "-m", "pytest", "-q", "tests/test_differential.py"],
+            cwd=here.parent,
+            env={**os.environ, **LONG_DIFFERENTIAL},
+        ),
+    )
     return worst
 
 

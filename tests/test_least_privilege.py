@@ -333,6 +333,7 @@ NEW_VALUES = {
     "delete_max_fraction": 0.25,
     "jdbc_partition_column": "invoice_id",
     "jdbc_num_partitions": 4,
+    "verify_depth": "keys",
 }
 NOT_EDITABLE = {"config_id", "updated_at"}  # identity; set by the touch trigger on every edit
 STATE = {
