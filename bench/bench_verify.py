@@ -121,16 +121,21 @@ def main() -> None:
             for turn in range(args.repeat):
                 for depth, label in (("none", "n"), ("counts", "c"), ("keys", "k")):
                     with psycopg.connect(conninfo, autocommit=True) as conn:
+                        # Each change moves its rows above the last watermark.
+                        step = turn * 3 + len(times[label]) + {"n": 0, "c": 1, "k": 2}[label]
                         conn.execute(
-                            "UPDATE verify_src SET amount = amount + 1, ts = ts + "
-                            "interval '1 year' + %s * interval '1 second' WHERE id %% 100 = %s",
-                            (turn * 3 + len(times[label]), turn),
+                            "UPDATE verify_src SET amount = amount + 1, ts = timestamptz "
+                            "'2030-01-01' + %s * interval '1 day' + id * interval '1 ms' "
+                            "WHERE id %% 100 = %s",
+                            (step, turn),
                         )
                     seconds, result = run_load(
                         conninfo, dest, incremental_value=watermark, verify_depth=depth
                     )
                     watermark = result.watermark_after
-                    assert result.verification is None or result.verification.passed
+                    assert result.verification is None or result.verification.passed, (
+                        result.verification
+                    )
                     times[label].append(seconds)
                 times["d"].append(deep(conninfo, dest))
                 seconds, _ = run_load(conninfo, dest, force_full_reload=True, verify_depth="none")

@@ -33,6 +33,7 @@ from typing import Any
 import pyarrow as pa
 
 from databricks_scripts.contract import full_load_reason
+from databricks_scripts.delta_dataset import delta_dataset
 from databricks_scripts.loader_commits import (
     StaleAttempt,
     UnrecordedCommit,
@@ -279,7 +280,7 @@ class _Load:
         import pyarrow.compute as pc
 
         existing: collections.Counter = collections.Counter()
-        window = self.table.to_pyarrow_dataset().to_table(
+        window = delta_dataset(self.table).to_table(
             filter=(pc.field(self.cursor) > self.lower) & (pc.field(self.cursor) <= self.watermark)
         )
         if window.num_rows:
@@ -541,7 +542,7 @@ def _destination_watermark(load: _Load) -> str | None:
         return load.spec.incremental_value
     import pyarrow.compute as pc
 
-    dataset = load.table.to_pyarrow_dataset()
+    dataset = delta_dataset(load.table)
     newer = None
     if load.watermark is not None and not load.numeric_text:
         newer = pc.field(load.cursor) > load.watermark

@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from databricks_scripts.contract import DELETED_AT, END_AT
+from databricks_scripts.delta_dataset import delta_dataset
 
 DEFAULT_SEGMENT_ROWS = 200_000
 SAMPLE = 10
@@ -85,7 +86,7 @@ def deep_verify(
             f"{schema.field(key).type}, not an integer"
         )
     low, high, source_rows = source.key_bounds(key)
-    dataset = table.to_pyarrow_dataset()
+    dataset = delta_dataset(table)
     exact = spec.delete_detection != "none" or spec.load_strategy == "full"
     run = _Run(key, columns, schema, dataset, exact)
     run.outside_span(low, high, source_rows)

@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from databricks_scripts.contract import DELETED_AT
+from databricks_scripts.delta_dataset import delta_dataset
 from databricks_scripts.loader_commits import commit_properties
 from databricks_scripts.loader_history import (
     TIMESTAMP_UTC,
@@ -47,7 +48,7 @@ def live_keys(load: Any, soft: bool) -> pa.Table:
     keys = list(load.spec.merge_keys)
     has_flag = DELETED_AT in load.plan.write_schema.names  # destination (+ new source) columns
     flt = pc.field(DELETED_AT).is_null() if soft and has_flag else None
-    live = load.table.to_pyarrow_dataset().to_table(columns=keys, filter=flt)
+    live = delta_dataset(load.table).to_table(columns=keys, filter=flt)
     return pa.Table.from_batches(
         [cast_batch(b, key_schema(load)) for b in live.to_batches()], key_schema(load)
     )

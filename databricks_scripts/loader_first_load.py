@@ -28,6 +28,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from databricks_scripts.delta_dataset import delta_dataset
 from databricks_scripts.loader_commits import (
     commit_properties,
     fenced,
@@ -91,7 +92,7 @@ def plan_first_load(
 def destination_max(load: Any) -> Watermark | None:
     """max(cursor) of the destination, streamed one batch at a time."""
     top = None
-    scanner = load.table.to_pyarrow_dataset().scanner(columns=[load.cursor])
+    scanner = delta_dataset(load.table).scanner(columns=[load.cursor])
     for batch in scanner.to_batches():
         top = max_watermark(top, batch_max(batch.column(0), numeric_text=False))
     return top

@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from databricks_scripts.contract import DELETED_AT, END_AT, START_AT
+from databricks_scripts.delta_dataset import delta_dataset
 from databricks_scripts.loader_commits import commit_properties
 from databricks_scripts.loader_history import (
     TIMESTAMP_UTC,
@@ -84,7 +85,7 @@ def current_versions(load: Any, columns: list[str], read_keys: pa.Table) -> pa.T
     ]
     first = load.spec.merge_keys[0]
     wanted = pc.unique(read_keys.column(first).combine_chunks())
-    table = load.table.to_pyarrow_dataset().to_table(
+    table = delta_dataset(load.table).to_table(
         columns=have, filter=pc.field(END_AT).is_null() & pc.field(first).isin(wanted)
     )
     schema = pa.schema([load.plan.write_schema.field(c) for c in have])
@@ -97,9 +98,7 @@ def current_keys(load: Any) -> pa.Table:
 
     keys = list(load.spec.merge_keys)
     schema = pa.schema([load.plan.write_schema.field(k) for k in keys])
-    table = load.table.to_pyarrow_dataset().to_table(
-        columns=keys, filter=pc.field(END_AT).is_null()
-    )
+    table = delta_dataset(load.table).to_table(columns=keys, filter=pc.field(END_AT).is_null())
     return pa.Table.from_batches([cast_batch(b, schema) for b in table.to_batches()], schema)
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import pyarrow as pa
 
 from databricks_scripts.contract import DEFAULT_VERIFY_DEPTH
+from databricks_scripts.delta_dataset import delta_dataset
 
 SAMPLE = 5
 
@@ -122,7 +123,7 @@ def verify_load(load: Any, source: Any, table: Any, depth: str) -> Verification 
     if why_not is not None:
         return Verification(True, f"not verified: {why_not}", {}, depth)
     keys = list(load.spec.merge_keys)
-    dataset = table.to_pyarrow_dataset()
+    dataset = delta_dataset(table)
     names = set(dataset.schema.names)
     # One statement, inside the load's snapshot: every row, the read's scope, above the watermark.
     source_all, source_scope, source_new = source.count_rows(lower, watermark)

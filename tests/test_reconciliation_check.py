@@ -223,3 +223,22 @@ def test_mysql_newcomer_scenario_merge_with_soft_deletes_loads_every_change(lake
         with conn.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS `{table}`")
         conn.close()
+
+
+def test_local_delta_tables_are_scanned_through_arrows_own_filesystem(tmp_path):
+    """deltalake's Python filesystem handler made a process that scanned a table abort at exit
+    now and then (exit -6); a local table is read with pyarrow's LocalFileSystem instead."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+    from deltalake import write_deltalake
+
+    from databricks_scripts.delta_dataset import delta_dataset, local_path
+
+    write_deltalake(str(tmp_path / "t"), pa.table({"id": [1, 2, 3]}))
+    dataset = delta_dataset(DeltaTable(str(tmp_path / "t")))
+    assert isinstance(dataset.filesystem, pafs.SubTreeFileSystem)
+    assert isinstance(dataset.filesystem.base_fs, pafs.LocalFileSystem)
+    assert dataset.count_rows(filter=pa.compute.field("id") > 1) == 2
+    assert local_path("file:///data/lake/t") == "/data/lake/t"
+    assert local_path("/data/lake/t") == "/data/lake/t"
+    assert local_path("s3://bucket/t") is None
