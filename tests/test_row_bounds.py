@@ -185,9 +185,7 @@ def test_messages_are_cut_not_refused(control_db):
         assert message.endswith(" ... [truncated]")
 
 
-def test_rows_written_before_the_rules_are_paused_with_the_old_value_named(
-    source_db, tmp_path
-):
+def test_rows_written_before_the_rules_are_paused_with_the_old_value_named(source_db, tmp_path):
     # The migrations before 012, then rows a person could write then, then 012.
     for path in sorted(SQL_DIR.glob("[0-9]*.sql")):
         if int(path.name.split("_")[0]) < 12:
