@@ -313,6 +313,16 @@ def _prepare(spec, source, destination: Path, log: Callable[[str], None]) -> _Lo
         numeric_text = bool(cursor) and is_numeric_text(source_schema.field(cursor))
     with _step("open destination"):
         table = _delta_table(destination)
+        if table is not None and spec.load_strategy == "scd2" and spec.force_full_reload:
+            from databricks_scripts.loader_history import (
+                archive_history_table,
+                history_types_changed,
+            )
+
+            reason = history_types_changed(spec, source_schema, table)
+            if reason is not None:
+                archive_history_table(destination, spec, reason, log)
+                table = None
         applied = choose_strategy(spec, table is not None)
         rebuild = applied == "full" and (table is None or spec.force_full_reload)
         dest_schema = None if rebuild else arrow_schema_of(table.schema())
