@@ -87,6 +87,8 @@ class UncomputableRowsSql(ControlDatabase):
                 uncomputable=True,
                 returning=_RETURNING,
             )
+            if not rows:
+                return rows
             # last_status_date_time: the transition sets now() unless the row was Failed already.
             conn.execute(
                 "UPDATE table_control SET last_status_date_time = now()"
