@@ -157,6 +157,18 @@ def archive_history_table(destination: Path, spec: Any, reason: str, log: Callab
     return archive
 
 
+def archive_if_types_changed(
+    spec: Any, source_schema: pa.Schema, table: Any, destination: Path, log: Callable
+) -> Any:
+    """A forced reload of an scd2 table: ``table`` as it is, or None after archiving it because
+    a key or a column changed type (this load then starts a new history table)."""
+    reason = history_types_changed(spec, source_schema, table)
+    if reason is None:
+        return table
+    archive_history_table(destination, spec, reason, log)
+    return None
+
+
 def _plain(t: pa.DataType) -> pa.DataType:
     if pa.types.is_large_string(t) or pa.types.is_string_view(t):
         return pa.string()

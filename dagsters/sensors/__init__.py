@@ -62,7 +62,12 @@ def fail_row_that_raised(
     exc: BaseException,
 ) -> bool:
     """One row made this tick raise while computing ``what``: fail that row, naming the value
-    and the error; the caller goes on with the other rows."""
+    and the error; the caller goes on with the other rows. A control database error is not the
+    row's fault: it is raised again (the tick fails, as it would have)."""
+    from dagsters.utils.lakebase_client import LakebaseError
+
+    if isinstance(exc, LakebaseError):
+        raise exc
     message = f"Failed: {what} of this row could not be computed: {type(exc).__name__}: {exc}"
     context.log.warning(f"{row.get('control_key')}: {message}")
     return client.fail_row(
