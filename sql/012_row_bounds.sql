@@ -31,15 +31,17 @@
 --                                      stack trace never makes a status change fail
 
 -- NULL or inside 1900-01-01 .. 3000-01-01 UTC (so finite).
-CREATE OR REPLACE FUNCTION dataloader_timestamp_in_bounds(ts timestamptz) RETURNS boolean
-LANGUAGE sql IMMUTABLE AS $$
+CREATE OR REPLACE FUNCTION public.dataloader_timestamp_in_bounds(ts timestamptz) RETURNS boolean
+LANGUAGE sql IMMUTABLE
+    SET search_path = pg_catalog, public, pg_temp AS $$
     SELECT ts IS NULL OR (ts >= '1900-01-01 00:00:00+00'::timestamptz
                           AND ts < '3000-01-01 00:00:00+00'::timestamptz);
 $$;
 
 -- NULL when merge_keys can be used as a key; else what is wrong with it.
-CREATE OR REPLACE FUNCTION dataloader_merge_keys_problem(keys text[]) RETURNS text
-LANGUAGE sql IMMUTABLE AS $$
+CREATE OR REPLACE FUNCTION public.dataloader_merge_keys_problem(keys text[]) RETURNS text
+LANGUAGE sql IMMUTABLE
+    SET search_path = pg_catalog, public, pg_temp AS $$
     SELECT CASE
         WHEN keys IS NULL THEN NULL
         WHEN cardinality(keys) > 32 THEN format('%s names; at most 32', cardinality(keys))
@@ -59,7 +61,7 @@ $$;
 -- below: the sensors call it to fail (never crash on) a row written where these CHECKs were not
 -- in force, and this file uses it to pause rows written before it. Only comparisons: it never
 -- raises, whatever the values.
-CREATE OR REPLACE FUNCTION dataloader_control_row_problem(
+CREATE OR REPLACE FUNCTION public.dataloader_control_row_problem(
     control_key text,
     next_load_date_time timestamptz,
     last_status_date_time timestamptz,
@@ -72,28 +74,29 @@ CREATE OR REPLACE FUNCTION dataloader_control_row_problem(
     schedule_cron text,
     retry_count int,
     merge_keys text[])
-RETURNS text LANGUAGE sql IMMUTABLE AS $$
+RETURNS text LANGUAGE sql IMMUTABLE
+    SET search_path = pg_catalog, public, pg_temp AS $$
     SELECT CASE
-        WHEN NOT dataloader_timestamp_in_bounds(next_load_date_time)
+        WHEN NOT public.dataloader_timestamp_in_bounds(next_load_date_time)
             THEN format('next_load_date_time = %L is outside 1900-01-01 .. 3000-01-01 (rule '
                         'next_load_date_time_must_be_finite_1900_to_3000)',
                         next_load_date_time)
-        WHEN NOT dataloader_timestamp_in_bounds(last_status_date_time)
+        WHEN NOT public.dataloader_timestamp_in_bounds(last_status_date_time)
             THEN format('last_status_date_time = %L is outside 1900-01-01 .. 3000-01-01 (rule '
                         'last_status_date_time_must_be_finite_1900_to_3000)',
                         last_status_date_time)
-        WHEN NOT dataloader_timestamp_in_bounds(last_load_date_time)
+        WHEN NOT public.dataloader_timestamp_in_bounds(last_load_date_time)
             THEN format('last_load_date_time = %L is outside 1900-01-01 .. 3000-01-01 (rule '
                         'last_load_date_time_must_be_finite_1900_to_3000)',
                         last_load_date_time)
-        WHEN NOT dataloader_timestamp_in_bounds(retry_analysis_requested_at)
+        WHEN NOT public.dataloader_timestamp_in_bounds(retry_analysis_requested_at)
             THEN format('retry_analysis_requested_at = %L is outside 1900-01-01 .. 3000-01-01 '
                         '(rule retry_analysis_requested_at_must_be_finite_1900_to_3000)',
                         retry_analysis_requested_at)
-        WHEN NOT dataloader_timestamp_in_bounds(created_at)
+        WHEN NOT public.dataloader_timestamp_in_bounds(created_at)
             THEN format('created_at = %L is outside 1900-01-01 .. 3000-01-01 (rule '
                         'created_at_must_be_finite_1900_to_3000)', created_at)
-        WHEN NOT dataloader_timestamp_in_bounds(updated_at)
+        WHEN NOT public.dataloader_timestamp_in_bounds(updated_at)
             THEN format('updated_at = %L is outside 1900-01-01 .. 3000-01-01 (rule '
                         'updated_at_must_be_finite_1900_to_3000)', updated_at)
         WHEN NOT (schedule_interval IS NULL
@@ -114,18 +117,19 @@ RETURNS text LANGUAGE sql IMMUTABLE AS $$
         WHEN length(control_key) > 200
             THEN format('control_key is %s characters long (rule '
                         'control_key_must_be_at_most_200_characters)', length(control_key))
-        WHEN dataloader_merge_keys_problem(merge_keys) IS NOT NULL
+        WHEN public.dataloader_merge_keys_problem(merge_keys) IS NOT NULL
             THEN format('merge_keys = %L: %s (rule merge_keys_must_be_distinct_names)',
-                        left(merge_keys::text, 300), dataloader_merge_keys_problem(merge_keys))
+                        left(merge_keys::text, 300), public.dataloader_merge_keys_problem(merge_keys))
     END;
 $$;
 
 -- NULL when every name is at most 255 characters; else the first column that is longer.
-CREATE OR REPLACE FUNCTION dataloader_long_name(
+CREATE OR REPLACE FUNCTION public.dataloader_long_name(
     source_catalog text, source_schema_name text, source_table_name text,
     destination_catalog text, destination_schema_name text, destination_table_name text,
     incremental_column text, jdbc_partition_column text, connection_name text, db_kv_scope text)
-RETURNS text LANGUAGE sql IMMUTABLE AS $$
+RETURNS text LANGUAGE sql IMMUTABLE
+    SET search_path = pg_catalog, public, pg_temp AS $$
     SELECT CASE
         WHEN length(source_catalog) > 255 THEN 'source_catalog'
         WHEN length(source_schema_name) > 255 THEN 'source_schema_name'
@@ -141,8 +145,9 @@ RETURNS text LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 -- merge_keys without blanks and repeats (first spelling kept, order kept), at most 32 names.
-CREATE OR REPLACE FUNCTION dataloader_distinct_merge_keys(keys text[]) RETURNS text[]
-LANGUAGE sql IMMUTABLE AS $$
+CREATE OR REPLACE FUNCTION public.dataloader_distinct_merge_keys(keys text[]) RETURNS text[]
+LANGUAGE sql IMMUTABLE
+    SET search_path = pg_catalog, public, pg_temp AS $$
     SELECT array_agg(k ORDER BY pos) FROM (
         SELECT k, pos FROM (
             SELECT DISTINCT ON (lower(left(btrim(k), 255))) left(btrim(k), 255) AS k, pos
@@ -161,15 +166,15 @@ UPDATE table_control SET
     last_message = left(
         'Paused by migration 012: '
         || concat_ws('; ',
-            dataloader_control_row_problem(
+            public.dataloader_control_row_problem(
                 control_key, next_load_date_time, last_status_date_time, last_load_date_time,
                 retry_analysis_requested_at, created_at, updated_at, schedule_interval,
                 lookback_window, schedule_cron, retry_count, merge_keys),
-            CASE WHEN dataloader_long_name(
+            CASE WHEN public.dataloader_long_name(
                     source_catalog, source_schema_name, source_table_name, destination_catalog,
                     destination_schema_name, destination_table_name, incremental_column,
                     jdbc_partition_column, connection_name, db_kv_scope) IS NOT NULL
-                 THEN dataloader_long_name(
+                 THEN public.dataloader_long_name(
                     source_catalog, source_schema_name, source_table_name, destination_catalog,
                     destination_schema_name, destination_table_name, incremental_column,
                     jdbc_partition_column, connection_name, db_kv_scope)
@@ -180,16 +185,16 @@ UPDATE table_control SET
         || coalesce(last_message, '(none)'), 7900),
     control_key = CASE WHEN length(control_key) > 200
                        THEN left(control_key, 180) || '~' || config_id ELSE control_key END,
-    next_load_date_time = CASE WHEN dataloader_timestamp_in_bounds(next_load_date_time)
+    next_load_date_time = CASE WHEN public.dataloader_timestamp_in_bounds(next_load_date_time)
                                THEN next_load_date_time END,
-    last_status_date_time = CASE WHEN dataloader_timestamp_in_bounds(last_status_date_time)
+    last_status_date_time = CASE WHEN public.dataloader_timestamp_in_bounds(last_status_date_time)
                                  THEN last_status_date_time ELSE now() END,
-    last_load_date_time = CASE WHEN dataloader_timestamp_in_bounds(last_load_date_time)
+    last_load_date_time = CASE WHEN public.dataloader_timestamp_in_bounds(last_load_date_time)
                                THEN last_load_date_time END,
     retry_analysis_requested_at = CASE
-        WHEN dataloader_timestamp_in_bounds(retry_analysis_requested_at)
+        WHEN public.dataloader_timestamp_in_bounds(retry_analysis_requested_at)
         THEN retry_analysis_requested_at END,
-    created_at = CASE WHEN dataloader_timestamp_in_bounds(created_at) THEN created_at
+    created_at = CASE WHEN public.dataloader_timestamp_in_bounds(created_at) THEN created_at
                       ELSE now() END,
     schedule_interval = CASE WHEN schedule_interval
                                   BETWEEN interval '1 minute' AND interval '366 days'
@@ -197,8 +202,8 @@ UPDATE table_control SET
     lookback_window = least(lookback_window, interval '366 days'),
     schedule_cron = CASE WHEN length(schedule_cron) <= 100 THEN schedule_cron END,
     retry_count = least(greatest(retry_count, 0), 1000),
-    merge_keys = CASE WHEN dataloader_merge_keys_problem(merge_keys) IS NULL THEN merge_keys
-                      ELSE dataloader_distinct_merge_keys(merge_keys) END,
+    merge_keys = CASE WHEN public.dataloader_merge_keys_problem(merge_keys) IS NULL THEN merge_keys
+                      ELSE public.dataloader_distinct_merge_keys(merge_keys) END,
     source_catalog = left(source_catalog, 255),
     source_schema_name = left(source_schema_name, 255),
     source_table_name = left(source_table_name, 255),
@@ -211,31 +216,33 @@ UPDATE table_control SET
     db_kv_scope = left(db_kv_scope, 255),
     db_config_value = CASE WHEN length(db_config_value::text) > 4000 THEN '{}'::jsonb
                            ELSE db_config_value END
-WHERE dataloader_control_row_problem(
+WHERE public.dataloader_control_row_problem(
           control_key, next_load_date_time, last_status_date_time, last_load_date_time,
           retry_analysis_requested_at, created_at, updated_at, schedule_interval,
           lookback_window, schedule_cron, retry_count, merge_keys) IS NOT NULL
-   OR dataloader_long_name(
+   OR public.dataloader_long_name(
           source_catalog, source_schema_name, source_table_name, destination_catalog,
           destination_schema_name, destination_table_name, incremental_column,
           jdbc_partition_column, connection_name, db_kv_scope) IS NOT NULL
    OR length(db_config_value::text) > 4000;
 
 -- Messages: cut, never refused (a status change must not fail on the length of its message).
-CREATE OR REPLACE FUNCTION dataloader_cut_message(msg text) RETURNS text
-LANGUAGE sql IMMUTABLE AS $$
+CREATE OR REPLACE FUNCTION public.dataloader_cut_message(msg text) RETURNS text
+LANGUAGE sql IMMUTABLE
+    SET search_path = pg_catalog, public, pg_temp AS $$
     SELECT CASE WHEN length(msg) > 8000 THEN left(msg, 7984) || ' ... [truncated]' ELSE msg END;
 $$;
 
-UPDATE table_control SET last_message = dataloader_cut_message(last_message)
+UPDATE table_control SET last_message = public.dataloader_cut_message(last_message)
 WHERE length(last_message) > 8000;
-UPDATE historical_metadata SET message = dataloader_cut_message(message)
+UPDATE historical_metadata SET message = public.dataloader_cut_message(message)
 WHERE length(message) > 8000;
 
-CREATE OR REPLACE FUNCTION dataloader_cut_control_message() RETURNS trigger
-LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION public.dataloader_cut_control_message() RETURNS trigger
+LANGUAGE plpgsql
+    SET search_path = pg_catalog, public, pg_temp AS $$
 BEGIN
-    NEW.last_message := dataloader_cut_message(NEW.last_message);
+    NEW.last_message := public.dataloader_cut_message(NEW.last_message);
     RETURN NEW;
 END;
 $$;
@@ -245,10 +252,11 @@ CREATE TRIGGER table_control_cut_message
     BEFORE INSERT OR UPDATE OF last_message ON table_control
     FOR EACH ROW EXECUTE FUNCTION dataloader_cut_control_message();
 
-CREATE OR REPLACE FUNCTION dataloader_cut_history_message() RETURNS trigger
-LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION public.dataloader_cut_history_message() RETURNS trigger
+LANGUAGE plpgsql
+    SET search_path = pg_catalog, public, pg_temp AS $$
 BEGIN
-    NEW.message := dataloader_cut_message(NEW.message);
+    NEW.message := public.dataloader_cut_message(NEW.message);
     RETURN NEW;
 END;
 $$;
@@ -270,7 +278,7 @@ BEGIN
         IF NOT EXISTS (SELECT 1 FROM pg_constraint
                        WHERE conname = col || '_must_be_finite_1900_to_3000') THEN
             EXECUTE format('ALTER TABLE table_control ADD CONSTRAINT %I CHECK '
-                           '(dataloader_timestamp_in_bounds(%I))',
+                           '(public.dataloader_timestamp_in_bounds(%I))',
                            col || '_must_be_finite_1900_to_3000', col);
         END IF;
     END LOOP;
@@ -300,7 +308,7 @@ BEGIN
             ('table_control', 'schedule_timezone_must_be_at_most_64_characters',
              'CHECK (length(schedule_timezone) <= 64)'),
             ('table_control', 'merge_keys_must_be_distinct_names',
-             'CHECK (dataloader_merge_keys_problem(merge_keys) IS NULL)'),
+             'CHECK (public.dataloader_merge_keys_problem(merge_keys) IS NULL)'),
             ('table_control', 'db_config_value_must_be_at_most_4000_characters',
              'CHECK (length(db_config_value::text) <= 4000)'),
             ('table_control', 'last_message_must_be_at_most_8000_characters',
@@ -318,8 +326,9 @@ $$;
 
 -- sql/005's trigger computed the cron rules of a value of any length (a 1 MB cron: 202 s) before
 -- any CHECK could refuse it; the length is now refused first, by the constraint's own name.
-CREATE OR REPLACE FUNCTION dataloader_refuse_uncomputable_schedule() RETURNS trigger
-LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION public.dataloader_refuse_uncomputable_schedule() RETURNS trigger
+LANGUAGE plpgsql
+    SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     problem text;
     rule text;
@@ -344,8 +353,8 @@ BEGIN
                   CONSTRAINT = 'schedule_timezone_must_be_at_most_64_characters';
     END IF;
     problem := CASE WHEN NEW.schedule_cron IS NOT NULL
-                    THEN dataloader_cron_problem(NEW.schedule_cron) END;
-    rule := CASE WHEN NOT dataloader_is_valid_cron(NEW.schedule_cron)
+                    THEN public.dataloader_cron_problem(NEW.schedule_cron) END;
+    rule := CASE WHEN NOT public.dataloader_is_valid_cron(NEW.schedule_cron)
                  THEN 'schedule_cron_must_be_five_fields_or_a_macro'
                  ELSE 'schedule_cron_must_have_fields_in_range_and_a_future_slot' END;
     IF problem IS NOT NULL THEN
@@ -355,7 +364,7 @@ BEGIN
                   HINT = 'Use five fields (minute 0-59, hour 0-23, day 1-31, month 1-12, '
                          'weekday 0-7) that can fire, or @hourly/@daily/...';
     END IF;
-    IF NOT dataloader_is_valid_timezone(NEW.schedule_timezone) THEN
+    IF NOT public.dataloader_is_valid_timezone(NEW.schedule_timezone) THEN
         RAISE EXCEPTION 'new row for table_control % violates check constraint "%": '
                         'schedule_timezone % is not a zone name of the zone database',
                         left(NEW.control_key, 200), 'schedule_timezone_must_be_a_known_time_zone',
@@ -373,7 +382,7 @@ $$;
 -- (dagsters/control/uncomputable.py). Where the CHECKs above are in force this index is empty,
 -- so that statement is one look at an empty index.
 CREATE INDEX IF NOT EXISTS table_control_uncomputable_idx ON table_control (config_id)
-    WHERE dataloader_control_row_problem(
+    WHERE public.dataloader_control_row_problem(
         control_key, next_load_date_time, last_status_date_time, last_load_date_time,
         retry_analysis_requested_at, created_at, updated_at, schedule_interval,
         lookback_window, schedule_cron, retry_count, merge_keys) IS NOT NULL;
