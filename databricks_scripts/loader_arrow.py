@@ -43,7 +43,12 @@ from databricks_scripts.loader_commits import (
 )
 from databricks_scripts.loader_commits import fenced as _fenced
 from databricks_scripts.loader_commits import stream_errors as _stream_errors
-from databricks_scripts.loader_history import WriterHooks, history_strategy, history_writer
+from databricks_scripts.loader_history import (
+    WriterHooks,
+    archive_if_types_changed,
+    history_strategy,
+    history_writer,
+)
 from databricks_scripts.loader_interrupt import (
     StopRequested,
     StopSignal,
@@ -317,6 +322,8 @@ def _prepare(spec, source, destination: Path, log: Callable[[str], None]) -> _Lo
         numeric_text = bool(cursor) and is_numeric_text(source_schema.field(cursor))
     with _step("open destination"):
         table = _delta_table(destination)
+        if table is not None and spec.load_strategy == "scd2" and spec.force_full_reload:
+            table = archive_if_types_changed(spec, source_schema, table, destination, log)
         applied = choose_strategy(spec, table is not None)
         rebuild = applied == "full" and (table is None or spec.force_full_reload)
         dest_schema = None if rebuild else arrow_schema_of(table.schema())

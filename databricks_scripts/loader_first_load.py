@@ -11,9 +11,12 @@ and committed every ``DATALOADER_FIRST_LOAD_CHUNK_ROWS`` rows or so:
   names the attempt and carries ``dataloader.resumable = first_load`` (loader_commits);
 - the chunks' watermark is the data itself: committed in cursor order, the destination's
   max(cursor) is exactly the value through which the source is loaded. A rerun whose destination's
-  last commit is such a chunk of an attempt never recorded as Succeeded resumes: it reads
-  ``cursor > max(cursor of the destination)`` (NULL cursors are already in) and appends, so the
-  final table equals a one-shot load. This holds whether the load died, was stopped, or committed
+  last commit is such a chunk of an attempt never recorded as Succeeded resumes: it first replaces
+  the destination's NULL-cursor rows with the source's current ones (one commit, ``overwrite``
+  with the predicate ``cursor IS NULL``: a NULL-cursor row inserted after the earlier attempt
+  read its NULLs has no cursor to resume from, so the NULLs are read again, whole), then reads
+  ``cursor > max(cursor of the destination)`` and appends, so the final table equals a one-shot
+  load made when the resume began. This holds whether the load died, was stopped, or committed
   its last chunk but its success never reached the control database.
 
 Readers see the table grow chunk by chunk in cursor order (the first chunk replaces the old
@@ -99,11 +102,11 @@ def destination_max(load: Any) -> Watermark | None:
 
 
 def source_batches(plan: FirstLoadPlan, source: Any) -> Iterator[pa.RecordBatch]:
-    """NULL cursors first (a fresh start only), then the rest in cursor order; one statement at a
-    time, each opened when the previous one is consumed."""
-    if not plan.resume:
-        _, nulls = source.ordered_batches(None, null_cursor=True)
-        yield from nulls
+    """NULL cursors first (a resume reads them again: they replace the destination's), then the
+    rest in cursor order; one statement at a time, each opened when the previous one is consumed.
+    """
+    _, nulls = source.ordered_batches(None, null_cursor=True)
+    yield from nulls
     _, rest = source.ordered_batches(plan.resume_from)
     yield from rest
 
@@ -112,12 +115,21 @@ class _CursorChunks:
     """Cuts a cursor-ordered stream into chunks of at least ``chunk_rows`` rows, each ending where
     the cursor value changes (never inside the NULL cursors, which come first)."""
 
-    def __init__(self, batches: Iterator[pa.RecordBatch], cursor: str, chunk_rows: int):
+    def __init__(
+        self,
+        batches: Iterator[pa.RecordBatch],
+        cursor: str,
+        chunk_rows: int,
+        *,
+        nulls_alone: bool = False,
+    ):
         self._batches = iter(batches)
         self._cursor = cursor
         self._chunk_rows = max(chunk_rows, 1)
         self._pending: pa.RecordBatch | None = None
         self.done = False
+        # The first chunk is the NULL cursors alone (a resume replaces them in one commit).
+        self._nulls_alone = nulls_alone
 
     def _next_batch(self) -> pa.RecordBatch | None:
         if self._pending is not None:
@@ -126,6 +138,10 @@ class _CursorChunks:
         return next(self._batches, None)
 
     def chunk(self) -> Iterator[pa.RecordBatch]:
+        if self._nulls_alone:
+            self._nulls_alone = False
+            yield from self._null_chunk()
+            return
         rows = 0
         while (batch := self._next_batch()) is not None:
             cut = None
@@ -138,6 +154,21 @@ class _CursorChunks:
             if cut:
                 yield batch.slice(0, cut)
             self._pending = batch.slice(cut)
+            return
+        self.done = True
+
+    def _null_chunk(self) -> Iterator[pa.RecordBatch]:
+        """The leading rows whose cursor is NULL (may be none)."""
+        import pyarrow.compute as pc
+
+        while (batch := self._next_batch()) is not None:
+            first_valid = pc.index(pc.is_valid(batch.column(self._cursor)), True).as_py()
+            if first_valid < 0:
+                yield batch
+                continue
+            if first_valid:
+                yield batch.slice(0, first_valid)
+            self._pending = batch.slice(first_valid)
             return
         self.done = True
 
@@ -163,22 +194,29 @@ def write_first_load_chunks(
     """Commit the stream chunk by chunk; returns (rows written, committed anything)."""
     from deltalake import write_deltalake
 
-    chunks = _CursorChunks(batches, load.cursor, plan.chunk_rows)
+    chunks = _CursorChunks(batches, load.cursor, plan.chunk_rows, nulls_alone=plan.resume)
     written, committed, first = 0, False, not plan.resume
+    nulls = plan.resume  # the resume's first commit: the source's NULL cursors replace ours
     while not chunks.done:
         counted = Counted(chunks.chunk())
-        reader = peeked_reader(load.write_schema, fenced(counted, load))
+        if nulls:
+            # Committed even when empty: NULL-cursor rows gone from the source go here too.
+            reader = pa.RecordBatchReader.from_batches(load.write_schema, fenced(counted, load))
+        else:
+            reader = peeked_reader(load.write_schema, fenced(counted, load))
         if reader is None:
             continue
         with stream_errors(load):
             write_deltalake(
                 load.table if load.table is not None else str(load.destination),
                 reader,
-                mode="overwrite" if first else "append",
+                mode="overwrite" if first or nulls else "append",
+                predicate=_null_predicate(load.cursor) if nulls else None,
                 schema_mode="overwrite" if first and load.rebuild else "merge",
                 commit_properties=commit_properties(load.spec, load.applied, resumable=True),
                 target_file_size=load.target_file_size,
             )
+        nulls = False
         if load.table is None:
             from deltalake import DeltaTable
 
@@ -188,3 +226,8 @@ def write_first_load_chunks(
         if load.stop is not None and not chunks.done:
             load.stop.leave_commit()
     return written, committed
+
+
+def _null_predicate(cursor: str) -> str:
+    """``"cursor" IS NULL`` for delta-rs's predicate overwrite (quoted: case and odd names)."""
+    return '"' + cursor.replace('"', '""') + '" IS NULL'

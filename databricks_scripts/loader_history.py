@@ -107,8 +107,66 @@ def check_source_columns(load: Any) -> None:
             raise ValueError(
                 f"merge key {key!r} changed type: {have} in the destination, {now} in the source; "
                 "a key changing type is refused (rows could no longer be matched to their "
-                "history). Rebuild the destination deliberately if the change is intended"
+                "history). If the change is intended, set force_full_reload: the old history "
+                "table is archived and a new one starts (docs/loader.md, 'A key changes type')"
             )
+
+
+def history_types_changed(spec: Any, source_schema: pa.Schema, table: Any) -> str | None:
+    """Why an scd2 destination's versions cannot take the source's rows any more (a merge key or
+    a column changed type incompatibly), or None."""
+    from databricks_scripts.loader_types import (
+        IncompatibleSchemaError,
+        arrow_schema_of,
+        plan_schema,
+    )
+
+    dest = arrow_schema_of(table.schema())
+    mapped = delta_schema_for(source_schema)
+    for key in spec.merge_keys:
+        if key in dest.names and key in mapped.names:
+            have, now = _plain(dest.field(key).type), _plain(mapped.field(key).type)
+            if have != now:
+                return f"merge key {key!r} changed type: {have} in the destination, {now} now"
+    try:
+        plan_schema(source_schema, dest)
+    except IncompatibleSchemaError as exc:
+        return str(exc).split(" (a full reload")[0]
+    return None
+
+
+ARCHIVE_INFIX = "__archived_"
+
+
+def archive_history_table(destination: Path, spec: Any, reason: str, log: Callable) -> Path:
+    """Move an scd2 destination aside (same folder, ``<name>__archived_<UTC time>_<attempt>``):
+    its versions and commits are kept as they were, and this load starts a new history table.
+
+    The forced reload of an scd2 table whose key (or a column) changed type: the old versions
+    cannot be matched to the new rows, and a history table is never overwritten.
+    """
+    stamp = load_time().strftime("%Y%m%dT%H%M%SZ")
+    archive = destination.with_name(
+        f"{destination.name}{ARCHIVE_INFIX}{stamp}_{spec.metadata_id or 0}"
+    )
+    destination.rename(archive)
+    log(
+        f"forced reload of scd2 table {destination.name}: {reason}; the old history table is "
+        f"kept as {archive} and a new one starts with this load"
+    )
+    return archive
+
+
+def archive_if_types_changed(
+    spec: Any, source_schema: pa.Schema, table: Any, destination: Path, log: Callable
+) -> Any:
+    """A forced reload of an scd2 table: ``table`` as it is, or None after archiving it because
+    a key or a column changed type (this load then starts a new history table)."""
+    reason = history_types_changed(spec, source_schema, table)
+    if reason is None:
+        return table
+    archive_history_table(destination, spec, reason, log)
+    return None
 
 
 def _plain(t: pa.DataType) -> pa.DataType:

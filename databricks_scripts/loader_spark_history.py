@@ -251,7 +251,10 @@ def history_statement(
         if have.get(key.lower()) != types.get(key.lower()):
             raise ValueError(
                 f"merge key {key!r} changed type: {have.get(key.lower())} in the destination, "
-                f"{types.get(key.lower())} in the source; a key changing type is refused"
+                f"{types.get(key.lower())} in the source; a key changing type is refused. On "
+                f"the Spark engine keep the old history by renaming it (ALTER TABLE {target} "
+                "RENAME TO <name>__archived_<date>); the next load starts a new history table "
+                "(docs/loader.md, 'A key changes type')"
             )
     if soft and DELETED_AT.lower() not in have:
         log(f"adding column {DELETED_AT} for soft delete detection")

@@ -279,6 +279,52 @@ def test_scd2_refuses_a_key_changing_type(source_db, lake_root):
     with pytest.raises(la.LoadStepError, match="merge key 'id' changed type: int64 .* int32"):
         loads.run()
     assert DeltaTable(str(loads.path)).version() == version
+    # The documented way on: a forced reload archives the old history and starts a new one.
+    loads.run(force_full_reload=True)
+    assert len(list(loads.path.parent.glob("kt__archived_*"))) == 1
+    assert [(r["id"], r["v"]) for r in loads.rows()] == [(1, "a")]
+
+
+def test_scd2_key_changing_type_then_a_forced_reload_archives_the_history_and_starts_anew(
+    source_db, lake_root
+):
+    # Before: the refusal said to reload, and force_full_reload failed the same way on scd2.
+    execute(source_db, "CREATE TABLE kc (id bigint PRIMARY KEY, v text)")
+    execute(source_db, "INSERT INTO kc VALUES (1,'a'),(2,'b')")
+    loads = Loads(source_db, lake_root, "kc", load_strategy="scd2", merge_keys=["id"])
+    loads.run()
+    execute(source_db, "UPDATE kc SET v = 'b2' WHERE id = 2")
+    loads.run()
+    old_versions = [(r["id"], r["v"]) for r in loads.rows()]
+    assert old_versions == [(1, "a"), (2, "b"), (2, "b2")]
+    execute(source_db, "ALTER TABLE kc ALTER COLUMN id TYPE text")
+    with pytest.raises(la.LoadStepError, match="force_full_reload"):
+        loads.run()
+
+    loads.run(force_full_reload=True)
+
+    [archive] = sorted(loads.path.parent.glob("kc__archived_*"))
+    archived = DeltaTable(str(archive)).to_pyarrow_table().to_pylist()
+    assert sorted((r["id"], r["v"]) for r in archived) == old_versions
+    rows = loads.rows()
+    assert [(r["id"], r["v"], r[END_AT]) for r in rows] == [("1", "a", None), ("2", "b2", None)]
+    assert all(loads.during_last(r[START_AT]) for r in rows)
+    # The new history goes on as any scd2 table (no forced reload any more).
+    execute(source_db, "UPDATE kc SET v = 'a2' WHERE id = '1'")
+    loads.run()
+    assert [(r["id"], r["v"]) for r in loads.rows()] == [("1", "a"), ("1", "a2"), ("2", "b2")]
+    assert len(list(loads.path.parent.glob("kc__archived_*"))) == 1
+
+
+def test_a_forced_reload_of_scd2_without_a_type_change_keeps_its_history(source_db, lake_root):
+    execute(source_db, "CREATE TABLE kf (id int PRIMARY KEY, v text)")
+    execute(source_db, "INSERT INTO kf VALUES (1,'a')")
+    loads = Loads(source_db, lake_root, "kf", load_strategy="scd2", merge_keys=["id"])
+    loads.run()
+    execute(source_db, "UPDATE kf SET v = 'a2'")
+    loads.run(force_full_reload=True)
+    assert [(r["id"], r["v"]) for r in loads.rows()] == [(1, "a"), (1, "a2")]
+    assert not list(loads.path.parent.glob("kf__archived_*"))
 
 
 class _KeysReadFails(ls.PostgresReader):

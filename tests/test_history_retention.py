@@ -81,6 +81,8 @@ def test_old_finished_history_is_deleted_in_batches_and_the_rest_kept(control_db
 def test_the_launchpad_can_override_the_retention_for_one_run(control_db, db):
     orders = add_table(db, "orders")
     add_attempts(db, orders, "orders", "Succeeded", 40, 5)
+    # A newer success inside the retention: the row's latest Succeeded attempt is always kept.
+    add_attempts(db, orders, "orders", "Succeeded", 1, 1)
     job = build_history_retention_job(Settings())
     result = job.execute_in_process(
         run_config={"ops": {"history_retention_op": {"config": {"older_than_days": 30}}}},
@@ -110,3 +112,22 @@ def test_retention_settings_and_schedule():
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING  # local mode
     job = repo.get_job(HISTORY_RETENTION_JOB)
     assert "90 days" in job.description
+
+
+def test_each_rows_latest_succeeded_attempt_is_kept_whatever_its_age(control_db, db):
+    orders = add_table(db, "orders")
+    older = add_attempts(db, orders, "orders", "Succeeded", 900, 2)
+    [latest_success] = add_attempts(db, orders, "orders", "Succeeded", 800, 1)
+    failed = add_attempts(db, orders, "orders", "Failed", 700, 2)
+    db.execute(
+        "UPDATE table_control SET last_metadata_id = %s WHERE config_id = %s",
+        (failed[-1], orders),
+    )
+    job = build_history_retention_job(Settings())
+    result = job.execute_in_process(resources={"lakebase": lakebase_for(control_db)})
+    assert result.output_for_node("history_retention_op") == len(older) + 1
+    kept = [
+        r["metadata_id"]
+        for r in db.execute("SELECT metadata_id FROM historical_metadata ORDER BY 1").fetchall()
+    ]
+    assert kept == [latest_success, failed[-1]]

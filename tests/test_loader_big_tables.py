@@ -208,9 +208,74 @@ def test_resumable_first_load_killed_after_a_chunk_resumes_and_equals_the_source
 
     resumed = load({**params, "metadata_id": 2}, tmp_path, env)
     assert destination_rows(path) == source_rows(source_db, "big_first")
-    assert resumed["rows_written"] == 20000 - sum(loaded.values())
+    # The resume rewrites the 20 NULL-cursor rows (they replace the destination's), then appends.
+    assert resumed["rows_written"] == 20000 - sum(loaded.values()) + 20
     assert resumed["watermark_after"] == str(19999 // 7)
     assert resumed["load_strategy"] == "full"
+
+
+FIRST_LOAD_ENV = {
+    "DATALOADER_FIRST_LOAD_CHUNKED_ABOVE_ROWS": "1000",
+    "DATALOADER_FIRST_LOAD_CHUNK_ROWS": "500",
+    "DATALOADER_BATCH_BYTES": str(16 * 1024),
+}
+
+
+def _first_load_params(source_db: str, table: str, destination: str, **overrides) -> dict:
+    return make_params(
+        source_db,
+        table,
+        load_strategy="incremental",
+        incremental_column="updated_at",
+        destination_table_name=destination,
+        **{RECORDED_METADATA_ID_PARAM: None},
+        **overrides,
+    )
+
+
+def _add_null_cursor_row(conninfo: str, table: str, row_id: int) -> None:
+    sql(conninfo, f"INSERT INTO {table} VALUES ({row_id}, 'late null {row_id}', NULL)")
+
+
+def test_a_first_load_killed_at_each_chunk_resumes_with_null_cursor_rows_added_meanwhile(
+    source_db, lake_root, tmp_path
+):
+    # Before: the resume read only cursor > max, so a NULL-cursor row inserted between the kill
+    # and the resume was never loaded (20,001 rows against 20,002).
+    make_source(source_db, "resume_nulls", rows=3000)
+    one_shot = _first_load_params(source_db, "resume_nulls", "resume_nulls_one_shot")
+    load(one_shot, tmp_path, FIRST_LOAD_ENV)
+    chunks = DeltaTable(str(dest(lake_root, one_shot))).version() + 1
+    assert destination_rows(dest(lake_root, one_shot)) == source_rows(source_db, "resume_nulls")
+    assert chunks >= 5
+
+    # Killed after each chunk but the last (the last: see below), a NULL-cursor row added, resumed.
+    for k in range(1, chunks - 1):
+        params = _first_load_params(source_db, "resume_nulls", f"resume_nulls_{k}")
+        path = dest(lake_root, params)
+        made = kill_after_commits(params, tmp_path, FIRST_LOAD_ENV, path, commits=k)
+        assert made >= k
+        _add_null_cursor_row(source_db, "resume_nulls", 100_000 + k)
+        load({**params, "metadata_id": 2}, tmp_path, FIRST_LOAD_ENV)
+        assert destination_rows(path) == source_rows(source_db, "resume_nulls"), f"killed at {k}"
+        assert DeltaTable(str(path)).history(1)[0][KEY_RESUMABLE] == "first_load"
+
+    # Every chunk committed but the success never recorded: the rerun resumes (nothing above the
+    # cursor), and the NULL-cursor row added since is loaded too.
+    _add_null_cursor_row(source_db, "resume_nulls", 200_000)
+    resumed = load({**one_shot, "metadata_id": 2}, tmp_path, FIRST_LOAD_ENV)
+    assert destination_rows(dest(lake_root, one_shot)) == source_rows(source_db, "resume_nulls")
+    assert resumed["load_strategy"] == "full"
+
+
+def test_a_resume_drops_null_cursor_rows_the_source_no_longer_has(source_db, lake_root, tmp_path):
+    make_source(source_db, "resume_gone", rows=3000)
+    params = _first_load_params(source_db, "resume_gone", "resume_gone")
+    path = dest(lake_root, params)
+    kill_after_commits(params, tmp_path, FIRST_LOAD_ENV, path, commits=2)
+    sql(source_db, "DELETE FROM resume_gone WHERE updated_at IS NULL")
+    load({**params, "metadata_id": 2}, tmp_path, FIRST_LOAD_ENV)
+    assert destination_rows(path) == source_rows(source_db, "resume_gone")
 
 
 def test_full_strategy_keeps_its_single_commit(source_db, lake_root, tmp_path):

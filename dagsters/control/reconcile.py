@@ -26,12 +26,21 @@ class ReconcileSql(ControlDatabase):
     """Read and record what an earlier attempt committed without being recorded."""
 
     def last_recorded_attempt(self, config_id: int) -> int | None:
-        """metadata_id of the row's latest attempt recorded Succeeded (None: none yet)."""
+        """metadata_id of the row's latest attempt recorded Succeeded (None: none yet).
+
+        Retention keeps that history row (``RetentionSql``); the control row's own pointer
+        counts too (``last_metadata_id`` of a Succeeded row), so a history row removed by hand
+        cannot make the row's last good commit look like one that was never recorded.
+        """
         with self._transaction("last_recorded_attempt") as conn:
             row = conn.execute(
-                "SELECT max(metadata_id) AS metadata_id FROM historical_metadata"
-                " WHERE config_id = %s AND status = 'Succeeded'",
-                (config_id,),
+                "SELECT greatest("
+                "  (SELECT max(metadata_id) FROM historical_metadata"
+                "   WHERE config_id = %(config_id)s AND status = 'Succeeded'),"
+                "  (SELECT last_metadata_id FROM table_control"
+                "   WHERE config_id = %(config_id)s AND last_status = 'Succeeded')"
+                ") AS metadata_id",
+                {"config_id": config_id},
             ).fetchone()
         return None if row is None else row["metadata_id"]
 
@@ -70,11 +79,7 @@ class ReconcileSql(ControlDatabase):
         version = (
             "" if destination_version is None else f" (destination version {destination_version})"
         )
-        message = self.redact(
-            f"Loaded nothing: attempt {committed_metadata_id} had committed its load{version} "
-            "but its success was never recorded (control database unreachable?); recorded now, "
-            "watermark " + (repr(watermark_after) if watermark_after is not None else "unchanged")
-        )
+        watermark = repr(watermark_after) if watermark_after is not None else "unchanged"
         earlier = self.redact(
             f"Committed to the destination{version}; success recorded late by attempt {metadata_id}"
         )
@@ -83,11 +88,16 @@ class ReconcileSql(ControlDatabase):
             "metadata_id": metadata_id,
             "committed": committed_metadata_id,
             "watermark": watermark_after,
-            "message": message,
             "earlier": earlier,
             "databricks": databricks_run_url,
         }
         with self._transaction("record_reconciled") as conn:
+            # Say what is known about the committing attempt, never a guess at an outage.
+            params["message"] = self.redact(
+                f"Loaded nothing: attempt {committed_metadata_id} had committed its load"
+                f"{version} but {_what_was_recorded(conn, config_id, committed_metadata_id)};"
+                f" recorded now, watermark {watermark}"
+            )
             rows = guarded_transition(
                 conn,
                 SUCCEEDED,
@@ -125,3 +135,20 @@ class ReconcileSql(ControlDatabase):
                 params,
             )
         return True
+
+
+def _what_was_recorded(conn, config_id: int, committed_metadata_id: int) -> str:
+    """What the control database holds about an attempt the destination says committed."""
+    row = conn.execute(
+        "SELECT status, message FROM historical_metadata WHERE metadata_id = %s AND config_id = %s",
+        (committed_metadata_id, config_id),
+    ).fetchone()
+    if row is None:
+        return "its history row is gone (removed by hand or by retention), so its result is unknown"
+    if row["status"] in ("Queued", "In Progress"):
+        return (
+            f"its result was never written back (its history still says {row['status']}: "
+            "the control database was unreachable, or the run died after the commit)"
+        )
+    cause = (row["message"] or "").split(" | ")[0][:200]
+    return f"it was recorded {row['status']}" + (f" ({cause})" if cause else "")

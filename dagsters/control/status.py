@@ -28,6 +28,11 @@ ALLOWED_FROM: dict[str | None, frozenset[str | None]] = {
     None: frozenset({FAILED, QUEUED}),
 }
 
+# A row whose values the code cannot compute with (sql/012's bounds broken where its CHECKs are
+# not in force) is failed from whatever state it is in, so no sensor tick stops on it
+# (dagsters/control/uncomputable.py); only that statement may use these.
+UNCOMPUTABLE_FROM: frozenset[str | None] = frozenset(STATUSES)
+
 ANY_ALLOWED: Any = object()  # "use the lifecycle's allowed predecessor states"
 
 

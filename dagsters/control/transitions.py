@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 
 from dagsters.control.schedule import next_load_time
-from dagsters.control.status import ALLOWED_FROM, FAILED, STATUSES
+from dagsters.control.status import ALLOWED_FROM, FAILED, STATUSES, UNCOMPUTABLE_FROM
 
 
 def guarded_transition(
@@ -29,6 +29,8 @@ def guarded_transition(
     sets: Mapping[str, sql.Composable] | None = None,
     from_items: sql.Composable | None = None,
     execute: bool = True,
+    uncomputable: bool = False,
+    returning: sql.Composable | None = None,
 ) -> list[dict] | tuple[sql.Composed, dict[str, Any]]:
     """The one place a status changes: UPDATE ... WHERE <target> AND <expected state>.
 
@@ -36,11 +38,19 @@ def guarded_transition(
     ``sets`` are extra assignments (SQL fragments using named parameters). Returns the
     updated rows (empty list: the guard refused), or with ``execute=False`` the statement and
     its parameters so a caller can embed it in a larger one (claim_due_tables' CTE).
+
+    ``uncomputable``: the row's values cannot be computed with (sql/012's bounds), so it may be
+    failed from any state (:data:`UNCOMPUTABLE_FROM`); only ``to_status`` Failed.
+    ``returning``: the columns to return instead of ``t.*`` (a row whose timestamps Python
+    cannot read must not be read back).
     """
     expected = set(expected)
     if to_status not in ALLOWED_FROM:
         raise ValueError(f"unknown status {to_status!r}; expected one of {STATUSES}")
-    illegal = expected - ALLOWED_FROM[to_status] - ({to_status} if to_status == FAILED else set())
+    if uncomputable and to_status != FAILED:
+        raise ValueError("only Failed may be entered from any state (uncomputable rows)")
+    allowed = UNCOMPUTABLE_FROM if uncomputable else ALLOWED_FROM[to_status]
+    illegal = expected - allowed - ({to_status} if to_status == FAILED else set())
     if illegal or not expected:
         raise ValueError(
             f"transition to {to_status!r} is not allowed from {sorted(map(str, illegal))}"
@@ -60,8 +70,10 @@ def guarded_transition(
     for column, value in (sets or {}).items():
         assignments.append(sql.SQL("{} = {}").format(sql.Identifier(column), value))
     statement = sql.SQL(
-        "UPDATE table_control AS t SET {sets}{from_} WHERE ({where}) AND {guard} RETURNING t.*"
+        "UPDATE table_control AS t SET {sets}{from_} WHERE ({where}) AND {guard}"
+        " RETURNING {returning}"
     ).format(
+        returning=returning if returning is not None else sql.SQL("t.*"),
         sets=sql.SQL(", ").join(assignments),
         from_=sql.SQL(" FROM {}").format(from_items) if from_items is not None else sql.SQL(""),
         where=where,
@@ -130,7 +142,8 @@ def advance_schedule(conn: psycopg.Connection, rows: Sequence[Mapping]) -> dict[
 
 
 UNSCHEDULED_NOTE = (
-    " | Not scheduled again: {problem}. Fix schedule_cron/schedule_timezone, then set"
+    " | Not scheduled again: {problem}. Fix schedule_cron/schedule_timezone/schedule_interval,"
+    " then set"
     " next_load_date_time."
 )
 
@@ -141,6 +154,14 @@ def next_slot_or_problem(row: Mapping, now: datetime) -> tuple[datetime | None, 
         return _next_slot(row, now), None
     except ValueError as exc:
         return None, str(exc)
+    except ArithmeticError as exc:  # OverflowError: past datetime.max
+        # An interval past what a datetime holds (written where sql/012's bounds were not in
+        # force): the row is not scheduled again, saying which value, instead of the commit's
+        # bookkeeping failing (the row and its attempt would stay In Progress for ever).
+        return None, (
+            f"schedule_interval '{row.get('schedule_interval')}' from {now.isoformat()} is"
+            f" beyond the last date the scheduler can compute ({exc})"
+        )
 
 
 def _next_slot(row: Mapping, now: datetime) -> datetime | None:

@@ -41,3 +41,35 @@ def alert_on_error(settings: Settings, name: str) -> Callable[[Callable], Callab
         return wrapper
 
     return decorate
+
+
+def fail_uncomputable_rows(context: dg.SensorEvaluationContext, client: Any) -> list[dict]:
+    """Every tick's first statement: rows whose values no sensor can compute with are failed
+    (named, needs_review), so the rest of the tick never reads them and goes on for the others
+    (:mod:`dagsters.control.uncomputable`)."""
+    rows = client.fail_uncomputable_rows()
+    for row in rows:
+        context.log.warning(f"{row['control_key']}: {row['last_message']}")
+    return rows
+
+
+def fail_row_that_raised(
+    context: dg.SensorEvaluationContext,
+    client: Any,
+    row: dict,
+    expected: Any,
+    what: str,
+    exc: BaseException,
+) -> bool:
+    """One row made this tick raise while computing ``what``: fail that row, naming the value
+    and the error; the caller goes on with the other rows. A control database error is not the
+    row's fault: it is raised again (the tick fails, as it would have)."""
+    from dagsters.utils.lakebase_client import LakebaseError
+
+    if isinstance(exc, LakebaseError):
+        raise exc
+    message = f"Failed: {what} of this row could not be computed: {type(exc).__name__}: {exc}"
+    context.log.warning(f"{row.get('control_key')}: {message}")
+    return client.fail_row(
+        row["config_id"], expected, message, metadata_id=row.get("last_metadata_id")
+    )

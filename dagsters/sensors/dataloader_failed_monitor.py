@@ -34,7 +34,12 @@ from dagsters.control.run_requests import (
 )
 from dagsters.partitions import control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
-from dagsters.sensors import alert_on_error, default_status
+from dagsters.sensors import (
+    alert_on_error,
+    default_status,
+    fail_row_that_raised,
+    fail_uncomputable_rows,
+)
 from dagsters.settings import RetryPolicy, Settings
 from dagsters.utils.lakebase_client import LakebaseClient
 from databricks_scripts.contract import Decision
@@ -171,6 +176,7 @@ def build_failed_monitor(settings: Settings) -> dg.SensorDefinition:
         context: dg.SensorEvaluationContext, lakebase: LakebaseResource
     ) -> dg.SensorResult | dg.SkipReason:
         client = lakebase.get_client()
+        fail_uncomputable_rows(context, client)
         # Every failure not yet handled, whatever its retry count: those decided by rule are settled
         # here, so they do not sit Failed without a review marker.
         claimed = client.claim_failed_for_analysis(
@@ -188,8 +194,14 @@ def build_failed_monitor(settings: Settings) -> dg.SensorDefinition:
                 f"{row['control_key']}: analysis requested at "
                 f"{row['previous_analysis_requested_at']} never decided; analysing again"
             )
-        decided = apply_rule_decisions(client, triage.by_rule, settings)
-        for (row, outcome), (_, decision) in zip(decided, triage.by_rule, strict=True):
+        decided = []
+        for row, decision in triage.by_rule:
+            try:
+                [(_, outcome)] = apply_rule_decisions(client, [(row, decision)], settings)
+            except Exception as exc:  # noqa: BLE001 - this row fails; the others go on
+                fail_row_that_raised(context, client, row, {"Failed"}, "the retry decision", exc)
+                continue
+            decided.append((row, outcome))
             context.log.info(
                 f"{row['control_key']}: {decision.decision} by rule ({decision.reason}); {outcome}"
             )

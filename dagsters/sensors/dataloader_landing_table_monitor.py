@@ -19,7 +19,7 @@ from dagsters.control.run_requests import (
     landing_run_key,
 )
 from dagsters.resources.lakebase import LakebaseResource
-from dagsters.sensors import alert_on_error, default_status
+from dagsters.sensors import alert_on_error, default_status, fail_uncomputable_rows
 from dagsters.settings import Settings
 
 LANDING_BATCH_TAG = "dataloader/landing_batch"
@@ -43,7 +43,9 @@ def build_landing_table_monitor(settings: Settings) -> dg.SensorDefinition:
     def landing_table_monitor(
         context: dg.SensorEvaluationContext, lakebase: LakebaseResource
     ) -> dg.RunRequest | dg.SkipReason:
-        rows = lakebase.get_client().get_unprocessed_landing_tables()
+        client = lakebase.get_client()
+        fail_uncomputable_rows(context, client)
+        rows = client.get_unprocessed_landing_tables()
         if not rows:
             return dg.SkipReason("No newly loaded table is waiting for its staging model.")
         active = context.instance.get_run_records(

@@ -25,7 +25,12 @@ import dagster as dg
 from dagsters.control.run_requests import TAG_CONTROL_KEY, TAG_METADATA_ID
 from dagsters.resources.databricks_workspace import workspace_client
 from dagsters.resources.lakebase import LakebaseResource
-from dagsters.sensors import alert_on_error, default_status
+from dagsters.sensors import (
+    alert_on_error,
+    default_status,
+    fail_row_that_raised,
+    fail_uncomputable_rows,
+)
 from dagsters.settings import Settings
 
 _WAITING = {dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED}
@@ -93,19 +98,25 @@ def build_longqueued_monitor(settings: Settings) -> dg.SensorDefinition:
         lakebase: LakebaseResource,
     ) -> dg.SkipReason:
         client = lakebase.get_client()
+        fail_uncomputable_rows(context, client)
         rows = client.find_stuck_queued(threshold)
         if not rows:
             return dg.SkipReason(f"No row has been Queued for more than {threshold} minutes.")
         failed = []
         for row in rows:
-            dagster = _cancel_queued_dagster_runs(context, row)
-            if dagster is None:
-                context.log.info(f"{row['control_key']}: its run is starting; left alone")
+            try:
+                dagster = _cancel_queued_dagster_runs(context, row)
+                if dagster is None:
+                    context.log.info(f"{row['control_key']}: its run is starting; left alone")
+                    continue
+                databricks = _cancel_databricks_run(context, settings, row)
+                won = client.fail_stuck_queued_attempt(
+                    row["config_id"], row["last_metadata_id"], threshold
+                )
+            except Exception as exc:  # noqa: BLE001 - this row fails; the others go on
+                if fail_row_that_raised(context, client, row, {"Queued"}, "the stuck check", exc):
+                    failed.append(row["control_key"])
                 continue
-            databricks = _cancel_databricks_run(context, settings, row)
-            won = client.fail_stuck_queued_attempt(
-                row["config_id"], row["last_metadata_id"], threshold
-            )
             outcome = "marked Failed" if won else "left alone (moved on meanwhile)"
             context.log.warning(
                 f"{row['control_key']}: {'; '.join(filter(None, [dagster, databricks]))}; {outcome}"

@@ -26,7 +26,12 @@ import dagster as dg
 
 from dagsters.control.run_requests import run_id_from_url
 from dagsters.resources.lakebase import LakebaseResource
-from dagsters.sensors import alert_on_error, default_status
+from dagsters.sensors import (
+    alert_on_error,
+    default_status,
+    fail_row_that_raised,
+    fail_uncomputable_rows,
+)
 from dagsters.settings import Settings
 
 
@@ -87,22 +92,32 @@ def build_longrunning_monitor(settings: Settings) -> dg.SensorDefinition:
         context: dg.SensorEvaluationContext, lakebase: LakebaseResource
     ) -> dg.SkipReason:
         client = lakebase.get_client()
+        fail_uncomputable_rows(context, client)
         rows = client.find_stuck_running(threshold)
         if not rows:
             return dg.SkipReason(f"No load has run for more than {threshold} minutes.")
         done, waiting = [], []
         for row in rows:
-            state = _cancel_dagster_run(
-                context,
-                run_id_from_url(row["last_dagster_run"]),
-                row["last_load_date_time"],
-                threshold,
-            )
-            if not state.stopped:
-                context.log.warning(f"{row['control_key']}: {state.text}")
-                waiting.append(row["control_key"])
+            try:
+                state = _cancel_dagster_run(
+                    context,
+                    run_id_from_url(row["last_dagster_run"]),
+                    row["last_load_date_time"],
+                    threshold,
+                )
+                if not state.stopped:
+                    context.log.warning(f"{row['control_key']}: {state.text}")
+                    waiting.append(row["control_key"])
+                    continue
+                failed = client.fail_stuck_running(
+                    row["config_id"], row["last_metadata_id"], threshold
+                )
+            except Exception as exc:  # noqa: BLE001 - this row fails; the others go on
+                if fail_row_that_raised(
+                    context, client, row, {"In Progress"}, "the run timeout", exc
+                ):
+                    done.append(row["control_key"])
                 continue
-            failed = client.fail_stuck_running(row["config_id"], row["last_metadata_id"], threshold)
             outcome = "marked Failed" if failed else "left alone (finished meanwhile)"
             context.log.warning(f"{row['control_key']}: {state.text}; {outcome}")
             if failed:

@@ -31,7 +31,7 @@ from dagsters.control.run_requests import (
 )
 from dagsters.partitions import PARTITIONS_NAME, control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
-from dagsters.sensors import alert_on_error, default_status
+from dagsters.sensors import alert_on_error, default_status, fail_uncomputable_rows
 from dagsters.sensors.orphan_claims import release_after_failed_tick, settle_orphan_claims
 from dagsters.settings import Settings
 from dagsters.utils.lakebase_client import LakebaseClient
@@ -95,8 +95,7 @@ def build_master_sensor(settings: Settings) -> dg.SensorDefinition:
         context: dg.SensorEvaluationContext, client: LakebaseClient, rows: list[dict]
     ) -> dg.SensorResult | dg.SkipReason:
         """Partition requests and one run request per claimed row (no Lakebase writes)."""
-        # Every claimed key goes in the add request: the sensor daemon adds only the keys it does
-        # not have yet, so checking them here as well would only double that cost.
+        # Every claimed key goes in the add request: the daemon adds only the keys it lacks.
         sync = plan_partition_sync(
             cursor=context.cursor,
             version=client.control_keys_version(),
@@ -156,6 +155,7 @@ def build_master_sensor(settings: Settings) -> dg.SensorDefinition:
         context: dg.SensorEvaluationContext, lakebase: LakebaseResource
     ) -> dg.SensorResult | dg.SkipReason:
         client = lakebase.get_client()
+        fail_uncomputable_rows(context, client)
         settle_orphan_claims(context, client, LOAD_JOB)
         # Queue-aware: only rows whose source system has a free slot (the same limit Dagster's
         # run queue applies per source tag), so nothing claimed waits into longqueued_monitor.

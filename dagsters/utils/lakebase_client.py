@@ -29,6 +29,7 @@ Messages written to the database or raised are redacted first.
 ``control/retention.py``           batched deletes of history rows older than the retention
 ``control/review_release.py``      release a reviewed row (job / CLI), no hand-written SQL
 ``control/reconcile.py``           a commit whose success was not recorded: read and record it
+``control/uncomputable.py``        fail rows whose values the sensors cannot compute with
 =================================  ===========================================================
 """
 
@@ -60,6 +61,7 @@ from dagsters.control.status import (
 )
 from dagsters.control.stuck import StuckRowsSql
 from dagsters.control.table_listing import TableListingSql
+from dagsters.control.uncomputable import UncomputableRowsSql
 
 __all__ = [
     "ALLOWED_FROM",
@@ -93,6 +95,7 @@ class LakebaseClient(
     ReviewReleaseSql,
     ReconcileSql,
     TableListingSql,
+    UncomputableRowsSql,
 ):
     """Pooled access to ``table_control`` and ``historical_metadata`` (rows as dicts).
 
