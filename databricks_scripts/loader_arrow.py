@@ -33,7 +33,7 @@ from typing import Any
 import pyarrow as pa
 
 from databricks_scripts.contract import full_load_reason
-from databricks_scripts.delta_dataset import delta_dataset
+from databricks_scripts.delta_dataset import delta_dataset, destination_watermark
 from databricks_scripts.loader_commits import (
     StaleAttempt,
     UnrecordedCommit,
@@ -67,7 +67,6 @@ from databricks_scripts.loader_types import (
 from databricks_scripts.loader_verify import Verification, verify_committed
 from databricks_scripts.watermark import (
     Watermark,
-    batch_max,
     cursor_type_problem,
     decode_watermark_for,
     encode_watermark,
@@ -542,25 +541,6 @@ def _estimate(source, applied: str) -> int | None:
         return None
 
 
-def _destination_watermark(load: _Load) -> str | None:
-    """max(cursor) of the destination above the row's watermark: what a committed-but-unrecorded
-    load moved it to (the Spark engine reads every new watermark this way)."""
-    if load.cursor is None:
-        return load.spec.incremental_value
-    import pyarrow.compute as pc
-
-    dataset = delta_dataset(load.table)
-    newer = None
-    if load.watermark is not None and not load.numeric_text:
-        newer = pc.field(load.cursor) > load.watermark
-    column = dataset.to_table(columns=[load.cursor], filter=newer).column(load.cursor)
-    top = batch_max(column, numeric_text=load.numeric_text)
-    new_max = max_watermark(load.watermark, top)
-    if new_max is None or new_max == load.watermark:
-        return load.spec.incremental_value
-    return encode_watermark(new_max)
-
-
 def _first_load_plan(load: _Load, source, settings: tuple[int, int] | None, log):
     """A resumable first load's plan (loader_first_load), or None for a one-commit load."""
     if load.applied != "full" or settings is None:
@@ -586,7 +566,7 @@ def _reconcile(load: _Load, log: Callable[[str], None]) -> LoadResult | None:
 
 def _reconciled(load: _Load, unrecorded: UnrecordedCommit, log: Callable[[str], None]):
     """Nothing read: an earlier attempt's commit is reported for the asset to record."""
-    watermark = _destination_watermark(load)
+    watermark = destination_watermark(load)
     log(
         f"attempt {unrecorded.metadata_id} committed destination version {unrecorded.version} "
         f"but its success was never recorded; recording it (watermark {watermark!r}) instead of "
