@@ -244,11 +244,14 @@ def test_stale_attempt_is_not_loaded(control_db, source_db, source, lake_root, d
 
 
 def _load_children() -> list[psutil.Process]:
-    return [
-        p
-        for p in psutil.Process().children(recursive=True)
-        if any("dataloader_pipe.py" in part for part in p.cmdline())
-    ]
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:  # a child may exit between the listing and the look (the poller must not die)
+            if any("dataloader_pipe.py" in part for part in p.cmdline()):
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
 
 
 def _source_query_running(source: psycopg.Connection, relation: str) -> bool:
