@@ -6,13 +6,15 @@ Each round starts fresh Python processes, interleaved so that all of them see th
 - ``import dagster`` (what Dagster itself costs; the code location cannot make it cheaper);
 - the code location as a run worker loads it: ``import dagsters.definitions`` and
   ``defs.get_repository_def()``, in this tree;
-- with ``--baseline DIR``, the same for another checkout (``/work/main``, a worktree of an older
-  commit): its ``dagsters`` is imported from DIR, with this tree's virtual environment.
+- with ``--baseline-ref REF``, the same for the code location at git ``REF`` (``main``, a commit):
+  its ``dagsters`` and ``databricks_scripts`` are extracted with ``git archive`` into a temporary
+  directory and imported from there, with this tree's virtual environment. Both trees are
+  byte-compiled first, so neither pays for compiling its modules.
 
 It prints the medians, the ratios against ``import dagster`` and against the baseline measured in
 the same run, and one ``-X importtime`` split per code location (self time summed by package).
 
-    .venv/bin/python bench/bench_run_worker_import.py [--rounds 7] [--baseline /work/main]
+    .venv/bin/python bench/bench_run_worker_import.py [--rounds 7] [--baseline-ref main]
 
 Goal (issue 28): <= 1.5 s on an idle machine. CPU seconds move less with other load on the
 machine than wall seconds; both are printed. The module counts that keep it from growing back are
@@ -88,18 +90,36 @@ def _split(importtime: str) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--baseline", type=Path, help="another checkout's root, e.g. /work/main")
+    parser.add_argument("--baseline-ref", help="a git ref of this repository, e.g. main")
     args = parser.parse_args()
 
     home = tempfile.mkdtemp(prefix="dataloader-bench-import-")
     env = _env(home)
+    packages = ["dagsters", "databricks_scripts"]
+    if args.baseline_ref:
+        args.baseline = Path(home) / "baseline"
+        args.baseline.mkdir()
+        archive = subprocess.run(
+            ["git", "archive", args.baseline_ref, *packages],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(args.baseline)], input=archive, check=True)
+    else:
+        args.baseline = None
+    for tree in [ROOT, args.baseline] if args.baseline else [ROOT]:
+        subprocess.run(
+            [sys.executable, "-m", "compileall", "-q", *(str(tree / p) for p in packages)],
+            check=True,
+        )
     variants: dict[str, tuple[str, Path]] = {
         "python alone": ("pass", ROOT),
         "import dagster": ("import dagster", ROOT),
         "code location (this tree)": (LOAD, ROOT),
     }
     if args.baseline:
-        variants["code location (baseline)"] = (LOAD, args.baseline.resolve())
+        variants[f"code location ({args.baseline_ref})"] = (LOAD, args.baseline.resolve())
         check = "import dagsters, sys; print(dagsters.__file__)"
         out = subprocess.run(
             [sys.executable, "-c", check],
@@ -138,9 +158,9 @@ def main() -> int:
     if args.baseline:
         for what, series in (("wall", walls), ("cpu", cpus)):
             ratio = statistics.median(series["code location (this tree)"]) / statistics.median(
-                series["code location (baseline)"]
+                series[f"code location ({args.baseline_ref})"]
             )
-            print(f"this tree / baseline ({what}): {ratio:4.2f}")
+            print(f"this tree / {args.baseline_ref} ({what}): {ratio:4.2f}")
 
     for name, (code, cwd) in variants.items():
         if not name.startswith("code location"):
