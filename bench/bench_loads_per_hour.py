@@ -16,15 +16,22 @@ finished attempt. Then it reads each run's event log from the Dagster instance a
   starts), script start (the asset's bookkeeping, the Pipes script's process start and imports,
   until its first log line), load (its first to its last log line), recording (script end ->
   control row Succeeded -> step success) and run exit;
+- CPU seconds per load: the CPU time of every process of that ``dataloader dev`` (webserver,
+  daemon, code server, run workers, scripts) and of its embedded PostgreSQL (server and
+  backends) from the moment the rows became due to the last completion, divided by the loads
+  (psutil; a process's reaped children count with it, so run workers, scripts and backends that
+  came and went are included);
 - import cost (median of 3 fresh-process rounds): the code location a run worker imports, and the
   modules the Pipes script imports for an Arrow-engine load.
 
     .venv/bin/python bench/bench_loads_per_hour.py [--tables 60] [--interval 60] [--batch 10]
-        [--source-concurrency 2] [--max-concurrent-runs 10] [--imports-only]
+        [--source-concurrency 2] [--max-concurrent-runs 10] [--sources 1] [--imports-only]
 
 The defaults are the shipped defaults (master_sensor every 60 s, 10 rows per tick, 2 loads per
-source at once, 10 runs at once). All tables live in one source database, so the per-source limit
-applies to every run: raise ``--source-concurrency`` to see the machine's limit instead.
+source at once, 10 runs at once). All tables live in one source database; with ``--sources N`` the
+control rows name N source connections (round robin) to that database, so the per-source limit
+holds per connection, as for N source databases (issue 28's set-up: ``--tables 60 --sources 4
+--interval 5``). Raise ``--source-concurrency`` to see the machine's limit instead.
 """
 
 from __future__ import annotations
@@ -130,9 +137,10 @@ def _stop_dev(process: subprocess.Popen) -> None:
         pass
 
 
-def _seed(home: Path, tables: int) -> list[str]:
+def _seed(home: Path, tables: int, sources: int = 1) -> list[str]:
     """``tables`` tiny source tables in the demo source database and their control rows, not yet
-    due (made due at once afterwards, so seeding time is not counted)."""
+    due (made due at once afterwards, so seeding time is not counted). With ``sources`` > 1 the
+    rows name that many source connections to the database, round robin."""
     source = _conninfo(home, "demo_source")
     with psycopg.connect(source, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {PREFIX}")
@@ -146,6 +154,34 @@ def _seed(home: Path, tables: int) -> list[str]:
     )
     config = json.dumps(demo[0]["db_config_value"])
     keys = [f"{PREFIX}.t{i}" for i in range(tables)]
+    if sources > 1:
+        target = json.loads(config)
+        for s in range(sources):
+            _query(
+                home,
+                "INSERT INTO source_connection (connection_name, db_type, host, port, database,"
+                " user_name, tls_mode) VALUES (%s, 'postgresql', %s, %s, %s, %s, 'disable')"
+                " RETURNING connection_name",
+                (
+                    f"bench_src{s}",
+                    target["host"],
+                    target["port"],
+                    target["database"],
+                    target["user"],
+                ),
+            )
+        for i, key in enumerate(keys):
+            _query(
+                home,
+                "INSERT INTO table_control (control_key, source_catalog, source_schema_name,"
+                " source_table_name, destination_catalog, destination_schema_name,"
+                " destination_table_name, db_type, connection_name, load_strategy,"
+                " next_load_date_time, schedule_interval)"
+                " VALUES (%s, 'demo_source', %s, %s, 'bench_lake', %s, %s, 'postgresql', %s,"
+                " 'full', now() + interval '10 years', interval '1 day') RETURNING config_id",
+                (key, PREFIX, f"t{i}", PREFIX, f"t{i}", f"bench_src{i % sources}"),
+            )
+        return keys
     for i, key in enumerate(keys):
         _query(
             home,
@@ -158,6 +194,31 @@ def _seed(home: Path, tables: int) -> list[str]:
             (key, PREFIX, f"t{i}", PREFIX, f"t{i}", config),
         )
     return keys
+
+
+def _tree_cpu_seconds(pid: int, pgdata: Path | None = None) -> float:
+    """User + system CPU of ``pid`` and its descendants, their reaped children included, and of
+    the PostgreSQL server on ``pgdata`` (pg_ctl detaches it from the tree) and its backends."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    if pgdata is not None:
+        for proc in psutil.process_iter(["cmdline"]):
+            cmdline = proc.info["cmdline"] or []
+            if "-D" in cmdline and str(pgdata) in cmdline and proc not in procs:
+                procs += [proc, *proc.children(recursive=True)]
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
 
 
 def _percentiles(values: list[float]) -> str:
@@ -282,6 +343,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=10)
     parser.add_argument("--source-concurrency", type=int, default=2)
     parser.add_argument("--max-concurrent-runs", type=int, default=10)
+    parser.add_argument("--sources", type=int, default=1, help="source connections (round robin)")
     parser.add_argument("--imports-only", action="store_true")
     parser.add_argument("--no-imports", action="store_true", help="skip the import timings")
     parser.add_argument(
@@ -314,7 +376,8 @@ def main() -> int:
             " AND status IN ('Succeeded', 'Failed')"
         )
         _wait(lambda: _query(home, warm)[0]["n"] >= 3, "the demo loads (warm-up)", process, log)
-        keys = _seed(home, args.tables)
+        keys = _seed(home, args.tables, args.sources)
+        cpu_at_due = _tree_cpu_seconds(process.pid, home / "pgdata")
         due = _query(
             home,
             "UPDATE table_control SET next_load_date_time = now() WHERE control_key LIKE %s"
@@ -337,14 +400,21 @@ def main() -> int:
             " FROM historical_metadata WHERE control_key LIKE %s ORDER BY ended_at",
             (f"{PREFIX}.%",),
         )
+        cpu = _tree_cpu_seconds(process.pid, home / "pgdata") - cpu_at_due
     finally:
         _stop_dev(process)
     ended = [h["ended"] for h in history]
     failed = sum(h["status"] != "Succeeded" for h in history)
     total = ended[-1] - due
     print(
-        f"{len(history)} tiny-table loads ({failed} failed), interval {args.interval} s, batch "
-        f"{args.batch}, per-source {args.source_concurrency}, max runs {args.max_concurrent_runs}"
+        f"{len(history)} tiny-table loads ({failed} failed), {args.sources} source(s), interval "
+        f"{args.interval} s, batch {args.batch}, per-source {args.source_concurrency}, max runs "
+        f"{args.max_concurrent_runs}"
+    )
+    print(
+        f"CPU of the whole dataloader dev from due to done: {cpu:.1f} s, "
+        f"{cpu / max(len(history), 1):.2f} CPU-seconds per load "
+        f"({os.cpu_count()} cores, load average now {os.getloadavg()[0]:.1f})"
     )
     print(f"all done {total:.1f} s after due: {len(history) / total * 3600:,.0f} loads/hour")
     if len(ended) > 1 and ended[-1] > ended[0]:

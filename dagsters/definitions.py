@@ -64,12 +64,16 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         tags=environment_tags(settings.environment),
         # A partition picked in the launchpad gets the table's tags (its per-source limit).
         config=load_job_config(lambda key: lakebase.get_client().get_table_details(key)),
+        # One step per run: the multiprocess executor's second process (importing the code
+        # location again) and its slow exit bought nothing but time (docs/operations.md).
+        executor_def=dg.in_process_executor,
     )
     retry_job = dg.define_asset_job(
         RETRY_JOB,
         selection=[retry_asset],
         description="Retry-or-review decision for one failed load; launched by failed_monitor.",
         tags={**environment_tags(settings.environment), **ALERT_ON_FAILURE_TAGS},
+        executor_def=dg.in_process_executor,  # one step per run, like the load job
     )
     retention_job = build_history_retention_job(settings)
     table_specs, table_checks = table_asset_definitions(settings, resources["lakebase"])

@@ -332,3 +332,22 @@ def running_dev(
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def fresh_code_location_job(job_name: str):
+    """``job_name`` of the code location imported afresh in this environment, as a run worker does.
+
+    The load and retry jobs run their step in the run's own process (the in-process executor),
+    so ``dg.execute_job`` here runs the step in the pytest process. Another test may already have
+    imported ``dagsters.definitions`` (whose ``defs`` are built from the environment at import)
+    under other ``LAKEBASE_*`` settings, and Dagster keeps the last reconstructed job in a cache
+    of its own; a run worker has neither, so both are dropped before the job is reconstructed.
+    """
+    from dagster._core.definitions.reconstruct import ReconstructableJob, ReconstructableRepository
+
+    sys.modules.pop("dagsters.definitions", None)
+    ReconstructableJob.get_definition.cache_clear()
+    ReconstructableJob.get_repository_definition.cache_clear()
+    return ReconstructableRepository.for_module(
+        "dagsters.definitions", "defs", working_directory=str(Path(__file__).parents[1])
+    ).get_reconstructable_job(job_name)

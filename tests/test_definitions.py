@@ -179,3 +179,13 @@ def test_dagster_environment_reaches_job_tags_and_databricks_run_names():
     name = databricks_run_name("pg.orders", "abc-123", "prod")
     assert name == f"dataloader [prod] pg.orders (dagster run {dagster_run_url('abc-123', {})})"
     assert databricks_run_name("pg.orders", "abc-123", None).startswith("dataloader pg.orders (")
+
+
+def test_load_and_retry_runs_execute_their_one_step_in_the_run_worker():
+    """Each run of these jobs is one step: it runs in the run worker's own process, never in a
+    second process that imports the code location again (docs/operations.md, throughput)."""
+    repo = build_definitions(Settings()).get_repository_def()
+    for job in ("dataloader__table_load_job", "dataloader__retry_analysis_job"):
+        job_def = repo.get_job(job)
+        assert len(job_def.graph.node_defs) == 1
+        assert job_def.executor_def is dg.in_process_executor

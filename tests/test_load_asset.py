@@ -23,9 +23,14 @@ import psutil
 import psycopg
 import pytest
 import yaml
-from dagster._core.definitions.reconstruct import ReconstructableRepository
 from deltalake import DeltaTable
-from helpers import add_control_row, control_row, history, lakebase_for
+from helpers import (
+    add_control_row,
+    control_row,
+    fresh_code_location_job,
+    history,
+    lakebase_for,
+)
 from psycopg.conninfo import conninfo_to_dict
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
@@ -323,9 +328,7 @@ def test_reexecuting_a_failed_run_makes_a_new_history_row(
     with LakebaseClient(control_db) as client:
         [claimed] = client.claim_due_tables(10)
     instance.add_dynamic_partitions(PARTITIONS_NAME, ["pg.late"])
-    job = ReconstructableRepository.for_module(
-        "dagsters.definitions", "defs", working_directory=str(Path(__file__).parents[1])
-    ).get_reconstructable_job("dataloader__table_load_job")
+    job = _load_job()
 
     with dg.execute_job(
         job,
@@ -367,9 +370,8 @@ def _launchpad_yaml() -> dict:
 
 
 def _load_job():
-    return ReconstructableRepository.for_module(
-        "dagsters.definitions", "defs", working_directory=str(Path(__file__).parents[1])
-    ).get_reconstructable_job("dataloader__table_load_job")
+    """The load job as a run worker gets it: the code location imported in this environment."""
+    return fresh_code_location_job("dataloader__table_load_job")
 
 
 def test_the_documented_launchpad_yaml_forces_a_full_reload_of_the_partition(

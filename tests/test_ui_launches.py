@@ -26,10 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 import pytest
 import yaml
-from helpers import embedded_conninfo, free_port, running_dev
+from helpers import add_control_row, embedded_conninfo, free_port, running_dev
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from dagsters.control.run_requests import (
@@ -38,7 +40,7 @@ from dagsters.control.run_requests import (
     TAG_SOURCE_SYSTEM,
     source_system,
 )
-from dagsters.local.demo import DEMO_TABLES
+from dagsters.local.demo import DEMO_DATABASE, DEMO_SCHEMA, DEMO_TABLES
 from dagsters.partitions import PARTITIONS_NAME
 
 WAIT_SECONDS = 240  # a bound, not a timing assertion: a test fails only if nothing happens
@@ -331,3 +333,87 @@ def test_the_asset_page_shows_the_tables_row_count_in_a_browser(dev: Dev):
     (dev.home.parent / "asset_page.html").write_text(dom)  # kept with the test's files
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))  # what a person reads
     assert re.search(rf"dagster/row_count {rows} ", text), text[:2000]
+
+
+# -- termination: the step runs in the run worker itself (the in-process executor) ------------
+
+
+def _demo_source(dev: Dev, statement: str) -> list[dict]:
+    conninfo = make_conninfo(embedded_conninfo(dev.home), dbname=DEMO_DATABASE)
+    with psycopg.connect(conninfo, row_factory=dict_row, autocommit=True) as conn:
+        cursor = conn.execute(statement)
+        return cursor.fetchall() if cursor.description else []
+
+
+def _scripts_of(dev: Dev) -> list[psutil.Process]:
+    """The Pipes load scripts running under this `dataloader dev` (not other tests' scripts)."""
+    return [
+        p
+        for p in psutil.Process(dev.process.pid).children(recursive=True)
+        if any("dataloader_pipe.py" in part for part in p.cmdline())
+    ]
+
+
+def test_terminating_a_running_load_in_the_ui_stops_its_script_and_records_the_cancellation(
+    dev: Dev, first_launches: dict[str, str]
+):
+    """Terminate goes to the run worker, which now runs the step itself: the script inside its
+    source query is stopped, the row ends Failed with the cancellation, nothing materializes."""
+    _demo_source(
+        dev,
+        "CREATE OR REPLACE VIEW shop.slow_customers AS SELECT c.* FROM shop.customers c"
+        " WHERE (SELECT count(*) FROM pg_sleep(600)) > 0",
+    )
+    conninfo = make_conninfo(embedded_conninfo(dev.home), dbname=DEMO_DATABASE)
+    with psycopg.connect(embedded_conninfo(dev.home), row_factory=dict_row, autocommit=True) as db:
+        add_control_row(
+            db,
+            conninfo,
+            "demo.slow",
+            "slow_customers",
+            source_schema_name=DEMO_SCHEMA,
+            load_strategy="full",
+            incremental_column=None,
+        )
+    added = dev.gql(
+        "mutation($r: RepositorySelector!, $d: String!, $k: String!) {"
+        " addDynamicPartition(repositorySelector: $r, partitionsDefName: $d,"
+        " partitionKey: $k) { __typename } }",
+        r=REPOSITORY,
+        d=PARTITIONS_NAME,
+        k="demo.slow",
+    )
+    assert added["addDynamicPartition"]["__typename"] == "AddDynamicPartitionSuccess"
+    config, tags = _partition_in_launchpad(dev, "demo.slow")
+    run_id = _launch(dev, config, tags)
+
+    def inside_the_source_query() -> bool:
+        return (
+            _row(dev, "demo.slow")["last_status"] == "In Progress"
+            and bool(_scripts_of(dev))
+            and bool(
+                _demo_source(
+                    dev,
+                    "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+                    " AND query LIKE '%slow_customers%' AND pid <> pg_backend_pid()",
+                )
+            )
+        )
+
+    dev.wait_for(inside_the_source_query, "the load to be inside its source query")
+    data = dev.gql(
+        "mutation($id: String!) { terminateRun(runId: $id) { __typename"
+        " ... on TerminateRunFailure { message } ... on PythonError { message } } }",
+        id=run_id,
+    )
+    assert data["terminateRun"]["__typename"] == "TerminateRunSuccess", data
+
+    assert _finished_run(dev, run_id)["status"] in ("CANCELED", "FAILURE")
+    row = dev.wait_for(
+        lambda: (r := _row(dev, "demo.slow"))["last_status"] == "Failed" and r, "the row to fail"
+    )
+    assert row["last_message"].startswith("Cancelled"), row["last_message"]
+    [attempt] = _history(dev, "demo.slow")
+    assert (attempt["status"], attempt["dagster_run_id"]) == ("Failed", run_id)
+    assert "demo.slow" not in _partition_status(dev)["materializedPartitions"]
+    dev.wait_for(lambda: not _scripts_of(dev), "the load script to exit")

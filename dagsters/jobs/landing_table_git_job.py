@@ -20,23 +20,21 @@ end so the problem is seen.
 # No ``from __future__ import annotations``: Dagster resolves the op's config annotation at runtime.
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import Field
 
 from dagsters.alerts import ALERT_ON_FAILURE_TAGS
-from dagsters.landing.publish import PublishResult, publish_landing_tables
-from dagsters.landing.schema import (
-    LandingTable,
-    SchemaUnavailable,
-    columns_from_uc_rows,
-    local_table_path,
-    read_delta_columns,
-    uc_columns_statement,
-)
 from dagsters.resources.databricks_rest import DatabricksRestResource, DatabricksSqlError
 from dagsters.resources.models_repo import ModelsRepoResource
 from dagsters.utils.lakebase_client import LakebaseClient
+
+# The landing package (dbt files, git, schema reading) is imported by the op when it runs: a run
+# worker of a load or retry run never needs it (tests/test_run_worker_imports.py).
+if TYPE_CHECKING:
+    from dagsters.landing.publish import PublishResult
+    from dagsters.landing.schema import LandingTable
 
 
 class LandingTableGitConfig(dg.Config):
@@ -47,7 +45,16 @@ class LandingTableGitConfig(dg.Config):
 
 def _read_columns(
     row: dict, models_repo: ModelsRepoResource, databricks_rest: DatabricksRestResource
-) -> LandingTable:
+) -> "LandingTable":
+    from dagsters.landing.schema import (
+        LandingTable,
+        SchemaUnavailable,
+        columns_from_uc_rows,
+        local_table_path,
+        read_delta_columns,
+        uc_columns_statement,
+    )
+
     catalog = row["destination_catalog"]
     schema = row["destination_schema_name"]
     table = row["destination_table_name"]
@@ -78,8 +85,10 @@ def _read_columns(
 
 def _read_tables(
     context: dg.OpExecutionContext, client: LakebaseClient, rows: list[dict]
-) -> tuple[list[LandingTable], dict[str, str]]:
+) -> tuple[list["LandingTable"], dict[str, str]]:
     """The readable tables, and ``control_key -> reason`` for the others (noted on their rows)."""
+    from dagsters.landing.schema import SchemaUnavailable
+
     tables: list[LandingTable] = []
     unreadable: dict[str, str] = {}
     for row in rows:
@@ -103,8 +112,8 @@ def _read_tables(
 def _record_publish(
     context: dg.OpExecutionContext,
     client: LakebaseClient,
-    tables: list[LandingTable],
-    result: PublishResult,
+    tables: list["LandingTable"],
+    result: "PublishResult",
 ) -> tuple[int, dict[str, str]]:
     """Mark the settled rows, note the blocked ones; returns (rows marked, control_key -> why)."""
     # Only rows whose files are in the branch; the others stay for the next tick.
@@ -149,6 +158,8 @@ def _output(summary: dict, marked: int) -> dg.Output:
     out=dg.Out(dict, description="What was published: commit, changed files, processed rows."),
 )
 def landing_table_git_op(context: dg.OpExecutionContext, config: LandingTableGitConfig):
+    from dagsters.landing.publish import publish_landing_tables
+
     client = context.resources.lakebase.get_client()
     wanted = set(config.config_ids)
     # Re-read the rows: one queued earlier may have been processed by another run since.

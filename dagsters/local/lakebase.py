@@ -12,8 +12,6 @@ from pathlib import Path
 
 from pydantic import Field
 
-from dagsters.local.demo import start_demo_lakebase
-from dagsters.local.embedded_lakebase import CONTROL_DATABASE
 from dagsters.resources.lakebase import LakebaseConnection, LakebaseResource
 from dagsters.settings import Settings
 
@@ -29,6 +27,11 @@ class EmbeddedLakebaseResource(LakebaseResource):
         return cls.from_settings(settings, home=str(settings.paths.home), sslmode="disable")
 
     def connection(self) -> LakebaseConnection:
+        # Imported here, not when the code location loads: only a process that connects needs
+        # the embedded server, its migrations and the demo seed.
+        from dagsters.local.demo import start_demo_lakebase
+        from dagsters.local.embedded_lakebase import CONTROL_DATABASE
+
         server = start_demo_lakebase(Path(self.home), seed=self.seed_demo)
         return LakebaseConnection(server.conninfo(CONTROL_DATABASE))
 

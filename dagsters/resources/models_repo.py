@@ -23,15 +23,19 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import dagster as dg
 from pydantic import Field
 
-from dagsters.landing.git_repo import ModelsRepo, clone_shallow
 from dagsters.resources.databricks_workspace import workspace_client
 from dagsters.settings import DEFAULT_MODELS_BRANCH, Settings
 from databricks_scripts.redaction import redact
+
+if TYPE_CHECKING:
+    # Imported when the landing job uses the repository: a run worker of a load never does.
+    from dagsters.landing.git_repo import ModelsRepo
 
 
 class ModelsRepoResource(dg.ConfigurableResource):
@@ -82,6 +86,8 @@ class ModelsRepoResource(dg.ConfigurableResource):
 
     def repo(self) -> ModelsRepo:
         """The local working copy at ``path`` (local mode, no URL)."""
+        from dagsters.landing.git_repo import ModelsRepo
+
         return ModelsRepo(
             Path(self.path), branch=self.branch, remote=self.remote, lock_dir=Path(self.lock_dir)
         )
@@ -98,6 +104,8 @@ class ModelsRepoResource(dg.ConfigurableResource):
         if not self.url:
             yield self.repo()
             return
+        from dagsters.landing.git_repo import clone_shallow
+
         with tempfile.TemporaryDirectory(prefix="dataloader-models-") as tmp:
             yield clone_shallow(
                 self.url,

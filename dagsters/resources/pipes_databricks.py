@@ -22,12 +22,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from pydantic import Field
 
-from dagsters.runners.databricks import DatabricksRunner, OnExternalRun
 from dagsters.runners.local import LocalRunner
 from dagsters.runners.outcome import ScriptOutcome
 from dagsters.settings import (
@@ -37,6 +36,11 @@ from dagsters.settings import (
     Settings,
 )
 from databricks_scripts.contract import PARAMS_EXTRA
+
+if TYPE_CHECKING:
+    # Imported by databricks_runner() when a load runs on Databricks: a local run worker never
+    # needs the Databricks runner (tests/test_run_worker_imports.py).
+    from dagsters.runners.databricks import DatabricksRunner, OnExternalRun
 
 
 class PipesDatabricksResource(dg.ConfigurableResource):
@@ -114,6 +118,8 @@ class PipesDatabricksResource(dg.ConfigurableResource):
         )
 
     def databricks_runner(self) -> DatabricksRunner:
+        from dagsters.runners.databricks import DatabricksRunner
+
         return DatabricksRunner(
             timeout_seconds=self.timeout_seconds,
             scripts_path=self.scripts_path,
