@@ -38,11 +38,12 @@ class DeepResult:
     first_keys: list[str] = field(default_factory=list)
 
 
-def _row_hashes(table: pa.Table, columns: list[str], key: str) -> dict[Any, int]:
-    """key -> hash of the row's values (in ``columns`` order), one Python pass per range."""
+def _row_hashes(table: pa.Table, columns: list[str], keys: list[str]) -> dict[tuple, int]:
+    """(merge key values) -> hash of the row's values (in ``columns`` order), one Python pass
+    per range."""
     values = [table.column(c).to_pylist() for c in columns]
-    keys = table.column(key).to_pylist()
-    return {k: _hash(row) for k, row in zip(keys, zip(*values, strict=True), strict=True)}
+    ids = zip(*(table.column(k).to_pylist() for k in keys), strict=True)
+    return {k: _hash(row) for k, row in zip(ids, zip(*values, strict=True), strict=True)}
 
 
 def _hash(row: tuple) -> int:
@@ -88,7 +89,7 @@ def deep_verify(
     low, high, source_rows = source.key_bounds(key)
     dataset = delta_dataset(table)
     exact = spec.delete_detection != "none" or spec.load_strategy == "full"
-    run = _Run(key, columns, schema, dataset, exact)
+    run = _Run(list(spec.merge_keys), columns, schema, dataset, exact)
     run.outside_span(low, high, source_rows)
     if source_rows:
         ranges = max(1, math.ceil(source_rows / max(segment_rows, 1)))
@@ -116,18 +117,22 @@ def deep_verify(
 class _Run:
     """The facts of one deep verification as its ranges are compared."""
 
-    def __init__(self, key: str, columns: list[str], schema: pa.Schema, dataset, exact: bool):
-        self.key, self.columns, self.schema, self.dataset = key, columns, schema, dataset
+    def __init__(
+        self, keys: list[str], columns: list[str], schema: pa.Schema, dataset, exact: bool
+    ):
+        self.keys, self.key = keys, keys[0]  # rows are told apart by every key; ranges by the first
+        self.columns, self.schema, self.dataset = columns, schema, dataset
         self.exact = exact  # deletes detected: a key the source lacks is drift
         self.live = _live_filter(set(dataset.schema.names))
         self.facts = {"source_rows": 0, "destination_rows": 0, "ranges": 0, "ranges_differing": 0}
         self.facts.update(missing=0, changed=0, extra=0)
         self.first: list[str] = []
 
-    def _note(self, fact: str, key: Any) -> None:
+    def _note(self, fact: str, key: tuple) -> None:
         self.facts[fact] += 1
         if len(self.first) < SAMPLE:
-            self.first.append(f"{self.key}={key} ({fact})")
+            named = ", ".join(f"{k}={v}" for k, v in zip(self.keys, key, strict=True))
+            self.first.append(f"{named} ({fact})")
 
     def outside_span(self, low: Any, high: Any, source_rows: int) -> None:
         """Destination rows whose key lies outside the source's [MIN, MAX] (all, if empty)."""
@@ -138,10 +143,10 @@ class _Run:
         )
         if self.live is not None:
             outside = self.live if outside is None else outside & self.live
-        keys = self.dataset.to_table(columns=[self.key], filter=outside).column(self.key)
-        self.facts["destination_rows"] += len(keys)
+        rows = self.dataset.to_table(columns=self.keys, filter=outside)
+        self.facts["destination_rows"] += rows.num_rows
         if self.exact:
-            for k in keys.to_pylist():
+            for k in zip(*(rows.column(c).to_pylist() for c in self.keys), strict=True):
                 self._note("extra", k)
 
     def compare(self, batches, start: int, stop: int) -> None:
@@ -158,8 +163,8 @@ class _Run:
         self.facts["ranges"] += 1
         self.facts["source_rows"] += src.num_rows
         self.facts["destination_rows"] += dst.num_rows
-        src_h = _row_hashes(src, self.columns, self.key)
-        dst_h = _row_hashes(dst, self.columns, self.key)
+        src_h = _row_hashes(src, self.columns, self.keys)
+        dst_h = _row_hashes(dst, self.columns, self.keys)
         if not self.exact:  # deletes not detected: keys the source lacks may stay
             dst_h = {k: h for k, h in dst_h.items() if k in src_h}
         if len(src_h) == len(dst_h) and sum(src_h.values()) == sum(dst_h.values()):

@@ -152,3 +152,30 @@ def test_the_deep_verify_job_reports_drift_as_a_failing_error_check(
     assert "order_id=7 (changed)" in drift.description
     row = db.execute("SELECT last_status FROM table_control").fetchone()
     assert row["last_status"] == "Succeeded"  # a verification is not a load: no status change
+
+
+def test_rows_are_told_apart_by_every_merge_key(source_db, lake_root):
+    """A two-column key: ranges follow the first key, rows are matched on both (a check that
+    matched on the first key alone called thousands of correct rows 'changed')."""
+    execute(
+        source_db,
+        "CREATE TABLE dvk (order_id int, line_no int, qty int, PRIMARY KEY (order_id, line_no))",
+    )
+    execute(source_db, "INSERT INTO dvk SELECT g / 10, g % 10, g FROM generate_series(0, 2999) g")
+    loads = Loads(
+        source_db,
+        lake_root,
+        "dvk",
+        load_strategy="merge",
+        merge_keys=["order_id", "line_no"],
+        delete_detection="hard",
+    )
+    loads.run()
+    clean = _verify(loads)
+    assert clean.passed, clean.description
+    DeltaTable(str(loads.path)).update(
+        predicate="order_id = 42 AND line_no = 7", updates={"qty": "-1"}
+    )
+    drift = _verify(loads)
+    assert (drift.facts["changed"], drift.facts["missing"], drift.facts["extra"]) == (1, 0, 0)
+    assert "order_id=42, line_no=7 (changed)" in drift.description
