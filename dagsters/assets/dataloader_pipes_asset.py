@@ -46,6 +46,7 @@ from dagsters.utils.lakebase_client import (
     LoadAlreadyActive,
     UnknownControlKey,
 )
+from databricks_scripts import local_secrets
 from databricks_scripts.contract import RECORDED_METADATA_ID_PARAM, Decision, LoadMetadata
 from databricks_scripts.redaction import redact
 
@@ -63,8 +64,11 @@ class AttemptConfig(dg.Config):
 
 
 def _safe(text: object, settings: Settings) -> str:
-    """``text`` without any secret this process holds (settings.secrets) or secret shape."""
-    return redact(text, list(settings.secrets))
+    """``text`` without any secret this process holds (settings.secrets), any value in the local
+    secret store (``dataloader secret set``, read now: it may have changed since the code location
+    loaded; never in a deployment) or secret shape."""
+    stored = [] if settings.deployment else local_secrets.values(settings.paths.home)
+    return redact(text, [*settings.secrets, *stored])
 
 
 def _tag_environment(context: dg.AssetExecutionContext, settings: Settings) -> None:
