@@ -2,7 +2,7 @@
 
 ``dataloader dev`` is what ``make dev`` runs: it prepares ``$DATALOADER_HOME/dagster_home`` (run
 queue with a per-source-system limit, sensors on), starts the embedded Lakebase with the demo rows,
-and runs ``dagster dev -w workspace.yaml``. Stop it with Ctrl-C.
+and runs ``dagster dev -w workspace.yaml``. Stop it with Ctrl-C, or SIGINT / SIGTERM to its PID.
 
 An edge, like ``definitions.py``: it reads the environment (``load_settings``) and passes the
 ``Settings`` down; the ``dagster dev`` child gets the environment it prepared.
@@ -97,14 +97,30 @@ def _dev(args: argparse.Namespace) -> int:
     ]
     print(f"Dagster UI: http://{args.host}:{args.port}  (DAGSTER_HOME={env['DAGSTER_HOME']})")
     # A child, not exec: this process holds the embedded server and stops it after dagster dev
-    # exits. A handler (not SIG_IGN) must be in place before the fork: a shell starting us in the
-    # background ignores SIGINT, an ignored signal stays ignored across exec, and dagster dev
-    # then could never be stopped with Ctrl-C. Ctrl-C reaches the whole process group; SIGTERM
-    # is passed on as SIGINT, the only signal dagster dev shuts its children down on.
-    signal.signal(signal.SIGINT, lambda *_: None)
-    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env)
-    signal.signal(signal.SIGTERM, lambda *_: process.send_signal(signal.SIGINT))
-    return process.wait()
+    # exits. The child runs in a process group of its own, so every stop request reaches it
+    # exactly once, through this process: Ctrl-C (the terminal signals only our group),
+    # `kill -INT <pid>` and `kill -TERM <pid>` (a supervisor) are all passed on as one SIGINT,
+    # the signal dagster dev shuts its webserver, daemon and code servers down on. A second
+    # request is passed on too (dagster dev then stops waiting for its children). The handlers
+    # are in place before the fork: a shell starting us in the background ignores SIGINT, and an
+    # ignored signal would stay ignored in dagster dev across exec.
+    child: list[subprocess.Popen] = []
+    pending: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        if not child:
+            pending.append(signum)  # arrived before the child existed: passed on below
+        elif child[0].poll() is None:
+            child[0].send_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    child.append(subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, process_group=0))
+    if pending:
+        child[0].send_signal(signal.SIGINT)
+    returncode = child[0].wait()
+    print("dataloader dev stopped.", flush=True)
+    return returncode
 
 
 def _migrate(args: argparse.Namespace) -> int:
