@@ -31,6 +31,7 @@ from dagsters.local.lakebase import lakebase_resource
 from dagsters.resources.databricks_rest import DatabricksRestResource
 from dagsters.resources.models_repo import ModelsRepoResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
+from dagsters.resources.settled import settled
 from dagsters.sensors.dataloader_failed_monitor import RETRY_JOB, build_failed_monitor
 from dagsters.sensors.dataloader_landing_table_monitor import build_landing_table_monitor
 from dagsters.sensors.dataloader_longqueued_monitor import build_longqueued_monitor
@@ -91,7 +92,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_failed_monitor(settings),
             build_landing_table_monitor(settings),
         ],
-        resources=resources,
+        resources=settled(resources),  # no resource config in the launchpad
     )
 
 
