@@ -1,4 +1,4 @@
-"""``dataloader`` command: ``dev`` (local Dagster + embedded Lakebase), ``migrate``, ``psql``.
+"""``dataloader`` command: ``dev``, ``migrate``, ``psql``, ``release``, ``secret``.
 
 ``dataloader dev`` is what ``make dev`` runs: it prepares ``$DATALOADER_HOME/dagster_home`` (run
 queue with a per-source-system limit, sensors on), starts the embedded Lakebase with the demo rows,
@@ -205,17 +205,33 @@ def _secret(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dataloader", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    dev = sub.add_parser("dev", help="run Dagster locally against the embedded Lakebase")
+def build_parser() -> argparse.ArgumentParser:
+    """Every subcommand, each with the help `dataloader --help` shows."""
+    parser = argparse.ArgumentParser(
+        prog="dataloader",
+        description="DataLoader's local and operator commands. The control database is the "
+        "embedded PostgreSQL under $DATALOADER_HOME (default .dataloader/) unless LAKEBASE_HOST "
+        "is set. `dataloader COMMAND --help` says more about each.",
+        epilog="Stop `dataloader dev` with Ctrl-C, or SIGINT/SIGTERM to its PID.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    dev = sub.add_parser(
+        "dev",
+        help="start DataLoader locally: embedded PostgreSQL with the demo, Dagster UI and "
+        "sensors (what `make dev` runs)",
+    )
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=int(os.environ.get("DATALOADER_PORT") or "3000"))
     dev.set_defaults(func=_dev)
-    migrate = sub.add_parser("migrate", help="apply sql/*.sql to the control database")
+    migrate = sub.add_parser(
+        "migrate",
+        help="apply sql/*.sql to the control database (rerunnable; embedded or LAKEBASE_*)",
+    )
     migrate.add_argument("--no-demo", action="store_true", help="embedded: do not seed demo rows")
     migrate.set_defaults(func=_migrate)
-    psql = sub.add_parser("psql", help="open psql on the embedded control database")
+    psql = sub.add_parser(
+        "psql", help="open psql on the embedded control database (--print: its connection string)"
+    )
     psql.add_argument(
         "--print",
         dest="print_only",
@@ -223,9 +239,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help='only print the connection string (psql "$(dataloader psql --print)")',
     )
     psql.set_defaults(func=_psql)
-    release = sub.add_parser("release", help="release a reviewed table_control row")
-    release.add_argument("control_key")
-    release.add_argument("--by", default=os.environ.get("USER") or "an operator")
+    release = sub.add_parser(
+        "release",
+        help="release a row that retry analysis sent to review (after fixing the cause): it "
+        "loads again on master_sensor's next tick",
+        description="Clears a [AI Analysis - Requires Review] row (status, needs_review, "
+        "retry_count) and makes it due now, guarded: a row that is loading is left alone.",
+    )
+    release.add_argument("control_key", help="the table_control row's control_key")
+    release.add_argument(
+        "--by",
+        default=os.environ.get("USER") or "an operator",
+        help="who released it, for the audit trail (default: $USER)",
+    )
     release.set_defaults(func=_release)
     secret = sub.add_parser(
         "secret",
@@ -247,7 +273,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     secret_unset.add_argument("scope")
     secret_unset.add_argument("key")
     secret.set_defaults(func=_secret)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 
 
