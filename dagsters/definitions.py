@@ -19,6 +19,7 @@ from dagsters.assets.dataloader_pipes_asset import build_load_asset, build_retry
 from dagsters.assets.deep_verify import DEEP_CHECKS, deep_verify_job, deep_verify_schedule
 from dagsters.assets.launch_config import load_job_config
 from dagsters.assets.table_specs import table_asset_definitions
+from dagsters.console_logger import one_line_console_logger
 from dagsters.control.run_requests import environment_tags
 from dagsters.deployment import require_deployment_ready
 from dagsters.jobs.history_retention_job import (
@@ -93,6 +94,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_landing_table_monitor(settings),
         ],
         resources=settled(resources),  # no resource config in the launchpad
+        loggers={"console": one_line_console_logger},  # one line per event in the terminal
     )
 
 

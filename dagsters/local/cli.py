@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -76,7 +78,28 @@ def dev_environment(host: str, port: int, base: dict[str, str] | None = None) ->
     env.setdefault("DATALOADER_TABLE_ASSETS_MAX", "1000")
     dagster_home = Path(env.get("DAGSTER_HOME") or home / "dagster_home")
     env["DAGSTER_HOME"] = str(prepare_dagster_home(dagster_home, load_settings(env)))
+    quiet_terminal(env)
     return env
+
+
+# Warnings that are Dagster's and platformdirs' business, not a DataLoader user's: each process
+# of dagster dev printed them again (80 RuntimeDirWarning, 38 PreviewWarning per session).
+# PYTHONWARNINGS entries match a message's start; a person's own entries are kept. The runtime
+# directory itself is left alone: pgserver keeps its cross-process lock there, so every process
+# must keep seeing the same one.
+QUIET_WARNINGS = (
+    "ignore:XDG_RUNTIME_DIR",
+    "ignore:Function `PipesMessageReader.expected_writer_count` is currently in preview",
+    "ignore:Function `dev_command` is superseded",
+)
+
+
+def quiet_terminal(env: dict[str, str]) -> None:
+    """The warnings above off in every process of ``dagster dev`` (and in this one)."""
+    own = [w for w in (env.get("PYTHONWARNINGS") or "").split(",") if w]
+    env["PYTHONWARNINGS"] = ",".join([*own, *(w for w in QUIET_WARNINGS if w not in own)])
+    for entry in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(entry.split(":", 1)[1]))
 
 
 def _dev(args: argparse.Namespace) -> int:
