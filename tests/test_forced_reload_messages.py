@@ -41,7 +41,9 @@ def _logs(instance, run_id: str) -> str:
 
 
 def _due(db, key: str) -> None:
-    db.execute("UPDATE table_control SET next_load_date_time = now() WHERE control_key = %s", (key,))
+    db.execute(
+        "UPDATE table_control SET next_load_date_time = now() WHERE control_key = %s", (key,)
+    )
 
 
 def test_the_rows_flag_set_while_queued_is_named_in_every_message(
