@@ -271,6 +271,27 @@ def test_the_tables_columns_and_row_count_are_on_its_asset_not_the_load_assets(
     assert "dagster/column_schema" in table
 
 
+def test_a_tables_page_links_to_its_partition_of_the_load(dev: Dev):
+    row = _row(dev, "demo.orders")
+    table = [
+        row["destination_catalog"],
+        row["destination_schema_name"],
+        row["destination_table_name"],
+    ]
+    data = dev.gql(
+        "query($k: AssetKeyInput!) { assetNodeOrError(assetKey: $k) { ... on AssetNode {"
+        " description metadataEntries { label ... on UrlMetadataEntry { url } } } } }",
+        k={"path": table},
+    )
+    node = data["assetNodeOrError"]
+    links = {e["label"]: e.get("url") for e in node["metadataEntries"]}
+    target = f"{dev.url}/assets/{LOAD_ASSET}?view=partitions&partition=demo.orders"
+    assert links["reload"] == target
+    assert f"]({target})" in node["description"]  # the Overview's description links it too
+    with urllib.request.urlopen(target, timeout=30) as page:  # the UI serves that page
+        assert page.status == 200
+
+
 def test_a_partition_picked_in_the_launchpad_forces_a_full_reload_with_the_tables_tags(
     dev: Dev, first_launches: dict[str, str]
 ):
