@@ -41,6 +41,7 @@ from dagsters.control.writeback import is_connection_error, with_writeback_retri
 from dagsters.partitions import PARTITIONS_NAME, control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
+from dagsters.review_status import review_observations
 from dagsters.runners.outcome import ScriptOutcome
 from dagsters.settings import Settings
 from dagsters.utils.lakebase_client import (
@@ -566,6 +567,9 @@ def build_retry_asset(settings: Settings) -> dg.AssetsDefinition:
             decision,
             secrets=settings.secrets,
             notifier=notifier_from_settings(settings),
+            on_review=lambda reason: [
+                context.log_event(o) for o in review_observations(row, reason)
+            ],
         )
         yield dg.MaterializeResult(
             metadata={

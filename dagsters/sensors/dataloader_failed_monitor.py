@@ -34,6 +34,7 @@ from dagsters.control.run_requests import (
 )
 from dagsters.partitions import control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
+from dagsters.review_status import review_observations
 from dagsters.sensors import alert_on_error, default_status
 from dagsters.settings import RetryPolicy, Settings
 from dagsters.utils.lakebase_client import LakebaseClient
@@ -93,12 +94,30 @@ def triage_failures(
 
 
 def apply_rule_decisions(
-    client: LakebaseClient, decided: Iterable[tuple[dict, Decision]], settings: Settings
+    client: LakebaseClient,
+    decided: Iterable[tuple[dict, Decision]],
+    settings: Settings,
+    on_review: Callable[[dict, str], None] | None = None,
 ) -> list[tuple[dict, str]]:
-    """Apply the decisions made by rule; one (row, outcome) pair per row."""
+    """Apply the decisions made by rule; one (row, outcome) pair per row. ``on_review(row,
+    reason)`` for each row sent to review."""
     notifier = notifier_from_settings(settings)
+
+    def told(row: dict) -> Callable[[str], None] | None:
+        return None if on_review is None else (lambda reason: on_review(row, reason))
+
     return [
-        (row, apply_decision(client, row, decision, secrets=settings.secrets, notifier=notifier))
+        (
+            row,
+            apply_decision(
+                client,
+                row,
+                decision,
+                secrets=settings.secrets,
+                notifier=notifier,
+                on_review=told(row),
+            ),
+        )
         for row, decision in decided
     ]
 
@@ -136,6 +155,16 @@ def analysis_requests(rows: list[dict], settings: Settings) -> dg.SensorResult:
         ],
         dynamic_partitions_requests=[control_key_partitions.build_add_request(keys)],
     )
+
+
+def _record_review(context: dg.SensorEvaluationContext) -> Callable[[dict, str], None]:
+    """A row sent to review by rule: said on its load partition and its table's asset."""
+
+    def record(row: dict, reason: str) -> None:
+        for observation in review_observations(row, reason):
+            context.instance.report_runless_asset_event(observation)
+
+    return record
 
 
 def _active_analysis_run(context: dg.SensorEvaluationContext) -> Callable[[dict], str | None]:
@@ -188,7 +217,9 @@ def build_failed_monitor(settings: Settings) -> dg.SensorDefinition:
                 f"{row['control_key']}: analysis requested at "
                 f"{row['previous_analysis_requested_at']} never decided; analysing again"
             )
-        decided = apply_rule_decisions(client, triage.by_rule, settings)
+        decided = apply_rule_decisions(
+            client, triage.by_rule, settings, on_review=_record_review(context)
+        )
         for (row, outcome), (_, decision) in zip(decided, triage.by_rule, strict=True):
             context.log.info(
                 f"{row['control_key']}: {decision.decision} by rule ({decision.reason}); {outcome}"
