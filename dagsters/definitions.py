@@ -19,6 +19,7 @@ from dagsters.assets.dataloader_pipes_asset import build_load_asset, build_retry
 from dagsters.assets.deep_verify import DEEP_CHECKS, deep_verify_job, deep_verify_schedule
 from dagsters.assets.launch_config import load_job_config
 from dagsters.assets.table_specs import table_asset_definitions
+from dagsters.console_logger import one_line_console_logger
 from dagsters.control.run_requests import environment_tags
 from dagsters.deployment import require_deployment_ready
 from dagsters.jobs.history_retention_job import (
@@ -31,6 +32,7 @@ from dagsters.local.lakebase import lakebase_resource
 from dagsters.resources.databricks_rest import DatabricksRestResource
 from dagsters.resources.models_repo import ModelsRepoResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
+from dagsters.resources.settled import settled
 from dagsters.sensors.dataloader_failed_monitor import RETRY_JOB, build_failed_monitor
 from dagsters.sensors.dataloader_landing_table_monitor import build_landing_table_monitor
 from dagsters.sensors.dataloader_longqueued_monitor import build_longqueued_monitor
@@ -95,7 +97,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_failed_monitor(settings),
             build_landing_table_monitor(settings),
         ],
-        resources=resources,
+        resources=settled(resources),  # no resource config in the launchpad
+        loggers={"console": one_line_console_logger},  # one line per event in the terminal
     )
 
 

@@ -179,6 +179,16 @@ def _deep_verify(
     )
 
 
+def _password(spec: LoadSpec, env: ScriptEnv) -> str | None:
+    """dbutils.secrets on Databricks; elsewhere the environment, then the local secret store."""
+    return resolve_password(
+        spec,
+        environ=env.source_secrets,
+        dbutils_get=_dbutils_secret_getter(env),
+        store_home=None if env.on_databricks else env.home,
+    )
+
+
 def _redacted_log(context: PipesContext, secrets: list[str]):
     def log(message: str) -> None:
         context.log.info(redact(message, secrets))
@@ -213,9 +223,7 @@ def run_load(
         spec = parse_load_spec(context.get_extra(PARAMS_EXTRA))
         label = f"load of {spec.source_label} ({spec.db_type}) into {spec.destination_label}"
         step = "resolve secret"
-        password = resolve_password(
-            spec, environ=env.source_secrets, dbutils_get=_dbutils_secret_getter(env)
-        )
+        password = _password(spec, env)
         if password:
             secrets.append(password)
         step = "choose engine"

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from databricks_scripts import local_secrets
 from databricks_scripts.contract import (
     CONNECTION_KEYS,
     DB_TYPES,
@@ -252,11 +255,14 @@ def resolve_password(
     *,
     environ: Mapping[str, str],
     dbutils_get: SecretGetter | None = None,
+    store_home: Path | None = None,
 ) -> str | None:
     """The source password, or None when the row names no secret (trust/peer authentication).
 
     On Databricks ``dbutils_get`` is ``dbutils.secrets.get``; elsewhere the variable from
-    :func:`secret_env_var` must be set in ``environ`` (the script's ``ScriptEnv.source_secrets``).
+    :func:`secret_env_var` in ``environ`` (the script's ``ScriptEnv.source_secrets``) wins, else
+    the local store under ``store_home`` (``dataloader secret set``, read now, at load time).
+    A missing secret's message says where it looked and the command that sets it.
     """
     key = spec.db_config_value.get("password_secret")
     if not key:
@@ -267,8 +273,39 @@ def resolve_password(
         return dbutils_get(spec.db_kv_scope, str(key))
     name = secret_env_var(spec.db_kv_scope, str(key))
     value = environ.get(name)
-    if value is None:
-        raise LoadParamsError(
-            f"secret {key!r} of scope {spec.db_kv_scope!r} not found: set environment variable {name}"
-        )
-    return value
+    if value is not None:
+        return value
+    if store_home is not None:
+        try:
+            value = local_secrets.get(store_home, spec.db_kv_scope, str(key))
+        except local_secrets.SecretStoreError as exc:
+            raise LoadParamsError(f"local secret store unusable: {exc}") from None
+        if value is not None:
+            return value
+    raise LoadParamsError(missing_secret_message(spec.db_kv_scope, str(key), store_home))
+
+
+def secret_set_command(scope: str, key: str, store_home: Path | None) -> str:
+    """The exact ``dataloader secret set`` command for this store (its home when not the default)."""
+    cli = Path(sys.executable).with_name("dataloader")
+    program = str(cli) if cli.exists() else "dataloader"
+    prefix = ""
+    if (
+        store_home is not None
+        and Path(store_home).resolve() != local_secrets.default_home({}).resolve()
+    ):
+        prefix = f"DATALOADER_HOME={shlex.quote(str(store_home))} "
+    return f"{prefix}{program} secret set {shlex.quote(scope)} {shlex.quote(key)}"
+
+
+def missing_secret_message(scope: str, key: str, store_home: Path | None) -> str:
+    where = [f"environment variable {secret_env_var(scope, key)} of the process running Dagster"]
+    if store_home is not None:
+        where.append(f"the local store {local_secrets.store_path(store_home)}")
+    text = f"secret {key!r} of scope {scope!r} not found; looked in " + " and in ".join(where)
+    if store_home is None:
+        return text
+    return (
+        f"{text}. Set it (no restart needed, the next load reads it): "
+        f"{secret_set_command(scope, key, store_home)}"
+    )

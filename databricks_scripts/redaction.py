@@ -51,9 +51,14 @@ _KEYS = r"""
 # key=value / key: value pairs whose value is a secret (connection strings, JDBC/ODBC, JSON, env).
 _KEY_VALUE = re.compile(
     rf"""(?ix)
-    (?P<key>(?:\\?["'])?\b(?:{_KEYS})\b
-        (?<!password_secret)(?<!password-secret)  # that key holds a secret's NAME: keep it
-        (?:\\?["'])?)
+    (?P<key>
+        # quoted, the quotes around the key alone ("password": ..., 'token': ...); a quote that
+        # closes longer prose ("step 'resolve secret': secret ...") makes no key
+        (?P<quote>\\?["'])\b(?:{_KEYS})\b
+            (?<!password_secret)(?<!password-secret)(?P=quote)
+        |\b(?:{_KEYS})\b
+            (?<!password_secret)(?<!password-secret)  # that key holds a secret's NAME: keep it
+    )
     (?P<sep>\s*[=:]\s*)
     (?!(?:YES|NO)\))  # MySQL's "(using password: YES)" says whether one was sent, not which
     (?P<value>

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from databricks_scripts import local_secrets
 from databricks_scripts.redaction import SECRET_ENV_PREFIX, secrets_from_env
 
 DEFAULT_BATCH_BYTES = 16 * 1024 * 1024
@@ -137,6 +138,8 @@ class ScriptEnv:
     engine: str | None = None
     databricks_runtime: str | None = None
     lake_root: Path = field(default_factory=lambda: default_lake_root(None))
+    # DATALOADER_HOME (else .dataloader next to this folder): where the local secret store is.
+    home: Path = field(default_factory=lambda: local_secrets.default_home({}))
     batch_bytes: int = DEFAULT_BATCH_BYTES
     batch_rows: int = DEFAULT_BATCH_ROWS
     progress_seconds: float = DEFAULT_PROGRESS_SECONDS
@@ -184,6 +187,7 @@ class ScriptEnv:
             engine=(env.get("DATALOADER_ENGINE") or "").strip().lower() or None,
             databricks_runtime=env.get("DATABRICKS_RUNTIME_VERSION") or None,
             lake_root=default_lake_root(env),
+            home=local_secrets.default_home(env),
             batch_bytes=int(number("DATALOADER_BATCH_BYTES", DEFAULT_BATCH_BYTES)),
             batch_rows=int(number("DATALOADER_BATCH_ROWS", DEFAULT_BATCH_ROWS)),
             progress_seconds=number("DATALOADER_PROGRESS_SECONDS", DEFAULT_PROGRESS_SECONDS),

@@ -286,6 +286,27 @@ def embedded_conninfo(home: Path) -> str | None:
     )
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (from /proc), children first."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat_line = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat_line.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 @contextmanager
 def running_dev(
     tmp_path: Path, settings: dict[str, str], *, drop: tuple[str, ...] = ()
@@ -319,6 +340,9 @@ def running_dev(
     try:
         yield home, process, log
     finally:
+        # dagster dev runs in a process group of its own (the CLI passes each stop on once):
+        # whatever of it is left after the stop below is killed by pid.
+        tree = descendants(process.pid)
         for sig, grace in ((signal.SIGINT, 30), (signal.SIGTERM, 15), (signal.SIGKILL, 5)):
             if process.poll() is not None:
                 break
@@ -332,6 +356,11 @@ def running_dev(
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        for pid in tree:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def fresh_code_location_job(job_name: str):

@@ -110,9 +110,20 @@ def test_claimed_incremental_load_succeeds_then_picks_up_only_new_rows(
     assert DeltaTable(str(lake_root / "lake" / "raw" / "orders")).to_pyarrow_table().num_rows == 25
     [materialization] = materializations(result)
     assert materialization.partition == "pg.orders"
-    assert materialization.metadata["dagster/row_count"].value == 25
+    assert materialization.metadata["rows_written"].value == 25
     assert materialization.metadata["metadata_id"].value == str(claimed["metadata_id"])
-    assert "dagster/column_schema" in materialization.metadata
+    # The table's columns, row count and name are its own asset's, never the load asset's
+    # (the partitioned load asset's Overview would show the last table's as its own).
+    own = set(materialization.metadata)
+    assert not own & {"dagster/column_schema", "dagster/row_count", "dagster/table_name"}
+    [table] = [
+        m
+        for m in result.asset_materializations_for_node(LOAD_ASSET)
+        if m.asset_key == dg.AssetKey(["lake", "raw", "orders"])
+    ]
+    assert table.metadata["dagster/row_count"].value == 25
+    assert "dagster/column_schema" in table.metadata
+    assert table.metadata["dagster/table_name"].value == "lake.raw.orders"
 
     source.execute("INSERT INTO public.orders VALUES (26, 1, '2024-03-01'), (27, 2, '2024-03-02')")
     db.execute("UPDATE table_control SET next_load_date_time = now()")

@@ -268,3 +268,31 @@ def test_the_load_asset_masks_every_env_secret(monkeypatch):
     assert "ai-key-the-asset-missed" not in dataloader_pipes_asset._safe(
         "proxy rejected ai-key-the-asset-missed", load_settings()
     )
+
+
+# -- ordinary words stay (issue 26) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "load of a.b failed at step 'resolve secret': secret 'maria-pass' of scope 'kv-nc' not found",
+        'step "rotate token": token refresh skipped',
+        "the 'password' column: dropped",
+    ],
+)
+def test_a_word_before_a_quote_that_closes_prose_is_not_a_key(text):
+    assert redact(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("{'password': 'hunter2x'}", "{'password': '***'}"),
+        ('{"db_token": "abc123456"}', '{"db_token": "***"}'),
+        ("password=hunter2x;", "password=***;"),
+        ("secret: hunter2x", "secret: ***"),
+    ],
+)
+def test_keys_quoted_on_their_own_or_bare_still_mask_their_values(text, masked):
+    assert redact(text) == masked

@@ -2,7 +2,7 @@
 
 Pins down: the old README YAML (config, no partition) is refused before anything is claimed and
 says which partition to select; a partition picked in the job's launchpad is pre-filled with the
-one option a person sets and carries the table's tags from launch, and `force_full_reload: true`
+one option a person sets (no resource config) and carries the table's tags from launch, and `force_full_reload: true`
 does reload everything; a materialization from the asset page lands on its partition and gets the
 tags when it starts; a failed run re-executed from failure loads on the same partition. Every
 launch is checked by the partition's status, the run's tags and the control row. A headless
@@ -244,6 +244,56 @@ def test_materializing_a_partition_from_the_asset_page_lands_on_it(
     assert "demo.orders" in _partition_status(dev)["materializedPartitions"]
 
 
+def _latest_metadata(dev: Dev, path: list[str]) -> dict[str, str]:
+    """The metadata of the asset's latest materialization, label -> shown value, via GraphQL."""
+    data = dev.gql(
+        "query($k: AssetKeyInput!) { assetOrError(assetKey: $k) { ... on Asset {"
+        " assetMaterializations(limit: 1) { partition metadataEntries { label"
+        " ... on IntMetadataEntry { intValue } ... on TextMetadataEntry { text } } } } } }",
+        k={"path": path},
+    )
+    [latest] = data["assetOrError"]["assetMaterializations"]
+    return {e["label"]: e.get("intValue", e.get("text")) for e in latest["metadataEntries"]}
+
+
+def test_the_tables_columns_and_row_count_are_on_its_asset_not_the_load_assets(
+    dev: Dev, first_launches: dict[str, str]
+):
+    assert _finished_run(dev, first_launches["asset_page"])["status"] == "SUCCESS"
+    row = _row(dev, "demo.orders")
+    rows = _history(dev, "demo.orders")[-1]["rows_written"]
+    load = _latest_metadata(dev, [LOAD_ASSET])
+    assert not {"dagster/column_schema", "dagster/row_count", "dagster/table_name"} & set(load)
+    assert load["rows_written"] == rows  # the load's own fact stays on the load asset
+    table = _latest_metadata(
+        dev,
+        [row["destination_catalog"], row["destination_schema_name"], row["destination_table_name"]],
+    )
+    assert table["dagster/row_count"] == rows
+    assert "dagster/column_schema" in table
+
+
+def test_a_tables_page_links_to_its_partition_of_the_load(dev: Dev):
+    row = _row(dev, "demo.orders")
+    table = [
+        row["destination_catalog"],
+        row["destination_schema_name"],
+        row["destination_table_name"],
+    ]
+    data = dev.gql(
+        "query($k: AssetKeyInput!) { assetNodeOrError(assetKey: $k) { ... on AssetNode {"
+        " description metadataEntries { label ... on UrlMetadataEntry { url } } } } }",
+        k={"path": table},
+    )
+    node = data["assetNodeOrError"]
+    links = {e["label"]: e.get("url") for e in node["metadataEntries"]}
+    target = f"{dev.url}/assets/{LOAD_ASSET}?view=partitions&partition=demo.orders"
+    assert links["reload"] == target
+    assert f"]({target})" in node["description"]  # the Overview's description links it too
+    with urllib.request.urlopen(target, timeout=30) as page:  # the UI serves that page
+        assert page.status == 200
+
+
 def test_a_partition_picked_in_the_launchpad_forces_a_full_reload_with_the_tables_tags(
     dev: Dev, first_launches: dict[str, str]
 ):
@@ -314,7 +364,11 @@ def test_the_asset_page_shows_the_tables_row_count_in_a_browser(dev: Dev):
     if not loaded:
         pytest.skip("demo.orders was not loaded by the launch tests of this module")
     rows = str(loaded[-1]["rows_written"])
-    page = f"{dev.url}/assets/{LOAD_ASSET}?view=partitions&partition=demo.orders"
+    row = _row(dev, "demo.orders")  # the table's own asset page, where its row count belongs
+    table = "/".join(
+        row[c] for c in ("destination_catalog", "destination_schema_name", "destination_table_name")
+    )
+    page = f"{dev.url}/assets/{table}"
     dom = subprocess.run(
         [
             chromium,

@@ -18,11 +18,14 @@ from typing import Any
 import dagster as dg
 
 from dagsters.alerts import notifier_from_settings
+from dagsters.assets.forced_reload import forced_by, loaded_message
 from dagsters.assets.launch_config import LoadConfig, launched_control_key, tag_ui_run
 from dagsters.assets.table_assets import (
     analysis_metadata,
+    destination_asset_key,
     load_asset_kinds,
     load_metadata,
+    load_partition_metadata,
     report_destination_table,
     retry_asset_kinds,
 )
@@ -38,6 +41,7 @@ from dagsters.control.writeback import is_connection_error, with_writeback_retri
 from dagsters.partitions import PARTITIONS_NAME, control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
+from dagsters.review_status import review_observations
 from dagsters.runners.outcome import ScriptOutcome
 from dagsters.settings import Settings
 from dagsters.utils.lakebase_client import (
@@ -46,6 +50,7 @@ from dagsters.utils.lakebase_client import (
     LoadAlreadyActive,
     UnknownControlKey,
 )
+from databricks_scripts import local_secrets
 from databricks_scripts.contract import RECORDED_METADATA_ID_PARAM, Decision, LoadMetadata
 from databricks_scripts.redaction import redact
 
@@ -63,8 +68,11 @@ class AttemptConfig(dg.Config):
 
 
 def _safe(text: object, settings: Settings) -> str:
-    """``text`` without any secret this process holds (settings.secrets) or secret shape."""
-    return redact(text, list(settings.secrets))
+    """``text`` without any secret this process holds (settings.secrets), any value in the local
+    secret store (``dataloader secret set``, read now: it may have changed since the code location
+    loaded; never in a deployment) or secret shape."""
+    stored = [] if settings.deployment else local_secrets.values(settings.paths.home)
+    return redact(text, [*settings.secrets, *stored])
 
 
 def _tag_environment(context: dg.AssetExecutionContext, settings: Settings) -> None:
@@ -132,19 +140,19 @@ def _metadata_value(metadata: Mapping[str, Any], key: str) -> Any:
     return getattr(value, "value", value)
 
 
-def _schema_changed(context: dg.AssetExecutionContext, control_key: str, reported: Mapping) -> bool:
-    """Did this load change the destination's columns since the partition's last materialization?
+def _schema_changed(
+    context: dg.AssetExecutionContext, table: dg.AssetKey, reported: Mapping
+) -> bool:
+    """Did this load change the destination's columns since the table's last materialization?
 
     Compared here rather than in the script so both engines (Arrow and Spark) are covered alike.
-    A first load is not a change: a new row's staging model is still unprocessed anyway.
+    The columns are the destination table's (its asset's materializations), not the load
+    asset's. A first load is not a change: a new row's staging model is still unprocessed anyway.
     """
     new_schema = _metadata_value(reported, LoadMetadata.COLUMN_SCHEMA)
     if new_schema is None:
         return False
-    previous = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=[control_key]),
-        limit=1,
-    ).records
+    previous = context.instance.fetch_materializations(table, limit=1).records
     if not previous:
         return False
     materialization = previous[0].asset_materialization
@@ -152,13 +160,6 @@ def _schema_changed(context: dg.AssetExecutionContext, control_key: str, reporte
         materialization.metadata if materialization else {}, LoadMetadata.COLUMN_SCHEMA
     )
     return old_schema is not None and old_schema != new_schema
-
-
-def _loaded_message(rows_written: Any, notes: Any) -> str | None:
-    """The success message with the script's notes (None: the default "Loaded N rows")."""
-    if not notes:
-        return None
-    return f"Loaded {rows_written if rows_written is not None else '?'} rows; {notes}"
 
 
 def _reported_metadata(outcome: ScriptOutcome) -> dict[str, Any]:
@@ -191,6 +192,7 @@ class _Attempt:
         self.metadata_id = 0
         self.databricks_url: str | None = None
         self.row: Mapping[str, Any] = {}  # the control row as loaded, and its resolved source
+        self.forced_by: str | None = None  # who asked for a full reload (every message says so)
         self.resolved: ResolvedSource | None = None
 
     def link_external_run(self, url: str | None, external_run_id: str) -> None:
@@ -205,6 +207,9 @@ class _Attempt:
     ) -> None:
         """End the attempt Failed; ``note``: if the row is not this attempt's any more (a stale
         attempt), add the message to its own history row instead."""
+
+        if self.forced_by:
+            message = f"{message} [full reload forced by {self.forced_by}]"
 
         def write() -> bool:
             return self.client.record_failure(
@@ -354,10 +359,15 @@ class _Attempt:
             self.metadata_id,
             rows_read=_metadata_value(reported, LoadMetadata.ROWS_READ),
             rows_written=rows_written,
-            message=_loaded_message(rows_written, notes),
+            message=loaded_message(
+                rows_written,
+                notes,
+                self.forced_by,
+                _metadata_value(reported, LoadMetadata.LOAD_STRATEGY),
+            ),
             watermark_after=watermark,
             databricks_run_url=run_link,
-            schema_changed=_schema_changed(self.context, self.control_key, reported),
+            schema_changed=_schema_changed(self.context, destination_asset_key(self.row), reported),
             applied_strategy=_metadata_value(reported, LoadMetadata.LOAD_STRATEGY),
             full_load_reason=_metadata_value(reported, LoadMetadata.FULL_REASON),
         )
@@ -401,13 +411,17 @@ def _load(
         )
     if trigger == "ui":
         tag_ui_run(attempt.context, row, attempt.metadata_id)
+    attempt.forced_by = forced_by(row, config)
     attempt.row, attempt.resolved = row, attempt.source(row)
     params = load_params({**row, "metadata_id": attempt.metadata_id}, attempt.resolved)
     if config.force_full_reload:
         # A person's one-off full reload takes the path of the row's own flag (the script
         # overwrites the destination); the row's flag itself is left as it is.
         params["force_full_reload"] = True
-        attempt.context.log.info(f"{attempt.control_key}: full reload forced by the run config")
+    if attempt.forced_by:
+        attempt.context.log.info(
+            f"{attempt.control_key}: full reload forced by {attempt.forced_by}"
+        )
     # What the destination's last commit is compared with (databricks_scripts/loader_commits).
     params[RECORDED_METADATA_ID_PARAM] = attempt.client.last_recorded_attempt(attempt.config_id)
     return attempt.record(attempt.run(pipes_databricks, params))
@@ -464,7 +478,8 @@ def build_load_asset(settings: Settings) -> dg.AssetsDefinition:
         report_destination_table(
             context, attempt.row, metadata, control_key=control_key, metadata_id=attempt.metadata_id
         )
-        yield dg.MaterializeResult(metadata=metadata)
+        # The table's columns, row count and name are its own asset's (reported just above).
+        yield dg.MaterializeResult(metadata=load_partition_metadata(metadata))
 
     return dataloader_table_load
 
@@ -552,6 +567,9 @@ def build_retry_asset(settings: Settings) -> dg.AssetsDefinition:
             decision,
             secrets=settings.secrets,
             notifier=notifier_from_settings(settings),
+            on_review=lambda reason: [
+                context.log_event(o) for o in review_observations(row, reason)
+            ],
         )
         yield dg.MaterializeResult(
             metadata={

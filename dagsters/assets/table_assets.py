@@ -109,6 +109,17 @@ def load_metadata(
     return as_text_ids({**reported, **extra})
 
 
+# What describes the destination table itself: published on the table's asset only. On the
+# partitioned load asset, Dagster would show the last loaded table's columns and row count as the
+# load asset's own ("Columns", "Row count" on its Overview).
+TABLE_OWNED_METADATA = (LoadMetadata.COLUMN_SCHEMA, LoadMetadata.ROW_COUNT, LoadMetadata.TABLE_NAME)
+
+
+def load_partition_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The load asset's materialization metadata: the load's facts, without the table's own."""
+    return {k: v for k, v in metadata.items() if k not in TABLE_OWNED_METADATA}
+
+
 def analysis_metadata(row: Mapping[str, Any], run_url: Callable[[str], str]) -> dict[str, Any]:
     """What a retry analysis looked at: the failed attempt, its original error, its run."""
     meta: dict[str, Any] = {

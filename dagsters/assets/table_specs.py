@@ -18,6 +18,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import dagster as dg
 
@@ -48,8 +49,19 @@ def table_kinds(row: Mapping[str, Any], execution: str) -> set[str]:
     return kinds
 
 
-def table_spec(row: Mapping[str, Any], execution: str) -> dg.AssetSpec:
-    """The declared asset of one row's destination table."""
+def reload_url(base_url: str, control_key: str) -> str:
+    """The load asset's page on this table's partition: Materialize there reloads the table."""
+    return f"{base_url}/assets/{LOAD_ASSET}?view=partitions&partition={quote(control_key, safe='')}"
+
+
+def table_spec(row: Mapping[str, Any], execution: str, base_url: str | None = None) -> dg.AssetSpec:
+    """The declared asset of one row's destination table; with ``base_url``, a link to reload it
+    (the table's own Materialize is greyed out: it is loaded by the load asset's partition)."""
+    reload = (
+        {"reload": dg.MetadataValue.url(reload_url(base_url, row["control_key"]))}
+        if base_url
+        else {}
+    )
     source = ".".join(
         str(row[c])
         for c in ("source_catalog", "source_schema_name", "source_table_name")
@@ -63,10 +75,17 @@ def table_spec(row: Mapping[str, Any], execution: str) -> dg.AssetSpec:
         description=(
             f"Delta table loaded from {row.get('db_type')} {source} by {LOAD_ASSET} "
             f"(partition {row['control_key']}, {row.get('load_strategy')} load)."
+            + (
+                f" To reload it: [its partition of {LOAD_ASSET}]({reload['reload'].value})"
+                " → Materialize."
+                if reload
+                else ""
+            )
         ),
         metadata={
             "control_key": dg.MetadataValue.text(str(row["control_key"])),
             "dagster/table_name": ".".join(destination_asset_key(row).path),
+            **reload,
         },
         tags={"dataloader/source_system": str(row.get("db_type") or "")},
         freshness_policy=dg.FreshnessPolicy.time_window(fail_window=window) if window else None,
@@ -140,7 +159,9 @@ def table_asset_definitions(
             "Not declared as assets (a destination name Dagster cannot use; their loads still "
             f"record materializations): {', '.join(skipped[:10])}"
         )
-    specs = _unique(table_spec(row, settings.execution) for row in declarable)
+    specs = _unique(
+        table_spec(row, settings.execution, settings.dagster_base_url) for row in declarable
+    )
     if not specs:
         return [], []
     keyed = {destination_asset_key(r) for r in declarable if r.get("merge_keys")}

@@ -16,7 +16,7 @@ No Dagster imports: plain data in, plain data out, unit-testable against Postgre
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -137,10 +137,12 @@ def apply_decision(
     *,
     secrets: Iterable[str] = (),
     notifier: Notifier | None = None,
+    on_review: Callable[[str], None] | None = None,
 ) -> str:
     """Apply a decision to the failed attempt; 'retried', 'review', or 'lost' if another actor won.
 
-    A row sent to review is announced through ``notifier`` (Slack / Teams), when one is given.
+    A row sent to review is announced through ``notifier`` (Slack / Teams), when one is given,
+    and ``on_review(reason)`` is called (the caller records it on the assets a person looks at).
 
     Anything that is not a clear ``Retry Recommended`` is review (``Decision`` sees to that): a
     wrong review costs a person a look, a wrong retry loops on a broken load.
@@ -160,6 +162,8 @@ def apply_decision(
         return LOST
     if not decision.retry and notifier is not None:
         notifier.send(Alert.for_row("DataLoader: a table needs review", row, reason))
+    if not decision.retry and on_review is not None:
+        on_review(reason)
     return RETRIED if decision.retry else REVIEW
 
 

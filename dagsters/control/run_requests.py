@@ -83,9 +83,15 @@ def attempt_config(row: Mapping[str, Any], *, metadata_id_column: str = "metadat
     }
 
 
+# The sensors' runs log through the code location's "console" logger (one line per event in the
+# terminal, dagsters/console_logger.py). Dagster uses a job's own loggers only when the run config
+# names them; without it a run falls back to its DEBUG console logger with whole stack traces.
+CONSOLE_LOGGER_CONFIG: dict[str, Any] = {"loggers": {"console": {}}}
+
+
 def load_run_config(row: Mapping[str, Any]) -> dict[str, Any]:
     """Run config of a claimed row's load run (the claim returns the new ``metadata_id``)."""
-    return {"ops": {LOAD_ASSET: {"config": attempt_config(row)}}}
+    return {"ops": {LOAD_ASSET: {"config": attempt_config(row)}}, **CONSOLE_LOGGER_CONFIG}
 
 
 def load_run_key(row: Mapping[str, Any]) -> str:
@@ -156,7 +162,7 @@ def triggered_by(row: Mapping[str, Any]) -> str:
 def retry_run_config(row: Mapping[str, Any]) -> dict[str, Any]:
     """Run config of a failed row's analysis run: the failed attempt is the row's latest."""
     config = attempt_config(row, metadata_id_column="last_metadata_id")
-    return {"ops": {RETRY_ASSET: {"config": config}}}
+    return {"ops": {RETRY_ASSET: {"config": config}}, **CONSOLE_LOGGER_CONFIG}
 
 
 def retry_run_key(row: Mapping[str, Any]) -> str:

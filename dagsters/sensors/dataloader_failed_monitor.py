@@ -34,6 +34,7 @@ from dagsters.control.run_requests import (
 )
 from dagsters.partitions import control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
+from dagsters.review_status import review_observations
 from dagsters.sensors import (
     alert_on_error,
     default_status,
@@ -98,12 +99,30 @@ def triage_failures(
 
 
 def apply_rule_decisions(
-    client: LakebaseClient, decided: Iterable[tuple[dict, Decision]], settings: Settings
+    client: LakebaseClient,
+    decided: Iterable[tuple[dict, Decision]],
+    settings: Settings,
+    on_review: Callable[[dict, str], None] | None = None,
 ) -> list[tuple[dict, str]]:
-    """Apply the decisions made by rule; one (row, outcome) pair per row."""
+    """Apply the decisions made by rule; one (row, outcome) pair per row. ``on_review(row,
+    reason)`` for each row sent to review."""
     notifier = notifier_from_settings(settings)
+
+    def told(row: dict) -> Callable[[str], None] | None:
+        return None if on_review is None else (lambda reason: on_review(row, reason))
+
     return [
-        (row, apply_decision(client, row, decision, secrets=settings.secrets, notifier=notifier))
+        (
+            row,
+            apply_decision(
+                client,
+                row,
+                decision,
+                secrets=settings.secrets,
+                notifier=notifier,
+                on_review=told(row),
+            ),
+        )
         for row, decision in decided
     ]
 
@@ -141,6 +160,16 @@ def analysis_requests(rows: list[dict], settings: Settings) -> dg.SensorResult:
         ],
         dynamic_partitions_requests=[control_key_partitions.build_add_request(keys)],
     )
+
+
+def _record_review(context: dg.SensorEvaluationContext) -> Callable[[dict, str], None]:
+    """A row sent to review by rule: said on its load partition and its table's asset."""
+
+    def record(row: dict, reason: str) -> None:
+        for observation in review_observations(row, reason):
+            context.instance.report_runless_asset_event(observation)
+
+    return record
 
 
 def _active_analysis_run(context: dg.SensorEvaluationContext) -> Callable[[dict], str | None]:
@@ -197,7 +226,9 @@ def build_failed_monitor(settings: Settings) -> dg.SensorDefinition:
         decided = []
         for row, decision in triage.by_rule:
             try:
-                [(_, outcome)] = apply_rule_decisions(client, [(row, decision)], settings)
+                [(_, outcome)] = apply_rule_decisions(
+                    client, [(row, decision)], settings, on_review=_record_review(context)
+                )
             except Exception as exc:  # noqa: BLE001 - this row fails; the others go on
                 fail_row_that_raised(context, client, row, {"Failed"}, "the retry decision", exc)
                 continue
