@@ -43,7 +43,10 @@ def test_loading_the_code_location_leaves_the_heavy_packages_unimported(tmp_path
 # landing package, the embedded server, the Databricks runner are imported that way), or raise
 # the ceiling knowingly and re-measure (bench/bench_run_worker_import.py, docs/operations.md).
 # 69 when set (80 before the landing, local and Databricks-runner modules were imported where used).
-PROJECT_MODULES_CEILING = 70
+# Raised knowingly to 75 at 74 when issues 21, 22, 23 and 26 merged: the deep-verification checks,
+# local secrets, review status, the settled resources, the one-line console logger and the
+# uncomputable-rows check are each needed when the definitions are built.
+PROJECT_MODULES_CEILING = 75
 THIRD_PARTY_AT_LOAD = {
     "psycopg",  # the control database: every run reads and writes its row
     "psycopg_binary",
