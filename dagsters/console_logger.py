@@ -15,7 +15,9 @@ from typing import Any
 
 import coloredlogs
 import dagster as dg
-from dagster._core.log_manager import LOG_RECORD_METADATA_ATTR
+
+# The attribute Dagster keeps a record's event in (internal: through the one compat module).
+from dagsters.dagster_compat import LOG_RECORD_METADATA_ATTR
 
 FORMAT = "%(asctime)s - %(levelname)s - %(message)s"
 WHERE = "stack trace in the run's logs"

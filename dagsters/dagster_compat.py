@@ -25,8 +25,10 @@ from typing import Any, Protocol
 
 import dagster as dg
 from dagster._core.errors import DagsterPipesExecutionError
+from dagster._core.log_manager import LOG_RECORD_METADATA_ATTR
 
 __all__ = [
+    "LOG_RECORD_METADATA_ATTR",
     "POLL_METHOD",
     "POLL_PARAMETERS",
     "DagsterPipesExecutionError",

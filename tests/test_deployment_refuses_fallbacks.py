@@ -22,6 +22,12 @@ from dagsters.local.lakebase import EmbeddedLakebaseResource
 from dagsters.runners.databricks import DEFAULT_WORKSPACE_SCRIPTS
 from dagsters.settings import load_settings
 
+
+def _built(resource):
+    """The object a config-less resource definition (dagsters/resources/settled.py) hands out."""
+    return resource.resource_fn(None) if isinstance(resource, dg.ResourceDefinition) else resource
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -36,7 +42,7 @@ def test_local_mode_needs_nothing_and_keeps_its_fallbacks():
     assert not settings.deployment
     assert deployment_problems(settings) == []
     defs = build_definitions(settings)
-    assert isinstance(defs.resources["lakebase"], EmbeddedLakebaseResource)
+    assert isinstance(_built(defs.resources["lakebase"]), EmbeddedLakebaseResource)
     master = defs.get_repository_def().get_sensor_def("master_sensor")
     assert master.default_status == dg.DefaultSensorStatus.RUNNING
 
@@ -47,7 +53,7 @@ def test_a_ready_deployment_loads():
     assert deployment_problems(settings) == []
     defs = build_definitions(settings)
     dg.Definitions.validate_loadable(defs)
-    assert not isinstance(defs.resources["lakebase"], EmbeddedLakebaseResource)
+    assert not isinstance(_built(defs.resources["lakebase"]), EmbeddedLakebaseResource)
 
 
 def test_an_empty_deployment_gets_one_message_naming_every_missing_setting():

@@ -307,7 +307,7 @@ def test_the_control_row_columns_are_checked_and_reach_the_load_spec(control_db)
 
 
 def test_a_loads_notes_follow_its_row_count_in_the_history_message():
-    from dagsters.assets.dataloader_pipes_asset import _loaded_message
+    from dagsters.assets.forced_reload import loaded_message as _loaded_message
 
     note = "read on one connection: the merge key 'code' is string"
     assert _loaded_message(120, note) == f"Loaded 120 rows; {note}"
