@@ -123,7 +123,7 @@ class Source:
 IMAGE_COLUMNS = (*VALUE_COLUMNS, "ts", "extra")  # "extra": the column a step may add
 
 
-def image(row: dict[str, Any], columns: list[str] | None = None) -> tuple:
+def image(row: dict[str, Any]) -> tuple:
     """A row's values (not its key); a column the table does not have (yet) reads as NULL."""
     return tuple(row.get(c) for c in IMAGE_COLUMNS)
 
@@ -170,7 +170,7 @@ class Oracle:
         if self.strategy == "incremental" and not self.keyed:
             have = set(self.append)
             for r in read.values():
-                img = (r["grp"], r["id"], *image(r, columns))
+                img = (r["grp"], r["id"], *image(r))
                 wm_before = lower + dt.timedelta(seconds=LOOKBACK_S) if lower else None
                 if wm_before is None or r["ts"] > wm_before or img not in have:
                     self.append.append(img)
@@ -180,7 +180,7 @@ class Oracle:
             self._scd2(rows, read, columns)
             return
         for k, r in read.items():
-            self.current[k] = image(r, columns)
+            self.current[k] = image(r)
             self.deleted.discard(k)
         if self.detection != "none":
             for k in list(self.current):
@@ -192,7 +192,7 @@ class Oracle:
 
     def _scd2(self, rows, read, columns) -> None:
         for k, r in read.items():
-            img = image(r, columns)
+            img = image(r)
             history = self.versions.setdefault(k, [])
             if k in self.open_keys and history[-1] == img:
                 continue
@@ -217,14 +217,14 @@ def check(oracle: Oracle, path, columns: list[str], history: list) -> None:
         got: dict[tuple, list] = {}
         open_keys = set()
         for r in sorted(rows, key=lambda r: (r[START_AT], r[END_AT] is None)):
-            got.setdefault((r["grp"], r["id"]), []).append(image(r, columns))
+            got.setdefault((r["grp"], r["id"]), []).append(image(r))
             if r[END_AT] is None:
                 assert (r["grp"], r["id"]) not in open_keys, f"two open versions {where}"
                 open_keys.add((r["grp"], r["id"]))
         assert got == oracle.versions, where
         assert open_keys == oracle.open_keys, where
         return
-    got_current = {(r["grp"], r["id"]): image(r, columns) for r in rows}
+    got_current = {(r["grp"], r["id"]): image(r) for r in rows}
     assert got_current == oracle.current, where
     soft = {(r["grp"], r["id"]) for r in rows if r.get(DELETED_AT) is not None}
     assert soft == oracle.deleted, where
