@@ -125,7 +125,7 @@ def exception_text(exc: BaseException) -> str:
 def password_pg(tmp_path_factory) -> Iterator[EmbeddedServer]:
     """A separate embedded PostgreSQL where ROLE must give its scram password (others: trust).
 
-    pgserver initialises with trust auth; the hba line for ROLE placed first makes PostgreSQL
+    The embedded server initialises with trust auth; the hba line for ROLE placed first makes PostgreSQL
     check that role's password, so a wrong password really fails.
     """
     pgdata = tmp_path_factory.mktemp("secrets_pg") / "pgdata"
