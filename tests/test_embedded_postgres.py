@@ -153,7 +153,10 @@ def test_a_data_directory_made_by_the_other_shipped_major_runs_on_it(scratch):
 
     server = start_embedded_server(pgdata)
     assert _server_version(server).split(".")[0] == "18"
-    assert "pginstall18" in str(bundled_psql(pgdata))
+    psql = subprocess.run(
+        [str(bundled_psql(pgdata)), "--version"], capture_output=True, text=True, check=True
+    )
+    assert " 18." in psql.stdout
 
 
 def test_a_data_directory_of_a_major_not_shipped_is_refused_with_what_to_do(scratch):
