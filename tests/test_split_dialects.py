@@ -164,26 +164,38 @@ def test_only_oracle_and_sqlserver_times_take_typed_predicates():
 # -- Spark's predicates path, executed ----------------------------------------------------------
 
 
-def test_spark_reads_typed_range_predicates_once_each(spark, pg, monkeypatch):  # noqa: F811
-    """The loader's jdbc(predicates=) branch on a real SparkSession and PostgreSQL, with the
-    Oracle-style typed literals (PostgreSQL reads TIMESTAMP '...' the same way)."""
+def test_spark_plans_and_reads_typed_range_predicates_once_each(spark, pg, monkeypatch):  # noqa: F811
+    """The Oracle plan end to end on a real SparkSession and PostgreSQL, which reads Oracle's
+    quoting and typed literals the same way: the probe's quoted aliases come back as lo/hi/n, the
+    timestamp split becomes typed predicates, and the loader's jdbc(predicates=) branch reads every
+    row, NULLs included, exactly once."""
     conninfo, config = pg
-    t0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    t0 = dt.datetime(2024, 1, 1)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute('CREATE TABLE items (id bigint PRIMARY KEY, "TS" timestamp)')
         conn.execute(
             "INSERT INTO items SELECT g, CASE WHEN g %% 7 = 0 THEN NULL ELSE"
             " %s::timestamp + g * interval '1.000123 second' END FROM generate_series(1, 300) g",
-            (t0.replace(tzinfo=None),),
+            (t0,),
         )
     spec = _spec(db_config_value=config)
+    oracle = _spec(
+        db_type="oracle",
+        db_config_value={"host": "127.0.0.1", "service_name": "x", "user": "u"},
+        jdbc_partition_column="TS",
+    )
+    plans = []
+
+    def plan_as_oracle(spark_, _spec_, base, fields, lower, **kw):
+        plans.append(lpp.plan_read(spark_, oracle, base, fields, lower, **kw))
+        return plans[-1]
+
     whole, _ = lsp.read_source_planned(spark, spec, None, None, None)
-    lo, hi = t0.replace(tzinfo=None), t0.replace(tzinfo=None) + dt.timedelta(seconds=301)
-    predicates = lpp.range_predicates("oracle", "TS", "timestamp", lo, hi, 4)
-    planned = lpp.ReadPlan({}, len(predicates), predicates=predicates)
-    monkeypatch.setattr(lsp, "plan_read", lambda *a, **k: planned)
+    monkeypatch.setattr(lsp, "plan_read", plan_as_oracle)
     split, plan = lsp.read_source_planned(spark, spec, None, None, (100, 4))
-    assert plan is planned
-    assert split.rdd.getNumPartitions() == 4
+    assert plan is plans[0] and plan.options == {} and plan.partitions == 3
+    assert plan.predicates[0].startswith('"TS" < TIMESTAMP \'2024-01-01 00:')
+    assert plan.predicates[0].endswith(' OR "TS" IS NULL')
+    assert split.rdd.getNumPartitions() == 3
     assert _rows(split) == _rows(whole)
     assert len(_rows(split)) == 300
