@@ -68,14 +68,14 @@ class ReadPlan:
 
     options: Mapping[str, str] = field(default_factory=dict)
     partitions: int = 1
+    note: str | None = None  # said in the history message: why the read was not split
     # When set, the read's ranges as explicit WHERE predicates (``spark.read.jdbc(predicates=)``)
     # instead of Spark's partitionColumn options (typed bound literals, see the module doc).
     predicates: tuple[str, ...] = ()
-    note: str | None = None  # said in the history message: why the read was not split
 
     @classmethod
     def single(cls, note: str | None = None) -> ReadPlan:
-        return cls({}, 1, note)
+        return cls({}, 1, note=note)
 
 
 def splittable(spark_type: str) -> bool:
