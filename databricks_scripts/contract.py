@@ -9,6 +9,7 @@ it is shipped to Databricks with the scripts.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -201,15 +202,56 @@ def full_load_reason(
 
 
 # ---------------------------------------------------------------------------------------------
-# The error channel: a failed script sends ``{ERROR_MESSAGE_KEY: text}`` as a Pipes custom message
-# and ends stderr with ``STDERR_ERROR_PREFIX + text`` (for runs whose messages are lost).
+# Failure kinds: what DataLoader itself knows about a failure it raised or settled. A failure that
+# carries a kind is decided by kind (``databricks_scripts.failures.KIND_RULES``); a failure without
+# one (None) is a foreign error (a driver's, a cluster's, a cloud's) and only its text (and code)
+# is classified. The same names are table_control.last_failure_kind and
+# historical_metadata.failure_kind (sql/014, whose CHECK lists them: a new kind needs both).
+KIND_BAD_CONFIG = "bad_config"  # the row's or the deployment's settings cannot work
+KIND_SOURCE_AUTH = "source_auth"  # the source's secret is missing or unusable
+KIND_SCHEMA_CONFLICT = "schema_conflict"  # the source's columns do not fit the destination's
+KIND_DATA_MISMATCH = "data_mismatch"  # the source's rows break a rule (keys, delete floor, ...)
+KIND_STALE_ATTEMPT = "stale_attempt"  # fenced: another attempt of the row took over
+KIND_CANCELLED = "cancelled"  # a person terminated the run (or the load was told to stop)
+KIND_STUCK_QUEUED = "stuck_queued"  # longqueued_monitor: never left the queue
+KIND_RUN_TIMEOUT = "run_timeout"  # longrunning_monitor: ran past the threshold
+KIND_ORPHANED = "orphaned"  # the attempt's run ended before the load started
+KIND_INTERNAL = "internal"  # DataLoader broke one of its own invariants
+FAILURE_KINDS: tuple[str, ...] = (
+    KIND_BAD_CONFIG,
+    KIND_SOURCE_AUTH,
+    KIND_SCHEMA_CONFLICT,
+    KIND_DATA_MISMATCH,
+    KIND_STALE_ATTEMPT,
+    KIND_CANCELLED,
+    KIND_STUCK_QUEUED,
+    KIND_RUN_TIMEOUT,
+    KIND_ORPHANED,
+    KIND_INTERNAL,
+)
+
+
+def known_kind(kind: object) -> str | None:
+    """``kind`` when it is one of FAILURE_KINDS, else None (a foreign error)."""
+    return kind if isinstance(kind, str) and kind in FAILURE_KINDS else None
+
+
+# ---------------------------------------------------------------------------------------------
+# The error channel: a failed script sends ``{ERROR_MESSAGE_KEY: text, ERROR_KIND_KEY: kind}`` as a
+# Pipes custom message and ends stderr with ``STDERR_ERROR_PREFIX + [kind] text`` (for runs whose
+# messages are lost). The kind is absent (None) for a foreign error.
 ERROR_MESSAGE_KEY = "dataloader_error"
+ERROR_KIND_KEY = "dataloader_error_kind"
 STDERR_ERROR_PREFIX = "DATALOADER_ERROR: "
+_STDERR_KIND = re.compile(r"\[kind=([a-z_]+)\] ")
 
 
-def error_message(text: str) -> dict[str, str]:
+def error_message(text: str, kind: str | None = None) -> dict[str, str]:
     """The custom message a failed script reports."""
-    return {ERROR_MESSAGE_KEY: text}
+    message = {ERROR_MESSAGE_KEY: text}
+    if known_kind(kind):
+        message[ERROR_KIND_KEY] = str(kind)
+    return message
 
 
 def error_from_message(message: object) -> str | None:
@@ -219,18 +261,41 @@ def error_from_message(message: object) -> str | None:
     return None
 
 
-def stderr_error_line(text: str) -> str:
-    """The last stderr line of a failed script: the text on one line, after the prefix."""
+def kind_from_message(message: object) -> str | None:
+    """The failure kind of an error custom message; None when it has none (a foreign error)."""
+    if isinstance(message, Mapping) and message.get(ERROR_MESSAGE_KEY):
+        return known_kind(message.get(ERROR_KIND_KEY))
+    return None
+
+
+def stderr_error_line(text: str, kind: str | None = None) -> str:
+    """The last stderr line of a failed script: ``[kind=<kind>] `` and the text on one line."""
     one_line = " | ".join(line.strip() for line in str(text).splitlines() if line.strip())
-    return f"{STDERR_ERROR_PREFIX}{one_line}\n"
+    tag = f"[kind={kind}] " if known_kind(kind) else ""
+    return f"{STDERR_ERROR_PREFIX}{tag}{one_line}\n"
 
 
-def error_from_stderr(lines: list[str] | tuple[str, ...]) -> str | None:
-    """The text of the last ``STDERR_ERROR_PREFIX`` line, or None."""
+def _last_error_line(lines: list[str] | tuple[str, ...]) -> str | None:
     for line in reversed(lines):
         if line.startswith(STDERR_ERROR_PREFIX):
             return line[len(STDERR_ERROR_PREFIX) :].strip()
     return None
+
+
+def error_from_stderr(lines: list[str] | tuple[str, ...]) -> str | None:
+    """The text of the last ``STDERR_ERROR_PREFIX`` line (without its kind tag), or None."""
+    text = _last_error_line(lines)
+    if text is None:
+        return None
+    tag = _STDERR_KIND.match(text)
+    return text[tag.end() :] if tag and known_kind(tag.group(1)) else text
+
+
+def kind_from_stderr(lines: list[str] | tuple[str, ...]) -> str | None:
+    """The kind tag of the last ``STDERR_ERROR_PREFIX`` line; None for a foreign error."""
+    text = _last_error_line(lines) or ""
+    tag = _STDERR_KIND.match(text)
+    return known_kind(tag.group(1)) if tag else None
 
 
 # ---------------------------------------------------------------------------------------------

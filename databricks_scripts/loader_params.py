@@ -25,15 +25,17 @@ from databricks_scripts.contract import (
     DEFAULT_DELETE_MAX_FRACTION,
     DEFAULT_VERIFY_DEPTH,
     DELETE_DETECTIONS,
+    KIND_SOURCE_AUTH,
     PARAMS_EXTRA,
     STRATEGIES,
     TLS_MODES,
     VERIFY_DEPTHS,
     tls_mode_default,
 )
+from databricks_scripts.failures import BadConfig
 
 
-class LoadParamsError(ValueError):
+class LoadParamsError(BadConfig):
     """The Pipes extras do not describe a load this script can run."""
 
 
@@ -268,7 +270,10 @@ def resolve_password(
     if not key:
         return None
     if not spec.db_kv_scope:
-        raise LoadParamsError("db_config_value names a password_secret but db_kv_scope is empty")
+        raise LoadParamsError(
+            "db_config_value names a password_secret but db_kv_scope is empty",
+            kind=KIND_SOURCE_AUTH,
+        )
     if dbutils_get is not None:
         return dbutils_get(spec.db_kv_scope, str(key))
     name = secret_env_var(spec.db_kv_scope, str(key))
@@ -279,10 +284,14 @@ def resolve_password(
         try:
             value = local_secrets.get(store_home, spec.db_kv_scope, str(key))
         except local_secrets.SecretStoreError as exc:
-            raise LoadParamsError(f"local secret store unusable: {exc}") from None
+            raise LoadParamsError(
+                f"local secret store unusable: {exc}", kind=KIND_SOURCE_AUTH
+            ) from None
         if value is not None:
             return value
-    raise LoadParamsError(missing_secret_message(spec.db_kv_scope, str(key), store_home))
+    raise LoadParamsError(
+        missing_secret_message(spec.db_kv_scope, str(key), store_home), kind=KIND_SOURCE_AUTH
+    )
 
 
 def secret_set_command(scope: str, key: str, store_home: Path | None) -> str:
