@@ -186,7 +186,6 @@ class LifecycleSql(ControlDatabase):
                     " scheduled"
                 )
             params["status"] = status
-            params["kind"] = KIND_BAD_CONFIG if status == FAILED else None
             rows = guarded_transition(
                 conn,
                 status,
@@ -281,7 +280,8 @@ def _schedulable(conn: psycopg.Connection, config_id: int) -> bool:
 
 _SUCCESS_HISTORY = (
     "UPDATE historical_metadata SET status = %(status)s, ended_at = now(),"
-    " failure_kind = %(kind)s,"
+    # Failed here only when the next slot cannot be computed: the row's schedule (bad_config).
+    f" failure_kind = CASE WHEN %(status)s = 'Failed' THEN '{KIND_BAD_CONFIG}' END,"
     " rows_read = %(rows_read)s, rows_written = %(rows_written)s,"
     " watermark_after = coalesce(%(watermark)s, watermark_before),"
     " message = %(history_message)s,"
