@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 # ---------------------------------------------------------------------------------------------
 # Load parameters: the Pipes extra ``params`` of dataloader_pipe.py (the spec's run config fields,
@@ -62,15 +62,21 @@ MODE_PARAM = "mode"
 DEEP_VERIFY_MODE = "deep_verify"
 DEEP_VERIFY_KEY = "dataloader_deep_verify"
 
-DB_TYPES: tuple[str, ...] = ("postgresql", "mysql", "sqlserver", "oracle", "databricks")
-STRATEGIES: tuple[str, ...] = ("full", "incremental", "merge", "scd2")
+# The closed sets of the wire as types (a type checker sees a typo) and as the tuples the
+# validation and the messages use (the same values: each tuple is its type's arguments).
+DbType = Literal["postgresql", "mysql", "sqlserver", "oracle", "databricks"]
+Strategy = Literal["full", "incremental", "merge", "scd2"]
+DeleteDetection = Literal["none", "soft", "hard"]
+VerifyDepth = Literal["none", "counts", "keys"]
+DB_TYPES: tuple[DbType, ...] = get_args(DbType)
+STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 # What happens to destination rows whose key is no longer in the source (docs/loader.md).
-DELETE_DETECTIONS: tuple[str, ...] = ("none", "soft", "hard")
+DELETE_DETECTIONS: tuple[DeleteDetection, ...] = get_args(DeleteDetection)
 # Default floor: a load never deletes (or marks deleted) more than this share of the live rows.
 DEFAULT_DELETE_MAX_FRACTION = 0.5
 # How deep the reconciliation check after each load goes (databricks_scripts/loader_verify).
-VERIFY_DEPTHS: tuple[str, ...] = ("none", "counts", "keys")
-DEFAULT_VERIFY_DEPTH = "counts"
+VERIFY_DEPTHS: tuple[VerifyDepth, ...] = get_args(VerifyDepth)
+DEFAULT_VERIFY_DEPTH: VerifyDepth = "counts"
 # Technical destination columns (the names Databricks AUTO CDC uses for SCD type 2; fixed: other
 # tools read them). Timestamps with time zone, UTC.
 DELETED_AT = "__DELETED_AT"
@@ -207,33 +213,47 @@ def full_load_reason(
 # one (None) is a foreign error (a driver's, a cluster's, a cloud's) and only its text (and code)
 # is classified. The same names are table_control.last_failure_kind and
 # historical_metadata.failure_kind (sql/014, whose CHECK lists them: a new kind needs both).
-KIND_BAD_CONFIG = "bad_config"  # the row's or the deployment's settings cannot work
-KIND_SOURCE_AUTH = "source_auth"  # the source's secret is missing or unusable
-KIND_SCHEMA_CONFLICT = "schema_conflict"  # the source's columns do not fit the destination's
-KIND_DATA_MISMATCH = "data_mismatch"  # the source's rows break a rule (keys, delete floor, ...)
-KIND_STALE_ATTEMPT = "stale_attempt"  # fenced: another attempt of the row took over
-KIND_CANCELLED = "cancelled"  # a person terminated the run (or the load was told to stop)
-KIND_STUCK_QUEUED = "stuck_queued"  # longqueued_monitor: never left the queue
-KIND_RUN_TIMEOUT = "run_timeout"  # longrunning_monitor: ran past the threshold
-KIND_ORPHANED = "orphaned"  # the attempt's run ended before the load started
-KIND_INTERNAL = "internal"  # DataLoader broke one of its own invariants
-FAILURE_KINDS: tuple[str, ...] = (
-    KIND_BAD_CONFIG,
-    KIND_SOURCE_AUTH,
-    KIND_SCHEMA_CONFLICT,
-    KIND_DATA_MISMATCH,
-    KIND_STALE_ATTEMPT,
-    KIND_CANCELLED,
-    KIND_STUCK_QUEUED,
-    KIND_RUN_TIMEOUT,
-    KIND_ORPHANED,
-    KIND_INTERNAL,
-)
+FailureKind = Literal[
+    "bad_config",
+    "source_auth",
+    "schema_conflict",
+    "data_mismatch",
+    "stale_attempt",
+    "cancelled",
+    "stuck_queued",
+    "run_timeout",
+    "orphaned",
+    "internal",
+]
+FAILURE_KINDS: tuple[FailureKind, ...] = get_args(FailureKind)
+# the row's or the deployment's settings cannot work
+KIND_BAD_CONFIG: FailureKind = "bad_config"
+# the source's secret is missing or unusable
+KIND_SOURCE_AUTH: FailureKind = "source_auth"
+# the source's columns do not fit the destination's
+KIND_SCHEMA_CONFLICT: FailureKind = "schema_conflict"
+# the source's rows break a rule the load keeps (keys, the delete floor, cursor formats)
+KIND_DATA_MISMATCH: FailureKind = "data_mismatch"
+# fenced: another attempt of the row took over
+KIND_STALE_ATTEMPT: FailureKind = "stale_attempt"
+# a person terminated the run (or the load was told to stop)
+KIND_CANCELLED: FailureKind = "cancelled"
+# longqueued_monitor: the run never left the queue
+KIND_STUCK_QUEUED: FailureKind = "stuck_queued"
+# longrunning_monitor: the load ran past the threshold
+KIND_RUN_TIMEOUT: FailureKind = "run_timeout"
+# the attempt's run ended before the load started
+KIND_ORPHANED: FailureKind = "orphaned"
+# DataLoader broke one of its own invariants
+KIND_INTERNAL: FailureKind = "internal"
 
 
-def known_kind(kind: object) -> str | None:
+def known_kind(kind: object) -> FailureKind | None:
     """``kind`` when it is one of FAILURE_KINDS, else None (a foreign error)."""
-    return kind if isinstance(kind, str) and kind in FAILURE_KINDS else None
+    for known in FAILURE_KINDS:
+        if kind == known:
+            return known
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from databricks_scripts.contract import (
     REQUIRES_REVIEW,
     RETRY_RECOMMENDED,
     Decision,
+    FailureKind,
     known_kind,
 )
 
@@ -41,14 +42,15 @@ class DataLoaderFailure(Exception):
     for a wrapper whose cause is foreign (``LoadStepError`` around a driver error): then the
     cause's own kind, if it has one, is the failure's (:func:`failure_kind`)."""
 
-    kind: str | None = KIND_INTERNAL
+    kind: FailureKind | None = KIND_INTERNAL
 
-    def __init__(self, *args: object, kind: str | None = None) -> None:
+    def __init__(self, *args: object, kind: FailureKind | None = None) -> None:
         super().__init__(*args)
         if kind is not None:
-            if known_kind(kind) is None:
+            known = known_kind(kind)
+            if known is None:
                 raise ValueError(f"unknown failure kind {kind!r}; one of {FAILURE_KINDS}")
-            self.kind = kind
+            self.kind = known
 
 
 class BadConfig(DataLoaderFailure, ValueError):
@@ -69,7 +71,7 @@ class DataMismatch(DataLoaderFailure, ValueError):
     kind = KIND_DATA_MISMATCH
 
 
-def failure_kind(exc: BaseException | None) -> str | None:
+def failure_kind(exc: BaseException | None) -> FailureKind | None:
     """The kind of ``exc``: its own, else that of the first cause in its chain that has one
     (``raise LoadStepError(...) from exc`` keeps the cause); None when all are foreign."""
     seen: set[int] = set()
@@ -85,7 +87,7 @@ def failure_kind(exc: BaseException | None) -> str | None:
 
 
 # What each kind decides. Retry only where nothing was read or a new attempt plainly gets past it.
-KIND_RULES: dict[str, tuple[str, str]] = {
+KIND_RULES: dict[FailureKind, tuple[str, str]] = {
     KIND_BAD_CONFIG: (
         REQUIRES_REVIEW,
         "DataLoader refused the row's configuration, which a retry does not change",
@@ -144,9 +146,10 @@ KIND_RULES: dict[str, tuple[str, str]] = {
 
 def decision_for_kind(kind: str | None) -> Decision | None:
     """The rule's decision for one of our own kinds (confidence 1.0); None for a foreign error."""
-    rule = KIND_RULES.get(known_kind(kind) or "")
-    if rule is None:
+    known = known_kind(kind)
+    if known is None:
         return None
+    rule = KIND_RULES[known]
     decision, why = rule
     word = "Transient" if decision == RETRY_RECOMMENDED else "Known"
     return Decision(decision, 1.0, f"{word} {kind} failure: {why}.", KIND_DECIDER)
