@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from databricks_scripts.failures import SchemaConflict
 from databricks_scripts.loader_arrow import (
     LoadResult,
     LoadStepError,
@@ -548,7 +549,7 @@ def _evolve_schema(spark: Any, target: str, source_fields, target_fields, log) -
     """Add the source's new columns to ``target``; an incompatible type change is refused."""
     added, problems = spark_schema_changes(source_fields, target_fields)
     if problems:
-        raise ValueError("incompatible type change: " + "; ".join(problems))
+        raise SchemaConflict("incompatible type change: " + "; ".join(problems))
     if added:
         log(f"schema evolution: adding column(s) {', '.join(n for n, _ in added)}")
         spark.sql(spark_add_columns(target, added))
