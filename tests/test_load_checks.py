@@ -6,11 +6,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
-from helpers import add_control_row, lakebase_for
+from helpers import add_control_row, lakebase_for, pg_config
 
 from dagsters.assets.load_checks import ROW_COUNT_CHECK, reconcile_row_counts, row_count_evaluation
-from dagsters.assets.table_specs import table_asset_definitions, table_spec
+from dagsters.assets.table_specs import source_group, table_asset_definitions, table_spec
 from dagsters.control.freshness import freshness_window
+from dagsters.control.run_requests import LOAD_ASSET
 from dagsters.settings import load_settings
 from databricks_scripts.contract import LoadMetadata as M
 from databricks_scripts.contract import full_load_reason
@@ -101,6 +102,12 @@ def test_declared_table_specs_carry_kinds_freshness_and_the_row_count_check(
         fail_window=timedelta(minutes=10)
     )
     assert {key.name for key in checks.check_keys} == {ROW_COUNT_CHECK}
+    # The lineage draws load -> table, and the tables are grouped per source.
+    assert [dep.asset_key for dep in spec.deps] == [dg.AssetKey(LOAD_ASSET)]
+    assert spec.group_name == f"source_postgresql_{pg_config(source_db)['database']}"
+    assert source_group({"connection_name": "erp-db.main", "db_type": "mysql"}) == (
+        "source_erp_db_main"
+    )
     on_databricks = load_settings(
         {"DATALOADER_TABLE_ASSETS_MAX": "10", "DATALOADER_EXECUTION": "databricks"}
     )

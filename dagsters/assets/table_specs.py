@@ -31,10 +31,10 @@ from dagsters.assets.load_checks import (
 from dagsters.assets.table_assets import destination_asset_key
 from dagsters.control.freshness import freshness_window
 from dagsters.control.run_requests import LOAD_ASSET
+from dagsters.control.table_listing import rows_to_declare
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.settings import Settings
 
-TABLE_GROUP = "destination_tables"
 TABLE_CHECKS = "destination_table_checks"
 _log = logging.getLogger(__name__)
 # What Dagster accepts in the names it derives from an asset key (a check's op, the UI's paths).
@@ -47,6 +47,18 @@ def table_kinds(row: Mapping[str, Any], execution: str) -> set[str]:
     if execution == "databricks":
         kinds.add("databricks")
     return kinds
+
+
+def source_group(row: Mapping[str, Any]) -> str:
+    """The asset group of a table: one per source. A row naming a connection is grouped by it
+    (``source_erp``); an inline row by its type and database (``source_postgresql_demo_source``)."""
+    if row.get("connection_name"):
+        name = str(row["connection_name"])
+    else:
+        config = row.get("db_config_value") or {}
+        database = config.get("database") or row.get("source_catalog") or "unknown"
+        name = f"{row.get('db_type')}_{database}"
+    return "source_" + re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_")
 
 
 def reload_url(base_url: str, control_key: str) -> str:
@@ -70,7 +82,9 @@ def table_spec(row: Mapping[str, Any], execution: str, base_url: str | None = No
     window = freshness_window(row)
     return dg.AssetSpec(
         key=destination_asset_key(row),
-        group_name=TABLE_GROUP,
+        # load -> table -> dbt model in the lineage: the load asset writes the table.
+        deps=[LOAD_ASSET],
+        group_name=source_group(row),
         kinds=table_kinds(row, execution),
         description=(
             f"Delta table loaded from {row.get('db_type')} {source} by {LOAD_ASSET} "
@@ -92,16 +106,17 @@ def table_spec(row: Mapping[str, Any], execution: str, base_url: str | None = No
     )
 
 
-def _declared_rows(settings: Settings, lakebase: LakebaseResource) -> list[dict]:
+def declared_rows(settings: Settings, lakebase: LakebaseResource) -> list[dict]:
+    """The rows whose tables this code location declares ([] when none; warnings say why)."""
     cap = settings.table_assets_max
     if cap <= 0:
         return []
     try:
-        rows = lakebase.get_client().active_tables(cap + 1)
+        rows, over_cap = rows_to_declare(lakebase.get_client(), cap)
     except Exception as exc:  # noqa: BLE001 - the code location must load without its tables
         _log.warning(f"Destination tables not declared as assets: control database: {exc}")
         return []
-    if len(rows) > cap:
+    if over_cap:
         _log.warning(
             f"More than DATALOADER_TABLE_ASSETS_MAX={cap} active tables: none is declared as an "
             "asset; loads still record each table's materializations (docs/assets.md)"
@@ -148,10 +163,11 @@ def row_count_checks(specs: Sequence[dg.AssetSpec]) -> dg.AssetChecksDefinition:
 
 
 def table_asset_definitions(
-    settings: Settings, lakebase: LakebaseResource
+    settings: Settings, lakebase: LakebaseResource, rows: list[dict] | None = None
 ) -> tuple[list[dg.AssetSpec], list[dg.AssetChecksDefinition]]:
-    """The declared table specs and their checks ([] and [] when none is declared)."""
-    rows = _declared_rows(settings, lakebase)
+    """The declared table specs and their checks ([] and [] when none is declared); ``rows``:
+    what ``declared_rows`` read (read here when not given)."""
+    rows = declared_rows(settings, lakebase) if rows is None else rows
     declarable = [r for r in rows if all(map(_DAGSTER_NAME.match, _key_parts(r)))]
     if len(declarable) < len(rows):
         skipped = sorted({str(r["control_key"]) for r in rows if r not in declarable})
