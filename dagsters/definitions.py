@@ -18,6 +18,7 @@ from dagsters.alerts import ALERT_ON_FAILURE_TAGS
 from dagsters.assets.dataloader_pipes_asset import build_load_asset, build_retry_asset
 from dagsters.assets.deep_verify import DEEP_CHECKS, deep_verify_job, deep_verify_schedule
 from dagsters.assets.launch_config import load_job_config
+from dagsters.assets.load_checks import load_review_check
 from dagsters.assets.table_specs import declared_rows, table_asset_definitions
 from dagsters.console_logger import one_line_console_logger
 from dagsters.control.run_requests import environment_tags
@@ -62,7 +63,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     lakebase = resources["lakebase"]
     load_job = dg.define_asset_job(
         LOAD_JOB,
-        selection=[load_asset],
+        # Without the load asset's needs_review check: one step per run (the load reports it).
+        selection=dg.AssetSelection.assets(load_asset).without_checks(),
         description="One table load; launched by master_sensor, or by a person for a partition.",
         tags=environment_tags(settings.environment),
         # A partition picked in the launchpad gets the table's tags (its per-source limit).
@@ -100,7 +102,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         sensors.append(build_table_assets_sensor(settings, declared_fingerprint(tables)))
     return dg.Definitions(
         assets=[load_asset, retry_asset, *table_specs],
-        asset_checks=table_checks,
+        asset_checks=[load_review_check(), *table_checks],
         jobs=jobs,
         schedules=schedules,
         sensors=sensors,

@@ -33,6 +33,11 @@ from dagsters.control.freshness import freshness_window
 from dagsters.control.run_requests import LOAD_ASSET
 from dagsters.control.table_listing import rows_to_declare
 from dagsters.resources.lakebase import LakebaseResource
+from dagsters.review_status import (
+    NEEDS_REVIEW_CHECK,
+    NEEDS_REVIEW_CHECK_DESCRIPTION,
+    review_verdict,
+)
 from dagsters.settings import Settings
 
 TABLE_CHECKS = "destination_table_checks"
@@ -134,19 +139,36 @@ def _unique(specs: Iterable[dg.AssetSpec]) -> list[dg.AssetSpec]:
 
 
 def row_count_checks(specs: Sequence[dg.AssetSpec]) -> dg.AssetChecksDefinition:
-    """The row-count check of every declared table. Loads report its evaluations; executing it
-    from the UI re-evaluates the counts of the table's latest materialization."""
+    """The row-count and ``needs_review`` checks of every declared table. Loads report the
+    row-count evaluations and review decisions the other's; executing them from the UI
+    re-evaluates the counts of the table's latest materialization / reads the row as it is now."""
+    control_keys = {s.key: str(getattr(s.metadata["control_key"], "value", "")) for s in specs}
 
     @dg.multi_asset_check(
         name=TABLE_CHECKS,
         specs=[
-            dg.AssetCheckSpec(ROW_COUNT_CHECK, asset=s.key, description=ROW_COUNT_CHECK_DESCRIPTION)
-            for s in specs
+            *(
+                dg.AssetCheckSpec(
+                    ROW_COUNT_CHECK, asset=s.key, description=ROW_COUNT_CHECK_DESCRIPTION
+                )
+                for s in specs
+            ),
+            *(
+                dg.AssetCheckSpec(
+                    NEEDS_REVIEW_CHECK, asset=s.key, description=NEEDS_REVIEW_CHECK_DESCRIPTION
+                )
+                for s in specs
+            ),
         ],
         can_subset=True,
     )
-    def destination_table_checks(context: dg.AssetCheckExecutionContext):
+    def destination_table_checks(
+        context: dg.AssetCheckExecutionContext, lakebase: LakebaseResource
+    ):
         for check_key in context.selected_asset_check_keys:
+            if check_key.name == NEEDS_REVIEW_CHECK:
+                yield _review_result(lakebase, check_key, control_keys[check_key.asset_key])
+                continue
             event = context.instance.get_latest_materialization_event(check_key.asset_key)
             materialization = event.asset_materialization if event else None
             result = reconcile_row_counts(materialization.metadata if materialization else {})
@@ -160,6 +182,23 @@ def row_count_checks(specs: Sequence[dg.AssetSpec]) -> dg.AssetChecksDefinition:
             )
 
     return destination_table_checks
+
+
+def _review_result(
+    lakebase: LakebaseResource, check_key: dg.AssetCheckKey, control_key: str
+) -> dg.AssetCheckResult:
+    row = lakebase.get_client().get_table_details(control_key)
+    passed, description, metadata = (
+        review_verdict(row) if row else (True, "No table_control row any more.", {})
+    )
+    return dg.AssetCheckResult(
+        asset_key=check_key.asset_key,
+        check_name=check_key.name,
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=description,
+        metadata=metadata,
+    )
 
 
 def table_asset_definitions(
