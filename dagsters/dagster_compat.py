@@ -17,10 +17,16 @@ here, so a Dagster or dagster-databricks upgrade that moves it breaks in one pla
   (linking the control row) runs inside it, an interrupt there still cancels the run, and any
   other exception while polling (HTTP 500, expired credentials, the SDK's retry budget) goes to
   the tracker's ``poll_failed``, which must not let the run outlive the step.
+- Partitioned asset checks (``partitions_def`` on a check) are a preview feature in Dagster 1.13:
+  :func:`preview_partitioned_checks` silences that one warning where the load asset's partitioned
+  ``needs_review`` check is built, so neither the terminal nor the code-location log repeats it.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import dagster as dg
@@ -33,8 +39,24 @@ __all__ = [
     "POLL_PARAMETERS",
     "DagsterPipesExecutionError",
     "RunTracker",
+    "preview_partitioned_checks",
     "tracked_databricks_client",
 ]
+
+PARTITIONED_CHECK_PREVIEW = (
+    "Specifying a partitions_def on an AssetCheckSpec is currently in preview"
+)
+
+
+@contextmanager
+def preview_partitioned_checks() -> Iterator[None]:
+    """Build a partitioned asset check without Dagster's preview warning about it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=PARTITIONED_CHECK_PREVIEW, category=dg.PreviewWarning
+        )
+        yield
+
 
 # The dagster-databricks method we override and the parameters we rely on (pinned by a test).
 POLL_METHOD = "_poll_til_success"

@@ -18,9 +18,11 @@ from dagsters.alerts import ALERT_ON_FAILURE_TAGS
 from dagsters.assets.dataloader_pipes_asset import build_load_asset, build_retry_asset
 from dagsters.assets.deep_verify import DEEP_CHECKS, deep_verify_job, deep_verify_schedule
 from dagsters.assets.launch_config import load_job_config
-from dagsters.assets.table_specs import table_asset_definitions
+from dagsters.assets.load_checks import load_review_check
+from dagsters.assets.table_specs import declared_rows, table_asset_definitions
 from dagsters.console_logger import one_line_console_logger
 from dagsters.control.run_requests import environment_tags
+from dagsters.control.table_listing import declared_fingerprint
 from dagsters.deployment import require_deployment_ready
 from dagsters.jobs.history_retention_job import (
     build_history_retention_job,
@@ -61,7 +63,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     lakebase = resources["lakebase"]
     load_job = dg.define_asset_job(
         LOAD_JOB,
-        selection=[load_asset],
+        # Without the load asset's needs_review check: one step per run (the load reports it).
+        selection=dg.AssetSelection.assets(load_asset).without_checks(),
         description="One table load; launched by master_sensor, or by a person for a partition.",
         tags=environment_tags(settings.environment),
         # A partition picked in the launchpad gets the table's tags (its per-source limit).
@@ -78,25 +81,31 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         executor_def=dg.in_process_executor,  # one step per run, like the load job
     )
     retention_job = build_history_retention_job(settings)
-    table_specs, table_checks = table_asset_definitions(settings, resources["lakebase"])
+    tables = declared_rows(settings, lakebase)
+    table_specs, table_checks = table_asset_definitions(settings, lakebase, tables)
     jobs = [load_job, retry_job, landing_table_git_job, retention_job, release_review_job]
     schedules = [build_history_retention_schedule(settings, retention_job)]
     deep = [c for c in table_checks if DEEP_CHECKS in c.node_def.name]
     if deep:  # declared keyed tables: their deep verification, on demand or weekly
         jobs.append(deep_verify_job(deep[0]))
         schedules.append(deep_verify_schedule(jobs[-1]))
+    sensors = [
+        build_master_sensor(settings),
+        build_longqueued_monitor(settings),
+        build_longrunning_monitor(settings),
+        build_failed_monitor(settings),
+        build_landing_table_monitor(settings),
+    ]
+    if settings.reloads_table_assets:  # local work: a new row's asset without a manual reload
+        from dagsters.sensors.table_assets_sensor import build_table_assets_sensor
+
+        sensors.append(build_table_assets_sensor(settings, declared_fingerprint(tables)))
     return dg.Definitions(
         assets=[load_asset, retry_asset, *table_specs],
-        asset_checks=table_checks,
+        asset_checks=[load_review_check(), *table_checks],
         jobs=jobs,
         schedules=schedules,
-        sensors=[
-            build_master_sensor(settings),
-            build_longqueued_monitor(settings),
-            build_longrunning_monitor(settings),
-            build_failed_monitor(settings),
-            build_landing_table_monitor(settings),
-        ],
+        sensors=sensors,
         resources=settled(resources),  # no resource config in the launchpad
         loggers={"console": one_line_console_logger},  # one line per event in the terminal
     )

@@ -155,6 +155,9 @@ class Settings:
     # How many active table_control rows are declared as assets of their own (0: none; the
     # loads still record every table's materializations). docs/assets.md, "How this scales".
     table_assets_max: int = 0
+    # table_assets_sensor's interval: it reloads the code location (local work only) when the
+    # active rows change, so a row added with SQL gets its declared asset. 0: no such sensor.
+    table_assets_reload_seconds: int = 15
     # Secret values this process holds (Lakebase password, AI key, DATALOADER_SECRET__*), masked
     # wherever text leaves: logs, history rows, exceptions. Kept out of repr.
     secrets: tuple[str, ...] = field(default=(), repr=False)
@@ -165,6 +168,16 @@ class Settings:
     def deployment(self) -> bool:
         """True in npd/prod or on Dagster+: no local fallback may stand in for a setting there."""
         return bool(self.environment or self.cloud_deployment)
+
+    @property
+    def reloads_table_assets(self) -> bool:
+        """Local work that declares tables: ``table_assets_sensor`` reloads the code location
+        when the active rows change (never in a deployment, where a deploy reloads it)."""
+        return (
+            not self.deployment
+            and self.table_assets_max > 0
+            and self.table_assets_reload_seconds > 0
+        )
 
     def dagster_run_url(self, run_id: str) -> str:
         return f"{self.dagster_base_url}/runs/{run_id}"
@@ -391,6 +404,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         paths=_paths(env),
         table_assets_max=_whole_number(env, "DATALOADER_TABLE_ASSETS_MAX", 0),
+        table_assets_reload_seconds=_whole_number(
+            env, "DATALOADER_TABLE_ASSETS_RELOAD_SECONDS", Settings.table_assets_reload_seconds
+        ),
         lakebase=_lakebase(env),
         databricks=_databricks(env),
         dagster_base_url=dagster_base_url(env),

@@ -13,7 +13,7 @@ import dagster as dg
 import pytest
 
 from dagsters.assets.table_assets import destination_asset_key
-from dagsters.local.demo import DEMO_CATALOG, DEMO_SCHEMA
+from dagsters.local.demo import DEMO_CATALOG, DEMO_DATABASE, DEMO_SCHEMA
 
 pytest.importorskip(
     "dagster_dbt", reason="the dbt extra is not installed (pip install -e '.[dbt]')"
@@ -65,6 +65,42 @@ def test_the_models_upstream_is_the_loaded_tables_asset_key(example):
 
     assert graph.get(model).parent_keys == {orders, customers}
     assert orders == dg.AssetKey(["demo_lake", "shop", "orders"])
+
+
+def test_the_lineage_draws_load_then_table_then_model_grouped_per_source(example):
+    """The two code locations' graph as the UI joins it: the load asset, the declared tables
+    (as ``dataloader dev`` declares the demo rows), the dbt model."""
+    from dagsters.assets.table_specs import table_spec
+    from dagsters.control.run_requests import LOAD_ASSET
+    from dagsters.definitions import defs
+
+    rows = [
+        {
+            "control_key": f"demo.{table}",
+            "db_type": "postgresql",
+            "db_config_value": {"host": "/tmp/pg", "database": DEMO_DATABASE},
+            "source_catalog": DEMO_DATABASE,
+            "source_schema_name": DEMO_SCHEMA,
+            "source_table_name": table,
+            "destination_catalog": DEMO_CATALOG,
+            "destination_schema_name": DEMO_SCHEMA,
+            "destination_table_name": table,
+            "load_strategy": "full",
+        }
+        for table in ("orders", "customers")
+    ]
+    tables = dg.Definitions(assets=[table_spec(r, "local") for r in rows])
+    graph = dg.Definitions.merge(
+        defs, tables, _load_example_definitions(example)
+    ).resolve_asset_graph()
+    load, model = dg.AssetKey(LOAD_ASSET), dg.AssetKey(["orders_by_country"])
+    keys = {dg.AssetKey([DEMO_CATALOG, DEMO_SCHEMA, t]) for t in ("orders", "customers")}
+
+    assert graph.get(model).parent_keys == keys
+    for table in keys:
+        assert graph.get(table).parent_keys == {load}
+        assert graph.get(table).group_name == f"source_postgresql_{DEMO_DATABASE}"
+    assert keys <= graph.get(load).child_keys
 
 
 def test_the_model_builds_from_the_delta_tables_a_load_wrote(example, tmp_path, monkeypatch):

@@ -6,11 +6,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
-from helpers import add_control_row, lakebase_for
+from helpers import add_control_row, lakebase_for, pg_config
 
 from dagsters.assets.load_checks import ROW_COUNT_CHECK, reconcile_row_counts, row_count_evaluation
-from dagsters.assets.table_specs import table_asset_definitions, table_spec
+from dagsters.assets.table_specs import source_group, table_asset_definitions, table_spec
 from dagsters.control.freshness import freshness_window
+from dagsters.control.run_requests import LOAD_ASSET
+from dagsters.resources.lakebase import LakebaseResource
+from dagsters.review_status import NEEDS_REVIEW_CHECK
 from dagsters.settings import load_settings
 from databricks_scripts.contract import LoadMetadata as M
 from databricks_scripts.contract import full_load_reason
@@ -100,7 +103,14 @@ def test_declared_table_specs_carry_kinds_freshness_and_the_row_count_check(
     assert spec.freshness_policy == dg.FreshnessPolicy.time_window(
         fail_window=timedelta(minutes=10)
     )
-    assert {key.name for key in checks.check_keys} == {ROW_COUNT_CHECK}
+    # needs_review: failed by a review decision, with the release command (test_review_status).
+    assert {key.name for key in checks.check_keys} == {ROW_COUNT_CHECK, NEEDS_REVIEW_CHECK}
+    # The lineage draws load -> table, and the tables are grouped per source.
+    assert [dep.asset_key for dep in spec.deps] == [dg.AssetKey(LOAD_ASSET)]
+    assert spec.group_name == f"source_postgresql_{pg_config(source_db)['database']}"
+    assert source_group({"connection_name": "erp-db.main", "db_type": "mysql"}) == (
+        "source_erp_db_main"
+    )
     on_databricks = load_settings(
         {"DATALOADER_TABLE_ASSETS_MAX": "10", "DATALOADER_EXECUTION": "databricks"}
     )
@@ -125,14 +135,17 @@ def test_executing_a_declared_check_re_evaluates_the_tables_latest_load():
     from dagsters.assets.table_specs import row_count_checks
 
     key = dg.AssetKey(["lake", "raw", "orders"])
-    checks = row_count_checks([dg.AssetSpec(key)])
+    checks = row_count_checks([dg.AssetSpec(key, metadata={"control_key": "pg.orders"})])
     instance = dg.DagsterInstance.ephemeral()
     instance.report_runless_asset_event(
         dg.AssetMaterialization(asset_key=key, metadata=_verified(False, destination_rows=9))
     )
 
     result = dg.materialize(
-        [checks], instance=instance, selection=dg.AssetSelection.all_asset_checks()
+        [checks],
+        instance=instance,
+        selection=dg.AssetSelection.checks(dg.AssetCheckKey(key, ROW_COUNT_CHECK)),
+        resources={"lakebase": LakebaseResource()},  # not used by the row-count check
     )
 
     [evaluation] = [

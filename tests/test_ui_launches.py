@@ -14,6 +14,7 @@ races the launches; the partitions are added the way a person adds one in the UI
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -388,6 +389,9 @@ def test_the_asset_page_shows_the_tables_row_count_in_a_browser(dev: Dev):
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))  # what a person reads
     # Dagster 1.13 shows dagster/row_count in the page's Status box, as "Row count N".
     assert re.search(rf"Row count {rows} ", text), text[:2000]
+    # One click from the table's page to its partition of the load, where Materialize reloads it.
+    reload = f"/assets/{LOAD_ASSET}?view=partitions&partition=demo.orders"
+    assert re.search(rf'href="[^"]*{re.escape(reload)}"', html.unescape(dom)), "no reload link"
 
 
 # -- termination: the step runs in the run worker itself (the in-process executor) ------------

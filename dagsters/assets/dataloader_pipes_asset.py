@@ -41,7 +41,7 @@ from dagsters.control.writeback import is_connection_error, with_writeback_retri
 from dagsters.partitions import PARTITIONS_NAME, control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
-from dagsters.review_status import review_observations
+from dagsters.review_status import review_evaluations, review_events
 from dagsters.runners.outcome import ScriptOutcome
 from dagsters.settings import Settings
 from dagsters.utils.lakebase_client import (
@@ -492,6 +492,11 @@ def build_load_asset(settings: Settings) -> dg.AssetsDefinition:
         )
         # The table's columns, row count and name are its own asset's (reported just above).
         yield dg.MaterializeResult(metadata=load_partition_metadata(metadata))
+        # Loaded, so not under review: needs_review passes on the partition and the table.
+        for passed in review_evaluations(
+            {**attempt.row, "needs_review": False, "last_status": "Succeeded"}
+        ):
+            context.log_event(passed)
 
     return dataloader_table_load
 
@@ -579,9 +584,7 @@ def build_retry_asset(settings: Settings) -> dg.AssetsDefinition:
             decision,
             secrets=settings.secrets,
             notifier=notifier_from_settings(settings),
-            on_review=lambda reason: [
-                context.log_event(o) for o in review_observations(row, reason)
-            ],
+            on_review=lambda reason: [context.log_event(o) for o in review_events(row, reason)],
         )
         yield dg.MaterializeResult(
             metadata={

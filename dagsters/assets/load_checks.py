@@ -16,14 +16,21 @@ differs from its source is never green. It is reported after the status write-ba
 blocks the load's own record; the row's message says so too (docs/loader.md, "Reconciliation").
 """
 
-from __future__ import annotations
-
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
 
+from dagsters.control.run_requests import LOAD_ASSET
+from dagsters.dagster_compat import preview_partitioned_checks
+from dagsters.partitions import control_key_partitions
+from dagsters.resources.lakebase import LakebaseResource
+from dagsters.review_status import (
+    NEEDS_REVIEW_CHECK,
+    NEEDS_REVIEW_CHECK_DESCRIPTION,
+    review_verdict,
+)
 from databricks_scripts.contract import LoadMetadata
 
 ROW_COUNT_CHECK = "row_count_reconciliation"
@@ -101,3 +108,32 @@ def row_count_evaluation(
             "metadata_id": dg.MetadataValue.text(str(metadata_id)),
         },
     )
+
+
+def load_review_check() -> dg.AssetChecksDefinition:
+    """``needs_review`` on each partition of the load asset (a partitioned check: Dagster 1.13
+    preview). Its failures are reported by whoever sends the row to review; executing it from the
+    UI reads the row as it is now (passes once the row is released)."""
+    with preview_partitioned_checks():
+
+        @dg.asset_check(
+            asset=LOAD_ASSET,
+            name=NEEDS_REVIEW_CHECK,
+            partitions_def=control_key_partitions,
+            description=NEEDS_REVIEW_CHECK_DESCRIPTION,
+        )
+        def load_needs_review(
+            context: dg.AssetCheckExecutionContext, lakebase: LakebaseResource
+        ) -> dg.AssetCheckResult:
+            row = lakebase.get_client().get_table_details(context.partition_key)
+            passed, description, metadata = (
+                review_verdict(row) if row else (True, "No table_control row any more.", {})
+            )
+            return dg.AssetCheckResult(
+                passed=passed,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description=description,
+                metadata=metadata,
+            )
+
+    return load_needs_review

@@ -31,10 +31,15 @@ from dagsters.assets.load_checks import (
 from dagsters.assets.table_assets import destination_asset_key
 from dagsters.control.freshness import freshness_window
 from dagsters.control.run_requests import LOAD_ASSET
+from dagsters.control.table_listing import rows_to_declare
 from dagsters.resources.lakebase import LakebaseResource
+from dagsters.review_status import (
+    NEEDS_REVIEW_CHECK,
+    NEEDS_REVIEW_CHECK_DESCRIPTION,
+    review_verdict,
+)
 from dagsters.settings import Settings
 
-TABLE_GROUP = "destination_tables"
 TABLE_CHECKS = "destination_table_checks"
 _log = logging.getLogger(__name__)
 # What Dagster accepts in the names it derives from an asset key (a check's op, the UI's paths).
@@ -47,6 +52,18 @@ def table_kinds(row: Mapping[str, Any], execution: str) -> set[str]:
     if execution == "databricks":
         kinds.add("databricks")
     return kinds
+
+
+def source_group(row: Mapping[str, Any]) -> str:
+    """The asset group of a table: one per source. A row naming a connection is grouped by it
+    (``source_erp``); an inline row by its type and database (``source_postgresql_demo_source``)."""
+    if row.get("connection_name"):
+        name = str(row["connection_name"])
+    else:
+        config = row.get("db_config_value") or {}
+        database = config.get("database") or row.get("source_catalog") or "unknown"
+        name = f"{row.get('db_type')}_{database}"
+    return "source_" + re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_")
 
 
 def reload_url(base_url: str, control_key: str) -> str:
@@ -70,7 +87,9 @@ def table_spec(row: Mapping[str, Any], execution: str, base_url: str | None = No
     window = freshness_window(row)
     return dg.AssetSpec(
         key=destination_asset_key(row),
-        group_name=TABLE_GROUP,
+        # load -> table -> dbt model in the lineage: the load asset writes the table.
+        deps=[LOAD_ASSET],
+        group_name=source_group(row),
         kinds=table_kinds(row, execution),
         description=(
             f"Delta table loaded from {row.get('db_type')} {source} by {LOAD_ASSET} "
@@ -92,16 +111,17 @@ def table_spec(row: Mapping[str, Any], execution: str, base_url: str | None = No
     )
 
 
-def _declared_rows(settings: Settings, lakebase: LakebaseResource) -> list[dict]:
+def declared_rows(settings: Settings, lakebase: LakebaseResource) -> list[dict]:
+    """The rows whose tables this code location declares ([] when none; warnings say why)."""
     cap = settings.table_assets_max
     if cap <= 0:
         return []
     try:
-        rows = lakebase.get_client().active_tables(cap + 1)
+        rows, over_cap = rows_to_declare(lakebase.get_client(), cap)
     except Exception as exc:  # noqa: BLE001 - the code location must load without its tables
         _log.warning(f"Destination tables not declared as assets: control database: {exc}")
         return []
-    if len(rows) > cap:
+    if over_cap:
         _log.warning(
             f"More than DATALOADER_TABLE_ASSETS_MAX={cap} active tables: none is declared as an "
             "asset; loads still record each table's materializations (docs/assets.md)"
@@ -119,19 +139,36 @@ def _unique(specs: Iterable[dg.AssetSpec]) -> list[dg.AssetSpec]:
 
 
 def row_count_checks(specs: Sequence[dg.AssetSpec]) -> dg.AssetChecksDefinition:
-    """The row-count check of every declared table. Loads report its evaluations; executing it
-    from the UI re-evaluates the counts of the table's latest materialization."""
+    """The row-count and ``needs_review`` checks of every declared table. Loads report the
+    row-count evaluations and review decisions the other's; executing them from the UI
+    re-evaluates the counts of the table's latest materialization / reads the row as it is now."""
+    control_keys = {s.key: str(getattr(s.metadata["control_key"], "value", "")) for s in specs}
 
     @dg.multi_asset_check(
         name=TABLE_CHECKS,
         specs=[
-            dg.AssetCheckSpec(ROW_COUNT_CHECK, asset=s.key, description=ROW_COUNT_CHECK_DESCRIPTION)
-            for s in specs
+            *(
+                dg.AssetCheckSpec(
+                    ROW_COUNT_CHECK, asset=s.key, description=ROW_COUNT_CHECK_DESCRIPTION
+                )
+                for s in specs
+            ),
+            *(
+                dg.AssetCheckSpec(
+                    NEEDS_REVIEW_CHECK, asset=s.key, description=NEEDS_REVIEW_CHECK_DESCRIPTION
+                )
+                for s in specs
+            ),
         ],
         can_subset=True,
     )
-    def destination_table_checks(context: dg.AssetCheckExecutionContext):
+    def destination_table_checks(
+        context: dg.AssetCheckExecutionContext, lakebase: LakebaseResource
+    ):
         for check_key in context.selected_asset_check_keys:
+            if check_key.name == NEEDS_REVIEW_CHECK:
+                yield _review_result(lakebase, check_key, control_keys[check_key.asset_key])
+                continue
             event = context.instance.get_latest_materialization_event(check_key.asset_key)
             materialization = event.asset_materialization if event else None
             result = reconcile_row_counts(materialization.metadata if materialization else {})
@@ -147,11 +184,29 @@ def row_count_checks(specs: Sequence[dg.AssetSpec]) -> dg.AssetChecksDefinition:
     return destination_table_checks
 
 
+def _review_result(
+    lakebase: LakebaseResource, check_key: dg.AssetCheckKey, control_key: str
+) -> dg.AssetCheckResult:
+    row = lakebase.get_client().get_table_details(control_key)
+    passed, description, metadata = (
+        review_verdict(row) if row else (True, "No table_control row any more.", {})
+    )
+    return dg.AssetCheckResult(
+        asset_key=check_key.asset_key,
+        check_name=check_key.name,
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=description,
+        metadata=metadata,
+    )
+
+
 def table_asset_definitions(
-    settings: Settings, lakebase: LakebaseResource
+    settings: Settings, lakebase: LakebaseResource, rows: list[dict] | None = None
 ) -> tuple[list[dg.AssetSpec], list[dg.AssetChecksDefinition]]:
-    """The declared table specs and their checks ([] and [] when none is declared)."""
-    rows = _declared_rows(settings, lakebase)
+    """The declared table specs and their checks ([] and [] when none is declared); ``rows``:
+    what ``declared_rows`` read (read here when not given)."""
+    rows = declared_rows(settings, lakebase) if rows is None else rows
     declarable = [r for r in rows if all(map(_DAGSTER_NAME.match, _key_parts(r)))]
     if len(declarable) < len(rows):
         skipped = sorted({str(r["control_key"]) for r in rows if r not in declarable})

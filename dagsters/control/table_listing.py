@@ -1,13 +1,26 @@
-"""The tables the code location declares as assets: the active rows' destinations and schedules."""
+"""The tables the code location declares as assets: the active rows' destinations and schedules.
+
+What is read here is everything a declared table asset is built from (``assets/table_specs``),
+and nothing that changes with each load, so its fingerprint changes exactly when the declared
+assets would: ``table_assets_sensor`` compares it with the one the loaded definitions were built
+from and asks the webserver to reload the code location when they differ.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Sequence
+
 from dagsters.control.connection import ControlDatabase
 
+# The source's host and port (never user or secret names) group inline rows by source.
 _COLUMNS = (
     "config_id, control_key, db_type, source_catalog, source_schema_name, source_table_name,"
     " destination_catalog, destination_schema_name, destination_table_name, load_strategy,"
-    " schedule_cron, schedule_timezone, schedule_interval, merge_keys"
+    " schedule_cron, schedule_timezone, schedule_interval, merge_keys, connection_name,"
+    " jsonb_build_object('host', db_config_value->'host', 'port', db_config_value->'port',"
+    "   'database', db_config_value->'database') AS db_config_value"
 )
 
 
@@ -19,3 +32,20 @@ class TableListingSql(ControlDatabase):
                 f"SELECT {_COLUMNS} FROM table_control WHERE is_active ORDER BY config_id LIMIT %s",
                 (int(limit),),
             ).fetchall()
+
+
+def rows_to_declare(client: TableListingSql, cap: int) -> tuple[list[dict], bool]:
+    """The active rows to declare as assets, and whether there were more than ``cap`` (then none
+    is declared, so what is declared never depends on row order). ``cap`` 0: none."""
+    if cap <= 0:
+        return [], False
+    rows = client.active_tables(cap + 1)
+    if len(rows) > cap:
+        return [], True
+    return rows, False
+
+
+def declared_fingerprint(rows: Sequence[dict]) -> str:
+    """One short text that changes exactly when the declared rows (or their columns) do."""
+    text = json.dumps([dict(r) for r in rows], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -36,7 +36,7 @@ from dagsters.control.run_requests import (
 )
 from dagsters.partitions import control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
-from dagsters.review_status import review_observations
+from dagsters.review_status import review_events
 from dagsters.sensors import (
     alert_on_error,
     default_status,
@@ -168,8 +168,8 @@ def _record_review(context: dg.SensorEvaluationContext) -> Callable[[dict, str],
     """A row sent to review by rule: said on its load partition and its table's asset."""
 
     def record(row: dict, reason: str) -> None:
-        for observation in review_observations(row, reason):
-            context.instance.report_runless_asset_event(observation)
+        for event in review_events(row, reason):
+            context.instance.report_runless_asset_event(event)
 
     return record
 
