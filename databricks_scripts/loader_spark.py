@@ -279,6 +279,11 @@ def counts_from(
     being newest), the statement's own written count where it gives one."""
     commit = our_commit(history, version_before, write_operation(statement))
     written = statement_written(result_rows)
+    moved = version_before is None or any(row["version"] > version_before for row in history)
+    if commit is None and written is None and not moved:
+        # The table did not move: the statement wrote nothing (an engine may skip an empty
+        # INSERT's commit, as Sail does; Delta on Databricks commits it with 0 rows).
+        return 0, 0
     if commit is None:
         if written is None:
             raise ValueError(
