@@ -95,13 +95,18 @@ def sail_server(warehouse: str) -> Iterator[str]:
 
 
 def connect(url: str, warehouse: str) -> Any:
-    from pyspark.sql import SparkSession
+    """A Spark Connect session on Sail, beside a classic local SparkSession another test file of
+    this process may hold (``SparkSession.builder.remote`` refuses that; the Connect builder does
+    not). pyspark's functions build Connect columns while ``SPARK_CONNECT_MODE_ENABLED`` is set:
+    the caller restores it when done."""
+    from pyspark.sql.connect.session import SparkSession as ConnectSession
 
+    os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
     return (
-        SparkSession.builder.remote(url)
+        ConnectSession.builder.remote(url)
         .config("spark.sql.warehouse.dir", warehouse)
         .config("spark.sql.session.timeZone", "UTC")
-        .getOrCreate()
+        .create()
     )
 
 

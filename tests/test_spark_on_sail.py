@@ -58,11 +58,13 @@ def sail(tmp_path_factory):
     # (SPARK_CONNECT_MODE_ENABLED); a later test file in this worker needs classic Spark back.
     saved = os.environ.get("SPARK_CONNECT_MODE_ENABLED")
     with sail_server(warehouse) as url:
-        spark = connect(url, warehouse)
         try:
-            yield SailSession(spark)
+            spark = connect(url, warehouse)
+            try:
+                yield SailSession(spark)
+            finally:
+                spark.stop()
         finally:
-            spark.stop()
             if saved is None:
                 os.environ.pop("SPARK_CONNECT_MODE_ENABLED", None)
             else:
