@@ -215,14 +215,17 @@ def commit_counts(operation: str, metrics: Mapping[str, Any]) -> tuple[int, int]
     """(rows read, rows written) from the Delta commit's ``operationMetrics``.
 
     MERGE also reports ``numOutputRows``, but that counts every row of the files it rewrote
-    (copied, unchanged rows included): a merge wrote its inserted plus updated rows.
+    (copied, unchanged rows included): a merge wrote its inserted, updated and deleted rows.
     """
 
     def n(key: str) -> int:
         return int(metrics.get(key) or 0)
 
     if operation.upper().startswith("MERGE"):
-        return n("numSourceRows"), n("numTargetRowsInserted") + n("numTargetRowsUpdated")
+        # Deleted rows count as written, as on the Arrow engine (loader_history.merge_metrics):
+        # a hard-deleting MERGE's deletes are changes it made.
+        written = n("numTargetRowsInserted") + n("numTargetRowsUpdated") + n("numTargetRowsDeleted")
+        return n("numSourceRows"), written
     return n("numOutputRows"), n("numOutputRows")
 
 
@@ -269,7 +272,9 @@ def statement_written(rows: Sequence[Any]) -> int | None:
     row = rows[0].asDict() if hasattr(rows[0], "asDict") else dict(rows[0])
     if "num_inserted_rows" not in row and "num_updated_rows" not in row:
         return None
-    return int(row.get("num_inserted_rows") or 0) + int(row.get("num_updated_rows") or 0)
+    return sum(
+        int(row.get(k) or 0) for k in ("num_inserted_rows", "num_updated_rows", "num_deleted_rows")
+    )
 
 
 def counts_from(

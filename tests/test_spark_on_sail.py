@@ -204,6 +204,7 @@ class Both:
         assert got == want
         assert spark.applied_strategy == arrow.applied_strategy
         assert spark.row_count == arrow.row_count == len(want)
+        assert spark.rows_written == arrow.rows_written  # a hard delete's deletes included
         assert _watermark(spark.watermark_after) == _watermark(arrow.watermark_after)
         return want
 
