@@ -9,9 +9,10 @@ it is shipped to Databricks with the scripts.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 # ---------------------------------------------------------------------------------------------
 # Load parameters: the Pipes extra ``params`` of dataloader_pipe.py (the spec's run config fields,
@@ -61,15 +62,21 @@ MODE_PARAM = "mode"
 DEEP_VERIFY_MODE = "deep_verify"
 DEEP_VERIFY_KEY = "dataloader_deep_verify"
 
-DB_TYPES: tuple[str, ...] = ("postgresql", "mysql", "sqlserver", "oracle", "databricks")
-STRATEGIES: tuple[str, ...] = ("full", "incremental", "merge", "scd2")
+# The closed sets of the wire as types (a type checker sees a typo) and as the tuples the
+# validation and the messages use (the same values: each tuple is its type's arguments).
+DbType = Literal["postgresql", "mysql", "sqlserver", "oracle", "databricks"]
+Strategy = Literal["full", "incremental", "merge", "scd2"]
+DeleteDetection = Literal["none", "soft", "hard"]
+VerifyDepth = Literal["none", "counts", "keys"]
+DB_TYPES: tuple[DbType, ...] = get_args(DbType)
+STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 # What happens to destination rows whose key is no longer in the source (docs/loader.md).
-DELETE_DETECTIONS: tuple[str, ...] = ("none", "soft", "hard")
+DELETE_DETECTIONS: tuple[DeleteDetection, ...] = get_args(DeleteDetection)
 # Default floor: a load never deletes (or marks deleted) more than this share of the live rows.
 DEFAULT_DELETE_MAX_FRACTION = 0.5
 # How deep the reconciliation check after each load goes (databricks_scripts/loader_verify).
-VERIFY_DEPTHS: tuple[str, ...] = ("none", "counts", "keys")
-DEFAULT_VERIFY_DEPTH = "counts"
+VERIFY_DEPTHS: tuple[VerifyDepth, ...] = get_args(VerifyDepth)
+DEFAULT_VERIFY_DEPTH: VerifyDepth = "counts"
 # Technical destination columns (the names Databricks AUTO CDC uses for SCD type 2; fixed: other
 # tools read them). Timestamps with time zone, UTC.
 DELETED_AT = "__DELETED_AT"
@@ -201,15 +208,70 @@ def full_load_reason(
 
 
 # ---------------------------------------------------------------------------------------------
-# The error channel: a failed script sends ``{ERROR_MESSAGE_KEY: text}`` as a Pipes custom message
-# and ends stderr with ``STDERR_ERROR_PREFIX + text`` (for runs whose messages are lost).
+# Failure kinds: what DataLoader itself knows about a failure it raised or settled. A failure that
+# carries a kind is decided by kind (``databricks_scripts.failures.KIND_RULES``); a failure without
+# one (None) is a foreign error (a driver's, a cluster's, a cloud's) and only its text (and code)
+# is classified. The same names are table_control.last_failure_kind and
+# historical_metadata.failure_kind (sql/014, whose CHECK lists them: a new kind needs both).
+FailureKind = Literal[
+    "bad_config",
+    "source_auth",
+    "schema_conflict",
+    "data_mismatch",
+    "stale_attempt",
+    "cancelled",
+    "stuck_queued",
+    "run_timeout",
+    "orphaned",
+    "internal",
+]
+FAILURE_KINDS: tuple[FailureKind, ...] = get_args(FailureKind)
+# the row's or the deployment's settings cannot work
+KIND_BAD_CONFIG: FailureKind = "bad_config"
+# the source's secret is missing or unusable
+KIND_SOURCE_AUTH: FailureKind = "source_auth"
+# the source's columns do not fit the destination's
+KIND_SCHEMA_CONFLICT: FailureKind = "schema_conflict"
+# the source's rows break a rule the load keeps (keys, the delete floor, cursor formats)
+KIND_DATA_MISMATCH: FailureKind = "data_mismatch"
+# fenced: another attempt of the row took over
+KIND_STALE_ATTEMPT: FailureKind = "stale_attempt"
+# a person terminated the run (or the load was told to stop)
+KIND_CANCELLED: FailureKind = "cancelled"
+# longqueued_monitor: the run never left the queue
+KIND_STUCK_QUEUED: FailureKind = "stuck_queued"
+# longrunning_monitor: the load ran past the threshold
+KIND_RUN_TIMEOUT: FailureKind = "run_timeout"
+# the attempt's run ended before the load started
+KIND_ORPHANED: FailureKind = "orphaned"
+# DataLoader broke one of its own invariants
+KIND_INTERNAL: FailureKind = "internal"
+
+
+def known_kind(kind: object) -> FailureKind | None:
+    """``kind`` when it is one of FAILURE_KINDS, else None (a foreign error)."""
+    for known in FAILURE_KINDS:
+        if kind == known:
+            return known
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The error channel: a failed script sends ``{ERROR_MESSAGE_KEY: text, ERROR_KIND_KEY: kind}`` as a
+# Pipes custom message and ends stderr with ``STDERR_ERROR_PREFIX + [kind] text`` (for runs whose
+# messages are lost). The kind is absent (None) for a foreign error.
 ERROR_MESSAGE_KEY = "dataloader_error"
+ERROR_KIND_KEY = "dataloader_error_kind"
 STDERR_ERROR_PREFIX = "DATALOADER_ERROR: "
+_STDERR_KIND = re.compile(r"\[kind=([a-z_]+)\] ")
 
 
-def error_message(text: str) -> dict[str, str]:
+def error_message(text: str, kind: str | None = None) -> dict[str, str]:
     """The custom message a failed script reports."""
-    return {ERROR_MESSAGE_KEY: text}
+    message = {ERROR_MESSAGE_KEY: text}
+    if known_kind(kind):
+        message[ERROR_KIND_KEY] = str(kind)
+    return message
 
 
 def error_from_message(message: object) -> str | None:
@@ -219,18 +281,41 @@ def error_from_message(message: object) -> str | None:
     return None
 
 
-def stderr_error_line(text: str) -> str:
-    """The last stderr line of a failed script: the text on one line, after the prefix."""
+def kind_from_message(message: object) -> str | None:
+    """The failure kind of an error custom message; None when it has none (a foreign error)."""
+    if isinstance(message, Mapping) and message.get(ERROR_MESSAGE_KEY):
+        return known_kind(message.get(ERROR_KIND_KEY))
+    return None
+
+
+def stderr_error_line(text: str, kind: str | None = None) -> str:
+    """The last stderr line of a failed script: ``[kind=<kind>] `` and the text on one line."""
     one_line = " | ".join(line.strip() for line in str(text).splitlines() if line.strip())
-    return f"{STDERR_ERROR_PREFIX}{one_line}\n"
+    tag = f"[kind={kind}] " if known_kind(kind) else ""
+    return f"{STDERR_ERROR_PREFIX}{tag}{one_line}\n"
 
 
-def error_from_stderr(lines: list[str] | tuple[str, ...]) -> str | None:
-    """The text of the last ``STDERR_ERROR_PREFIX`` line, or None."""
+def _last_error_line(lines: list[str] | tuple[str, ...]) -> str | None:
     for line in reversed(lines):
         if line.startswith(STDERR_ERROR_PREFIX):
             return line[len(STDERR_ERROR_PREFIX) :].strip()
     return None
+
+
+def error_from_stderr(lines: list[str] | tuple[str, ...]) -> str | None:
+    """The text of the last ``STDERR_ERROR_PREFIX`` line (without its kind tag), or None."""
+    text = _last_error_line(lines)
+    if text is None:
+        return None
+    tag = _STDERR_KIND.match(text)
+    return text[tag.end() :] if tag and known_kind(tag.group(1)) else text
+
+
+def kind_from_stderr(lines: list[str] | tuple[str, ...]) -> str | None:
+    """The kind tag of the last ``STDERR_ERROR_PREFIX`` line; None for a foreign error."""
+    text = _last_error_line(lines) or ""
+    tag = _STDERR_KIND.match(text)
+    return known_kind(tag.group(1)) if tag else None
 
 
 # ---------------------------------------------------------------------------------------------

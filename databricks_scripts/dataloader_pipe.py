@@ -42,12 +42,14 @@ from dagster_pipes import PipesContext, open_dagster_pipes
 from databricks_scripts.contract import (
     DEEP_VERIFY_KEY,
     DEEP_VERIFY_MODE,
+    KIND_CANCELLED,
     MODE_PARAM,
     PARAMS_EXTRA,
     LoadMetadata,
     error_message,
     stderr_error_line,
 )
+from databricks_scripts.failures import BadConfig, DataLoaderFailure, failure_kind
 from databricks_scripts.loader_interrupt import StopSignal
 from databricks_scripts.loader_params import LoadSpec, parse_load_spec, resolve_password
 from databricks_scripts.loader_pipes_io import choose_pipes_io
@@ -55,8 +57,11 @@ from databricks_scripts.redaction import redact
 from databricks_scripts.script_env import ScriptEnv
 
 
-class DataLoaderError(RuntimeError):
-    """A load failed; the message is already redacted and says which table and which step."""
+class DataLoaderError(DataLoaderFailure, RuntimeError):
+    """A load failed; the message is already redacted and says which table and which step. Its
+    kind is the failure's (None: a foreign error)."""
+
+    kind = None
 
 
 # JDBC drivers a serverless environment cannot get: it installs PyPI packages and wheels only,
@@ -67,16 +72,16 @@ SERVERLESS_NO_JDBC_DRIVER = ("mysql", "oracle")
 def choose_engine(spec: LoadSpec, env: ScriptEnv) -> str:
     engine = env.engine or ("spark" if env.on_databricks else "arrow")
     if engine not in ("arrow", "spark"):
-        raise ValueError(f"DATALOADER_ENGINE must be 'arrow' or 'spark', not {engine!r}")
+        raise BadConfig(f"DATALOADER_ENGINE must be 'arrow' or 'spark', not {engine!r}")
     if env.on_serverless and engine == "spark" and spec.db_type in SERVERLESS_NO_JDBC_DRIVER:
-        raise ValueError(
+        raise BadConfig(
             f"a {spec.db_type} source cannot be read from serverless compute: its JDBC driver "
             "is not part of the runtime and serverless environments cannot install Maven "
             "libraries; load this table on classic compute (DATABRICKS_CLUSTER_ID or "
             "DATALOADER_DATABRICKS_NEW_CLUSTER with the driver as a cluster library)"
         )
     if spec.db_type == "databricks" and engine != "spark":
-        raise ValueError(
+        raise BadConfig(
             "db_type 'databricks' (a Unity Catalog table) is read with the spark engine"
         )
     return engine
@@ -160,14 +165,14 @@ def _deep_verify(
 ) -> None:
     """Deep verification of the row's table (loader_deep_verify), reported as one message."""
     if engine != "arrow":
-        raise ValueError("deep verification runs on the Arrow engine only (DATALOADER_ENGINE)")
+        raise BadConfig("deep verification runs on the Arrow engine only (DATALOADER_ENGINE)")
     from databricks_scripts.loader_arrow import _delta_table
     from databricks_scripts.loader_deep_verify import deep_verify
     from databricks_scripts.loader_sources import open_source
 
     table = _delta_table(spec.destination_path(env.lake_root))
     if table is None:
-        raise ValueError("the destination table does not exist yet: nothing to verify")
+        raise BadConfig("the destination table does not exist yet: nothing to verify")
     source = open_source(spec, password, batch_bytes=env.batch_bytes, batch_rows=env.batch_rows)
     try:
         found = deep_verify(spec, source, table, log=_redacted_log(context, secrets))
@@ -201,8 +206,8 @@ def _stop_reporter(context: PipesContext, secrets: list[str]):
 
     def report(text: str) -> None:
         failure = redact(f"load {text}", secrets)
-        context.report_custom_message(error_message(failure))
-        sys.stderr.write(stderr_error_line(failure))
+        context.report_custom_message(error_message(failure, KIND_CANCELLED))
+        sys.stderr.write(stderr_error_line(failure, KIND_CANCELLED))
         sys.stderr.flush()
 
     return report
@@ -217,6 +222,7 @@ def run_load(
     label = "load"
     step = "check runtime"
     failure: str | None = None
+    kind: str | None = None
     try:
         env.check_runtime()
         step = "read parameters"
@@ -241,12 +247,13 @@ def run_load(
     except Exception as exc:  # noqa: BLE001 - every failure must be reported the same way
         step = getattr(exc, "step", step)
         failure = redact(f"{label} failed at step '{step}': {exc}", secrets)
+        kind = failure_kind(exc)
         stop.reported = True
-        context.report_custom_message(error_message(failure))
+        context.report_custom_message(error_message(failure, kind))
     if failure is not None:
         # Raised outside the except block, so the driver error is not even its __context__:
         # dagster-pipes serializes __context__ despite ``from None``, and it may hold secrets.
-        raise DataLoaderError(failure)
+        raise DataLoaderError(failure, kind=kind)
 
     duration = round(time.monotonic() - started, 3)
     metadata = {
@@ -327,7 +334,7 @@ def main() -> int:
         text = str(exc) if isinstance(exc, DataLoaderError) else f"{type(exc).__name__}: {exc}"
         if not isinstance(exc, DataLoaderError):
             sys.stderr.write(redact("".join(traceback.format_exception(exc)), secrets))
-        sys.stderr.write(stderr_error_line(redact(text, secrets)))
+        sys.stderr.write(stderr_error_line(redact(text, secrets), failure_kind(exc)))
         sys.stderr.flush()
         stop.finished.set()
         return 1

@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from databricks_scripts.contract import full_load_reason
 from databricks_scripts.delta_dataset import delta_dataset, destination_watermark
+from databricks_scripts.failures import BadConfig, DataLoaderFailure
 from databricks_scripts.loader_commits import (
     StaleAttempt,
     UnrecordedCommit,
@@ -76,8 +77,12 @@ from databricks_scripts.watermark import (
 )
 
 
-class LoadStepError(RuntimeError):
-    """A load failed; ``step`` says where (probe source, read source, write destination, ...)."""
+class LoadStepError(DataLoaderFailure, RuntimeError):
+    """A load failed; ``step`` says where (probe source, read source, write destination, ...).
+
+    Its kind is its cause's (``failures.failure_kind``): None around a foreign error."""
+
+    kind = None
 
     def __init__(self, step: str, message: str):
         super().__init__(message)
@@ -314,10 +319,10 @@ def _prepare(spec, source, destination: Path, log: Callable[[str], None]) -> _Lo
         roles = [(cursor, "incremental_column")] + [(k, "merge key") for k in spec.merge_keys]
         for column, role in roles:
             if column is not None and column not in source_schema.names:
-                raise ValueError(f"{role} {column!r} is not a column of the source table")
+                raise BadConfig(f"{role} {column!r} is not a column of the source table")
         problem = cursor_type_problem(source_schema.field(cursor)) if cursor else None
         if problem:
-            raise ValueError(f"incremental_column {cursor!r} cannot be a cursor: {problem}")
+            raise BadConfig(f"incremental_column {cursor!r} cannot be a cursor: {problem}")
         numeric_text = bool(cursor) and is_numeric_text(source_schema.field(cursor))
     with _step("open destination"):
         table = _delta_table(destination)

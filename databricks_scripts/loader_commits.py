@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from databricks_scripts.contract import RECORDED_METADATA_ID_PARAM
+from databricks_scripts.contract import KIND_STALE_ATTEMPT, RECORDED_METADATA_ID_PARAM
+from databricks_scripts.failures import DataLoaderFailure
 
 APP_ID_PREFIX = "dataloader:"
 KEY_METADATA_ID = "dataloader.metadata_id"
@@ -49,8 +50,10 @@ KEY_RESUMABLE = "dataloader.resumable"
 RESUMABLE_FIRST_LOAD = "first_load"
 
 
-class StaleAttempt(RuntimeError):
+class StaleAttempt(DataLoaderFailure, RuntimeError):
     """Another attempt of the same row committed while this one ran: nothing was committed."""
+
+    kind = KIND_STALE_ATTEMPT
 
     step = "check attempt before commit"
 

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 
 from databricks_scripts.contract import DELETED_AT, END_AT, START_AT
+from databricks_scripts.failures import DataMismatch, SchemaConflict
 from databricks_scripts.loader_keys import spool_checked
 from databricks_scripts.loader_sql import DATAFUSION
 from databricks_scripts.loader_types import cast_batch, delta_schema_for
@@ -94,7 +95,7 @@ def check_source_columns(load: Any) -> None:
     """Refuse a source column named like a technical column, and a key whose type changed."""
     clash = sorted(set(load.source_columns) & set(TECHNICAL_COLUMNS))
     if clash:
-        raise ValueError(
+        raise SchemaConflict(
             f"source column(s) {clash} use a name reserved for the loader's technical columns"
         )
     if load.table is None:
@@ -104,7 +105,7 @@ def check_source_columns(load: Any) -> None:
     for key in load.spec.merge_keys:
         have, now = _plain(dest.field(key).type), _plain(mapped.field(key).type)
         if have != now:
-            raise ValueError(
+            raise SchemaConflict(
                 f"merge key {key!r} changed type: {have} in the destination, {now} in the source; "
                 "a key changing type is refused (rows could no longer be matched to their "
                 "history). If the change is intended, set force_full_reload: the old history "
@@ -232,7 +233,7 @@ def check_floor(spec: Any, deleting: int, live: int) -> None:
     destination's live rows: a source that suddenly returns few keys is not believed."""
     if live == 0 or deleting <= spec.delete_max_fraction * live:
         return
-    raise ValueError(
+    raise DataMismatch(
         f"delete detection refused: the source's key snapshot would delete {deleting:,} of the "
         f"destination's {live:,} live rows ({deleting / live:.0%}), more than delete_max_fraction "
         f"{spec.delete_max_fraction:g}; nothing was written and the watermark was not advanced. "

@@ -26,6 +26,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from databricks_scripts.contract import KIND_CANCELLED
+from databricks_scripts.failures import DataLoaderFailure
+
 GRACE_SECONDS = 0.5
 # When the main thread already reported the stop, it gets this long to close Pipes (flush the
 # messages) before the watcher ends the process anyway.
@@ -33,8 +36,10 @@ REPORTING_SECONDS = 10.0
 EXIT_CODE = 1
 
 
-class StopRequested(RuntimeError):
+class StopRequested(DataLoaderFailure, RuntimeError):
     """The load was asked to stop (SIGINT/SIGTERM) before its commit."""
+
+    kind = KIND_CANCELLED
 
     step = "stop on signal"
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from databricks_scripts.failures import DataMismatch
+
 
 def spool_checked(
     batches: Iterator[pa.RecordBatch], schema: pa.Schema, keys: tuple[str, ...], path: Path
@@ -60,13 +62,15 @@ def check_keys(data: pa.Table, keys: tuple[str, ...], *, nulls_only: bool = Fals
     for k in keys:
         nulls = data.column(k).null_count
         if nulls:
-            raise ValueError(f"merge key {k!r} is NULL in {nulls} source row(s); keys must be set")
+            raise DataMismatch(
+                f"merge key {k!r} is NULL in {nulls} source row(s); keys must be set"
+            )
     if nulls_only:
         return
     duplicate = _first_duplicate(data, keys)
     if duplicate is not None:
         count = _duplicate_count(data, keys)
-        raise ValueError(
+        raise DataMismatch(
             f"merge keys {list(keys)} are not unique in the source rows read "
             f"({count} duplicated key(s), e.g. {duplicate})"
         )

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from databricks_scripts import local_secrets
 from databricks_scripts.contract import (
@@ -25,15 +25,23 @@ from databricks_scripts.contract import (
     DEFAULT_DELETE_MAX_FRACTION,
     DEFAULT_VERIFY_DEPTH,
     DELETE_DETECTIONS,
+    KIND_SOURCE_AUTH,
     PARAMS_EXTRA,
     STRATEGIES,
     TLS_MODES,
     VERIFY_DEPTHS,
+    DbType,
+    DeleteDetection,
+    Strategy,
+    VerifyDepth,
     tls_mode_default,
 )
 
+T = TypeVar("T", bound=str)
+from databricks_scripts.failures import BadConfig
 
-class LoadParamsError(ValueError):
+
+class LoadParamsError(BadConfig):
     """The Pipes extras do not describe a load this script can run."""
 
 
@@ -48,10 +56,10 @@ class LoadSpec:
     destination_catalog: str
     destination_schema_name: str
     destination_table_name: str
-    db_type: str
+    db_type: DbType
     db_config_value: Mapping[str, Any]
     db_kv_scope: str | None
-    load_strategy: str
+    load_strategy: Strategy
     incremental_column: str | None
     incremental_value: str | None
     merge_keys: tuple[str, ...]
@@ -59,9 +67,9 @@ class LoadSpec:
     force_full_reload: bool
     config_id: int | None = None
     metadata_id: int | None = None
-    delete_detection: str = "none"
+    delete_detection: DeleteDetection = "none"
     # The reconciliation check's depth after each load (loader_verify): none | counts | keys.
-    verify_depth: str = "counts"
+    verify_depth: VerifyDepth = "counts"
     delete_max_fraction: float = DEFAULT_DELETE_MAX_FRACTION
     jdbc_partition_column: str | None = None
     jdbc_num_partitions: int | None = None
@@ -138,15 +146,22 @@ def check_connection_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return checked
 
 
-def _delete_settings(params: Mapping[str, Any], strategy: str, keys: Any) -> tuple[str, float]:
+def _one_of(value: str, allowed: tuple[T, ...], name: str) -> T:
+    """``value`` as the member of ``allowed`` it equals (typed), or LoadParamsError naming it."""
+    for member in allowed:
+        if value == member:
+            return member
+    raise LoadParamsError(f"{name} {value!r} is not one of {', '.join(allowed)}")
+
+
+def _delete_settings(
+    params: Mapping[str, Any], strategy: Strategy, keys: Any
+) -> tuple[DeleteDetection, float]:
     """(delete_detection, delete_max_fraction), checked as the control table's CHECKs do."""
     if strategy == "scd2" and not keys:
         raise LoadParamsError("load_strategy 'scd2' needs merge_keys")
-    detection = (_opt_str(params, "delete_detection") or "none").lower()
-    if detection not in DELETE_DETECTIONS:
-        raise LoadParamsError(
-            f"delete_detection {detection!r} is not one of {', '.join(DELETE_DETECTIONS)}"
-        )
+    raw_detection = (_opt_str(params, "delete_detection") or "none").lower()
+    detection = _one_of(raw_detection, DELETE_DETECTIONS, "delete_detection")
     if detection != "none" and not keys:
         raise LoadParamsError(f"delete_detection {detection!r} needs merge_keys")
     if detection == "soft" and strategy == "full":
@@ -164,11 +179,9 @@ def _delete_settings(params: Mapping[str, Any], strategy: str, keys: Any) -> tup
     return detection, fraction
 
 
-def _verify_depth(params: Mapping[str, Any]) -> str:
+def _verify_depth(params: Mapping[str, Any]) -> VerifyDepth:
     depth = (_opt_str(params, "verify_depth") or DEFAULT_VERIFY_DEPTH).lower()
-    if depth not in VERIFY_DEPTHS:
-        raise LoadParamsError(f"verify_depth {depth!r} is not one of {', '.join(VERIFY_DEPTHS)}")
-    return depth
+    return _one_of(depth, VERIFY_DEPTHS, "verify_depth")
 
 
 def _jdbc_num_partitions(params: Mapping[str, Any]) -> int | None:
@@ -184,12 +197,8 @@ def parse_load_spec(params: Mapping[str, Any]) -> LoadSpec:
     """Validate the ``params`` extra sent by the load asset (see ``contract.LOAD_PARAM_FIELDS``)."""
     if not isinstance(params, Mapping):
         raise LoadParamsError(f"Pipes extra {PARAMS_EXTRA!r} must be a mapping")
-    db_type = _req_str(params, "db_type").lower()
-    if db_type not in DB_TYPES:
-        raise LoadParamsError(f"db_type {db_type!r} is not one of {', '.join(DB_TYPES)}")
-    strategy = _req_str(params, "load_strategy").lower()
-    if strategy not in STRATEGIES:
-        raise LoadParamsError(f"load_strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
+    db_type = _one_of(_req_str(params, "db_type").lower(), DB_TYPES, "db_type")
+    strategy = _one_of(_req_str(params, "load_strategy").lower(), STRATEGIES, "load_strategy")
     config = params.get("db_config_value") or {}
     if not isinstance(config, Mapping):
         raise LoadParamsError("db_config_value must be a mapping")
@@ -268,7 +277,10 @@ def resolve_password(
     if not key:
         return None
     if not spec.db_kv_scope:
-        raise LoadParamsError("db_config_value names a password_secret but db_kv_scope is empty")
+        raise LoadParamsError(
+            "db_config_value names a password_secret but db_kv_scope is empty",
+            kind=KIND_SOURCE_AUTH,
+        )
     if dbutils_get is not None:
         return dbutils_get(spec.db_kv_scope, str(key))
     name = secret_env_var(spec.db_kv_scope, str(key))
@@ -279,10 +291,14 @@ def resolve_password(
         try:
             value = local_secrets.get(store_home, spec.db_kv_scope, str(key))
         except local_secrets.SecretStoreError as exc:
-            raise LoadParamsError(f"local secret store unusable: {exc}") from None
+            raise LoadParamsError(
+                f"local secret store unusable: {exc}", kind=KIND_SOURCE_AUTH
+            ) from None
         if value is not None:
             return value
-    raise LoadParamsError(missing_secret_message(spec.db_kv_scope, str(key), store_home))
+    raise LoadParamsError(
+        missing_secret_message(spec.db_kv_scope, str(key), store_home), kind=KIND_SOURCE_AUTH
+    )
 
 
 def secret_set_command(scope: str, key: str, store_home: Path | None) -> str:

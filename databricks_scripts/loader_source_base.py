@@ -7,6 +7,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from databricks_scripts.contract import KIND_INTERNAL
+from databricks_scripts.failures import DataLoaderFailure
 from databricks_scripts.loader_sql import (
     Dialect,
     qualified_name,
@@ -15,10 +17,12 @@ from databricks_scripts.loader_sql import (
 )
 
 
-class SourceBusyError(RuntimeError):
+class SourceBusyError(DataLoaderFailure, RuntimeError):
     """A statement was about to run on a source connection while another result still streamed
     on it. Drivers that stream (pymysql's unbuffered cursor, pymssql, libpq's COPY) would drop
     the rest of that result without an error, so the reader refuses the statement instead."""
+
+    kind = KIND_INTERNAL
 
 
 class SourceStream:

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from databricks_scripts.failures import SchemaConflict
 from databricks_scripts.loader_arrow import (
     LoadResult,
     LoadStepError,
@@ -363,7 +364,17 @@ def read_source_planned(
                 rows_per_partition=rows_per_partition,
                 max_partitions=max_partitions,
             )
-        if plan.options:
+        if plan.predicates:
+            # Typed range predicates (Oracle / SQL Server dates and timestamps): one partition
+            # per predicate, every other option passed as a JDBC property.
+            rest = {k: v for k, v in options.items() if k not in ("url", "dbtable")}
+            df = spark.read.jdbc(
+                options["url"],
+                options["dbtable"],
+                predicates=list(plan.predicates),
+                properties=rest,
+            )
+        elif plan.options:
             df = spark.read.format("jdbc").options(**options, **plan.options).load()
     if lower_bound is not None:
         df = df.filter(F.col(spec.incremental_column) > F.lit(spark_literal(lower_bound)))
@@ -531,7 +542,8 @@ def _source_view(spark: Any, spec: Any, password, lower, partitioning, applied: 
     """The source read as a temp view: (view, its fields, the MERGE's key range, the read plan)."""
     df, plan = read_source_planned(spark, spec, password, lower, partitioning)
     if plan.partitions > 1:
-        log(f"reading the source over {plan.partitions} JDBC connections: {dict(plan.options)}")
+        how = dict(plan.options) or list(plan.predicates)
+        log(f"reading the source over {plan.partitions} JDBC connections: {how}")
     elif plan.note:
         log(plan.note)
     key_range = None
@@ -547,7 +559,7 @@ def _evolve_schema(spark: Any, target: str, source_fields, target_fields, log) -
     """Add the source's new columns to ``target``; an incompatible type change is refused."""
     added, problems = spark_schema_changes(source_fields, target_fields)
     if problems:
-        raise ValueError("incompatible type change: " + "; ".join(problems))
+        raise SchemaConflict("incompatible type change: " + "; ".join(problems))
     if added:
         log(f"schema evolution: adding column(s) {', '.join(n for n, _ in added)}")
         spark.sql(spark_add_columns(target, added))

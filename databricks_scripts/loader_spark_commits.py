@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from databricks_scripts.contract import RECORDED_METADATA_ID_PARAM
+from databricks_scripts.failures import DataMismatch
 from databricks_scripts.loader_commits import (
     KEY_CONTROL_KEY,
     KEY_METADATA_ID,
@@ -127,11 +128,11 @@ def check_keys(spark: Any, view: str, keys: Iterable[str]) -> None:
     keys = list(keys)
     row = spark.sql(key_check_sql(view, keys)).collect()[0]
     if row["null_keys"]:
-        raise ValueError(
+        raise DataMismatch(
             f"merge keys {keys} are NULL in {row['null_keys']} source row(s); keys must be set"
         )
     if row["dup_keys"]:
-        raise ValueError(
+        raise DataMismatch(
             f"merge keys {keys} are not unique in the source rows read "
             f"({row['dup_keys']} duplicated key(s))"
         )

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from databricks_scripts.contract import DELETED_AT, END_AT, START_AT
+from databricks_scripts.failures import SchemaConflict
 from databricks_scripts.loader_history import check_floor
 from databricks_scripts.loader_spark_commits import check_keys
 from databricks_scripts.loader_sql import SPARK
@@ -247,7 +248,7 @@ def history_statement(
     columns = [n for n, _ in fields]
     clash = sorted(set(columns) & set(_TECHNICAL))
     if clash:
-        raise ValueError(f"source column(s) {clash} use a name reserved for technical columns")
+        raise SchemaConflict(f"source column(s) {clash} use a name reserved for technical columns")
     keys = list(spec.merge_keys)
     types = {n.lower(): t for n, t in fields}
     cursor = spec.incremental_column
@@ -262,7 +263,7 @@ def history_statement(
     have = {n.lower(): t for n, t in target_fields}
     for key in keys:
         if have.get(key.lower()) != types.get(key.lower()):
-            raise ValueError(
+            raise SchemaConflict(
                 f"merge key {key!r} changed type: {have.get(key.lower())} in the destination, "
                 f"{types.get(key.lower())} in the source; a key changing type is refused. On "
                 f"the Spark engine keep the old history by renaming it (ALTER TABLE {target} "

@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from databricks_scripts.failures import BadConfig
 
-class UnsafeIdentifierError(ValueError):
+
+class UnsafeIdentifierError(BadConfig):
     """An identifier that cannot be quoted safely (empty, control characters, too long)."""
 
 

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from databricks_scripts.failures import SchemaConflict
+
 # Delta stores decimals up to 38 digits (decimal128).
 MAX_DELTA_PRECISION = 38
 
 
-class IncompatibleSchemaError(ValueError):
+class IncompatibleSchemaError(SchemaConflict):
     """The source changed a column's type in a way the destination cannot take."""
 
 

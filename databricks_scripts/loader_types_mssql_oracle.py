@@ -9,6 +9,7 @@ import decimal
 
 import pyarrow as pa
 
+from databricks_scripts.failures import SchemaConflict
 from databricks_scripts.loader_types import (
     MAX_DELTA_PRECISION,
     MAX_SCALED_INT8_PRECISION,
@@ -24,7 +25,7 @@ ORACLE_DATE_METADATA = {b"DATALOADER:oracle": b"DATE"}
 _ORACLE_FLOATING_SCALE = -127
 
 
-class UnsupportedColumnTypeError(ValueError):
+class UnsupportedColumnTypeError(SchemaConflict):
     """A source column type the loader cannot store without losing information."""
 
 

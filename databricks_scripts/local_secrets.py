@@ -23,6 +23,8 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from databricks_scripts.failures import BadConfig
+
 STORE_DIR = "secrets"
 STORE_FILE = "local.json"
 
@@ -38,7 +40,7 @@ def store_path(home: Path) -> Path:
     return Path(home) / STORE_DIR / STORE_FILE
 
 
-class SecretStoreError(Exception):
+class SecretStoreError(BadConfig):
     """The store exists but cannot be used (wrong permissions, not JSON)."""
 
 

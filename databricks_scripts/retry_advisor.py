@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from databricks_scripts.contract import DECISIONS, REQUIRES_REVIEW, Decision
+from databricks_scripts.failures import DataLoaderFailure, decision_for_kind
 from databricks_scripts.redaction import redact
 from databricks_scripts.retry_classifier import UNKNOWN, classify_error
 
@@ -77,7 +78,7 @@ ADVISOR_SETTINGS = (
 )
 
 
-class NoAdvice(Exception):
+class NoAdvice(DataLoaderFailure):
     """The model gave no usable answer; the message says why and holds no secrets."""
 
 
@@ -163,7 +164,13 @@ def decide_retry(
     model name when the model's answer was used, else ``"rules"``. Extra keys (``rule_category``,
     ``rule_decision``, ``model_error``) explain how the decision was reached. ``secrets`` are the
     values the caller holds (``ScriptEnv.secrets``), masked in everything sent to the model.
+
+    A request whose ``failure_kind`` is one of ours (``contract.FAILURE_KINDS``) is decided by
+    the kind's rule (``failures.KIND_RULES``): no model is asked and the text is not classified.
     """
+    by_kind = decision_for_kind(request.get("failure_kind"))
+    if by_kind is not None:
+        return {**by_kind.as_dict(), "rule_category": "kind", "rule_decision": by_kind.decision}
     known_secrets = [*secrets, config.api_key]
     rules = classify_error(str(request.get("error_message") or ""))
     # Fixed confidence: a matched rule is a strong but not certain signal; no match is a guess.

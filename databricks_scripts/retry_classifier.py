@@ -31,7 +31,6 @@ __all__ = [
     "RETRY_RECOMMENDED",
     "RUN_TIMEOUT_RULE",
     "TERMINATED_RULE",
-    "TERMINATED_SQL_LIKE",
     "TRANSIENT",
     "UNKNOWN",
     "Classification",
@@ -64,20 +63,20 @@ def _rule(name: str, category: str, explanation: str, *patterns: str) -> _Rule:
     return _Rule(name, category, re.compile("|".join(patterns), re.IGNORECASE), explanation)
 
 
-# Our own "Cancelled - ..." messages (the asset's terminate, the two stuck-load monitors) are known
-# causes with known decisions, so they are matched first and only at the start of the message:
-# - a person terminated the run: not retried, and failed_monitor does not analyse it at all (the
-#   row stays Failed with its message until someone loads it again; TERMINATED_SQL_LIKE below);
-# - longqueued_monitor ("stuck in queue"): the run never started because the queue was full or the
-#   daemon was down, nothing was read; retried;
+# Our own "Cancelled - ..." messages (the asset's terminate, the two stuck-load monitors) are not
+# decided here: they are written with a failure kind (contract.FAILURE_KINDS; sql/014 gave the
+# rows failed before it theirs) and decided by the kind (failures.KIND_RULES), without this module
+# or a model. These three rules only keep the same decisions for such a text that reaches the
+# classifier without its kind (typed by hand into last_message, or an old analysis request),
+# matched first and only at the start of the message:
+# - a person terminated the run: not retried;
+# - longqueued_monitor ("stuck in queue"): the run never started, nothing was read; retried;
 # - longrunning_monitor ("exceeded ... timeout"): the same load will most likely run as long again,
 #   so a person decides (a bigger cluster, a higher threshold, an incremental strategy).
 TERMINATED_RULE = "cancelled_by_person"
 QUEUE_TIMEOUT_RULE = "cancelled_stuck_in_queue"
 RUN_TIMEOUT_RULE = "cancelled_run_timeout"
 CANCELLATION_RULES = (TERMINATED_RULE, QUEUE_TIMEOUT_RULE, RUN_TIMEOUT_RULE)
-# The same terminate message as a SQL LIKE pattern: failed_monitor's claim leaves these rows alone.
-TERMINATED_SQL_LIKE = "Cancelled - Dagster run % was terminated%"
 
 # First match wins, so the order is the design: a message often carries several layers (a Spark
 # wrapper around a JDBC error around a socket error), and the most specific cause must be found

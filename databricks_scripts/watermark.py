@@ -13,6 +13,8 @@ import re
 
 import pyarrow as pa
 
+from databricks_scripts.contract import KIND_DATA_MISMATCH
+from databricks_scripts.failures import BadConfig
 from databricks_scripts.loader_types import (
     delta_type_for,
     is_marked_numeric_text,
@@ -20,7 +22,7 @@ from databricks_scripts.loader_types import (
 )
 
 
-class WatermarkError(ValueError):
+class WatermarkError(BadConfig):
     """The stored watermark does not fit the cursor column's type."""
 
 
@@ -173,7 +175,8 @@ def check_text_cursor(
             f"text incremental_column {name!r} holds values of different formats ({first!r} "
             f"and {second!r}); text compares character by character, so mixed formats would "
             "move the watermark past rows never loaded. Give every value one format (ISO dates, "
-            "zero-padded numbers) or use a date, timestamp or number column"
+            "zero-padded numbers) or use a date, timestamp or number column",
+            kind=KIND_DATA_MISMATCH,
         )
     return next(iter(found.items()), None)
 

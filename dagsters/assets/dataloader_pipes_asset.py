@@ -50,7 +50,7 @@ from dagsters.utils.lakebase_client import (
     LoadAlreadyActive,
     UnknownControlKey,
 )
-from databricks_scripts import local_secrets
+from databricks_scripts import contract, local_secrets
 from databricks_scripts.contract import RECORDED_METADATA_ID_PARAM, Decision, LoadMetadata
 from databricks_scripts.redaction import redact
 
@@ -129,7 +129,10 @@ def _begin_attempt(
     config_id, metadata_id = int(claimed["config_id"]), int(claimed["metadata_id"])
     if not client.start_load(config_id, metadata_id, dagster_run_id=run_id, dagster_run_url=url):
         message = f"{control_key}: could not start attempt {metadata_id} (row changed)"
-        client.record_failure(config_id, metadata_id, message)  # never leave it Queued
+        # Never leave it Queued; another actor moved the row on meanwhile.
+        client.record_failure(
+            config_id, metadata_id, message, failure_kind=contract.KIND_STALE_ATTEMPT
+        )
         raise dg.Failure(message)
     context.log.info(f"{control_key}: new attempt {metadata_id} (triggered from the UI)")
     return config_id, metadata_id, "ui"
@@ -203,10 +206,16 @@ class _Attempt:
         )
 
     def fail(
-        self, message: str, run_link: str | None = None, *, retry: bool = True, note: bool = True
+        self,
+        message: str,
+        run_link: str | None = None,
+        *,
+        retry: bool = True,
+        note: bool = True,
+        kind: str | None = None,
     ) -> None:
-        """End the attempt Failed; ``note``: if the row is not this attempt's any more (a stale
-        attempt), add the message to its own history row instead."""
+        """End the attempt Failed with ``kind`` (None: a foreign error); ``note``: if the row is
+        not this attempt's any more (a stale attempt), add the message to its own history row."""
 
         if self.forced_by:
             message = f"{message} [full reload forced by {self.forced_by}]"
@@ -217,6 +226,7 @@ class _Attempt:
                 self.metadata_id,
                 message,
                 databricks_run_url=run_link or self.databricks_url,
+                failure_kind=kind,
             )
 
         if not retry:  # a terminated run: one try, the interrupt must not wait
@@ -246,10 +256,10 @@ class _Attempt:
             return self.client.resolve_source(row)
         except SourceConnectionError as exc:
             message = _safe(f"{self.control_key}: source refused: {exc}", self.settings)
-            self.fail(message)
+            self.fail(message, kind=contract.KIND_BAD_CONFIG)
             raise dg.Failure(message) from None
 
-    def settle(self, exc: BaseException) -> None:
+    def settle(self, exc: BaseException, kind: str | None = None) -> None:
         """Any exception after the attempt went In Progress ends it Failed with its text.
 
         Guarded like every transition: when the attempt was already settled (the script's own
@@ -264,7 +274,7 @@ class _Attempt:
             text = f"Load failed after it started: {type(exc).__name__}: {exc}"
         try:
             # Already settled (the script's error, a terminate, a monitor): nothing to add.
-            self.fail(_safe(text, self.settings), note=False)
+            self.fail(_safe(text, self.settings), note=False, kind=kind)
         except Exception as write_error:  # noqa: BLE001 - the load's own error is what matters
             self.context.log.error(
                 _safe(
@@ -291,6 +301,7 @@ class _Attempt:
                     self.settings,
                 ),
                 retry=False,
+                kind=contract.KIND_CANCELLED,
             )
             raise
         except Exception as exc:  # noqa: BLE001 - any failure to run must end the attempt Failed
@@ -303,7 +314,7 @@ class _Attempt:
         run_link = outcome.external_run_url or self.databricks_url
         if outcome.error is not None:
             message = _safe(outcome.error, self.settings)
-            self.fail(message, run_link)
+            self.fail(message, run_link, kind=outcome.error_kind)
             raise dg.Failure(
                 description=message,
                 metadata={
@@ -315,7 +326,7 @@ class _Attempt:
         reported = _reported_metadata(outcome)
         if not reported:
             message = "Load script finished without reporting a materialization (rows, watermark)"
-            self.fail(message, run_link)
+            self.fail(message, run_link, kind=contract.KIND_INTERNAL)
             raise dg.Failure(message)
         try:
             recorded = self._write_back(lambda: self._record_result(reported, run_link))
@@ -457,7 +468,8 @@ def build_load_asset(settings: Settings) -> dg.AssetsDefinition:
             # Recorded where it is caught while the script runs (_Attempt.run); a terminate that
             # lands elsewhere (the write-back) is recorded here. Guarded: never twice.
             attempt.settle(
-                dg.Failure(f"Cancelled - Dagster run {context.run.run_id} was terminated")
+                dg.Failure(f"Cancelled - Dagster run {context.run.run_id} was terminated"),
+                contract.KIND_CANCELLED,
             )
             raise
         except Exception as exc:

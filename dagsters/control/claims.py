@@ -16,6 +16,7 @@ from dagsters.control.connection import ControlDatabase
 from dagsters.control.errors import LoadAlreadyActive, UnknownControlKey
 from dagsters.control.status import ALLOWED_FROM, IN_PROGRESS, QUEUED
 from dagsters.control.transitions import guarded_transition, row_guard
+from databricks_scripts.contract import KIND_ORPHANED
 
 # The spec's master_sensor query, plus: rows an AI analysis sent to review wait for a person, and
 # a Failed row is not reclaimed by its own schedule: it waits for its retry decision
@@ -129,9 +130,9 @@ class ClaimsSql(ControlDatabase):
                 if rows:
                     conn.execute(
                         "UPDATE historical_metadata SET status = 'Failed', ended_at = now(),"
-                        " message = %(message)s WHERE metadata_id = %(metadata_id)s"
-                        " AND status = 'Queued'",
-                        params,
+                        " message = %(message)s, failure_kind = %(kind)s"
+                        " WHERE metadata_id = %(metadata_id)s AND status = 'Queued'",
+                        {**params, "kind": KIND_ORPHANED},
                     )
                     released.extend(rows)
         return released

@@ -21,12 +21,14 @@ from dagsters.control.status import (
     expected_states,
 )
 from dagsters.control.transitions import (
+    KEEP_KIND,
     advance_schedule,
     guarded_transition,
     next_slot_or_problem,
     row_guard,
     success_sets,
 )
+from databricks_scripts.contract import KIND_BAD_CONFIG
 
 
 class LifecycleSql(ControlDatabase):
@@ -39,8 +41,10 @@ class LifecycleSql(ControlDatabase):
         message: str | None = None,
         *,
         expected_status: Any = ANY_ALLOWED,
+        failure_kind: str | None = None,
     ) -> bool:
-        """Generic guarded status change; True if this caller won.
+        """Generic guarded status change; True if this caller won. ``failure_kind``: the kind
+        written when ``status`` is Failed (None: a foreign error).
 
         ``expected_status`` (a status, None, or a collection of them) narrows the states the row
         may be in; by default any state the lifecycle allows before ``status``. Entering
@@ -64,6 +68,7 @@ class LifecycleSql(ControlDatabase):
                 where=sql.SQL("t.config_id = %(config_id)s"),
                 params=params,
                 sets=sets,
+                failure_kind=failure_kind if status == FAILED else KEEP_KIND,
             )
             if status in (SUCCEEDED, FAILED):
                 advance_schedule(conn, rows)
@@ -198,6 +203,7 @@ class LifecycleSql(ControlDatabase):
                         "t.staging_model_processed AND NOT %(schema_changed)s"
                     ),
                 },
+                failure_kind=KIND_BAD_CONFIG if status == FAILED else KEEP_KIND,
             )
             if rows:
                 conn.execute(
@@ -218,8 +224,12 @@ class LifecycleSql(ControlDatabase):
         message: str,
         *,
         databricks_run_url: str | None = None,
+        failure_kind: str | None = None,
     ) -> bool:
         """Queued | In Progress -> Failed for this attempt; message redacted; schedule advanced.
+
+        ``failure_kind``: what DataLoader knows about the failure (``contract.FAILURE_KINDS``),
+        written to the row and the history row; None for a foreign error (its text is classified).
 
         The schedule moves on so a failed row is not reclaimed on the very next tick; the
         failed_monitor's retry (reset_for_retry) brings it back sooner with a back-off.
@@ -229,6 +239,7 @@ class LifecycleSql(ControlDatabase):
             "metadata_id": metadata_id,
             "message": self.redact(message),
             "databricks": databricks_run_url,
+            "kind": failure_kind,
         }
         with self._transaction("record_failure") as conn:
             rows = guarded_transition(
@@ -243,11 +254,12 @@ class LifecycleSql(ControlDatabase):
                         "coalesce(%(databricks)s, t.last_databricks_run)"
                     ),
                 },
+                failure_kind=failure_kind,
             )
             if rows:
                 conn.execute(
                     "UPDATE historical_metadata SET status = 'Failed', ended_at = now(),"
-                    " message = %(message)s,"
+                    " message = %(message)s, failure_kind = %(kind)s,"
                     " databricks_run_url = coalesce(%(databricks)s, databricks_run_url)"
                     " WHERE metadata_id = %(metadata_id)s",
                     params,
@@ -268,6 +280,8 @@ def _schedulable(conn: psycopg.Connection, config_id: int) -> bool:
 
 _SUCCESS_HISTORY = (
     "UPDATE historical_metadata SET status = %(status)s, ended_at = now(),"
+    # Failed here only when the next slot cannot be computed: the row's schedule (bad_config).
+    f" failure_kind = CASE WHEN %(status)s = 'Failed' THEN '{KIND_BAD_CONFIG}' END,"
     " rows_read = %(rows_read)s, rows_written = %(rows_written)s,"
     " watermark_after = coalesce(%(watermark)s, watermark_before),"
     " message = %(history_message)s,"

@@ -126,7 +126,7 @@ class ReconcileSql(ControlDatabase):
                 params,
             )
             conn.execute(
-                "UPDATE historical_metadata SET status = 'Succeeded',"
+                "UPDATE historical_metadata SET status = 'Succeeded', failure_kind = NULL,"
                 " ended_at = coalesce(ended_at, now()),"
                 " watermark_after = coalesce(%(watermark)s, watermark_after),"
                 " message = CASE WHEN message IS NULL OR message = '' THEN %(earlier)s"

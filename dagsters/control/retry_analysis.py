@@ -24,13 +24,9 @@ from typing import TYPE_CHECKING, Any
 from dagsters.alerts import Alert, Notifier
 from dagsters.settings import RetryPolicy, Settings
 from databricks_scripts.contract import Decision
+from databricks_scripts.failures import decision_for_kind
 from databricks_scripts.redaction import redact
-from databricks_scripts.retry_classifier import (
-    QUEUE_TIMEOUT_RULE,
-    RUN_TIMEOUT_RULE,
-    UNKNOWN,
-    classify_error,
-)
+from databricks_scripts.retry_classifier import UNKNOWN, classify_error
 
 if TYPE_CHECKING:
     from dagsters.utils.lakebase_client import LakebaseClient
@@ -52,17 +48,15 @@ LOST = "lost"
 def decide_without_asking(row: Mapping[str, Any], policy: RetryPolicy) -> Decision | None:
     """A decision by rule, or None when the script (model or rules) should decide.
 
-    Review for a row whose retries are used up; for the two stuck-load monitors' own
-    ``Cancelled - ...`` messages the documented rule of ``retry_classifier`` (stuck in queue:
-    retry; exceeded the running timeout: review). A person's terminate never gets here:
-    failed_monitor does not claim it (``TERMINATED_SQL_LIKE``).
+    Review for a row whose retries are used up; for a failure with a kind
+    (``last_failure_kind``: a monitor's, the load script's own) the kind's rule
+    (``failures.KIND_RULES``: stuck in queue: retry; exceeded the running timeout: review; ...),
+    its message text unread. Only a foreign error (no kind) goes to the script. A person's
+    terminate never gets here: failed_monitor does not claim it (kind ``cancelled``).
     """
     retry_count = int(row.get("retry_count") or 0)
     if retry_count < policy.max_retries:
-        known = classify_error(row.get("last_message"))
-        if known.rule in (QUEUE_TIMEOUT_RULE, RUN_TIMEOUT_RULE):
-            return Decision(known.decision, 1.0, known.reason, "rules")
-        return None
+        return decision_for_kind(row.get("last_failure_kind"))
     return Decision.review(
         f"Failed again after {retry_count} of {policy.max_retries} automatic retries, so a "
         "person should look before it is loaded again.",
@@ -75,8 +69,12 @@ def decide_by_rules(row: Mapping[str, Any], why_not_asked: str) -> Decision:
 
     Used when the retry-analysis script itself could not run or answer (cluster gone, model
     down): the same rules the script falls back to (``retry_classifier``), so a transient fault
-    is retried instead of every affected table going to review.
+    is retried instead of every affected table going to review. A failure with a kind is decided
+    by its kind, as everywhere.
     """
+    by_kind = decision_for_kind(row.get("last_failure_kind"))
+    if by_kind is not None:
+        return by_kind
     rules = classify_error(str(row.get("last_message") or ""))
     confidence = 0.5 if rules.category == UNKNOWN else 0.9
     reason = f"{rules.reason} (decided in the code location: {why_not_asked})"
@@ -122,6 +120,9 @@ def build_analysis_request(
         "retry_count": int(row.get("retry_count") or 0),
         "max_retries": settings.retry.max_retries,
         "failed_at": _plain(row.get("last_status_date_time")),
+        # The failure's kind (contract.FAILURE_KINDS), None for a foreign error: the script
+        # decides a kind by its rule, without the classifier or a model.
+        "failure_kind": row.get("last_failure_kind"),
         "error_message": redact(_clip_error(error), secrets),
         "recent_attempts": [_attempt(h, secrets) for h in attempts[:HISTORY_ATTEMPTS]],
     }

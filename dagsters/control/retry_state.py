@@ -17,9 +17,8 @@ from dagsters.control.connection import ControlDatabase
 from dagsters.control.schedule import retry_backoff
 from dagsters.control.status import FAILED
 from dagsters.control.transitions import guarded_transition, row_guard
-from databricks_scripts.contract import REQUIRES_REVIEW, RETRY_RECOMMENDED, Decision
+from databricks_scripts.contract import KIND_CANCELLED, REQUIRES_REVIEW, RETRY_RECOMMENDED, Decision
 from databricks_scripts.redaction import redact
-from databricks_scripts.retry_classifier import TERMINATED_SQL_LIKE
 
 RETRY_MARKER = f"[AI Analysis - {RETRY_RECOMMENDED}] "
 REVIEW_MARKER = f"[AI Analysis - {REQUIRES_REVIEW}] "
@@ -57,7 +56,7 @@ class RetrySql(ControlDatabase):
                 "  WHERE last_status = 'Failed' AND retry_count < %(max_retries)s"
                 "    AND NOT needs_review"
                 # A person's terminate stays Failed with its message: nothing to analyse.
-                "    AND coalesce(last_message, '') NOT LIKE %(terminated)s"
+                "    AND last_failure_kind IS DISTINCT FROM %(terminated)s"
                 "    AND (retry_analysis_requested_at IS NULL"
                 "      OR retry_analysis_requested_at"
                 "         < now() - make_interval(mins => %(stale)s::int))"
@@ -72,7 +71,7 @@ class RetrySql(ControlDatabase):
                 {
                     "limit": int(limit),
                     "max_retries": int(max_retries),
-                    "terminated": TERMINATED_SQL_LIKE,
+                    "terminated": KIND_CANCELLED,
                     "stale": None if stale_after_minutes is None else int(stale_after_minutes),
                 },
             ).fetchall()

@@ -22,8 +22,9 @@ from psycopg import sql
 from dagsters.control.claims import _DUE, _claim_statement
 from dagsters.control.connection import ControlDatabase
 from dagsters.control.status import FAILED, QUEUED
-from dagsters.control.stuck import STUCK_IN_QUEUE, _fail_history
+from dagsters.control.stuck import STUCK_IN_QUEUE, fail_history
 from dagsters.control.transitions import advance_schedule, guarded_transition
+from databricks_scripts.contract import KIND_STUCK_QUEUED
 
 # run_requests.source_system in SQL: ``connection:<name>`` for a row naming a source_connection,
 # else db_type:host[:port]; unsafe characters -> "_", 200 chars.
@@ -123,7 +124,8 @@ class SourceSlotsSql(ControlDatabase):
                     "message": message,
                 },
                 sets={"last_message": sql.SQL("%(message)s")},
+                failure_kind=KIND_STUCK_QUEUED,
             )
-            _fail_history(conn, rows, message)
+            fail_history(conn, rows, message, KIND_STUCK_QUEUED)
             advance_schedule(conn, rows)
         return bool(rows)

@@ -10,8 +10,10 @@ from psycopg import sql
 from dagsters.control.connection import ControlDatabase
 from dagsters.control.status import FAILED, IN_PROGRESS, QUEUED
 from dagsters.control.transitions import advance_schedule, guarded_transition
+from databricks_scripts.contract import KIND_RUN_TIMEOUT, KIND_STUCK_QUEUED
 
-# The two monitors' messages (the spec's words); retry_classifier recognises them by these prefixes.
+# The two monitors' messages (the spec's words). What retry rules read is the kind each one writes
+# with it (KIND_STUCK_QUEUED, KIND_RUN_TIMEOUT), not these words.
 STUCK_IN_QUEUE = "Cancelled - stuck in queue for >{minutes} minutes"
 RUN_TIMEOUT = "Cancelled - exceeded {minutes} minute timeout"
 
@@ -32,8 +34,9 @@ class StuckRowsSql(ControlDatabase):
                 ),
                 params={"minutes": int(threshold_minutes), "message": message},
                 sets={"last_message": sql.SQL("%(message)s")},
+                failure_kind=KIND_STUCK_QUEUED,
             )
-            _fail_history(conn, rows, message)
+            fail_history(conn, rows, message, KIND_STUCK_QUEUED)
             advance_schedule(conn, rows)
         return rows
 
@@ -68,18 +71,22 @@ class StuckRowsSql(ControlDatabase):
                     "message": message,
                 },
                 sets={"last_message": sql.SQL("%(message)s")},
+                failure_kind=KIND_RUN_TIMEOUT,
             )
-            _fail_history(conn, rows, message)
+            fail_history(conn, rows, message, KIND_RUN_TIMEOUT)
             advance_schedule(conn, rows)
         return bool(rows)
 
 
-def _fail_history(conn: psycopg.Connection, rows: Sequence[Mapping], message: str) -> None:
-    """The history rows of attempts a stuck-row monitor failed: Failed with its message."""
+def fail_history(
+    conn: psycopg.Connection, rows: Sequence[Mapping], message: str, kind: str | None
+) -> None:
+    """The history rows of attempts a stuck-row monitor failed: Failed with its message and kind."""
     ids = [r["last_metadata_id"] for r in rows if r["last_metadata_id"] is not None]
     if ids:
         conn.execute(
-            "UPDATE historical_metadata SET status = 'Failed', ended_at = now(), message = %s"
+            "UPDATE historical_metadata SET status = 'Failed', ended_at = now(), message = %s,"
+            " failure_kind = %s"
             " WHERE metadata_id = ANY(%s) AND status IN ('Queued', 'In Progress')",
-            (message, ids),
+            (message, kind, ids),
         )

@@ -16,7 +16,10 @@ import psycopg
 from psycopg import sql
 
 from dagsters.control.schedule import next_load_time
-from dagsters.control.status import ALLOWED_FROM, FAILED, STATUSES, UNCOMPUTABLE_FROM
+from dagsters.control.status import ALLOWED_FROM, FAILED, STATUSES, SUCCEEDED, UNCOMPUTABLE_FROM
+from databricks_scripts.contract import FAILURE_KINDS
+
+KEEP_KIND: Any = object()  # "leave last_failure_kind as it is" (the default)
 
 
 def guarded_transition(
@@ -31,6 +34,7 @@ def guarded_transition(
     execute: bool = True,
     uncomputable: bool = False,
     returning: sql.Composable | None = None,
+    failure_kind: str | None = KEEP_KIND,
 ) -> list[dict] | tuple[sql.Composed, dict[str, Any]]:
     """The one place a status changes: UPDATE ... WHERE <target> AND <expected state>.
 
@@ -43,8 +47,12 @@ def guarded_transition(
     failed from any state (:data:`UNCOMPUTABLE_FROM`); only ``to_status`` Failed.
     ``returning``: the columns to return instead of ``t.*`` (a row whose timestamps Python
     cannot read must not be read back).
+    ``failure_kind``: the failure's kind (``contract.FAILURE_KINDS``, or None for a foreign error)
+    written to ``last_failure_kind``. A row entering Failed from a running state must be given
+    one (None included): the kind, not the message, is what retry rules read. Succeeded clears it.
     """
     expected = set(expected)
+    _check_kind(to_status, expected, failure_kind)
     if to_status not in ALLOWED_FROM:
         raise ValueError(f"unknown status {to_status!r}; expected one of {STATUSES}")
     if uncomputable and to_status != FAILED:
@@ -67,6 +75,10 @@ def guarded_transition(
             " THEN now() ELSE t.last_status_date_time END"
         ),
     ]
+    if failure_kind is not KEEP_KIND:
+        assignments.append(sql.SQL("last_failure_kind = %(_t_kind)s"))
+    elif to_status == SUCCEEDED:
+        assignments.append(sql.SQL("last_failure_kind = NULL"))
     for column, value in (sets or {}).items():
         assignments.append(sql.SQL("{} = {}").format(sql.Identifier(column), value))
     statement = sql.SQL(
@@ -80,11 +92,24 @@ def guarded_transition(
         guard=guard,
     )
     all_params = {**params, "_t_to": to_status, "_t_from": allowed_named}
+    if failure_kind is not KEEP_KIND:
+        all_params["_t_kind"] = failure_kind
     if not execute:
         return statement, all_params
     if conn is None:
         raise ValueError("guarded_transition: a connection is needed to execute")
     return conn.execute(statement, all_params).fetchall()
+
+
+def _check_kind(to_status: str | None, expected: set, failure_kind: Any) -> None:
+    if failure_kind is KEEP_KIND:
+        if to_status == FAILED and expected - {FAILED}:
+            raise ValueError(
+                "a transition to Failed names its failure_kind (None for a foreign error)"
+            )
+        return
+    if failure_kind is not None and failure_kind not in FAILURE_KINDS:
+        raise ValueError(f"unknown failure kind {failure_kind!r}; one of {FAILURE_KINDS}")
 
 
 def row_guard(metadata_id: int | None) -> sql.Composable:

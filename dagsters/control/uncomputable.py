@@ -24,6 +24,7 @@ from psycopg import sql
 from dagsters.control.connection import ControlDatabase
 from dagsters.control.status import FAILED, UNCOMPUTABLE_FROM
 from dagsters.control.transitions import guarded_transition
+from databricks_scripts.contract import KIND_BAD_CONFIG
 
 PROBLEM_SQL = sql.SQL(
     "dataloader_control_row_problem("
@@ -86,6 +87,7 @@ class UncomputableRowsSql(ControlDatabase):
                 },
                 uncomputable=True,
                 returning=_RETURNING,
+                failure_kind=KIND_BAD_CONFIG,
             )
             if not rows:
                 return rows
@@ -126,17 +128,19 @@ class UncomputableRowsSql(ControlDatabase):
                 sets={"last_message": sql.SQL("%(message)s"), "needs_review": sql.SQL("true")},
                 uncomputable=True,
                 returning=_RETURNING,
+                failure_kind=KIND_BAD_CONFIG,
             )
             _fail_attempts(conn, rows)
         return bool(rows)
 
 
 def _fail_attempts(conn, rows: list[dict]) -> None:
-    """The unfinished attempt of each failed row ends Failed with the row's message."""
+    """The unfinished attempt of each failed row ends Failed with the row's message (bad_config)."""
     for row in rows:
         if row["last_metadata_id"] is not None:
             conn.execute(
-                "UPDATE historical_metadata SET status = 'Failed', ended_at = now(), message = %s"
+                "UPDATE historical_metadata SET status = 'Failed', ended_at = now(), message = %s,"
+                " failure_kind = %s"
                 " WHERE metadata_id = %s AND status IN ('Queued', 'In Progress')",
-                (row["last_message"], row["last_metadata_id"]),
+                (row["last_message"], KIND_BAD_CONFIG, row["last_metadata_id"]),
             )

@@ -30,6 +30,7 @@ from dagsters.runners.outcome import (
     ScriptOutcome,
     error_from_custom_messages,
     error_from_stderr_tail,
+    error_kind_from,
 )
 from dagsters.settings import child_environment
 from databricks_scripts.contract import PARAMS_EXTRA, error_from_stderr
@@ -117,6 +118,9 @@ class LocalRunner:
             results=session.get_reported_results() if error is None else (),
             custom_messages=session.get_custom_messages(),
             error=error,
+            error_kind=None
+            if error is None or returncode is None
+            else error_kind_from(session.get_custom_messages(), list(stderr_tail)),
         )
 
     def _error(

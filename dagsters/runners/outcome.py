@@ -12,7 +12,12 @@ from typing import Any
 
 import dagster as dg
 
-from databricks_scripts.contract import error_from_message, error_from_stderr
+from databricks_scripts.contract import (
+    error_from_message,
+    error_from_stderr,
+    kind_from_message,
+    kind_from_stderr,
+)
 
 
 @dataclass
@@ -22,6 +27,9 @@ class ScriptOutcome:
     results: Sequence[Any] = ()
     custom_messages: Sequence[Any] = ()
     error: str | None = None  # the script's own error text when it failed, else None
+    # The failure kind the script reported with its error (contract.FAILURE_KINDS); None for a
+    # foreign error, or when the script said nothing.
+    error_kind: str | None = None
     external_run_url: str | None = None
     external_run_id: str | None = None
     extra_metadata: dict[str, Any] = field(default_factory=dict)
@@ -47,6 +55,15 @@ def error_from_custom_messages(messages: Sequence[Any]) -> str | None:
         if text:
             return text
     return None
+
+
+def error_kind_from(messages: Sequence[Any], stderr_tail: Sequence[str] = ()) -> str | None:
+    """The kind of the script's error, from where its text is taken: the last error message if
+    there is one, else the last ``STDERR_ERROR_PREFIX`` line; None when neither names a kind."""
+    for message in reversed(list(messages)):
+        if error_from_message(message):
+            return kind_from_message(message)
+    return kind_from_stderr(list(stderr_tail))
 
 
 def error_from_stderr_tail(lines: Sequence[str]) -> str | None:

@@ -11,9 +11,11 @@ leave the stamp for ever; a stamp older than ``DATALOADER_RETRY_ANALYSIS_TIMEOUT
 therefore taken back by the same guarded claim, and the failure gets a second analysis run with a
 new run key, unless the first analysis run is in fact still queued or running in Dagster.
 
-A failure that is a person's termination (``Cancelled - Dagster run <id> was terminated``) is not
-claimed at all (``retry_state.TERMINATED_SQL_LIKE``): it is not analysed, uses no retry, and the row
-stays Failed with its message until someone loads it again.
+A failure that is a person's termination (``last_failure_kind`` ``cancelled``: ``Cancelled - Dagster
+run <id> was terminated``) is not claimed at all: it is not analysed, uses no retry, and the row
+stays Failed with its message until someone loads it again. Every other failure DataLoader gave a
+kind (a monitor's, the load script's own) is decided by its kind here, by rule, without a run;
+only foreign errors (no kind) get an analysis run.
 """
 
 from __future__ import annotations
@@ -60,8 +62,8 @@ class FailureTriage:
     """What one tick does with the failures it claimed."""
 
     analyse: list[dict] = field(default_factory=list)
-    # Decided by rule without a run: retries used up (review), or a monitor's own
-    # Cancelled message (stuck in queue: retry; over the run timeout: review).
+    # Decided by rule without a run: retries used up (review), or a failure with a kind
+    # (failures.KIND_RULES: stuck in queue: retry; over the run timeout: review; ...).
     by_rule: list[tuple[dict, Decision]] = field(default_factory=list)
     waiting: list[tuple[dict, str]] = field(default_factory=list)  # (row, active analysis run)
     again: list[dict] = field(default_factory=list)  # earlier analysis never decided

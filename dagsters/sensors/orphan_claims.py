@@ -17,6 +17,7 @@ import dagster as dg
 
 from dagsters.control.run_requests import TAG_METADATA_ID
 from dagsters.utils.lakebase_client import LakebaseClient
+from databricks_scripts.contract import KIND_ORPHANED
 
 # Long enough for a queued run to be created by any healthy daemon, far below the 60-minute
 # long-queued threshold.
@@ -65,6 +66,7 @@ def settle_orphan_claims(
                 row["metadata_id"],
                 f"Run {run.run_id} ended {run.status.value} before the load started "
                 "(see the run's event log)",
+                failure_kind=KIND_ORPHANED,
             )
         else:
             continue  # queued or running: the long-queued monitor's business
