@@ -216,14 +216,17 @@ def commit_counts(operation: str, metrics: Mapping[str, Any]) -> tuple[int, int]
     """(rows read, rows written) from the Delta commit's ``operationMetrics``.
 
     MERGE also reports ``numOutputRows``, but that counts every row of the files it rewrote
-    (copied, unchanged rows included): a merge wrote its inserted plus updated rows.
+    (copied, unchanged rows included): a merge wrote its inserted, updated and deleted rows.
     """
 
     def n(key: str) -> int:
         return int(metrics.get(key) or 0)
 
     if operation.upper().startswith("MERGE"):
-        return n("numSourceRows"), n("numTargetRowsInserted") + n("numTargetRowsUpdated")
+        # Deleted rows count as written, as on the Arrow engine (loader_history.merge_metrics):
+        # a hard-deleting MERGE's deletes are changes it made.
+        written = n("numTargetRowsInserted") + n("numTargetRowsUpdated") + n("numTargetRowsDeleted")
+        return n("numSourceRows"), written
     return n("numOutputRows"), n("numOutputRows")
 
 
@@ -270,7 +273,9 @@ def statement_written(rows: Sequence[Any]) -> int | None:
     row = rows[0].asDict() if hasattr(rows[0], "asDict") else dict(rows[0])
     if "num_inserted_rows" not in row and "num_updated_rows" not in row:
         return None
-    return int(row.get("num_inserted_rows") or 0) + int(row.get("num_updated_rows") or 0)
+    return sum(
+        int(row.get(k) or 0) for k in ("num_inserted_rows", "num_updated_rows", "num_deleted_rows")
+    )
 
 
 def counts_from(
@@ -280,6 +285,11 @@ def counts_from(
     being newest), the statement's own written count where it gives one."""
     commit = our_commit(history, version_before, write_operation(statement))
     written = statement_written(result_rows)
+    moved = version_before is None or any(row["version"] > version_before for row in history)
+    if commit is None and written is None and not moved:
+        # The table did not move: the statement wrote nothing (an engine may skip an empty
+        # INSERT's commit, as Sail does; Delta on Databricks commits it with 0 rows).
+        return 0, 0
     if commit is None:
         if written is None:
             raise ValueError(

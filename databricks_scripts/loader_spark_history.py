@@ -32,6 +32,7 @@ from databricks_scripts.loader_sql import SPARK
 
 KEY_ONLY = "__dataloader_key_only"
 MERGE_KEY = "__dataloader_merge_key_"
+PRESENT = "__dataloader_present"
 
 _TECHNICAL = (DELETED_AT, START_AT, END_AT)
 
@@ -199,14 +200,26 @@ def live_condition(*, scd2: bool, soft: bool) -> str:
 
 
 def floor_query(target: str, view: str, keys_view: str, keys: Sequence[str], live: str) -> str:
-    """(live rows, rows the load would delete or close) of the destination."""
-    gone = (
-        f"NOT EXISTS (SELECT 1 FROM {_q(keys_view)} AS k WHERE {_on(keys, 't', 'k')}) AND "
-        f"NOT EXISTS (SELECT 1 FROM {_q(view)} AS r WHERE {_on(keys, 't', 'r')})"
-    )
+    """(live rows, rows the load would delete or close) of the destination.
+
+    A live row is gone when its key is neither in the key snapshot nor among the rows read. Both
+    are LEFT JOINs on distinct keys (one match at most, so nothing is counted twice), not
+    ``NOT EXISTS`` inside the aggregate: a correlated subquery there is refused by Sail and is
+    not portable across Spark versions.
+    """
+    cols = ", ".join(_q(k) for k in keys)
+    present = _q(PRESENT)
+
+    def keys_of(source: str, alias: str) -> str:
+        return (
+            f"LEFT JOIN (SELECT DISTINCT {cols}, true AS {present} FROM {_q(source)}) AS {alias} "
+            f"ON {_on(keys, 't', alias)}"
+        )
+
+    gone = f"k.{present} IS NULL AND r.{present} IS NULL"
     return (
         f"SELECT count(*) AS live, coalesce(sum(CASE WHEN {gone} THEN 1 ELSE 0 END), 0) AS gone "
-        f"FROM {target} AS t WHERE {live}"
+        f"FROM {target} AS t {keys_of(keys_view, 'k')} {keys_of(view, 'r')} WHERE {live}"
     )
 
 

@@ -89,4 +89,18 @@ def test_counts_take_our_commit_and_prefer_the_statements_written_count():
     # Our commit is not in the history searched: the statement's own count still answers.
     assert lsp.counts_from(history, "INSERT INTO x", insert_rows, 8) == (4, 4)
     with pytest.raises(ValueError, match="our commit was not among the newest"):
-        lsp.counts_from(history, "MERGE INTO x", [], 8)
+        lsp.counts_from(history, "INSERT INTO x", [], 7)  # newer commits, none of them ours
+    # Nothing newer than the version the write started from: the statement committed nothing.
+    assert lsp.counts_from(history, "INSERT INTO x", [], 9) == (0, 0)
+
+
+def test_a_hard_deleting_merge_counts_its_deletes_as_written_as_the_arrow_engine_does():
+    metrics = {
+        "numSourceRows": "5",
+        "numTargetRowsInserted": "1",
+        "numTargetRowsUpdated": "1",
+        "numTargetRowsDeleted": "2",
+    }
+    assert lsp.commit_counts("MERGE", metrics) == (5, 4)
+    rows = [Row(num_affected_rows=4, num_updated_rows=1, num_deleted_rows=2, num_inserted_rows=1)]
+    assert lsp.statement_written(rows) == 4
