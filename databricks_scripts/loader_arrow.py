@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from databricks_scripts.contract import full_load_reason
 from databricks_scripts.delta_dataset import delta_dataset, destination_watermark
+from databricks_scripts.loader_columns import rebuild_if_column_control_changed, schema_notes
 from databricks_scripts.loader_commits import (
     StaleAttempt,
     UnrecordedCommit,
@@ -113,6 +114,8 @@ def full_reason(spec, destination_exists: bool) -> str | None:
     """
     if history_strategy(spec, destination_exists) is not None:
         return None
+    if destination_exists and getattr(spec, "rebuild_reason", None):
+        return spec.rebuild_reason
     return full_load_reason(
         force_full_reload=spec.force_full_reload,
         destination_exists=destination_exists,
@@ -254,6 +257,7 @@ class _Load:
     # An error raised inside a stream the writer consumes (delta-rs re-raises it as its own).
     stream_error: BaseException | None = None
     source: Any = None  # the source reader (delete detection reads its keys)
+    notes: list[str] = field(default_factory=list)  # sentences for the load's message
 
     @property
     def file_size(self) -> int | None:
@@ -319,17 +323,18 @@ def _prepare(spec, source, destination: Path, log: Callable[[str], None]) -> _Lo
         if problem:
             raise ValueError(f"incremental_column {cursor!r} cannot be a cursor: {problem}")
         numeric_text = bool(cursor) and is_numeric_text(source_schema.field(cursor))
+    notes: list[str] = []
     with _step("open destination"):
         table = _delta_table(destination)
+        spec = rebuild_if_column_control_changed(spec, table, notes, log)
         if table is not None and spec.load_strategy == "scd2" and spec.force_full_reload:
             table = archive_if_types_changed(spec, source_schema, table, destination, log)
         applied = choose_strategy(spec, table is not None)
         rebuild = applied == "full" and (table is None or spec.force_full_reload)
         dest_schema = None if rebuild else arrow_schema_of(table.schema())
     with _step("reconcile schema"):
-        plan = plan_schema(source_schema, dest_schema)
-        if plan.added_columns:
-            log(f"schema evolution: adding column(s) {', '.join(plan.added_columns)}")
+        plan = plan_schema(source_schema, dest_schema, spec.schema_change)
+        schema_notes(spec, plan, source_schema, dest_schema, notes, log)
     load = _Load(
         spec,
         destination,
@@ -339,6 +344,7 @@ def _prepare(spec, source, destination: Path, log: Callable[[str], None]) -> _Lo
         plan,
         numeric_text,
         source_columns=frozenset(source_schema.names),
+        notes=notes,
     )
     load.committed_at_start = committed_attempt(table, spec)
     reread = spec.force_full_reload  # a forced reload of an scd2 / soft-delete table reads all
@@ -456,6 +462,7 @@ def run_arrow_load(
     ``first_load_chunks`` = (chunk rows, chunked above rows): see loader_first_load.
     """
     load = _prepare(spec, source, destination, log)
+    spec = load.spec  # a rebuild when the column control changed
     load.stop, load.target_file_size, load.source = stop, target_file_size, source
     load.merge_chunk_rows = merge_chunk_rows
     if load.applied != "full":
@@ -503,6 +510,7 @@ def run_arrow_load(
         destination_rows_before=rows_before,
         full_reason=full_reason(spec, load.table is not None),
         verification=verification,
+        notes=list(load.notes),
     )
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from databricks_scripts.loader_columns import kept_schema
 from databricks_scripts.loader_sql import (
     Dialect,
     qualified_name,
@@ -116,8 +117,11 @@ class SourceReader:
         limit_zero: bool = False,
         ordered: bool = False,
         null_cursor: bool = False,
+        select_list: str | None = None,
     ) -> str:
         column = self.spec.incremental_column
+        if select_list is None and not limit_zero:
+            select_list = self.select_list()
         return select_source(
             self.dialect,
             self.table_sql,
@@ -125,7 +129,18 @@ class SourceReader:
             limit_zero=limit_zero,
             order_by=column if ordered else None,
             null_cursor=column if null_cursor else None,
+            select_list=select_list,
         )
+
+    def select_list(self) -> str | None:
+        """The quoted columns a row with ``columns_exclude`` reads (None: ``*``, every column)."""
+        if not getattr(self.spec, "columns_exclude", ()):
+            return None
+        return ", ".join(self.dialect.quote(n) for n in self.schema().names)
+
+    def kept(self, probed: pa.Schema) -> pa.Schema:
+        """The probed schema without the row's ``columns_exclude`` (loader_columns)."""
+        return kept_schema(probed, getattr(self.spec, "columns_exclude", ()))
 
     def ordered_batches(
         self, lower_bound: object | None, *, null_cursor: bool = False

@@ -115,7 +115,7 @@ class PostgresReader(SourceReader):
         if self._schema is None:
             stmt, reader = self._execute(self.query(limit_zero=True))
             try:
-                self._schema = reader.schema
+                self._schema = self.kept(reader.schema)
                 reader.read_all()
             finally:
                 reader.close()
@@ -151,11 +151,11 @@ class PostgresReader(SourceReader):
         an ADBC read is its NUMERIC-to-text reader); the other columns as they are. The WHERE
         clause still compares the table's own column, so the cursor keeps its type.
         """
-        text = self.query(incremental=incremental, ordered=ordered, null_cursor=null_cursor)
         scaled = {
             f.name: ps for f in self.schema() if (ps := pg_numeric_as_scaled_int8(f)) is not None
         }
         if not scaled:
+            text = self.query(incremental=incremental, ordered=ordered, null_cursor=null_cursor)
             return text, scaled
         columns = []
         for f in self.schema():
@@ -172,10 +172,13 @@ class PostgresReader(SourceReader):
                     f"({name} OPERATOR(pg_catalog.*) {factor}::pg_catalog.numeric)"
                     f"::pg_catalog.int8 AS {name}"
                 )
-        prefix = "SELECT * FROM "
-        if not text.startswith(prefix):
-            raise ValueError(f"unexpected source query shape: {text[:40]!r}")
-        return f"SELECT {', '.join(columns)} FROM {text[len(prefix) :]}", scaled
+        text = self.query(
+            incremental=incremental,
+            ordered=ordered,
+            null_cursor=null_cursor,
+            select_list=", ".join(columns),
+        )
+        return text, scaled
 
     def batches(
         self, lower_bound: object | None, *, ordered: bool = False, null_cursor: bool = False
@@ -357,7 +360,7 @@ class MySQLReader(SourceReader):
             self._statement()
             with self._conn.cursor() as cur:
                 cur.execute(self.query(limit_zero=True))
-                self._schema = self._schema_of(cur)
+                self._schema = self.kept(self._schema_of(cur))
         return self._schema
 
     def _counts(self, query: str, params: tuple) -> tuple[int, ...]:
