@@ -1,0 +1,57 @@
+"""Source lineage (issue 27): each declared destination table depends on its source table, an
+external asset keyed by connection, database, schema and table, grouped per connection, whose
+metadata names the connection, type and host and nothing secret."""
+
+from __future__ import annotations
+
+import dagster as dg
+from helpers import add_control_row, insert_control_row, lakebase_for
+from test_secret_binding import add_connection
+
+from dagsters.assets.table_specs import table_asset_definitions
+from dagsters.settings import load_settings
+
+
+def test_tables_depend_on_their_source_tables_grouped_per_connection(control_db, source_db, db):
+    add_control_row(db, source_db, "pg.orders", "orders")
+    add_connection(
+        db,
+        "erp",
+        "mysql",
+        host="erp-db.internal",
+        port=3306,
+        database="erp",
+        user_name="loader",
+        secret_scope="kv-main",
+        secret_key="erp-pass",
+    )
+    insert_control_row(
+        db,
+        {
+            "control_key": "erp.invoices",
+            "source_schema_name": "billing",
+            "source_table_name": "invoices",
+            "destination_catalog": "lake",
+            "destination_schema_name": "erp",
+            "destination_table_name": "invoices",
+            "db_type": "mysql",
+            "connection_name": "erp",
+            "load_strategy": "full",
+        },
+    )
+    settings = load_settings({"DATALOADER_TABLE_ASSETS_MAX": "10"})
+    specs, _ = table_asset_definitions(settings, lakebase_for(control_db))
+    graph = dg.Definitions(assets=specs).resolve_asset_graph()
+
+    invoices = dg.AssetKey(["lake", "erp", "invoices"])
+    source = dg.AssetKey(["sources", "erp", "billing", "invoices"])
+    assert graph.get(invoices).parent_keys == {source}
+    node = graph.get(source)
+    assert node.group_name == "source_erp" and node.kinds == {"mysql"}
+    meta = {k: v.value for k, v in node.metadata.items()}
+    assert meta == {"connection": "erp", "type": "mysql", "host": "erp-db.internal"}
+    assert "loader" not in str(meta) and "erp-pass" not in str(meta) and "kv-main" not in str(meta)
+
+    [orders_source] = graph.get(dg.AssetKey(["lake", "raw", "orders"])).parent_keys
+    assert orders_source.path[0] == "sources" and orders_source.path[-2:] == ["public", "orders"]
+    assert graph.get(orders_source).group_name.startswith("source_postgresql_")
