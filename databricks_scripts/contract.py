@@ -174,6 +174,9 @@ class LoadMetadata:
     # (never a value); absent when the row names none.
     COLUMNS_EXCLUDED = "columns_excluded"
     COLUMNS_HASHED = "columns_hashed"
+    # The source table's own comment (PostgreSQL COMMENT ON TABLE, MySQL COMMENT); its column
+    # comments are the column descriptions of COLUMN_SCHEMA.
+    SOURCE_COMMENT = "source_comment"
     # The reconciliation check (loader_verify): passed or not, its sentence, its depth and the
     # facts it read from both sides (source_rows_in_scope, destination_rows_in_scope, ...).
     VERIFIED = "verification_passed"

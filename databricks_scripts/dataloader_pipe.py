@@ -101,12 +101,16 @@ def _dbutils_secret_getter(env: ScriptEnv):
     return dbutils.secrets.get
 
 
-def column_schema_metadata(schema) -> dict:
-    """``dagster/column_schema`` in the Pipes wire form (type ``table_schema``)."""
-    columns = [
-        {"name": f.name, "type": str(f.type), "constraints": {"nullable": bool(f.nullable)}}
-        for f in schema
-    ]
+def column_schema_metadata(schema, descriptions: dict | None = None) -> dict:
+    """``dagster/column_schema`` in the Pipes wire form (type ``table_schema``); a column's
+    ``description`` is its source comment (PostgreSQL ``COMMENT ON``, MySQL ``COMMENT``)."""
+    columns = []
+    for f in schema:
+        nullable = {"nullable": bool(f.nullable)}
+        column = {"name": f.name, "type": str(f.type), "constraints": nullable}
+        if descriptions and descriptions.get(f.name):
+            column["description"] = descriptions[f.name]
+        columns.append(column)
     return {"type": "table_schema", "raw_value": {"columns": columns}}
 
 
@@ -309,6 +313,7 @@ def run_load(
         raise DataLoaderError(failure)
 
     duration = round(time.monotonic() - started, 3)
+    comments = getattr(result, "comments", None) or (None, {})
     metadata = {
         LoadMetadata.ROWS_READ: result.rows_read,
         LoadMetadata.ROWS_WRITTEN: result.rows_written,
@@ -320,8 +325,10 @@ def run_load(
         LoadMetadata.REQUESTED_LOAD_STRATEGY: spec.load_strategy,
         LoadMetadata.ENGINE: engine,
         LoadMetadata.TABLE_NAME: spec.destination_label,
-        LoadMetadata.COLUMN_SCHEMA: column_schema_metadata(result.schema),
+        LoadMetadata.COLUMN_SCHEMA: column_schema_metadata(result.schema, comments[1]),
     }
+    if comments[0]:
+        metadata[LoadMetadata.SOURCE_COMMENT] = comments[0]
     if result.row_count is not None:
         metadata[LoadMetadata.ROW_COUNT] = result.row_count
     metadata.update(_reconciliation_counts(result))

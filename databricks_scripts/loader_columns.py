@@ -246,6 +246,31 @@ def schema_notes(spec, plan: Any, source_schema, dest_schema, notes, log) -> Non
         )
 
 
+# ---- comments: the source's table and column comments (PostgreSQL COMMENT ON, MySQL COMMENT) ----
+
+
+def source_comments(source: Any, log) -> tuple[str | None, dict[str, str]]:
+    """The source's comments; a catalog that cannot be read costs the comments, not the load."""
+    try:
+        return source.comments()
+    except Exception as exc:  # noqa: BLE001 - comments are documentation, never data
+        log(f"source comments not read: {type(exc).__name__}: {exc}")
+        return None, {}
+
+
+def commented_plan(plan: Any, columns: dict[str, str]) -> Any:
+    """``plan`` whose write schema carries the column comments (Delta column ``comment``)."""
+    if not columns:
+        return plan
+    fields = [
+        f.with_metadata({**(f.metadata or {}), b"comment": columns[f.name].encode()})
+        if f.name in columns
+        else f
+        for f in plan.write_schema
+    ]
+    return dataclasses.replace(plan, write_schema=pa.schema(fields))
+
+
 def spark_hash_column(column: Any, key: bytes, spark_type: str = "string") -> Any:
     """The Spark expression of :func:`hmac_array` for one column (text/binary as bytes, other
     types as Spark prints them): HMAC built from sha2 and the key's pads, NULL stays NULL."""

@@ -152,6 +152,11 @@ class SourceReader:
     def schema(self) -> pa.Schema:
         raise NotImplementedError
 
+    def comments(self) -> tuple[str | None, dict[str, str]]:
+        """(the table's comment, {column: comment}) from the source's catalog (PostgreSQL
+        ``COMMENT ON``, MySQL ``COMMENT``); (None, {}) where the reader does not read them."""
+        return None, {}
+
     def estimated_rows(self) -> int | None:
         """The database's own row estimate of the table (catalog statistics), or None. Only a
         progress figure: never a count anything is checked against."""

@@ -124,6 +124,24 @@ class PostgresReader(SourceReader):
 
     ordered_reads = True
 
+    def comments(self) -> tuple[str | None, dict[str, str]]:
+        stmt, reader = self._execute(
+            "SELECT pg_catalog.obj_description(c.oid, 'pg_class') AS t, a.attname::text AS c,"
+            " pg_catalog.col_description(c.oid, a.attnum::pg_catalog.int4) AS d"
+            " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_attribute a"
+            " ON a.attrelid OPERATOR(pg_catalog.=) c.oid AND a.attnum OPERATOR(pg_catalog.>) 0"
+            " AND NOT a.attisdropped"
+            " WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1)",
+            (self.table_sql,),
+        )
+        try:
+            rows = reader.read_all().to_pylist()
+        finally:
+            reader.close()
+            stmt.close()
+        table = rows[0]["t"] if rows else None
+        return table, {r["c"]: r["d"] for r in rows if r["d"]}
+
     def estimated_rows(self) -> int | None:
         stmt, reader = self._execute(
             "SELECT c.reltuples::pg_catalog.int8 FROM pg_catalog.pg_class c "
@@ -370,6 +388,20 @@ class MySQLReader(SourceReader):
             return tuple(int(v or 0) for v in cur.fetchone())
 
     ordered_reads = True
+
+    def comments(self) -> tuple[str | None, dict[str, str]]:
+        where = "WHERE table_schema = COALESCE(%s, DATABASE()) AND table_name = %s"
+        parts = (self.spec.source_schema_name, self.spec.source_table_name)
+        self._statement()
+        with self._conn.cursor() as cur:
+            cur.execute(f"SELECT table_comment FROM information_schema.tables {where}", parts)
+            row = cur.fetchone()
+            cur.execute(
+                f"SELECT column_name, column_comment FROM information_schema.columns {where}",
+                parts,
+            )
+            columns = {str(n): str(c) for n, c in cur.fetchall() if c}
+        return (str(row[0]) if row and row[0] else None), columns
 
     def estimated_rows(self) -> int | None:
         parts = source_table_parts(

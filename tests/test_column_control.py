@@ -137,6 +137,12 @@ def test_excluded_column_never_lands_and_hashed_column_joins_without_its_values(
         f"INSERT INTO {table} VALUES (1, 'ann', 'a@x.org', '111-11'), (2, 'bob', 'b@x.org',"
         " '222-22'), (3, 'cy', 'a@x.org', NULL)"
     )
+    if source.db_type == "postgresql":
+        source.run(f"COMMENT ON TABLE {table} IS 'People we know'")
+        source.run(f"COMMENT ON COLUMN {table}.name IS 'Given name'")
+    else:
+        source.run(f"ALTER TABLE {table} COMMENT = 'People we know'")
+        source.run(f"ALTER TABLE {table} MODIFY name varchar(40) COMMENT 'Given name'")
     key = f"pii.{table}"
     _add(
         db,
@@ -162,6 +168,14 @@ def test_excluded_column_never_lands_and_hashed_column_joins_without_its_values(
     asset = dg.AssetKey(["lake", "raw", table])
     meta = instance.get_latest_materialization_event(asset).asset_materialization.metadata
     assert meta["columns_excluded"].value == "ssn" and meta["columns_hashed"].value == "email"
+    # Comments flow: Delta table and column comments, the asset's column descriptions.
+    delta = DeltaTable(str(lake_root / "lake" / "raw" / table))
+    assert delta.metadata().description == "People we know"
+    [name_field] = [f for f in delta.schema().fields if f.name == "name"]
+    assert name_field.metadata.get("comment") == "Given name"
+    columns = {c.name: c for c in meta["dagster/column_schema"].value.columns}
+    assert columns["name"].description == "Given name" and columns["id"].description is None
+    assert meta["source_comment"].value == "People we know"
     [first] = history(db, key)
     assert "columns excluded: ssn" in first["message"] and hash_key not in first["message"]
 

@@ -55,3 +55,22 @@ def test_tables_depend_on_their_source_tables_grouped_per_connection(control_db,
     [orders_source] = graph.get(dg.AssetKey(["lake", "raw", "orders"])).parent_keys
     assert orders_source.path[0] == "sources" and orders_source.path[-2:] == ["public", "orders"]
     assert graph.get(orders_source).group_name.startswith("source_postgresql_")
+
+
+def test_column_comments_in_delta_become_dbt_source_descriptions():
+    from dagsters.landing.dbt_files import source_table_entry
+    from dagsters.landing.schema import LandingTable, columns_from_delta_schema
+
+    schema = {
+        "fields": [
+            {"name": "id", "type": "long", "nullable": False, "metadata": {}},
+            {"name": "name", "type": "string", "metadata": {"comment": "Given name"}},
+        ]
+    }
+    columns = columns_from_delta_schema(schema)
+    table = LandingTable(1, "pii.people", "merge", "lake", "raw", "people", columns)
+    entry = source_table_entry(table)
+    assert entry["columns"] == [
+        {"name": "id", "data_type": "bigint"},
+        {"name": "name", "data_type": "string", "description": "Given name"},
+    ]
