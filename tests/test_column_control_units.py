@@ -150,3 +150,33 @@ def test_spark_contract_freezes_discards_and_notes_dropped_columns():
     discard = parse_load_spec(_params(schema_change="discard_new"))
     kept, notes = lsc.contract_changes(discard, source, target, list(added), [])
     assert kept == [] and "not loaded" in notes[0] and "no longer has column(s) name" in notes[1]
+
+
+class _History:
+    """DESCRIBE HISTORY rows as a SparkSession would return them (newest first)."""
+
+    def __init__(self, *user_metadata):
+        from types import SimpleNamespace
+
+        self.rows = [SimpleNamespace(asDict=lambda m=m: {"userMetadata": m}) for m in user_metadata]
+
+    def sql(self, _statement):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(collect=lambda: self.rows)
+
+
+def test_spark_rebuilds_when_the_last_commit_recorded_other_lists():
+    import json
+
+    spec = parse_load_spec(_params(columns_exclude=["ssn"]))
+    same = json.dumps({lc.KEY_COLUMN_CONTROL: lc.column_control_text(spec)})
+    assert lsc.rebuild_if_changed(_History(same), spec, "t", True, print) == (spec, "")
+    legacy = json.dumps({"dataloader.metadata_id": "3"})
+    rebuilt, note = lsc.rebuild_if_changed(_History(None, legacy), spec, "t", True, print)
+    assert (
+        rebuilt.force_full_reload
+        and rebuilt.rebuild_reason == "columns_exclude or columns_hash changed"
+    )
+    assert "columns_exclude was [none], now [ssn]" in note
+    assert lsc.rebuild_if_changed(_History(legacy), spec, "t", False, print) == (spec, "")
