@@ -1,6 +1,7 @@
 """Source lineage (issue 27): each declared destination table depends on its source table, an
 external asset keyed by connection, database, schema and table, grouped per connection, whose
-metadata names the connection, type and host and nothing secret."""
+metadata names the connection, type and host and nothing secret; the edges as the UI reads them
+(GraphQL, an out-of-process code location); column comments as dbt descriptions."""
 
 from __future__ import annotations
 
@@ -74,3 +75,48 @@ def test_column_comments_in_delta_become_dbt_source_descriptions():
         {"name": "id", "data_type": "bigint"},
         {"name": "name", "data_type": "string", "description": "Given name"},
     ]
+
+
+LINEAGE_LOCATION = """
+import os
+
+import dagster as dg
+from psycopg.conninfo import conninfo_to_dict
+
+from dagsters.assets.table_specs import table_asset_definitions
+from dagsters.resources.lakebase import LakebaseResource
+from dagsters.settings import load_settings
+
+_parts = conninfo_to_dict(os.environ["LINEAGE_TEST_CONNINFO"])
+_lakebase = LakebaseResource(
+    host=_parts["host"], port=int(_parts["port"]), database=_parts["dbname"],
+    user=_parts["user"], sslmode="disable",
+)
+_specs, _ = table_asset_definitions(load_settings({"DATALOADER_TABLE_ASSETS_MAX": "10"}), _lakebase)
+defs = dg.Definitions(assets=_specs)
+"""
+
+ASSET_NODES = """{ assetNodes { assetKey { path } dependencyKeys { path } groupName
+  metadataEntries { label ... on TextMetadataEntry { text } } } }"""
+
+
+def test_the_lineage_edges_are_in_graphql(control_db, source_db, db, tmp_path, monkeypatch):
+    from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
+
+    add_control_row(db, source_db, "pg.orders", "orders")
+    location = tmp_path / "lineage_location.py"
+    location.write_text(LINEAGE_LOCATION)
+    monkeypatch.setenv("LINEAGE_TEST_CONNINFO", control_db)
+    with (
+        dg.instance_for_test() as instance,
+        define_out_of_process_context(str(location), None, instance) as context,
+    ):
+        result = execute_dagster_graphql(context, ASSET_NODES)
+    assert not result.errors, result.errors
+    nodes = {tuple(n["assetKey"]["path"]): n for n in result.data["assetNodes"]}
+    table = nodes[("lake", "raw", "orders")]
+    [source] = [tuple(d["path"]) for d in table["dependencyKeys"]]
+    assert source[0] == "sources" and source[-2:] == ("public", "orders")
+    assert nodes[source]["groupName"].startswith("source_postgresql_")
+    labels = {e["label"] for e in nodes[source]["metadataEntries"]}
+    assert labels == {"type", "host"}  # a row without a connection: no connection name
