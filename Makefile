@@ -1,24 +1,50 @@
 # The two commands a person needs: `make dev` starts DataLoader locally, `make test` runs the tests.
 # Both create the virtual environment and install what they need on a fresh machine.
 
-PYTHON ?= python3.11
+# Supported Pythons: 3.11 to 3.14 (pyproject.toml's requires-python; the embedded PostgreSQL wheel
+# has builds for each). `make` picks the first of python3.11, python3.12, python3.13, python3.14 that
+# runs, else python3 if it is 3.11 or newer; `make PYTHON=/path/to/python` overrides. Each candidate
+# is run, not only looked up: a pyenv shim for a version that is installed but not selected exists
+# on PATH and fails, and pyenv's own install of that version is then used.
+SUPPORTED := 3.11 3.12 3.13 3.14
+IS_SUPPORTED := -c 'import sys; sys.exit(sys.version_info < (3, 11))'
+find_python = $(shell for v in $(1); do \
+	python$$v $(IS_SUPPORTED) >/dev/null 2>&1 && { echo python$$v; exit 0; }; \
+	pre=$$(pyenv prefix $$v 2>/dev/null) && "$$pre/bin/python$$v" $(IS_SUPPORTED) >/dev/null 2>&1 \
+		&& { echo "$$pre/bin/python$$v"; exit 0; }; \
+	done; \
+	[ -z "$(2)" ] || { python3 $(IS_SUPPORTED) >/dev/null 2>&1 && echo python3; })
+PYTHON ?= $(call find_python,$(SUPPORTED),or-python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 # The scripts' unit tests under Python 3.12 too (Databricks Runtime 16.x / 17.x): `make test-py312`.
 # Not part of `make test`: it needs a python3.12 on the machine and a second install (~2 min).
-PYTHON312 ?= python3.12
+PYTHON312 ?= $(call find_python,3.12)
 VENV312   := .venv312
 STAMP312  := $(VENV312)/.installed
 SCRIPT_TESTS := tests/test_loader_units.py tests/test_loader_spark.py tests/test_loader_mssql_oracle.py \
 	tests/test_redaction.py tests/test_retry_classifier.py tests/test_spark_write_counts.py \
 	tests/test_runtime_floor.py
 
-.PHONY: dev test test-py312 bench install clean-local
+# A smoke set on the second supported Python, 3.13 (`make test-smoke-py313`, run by .ci/run after
+# `make test` where a Python 3.13 exists): its own install in .venv313, then the embedded PostgreSQL
+# starting (and its system user under a race), the demo seeded, a local load end to end through
+# `dataloader dev`, and the CLI. `make python313` prints the Python 3.13 found, or nothing.
+PYTHON313 ?= $(call find_python,3.13)
+VENV313   := .venv313
+STAMP313  := $(VENV313)/.installed
+SMOKE_TESTS := tests/test_embedded_postgres.py tests/test_local_demo_seed.py tests/test_e2e_local.py \
+	tests/test_cli_help.py
+
+.PHONY: dev test test-py312 test-smoke-py313 python313 bench install clean-local
 
 $(STAMP): pyproject.toml
-	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
+	@py="$(PYTHON)"; [ -n "$$py" ] && "$$py" $(IS_SUPPORTED) >/dev/null 2>&1 || { \
+		echo "No supported Python found: DataLoader needs Python 3.11, 3.12, 3.13 or 3.14."; \
+		echo "Looked for python3.11, python3.12, python3.13, python3.14 (on PATH or pyenv's), then python3$${py:+; PYTHON=$$py is not one}."; \
+		echo "Install one, or name it: make PYTHON=/path/to/python3.11 $(MAKECMDGOALS)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
@@ -38,7 +64,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 $(STAMP312): pyproject.toml
-	@command -v $(PYTHON312) >/dev/null 2>&1 || { echo "$(PYTHON312) not found; set PYTHON312=/path/to/python3.12"; exit 1; }
+	@[ -n "$(PYTHON312)" ] || { echo "python3.12 not found (on PATH or pyenv's); set PYTHON312=/path/to/python3.12"; exit 1; }
 	test -x $(VENV312)/bin/python || $(PYTHON312) -m venv $(VENV312)
 	$(VENV312)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV312)/bin/python -m pip install --quiet -e '.[test]'
@@ -46,6 +72,19 @@ $(STAMP312): pyproject.toml
 
 test-py312: $(STAMP312)
 	$(VENV312)/bin/python -m pytest $(SCRIPT_TESTS) $(PYTEST_ARGS)
+
+$(STAMP313): pyproject.toml
+	@[ -n "$(PYTHON313)" ] || { echo "python3.13 not found (on PATH or pyenv's); set PYTHON313=/path/to/python3.13"; exit 1; }
+	test -x $(VENV313)/bin/python || $(PYTHON313) -m venv $(VENV313)
+	$(VENV313)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV313)/bin/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP313)
+
+test-smoke-py313: $(STAMP313)
+	$(VENV313)/bin/python -m pytest -n 2 --dist loadfile $(SMOKE_TESTS) $(PYTEST_ARGS)
+
+python313:
+	@echo "$(PYTHON313)"
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

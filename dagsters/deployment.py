@@ -89,6 +89,25 @@ def _databricks_problems(settings: Settings) -> list[str]:
         )
     if databricks.new_cluster_json and not databricks.cluster_id and not databricks.serverless:
         problems += new_cluster_problems(databricks.new_cluster_json)
+    classic = (
+        bool(databricks.cluster_id or databricks.new_cluster_json) and not databricks.serverless
+    )
+    if classic and not databricks.volume_path and not databricks.pipes_dbfs:
+        problems.append(
+            "classic compute keeps the Dagster Pipes files in a Unity Catalog volume: set "
+            "DATALOADER_DATABRICKS_VOLUME_PATH=/Volumes/<catalog>/<schema>/pipes, or "
+            "DATALOADER_DATABRICKS_PIPES_DBFS=true to keep them on the DBFS root"
+        )
+    if databricks.pipes_dbfs and (databricks.serverless or databricks.volume_path):
+        problems.append(
+            "DATALOADER_DATABRICKS_PIPES_DBFS=true contradicts "
+            + (
+                "DATALOADER_DATABRICKS_SERVERLESS=true"
+                if databricks.serverless
+                else "DATALOADER_DATABRICKS_VOLUME_PATH"
+            )
+            + ": the Pipes files go to one place; unset one of them"
+        )
     if databricks.serverless and not databricks.volume_path:
         problems.append(
             "DATALOADER_DATABRICKS_SERVERLESS=true needs DATALOADER_DATABRICKS_VOLUME_PATH "

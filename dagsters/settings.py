@@ -99,6 +99,9 @@ class DatabricksSettings:
     new_cluster_json: str | None = None
     serverless: bool = False
     volume_path: str | None = None
+    # DATALOADER_DATABRICKS_PIPES_DBFS: classic compute keeps the Pipes files on the DBFS root
+    # (deprecated, absent from new accounts) instead of the volume; only when asked for.
+    pipes_dbfs: bool = False
     libraries: tuple[str, ...] | None = None  # None: per script
     poll_interval_seconds: float = 5.0
 
@@ -329,6 +332,7 @@ def _databricks(env: Mapping[str, str]) -> DatabricksSettings:
         new_cluster_json=_text(env, "DATALOADER_DATABRICKS_NEW_CLUSTER"),
         serverless=_flag(env, "DATALOADER_DATABRICKS_SERVERLESS", False),
         volume_path=_text(env, "DATALOADER_DATABRICKS_VOLUME_PATH"),
+        pipes_dbfs=_flag(env, "DATALOADER_DATABRICKS_PIPES_DBFS", False),
         libraries=tuple(lib for lib in libraries if lib) or None,
         poll_interval_seconds=_positive_float(env, "DATALOADER_DATABRICKS_POLL_SECONDS", 5.0),
     )

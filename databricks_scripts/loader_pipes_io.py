@@ -1,10 +1,11 @@
 """Choose the Dagster Pipes context loader, message writer and params loader for where we run.
 
 - Local subprocess (``PipesSubprocessClient``): bootstrap in env vars, Pipes defaults.
-- Databricks existing cluster: bootstrap as CLI arguments (``PipesCliArgsParamsLoader``), context
-  file and message directory on DBFS.
-- Databricks new cluster: bootstrap in env vars (``spark_env_vars``), DBFS.
-- Databricks serverless: context file and messages in a Unity Catalog volume (``/Volumes/...``).
+- Databricks existing cluster: bootstrap as CLI arguments (``PipesCliArgsParamsLoader``); new
+  cluster: bootstrap in env vars (``spark_env_vars``); serverless: CLI arguments.
+- Context file and messages in a Unity Catalog volume when the context path is ``/Volumes/...``
+  (every compute by default), otherwise on DBFS (classic compute, when the code location sets
+  ``DATALOADER_DATABRICKS_PIPES_DBFS``).
 
 DBFS paths are reached through the FUSE mount ``/dbfs``; ``ScriptEnv.dbfs_root``
 (``DATALOADER_DBFS_ROOT``) moves it so a local Databricks stand-in can run this script unchanged

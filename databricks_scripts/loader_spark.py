@@ -359,7 +359,17 @@ def read_source_planned(
                 rows_per_partition=rows_per_partition,
                 max_partitions=max_partitions,
             )
-        if plan.options:
+        if plan.predicates:
+            # Typed range predicates (Oracle / SQL Server dates and timestamps): one partition
+            # per predicate, every other option passed as a JDBC property.
+            rest = {k: v for k, v in options.items() if k not in ("url", "dbtable")}
+            df = spark.read.jdbc(
+                options["url"],
+                options["dbtable"],
+                predicates=list(plan.predicates),
+                properties=rest,
+            )
+        elif plan.options:
             df = spark.read.format("jdbc").options(**options, **plan.options).load()
     if lower_bound is not None:
         df = df.filter(F.col(spec.incremental_column) > F.lit(spark_literal(lower_bound)))
@@ -531,7 +541,8 @@ def _source_view(spark: Any, spec: Any, password, lower, reading, applied: str, 
     ``reading`` = (JDBC partitioning, hash key)."""
     df, plan = read_source_planned(spark, spec, password, lower, *reading)
     if plan.partitions > 1:
-        log(f"reading the source over {plan.partitions} JDBC connections: {dict(plan.options)}")
+        how = dict(plan.options) or list(plan.predicates)
+        log(f"reading the source over {plan.partitions} JDBC connections: {how}")
     elif plan.note:
         log(plan.note)
     key_range = None

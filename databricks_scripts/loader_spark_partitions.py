@@ -25,12 +25,25 @@ the load's result carries a note saying why, which reaches the history row's mes
 The probe's filter value is rendered from the decoded, typed watermark (a number, date or
 datetime; never text a person wrote), only for PostgreSQL and MySQL; elsewhere the probe looks at
 the whole table, which widens the bounds and the estimate but changes no row read.
+
+Dialect rules the probe and the ranges follow:
+
+- The probe's aliases are quoted identifiers (``AS "lo"``): Oracle folds an unquoted alias to upper
+  case (``LO``), and Spark names the column by the label the driver reports.
+- A date or timestamp split on Oracle or SQL Server does not use Spark's own ranges, whose bounds
+  are plain string literals (``'2024-01-01 00:00:00.123456'``): Oracle converts those with the
+  session's NLS_DATE_FORMAT / NLS_TIMESTAMP_FORMAT, and SQL Server's ``datetime`` refuses more
+  than three fractional digits. The ranges are then explicit predicates with typed literals
+  (Oracle ``TIMESTAMP '...'`` / ``DATE '...'``, SQL Server ``CONVERT(datetime2, '...', 121)`` /
+  ``CONVERT(date, '...', 23)``), in the same shape as Spark's: the first range also takes every
+  row below it and every NULL, the last every row above it, each row in exactly one range.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import decimal
+import itertools
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -56,10 +69,13 @@ class ReadPlan:
     options: Mapping[str, str] = field(default_factory=dict)
     partitions: int = 1
     note: str | None = None  # said in the history message: why the read was not split
+    # When set, the read's ranges as explicit WHERE predicates (``spark.read.jdbc(predicates=)``)
+    # instead of Spark's partitionColumn options (typed bound literals, see the module doc).
+    predicates: tuple[str, ...] = ()
 
     @classmethod
     def single(cls, note: str | None = None) -> ReadPlan:
-        return cls({}, 1, note)
+        return cls({}, 1, note=note)
 
 
 def splittable(spark_type: str) -> bool:
@@ -142,9 +158,11 @@ def probe_query(
     """min/max of ``column`` (and count(*) when ``count``) within ``cursor > lower``."""
     dialect = DIALECTS[db_type]
     col = dialect.quote(column)
-    select = f"SELECT min({col}) AS lo, max({col}) AS hi"
+    # Quoted aliases: Oracle would fold unquoted ones to LO / HI / N.
+    lo, hi, n = (dialect.quote(alias) for alias in ("lo", "hi", "n"))
+    select = f"SELECT min({col}) AS {lo}, max({col}) AS {hi}"
     if count:
-        select += ", count(*) AS n"
+        select += f", count(*) AS {n}"
     text = f"{select} FROM {table_sql}"
     if cursor and lower is not None:
         text += f" WHERE {dialect.quote(cursor)} > {lower}"
@@ -178,6 +196,55 @@ def _jdbc_query(spark: Any, base: Mapping[str, str], query: str) -> Any:
     """One row of ``query``, run on the source over one JDBC connection."""
     opts = {k: v for k, v in base.items() if k not in ("dbtable", "fetchsize")}
     return spark.read.format("jdbc").options(**opts, query=query).load()
+
+
+def typed_literal(db_type: str, spark_type: str, value: dt.date) -> str:
+    """A date or timestamp bound as a typed literal of ``db_type`` (Oracle, SQL Server), read the
+    same whatever the session's date format, language or the column's fractional precision."""
+    if spark_type == "date":
+        text = value.isoformat() if not isinstance(value, dt.datetime) else value.date().isoformat()
+        return f"DATE '{text}'" if db_type == "oracle" else f"CONVERT(date, '{text}', 23)"
+    if not isinstance(value, dt.datetime):
+        raise TypeError(f"a timestamp bound must be a datetime, got {value!r}")
+    text = value.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+    return f"TIMESTAMP '{text}'" if db_type == "oracle" else f"CONVERT(datetime2, '{text}', 121)"
+
+
+def _stride_points(spark_type: str, lo: dt.date, hi: dt.date, partitions: int) -> list[dt.date]:
+    """At most partitions - 1 inner bounds in (``lo``, ``hi``], evenly spaced and distinct (in
+    whole days for a date, microseconds for a timestamp)."""
+    if spark_type == "date":
+        lo, hi = (d.date() if isinstance(d, dt.datetime) else d for d in (lo, hi))
+        unit = dt.timedelta(days=1)
+    else:
+        unit = dt.timedelta(microseconds=1)
+    span = (hi - lo) // unit
+    n = max(1, min(partitions, span + 1))
+    return sorted({lo + unit * -(-span * i // n) for i in range(1, n)})
+
+
+def range_predicates(
+    db_type: str, column: str, spark_type: str, lo: dt.date, hi: dt.date, partitions: int
+) -> tuple[str, ...]:
+    """WHERE predicates splitting the read of ``column`` into at most ``partitions`` ranges with
+    typed bound literals: ``col < b1 OR col IS NULL``, ``col >= b1 AND col < b2``, ...,
+    ``col >= bn``. Each value, NULL included, satisfies exactly one of them."""
+    col = DIALECTS[db_type].quote(column)
+    bounds = [
+        typed_literal(db_type, spark_type, p)
+        for p in _stride_points(spark_type, lo, hi, partitions)
+    ]
+    if not bounds:
+        return ()
+    predicates = [f"{col} < {bounds[0]} OR {col} IS NULL"]
+    predicates += [f"{col} >= {a} AND {col} < {b}" for a, b in itertools.pairwise(bounds)]
+    predicates.append(f"{col} >= {bounds[-1]}")
+    return tuple(predicates)
+
+
+def _typed_ranges(db_type: str, spark_type: str) -> bool:
+    """True where the split goes through typed predicates rather than Spark's bound strings."""
+    return db_type in ("oracle", "sqlserver") and spark_type in _TIMES
 
 
 def _bound_text(spark_type: str, lo: Any, hi: Any) -> tuple[str, str]:
@@ -250,6 +317,13 @@ def plan_read(
     partitions = partition_count(estimate, rows_per_partition, cap)
     if partitions <= 1:
         return ReadPlan.single()
+    if _typed_ranges(spec.db_type, spark_type):
+        parse = dt.date.fromisoformat if spark_type == "date" else dt.datetime.fromisoformat
+        low, high = (v if isinstance(v, dt.date) else parse(str(v)) for v in (lo, hi))
+        predicates = range_predicates(spec.db_type, column, spark_type, low, high, partitions)
+        if len(predicates) <= 1:
+            return ReadPlan.single()
+        return ReadPlan({}, len(predicates), predicates=predicates)
     lower_text, upper_text = _bound_text(spark_type, lo, hi)
     return ReadPlan(
         {

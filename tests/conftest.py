@@ -35,9 +35,10 @@ os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
 def embedded_pg() -> Iterator[EmbeddedServer]:
     """The project's own embedded PostgreSQL, started once per test session.
 
-    Its data lives outside pytest's basetemp: running as root, pgserver runs PostgreSQL as another
-    user that must traverse the path, and pytest prunes old basetemps that a concurrent session
-    may still be using.
+    Its data lives outside pytest's basetemp: running as root, the embedded server runs PostgreSQL
+    as another user that must traverse the path, and pytest prunes old basetemps that a concurrent
+    session may still be using. That user is created under a lock before the server starts
+    (dagsters/local/system_user.py), so pytest-xdist workers starting at once agree on it.
     """
     top = Path(tempfile.mkdtemp(prefix="dataloader-test-pg-"))
     pgdata = top / "pgdata"

@@ -22,6 +22,7 @@ def deployment_env(environment: str = "prod", **overrides: str | None) -> dict[s
         "DATALOADER_EXECUTION": "databricks",
         "DATABRICKS_HOST": "https://adb-1.2.azuredatabricks.net",
         "DATABRICKS_CLUSTER_ID": "0101-000000-abc",
+        "DATALOADER_DATABRICKS_VOLUME_PATH": "/Volumes/prod/dataloader/pipes",
         "DATABRICKS_WAREHOUSE_ID": "wh-1",
         "DATALOADER_MODELS_URL": f"https://x-access-token:{MODELS_TOKEN}@git.example.com/m.git",
     }

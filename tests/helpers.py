@@ -246,7 +246,7 @@ def start_password_enforcing_server(
 ) -> EmbeddedServer:
     """A separate embedded server where ``role`` must log in with its scram password.
 
-    pgserver initialises with trust auth; an hba line for ``role`` placed first makes PostgreSQL
+    The embedded server initialises with trust auth; an hba line for ``role`` placed first makes PostgreSQL
     check that role's password only, so a wrong or stale password really is refused.
     """
     server = start_embedded_server(pgdata, cleanup_mode="stop")

@@ -45,8 +45,9 @@ NEW_CLUSTER = (
     '"custom_tags": {"ResourceClass": "SingleNode"}}'
 )
 BACKENDS = {
-    "existing_cluster": {"cluster_id": CLUSTER},
-    "new_cluster": {"new_cluster_json": NEW_CLUSTER},
+    # Classic compute keeps the Pipes files in the volume unless DBFS is asked for.
+    "existing_cluster": {"cluster_id": CLUSTER, "volume_path": VOLUME},
+    "new_cluster": {"new_cluster_json": NEW_CLUSTER, "volume_path": VOLUME},
     "serverless": {"serverless": True, "volume_path": VOLUME},
 }
 

@@ -16,6 +16,7 @@ import pytest
 from databricks.sdk.service import jobs
 from databricks_standin import (  # noqa: F401
     CLUSTER,
+    VOLUME,
     DatabricksStandin,
     databricks_standin,
     event_text,
@@ -88,7 +89,11 @@ def _faulty_backend(stand_in: DatabricksStandin, tmp_path: Path, source: str):
     (scripts / "dataloader_pipe.py").write_text(source)
     stand_in.deploy(scripts, SCRIPTS)
     return PipesDatabricksResource(
-        execution="databricks", scripts_path=SCRIPTS, cluster_id=CLUSTER, poll_interval_seconds=0.2
+        execution="databricks",
+        scripts_path=SCRIPTS,
+        cluster_id=CLUSTER,
+        volume_path=VOLUME,
+        poll_interval_seconds=0.2,
     )
 
 

@@ -11,6 +11,7 @@ import pytest
 from databricks_standin import (  # noqa: F401
     CLUSTER,
     REPO_SCRIPTS,
+    VOLUME,
     WORKSPACE_SCRIPTS,
     DatabricksStandin,
     arrow_runtime,
@@ -93,6 +94,7 @@ def test_load_on_databricks_with_only_the_workspace_url_tagged_with_the_environm
     for name, value in {
         "DATALOADER_EXECUTION": "databricks",
         "DATABRICKS_CLUSTER_ID": CLUSTER,
+        "DATALOADER_DATABRICKS_VOLUME_PATH": VOLUME,
         "DATALOADER_SCRIPTS_PATH": WORKSPACE_SCRIPTS,
         "DATALOADER_DATABRICKS_POLL_SECONDS": "0.2",
         "DAGSTER_ENVIRONMENT": "npd",

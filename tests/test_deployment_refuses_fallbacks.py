@@ -91,7 +91,11 @@ def test_dagster_plus_alone_marks_a_deployment_and_needs_the_environment_name():
         ({"DATALOADER_LAKEBASE_AUTH_MODE": "oauth"}, "oauth needs DATALOADER_LAKEBASE_INSTANCE"),
         ({"DATALOADER_EXECUTION": "local"}, "DATALOADER_EXECUTION is 'local'"),
         (
-            {"DATABRICKS_CLUSTER_ID": None, "DATALOADER_DATABRICKS_SERVERLESS": "true"},
+            {
+                "DATABRICKS_CLUSTER_ID": None,
+                "DATALOADER_DATABRICKS_SERVERLESS": "true",
+                "DATALOADER_DATABRICKS_VOLUME_PATH": None,
+            },
             "SERVERLESS=true needs DATALOADER_DATABRICKS_VOLUME_PATH",
         ),
         ({"DAGSTER_CLOUD_URL": None}, "run links would point at http://127.0.0.1:3000"),
@@ -151,10 +155,13 @@ def bundle() -> dict:
 def test_bundle_targets_are_the_spec_environments(bundle, target):
     spec = bundle["targets"][target]
     assert spec["mode"] == "production"
-    principal = f"${{var.{target}_service_principal}}"
+    principal = "${var.service_principal}"
     assert spec["run_as"] == {"service_principal_name": principal}
     assert {"level": "CAN_MANAGE", "service_principal_name": principal} in spec["permissions"]
-    assert f"{target}_service_principal" in bundle["variables"]
+    # One variable, given a value in each target: the principal named dataloader-<target>.
+    assert spec["variables"]["service_principal"]["lookup"] == {
+        "service_principal": f"dataloader-{target}"
+    }
     synced = f"{spec['workspace']['file_path']}/{bundle['sync']['paths'][0]}"
     # Where the code location's Databricks runner looks when DATALOADER_SCRIPTS_PATH is unset.
     assert synced == DEFAULT_WORKSPACE_SCRIPTS

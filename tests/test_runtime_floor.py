@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from databricks_standin import databricks_standin  # noqa: F401
+from databricks_standin import VOLUME, databricks_standin  # noqa: F401
 from helpers import add_control_row, control_row
 from test_databricks_e2e import BACKENDS, claim_and_materialize, standin  # noqa: F401
 from test_loader_pipe import run_raw
@@ -70,7 +70,7 @@ def test_an_old_cluster_fails_the_row_with_the_runtime_message(
         "0101-000000-old", spark_env_vars={"DATABRICKS_RUNTIME_VERSION": "14.3.x-scala2.12"}
     )
     add_control_row(db, source_db, "pg.orders", "orders")
-    backend = {"cluster_id": "0101-000000-old"}
+    backend = {"cluster_id": "0101-000000-old", "volume_path": VOLUME}
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(BACKENDS, "old_cluster", backend)
         result, _ = claim_and_materialize(control_db, instance, "pg.orders", "old_cluster")

@@ -22,7 +22,7 @@ import dagster as dg
 import psycopg
 import pytest
 from dagster_shared.serdes import serialize_value
-from databricks_standin import DatabricksStandin, arrow_runtime, databricks_standin
+from databricks_standin import VOLUME, DatabricksStandin, arrow_runtime, databricks_standin
 from helpers import lakebase_for, start_password_enforcing_server
 from openai_standin import OpenAIStandIn, good_answer, openai_standin
 from psycopg import sql
@@ -125,7 +125,7 @@ def exception_text(exc: BaseException) -> str:
 def password_pg(tmp_path_factory) -> Iterator[EmbeddedServer]:
     """A separate embedded PostgreSQL where ROLE must give its scram password (others: trust).
 
-    pgserver initialises with trust auth; the hba line for ROLE placed first makes PostgreSQL
+    The embedded server initialises with trust auth; the hba line for ROLE placed first makes PostgreSQL
     check that role's password, so a wrong password really fails.
     """
     pgdata = tmp_path_factory.mktemp("secrets_pg") / "pgdata"
@@ -494,6 +494,7 @@ def test_databricks_token_and_source_password_stay_out_of_dagster(
         execution="databricks",
         scripts_path=WORKSPACE_SCRIPTS,
         cluster_id=CLUSTER,
+        volume_path=VOLUME,
         poll_interval_seconds=0.2,
     )
     add_row(db, "dbx.ok", "orders", "postgresql", pg_config(password_pg))

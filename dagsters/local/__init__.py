@@ -1,9 +1,10 @@
 """Local-development pieces: the CLI, the embedded PostgreSQL, the demo seed and the migrations
 runner. Product code never imports this package; only the edge (definitions.py, the CLI) does.
 
-pgserver asks platformdirs for its runtime directory when it is imported, and platformdirs warns
-(RuntimeDirWarning) when XDG_RUNTIME_DIR is unset or not private, once per process: noise for a
-person running ``make dev``, who can do nothing about it. The directory is used as it is.
+The embedded-PostgreSQL wheel asks platformdirs for its runtime directory when it is imported,
+and platformdirs warns (RuntimeDirWarning) when XDG_RUNTIME_DIR is unset or not private, once per
+process: noise for a person running ``make dev``, who can do nothing about it. The directory is
+used as it is.
 """
 
 import warnings

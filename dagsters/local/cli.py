@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dagsters.local.demo import start_demo_lakebase
-from dagsters.local.embedded_lakebase import CONTROL_DATABASE
+from dagsters.local.embedded_lakebase import CONTROL_DATABASE, EmbeddedServerError, bundled_psql
 from dagsters.local.migrate import main as migrate_main
 from dagsters.settings import PROJECT_ROOT, Settings, load_settings
 from databricks_scripts import local_secrets
@@ -85,8 +85,8 @@ def dev_environment(host: str, port: int, base: dict[str, str] | None = None) ->
 # Warnings that are Dagster's and platformdirs' business, not a DataLoader user's: each process
 # of dagster dev printed them again (80 RuntimeDirWarning, 38 PreviewWarning per session).
 # PYTHONWARNINGS entries match a message's start; a person's own entries are kept. The runtime
-# directory itself is left alone: pgserver keeps its cross-process lock there, so every process
-# must keep seeing the same one.
+# directory itself is left alone: the embedded-PostgreSQL wheel keeps its cross-process lock
+# there, so every process must keep seeing the same one.
 QUIET_WARNINGS = (
     "ignore:XDG_RUNTIME_DIR",
     "ignore:Function `PipesMessageReader.expected_writer_count` is currently in preview",
@@ -163,10 +163,8 @@ def _psql(args: argparse.Namespace) -> int:
     # Starts the server when it is not running; never seeds or changes the demo.
     server = start_demo_lakebase(settings.paths.home, seed=False)
     conninfo = server.conninfo(CONTROL_DATABASE)
-    import pgserver
-
-    bundled = Path(pgserver.__file__).parent / "pginstall" / "bin" / "psql"
-    psql = str(bundled) if bundled.exists() else shutil.which("psql")
+    bundled = bundled_psql(settings.paths.home / "pgdata")
+    psql = str(bundled) if bundled is not None else shutil.which("psql")
     if args.print_only or psql is None:
         # Only the connection string, so `psql "$(dataloader psql --print)"` works.
         print(conninfo)
@@ -301,7 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except EmbeddedServerError as exc:  # the message says what to do; no stack trace
+        print(f"dataloader: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 ``build_definitions`` uses it when ``settings.lakebase`` names no host. Like the product resource it
 connects lazily: the embedded server is started, migrated and seeded with the demo rows when the
 resource first builds a client in a process (a sensor tick, a run worker), never when the code
-location merely loads. pgserver shares one server between the processes that start it.
+location merely loads. The wheel shares one server between the processes that start it.
 """
 
 from __future__ import annotations

@@ -63,7 +63,12 @@ class PipesDatabricksResource(dg.ConfigurableResource):
     )
     serverless: bool = False
     volume_path: str | None = Field(
-        default=None, description="Serverless: Unity Catalog volume for Pipes context/messages."
+        default=None,
+        description="Unity Catalog volume for the Pipes context and messages (every compute).",
+    )
+    pipes_dbfs: bool = Field(
+        default=False,
+        description="Classic compute: Pipes files on the DBFS root instead of the volume.",
     )
     libraries: list[str] | None = Field(
         default=None,
@@ -96,6 +101,7 @@ class PipesDatabricksResource(dg.ConfigurableResource):
             "new_cluster_json": databricks.new_cluster_json,
             "serverless": databricks.serverless,
             "volume_path": databricks.volume_path,
+            "pipes_dbfs": databricks.pipes_dbfs,
             # DATALOADER_DATABRICKS_LIBRARIES replaces the per-script lists for every script.
             "libraries": list(databricks.libraries) if databricks.libraries is not None else None,
             "poll_interval_seconds": databricks.poll_interval_seconds,
@@ -127,6 +133,7 @@ class PipesDatabricksResource(dg.ConfigurableResource):
             new_cluster_json=self.new_cluster_json,
             serverless=self.serverless,
             volume_path=self.volume_path,
+            pipes_dbfs=self.pipes_dbfs,
             libraries=tuple(self.libraries) if self.libraries is not None else None,
             poll_interval_seconds=self.poll_interval_seconds,
             environment=self.environment,

@@ -11,7 +11,12 @@ API only answers after a run was submitted. So the spec is checked here, at code
 - ``num_workers`` or ``autoscale`` (``min_workers`` <= ``max_workers``); 0 workers only with a
   single-node profile (``is_single_node``, or ``spark.databricks.cluster.profile=singleNode``);
 - ``data_security_mode`` one that can use Unity Catalog, since destinations are catalog.schema.table
-  names (an API-created cluster without it has no Unity Catalog access).
+  names (an API-created cluster without it has no Unity Catalog access);
+- the SDK's ``kind`` rules (``compute.Kind`` / ``compute.DataSecurityMode`` docs): ``kind`` one
+  the SDK knows (``from_dict`` drops an unknown one silently); ``is_single_node``,
+  ``use_ml_runtime`` and the ``DATA_SECURITY_MODE_AUTO`` / ``_DEDICATED`` / ``_STANDARD`` modes
+  only with ``"kind": "CLASSIC_PREVIEW"`` (the API refuses them otherwise; ``SINGLE_USER`` and
+  ``USER_ISOLATION`` need no kind).
 """
 
 from __future__ import annotations
@@ -23,6 +28,10 @@ from typing import Any
 from databricks_scripts.script_env import runtime_problem
 
 SETTING = "DATALOADER_DATABRICKS_NEW_CLUSTER"
+# ClusterSpec fields whose SDK docs say "This field can only be used when `kind = CLASSIC_PREVIEW`"
+# (tests/test_new_cluster_spec.py reads the SDK's docstrings to keep this list equal to them).
+CLASSIC_PREVIEW_FIELDS = ("is_single_node", "use_ml_runtime")
+CLASSIC_PREVIEW = "CLASSIC_PREVIEW"
 UNITY_CATALOG_MODES = (
     "SINGLE_USER",
     "USER_ISOLATION",
@@ -36,6 +45,38 @@ def _known_keys() -> set[str]:
     from databricks.sdk.service.compute import ClusterSpec
 
     return {f.name for f in dataclasses.fields(ClusterSpec)}
+
+
+def classic_preview_modes() -> tuple[str, ...]:
+    """The access modes the SDK allows only with ``kind = CLASSIC_PREVIEW`` (the
+    ``DATA_SECURITY_MODE_*`` aliases of ``compute.DataSecurityMode``)."""
+    from databricks.sdk.service.compute import DataSecurityMode
+
+    return tuple(m.value for m in DataSecurityMode if m.value.startswith("DATA_SECURITY_MODE_"))
+
+
+def _kind_problems(spec: dict[str, Any]) -> list[str]:
+    from databricks.sdk.service.compute import Kind
+
+    kind = spec.get("kind")
+    kinds = sorted(k.value for k in Kind)
+    if kind is not None and kind not in kinds:
+        known = ", ".join(kinds)
+        return [f"kind {kind!r} is not one databricks-sdk knows ({known}); it would be dropped"]
+    if kind == CLASSIC_PREVIEW:
+        return []
+    needing = [name for name in CLASSIC_PREVIEW_FIELDS if spec.get(name) is not None]
+    mode = spec.get("data_security_mode")
+    if mode in classic_preview_modes():
+        needing.append(f"data_security_mode {mode}")
+    if not needing:
+        return []
+    problem = (
+        f'{", ".join(needing)} can only be used with "kind": "{CLASSIC_PREVIEW}" (the '
+        "Clusters API refuses them otherwise): add the kind, or use SINGLE_USER / "
+        "USER_ISOLATION and the singleNode profile, which need none"
+    )
+    return [problem]
 
 
 def _single_node(spec: dict[str, Any]) -> bool:
@@ -95,6 +136,7 @@ def new_cluster_problems(text: str) -> list[str]:
     if not (spec.get("node_type_id") or spec.get("instance_pool_id")):
         problems.append("node_type_id or instance_pool_id is required")
     problems += _workers_problems(spec)
+    problems += _kind_problems(spec)
     mode = spec.get("data_security_mode")
     if mode not in UNITY_CATALOG_MODES:
         problems.append(

@@ -98,6 +98,13 @@ def idempotency_token(dagster_run_id: str) -> str:
     return f"{dagster_run_id[:36]}-{uuid.uuid4().hex[:16]}"
 
 
+CLASSIC_PIPES_NEEDS_A_VOLUME = (
+    "Classic compute keeps the Dagster Pipes files in a Unity Catalog volume: set "
+    "DATALOADER_DATABRICKS_VOLUME_PATH=/Volumes/<catalog>/<schema>/pipes (the bundle's pipes "
+    "volume), or DATALOADER_DATABRICKS_PIPES_DBFS=true to keep them on the DBFS root"
+)
+
+
 @dataclass(frozen=True)
 class DatabricksRunner:
     """Submits one script as a one-time Databricks run and waits for it."""
@@ -108,6 +115,7 @@ class DatabricksRunner:
     new_cluster_json: str | None = None
     serverless: bool = False
     volume_path: str | None = None
+    pipes_dbfs: bool = False  # classic compute: Pipes files on DBFS root, only when asked
     libraries: Sequence[str] | None = None  # None: per script (SCRIPT_LIBRARIES)
     poll_interval_seconds: float = 5.0
     environment: str | None = None
@@ -208,8 +216,8 @@ class DatabricksRunner:
         from databricks.sdk.service import compute, jobs
 
         if not self.serverless:
-            if self.volume_path:
-                # DBFS root may be disabled: the Pipes files go to the Unity Catalog volume.
+            if not self.pipes_dbfs:
+                # DBFS root is deprecated and absent from new accounts: the volume by default.
                 return self._classic_volume_client(workspace, tracker)
             default = PipesDatabricksClient(client=workspace).get_default_message_reader(task)
             reader = _RecordingMessageReader(default)
@@ -249,7 +257,9 @@ class DatabricksRunner:
         self, workspace: Any, tracker: _RunTracker
     ) -> tuple[Any, _RecordingMessageReader]:
         """A classic cluster whose Pipes context and messages live in the Unity Catalog volume
-        (``DATALOADER_DATABRICKS_VOLUME_PATH``) instead of DBFS."""
+        (``DATALOADER_DATABRICKS_VOLUME_PATH``), not on DBFS."""
+        if not self.volume_path:
+            raise dg.Failure(CLASSIC_PIPES_NEEDS_A_VOLUME)
         from dagster_databricks.pipes import (
             PipesDatabricksClient,
             PipesUnityCatalogVolumesContextInjector,
