@@ -25,9 +25,10 @@ from databricks_scripts.loader_arrow import (
 from databricks_scripts.loader_commits import StaleAttempt
 from databricks_scripts.loader_interrupt import StopRequested
 from databricks_scripts.loader_spark_columns import (
-    contract_changes,
     controlled_frame,
+    evolve_schema,
     rebuild_if_changed,
+    spark_schema_changes,  # noqa: F401 - still this module's name for it (tests, docs)
 )
 from databricks_scripts.loader_spark_commits import (
     cancellable,
@@ -47,7 +48,6 @@ from databricks_scripts.loader_sql import (
     SQLSERVER,
     qualified_name,
     source_table_parts,
-    spark_add_columns,
     spark_append_new_rows,
     spark_create_table_as,
     spark_insert_overwrite,
@@ -153,33 +153,6 @@ def jdbc_tls_options(db_type: str, cfg: Mapping[str, Any]) -> dict[str, str]:
     if db_type == "oracle" and secure:
         return {"oracle.net.ssl_server_dn_match": str(mode == "verify-full").lower()}
     return {}
-
-
-_WIDENING = {
-    ("tinyint", "smallint"),
-    ("tinyint", "int"),
-    ("tinyint", "bigint"),
-    ("smallint", "int"),
-    ("smallint", "bigint"),
-    ("int", "bigint"),
-    ("float", "double"),
-}
-
-
-def spark_schema_changes(
-    source: Sequence[tuple[str, str]], target: Sequence[tuple[str, str]]
-) -> tuple[list[tuple[str, str]], list[str]]:
-    """(columns to add, problems) comparing (name, Spark simpleString) lists; names compare
-    case-insensitively as Delta does."""
-    target_types = {name.lower(): t for name, t in target}
-    added, problems = [], []
-    for name, t in source:
-        have = target_types.get(name.lower())
-        if have is None:
-            added.append((name, t))
-        elif have != t and (t, have) not in _WIDENING:
-            problems.append(f"column {name!r} is {have} in the destination but {t} in the source")
-    return added, problems
 
 
 def spark_literal(value: Any) -> Any:
@@ -487,7 +460,7 @@ def _load(
     rebuild = applied == "full" and (not exists or spec.force_full_reload)
     notes = [n for n in (rebuilt, plan.note) if n]
     if not rebuild:
-        source_fields = _evolve_schema(spark, spec, target, source_fields, target_fields, log)
+        source_fields = evolve_schema(spark, spec, target, source_fields, target_fields, log)
         notes += source_fields.notes
     columns = [n for n, _ in source_fields]
 
@@ -552,27 +525,6 @@ def _source_view(spark: Any, spec: Any, password, lower, reading, applied: str, 
     view = f"dl_src_{uuid.uuid4().hex[:12]}"
     df.createOrReplaceTempView(view)
     return view, _fields(df.schema), key_range, plan
-
-
-def _evolve_schema(spark: Any, spec, target: str, source_fields, target_fields, log):
-    """Add the source's new columns to ``target`` as the row's schema_change allows; an
-    incompatible type change is refused. Returns the source fields the load writes (``.notes``:
-    what the contract did)."""
-    added, problems = spark_schema_changes(source_fields, target_fields)
-    kept, notes = contract_changes(spec, source_fields, target_fields, added, problems)
-    if kept:
-        log(f"schema evolution: adding column(s) {', '.join(n for n, _ in kept)}")
-        spark.sql(spark_add_columns(target, kept))
-    discarded = {n for n, _ in added} - {n for n, _ in kept}
-    return _Fields([f for f in source_fields if f[0] not in discarded], notes)
-
-
-class _Fields(list):
-    """The source fields a load writes, with the schema contract's notes."""
-
-    def __init__(self, fields, notes):
-        super().__init__(fields)
-        self.notes = notes
 
 
 def _count(spark: Any, target: str, version: int | None) -> int | None:

@@ -23,9 +23,37 @@ from databricks_scripts.loader_columns import (
     recorded_column_control,
     spark_hash_column,
 )
+from databricks_scripts.loader_sql import spark_add_columns
 from databricks_scripts.loader_types import SchemaContractError
 
 _LOADER_COLUMNS = {"__start_at", "__end_at", "__deleted_at"}
+
+
+_WIDENING = {
+    ("tinyint", "smallint"),
+    ("tinyint", "int"),
+    ("tinyint", "bigint"),
+    ("smallint", "int"),
+    ("smallint", "bigint"),
+    ("int", "bigint"),
+    ("float", "double"),
+}
+
+
+def spark_schema_changes(
+    source: Sequence[tuple[str, str]], target: Sequence[tuple[str, str]]
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """(columns to add, problems) comparing (name, Spark simpleString) lists; names compare
+    case-insensitively as Delta does."""
+    target_types = {name.lower(): t for name, t in target}
+    added, problems = [], []
+    for name, t in source:
+        have = target_types.get(name.lower())
+        if have is None:
+            added.append((name, t))
+        elif have != t and (t, have) not in _WIDENING:
+            problems.append(f"column {name!r} is {have} in the destination but {t} in the source")
+    return added, problems
 
 
 def controlled_frame(df: Any, spec: Any, hash_key: bytes | None) -> Any:
@@ -112,3 +140,24 @@ def rebuild_if_changed(spark: Any, spec: Any, target: str, exists: bool, log) ->
         spec, force_full_reload=True, rebuild_reason=FULL_REASON_COLUMN_CONTROL
     )
     return spec, note
+
+
+def evolve_schema(spark: Any, spec, target: str, source_fields, target_fields, log):
+    """Add the source's new columns to ``target`` as the row's schema_change allows; an
+    incompatible type change is refused. Returns the source fields the load writes (``.notes``:
+    what the contract did)."""
+    added, problems = spark_schema_changes(source_fields, target_fields)
+    kept, notes = contract_changes(spec, source_fields, target_fields, added, problems)
+    if kept:
+        log(f"schema evolution: adding column(s) {', '.join(n for n, _ in kept)}")
+        spark.sql(spark_add_columns(target, kept))
+    discarded = {n for n, _ in added} - {n for n, _ in kept}
+    return _Fields([f for f in source_fields if f[0] not in discarded], notes)
+
+
+class _Fields(list):
+    """The source fields a load writes, with the schema contract's notes."""
+
+    def __init__(self, fields, notes):
+        super().__init__(fields)
+        self.notes = notes
