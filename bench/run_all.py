@@ -7,7 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ["bench_sensor_tick.py", "bench_loader.py", "bench_verify.py"]
+BENCHES = [
+    "bench_sensor_tick.py",
+    "bench_loader.py",
+    "bench_verify.py",
+    "bench_column_hash.py",
+]
 # The differential tests' long profile (tests/test_differential.py): many more and longer random
 # sequences of source changes and loads than `make test` draws.
 LONG_DIFFERENTIAL = {"DATALOADER_DIFF_EXAMPLES": "200"}

@@ -46,7 +46,17 @@ LOAD_PARAM_FIELDS: tuple[str, ...] = (
     "jdbc_num_partitions",
     # sql/013: how deep the reconciliation check after each load goes (none | counts | keys).
     "verify_depth",
+    # sql/017: columns never read, columns loaded as HMAC-SHA-256, the schema contract; the hash
+    # key's secret *name* comes from the row's source_connection (never its value).
+    "columns_exclude",
+    "columns_hash",
+    "schema_change",
+    "hash_secret_scope",
+    "hash_secret_key",
 )
+
+# sql/017: what a source schema change may do (docs/loader.md, "Schema contract").
+SCHEMA_CHANGES: tuple[str, ...] = ("evolve", "freeze", "discard_new")
 
 # Not one of the control row's fields: the latest attempt of the row whose success the control
 # database recorded (max metadata_id of its Succeeded history rows; None when there is none). The
@@ -167,6 +177,13 @@ class LoadMetadata:
     # What a person should know about how the load ran (e.g. a JDBC read that could not be split),
     # one sentence per note joined with "; "; the asset appends it to the history row's message.
     NOTES = "load_notes"
+    # Column control (sql/017): the names of the columns left out and hashed, comma-separated
+    # (never a value); absent when the row names none.
+    COLUMNS_EXCLUDED = "columns_excluded"
+    COLUMNS_HASHED = "columns_hashed"
+    # The source table's own comment (PostgreSQL COMMENT ON TABLE, MySQL COMMENT); its column
+    # comments are the column descriptions of COLUMN_SCHEMA.
+    SOURCE_COMMENT = "source_comment"
     # The reconciliation check (loader_verify): passed or not, its sentence, its depth and the
     # facts it read from both sides (source_rows_in_scope, destination_rows_in_scope, ...).
     VERIFIED = "verification_passed"
@@ -178,11 +195,13 @@ FULL_REASON_FIRST_LOAD = "first load"
 FULL_REASON_FORCED = "forced"
 FULL_REASON_STRATEGY = "strategy"
 FULL_REASON_NO_WATERMARK = "no watermark yet"
+FULL_REASON_COLUMN_CONTROL = "columns_exclude or columns_hash changed"
 FULL_REASONS: tuple[str, ...] = (
     FULL_REASON_FIRST_LOAD,
     FULL_REASON_FORCED,
     FULL_REASON_STRATEGY,
     FULL_REASON_NO_WATERMARK,
+    FULL_REASON_COLUMN_CONTROL,
 )
 
 

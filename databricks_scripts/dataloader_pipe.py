@@ -10,6 +10,7 @@ leave redacted. Its settings come from the environment once (``script_env.Script
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -51,7 +52,12 @@ from databricks_scripts.contract import (
 )
 from databricks_scripts.failures import BadConfig, DataLoaderFailure, failure_kind
 from databricks_scripts.loader_interrupt import StopSignal
-from databricks_scripts.loader_params import LoadSpec, parse_load_spec, resolve_password
+from databricks_scripts.loader_params import (
+    LoadSpec,
+    parse_load_spec,
+    resolve_hash_key,
+    resolve_password,
+)
 from databricks_scripts.loader_pipes_io import choose_pipes_io
 from databricks_scripts.redaction import redact
 from databricks_scripts.script_env import ScriptEnv
@@ -100,17 +106,27 @@ def _dbutils_secret_getter(env: ScriptEnv):
     return dbutils.secrets.get
 
 
-def column_schema_metadata(schema) -> dict:
-    """``dagster/column_schema`` in the Pipes wire form (type ``table_schema``)."""
-    columns = [
-        {"name": f.name, "type": str(f.type), "constraints": {"nullable": bool(f.nullable)}}
-        for f in schema
-    ]
+def column_schema_metadata(schema, descriptions: dict | None = None) -> dict:
+    """``dagster/column_schema`` in the Pipes wire form (type ``table_schema``); a column's
+    ``description`` is its source comment (PostgreSQL ``COMMENT ON``, MySQL ``COMMENT``)."""
+    columns = []
+    for f in schema:
+        nullable = {"nullable": bool(f.nullable)}
+        column = {"name": f.name, "type": str(f.type), "constraints": nullable}
+        if descriptions and descriptions.get(f.name):
+            column["description"] = descriptions[f.name]
+        columns.append(column)
     return {"type": "table_schema", "raw_value": {"columns": columns}}
 
 
 def _run_engine(
-    engine: str, spec: LoadSpec, password: str | None, log, env: ScriptEnv, stop: StopSignal
+    engine: str,
+    spec: LoadSpec,
+    password: str | None,
+    log,
+    env: ScriptEnv,
+    stop: StopSignal,
+    hash_key: bytes | None = None,
 ) -> object:
     env.check()  # a malformed DATALOADER_BATCH_* / _PROGRESS_SECONDS fails at step 'load'
     progress = env.progress_seconds
@@ -124,8 +140,10 @@ def _run_engine(
             progress_interval=progress,
             stop=stop,
             partitioning=(env.jdbc_rows_per_partition, env.jdbc_max_partitions),
+            hash_key=hash_key,
         )
     from databricks_scripts.loader_arrow import LoadStepError, run_arrow_load
+    from databricks_scripts.loader_columns import with_column_control
     from databricks_scripts.loader_sources import open_source
 
     destination = spec.destination_path(env.lake_root)
@@ -133,6 +151,11 @@ def _run_engine(
         source = open_source(spec, password, batch_bytes=env.batch_bytes, batch_rows=env.batch_rows)
     except Exception as exc:
         raise LoadStepError("connect to source", f"{type(exc).__name__}: {exc}") from exc
+    try:
+        source = with_column_control(source, hash_key)
+    except Exception as exc:
+        source.close()
+        raise LoadStepError("probe source", f"{type(exc).__name__}: {exc}") from exc
     try:
         result = run_arrow_load(
             spec,
@@ -167,6 +190,7 @@ def _deep_verify(
     if engine != "arrow":
         raise BadConfig("deep verification runs on the Arrow engine only (DATALOADER_ENGINE)")
     from databricks_scripts.loader_arrow import _delta_table
+    from databricks_scripts.loader_columns import with_column_control
     from databricks_scripts.loader_deep_verify import deep_verify
     from databricks_scripts.loader_sources import open_source
 
@@ -175,6 +199,7 @@ def _deep_verify(
         raise BadConfig("the destination table does not exist yet: nothing to verify")
     source = open_source(spec, password, batch_bytes=env.batch_bytes, batch_rows=env.batch_rows)
     try:
+        source = with_column_control(source, _hash_key(spec, env))
         found = deep_verify(spec, source, table, log=_redacted_log(context, secrets))
     finally:
         source.close()
@@ -192,6 +217,43 @@ def _password(spec: LoadSpec, env: ScriptEnv) -> str | None:
         dbutils_get=_dbutils_secret_getter(env),
         store_home=None if env.on_databricks else env.home,
     )
+
+
+def _hash_key(spec: LoadSpec, env: ScriptEnv) -> bytes | None:
+    """The HMAC key of the row's columns_hash, found where the password is (None: no hashing)."""
+    return resolve_hash_key(
+        spec,
+        environ=env.source_secrets,
+        dbutils_get=_dbutils_secret_getter(env),
+        store_home=None if env.on_databricks else env.home,
+    )
+
+
+def _with_hash_key(
+    spec: LoadSpec, env: ScriptEnv, secrets: list[str]
+) -> tuple[LoadSpec, bytes | None]:
+    """The spec naming which key hashes (loader_columns.key_id), and the key (kept secret)."""
+    hash_key = _hash_key(spec, env)
+    if hash_key is None:
+        return spec, None
+    from databricks_scripts.loader_columns import key_id
+
+    secrets.append(hash_key.decode("utf-8"))
+    return dataclasses.replace(spec, hash_key_id=key_id(hash_key)), hash_key
+
+
+def _column_control_metadata(spec: LoadSpec) -> tuple[dict, list[str]]:
+    """The column names left out and hashed (never a value): metadata and message sentences."""
+    metadata: dict = {}
+    notes: list[str] = []
+    for key, columns, words in (
+        (LoadMetadata.COLUMNS_EXCLUDED, spec.columns_exclude, "columns excluded"),
+        (LoadMetadata.COLUMNS_HASHED, spec.columns_hash, "columns hashed"),
+    ):
+        if columns:
+            metadata[key] = ", ".join(columns)
+            notes.append(f"{words}: {', '.join(columns)}")
+    return metadata, notes
 
 
 def _redacted_log(context: PipesContext, secrets: list[str]):
@@ -232,6 +294,7 @@ def run_load(
         password = _password(spec, env)
         if password:
             secrets.append(password)
+        spec, hash_key = _with_hash_key(spec, env, secrets)
         step = "choose engine"
         engine = choose_engine(spec, env)
         context.log.info(
@@ -243,7 +306,8 @@ def run_load(
             step = "deep verify"
             return _deep_verify(context, engine, spec, password, secrets, env)
         step = "load"
-        result = _run_engine(engine, spec, password, _redacted_log(context, secrets), env, stop)
+        log = _redacted_log(context, secrets)
+        result = _run_engine(engine, spec, password, log, env, stop, hash_key)
     except Exception as exc:  # noqa: BLE001 - every failure must be reported the same way
         step = getattr(exc, "step", step)
         failure = redact(f"{label} failed at step '{step}': {exc}", secrets)
@@ -256,6 +320,7 @@ def run_load(
         raise DataLoaderError(failure, kind=kind)
 
     duration = round(time.monotonic() - started, 3)
+    comments = getattr(result, "comments", None) or (None, {})
     metadata = {
         LoadMetadata.ROWS_READ: result.rows_read,
         LoadMetadata.ROWS_WRITTEN: result.rows_written,
@@ -267,12 +332,29 @@ def run_load(
         LoadMetadata.REQUESTED_LOAD_STRATEGY: spec.load_strategy,
         LoadMetadata.ENGINE: engine,
         LoadMetadata.TABLE_NAME: spec.destination_label,
-        LoadMetadata.COLUMN_SCHEMA: column_schema_metadata(result.schema),
+        LoadMetadata.COLUMN_SCHEMA: column_schema_metadata(result.schema, comments[1]),
     }
+    if comments[0]:
+        metadata[LoadMetadata.SOURCE_COMMENT] = comments[0]
     if result.row_count is not None:
         metadata[LoadMetadata.ROW_COUNT] = result.row_count
     metadata.update(_reconciliation_counts(result))
-    notes = [redact(n, secrets) for n in getattr(result, "notes", None) or ()]
+    metadata.update(_notes_and_verification(spec, result, secrets))
+    reconciled = getattr(result, "reconciled", None)
+    if reconciled is not None:
+        metadata[LoadMetadata.RECONCILED_METADATA_ID] = reconciled.metadata_id
+        metadata[LoadMetadata.RECONCILED_VERSION] = reconciled.version
+    context.log.info(
+        f"{label}: {result.applied_strategy} load read {result.rows_read:,} and wrote "
+        f"{result.rows_written:,} rows in {duration}s; watermark {result.watermark_after!r}"
+    )
+    context.report_asset_materialization(metadata=metadata)
+
+
+def _notes_and_verification(spec: LoadSpec, result, secrets: list[str]) -> dict:
+    """Column control, the reconciliation check and the load's notes (one sentence each)."""
+    metadata, control_notes = _column_control_metadata(spec)
+    notes = [redact(n, secrets) for n in [*control_notes, *(getattr(result, "notes", None) or ())]]
     verification = getattr(result, "verification", None)
     if verification is not None:
         described = redact(verification.description, secrets)
@@ -284,15 +366,7 @@ def run_load(
             notes.append(f"RECONCILIATION FAILED ({verification.depth}): {described}")
     if notes:
         metadata[LoadMetadata.NOTES] = "; ".join(notes)
-    reconciled = getattr(result, "reconciled", None)
-    if reconciled is not None:
-        metadata[LoadMetadata.RECONCILED_METADATA_ID] = reconciled.metadata_id
-        metadata[LoadMetadata.RECONCILED_VERSION] = reconciled.version
-    context.log.info(
-        f"{label}: {result.applied_strategy} load read {result.rows_read:,} and wrote "
-        f"{result.rows_written:,} rows in {duration}s; watermark {result.watermark_after!r}"
-    )
-    context.report_asset_materialization(metadata=metadata)
+    return metadata
 
 
 def _reconciliation_counts(result) -> dict:

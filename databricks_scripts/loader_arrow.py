@@ -35,6 +35,12 @@ import pyarrow as pa
 from databricks_scripts.contract import full_load_reason
 from databricks_scripts.delta_dataset import delta_dataset, destination_watermark
 from databricks_scripts.failures import BadConfig, DataLoaderFailure
+from databricks_scripts.loader_columns import (
+    commented_plan,
+    rebuild_if_column_control_changed,
+    schema_notes,
+    source_comments,
+)
 from databricks_scripts.loader_commits import (
     StaleAttempt,
     UnrecordedCommit,
@@ -57,7 +63,14 @@ from databricks_scripts.loader_interrupt import (
     remove_uncommitted,
 )
 from databricks_scripts.loader_keys import keys_checked
-from databricks_scripts.loader_stream import Counted, Progress, Tracker, peeked_reader
+from databricks_scripts.loader_stream import (
+    Counted,
+    Progress,
+    Tracker,
+    peeked_reader,
+    progress_estimate,
+    text_cursor_start,
+)
 from databricks_scripts.loader_types import (
     SchemaPlan,
     arrow_schema_of,
@@ -73,7 +86,6 @@ from databricks_scripts.watermark import (
     encode_watermark,
     lookback_lower_bound,
     max_watermark,
-    text_shape,
 )
 
 
@@ -109,6 +121,7 @@ class LoadResult:
     full_reason: str | None = None
     # The reconciliation check (loader_verify); None: verify_depth none, or nothing committed.
     verification: Verification | None = None
+    comments: tuple = (None, {})  # the source's (table comment, {column: comment})
 
 
 def full_reason(spec, destination_exists: bool) -> str | None:
@@ -118,6 +131,8 @@ def full_reason(spec, destination_exists: bool) -> str | None:
     """
     if history_strategy(spec, destination_exists) is not None:
         return None
+    if destination_exists and getattr(spec, "rebuild_reason", None):
+        return spec.rebuild_reason
     return full_load_reason(
         force_full_reload=spec.force_full_reload,
         destination_exists=destination_exists,
@@ -259,6 +274,8 @@ class _Load:
     # An error raised inside a stream the writer consumes (delta-rs re-raises it as its own).
     stream_error: BaseException | None = None
     source: Any = None  # the source reader (delete detection reads its keys)
+    notes: list[str] = field(default_factory=list)  # sentences for the load's message
+    comments: tuple = (None, {})  # the source's (table comment, {column: comment})
 
     @property
     def file_size(self) -> int | None:
@@ -301,16 +318,6 @@ class _Load:
         return existing
 
 
-def _text_cursor_start(load: _Load) -> tuple[str, str] | None | bool:
-    """False unless the cursor is text; else the stored watermark's (shape, value) or None."""
-    field = load.write_schema.field(load.cursor) if load.cursor else None
-    if field is None or load.numeric_text or not pa.types.is_string(field.type):
-        return False
-    if isinstance(load.watermark, str):
-        return text_shape(load.watermark), load.watermark
-    return None
-
-
 def _prepare(spec, source, destination: Path, log: Callable[[str], None]) -> _Load:
     """Probe the source, open the destination, reconcile schemas, decode the watermark."""
     with _step("probe source"):
@@ -324,17 +331,20 @@ def _prepare(spec, source, destination: Path, log: Callable[[str], None]) -> _Lo
         if problem:
             raise BadConfig(f"incremental_column {cursor!r} cannot be a cursor: {problem}")
         numeric_text = bool(cursor) and is_numeric_text(source_schema.field(cursor))
+    notes: list[str] = []
     with _step("open destination"):
         table = _delta_table(destination)
+        spec = rebuild_if_column_control_changed(spec, table, notes, log)
         if table is not None and spec.load_strategy == "scd2" and spec.force_full_reload:
             table = archive_if_types_changed(spec, source_schema, table, destination, log)
         applied = choose_strategy(spec, table is not None)
         rebuild = applied == "full" and (table is None or spec.force_full_reload)
         dest_schema = None if rebuild else arrow_schema_of(table.schema())
     with _step("reconcile schema"):
-        plan = plan_schema(source_schema, dest_schema)
-        if plan.added_columns:
-            log(f"schema evolution: adding column(s) {', '.join(plan.added_columns)}")
+        plan = plan_schema(source_schema, dest_schema, spec.schema_change)
+        schema_notes(spec, plan, source_schema, dest_schema, notes, log)
+    comments = source_comments(source, log)
+    plan = commented_plan(plan, comments[1]) if dest_schema is None else plan
     load = _Load(
         spec,
         destination,
@@ -344,6 +354,8 @@ def _prepare(spec, source, destination: Path, log: Callable[[str], None]) -> _Lo
         plan,
         numeric_text,
         source_columns=frozenset(source_schema.names),
+        notes=notes,
+        comments=comments,
     )
     load.committed_at_start = committed_attempt(table, spec)
     reread = spec.force_full_reload  # a forced reload of an scd2 / soft-delete table reads all
@@ -374,6 +386,7 @@ def _write_full(load: _Load, batches: Iterator[pa.RecordBatch], tracker: Tracker
             schema_mode="overwrite" if load.rebuild else "merge",
             commit_properties=commit_properties(load.spec, load.applied),
             target_file_size=load.file_size,
+            description=load.comments[0] if load.table is None else None,
             # A table created here keeps its file size for MERGE rewrites too.
             configuration={"delta.targetFileSize": str(load.file_size)}
             if load.table is None and load.file_size
@@ -461,6 +474,7 @@ def run_arrow_load(
     ``first_load_chunks`` = (chunk rows, chunked above rows): see loader_first_load.
     """
     load = _prepare(spec, source, destination, log)
+    spec = load.spec  # a rebuild when the column control changed
     load.stop, load.target_file_size, load.source = stop, target_file_size, source
     load.merge_chunk_rows = merge_chunk_rows
     if load.applied != "full":
@@ -508,13 +522,15 @@ def run_arrow_load(
         destination_rows_before=rows_before,
         full_reason=full_reason(spec, load.table is not None),
         verification=verification,
+        notes=list(load.notes),
+        comments=load.comments,
     )
 
 
 def _open_stream(load: _Load, source, chunked, progress_interval: float, log) -> Tracker:
     """The tracked stream of source rows: the chunks of a resumable first load, or one read."""
     # Asked before the read starts: the connection then streams the rows (COPY) alone.
-    estimate = _estimate(source, load.applied)
+    estimate = progress_estimate(source, load.applied)
     if chunked is not None:
         from databricks_scripts.loader_first_load import source_batches
 
@@ -528,22 +544,11 @@ def _open_stream(load: _Load, source, chunked, progress_interval: float, log) ->
         load.cursor,
         load.numeric_text,
         progress,
-        text_cursor=_text_cursor_start(load),
+        text_cursor=text_cursor_start(load),
     )
     if chunked is not None:
         tracker.max_cursor = chunked.resume_from  # resumed: the chunks already committed
     return tracker
-
-
-def _estimate(source, applied: str) -> int | None:
-    """The source's row estimate for a full load's progress figure (an incremental load reads a
-    part of the table: no total to show). A failed estimate only costs the figure."""
-    if applied != "full":
-        return None
-    try:
-        return source.estimated_rows()
-    except Exception:  # noqa: BLE001 - statistics are a nicety; the load goes on without them
-        return None
 
 
 def _first_load_plan(load: _Load, source, settings: tuple[int, int] | None, log):

@@ -36,6 +36,8 @@ from typing import Any
 
 from databricks_scripts.contract import KIND_STALE_ATTEMPT, RECORDED_METADATA_ID_PARAM
 from databricks_scripts.failures import DataLoaderFailure
+from databricks_scripts.contract import RECORDED_METADATA_ID_PARAM
+from databricks_scripts.loader_columns import KEY_COLUMN_CONTROL, column_control_text
 
 APP_ID_PREFIX = "dataloader:"
 KEY_METADATA_ID = "dataloader.metadata_id"
@@ -64,19 +66,21 @@ def app_id(spec: Any) -> str:
 
 
 def commit_properties(spec: Any, strategy: str, *, complete: bool = True, resumable: bool = False):
-    """CommitProperties naming this attempt.
+    """CommitProperties naming this attempt and the column lists it loaded with.
 
     ``complete=False`` marks a commit that is not the load's last; ``resumable`` a chunk of a
-    resumable first load. Without a ``metadata_id`` (a test run) only those marks are written
-    (None when there is nothing to write).
+    resumable first load. Without a ``metadata_id`` (a test run) only those marks and the column
+    lists are written.
     """
     from deltalake import CommitProperties, Transaction
 
     marks = {} if complete else {KEY_COMPLETE: "false"}
     if resumable:
         marks[KEY_RESUMABLE] = RESUMABLE_FIRST_LOAD
+    # Which columns were left out and hashed (names only): a change rebuilds (loader_columns).
+    marks[KEY_COLUMN_CONTROL] = column_control_text(spec)
     if spec.metadata_id is None:
-        return CommitProperties(custom_metadata=marks) if marks else None
+        return CommitProperties(custom_metadata=marks)
     return CommitProperties(
         custom_metadata={
             KEY_METADATA_ID: str(spec.metadata_id),

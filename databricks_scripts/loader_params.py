@@ -27,6 +27,7 @@ from databricks_scripts.contract import (
     DELETE_DETECTIONS,
     KIND_SOURCE_AUTH,
     PARAMS_EXTRA,
+    SCHEMA_CHANGES,
     STRATEGIES,
     TLS_MODES,
     VERIFY_DEPTHS,
@@ -73,6 +74,16 @@ class LoadSpec:
     delete_max_fraction: float = DEFAULT_DELETE_MAX_FRACTION
     jdbc_partition_column: str | None = None
     jdbc_num_partitions: int | None = None
+    # Column control and the schema contract (sql/017, loader_columns).
+    columns_exclude: tuple[str, ...] = ()
+    columns_hash: tuple[str, ...] = ()
+    schema_change: str = "evolve"
+    hash_secret_scope: str | None = None
+    hash_secret_key: str | None = None
+    # Set by the script once the key is resolved (loader_columns.key_id), never from the wire.
+    hash_key_id: str | None = None
+    # Set by the engine when the destination was built with other column lists (loader_columns).
+    rebuild_reason: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -193,6 +204,39 @@ def _jdbc_num_partitions(params: Mapping[str, Any]) -> int | None:
     return value
 
 
+def _column_list(params: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = params.get(key) or ()
+    if isinstance(value, str) or not all(isinstance(c, str) and c for c in value):
+        raise LoadParamsError(f"{key} must be a list of column names")
+    return tuple(value)
+
+
+def _column_control(
+    params: Mapping[str, Any], keys: Any, cursor: str | None
+) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+    """(columns_exclude, columns_hash, schema_change), checked as sql/017's trigger does."""
+    exclude, hashed = _column_list(params, "columns_exclude"), _column_list(params, "columns_hash")
+    spared = {k.lower(): "a merge key" for k in keys}
+    if cursor:
+        spared[cursor.lower()] = "the incremental_column"
+    partition = _opt_str(params, "jdbc_partition_column")
+    if partition:
+        spared[partition.lower()] = "the jdbc_partition_column"
+    for name, listed in (("columns_exclude", exclude), ("columns_hash", hashed)):
+        for column in listed:
+            if column.lower() in spared:
+                raise LoadParamsError(
+                    f"column {column!r} is {spared[column.lower()]}: it cannot be in {name}"
+                )
+    both = {c.lower() for c in exclude} & {c.lower() for c in hashed}
+    if both:
+        raise LoadParamsError(f"column(s) {', '.join(sorted(both))} in both lists: name it once")
+    change = (_opt_str(params, "schema_change") or "evolve").lower()
+    if change not in SCHEMA_CHANGES:
+        raise LoadParamsError(f"schema_change {change!r} is not one of {', '.join(SCHEMA_CHANGES)}")
+    return exclude, hashed, change
+
+
 def parse_load_spec(params: Mapping[str, Any]) -> LoadSpec:
     """Validate the ``params`` extra sent by the load asset (see ``contract.LOAD_PARAM_FIELDS``)."""
     if not isinstance(params, Mapping):
@@ -219,6 +263,7 @@ def parse_load_spec(params: Mapping[str, Any]) -> LoadSpec:
         raise LoadParamsError("lookback_window_seconds must be a number") from None
     if lookback < 0:
         raise LoadParamsError("lookback_window_seconds must not be negative")
+    exclude, hashed, schema_change = _column_control(params, keys, incremental_column)
     return LoadSpec(
         control_key=_opt_str(params, "control_key") or _req_str(params, "source_table_name"),
         source_catalog=_opt_str(params, "source_catalog"),
@@ -243,6 +288,11 @@ def parse_load_spec(params: Mapping[str, Any]) -> LoadSpec:
         jdbc_partition_column=_opt_str(params, "jdbc_partition_column"),
         jdbc_num_partitions=_jdbc_num_partitions(params),
         verify_depth=_verify_depth(params),
+        columns_exclude=exclude,
+        columns_hash=hashed,
+        schema_change=schema_change,
+        hash_secret_scope=_opt_str(params, "hash_secret_scope"),
+        hash_secret_key=_opt_str(params, "hash_secret_key"),
         extra=dict(params),
     )
 
@@ -281,24 +331,66 @@ def resolve_password(
             "db_config_value names a password_secret but db_kv_scope is empty",
             kind=KIND_SOURCE_AUTH,
         )
+    return resolve_secret(
+        spec.db_kv_scope, str(key), environ=environ, dbutils_get=dbutils_get, store_home=store_home
+    )
+
+
+def resolve_hash_key(
+    spec: LoadSpec,
+    *,
+    environ: Mapping[str, str],
+    dbutils_get: SecretGetter | None = None,
+    store_home: Path | None = None,
+) -> bytes | None:
+    """The HMAC key of ``columns_hash`` (None when the row hashes nothing), found the way the
+    password is: the secret named by the row's source_connection (hash_secret_scope/_key)."""
+    if not spec.columns_hash:
+        return None
+    if not (spec.hash_secret_scope and spec.hash_secret_key):
+        raise LoadParamsError(
+            "columns_hash needs a hash key: the row's source_connection must name one in "
+            "hash_secret_scope and hash_secret_key (set by a connection admin, docs/loader.md)"
+        )
+    value = resolve_secret(
+        spec.hash_secret_scope,
+        spec.hash_secret_key,
+        environ=environ,
+        dbutils_get=dbutils_get,
+        store_home=store_home,
+    )
+    if len(value) < 16:
+        raise LoadParamsError(
+            f"the hash key (secret {spec.hash_secret_key!r} of scope {spec.hash_secret_scope!r}) "
+            "is shorter than 16 characters: too easy to guess"
+        )
+    return value.encode("utf-8")
+
+
+def resolve_secret(
+    scope: str,
+    key: str,
+    *,
+    environ: Mapping[str, str],
+    dbutils_get: SecretGetter | None = None,
+    store_home: Path | None = None,
+) -> str:
+    """One secret by scope/key: dbutils on Databricks, else the environment, else the local store."""
     if dbutils_get is not None:
-        return dbutils_get(spec.db_kv_scope, str(key))
-    name = secret_env_var(spec.db_kv_scope, str(key))
-    value = environ.get(name)
+        return dbutils_get(scope, key)
+    value = environ.get(secret_env_var(scope, key))
     if value is not None:
         return value
     if store_home is not None:
         try:
-            value = local_secrets.get(store_home, spec.db_kv_scope, str(key))
+            value = local_secrets.get(store_home, scope, key)
         except local_secrets.SecretStoreError as exc:
             raise LoadParamsError(
                 f"local secret store unusable: {exc}", kind=KIND_SOURCE_AUTH
             ) from None
         if value is not None:
             return value
-    raise LoadParamsError(
-        missing_secret_message(spec.db_kv_scope, str(key), store_home), kind=KIND_SOURCE_AUTH
-    )
+    raise LoadParamsError(missing_secret_message(scope, key, store_home), kind=KIND_SOURCE_AUTH)
 
 
 def secret_set_command(scope: str, key: str, store_home: Path | None) -> str:

@@ -9,6 +9,7 @@ import pyarrow as pa
 
 from databricks_scripts.contract import KIND_INTERNAL
 from databricks_scripts.failures import DataLoaderFailure
+from databricks_scripts.loader_columns import kept_schema
 from databricks_scripts.loader_sql import (
     Dialect,
     qualified_name,
@@ -120,8 +121,11 @@ class SourceReader:
         limit_zero: bool = False,
         ordered: bool = False,
         null_cursor: bool = False,
+        select_list: str | None = None,
     ) -> str:
         column = self.spec.incremental_column
+        if select_list is None and not limit_zero:
+            select_list = self.select_list()
         return select_source(
             self.dialect,
             self.table_sql,
@@ -129,7 +133,18 @@ class SourceReader:
             limit_zero=limit_zero,
             order_by=column if ordered else None,
             null_cursor=column if null_cursor else None,
+            select_list=select_list,
         )
+
+    def select_list(self) -> str | None:
+        """The quoted columns a row with ``columns_exclude`` reads (None: ``*``, every column)."""
+        if not getattr(self.spec, "columns_exclude", ()):
+            return None
+        return ", ".join(self.dialect.quote(n) for n in self.schema().names)
+
+    def kept(self, probed: pa.Schema) -> pa.Schema:
+        """The probed schema without the row's ``columns_exclude`` (loader_columns)."""
+        return kept_schema(probed, getattr(self.spec, "columns_exclude", ()))
 
     def ordered_batches(
         self, lower_bound: object | None, *, null_cursor: bool = False
@@ -140,6 +155,11 @@ class SourceReader:
 
     def schema(self) -> pa.Schema:
         raise NotImplementedError
+
+    def comments(self) -> tuple[str | None, dict[str, str]]:
+        """(the table's comment, {column: comment}) from the source's catalog (PostgreSQL
+        ``COMMENT ON``, MySQL ``COMMENT``); (None, {}) where the reader does not read them."""
+        return None, {}
 
     def estimated_rows(self) -> int | None:
         """The database's own row estimate of the table (catalog statistics), or None. Only a

@@ -115,7 +115,7 @@ class PostgresReader(SourceReader):
         if self._schema is None:
             stmt, reader = self._execute(self.query(limit_zero=True))
             try:
-                self._schema = reader.schema
+                self._schema = self.kept(reader.schema)
                 reader.read_all()
             finally:
                 reader.close()
@@ -123,6 +123,24 @@ class PostgresReader(SourceReader):
         return self._schema
 
     ordered_reads = True
+
+    def comments(self) -> tuple[str | None, dict[str, str]]:
+        stmt, reader = self._execute(
+            "SELECT pg_catalog.obj_description(c.oid, 'pg_class') AS t, a.attname::text AS c,"
+            " pg_catalog.col_description(c.oid, a.attnum::pg_catalog.int4) AS d"
+            " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_attribute a"
+            " ON a.attrelid OPERATOR(pg_catalog.=) c.oid AND a.attnum OPERATOR(pg_catalog.>) 0"
+            " AND NOT a.attisdropped"
+            " WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1)",
+            (self.table_sql,),
+        )
+        try:
+            rows = reader.read_all().to_pylist()
+        finally:
+            reader.close()
+            stmt.close()
+        table = rows[0]["t"] if rows else None
+        return table, {r["c"]: r["d"] for r in rows if r["d"]}
 
     def estimated_rows(self) -> int | None:
         stmt, reader = self._execute(
@@ -151,11 +169,11 @@ class PostgresReader(SourceReader):
         an ADBC read is its NUMERIC-to-text reader); the other columns as they are. The WHERE
         clause still compares the table's own column, so the cursor keeps its type.
         """
-        text = self.query(incremental=incremental, ordered=ordered, null_cursor=null_cursor)
         scaled = {
             f.name: ps for f in self.schema() if (ps := pg_numeric_as_scaled_int8(f)) is not None
         }
         if not scaled:
+            text = self.query(incremental=incremental, ordered=ordered, null_cursor=null_cursor)
             return text, scaled
         columns = []
         for f in self.schema():
@@ -172,10 +190,13 @@ class PostgresReader(SourceReader):
                     f"({name} OPERATOR(pg_catalog.*) {factor}::pg_catalog.numeric)"
                     f"::pg_catalog.int8 AS {name}"
                 )
-        prefix = "SELECT * FROM "
-        if not text.startswith(prefix):
-            raise ValueError(f"unexpected source query shape: {text[:40]!r}")
-        return f"SELECT {', '.join(columns)} FROM {text[len(prefix) :]}", scaled
+        text = self.query(
+            incremental=incremental,
+            ordered=ordered,
+            null_cursor=null_cursor,
+            select_list=", ".join(columns),
+        )
+        return text, scaled
 
     def batches(
         self, lower_bound: object | None, *, ordered: bool = False, null_cursor: bool = False
@@ -357,7 +378,7 @@ class MySQLReader(SourceReader):
             self._statement()
             with self._conn.cursor() as cur:
                 cur.execute(self.query(limit_zero=True))
-                self._schema = self._schema_of(cur)
+                self._schema = self.kept(self._schema_of(cur))
         return self._schema
 
     def _counts(self, query: str, params: tuple) -> tuple[int, ...]:
@@ -367,6 +388,20 @@ class MySQLReader(SourceReader):
             return tuple(int(v or 0) for v in cur.fetchone())
 
     ordered_reads = True
+
+    def comments(self) -> tuple[str | None, dict[str, str]]:
+        where = "WHERE table_schema = COALESCE(%s, DATABASE()) AND table_name = %s"
+        parts = (self.spec.source_schema_name, self.spec.source_table_name)
+        self._statement()
+        with self._conn.cursor() as cur:
+            cur.execute(f"SELECT table_comment FROM information_schema.tables {where}", parts)
+            row = cur.fetchone()
+            cur.execute(
+                f"SELECT column_name, column_comment FROM information_schema.columns {where}",
+                parts,
+            )
+            columns = {str(n): str(c) for n, c in cur.fetchall() if c}
+        return (str(row[0]) if row and row[0] else None), columns
 
     def estimated_rows(self) -> int | None:
         parts = source_table_parts(

@@ -56,7 +56,11 @@ def sqlserver_schema_from_description(rows: list[tuple]) -> pa.Schema:
 
 
 def sqlserver_read(
-    table_sql: str, schema: pa.Schema, cursor: str | None, lower_bound: object | None
+    table_sql: str,
+    schema: pa.Schema,
+    cursor: str | None,
+    lower_bound: object | None,
+    select_list: str | None = None,
 ) -> tuple[str, tuple]:
     """The streaming SELECT for SQL Server and its parameters (pymssql ``%s`` style).
 
@@ -66,7 +70,7 @@ def sqlserver_read(
     would be read and appended again on every run. The bound is sent as text and cast on the
     server, so no driver conversion touches its precision.
     """
-    text = f"SELECT * FROM {table_sql}"
+    text = f"SELECT {select_list or '*'} FROM {table_sql}"
     if lower_bound is None or cursor is None:
         return text, ()
     col = SQLSERVER.quote(cursor)
@@ -84,7 +88,11 @@ def sqlserver_read(
 
 
 def oracle_read(
-    table_sql: str, schema: pa.Schema, cursor: str | None, lower_bound: object | None
+    table_sql: str,
+    schema: pa.Schema,
+    cursor: str | None,
+    lower_bound: object | None,
+    select_list: str | None = None,
 ) -> tuple[str, tuple]:
     """The streaming SELECT for Oracle and its parameters (``:1`` style).
 
@@ -92,6 +100,7 @@ def oracle_read(
     would drop the zone); a timestamp cursor reads ``c >= watermark + 1 microsecond`` for the
     same truncation reason as SQL Server (TIMESTAMP(9)), with the bound sent as text.
     """
+    del select_list  # the columns come from ``schema``, which has no excluded column
     utc = set(oracle_utc_columns(schema))
     cols = [
         f"SYS_EXTRACT_UTC({ORACLE.quote(f.name)}) AS {ORACLE.quote(f.name)}"
@@ -165,10 +174,11 @@ class DbApiReader(SourceReader):
         try:
             if self.dialect is SQLSERVER:
                 cur.execute(sqlserver_describe_query(), (self.query(limit_zero=True),))
-                self._schema = sqlserver_schema_from_description(cur.fetchall())
+                self._schema = self.kept(sqlserver_schema_from_description(cur.fetchall()))
             else:
                 cur.execute(self.query(limit_zero=True))
-                self._schema = pa.schema([oracle_field(tuple(d)) for d in cur.description])
+                probed = pa.schema([oracle_field(tuple(d)) for d in cur.description])
+                self._schema = self.kept(probed)
                 cur.fetchall()
         finally:
             cur.close()
@@ -177,7 +187,9 @@ class DbApiReader(SourceReader):
     def batches(self, lower_bound: object | None) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         schema = self.schema()
         build = sqlserver_read if self.dialect is SQLSERVER else oracle_read
-        query, params = build(self.table_sql, schema, self.spec.incremental_column, lower_bound)
+        query, params = build(
+            self.table_sql, schema, self.spec.incremental_column, lower_bound, self.select_list()
+        )
         self._statement()
         cur = self._conn.cursor()
         if self.dialect is ORACLE:

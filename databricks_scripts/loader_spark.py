@@ -25,6 +25,12 @@ from databricks_scripts.loader_arrow import (
 )
 from databricks_scripts.loader_commits import StaleAttempt
 from databricks_scripts.loader_interrupt import StopRequested
+from databricks_scripts.loader_spark_columns import (
+    controlled_frame,
+    evolve_schema,
+    rebuild_if_changed,
+    spark_schema_changes,  # noqa: F401 - still this module's name for it (tests, docs)
+)
 from databricks_scripts.loader_spark_commits import (
     cancellable,
     check_keys,
@@ -43,7 +49,6 @@ from databricks_scripts.loader_sql import (
     SQLSERVER,
     qualified_name,
     source_table_parts,
-    spark_add_columns,
     spark_append_new_rows,
     spark_create_table_as,
     spark_insert_overwrite,
@@ -149,33 +154,6 @@ def jdbc_tls_options(db_type: str, cfg: Mapping[str, Any]) -> dict[str, str]:
     if db_type == "oracle" and secure:
         return {"oracle.net.ssl_server_dn_match": str(mode == "verify-full").lower()}
     return {}
-
-
-_WIDENING = {
-    ("tinyint", "smallint"),
-    ("tinyint", "int"),
-    ("tinyint", "bigint"),
-    ("smallint", "int"),
-    ("smallint", "bigint"),
-    ("int", "bigint"),
-    ("float", "double"),
-}
-
-
-def spark_schema_changes(
-    source: Sequence[tuple[str, str]], target: Sequence[tuple[str, str]]
-) -> tuple[list[tuple[str, str]], list[str]]:
-    """(columns to add, problems) comparing (name, Spark simpleString) lists; names compare
-    case-insensitively as Delta does."""
-    target_types = {name.lower(): t for name, t in target}
-    added, problems = [], []
-    for name, t in source:
-        have = target_types.get(name.lower())
-        if have is None:
-            added.append((name, t))
-        elif have != t and (t, have) not in _WIDENING:
-            problems.append(f"column {name!r} is {have} in the destination but {t} in the source")
-    return added, problems
 
 
 def spark_literal(value: Any) -> Any:
@@ -339,6 +317,7 @@ def read_source_planned(
     password: str | None,
     lower_bound: Any | None,
     partitioning: tuple[int, int] | None = None,
+    hash_key: bytes | None = None,
 ) -> tuple[Any, ReadPlan]:
     """The source DataFrame, filtered above ``lower_bound`` (pushed down by Spark), and how a JDBC
     read was split: ``partitioning`` = (rows per partition, most partitions), None: one connection
@@ -378,7 +357,7 @@ def read_source_planned(
             df = spark.read.format("jdbc").options(**options, **plan.options).load()
     if lower_bound is not None:
         df = df.filter(F.col(spec.incremental_column) > F.lit(spark_literal(lower_bound)))
-    return df, plan
+    return controlled_frame(df, spec, hash_key), plan
 
 
 def _fields(schema: Any) -> list[tuple[str, str]]:
@@ -437,9 +416,10 @@ def run_spark_load(
     spark: Any | None = None,
     stop: Any | None = None,
     partitioning: tuple[int, int] | None = None,
+    hash_key: bytes | None = None,
 ) -> Any:
     """One load on Spark; ``partitioning``: (rows per JDBC partition, most partitions), None to
-    read a JDBC source on one connection."""
+    read a JDBC source on one connection; ``hash_key``: the HMAC key of ``columns_hash``."""
     from pyspark.sql import SparkSession
 
     spark = spark or SparkSession.builder.getOrCreate()
@@ -450,7 +430,7 @@ def run_spark_load(
     where = ["open destination"]  # the step a failure is reported at
     try:
         with cancellable(spark, stop):
-            return _load(spark, spec, password, target, log, where, partitioning)
+            return _load(spark, spec, password, target, log, where, (partitioning, hash_key))
     except StaleAttempt:
         raise
     except Exception as exc:
@@ -460,9 +440,10 @@ def run_spark_load(
 
 
 def _load(
-    spark: Any, spec: Any, password: str | None, target: str, log, where: list, partitioning=None
+    spark: Any, spec: Any, password: str | None, target: str, log, where: list, reading=(None, None)
 ) -> Any:
     exists = table_exists(spark, target)
+    spec, rebuilt = rebuild_if_changed(spark, spec, target, exists, log)
     applied = choose_strategy(spec, exists)
     target_fields = _fields(spark.table(target).schema) if exists else []
     last = read_last_commit(spark, target) if exists else None
@@ -483,14 +464,16 @@ def _load(
 
     where[0] = "read source"
     view, source_fields, key_range, plan = _source_view(
-        spark, spec, password, lower, partitioning, applied, log
+        spark, spec, password, lower, reading, applied, log
     )
-    columns = [n for n, _ in source_fields]
 
     where[0] = "reconcile schema"
     rebuild = applied == "full" and (not exists or spec.force_full_reload)
+    notes = [n for n in (rebuilt, plan.note) if n]
     if not rebuild:
-        _evolve_schema(spark, target, source_fields, target_fields, log)
+        source_fields = evolve_schema(spark, spec, target, source_fields, target_fields, log)
+        notes += source_fields.notes
+    columns = [n for n, _ in source_fields]
 
     where[0] = "write destination"
     kept = history_statement(  # delete detection / scd2 (loader_spark_history)
@@ -531,16 +514,16 @@ def _load(
 
     where[0] = "read commit metrics"
     read, written = write_counts(spark, target, statement, result.collect(), version_before)
-    notes = [plan.note] if plan.note else []
     loaded = _result(spark, spec, target, applied, watermark, read, written, notes=notes)
     loaded.destination_rows_before = rows_before
     loaded.full_reason = full_reason(spec, exists)
     return loaded
 
 
-def _source_view(spark: Any, spec: Any, password, lower, partitioning, applied: str, log):
-    """The source read as a temp view: (view, its fields, the MERGE's key range, the read plan)."""
-    df, plan = read_source_planned(spark, spec, password, lower, partitioning)
+def _source_view(spark: Any, spec: Any, password, lower, reading, applied: str, log):
+    """The source read as a temp view: (view, its fields, the MERGE's key range, the read plan);
+    ``reading`` = (JDBC partitioning, hash key)."""
+    df, plan = read_source_planned(spark, spec, password, lower, *reading)
     if plan.partitions > 1:
         how = dict(plan.options) or list(plan.predicates)
         log(f"reading the source over {plan.partitions} JDBC connections: {how}")
@@ -553,16 +536,6 @@ def _source_view(spark: Any, spec: Any, password, lower, partitioning, applied: 
     view = f"dl_src_{uuid.uuid4().hex[:12]}"
     df.createOrReplaceTempView(view)
     return view, _fields(df.schema), key_range, plan
-
-
-def _evolve_schema(spark: Any, target: str, source_fields, target_fields, log) -> None:
-    """Add the source's new columns to ``target``; an incompatible type change is refused."""
-    added, problems = spark_schema_changes(source_fields, target_fields)
-    if problems:
-        raise SchemaConflict("incompatible type change: " + "; ".join(problems))
-    if added:
-        log(f"schema evolution: adding column(s) {', '.join(n for n, _ in added)}")
-        spark.sql(spark_add_columns(target, added))
 
 
 def _count(spark: Any, target: str, version: int | None) -> int | None:

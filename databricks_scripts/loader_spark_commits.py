@@ -28,6 +28,7 @@ from typing import Any
 
 from databricks_scripts.contract import RECORDED_METADATA_ID_PARAM
 from databricks_scripts.failures import DataMismatch
+from databricks_scripts.loader_columns import KEY_COLUMN_CONTROL, column_control_text
 from databricks_scripts.loader_commits import (
     KEY_CONTROL_KEY,
     KEY_METADATA_ID,
@@ -49,6 +50,7 @@ def user_metadata(spec: Any, strategy: str) -> str:
             KEY_CONTROL_KEY: str(spec.control_key),
             KEY_WATERMARK_BEFORE: spec.incremental_value or "",
             KEY_STRATEGY: strategy,
+            KEY_COLUMN_CONTROL: column_control_text(spec),
         },
         sort_keys=True,
     )

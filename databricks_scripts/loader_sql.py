@@ -103,8 +103,12 @@ def select_source(
     limit_zero: bool = False,
     order_by: str | None = None,
     null_cursor: str | None = None,
+    select_list: str | None = None,
 ) -> str:
     """``SELECT * FROM <table> [WHERE <cursor> > <param 1>]`` or a zero-row schema probe.
+
+    ``select_list`` replaces ``*`` (already quoted: the columns a row's ``columns_exclude`` leaves,
+    loader_columns); the zero-row probe always reads ``*``.
 
     Only rows whose cursor is above the bound are read, so NULL cursors are never read by an
     incremental query (they are loaded by full loads). ``order_by`` adds ``ORDER BY`` that
@@ -117,7 +121,7 @@ def select_source(
         if dialect is POSTGRESQL:
             return f"SELECT * FROM {table_sql} WHERE false"
         return f"SELECT * FROM {table_sql} WHERE 1 = 0"
-    text = f"SELECT * FROM {table_sql}"
+    text = f"SELECT {select_list or '*'} FROM {table_sql}"
     if cursor is not None:
         # PostgreSQL: the built-in operator by name, whatever the source defines on its path.
         op = "OPERATOR(pg_catalog.>)" if dialect is POSTGRESQL else ">"

@@ -18,6 +18,7 @@ from databricks_scripts.watermark import (
     batch_max,
     check_text_cursor,
     max_watermark,
+    text_shape,
 )
 
 
@@ -119,3 +120,24 @@ class Counted:
         for b in self._batches:
             self.rows += b.num_rows
             yield b
+
+
+def progress_estimate(source, applied: str) -> int | None:
+    """The source's row estimate for a full load's progress figure (an incremental load reads a
+    part of the table: no total to show). A failed estimate only costs the figure."""
+    if applied != "full":
+        return None
+    try:
+        return source.estimated_rows()
+    except Exception:  # noqa: BLE001 - statistics are a nicety; the load goes on without them
+        return None
+
+
+def text_cursor_start(load) -> tuple[str, str] | None | bool:
+    """False unless the cursor is text; else the stored watermark's (shape, value) or None."""
+    field = load.write_schema.field(load.cursor) if load.cursor else None
+    if field is None or load.numeric_text or not pa.types.is_string(field.type):
+        return False
+    if isinstance(load.watermark, str):
+        return text_shape(load.watermark), load.watermark
+    return None

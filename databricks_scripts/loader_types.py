@@ -228,23 +228,63 @@ def _widens_to(src: pa.DataType, dst: pa.DataType) -> bool:
 
 @dataclass(frozen=True)
 class SchemaPlan:
-    """How this load's batches are written: the schema they are cast to, and the columns added."""
+    """How this load's batches are written: the schema they are cast to, the columns added, and
+    the destination's columns the source no longer has (kept, NULL for new rows)."""
 
     write_schema: pa.Schema
     added_columns: tuple[str, ...]
+    dropped_columns: tuple[str, ...] = ()
 
 
-def plan_schema(source: pa.Schema, destination: pa.Schema | None) -> SchemaPlan:
+class SchemaContractError(SchemaConflict):
+    """``schema_change = 'freeze'`` and the source's columns differ from the destination's."""
+
+
+# The loader's own columns of tables that keep history (contract.START_AT, END_AT, DELETED_AT):
+# never source columns, so never "dropped".
+_LOADER_COLUMNS = frozenset({"__START_AT", "__END_AT", "__DELETED_AT"})
+
+
+def _frozen_changes(mapped: pa.Schema, destination: pa.Schema) -> list[str]:
+    """Every added, dropped or retyped column, in words (``schema_change = 'freeze'``)."""
+    dest_by_name = {f.name: f for f in destination}
+    changes = [f"added column {f.name!r} ({f.type})" for f in mapped if f.name not in dest_by_name]
+    changes += [
+        f"dropped column {d.name!r}"
+        for d in destination
+        if d.name not in mapped.names and d.name not in _LOADER_COLUMNS
+    ]
+    for f in mapped:
+        d = dest_by_name.get(f.name)
+        if d is not None and not _same_kind(f.type, _normalise_dest_type(d.type)):
+            changes.append(f"retyped column {f.name!r} ({d.type} -> {f.type})")
+    return changes
+
+
+def plan_schema(
+    source: pa.Schema, destination: pa.Schema | None, schema_change: str = "evolve"
+) -> SchemaPlan:
     """Reconcile the (Delta-mapped) source schema with an existing destination schema.
 
-    New source columns are appended to the destination (schema evolution). A column present on both
-    sides keeps the destination's type when the source type widens into it exactly; any other type
-    change raises :class:`IncompatibleSchemaError` naming the column. Destination columns the source
-    no longer has are kept and filled with NULL for new rows.
+    ``schema_change`` (sql/017): ``evolve`` appends new source columns to the destination (schema
+    evolution); ``discard_new`` leaves them out; ``freeze`` raises :class:`SchemaContractError`
+    naming every added, dropped or retyped column. A column present on both sides keeps the
+    destination's type when the source type widens into it exactly; any other type change raises
+    :class:`IncompatibleSchemaError` naming the column. Destination columns the source no longer
+    has are kept and filled with NULL for new rows (``dropped_columns``).
     """
     mapped = delta_schema_for(source)
     if destination is None:
         return SchemaPlan(mapped, ())
+    if schema_change == "freeze":
+        changes = _frozen_changes(mapped, destination)
+        if changes:
+            raise SchemaContractError(
+                "schema_change is 'freeze' and the source table changed: "
+                + "; ".join(changes)
+                + ". Nothing was written. To take the change set schema_change = 'evolve' (or "
+                "force_full_reload to rebuild the table with the new columns)"
+            )
     dest_by_name = {f.name: f for f in destination}
     problems = []
     for f in mapped:
@@ -261,9 +301,14 @@ def plan_schema(source: pa.Schema, destination: pa.Schema | None) -> SchemaPlan:
             + " (a full reload with force_full_reload rebuilds the table with the new types)"
         )
     added = tuple(f.name for f in mapped if f.name not in dest_by_name)
+    if schema_change == "discard_new":
+        added = ()
+    dropped = tuple(
+        d.name for d in destination if d.name not in mapped.names and d.name not in _LOADER_COLUMNS
+    )
     fields = [pa.field(d.name, _normalise_dest_type(d.type)) for d in destination]
     fields += [f for f in mapped if f.name in added]
-    return SchemaPlan(pa.schema(fields), added)
+    return SchemaPlan(pa.schema(fields), added, dropped)
 
 
 def _normalise_dest_type(t: pa.DataType) -> pa.DataType:

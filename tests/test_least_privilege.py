@@ -335,6 +335,9 @@ NEW_VALUES = {
     "jdbc_num_partitions": 4,
     "verify_depth": "keys",
     "last_failure_kind": "bad_config",
+    "columns_exclude": ["ssn"],
+    "columns_hash": ["email"],
+    "schema_change": "freeze",
 }
 NOT_EDITABLE = {"config_id", "updated_at"}  # identity; set by the touch trigger on every edit
 STATE = {
@@ -447,6 +450,8 @@ def test_every_column_of_source_connection_is_audited(owned):
         "tls_ca_file": "/etc/ssl/erp.pem",
         "secret_scope": "kv-2",
         "secret_key": "erp-2",
+        "hash_secret_scope": "kv-2",
+        "hash_secret_key": "pii-2",
         "connect_timeout_seconds": 7,
         "description": "moved",
         "created_at": "2031-01-01T00:00:00+00:00",

@@ -97,8 +97,9 @@ def test_declared_table_specs_carry_kinds_freshness_and_the_row_count_check(
 
     specs, [checks] = table_asset_definitions(local, lakebase_for(control_db))
 
-    [spec] = specs
+    [spec, source] = specs  # the table, then its source table (source_spec)
     assert spec.key == dg.AssetKey(["lake", "raw", "orders"])
+    assert source.key in {dep.asset_key for dep in spec.deps}
     assert spec.kinds == {"delta", "postgresql"}
     assert spec.freshness_policy == dg.FreshnessPolicy.time_window(
         fail_window=timedelta(minutes=10)
@@ -168,5 +169,6 @@ def test_a_row_whose_destination_dagster_cannot_name_is_not_declared_and_the_res
 
     specs, [checks] = table_asset_definitions(local, lakebase_for(control_db))
 
-    assert [spec.key for spec in specs] == [dg.AssetKey(["lake", "raw", "orders"])]
+    tables = [spec.key for spec in specs if spec.group_name == "destination_tables"]
+    assert tables == [dg.AssetKey(["lake", "raw", "orders"])]
     assert {key.asset_key for key in checks.check_keys} == {specs[0].key}

@@ -46,6 +46,60 @@ _log = logging.getLogger(__name__)
 _DAGSTER_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
 
+# ---- source lineage: each declared table depends on its source table, an external asset ---------
+# Key ["sources", <connection or source system>, <database>, <schema>, <table>] (parts Dagster can
+# use: other characters become "_"), grouped per connection ("source_<connection>"), so the graph
+# reads source -> destination table -> dbt model. Metadata: connection, type, host; never a user,
+# a secret's name or a password (docs/assets.md, "Source lineage").
+
+SOURCE_KEY_PREFIX = "sources"
+_UNUSABLE = re.compile(r"[^A-Za-z0-9_]+")
+
+
+def _part(value: object) -> str:
+    return _UNUSABLE.sub("_", str(value)).strip("_") or "_"
+
+
+def source_system_name(row: Mapping[str, Any]) -> str:
+    """The connection's name, or (a row without one) ``<db_type>_<host>``."""
+    if row.get("connection_name"):
+        return _part(row["connection_name"])
+    host = row.get("source_host") or "unknown"
+    return _part(f"{row.get('db_type')}_{host}")
+
+
+def source_asset_key(row: Mapping[str, Any]) -> dg.AssetKey:
+    """The source table's key: connection, database, schema, table (database when known)."""
+    database = row.get("source_catalog")
+    if not database and row.get("db_type") in ("postgresql", "oracle"):
+        database = row.get("source_database")  # theirs comes from the connection
+    parts = [database, row.get("source_schema_name"), row.get("source_table_name")]
+    return dg.AssetKey(
+        [SOURCE_KEY_PREFIX, source_system_name(row), *(_part(p) for p in parts if p)]
+    )
+
+
+def source_spec(row: Mapping[str, Any]) -> dg.AssetSpec:
+    """The external asset of one row's source table (DataLoader reads it, never writes it)."""
+    where = ".".join(
+        str(row[c])
+        for c in ("source_catalog", "source_schema_name", "source_table_name")
+        if row.get(c)
+    )
+    metadata = {"type": dg.MetadataValue.text(str(row.get("db_type") or ""))}
+    if row.get("connection_name"):
+        metadata["connection"] = dg.MetadataValue.text(str(row["connection_name"]))
+    if row.get("source_host"):
+        metadata["host"] = dg.MetadataValue.text(str(row["source_host"]))
+    return dg.AssetSpec(
+        key=source_asset_key(row),
+        group_name=source_group(row),
+        kinds={str(row.get("db_type") or "database")},
+        description=f"Source table {where} ({row.get('db_type')}), read by DataLoader.",
+        metadata=metadata,
+    )
+
+
 def table_kinds(row: Mapping[str, Any], execution: str) -> set[str]:
     """Delta, the source system, and Databricks only when the loads run there."""
     kinds = {"delta", str(row.get("db_type") or "database")}
@@ -107,6 +161,7 @@ def table_spec(row: Mapping[str, Any], execution: str, base_url: str | None = No
             **reload,
         },
         tags={"dataloader/source_system": str(row.get("db_type") or "")},
+        deps=[source_asset_key(row)],
         freshness_policy=dg.FreshnessPolicy.time_window(fail_window=window) if window else None,
     )
 
@@ -204,8 +259,9 @@ def _review_result(
 def table_asset_definitions(
     settings: Settings, lakebase: LakebaseResource, rows: list[dict] | None = None
 ) -> tuple[list[dg.AssetSpec], list[dg.AssetChecksDefinition]]:
-    """The declared table specs and their checks ([] and [] when none is declared); ``rows``:
-    what ``declared_rows`` read (read here when not given)."""
+    """The declared table specs (then their source tables as external assets) and their
+    checks ([] and [] when none is declared); ``rows``: what ``declared_rows`` read (read
+    here when not given)."""
     rows = declared_rows(settings, lakebase) if rows is None else rows
     declarable = [r for r in rows if all(map(_DAGSTER_NAME.match, _key_parts(r)))]
     if len(declarable) < len(rows):
@@ -224,7 +280,7 @@ def table_asset_definitions(
         checks = [row_count_checks(specs)]
         if keyed:
             checks.append(deep_checks([s for s in specs if s.key in keyed], settings))
-        return specs, checks
+        return specs + _unique(source_spec(r) for r in declarable), checks
     except Exception as exc:  # noqa: BLE001 - one bad row must not stop the code location loading
         _log.warning(f"Destination tables not declared as assets: {exc}")
         return [], []

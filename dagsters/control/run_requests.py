@@ -65,6 +65,12 @@ def load_params(row: Mapping[str, Any], source: ResolvedSource | None = None) ->
         elif field == "delete_max_fraction":
             value = row.get(field)
             params[field] = None if value is None else float(value)
+        elif field in ("columns_exclude", "columns_hash"):
+            value = row.get(field)
+            params[field] = list(value) if value else None
+        elif field in ("hash_secret_scope", "hash_secret_key"):
+            secret = source.hash_secret if source is not None else None
+            params[field] = None if secret is None else secret[field == "hash_secret_key"]
         elif field == "incremental_value":
             value = row.get("incremental_value")
             params[field] = None if value is None else str(value)

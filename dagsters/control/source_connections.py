@@ -40,6 +40,19 @@ class ResolvedSource:
     db_config_value: dict[str, Any]
     db_kv_scope: str | None
     connection_name: str | None
+    # The secret (scope, key) whose value keys columns_hash's HMAC (sql/017): the connection's,
+    # or the binding connection's for an inline row; None when it names none.
+    hash_secret: tuple[str, str] | None = None
+
+
+def _hash_secret(connection: Mapping[str, Any]) -> tuple[str, str] | None:
+    scope, key = connection.get("hash_secret_scope"), connection.get("hash_secret_key")
+    if bool(scope) != bool(key):
+        raise SourceConnectionError(
+            f"source_connection {connection['connection_name']!r} names only one of "
+            "hash_secret_scope and hash_secret_key: a connection admin sets both or neither"
+        )
+    return (str(scope), str(key)) if scope else None
 
 
 def _port(db_type: str, value: object) -> int | None:
@@ -155,7 +168,12 @@ def resolve_source(
                 f"the row names source_connection {name!r}; remove {', '.join(sorted(config))} "
                 "from db_config_value (the connection holds them)"
             )
-        return ResolvedSource(connection_config(connection), connection.get("secret_scope"), name)
+        return ResolvedSource(
+            connection_config(connection),
+            connection.get("secret_scope"),
+            name,
+            _hash_secret(connection),
+        )
     _check_keys(config)
     host = config.get("host")
     if not config.get("password_secret"):
@@ -183,7 +201,7 @@ def resolve_source(
     if pinned:
         config["sslrootcert"] = pinned
     config = {k: v for k, v in config.items() if v is not None}
-    return ResolvedSource(config, row["db_kv_scope"], bound["connection_name"])
+    return ResolvedSource(config, row["db_kv_scope"], bound["connection_name"], _hash_secret(bound))
 
 
 class SourceConnectionsSql(ControlDatabase):

@@ -16,20 +16,27 @@ from dagsters.control.connection import ControlDatabase
 
 # The source's host and port (never user or secret names) group inline rows by source.
 _COLUMNS = (
-    "config_id, control_key, db_type, source_catalog, source_schema_name, source_table_name,"
-    " destination_catalog, destination_schema_name, destination_table_name, load_strategy,"
-    " schedule_cron, schedule_timezone, schedule_interval, merge_keys, connection_name,"
-    " jsonb_build_object('host', db_config_value->'host', 'port', db_config_value->'port',"
-    "   'database', db_config_value->'database') AS db_config_value"
+    "t.config_id, t.control_key, t.db_type, t.source_catalog, t.source_schema_name,"
+    " t.source_table_name, t.destination_catalog, t.destination_schema_name,"
+    " t.destination_table_name, t.load_strategy, t.schedule_cron, t.schedule_timezone,"
+    " t.schedule_interval, t.merge_keys, t.connection_name,"
+    # Source lineage (table_specs.source_spec): where the source is, never who logs in or with what.
+    " coalesce(s.host, t.db_config_value ->> 'host') AS source_host,"
+    " coalesce(s.database, t.db_config_value ->> 'database') AS source_database,"
+    " jsonb_build_object('host', t.db_config_value->'host', 'port', t.db_config_value->'port',"
+    "   'database', t.db_config_value->'database') AS db_config_value"
 )
 
 
 class TableListingSql(ControlDatabase):
     def active_tables(self, limit: int) -> list[dict]:
-        """Up to ``limit`` active rows (by config_id): what ``table_specs`` declares."""
+        """Up to ``limit`` active rows (by config_id): what ``table_specs`` declares, with their
+        source's host and database (from the connection, or the row's own config)."""
         with self._transaction("active_tables") as conn:
             return conn.execute(
-                f"SELECT {_COLUMNS} FROM table_control WHERE is_active ORDER BY config_id LIMIT %s",
+                f"SELECT {_COLUMNS} FROM table_control t"
+                " LEFT JOIN source_connection s ON s.connection_name = t.connection_name"
+                " WHERE t.is_active ORDER BY t.config_id LIMIT %s",
                 (int(limit),),
             ).fetchall()
 

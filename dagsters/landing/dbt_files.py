@@ -136,6 +136,8 @@ def source_table_entry(table: LandingTable) -> dict[str, Any]:
     columns = []
     for column in table.columns:
         item: dict[str, Any] = {"name": column.name, "data_type": column.data_type}
+        if column.description:
+            item["description"] = column.description
         if needs_quoting(column.name):
             item["quote"] = True
         columns.append(item)

@@ -25,6 +25,8 @@ class LandingColumn:
     name: str
     data_type: str
     nullable: bool = True
+    # The column's comment (the source's, carried by the loader into Delta): its dbt description.
+    description: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,12 @@ def columns_from_delta_schema(schema_json: str | Mapping[str, Any]) -> tuple[Lan
     """Columns of a Delta table from its protocol schema (``DeltaTable.schema().to_json()``)."""
     schema = json.loads(schema_json) if isinstance(schema_json, str) else schema_json
     return tuple(
-        LandingColumn(f["name"], delta_type_to_sql(f["type"]), bool(f.get("nullable", True)))
+        LandingColumn(
+            f["name"],
+            delta_type_to_sql(f["type"]),
+            bool(f.get("nullable", True)),
+            (f.get("metadata") or {}).get("comment") or None,
+        )
         for f in schema.get("fields", [])
     )
 
@@ -139,6 +146,7 @@ def columns_from_uc_rows(rows: Iterable[Mapping[str, Any]]) -> tuple[LandingColu
             name=str(r["column_name"]),
             data_type=str(r.get("full_data_type") or r.get("data_type")).lower(),
             nullable=str(r.get("is_nullable", "YES")).upper() != "NO",
+            description=r.get("comment") or None,
         )
         for r in ordered
     )

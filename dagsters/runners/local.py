@@ -4,9 +4,9 @@ Pipes context and messages travel in temp files. The child's environment is an a
 (:func:`environment_for_script`): PATH, HOME, the locale, TZ and the like, the scripts' own
 documented settings (``script_env.SCRIPT_SETTING_NAMES``), plus ``DATALOADER_HOME``,
 ``DATALOADER_LAKE_ROOT``, ``PYTHONUNBUFFERED`` and the Pipes bootstrap variables. The load
-script gets its own source's ``DATALOADER_SECRET__<SCOPE>__<KEY>`` and no other secret; the retry
-script also gets its model's settings and key, databricks-sdk auth and the source secrets (it only
-masks them). Neither gets ``LAKEBASE_*``, alert webhooks or the models repository URL. Its stderr is copied to the Dagster compute log and its tail kept for the
+script gets its own source's ``DATALOADER_SECRET__<SCOPE>__<KEY>`` (and its connection's hash
+key when the row hashes columns) and no other secret; the retry script also gets its model's
+settings and key, databricks-sdk auth and the source secrets (it only masks them). Neither gets ``LAKEBASE_*``, alert webhooks or the models repository URL. Its stderr is copied to the Dagster compute log and its tail kept for the
 error text. A script outliving the timeout is stopped; when the Dagster run is terminated the
 script is stopped (SIGINT, then SIGKILL after a grace period) and the interrupt re-raised.
 """
@@ -166,10 +166,11 @@ def environment_for_script(script: str, params: Mapping[str, Any]) -> Callable[[
     if script == LOAD_SCRIPT:
         config = params.get("db_config_value") or {}
         scope, key = params.get("db_kv_scope"), config.get("password_secret")
-        own = secret_env_var(str(scope), str(key)) if scope and key else None
-        return lambda name: (
-            is_script_base_env_var(name) or (own is not None and name.upper() == own)
-        )
+        own = {secret_env_var(str(scope), str(key))} if scope and key else set()
+        hash_scope, hash_key = params.get("hash_secret_scope"), params.get("hash_secret_key")
+        if params.get("columns_hash") and hash_scope and hash_key:
+            own.add(secret_env_var(str(hash_scope), str(hash_key)))  # its connection's hash key
+        return lambda name: is_script_base_env_var(name) or name.upper() in own
     return lambda name: (
         is_script_base_env_var(name) or name.upper().startswith(_RETRY_SECRET_PREFIXES)
     )
