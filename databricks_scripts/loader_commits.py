@@ -36,7 +36,6 @@ from typing import Any
 
 from databricks_scripts.contract import KIND_STALE_ATTEMPT, RECORDED_METADATA_ID_PARAM
 from databricks_scripts.failures import DataLoaderFailure
-from databricks_scripts.contract import RECORDED_METADATA_ID_PARAM
 from databricks_scripts.loader_columns import KEY_COLUMN_CONTROL, column_control_text
 
 APP_ID_PREFIX = "dataloader:"

@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from databricks_scripts.failures import SchemaConflict
 from databricks_scripts.loader_arrow import (
     LoadResult,
     LoadStepError,

@@ -141,8 +141,8 @@ def table_spec(row: Mapping[str, Any], execution: str, base_url: str | None = No
     window = freshness_window(row)
     return dg.AssetSpec(
         key=destination_asset_key(row),
-        # load -> table -> dbt model in the lineage: the load asset writes the table.
-        deps=[LOAD_ASSET],
+        # source -> load -> table -> dbt model in the lineage: the load asset writes the table.
+        deps=[LOAD_ASSET, source_asset_key(row)],
         group_name=source_group(row),
         kinds=table_kinds(row, execution),
         description=(
@@ -161,7 +161,6 @@ def table_spec(row: Mapping[str, Any], execution: str, base_url: str | None = No
             **reload,
         },
         tags={"dataloader/source_system": str(row.get("db_type") or "")},
-        deps=[source_asset_key(row)],
         freshness_policy=dg.FreshnessPolicy.time_window(fail_window=window) if window else None,
     )
 
