@@ -42,6 +42,7 @@ from dagster_pipes import PipesContext, open_dagster_pipes
 from databricks_scripts.contract import (
     DEEP_VERIFY_KEY,
     DEEP_VERIFY_MODE,
+    LOAD_ASSET_NAME,
     MODE_PARAM,
     PARAMS_EXTRA,
     LoadMetadata,
@@ -285,7 +286,9 @@ def run_load(
         f"{label}: {result.applied_strategy} load read {result.rows_read:,} and wrote "
         f"{result.rows_written:,} rows in {duration}s; watermark {result.watermark_after!r}"
     )
-    context.report_asset_materialization(metadata=metadata)
+    # A batch run's step targets no asset: name the load asset (the op reports the partition).
+    asset_key = None if context.is_asset_step else LOAD_ASSET_NAME
+    context.report_asset_materialization(metadata=metadata, asset_key=asset_key)
 
 
 def _reconciliation_counts(result) -> dict:
