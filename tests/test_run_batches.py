@@ -15,11 +15,17 @@ executed in a Dagster instance, the load script as a subprocess writing real Del
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
+
 import dagster as dg
 import pytest
 from dagster._core.test_utils import create_run_for_test
 from deltalake import DeltaTable
 from helpers import SensorLoop, add_control_row, control_row, history, lakebase_for
+from test_load_asset import _load_children, _source_query_running
 
 from dagsters.assets.load_batch import build_load_batch_job
 from dagsters.control.run_requests import (
@@ -127,6 +133,62 @@ def test_a_batch_of_three_where_one_fails_keeps_each_tables_own_outcome(
         dg.AssetKey(["lake", "raw", "b_one"]),
         dg.AssetKey(["lake", "raw", "b_two"]),
     }
+
+
+def test_terminating_a_batch_ends_each_table_on_its_own(
+    control_db, source_db, source, lake_root, db, instance
+):
+    # The second table's source query takes a minute: the run is terminated inside it.
+    source.execute(
+        "CREATE VIEW public.slow_orders AS SELECT o.* FROM public.orders o"
+        " WHERE (SELECT count(*) FROM pg_sleep(60)) > 0"
+    )
+    for key, table in (("t.first", "orders"), ("t.slow", "slow_orders"), ("t.after", "orders")):
+        add_control_row(
+            db,
+            source_db,
+            key,
+            table,
+            load_strategy="full",
+            incremental_column=None,
+            destination_table_name=key.replace(".", "_"),
+        )
+    settings = batch_settings(lake_root)
+    [request] = SensorLoop(master_sensor(settings), instance, control_db).tick().run_requests
+    terminated = threading.Event()
+
+    def terminate_inside_the_source_query() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if (
+                control_row(db, "t.slow")["last_status"] == "In Progress"
+                and _load_children()
+                and _source_query_running(source, "slow_orders")
+            ):
+                os.kill(os.getpid(), signal.SIGINT)  # what a run worker gets on termination
+                terminated.set()
+                return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=terminate_inside_the_source_query, daemon=True)
+    killer.start()
+    run = run_batch(settings, request, control_db, instance)
+    killer.join(timeout=5)
+
+    assert terminated.is_set(), "the load never reached its source query"
+    assert not run.success
+    assert control_row(db, "t.first")["last_status"] == "Succeeded"
+    slow, after = control_row(db, "t.slow"), control_row(db, "t.after")
+    assert slow["last_status"] == "Failed"
+    assert slow["last_message"].startswith(f"Cancelled - Dagster run {run.run_id} was terminated")
+    assert after["last_status"] == "Failed"
+    assert after["last_message"] == (
+        f"Cancelled - Dagster run {run.run_id} was terminated before this table's load started"
+    )
+    assert [h["status"] for h in history(db, "t.after")] == ["Failed"]
+    records = instance.fetch_materializations(dg.AssetKey(LOAD_ASSET), limit=10).records
+    assert [r.partition_key for r in records] == ["t.first"]
+    assert _load_children() == []
 
 
 def _age_claims(db, minutes: int) -> None:

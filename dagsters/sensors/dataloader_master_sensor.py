@@ -3,7 +3,9 @@
 Each tick claims up to the batch size of due rows in one transaction (status Queued + a history row
 each; FOR UPDATE SKIP LOCKED, so two ticks never claim the same row) and yields one RunRequest per
 row. The run key is the history row, so a repeated tick never launches an attempt twice, and a
-re-queued table always gets a new run.
+re-queued table always gets a new run. With ``DATALOADER_RUN_BATCH_SIZE`` > 1 (local execution)
+it claims up to that many rows of one source per claim and launches one batch run per claim
+(``dagsters/assets/load_batch.py``); a claim of one row is an ordinary run of its partition.
 
 It also keeps the ``control_key`` dynamic partitions in step with table_control: every row has a
 partition (so a person can load a table from the UI before it was ever claimed) and a deleted row's
