@@ -3,7 +3,9 @@
 Passive (no RunRequest). For each row Queued past the threshold (spec: the queued run is
 *cancelled*, not just the row failed):
 
-1. the attempt's Dagster run is found by its ``dataloader/metadata_id`` tag; a run still waiting
+1. the attempt's Dagster run is found by its ``dataloader/metadata_id`` tag (a batch run by its
+   ``dataloader/attempt-<metadata_id>`` tag: a started batch is loading the tables before this
+   one, so its rows are left alone like any starting run's); a run still waiting
    (QUEUED / NOT_STARTED) is cancelled through the instance's run coordinator, so it can never
    start later and fail on a row that moved on;
 2. a Databricks run linked to the row (if any) is cancelled;
