@@ -26,6 +26,12 @@ finished attempt. Then it reads each run's event log from the Dagster instance a
 
     .venv/bin/python bench/bench_loads_per_hour.py [--tables 60] [--interval 60] [--batch 10]
         [--source-concurrency 2] [--max-concurrent-runs 10] [--sources 1] [--imports-only]
+        [--run-batch-sizes 1,10]
+
+``--run-batch-sizes 1,10`` measures each ``DATALOADER_RUN_BATCH_SIZE`` with a fresh
+``dataloader dev`` of its own, one after the other in the same bench run, and prints them side by
+side: loads/hour, CPU-seconds per load, Dagster runs per 100 tables and false failures, with the
+ratios against the first size (the machine is shared: compare the ratios, not the figures).
 
 The defaults are the shipped defaults (master_sensor every 60 s, 10 rows per tick, 2 loads per
 source at once, 10 runs at once). All tables live in one source database; with ``--sources N`` the
@@ -98,7 +104,9 @@ def _wait(predicate, what: str, process: subprocess.Popen, log: Path) -> None:
     sys.exit(f"timed out waiting for {what}:\n{log.read_text()[-3000:]}")
 
 
-def _start_dev(home: Path, args: argparse.Namespace) -> tuple[subprocess.Popen, Path]:
+def _start_dev(
+    home: Path, args: argparse.Namespace, run_batch_size: int = 1
+) -> tuple[subprocess.Popen, Path]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LAKEBASE_", "DAGSTER_"))}
     env.update(
         DATALOADER_HOME=str(home),
@@ -108,8 +116,9 @@ def _start_dev(home: Path, args: argparse.Namespace) -> tuple[subprocess.Popen, 
         DATALOADER_MASTER_SENSOR_BATCH_SIZE=str(args.batch),
         DATALOADER_SOURCE_CONCURRENCY=str(args.source_concurrency),
         DATALOADER_MAX_CONCURRENT_RUNS=str(args.max_concurrent_runs),
+        DATALOADER_RUN_BATCH_SIZE=str(run_batch_size),
     )
-    log = home.parent / "dev.log"
+    log = home.parent / f"dev_{home.name}.log"
     with log.open("w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "dagsters.local.cli", "dev"],
@@ -336,36 +345,10 @@ def _print_imports() -> None:
         print(f"import {name:30s} median {statistics.median(seconds):.2f} s ({spread})")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tables", type=int, default=60)
-    parser.add_argument("--interval", type=int, default=60)
-    parser.add_argument("--batch", type=int, default=10)
-    parser.add_argument("--source-concurrency", type=int, default=2)
-    parser.add_argument("--max-concurrent-runs", type=int, default=10)
-    parser.add_argument("--sources", type=int, default=1, help="source connections (round robin)")
-    parser.add_argument("--imports-only", action="store_true")
-    parser.add_argument("--no-imports", action="store_true", help="skip the import timings")
-    parser.add_argument(
-        "--report-only", action="store_true", help="only the breakdown of the last run's runs"
-    )
-    args = parser.parse_args()
-    sys.stdout.reconfigure(line_buffering=True)
-    # A SIGTERM (e.g. from `timeout`) still stops `dataloader dev` in the finally below.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    if args.report_only:
-        _print_breakdown(WORK / "home" / "dagster_home")
-        return 0
-
-    shutil.rmtree(WORK, ignore_errors=True)
-    WORK.mkdir(parents=True)
-    if not args.no_imports:
-        _print_imports()
-    if args.imports_only:
-        return 0
-    home = WORK / "home"
-    home.mkdir()
-    process, log = _start_dev(home, args)
+def _measure(args: argparse.Namespace, run_batch_size: int, home: Path) -> dict:
+    """One ``dataloader dev`` in ``home``: warm up, make the tables due, wait for every load."""
+    home.mkdir(parents=True)
+    process, log = _start_dev(home, args, run_batch_size)
     try:
         demo = "SELECT count(*) AS n FROM table_control WHERE control_key LIKE 'demo.%%'"
         _wait(
@@ -396,7 +379,7 @@ def main() -> int:
         )
         history = _query(
             home,
-            "SELECT status, extract(epoch FROM ended_at)::float8 AS ended"
+            "SELECT status, dagster_run_id, extract(epoch FROM ended_at)::float8 AS ended"
             " FROM historical_metadata WHERE control_key LIKE %s ORDER BY ended_at",
             (f"{PREFIX}.%",),
         )
@@ -404,23 +387,98 @@ def main() -> int:
     finally:
         _stop_dev(process)
     ended = [h["ended"] for h in history]
-    failed = sum(h["status"] != "Succeeded" for h in history)
-    total = ended[-1] - due
+    return {
+        "batch": run_batch_size,
+        "loads": len(history),
+        "failed": sum(h["status"] != "Succeeded" for h in history),
+        "runs": len({h["dagster_run_id"] for h in history}),
+        "seconds": ended[-1] - due,
+        "cpu": cpu,
+        "steady": (len(ended) - 1) / (ended[-1] - ended[0]) * 3600
+        if len(ended) > 1 and ended[-1] > ended[0]
+        else None,
+        "load_average": os.getloadavg()[0],
+    }
+
+
+def _print_measurement(m: dict, args: argparse.Namespace) -> None:
     print(
-        f"{len(history)} tiny-table loads ({failed} failed), {args.sources} source(s), interval "
-        f"{args.interval} s, batch {args.batch}, per-source {args.source_concurrency}, max runs "
-        f"{args.max_concurrent_runs}"
+        f"DATALOADER_RUN_BATCH_SIZE={m['batch']}: {m['loads']} tiny-table loads "
+        f"({m['failed']} failed) in {m['runs']} Dagster runs, {args.sources} source(s), "
+        f"interval {args.interval} s, batch {args.batch}, per-source {args.source_concurrency}, "
+        f"max runs {args.max_concurrent_runs}"
     )
+    per_load = m["cpu"] / max(m["loads"], 1)
     print(
-        f"CPU of the whole dataloader dev from due to done: {cpu:.1f} s, "
-        f"{cpu / max(len(history), 1):.2f} CPU-seconds per load "
-        f"({os.cpu_count()} cores, load average now {os.getloadavg()[0]:.1f})"
+        f"  CPU of the whole dataloader dev from due to done: {m['cpu']:.1f} s, "
+        f"{per_load:.2f} CPU-seconds per load ({os.cpu_count()} cores, load average at the "
+        f"end {m['load_average']:.1f})"
     )
-    print(f"all done {total:.1f} s after due: {len(history) / total * 3600:,.0f} loads/hour")
-    if len(ended) > 1 and ended[-1] > ended[0]:
-        steady = (len(ended) - 1) / (ended[-1] - ended[0]) * 3600
-        print(f"steady rate (first to last completion): {steady:,.0f} loads/hour")
-    _print_breakdown(home / "dagster_home")
+    rate = m["loads"] / m["seconds"] * 3600
+    print(f"  all done {m['seconds']:.1f} s after due: {rate:,.0f} loads/hour")
+    if m["steady"]:
+        print(f"  steady rate (first to last completion): {m['steady']:,.0f} loads/hour")
+
+
+def _print_side_by_side(measured: list[dict]) -> None:
+    """The batch sizes against the first (the machine is shared: read the ratios)."""
+    base = measured[0]
+    base_rate = base["loads"] / base["seconds"] * 3600
+    base_cpu = base["cpu"] / max(base["loads"], 1)
+    print("side by side (ratios against the first batch size):")
+    print("  run batch size  loads/hour  x rate  CPU-s/load  x CPU  runs/100 tables  failed")
+    for m in measured:
+        rate = m["loads"] / m["seconds"] * 3600
+        cpu = m["cpu"] / max(m["loads"], 1)
+        runs = 100 * m["runs"] / max(m["loads"], 1)
+        print(
+            f"  {m['batch']:14d}  {rate:10,.0f}  {rate / base_rate:6.2f}  {cpu:10.2f}  "
+            f"{cpu / base_cpu:5.2f}  {runs:15.0f}  {m['failed']:6d}"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tables", type=int, default=60)
+    parser.add_argument("--interval", type=int, default=60)
+    parser.add_argument("--batch", type=int, default=10)
+    parser.add_argument("--source-concurrency", type=int, default=2)
+    parser.add_argument("--max-concurrent-runs", type=int, default=10)
+    parser.add_argument("--sources", type=int, default=1, help="source connections (round robin)")
+    parser.add_argument(
+        "--run-batch-sizes",
+        default="1",
+        help="DATALOADER_RUN_BATCH_SIZE values, comma separated, measured one after the other "
+        "(a fresh dataloader dev each) and compared side by side, e.g. 1,10",
+    )
+    parser.add_argument("--imports-only", action="store_true")
+    parser.add_argument("--no-imports", action="store_true", help="skip the import timings")
+    parser.add_argument(
+        "--report-only", action="store_true", help="only the breakdown of the last run's runs"
+    )
+    args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)
+    # A SIGTERM (e.g. from `timeout`) still stops `dataloader dev` in the finally below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.report_only:
+        _print_breakdown(WORK / "home" / "dagster_home")
+        return 0
+
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir(parents=True)
+    if not args.no_imports:
+        _print_imports()
+    if args.imports_only:
+        return 0
+    measured = []
+    for size in [int(v) for v in args.run_batch_sizes.split(",") if v.strip()]:
+        home = WORK / ("home" if size == 1 else f"home_batch{size}")
+        measured.append(_measure(args, size, home))
+        _print_measurement(measured[-1], args)
+        # Runs of one table only: a batch run's parts are not split per table.
+        _print_breakdown(home / "dagster_home")
+    if len(measured) > 1:
+        _print_side_by_side(measured)
     return 0
 
 

@@ -39,7 +39,7 @@ from dagsters.sensors.dataloader_failed_monitor import RETRY_JOB, build_failed_m
 from dagsters.sensors.dataloader_landing_table_monitor import build_landing_table_monitor
 from dagsters.sensors.dataloader_longqueued_monitor import build_longqueued_monitor
 from dagsters.sensors.dataloader_longrunning_monitor import build_longrunning_monitor
-from dagsters.sensors.dataloader_master_sensor import LOAD_JOB, build_master_sensor
+from dagsters.sensors.dataloader_master_sensor import LOAD_JOB, batching, build_master_sensor
 from dagsters.settings import Settings, load_settings
 
 
@@ -89,8 +89,14 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     if deep:  # declared keyed tables: their deep verification, on demand or weekly
         jobs.append(deep_verify_job(deep[0]))
         schedules.append(deep_verify_schedule(jobs[-1]))
+    load_jobs = None
+    if batching(settings):  # DATALOADER_RUN_BATCH_SIZE > 1: master_sensor launches both jobs
+        from dagsters.assets.load_batch import build_load_batch_job
+
+        load_jobs = [load_job, build_load_batch_job(settings)]
+        jobs.append(load_jobs[-1])
     sensors = [
-        build_master_sensor(settings),
+        build_master_sensor(settings, load_jobs),
         build_longqueued_monitor(settings),
         build_longrunning_monitor(settings),
         build_failed_monitor(settings),

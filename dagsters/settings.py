@@ -117,6 +117,10 @@ class Settings:
 
     master_interval_seconds: int = 60
     master_batch_size: int = 10
+    # Tables of one source per load run (DATALOADER_RUN_BATCH_SIZE): 1 (default) is one run per
+    # table; N > 1 lets master_sensor launch one run for up to N due rows of one source, each
+    # table keeping its own attempt (dagsters/assets/load_batch.py). Local execution only.
+    run_batch_size: int = 1
     longqueued_interval_seconds: int = 600
     longqueued_threshold_minutes: int = 60
     longrunning_interval_seconds: int = 600
@@ -187,6 +191,7 @@ class Settings:
 _INT_VARS = {
     "DATALOADER_MASTER_SENSOR_INTERVAL_SECONDS": "master_interval_seconds",
     "DATALOADER_MASTER_SENSOR_BATCH_SIZE": "master_batch_size",
+    "DATALOADER_RUN_BATCH_SIZE": "run_batch_size",
     "DATALOADER_LONGQUEUED_INTERVAL_SECONDS": "longqueued_interval_seconds",
     "DATALOADER_LONGQUEUED_THRESHOLD_MINUTES": "longqueued_threshold_minutes",
     "DATALOADER_LONGRUNNING_INTERVAL_SECONDS": "longrunning_interval_seconds",

@@ -18,6 +18,10 @@ from typing import Any, Literal, get_args
 # Load parameters: the Pipes extra ``params`` of dataloader_pipe.py (the spec's run config fields,
 # in the spec's order).
 PARAMS_EXTRA = "params"
+# The asset whose partition a load reports. A run of one table is that asset's step and Pipes
+# knows the key; a batch run (several tables in one run, DATALOADER_RUN_BATCH_SIZE) is a plain op,
+# so the script names the key itself and the op reports it for the table's partition.
+LOAD_ASSET_NAME = "dataloader__table_load"
 
 LOAD_PARAM_FIELDS: tuple[str, ...] = (
     "config_id",

@@ -44,6 +44,7 @@ from databricks_scripts.contract import (
     DEEP_VERIFY_KEY,
     DEEP_VERIFY_MODE,
     KIND_CANCELLED,
+    LOAD_ASSET_NAME,
     MODE_PARAM,
     PARAMS_EXTRA,
     LoadMetadata,
@@ -348,7 +349,9 @@ def run_load(
         f"{label}: {result.applied_strategy} load read {result.rows_read:,} and wrote "
         f"{result.rows_written:,} rows in {duration}s; watermark {result.watermark_after!r}"
     )
-    context.report_asset_materialization(metadata=metadata)
+    # A batch run's step targets no asset: name the load asset (the op reports the partition).
+    asset_key = None if context.is_asset_step else LOAD_ASSET_NAME
+    context.report_asset_materialization(metadata=metadata, asset_key=asset_key)
 
 
 def _notes_and_verification(spec: LoadSpec, result, secrets: list[str]) -> dict:

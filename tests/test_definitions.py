@@ -189,3 +189,19 @@ def test_load_and_retry_runs_execute_their_one_step_in_the_run_worker():
         job_def = repo.get_job(job)
         assert len(job_def.graph.node_defs) == 1
         assert job_def.executor_def is dg.in_process_executor
+
+
+def test_batch_runs_are_a_job_of_their_own_launched_by_master_sensor_only_when_asked():
+    """DATALOADER_RUN_BATCH_SIZE > 1: the batch job exists, runs in the run worker, and
+    master_sensor targets both load jobs; unset or 1: neither the job nor the second target."""
+    plain = build_definitions(Settings()).get_repository_def()
+    assert not plain.has_job("dataloader__table_load_batch_job")
+    assert plain.get_sensor_def("master_sensor").job_name == "dataloader__table_load_job"
+
+    repo = build_definitions(load_settings({"DATALOADER_RUN_BATCH_SIZE": "10"}))
+    repo = repo.get_repository_def()
+    batch = repo.get_job("dataloader__table_load_batch_job")
+    assert batch.executor_def is dg.in_process_executor
+    assert batch.partitions_def is None
+    targets = {t.job_name for t in repo.get_sensor_def("master_sensor").targets}
+    assert targets == {"dataloader__table_load_job", "dataloader__table_load_batch_job"}

@@ -21,6 +21,7 @@ from typing import Any
 import dagster as dg
 
 from dagsters.assets.load_checks import reconcile_row_counts, row_count_evaluation
+from dagsters.control.run_requests import LOAD_ASSET
 from dagsters.control.source_connections import ResolvedSource
 from databricks_scripts.contract import LoadMetadata
 
@@ -175,12 +176,13 @@ def _report(
     key = destination_asset_key(row)
     table_meta = {
         **metadata,
-        LOAD_ASSET_KEY: dg.MetadataValue.asset(context.asset_key),
+        LOAD_ASSET_KEY: dg.MetadataValue.asset(dg.AssetKey(LOAD_ASSET)),
     }
+    # The load asset's key, not the context's: a batch run's op has no asset of its own.
     context.log_event(
         dg.AssetMaterialization(
             asset_key=key,
-            description=f"Loaded by {context.asset_key.to_user_string()} [{control_key}]",
+            description=f"Loaded by {LOAD_ASSET} [{control_key}]",
             metadata=table_meta,
         )
     )

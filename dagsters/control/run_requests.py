@@ -13,12 +13,12 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from databricks_scripts.contract import LOAD_PARAM_FIELDS
+from databricks_scripts.contract import LOAD_ASSET_NAME, LOAD_PARAM_FIELDS
 
 if TYPE_CHECKING:
     from dagsters.control.source_connections import ResolvedSource
 
-LOAD_ASSET = "dataloader__table_load"
+LOAD_ASSET = LOAD_ASSET_NAME
 RETRY_ASSET = "dataloader__retry_analysis"
 LANDING_JOB = "landing_table_git_job"
 LANDING_OP = "landing_table_git_op"
@@ -29,6 +29,14 @@ TAG_DESTINATION = "dataloader/destination"
 TAG_METADATA_ID = "dataloader/metadata_id"
 TAG_TRIGGER = "dataloader/triggered_by"
 TAG_ENVIRONMENT = "dataloader/environment"
+# A batch run (DATALOADER_RUN_BATCH_SIZE > 1) carries one tag per attempt it holds,
+# ``dataloader/attempt-<metadata_id>: <config_id>`` (values a rename cannot change), so the
+# monitors find every attempt's run; ``dataloader/control_keys`` lists the tables for people.
+TAG_ATTEMPT_PREFIX = "dataloader/attempt-"
+TAG_BATCH_SIZE = "dataloader/batch_size"
+TAG_CONTROL_KEYS = "dataloader/control_keys"
+LOAD_BATCH_JOB = "dataloader__table_load_batch_job"
+LOAD_BATCH_OP = "dataloader__table_load_batch"
 
 
 def _seconds(value: Any) -> float:
@@ -103,6 +111,39 @@ def load_run_config(row: Mapping[str, Any]) -> dict[str, Any]:
 def load_run_key(row: Mapping[str, Any]) -> str:
     # The history row id makes the key: a re-queued table gets a new run, a repeated tick does not.
     return f"{row['control_key']}:{row['metadata_id']}"
+
+
+def attempt_tag(metadata_id: object) -> str:
+    """The tag a batch run carries for each attempt it holds."""
+    return f"{TAG_ATTEMPT_PREFIX}{int(metadata_id)}"  # type: ignore[call-overload]
+
+
+def attempt_run_filters(metadata_id: object, config_id: object) -> list[dict[str, str]]:
+    """Tag filters that find the run of an attempt: its own run, or the batch run holding it."""
+    return [{TAG_METADATA_ID: str(metadata_id)}, {attempt_tag(metadata_id): str(config_id)}]
+
+
+def batch_run_config(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Run config of a batch run: the claimed attempts, in the order they are loaded."""
+    attempts = [attempt_config(row) for row in rows]
+    return {"ops": {LOAD_BATCH_OP: {"config": {"attempts": attempts}}}, **CONSOLE_LOGGER_CONFIG}
+
+
+def batch_run_key(rows: Iterable[Mapping[str, Any]]) -> str:
+    # Its attempts' history rows make the key, as for one table's run.
+    return "batch:" + "-".join(str(row["metadata_id"]) for row in rows)
+
+
+def batch_run_tags(rows: list[Mapping[str, Any]]) -> dict[str, str]:
+    """One source's tag (the per-source run limit holds it like one load), one tag per attempt."""
+    tags = {
+        TAG_SOURCE_SYSTEM: source_system(rows[0]),
+        TAG_TRIGGER: "retry" if any(triggered_by(row) == "retry" for row in rows) else "sensor",
+        TAG_BATCH_SIZE: str(len(rows)),
+        TAG_CONTROL_KEYS: ", ".join(str(row["control_key"]) for row in rows)[:1000],
+    }
+    tags.update({attempt_tag(row["metadata_id"]): str(row["config_id"]) for row in rows})
+    return tags
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")

@@ -46,6 +46,14 @@ _IN_FLIGHT = sql.SQL(
     " WHERE t.last_status = 'In Progress'"
 )
 
+# The same rows with their attempt, for counting batch runs (claim_due_batch).
+_IN_FLIGHT_ATTEMPTS = sql.SQL(
+    "SELECT t.config_id, t.db_type, t.db_config_value, t.connection_name, t.last_metadata_id"
+    " FROM table_control t WHERE t.last_status = 'Queued'"
+    " UNION ALL SELECT t.config_id, t.db_type, t.db_config_value, t.connection_name,"
+    " t.last_metadata_id FROM table_control t WHERE t.last_status = 'In Progress'"
+)
+
 
 class SourceSlotsSql(ControlDatabase):
     """Claims bounded by free per-source slots; one stuck queued attempt failed at a time."""
@@ -90,6 +98,42 @@ class SourceSlotsSql(ControlDatabase):
         )
         values = {**params, "_batch": int(batch_size), "_per_source": int(per_source_limit)}
         with self._transaction("claim_due_tables_within_source_limit") as conn:
+            return conn.execute(statement, values).fetchall()
+
+    def claim_due_batch(self, rows_per_run: int, per_source_limit: int) -> list[dict]:
+        """Claim up to ``rows_per_run`` due rows of one source system, for one batch run.
+
+        The source is the one of the earliest due row whose source has a free slot. A slot is a
+        run, not a row: the in-flight rows of one claim (one transaction, so one ``queued_at`` on
+        their history rows) are one batch run, loaded one after the other; a run of one table
+        (the sensor's, a retry's, a person's) is a claim of its own. Each call is one
+        transaction, so every batch has its own ``queued_at``.
+        """
+        if rows_per_run <= 0 or per_source_limit <= 0:
+            return []
+        candidates = sql.SQL(
+            "WITH inflight AS ("
+            "  SELECT {src} AS src,"
+            "   count(DISTINCT coalesce(h.queued_at::text, 'row ' || t.config_id)) AS n"
+            "  FROM ({rows}) t LEFT JOIN historical_metadata h"
+            "   ON h.metadata_id = t.last_metadata_id GROUP BY 1),"
+            " due AS ("
+            "  SELECT t.config_id, t.next_load_date_time, {src} AS src"
+            "  FROM table_control t WHERE {due}),"
+            " source AS ("
+            "  SELECT d.src FROM due d LEFT JOIN inflight i USING (src)"
+            "  WHERE coalesce(i.n, 0) < %(_per_source)s"
+            "  ORDER BY d.next_load_date_time, d.config_id LIMIT 1)"
+            " SELECT config_id FROM table_control WHERE config_id IN ("
+            "  SELECT d.config_id FROM due d JOIN source USING (src)"
+            "  ORDER BY d.next_load_date_time, d.config_id LIMIT %(_batch)s)"
+            " ORDER BY next_load_date_time, config_id FOR UPDATE SKIP LOCKED"
+        ).format(src=SOURCE_SYSTEM_SQL, due=_DUE, rows=_IN_FLIGHT_ATTEMPTS)
+        statement, params = _claim_statement(
+            candidates, sql.SQL("CASE WHEN c.retry_count > 0 THEN 'retry' ELSE 'sensor' END")
+        )
+        values = {**params, "_batch": int(rows_per_run), "_per_source": int(per_source_limit)}
+        with self._transaction("claim_due_batch") as conn:
             return conn.execute(statement, values).fetchall()
 
     def find_stuck_queued(self, threshold_minutes: int) -> list[dict]:

@@ -3,7 +3,9 @@
 Passive (no RunRequest). For each row Queued past the threshold (spec: the queued run is
 *cancelled*, not just the row failed):
 
-1. the attempt's Dagster run is found by its ``dataloader/metadata_id`` tag; a run still waiting
+1. the attempt's Dagster run is found by its ``dataloader/metadata_id`` tag (a batch run by its
+   ``dataloader/attempt-<metadata_id>`` tag: a started batch is loading the tables before this
+   one, so its rows are left alone like any starting run's); a run still waiting
    (QUEUED / NOT_STARTED) is cancelled through the instance's run coordinator, so it can never
    start later and fail on a row that moved on;
 2. a Databricks run linked to the row (if any) is cancelled;
@@ -22,7 +24,12 @@ import re
 
 import dagster as dg
 
-from dagsters.control.run_requests import TAG_CONTROL_KEY, TAG_METADATA_ID
+from dagsters.control.run_requests import (
+    LOAD_BATCH_JOB,
+    TAG_CONTROL_KEY,
+    TAG_METADATA_ID,
+    attempt_run_filters,
+)
 from dagsters.resources.databricks_workspace import workspace_client
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.sensors import (
@@ -46,14 +53,20 @@ def databricks_run_id(url: str | None) -> int | None:
 
 def _cancel_queued_dagster_runs(context: dg.SensorEvaluationContext, row: dict) -> str | None:
     """Cancel the attempt's waiting runs; a description, or None when a run is already starting."""
-    runs = context.instance.get_runs(
-        filters=dg.RunsFilter(
-            tags={
-                TAG_CONTROL_KEY: str(row["control_key"]),
-                TAG_METADATA_ID: str(row["last_metadata_id"]),
-            }
+    runs = list(
+        context.instance.get_runs(
+            filters=dg.RunsFilter(
+                tags={
+                    TAG_CONTROL_KEY: str(row["control_key"]),
+                    TAG_METADATA_ID: str(row["last_metadata_id"]),
+                }
+            )
         )
     )
+    # A batch run holding the attempt (DATALOADER_RUN_BATCH_SIZE > 1): started means the
+    # attempt's turn is coming (the tables before it are loading), so it is left alone too.
+    _, batch = attempt_run_filters(row["last_metadata_id"], row["config_id"])
+    runs += context.instance.get_runs(filters=dg.RunsFilter(job_name=LOAD_BATCH_JOB, tags=batch))
     if any(run.status in _STARTING for run in runs):
         return None
     done = []

@@ -3,7 +3,9 @@
 Each tick claims up to the batch size of due rows in one transaction (status Queued + a history row
 each; FOR UPDATE SKIP LOCKED, so two ticks never claim the same row) and yields one RunRequest per
 row. The run key is the history row, so a repeated tick never launches an attempt twice, and a
-re-queued table always gets a new run.
+re-queued table always gets a new run. With ``DATALOADER_RUN_BATCH_SIZE`` > 1 (local execution)
+it claims up to that many rows of one source per claim and launches one batch run per claim
+(``dagsters/assets/load_batch.py``); a claim of one row is an ordinary run of its partition.
 
 It also keeps the ``control_key`` dynamic partitions in step with table_control: every row has a
 partition (so a person can load a table from the UI before it was ever claimed) and a deleted row's
@@ -23,6 +25,10 @@ from dataclasses import dataclass
 import dagster as dg
 
 from dagsters.control.run_requests import (
+    LOAD_BATCH_JOB,
+    batch_run_config,
+    batch_run_key,
+    batch_run_tags,
     environment_tags,
     load_run_config,
     load_run_key,
@@ -90,11 +96,69 @@ def plan_partition_sync(
     )
 
 
-def build_master_sensor(settings: Settings) -> dg.SensorDefinition:
+def batching(settings: Settings) -> bool:
+    """Several tables per run (DATALOADER_RUN_BATCH_SIZE > 1); local execution only, so far."""
+    return settings.run_batch_size > 1 and settings.execution == "local"
+
+
+def claim_runs(client: LakebaseClient, settings: Settings) -> list[list[dict]]:
+    """This tick's claims, grouped by the run that loads them.
+
+    Without batching: up to ``master_batch_size`` rows, a run each (as always). With batching:
+    up to ``master_batch_size`` runs of up to ``run_batch_size`` rows of one source each, one
+    claim (one transaction) per run, within the per-source limit of runs.
+    """
+    if not batching(settings):
+        # Queue-aware: only rows whose source system has a free slot (the same limit Dagster's
+        # run queue applies per source tag), so nothing claimed waits into longqueued_monitor.
+        rows = client.claim_due_tables_within_source_limit(
+            settings.master_batch_size, settings.source_concurrency
+        )
+        return [[row] for row in rows]
+    runs: list[list[dict]] = []
+    try:
+        for _ in range(settings.master_batch_size):
+            rows = client.claim_due_batch(settings.run_batch_size, settings.source_concurrency)
+            if not rows:
+                break
+            runs.append(rows)
+    except Exception as exc:
+        release_after_failed_tick(client, [row for run in runs for row in run], exc)
+        raise
+    return runs
+
+
+def run_request(rows: list[dict], settings: Settings, *, batched: bool) -> dg.RunRequest:
+    """One table's run (its partition, exactly as without batching), or one batch run."""
+    if len(rows) == 1:
+        [row] = rows
+        return dg.RunRequest(
+            run_key=load_run_key(row),
+            run_config=load_run_config(row),
+            tags={
+                **load_run_tags(row, triggered_by=triggered_by(row)),
+                **environment_tags(settings.environment),
+            },
+            partition_key=row["control_key"],
+            **({"job_name": LOAD_JOB} if batched else {}),
+        )
+    return dg.RunRequest(
+        run_key=batch_run_key(rows),
+        run_config=batch_run_config(rows),
+        tags={**batch_run_tags(rows), **environment_tags(settings.environment)},
+        job_name=LOAD_BATCH_JOB,
+    )
+
+
+def build_master_sensor(settings: Settings, jobs: list | None = None) -> dg.SensorDefinition:
+    """``jobs``: the load job and the batch job, when batching (the sensor launches both)."""
+    batched = batching(settings)
+
     def tick_result(
-        context: dg.SensorEvaluationContext, client: LakebaseClient, rows: list[dict]
+        context: dg.SensorEvaluationContext, client: LakebaseClient, runs: list[list[dict]]
     ) -> dg.SensorResult | dg.SkipReason:
-        """Partition requests and one run request per claimed row (no Lakebase writes)."""
+        """Partition requests and one run request per claimed run (no Lakebase writes)."""
+        rows = [row for run in runs for row in run]
         # Every claimed key goes in the add request: the daemon adds only the keys it lacks.
         sync = plan_partition_sync(
             cursor=context.cursor,
@@ -127,28 +191,25 @@ def build_master_sensor(settings: Settings) -> dg.SensorDefinition:
             f"Claimed {len(rows)} table(s): " + ", ".join(row["control_key"] for row in rows)
         )
         return dg.SensorResult(
-            run_requests=[
-                dg.RunRequest(
-                    run_key=load_run_key(row),
-                    run_config=load_run_config(row),
-                    tags={
-                        **load_run_tags(row, triggered_by=triggered_by(row)),
-                        **environment_tags(settings.environment),
-                    },
-                    partition_key=row["control_key"],
-                )
-                for row in rows
-            ],
+            run_requests=[run_request(run, settings, batched=batched) for run in runs],
             dynamic_partitions_requests=requests,
         )
 
+    target: dict = {"jobs": jobs} if batched and jobs else {"job_name": LOAD_JOB}
+
     @dg.sensor(
         name="master_sensor",
-        job_name=LOAD_JOB,
+        **target,
         minimum_interval_seconds=settings.master_interval_seconds,
         default_status=default_status(settings),
-        description=f"Claims up to {settings.master_batch_size} due tables per tick and launches "
-        "a load for each; keeps the control_key partitions in step with table_control.",
+        description=(
+            f"Claims up to {settings.master_batch_size} due tables per tick and launches a load "
+            "for each"
+            if not batched
+            else f"Claims up to {settings.master_batch_size} runs of up to "
+            f"{settings.run_batch_size} due tables of one source per tick and launches them"
+        )
+        + "; keeps the control_key partitions in step with table_control.",
     )
     @alert_on_error(settings, "master_sensor")
     def master_sensor(
@@ -157,16 +218,12 @@ def build_master_sensor(settings: Settings) -> dg.SensorDefinition:
         client = lakebase.get_client()
         fail_uncomputable_rows(context, client)
         settle_orphan_claims(context, client, LOAD_JOB)
-        # Queue-aware: only rows whose source system has a free slot (the same limit Dagster's
-        # run queue applies per source tag), so nothing claimed waits into longqueued_monitor.
-        rows = client.claim_due_tables_within_source_limit(
-            settings.master_batch_size, settings.source_concurrency
-        )
+        runs = claim_runs(client, settings)
         try:
-            return tick_result(context, client, rows)
+            return tick_result(context, client, runs)
         except Exception as exc:
             # The claims are committed but no run will be requested: give them back now.
-            release_after_failed_tick(client, rows, exc)
+            release_after_failed_tick(client, [row for run in runs for row in run], exc)
             raise
 
     return master_sensor

@@ -4,7 +4,8 @@ A claim (row Queued + history row) is committed before the sensor daemon creates
 tick fails after the claim, master_sensor releases what it claimed at once
 (:func:`release_after_failed_tick`). If the daemon dies in that window, nothing is left to do so;
 every tick therefore also looks at rows Queued longer than ``ORPHAN_AFTER_MINUTES``
-(:func:`settle_orphan_claims`): no run carries the attempt's metadata_id tag -> the claim is
+(:func:`settle_orphan_claims`): no run carries the attempt's metadata_id tag (nor, for a batch
+run, its ``dataloader/attempt-<metadata_id>`` tag) -> the claim is
 released (ready again, due at once); the run exists but already ended without starting the
 attempt (it failed to launch) -> the attempt is Failed with what happened to its run.
 """
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from dagsters.control.run_requests import TAG_METADATA_ID
+from dagsters.control.run_requests import LOAD_BATCH_JOB, attempt_run_filters
 from dagsters.utils.lakebase_client import LakebaseClient
 from databricks_scripts.contract import KIND_ORPHANED
 
@@ -40,18 +41,26 @@ def release_after_failed_tick(
     )
 
 
+def attempt_run_records(instance: dg.DagsterInstance, row: dict, job_name: str) -> list:
+    """The run of the row's attempt (``metadata_id``): its own run, or the batch run holding it."""
+    own, batch = attempt_run_filters(row["metadata_id"], row["config_id"])
+    records = instance.get_run_records(filters=dg.RunsFilter(job_name=job_name, tags=own), limit=1)
+    if records:
+        return list(records)
+    return list(
+        instance.get_run_records(
+            filters=dg.RunsFilter(job_name=LOAD_BATCH_JOB, tags=batch), limit=1
+        )
+    )
+
+
 def settle_orphan_claims(
     context: dg.SensorEvaluationContext, client: LakebaseClient, job_name: str
 ) -> list[str]:
     """Release or fail rows Queued past the threshold whose run never started the attempt."""
     settled: list[str] = []
     for row in client.queued_longer_than(ORPHAN_AFTER_MINUTES):
-        records = context.instance.get_run_records(
-            filters=dg.RunsFilter(
-                job_name=job_name, tags={TAG_METADATA_ID: str(row["metadata_id"])}
-            ),
-            limit=1,
-        )
+        records = attempt_run_records(context.instance, row, job_name)
         if not records:
             done = client.release_claims(
                 [row],

@@ -1,0 +1,204 @@
+"""Batch runs: one run loads up to ``DATALOADER_RUN_BATCH_SIZE`` tables of one source, one by one.
+
+Opt-in (the default, 1, is one run per table). A tiny table's run costs seconds of run-worker start
+(spawning it, importing Dagster and the code location) for under a second of load; a batch run
+pays that once for N tables (docs/operations.md, "Batch runs").
+
+Every table in a batch keeps what a run of its own gives it:
+
+- its own claim and attempt (master_sensor claims the rows, a history row each), started In
+  Progress when its turn comes, with this run's link;
+- its own outcome: Succeeded or Failed on its own row and history row, its own retry decision
+  (failed_monitor looks at rows, not runs); a failing table fails only itself, the batch goes on
+  to the next table, and the run ends failed naming the tables that failed;
+- its own materialization of its ``dataloader__table_load`` partition (an ``AssetMaterialization``
+  for the partition: the op targets no asset, so the Pipes script names the load asset itself) and
+  of its destination table's asset with the row-count check;
+- its own termination: terminating the run ends the table that is loading
+  ``Cancelled - Dagster run <id> was terminated`` and the tables not yet started
+  ``Cancelled - ... before this table's load started``.
+
+The run carries one tag per attempt (``dataloader/attempt-<metadata_id>``), which is how the
+orphan-claim check and longqueued_monitor find it; longrunning_monitor finds it by the row's run
+link, as for any load. A UI rerun of one table is the partition's own run, as before.
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+
+from dagsters.assets.dataloader_pipes_asset import _Attempt, _begin_attempt, _load
+from dagsters.assets.launch_config import LoadConfig
+from dagsters.assets.table_assets import (
+    load_metadata,
+    load_partition_metadata,
+    report_destination_table,
+)
+from dagsters.control.run_requests import (
+    LOAD_ASSET,
+    LOAD_BATCH_JOB,
+    LOAD_BATCH_OP,
+    attempt_tag,
+    environment_tags,
+)
+from dagsters.partitions import PARTITIONS_NAME
+from dagsters.resources.lakebase import LakebaseResource
+from dagsters.resources.pipes_databricks import PipesDatabricksResource
+from dagsters.settings import Settings
+from dagsters.utils.lakebase_client import LakebaseClient
+
+
+class BatchAttempt(dg.Config):
+    """One claimed attempt of a batch (master_sensor fills all three)."""
+
+    config_id: int
+    control_key: str
+    metadata_id: int
+
+
+class BatchConfig(dg.Config):
+    """The attempts of one batch run, loaded in this order."""
+
+    attempts: list[BatchAttempt]
+
+
+def _terminated(context: dg.OpExecutionContext) -> str:
+    return f"Cancelled - Dagster run {context.run.run_id} was terminated"
+
+
+def _load_one(
+    context: dg.OpExecutionContext,
+    client: LakebaseClient,
+    settings: Settings,
+    pipes_databricks: PipesDatabricksResource,
+    item: BatchAttempt,
+) -> None:
+    """One table of the batch, as the load asset runs it; raises when this table failed."""
+    config = LoadConfig(
+        config_id=item.config_id, metadata_id=item.metadata_id, control_key=item.control_key
+    )
+    attempt = _Attempt(context, client, settings, item.control_key)  # type: ignore[arg-type]
+    attempt.config_id, attempt.metadata_id, trigger = _begin_attempt(
+        context,  # type: ignore[arg-type]
+        client,
+        config,
+        item.control_key,
+        settings,
+    )
+    if attempt.metadata_id != item.metadata_id:  # a re-executed batch made a new attempt
+        context.instance.add_run_tags(
+            context.run.run_id, {attempt_tag(attempt.metadata_id): str(attempt.config_id)}
+        )
+    try:
+        reported, run_link = _load(attempt, pipes_databricks, config, trigger)
+    except dg.DagsterExecutionInterruptedError:
+        attempt.settle(dg.Failure(_terminated(context)))
+        raise
+    except Exception as exc:
+        attempt.settle(exc)
+        raise
+    key = item.control_key
+    if not context.instance.has_dynamic_partition(PARTITIONS_NAME, key):
+        raise dg.Failure(
+            f"{key}: partition {key!r} no longer exists (the row was deleted or its control_key "
+            "renamed while loading), so nothing is materialized in Dagster; the table_control "
+            "row and its history say what was recorded"
+        )
+    metadata = load_metadata(
+        reported, attempt.row, attempt.resolved, trigger=trigger, run_link=run_link
+    )
+    metadata.update(control_key=key, metadata_id=str(attempt.metadata_id))
+    report_destination_table(
+        context,  # type: ignore[arg-type]
+        attempt.row,
+        metadata,
+        control_key=key,
+        metadata_id=attempt.metadata_id,
+    )
+    context.log_event(
+        dg.AssetMaterialization(
+            asset_key=LOAD_ASSET,
+            partition=key,
+            description=f"Loaded in batch run {context.run.run_id}",
+            metadata=load_partition_metadata(metadata),
+        )
+    )
+
+
+def _cancel_not_started(
+    context: dg.OpExecutionContext, client: LakebaseClient, rest: list[BatchAttempt]
+) -> None:
+    """The run was terminated: the tables whose turn never came end Cancelled (guarded)."""
+    message = f"{_terminated(context)} before this table's load started"
+    for item in rest:
+        try:
+            client.record_failure(item.config_id, item.metadata_id, message)
+        except Exception as exc:  # noqa: BLE001 - the interrupt must not wait; the monitors settle
+            context.log.error(f"{item.control_key}: could not record the cancel: {exc}")
+
+
+def _run_batch(
+    context: dg.OpExecutionContext,
+    client: LakebaseClient,
+    settings: Settings,
+    pipes_databricks: PipesDatabricksResource,
+    attempts: list[BatchAttempt],
+) -> dict[str, str]:
+    """Load each attempt in turn; the tables that failed, with why."""
+    failed: dict[str, str] = {}
+    for index, item in enumerate(attempts):
+        context.log.info(f"{item.control_key}: table {index + 1} of {len(attempts)}")
+        try:
+            _load_one(context, client, settings, pipes_databricks, item)
+        except dg.DagsterExecutionInterruptedError:
+            _cancel_not_started(context, client, attempts[index + 1 :])
+            raise
+        except dg.Failure as exc:
+            failed[item.control_key] = exc.description or str(exc)
+        except Exception as exc:  # noqa: BLE001 - this table failed (settled); the others go on
+            failed[item.control_key] = f"{type(exc).__name__}: {exc}"
+        if item.control_key in failed:
+            context.log.error(f"{item.control_key}: failed: {failed[item.control_key]}")
+    return failed
+
+
+def build_load_batch_job(settings: Settings) -> dg.JobDefinition:
+    """``dataloader__table_load_batch_job``: the tables of one source, one after the other."""
+
+    @dg.op(name=LOAD_BATCH_OP, description="Loads the batch's tables one by one.")
+    def load_batch(
+        context: dg.OpExecutionContext,
+        config: BatchConfig,
+        lakebase: LakebaseResource,
+        pipes_databricks: PipesDatabricksResource,
+    ) -> None:
+        tags = environment_tags(settings.environment)
+        if tags and any(context.run.tags.get(k) != v for k, v in tags.items()):
+            context.instance.add_run_tags(context.run.run_id, tags)
+        failed = _run_batch(
+            context, lakebase.get_client(), settings, pipes_databricks, list(config.attempts)
+        )
+        if failed:
+            raise dg.Failure(
+                f"{len(failed)} of {len(config.attempts)} table(s) failed (each recorded on its "
+                "own row; the others were loaded): "
+                + "; ".join(f"{key}: {why}" for key, why in failed.items())[:4000],
+                metadata={"failed": dg.MetadataValue.json(_short(failed))},
+            )
+
+    @dg.job(
+        name=LOAD_BATCH_JOB,
+        description="Several tables of one source in one run; launched by master_sensor when "
+        "DATALOADER_RUN_BATCH_SIZE > 1.",
+        tags=environment_tags(settings.environment),
+        executor_def=dg.in_process_executor,  # one step: no second process (like the load job)
+    )
+    def load_batch_job() -> None:
+        load_batch()
+
+    return load_batch_job
+
+
+def _short(failed: Mapping[str, str]) -> dict[str, Any]:
+    return {key: why[:500] for key, why in failed.items()}
