@@ -107,7 +107,7 @@ def test_declared_table_specs_carry_kinds_freshness_and_the_row_count_check(
     # needs_review: failed by a review decision, with the release command (test_review_status).
     assert {key.name for key in checks.check_keys} == {ROW_COUNT_CHECK, NEEDS_REVIEW_CHECK}
     # The lineage draws load -> table, and the tables are grouped per source.
-    assert [dep.asset_key for dep in spec.deps] == [dg.AssetKey(LOAD_ASSET)]
+    assert [dep.asset_key for dep in spec.deps] == [dg.AssetKey(LOAD_ASSET), source.key]
     assert spec.group_name == f"source_postgresql_{pg_config(source_db)['database']}"
     assert source_group({"connection_name": "erp-db.main", "db_type": "mysql"}) == (
         "source_erp_db_main"
@@ -169,6 +169,6 @@ def test_a_row_whose_destination_dagster_cannot_name_is_not_declared_and_the_res
 
     specs, [checks] = table_asset_definitions(local, lakebase_for(control_db))
 
-    tables = [spec.key for spec in specs if spec.group_name == "destination_tables"]
+    tables = [spec.key for spec in specs if spec.key.path[0] != "sources"]
     assert tables == [dg.AssetKey(["lake", "raw", "orders"])]
     assert {key.asset_key for key in checks.check_keys} == {specs[0].key}
