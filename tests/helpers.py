@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import psutil
 import psycopg
 import pytest
 from psycopg import sql
@@ -388,3 +389,17 @@ def fresh_code_location_job(job_name: str):
     return ReconstructableRepository.for_module(
         "dagsters.definitions", "defs", working_directory=str(Path(__file__).parents[1])
     ).get_reconstructable_job(job_name)
+
+
+def load_scripts(parent: int | None = None) -> list[psutil.Process]:
+    """The running Pipes load scripts under ``parent`` (this process by default). A child that
+    exits between the listing and the look, or one not reaped yet (a zombie), has no command line:
+    it is skipped, so a poller never dies of it."""
+    found = []
+    for child in psutil.Process(parent).children(recursive=True):
+        try:
+            if any("dataloader_pipe.py" in part for part in child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found

@@ -23,11 +23,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
-import psutil
 import psycopg
 import pytest
 from deltalake import DeltaTable
-from helpers import add_control_row, control_row, history, lakebase_for
+from helpers import add_control_row, control_row, history, lakebase_for, load_scripts
 from psycopg.rows import dict_row
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
@@ -85,14 +84,6 @@ def wait_for(condition, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
-
-
-def load_children() -> list[psutil.Process]:
-    return [
-        p
-        for p in psutil.Process().children(recursive=True)
-        if any("dataloader_pipe.py" in part for part in p.cmdline())
-    ]
 
 
 def delta_version(path: Path) -> int:
@@ -179,7 +170,7 @@ def stop_during_load_then(
     stopped = threading.Event()
 
     def run() -> None:
-        wait_for(lambda: bool(load_children()), "the load script to start")
+        wait_for(lambda: bool(load_scripts()), "the load script to start")
         control.stop()
         stopped.set()
         if restart_after_commit:

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import psutil
 import psycopg
 import pytest
 import yaml
@@ -30,6 +29,7 @@ from helpers import (
     fresh_code_location_job,
     history,
     lakebase_for,
+    load_scripts,
 )
 from psycopg.conninfo import conninfo_to_dict
 
@@ -259,17 +259,6 @@ def test_stale_attempt_is_not_loaded(control_db, source_db, source, lake_root, d
     assert not (lake_root / "lake" / "raw" / "orders").exists()
 
 
-def _load_children() -> list[psutil.Process]:
-    found = []
-    for p in psutil.Process().children(recursive=True):
-        try:  # a child may exit between the listing and the look (the poller must not die)
-            if any("dataloader_pipe.py" in part for part in p.cmdline()):
-                found.append(p)
-        except psutil.Error:
-            continue
-    return found
-
-
 def _source_query_running(source: psycopg.Connection, relation: str) -> bool:
     """Whether another session of the source database is inside a query on ``relation``, waiting
     in the pg_sleep that the slow view ``relation`` makes."""
@@ -305,7 +294,7 @@ def test_terminating_a_running_load_kills_it_and_records_the_cancellation(
         while time.monotonic() < deadline:
             if (
                 control_row(db, "pg.slow")["last_status"] == "In Progress"
-                and _load_children()
+                and load_scripts()
                 and _source_query_running(source, "slow_orders")
             ):
                 os.kill(os.getpid(), signal.SIGINT)  # what a run worker gets on termination
@@ -325,7 +314,7 @@ def test_terminating_a_running_load_kills_it_and_records_the_cancellation(
     assert row["last_status"] == "Failed"
     assert row["last_message"].startswith("Cancelled")
     assert history(db, "pg.slow")[0]["status"] == "Failed"
-    assert _load_children() == []
+    assert load_scripts() == []
     assert not (lake_root / "lake" / "raw" / "slow_orders").exists()
 
 

@@ -24,8 +24,8 @@ import dagster as dg
 import pytest
 from dagster._core.test_utils import create_run_for_test
 from deltalake import DeltaTable
-from helpers import SensorLoop, add_control_row, control_row, history, lakebase_for
-from test_load_asset import _load_children, _source_query_running
+from helpers import SensorLoop, add_control_row, control_row, history, lakebase_for, load_scripts
+from test_load_asset import _source_query_running
 
 from dagsters.assets.load_batch import build_load_batch_job
 from dagsters.control.run_requests import (
@@ -162,7 +162,7 @@ def test_terminating_a_batch_ends_each_table_on_its_own(
         while time.monotonic() < deadline:
             if (
                 control_row(db, "t.slow")["last_status"] == "In Progress"
-                and _load_children()
+                and load_scripts()
                 and _source_query_running(source, "slow_orders")
             ):
                 os.kill(os.getpid(), signal.SIGINT)  # what a run worker gets on termination
@@ -188,7 +188,7 @@ def test_terminating_a_batch_ends_each_table_on_its_own(
     assert [h["status"] for h in history(db, "t.after")] == ["Failed"]
     records = instance.fetch_materializations(dg.AssetKey(LOAD_ASSET), limit=10).records
     assert [r.partition_key for r in records] == ["t.first"]
-    assert _load_children() == []
+    assert load_scripts() == []
 
 
 def _age_claims(db, minutes: int) -> None:

@@ -27,11 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
 import psycopg
 import pytest
 import yaml
-from helpers import add_control_row, embedded_conninfo, free_port, running_dev
+from helpers import add_control_row, embedded_conninfo, free_port, load_scripts, running_dev
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
@@ -404,15 +403,6 @@ def _demo_source(dev: Dev, statement: str) -> list[dict]:
         return cursor.fetchall() if cursor.description else []
 
 
-def _scripts_of(dev: Dev) -> list[psutil.Process]:
-    """The Pipes load scripts running under this `dataloader dev` (not other tests' scripts)."""
-    return [
-        p
-        for p in psutil.Process(dev.process.pid).children(recursive=True)
-        if any("dataloader_pipe.py" in part for part in p.cmdline())
-    ]
-
-
 def test_terminating_a_running_load_in_the_ui_stops_its_script_and_records_the_cancellation(
     dev: Dev, first_launches: dict[str, str]
 ):
@@ -449,7 +439,7 @@ def test_terminating_a_running_load_in_the_ui_stops_its_script_and_records_the_c
     def inside_the_source_query() -> bool:
         return (
             _row(dev, "demo.slow")["last_status"] == "In Progress"
-            and bool(_scripts_of(dev))
+            and bool(load_scripts(dev.process.pid))
             and bool(
                 _demo_source(
                     dev,
@@ -475,4 +465,4 @@ def test_terminating_a_running_load_in_the_ui_stops_its_script_and_records_the_c
     [attempt] = _history(dev, "demo.slow")
     assert (attempt["status"], attempt["dagster_run_id"]) == ("Failed", run_id)
     assert "demo.slow" not in _partition_status(dev)["materializedPartitions"]
-    dev.wait_for(lambda: not _scripts_of(dev), "the load script to exit")
+    dev.wait_for(lambda: not load_scripts(dev.process.pid), "the load script to exit")
