@@ -47,6 +47,7 @@ from dagsters.resources.lakebase import LakebaseResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.settings import Settings
 from dagsters.utils.lakebase_client import LakebaseClient
+from databricks_scripts.contract import KIND_CANCELLED
 
 
 class BatchAttempt(dg.Config):
@@ -93,7 +94,7 @@ def _load_one(
     try:
         reported, run_link = _load(attempt, pipes_databricks, config, trigger)
     except dg.DagsterExecutionInterruptedError:
-        attempt.settle(dg.Failure(_terminated(context)))
+        attempt.settle(dg.Failure(_terminated(context)), KIND_CANCELLED)
         raise
     except Exception as exc:
         attempt.settle(exc)
@@ -133,7 +134,9 @@ def _cancel_not_started(
     message = f"{_terminated(context)} before this table's load started"
     for item in rest:
         try:
-            client.record_failure(item.config_id, item.metadata_id, message)
+            client.record_failure(
+                item.config_id, item.metadata_id, message, failure_kind=KIND_CANCELLED
+            )
         except Exception as exc:  # noqa: BLE001 - the interrupt must not wait; the monitors settle
             context.log.error(f"{item.control_key}: could not record the cancel: {exc}")
 
