@@ -280,20 +280,48 @@ def known_kind(kind: object) -> FailureKind | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Failure codes: what a foreign error's driver said about it, ``<family>:<value>`` (``sqlstate:57014``,
+# ``mysql:1040``, ``sqlserver:1205``, ``oracle:ORA-01013``, ``databricks:DELTA_CONCURRENT_APPEND``,
+# ``http:503``; databricks_scripts.failure_codes reads and decides them). The same text is
+# table_control.last_failure_code and historical_metadata.failure_code (sql/018, whose CHECK is
+# this shape).
+FAILURE_CODE_FAMILIES: tuple[str, ...] = (
+    "mysql",
+    "sqlserver",
+    "oracle",
+    "sqlstate",
+    "databricks",
+    "http",
+)
+FAILURE_CODE_SHAPE = re.compile(
+    r"^(?:" + "|".join(FAILURE_CODE_FAMILIES) + r"):[A-Za-z0-9_.-]{1,100}$"
+)
+
+
+def known_code(code: object) -> str | None:
+    """``code`` when it has a failure code's shape, else None."""
+    return code if isinstance(code, str) and FAILURE_CODE_SHAPE.match(code) else None
+
+
+# ---------------------------------------------------------------------------------------------
 # The error channel: a failed script sends ``{ERROR_MESSAGE_KEY: text, ERROR_KIND_KEY: kind}`` as a
 # Pipes custom message and ends stderr with ``STDERR_ERROR_PREFIX + [kind] text`` (for runs whose
-# messages are lost). The kind is absent (None) for a foreign error.
+# messages are lost). The kind is absent (None) for a foreign error, which carries its driver's
+# code instead when it has one (``ERROR_CODE_KEY``, ``[code=...]``).
 ERROR_MESSAGE_KEY = "dataloader_error"
 ERROR_KIND_KEY = "dataloader_error_kind"
+ERROR_CODE_KEY = "dataloader_error_code"
 STDERR_ERROR_PREFIX = "DATALOADER_ERROR: "
-_STDERR_KIND = re.compile(r"\[kind=([a-z_]+)\] ")
+_STDERR_TAG = re.compile(r"\[(kind|code)=([A-Za-z0-9_.:-]+)\] ")
 
 
-def error_message(text: str, kind: str | None = None) -> dict[str, str]:
+def error_message(text: str, kind: str | None = None, code: str | None = None) -> dict[str, str]:
     """The custom message a failed script reports."""
     message = {ERROR_MESSAGE_KEY: text}
     if known_kind(kind):
         message[ERROR_KIND_KEY] = str(kind)
+    elif known_code(code):
+        message[ERROR_CODE_KEY] = str(code)
     return message
 
 
@@ -311,10 +339,21 @@ def kind_from_message(message: object) -> str | None:
     return None
 
 
-def stderr_error_line(text: str, kind: str | None = None) -> str:
-    """The last stderr line of a failed script: ``[kind=<kind>] `` and the text on one line."""
+def code_from_message(message: object) -> str | None:
+    """The failure code of an error custom message; None when it has none."""
+    if isinstance(message, Mapping) and message.get(ERROR_MESSAGE_KEY):
+        return known_code(message.get(ERROR_CODE_KEY))
+    return None
+
+
+def stderr_error_line(text: str, kind: str | None = None, code: str | None = None) -> str:
+    """The last stderr line of a failed script: ``[kind=<kind>] `` (or ``[code=<code>] ``) and
+    the text on one line."""
     one_line = " | ".join(line.strip() for line in str(text).splitlines() if line.strip())
-    tag = f"[kind={kind}] " if known_kind(kind) else ""
+    if known_kind(kind):
+        tag = f"[kind={kind}] "
+    else:
+        tag = f"[code={code}] " if known_code(code) else ""
     return f"{STDERR_ERROR_PREFIX}{tag}{one_line}\n"
 
 
@@ -325,20 +364,34 @@ def _last_error_line(lines: list[str] | tuple[str, ...]) -> str | None:
     return None
 
 
+def _stderr_tag(text: str) -> tuple[str | None, str | None, int]:
+    """(kind, code, where the text starts) of an error line's tag."""
+    tag = _STDERR_TAG.match(text)
+    if tag is None:
+        return None, None, 0
+    if tag.group(1) == "kind" and known_kind(tag.group(2)):
+        return tag.group(2), None, tag.end()
+    if tag.group(1) == "code" and known_code(tag.group(2)):
+        return None, tag.group(2), tag.end()
+    return None, None, 0
+
+
 def error_from_stderr(lines: list[str] | tuple[str, ...]) -> str | None:
-    """The text of the last ``STDERR_ERROR_PREFIX`` line (without its kind tag), or None."""
+    """The text of the last ``STDERR_ERROR_PREFIX`` line (without its tag), or None."""
     text = _last_error_line(lines)
     if text is None:
         return None
-    tag = _STDERR_KIND.match(text)
-    return text[tag.end() :] if tag and known_kind(tag.group(1)) else text
+    return text[_stderr_tag(text)[2] :]
 
 
 def kind_from_stderr(lines: list[str] | tuple[str, ...]) -> str | None:
     """The kind tag of the last ``STDERR_ERROR_PREFIX`` line; None for a foreign error."""
-    text = _last_error_line(lines) or ""
-    tag = _STDERR_KIND.match(text)
-    return known_kind(tag.group(1)) if tag else None
+    return _stderr_tag(_last_error_line(lines) or "")[0]
+
+
+def code_from_stderr(lines: list[str] | tuple[str, ...]) -> str | None:
+    """The code tag of the last ``STDERR_ERROR_PREFIX`` line; None when it has none."""
+    return _stderr_tag(_last_error_line(lines) or "")[1]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from databricks_scripts.contract import (
     error_message,
     stderr_error_line,
 )
+from databricks_scripts.failure_codes import code_of
 from databricks_scripts.failures import BadConfig, DataLoaderFailure, failure_kind
 from databricks_scripts.loader_interrupt import StopSignal
 from databricks_scripts.loader_params import (
@@ -69,6 +70,7 @@ class DataLoaderError(DataLoaderFailure, RuntimeError):
     kind is the failure's (None: a foreign error)."""
 
     kind = None
+    failure_code: str | None = None  # the foreign cause's code (failure_codes), when it has one
 
 
 # JDBC drivers a serverless environment cannot get: it installs PyPI packages and wheels only,
@@ -286,6 +288,7 @@ def run_load(
     step = "check runtime"
     failure: str | None = None
     kind: str | None = None
+    code: str | None = None
     try:
         env.check_runtime()
         step = "read parameters"
@@ -313,12 +316,15 @@ def run_load(
         step = getattr(exc, "step", step)
         failure = redact(f"{label} failed at step '{step}': {exc}", secrets)
         kind = failure_kind(exc)
+        code = None if kind else code_of(exc)  # a foreign error's, from the driver's exception
         stop.reported = True
-        context.report_custom_message(error_message(failure, kind))
+        context.report_custom_message(error_message(failure, kind, code))
     if failure is not None:
         # Raised outside the except block, so the driver error is not even its __context__:
         # dagster-pipes serializes __context__ despite ``from None``, and it may hold secrets.
-        raise DataLoaderError(failure, kind=kind)
+        error = DataLoaderError(failure, kind=kind)
+        error.failure_code = code
+        raise error
 
     duration = round(time.monotonic() - started, 3)
     comments = getattr(result, "comments", None) or (None, {})
@@ -411,7 +417,7 @@ def main() -> int:
         text = str(exc) if isinstance(exc, DataLoaderError) else f"{type(exc).__name__}: {exc}"
         if not isinstance(exc, DataLoaderError):
             sys.stderr.write(redact("".join(traceback.format_exception(exc)), secrets))
-        sys.stderr.write(stderr_error_line(redact(text, secrets), failure_kind(exc)))
+        sys.stderr.write(stderr_error_line(redact(text, secrets), failure_kind(exc), code_of(exc)))
         sys.stderr.flush()
         stop.finished.set()
         return 1

@@ -172,7 +172,10 @@ def decide_retry(
     if by_kind is not None:
         return {**by_kind.as_dict(), "rule_category": "kind", "rule_decision": by_kind.decision}
     known_secrets = [*secrets, config.api_key]
-    rules = classify_error(str(request.get("error_message") or ""))
+    code = request.get("failure_code")
+    rules = classify_error(
+        str(request.get("error_message") or ""), code if isinstance(code, str) else None
+    )
     # Fixed confidence: a matched rule is a strong but not certain signal; no match is a guess.
     confidence = 0.5 if rules.category == UNKNOWN else 0.9
     by_rules: dict[str, Any] = {

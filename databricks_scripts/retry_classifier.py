@@ -1,4 +1,4 @@
-"""Decide from an error message alone whether a failed load is worth retrying.
+"""Decide from an error's code, else its message, whether a failed load is worth retrying.
 
 This is the deterministic fallback of retry analysis: it decides when no chat model is configured,
 when the model gives no usable answer, and it is the second opinion recorded next to a model's
@@ -6,6 +6,10 @@ answer. Transient faults (the network, locks, throttling, a cluster that is not 
 retry; permanent faults (credentials, permissions, missing objects, bad SQL, bad data, bad
 configuration) are not, and neither is anything we do not recognise: an unknown error sent around
 the retry loop three times only delays the moment a person looks at it.
+
+A code the driver gave (``failure_codes``: a SQLSTATE, a MySQL/SQL Server number, an ORA-/DPY-
+code, a Databricks error class, an HTTP status) decides first; the text is the fallback, read when
+there is no code or the code decides nothing by itself (a generic ``HY000``).
 
 Standard library only: the Pipes script imports this module on Databricks clusters.
 """
@@ -17,9 +21,8 @@ from dataclasses import dataclass
 
 # The decision names are the wire contract's; re-exported for this module's callers.
 from databricks_scripts.contract import DECISIONS, REQUIRES_REVIEW, RETRY_RECOMMENDED
+from databricks_scripts.failure_codes import PERMANENT, TRANSIENT, code_from_text, rule_for_code
 
-TRANSIENT = "transient"
-PERMANENT = "permanent"
 UNKNOWN = "unknown"
 
 __all__ = [
@@ -45,6 +48,7 @@ class Classification:
     category: str  # TRANSIENT | PERMANENT | UNKNOWN
     rule: str | None  # name of the first rule that matched, None when nothing did
     reason: str  # one sentence a person can read in last_message
+    code: str | None = None  # the driver's code (failure_codes), when the failure has one
 
     @property
     def decision(self) -> str:
@@ -77,6 +81,7 @@ TERMINATED_RULE = "cancelled_by_person"
 QUEUE_TIMEOUT_RULE = "cancelled_stuck_in_queue"
 RUN_TIMEOUT_RULE = "cancelled_run_timeout"
 CANCELLATION_RULES = (TERMINATED_RULE, QUEUE_TIMEOUT_RULE, RUN_TIMEOUT_RULE)
+EXPIRED_TOKEN_RULE = "expired_token"
 
 # First match wins, so the order is the design: a message often carries several layers (a Spark
 # wrapper around a JDBC error around a socket error), and the most specific cause must be found
@@ -107,6 +112,18 @@ _RULES: tuple[_Rule, ...] = (
         "run as long again, so a person decides (more compute, a higher threshold, an "
         "incremental strategy)",
         r"^\s*Cancelled - exceeded \d+ minute timeout",
+    ),
+    # DataLoader takes a fresh OAuth token for every run (the workspace, Lakebase, cloud storage on
+    # Databricks), so a token that expired mid-run is gone in the next one. A *password* that has
+    # expired (ORA-28001, MySQL 1862) is not a token and stays with "authentication".
+    _rule(
+        EXPIRED_TOKEN_RULE,
+        TRANSIENT,
+        "an OAuth token expired during the run, and every run takes a fresh one",
+        r"\b(?:oauth |access |bearer |id |security |session )?token (?:has |is )?expired\b",
+        r"\bexpired (?:oauth |access |bearer |id |security |session )?token\b",
+        r"\bExpiredToken(?:Exception)?\b|\btoken[_ ]expired\b|\bJWT expired\b",
+        r"\btoken\b.{0,40}\b(?:is|has) expired\b",
     ),
     _rule(
         "authentication",
@@ -154,6 +171,15 @@ _RULES: tuple[_Rule, ...] = (
         r"DELTA_CONCURRENT_\w+",
     ),
     _rule(
+        "statement_cancelled",
+        TRANSIENT,
+        "the source cancelled the statement (a statement timeout or an operator's cancel), which "
+        "a later attempt usually gets past",
+        r"canceling statement due to (?:statement timeout|user request)",
+        r"query execution was interrupted|max(?:imum)?[_ ]statement[_ ](?:execution[_ ])?time",
+        r"user requested cancel of current operation",
+    ),
+    _rule(
         "bad_configuration",
         PERMANENT,
         "the load's configuration points at something that does not exist or is not allowed",
@@ -176,7 +202,7 @@ _RULES: tuple[_Rule, ...] = (
         r"lost connection to mysql server|mysql server has gone away",
         r"adaptive server (?:is unavailable|connection (?:failed|timed out))",
         r"existing connection was forcibly closed",
-        r"communications link failure",
+        r"communications? link failure",
         r"end-of-file on communication channel|not connected to oracle",
         r"\bORA-0311[34]\b|\bORA-03135\b|\bORA-1254[1]\b|\bORA-12170\b",
         r"\bORA-1251[4689]\b|\bORA-12520\b|\bORA-12528\b|\bORA-12537\b|TNS:",
@@ -190,6 +216,7 @@ _RULES: tuple[_Rule, ...] = (
         TRANSIENT,
         "the source was restarting, overloaded or out of connections",
         r"too many (?:connections|clients)",
+        r"remaining connection slots are reserved|\bmax_user_connections\b",
         r"sessions_per_user|\bORA-02391\b|\bORA-00018\b|\bORA-00020\b",
         r"database system is (?:starting up|shutting down|in recovery mode|not yet accepting)",
         r"initialization or shutdown in progress|\bORA-01033\b|\bORA-01034\b",
@@ -235,6 +262,14 @@ _RULES: tuple[_Rule, ...] = (
         r"duplicate key|duplicate entry|\bORA-00001\b|unique constraint",
         r"cannot insert (?:the value )?null|\bORA-01400\b|integrity constraint",
         r"DELTA_MULTIPLE_SOURCE_ROW_MATCHING_TARGET_ROW",
+    ),
+    _rule(
+        "out_of_space",
+        PERMANENT,
+        "the source or its storage ran out of space, which a person frees or extends",
+        r"no space left on device|\bdisk (?:is )?full\b|could not extend file",
+        r"transaction log for database .{0,80}is full|table '?\S+'? is full",
+        r"unable to extend (?:temp )?segment",
     ),
     _rule(
         "timeout",
@@ -303,20 +338,64 @@ _RULES: tuple[_Rule, ...] = (
 )
 
 
-def classify_error(message: str | None) -> Classification:
-    """Classify one error message as transient, permanent or unknown, with a one-line reason."""
+# Rules only a code reaches (no wording of their own to match).
+_CODE_ONLY_RULES: tuple[_Rule, ...] = (
+    _rule(
+        "sql_refused",
+        PERMANENT,
+        "the source refused the statement (its syntax, an object it names or a privilege), "
+        "which a retry does not change",
+        r"(?!)",
+    ),
+)
+_RULES_BY_NAME = {rule.name: rule for rule in (*_RULES, *_CODE_ONLY_RULES)}
+_CODE_LABELS = {
+    "sqlstate": "SQLSTATE {}",
+    "mysql": "MySQL error {}",
+    "sqlserver": "SQL Server error {}",
+    "oracle": "{}",
+    "databricks": "error class {}",
+    "http": "HTTP {}",
+}
+
+
+def code_label(code: str) -> str:
+    """``sqlstate:57014`` as a person reads it: ``SQLSTATE 57014``."""
+    family, _, value = code.partition(":")
+    return _CODE_LABELS.get(family, "{}").format(value)
+
+
+def classify_error(message: str | None, code: str | None = None) -> Classification:
+    """Classify one failure as transient, permanent or unknown, with a one-line reason.
+
+    ``code``: the driver's code (``failure_codes.code_of``); when None it is parsed from the
+    message. A code that decides wins over the text; the text decides otherwise. Our own
+    "Cancelled - ..." openings are matched before any code.
+    """
     text = (message or "").strip()
+    code = code or code_from_text(text)
+    for rule in _RULES:
+        if rule.name in CANCELLATION_RULES and rule.pattern.search(text):
+            return _classified(rule, code)
+    by_code = _RULES_BY_NAME.get(rule_for_code(code) or "")
+    if by_code is not None:
+        return _classified(by_code, code, by_code=True)
     if not text:
         return Classification(
-            UNKNOWN, None, "No error message was recorded, so a person should look."
+            UNKNOWN, None, "No error message was recorded, so a person should look.", code
         )
     for rule in _RULES:
         if rule.pattern.search(text):
-            kind = "Transient" if rule.category == TRANSIENT else "Permanent"
-            label = rule.name.replace("_", " ")
-            return Classification(
-                rule.category, rule.name, f"{kind} {label} fault: {rule.explanation}."
-            )
+            return _classified(rule, code)
     return Classification(
-        UNKNOWN, None, "Unrecognised error, so a person should look before it is retried."
+        UNKNOWN, None, "Unrecognised error, so a person should look before it is retried.", code
+    )
+
+
+def _classified(rule: _Rule, code: str | None, *, by_code: bool = False) -> Classification:
+    kind = "Transient" if rule.category == TRANSIENT else "Permanent"
+    label = rule.name.replace("_", " ")
+    said = f" ({code_label(code)})" if by_code and code else ""
+    return Classification(
+        rule.category, rule.name, f"{kind} {label} fault{said}: {rule.explanation}.", code
     )

@@ -335,6 +335,7 @@ NEW_VALUES = {
     "jdbc_num_partitions": 4,
     "verify_depth": "keys",
     "last_failure_kind": "bad_config",
+    "last_failure_code": "sqlstate:57014",
     "columns_exclude": ["ssn"],
     "columns_hash": ["email"],
     "schema_change": "freeze",
@@ -354,6 +355,7 @@ STATE = {
     "retry_analysis_requested_at",
     "staging_model_processed",
     "last_failure_kind",
+    "last_failure_code",
 }
 
 

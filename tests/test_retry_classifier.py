@@ -83,6 +83,12 @@ def test_credentials_win_over_the_connection_failure_that_wraps_them() -> None:
 
 def test_reason_is_one_readable_sentence() -> None:
     result = classify_error("ERROR:  deadlock detected")
+    # PostgreSQL's own words name their SQLSTATE (40P01), which decides and is named.
+    assert result.reason == (
+        "Transient lock conflict fault (SQLSTATE 40P01): the source was busy with a conflicting "
+        "lock or transaction, which clears by itself."
+    )
+    result = classify_error("Lock wait timeout exceeded on the source")  # no code: the words
     assert result.reason == (
         "Transient lock conflict fault: the source was busy with a conflicting lock or "
         "transaction, which clears by itself."

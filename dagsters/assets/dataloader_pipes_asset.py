@@ -213,10 +213,10 @@ class _Attempt:
         retry: bool = True,
         note: bool = True,
         kind: str | None = None,
+        code: str | None = None,
     ) -> None:
-        """End the attempt Failed with ``kind`` (None: a foreign error); ``note``: if the row is
-        not this attempt's any more (a stale attempt), add the message to its own history row."""
-
+        """End the attempt Failed with ``kind`` (None: a foreign error, with its driver's ``code``);
+        ``note``: if the row is not this attempt's any more, add the message to its history row."""
         if self.forced_by:
             message = f"{message} [full reload forced by {self.forced_by}]"
 
@@ -227,6 +227,7 @@ class _Attempt:
                 message,
                 databricks_run_url=run_link or self.databricks_url,
                 failure_kind=kind,
+                failure_code=code,
             )
 
         if not retry:  # a terminated run: one try, the interrupt must not wait
@@ -236,8 +237,7 @@ class _Attempt:
                 self.context.log.error(f"{self.control_key}: could not record the failure: {exc}")
             return
         if not self._write_back(write) and note:
-            # The row was already failed or taken over (a stale attempt): its own history row
-            # still says what happened to it.
+            # Already failed or taken over (a stale attempt): its history row still says why.
             self._write_back(
                 lambda: self.client.note_on_attempt(self.config_id, self.metadata_id, message)
             )
@@ -314,7 +314,7 @@ class _Attempt:
         run_link = outcome.external_run_url or self.databricks_url
         if outcome.error is not None:
             message = _safe(outcome.error, self.settings)
-            self.fail(message, run_link, kind=outcome.error_kind)
+            self.fail(message, run_link, kind=outcome.error_kind, code=outcome.error_code)
             raise dg.Failure(
                 description=message,
                 metadata={

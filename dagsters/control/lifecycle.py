@@ -28,7 +28,8 @@ from dagsters.control.transitions import (
     row_guard,
     success_sets,
 )
-from databricks_scripts.contract import KIND_BAD_CONFIG
+from databricks_scripts.contract import KIND_BAD_CONFIG, known_code
+from databricks_scripts.failure_codes import code_from_text
 
 
 class LifecycleSql(ControlDatabase):
@@ -69,6 +70,7 @@ class LifecycleSql(ControlDatabase):
                 params=params,
                 sets=sets,
                 failure_kind=failure_kind if status == FAILED else KEEP_KIND,
+                failure_code=_foreign_code(failure_kind, None, params.get("message") or ""),
             )
             if status in (SUCCEEDED, FAILED):
                 advance_schedule(conn, rows)
@@ -225,11 +227,14 @@ class LifecycleSql(ControlDatabase):
         *,
         databricks_run_url: str | None = None,
         failure_kind: str | None = None,
+        failure_code: str | None = None,
     ) -> bool:
         """Queued | In Progress -> Failed for this attempt; message redacted; schedule advanced.
 
         ``failure_kind``: what DataLoader knows about the failure (``contract.FAILURE_KINDS``),
-        written to the row and the history row; None for a foreign error (its text is classified).
+        written to the row and the history row; None for a foreign error (its code, else its text
+        is classified). ``failure_code``: the foreign error's driver code as the script read it;
+        when it sent none, the one its message prints (``failure_codes.code_from_text``).
 
         The schedule moves on so a failed row is not reclaimed on the very next tick; the
         failed_monitor's retry (reset_for_retry) brings it back sooner with a back-off.
@@ -241,6 +246,9 @@ class LifecycleSql(ControlDatabase):
             "databricks": databricks_run_url,
             "kind": failure_kind,
         }
+        # Read from the redacted text; a code redaction would change is not a code.
+        code = _foreign_code(failure_kind, failure_code, params["message"])
+        params["code"] = code if code is None or self.redact(code) == code else None
         with self._transaction("record_failure") as conn:
             rows = guarded_transition(
                 conn,
@@ -255,17 +263,25 @@ class LifecycleSql(ControlDatabase):
                     ),
                 },
                 failure_kind=failure_kind,
+                failure_code=params["code"],
             )
             if rows:
                 conn.execute(
                     "UPDATE historical_metadata SET status = 'Failed', ended_at = now(),"
-                    " message = %(message)s, failure_kind = %(kind)s,"
+                    " message = %(message)s, failure_kind = %(kind)s, failure_code = %(code)s,"
                     " databricks_run_url = coalesce(%(databricks)s, databricks_run_url)"
                     " WHERE metadata_id = %(metadata_id)s",
                     params,
                 )
                 advance_schedule(conn, rows)
         return bool(rows)
+
+
+def _foreign_code(kind: str | None, code: str | None, message: str) -> str | None:
+    """A foreign error's code: the one given, else the one its text prints; none for our kinds."""
+    if kind is not None:
+        return None
+    return known_code(code) or code_from_text(message)
 
 
 def _schedulable(conn: psycopg.Connection, config_id: int) -> bool:

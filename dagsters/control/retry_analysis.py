@@ -75,7 +75,7 @@ def decide_by_rules(row: Mapping[str, Any], why_not_asked: str) -> Decision:
     by_kind = decision_for_kind(row.get("last_failure_kind"))
     if by_kind is not None:
         return by_kind
-    rules = classify_error(str(row.get("last_message") or ""))
+    rules = classify_error(str(row.get("last_message") or ""), row.get("last_failure_code"))
     confidence = 0.5 if rules.category == UNKNOWN else 0.9
     reason = f"{rules.reason} (decided in the code location: {why_not_asked})"
     return Decision(rules.decision, confidence, reason[:_REASON_LIMIT], "rules")
@@ -123,6 +123,9 @@ def build_analysis_request(
         # The failure's kind (contract.FAILURE_KINDS), None for a foreign error: the script
         # decides a kind by its rule, without the classifier or a model.
         "failure_kind": row.get("last_failure_kind"),
+        # A foreign error's driver code (sql/018; SQLSTATE, MySQL number, ORA-, ...): the rules
+        # decide by it before the text.
+        "failure_code": row.get("last_failure_code"),
         "error_message": redact(_clip_error(error), secrets),
         "recent_attempts": [_attempt(h, secrets) for h in attempts[:HISTORY_ATTEMPTS]],
     }

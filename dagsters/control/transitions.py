@@ -17,9 +17,10 @@ from psycopg import sql
 
 from dagsters.control.schedule import next_load_time
 from dagsters.control.status import ALLOWED_FROM, FAILED, STATUSES, SUCCEEDED, UNCOMPUTABLE_FROM
-from databricks_scripts.contract import FAILURE_KINDS
+from databricks_scripts.contract import FAILURE_KINDS, known_code
 
 KEEP_KIND: Any = object()  # "leave last_failure_kind as it is" (the default)
+_SET_KIND_AND_CODE = sql.SQL("last_failure_kind = %(_t_kind)s, last_failure_code = %(_t_code)s")
 
 
 def guarded_transition(
@@ -35,6 +36,7 @@ def guarded_transition(
     uncomputable: bool = False,
     returning: sql.Composable | None = None,
     failure_kind: str | None = KEEP_KIND,
+    failure_code: str | None = None,
 ) -> list[dict] | tuple[sql.Composed, dict[str, Any]]:
     """The one place a status changes: UPDATE ... WHERE <target> AND <expected state>.
 
@@ -48,7 +50,8 @@ def guarded_transition(
     ``returning``: the columns to return instead of ``t.*`` (a row whose timestamps Python
     cannot read must not be read back).
     ``failure_kind``: the failure's kind (``contract.FAILURE_KINDS``, or None for a foreign error)
-    written to ``last_failure_kind``. A row entering Failed from a running state must be given
+    written to ``last_failure_kind``, with ``failure_code`` (a foreign error's driver code, else
+    NULL) to ``last_failure_code``. A row entering Failed from a running state must be given
     one (None included): the kind, not the message, is what retry rules read. Succeeded clears it.
     """
     expected = set(expected)
@@ -76,9 +79,9 @@ def guarded_transition(
         ),
     ]
     if failure_kind is not KEEP_KIND:
-        assignments.append(sql.SQL("last_failure_kind = %(_t_kind)s"))
+        assignments.append(_SET_KIND_AND_CODE)
     elif to_status == SUCCEEDED:
-        assignments.append(sql.SQL("last_failure_kind = NULL"))
+        assignments.append(sql.SQL("last_failure_kind = NULL, last_failure_code = NULL"))
     for column, value in (sets or {}).items():
         assignments.append(sql.SQL("{} = {}").format(sql.Identifier(column), value))
     statement = sql.SQL(
@@ -94,6 +97,7 @@ def guarded_transition(
     all_params = {**params, "_t_to": to_status, "_t_from": allowed_named}
     if failure_kind is not KEEP_KIND:
         all_params["_t_kind"] = failure_kind
+        all_params["_t_code"] = None if failure_kind else known_code(failure_code)
     if not execute:
         return statement, all_params
     if conn is None:

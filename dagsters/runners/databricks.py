@@ -24,7 +24,12 @@ import dagster as dg
 from dagsters.dagster_compat import DagsterPipesExecutionError, tracked_databricks_client
 from dagsters.resources.databricks_workspace import workspace_client
 from dagsters.runners.cluster_spec import parse_new_cluster
-from dagsters.runners.outcome import ScriptOutcome, error_from_custom_messages, error_kind_from
+from dagsters.runners.outcome import (
+    ScriptOutcome,
+    error_code_from,
+    error_from_custom_messages,
+    error_kind_from,
+)
 from dagsters.settings import LOCAL_DAGSTER_BASE_URL
 from databricks_scripts.redaction import redact
 
@@ -311,6 +316,7 @@ class DatabricksRunner:
             custom_messages=reader.custom_messages(),
             error=error,
             error_kind=None if error is None else error_kind_from(reader.custom_messages()),
+            error_code=None if error is None else error_code_from(reader.custom_messages()),
             external_run_url=run.run_page_url or tracker.url,
             external_run_id=str(tracker.run_id),
         )

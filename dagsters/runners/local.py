@@ -28,6 +28,7 @@ import dagster as dg
 from dagsters.runners.outcome import (
     ScriptInterrupted,
     ScriptOutcome,
+    error_code_from,
     error_from_custom_messages,
     error_from_stderr_tail,
     error_kind_from,
@@ -121,6 +122,9 @@ class LocalRunner:
             error_kind=None
             if error is None or returncode is None
             else error_kind_from(session.get_custom_messages(), list(stderr_tail)),
+            error_code=None
+            if error is None or returncode is None
+            else error_code_from(session.get_custom_messages(), list(stderr_tail)),
         )
 
     def _error(

@@ -13,6 +13,8 @@ from typing import Any
 import dagster as dg
 
 from databricks_scripts.contract import (
+    code_from_message,
+    code_from_stderr,
     error_from_message,
     error_from_stderr,
     kind_from_message,
@@ -30,6 +32,8 @@ class ScriptOutcome:
     # The failure kind the script reported with its error (contract.FAILURE_KINDS); None for a
     # foreign error, or when the script said nothing.
     error_kind: str | None = None
+    # A foreign error's code as the script read it from the driver (contract.known_code), or None.
+    error_code: str | None = None
     external_run_url: str | None = None
     external_run_id: str | None = None
     extra_metadata: dict[str, Any] = field(default_factory=dict)
@@ -64,6 +68,14 @@ def error_kind_from(messages: Sequence[Any], stderr_tail: Sequence[str] = ()) ->
         if error_from_message(message):
             return kind_from_message(message)
     return kind_from_stderr(list(stderr_tail))
+
+
+def error_code_from(messages: Sequence[Any], stderr_tail: Sequence[str] = ()) -> str | None:
+    """The code of the script's error, from where its text is taken (as :func:`error_kind_from`)."""
+    for message in reversed(list(messages)):
+        if error_from_message(message):
+            return code_from_message(message)
+    return code_from_stderr(list(stderr_tail))
 
 
 def error_from_stderr_tail(lines: Sequence[str]) -> str | None:
