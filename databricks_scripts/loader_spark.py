@@ -40,6 +40,7 @@ from databricks_scripts.loader_spark_commits import (
 from databricks_scripts.loader_spark_history import history_statement
 from databricks_scripts.loader_spark_merge import with_key_range
 from databricks_scripts.loader_spark_partitions import ReadPlan, plan_read
+from databricks_scripts.loader_spark_stage import is_history_load, staging
 from databricks_scripts.loader_spark_writes import (
     APPEND,
     MERGE,
@@ -437,8 +438,9 @@ def run_spark_load(
     )
     where = ["open destination"]  # the step a failure is reported at
     try:
-        with cancellable(spark, stop):
-            return _load(spark, spec, password, target, log, where, (partitioning, hash_key))
+        with cancellable(spark, stop), staging(spark, spec) as stages:
+            reading = (partitioning, hash_key, stages)
+            return _load(spark, spec, password, target, log, where, reading)
     except StaleAttempt:
         raise
     except Exception as exc:
@@ -448,7 +450,7 @@ def run_spark_load(
 
 
 def _load(
-    spark: Any, spec: Any, password: str | None, target: str, log, where: list, reading=(None, None)
+    spark: Any, spec: Any, password: str | None, target: str, log, where: list, reading
 ) -> Any:
     exists = table_exists(spark, target)
     spec, rebuilt = rebuild_if_changed(spark, spec, target, exists, log)
@@ -495,7 +497,7 @@ def _load(
         exists,
         applied,
         where,
-        lambda: read_source(spark, spec, password, None).select(*spec.merge_keys),
+        _key_reader(spark, spec, password, view, lower, reading[2], log),
         log,
     )
     columns_sql = ", ".join(SPARK.quote(c) for c in columns)
@@ -529,10 +531,24 @@ def _load(
     return loaded
 
 
+def _key_reader(spark: Any, spec: Any, password, view: str, lower, stages, log):
+    """The source's keys for delete detection: those of the staged rows when the load read every
+    row (no second read), else one read of the key columns, staged too."""
+    keys = list(spec.merge_keys or ())
+    if lower is None:
+        return lambda: spark.table(SPARK.quote(view)).select(*keys)
+    return lambda: stages.stage(
+        read_source(spark, spec, password, None).select(*keys), "source keys", log
+    )
+
+
 def _source_view(spark: Any, spec: Any, password, lower, reading, applied: str, log):
     """The source read as a temp view: (view, its fields, the MERGE's key range, the read plan);
-    ``reading`` = (JDBC partitioning, hash key)."""
-    df, plan = read_source_planned(spark, spec, password, lower, *reading)
+    ``reading`` = (JDBC partitioning, hash key, the load's staging tables). The rows of a
+    delete-detecting or scd2 load are staged: one read of the source (loader_spark_stage)."""
+    df, plan = read_source_planned(spark, spec, password, lower, *reading[:2])
+    if is_history_load(spec):
+        df = reading[2].stage(df, "rows read", log)
     if plan.partitions > 1:
         how = dict(plan.options) or list(plan.predicates)
         log(f"reading the source over {plan.partitions} JDBC connections: {how}")
