@@ -19,21 +19,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from databricks_scripts.delta_dataset import COLUMN_MAPPING_MODE, needs_column_mapping
 from databricks_scripts.loader_spark_commits import commit_named, write_options
 
 CREATE, REPLACE, OVERWRITE, APPEND, MERGE = "create", "replace", "overwrite", "append", "merge"
-COLUMN_MAPPING = {"delta.columnMapping.mode": "name"}
-# Characters Delta refuses in a column name unless the table maps column names.
-NEEDS_COLUMN_MAPPING = frozenset(" ,;{}()\n\t=")
-
-
-def needs_column_mapping(names: Sequence[str]) -> bool:
-    return any(NEEDS_COLUMN_MAPPING & set(name) for name in names)
 
 
 def table_properties(names: Sequence[str]) -> dict[str, str]:
-    """The properties a table created with these columns needs."""
-    return dict(COLUMN_MAPPING) if needs_column_mapping(names) else {}
+    """The properties a table created with these columns needs (the Arrow engine's rule,
+    delta_dataset.needs_column_mapping)."""
+    return {COLUMN_MAPPING_MODE: "name"} if needs_column_mapping(names) else {}
 
 
 @dataclass(frozen=True)
