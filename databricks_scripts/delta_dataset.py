@@ -7,6 +7,14 @@ I/O threads call back into Python, and a process that scanned such a dataset (a 
 active exception", exit -6) after its work is done, about 1 to 7 runs in 100 here. A local table
 (the Arrow engine's lake root) is read with ``pyarrow.fs.LocalFileSystem`` instead: 0 in 100.
 Other URIs keep deltalake's handler.
+
+**Column mapping.** A source column whose name Delta refuses without column mapping (a space or
+one of ``,;{}()=``, newline, tab) gets a table created with ``delta.columnMapping.mode = 'name'``
+(:func:`new_table_configuration`, which says when it cannot), as the Spark engine's CTAS does. Its files then hold the
+columns under physical names (``col-<uuid>``), which deltalake's ``to_pyarrow_dataset`` does not
+translate (deltalake 1.6 reads every column of such a table as NULL): :func:`delta_dataset` reads
+the files by physical name and answers by logical name (projections renamed, filters rebound by
+position through Substrait).
 """
 
 from __future__ import annotations
@@ -25,16 +33,99 @@ def local_path(table_uri: str) -> str | None:
     return None
 
 
+COLUMN_MAPPING_MODE = "delta.columnMapping.mode"
+NEEDS_COLUMN_MAPPING = frozenset(" ,;{}()\n\t=")
+PHYSICAL_NAME = "delta.columnMapping.physicalName"
+
+
+def needs_column_mapping(names: Any) -> bool:
+    """A column name Delta refuses in a table without column mapping."""
+    return any(NEEDS_COLUMN_MAPPING & set(name) for name in names)
+
+
+def new_table_configuration(schema: Any, file_size: int | None = None) -> dict[str, str] | None:
+    """The configuration of a table created with the pyarrow ``schema`` (None: nothing to set).
+
+    No column mapping when a column is a timestamp without time zone: deltalake 1.6 then gives
+    the table the table-features protocol (``timestampNtz``) without the ``columnMapping``
+    feature and writes the files under the logical names while the schema names physical ones,
+    a table no reader reads right. Such a table is created as before, without mapping (deltalake
+    accepts the names; Delta on Databricks would not).
+    """
+    import pyarrow as pa
+
+    config = {"delta.targetFileSize": str(file_size)} if file_size else {}
+    naive = any(pa.types.is_timestamp(f.type) and f.type.tz is None for f in schema)
+    if needs_column_mapping(schema.names) and not naive:
+        config[COLUMN_MAPPING_MODE] = "name"
+    return config or None
+
+
 def delta_dataset(table: Any):
-    """``table``'s current version as a pyarrow dataset."""
+    """``table``'s current version as a pyarrow dataset (column names as the table names them)."""
     path = local_path(str(table.table_uri))
     if path is None:
-        return table.to_pyarrow_dataset()
-    import pyarrow.fs as pafs
+        dataset = table.to_pyarrow_dataset()
+    else:
+        import pyarrow.fs as pafs
 
-    return table.to_pyarrow_dataset(
-        filesystem=pafs.SubTreeFileSystem(path.rstrip("/") or "/", pafs.LocalFileSystem())
-    )
+        dataset = table.to_pyarrow_dataset(
+            filesystem=pafs.SubTreeFileSystem(path.rstrip("/") or "/", pafs.LocalFileSystem())
+        )
+    if table.metadata().configuration.get(COLUMN_MAPPING_MODE, "none") == "none":
+        return dataset
+    return MappedDataset(dataset, table.schema())
+
+
+class MappedDataset:
+    """A column-mapped table's files read by physical name, answered by logical name: the part
+    of a pyarrow dataset the loader uses (``schema``, ``to_table``, ``scanner``, ``count_rows``)."""
+
+    def __init__(self, dataset: Any, delta_schema: Any):
+        import pyarrow as pa
+        import pyarrow.dataset as pads
+
+        self.schema = pa.schema([pa.field(f.name, f.type) for f in dataset.schema])
+        physical = {
+            f.name: (f.metadata or {}).get(PHYSICAL_NAME, f.name) for f in delta_schema.fields
+        }
+        self._physical = [physical.get(name, name) for name in self.schema.names]
+        self._files = pads.FileSystemDataset.from_paths(
+            dataset.files,
+            schema=pa.schema(
+                [pa.field(p, f.type) for p, f in zip(self._physical, self.schema, strict=True)]
+            ),
+            format=dataset.format,
+            filesystem=dataset.filesystem,
+        )
+
+    def _columns(self, columns: Any) -> dict:
+        import pyarrow.compute as pc
+
+        names = self.schema.names if columns is None else list(columns)
+        return {n: pc.field(self._physical[self.schema.get_field_index(n)]) for n in names}
+
+    def _filter(self, expression: Any) -> Any:
+        import pyarrow.compute as pc
+
+        if expression is None:
+            return None
+        # Field references by logical name become references by position, which the files'
+        # physical schema (same order) resolves.
+        return pc.Expression.from_substrait(expression.to_substrait(self.schema))
+
+    def to_table(self, columns: Any = None, filter: Any = None, **kw: Any) -> Any:
+        return self._files.to_table(
+            columns=self._columns(columns), filter=self._filter(filter), **kw
+        )
+
+    def scanner(self, columns: Any = None, filter: Any = None, **kw: Any) -> Any:
+        return self._files.scanner(
+            columns=self._columns(columns), filter=self._filter(filter), **kw
+        )
+
+    def count_rows(self, filter: Any = None, **kw: Any) -> int:
+        return self._files.count_rows(filter=self._filter(filter), **kw)
 
 
 def destination_watermark(load: Any) -> str | None:

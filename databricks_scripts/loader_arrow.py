@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from databricks_scripts.contract import full_load_reason
 from databricks_scripts.delta_dataset import delta_dataset, destination_watermark
+from databricks_scripts.delta_dataset import new_table_configuration as _table_config
 from databricks_scripts.failures import BadConfig, DataLoaderFailure
 from databricks_scripts.loader_columns import (
     commented_plan,
@@ -387,9 +388,9 @@ def _write_full(load: _Load, batches: Iterator[pa.RecordBatch], tracker: Tracker
             commit_properties=commit_properties(load.spec, load.applied),
             target_file_size=load.file_size,
             description=load.comments[0] if load.table is None else None,
-            # A table created here keeps its file size for MERGE rewrites too.
-            configuration={"delta.targetFileSize": str(load.file_size)}
-            if load.table is None and load.file_size
+            # A table created here keeps its file size for MERGE rewrites; column mapping.
+            configuration=_table_config(load.write_schema, load.file_size)
+            if load.table is None
             else None,
         )
     return tracker.rows_read, True

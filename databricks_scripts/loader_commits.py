@@ -132,9 +132,17 @@ def unrecorded_commit(table: Any, spec: Any) -> UnrecordedCommit | None:
     )
 
 
+# Table maintenance never carries a load, even when it was given the metadata of one (an
+# OPTIMIZE run with a load's commit properties, or by a writer that copies them).
+_MAINTENANCE = ("OPTIMIZE", "VACUUM", "RESTORE", "FSCK")
+
+
 def _last_commit_of(table: Any, metadata_id: int, limit: int = 200) -> dict | None:
-    """The newest commit (history entry) of attempt ``metadata_id`` among the last ``limit``."""
+    """The newest commit (history entry) of attempt ``metadata_id`` among the last ``limit``:
+    one of its writes, never a maintenance commit carrying the same metadata."""
     for commit in table.history(limit):
+        if str(commit.get("operation") or "").upper().startswith(_MAINTENANCE):
+            continue
         if commit.get(KEY_METADATA_ID) == str(metadata_id):
             return commit
     return None

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from databricks_scripts.contract import DELETED_AT
-from databricks_scripts.delta_dataset import delta_dataset
+from databricks_scripts.delta_dataset import delta_dataset, new_table_configuration
 from databricks_scripts.loader_commits import commit_properties
 from databricks_scripts.loader_history import (
     TIMESTAMP_UTC,
@@ -170,5 +170,6 @@ def write_first_soft(
             schema_mode="overwrite",
             commit_properties=commit_properties(load.spec, load.applied),
             target_file_size=load.target_file_size,
+            configuration=new_table_configuration(schema) if load.table is None else None,
         )
     return tracker.rows_read, True

@@ -31,7 +31,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from databricks_scripts.delta_dataset import delta_dataset
+from databricks_scripts.delta_dataset import delta_dataset, new_table_configuration
 from databricks_scripts.loader_commits import (
     commit_properties,
     fenced,
@@ -215,6 +215,9 @@ def write_first_load_chunks(
                 schema_mode="overwrite" if first and load.rebuild else "merge",
                 commit_properties=commit_properties(load.spec, load.applied, resumable=True),
                 target_file_size=load.target_file_size,
+                configuration=new_table_configuration(load.write_schema)
+                if load.table is None
+                else None,
             )
         nulls = False
         if load.table is None:

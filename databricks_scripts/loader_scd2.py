@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from databricks_scripts.contract import DELETED_AT, END_AT, START_AT
-from databricks_scripts.delta_dataset import delta_dataset
+from databricks_scripts.delta_dataset import delta_dataset, new_table_configuration
 from databricks_scripts.loader_commits import commit_properties
 from databricks_scripts.loader_history import (
     TIMESTAMP_UTC,
@@ -214,6 +214,7 @@ def _commit(load: Any, staged: pa.Table, keys: list[str], soft: bool, hooks: Wri
                 schema_mode="overwrite",
                 commit_properties=props,
                 target_file_size=load.target_file_size,
+                configuration=new_table_configuration(staged.schema),
             )
         return staged.num_rows, True
     end = q(END_AT)

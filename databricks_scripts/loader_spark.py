@@ -34,25 +34,32 @@ from databricks_scripts.loader_spark_commits import (
     cancellable,
     check_keys,
     check_still_current,
-    commit_named,
     read_last_commit,
     unrecorded,
 )
 from databricks_scripts.loader_spark_history import history_statement
 from databricks_scripts.loader_spark_merge import with_key_range
 from databricks_scripts.loader_spark_partitions import ReadPlan, plan_read
+from databricks_scripts.loader_spark_stage import is_history_load, staging
+from databricks_scripts.loader_spark_writes import (
+    APPEND,
+    MERGE,
+    OVERWRITE,
+    SparkWrite,
+    created,
+    run_write,
+)
 from databricks_scripts.loader_sql import (
     MYSQL,
     ORACLE,
     POSTGRESQL,
+    SPARK,
     SQLSERVER,
     qualified_name,
     source_table_parts,
-    spark_append_new_rows,
-    spark_create_table_as,
-    spark_insert_overwrite,
     spark_max,
     spark_merge,
+    spark_new_rows,
     spark_table,
 )
 from databricks_scripts.watermark import decode_watermark, encode_watermark, lookback_lower_bound
@@ -383,17 +390,20 @@ def _upsert_or_append(
     watermark: Any,
     lower: Any,
     key_range: tuple[str, str] | None = None,
-) -> tuple[str, Mapping[str, Any]]:
-    """The MERGE (with merge keys) or the incremental INSERT, and its named parameters."""
+) -> SparkWrite:
+    """The MERGE (with merge keys) or the incremental append, with its named parameters."""
     if spec.merge_keys:
-        return spark_merge(target, view, spec.merge_keys, columns, key_range), {}
+        return SparkWrite(
+            MERGE, target, spark_merge(target, view, spec.merge_keys, columns, key_range)
+        )
     with_lookback = lower is not None and lower != watermark
-    statement = spark_append_new_rows(
+    query = spark_new_rows(
         target, view, columns, spec.incremental_column, with_lookback=with_lookback
     )
     if not with_lookback:
-        return statement, {}
-    return statement, {"watermark": spark_literal(watermark), "lower_bound": spark_literal(lower)}
+        return SparkWrite(APPEND, target, query)
+    args = {"watermark": spark_literal(watermark), "lower_bound": spark_literal(lower)}
+    return SparkWrite(APPEND, target, query, args)
 
 
 def _watermark_after(spark: Any, spec: Any, target: str, watermark: Any) -> str | None:
@@ -428,8 +438,9 @@ def run_spark_load(
     )
     where = ["open destination"]  # the step a failure is reported at
     try:
-        with cancellable(spark, stop):
-            return _load(spark, spec, password, target, log, where, (partitioning, hash_key))
+        with cancellable(spark, stop), staging(spark, spec) as stages:
+            reading = (partitioning, hash_key, stages)
+            return _load(spark, spec, password, target, log, where, reading)
     except StaleAttempt:
         raise
     except Exception as exc:
@@ -439,7 +450,7 @@ def run_spark_load(
 
 
 def _load(
-    spark: Any, spec: Any, password: str | None, target: str, log, where: list, reading=(None, None)
+    spark: Any, spec: Any, password: str | None, target: str, log, where: list, reading
 ) -> Any:
     exists = table_exists(spark, target)
     spec, rebuilt = rebuild_if_changed(spark, spec, target, exists, log)
@@ -486,19 +497,18 @@ def _load(
         exists,
         applied,
         where,
-        lambda: read_source(spark, spec, password, None).select(*spec.merge_keys),
+        _key_reader(spark, spec, password, view, lower, reading[2], log),
         log,
     )
+    columns_sql = ", ".join(SPARK.quote(c) for c in columns)
     if kept is not None:
-        statement, args = kept
+        write = kept
     elif rebuild:
-        statement, args = spark_create_table_as(target, view, replace=exists), {}
+        write = created(target, f"SELECT * FROM {SPARK.quote(view)}", columns, replace=exists)
     elif applied == "full":
-        statement, args = spark_insert_overwrite(target, view, columns), {}
+        write = SparkWrite(OVERWRITE, target, f"SELECT {columns_sql} FROM {SPARK.quote(view)}")
     else:
-        statement, args = _upsert_or_append(
-            spec, target, view, columns, watermark, lower, key_range
-        )
+        write = _upsert_or_append(spec, target, view, columns, watermark, lower, key_range)
     if applied == "full" and spec.merge_keys:  # a keyed table's first load checks its keys
         check_keys(spark, view, spec.merge_keys)
     if exists:
@@ -507,22 +517,38 @@ def _load(
     # another writer) may commit after ours, so "the newest commit" is not necessarily ours.
     version_before = table_version(spark, target) if exists else None
     rows_before = _count(spark, target, version_before) if exists else 0
+    statement = write.text
     log(f"running: {statement}")
-    with commit_named(spark, spec, applied):
-        result = spark.sql(statement, args=dict(args)) if args else spark.sql(statement)
+    result = run_write(spark, write, spec, applied)
+    if exists:  # Delta skipped it (txnVersion): a newer attempt committed meanwhile
+        check_still_current(spec, last, read_last_commit(spark, target))
 
     where[0] = "read commit metrics"
-    read, written = write_counts(spark, target, statement, result.collect(), version_before)
+    read, written = write_counts(spark, target, statement, result, version_before)
     loaded = _result(spark, spec, target, applied, watermark, read, written, notes=notes)
     loaded.destination_rows_before = rows_before
     loaded.full_reason = full_reason(spec, exists)
     return loaded
 
 
+def _key_reader(spark: Any, spec: Any, password, view: str, lower, stages, log):
+    """The source's keys for delete detection: those of the staged rows when the load read every
+    row (no second read), else one read of the key columns, staged too."""
+    keys = list(spec.merge_keys or ())
+    if lower is None:
+        return lambda: spark.table(SPARK.quote(view)).select(*keys)
+    return lambda: stages.stage(
+        read_source(spark, spec, password, None).select(*keys), "source keys", log
+    )
+
+
 def _source_view(spark: Any, spec: Any, password, lower, reading, applied: str, log):
     """The source read as a temp view: (view, its fields, the MERGE's key range, the read plan);
-    ``reading`` = (JDBC partitioning, hash key)."""
-    df, plan = read_source_planned(spark, spec, password, lower, *reading)
+    ``reading`` = (JDBC partitioning, hash key, the load's staging tables). The rows of a
+    delete-detecting or scd2 load are staged: one read of the source (loader_spark_stage)."""
+    df, plan = read_source_planned(spark, spec, password, lower, *reading[:2])
+    if is_history_load(spec):
+        df = reading[2].stage(df, "rows read", log)
     if plan.partitions > 1:
         how = dict(plan.options) or list(plan.predicates)
         log(f"reading the source over {plan.partitions} JDBC connections: {how}")

@@ -2,10 +2,17 @@
 
 The Arrow engine's rules (``loader_commits``), expressed for Databricks:
 
-- every write statement runs with ``spark.databricks.delta.commitInfo.userMetadata`` set to a JSON
-  object naming the attempt (``dataloader.metadata_id``, ``dataloader.control_key``,
-  ``dataloader.watermark_before``, ``dataloader.strategy``), visible as ``userMetadata`` in
-  ``DESCRIBE HISTORY``;
+- every write names its attempt in its own commit: a JSON ``userMetadata`` (``dataloader.metadata_id``,
+  ``dataloader.control_key``, ``dataloader.watermark_before``, ``dataloader.strategy``), visible in
+  ``DESCRIBE HISTORY``, and Delta's idempotent-write pair ``txnAppId`` = the control row,
+  ``txnVersion`` = the attempt's ``metadata_id`` (Delta skips a write whose version is not above the
+  last one the table recorded for that app id: a stale or repeated attempt commits nothing). A
+  DataFrame write carries them as writer options (loader_spark_writes); a SQL ``MERGE`` has none,
+  so it runs with the SQL configurations Databricks documents for them
+  (``spark.databricks.delta.commitInfo.userMetadata``, ``spark.databricks.delta.write.txnAppId`` /
+  ``txnVersion``), set for that one statement and cleared after it: never for the session;
+- only our write operations count as ours: an ``OPTIMIZE`` (auto compaction runs inside the
+  MERGE's statement, so it carries the same metadata) or any other operation never does;
 - before a load, the newest commit of the destination that carries a ``dataloader.metadata_id``
   is compared with the attempt the control database last recorded: a newer one is recorded
   instead of loaded again (reconcile);
@@ -36,10 +43,22 @@ from databricks_scripts.loader_commits import (
     KEY_WATERMARK_BEFORE,
     StaleAttempt,
     UnrecordedCommit,
+    app_id,
 )
 
 USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
+TXN_APP_ID_CONF = "spark.databricks.delta.write.txnAppId"
+TXN_VERSION_CONF = "spark.databricks.delta.write.txnVersion"
 HISTORY_LIMIT = 50
+# The DESCRIBE HISTORY operations of our writes (CREATE [OR REPLACE] TABLE AS SELECT, INSERT /
+# DataFrame append or overwrite, MERGE). OPTIMIZE, VACUUM, ALTER ... never carry a load.
+OUR_OPERATIONS = (
+    "WRITE",
+    "CREATE TABLE AS SELECT",
+    "CREATE OR REPLACE TABLE AS SELECT",
+    "REPLACE TABLE AS SELECT",
+    "MERGE",
+)
 
 
 def user_metadata(spec: Any, strategy: str) -> str:
@@ -56,10 +75,42 @@ def user_metadata(spec: Any, strategy: str) -> str:
     )
 
 
+def write_options(spec: Any, strategy: str) -> dict[str, str]:
+    """Writer options of a DataFrame write: this attempt's ``userMetadata`` and, with a
+    ``metadata_id``, the idempotent-write pair keyed on the row and the attempt."""
+    if spec.metadata_id is None:
+        return {}
+    return {
+        "userMetadata": user_metadata(spec, strategy),
+        "txnAppId": app_id(spec),  # the row (the Arrow engine's app id)
+        "txnVersion": str(int(spec.metadata_id)),
+    }
+
+
+def statement_confs(spec: Any, strategy: str) -> dict[str, str]:
+    """The same, as the SQL configurations a SQL ``MERGE`` reads (it takes no writer options)."""
+    options = write_options(spec, strategy)
+    if not options:
+        return {}
+    return {
+        USER_METADATA_CONF: options["userMetadata"],
+        TXN_APP_ID_CONF: options["txnAppId"],
+        TXN_VERSION_CONF: options["txnVersion"],
+    }
+
+
+def is_our_operation(operation: Any) -> bool:
+    return str(operation or "").upper().strip() in OUR_OPERATIONS
+
+
 def last_dataloader_commit(history: Iterable[Mapping[str, Any]]) -> UnrecordedCommit | None:
-    """The newest commit in ``history`` (DESCRIBE HISTORY rows) made by a DataLoader attempt."""
+    """The newest commit in ``history`` (DESCRIBE HISTORY rows) made by a DataLoader attempt:
+    one of our write operations carrying an attempt's metadata (an ``OPTIMIZE`` with the same
+    metadata, as auto compaction after a MERGE leaves, is not)."""
     best: UnrecordedCommit | None = None
     for row in history:
+        if not is_our_operation(row.get("operation")):
+            continue
         try:
             meta = json.loads(row.get("userMetadata") or "")
             metadata_id = int(meta[KEY_METADATA_ID])
@@ -103,15 +154,16 @@ def check_still_current(spec: Any, at_start: UnrecordedCommit | None, now: Unrec
 
 @contextmanager
 def commit_named(spark: Any, spec: Any, strategy: str) -> Iterator[None]:
-    """Statements run inside carry this attempt's userMetadata in their Delta commit."""
-    if spec.metadata_id is None:
-        yield
-        return
-    spark.conf.set(USER_METADATA_CONF, user_metadata(spec, strategy))
+    """The one SQL ``MERGE`` run inside carries this attempt's userMetadata and idempotent-write
+    pair (:func:`statement_confs`); all are cleared when it ends, whatever happens."""
+    confs = statement_confs(spec, strategy)
     try:
+        for name, value in confs.items():
+            spark.conf.set(name, value)
         yield
     finally:
-        spark.conf.unset(USER_METADATA_CONF)
+        for name in confs:
+            spark.conf.unset(name)
 
 
 def key_check_sql(view: str, keys: Iterable[str]) -> str:

@@ -28,6 +28,7 @@ from databricks_scripts.contract import DELETED_AT, END_AT, START_AT
 from databricks_scripts.failures import SchemaConflict
 from databricks_scripts.loader_history import check_floor
 from databricks_scripts.loader_spark_commits import check_keys
+from databricks_scripts.loader_spark_writes import MERGE, SparkWrite, created
 from databricks_scripts.loader_sql import SPARK
 
 KEY_ONLY = "__dataloader_key_only"
@@ -181,16 +182,14 @@ def scd2_merge(
     return text
 
 
-def first_load(target: str, view: str, *, scd2: bool, soft: bool, start: str) -> str:
-    """CREATE TABLE AS SELECT with the technical columns (a first load, one commit)."""
+def first_load_rows(view: str, *, scd2: bool, soft: bool, start: str) -> str:
+    """The rows of a first load: every row read, with the technical columns."""
     extra = []
     if scd2:
         extra += [f"{start} AS {_q(START_AT)}", f"CAST(NULL AS TIMESTAMP) AS {_q(END_AT)}"]
     if soft:
         extra.append(f"CAST(NULL AS TIMESTAMP) AS {_q(DELETED_AT)}")
-    return (
-        f"CREATE TABLE {target} USING DELTA AS SELECT s.*, {', '.join(extra)} FROM {_q(view)} AS s"
-    )
+    return f"SELECT s.*, {', '.join(extra)} FROM {_q(view)} AS s"
 
 
 def live_condition(*, scd2: bool, soft: bool) -> str:
@@ -236,8 +235,8 @@ def history_statement(
     where: list,
     read_keys: Any,
     log: Any,
-) -> tuple[str, dict] | None:
-    """The write statement for a table with delete detection or scd2 (None: not such a table).
+) -> SparkWrite | None:
+    """The write for a table with delete detection or scd2 (None: not such a table).
 
     ``read_keys()`` gives the source's key-only DataFrame; ``where[0]`` names the failing step.
     """
@@ -257,7 +256,8 @@ def history_statement(
     if not exists:
         if not scd2 and not soft:
             return None  # hard deletes on a first load: the plain CREATE TABLE AS SELECT
-        return first_load(target, view, scd2=scd2, soft=soft, start=start), {}
+        query = first_load_rows(view, scd2=scd2, soft=soft, start=start)
+        return created(target, query, columns, replace=False)
     if not scd2 and applied == "full":
         return None  # hard deletes on an overwrite: what is gone is left out anyway
     have = {n.lower(): t for n, t in target_fields}
@@ -285,7 +285,9 @@ def history_statement(
         check_floor(spec, int(row["gone"]), int(row["live"]))
         where[0] = "write destination"
     if scd2:
-        return scd2_merge(
+        text = scd2_merge(
             target, view, keys_view, keys, columns, start=start, soft=soft, load_ts=load_ts
-        ), {}
-    return deletes_merge(target, view, keys_view, keys, columns, soft=soft, load_ts=load_ts), {}
+        )
+    else:
+        text = deletes_merge(target, view, keys_view, keys, columns, soft=soft, load_ts=load_ts)
+    return SparkWrite(MERGE, target, text)

@@ -169,7 +169,15 @@ def spark_add_columns(target: str, columns: Sequence[tuple[str, str]]) -> str:
 def spark_append_new_rows(
     target: str, view: str, columns: Sequence[str], cursor: str, *, with_lookback: bool
 ) -> str:
-    """Incremental append without keys, as one INSERT (one commit).
+    """Incremental append without keys, as one INSERT (one commit) of :func:`spark_new_rows`."""
+    query = spark_new_rows(target, view, columns, cursor, with_lookback=with_lookback)
+    return f"INSERT INTO {target} ({_col_list(columns)}) {query}"
+
+
+def spark_new_rows(
+    target: str, view: str, columns: Sequence[str], cursor: str, *, with_lookback: bool
+) -> str:
+    """The rows an incremental append without keys writes.
 
     Rows above the watermark are new. Rows inside the look-back window (lower bound < cursor <=
     watermark) are inserted only if an identical row is not already in the destination's window:
@@ -179,9 +187,8 @@ def spark_append_new_rows(
     c = SPARK.quote(cursor)
     v = SPARK.quote(view)
     if not with_lookback:
-        return f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {v}"
+        return f"SELECT {cols} FROM {v}"
     return (
-        f"INSERT INTO {target} ({cols}) "
         f"SELECT {cols} FROM {v} WHERE {c} > :watermark "
         f"UNION ALL (SELECT {cols} FROM {v} WHERE {c} <= :watermark "
         f"EXCEPT ALL SELECT {cols} FROM {target} WHERE {c} > :lower_bound AND {c} <= :watermark)"

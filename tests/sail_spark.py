@@ -148,6 +148,51 @@ _CTAS = re.compile(
 )
 
 
+class _Writer:
+    """``df.writeTo(target)`` on Sail: a created table's commit is named as Delta names it
+    (Sail records ``CREATE TABLE`` and, for a replacement, an overwrite ``WRITE``)."""
+
+    def __init__(self, writer: Any, target: str, session: SailSession):
+        self._writer, self._target, self._session = writer, target, session
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._writer, name)
+        if name in ("create", "createOrReplace", "replace"):
+            operation = (
+                "CREATE TABLE AS SELECT"
+                if name == "create"
+                else "CREATE OR REPLACE TABLE AS SELECT"
+            )
+
+            def run(*a: Any, **kw: Any) -> Any:
+                out = attr(*a, **kw)
+                self._session.name_commit(self._target, operation)
+                return out
+
+            return run
+        if not callable(attr):
+            return attr
+
+        def chained(*a: Any, **kw: Any) -> Any:
+            out = attr(*a, **kw)
+            return _Writer(out, self._target, self._session) if out is self._writer else out
+
+        return chained
+
+
+class _Frame:
+    """A SELECT's DataFrame on Sail whose ``writeTo`` goes through :class:`_Writer`."""
+
+    def __init__(self, frame: Any, session: SailSession):
+        self._frame, self._session = frame, session
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._frame, name)
+
+    def writeTo(self, target: str) -> _Writer:
+        return _Writer(self._frame.writeTo(target), target, self._session)
+
+
 class SailSession:
     """The Spark Connect session on Sail, with Sail's gaps filled from the Delta log."""
 
@@ -178,6 +223,8 @@ class SailSession:
             statement = re.sub(r"(?<![:\w]):(\w+)\b", lambda m: literal(args[m[1]]), statement)
             args = None
         result = self._spark.sql(statement, args=args, **kw) if args else self._spark.sql(statement)
+        if statement.lstrip().upper().startswith(("SELECT", "WITH", "(")):
+            return _Frame(result, self)
         ctas = _CTAS.match(statement)
         if ctas and " AS SELECT " in statement.upper():
             from deltalake import DeltaTable
@@ -188,6 +235,13 @@ class SailSession:
             )
             self._named[(where, DeltaTable(where).version())] = name
         return result
+
+    def name_commit(self, target: str, operation: str) -> None:
+        """Name the newest commit of ``target`` as Delta names the statement that made it."""
+        from deltalake import DeltaTable
+
+        where = self.location(target)
+        self._named[(where, DeltaTable(where).version())] = operation
 
     def _history(self, target: str, limit: int) -> list[Any]:
         from deltalake import DeltaTable

@@ -181,8 +181,9 @@ def test_history_statement_reads_keys_checks_the_floor_and_refuses_a_key_type_ch
         except ValueError as exc:
             return exc, where
 
-    (text, args), where = statement(0.5)
-    assert text.startswith(f"MERGE INTO {tables} AS t USING (") and args == {}
+    write, where = statement(0.5)
+    text = write.text
+    assert write.kind == "merge" and text.startswith(f"MERGE INTO {tables} AS t USING (")
     assert "src_keys" not in text  # the key snapshot became a temp view of its own
     assert where == ["write destination"]
     refused, where = statement(0.2)  # 1 of 4 current versions would be closed: 25% > 20%
