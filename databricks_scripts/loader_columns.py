@@ -6,9 +6,12 @@
   characters, NULL staying NULL. The key is the secret the row's source_connection names
   (``hash_secret_scope``/``hash_secret_key``). Equal values give equal hashes, in every table
   hashed with the same key and on every load, so hashed columns still join; without the key no
-  value can be computed back or tested. The value hashed is its text: a text column's UTF-8 bytes,
-  a binary column's bytes, any other column's text as Arrow prints it (so for non-text columns the
-  Arrow and Spark engines' hashes may differ; docs/loader.md).
+  value can be computed back or tested. The value hashed is its canonical text (``canonical_text``,
+  the same in both engines; docs/loader.md): text as it is, binary as its bytes, booleans
+  ``true``/``false``, integers as digits, decimals plain with exactly the column's scale
+  (``-1.50``), dates ``2024-01-31``, timestamps ``2024-01-31T10:00:00.000001`` (a zone-aware one
+  as its UTC time, so a source timestamp hashes alike whether an engine reads it with or without
+  zone); any other type as Arrow prints it.
 - The lists (and which key hashed) are written into every commit; a load whose row names other
   lists (or whose connection names another key) rebuilds the table (``changed_column_control``).
 
@@ -19,6 +22,8 @@ Pure apart from pyarrow and the stdlib; the Spark expression is built lazily
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import decimal
 import hashlib
 import hmac
 import json
@@ -32,6 +37,9 @@ from databricks_scripts.failures import BadConfig
 from databricks_scripts.loader_types import cast_batch, delta_schema_for
 
 HASH_TYPE = pa.string()
+# Which canonical_text a table was hashed with (recorded per commit): 2 = one text per type in both
+# engines; a table hashed before (the engine's own print of a non-text value) is rebuilt once.
+CANONICAL_TEXT_VERSION = 2
 # Delta commit metadata (loader_commits) / Spark userMetadata key of the lists a commit used.
 KEY_COLUMN_CONTROL = "dataloader.column_control"
 
@@ -69,13 +77,47 @@ def key_id(key: bytes) -> str:
     return hmac.new(key, b"dataloader column control key id", hashlib.sha256).hexdigest()[:16]
 
 
-def _value_bytes(arr: pa.Array) -> list[bytes | None]:
+_EPOCH = dt.datetime(1970, 1, 1)
+
+
+def _timestamp_texts(arr: pa.Array) -> list[str | None]:
+    """ISO text to the microsecond (UTC time when zone-aware), from the values' microseconds
+    since the epoch."""
+    micros = arr.cast(pa.timestamp("us", tz=arr.type.tz)).cast(pa.int64()).to_pylist()
+    out: list[str | None] = []
+    for v in micros:
+        if v is None:
+            out.append(None)
+            continue
+        out.append((_EPOCH + dt.timedelta(microseconds=v)).isoformat(timespec="microseconds"))
+    return out
+
+
+def canonical_text(arr: pa.Array) -> list[str | bytes | None]:
+    """Each value's canonical text (bytes for binary), NULL as None: what both engines hash.
+
+    Integers as digits; decimals plain (never an exponent) with exactly the column's scale;
+    booleans ``true``/``false``; dates ``YYYY-MM-DD``; timestamps ``YYYY-MM-DDTHH:MM:SS.ffffff``
+    (zone-aware: the UTC time); text as it is; other types as Arrow prints them.
+    """
     t = arr.type
     if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
         return arr.to_pylist()
+    if pa.types.is_decimal(t):
+        return [None if v is None else format(v, "f") for v in arr.to_pylist()]
+    if pa.types.is_timestamp(t):
+        return _timestamp_texts(arr)
+    if pa.types.is_date(t):
+        return [None if v is None else v.isoformat() for v in arr.to_pylist()]
     if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
         arr = arr.cast(pa.string())
-    return [None if v is None else v.encode("utf-8") for v in arr.to_pylist()]
+    return arr.to_pylist()
+
+
+def _value_bytes(arr: pa.Array) -> list[bytes | None]:
+    return [
+        v if v is None or isinstance(v, bytes) else v.encode("utf-8") for v in canonical_text(arr)
+    ]
 
 
 def _pads(key: bytes) -> tuple[Any, Any]:
@@ -183,12 +225,13 @@ def column_control_text(spec: Any) -> str:
             "exclude": sorted(c.lower() for c in getattr(spec, "columns_exclude", ())),
             "hash": sorted(c.lower() for c in hashed),
             "key": getattr(spec, "hash_key_id", None) if hashed else None,
+            "text": CANONICAL_TEXT_VERSION if hashed else None,
         },
         sort_keys=True,
     )
 
 
-_NONE = {"exclude": [], "hash": [], "key": None}
+_NONE = {"exclude": [], "hash": [], "key": None, "text": None}
 
 
 def recorded_column_control(history: Iterable[dict]) -> dict:
@@ -215,6 +258,8 @@ def changed_column_control(spec: Any, recorded: dict) -> str | None:
             changes.append(f"{name} was [{was}], now [{', '.join(now[field]) or 'none'}]")
     if not changes and now["hash"] and recorded.get("key") != now["key"]:
         changes.append("the connection's hash key changed")
+    if not changes and now["hash"] and recorded.get("text") != now["text"]:
+        changes.append("the text hashed for non-text values changed (canonical_text)")
     return "; ".join(changes) or None
 
 
@@ -285,16 +330,45 @@ def commented_plan(plan: Any, columns: dict[str, str]) -> Any:
     return dataclasses.replace(plan, write_schema=pa.schema(fields))
 
 
+def spark_canonical_text(column: str, spark_type: str = "string") -> Any:
+    """The Spark expression of :func:`canonical_text` for one column of ``spark_type`` (Spark's
+    simpleString); the load's session time zone is UTC (``run_spark_load`` sets it), so a
+    ``timestamp`` prints as its UTC time, as a ``timestamp_ntz`` prints its own. Decimals are built from their integral and fractional
+    parts, never from Spark's own decimal text (which may use an exponent)."""
+    from pyspark.sql import functions as F
+
+    value = F.col(column)
+    if spark_type.startswith("decimal"):
+        scale = int(spark_type.rstrip(")").split(",")[1]) if "," in spark_type else 0
+        magnitude = F.abs(value)
+        whole = F.floor(magnitude).cast("decimal(38,0)").cast("string")
+        sign = F.when(value < 0, F.lit("-")).otherwise(F.lit(""))
+        if scale == 0:
+            return F.concat(sign, whole)
+        # (fraction + 1) is in [1, 2): printed plain, "1." then exactly ``scale`` digits (the
+        # remainder by a decimal(1,0) one keeps the column's scale, up to 36 digits)
+        one = F.lit(decimal.Decimal(1))
+        fraction = F.substring((magnitude % one + one).cast("string"), 3, scale)
+        return F.concat(sign, whole, F.lit("."), F.rpad(fraction, scale, "0"))
+    if spark_type == "date":
+        return F.date_format(value, "yyyy-MM-dd")
+    if spark_type in ("timestamp", "timestamp_ntz"):
+        return F.date_format(value, "yyyy-MM-dd'T'HH:mm:ss.SSSSSS")
+    return value.cast("string")
+
+
 def spark_hash_column(column: Any, key: bytes, spark_type: str = "string") -> Any:
-    """The Spark expression of :func:`hmac_array` for one column (text/binary as bytes, other
-    types as Spark prints them): HMAC built from sha2 and the key's pads, NULL stays NULL."""
+    """The Spark expression of :func:`hmac_array` for one column (binary as its bytes, any other
+    type as its canonical text): HMAC built from sha2 and the key's pads, NULL stays NULL."""
     from pyspark.sql import functions as F
 
     block = 64
     k = hashlib.sha256(key).digest() if len(key) > block else key
     k = k.ljust(block, b"\0")
     inner, outer = bytes(b ^ 0x36 for b in k).hex(), bytes(b ^ 0x5C for b in k).hex()
-    value = F.col(column)
-    value = value if spark_type == "binary" else value.cast("string").cast("binary")
+    if spark_type == "binary":
+        value = F.col(column)
+    else:
+        value = spark_canonical_text(column, spark_type).cast("binary")
     inner_hash = F.unhex(F.sha2(F.concat(F.unhex(F.lit(inner)), value), 256))
     return F.sha2(F.concat(F.unhex(F.lit(outer)), inner_hash), 256)

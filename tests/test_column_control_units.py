@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import shutil
 
 import pyarrow as pa
@@ -88,6 +89,19 @@ def test_hash_is_hmac_sha256_of_the_values_text_and_null_stays_null():
     assert out.column("n").to_pylist()[2] is None and out.column("id") == batch.column("id")
 
 
+def test_canonical_text_is_plain_and_zone_free():
+    import datetime as dt
+    from decimal import Decimal
+
+    small = pa.array([Decimal("0.0000001"), Decimal("-12.5000000"), None], pa.decimal128(10, 7))
+    assert lc.canonical_text(small) == ["0.0000001", "-12.5000000", None]  # never 1E-7
+    when = dt.datetime(1969, 12, 31, 23, 59, 59, 5)
+    aware = pa.array([when.replace(tzinfo=dt.UTC)], pa.timestamp("us", tz="UTC"))
+    naive = pa.array([when], pa.timestamp("us"))
+    assert lc.canonical_text(aware) == lc.canonical_text(naive) == ["1969-12-31T23:59:59.000005"]
+    assert lc.canonical_text(pa.array([dt.date(999, 1, 2)])) == ["0999-01-02"]
+
+
 def test_a_changed_list_or_key_is_a_rebuild_and_a_table_without_records_is_none():
     spec = parse_load_spec(_params(columns_hash=["email"]))
     spec_k = spec.__class__(**{**spec.__dict__, "hash_key_id": lc.key_id(KEY)})
@@ -99,6 +113,11 @@ def test_a_changed_list_or_key_is_a_rebuild_and_a_table_without_records_is_none(
     assert "columns_hash was [none], now [email]" in lc.changed_column_control(spec_k, legacy)
     plain = parse_load_spec(_params())
     assert lc.changed_column_control(plain, legacy) is None
+    # A table hashed before the canonical text (its record has no "text") is rebuilt once.
+    before = json.loads(lc.column_control_text(spec_k))
+    del before["text"]
+    old = lc.recorded_column_control([{lc.KEY_COLUMN_CONTROL: json.dumps(before)}])
+    assert "text hashed for non-text values changed" in lc.changed_column_control(spec_k, old)
 
 
 @pytest.fixture(scope="module")
@@ -167,8 +186,6 @@ class _History:
 
 
 def test_spark_rebuilds_when_the_last_commit_recorded_other_lists():
-    import json
-
     spec = parse_load_spec(_params(columns_exclude=["ssn"]))
     same = json.dumps({lc.KEY_COLUMN_CONTROL: lc.column_control_text(spec)})
     assert lsc.rebuild_if_changed(_History(same), spec, "t", True, print) == (spec, "")

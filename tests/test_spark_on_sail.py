@@ -34,6 +34,7 @@ from databricks_scripts import loader_arrow as la
 from databricks_scripts import loader_sources as ls
 from databricks_scripts import loader_spark as lsp
 from databricks_scripts.contract import DELETED_AT, END_AT, RECORDED_METADATA_ID_PARAM, START_AT
+from databricks_scripts.loader_columns import with_column_control
 from databricks_scripts.loader_params import parse_load_spec
 
 pysail = pytest.importorskip(
@@ -113,6 +114,7 @@ class Both:
         self.attempt = 0
         self.watermark = {"arrow": None, "spark": None}
         self.logged: list[str] = []
+        self.hash_key: bytes | None = None  # the HMAC key of columns_hash, both engines
 
     def sql(self, text: str, params: tuple = ()) -> list[tuple]:
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
@@ -155,6 +157,7 @@ class Both:
         }
         spec = parse_load_spec({**common, "incremental_value": self.watermark["arrow"]})
         source = ls.PostgresReader(spec, None, batch_bytes=1 << 20, batch_rows=100)
+        source = with_column_control(source, self.hash_key)
         try:
             arrow = la.run_arrow_load(
                 spec, source, self.arrow_path, log=self.logged.append, merge_chunk_rows=2
@@ -178,7 +181,9 @@ class Both:
             }
         )
         try:
-            spark = lsp.run_spark_load(spark_spec, None, log=self.logged.append, spark=self.sail)
+            spark = lsp.run_spark_load(
+                spark_spec, None, log=self.logged.append, spark=self.sail, hash_key=self.hash_key
+            )
         except la.LoadStepError as exc:
             spark = exc
         return arrow, spark
