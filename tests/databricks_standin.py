@@ -246,6 +246,34 @@ class StandinRun:
         return _read_text(self.stderr_path)
 
 
+@dataclass
+class StandinJobRun:
+    """A run of several tasks (``runs/submit`` with more than one task or with job clusters)."""
+
+    run_id: int
+    job_id: int
+    run_name: str
+    submit_body: dict
+    task_runs: list[StandinRun]
+    start_time: int = field(default_factory=lambda: int(time.time() * 1000))
+    idempotency_token: str | None = None
+    cancel_requested: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def state(self) -> tuple[str, str | None, str]:
+        """(life cycle, result, message) of the run from its tasks' states."""
+        lives = [t.life_cycle_state for t in self.task_runs]
+        if not self.done.is_set():
+            return ("RUNNING" if "PENDING" not in lives[:1] else "PENDING"), None, "In run"
+        results = [t.result_state for t in self.task_runs]
+        if self.cancel_requested.is_set():
+            return "TERMINATED", "CANCELED", "Run cancelled."
+        if all(r == "SUCCESS" for r in results):
+            return "TERMINATED", "SUCCESS", ""
+        failed = sum(r != "SUCCESS" for r in results)
+        return "TERMINATED", "FAILED", f"{failed} of {len(results)} tasks failed."
+
+
 def _read_text(path: Path | None) -> str:
     if path is None or not path.exists():
         return ""
@@ -290,6 +318,10 @@ class DatabricksStandin:
             d.mkdir(parents=True, exist_ok=True)
         self.requests: list[RecordedRequest] = []
         self.runs: dict[int, StandinRun] = {}
+        self.job_runs: dict[int, StandinJobRun] = {}  # runs of several tasks
+        self.cluster_starts: list[str] = []  # each new or job cluster started, once
+        self.jobs: dict[int, dict] = {}  # jobs/create settings by job id
+        self.deleted_jobs: list[int] = []
         self.clusters: dict[str, dict] = {}
         self.volumes: set[str] = set()
         self.secrets: dict[tuple[str, str], str] = {}
@@ -599,6 +631,9 @@ class DatabricksStandin:
             ("GET", jobs + "/get", self._runs_get),
             ("GET", jobs + "/get-output", self._runs_get_output),
             ("POST", jobs + "/cancel", self._runs_cancel),
+            ("POST", r"/api/2\.[12]/jobs/create", self._jobs_create),
+            ("POST", r"/api/2\.[12]/jobs/run-now", self._jobs_run_now),
+            ("POST", r"/api/2\.[12]/jobs/delete", self._jobs_delete),
             ("GET", r"/api/2\.[01]/clusters/get", self._clusters_get),
             ("GET", r"/api/2\.0/preview/scim/v2/Me", self._me),
             ("GET", r"/api/2\.0/secrets/get", self._secrets_get),
@@ -642,62 +677,12 @@ class DatabricksStandin:
                         # Databricks starts exactly one run per token: a retry gets its id.
                         return {"run_id": existing.run_id}
         tasks = body.get("tasks") or []
-        if len(tasks) != 1:
-            raise ApiError(
-                400, "INVALID_PARAMETER_VALUE", "The stand-in runs exactly one task per submit."
-            )
+        if not tasks:
+            raise ApiError(400, "INVALID_PARAMETER_VALUE", "At least one task is required.")
+        if len(tasks) > 1 or body.get("job_clusters"):
+            return self._submit_job(body)
         task = tasks[0]
-        if not task.get("task_key"):
-            raise ApiError(400, "INVALID_PARAMETER_VALUE", "Task key must be specified.")
-        spt = task.get("spark_python_task")
-        if not spt or not spt.get("python_file"):
-            raise ApiError(
-                400, "INVALID_PARAMETER_VALUE", "The stand-in runs spark_python_task tasks only."
-            )
-        compute = [
-            k for k in ("existing_cluster_id", "new_cluster", "environment_key") if k in task
-        ]
-        if len(compute) != 1:
-            raise ApiError(
-                400,
-                "INVALID_PARAMETER_VALUE",
-                "Exactly one of existing_cluster_id, new_cluster or environment_key "
-                f"must be set on task {task['task_key']}, got {compute or 'none'}.",
-            )
-        env: dict[str, str] = {}
-        cluster_id: str | None
-        if "existing_cluster_id" in task:
-            cluster_id = task["existing_cluster_id"]
-            cluster = self.clusters.get(cluster_id)
-            if cluster is None:
-                raise ApiError(
-                    400, "INVALID_PARAMETER_VALUE", f"Cluster {cluster_id} does not exist"
-                )
-            env.update(self._cluster_env(cluster.get("spark_version")))
-            env.update(cluster.get("spark_env_vars") or {})
-        elif "new_cluster" in task:
-            spec = task["new_cluster"]
-            if not spec.get("spark_version"):
-                raise ApiError(
-                    400, "INVALID_PARAMETER_VALUE", "Missing required field: spark_version"
-                )
-            cluster_id = f"new-{next(self._ids)}"
-            env.update(self._cluster_env(spec.get("spark_version")))
-            env.update(spec.get("spark_env_vars") or {})
-        else:
-            keys = [e.get("environment_key") for e in body.get("environments") or []]
-            if task["environment_key"] not in keys:
-                raise ApiError(
-                    400,
-                    "INVALID_PARAMETER_VALUE",
-                    f"Environment key {task['environment_key']} is not defined in environments.",
-                )
-            cluster_id = None
-            env.update(self._cluster_env(SERVERLESS_RUNTIME))
-        env["DATALOADER_DBFS_ROOT"] = str(self.dbfs_root)
-        env["DATALOADER_VOLUMES_ROOT"] = str(self.volumes_fs_root)
-        env.setdefault("PYTHONUNBUFFERED", "1")
-
+        cluster_id, env = self._task_compute(body, task, {})
         with self._lock:
             run_id = next(self._ids)
             run = StandinRun(
@@ -713,6 +698,179 @@ class DatabricksStandin:
             self.runs[run_id] = run
         threading.Thread(target=self._execute, args=(run,), daemon=True).start()
         return {"run_id": run_id}
+
+    def _task_compute(
+        self, body: Mapping[str, Any], task: Mapping[str, Any], job_clusters: dict[str, str]
+    ) -> tuple[str | None, dict[str, str]]:
+        """(cluster id, process environment) of one task; ``job_clusters`` maps the run's job
+        cluster keys to the cluster started for each (one start per key and run)."""
+        if not task.get("task_key"):
+            raise ApiError(400, "INVALID_PARAMETER_VALUE", "Task key must be specified.")
+        spt = task.get("spark_python_task")
+        if not spt or not spt.get("python_file"):
+            raise ApiError(
+                400, "INVALID_PARAMETER_VALUE", "The stand-in runs spark_python_task tasks only."
+            )
+        kinds = ("existing_cluster_id", "new_cluster", "environment_key", "job_cluster_key")
+        compute = [k for k in kinds if k in task]
+        if len(compute) != 1:
+            raise ApiError(
+                400,
+                "INVALID_PARAMETER_VALUE",
+                "Exactly one of existing_cluster_id, new_cluster, job_cluster_key or "
+                f"environment_key must be set on task {task['task_key']}, got {compute or 'none'}.",
+            )
+        env: dict[str, str] = {}
+        cluster_id: str | None
+        if "job_cluster_key" in task:
+            key = task["job_cluster_key"]
+            specs = {c.get("job_cluster_key"): c for c in body.get("job_clusters") or []}
+            if key not in specs:
+                raise ApiError(
+                    400,
+                    "INVALID_PARAMETER_VALUE",
+                    f"Job cluster key {key} of task {task['task_key']} is not in job_clusters.",
+                )
+            spec = specs[key].get("new_cluster") or {}
+            if not spec.get("spark_version"):
+                raise ApiError(
+                    400, "INVALID_PARAMETER_VALUE", "Missing required field: spark_version"
+                )
+            if key not in job_clusters:
+                job_clusters[key] = f"job-{next(self._ids)}"
+                self.cluster_starts.append(job_clusters[key])
+            cluster_id = job_clusters[key]
+            env.update(self._cluster_env(spec.get("spark_version")))
+            env.update(spec.get("spark_env_vars") or {})
+        elif "existing_cluster_id" in task:
+            cluster_id = task["existing_cluster_id"]
+            cluster = self.clusters.get(cluster_id)
+            if cluster is None:
+                raise ApiError(
+                    400, "INVALID_PARAMETER_VALUE", f"Cluster {cluster_id} does not exist"
+                )
+            env.update(self._cluster_env(cluster.get("spark_version")))
+            env.update(cluster.get("spark_env_vars") or {})
+        elif "new_cluster" in task:
+            spec = task["new_cluster"]
+            if not spec.get("spark_version"):
+                raise ApiError(
+                    400, "INVALID_PARAMETER_VALUE", "Missing required field: spark_version"
+                )
+            cluster_id = f"new-{next(self._ids)}"
+            self.cluster_starts.append(cluster_id)
+            env.update(self._cluster_env(spec.get("spark_version")))
+            env.update(spec.get("spark_env_vars") or {})
+        else:
+            keys = [e.get("environment_key") for e in body.get("environments") or []]
+            if task["environment_key"] not in keys:
+                raise ApiError(
+                    400,
+                    "INVALID_PARAMETER_VALUE",
+                    f"Environment key {task['environment_key']} is not defined in environments.",
+                )
+            cluster_id = None
+            env.update(self._cluster_env(SERVERLESS_RUNTIME))
+        env["DATALOADER_DBFS_ROOT"] = str(self.dbfs_root)
+        env["DATALOADER_VOLUMES_ROOT"] = str(self.volumes_fs_root)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return cluster_id, env
+
+    def _submit_job(self, body: Mapping[str, Any]) -> dict:
+        """A run of several tasks (or on a job cluster): each task a run of its own under one
+        parent run; tasks run in their listed order once their ``depends_on`` tasks ended."""
+        tasks = body["tasks"]
+        keys = [t.get("task_key") for t in tasks]
+        if len(set(keys)) != len(keys):
+            raise ApiError(400, "INVALID_PARAMETER_VALUE", f"Duplicate task keys: {keys}")
+        job_clusters: dict[str, str] = {}
+        with self._lock:
+            run_id, job_id = next(self._ids), next(self._ids)
+            task_runs = []
+            for index, task in enumerate(tasks):
+                for dep in task.get("depends_on") or []:
+                    if dep.get("task_key") not in keys[:index]:
+                        raise ApiError(
+                            400,
+                            "INVALID_PARAMETER_VALUE",
+                            f"Task {task['task_key']} depends on {dep.get('task_key')}, not an "
+                            "earlier task of this run.",
+                        )
+                cluster_id, env = self._task_compute(body, task, job_clusters)
+                task_run_id = next(self._ids)
+                task_runs.append(
+                    StandinRun(
+                        run_id=task_run_id,
+                        task_run_id=task_run_id,
+                        job_id=job_id,
+                        run_name=task["task_key"],
+                        task=task,
+                        submit_body=body,
+                        cluster_id=cluster_id,
+                        env=env,
+                    )
+                )
+            job = StandinJobRun(run_id, job_id, body.get("run_name") or "Untitled", body, task_runs)
+            self.job_runs[run_id] = job
+        threading.Thread(target=self._execute_job, args=(job,), daemon=True).start()
+        return {"run_id": run_id}
+
+    def _jobs_create(self, req: Request) -> dict:
+        """``jobs/create``, as strictly as the SDK's model of it (``JobsAPI.create``, ``Task``)."""
+        import inspect
+
+        from databricks.sdk.service import compute, jobs
+
+        body = req.json()
+        top = set(inspect.signature(jobs.JobsAPI.create).parameters) - {"self"}
+        _unknown_fields(body, top, "the job")
+        for task in body.get("tasks") or []:
+            _unknown_fields(task, _sdk_fields(jobs.Task), f"task {task.get('task_key')}")
+        for cluster in body.get("job_clusters") or []:
+            _unknown_fields(cluster, _sdk_fields(jobs.JobCluster), "job_clusters")
+            spec = cluster.get("new_cluster") or {}
+            _unknown_fields(spec, _sdk_fields(compute.ClusterSpec), "job cluster")
+        with self._lock:
+            job_id = next(self._ids)
+            self.jobs[job_id] = body
+        return {"job_id": job_id}
+
+    def _jobs_run_now(self, req: Request) -> dict:
+        body = req.json()
+        with self._lock:
+            settings = self.jobs.get(int(body.get("job_id") or 0))
+            token = body.get("idempotency_token")
+            for existing in self.job_runs.values():
+                if token is not None and existing.idempotency_token == token:
+                    return {"run_id": existing.run_id}
+        if settings is None:
+            raise ApiError(400, "INVALID_PARAMETER_VALUE", f"Job {body.get('job_id')} not found")
+        started = self._submit_job({**settings, "run_name": settings.get("name")})
+        self.job_runs[started["run_id"]].idempotency_token = token
+        return started
+
+    def _jobs_delete(self, req: Request) -> dict:
+        job_id = int(req.json().get("job_id") or 0)
+        with self._lock:
+            if self.jobs.pop(job_id, None) is None:
+                raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", f"Job {job_id} does not exist.")
+            self.deleted_jobs.append(job_id)
+        return {}
+
+    def _execute_job(self, job: StandinJobRun) -> None:
+        results: dict[str, str | None] = {}
+        for run in job.task_runs:
+            deps = [d["task_key"] for d in run.task.get("depends_on") or []]
+            upstream_ok = all(results.get(d) == "SUCCESS" for d in deps)
+            if job.cancel_requested.is_set():
+                self._set_state(run, "TERMINATED", "CANCELED", "Run cancelled.")
+            elif not upstream_ok and (run.task.get("run_if") or "ALL_SUCCESS") == "ALL_SUCCESS":
+                self._set_state(run, "SKIPPED", "UPSTREAM_FAILED", "Upstream task failed.")
+            else:
+                self._execute(run)
+            run.done.set()
+            results[run.task["task_key"]] = run.result_state
+        job.done.set()
 
     def _cluster_env(self, runtime: str | None) -> dict[str, str]:
         """What every process on the compute starts with: the machine basics, the runtime
@@ -841,6 +999,12 @@ class DatabricksStandin:
         except (TypeError, ValueError) as exc:
             raise ApiError(400, "INVALID_PARAMETER_VALUE", "Invalid run_id") from exc
         with self._lock:
+            for job in self.job_runs.values():
+                if job.run_id == wanted:
+                    return job, False  # type: ignore[return-value]
+                for task in job.task_runs:
+                    if task.task_run_id == wanted:
+                        return task, True
             for run in self.runs.values():
                 if run.run_id == wanted:
                     return run, False
@@ -906,8 +1070,40 @@ class DatabricksStandin:
                 "format": "MULTI_TASK",
             }
 
+    def job_run_json(self, job: StandinJobRun) -> dict:
+        life, result, message = job.state()
+        state: dict[str, Any] = {
+            "life_cycle_state": life,
+            "state_message": message,
+            "user_cancelled_or_timedout": result == "CANCELED",
+        }
+        if result:
+            state["result_state"] = result
+        with self._lock:
+            return {
+                "job_id": job.job_id,
+                "run_id": job.run_id,
+                "number_in_job": job.run_id,
+                "original_attempt_run_id": job.run_id,
+                "creator_user_name": "standin@localhost",
+                "run_name": job.run_name,
+                "run_type": "SUBMIT_RUN",
+                "run_page_url": f"{self.host}/?o=0#job/{job.job_id}/run/{job.run_id}",
+                "state": state,
+                "start_time": job.start_time,
+                "tasks": [self._task_json(t) for t in job.task_runs],
+                "job_clusters": job.submit_body.get("job_clusters") or [],
+                "format": "MULTI_TASK",
+            }
+
+    def only_job_run(self) -> StandinJobRun:
+        assert len(self.job_runs) == 1, f"expected one run of tasks, got {sorted(self.job_runs)}"
+        return next(iter(self.job_runs.values()))
+
     def _runs_get(self, req: Request) -> dict:
         run, is_task = self._run_or_error(req)
+        if isinstance(run, StandinJobRun):
+            return self.job_run_json(run)
         with self._lock:
             run.served_states.append(run.life_cycle_state)
         if is_task:
@@ -949,6 +1145,8 @@ class DatabricksStandin:
     def _runs_cancel(self, req: Request) -> dict:
         run, _ = self._run_or_error(req)
         run.cancel_requested.set()
+        for task in getattr(run, "task_runs", ()):  # a run of tasks: every task of it
+            task.cancel_requested.set()
         return {}
 
     def add_secret(self, scope: str, key: str, value: str) -> None:

@@ -409,10 +409,8 @@ class _Attempt:
         )
 
 
-def _load(
-    attempt: _Attempt, pipes_databricks: PipesDatabricksResource, config: LoadConfig, trigger: str
-) -> tuple[dict[str, Any], str | None]:
-    """Run the load of the attempt's row and record it. Once claimed, the row is found by its
+def _load_params(attempt: _Attempt, config: LoadConfig, trigger: str) -> dict[str, Any]:
+    """The script's parameters for the attempt's row. Once claimed, the row is found by its
     config_id: a control_key renamed while Queued still loads the row that was claimed."""
     row = attempt.client.get_table_by_id(attempt.config_id)
     if row is None:  # deleted between the claim and now
@@ -435,7 +433,7 @@ def _load(
         )
     # What the destination's last commit is compared with (databricks_scripts/loader_commits).
     params[RECORDED_METADATA_ID_PARAM] = attempt.client.last_recorded_attempt(attempt.config_id)
-    return attempt.record(attempt.run(pipes_databricks, params))
+    return params
 
 
 def build_load_asset(settings: Settings) -> dg.AssetsDefinition:
@@ -463,7 +461,8 @@ def build_load_asset(settings: Settings) -> dg.AssetsDefinition:
             context, client, config, control_key, settings
         )
         try:
-            reported, run_link = _load(attempt, pipes_databricks, config, trigger)
+            params = _load_params(attempt, config, trigger)
+            reported, run_link = attempt.record(attempt.run(pipes_databricks, params))
         except dg.DagsterExecutionInterruptedError:
             # Recorded where it is caught while the script runs (_Attempt.run); a terminate that
             # lands elsewhere (the write-back) is recorded here. Guarded: never twice.

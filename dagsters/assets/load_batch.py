@@ -28,7 +28,13 @@ from typing import Any
 
 import dagster as dg
 
-from dagsters.assets.dataloader_pipes_asset import _Attempt, _begin_attempt, _load
+from dagsters.assets.dataloader_pipes_asset import (
+    LOAD_SCRIPT,
+    _Attempt,
+    _begin_attempt,
+    _load_params,
+    _safe,
+)
 from dagsters.assets.launch_config import LoadConfig
 from dagsters.assets.table_assets import (
     load_metadata,
@@ -68,14 +74,13 @@ def _terminated(context: dg.OpExecutionContext) -> str:
     return f"Cancelled - Dagster run {context.run.run_id} was terminated"
 
 
-def _load_one(
+def _start_one(
     context: dg.OpExecutionContext,
     client: LakebaseClient,
     settings: Settings,
-    pipes_databricks: PipesDatabricksResource,
     item: BatchAttempt,
-) -> None:
-    """One table of the batch, as the load asset runs it; raises when this table failed."""
+) -> tuple[_Attempt, LoadConfig, str]:
+    """Put one table's attempt In Progress: (attempt, config, triggered_by)."""
     config = LoadConfig(
         config_id=item.config_id, metadata_id=item.metadata_id, control_key=item.control_key
     )
@@ -91,15 +96,39 @@ def _load_one(
         context.instance.add_run_tags(
             context.run.run_id, {attempt_tag(attempt.metadata_id): str(attempt.config_id)}
         )
+    return attempt, config, trigger
+
+
+def _load_one(
+    context: dg.OpExecutionContext,
+    client: LakebaseClient,
+    settings: Settings,
+    pipes_databricks: PipesDatabricksResource,
+    item: BatchAttempt,
+) -> None:
+    """One table of the batch, as the load asset runs it; raises when this table failed."""
+    attempt, config, trigger = _start_one(context, client, settings, item)
     try:
-        reported, run_link = _load(attempt, pipes_databricks, config, trigger)
+        params = _load_params(attempt, config, trigger)
+        reported, run_link = attempt.record(attempt.run(pipes_databricks, params))
     except dg.DagsterExecutionInterruptedError:
         attempt.settle(dg.Failure(_terminated(context)), KIND_CANCELLED)
         raise
     except Exception as exc:
         attempt.settle(exc)
         raise
-    key = item.control_key
+    _materialize(context, attempt, reported, run_link, trigger)
+
+
+def _materialize(
+    context: dg.OpExecutionContext,
+    attempt: _Attempt,
+    reported: dict[str, Any],
+    run_link: str | None,
+    trigger: str,
+) -> None:
+    """The table's destination asset (with its check) and its load partition, materialized."""
+    key = attempt.control_key
     if not context.instance.has_dynamic_partition(PARTITIONS_NAME, key):
         raise dg.Failure(
             f"{key}: partition {key!r} no longer exists (the row was deleted or its control_key "
@@ -166,6 +195,69 @@ def _run_batch(
     return failed
 
 
+def _run_batch_on_databricks(
+    context: dg.OpExecutionContext,
+    client: LakebaseClient,
+    settings: Settings,
+    pipes_databricks: PipesDatabricksResource,
+    attempts: list[BatchAttempt],
+) -> dict[str, str]:
+    """ONE Databricks run for the batch (a task per table, dagsters/runners/databricks_batch.py);
+    each table is started, recorded and materialized on its own; the tables that failed."""
+    failed: dict[str, str] = {}
+    started: list[tuple[_Attempt, str, dict[str, Any]]] = []
+    for index, item in enumerate(attempts):
+        try:
+            attempt, config, trigger = _start_one(context, client, settings, item)
+            try:
+                started.append((attempt, trigger, _load_params(attempt, config, trigger)))
+            except Exception as exc:
+                attempt.settle(exc)
+                raise
+        except dg.DagsterExecutionInterruptedError:
+            _cancel_not_started(context, client, attempts[index:])
+            _cancel_started(context, [a for a, _, _ in started])
+            raise
+        except Exception as exc:  # noqa: BLE001 - this table failed (settled); the others go on
+            failed[item.control_key] = _why(exc)
+    if not started:
+        return failed
+    items = [
+        (attempt.control_key, params, attempt.link_external_run) for attempt, _, params in started
+    ]
+    try:
+        outcomes = pipes_databricks.run_script_batch(context, script=LOAD_SCRIPT, items=items)
+    except dg.DagsterExecutionInterruptedError:
+        _cancel_started(context, [a for a, _, _ in started])
+        raise
+    except Exception as exc:  # noqa: BLE001 - the run could not run: every started table fails
+        message = _safe(f"Load could not run: {type(exc).__name__}: {exc}", settings)
+        for attempt, _, _ in started:
+            attempt.settle(dg.Failure(message))
+            failed[attempt.control_key] = message
+        return failed
+    for (attempt, trigger, _), outcome in zip(started, outcomes, strict=True):
+        try:
+            reported, run_link = attempt.record(outcome)
+            _materialize(context, attempt, reported, run_link, trigger)
+        except Exception as exc:  # noqa: BLE001 - this table failed (settled); the others go on
+            attempt.settle(exc)
+            failed[attempt.control_key] = _why(exc)
+    return failed
+
+
+def _cancel_started(context: dg.OpExecutionContext, started: list[_Attempt]) -> None:
+    """The run was terminated: each started table ends Cancelled (guarded: never twice)."""
+    for attempt in started:
+        attempt.fail(_terminated(context), retry=False, kind=KIND_CANCELLED)
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, dg.Failure):
+        return exc.description or str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
 def build_load_batch_job(settings: Settings) -> dg.JobDefinition:
     """``dataloader__table_load_batch_job``: the tables of one source, one after the other."""
 
@@ -179,7 +271,9 @@ def build_load_batch_job(settings: Settings) -> dg.JobDefinition:
         tags = environment_tags(settings.environment)
         if tags and any(context.run.tags.get(k) != v for k, v in tags.items()):
             context.instance.add_run_tags(context.run.run_id, tags)
-        failed = _run_batch(
+        on_databricks = pipes_databricks.execution == "databricks"
+        run = _run_batch_on_databricks if on_databricks else _run_batch
+        failed = run(
             context, lakebase.get_client(), settings, pipes_databricks, list(config.attempts)
         )
         if failed:

@@ -20,7 +20,7 @@ Databricks credentials come from databricks-sdk's own chain.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -165,3 +165,20 @@ class PipesDatabricksResource(dg.ConfigurableResource):
         if self.execution == "databricks":
             return self.databricks_runner().run(context, script, extras, label, on_external_run)
         return self.local_runner().run(context, script, extras)
+
+    def run_script_batch(
+        self,
+        context: dg.OpExecutionContext,
+        *,
+        script: str,
+        items: Sequence[tuple[str, Mapping[str, Any], OnExternalRun | None]],
+    ) -> list[ScriptOutcome]:
+        """Databricks only: ``script`` once per ``(label, params, on_external_run)`` item, as the
+        tasks of ONE Databricks run on shared compute; one outcome per item, in order."""
+        from dagsters.runners.databricks_batch import BatchItem, run_batch
+
+        batch = [
+            BatchItem(label=label, extras={PARAMS_EXTRA: dict(params)}, on_external_run=callback)
+            for label, params, callback in items
+        ]
+        return run_batch(self.databricks_runner(), context, script, batch)

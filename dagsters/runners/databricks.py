@@ -441,7 +441,9 @@ def _name(value: Any) -> str | None:
     return getattr(value, "value", value)
 
 
-def _task_error(context: dg.AssetExecutionContext, workspace: Any, run: Any) -> str | None:
+def _task_error(
+    context: dg.AssetExecutionContext, workspace: Any, run: Any, task: Any = None
+) -> str | None:
     """Why the task failed, from the Jobs API (``runs/get-output``), when the script reported no
     error over Pipes (it failed before its Pipes session opened, or its messages were lost).
 
@@ -452,10 +454,10 @@ def _task_error(context: dg.AssetExecutionContext, workspace: Any, run: Any) -> 
     where the cause is instead.
     """
     try:
-        tasks = run.tasks or []
-        if not tasks or tasks[0].run_id is None:
+        task = task if task is not None else (run.tasks or [None])[0]  # one-task run: its task
+        if task is None or task.run_id is None:
             return None
-        output = workspace.jobs.get_run_output(tasks[0].run_id)
+        output = workspace.jobs.get_run_output(task.run_id)
     except Exception:  # noqa: BLE001 - the Jobs API is a fallback source here; its absence is not an error
         return None
     error = redact((output.error or "").strip())

@@ -3,7 +3,7 @@
 Each tick claims up to the batch size of due rows in one transaction (status Queued + a history row
 each; FOR UPDATE SKIP LOCKED, so two ticks never claim the same row) and yields one RunRequest per
 row. The run key is the history row, so a repeated tick never launches an attempt twice, and a
-re-queued table always gets a new run. With ``DATALOADER_RUN_BATCH_SIZE`` > 1 (local execution)
+re-queued table always gets a new run. With ``DATALOADER_RUN_BATCH_SIZE`` > 1
 it claims up to that many rows of one source per claim and launches one batch run per claim
 (``dagsters/assets/load_batch.py``); a claim of one row is an ordinary run of its partition.
 
@@ -97,8 +97,9 @@ def plan_partition_sync(
 
 
 def batching(settings: Settings) -> bool:
-    """Several tables per run (DATALOADER_RUN_BATCH_SIZE > 1); local execution only, so far."""
-    return settings.run_batch_size > 1 and settings.execution == "local"
+    """Several tables per run (DATALOADER_RUN_BATCH_SIZE > 1): locally one after the other in the
+    run worker, on Databricks one job run with a task per table (dagsters/runners/databricks_batch)."""
+    return settings.run_batch_size > 1
 
 
 def claim_runs(client: LakebaseClient, settings: Settings) -> list[list[dict]]:
