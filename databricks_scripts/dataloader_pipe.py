@@ -73,21 +73,17 @@ class DataLoaderError(DataLoaderFailure, RuntimeError):
     failure_code: str | None = None  # the foreign cause's code (failure_codes), when it has one
 
 
-# JDBC drivers a serverless environment cannot get: it installs PyPI packages and wheels only,
-# no Maven JARs, and the Databricks Runtime does not ship these two (docs/databricks.md).
-SERVERLESS_NO_JDBC_DRIVER = ("mysql", "oracle")
-
-
 def choose_engine(spec: LoadSpec, env: ScriptEnv) -> str:
     engine = env.engine or ("spark" if env.on_databricks else "arrow")
     if engine not in ("arrow", "spark"):
         raise BadConfig(f"DATALOADER_ENGINE must be 'arrow' or 'spark', not {engine!r}")
-    if env.on_serverless and engine == "spark" and spec.db_type in SERVERLESS_NO_JDBC_DRIVER:
+    if env.on_serverless and engine == "spark" and spec.db_type != "databricks":
+        # The code location refuses this before submitting (source_connections.fit_compute).
         raise BadConfig(
-            f"a {spec.db_type} source cannot be read from serverless compute: its JDBC driver "
-            "is not part of the runtime and serverless environments cannot install Maven "
-            "libraries; load this table on classic compute (DATABRICKS_CLUSTER_ID or "
-            "DATALOADER_DATABRICKS_NEW_CLUSTER with the driver as a cluster library)"
+            f"a {spec.db_type} source cannot be read from serverless compute: serverless has no "
+            "plain JDBC reads (spark.read.format('jdbc')); read the database through a Unity "
+            "Catalog foreign catalog (Lakehouse Federation, db_type 'databricks') or load this "
+            "table on classic compute (DATABRICKS_CLUSTER_ID or DATALOADER_DATABRICKS_NEW_CLUSTER)"
         )
     if spec.db_type == "databricks" and engine != "spark":
         raise BadConfig(
@@ -101,12 +97,17 @@ def _dbutils_secret_getter(env: ScriptEnv):
 
     ``databricks.sdk.runtime.dbutils`` is the runtime's own dbutils on every kind of compute
     (classic, Standard access mode, serverless); ``pyspark.dbutils.DBUtils`` is not on serverless.
+    It is imported when a secret is read, not before: a load that needs none never imports it.
     """
     if not env.on_databricks:
         return None
-    from databricks.sdk.runtime import dbutils  # ships with every supported runtime
 
-    return dbutils.secrets.get
+    def get(scope: str, key: str) -> str:
+        from databricks.sdk.runtime import dbutils  # ships with every supported runtime
+
+        return dbutils.secrets.get(scope, key)
+
+    return get
 
 
 def column_schema_metadata(schema, descriptions: dict | None = None) -> dict:
@@ -405,7 +406,7 @@ def main() -> int:
         return 2
     # Every secret this process can see (LAKEBASE_PASSWORD, AI key, ...), plus the source's.
     secrets: list[str] = list(env.secrets)
-    stop = StopSignal().install()
+    stop = StopSignal().install(on_databricks=env.on_databricks)
     try:
         with open_dagster_pipes(
             params_loader=params_loader,

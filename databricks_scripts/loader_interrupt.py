@@ -1,7 +1,7 @@
 """Stopping a load on SIGINT/SIGTERM: promptly, committing nothing, leaving no stray files.
 
 When Dagster terminates a run, the local runner sends the script SIGINT (SIGKILL after a grace
-period); a Databricks cancel ends the job run. :class:`StopSignal` turns either signal into:
+period). :class:`StopSignal` turns either signal into:
 
 1. a stop flag the loader checks between batches (``check()``): the writer's input stream
    raises :class:`StopRequested`, so delta-rs aborts before its commit;
@@ -9,6 +9,11 @@ period); a Databricks cancel ends the job run. :class:`StopSignal` turns either 
    fetch, the Delta writer), where a Python signal handler would not run: if the load has not
    ended by itself within :data:`GRACE_SECONDS`, the watcher runs the registered hard-stop
    actions (remove this attempt's uncommitted files, report) and ends the process.
+
+On Databricks (classic or serverless) the script runs inside Databricks' own Python process:
+:meth:`StopSignal.install` then installs no handler and starts no watcher, so nothing there can
+end that process (``os._exit``). A Databricks cancel of the run cancels the load's Spark jobs; the
+running statement fails, commits nothing, and the load reports that failure as any other.
 
 Once the writer has passed its last check (``enter_commit()``) a stop no longer aborts it: the
 commit is moments away and completes; the load then reports its result as usual.
@@ -63,9 +68,13 @@ class StopSignal:
 
     # -- set up -------------------------------------------------------------------------------
 
-    def install(self) -> StopSignal:
-        """Handle SIGINT and SIGTERM in this process (main thread only; elsewhere a no-op)."""
-        if threading.current_thread() is not threading.main_thread():
+    def install(self, *, on_databricks: bool = False) -> StopSignal:
+        """Handle SIGINT and SIGTERM in this process (main thread only; elsewhere a no-op).
+
+        ``on_databricks``: a no-op too. The process is Databricks' (its signal handling, its
+        other work); the run's own cancel stops the load there (the module's docstring).
+        """
+        if on_databricks or threading.current_thread() is not threading.main_thread():
             return self
         read_fd, write_fd = os.pipe()
         os.set_blocking(write_fd, False)

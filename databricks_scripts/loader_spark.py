@@ -118,6 +118,9 @@ def jdbc_options(spec: Any, password: str | None, *, fetch_size: int = 10_000) -
         "user": str(cfg.get("user") or ""),
         "fetchsize": str(fetch_size),
         "pushDownPredicate": "true",
+        # The MERGE's key range (loader_spark_merge) and the key checks are aggregates: the
+        # source answers them (from an index where it has one) instead of Spark reading it all.
+        "pushDownAggregate": "true",
     }
     opts.update(jdbc_tls_options(spec.db_type, cfg))
     if cfg.get("connect_timeout"):
@@ -557,7 +560,7 @@ def _source_view(spark: Any, spec: Any, password, lower, reading, applied: str, 
     key_range = None
     plain_merge = spec.load_strategy != "scd2" and spec.delete_detection == "none"
     if applied != "full" and spec.merge_keys and plain_merge:  # MERGE only the keys read
-        df, key_range = with_key_range(df, spec.merge_keys[0], log)
+        df, key_range = with_key_range(df, spec.merge_keys[0], log, spec.incremental_column)
     view = f"dl_src_{uuid.uuid4().hex[:12]}"
     df.createOrReplaceTempView(view)
     return view, _fields(df.schema), key_range, plan

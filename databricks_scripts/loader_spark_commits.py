@@ -21,15 +21,16 @@ The Arrow engine's rules (``loader_commits``), expressed for Databricks:
   in one go, so the check runs before the source is read: the window is the statement itself;
 - a keyed table's load that runs as a full (its first load) checks that the keys are set and
   unique before it writes;
-- on SIGINT/SIGTERM the load's Spark jobs (one job group) are cancelled; an aborted Delta write
-  commits nothing and its files are unreferenced (removed by VACUUM).
+- on SIGINT/SIGTERM (locally: on Databricks the script installs no handler) the load's Spark
+  jobs (one job tag) are cancelled; an aborted Delta write commits nothing and its files are
+  unreferenced (removed by VACUUM).
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -192,26 +193,50 @@ def check_keys(spark: Any, view: str, keys: Iterable[str]) -> None:
         )
 
 
+def tag_jobs(spark: Any, tag: str) -> tuple[Callable, Callable] | None:
+    """Tag the Spark jobs this thread starts with ``tag``: (cancel, remove) for it, or None where
+    the session has no job tags.
+
+    ``spark.addTag`` / ``interruptTag`` / ``removeTag``: Spark Connect (serverless, standard
+    access mode, any Connect client from 3.5) and classic sessions from Spark 4.0. A classic
+    Spark 3.5 session (Databricks Runtime 15.4 LTS) refuses them; its SparkContext has
+    ``addJobTag`` / ``cancelJobsWithTag`` / ``removeJobTag``.
+    """
+    try:
+        spark.addTag(tag)
+        return spark.interruptTag, spark.removeTag
+    except Exception:  # noqa: BLE001, S110 - classic 3.5: "only supported with Spark Connect"
+        pass
+    try:
+        context = spark.sparkContext  # absent on Spark Connect
+        context.addJobTag(tag)
+    except Exception:  # noqa: BLE001 - a session without job tags
+        return None
+    return context.cancelJobsWithTag, context.removeJobTag
+
+
 @contextmanager
 def cancellable(spark: Any, stop: Any | None) -> Iterator[None]:
-    """Run the load's Spark jobs in one job group that a stop signal cancels."""
-    context = None
-    try:
-        context = spark.sparkContext  # absent on Spark Connect (serverless, shared clusters)
-    except Exception:  # noqa: BLE001 - no job groups there; Databricks' own cancel applies
-        context = None
-    if context is None or stop is None:
+    """Run the load's Spark jobs under one job tag, which a stop signal cancels.
+
+    A tag, never a job group: on Databricks the job group belongs to the platform (its run, its
+    cancel) and ``setJobGroup`` would replace it; tags are added beside it. A session without tags
+    runs the load untagged.
+    """
+    tag = f"dataloader-{uuid.uuid4().hex[:12]}"
+    tagged = tag_jobs(spark, tag)
+    if tagged is None:
         yield
         return
-    group = f"dataloader-{uuid.uuid4().hex[:12]}"
-    context.setJobGroup(group, "DataLoader load", interruptOnCancel=True)
+    cancel_tag, remove = tagged
 
     def cancel() -> int:
-        context.cancelJobGroup(group)
+        cancel_tag(tag)
         return 0  # an aborted Delta write leaves only unreferenced files (VACUUM removes them)
 
-    stop.on_stop(cleanup=cancel)
+    if stop is not None:
+        stop.on_stop(cleanup=cancel)
     try:
         yield
     finally:
-        context.setLocalProperty("spark.jobGroup.id", None)
+        remove(tag)

@@ -73,8 +73,6 @@ def sail_server(warehouse: str) -> Iterator[str]:
             '[{name="spark_catalog", type="memory", initial_database=["default"]}]'
         ),
         "SAIL_CATALOG__DEFAULT_CATALOG": "spark_catalog",
-        # localCheckpoint (the key-range MERGE's stable source) writes here.
-        "SAIL_EXECUTION__CHECKPOINT__PATH": os.path.join(warehouse, "_checkpoints"),
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # read when the server starts

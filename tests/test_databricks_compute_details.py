@@ -2,8 +2,9 @@
 
 - The scripts read secrets through ``databricks.sdk.runtime.dbutils`` (every kind of compute),
   here the SDK's own dbutils against the stand-in's ``secrets/get``.
-- Serverless: ``environment_version`` (not the deprecated ``client``), the pinned dependencies;
-  MySQL / Oracle sources refused there with a clear message (no Maven drivers).
+- Serverless: ``environment_version`` (not the deprecated ``client``) and the pinned dependencies
+  (test_databricks_e2e's retry analysis on serverless); every JDBC source refused there (no plain
+  JDBC reads): by the code location before anything is submitted, and by the script as well.
 - Classic: ``dagster-pipes`` (and ``openai`` for the retry script) pinned at the orchestrator's
   versions; a wheel in a volume for workspaces without PyPI egress.
 """
@@ -20,7 +21,7 @@ from helpers import add_control_row, control_row
 from test_databricks_e2e import claim_and_materialize, standin  # noqa: F401
 
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
-from dagsters.runners.databricks import SERVERLESS_ENVIRONMENT_VERSION, pinned
+from dagsters.runners.databricks import pinned
 from databricks_scripts.dataloader_pipe import choose_engine
 from databricks_scripts.loader_params import parse_load_spec
 from databricks_scripts.script_env import ScriptEnv
@@ -79,20 +80,20 @@ def _spec(db_type: str):
     )
 
 
-@pytest.mark.parametrize("db_type", ["mysql", "oracle"])
-def test_serverless_refuses_sources_whose_jdbc_driver_it_cannot_install(db_type):
+@pytest.mark.parametrize("db_type", ["postgresql", "mysql", "oracle", "sqlserver"])
+def test_serverless_refuses_jdbc_sources_in_the_script_too(db_type):
     with pytest.raises(ValueError, match=f"a {db_type} source cannot be read from serverless"):
         choose_engine(_spec(db_type), ScriptEnv(databricks_runtime="client.2.5"))
-    # Classic compute can add the driver as a cluster library.
+    # Classic compute reads them with spark.read.format("jdbc").
     assert choose_engine(_spec(db_type), ScriptEnv(databricks_runtime="15.4.x-scala2.12")) == (
         "spark"
     )
-    assert choose_engine(_spec("postgresql"), ScriptEnv(databricks_runtime="client.2.5")) == (
+    assert choose_engine(_spec("databricks"), ScriptEnv(databricks_runtime="client.2.5")) == (
         "spark"
     )
 
 
-def test_serverless_environment_uses_environment_version_and_pinned_dependencies(
+def test_a_jdbc_row_on_serverless_is_refused_before_anything_is_submitted(
     standin,  # noqa: F811
     control_db,
     source_db,
@@ -104,13 +105,15 @@ def test_serverless_environment_uses_environment_version_and_pinned_dependencies
     add_control_row(db, source_db, "pg.orders", "orders")
     result, _ = claim_and_materialize(control_db, instance, "pg.orders", "serverless")
 
-    assert result.success, event_text(instance, result.run_id)
-    [environment] = standin.only_run().submit_body["environments"]
-    assert environment["spec"] == {
-        "environment_version": SERVERLESS_ENVIRONMENT_VERSION,
-        "dependencies": [pinned("dagster-pipes")],
-    }
-    assert control_row(db, "pg.orders")["last_status"] == "Succeeded"
+    assert not result.success
+    assert standin.runs == {}  # no compute started
+    row = control_row(db, "pg.orders")
+    assert row["last_status"] == "Failed" and row["last_failure_kind"] == "bad_config"
+    message = row["last_message"]
+    assert message.startswith("pg.orders: source refused: its postgresql source would be read")
+    assert "serverless" in message and "Fix: create a Unity Catalog connection" in message
+    assert "db_type 'databricks'" in message and "DATABRICKS_CLUSTER_ID" in message
+    # On classic compute the same row loads (test_databricks_e2e.py).
 
 
 def test_classic_libraries_are_pinned_or_taken_from_a_volume_wheel():

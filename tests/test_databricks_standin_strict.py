@@ -75,7 +75,7 @@ def test_scripts_run_through_exec_compile_without_file_from_another_directory(
     instance,
 ):
     add_control_row(db, source_db, "pg.orders", "orders")
-    result, _ = claim_and_materialize(control_db, instance, "pg.orders", "serverless")
+    result, _ = claim_and_materialize(control_db, instance, "pg.orders", "existing_cluster")
 
     assert result.success, event_text(instance, result.run_id)
     run = loading_standin.only_run()

@@ -1,4 +1,6 @@
-"""Spark engine: the MERGE is restricted to the key range of the rows read, taken from a checkpoint."""
+"""Spark engine: the MERGE is restricted to the key range of the rows read (without a checkpoint:
+the source then holds to those bounds; on Spark Connect with a changing source:
+test_spark_connect.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from databricks_scripts.loader_spark_merge import key_range_literal, with_key_ra
 from databricks_scripts.loader_sql import spark_merge
 
 
-def test_key_range_comes_from_the_checkpointed_rows_read(spark):  # noqa: F811
+def test_key_range_comes_from_the_rows_read(spark):  # noqa: F811
     logged: list[str] = []
     df = spark.createDataFrame([(5, "a"), (9, "b"), (7, "c")], "id bigint, v string")
     merged, key_range = with_key_range(df, "id", logged.append)

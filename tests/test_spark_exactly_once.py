@@ -5,7 +5,8 @@ Pins down: a keyed table's first load refuses NULL and duplicate keys (real Spar
 temp view); each write statement runs with userMetadata naming its attempt and the setting is
 cleared afterwards; the newest DataLoader commit in a table's history is found among other
 commits; an attempt the control database did not record is reported, a recorded one is not; a
-commit by another attempt during the load stops this one; a stop signal cancels the job group.
+commit by another attempt during the load stops this one (the stop signal's job tag:
+test_spark_job_tags.py).
 """
 
 from __future__ import annotations
@@ -17,11 +18,9 @@ import pytest
 
 from databricks_scripts.contract import RECORDED_METADATA_ID_PARAM
 from databricks_scripts.loader_commits import StaleAttempt, UnrecordedCommit
-from databricks_scripts.loader_interrupt import StopSignal
 from databricks_scripts.loader_params import parse_load_spec
 from databricks_scripts.loader_spark_commits import (
     USER_METADATA_CONF,
-    cancellable,
     check_keys,
     check_still_current,
     commit_named,
@@ -118,13 +117,3 @@ def test_a_commit_by_another_attempt_during_the_load_stops_this_one():
     check_still_current(spec(), start, start)  # nothing new
     with pytest.raises(StaleAttempt, match="attempt 8 .* committed nothing"):
         check_still_current(spec(), start, UnrecordedCommit(8, 4))
-
-
-def test_a_stop_signal_cancels_the_loads_job_group(spark):
-    stop = StopSignal()  # not installed: the test trips it by hand, as the handler would
-    with cancellable(spark, stop):
-        group = spark.sparkContext.getLocalProperty("spark.jobGroup.id")
-        assert group and group.startswith("dataloader-")
-        stop.trip(2)  # SIGINT
-        assert "committed nothing" in stop.finish_stop()  # cancelJobGroup ran without error
-    assert spark.sparkContext.getLocalProperty("spark.jobGroup.id") is None

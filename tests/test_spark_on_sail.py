@@ -299,7 +299,7 @@ def test_merge_upserts_on_the_keys_with_and_without_a_cursor(source_db, sail, tm
     rows = both.check(arrow, spark)
     assert _values(rows, "id", "v", "amount")[:2] == [(0, "z", D("0.01")), (1, None, D("1.50"))]
     merges = [m for m in both.logged if m.startswith("running: MERGE")]
-    # The rows read were checkpointed on Sail, so the MERGE ran restricted to their key range.
+    # The MERGE ran restricted to the key range of the rows read (and its source to that range).
     assert merges and all("t.`id` >= 0 AND t.`id` <= 10 AND" in m for m in merges), merges
 
 

@@ -36,7 +36,7 @@ from dagsters.control.retry_analysis import (
     decide_without_asking,
 )
 from dagsters.control.run_requests import LOAD_ASSET, RETRY_ASSET, environment_tags, load_params
-from dagsters.control.source_connections import ResolvedSource, SourceConnectionError
+from dagsters.control.source_connections import ResolvedSource, SourceConnectionError, fit_compute
 from dagsters.control.writeback import is_connection_error, with_writeback_retries
 from dagsters.partitions import PARTITIONS_NAME, control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
@@ -250,10 +250,10 @@ class _Attempt:
             log=lambda text: self.context.log.warning(f"{self.control_key}: {text}"),
         )
 
-    def source(self, row: Mapping[str, Any]) -> ResolvedSource:
-        """The row's source (its connection, or its secret's binding); a refusal fails the row."""
+    def source(self, row: Mapping[str, Any], compute: Any = None) -> ResolvedSource:
+        """The row's source if ``compute`` (pipes_databricks) can read it; else fails the row."""
         try:
-            return self.client.resolve_source(row)
+            return fit_compute(row, compute, self.client.resolve_source(row))
         except SourceConnectionError as exc:
             message = _safe(f"{self.control_key}: source refused: {exc}", self.settings)
             self.fail(message, kind=contract.KIND_BAD_CONFIG)
@@ -421,7 +421,7 @@ def _load_params(attempt: _Attempt, config: LoadConfig, trigger: str) -> dict[st
     if trigger == "ui":
         tag_ui_run(attempt.context, row, attempt.metadata_id)
     attempt.forced_by = forced_by(row, config)
-    attempt.row, attempt.resolved = row, attempt.source(row)
+    attempt.row, attempt.resolved = row, attempt.source(row, pipes_databricks)
     params = load_params({**row, "metadata_id": attempt.metadata_id}, attempt.resolved)
     if config.force_full_reload:
         # A person's one-off full reload takes the path of the row's own flag (the script

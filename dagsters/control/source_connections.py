@@ -225,3 +225,28 @@ class SourceConnectionsSql(ControlDatabase):
                     (row["db_kv_scope"], str(config["password_secret"])),
                 ).fetchall()
         return resolve_source(row, connection=connection, bindings=bindings)
+
+
+def fit_compute(row: Mapping[str, Any], compute: Any, resolved: ResolvedSource) -> ResolvedSource:
+    """``resolved`` when the loads' compute (``compute``: the ``pipes_databricks`` resource, its
+    ``execution`` and ``serverless``) can read the row's source; refused before anything runs
+    otherwise.
+
+    Serverless compute has no plain JDBC reads (``spark.read.format("jdbc")``): a database outside
+    Databricks is reached there through Unity Catalog (Lakehouse Federation), which DataLoader
+    reads as a Unity Catalog table. Standard access mode keeps JDBC reads (docs/databricks.md).
+    """
+    serverless = getattr(compute, "execution", None) == "databricks" and bool(
+        getattr(compute, "serverless", False)
+    )
+    db_type = row.get("db_type")
+    if not serverless or db_type == "databricks":
+        return resolved
+    raise SourceConnectionError(
+        f"its {db_type} source would be read with spark.read.format('jdbc'), which serverless "
+        "compute (DATALOADER_DATABRICKS_SERVERLESS) does not run, so nothing was submitted. "
+        "Fix: create a Unity Catalog connection and foreign catalog for the database (Lakehouse "
+        "Federation) and point this row at the foreign table (db_type 'databricks', "
+        "source_catalog = the foreign catalog), or run the loads on classic compute "
+        "(DATABRICKS_CLUSTER_ID or DATALOADER_DATABRICKS_NEW_CLUSTER)"
+    )
