@@ -44,11 +44,11 @@ from dagster_pipes import PipesContext, open_dagster_pipes
 from databricks_scripts.contract import (
     DEEP_VERIFY_KEY,
     DEEP_VERIFY_MODE,
-    FailureKind,
     KIND_CANCELLED,
     LOAD_ASSET_NAME,
     MODE_PARAM,
     PARAMS_EXTRA,
+    FailureKind,
     LoadReport,
     error_message,
     stderr_error_line,
