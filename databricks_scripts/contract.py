@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
 # ---------------------------------------------------------------------------------------------
@@ -193,6 +193,101 @@ class LoadMetadata:
     VERIFIED = "verification_passed"
     VERIFICATION = "verification"
     VERIFY_DEPTH = "verify_depth"
+
+
+# Keys of LoadReport's fields, in the order the script reports them (LoadMetadata's values).
+_REPORT_KEYS: dict[str, str] = {
+    "rows_read": LoadMetadata.ROWS_READ,
+    "rows_written": LoadMetadata.ROWS_WRITTEN,
+    "watermark_before": LoadMetadata.WATERMARK_BEFORE,
+    "watermark_after": LoadMetadata.WATERMARK_AFTER,
+    "duration_seconds": LoadMetadata.DURATION_SECONDS,
+    "destination": LoadMetadata.DESTINATION,
+    "load_strategy": LoadMetadata.LOAD_STRATEGY,
+    "requested_load_strategy": LoadMetadata.REQUESTED_LOAD_STRATEGY,
+    "engine": LoadMetadata.ENGINE,
+    "table_name": LoadMetadata.TABLE_NAME,
+    "column_schema": LoadMetadata.COLUMN_SCHEMA,
+    # Reported only when set (None / empty: absent from the metadata).
+    "source_comment": LoadMetadata.SOURCE_COMMENT,
+    "row_count": LoadMetadata.ROW_COUNT,
+    "destination_rows_before": LoadMetadata.DESTINATION_ROWS_BEFORE,
+    "full_load_reason": LoadMetadata.FULL_REASON,
+    "source_rows": LoadMetadata.SOURCE_ROWS,
+    "columns_excluded": LoadMetadata.COLUMNS_EXCLUDED,
+    "columns_hashed": LoadMetadata.COLUMNS_HASHED,
+    "verified": LoadMetadata.VERIFIED,
+    "verification": LoadMetadata.VERIFICATION,
+    "verify_depth": LoadMetadata.VERIFY_DEPTH,
+    "notes": LoadMetadata.NOTES,
+    "reconciled_metadata_id": LoadMetadata.RECONCILED_METADATA_ID,
+    "reconciled_version": LoadMetadata.RECONCILED_VERSION,
+}
+# Always reported, None or not (the columns of every materialization).
+_ALWAYS_REPORTED = tuple(list(_REPORT_KEYS)[:11])
+# Reported when truthy (a text or comma-separated names); the other optional ones when not None.
+_REPORTED_WHEN_TRUTHY = ("source_comment", "columns_excluded", "columns_hashed", "notes")
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What one load reports: the load script builds it and reports ``to_metadata()`` as its
+    materialization; the asset reads it back with ``from_metadata`` and records it
+    (``LakebaseClient.record_success``). Keys: :class:`LoadMetadata`."""
+
+    rows_read: int | None
+    rows_written: int | None
+    watermark_after: Any = None
+    watermark_before: Any = None
+    duration_seconds: float | None = None
+    destination: str | None = None
+    load_strategy: str | None = None  # the strategy applied (the row may have asked another)
+    requested_load_strategy: str | None = None
+    engine: str | None = None
+    table_name: str | None = None
+    column_schema: Any = None  # the Pipes wire form of ``dagster/column_schema``
+    source_comment: str | None = None
+    row_count: int | None = None
+    destination_rows_before: int | None = None
+    full_load_reason: str | None = None
+    source_rows: int | None = None
+    columns_excluded: str | None = None
+    columns_hashed: str | None = None
+    verified: bool | None = None
+    verification: str | None = None
+    verify_depth: str | None = None
+    notes: str | None = None
+    reconciled_metadata_id: int | None = None
+    reconciled_version: int | None = None
+    # Further facts reported beside them (the reconciliation check's, e.g. source_rows_in_scope).
+    facts: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_metadata(self) -> dict[str, Any]:
+        """The materialization metadata: the always-reported keys, then the set ones."""
+        metadata: dict[str, Any] = {}
+        for name, key in _REPORT_KEYS.items():
+            value = getattr(self, name)
+            is_set = bool(value) if name in _REPORTED_WHEN_TRUTHY else value is not None
+            if is_set or name in _ALWAYS_REPORTED:
+                metadata[key] = value
+        for key, value in self.facts.items():
+            metadata.setdefault(key, value)  # a field's own value wins over a fact's
+        return metadata
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> LoadReport:
+        """The report a materialization carries. Values may arrive wrapped (Dagster
+        ``MetadataValue``): their ``.value`` is used. Keys it does not name become ``facts``."""
+        plain = {key: getattr(value, "value", value) for key, value in metadata.items()}
+        known = {key: name for name, key in _REPORT_KEYS.items()}
+        values = {known[key]: value for key, value in plain.items() if key in known}
+        facts = {key: value for key, value in plain.items() if key not in known}
+        return cls(**{"rows_read": None, "rows_written": None, **values}, facts=facts)
+
+    @property
+    def reconciled(self) -> bool:
+        """Nothing was loaded: an earlier attempt's unrecorded commit is being recorded."""
+        return self.reconciled_metadata_id is not None
 
 
 FULL_REASON_FIRST_LOAD = "first load"

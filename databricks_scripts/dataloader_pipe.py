@@ -15,6 +15,7 @@ import os
 import sys
 import time
 import traceback
+from typing import Any, Protocol
 
 
 def _import_as_package() -> None:
@@ -47,7 +48,8 @@ from databricks_scripts.contract import (
     LOAD_ASSET_NAME,
     MODE_PARAM,
     PARAMS_EXTRA,
-    LoadMetadata,
+    FailureKind,
+    LoadReport,
     error_message,
     stderr_error_line,
 )
@@ -63,6 +65,20 @@ from databricks_scripts.loader_params import (
 from databricks_scripts.loader_pipes_io import choose_pipes_io
 from databricks_scripts.redaction import redact
 from databricks_scripts.script_env import ScriptEnv
+
+
+class EngineResult(Protocol):
+    """What both engines' results have (``loader_arrow.LoadResult``, the Spark engine's); the
+    fields only one of them has are read with ``getattr`` (``load_report``)."""
+
+    rows_read: int
+    rows_written: int
+    watermark_before: str | None
+    watermark_after: str | None
+    applied_strategy: str
+    destination: str
+    schema: Any
+    row_count: int | None
 
 
 class DataLoaderError(DataLoaderFailure, RuntimeError):
@@ -131,7 +147,7 @@ def _run_engine(
     env: ScriptEnv,
     stop: StopSignal,
     hash_key: bytes | None = None,
-) -> object:
+) -> EngineResult:
     env.check()  # a malformed DATALOADER_BATCH_* / _PROGRESS_SECONDS fails at step 'load'
     progress = env.progress_seconds
     if engine == "spark":
@@ -246,20 +262,6 @@ def _with_hash_key(
     return dataclasses.replace(spec, hash_key_id=key_id(hash_key)), hash_key
 
 
-def _column_control_metadata(spec: LoadSpec) -> tuple[dict, list[str]]:
-    """The column names left out and hashed (never a value): metadata and message sentences."""
-    metadata: dict = {}
-    notes: list[str] = []
-    for key, columns, words in (
-        (LoadMetadata.COLUMNS_EXCLUDED, spec.columns_exclude, "columns excluded"),
-        (LoadMetadata.COLUMNS_HASHED, spec.columns_hash, "columns hashed"),
-    ):
-        if columns:
-            metadata[key] = ", ".join(columns)
-            notes.append(f"{words}: {', '.join(columns)}")
-    return metadata, notes
-
-
 def _redacted_log(context: PipesContext, secrets: list[str]):
     def log(message: str) -> None:
         context.log.info(redact(message, secrets))
@@ -288,7 +290,7 @@ def run_load(
     label = "load"
     step = "check runtime"
     failure: str | None = None
-    kind: str | None = None
+    kind: FailureKind | None = None
     code: str | None = None
     try:
         env.check_runtime()
@@ -328,72 +330,79 @@ def run_load(
         raise error
 
     duration = round(time.monotonic() - started, 3)
-    comments = getattr(result, "comments", None) or (None, {})
-    metadata = {
-        LoadMetadata.ROWS_READ: result.rows_read,
-        LoadMetadata.ROWS_WRITTEN: result.rows_written,
-        LoadMetadata.WATERMARK_BEFORE: result.watermark_before,
-        LoadMetadata.WATERMARK_AFTER: result.watermark_after,
-        LoadMetadata.DURATION_SECONDS: duration,
-        LoadMetadata.DESTINATION: result.destination,
-        LoadMetadata.LOAD_STRATEGY: result.applied_strategy,
-        LoadMetadata.REQUESTED_LOAD_STRATEGY: spec.load_strategy,
-        LoadMetadata.ENGINE: engine,
-        LoadMetadata.TABLE_NAME: spec.destination_label,
-        LoadMetadata.COLUMN_SCHEMA: column_schema_metadata(result.schema, comments[1]),
-    }
-    if comments[0]:
-        metadata[LoadMetadata.SOURCE_COMMENT] = comments[0]
-    if result.row_count is not None:
-        metadata[LoadMetadata.ROW_COUNT] = result.row_count
-    metadata.update(_reconciliation_counts(result))
-    metadata.update(_notes_and_verification(spec, result, secrets))
-    reconciled = getattr(result, "reconciled", None)
-    if reconciled is not None:
-        metadata[LoadMetadata.RECONCILED_METADATA_ID] = reconciled.metadata_id
-        metadata[LoadMetadata.RECONCILED_VERSION] = reconciled.version
+    report = load_report(spec, result, engine, duration, secrets)
     context.log.info(
         f"{label}: {result.applied_strategy} load read {result.rows_read:,} and wrote "
         f"{result.rows_written:,} rows in {duration}s; watermark {result.watermark_after!r}"
     )
     # A batch run's step targets no asset: name the load asset (the op reports the partition).
     asset_key = None if context.is_asset_step else LOAD_ASSET_NAME
-    context.report_asset_materialization(metadata=metadata, asset_key=asset_key)
+    context.report_asset_materialization(metadata=report.to_metadata(), asset_key=asset_key)
 
 
-def _notes_and_verification(spec: LoadSpec, result, secrets: list[str]) -> dict:
-    """Column control, the reconciliation check and the load's notes (one sentence each)."""
-    metadata, control_notes = _column_control_metadata(spec)
-    notes = [redact(n, secrets) for n in [*control_notes, *(getattr(result, "notes", None) or ())]]
+def load_report(
+    spec: LoadSpec, result: EngineResult, engine: str, duration: float, secrets: list[str]
+) -> LoadReport:
+    """What the load reports (either engine's result: the Spark one lacks some fields)."""
+    comments: tuple[Any, dict] = getattr(result, "comments", None) or (None, {})
+    reconciled = getattr(result, "reconciled", None)
     verification = getattr(result, "verification", None)
+    facts = dict(verification.facts) if verification is not None else {}
+    notes = [
+        redact(n, secrets) for n in [*_column_notes(spec), *(getattr(result, "notes", None) or ())]
+    ]
+    described = None
     if verification is not None:
         described = redact(verification.description, secrets)
-        metadata[LoadMetadata.VERIFIED] = verification.passed
-        metadata[LoadMetadata.VERIFICATION] = described
-        metadata[LoadMetadata.VERIFY_DEPTH] = verification.depth
-        metadata.update(verification.facts)
         if not verification.passed:
             notes.append(f"RECONCILIATION FAILED ({verification.depth}): {described}")
-    if notes:
-        metadata[LoadMetadata.NOTES] = "; ".join(notes)
-    return metadata
+    counted = reconciled is None  # nothing was read when an earlier commit is being recorded
+    # One statement, one snapshot: what a full load's reader counted is the source's row count
+    # then (the reconciliation check's own count, when it ran, is the one reported).
+    source_rows = facts.pop("source_rows", None)
+    if source_rows is None and counted and result.applied_strategy == "full":
+        source_rows = result.rows_read
+    before = getattr(result, "destination_rows_before", None) if counted else None
+    full_reason = getattr(result, "full_reason", None) if counted else None
+    return LoadReport(
+        rows_read=result.rows_read,
+        rows_written=result.rows_written,
+        watermark_before=result.watermark_before,
+        watermark_after=result.watermark_after,
+        duration_seconds=duration,
+        destination=result.destination,
+        load_strategy=result.applied_strategy,
+        requested_load_strategy=spec.load_strategy,
+        engine=engine,
+        table_name=spec.destination_label,
+        column_schema=column_schema_metadata(result.schema, comments[1]),
+        source_comment=comments[0],
+        row_count=result.row_count,
+        destination_rows_before=before,
+        full_load_reason=full_reason,
+        source_rows=source_rows,
+        columns_excluded=", ".join(spec.columns_exclude or ()) or None,
+        columns_hashed=", ".join(spec.columns_hash or ()) or None,
+        verified=None if verification is None else verification.passed,
+        verification=described,
+        verify_depth=None if verification is None else verification.depth,
+        notes="; ".join(notes) or None,
+        reconciled_metadata_id=None if reconciled is None else reconciled.metadata_id,
+        reconciled_version=None if reconciled is None else reconciled.version,
+        facts=facts,
+    )
 
 
-def _reconciliation_counts(result) -> dict:
-    """The counts the asset's row-count check compares (absent when unknown or nothing loaded)."""
-    counts: dict = {}
-    if getattr(result, "reconciled", None) is not None:
-        return counts  # nothing was read: the earlier attempt's commit is being recorded
-    before = getattr(result, "destination_rows_before", None)
-    if before is not None:
-        counts[LoadMetadata.DESTINATION_ROWS_BEFORE] = before
-    reason = getattr(result, "full_reason", None)
-    if reason is not None:
-        counts[LoadMetadata.FULL_REASON] = reason
-    if result.applied_strategy == "full":
-        # One statement, one snapshot: what the reader counted is the source's row count then.
-        counts[LoadMetadata.SOURCE_ROWS] = result.rows_read
-    return counts
+def _column_notes(spec: LoadSpec) -> list[str]:
+    """The column names left out and hashed (never a value), one sentence each."""
+    return [
+        f"{words}: {', '.join(columns)}"
+        for columns, words in (
+            (spec.columns_exclude, "columns excluded"),
+            (spec.columns_hash, "columns hashed"),
+        )
+        if columns
+    ]
 
 
 def main() -> int:

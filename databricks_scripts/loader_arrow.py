@@ -54,9 +54,9 @@ from databricks_scripts.loader_commits import stream_errors as _stream_errors
 from databricks_scripts.loader_history import (
     WriterHooks,
     archive_if_types_changed,
-    history_strategy,
     history_writer,
 )
+from databricks_scripts.loader_history_parts import history_strategy
 from databricks_scripts.loader_interrupt import (
     StopRequested,
     StopSignal,

@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from databricks_scripts.contract import FULL_REASON_COLUMN_CONTROL
 from databricks_scripts.failures import BadConfig
+from databricks_scripts.loader_history_parts import history_strategy
 from databricks_scripts.loader_types import cast_batch, delta_schema_for
 
 HASH_TYPE = pa.string()
@@ -274,8 +275,6 @@ def rebuild_if_column_control_changed(spec, table, notes: list[str], log):
     if changed is None:
         return spec
     note = f"rebuilt because the column control changed ({changed})"
-    from databricks_scripts.loader_history import history_strategy
-
     if history_strategy(spec, True) is not None:
         note += (
             "; a table that keeps history is re-read in full and merged, so its earlier "

@@ -19,7 +19,7 @@ import pyarrow as pa
 from databricks_scripts.contract import DELETED_AT
 from databricks_scripts.delta_dataset import delta_dataset, new_table_configuration
 from databricks_scripts.loader_commits import commit_properties
-from databricks_scripts.loader_history import (
+from databricks_scripts.loader_history_parts import (
     TIMESTAMP_UTC,
     WriterHooks,
     assignments,

@@ -1,74 +1,49 @@
-"""Deletes and history on the Arrow engine: which writer runs, and what both writers share.
+"""Deletes and history on the Arrow engine: which writer runs, and when a history table is kept.
 
 A table with ``delete_detection`` (soft/hard) or ``load_strategy = 'scd2'`` is written by
 ``loader_deletes`` or ``loader_scd2`` instead of the plain writers of ``loader_arrow``; each load is
 still ONE Delta commit, named and fenced like every other (``loader_commits``). The rules are in
 docs/loader.md ("Deletes and history"). This module does not import ``loader_arrow``: the writer
-hooks (fencing, stream errors, step names) are handed in, so there is no import cycle.
+hooks (fencing, stream errors, step names) are handed in; what both writers share is in
+``loader_history_parts``, so neither writer imports this module: no import cycle.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import pyarrow as pa
 
-from databricks_scripts.contract import DELETED_AT, END_AT, START_AT
-from databricks_scripts.failures import DataMismatch, SchemaConflict
-from databricks_scripts.loader_keys import spool_checked
-from databricks_scripts.loader_sql import DATAFUSION
-from databricks_scripts.loader_types import cast_batch, delta_schema_for
+from databricks_scripts.loader_deletes import write_first_soft, write_with_deletes
+from databricks_scripts.loader_history_parts import (  # noqa: F401 - check_floor: see below
+    WriterHooks,
+    check_floor,
+    load_time,
+    plain_type,
+)
+from databricks_scripts.loader_params import LoadSpec
+from databricks_scripts.loader_scd2 import write_scd2
+from databricks_scripts.loader_types import (
+    IncompatibleSchemaError,
+    arrow_schema_of,
+    delta_schema_for,
+    plan_schema,
+)
 
-TECHNICAL_COLUMNS = (DELETED_AT, START_AT, END_AT)
-TIMESTAMP_UTC = pa.timestamp("us", tz="UTC")
-
-
-class WriterHooks(NamedTuple):
-    """loader_arrow's helpers the writers use: ``fenced(batches, load)`` (stop signal, then the
-    fencing check, last thing before the commit), ``stream_errors(load)`` and ``step(name)``."""
-
-    fenced: Callable[..., Iterator[pa.RecordBatch]]
-    stream_errors: Callable[..., Any]
-    step: Callable[[str], Any]
-
-
-def keeps_history(spec: Any) -> bool:
-    """True when the destination keeps rows a plain overwrite would lose (versions, tombstones)."""
-    return spec.load_strategy == "scd2" or spec.delete_detection == "soft"
-
-
-def history_strategy(spec: Any, destination_exists: bool) -> str | None:
-    """The strategy applied to an existing scd2 / soft-delete table, or None (the usual rules).
-
-    Such a table is never overwritten: a forced reload or a missing watermark re-reads the whole
-    source and merges it (scd2 compares every row; soft deletes mark what is gone).
-    """
-    if not destination_exists or not keeps_history(spec):
-        return None
-    if spec.load_strategy == "scd2":
-        return "scd2"
-    if spec.force_full_reload or (spec.incremental_column and spec.incremental_value is None):
-        return "merge"
-    return None
+# check_floor is imported from here by the Spark engine's deletes (loader_spark_history), which
+# share the Arrow engine's delete floor.
 
 
 def history_writer(load: Any, hooks: WriterHooks) -> Callable | None:
     """The writer for ``load`` when deletes or history apply, else None."""
     spec = load.spec
     if spec.load_strategy == "scd2":
-        from databricks_scripts.loader_scd2 import write_scd2
-
         return partial(write_scd2, hooks=hooks)
     if spec.delete_detection == "none":
         return None
-    from databricks_scripts.loader_deletes import write_first_soft, write_with_deletes
-
     if load.merging:
         return partial(write_with_deletes, hooks=hooks)
     if spec.delete_detection == "soft" and load.applied == "full":
@@ -76,57 +51,14 @@ def history_writer(load: Any, hooks: WriterHooks) -> Callable | None:
     return None  # hard deletes on a full overwrite: the overwrite leaves out what is gone
 
 
-def load_time() -> dt.datetime:
-    """The load's time (UTC, microseconds): __DELETED_AT, and __START_AT without a time cursor."""
-    return dt.datetime.now(dt.UTC)
-
-
-def q(name: str) -> str:
-    """A column name in a delta-rs MERGE expression."""
-    return DATAFUSION.quote(name)
-
-
-def assignments(columns: list[str], source: str = "s") -> dict[str, str]:
-    """MERGE assignments ``column <- s.column`` (delta-rs's own form: backquoted names)."""
-    return {f"`{c}`": f"{source}.`{c}`" for c in columns}
-
-
-def check_source_columns(load: Any) -> None:
-    """Refuse a source column named like a technical column, and a key whose type changed."""
-    clash = sorted(set(load.source_columns) & set(TECHNICAL_COLUMNS))
-    if clash:
-        raise SchemaConflict(
-            f"source column(s) {clash} use a name reserved for the loader's technical columns"
-        )
-    if load.table is None:
-        return
-    mapped = delta_schema_for(load.source.schema())
-    dest = load.plan.write_schema
-    for key in load.spec.merge_keys:
-        have, now = _plain(dest.field(key).type), _plain(mapped.field(key).type)
-        if have != now:
-            raise SchemaConflict(
-                f"merge key {key!r} changed type: {have} in the destination, {now} in the source; "
-                "a key changing type is refused (rows could no longer be matched to their "
-                "history). If the change is intended, set force_full_reload: the old history "
-                "table is archived and a new one starts (docs/loader.md, 'A key changes type')"
-            )
-
-
-def history_types_changed(spec: Any, source_schema: pa.Schema, table: Any) -> str | None:
+def history_types_changed(spec: LoadSpec, source_schema: pa.Schema, table: Any) -> str | None:
     """Why an scd2 destination's versions cannot take the source's rows any more (a merge key or
     a column changed type incompatibly), or None."""
-    from databricks_scripts.loader_types import (
-        IncompatibleSchemaError,
-        arrow_schema_of,
-        plan_schema,
-    )
-
     dest = arrow_schema_of(table.schema())
     mapped = delta_schema_for(source_schema)
     for key in spec.merge_keys:
         if key in dest.names and key in mapped.names:
-            have, now = _plain(dest.field(key).type), _plain(mapped.field(key).type)
+            have, now = plain_type(dest.field(key).type), plain_type(mapped.field(key).type)
             if have != now:
                 return f"merge key {key!r} changed type: {have} in the destination, {now} now"
     try:
@@ -139,7 +71,7 @@ def history_types_changed(spec: Any, source_schema: pa.Schema, table: Any) -> st
 ARCHIVE_INFIX = "__archived_"
 
 
-def archive_history_table(destination: Path, spec: Any, reason: str, log: Callable) -> Path:
+def archive_history_table(destination: Path, spec: LoadSpec, reason: str, log: Callable) -> Path:
     """Move an scd2 destination aside (same folder, ``<name>__archived_<UTC time>_<attempt>``):
     its versions and commits are kept as they were, and this load starts a new history table.
 
@@ -159,7 +91,7 @@ def archive_history_table(destination: Path, spec: Any, reason: str, log: Callab
 
 
 def archive_if_types_changed(
-    spec: Any, source_schema: pa.Schema, table: Any, destination: Path, log: Callable
+    spec: LoadSpec, source_schema: pa.Schema, table: Any, destination: Path, log: Callable
 ) -> Any:
     """A forced reload of an scd2 table: ``table`` as it is, or None after archiving it because
     a key or a column changed type (this load then starts a new history table)."""
@@ -168,82 +100,3 @@ def archive_if_types_changed(
         return table
     archive_history_table(destination, spec, reason, log)
     return None
-
-
-def _plain(t: pa.DataType) -> pa.DataType:
-    if pa.types.is_large_string(t) or pa.types.is_string_view(t):
-        return pa.string()
-    if pa.types.is_large_binary(t) or pa.types.is_binary_view(t):
-        return pa.binary()
-    return t
-
-
-@contextmanager
-def spooled(load: Any, batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[Path, int]]:
-    """The rows read, spooled to a local Arrow file with their keys checked: (path, rows)."""
-    keys = tuple(load.spec.merge_keys)
-    with tempfile.TemporaryDirectory(prefix="dataloader-history-") as spool_dir:
-        path = Path(spool_dir) / "source.arrows"
-        rows = spool_checked(batches, load.write_schema, keys, path)
-        yield path, rows
-
-
-def read_spool(path: Path, columns: list[str] | None = None) -> pa.Table:
-    """The spooled rows (``columns`` only, when given), one batch at a time."""
-    with pa.OSFile(str(path), "rb") as stream:
-        reader = pa.ipc.open_stream(stream)
-        schema = (
-            reader.schema
-            if columns is None
-            else pa.schema([reader.schema.field(c) for c in columns])
-        )
-        batches = [b if columns is None else b.select(columns) for b in reader]
-    return pa.Table.from_batches(batches, schema)
-
-
-def key_schema(load: Any) -> pa.Schema:
-    return pa.schema([load.plan.write_schema.field(k) for k in load.spec.merge_keys])
-
-
-def key_snapshot(load: Any, hooks: WriterHooks) -> pa.Table:
-    """Every key the source has now (only the key columns read, streamed in batches)."""
-    schema = key_schema(load)
-    with hooks.step("read source keys"):
-        batches = [
-            cast_batch(b, schema)
-            for b in load.source.key_batches(tuple(load.spec.merge_keys))
-            if b.num_rows
-        ]
-    return pa.Table.from_batches(batches, schema)
-
-
-def gone_keys(live: pa.Table, snapshot: pa.Table, read: pa.Table, keys: list[str]) -> pa.Table:
-    """Keys live in the destination but neither in the source's key snapshot nor among the rows
-    this load read (a row inserted between the two reads is not deleted)."""
-    if live.num_rows == 0:
-        return live
-    gone = live.join(snapshot.select(keys), keys, join_type="left anti")
-    if gone.num_rows and read.num_rows:
-        gone = gone.join(read.select(keys), keys, join_type="left anti")
-    return gone.select(keys)
-
-
-def check_floor(spec: Any, deleting: int, live: int) -> None:
-    """Refuse a load that would delete (or close) more than ``delete_max_fraction`` of the
-    destination's live rows: a source that suddenly returns few keys is not believed."""
-    if live == 0 or deleting <= spec.delete_max_fraction * live:
-        return
-    raise DataMismatch(
-        f"delete detection refused: the source's key snapshot would delete {deleting:,} of the "
-        f"destination's {live:,} live rows ({deleting / live:.0%}), more than delete_max_fraction "
-        f"{spec.delete_max_fraction:g}; nothing was written and the watermark was not advanced. "
-        "If the source really lost these rows, raise table_control.delete_max_fraction for the "
-        "next load"
-    )
-
-
-def merge_metrics(metrics: dict) -> int:
-    return sum(
-        int(metrics.get(k, 0))
-        for k in ("num_target_rows_inserted", "num_target_rows_updated", "num_target_rows_deleted")
-    )

@@ -16,7 +16,7 @@ from psycopg.types.json import Jsonb
 
 from dagsters.control.retry_analysis import apply_decision
 from dagsters.utils.lakebase_client import LakebaseClient
-from databricks_scripts.contract import Decision
+from databricks_scripts.contract import Decision, LoadReport
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def _run(client: LakebaseClient, rows: list[dict], failing: str) -> None:
             assert client.record_failure(cid, mid, "could not connect to server: timeout")
         else:
             assert client.record_success(
-                cid, mid, rows_read=1, rows_written=1, watermark_after=None
+                cid, mid, LoadReport(rows_read=1, rows_written=1, watermark_after=None)
             )
 
 

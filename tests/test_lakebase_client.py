@@ -31,7 +31,7 @@ from dagsters.utils.lakebase_client import (
     LoadAlreadyActive,
     UnknownControlKey,
 )
-from databricks_scripts.contract import Decision
+from databricks_scripts.contract import Decision, LoadReport
 
 PAST = "now() - interval '1 minute'"
 
@@ -266,9 +266,7 @@ def test_success_advances_watermark_and_interval_schedule_atomically(client, con
     assert client.record_success(
         cid,
         metadata_id,
-        rows_read=10,
-        rows_written=9,
-        watermark_after="2024-02-01 00:00:00.123456+00",
+        LoadReport(rows_read=10, rows_written=9, watermark_after="2024-02-01 00:00:00.123456+00"),
         databricks_run_url="http://dbx/run/5",
     )
     r, h = row(control_db, cid), history(control_db, metadata_id)
@@ -283,7 +281,7 @@ def test_success_advances_watermark_and_interval_schedule_atomically(client, con
     assert h["ended_at"] is not None and h["databricks_run_url"] == "http://dbx/run/5"
     # Not In Progress any more: a second write-back loses.
     assert not client.record_success(
-        cid, metadata_id, rows_read=1, rows_written=1, watermark_after="x"
+        cid, metadata_id, LoadReport(rows_read=1, rows_written=1, watermark_after="x")
     )
     assert row(control_db, cid)["incremental_value"] == "2024-02-01 00:00:00.123456+00"
 
@@ -294,7 +292,7 @@ def test_success_uses_the_rows_cron_and_time_zone(client, control_db):
     )
     metadata_id = run_one(client, cid)
     assert client.record_success(
-        cid, metadata_id, rows_read=0, rows_written=0, watermark_after=None
+        cid, metadata_id, LoadReport(rows_read=0, rows_written=0, watermark_after=None)
     )
     r = row(control_db, cid)
     expected = next_load_time(
@@ -312,9 +310,7 @@ def test_success_with_a_schema_change_asks_for_the_staging_model_again(db, clien
         assert client.record_success(
             config_id,
             metadata_id,
-            rows_read=1,
-            rows_written=1,
-            watermark_after=None,
+            LoadReport(rows_read=1, rows_written=1, watermark_after=None),
             schema_changed=claimed["control_key"] == "changed",
         )
     assert control_row(db, "same")["staging_model_processed"] is True
@@ -326,7 +322,7 @@ def test_success_without_schedule_loads_once_and_keeps_watermark(client, control
     cid = add_row(control_db, "l.once", incremental_value="7")
     metadata_id = run_one(client, cid)
     assert client.record_success(
-        cid, metadata_id, rows_read=0, rows_written=0, watermark_after=None
+        cid, metadata_id, LoadReport(rows_read=0, rows_written=0, watermark_after=None)
     )
     r = row(control_db, cid)
     assert r["next_load_date_time"] is None and r["incremental_value"] == "7"
@@ -347,7 +343,9 @@ def test_success_write_back_is_all_or_nothing(client, control_db):
             " FOR EACH ROW EXECUTE FUNCTION refuse();"
         )
     with pytest.raises(LakebaseError, match="history is read-only today"):
-        client.record_success(cid, metadata_id, rows_read=1, rows_written=1, watermark_after="2")
+        client.record_success(
+            cid, metadata_id, LoadReport(rows_read=1, rows_written=1, watermark_after="2")
+        )
     after = row(control_db, cid)
     for column in ("last_status", "incremental_value", "next_load_date_time", "updated_at"):
         assert after[column] == before[column]
@@ -373,7 +371,9 @@ def test_failure_from_queued_or_running_is_redacted_and_advances_schedule(
 def test_failure_refused_after_success(client, control_db):
     cid = add_row(control_db, "l.late")
     metadata_id = run_one(client, cid)
-    client.record_success(cid, metadata_id, rows_read=1, rows_written=1, watermark_after=None)
+    client.record_success(
+        cid, metadata_id, LoadReport(rows_read=1, rows_written=1, watermark_after=None)
+    )
     assert client.record_failure(cid, metadata_id, "late failure") is False
     assert row(control_db, cid)["last_status"] == SUCCEEDED
 

@@ -1,5 +1,7 @@
 """The layers of ``dagsters/`` hold: no import cycle, product code never imports the local-dev
-package, sensors do not import the assets, and only the edge reads the environment."""
+package, sensors do not import the assets, and only the edge reads the environment. The scripts
+(``databricks_scripts/``) have no import cycle either and never import the code location; in both,
+imports of the package's own modules inside functions are counted against a ceiling."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "dagsters"
 # The edge: builds Settings from the environment and the local-dev pieces for the code location.
@@ -15,49 +19,121 @@ EDGE = {"dagsters.definitions", "dagsters.local.cli"}
 ENVIRONMENT_READERS = {"dagsters.settings", "dagsters.local.cli"}
 
 
-def _modules() -> dict[str, ast.Module]:
+SCRIPTS = ROOT / "databricks_scripts"
+PACKAGES = (PACKAGE, SCRIPTS)
+
+
+def _modules(package: Path = PACKAGE) -> dict[str, ast.Module]:
     found = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
+    for path in sorted(package.rglob("*.py")):
         parts = path.relative_to(ROOT).with_suffix("").parts
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         found[name] = ast.parse(path.read_text(encoding="utf-8"), str(path))
     return found
 
 
-def _imports(tree: ast.AST) -> set[str]:
-    """Names of the ``dagsters`` modules a module imports, inside functions too: an import moved
-    into a function to dodge a cycle still couples the two modules both ways."""
-    names = set()
+def _imported_names(node: ast.AST) -> set[str]:
+    if isinstance(node, ast.Import):
+        return {alias.name for alias in node.names}
+    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        return {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return set()
+
+
+def _imports(tree: ast.AST, top: str = "dagsters") -> set[str]:
+    """Names of the ``top`` package's modules a module imports, inside functions too: an import
+    moved into a function to dodge a cycle still couples the two modules both ways."""
+    names: set[str] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names |= {f"{node.module}.{alias.name}" for alias in node.names}
-    return {name for name in names if name == "dagsters" or name.startswith("dagsters.")}
+        names |= _imported_names(node)
+    return {name for name in names if name == top or name.startswith(f"{top}.")}
 
 
-def test_no_import_cycle_between_modules():
-    modules = _modules()
+def _function_level_imports(package: Path) -> list[str]:
+    """``module:line name`` for each import of the package's own modules inside a function."""
+    top = package.name
+    found = []
+    for name, tree in _modules(package).items():
+        for function in ast.walk(tree):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(function):
+                own = sorted(
+                    n for n in _imported_names(node) if n == top or n.startswith(f"{top}.")
+                )
+                if own:
+                    found.append(f"{name}:{node.lineno} {own[0]}")
+    return sorted(set(found))
+
+
+def _cycle(package: Path) -> list[str] | None:
+    """The first import cycle between the package's modules (function-level imports count)."""
+    modules = _modules(package)
     graph = {
-        name: {dep for dep in _imports(tree) if dep in modules and dep != name}
+        name: {dep for dep in _imports(tree, package.name) if dep in modules and dep != name}
         for name, tree in modules.items()
     }
     visiting: list[str] = []
     done: set[str] = set()
 
-    def visit(name: str) -> None:
+    def visit(name: str) -> list[str] | None:
         if name in done:
-            return
-        assert name not in visiting, "import cycle: " + " -> ".join([*visiting, name])
+            return None
+        if name in visiting:
+            return [*visiting[visiting.index(name) :], name]
         visiting.append(name)
         for dep in sorted(graph[name]):
-            visit(dep)
+            cycle = visit(dep)
+            if cycle:
+                return cycle
         visiting.pop()
         done.add(name)
+        return None
 
     for name in sorted(graph):
-        visit(name)
+        cycle = visit(name)
+        if cycle:
+            return cycle
+    return None
+
+
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.name)
+def test_no_import_cycle_between_modules(package):
+    cycle = _cycle(package)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_cycle_check_sees_a_cycle_through_a_function_level_import(tmp_path, monkeypatch):
+    fake = tmp_path / "databricks_scripts"
+    fake.mkdir()
+    (fake / "a.py").write_text("from databricks_scripts.b import x\n", encoding="utf-8")
+    (fake / "b.py").write_text(
+        "def f():\n    from databricks_scripts.a import y\n", encoding="utf-8"
+    )
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert _cycle(fake) == ["databricks_scripts.a", "databricks_scripts.b", "databricks_scripts.a"]
+    assert _function_level_imports(fake) == ["databricks_scripts.b:2 databricks_scripts.a"]
+
+
+# Imports of a package's own modules inside functions: each hides a dependency from the reader
+# (and, before the scan above, hid cycles). Lazy imports of third-party modules (pyarrow.compute,
+# deltalake, pyspark) are not counted. The ceilings only go down: lower one when you remove some.
+FUNCTION_LEVEL_IMPORT_CEILING = {"dagsters": 14, "databricks_scripts": 19}
+
+
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.name)
+def test_function_level_imports_of_own_modules_stay_under_their_ceiling(package):
+    found = _function_level_imports(package)
+    ceiling = FUNCTION_LEVEL_IMPORT_CEILING[package.name]
+    assert len(found) <= ceiling, f"{len(found)} > {ceiling}:\n" + "\n".join(found)
+
+
+def test_the_scripts_never_import_the_code_location():
+    # databricks_scripts is shipped to Databricks alone; only the contract crosses, from there.
+    offenders = {
+        name: sorted(_imports(tree, "dagsters")) for name, tree in _modules(SCRIPTS).items()
+    }
+    assert {name: deps for name, deps in offenders.items() if deps} == {}
 
 
 def test_every_module_imports_on_its_own():

@@ -41,6 +41,7 @@ from dagsters.sensors.dataloader_longqueued_monitor import (
 from dagsters.sensors.dataloader_master_sensor import LOAD_JOB, build_master_sensor
 from dagsters.settings import Settings
 from dagsters.utils.lakebase_client import LakebaseClient
+from databricks_scripts.contract import LoadReport
 from databricks_scripts.retry_classifier import TRANSIENT, classify_error
 
 OTHER_SOURCE = {"host": "db2.internal", "port": 5432, "database": "crm"}
@@ -194,9 +195,7 @@ class RunQueue:
             self.client.record_success(
                 config["config_id"],
                 config["metadata_id"],
-                rows_read=1,
-                rows_written=1,
-                watermark_after=None,
+                LoadReport(rows_read=1, rows_written=1, watermark_after=None),
             )
             self._set_status(self.instance.get_run_by_id(run_id), dg.DagsterRunStatus.SUCCESS)
             del self.running[run_id]

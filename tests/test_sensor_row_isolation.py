@@ -19,6 +19,7 @@ from dagsters.sensors.dataloader_longrunning_monitor import build_longrunning_mo
 from dagsters.sensors.dataloader_master_sensor import build_master_sensor
 from dagsters.settings import Settings
 from dagsters.utils.lakebase_client import LakebaseClient
+from databricks_scripts.contract import LoadReport
 
 
 @pytest.fixture
@@ -196,7 +197,7 @@ def test_a_committed_load_whose_next_slot_overflows_ends_failed_naming_the_inter
     db.execute("UPDATE table_control SET last_status = 'In Progress'")
     with LakebaseClient(control_db) as client:
         assert client.record_success(
-            config_id, metadata_id, rows_read=3, rows_written=3, watermark_after="42"
+            config_id, metadata_id, LoadReport(rows_read=3, rows_written=3, watermark_after="42")
         )
     row = control_row(db, "overflow")
     assert row["last_status"] == "Failed"

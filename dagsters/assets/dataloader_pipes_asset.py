@@ -51,7 +51,12 @@ from dagsters.utils.lakebase_client import (
     UnknownControlKey,
 )
 from databricks_scripts import contract, local_secrets
-from databricks_scripts.contract import RECORDED_METADATA_ID_PARAM, Decision, LoadMetadata
+from databricks_scripts.contract import (
+    RECORDED_METADATA_ID_PARAM,
+    Decision,
+    LoadMetadata,
+    LoadReport,
+)
 from databricks_scripts.redaction import redact
 
 LOAD_SCRIPT = "dataloader_pipe.py"
@@ -347,40 +352,30 @@ class _Attempt:
 
     def _record_result(self, reported: Mapping[str, Any], run_link: str | None) -> bool:
         """Succeeded with the reported result, or with the earlier unrecorded commit's."""
-        watermark = _metadata_value(reported, LoadMetadata.WATERMARK_AFTER)
-        watermark = None if watermark is None else str(watermark)
-        committed = _metadata_value(reported, LoadMetadata.RECONCILED_METADATA_ID)
-        if committed is not None:
+        report = LoadReport.from_metadata(reported)
+        watermark = None if report.watermark_after is None else str(report.watermark_after)
+        if report.reconciled_metadata_id is not None:
             self.context.log.warning(
-                f"{self.control_key}: attempt {committed} had committed without being recorded; "
-                "recording it instead of loading again"
+                f"{self.control_key}: attempt {report.reconciled_metadata_id} had committed "
+                "without being recorded; recording it instead of loading again"
             )
             return self.client.record_reconciled(
                 self.config_id,
                 self.metadata_id,
-                committed_metadata_id=int(committed),
-                destination_version=_metadata_value(reported, LoadMetadata.RECONCILED_VERSION),
+                committed_metadata_id=int(report.reconciled_metadata_id),
+                destination_version=report.reconciled_version,
                 watermark_after=watermark,
                 databricks_run_url=run_link,
             )
-        rows_written = _metadata_value(reported, LoadMetadata.ROWS_WRITTEN)
-        notes = _metadata_value(reported, LoadMetadata.NOTES)
         return self.client.record_success(
             self.config_id,
             self.metadata_id,
-            rows_read=_metadata_value(reported, LoadMetadata.ROWS_READ),
-            rows_written=rows_written,
+            report,
             message=loaded_message(
-                rows_written,
-                notes,
-                self.forced_by,
-                _metadata_value(reported, LoadMetadata.LOAD_STRATEGY),
+                report.rows_written, report.notes, self.forced_by, report.load_strategy
             ),
-            watermark_after=watermark,
             databricks_run_url=run_link,
             schema_changed=_schema_changed(self.context, destination_asset_key(self.row), reported),
-            applied_strategy=_metadata_value(reported, LoadMetadata.LOAD_STRATEGY),
-            full_load_reason=_metadata_value(reported, LoadMetadata.FULL_REASON),
         )
 
     def _say_why_not_recorded(self) -> None:
@@ -409,9 +404,12 @@ class _Attempt:
         )
 
 
-def _load_params(attempt: _Attempt, config: LoadConfig, trigger: str) -> dict[str, Any]:
+def _load_params(
+    attempt: _Attempt, pipes_databricks: PipesDatabricksResource, config: LoadConfig, trigger: str
+) -> dict[str, Any]:
     """The script's parameters for the attempt's row. Once claimed, the row is found by its
-    config_id: a control_key renamed while Queued still loads the row that was claimed."""
+    config_id: a control_key renamed while Queued still loads the row that was claimed. A row
+    ``pipes_databricks``' compute cannot read (a JDBC source on serverless) fails here."""
     row = attempt.client.get_table_by_id(attempt.config_id)
     if row is None:  # deleted between the claim and now
         raise dg.Failure(
@@ -461,7 +459,7 @@ def build_load_asset(settings: Settings) -> dg.AssetsDefinition:
             context, client, config, control_key, settings
         )
         try:
-            params = _load_params(attempt, config, trigger)
+            params = _load_params(attempt, pipes_databricks, config, trigger)
             reported, run_link = attempt.record(attempt.run(pipes_databricks, params))
         except dg.DagsterExecutionInterruptedError:
             # Recorded where it is caught while the script runs (_Attempt.run); a terminate that

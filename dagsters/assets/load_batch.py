@@ -109,7 +109,7 @@ def _load_one(
     """One table of the batch, as the load asset runs it; raises when this table failed."""
     attempt, config, trigger = _start_one(context, client, settings, item)
     try:
-        params = _load_params(attempt, config, trigger)
+        params = _load_params(attempt, pipes_databricks, config, trigger)
         reported, run_link = attempt.record(attempt.run(pipes_databricks, params))
     except dg.DagsterExecutionInterruptedError:
         attempt.settle(dg.Failure(_terminated(context)), KIND_CANCELLED)
@@ -210,7 +210,8 @@ def _run_batch_on_databricks(
         try:
             attempt, config, trigger = _start_one(context, client, settings, item)
             try:
-                started.append((attempt, trigger, _load_params(attempt, config, trigger)))
+                params = _load_params(attempt, pipes_databricks, config, trigger)
+                started.append((attempt, trigger, params))
             except Exception as exc:
                 attempt.settle(exc)
                 raise

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from typing import Any, Self
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from dagsters.control.errors import LakebaseError
@@ -38,7 +38,7 @@ class ControlDatabase:
         if connection_class is not None:
             # e.g. a Connection subclass whose connect() fetches a fresh OAuth token each time.
             pool_args["connection_class"] = connection_class
-        self._pool = ConnectionPool(
+        self._pool: ConnectionPool[psycopg.Connection[DictRow]] = ConnectionPool(
             conninfo,
             min_size=min_size,
             max_size=max_size,
@@ -70,7 +70,7 @@ class ControlDatabase:
         return redact(text, self._secrets)
 
     @contextmanager
-    def _transaction(self, operation: str) -> Iterator[psycopg.Connection]:
+    def _transaction(self, operation: str) -> Iterator[psycopg.Connection[DictRow]]:
         """One pooled connection, one transaction: committed on success, rolled back on error."""
         try:
             with self._pool.connection() as conn:
@@ -90,6 +90,7 @@ class ControlDatabase:
 
 def _conninfo_password(conninfo: str) -> str | None:
     try:
-        return psycopg.conninfo.conninfo_to_dict(conninfo).get("password")
+        password = psycopg.conninfo.conninfo_to_dict(conninfo).get("password")
     except psycopg.Error:
         return None
+    return None if password is None else str(password)

@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import DictRow
 
 from dagsters.control.connection import ControlDatabase
 from dagsters.control.status import (
@@ -25,10 +26,11 @@ from dagsters.control.transitions import (
     advance_schedule,
     guarded_transition,
     next_slot_or_problem,
+    recorded_success_sets,
     row_guard,
     success_sets,
 )
-from databricks_scripts.contract import KIND_BAD_CONFIG, known_code
+from databricks_scripts.contract import KIND_BAD_CONFIG, LoadReport, known_code
 from databricks_scripts.failure_codes import code_from_text
 
 
@@ -142,41 +144,39 @@ class LifecycleSql(ControlDatabase):
         self,
         config_id: int,
         metadata_id: int,
+        report: LoadReport,
         *,
-        rows_read: int | None,
-        rows_written: int | None,
-        watermark_after: str | None,
         message: str | None = None,
         databricks_run_url: str | None = None,
         schema_changed: bool = False,
-        applied_strategy: str | None = None,
-        full_load_reason: str | None = None,
     ) -> bool:
         """In Progress -> Succeeded, new watermark, next schedule slot, history: one transaction.
 
+        ``report``: what the load reported (rows, the watermark after it, the strategy it
+        applied and why it ran full); the history row's ``load_strategy`` becomes the applied one
+        (the queued one moves to ``requested_load_strategy``, sql/010) and its message says both.
         ``schema_changed``: the load changed the destination's columns, so the staging model
         generated earlier is out of date; staging_model_processed goes back to false and the
         landing-table job regenerates the files it wrote (a person's own files stay untouched).
-        ``applied_strategy``/``full_load_reason``: what the loader did and why it ran full; the
-        history row's ``load_strategy`` becomes the applied one (the queued one moves to
-        ``requested_load_strategy``, sql/010) and its message says both.
         """
+        rows_written = report.rows_written
         if message is None:
             message = f"Loaded {rows_written if rows_written is not None else '?'} rows"
-        params = {
+        watermark = report.watermark_after
+        params: dict[str, Any] = {
             "config_id": config_id,
             "metadata_id": metadata_id,
-            "watermark": None if watermark_after is None else str(watermark_after),
+            "watermark": None if watermark is None else str(watermark),
             "message": self.redact(message),
             "databricks": databricks_run_url,
             "schema_changed": bool(schema_changed),
         }
         history = {
-            "rows_read": rows_read,
+            "rows_read": report.rows_read,
             "rows_written": rows_written,
-            "applied": applied_strategy,
-            "full_reason": full_load_reason,
-            "note": _strategy_note(applied_strategy, full_load_reason),
+            "applied": report.load_strategy,
+            "full_reason": report.full_load_reason,
+            "note": _strategy_note(report.load_strategy, report.full_load_reason),
         }
         with self._transaction("record_success") as conn:
             # A schedule that cannot be computed must not roll back the bookkeeping of a
@@ -195,12 +195,7 @@ class LifecycleSql(ControlDatabase):
                 where=row_guard(metadata_id),
                 params=params,
                 sets={
-                    **success_sets(),
-                    "incremental_value": sql.SQL("coalesce(%(watermark)s, t.incremental_value)"),
-                    "last_message": sql.SQL("%(message)s"),
-                    "last_databricks_run": sql.SQL(
-                        "coalesce(%(databricks)s, t.last_databricks_run)"
-                    ),
+                    **recorded_success_sets(),
                     "staging_model_processed": sql.SQL(
                         "t.staging_model_processed AND NOT %(schema_changed)s"
                     ),
@@ -284,7 +279,7 @@ def _foreign_code(kind: str | None, code: str | None, message: str) -> str | Non
     return known_code(code) or code_from_text(message)
 
 
-def _schedulable(conn: psycopg.Connection, config_id: int) -> bool:
+def _schedulable(conn: psycopg.Connection[DictRow], config_id: int) -> bool:
     """Can the row's next slot be computed (a row written before sql/005's rules may not)?"""
     row = conn.execute(
         "SELECT schedule_cron, schedule_timezone, schedule_interval, now() AS now"

@@ -10,15 +10,13 @@ every status change, in one transaction.
 
 from __future__ import annotations
 
-from psycopg import sql
-
 from dagsters.control.connection import ControlDatabase
 from dagsters.control.status import IN_PROGRESS, SUCCEEDED
 from dagsters.control.transitions import (
     advance_schedule,
     guarded_transition,
+    recorded_success_sets,
     row_guard,
-    success_sets,
 )
 
 
@@ -104,14 +102,7 @@ class ReconcileSql(ControlDatabase):
                 {IN_PROGRESS},
                 where=row_guard(metadata_id),
                 params=params,
-                sets={
-                    **success_sets(),
-                    "incremental_value": sql.SQL("coalesce(%(watermark)s, t.incremental_value)"),
-                    "last_message": sql.SQL("%(message)s"),
-                    "last_databricks_run": sql.SQL(
-                        "coalesce(%(databricks)s, t.last_databricks_run)"
-                    ),
-                },
+                sets=recorded_success_sets(),
             )
             if not rows:
                 return False

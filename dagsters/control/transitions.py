@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, overload
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import DictRow
 
 from dagsters.control.schedule import next_load_time
 from dagsters.control.status import ALLOWED_FROM, FAILED, STATUSES, SUCCEEDED, UNCOMPUTABLE_FROM
@@ -23,8 +24,44 @@ KEEP_KIND: Any = object()  # "leave last_failure_kind as it is" (the default)
 _SET_KIND_AND_CODE = sql.SQL("last_failure_kind = %(_t_kind)s, last_failure_code = %(_t_code)s")
 
 
+@overload
 def guarded_transition(
-    conn: psycopg.Connection | None,
+    conn: psycopg.Connection[DictRow] | None,
+    to_status: str | None,
+    expected: Iterable[str | None],
+    *,
+    where: sql.Composable,
+    params: Mapping[str, Any],
+    sets: Mapping[str, sql.Composable] | None = None,
+    from_items: sql.Composable | None = None,
+    execute: Literal[True] = True,
+    uncomputable: bool = False,
+    returning: sql.Composable | None = None,
+    failure_kind: str | None = KEEP_KIND,
+    failure_code: str | None = None,
+) -> list[DictRow]: ...
+
+
+@overload
+def guarded_transition(
+    conn: psycopg.Connection[DictRow] | None,
+    to_status: str | None,
+    expected: Iterable[str | None],
+    *,
+    where: sql.Composable,
+    params: Mapping[str, Any],
+    sets: Mapping[str, sql.Composable] | None = None,
+    from_items: sql.Composable | None = None,
+    execute: Literal[False],
+    uncomputable: bool = False,
+    returning: sql.Composable | None = None,
+    failure_kind: str | None = KEEP_KIND,
+    failure_code: str | None = None,
+) -> tuple[sql.Composed, dict[str, Any]]: ...
+
+
+def guarded_transition(
+    conn: psycopg.Connection[DictRow] | None,
     to_status: str | None,
     expected: Iterable[str | None],
     *,
@@ -37,7 +74,7 @@ def guarded_transition(
     returning: sql.Composable | None = None,
     failure_kind: str | None = KEEP_KIND,
     failure_code: str | None = None,
-) -> list[dict] | tuple[sql.Composed, dict[str, Any]]:
+) -> list[DictRow] | tuple[sql.Composed, dict[str, Any]]:
     """The one place a status changes: UPDATE ... WHERE <target> AND <expected state>.
 
     ``where`` picks the row(s) (``config_id = %(config_id)s`` or a join to ``from_items``);
@@ -67,10 +104,10 @@ def guarded_transition(
             f"transition to {to_status!r} is not allowed from {sorted(map(str, illegal))}"
         )
     allowed_named = sorted(s for s in expected if s is not None)
-    guard = sql.SQL("t.last_status = ANY(%(_t_from)s::text[])")
+    guard: sql.Composable = sql.SQL("t.last_status = ANY(%(_t_from)s::text[])")
     if None in expected:
         guard = sql.SQL("(t.last_status IS NULL OR {})").format(guard)
-    assignments = [
+    assignments: list[sql.Composable] = [
         sql.SQL("last_status = %(_t_to)s"),
         # Time in status restarts only when the status really changes.
         sql.SQL(
@@ -133,7 +170,19 @@ def success_sets() -> dict[str, sql.Composable]:
     }
 
 
-def advance_schedule(conn: psycopg.Connection, rows: Sequence[Mapping]) -> dict[int, str]:
+def recorded_success_sets() -> dict[str, sql.Composable]:
+    """The SET clause of a recorded success (a load's, or an earlier unrecorded commit's):
+    ``success_sets`` plus the watermark, the message and the Databricks run, from the
+    parameters ``watermark``, ``message`` and ``databricks``."""
+    return {
+        **success_sets(),
+        "incremental_value": sql.SQL("coalesce(%(watermark)s, t.incremental_value)"),
+        "last_message": sql.SQL("%(message)s"),
+        "last_databricks_run": sql.SQL("coalesce(%(databricks)s, t.last_databricks_run)"),
+    }
+
+
+def advance_schedule(conn: psycopg.Connection[DictRow], rows: Sequence[Mapping]) -> dict[int, str]:
     """Move next_load_date_time to each row's next schedule slot (same transaction).
 
     Row by row: a row whose schedule cannot be computed (a cron written before sql/005's rules)
@@ -143,7 +192,7 @@ def advance_schedule(conn: psycopg.Connection, rows: Sequence[Mapping]) -> dict[
     """
     if not rows:
         return {}
-    now = conn.execute("SELECT now() AS now").fetchone()["now"]
+    now = conn.execute("SELECT now() AS now").fetchall()[0]["now"]
     values: list[tuple[datetime | None, int]] = []
     problems: dict[int, str] = {}
     for row in rows:
