@@ -234,16 +234,18 @@ class LifecycleSql(ControlDatabase):
         The schedule moves on so a failed row is not reclaimed on the very next tick; the
         failed_monitor's retry (reset_for_retry) brings it back sooner with a back-off.
         """
-        params = {
+        redacted = self.redact(message)
+        # Read from the redacted text; a code redaction would change is not a code.
+        code = _foreign_code(failure_kind, failure_code, redacted)
+        code = code if code is None or self.redact(code) == code else None
+        params: dict[str, object] = {
             "config_id": config_id,
             "metadata_id": metadata_id,
-            "message": self.redact(message),
+            "message": redacted,
             "databricks": databricks_run_url,
             "kind": failure_kind,
+            "code": code,
         }
-        # Read from the redacted text; a code redaction would change is not a code.
-        code = _foreign_code(failure_kind, failure_code, params["message"])
-        params["code"] = code if code is None or self.redact(code) == code else None
         with self._transaction("record_failure") as conn:
             rows = guarded_transition(
                 conn,
@@ -258,7 +260,7 @@ class LifecycleSql(ControlDatabase):
                     ),
                 },
                 failure_kind=failure_kind,
-                failure_code=params["code"],
+                failure_code=code,
             )
             if rows:
                 conn.execute(
