@@ -1,11 +1,12 @@
 """The Spark engine (Databricks): JDBC or Unity Catalog source -> Unity Catalog Delta table.
 
 Same strategies and rules as the Arrow engine (see loader_arrow and docs/loader.md), expressed as
-Spark SQL statements built in loader_sql: each load is one Delta commit (CREATE [OR REPLACE] TABLE
-AS SELECT, INSERT OVERWRITE, INSERT INTO, or MERGE INTO), preceded by ALTER TABLE ADD COLUMNS for
-new source columns. The watermark filter is a DataFrame filter, which Spark pushes down into the
-JDBC query (and into Delta file skipping for Unity Catalog sources); the watermark value is a typed
-literal built by Spark, never text we format. The new watermark is max(cursor) of the destination.
+Spark SQL built in loader_sql: each load is one Delta commit (a DataFrame write of a SELECT, or a
+MERGE INTO; loader_spark_writes), preceded by ALTER TABLE ADD COLUMNS for new source columns (and,
+for delete detection and scd2, by staging the rows read: loader_spark_stage). The watermark filter
+is a DataFrame filter, which Spark pushes down into the JDBC query (and into Delta file skipping for
+Unity Catalog sources); the watermark value is a typed literal built by Spark, never text we
+format. The new watermark is max(cursor) of the destination.
 """
 
 from __future__ import annotations

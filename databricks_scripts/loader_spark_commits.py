@@ -18,7 +18,8 @@ The Arrow engine's rules (``loader_commits``), expressed for Databricks:
   instead of loaded again (reconcile);
 - just before the write statement, the same read tells whether another attempt of the row
   committed since this load began (fencing). On Spark the statement reads the source and commits
-  in one go, so the check runs before the source is read: the window is the statement itself;
+  in one go, so the check runs before it, and again after it: Delta skips the write of an attempt
+  older than one that committed meanwhile (``txnVersion``), which the second check reports;
 - a keyed table's load that runs as a full (its first load) checks that the keys are set and
   unique before it writes;
 - on SIGINT/SIGTERM (locally: on Databricks the script installs no handler) the load's Spark

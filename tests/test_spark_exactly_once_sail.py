@@ -58,3 +58,38 @@ def test_each_write_names_its_attempt_and_an_unrecorded_attempt_is_reconciled(
     assert arrow.reconciled is not None and arrow.reconciled.metadata_id == 2
     assert spark.rows_read == arrow.rows_read == 0
     assert _metadata_ids(both)[0][0] == 1  # nothing written
+
+
+def test_a_write_skipped_for_a_newer_attempt_fails_the_load_as_stale(
+    source_db,
+    sail,  # noqa: F811 - the fixture imported above
+    tmp_path,
+    monkeypatch,
+):
+    """The check after the write: while attempt 3 runs its write, attempt 4 commits (a real
+    append carrying attempt 4's writer options on Sail) and Delta skips attempt 3's write by
+    its lower ``txnVersion`` (what Sail cannot do, so the write is left out here). Attempt 3
+    must fail as stale instead of reporting success."""
+    import dataclasses
+
+    from databricks_scripts import loader_spark as lsp
+    from databricks_scripts.loader_commits import StaleAttempt
+    from databricks_scripts.loader_spark_commits import write_options
+
+    both = Both(
+        source_db, sail, tmp_path, COLUMNS, load_strategy="incremental", incremental_column="ts"
+    )
+    _seed(both)
+    both.check(*both.load())
+    both.check(*both.load())
+
+    def newer_attempt_commits_first(spark, write, spec, strategy):
+        newer = dataclasses.replace(spec, metadata_id=spec.metadata_id + 1)
+        rows = spark.sql(f"SELECT * FROM {both.spark_target} LIMIT 1")
+        rows.writeTo(write.target).options(**write_options(newer, strategy)).append()
+        return []  # Delta skips attempt 3's write: 3 is not above the 4 it recorded
+
+    monkeypatch.setattr(lsp, "run_write", newer_attempt_commits_first)
+    both.sql(f"INSERT INTO {both.table} VALUES (8,'h',8.00,'2024-01-11')")
+    with pytest.raises(StaleAttempt, match="attempt 4 of this table committed .* attempt 3"):
+        both.load_each()

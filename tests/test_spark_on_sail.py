@@ -13,8 +13,8 @@ strategy, row count and watermark must agree too.
 
 What stays unexecuted on Sail is named in ``sail_spark.SAIL_GAPS`` (and docs/databricks.md):
 DESCRIBE HISTORY and ALTER TABLE ADD COLUMNS are answered from the Delta log instead, the
-session-wide userMetadata is ignored by Sail (so reconciling and fencing see no DataLoader commit
-here), and CREATE OR REPLACE cannot change a schema.
+MERGE's per-statement userMetadata configuration is ignored by Sail (the writer option of every
+other write is honoured), and CREATE OR REPLACE cannot change a schema.
 """
 
 from __future__ import annotations
