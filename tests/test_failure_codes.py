@@ -412,3 +412,15 @@ def test_a_statement_timeout_reaches_the_row_and_history_with_its_code_and_is_re
     decided = decide_retry(request, AdvisorConfig.from_env({}))
     assert decided["decision"] == RETRY_RECOMMENDED
     assert "SQLSTATE 57014" in decided["reason"]
+
+
+def test_an_http_error_gives_its_status_and_a_wrapper_its_causes_code():
+    import urllib.error
+
+    throttled = urllib.error.HTTPError("http://127.0.0.1/x", 503, "Service Unavailable", {}, None)
+    assert code_of(_wrapped(throttled)) == "http:503"
+    # Nothing on the exceptions: the texts of the chain are read.
+    assert code_of(_wrapped(OSError("ORA-03113: end-of-file on communication channel"))) == (
+        "oracle:ORA-03113"
+    )
+    assert code_of(_wrapped(ValueError("no code here"))) is None
