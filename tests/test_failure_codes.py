@@ -424,3 +424,24 @@ def test_an_http_error_gives_its_status_and_a_wrapper_its_causes_code():
         "oracle:ORA-03113"
     )
     assert code_of(_wrapped(ValueError("no code here"))) is None
+
+
+def test_the_database_accepts_exactly_the_wire_shape_of_a_code(db):
+    import re
+    from pathlib import Path
+
+    from databricks_scripts.contract import FAILURE_CODE_FAMILIES
+
+    migration = (Path(__file__).resolve().parents[1] / "sql" / "018_failure_codes.sql").read_text()
+    listed = re.findall(r"'\^\(([a-z|]+)\):", migration)
+    assert listed == ["|".join(FAILURE_CODE_FAMILIES)] * 2
+    config_id = add_control_row(db, "host=/nowhere port=5432 dbname=x user=x", "pg.coded", "coded")
+    db.execute(
+        "UPDATE table_control SET last_failure_code = 'mysql:1040' WHERE config_id = %s",
+        (config_id,),
+    )
+    with pytest.raises(psycopg.errors.CheckViolation, match="last_failure_code_must_be"):
+        db.execute(
+            "UPDATE table_control SET last_failure_code = 'password=hunter2 x' WHERE config_id = %s",
+            (config_id,),
+        )
