@@ -262,6 +262,13 @@ def _with_hash_key(
     return dataclasses.replace(spec, hash_key_id=key_id(hash_key)), hash_key
 
 
+def _driver_code(exc: BaseException, secrets: list[str]) -> str | None:
+    """A foreign error's code, read from the driver's own exception while it is at hand; none
+    when redaction would change it (a code never carries a secret)."""
+    code = code_of(exc)
+    return code if code is None or redact(code, secrets) == code else None
+
+
 def _redacted_log(context: PipesContext, secrets: list[str]):
     def log(message: str) -> None:
         context.log.info(redact(message, secrets))
@@ -319,7 +326,7 @@ def run_load(
         step = getattr(exc, "step", step)
         failure = redact(f"{label} failed at step '{step}': {exc}", secrets)
         kind = failure_kind(exc)
-        code = None if kind else code_of(exc)  # a foreign error's, from the driver's exception
+        code = None if kind else _driver_code(exc, secrets)
         stop.reported = True
         context.report_custom_message(error_message(failure, kind, code))
     if failure is not None:
@@ -427,7 +434,8 @@ def main() -> int:
         text = str(exc) if isinstance(exc, DataLoaderError) else f"{type(exc).__name__}: {exc}"
         if not isinstance(exc, DataLoaderError):
             sys.stderr.write(redact("".join(traceback.format_exception(exc)), secrets))
-        sys.stderr.write(stderr_error_line(redact(text, secrets), failure_kind(exc), code_of(exc)))
+        code = _driver_code(exc, secrets)
+        sys.stderr.write(stderr_error_line(redact(text, secrets), failure_kind(exc), code))
         sys.stderr.flush()
         stop.finished.set()
         return 1

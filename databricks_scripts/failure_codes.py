@@ -331,11 +331,11 @@ def best_code(codes: list[str]) -> str | None:
 
 def code_of(exc: BaseException | None) -> str | None:
     """The code of a failure, read from the exceptions of its chain (``__cause__``, else
-    ``__context__``) as their drivers give it, each one's text parsed when it carries none."""
+    ``__context__``) as their drivers give it; their texts are parsed when no such code decides."""
     found: list[str] = []
     for one in _chain(exc):
         found.extend(_codes_of_exception(one))
-    if not found:
+    if not any(rule_for_code(code) for code in found):
         for one in _chain(exc):
             found.extend(codes_in_text(str(one)))
     return best_code(found)

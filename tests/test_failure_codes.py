@@ -412,3 +412,36 @@ def test_a_statement_timeout_reaches_the_row_and_history_with_its_code_and_is_re
     decided = decide_retry(request, AdvisorConfig.from_env({}))
     assert decided["decision"] == RETRY_RECOMMENDED
     assert "SQLSTATE 57014" in decided["reason"]
+
+
+def test_an_http_error_gives_its_status_and_a_wrapper_its_causes_code():
+    import urllib.error
+
+    throttled = urllib.error.HTTPError("http://127.0.0.1/x", 503, "Service Unavailable", {}, None)
+    assert code_of(_wrapped(throttled)) == "http:503"
+    # Nothing on the exceptions: the texts of the chain are read.
+    assert code_of(_wrapped(OSError("ORA-03113: end-of-file on communication channel"))) == (
+        "oracle:ORA-03113"
+    )
+    assert code_of(_wrapped(ValueError("no code here"))) is None
+
+
+def test_the_database_accepts_exactly_the_wire_shape_of_a_code(db):
+    import re
+    from pathlib import Path
+
+    from databricks_scripts.contract import FAILURE_CODE_FAMILIES
+
+    migration = (Path(__file__).resolve().parents[1] / "sql" / "018_failure_codes.sql").read_text()
+    listed = re.findall(r"'\^\(([a-z|]+)\):", migration)
+    assert listed == ["|".join(FAILURE_CODE_FAMILIES)] * 2
+    config_id = add_control_row(db, "host=/nowhere port=5432 dbname=x user=x", "pg.coded", "coded")
+    db.execute(
+        "UPDATE table_control SET last_failure_code = 'mysql:1040' WHERE config_id = %s",
+        (config_id,),
+    )
+    with pytest.raises(psycopg.errors.CheckViolation, match="last_failure_code_must_be"):
+        db.execute(
+            "UPDATE table_control SET last_failure_code = 'password=hunter2 x' WHERE config_id = %s",
+            (config_id,),
+        )

@@ -100,8 +100,10 @@ def test_reason_is_one_readable_sentence() -> None:
 # error_messages.json instead and write a new held-out message). Measured when it was written:
 # 42/49 decisions right (85.7%); permanent 26/26 (100%, 12 of them recognised, 14 reviewed as
 # unknown); transient 16/23 (69.6%, the misses were unknown and went to review, the safe side).
+# After the drivers' codes decide first (issue 24, docs/retry-analysis.md): 48/49; permanent 26/26,
+# transient 22/23; the floors were raised to keep most of that.
 HELD_OUT = json.loads((Path(__file__).parent / "data" / "error_messages_heldout.json").read_text())
-HELD_OUT_FLOOR = {"overall": 0.80, PERMANENT: 0.95, TRANSIENT: 0.65}
+HELD_OUT_FLOOR = {"overall": 0.90, PERMANENT: 0.95, TRANSIENT: 0.85}
 
 
 def _held_out_accuracy(messages: list[dict]) -> float:
