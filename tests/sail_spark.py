@@ -41,6 +41,10 @@ SAIL_GAPS = {
         "Sail 0.7's CREATE OR REPLACE TABLE AS SELECT overwrites the data but cannot change the "
         "schema (it refuses a replacement that drops a column)"
     ),
+    "comments": (
+        "Sail 0.7 refuses COMMENT ON TABLE and ALTER TABLE ... ALTER COLUMN ... COMMENT (it reads "
+        "comments given at CREATE TABLE)"
+    ),
     "column mapping refusal": (
         "Sail 0.7 accepts column names with spaces or ,;{}()= without column mapping, where "
         "Delta on Databricks refuses them"

@@ -197,3 +197,18 @@ def test_spark_rebuilds_when_the_last_commit_recorded_other_lists():
     )
     assert "columns_exclude was [none], now [ssn]" in note
     assert lsc.rebuild_if_changed(_History(legacy), spec, "t", False, print) == (spec, "")
+
+
+def test_spark_comment_statements_run_on_spark_and_read_back(spark):
+    """The statements the Spark engine gives a created table (Sail refuses them: see
+    test_column_control_sail.py), executed on a local SparkSession (a parquet table)."""
+    from databricks_scripts.loader_spark_comments import parse_described, write_comments
+
+    spark.sql("CREATE TABLE commented USING parquet AS SELECT 1 AS id, 'a' AS name").collect()
+    comments = ("It's \\ people", {"name": "Given 'name'", "gone": "not in the table"})
+    logged: list[str] = []
+    write_comments(spark, "`commented`", comments, ["id", "name"], logged.append)
+    rows = [r.asDict() for r in spark.sql("DESCRIBE TABLE EXTENDED `commented`").collect()]
+    assert parse_described(rows) == ("It's \\ people", {"name": "Given 'name'"}), logged
+    write_comments(spark, "`no_such_table`", comments, ["name"], logged.append)
+    assert logged and "source comment not written" in logged[-1]  # logged, the load goes on
