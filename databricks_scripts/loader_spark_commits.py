@@ -196,24 +196,25 @@ def check_keys(spark: Any, view: str, keys: Iterable[str]) -> None:
 
 def tag_jobs(spark: Any, tag: str) -> tuple[Callable, Callable] | None:
     """Tag the Spark jobs this thread starts with ``tag``: (cancel, remove) for it, or None where
-    the session has no job tags.
+    the session has no job tags. The cancel works from any thread (the stop watcher's).
 
-    ``spark.addTag`` / ``interruptTag`` / ``removeTag``: Spark Connect (serverless, standard
-    access mode, any Connect client from 3.5) and classic sessions from Spark 4.0. A classic
-    Spark 3.5 session (Databricks Runtime 15.4 LTS) refuses them; its SparkContext has
-    ``addJobTag`` / ``cancelJobsWithTag`` / ``removeJobTag``.
+    A classic session (Spark 3.5 on Databricks Runtime 15.4 LTS, 4.x): the SparkContext's
+    ``addJobTag`` / ``cancelJobsWithTag`` / ``removeJobTag`` (a classic ``spark.addTag`` is
+    cancelled only from the thread that added it). Spark Connect (serverless, standard access
+    mode) has no SparkContext: ``spark.addTag`` / ``interruptTag`` / ``removeTag``.
     """
     try:
-        spark.addTag(tag)
-        return spark.interruptTag, spark.removeTag
-    except Exception:  # noqa: BLE001, S110 - classic 3.5: "only supported with Spark Connect"
-        pass
-    try:
         context = spark.sparkContext  # absent on Spark Connect
-        context.addJobTag(tag)
+    except Exception:  # noqa: BLE001 - Spark Connect: the session's own tags
+        context = None
+    try:
+        if context is not None:
+            context.addJobTag(tag)
+            return context.cancelJobsWithTag, context.removeJobTag
+        spark.addTag(tag)
     except Exception:  # noqa: BLE001 - a session without job tags
         return None
-    return context.cancelJobsWithTag, context.removeJobTag
+    return spark.interruptTag, spark.removeTag
 
 
 @contextmanager
