@@ -491,20 +491,10 @@ def _load(
     columns = [n for n, _ in source_fields]
 
     where[0] = "write destination"
-    kept = history_statement(  # delete detection / scd2 (loader_spark_history)
-        spark,
-        spec,
-        password,
-        target,
-        view,
-        source_fields,
-        target_fields,
-        exists,
-        applied,
-        where,
-        _key_reader(spark, spec, password, view, lower, reading[2], log),
-        log,
-    )
+    keys = _key_reader(spark, spec, password, view, lower, reading[2], log)
+    args = (spark, spec, password, target, view, source_fields, target_fields, exists, applied)
+    # delete detection / scd2 (loader_spark_history)
+    kept = history_statement(*args, where, keys, log)
     columns_sql = ", ".join(SPARK.quote(c) for c in columns)
     if kept is not None:
         write = kept
