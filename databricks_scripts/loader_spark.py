@@ -30,7 +30,7 @@ from databricks_scripts.loader_spark_columns import (
     rebuild_if_changed,
     spark_schema_changes,  # noqa: F401 - still this module's name for it (tests, docs)
 )
-from databricks_scripts.loader_spark_comments import read_comments, write_comments
+from databricks_scripts.loader_spark_comments import with_comments
 from databricks_scripts.loader_spark_commits import (
     cancellable,
     check_keys,
@@ -480,7 +480,6 @@ def _load(
     view, source_fields, key_range, plan = _source_view(
         spark, spec, password, lower, reading, applied, log
     )
-    comments = read_comments(spark, spec, log)
 
     where[0] = "reconcile schema"
     rebuild = applied == "full" and (not exists or spec.force_full_reload)
@@ -523,10 +522,7 @@ def _load(
     loaded = _result(spark, spec, target, applied, watermark, read, written, notes=notes)
     loaded.destination_rows_before = rows_before
     loaded.full_reason = full_reason(spec, exists)
-    if rebuild or not exists:  # created or rebuilt: it takes the source's comments
-        write_comments(spark, target, comments, columns, log)
-    loaded.comments = comments
-    return loaded
+    return with_comments(spark, spec, target, loaded, columns, rebuild or not exists, log)
 
 
 def _key_reader(spark: Any, spec: Any, password, view: str, lower, stages, log):

@@ -77,3 +77,15 @@ def write_comments(
         except Exception as exc:  # noqa: BLE001 - comments are documentation, never data
             first = (str(exc).splitlines() or [""])[0][:200]
             log(f"source comment not written to {target}: {type(exc).__name__}: {first}")
+
+
+def with_comments(
+    spark: Any, spec: Any, target: str, loaded: Any, columns: list[str], created: bool, log
+) -> Any:
+    """``loaded`` carrying the source's comments; a ``created`` (or rebuilt) destination gets
+    them too."""
+    comments = read_comments(spark, spec, log)
+    if created:
+        write_comments(spark, target, comments, columns, log)
+    loaded.comments = comments
+    return loaded
