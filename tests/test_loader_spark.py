@@ -221,7 +221,10 @@ def test_ntz_watermark_filter_and_lookback_args_do_not_shift_with_the_driver_tz(
 def test_watermark_is_read_back_exactly_whatever_the_driver_tz(spark, driver_tz_not_utc):
     target = sq.spark_table("spark_catalog", "default", "wm")
     spark.sql(f"DROP TABLE IF EXISTS {target}")
-    spark.sql(f"CREATE TABLE {target} (ts TIMESTAMP, local_ts TIMESTAMP_NTZ, n DECIMAL(20,0))")
+    spark.sql(
+        f"CREATE TABLE {target} (ts TIMESTAMP, local_ts TIMESTAMP_NTZ, n DECIMAL(20,0))"
+        " USING PARQUET"  # Spark 3.5 makes a Hive table without USING
+    )
     assert lsp.read_watermark(spark, target, "ts") is None
     spark.sql(
         f"INSERT INTO {target} VALUES (TIMESTAMP'2024-03-10 06:59:59.999999', "
