@@ -64,6 +64,7 @@ from databricks_scripts.loader_interrupt import (
     remove_uncommitted,
 )
 from databricks_scripts.loader_keys import keys_checked
+from databricks_scripts.loader_params import LoadSpec
 from databricks_scripts.loader_stream import (
     Counted,
     Progress,
@@ -258,7 +259,7 @@ def _step(name: str) -> Iterator[None]:
 class _Load:
     """What the writers need, decided before a row is read."""
 
-    spec: Any
+    spec: LoadSpec
     destination: Path
     table: Any  # the DeltaTable, None when there is none yet
     applied: str

@@ -35,6 +35,7 @@ import pyarrow as pa
 from databricks_scripts.contract import FULL_REASON_COLUMN_CONTROL
 from databricks_scripts.failures import BadConfig
 from databricks_scripts.loader_history_parts import history_strategy
+from databricks_scripts.loader_params import LoadSpec
 from databricks_scripts.loader_types import cast_batch, delta_schema_for
 
 HASH_TYPE = pa.string()
@@ -218,7 +219,7 @@ def with_column_control(reader: Any, key: bytes | None) -> Any:
 # ---- which lists built the destination ----------------------------------------------------------
 
 
-def column_control_text(spec: Any) -> str:
+def column_control_text(spec: LoadSpec) -> str:
     """The lists (lower-case, sorted) and the key id, as the commit metadata records them."""
     hashed = getattr(spec, "columns_hash", ())
     return json.dumps(
@@ -249,7 +250,7 @@ def recorded_column_control(history: Iterable[dict]) -> dict:
     return dict(_NONE)
 
 
-def changed_column_control(spec: Any, recorded: dict) -> str | None:
+def changed_column_control(spec: LoadSpec, recorded: dict) -> str | None:
     """What changed since the destination was built (names only), or None."""
     now = json.loads(column_control_text(spec))
     changes = []
