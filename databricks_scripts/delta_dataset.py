@@ -8,13 +8,14 @@ active exception", exit -6) after its work is done, about 1 to 7 runs in 100 her
 (the Arrow engine's lake root) is read with ``pyarrow.fs.LocalFileSystem`` instead: 0 in 100.
 Other URIs keep deltalake's handler.
 
-**Column mapping.** A source column whose name Delta refuses without column mapping (a space or
-one of ``,;{}()=``, newline, tab) gets a table created with ``delta.columnMapping.mode = 'name'``
-(:func:`new_table_configuration`, which says when it cannot), as the Spark engine's CTAS does. Its files then hold the
-columns under physical names (``col-<uuid>``), which deltalake's ``to_pyarrow_dataset`` does not
-translate (deltalake 1.6 reads every column of such a table as NULL): :func:`delta_dataset` reads
-the files by physical name and answers by logical name (projections renamed, filters rebound by
-position through Substrait).
+**Column mapping.** The Arrow engine creates its tables without column mapping, whatever the
+column names (deltalake accepts a space or ``,;{}()=`` in a name; Delta on Databricks does not,
+and the Spark engine maps there, loader_spark_writes): deltalake 1.6 refuses schema evolution on
+a mapped table ("not yet supported"), writes a mapped table with a timestamp-without-time-zone
+column under the wrong names, and its ``to_pyarrow_dataset`` reads a mapped table's columns as
+NULL. A mapped table made elsewhere is still read right: :func:`delta_dataset` reads its files by
+physical name (``col-<uuid>``) and answers by logical name (projections renamed, filters rebound
+by position through Substrait).
 """
 
 from __future__ import annotations
@@ -44,21 +45,9 @@ def needs_column_mapping(names: Any) -> bool:
 
 
 def new_table_configuration(schema: Any, file_size: int | None = None) -> dict[str, str] | None:
-    """The configuration of a table created with the pyarrow ``schema`` (None: nothing to set).
-
-    No column mapping when a column is a timestamp without time zone: deltalake 1.6 then gives
-    the table the table-features protocol (``timestampNtz``) without the ``columnMapping``
-    feature and writes the files under the logical names while the schema names physical ones,
-    a table no reader reads right. Such a table is created as before, without mapping (deltalake
-    accepts the names; Delta on Databricks would not).
-    """
-    import pyarrow as pa
-
-    config = {"delta.targetFileSize": str(file_size)} if file_size else {}
-    naive = any(pa.types.is_timestamp(f.type) and f.type.tz is None for f in schema)
-    if needs_column_mapping(schema.names) and not naive:
-        config[COLUMN_MAPPING_MODE] = "name"
-    return config or None
+    """The configuration of a table the Arrow engine creates with the pyarrow ``schema`` (None:
+    nothing to set). Never column mapping (see the module's docstring)."""
+    return {"delta.targetFileSize": str(file_size)} if file_size else None
 
 
 def delta_dataset(table: Any):

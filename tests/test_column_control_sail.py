@@ -13,8 +13,9 @@ Sail's Delta; the rows of both destinations must be equal).
   without zone), text and NULL is the same from both engines' hash code and equal to the HMAC of
   the documented canonical text.
 
-What Sail lacks is a strict xfail naming the gap (sail_spark.SAIL_GAPS): the column-control
-record in the commit's userMetadata (so the rebuild when the lists change is not executed here).
+What Sail lacks is a strict xfail naming the gap (sail_spark.SAIL_GAPS): the comment statements.
+The column-control record rides in each write's own userMetadata option, which Sail keeps, so a
+second load with the same lists is no rebuild here too.
 """
 
 from __future__ import annotations
@@ -92,12 +93,6 @@ def test_exclude_and_hash_give_the_same_rows_on_both_engines(source_db, sail, tm
     assert ts[3] is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=f"not executed on Sail: {SAIL_GAPS['session userMetadata']}: the Spark engine finds "
-    "no column-control record in its last commit, so it rebuilds on every load",
-)
 def test_a_second_load_with_the_same_lists_is_no_rebuild_on_spark(source_db, sail, tmp_path):  # noqa: F811
     both = _both(source_db, sail, tmp_path, load_strategy="merge", merge_keys=["id"])
     both.params["columns_hash"] = ["email"]

@@ -1,18 +1,17 @@
-"""Column mapping when a source column's name needs it, on both engines.
+"""Column mapping when a source column's name needs it: the Spark engine maps, the Arrow engine
+loads the same names without mapping (deltalake 1.6 cannot evolve a mapped table's schema).
 
 A PostgreSQL source table whose column names hold a space, a comma, parentheses, ``=`` and ``;``
 is loaded by the Arrow engine (the real PostgreSQL reader, deltalake's ``write_deltalake`` and
-MERGE) and by the Spark engine on Sail (tests/sail_spark.py): each creates its table with
-``delta.columnMapping.mode = 'name'`` (the Spark engine through the created table's properties,
-CTAS ``TBLPROPERTIES`` on Databricks), then upserts, detects deletes and keeps history on it.
+MERGE) and by the Spark engine on Sail (tests/sail_spark.py): the Spark engine creates its table
+with ``delta.columnMapping.mode = 'name'`` (the created table's properties, CTAS
+``TBLPROPERTIES`` on Databricks); both then upsert, detect deletes and keep history on it.
 Both destinations are read back with deltalake's own SQL engine (which applies the mapping) and
 must hold the source's rows. A table whose names need no mapping is created without it.
 
-deltalake 1.6's ``to_pyarrow_dataset`` reads a mapped table's columns as NULL; the loader reads
-its destinations through ``delta_dataset``, which maps the names (the watermark, the floor and the
-look-back window read it), and that is checked against deltalake's SQL reading too. A table with
-a timestamp-without-time-zone column gets no mapping on the Arrow engine: deltalake 1.6 writes such
-a mapped table's files under the logical names (strict xfail below, so a fixed deltalake shows).
+Two strict xfails show the deltalake gaps that keep the Arrow engine
+unmapped (a fixed deltalake shows): schema evolution on a mapped table, and a mapped table with a
+timestamp-without-time-zone column written under the logical names.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ pytest.importorskip(
 from test_spark_on_sail import Both, _values, sail  # noqa: F401 - the fixture
 
 from databricks_scripts.contract import DELETED_AT, END_AT
-from databricks_scripts.delta_dataset import delta_dataset, new_table_configuration
+from databricks_scripts.delta_dataset import new_table_configuration
 
 ODD = [
     ("id", "int"),
@@ -71,7 +70,7 @@ def _seed(both: Both) -> None:
     ],
     ids=["merge-soft-deletes", "scd2"],
 )
-def test_odd_column_names_load_with_column_mapping_on_both_engines(
+def test_odd_column_names_load_on_both_engines_mapped_on_spark(
     source_db,
     sail,  # noqa: F811 - the fixture imported above
     tmp_path,
@@ -81,7 +80,7 @@ def test_odd_column_names_load_with_column_mapping_on_both_engines(
     both = Mapped(source_db, sail, tmp_path, ODD, merge_keys=["id"], **params)
     _seed(both)
     both.check(*both.load())
-    assert both.mapping_modes() == ("name", "name")
+    assert both.mapping_modes() == (None, "name")
     both.sql(f"UPDATE {both.table} SET \"first name\" = 'Anna' WHERE id = 1")
     both.sql(f"DELETE FROM {both.table} WHERE id = 2")
     both.sql(f"INSERT INTO {both.table} VALUES (4,'Dee',4.00,'s')")
@@ -91,14 +90,6 @@ def test_odd_column_names_load_with_column_mapping_on_both_engines(
     gone = sorted({dict(r)["id"] for r in rows if dict(r).get(DELETED_AT) is not None})
     assert gone == [2]
     assert len(rows) == (5 if versions else 4)
-    # The loader's own reads of the Arrow destination see the values, not NULLs.
-    loader_view = delta_dataset(DeltaTable(str(both.arrow_path))).to_table(
-        columns=["id", "first name"]
-    )
-    assert sorted(loader_view.to_pylist(), key=lambda r: (r["id"], str(r["first name"]))) == sorted(
-        _sql_rows(str(both.arrow_path)).select(["id", "first name"]).to_pylist(),
-        key=lambda r: (r["id"], str(r["first name"])),
-    )
 
 
 def test_plain_names_get_no_column_mapping(source_db, sail, tmp_path):  # noqa: F811
@@ -108,14 +99,27 @@ def test_plain_names_get_no_column_mapping(source_db, sail, tmp_path):  # noqa: 
     assert both.mapping_modes() == (None, None)
 
 
-def test_arrow_maps_only_where_deltalake_writes_a_mapped_table_right():
+def test_the_arrow_engine_never_maps():
     plain = pa.schema([("id", pa.int32()), ("v", pa.string())])
     odd = pa.schema([("id", pa.int32()), ("first name", pa.string())])
-    naive = odd.append(pa.field("ts", pa.timestamp("us")))
     assert new_table_configuration(plain) is None
-    assert new_table_configuration(odd) == {"delta.columnMapping.mode": "name"}
-    assert new_table_configuration(naive) is None
-    assert new_table_configuration(plain, 1024) == {"delta.targetFileSize": "1024"}
+    assert new_table_configuration(odd) is None
+    assert new_table_configuration(odd, 1024) == {"delta.targetFileSize": "1024"}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="deltalake 1.6 refuses schema evolution on a column-mapped table ('Schema evolution "
+    "on column-mapped tables is not yet supported'), so the Arrow engine creates no mapped table",
+)
+def test_deltalake_evolves_a_mapped_tables_schema(tmp_path):
+    from deltalake import write_deltalake
+
+    mapping = {"delta.columnMapping.mode": "name"}
+    write_deltalake(str(tmp_path), pa.table({"first name": ["a"]}), configuration=mapping)
+    more = pa.table({"first name": ["b"], "x": pa.array([1], pa.int64())})
+    write_deltalake(str(tmp_path), more, mode="append", schema_mode="merge")
+    assert DeltaTable(str(tmp_path)).schema().to_arrow().names == ["first name", "x"]
 
 
 @pytest.mark.xfail(

@@ -128,35 +128,49 @@ def test_a_batch_of_ten_is_one_run_of_ten_tasks_and_a_failing_task_fails_only_it
     assert "1 of 10 table(s) failed" in str(failure.event_specific_data.error)
 
 
-@pytest.mark.parametrize("backend", ["new_cluster", "serverless"])
-def test_a_batch_starts_compute_once(
-    backend, standin, control_db, source_db, source, lake_root, db, instance
+def test_a_new_cluster_batch_starts_compute_once(
+    standin, control_db, source_db, source, lake_root, db, instance
 ):
     keys = ["c.one", "c.two", "c.three"]
     for key in keys:
         add_control_row(db, source_db, key, "orders", destination_table_name=key.replace(".", "_"))
 
-    result = claim_and_run_batch(control_db, instance, lake_root, 3, backend)
+    result = claim_and_run_batch(control_db, instance, lake_root, 3, "new_cluster")
 
     assert result.success, event_text(instance, result.run_id)
     run = standin.only_job_run()
     assert len(run.task_runs) == 3
-    if backend == "new_cluster":
-        [created] = standin.requests_to("POST", r"/api/2\.[12]/jobs/create")
-        assert [c["job_cluster_key"] for c in created.body["job_clusters"]] == [JOB_CLUSTER_KEY]
-        assert {t.task["job_cluster_key"] for t in run.task_runs} == {JOB_CLUSTER_KEY}
-        assert len(standin.cluster_starts) == 1  # one cluster for the batch, not one per table
-        assert len({t.cluster_id for t in run.task_runs}) == 1
-        assert standin.jobs == {} and len(standin.deleted_jobs) == 1  # the transient job went
-    else:
-        [submitted] = standin.requests_to("POST", r"/api/2\.[12]/jobs/runs/submit")
-        body = submitted.body
-        assert [e["environment_key"] for e in body["environments"]] == ["dataloader"]
-        assert {t["environment_key"] for t in body["tasks"]} == {"dataloader"}
-        assert standin.cluster_starts == []
+    [created] = standin.requests_to("POST", r"/api/2\.[12]/jobs/create")
+    assert [c["job_cluster_key"] for c in created.body["job_clusters"]] == [JOB_CLUSTER_KEY]
+    assert {t.task["job_cluster_key"] for t in run.task_runs} == {JOB_CLUSTER_KEY}
+    assert len(standin.cluster_starts) == 1  # one cluster for the batch, not one per table
+    assert len({t.cluster_id for t in run.task_runs}) == 1
+    assert standin.jobs == {} and len(standin.deleted_jobs) == 1  # the transient job went
     for key in keys:
         assert control_row(db, key)["last_status"] == "Succeeded"
     assert set(load_partitions(instance)) == set(keys)
+
+
+def test_a_serverless_batch_of_jdbc_rows_is_refused_before_anything_is_submitted(
+    standin, control_db, source_db, source, lake_root, db, instance
+):
+    """Serverless runs no spark.read.format('jdbc'): each row of the batch fails on its own with
+    the fix in its message, and no run starts (the shared environment is checked by the
+    payload test below)."""
+    keys = ["c.one", "c.two", "c.three"]
+    for key in keys:
+        add_control_row(db, source_db, key, "orders", destination_table_name=key.replace(".", "_"))
+
+    result = claim_and_run_batch(control_db, instance, lake_root, 3, "serverless")
+
+    assert not result.success
+    assert standin.requests_to("POST", r"/api/2\.[12]/jobs/runs/submit") == []
+    for key in keys:
+        row, [attempt] = control_row(db, key), history(db, key)
+        assert (row["last_status"], row["last_failure_kind"]) == ("Failed", "bad_config"), row
+        assert "Lakehouse Federation" in row["last_message"]
+        assert attempt["status"] == "Failed"
+    assert load_partitions(instance) == {}
 
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
@@ -172,5 +186,7 @@ def test_the_batch_payload_is_the_sdks_own_types(backend):
     for cluster in clusters:
         assert jobs.JobCluster.from_dict(cluster).as_dict() == cluster
     assert bool(clusters) == (backend == "new_cluster")
+    if backend == "serverless":  # the tasks share the run's one environment
+        assert {t["environment_key"] for t in tasks} == {"dataloader"}
     if clusters:
         assert clusters[0]["new_cluster"]["spark_version"] in NEW_CLUSTER
