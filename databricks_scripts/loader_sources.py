@@ -33,6 +33,9 @@ from databricks_scripts.loader_sources_dbapi import (
 )
 from databricks_scripts.loader_sql import (
     MYSQL,
+    MYSQL_COLUMN_COMMENTS,
+    MYSQL_TABLE_COMMENT,
+    PG_COMMENTS,
     POSTGRESQL,
     source_table_parts,
 )
@@ -125,15 +128,7 @@ class PostgresReader(SourceReader):
     ordered_reads = True
 
     def comments(self) -> tuple[str | None, dict[str, str]]:
-        stmt, reader = self._execute(
-            "SELECT pg_catalog.obj_description(c.oid, 'pg_class') AS t, a.attname::text AS c,"
-            " pg_catalog.col_description(c.oid, a.attnum::pg_catalog.int4) AS d"
-            " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_attribute a"
-            " ON a.attrelid OPERATOR(pg_catalog.=) c.oid AND a.attnum OPERATOR(pg_catalog.>) 0"
-            " AND NOT a.attisdropped"
-            " WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1)",
-            (self.table_sql,),
-        )
+        stmt, reader = self._execute(PG_COMMENTS.format(table="$1"), (self.table_sql,))
         try:
             rows = reader.read_all().to_pylist()
         finally:
@@ -390,16 +385,13 @@ class MySQLReader(SourceReader):
     ordered_reads = True
 
     def comments(self) -> tuple[str | None, dict[str, str]]:
-        where = "WHERE table_schema = COALESCE(%s, DATABASE()) AND table_name = %s"
+        marks = {"schema": "%s", "table": "%s"}
         parts = (self.spec.source_schema_name, self.spec.source_table_name)
         self._statement()
         with self._conn.cursor() as cur:
-            cur.execute(f"SELECT table_comment FROM information_schema.tables {where}", parts)
+            cur.execute(MYSQL_TABLE_COMMENT.format(**marks), parts)
             row = cur.fetchone()
-            cur.execute(
-                f"SELECT column_name, column_comment FROM information_schema.columns {where}",
-                parts,
-            )
+            cur.execute(MYSQL_COLUMN_COMMENTS.format(**marks), parts)
             columns = {str(n): str(c) for n, c in cur.fetchall() if c}
         return (str(row[0]) if row and row[0] else None), columns
 

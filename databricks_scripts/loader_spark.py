@@ -522,7 +522,8 @@ def _load(
     loaded = _result(spark, spec, target, applied, watermark, read, written, notes=notes)
     loaded.destination_rows_before = rows_before
     loaded.full_reason = full_reason(spec, exists)
-    return with_comments(spark, spec, target, loaded, columns, rebuild or not exists, log)
+    jdbc = None if spec.db_type == "databricks" else jdbc_options(spec, password)
+    return with_comments(spark, spec, target, loaded, columns, rebuild or not exists, log, jdbc)
 
 
 def _key_reader(spark: Any, spec: Any, password, view: str, lower, stages, log):

@@ -54,6 +54,24 @@ DIALECTS = {d.name: d for d in (POSTGRESQL, MYSQL, SQLSERVER, ORACLE, SPARK)}
 DIALECTS["databricks"] = SPARK
 
 
+# The source's comments, the same catalog SQL for both engines: the Arrow readers
+# (loader_sources) bind the names as parameters, the Spark engine (loader_spark_comments) sends
+# them as quoted literals in a JDBC query. ``{table}`` / ``{schema}`` are filled by the caller.
+PG_COMMENTS = (
+    "SELECT pg_catalog.obj_description(c.oid, 'pg_class') AS t, a.attname::text AS c,"
+    " pg_catalog.col_description(c.oid, a.attnum::pg_catalog.int4) AS d"
+    " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_attribute a"
+    " ON a.attrelid OPERATOR(pg_catalog.=) c.oid AND a.attnum OPERATOR(pg_catalog.>) 0"
+    " AND NOT a.attisdropped"
+    " WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass({table})"
+)
+_MYSQL_WHERE = " WHERE table_schema = COALESCE({schema}, DATABASE()) AND table_name = {table}"
+MYSQL_TABLE_COMMENT = "SELECT table_comment AS t FROM information_schema.tables" + _MYSQL_WHERE
+MYSQL_COLUMN_COMMENTS = (
+    "SELECT column_name AS c, column_comment AS d FROM information_schema.columns" + _MYSQL_WHERE
+)
+
+
 def check_identifier(identifier: object, dialect: Dialect) -> str:
     """Refuse identifiers no quoting can make safe; everything else is quoted, not interpreted."""
     if not isinstance(identifier, str) or not identifier:
