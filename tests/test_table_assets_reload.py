@@ -105,6 +105,9 @@ def test_a_row_added_with_sql_gets_its_asset_and_loses_it_when_paused(dev: Dev):
     dev.sql("UPDATE table_control SET is_active = false WHERE control_key = 'demo.customers_copy'")
     dev.wait_for(lambda: _node(dev, NEW_TABLE) is None, "the paused row's asset to go")
     gone = time.monotonic() - paused
-    assert {t["status"] for t in _ticks(dev)} == {"SKIPPED"}, _ticks(dev)  # none failed
+    # None failed (a tick may still be STARTED when they are read: the sensor keeps ticking).
+    ticks = _ticks(dev)
+    assert [t for t in ticks if t["status"] == "FAILURE"] == [], ticks
+    assert "SKIPPED" in {t["status"] for t in ticks}, ticks
     print(f"\ntable asset appeared {appeared:.1f} s after INSERT, went {gone:.1f} s after pause")
     (dev.home.parent / "reload_seconds.txt").write_text(f"{appeared:.1f} {gone:.1f}\n")
