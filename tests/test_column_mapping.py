@@ -26,7 +26,7 @@ pytest.importorskip(
 from test_spark_on_sail import Both, _values, sail  # noqa: F401 - the fixture
 
 from databricks_scripts.contract import DELETED_AT, END_AT
-from databricks_scripts.delta_dataset import new_table_configuration
+from databricks_scripts.delta_dataset import delta_dataset, new_table_configuration
 
 ODD = [
     ("id", "int"),
@@ -139,3 +139,18 @@ def test_deltalake_writes_a_mapped_table_with_a_naive_timestamp_by_physical_name
     ]
     files = list(tmp_path.rglob("*.parquet"))
     assert pq.read_schema(files[0]).names == physical
+
+
+def test_delta_dataset_reads_a_mapped_table_made_elsewhere(tmp_path):
+    """The Arrow engine makes no mapped table, but reads one right (deltalake's own
+    ``to_pyarrow_dataset`` answers NULLs): values, projections and filters by logical name."""
+    import pyarrow.compute as pc
+    from deltalake import write_deltalake
+
+    rows = pa.table({"id": pa.array([1, 2, 3], pa.int32()), "first name": ["a", "b", None]})
+    write_deltalake(str(tmp_path), rows, configuration={"delta.columnMapping.mode": "name"})
+    dataset = delta_dataset(DeltaTable(str(tmp_path)))
+    assert dataset.to_table().sort_by("id").to_pylist() == rows.to_pylist()
+    picked = dataset.to_table(columns=["first name"], filter=pc.field("id") > 1)
+    assert sorted(picked.column("first name").to_pylist(), key=str) == [None, "b"]
+    assert dataset.count_rows(filter=pc.field("first name") == "a") == 1
