@@ -1,4 +1,4 @@
-"""Benchmark: what hashing columns (columns_hash, loader_columns) adds to the rows a load writes.
+"""Benchmark: what hashing columns (columns_hash, load.columns) adds to the rows a load writes.
 
 Builds Arrow batches shaped like a customer table (bigint id, two text columns, a decimal, a
 timestamp; 1,000,000 rows by default, 10,000 per batch) and times, taking turns --repeat times:
@@ -28,8 +28,8 @@ from deltalake import write_deltalake
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from databricks_scripts.loader_columns import hash_batch
-from databricks_scripts.loader_types import cast_batch, delta_schema_for
+from databricks_scripts.load.columns import hash_batch
+from databricks_scripts.load.types import cast_batch, delta_schema_for
 
 KEY = b"bench-key-0123456789abcdef"
 

@@ -332,8 +332,8 @@ def _import_env() -> dict[str, str]:
 IMPORTS = {
     "code location (run worker)": "import dagsters.definitions",
     "Pipes load script (arrow)": (
-        "import databricks_scripts.dataloader_pipe, databricks_scripts.loader_arrow,"
-        " databricks_scripts.loader_sources"
+        "import databricks_scripts.dataloader_pipe, databricks_scripts.engines.arrow.engine,"
+        " databricks_scripts.sources.readers"
     ),
 }
 

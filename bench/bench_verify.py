@@ -33,10 +33,10 @@ from dagsters.local.embedded_lakebase import (
     start_embedded_server,
     stop_embedded_server,
 )
-from databricks_scripts import loader_arrow as la
-from databricks_scripts import loader_sources as ls
-from databricks_scripts.loader_deep_verify import deep_verify
-from databricks_scripts.loader_params import parse_load_spec
+from databricks_scripts.engines.arrow import engine as la
+from databricks_scripts.engines.arrow.deep_verify import deep_verify
+from databricks_scripts.load.params import parse_load_spec
+from databricks_scripts.sources import readers as ls
 
 
 def params(conninfo: str, **over) -> dict:

@@ -375,7 +375,7 @@ def _secrets_and_advisor(env: Mapping[str, str]) -> tuple[tuple[str, ...], dict[
     # The Pipes scripts' own modules know which variables are secret and which DATALOADER_AI_*
     # settings may travel; one definition serves both sides.
     from databricks_scripts.redaction import secrets_from_env
-    from databricks_scripts.retry_advisor import advisor_settings_from_env
+    from databricks_scripts.retry.advisor import advisor_settings_from_env
 
     return tuple(secrets_from_env(env)), advisor_settings_from_env(env)
 

@@ -65,12 +65,12 @@ SCHEMA_CHANGES: tuple[str, ...] = ("evolve", "freeze", "discard_new")
 # Not one of the control row's fields: the latest attempt of the row whose success the control
 # database recorded (max metadata_id of its Succeeded history rows; None when there is none). The
 # load script compares it with the attempt that last committed to the destination (a Delta
-# transaction id, see loader_commits), so a commit whose success was never recorded is recorded
+# transaction id, see engines.arrow.commits), so a commit whose success was never recorded is recorded
 # instead of loaded again. Absent (an older orchestrator): the script does not reconcile.
 RECORDED_METADATA_ID_PARAM = "recorded_metadata_id"
 
 # Not one of the control row's fields: what the load script is asked to do. Absent: load. With
-# DEEP_VERIFY_MODE it compares the whole table with its source instead (loader_deep_verify) and
+# DEEP_VERIFY_MODE it compares the whole table with its source instead (engines.arrow.deep_verify) and
 # reports the outcome as one custom message {DEEP_VERIFY_KEY: {passed, description, facts}}.
 MODE_PARAM = "mode"
 DEEP_VERIFY_MODE = "deep_verify"
@@ -88,7 +88,7 @@ STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 DELETE_DETECTIONS: tuple[DeleteDetection, ...] = get_args(DeleteDetection)
 # Default floor: a load never deletes (or marks deleted) more than this share of the live rows.
 DEFAULT_DELETE_MAX_FRACTION = 0.5
-# How deep the reconciliation check after each load goes (databricks_scripts/loader_verify).
+# How deep the reconciliation check after each load goes (databricks_scripts/engines/arrow/verify).
 VERIFY_DEPTHS: tuple[VerifyDepth, ...] = get_args(VerifyDepth)
 DEFAULT_VERIFY_DEPTH: VerifyDepth = "counts"
 # Technical destination columns (the names Databricks AUTO CDC uses for SCD type 2; fixed: other
@@ -188,7 +188,7 @@ class LoadMetadata:
     # The source table's own comment (PostgreSQL COMMENT ON TABLE, MySQL COMMENT); its column
     # comments are the column descriptions of COLUMN_SCHEMA.
     SOURCE_COMMENT = "source_comment"
-    # The reconciliation check (loader_verify): passed or not, its sentence, its depth and the
+    # The reconciliation check (engines.arrow.verify): passed or not, its sentence, its depth and the
     # facts it read from both sides (source_rows_in_scope, destination_rows_in_scope, ...).
     VERIFIED = "verification_passed"
     VERIFICATION = "verification"
@@ -377,7 +377,7 @@ def known_kind(kind: object) -> FailureKind | None:
 # ---------------------------------------------------------------------------------------------
 # Failure codes: what a foreign error's driver said about it, ``<family>:<value>`` (``sqlstate:57014``,
 # ``mysql:1040``, ``sqlserver:1205``, ``oracle:ORA-01013``, ``databricks:DELTA_CONCURRENT_APPEND``,
-# ``http:503``; databricks_scripts.failure_codes reads and decides them). The same text is
+# ``http:503``; databricks_scripts.retry.codes reads and decides them). The same text is
 # table_control.last_failure_code and historical_metadata.failure_code (sql/018, whose CHECK is
 # this shape).
 FAILURE_CODE_FAMILIES: tuple[str, ...] = (

@@ -53,22 +53,22 @@ from databricks_scripts.contract import (
     error_message,
     stderr_error_line,
 )
-from databricks_scripts.failure_codes import code_of
 from databricks_scripts.failures import BadConfig, DataLoaderFailure, failure_kind
-from databricks_scripts.loader_interrupt import StopSignal
-from databricks_scripts.loader_params import (
+from databricks_scripts.load.interrupt import StopSignal
+from databricks_scripts.load.params import (
     LoadSpec,
     parse_load_spec,
     resolve_hash_key,
     resolve_password,
 )
-from databricks_scripts.loader_pipes_io import choose_pipes_io
+from databricks_scripts.pipes_io import choose_pipes_io
 from databricks_scripts.redaction import redact
+from databricks_scripts.retry.codes import code_of
 from databricks_scripts.script_env import ScriptEnv
 
 
 class EngineResult(Protocol):
-    """What both engines' results have (``loader_arrow.LoadResult``, the Spark engine's); the
+    """What both engines' results have (``engines.arrow.engine.LoadResult``, the Spark engine's); the
     fields only one of them has are read with ``getattr`` (``load_report``)."""
 
     rows_read: int
@@ -86,7 +86,7 @@ class DataLoaderError(DataLoaderFailure, RuntimeError):
     kind is the failure's (None: a foreign error)."""
 
     kind = None
-    failure_code: str | None = None  # the foreign cause's code (failure_codes), when it has one
+    failure_code: str | None = None  # the foreign cause's code (retry.codes), when it has one
 
 
 def choose_engine(spec: LoadSpec, env: ScriptEnv) -> str:
@@ -151,7 +151,7 @@ def _run_engine(
     env.check()  # a malformed DATALOADER_BATCH_* / _PROGRESS_SECONDS fails at step 'load'
     progress = env.progress_seconds
     if engine == "spark":
-        from databricks_scripts.loader_spark import run_spark_load
+        from databricks_scripts.engines.spark.engine import run_spark_load
 
         return run_spark_load(
             spec,
@@ -162,9 +162,9 @@ def _run_engine(
             partitioning=(env.jdbc_rows_per_partition, env.jdbc_max_partitions),
             hash_key=hash_key,
         )
-    from databricks_scripts.loader_arrow import LoadStepError, run_arrow_load
-    from databricks_scripts.loader_columns import with_column_control
-    from databricks_scripts.loader_sources import open_source
+    from databricks_scripts.engines.arrow.engine import LoadStepError, run_arrow_load
+    from databricks_scripts.load.columns import with_column_control
+    from databricks_scripts.sources.readers import open_source
 
     destination = spec.destination_path(env.lake_root)
     try:
@@ -206,13 +206,13 @@ def _deep_verify(
     secrets: list[str],
     env: ScriptEnv,
 ) -> None:
-    """Deep verification of the row's table (loader_deep_verify), reported as one message."""
+    """Deep verification of the row's table (engines.arrow.deep_verify), reported as one message."""
     if engine != "arrow":
         raise BadConfig("deep verification runs on the Arrow engine only (DATALOADER_ENGINE)")
-    from databricks_scripts.loader_arrow import _delta_table
-    from databricks_scripts.loader_columns import with_column_control
-    from databricks_scripts.loader_deep_verify import deep_verify
-    from databricks_scripts.loader_sources import open_source
+    from databricks_scripts.engines.arrow.deep_verify import deep_verify
+    from databricks_scripts.engines.arrow.engine import _delta_table
+    from databricks_scripts.load.columns import with_column_control
+    from databricks_scripts.sources.readers import open_source
 
     table = _delta_table(spec.destination_path(env.lake_root))
     if table is None:
@@ -252,11 +252,11 @@ def _hash_key(spec: LoadSpec, env: ScriptEnv) -> bytes | None:
 def _with_hash_key(
     spec: LoadSpec, env: ScriptEnv, secrets: list[str]
 ) -> tuple[LoadSpec, bytes | None]:
-    """The spec naming which key hashes (loader_columns.key_id), and the key (kept secret)."""
+    """The spec naming which key hashes (load.columns.key_id), and the key (kept secret)."""
     hash_key = _hash_key(spec, env)
     if hash_key is None:
         return spec, None
-    from databricks_scripts.loader_columns import key_id
+    from databricks_scripts.load.columns import key_id
 
     secrets.append(hash_key.decode("utf-8"))
     return dataclasses.replace(spec, hash_key_id=key_id(hash_key)), hash_key

@@ -3,7 +3,7 @@
 Run by ``dataloader__retry_analysis`` as a local subprocess or a Databricks run, with Pipes extras
 ``{"params": request}`` (see ``build_analysis_request`` in the code location's retry analysis). It
 asks the configured chat model (``DATALOADER_AI_*``, read once into ``script_env.ScriptEnv``; see
-``retry_advisor``) and falls back to the rules classifier, then reports:
+``retry.advisor``) and falls back to the rules classifier, then reports:
 
 - materialization metadata ``decision``, ``confidence``, ``reason``, ``decider``, ``retry_count``;
 - custom message ``{"retry_decision": {...}}`` with the same fields plus how they were reached.
@@ -12,7 +12,7 @@ It never changes the control table itself: the asset applies the decision with a
 transition, so a decision reported twice cannot act twice. The script should not fail: every model
 problem ends in a rules decision; only a missing or broken request is an error.
 
-Imports only the standard library, ``openai`` (through ``retry_advisor``), ``dagster_pipes`` and
+Imports only the standard library, ``openai`` (through ``retry.advisor``), ``dagster_pipes`` and
 sibling modules, because on Databricks only this directory is shipped.
 """
 
@@ -49,9 +49,9 @@ from databricks_scripts.contract import (
     RETRY_DECISION_MESSAGE_KEY,
     Decision,
 )
-from databricks_scripts.loader_pipes_io import choose_pipes_io
+from databricks_scripts.pipes_io import choose_pipes_io
 from databricks_scripts.redaction import redact
-from databricks_scripts.retry_advisor import AdvisorConfig, decide_retry
+from databricks_scripts.retry.advisor import AdvisorConfig, decide_retry
 from databricks_scripts.script_env import ScriptEnv
 
 

@@ -8,7 +8,7 @@ own failures (stuck in queue, run timeout, orphaned run, a person's terminate) a
 
 A failure with a kind is decided by :data:`KIND_RULES` alone: no chat model is asked and the
 message text is not classified. Only a foreign error (no kind: a driver's, a cluster's, the
-cloud's) goes to ``retry_classifier`` and the model.
+cloud's) goes to ``retry.classifier`` and the model.
 
 Standard library only: shipped to Databricks with the scripts.
 """

@@ -3,7 +3,7 @@
 The entry scripts (``dataloader_pipe.py``, ``dataloader_retry_pipe.py``) build one ``ScriptEnv`` in
 ``main()`` and pass it down; no other module of ``databricks_scripts`` reads ``os.environ``. The
 code location has its own settings (``dagsters/settings.py``); both share the lists of secret
-variables (``redaction.secrets_from_env``) and AI settings (``retry_advisor``) by calling those
+variables (``redaction.secrets_from_env``) and AI settings (``retry.advisor``) by calling those
 functions with their own environment mapping.
 
 Standard library only: it is shipped to Databricks with the scripts.
@@ -29,11 +29,11 @@ DEFAULT_MERGE_CHUNK_ROWS = 150_000
 DEFAULT_FIRST_LOAD_CHUNK_ROWS = 5_000_000
 DEFAULT_FIRST_LOAD_CHUNKED_ABOVE_ROWS = 20_000_000
 DEFAULT_DBFS_ROOT = "/dbfs"
-# Spark engine's partitioned JDBC reads (loader_spark_partitions): rows one connection reads, and
+# Spark engine's partitioned JDBC reads (engines.spark.partitions): rows one connection reads, and
 # the most connections one load opens unless its control row says otherwise.
 DEFAULT_JDBC_ROWS_PER_PARTITION = 500_000
 DEFAULT_JDBC_MAX_PARTITIONS = 8
-# The variables the retry advisor reads (``retry_advisor.AdvisorConfig.from_env``).
+# The variables the retry advisor reads (``retry.advisor.AdvisorConfig.from_env``).
 AI_ENV_PREFIX = "DATALOADER_AI_"
 AI_ENV_NAMES = ("OPENAI_API_KEY",)
 # The oldest Databricks Runtime the scripts support (docs/databricks.md, "Supported runtimes and
@@ -130,7 +130,7 @@ class ScriptEnv:
       them).
     - ``secrets``: every secret value this process can see, to be masked wherever text goes.
     - ``source_secrets``: the ``DATALOADER_SECRET__<SCOPE>__<KEY>`` variables (source passwords
-      resolved locally, see ``loader_params.secret_env_var``).
+      resolved locally, see ``load.params.secret_env_var``).
     - ``ai_env``: the ``DATALOADER_AI_*`` variables and ``OPENAI_API_KEY``, for the advisor.
     - ``invalid``: what was malformed (see :meth:`check`).
     """

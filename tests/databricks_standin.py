@@ -18,7 +18,7 @@ variables, because Databricks exposes them as FUSE mounts the script opens with 
 
 * ``DATALOADER_DBFS_ROOT`` stands for the ``/dbfs`` mount: DBFS ``/tmp/x`` -> ``$ROOT/tmp/x``;
 * ``DATALOADER_VOLUMES_ROOT`` is prefixed to volume paths: ``/Volumes/c/s/v/x`` ->
-  ``$ROOT/Volumes/c/s/v/x`` (the loader's ``loader_pipes_io`` convention).
+  ``$ROOT/Volumes/c/s/v/x`` (the loader's ``pipes_io`` convention).
 
 Other test modules can add endpoints with :meth:`DatabricksStandin.add_route`, inject transient
 faults with :meth:`DatabricksStandin.inject_fault`, and assert on :attr:`DatabricksStandin.requests`.

@@ -13,7 +13,7 @@ import dagster as dg
 import pytest
 
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
-from databricks_scripts.loader_params import secret_env_var
+from databricks_scripts.load.params import secret_env_var
 
 STANDIN = """
 import json, os, sys

@@ -22,7 +22,7 @@ from deltalake import DeltaTable
 from helpers import history, insert_control_row, pg_config
 from test_secret_binding import add_connection, load, outcome
 
-from databricks_scripts.loader_params import secret_env_var
+from databricks_scripts.load.params import secret_env_var
 
 SCOPE, KEY = "kv-pii", "hash-key"
 

@@ -35,7 +35,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from test_ui_launches import Dev, _code_location_loaded
 
 from dagsters.control.run_requests import LOAD_ASSET
-from databricks_scripts.loader_params import secret_env_var
+from databricks_scripts.load.params import secret_env_var
 
 SCOPE, KEY = "kv-pii", "hash-key"
 PG_DATABASE = "demo_source"  # the embedded server's demo source database; our tables in public

@@ -5,7 +5,7 @@ Sail's Delta; the rows of both destinations must be equal).
 
 - ``columns_exclude`` / ``columns_hash``: the excluded column is in neither destination; the hashed
   ones (text, decimal, timestamp) hold the same HMAC in both, equal to the HMAC of the value's
-  canonical text (loader_columns.canonical_text, docs/loader.md).
+  canonical text (load.columns.canonical_text, docs/loader.md).
 - ``schema_change``: ``freeze`` fails both engines at step ``reconcile schema`` naming the added
   column, and neither destination changes; ``discard_new`` leaves the column out of both;
   ``evolve`` adds it to both and keeps a dropped one NULL for new rows.
@@ -34,11 +34,11 @@ from hypothesis import strategies as st
 from sail_spark import SAIL_GAPS
 from test_spark_on_sail import Both, sail, t  # noqa: F401 - sail: the module's Sail fixture
 
-from databricks_scripts import loader_arrow as la
-from databricks_scripts import loader_columns as lc
-from databricks_scripts import loader_spark as lsp
-from databricks_scripts.loader_params import parse_load_spec
-from databricks_scripts.loader_spark_comments import parse_described
+from databricks_scripts.engines.arrow import engine as la
+from databricks_scripts.engines.spark import engine as lsp
+from databricks_scripts.engines.spark.comments import parse_described
+from databricks_scripts.load import columns as lc
+from databricks_scripts.load.params import parse_load_spec
 
 KEY = b"column-control-key-0123456789"
 UTC = dt.UTC
@@ -210,7 +210,7 @@ HASHED = ROW_TYPES.names[1:]
 
 
 def _canonical(value: Any) -> str | None:
-    """The documented canonical text, written out independently of loader_columns."""
+    """The documented canonical text, written out independently of load.columns."""
     if value is None:
         return None
     if isinstance(value, dt.datetime):

@@ -11,11 +11,11 @@ import shutil
 import pyarrow as pa
 import pytest
 
-from databricks_scripts import loader_columns as lc
-from databricks_scripts import loader_spark_columns as lsc
-from databricks_scripts.loader_params import LoadParamsError, parse_load_spec
-from databricks_scripts.loader_sql import MYSQL, select_source
-from databricks_scripts.loader_types import SchemaContractError, plan_schema
+from databricks_scripts.engines.spark import columns as lsc
+from databricks_scripts.load import columns as lc
+from databricks_scripts.load.params import LoadParamsError, parse_load_spec
+from databricks_scripts.load.types import SchemaContractError, plan_schema
+from databricks_scripts.sources.sql import MYSQL, select_source
 
 KEY = b"0123456789abcdef-key"
 
@@ -202,7 +202,7 @@ def test_spark_rebuilds_when_the_last_commit_recorded_other_lists():
 def test_spark_comment_statements_run_on_spark_and_read_back(spark):
     """The statements the Spark engine gives a created table (Sail refuses them: see
     test_column_control_sail.py), executed on a local SparkSession (a parquet table)."""
-    from databricks_scripts.loader_spark_comments import parse_described, write_comments
+    from databricks_scripts.engines.spark.comments import parse_described, write_comments
 
     spark.sql("CREATE TABLE commented USING parquet AS SELECT 1 AS id, 'a' AS name").collect()
     comments = ("It's \\ people", {"name": "Given 'name'", "gone": "not in the table"})

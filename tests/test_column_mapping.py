@@ -26,7 +26,7 @@ pytest.importorskip(
 from test_spark_on_sail import Both, _values, sail  # noqa: F401 - the fixture
 
 from databricks_scripts.contract import DELETED_AT, END_AT
-from databricks_scripts.delta_dataset import delta_dataset, new_table_configuration
+from databricks_scripts.engines.arrow.delta_dataset import delta_dataset, new_table_configuration
 
 ODD = [
     ("id", "int"),

@@ -14,14 +14,14 @@ import pyarrow as pa
 import pytest
 from helpers import pg_config
 
-from databricks_scripts import loader_params as lp
-from databricks_scripts import loader_sources as ls
-from databricks_scripts.loader_connections import (
+from databricks_scripts.engines.spark.engine import jdbc_options
+from databricks_scripts.load import params as lp
+from databricks_scripts.sources import readers as ls
+from databricks_scripts.sources.connections import (
     mysql_connect_kwargs,
     oracle_connect_kwargs,
     sqlserver_connect_kwargs,
 )
-from databricks_scripts.loader_spark import jdbc_options
 
 EVIL = """
 CREATE SCHEMA evil;

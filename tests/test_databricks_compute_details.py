@@ -23,7 +23,7 @@ from test_databricks_e2e import claim_and_materialize, standin  # noqa: F401
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.runners.databricks import pinned
 from databricks_scripts.dataloader_pipe import choose_engine
-from databricks_scripts.loader_params import parse_load_spec
+from databricks_scripts.load.params import parse_load_spec
 from databricks_scripts.script_env import ScriptEnv
 
 REPO = Path(__file__).resolve().parents[1]

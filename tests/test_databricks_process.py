@@ -27,9 +27,9 @@ import pytest
 from test_loader_spark import spark  # noqa: F401 - the session's local (classic) SparkSession
 
 from databricks_scripts import dataloader_pipe as pipe
-from databricks_scripts.loader_interrupt import StopSignal
-from databricks_scripts.loader_params import parse_load_spec
-from databricks_scripts.loader_spark_commits import cancellable, tag_jobs
+from databricks_scripts.engines.spark.commits import cancellable, tag_jobs
+from databricks_scripts.load.interrupt import StopSignal
+from databricks_scripts.load.params import parse_load_spec
 from databricks_scripts.script_env import ScriptEnv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,7 +97,7 @@ def test_os_exit_is_called_only_by_the_local_stop_watcher():
             for node in ast.walk(top):
                 if isinstance(node, ast.Attribute) and node.attr == "_exit":
                     calls.append((path.name, top.name))
-    assert calls == [("loader_interrupt.py", "_watch")]
+    assert calls == [("load.interrupt.py", "_watch")]
 
 
 def _tags(session) -> set[str]:

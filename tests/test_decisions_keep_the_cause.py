@@ -24,7 +24,7 @@ from dagsters.control.retry_state import CAUSE_CHARS
 from dagsters.settings import RetryPolicy
 from dagsters.utils.lakebase_client import LakebaseClient
 from databricks_scripts.contract import KIND_CANCELLED, Decision
-from databricks_scripts.retry_classifier import classify_error
+from databricks_scripts.retry.classifier import classify_error
 
 MISSING = 'relation "erp.invoices_2019" does not exist'
 

@@ -1,4 +1,4 @@
-"""Deep verification (databricks_scripts/loader_deep_verify, dataloader__deep_verify_job): every key
+"""Deep verification (databricks_scripts/engines/arrow/deep_verify, dataloader__deep_verify_job): every key
 and every row's values of the source against the destination, on real sources and Delta tables,
 and through the job: drift is a failing ERROR check naming the first differing keys."""
 
@@ -14,9 +14,9 @@ from test_deletes_scd2 import Loads
 from test_load_asset import claim_and_materialize
 from test_loader_pipe import _mysql_or_skip, execute
 
-from databricks_scripts import loader_sources as ls
-from databricks_scripts.loader_deep_verify import deep_verify
-from databricks_scripts.loader_params import parse_load_spec
+from databricks_scripts.engines.arrow.deep_verify import deep_verify
+from databricks_scripts.load.params import parse_load_spec
+from databricks_scripts.sources import readers as ls
 
 
 def _verify(loads: Loads, reader_class=ls.PostgresReader, **spec_overrides):

@@ -17,8 +17,6 @@ from deltalake import DeltaTable
 from helpers import add_row
 from test_loader_pipe import dest, execute, make_params, run_raw
 
-from databricks_scripts import loader_arrow as la
-from databricks_scripts import loader_sources as ls
 from databricks_scripts.contract import (
     DELETED_AT,
     END_AT,
@@ -26,7 +24,9 @@ from databricks_scripts.contract import (
     RECORDED_METADATA_ID_PARAM,
     START_AT,
 )
-from databricks_scripts.loader_params import parse_load_spec
+from databricks_scripts.engines.arrow import engine as la
+from databricks_scripts.load.params import parse_load_spec
+from databricks_scripts.sources import readers as ls
 
 UTC = dt.UTC
 

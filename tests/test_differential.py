@@ -32,10 +32,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_loader_pipe import _mysql_or_skip, make_params
 
-from databricks_scripts import loader_arrow as la
-from databricks_scripts import loader_sources as ls
 from databricks_scripts.contract import DELETED_AT, END_AT, RECORDED_METADATA_ID_PARAM, START_AT
-from databricks_scripts.loader_params import parse_load_spec
+from databricks_scripts.engines.arrow import engine as la
+from databricks_scripts.load.params import parse_load_spec
+from databricks_scripts.sources import readers as ls
 
 EXAMPLES = int(os.environ.get("DATALOADER_DIFF_EXAMPLES", "4"))
 STEPS = 14 if EXAMPLES <= 10 else 30

@@ -16,9 +16,12 @@ import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 
 from databricks_scripts.contract import RECORDED_METADATA_ID_PARAM
-from databricks_scripts.loader_commits import UnrecordedCommit, commit_properties, unrecorded_commit
-from databricks_scripts.loader_params import parse_load_spec
-from databricks_scripts.loader_spark_commits import (
+from databricks_scripts.engines.arrow.commits import (
+    UnrecordedCommit,
+    commit_properties,
+    unrecorded_commit,
+)
+from databricks_scripts.engines.spark.commits import (
     TXN_APP_ID_CONF,
     TXN_VERSION_CONF,
     USER_METADATA_CONF,
@@ -27,7 +30,7 @@ from databricks_scripts.loader_spark_commits import (
     user_metadata,
     write_options,
 )
-from databricks_scripts.loader_spark_writes import (
+from databricks_scripts.engines.spark.writes import (
     APPEND,
     CREATE,
     MERGE,
@@ -35,6 +38,7 @@ from databricks_scripts.loader_spark_writes import (
     created,
     run_write,
 )
+from databricks_scripts.load.params import parse_load_spec
 
 
 def spec(metadata_id=7, recorded=5, **kw):

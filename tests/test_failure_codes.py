@@ -34,10 +34,9 @@ from databricks_scripts.contract import (
     error_message,
     stderr_error_line,
 )
-from databricks_scripts.failure_codes import code_from_text, code_of, rule_for_code
-from databricks_scripts.loader_arrow import LoadStepError
-from databricks_scripts.retry_advisor import AdvisorConfig, decide_retry
-from databricks_scripts.retry_classifier import (
+from databricks_scripts.engines.arrow.engine import LoadStepError
+from databricks_scripts.retry.advisor import AdvisorConfig, decide_retry
+from databricks_scripts.retry.classifier import (
     _CODE_ONLY_RULES,
     _RULES,
     PERMANENT,
@@ -45,6 +44,7 @@ from databricks_scripts.retry_classifier import (
     TRANSIENT,
     classify_error,
 )
+from databricks_scripts.retry.codes import code_from_text, code_of, rule_for_code
 
 MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "database": "test"}
 
@@ -146,7 +146,7 @@ def test_a_code_decides_over_the_words(code, rule, category):
 
 
 def test_every_rule_a_code_names_exists():
-    from databricks_scripts import failure_codes as fc
+    from databricks_scripts.retry import codes as fc
 
     names = {r.name for r in (*_RULES, *_CODE_ONLY_RULES)}
     tables = (fc._SQLSTATE_EXACT, fc._SQLSTATE_CLASS, fc._MYSQL, fc._SQLSERVER, fc._ORACLE)

@@ -22,11 +22,11 @@ from dagsters.partitions import PARTITIONS_NAME
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.sensors.dataloader_failed_monitor import build_failed_monitor
 from dagsters.settings import RetryPolicy, Settings, load_settings
-from databricks_scripts import retry_advisor
 from databricks_scripts.contract import FAILURE_KINDS, REQUIRES_REVIEW, RETRY_RECOMMENDED
 from databricks_scripts.failures import KIND_RULES
-from databricks_scripts.retry_advisor import AdvisorConfig, decide_retry
-from databricks_scripts.retry_classifier import classify_error
+from databricks_scripts.retry import advisor as retry_advisor
+from databricks_scripts.retry.advisor import AdvisorConfig, decide_retry
+from databricks_scripts.retry.classifier import classify_error
 
 __all__ = ["openai_standin"]  # the fixture, imported so pytest finds it in this module
 

@@ -48,9 +48,9 @@ from databricks_scripts.contract import (
     kind_from_stderr,
     stderr_error_line,
 )
+from databricks_scripts.engines.arrow.engine import LoadStepError
 from databricks_scripts.failures import KIND_RULES, DataLoaderFailure, failure_kind
-from databricks_scripts.loader_arrow import LoadStepError
-from databricks_scripts.loader_types import IncompatibleSchemaError
+from databricks_scripts.load.types import IncompatibleSchemaError
 
 REPO = Path(__file__).resolve().parents[1]
 

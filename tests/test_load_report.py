@@ -6,12 +6,12 @@ from __future__ import annotations
 import dagster as dg
 import pyarrow as pa
 
-from databricks_scripts import loader_params as lp
 from databricks_scripts.contract import LoadMetadata, LoadReport
 from databricks_scripts.dataloader_pipe import load_report
-from databricks_scripts.loader_arrow import LoadResult
-from databricks_scripts.loader_commits import UnrecordedCommit
-from databricks_scripts.loader_verify import Verification
+from databricks_scripts.engines.arrow.commits import UnrecordedCommit
+from databricks_scripts.engines.arrow.engine import LoadResult
+from databricks_scripts.engines.arrow.verify import Verification
+from databricks_scripts.load import params as lp
 
 ALWAYS = {
     LoadMetadata.ROWS_READ,

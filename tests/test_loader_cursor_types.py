@@ -12,9 +12,9 @@ import pytest
 from deltalake import DeltaTable
 from helpers import pg_config
 
-from databricks_scripts import loader_arrow as la
-from databricks_scripts import loader_params as lp
-from databricks_scripts import loader_sources as ls
+from databricks_scripts.engines.arrow import engine as la
+from databricks_scripts.load import params as lp
+from databricks_scripts.sources import readers as ls
 
 
 def _spec(source_db: str, table: str, **overrides) -> lp.LoadSpec:

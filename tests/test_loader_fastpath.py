@@ -9,10 +9,10 @@ import pyarrow as pa
 import pytest
 from helpers import pg_config
 
-from databricks_scripts import loader_arrow as la
-from databricks_scripts import loader_params as lp
-from databricks_scripts import loader_sources as ls
-from databricks_scripts import loader_types as lt
+from databricks_scripts.engines.arrow import engine as la
+from databricks_scripts.load import params as lp
+from databricks_scripts.load import types as lt
+from databricks_scripts.sources import readers as ls
 
 UTC = dt.UTC
 

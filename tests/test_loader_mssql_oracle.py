@@ -8,12 +8,12 @@ import oracledb
 import pyarrow as pa
 import pytest
 
-from databricks_scripts import loader_arrow as la
-from databricks_scripts import loader_params as lp
-from databricks_scripts import loader_sources as ls
-from databricks_scripts import loader_types as lt
-from databricks_scripts import loader_types_mssql_oracle as lmo
-from databricks_scripts import watermark as lw
+from databricks_scripts.engines.arrow import engine as la
+from databricks_scripts.load import params as lp
+from databricks_scripts.load import types as lt
+from databricks_scripts.load import watermark as lw
+from databricks_scripts.sources import readers as ls
+from databricks_scripts.sources import types_mssql_oracle as lmo
 
 D = decimal.Decimal
 UTC = dt.UTC

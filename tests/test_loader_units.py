@@ -10,13 +10,13 @@ import pyarrow as pa
 import pytest
 
 from databricks_scripts import contract
-from databricks_scripts import loader_params as lp
-from databricks_scripts import loader_sources as ls
-from databricks_scripts import loader_sql as sq
-from databricks_scripts import loader_types as lt
-from databricks_scripts import watermark as lw
-from databricks_scripts.loader_pipes_io import choose_pipes_io, dbfs_local_path
+from databricks_scripts.load import params as lp
+from databricks_scripts.load import types as lt
+from databricks_scripts.load import watermark as lw
+from databricks_scripts.pipes_io import choose_pipes_io, dbfs_local_path
 from databricks_scripts.script_env import ScriptEnv
+from databricks_scripts.sources import readers as ls
+from databricks_scripts.sources import sql as sq
 
 UTC = dt.UTC
 

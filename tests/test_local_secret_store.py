@@ -44,7 +44,7 @@ from dagsters.assets.dataloader_pipes_asset import build_load_asset
 from dagsters.control.run_requests import LOAD_ASSET
 from dagsters.settings import load_settings
 from databricks_scripts import local_secrets
-from databricks_scripts.loader_params import secret_env_var
+from databricks_scripts.load.params import secret_env_var
 
 CLI = str(Path(sys.executable).with_name("dataloader"))
 

@@ -10,7 +10,7 @@ import shutil
 import pytest
 from dagster_pipes import PipesDbfsMessageWriter
 
-from databricks_scripts.loader_pipes_io import DbfsMessageWriter
+from databricks_scripts.pipes_io import DbfsMessageWriter
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ from dagsters.sensors.dataloader_master_sensor import LOAD_JOB, build_master_sen
 from dagsters.settings import Settings
 from dagsters.utils.lakebase_client import LakebaseClient
 from databricks_scripts.contract import LoadReport
-from databricks_scripts.retry_classifier import TRANSIENT, classify_error
+from databricks_scripts.retry.classifier import TRANSIENT, classify_error
 
 OTHER_SOURCE = {"host": "db2.internal", "port": 5432, "database": "crm"}
 STEP_MINUTES = 10  # one simulated step: a load takes this long; monitors and sensor tick once

@@ -1,4 +1,4 @@
-"""The reconciliation check (databricks_scripts/loader_verify) on real sources and Delta tables:
+"""The reconciliation check (databricks_scripts/engines/arrow/verify) on real sources and Delta tables:
 it fails when the destination differs from the source, whoever caused it, and stays quiet on
 correct loads of every strategy, look-back re-reads, scd2 versions and soft-deleted rows."""
 
@@ -11,8 +11,8 @@ from deltalake import DeltaTable
 from test_deletes_scd2 import Loads
 from test_loader_pipe import _mysql_or_skip, execute
 
-from databricks_scripts import loader_sources as ls
-from databricks_scripts.loader_source_base import SourceBusyError
+from databricks_scripts.sources import readers as ls
+from databricks_scripts.sources.base import SourceBusyError
 
 T0 = dt.datetime(2024, 5, 1)
 
@@ -153,7 +153,7 @@ def test_twenty_correct_loads_of_a_changing_table_stay_quiet(
 def test_the_reader_refuses_a_statement_while_a_result_still_streams(source_db):
     from test_loader_pipe import make_params
 
-    from databricks_scripts.loader_params import parse_load_spec
+    from databricks_scripts.load.params import parse_load_spec
 
     _table(source_db)
     spec = parse_load_spec(make_params(source_db, "recon", incremental_column="ts"))
@@ -232,7 +232,7 @@ def test_local_delta_tables_are_scanned_through_arrows_own_filesystem(tmp_path):
     import pyarrow.fs as pafs
     from deltalake import write_deltalake
 
-    from databricks_scripts.delta_dataset import delta_dataset, local_path
+    from databricks_scripts.engines.arrow.delta_dataset import delta_dataset, local_path
 
     write_deltalake(str(tmp_path / "t"), pa.table({"id": [1, 2, 3]}))
     dataset = delta_dataset(DeltaTable(str(tmp_path / "t")))

@@ -7,8 +7,8 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from databricks_scripts import retry_advisor
 from databricks_scripts.redaction import MASK, redact, secret_forms, secrets_from_env
+from databricks_scripts.retry import advisor as retry_advisor
 from databricks_scripts.script_env import ScriptEnv
 
 SECRET = "Sup3r$ecret-7f3a 'q' \\x@/#"  # quote, backslash, @, / and # change under every encoding

@@ -13,7 +13,7 @@ import json
 import pytest
 from openai_standin import OpenAIStandIn, Reply, good_answer, openai_standin, rate_limited
 
-from databricks_scripts.retry_advisor import (
+from databricks_scripts.retry.advisor import (
     MAX_RETRIES_CAP,
     RULES_DECIDER,
     TIMEOUT_CAP_SECONDS,
@@ -22,7 +22,7 @@ from databricks_scripts.retry_advisor import (
     decide_retry,
     parse_advice,
 )
-from databricks_scripts.retry_classifier import REQUIRES_REVIEW, RETRY_RECOMMENDED
+from databricks_scripts.retry.classifier import REQUIRES_REVIEW, RETRY_RECOMMENDED
 from databricks_scripts.script_env import ScriptEnv
 
 __all__ = ["openai_standin"]  # the fixture, imported so pytest finds it in this module

@@ -1,4 +1,4 @@
-"""The rules alone (retry_classifier.classify_error, no model, no database): every labelled transient
+"""The rules alone (retry.classifier.classify_error, no model, no database): every labelled transient
 error goes to retry and every permanent one to review, held-out messages stay above their floors,
 and the reason names the cause in one sentence.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from databricks_scripts.retry_classifier import (
+from databricks_scripts.retry.classifier import (
     PERMANENT,
     REQUIRES_REVIEW,
     RETRY_RECOMMENDED,

@@ -29,7 +29,7 @@ from dagsters.control.retry_analysis import (
 from dagsters.settings import RetryPolicy, load_settings
 from dagsters.utils.lakebase_client import LakebaseClient
 from databricks_scripts.contract import Decision
-from databricks_scripts.retry_advisor import AdvisorConfig, decide_retry
+from databricks_scripts.retry.advisor import AdvisorConfig, decide_retry
 
 SPEC = RetryPolicy()  # the spec's 3 retries
 

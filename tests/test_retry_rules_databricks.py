@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from databricks_scripts.retry_classifier import TRANSIENT, UNKNOWN, classify_error
+from databricks_scripts.retry.classifier import TRANSIENT, UNKNOWN, classify_error
 
 DATA = Path(__file__).parent / "data"
 TRAINING = json.loads((DATA / "error_messages_databricks.json").read_text())

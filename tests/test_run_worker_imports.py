@@ -3,6 +3,7 @@ load script, the Databricks backend, the retry model or local start-up needs."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -49,9 +50,12 @@ def test_loading_the_code_location_leaves_the_heavy_packages_unimported(tmp_path
 # Raised knowingly to 76 for issue 24's databricks_scripts.failures (the root of the scripts' own
 # errors and the kind -> decision table): the secret store and the retry advisor, both needed when
 # the definitions are built, define their errors on it. A small standard-library module.
-# Raised knowingly to 77 for issue 24's databricks_scripts.failure_codes (the drivers' codes and what
+# Raised knowingly to 77 for issue 24's databricks_scripts.retry.codes (the drivers' codes and what
 # each decides): the retry rules the code location runs decide by it. Standard library only.
-PROJECT_MODULES_CEILING = 77
+# Issue 24's package move (databricks_scripts into load/, engines/, sources/, retry/): packages
+# whose __init__ only documents them cost nothing and are no longer counted; the same modules then
+# count 69 (79 with the ten packages that only document themselves).
+PROJECT_MODULES_CEILING = 69
 THIRD_PARTY_AT_LOAD = {
     "psycopg",  # the control database: every run reads and writes its row
     "psycopg_binary",
@@ -59,6 +63,18 @@ THIRD_PARTY_AT_LOAD = {
     "croniter",  # next_load_date_time after a load (dagsters/control/schedule.py)
     "dateutil",  # croniter's
 }
+
+
+def _docstring_package(module: str) -> bool:
+    """A package whose ``__init__`` only documents it (no import, no code): it costs nothing, so
+    grouping modules into packages (databricks_scripts' load/, engines/, sources/, retry/) does not
+    count against the ceiling."""
+    init = ROOT.joinpath(*module.split("."), "__init__.py")
+    if not init.is_file():
+        return False
+    tree = ast.parse(init.read_text(encoding="utf-8"))
+    body = tree.body[1:] if tree.body and isinstance(tree.body[0], ast.Expr) else tree.body
+    return not body
 
 
 def test_loading_the_code_location_adds_few_modules_to_dagsters_own(tmp_path):
@@ -74,7 +90,11 @@ def test_loading_the_code_location_adds_few_modules_to_dagsters_own(tmp_path):
     )
     added = json.loads(out.stdout.strip().splitlines()[-1])
     tops = {name.split(".")[0] for name in added}
-    project = [m for m in added if m.split(".")[0] in ("dagsters", "databricks_scripts")]
+    project = [
+        m
+        for m in added
+        if m.split(".")[0] in ("dagsters", "databricks_scripts") and not _docstring_package(m)
+    ]
     others = tops - {"dagsters", "databricks_scripts", "dagster"} - set(sys.stdlib_module_names)
     assert others <= THIRD_PARTY_AT_LOAD, f"new packages imported at load: {others}"
     assert len(project) <= PROJECT_MODULES_CEILING, (

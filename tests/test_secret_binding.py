@@ -26,7 +26,7 @@ from dagsters.partitions import PARTITIONS_NAME
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.settings import load_settings
 from dagsters.utils.lakebase_client import LakebaseClient
-from databricks_scripts.loader_params import secret_env_var
+from databricks_scripts.load.params import secret_env_var
 
 SCOPE = "kv-prod"
 KEY = "erp-pg-pass"

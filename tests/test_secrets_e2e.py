@@ -38,7 +38,7 @@ from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.sensors.dataloader_failed_monitor import build_failed_monitor
 from dagsters.settings import Settings, load_settings
 from dagsters.utils.lakebase_client import LakebaseClient
-from databricks_scripts.loader_params import secret_env_var
+from databricks_scripts.load.params import secret_env_var
 
 __all__ = ["databricks_standin", "openai_standin"]  # fixtures, imported so pytest finds them here
 

@@ -38,7 +38,7 @@ FORBIDDEN = {
 }
 # Where ``sparkContext`` may be touched: job tags on a classic session, where it is tried (on Spark
 # Connect it raises, and the session's own tags are used).
-SPARK_CONTEXT_ALLOWED = {("loader_spark_commits.py", "tag_jobs")}
+SPARK_CONTEXT_ALLOWED = {("engines.spark.commits.py", "tag_jobs")}
 # Spark confs a serverless job may set (Databricks' documentation, reviewed).
 SERVERLESS_SETTABLE = {
     "spark.sql.legacy.timeParserPolicy",
@@ -127,7 +127,7 @@ def test_the_scan_finds_conf_sets():
     reason=(
         "the MERGE's commit metadata and idempotent-write settings "
         "(spark.databricks.delta.commitInfo.userMetadata, spark.databricks.delta.write.txnAppId / "
-        "txnVersion) are still spark.conf.set calls for that statement (loader_spark_commits); "
+        "txnVersion) are still spark.conf.set calls for that statement (engines.spark.commits); "
         "serverless does not list them as settable"
     ),
 )

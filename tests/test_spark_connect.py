@@ -25,13 +25,13 @@ import pytest
 from spark_connect_server import PG_JARS, connect, connect_server, why_not
 from test_spark_partitioned_reads import _items, _read, _rows, pg  # noqa: F401
 
-from databricks_scripts import loader_spark as lsp
+from databricks_scripts.engines.spark import engine as lsp
+from databricks_scripts.engines.spark.commits import cancellable, check_keys, tag_jobs
+from databricks_scripts.engines.spark.merge import with_key_range
 from databricks_scripts.failures import DataMismatch
-from databricks_scripts.loader_interrupt import StopSignal
-from databricks_scripts.loader_params import parse_load_spec
-from databricks_scripts.loader_spark_commits import cancellable, check_keys, tag_jobs
-from databricks_scripts.loader_spark_merge import with_key_range
-from databricks_scripts.loader_sql import spark_append_new_rows
+from databricks_scripts.load.interrupt import StopSignal
+from databricks_scripts.load.params import parse_load_spec
+from databricks_scripts.sources.sql import spark_append_new_rows
 
 UTC = dt.UTC
 T0 = dt.datetime(2024, 1, 1, tzinfo=UTC)

@@ -14,9 +14,9 @@ import shutil
 
 import pytest
 
-from databricks_scripts import loader_spark_history as sh
 from databricks_scripts.contract import DELETED_AT, END_AT, START_AT
-from databricks_scripts.loader_params import parse_load_spec
+from databricks_scripts.engines.spark import history as sh
+from databricks_scripts.load.params import parse_load_spec
 
 UTC = dt.UTC
 LOAD_TS = sh.timestamp_literal(dt.datetime(2024, 2, 1, 12, tzinfo=UTC))

@@ -17,9 +17,8 @@ import shutil
 import pytest
 
 from databricks_scripts.contract import RECORDED_METADATA_ID_PARAM
-from databricks_scripts.loader_commits import StaleAttempt, UnrecordedCommit
-from databricks_scripts.loader_params import parse_load_spec
-from databricks_scripts.loader_spark_commits import (
+from databricks_scripts.engines.arrow.commits import StaleAttempt, UnrecordedCommit
+from databricks_scripts.engines.spark.commits import (
     USER_METADATA_CONF,
     check_keys,
     check_still_current,
@@ -28,6 +27,7 @@ from databricks_scripts.loader_spark_commits import (
     unrecorded,
     user_metadata,
 )
+from databricks_scripts.load.params import parse_load_spec
 
 
 @pytest.fixture(scope="module")

@@ -30,12 +30,12 @@ import pytest
 from deltalake import DeltaTable
 from helpers import pg_config
 
-from databricks_scripts import loader_arrow as la
-from databricks_scripts import loader_sources as ls
-from databricks_scripts import loader_spark as lsp
 from databricks_scripts.contract import DELETED_AT, END_AT, RECORDED_METADATA_ID_PARAM, START_AT
-from databricks_scripts.loader_columns import with_column_control
-from databricks_scripts.loader_params import parse_load_spec
+from databricks_scripts.engines.arrow import engine as la
+from databricks_scripts.engines.spark import engine as lsp
+from databricks_scripts.load.columns import with_column_control
+from databricks_scripts.load.params import parse_load_spec
+from databricks_scripts.sources import readers as ls
 
 pysail = pytest.importorskip(
     "pysail", reason="no pysail wheel for this platform: the Spark engine cannot run on Sail here"
@@ -422,9 +422,9 @@ def test_gap_parameters_in_a_command(sail):
 
 @_gap("session userMetadata", AssertionError)
 def test_gap_session_user_metadata_names_the_commit(sail):
-    """What reconciling and fencing read (loader_spark_commits): the session-wide userMetadata
+    """What reconciling and fencing read (engines.spark.commits): the session-wide userMetadata
     in the commit the statement makes."""
-    from databricks_scripts.loader_spark_commits import commit_named, read_last_commit
+    from databricks_scripts.engines.spark.commits import commit_named, read_last_commit
 
     target = _table(sail)
     spec = parse_load_spec(

@@ -5,7 +5,7 @@ The Spark engine's source here is the real PostgreSQL table, read through a Pyth
 on Sail (Sail has no JDBC source): like a JDBC DataFrame, every action on it runs its query on
 PostgreSQL again, and each run takes ``nextval`` of a sequence in the source database first, so
 the sequence counts the source's reads. A delete-detecting or scd2 load stages what it read
-(loader_spark_stage) and runs the key check, the floor query and the MERGE on the staged rows:
+(engines.spark.stage) and runs the key check, the floor query and the MERGE on the staged rows:
 one read of the rows, plus one read of the key columns when the load read only the rows above
 its watermark. Before staging, every one of those statements read the source again (a different
 snapshot each time). Each load is compared with the Arrow engine's on the same rows (``Both``).
@@ -25,7 +25,7 @@ from sail_spark import SailSession
 from test_spark_on_sail import COLUMNS, SPARK_TYPES, Both, _seed, sail, t  # noqa: F401
 
 from databricks_scripts.contract import END_AT
-from databricks_scripts.loader_spark_stage import STAGE_MARK
+from databricks_scripts.engines.spark.stage import STAGE_MARK
 
 
 class _CountedReader(DataSourceReader):

@@ -14,9 +14,9 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from databricks_scripts import loader_spark as lsp
-from databricks_scripts import loader_spark_partitions as lpp
-from databricks_scripts.loader_params import parse_load_spec
+from databricks_scripts.engines.spark import engine as lsp
+from databricks_scripts.engines.spark import partitions as lpp
+from databricks_scripts.load.params import parse_load_spec
 
 UTC = dt.UTC
 PG_JARS = sorted(

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import psycopg
 
-from databricks_scripts import loader_spark as lsp
-from databricks_scripts import loader_spark_comments as lsc
+from databricks_scripts.engines.spark import comments as lsc
+from databricks_scripts.engines.spark import engine as lsp
 from tests.test_spark_partitioned_reads import _spec, pg, spark  # noqa: F401 - fixtures
 
 

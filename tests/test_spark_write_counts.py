@@ -11,7 +11,7 @@ runtime is available offline, so the statements themselves are not run here).
 import pytest
 from pyspark.sql import Row
 
-from databricks_scripts import loader_spark as lsp
+from databricks_scripts.engines.spark import engine as lsp
 
 MERGE_METRICS = {
     "numSourceRows": "3",

@@ -23,9 +23,9 @@ from sqlglot.dialects.tsql import TSQL
 from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 from test_spark_partitioned_reads import _rows, _spec, pg, spark  # noqa: F401
 
-from databricks_scripts import loader_spark as lsp
-from databricks_scripts import loader_spark_partitions as lpp
-from databricks_scripts.loader_sql import DIALECTS
+from databricks_scripts.engines.spark import engine as lsp
+from databricks_scripts.engines.spark import partitions as lpp
+from databricks_scripts.sources.sql import DIALECTS
 
 # Our db_type -> sqlglot's dialect name.
 SQLGLOT = {"postgresql": "postgres", "mysql": "mysql", "sqlserver": "tsql", "oracle": "oracle"}

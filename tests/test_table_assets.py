@@ -131,9 +131,9 @@ def test_progress_shows_rows_so_far_of_the_sources_own_estimate(source_db, sourc
     """A full load's progress lines say how far it is, from PostgreSQL's catalog estimate."""
 
     from dagsters.control.run_requests import load_params
-    from databricks_scripts.loader_params import parse_load_spec
-    from databricks_scripts.loader_sources import open_source
-    from databricks_scripts.loader_stream import Progress
+    from databricks_scripts.engines.arrow.stream import Progress
+    from databricks_scripts.load.params import parse_load_spec
+    from databricks_scripts.sources.readers import open_source
 
     config_id = add_control_row(db, source_db, "pg.orders", "orders")
     row = db.execute("SELECT * FROM table_control WHERE config_id = %s", (config_id,)).fetchone()

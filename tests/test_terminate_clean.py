@@ -26,7 +26,7 @@ from dagsters.partitions import PARTITIONS_NAME
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.settings import load_settings
 from dagsters.utils.lakebase_client import LakebaseClient
-from databricks_scripts.loader_interrupt import data_files, referenced_files
+from databricks_scripts.load.interrupt import data_files, referenced_files
 
 DEADLINE_SECONDS = 120
 

@@ -21,8 +21,8 @@ CHECKED = (
     "dagsters/control/transitions.py",
     "databricks_scripts/contract.py",
     "databricks_scripts/dataloader_pipe.py",
-    "databricks_scripts/loader_history.py",
-    "databricks_scripts/loader_history_parts.py",
+    "databricks_scripts/engines/arrow/history.py",
+    "databricks_scripts/load/history_rules.py",
 )
 
 

@@ -429,7 +429,7 @@ def _load_params(
         attempt.context.log.info(
             f"{attempt.control_key}: full reload forced by {attempt.forced_by}"
         )
-    # What the destination's last commit is compared with (databricks_scripts/loader_commits).
+    # What the destination's last commit is compared with (databricks_scripts/engines/arrow/commits).
     params[RECORDED_METADATA_ID_PARAM] = attempt.client.last_recorded_attempt(attempt.config_id)
     return params
 

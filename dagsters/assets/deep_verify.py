@@ -3,7 +3,7 @@
 
 For each selected table the check runs the load script in deep-verify mode where loads run
 (locally or on Databricks, with the row's one secret): it compares every key and every row's values
-of the source with the destination (``databricks_scripts/loader_deep_verify``). Drift fails the
+of the source with the destination (``databricks_scripts/engines/arrow/deep_verify``). Drift fails the
 check at ERROR severity, naming the first differing keys. The control row is never touched: a
 deep verification is not a load and changes no status.
 """

@@ -44,7 +44,7 @@ def forced_note(forced: str | None, applied: Any) -> str | None:
         return None
     if applied in (None, "full"):
         return f"full reload forced by {forced}"
-    # scd2 / soft-delete tables are never overwritten (loader_history.history_strategy).
+    # scd2 / soft-delete tables are never overwritten (engines.arrow.history.history_strategy).
     return (
         f"full reload forced by {forced}: the whole source was re-read and merged ({applied} "
         "load; a table that keeps history is never overwritten)"

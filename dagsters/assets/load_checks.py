@@ -1,6 +1,6 @@
 """The reconciliation check of one load: facts read from the source and from the destination.
 
-The load script reads them itself after its commit (``databricks_scripts/loader_verify``): the
+The load script reads them itself after its commit (``databricks_scripts/engines/arrow/verify``): the
 source's rows in the load's scope, inside the snapshot it read the rows in, and the committed
 destination's rows, open versions and distinct keys in the same scope; with
 ``verify_depth = 'keys'`` the key (and cursor) sets too. It reports the verdict, its sentence and

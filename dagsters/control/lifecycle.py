@@ -31,7 +31,7 @@ from dagsters.control.transitions import (
     success_sets,
 )
 from databricks_scripts.contract import KIND_BAD_CONFIG, LoadReport, known_code
-from databricks_scripts.failure_codes import code_from_text
+from databricks_scripts.retry.codes import code_from_text
 
 
 class LifecycleSql(ControlDatabase):
@@ -229,7 +229,7 @@ class LifecycleSql(ControlDatabase):
         ``failure_kind``: what DataLoader knows about the failure (``contract.FAILURE_KINDS``),
         written to the row and the history row; None for a foreign error (its code, else its text
         is classified). ``failure_code``: the foreign error's driver code as the script read it;
-        when it sent none, the one its message prints (``failure_codes.code_from_text``).
+        when it sent none, the one its message prints (``retry.codes.code_from_text``).
 
         The schedule moves on so a failed row is not reclaimed on the very next tick; the
         failed_monitor's retry (reset_for_retry) brings it back sooner with a back-off.

@@ -1,7 +1,7 @@
 """A load that committed to its destination but whose success was never written back.
 
 The loader records in every Delta commit the attempt (``metadata_id``) that made it
-(``databricks_scripts/loader_commits.py``). Before a load the asset reads the latest attempt whose
+(``databricks_scripts/engines/arrow/commits.py``). Before a load the asset reads the latest attempt whose
 success this database recorded (:meth:`ReconcileSql.last_recorded_attempt`) and hands it to the
 script; when the destination's last committing attempt is newer, the script loads nothing and the
 asset records that attempt's result here (:meth:`ReconcileSql.record_reconciled`), guarded like

@@ -26,7 +26,7 @@ from dagsters.settings import RetryPolicy, Settings
 from databricks_scripts.contract import Decision
 from databricks_scripts.failures import decision_for_kind
 from databricks_scripts.redaction import redact
-from databricks_scripts.retry_classifier import UNKNOWN, classify_error
+from databricks_scripts.retry.classifier import UNKNOWN, classify_error
 
 if TYPE_CHECKING:
     from dagsters.utils.lakebase_client import LakebaseClient
@@ -68,7 +68,7 @@ def decide_by_rules(row: Mapping[str, Any], why_not_asked: str) -> Decision:
     """The deterministic rules' decision on the row's error, taken inside the code location.
 
     Used when the retry-analysis script itself could not run or answer (cluster gone, model
-    down): the same rules the script falls back to (``retry_classifier``), so a transient fault
+    down): the same rules the script falls back to (``retry.classifier``), so a transient fault
     is retried instead of every affected table going to review. A failure with a kind is decided
     by its kind, as everywhere.
     """

@@ -26,7 +26,7 @@ from dagsters.local.embedded_lakebase import CONTROL_DATABASE, EmbeddedServerErr
 from dagsters.local.migrate import main as migrate_main
 from dagsters.settings import PROJECT_ROOT, Settings, load_settings
 from databricks_scripts import local_secrets
-from databricks_scripts.loader_params import secret_env_var
+from databricks_scripts.load.params import secret_env_var
 from databricks_scripts.local_secrets import SecretStoreError
 
 # Files we generate carry this first line; a dagster.yaml without it is a person's and is kept.

@@ -35,7 +35,7 @@ from dagsters.runners.outcome import (
 )
 from dagsters.settings import child_environment
 from databricks_scripts.contract import PARAMS_EXTRA, error_from_stderr
-from databricks_scripts.loader_params import secret_env_var
+from databricks_scripts.load.params import secret_env_var
 from databricks_scripts.script_env import is_script_base_env_var
 
 LOAD_SCRIPT = "dataloader_pipe.py"

@@ -1,0 +1,600 @@
+"""The Arrow engine: source record batches -> local Delta table with deltalake (delta-rs).
+
+A load ends in at most ONE Delta commit, so readers see the table before or after a load, never
+half of it, and a load killed before its commit leaves the table as it was (the files it wrote are
+unreferenced). The watermark is computed from the rows actually read and handed back only after
+the commit returned. Two exceptions, for big tables (docs/loader.md, "Big tables"): an upsert of
+more than DATALOADER_MERGE_CHUNK_ROWS rows commits in chunks (engines.arrow.merge; a rerun repeats it),
+and a big incremental table's first load commits in cursor-ordered chunks (engines.arrow.first_load; a
+rerun resumes it).
+
+Rules (see docs/loader.md):
+- full: every source row (NULL cursors included) replaces the table in one overwrite commit.
+- incremental, no merge keys: rows with cursor > watermark - look-back are read. Rows above the
+  watermark are appended. Rows inside the look-back window are appended only if an identical row is
+  not already in the table's window (multiset difference, as SQL ``EXCEPT ALL``), so a late
+  committed row is loaded exactly once. NULL cursors are never read incrementally.
+- incremental with merge keys, and merge: the rows read are upserted on the keys (engines.arrow.merge:
+  appends for keys no data file can hold, MERGEs restricted to the key range that may match).
+  Without an incremental column, merge reads the whole source. The rows are spooled to local
+  Arrow files first, so NULL or duplicate keys are refused before the first commit.
+- No watermark yet, no destination yet, or force_full_reload: the load runs as full.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from databricks_scripts.contract import full_load_reason
+from databricks_scripts.engines.arrow.commits import (
+    StaleAttempt,
+    UnrecordedCommit,
+    commit_properties,
+    committed_attempt,
+    unrecorded_commit,
+)
+from databricks_scripts.engines.arrow.commits import fenced as _fenced
+from databricks_scripts.engines.arrow.commits import stream_errors as _stream_errors
+from databricks_scripts.engines.arrow.delta_dataset import delta_dataset, destination_watermark
+from databricks_scripts.engines.arrow.delta_dataset import new_table_configuration as _table_config
+from databricks_scripts.engines.arrow.history import (
+    WriterHooks,
+    archive_if_types_changed,
+    history_writer,
+)
+from databricks_scripts.engines.arrow.stream import (
+    Counted,
+    Progress,
+    Tracker,
+    peeked_reader,
+    progress_estimate,
+    text_cursor_start,
+)
+from databricks_scripts.engines.arrow.verify import Verification, verify_committed
+from databricks_scripts.failures import BadConfig, DataLoaderFailure
+from databricks_scripts.load.columns import (
+    commented_plan,
+    rebuild_if_column_control_changed,
+    schema_notes,
+    source_comments,
+)
+from databricks_scripts.load.history_rules import history_strategy
+from databricks_scripts.load.interrupt import (
+    StopRequested,
+    StopSignal,
+    data_files,
+    remove_uncommitted,
+)
+from databricks_scripts.load.keys import keys_checked
+from databricks_scripts.load.params import LoadSpec
+from databricks_scripts.load.types import (
+    SchemaPlan,
+    arrow_schema_of,
+    cast_batch,
+    is_numeric_text,
+    plan_schema,
+)
+from databricks_scripts.load.watermark import (
+    Watermark,
+    cursor_type_problem,
+    decode_watermark_for,
+    encode_watermark,
+    lookback_lower_bound,
+    max_watermark,
+)
+
+
+class LoadStepError(DataLoaderFailure, RuntimeError):
+    """A load failed; ``step`` says where (probe source, read source, write destination, ...).
+
+    Its kind is its cause's (``failures.failure_kind``): None around a foreign error."""
+
+    kind = None
+
+    def __init__(self, step: str, message: str):
+        super().__init__(message)
+        self.step = step
+
+
+@dataclass
+class LoadResult:
+    rows_read: int
+    rows_written: int
+    watermark_before: str | None
+    watermark_after: str | None
+    applied_strategy: str
+    destination: str
+    schema: pa.Schema
+    row_count: int | None
+    committed: bool
+    notes: list[str] = field(default_factory=list)
+    # Set when nothing was loaded because an earlier attempt's commit had not been recorded.
+    reconciled: UnrecordedCommit | None = None
+    # The destination's row count at the version the write started from (0: it did not exist;
+    # None: unknown), and why the load ran full (None: it did not).
+    destination_rows_before: int | None = None
+    full_reason: str | None = None
+    # The reconciliation check (engines.arrow.verify); None: verify_depth none, or nothing committed.
+    verification: Verification | None = None
+    comments: tuple = (None, {})  # the source's (table comment, {column: comment})
+
+
+def full_reason(spec, destination_exists: bool) -> str | None:
+    """Why this load runs full (``contract.FULL_REASONS``), or None.
+
+    None too for a table that keeps history (scd2, soft deletes): it is never overwritten.
+    """
+    if history_strategy(spec, destination_exists) is not None:
+        return None
+    if destination_exists and getattr(spec, "rebuild_reason", None):
+        return spec.rebuild_reason
+    return full_load_reason(
+        force_full_reload=spec.force_full_reload,
+        destination_exists=destination_exists,
+        load_strategy=spec.load_strategy,
+        incremental_column=spec.incremental_column,
+        incremental_value=spec.incremental_value,
+    )
+
+
+def choose_strategy(spec, destination_exists: bool) -> str:
+    """The strategy actually applied: full when forced, first load, or no watermark yet."""
+    kept = history_strategy(spec, destination_exists)  # scd2 / soft deletes never overwrite
+    if kept is not None:
+        return kept
+    return "full" if full_reason(spec, destination_exists) else spec.load_strategy
+
+
+def _delta_table(path: Path):
+    """The Delta table at ``path``, or None. One log read (not is_deltatable() and then open)."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    if not path.exists():
+        return None
+    try:
+        return DeltaTable(str(path))
+    except TableNotFoundError:
+        return None
+
+
+def _row_count(table) -> int | None:
+    try:
+        actions = pa.table(table.get_add_actions(flatten=True))
+        # Few files per table: a Python sum spares an import of pyarrow.compute (~0.05 s) on
+        # loads that read nothing new.
+        return sum(n for n in actions.column("num_records").to_pylist() if n is not None)
+    except Exception:  # noqa: BLE001 - stats are optional in Delta; the count is a nicety
+        return None
+
+
+def _cursor_key(value: Watermark, numeric_text: bool):
+    import decimal
+
+    return decimal.Decimal(value) if numeric_text and isinstance(value, str) else value
+
+
+def _any_at_or_below(column: pa.Array, watermark: Watermark) -> bool:
+    """True unless the column provably has no value <= watermark (an uncastable bound: True)."""
+    try:
+        bound = pa.scalar(watermark).cast(column.type)
+    except (pa.ArrowException, TypeError, ValueError):
+        return True  # the row-by-row comparison decides
+    import pyarrow.compute as pc
+
+    return bool(pc.any(pc.less_equal(column, bound)).as_py())
+
+
+def _drop_rows_already_loaded(
+    batches,
+    *,
+    cursor,
+    watermark,
+    load_existing: Callable[[], collections.Counter],
+    numeric_text: bool,
+):
+    """Keep rows above the watermark; keep a look-back row only if not already in the table.
+
+    The destination's look-back window is read (``load_existing``) only when the first source
+    row at or below the watermark shows up: a run whose rows are all new never scans the table.
+    """
+    existing: collections.Counter | None = None
+    for batch in batches:
+        col = batch.column(cursor)
+        # Vectorised check first: most batches of an incremental read hold only new rows.
+        if not numeric_text and not _any_at_or_below(col, watermark):
+            yield batch
+            continue
+        if existing is None:
+            existing = load_existing()
+        if not existing:
+            yield batch
+            continue
+        rows = None
+        keep = []
+        for i, value in enumerate(col.to_pylist()):
+            if value is None or _cursor_key(value, numeric_text) > watermark:
+                keep.append(True)
+                continue
+            if rows is None:
+                rows = batch.to_pylist()
+            key = tuple(rows[i].values())
+            if existing[key] > 0:
+                existing[key] -= 1
+                keep.append(False)
+            else:
+                keep.append(True)
+        yield batch if all(keep) else batch.filter(pa.array(keep))
+
+
+def _lazy_step(name: str, fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` whose failure is reported as step ``name`` (it runs lazily, inside another step)."""
+
+    def wrapped():
+        with _step(name):
+            return fn()
+
+    return wrapped
+
+
+@contextmanager
+def _step(name: str) -> Iterator[None]:
+    """Report a failure inside the block as step ``name`` (a LoadStepError passes unchanged)."""
+    try:
+        yield
+    except (LoadStepError, StaleAttempt, StopRequested):
+        raise
+    except Exception as exc:
+        raise LoadStepError(name, f"{type(exc).__name__}: {exc}") from exc
+
+
+@dataclass
+class _Load:
+    """What the writers need, decided before a row is read."""
+
+    spec: LoadSpec
+    destination: Path
+    table: Any  # the DeltaTable, None when there is none yet
+    applied: str
+    rebuild: bool
+    plan: SchemaPlan
+    numeric_text: bool
+    source_columns: frozenset[str] = frozenset()
+    watermark: Watermark | None = None
+    lower: Watermark | None = None
+    committed_at_start: int | None = None  # the row's last committing attempt when this began
+    stop: StopSignal | None = None  # SIGINT/SIGTERM: checked between batches, gates the commit
+    target_file_size: int | None = None  # Delta data file size (None: delta-rs's default)
+    merge_chunk_rows: int | None = (
+        None  # rows per MERGE commit (None: engines.arrow.merge's default)
+    )
+    # An error raised inside a stream the writer consumes (delta-rs re-raises it as its own).
+    stream_error: BaseException | None = None
+    source: Any = None  # the source reader (delete detection reads its keys)
+    notes: list[str] = field(default_factory=list)  # sentences for the load's message
+    comments: tuple = (None, {})  # the source's (table comment, {column: comment})
+
+    @property
+    def file_size(self) -> int | None:
+        """Data file size: keyed tables default to small files, so a MERGE rewrites little."""
+        if self.target_file_size or not self.spec.merge_keys:
+            return self.target_file_size
+        from databricks_scripts.engines.arrow.merge import KEYED_FILE_BYTES
+
+        return KEYED_FILE_BYTES
+
+    @property
+    def cursor(self) -> str | None:
+        return self.spec.incremental_column
+
+    @property
+    def merging(self) -> bool:
+        return self.applied in ("merge", "incremental", "scd2") and bool(self.spec.merge_keys)
+
+    @property
+    def write_schema(self) -> pa.Schema:
+        if not self.merging:
+            return self.plan.write_schema
+        # Upserts touch only the columns the source has; destination-only columns keep values.
+        return pa.schema([f for f in self.plan.write_schema if f.name in self.source_columns])
+
+    def load_existing(self) -> collections.Counter:
+        """The destination's rows in (lower, watermark], as a multiset of row tuples."""
+        import pyarrow.compute as pc
+
+        existing: collections.Counter = collections.Counter()
+        window = delta_dataset(self.table).to_table(
+            filter=(pc.field(self.cursor) > self.lower) & (pc.field(self.cursor) <= self.watermark)
+        )
+        if window.num_rows:
+            schema = self.plan.write_schema
+            window = pa.Table.from_batches(
+                [cast_batch(b, schema) for b in window.to_batches()], schema
+            )
+            existing.update(tuple(r.values()) for r in window.to_pylist())
+        return existing
+
+
+def _prepare(spec, source, destination: Path, log: Callable[[str], None]) -> _Load:
+    """Probe the source, open the destination, reconcile schemas, decode the watermark."""
+    with _step("probe source"):
+        source_schema = source.schema()
+        cursor = spec.incremental_column
+        roles = [(cursor, "incremental_column")] + [(k, "merge key") for k in spec.merge_keys]
+        for column, role in roles:
+            if column is not None and column not in source_schema.names:
+                raise BadConfig(f"{role} {column!r} is not a column of the source table")
+        problem = cursor_type_problem(source_schema.field(cursor)) if cursor else None
+        if problem:
+            raise BadConfig(f"incremental_column {cursor!r} cannot be a cursor: {problem}")
+        numeric_text = bool(cursor) and is_numeric_text(source_schema.field(cursor))
+    notes: list[str] = []
+    with _step("open destination"):
+        table = _delta_table(destination)
+        spec = rebuild_if_column_control_changed(spec, table, notes, log)
+        if table is not None and spec.load_strategy == "scd2" and spec.force_full_reload:
+            table = archive_if_types_changed(spec, source_schema, table, destination, log)
+        applied = choose_strategy(spec, table is not None)
+        rebuild = applied == "full" and (table is None or spec.force_full_reload)
+        dest_schema = None if rebuild else arrow_schema_of(table.schema())
+    with _step("reconcile schema"):
+        plan = plan_schema(source_schema, dest_schema, spec.schema_change)
+        schema_notes(spec, plan, source_schema, dest_schema, notes, log)
+    comments = source_comments(source, log)
+    plan = commented_plan(plan, comments[1]) if dest_schema is None else plan
+    load = _Load(
+        spec,
+        destination,
+        table,
+        applied,
+        rebuild,
+        plan,
+        numeric_text,
+        source_columns=frozenset(source_schema.names),
+        notes=notes,
+        comments=comments,
+    )
+    load.committed_at_start = committed_attempt(table, spec)
+    reread = spec.force_full_reload  # a forced reload of an scd2 / soft-delete table reads all
+    if applied != "full" and cursor and spec.incremental_value is not None and not reread:
+        with _step("decode watermark"):
+            load.watermark = decode_watermark_for(
+                spec.incremental_value, source_schema.field(cursor)
+            )
+            load.lower = lookback_lower_bound(load.watermark, spec.lookback_window_seconds)
+    return load
+
+
+# ---- one writer per strategy: each returns (rows written, committed) ---------------------------
+
+
+def _write_full(load: _Load, batches: Iterator[pa.RecordBatch], tracker: Tracker):
+    """Every source row replaces the table in one overwrite commit (or creates it)."""
+    from deltalake import write_deltalake
+
+    if load.spec.merge_keys:  # a keyed table's first load (or rebuild) checks its keys too
+        batches = keys_checked(batches, tuple(load.spec.merge_keys))
+    reader = pa.RecordBatchReader.from_batches(load.write_schema, _fenced(batches, load))
+    with _stream_errors(load):
+        write_deltalake(
+            load.table if load.table is not None else str(load.destination),
+            reader,
+            mode="overwrite",
+            schema_mode="overwrite" if load.rebuild else "merge",
+            commit_properties=commit_properties(load.spec, load.applied),
+            target_file_size=load.file_size,
+            description=load.comments[0] if load.table is None else None,
+            # A table created here keeps its file size for MERGE rewrites; column mapping.
+            configuration=_table_config(load.write_schema, load.file_size)
+            if load.table is None
+            else None,
+        )
+    return tracker.rows_read, True
+
+
+def _write_append(load: _Load, batches: Iterator[pa.RecordBatch], tracker: Tracker):
+    """New rows appended in one commit; look-back rows only when not already in the table."""
+    from deltalake import write_deltalake
+
+    if load.lower is not None and load.lower != load.watermark:
+        batches = _drop_rows_already_loaded(
+            batches,
+            cursor=load.cursor,
+            watermark=_cursor_key(load.watermark, load.numeric_text),
+            load_existing=_lazy_step("read destination look-back window", load.load_existing),
+            numeric_text=load.numeric_text,
+        )
+    counted = Counted(batches)
+    reader = peeked_reader(load.write_schema, _fenced(counted, load))
+    if reader is None:
+        return 0, False
+    with _stream_errors(load):
+        write_deltalake(
+            load.table,
+            reader,
+            mode="append",
+            schema_mode="merge",
+            commit_properties=commit_properties(load.spec, load.applied),
+            target_file_size=load.target_file_size,
+        )
+    return counted.rows, True
+
+
+def _write_merge(load: _Load, batches: Iterator[pa.RecordBatch], tracker: Tracker):
+    """The rows read are upserted on the merge keys (engines.arrow.merge: appends of keys that cannot
+    be in the table, MERGEs restricted to the key range that may match, chunked above
+    ``merge_chunk_rows`` rows). Every key is checked before the first commit."""
+    from databricks_scripts.engines.arrow.merge import DEFAULT_MERGE_CHUNK_ROWS, write_upsert
+
+    return write_upsert(load, batches, load.merge_chunk_rows or DEFAULT_MERGE_CHUNK_ROWS)
+
+
+def _writer(load: _Load):
+    kept = history_writer(load, WriterHooks(_fenced, _stream_errors, _step))
+    if kept is not None:
+        return kept
+    if load.applied == "full":
+        return _write_full
+    if load.merging:
+        return _write_merge
+    return _write_append
+
+
+def _watermark_after(load: _Load, tracker: Tracker) -> str | None:
+    """The watermark to hand back; called only after the commit, when it is known to be safe."""
+    if load.cursor is None:
+        return None
+    if load.applied == "full":
+        return encode_watermark(tracker.max_cursor) if tracker.max_cursor is not None else None
+    new_max = max_watermark(load.watermark, tracker.max_cursor)
+    if new_max is None or new_max == load.watermark:
+        return load.spec.incremental_value  # nothing newer: the stored text, untouched
+    return encode_watermark(new_max)
+
+
+def run_arrow_load(
+    spec,
+    source,
+    destination: Path,
+    *,
+    log: Callable[[str], None],
+    progress_interval: float = 10.0,
+    stop: StopSignal | None = None,
+    target_file_size: int | None = None,
+    merge_chunk_rows: int | None = None,
+    first_load_chunks: tuple[int, int] | None = None,
+) -> LoadResult:
+    """Run one load of ``spec`` from ``source`` (a sources.readers reader) into ``destination``.
+
+    Failures are raised as :class:`LoadStepError` naming the step: probe source, open
+    destination, reconcile schema, decode watermark, read source, write destination.
+    ``first_load_chunks`` = (chunk rows, chunked above rows): see engines.arrow.first_load.
+    """
+    load = _prepare(spec, source, destination, log)
+    spec = load.spec  # a rebuild when the column control changed
+    load.stop, load.target_file_size, load.source = stop, target_file_size, source
+    load.merge_chunk_rows = merge_chunk_rows
+    if load.applied != "full":
+        with _step("reconcile with the destination"):
+            reconciled = _reconcile(load, log)
+        if reconciled is not None:
+            return reconciled
+    chunked = _first_load_plan(load, source, first_load_chunks, log)
+    with _step("read source"):
+        tracker = _open_stream(load, source, chunked, progress_interval, log)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+    before = data_files(destination)
+    rows_before = _row_count(load.table) if load.table is not None else 0
+    if stop is not None:
+        stop.on_stop(
+            cleanup=lambda: remove_uncommitted(destination, before),
+            progress=lambda: f"after reading {tracker.rows_read:,} rows",
+        )
+    try:
+        with _step("write destination"):
+            if chunked is not None:
+                from databricks_scripts.engines.arrow.first_load import write_first_load_chunks
+
+                rows_written, committed = write_first_load_chunks(load, iter(tracker), chunked)
+            else:
+                rows_written, committed = _writer(load)(load, iter(tracker), tracker)
+    except StopRequested:
+        raise StopRequested(stop.finish_stop() if stop else "stopped") from None
+
+    # write_deltalake/merge on a DeltaTable object advance that object to the new version, so
+    # the table is opened once per load (twice only when this load created it).
+    final = load.table if load.table is not None else _delta_table(destination)
+    schema = arrow_schema_of(final.schema()) if final is not None else load.write_schema
+    verification = verify_committed(load, source, lambda: _delta_table(destination), log)
+    return LoadResult(
+        rows_read=tracker.rows_read,
+        rows_written=rows_written,
+        watermark_before=spec.incremental_value,
+        watermark_after=_watermark_after(load, tracker),
+        applied_strategy=load.applied,
+        destination=str(destination),
+        schema=schema,
+        row_count=_row_count(final) if final is not None else 0,
+        committed=committed,
+        destination_rows_before=rows_before,
+        full_reason=full_reason(spec, load.table is not None),
+        verification=verification,
+        notes=list(load.notes),
+        comments=load.comments,
+    )
+
+
+def _open_stream(load: _Load, source, chunked, progress_interval: float, log) -> Tracker:
+    """The tracked stream of source rows: the chunks of a resumable first load, or one read."""
+    # Asked before the read starts: the connection then streams the rows (COPY) alone.
+    estimate = progress_estimate(source, load.applied)
+    if chunked is not None:
+        from databricks_scripts.engines.arrow.first_load import source_batches
+
+        raw_batches = source_batches(chunked, source)
+    else:
+        _, raw_batches = source.batches(load.lower)
+    progress = Progress(log, f"{load.spec.source_label}", progress_interval, estimate)
+    tracker = Tracker(
+        raw_batches,
+        load.write_schema,
+        load.cursor,
+        load.numeric_text,
+        progress,
+        text_cursor=text_cursor_start(load),
+    )
+    if chunked is not None:
+        tracker.max_cursor = chunked.resume_from  # resumed: the chunks already committed
+    return tracker
+
+
+def _first_load_plan(load: _Load, source, settings: tuple[int, int] | None, log):
+    """A resumable first load's plan (engines.arrow.first_load), or None for a one-commit load."""
+    if load.applied != "full" or settings is None:
+        return None
+    from databricks_scripts.engines.arrow.first_load import plan_first_load
+
+    with _step("plan resumable first load"):
+        return plan_first_load(load, source, settings, log)
+
+
+def _reconcile(load: _Load, log: Callable[[str], None]) -> LoadResult | None:
+    """The result to report when an earlier attempt's complete load was never recorded."""
+    unrecorded = unrecorded_commit(load.table, load.spec)
+    if unrecorded is not None and unrecorded.complete:
+        return _reconciled(load, unrecorded, log)
+    if unrecorded is not None:  # it died between the commits of a chunked upsert
+        log(
+            f"attempt {unrecorded.metadata_id} stopped between the commits of its upsert "
+            f"(destination version {unrecorded.version}); this load upserts the rows again"
+        )
+    return None
+
+
+def _reconciled(load: _Load, unrecorded: UnrecordedCommit, log: Callable[[str], None]):
+    """Nothing read: an earlier attempt's commit is reported for the asset to record."""
+    watermark = destination_watermark(load)
+    log(
+        f"attempt {unrecorded.metadata_id} committed destination version {unrecorded.version} "
+        f"but its success was never recorded; recording it (watermark {watermark!r}) instead of "
+        "loading again"
+    )
+    return LoadResult(
+        rows_read=0,
+        rows_written=0,
+        watermark_before=load.spec.incremental_value,
+        watermark_after=watermark,
+        applied_strategy=load.applied,
+        destination=str(load.destination),
+        schema=arrow_schema_of(load.table.schema()),
+        row_count=_row_count(load.table),
+        committed=False,
+        reconciled=unrecorded,
+    )

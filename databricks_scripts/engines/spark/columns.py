@@ -1,0 +1,164 @@
+"""Column control and the schema contract on the Spark engine (sql/017, load.columns).
+
+- ``columns_exclude``: dropped from the JDBC DataFrame before anything reads it; Spark's JDBC
+  source prunes columns, so its SELECT names only the others (a Unity Catalog source reads only
+  those columns' files).
+- ``columns_hash``: replaced by ``load.columns.spark_hash_column`` (HMAC-SHA-256 hex built from
+  ``sha2``; the key's pads are literals of the plan, on the cluster only).
+- ``schema_change``: the columns the destination gets, or the failure naming every change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from databricks_scripts.contract import FULL_REASON_COLUMN_CONTROL
+from databricks_scripts.failures import SchemaConflict
+from databricks_scripts.load.columns import (
+    ColumnControlError,
+    changed_column_control,
+    match_columns,
+    recorded_column_control,
+    spark_hash_column,
+)
+from databricks_scripts.load.types import SchemaContractError
+from databricks_scripts.sources.sql import spark_add_columns
+
+_LOADER_COLUMNS = {"__start_at", "__end_at", "__deleted_at"}
+
+
+_WIDENING = {
+    ("tinyint", "smallint"),
+    ("tinyint", "int"),
+    ("tinyint", "bigint"),
+    ("smallint", "int"),
+    ("smallint", "bigint"),
+    ("int", "bigint"),
+    ("float", "double"),
+}
+
+
+def spark_schema_changes(
+    source: Sequence[tuple[str, str]], target: Sequence[tuple[str, str]]
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """(columns to add, problems) comparing (name, Spark simpleString) lists; names compare
+    case-insensitively as Delta does."""
+    target_types = {name.lower(): t for name, t in target}
+    added, problems = [], []
+    for name, t in source:
+        have = target_types.get(name.lower())
+        if have is None:
+            added.append((name, t))
+        elif have != t and (t, have) not in _WIDENING:
+            problems.append(f"column {name!r} is {have} in the destination but {t} in the source")
+    return added, problems
+
+
+def controlled_frame(df: Any, spec: Any, hash_key: bytes | None) -> Any:
+    """``df`` without the excluded columns and with the hashed ones as their HMAC."""
+    exclude = getattr(spec, "columns_exclude", ())
+    hashed = getattr(spec, "columns_hash", ())
+    if exclude:
+        df = df.drop(*match_columns(exclude, df.columns, "columns_exclude"))
+    if hashed:
+        if hash_key is None:
+            raise ColumnControlError("columns_hash is set but no hash key was resolved")
+        types = {f.name: f.dataType.simpleString() for f in df.schema.fields}
+        for name in match_columns(hashed, df.columns, "columns_hash"):
+            df = df.withColumn(name, spark_hash_column(name, hash_key, types[name]))
+    return df
+
+
+def contract_changes(
+    spec: Any,
+    source: Sequence[tuple[str, str]],
+    target: Sequence[tuple[str, str]],
+    added: list[tuple[str, str]],
+    problems: list[str],
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """(columns to add, notes) under the row's ``schema_change``; ``freeze`` raises naming every
+    added, dropped or retyped column."""
+    change = getattr(spec, "schema_change", "evolve")
+    source_types = {n.lower(): t for n, t in source}
+    dropped = [n for n, _ in target if n.lower() not in source_types]
+    dropped = [n for n in dropped if n.lower() not in _LOADER_COLUMNS]
+    if change == "freeze":
+        target_types = {n.lower(): t for n, t in target}
+        changes = [f"added column {n!r} ({t})" for n, t in added]
+        changes += [f"dropped column {n!r}" for n in dropped]
+        changes += [
+            f"retyped column {n!r} ({target_types[n.lower()]} -> {t})"
+            for n, t in source
+            if n.lower() in target_types and target_types[n.lower()] != t
+        ]
+        if changes:
+            raise SchemaContractError(
+                "schema_change is 'freeze' and the source table changed: "
+                + "; ".join(changes)
+                + ". Nothing was written. To take the change set schema_change = 'evolve' (or "
+                "force_full_reload to rebuild the table with the new columns)"
+            )
+    if problems:
+        raise SchemaConflict("incompatible type change: " + "; ".join(problems))
+    notes = []
+    if change == "discard_new" and added:
+        notes.append(
+            f"new source column(s) {', '.join(n for n, _ in added)} not loaded "
+            "(schema_change discard_new)"
+        )
+        added = []
+    if dropped:
+        notes.append(
+            f"the source no longer has column(s) {', '.join(dropped)}: kept in the destination, "
+            "NULL for new rows"
+        )
+    return added, notes
+
+
+def rebuild_if_changed(spark: Any, spec: Any, target: str, exists: bool, log) -> tuple[Any, str]:
+    """(spec, note): a rebuild when the destination's last DataLoader commit recorded other column
+    lists (its ``userMetadata``); the note says what changed ('' when nothing did)."""
+    if not exists:
+        return spec, ""
+    rows = spark.sql(f"DESCRIBE HISTORY {target} LIMIT 50").collect()
+    commits = []
+    for row in rows:
+        try:
+            commits.append(json.loads(row.asDict().get("userMetadata") or ""))
+        except (ValueError, TypeError):
+            commits.append({})
+    changed = changed_column_control(
+        spec, recorded_column_control(c for c in commits if isinstance(c, dict))
+    )
+    if changed is None:
+        return spec, ""
+    note = f"rebuilt because the column control changed ({changed})"
+    log(note)
+    spec = dataclasses.replace(
+        spec, force_full_reload=True, rebuild_reason=FULL_REASON_COLUMN_CONTROL
+    )
+    return spec, note
+
+
+def evolve_schema(spark: Any, spec, target: str, source_fields, target_fields, log):
+    """Add the source's new columns to ``target`` as the row's schema_change allows; an
+    incompatible type change is refused. Returns the source fields the load writes (``.notes``:
+    what the contract did)."""
+    added, problems = spark_schema_changes(source_fields, target_fields)
+    kept, notes = contract_changes(spec, source_fields, target_fields, added, problems)
+    if kept:
+        log(f"schema evolution: adding column(s) {', '.join(n for n, _ in kept)}")
+        spark.sql(spark_add_columns(target, kept))
+    discarded = {n for n, _ in added} - {n for n, _ in kept}
+    return _Fields([f for f in source_fields if f[0] not in discarded], notes)
+
+
+class _Fields(list):
+    """The source fields a load writes, with the schema contract's notes."""
+
+    def __init__(self, fields, notes):
+        super().__init__(fields)
+        self.notes = notes

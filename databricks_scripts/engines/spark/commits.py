@@ -1,0 +1,244 @@
+"""The Spark engine's side of "exactly once": commits that name their attempt, read back.
+
+The Arrow engine's rules (``engines.arrow.commits``), expressed for Databricks:
+
+- every write names its attempt in its own commit: a JSON ``userMetadata`` (``dataloader.metadata_id``,
+  ``dataloader.control_key``, ``dataloader.watermark_before``, ``dataloader.strategy``), visible in
+  ``DESCRIBE HISTORY``, and Delta's idempotent-write pair ``txnAppId`` = the control row,
+  ``txnVersion`` = the attempt's ``metadata_id`` (Delta skips a write whose version is not above the
+  last one the table recorded for that app id: a stale or repeated attempt commits nothing). A
+  DataFrame write carries them as writer options (engines.spark.writes); a SQL ``MERGE`` has none,
+  so it runs with the SQL configurations Databricks documents for them
+  (``spark.databricks.delta.commitInfo.userMetadata``, ``spark.databricks.delta.write.txnAppId`` /
+  ``txnVersion``), set for that one statement and cleared after it: never for the session;
+- only our write operations count as ours: an ``OPTIMIZE`` (auto compaction runs inside the
+  MERGE's statement, so it carries the same metadata) or any other operation never does;
+- before a load, the newest commit of the destination that carries a ``dataloader.metadata_id``
+  is compared with the attempt the control database last recorded: a newer one is recorded
+  instead of loaded again (reconcile);
+- just before the write statement, the same read tells whether another attempt of the row
+  committed since this load began (fencing). On Spark the statement reads the source and commits
+  in one go, so the check runs before it, and again after it: Delta skips the write of an attempt
+  older than one that committed meanwhile (``txnVersion``), which the second check reports;
+- a keyed table's load that runs as a full (its first load) checks that the keys are set and
+  unique before it writes;
+- on SIGINT/SIGTERM (locally: on Databricks the script installs no handler) the load's Spark
+  jobs (one job tag) are cancelled; an aborted Delta write commits nothing and its files are
+  unreferenced (removed by VACUUM).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from databricks_scripts.contract import RECORDED_METADATA_ID_PARAM
+from databricks_scripts.engines.arrow.commits import (
+    KEY_CONTROL_KEY,
+    KEY_METADATA_ID,
+    KEY_STRATEGY,
+    KEY_WATERMARK_BEFORE,
+    StaleAttempt,
+    UnrecordedCommit,
+    app_id,
+)
+from databricks_scripts.failures import DataMismatch
+from databricks_scripts.load.columns import KEY_COLUMN_CONTROL, column_control_text
+
+USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
+TXN_APP_ID_CONF = "spark.databricks.delta.write.txnAppId"
+TXN_VERSION_CONF = "spark.databricks.delta.write.txnVersion"
+HISTORY_LIMIT = 50
+# The DESCRIBE HISTORY operations of our writes (CREATE [OR REPLACE] TABLE AS SELECT, INSERT /
+# DataFrame append or overwrite, MERGE). OPTIMIZE, VACUUM, ALTER ... never carry a load.
+OUR_OPERATIONS = (
+    "WRITE",
+    "CREATE TABLE AS SELECT",
+    "CREATE OR REPLACE TABLE AS SELECT",
+    "REPLACE TABLE AS SELECT",
+    "MERGE",
+)
+
+
+def user_metadata(spec: Any, strategy: str) -> str:
+    """The JSON ``userMetadata`` of this attempt's commit."""
+    return json.dumps(
+        {
+            KEY_METADATA_ID: str(spec.metadata_id),
+            KEY_CONTROL_KEY: str(spec.control_key),
+            KEY_WATERMARK_BEFORE: spec.incremental_value or "",
+            KEY_STRATEGY: strategy,
+            KEY_COLUMN_CONTROL: column_control_text(spec),
+        },
+        sort_keys=True,
+    )
+
+
+def write_options(spec: Any, strategy: str) -> dict[str, str]:
+    """Writer options of a DataFrame write: this attempt's ``userMetadata`` and, with a
+    ``metadata_id``, the idempotent-write pair keyed on the row and the attempt."""
+    if spec.metadata_id is None:
+        return {}
+    return {
+        "userMetadata": user_metadata(spec, strategy),
+        "txnAppId": app_id(spec),  # the row (the Arrow engine's app id)
+        "txnVersion": str(int(spec.metadata_id)),
+    }
+
+
+def statement_confs(spec: Any, strategy: str) -> dict[str, str]:
+    """The same, as the SQL configurations a SQL ``MERGE`` reads (it takes no writer options)."""
+    options = write_options(spec, strategy)
+    if not options:
+        return {}
+    return {
+        USER_METADATA_CONF: options["userMetadata"],
+        TXN_APP_ID_CONF: options["txnAppId"],
+        TXN_VERSION_CONF: options["txnVersion"],
+    }
+
+
+def is_our_operation(operation: Any) -> bool:
+    return str(operation or "").upper().strip() in OUR_OPERATIONS
+
+
+def last_dataloader_commit(history: Iterable[Mapping[str, Any]]) -> UnrecordedCommit | None:
+    """The newest commit in ``history`` (DESCRIBE HISTORY rows) made by a DataLoader attempt:
+    one of our write operations carrying an attempt's metadata (an ``OPTIMIZE`` with the same
+    metadata, as auto compaction after a MERGE leaves, is not)."""
+    best: UnrecordedCommit | None = None
+    for row in history:
+        if not is_our_operation(row.get("operation")):
+            continue
+        try:
+            meta = json.loads(row.get("userMetadata") or "")
+            metadata_id = int(meta[KEY_METADATA_ID])
+        except (ValueError, TypeError, KeyError):
+            continue
+        version = int(row["version"])
+        if best is None or (best.version is not None and version > best.version):
+            best = UnrecordedCommit(metadata_id, version)
+    return best
+
+
+def read_last_commit(spark: Any, target: str) -> UnrecordedCommit | None:
+    rows = spark.sql(f"DESCRIBE HISTORY {target} LIMIT {HISTORY_LIMIT}").collect()
+    return last_dataloader_commit(r.asDict() for r in rows)
+
+
+def unrecorded(spec: Any, last: UnrecordedCommit | None) -> UnrecordedCommit | None:
+    """``last`` when it is an attempt whose success the control database did not record."""
+    if last is None or spec.metadata_id is None or RECORDED_METADATA_ID_PARAM not in spec.extra:
+        return None
+    recorded = spec.extra.get(RECORDED_METADATA_ID_PARAM)
+    if last.metadata_id == spec.metadata_id:
+        return None
+    if recorded is not None and last.metadata_id <= int(recorded):
+        return None
+    return last
+
+
+def check_still_current(spec: Any, at_start: UnrecordedCommit | None, now: UnrecordedCommit | None):
+    """Raise :class:`StaleAttempt` when another attempt committed since the load began."""
+    if spec.metadata_id is None or now is None or now == at_start:
+        return
+    if now.metadata_id == spec.metadata_id:
+        return
+    raise StaleAttempt(
+        f"attempt {now.metadata_id} of this table committed to the destination (version "
+        f"{now.version}) while attempt {spec.metadata_id} was loading; this attempt committed "
+        "nothing"
+    )
+
+
+@contextmanager
+def commit_named(spark: Any, spec: Any, strategy: str) -> Iterator[None]:
+    """The one SQL ``MERGE`` run inside carries this attempt's userMetadata and idempotent-write
+    pair (:func:`statement_confs`); all are cleared when it ends, whatever happens."""
+    confs = statement_confs(spec, strategy)
+    try:
+        for name, value in confs.items():
+            spark.conf.set(name, value)
+        yield
+    finally:
+        for name in confs:
+            spark.conf.unset(name)
+
+
+def key_check_sql(view: str, keys: Iterable[str]) -> str:
+    """One row: how many rows have a NULL key, how many key values occur more than once."""
+    quoted = [f"`{k.replace('`', '``')}`" for k in keys]
+    any_null = " OR ".join(f"{q} IS NULL" for q in quoted)
+    return (
+        f"SELECT (SELECT count(*) FROM {view} WHERE {any_null}) AS null_keys,"
+        f" (SELECT count(*) FROM (SELECT {', '.join(quoted)} FROM {view}"
+        f" WHERE NOT ({any_null}) GROUP BY {', '.join(quoted)} HAVING count(*) > 1)) AS dup_keys"
+    )
+
+
+def check_keys(spark: Any, view: str, keys: Iterable[str]) -> None:
+    """Refuse NULL or duplicate merge keys in the rows of ``view`` (before anything is written)."""
+    keys = list(keys)
+    row = spark.sql(key_check_sql(view, keys)).collect()[0]
+    if row["null_keys"]:
+        raise DataMismatch(
+            f"merge keys {keys} are NULL in {row['null_keys']} source row(s); keys must be set"
+        )
+    if row["dup_keys"]:
+        raise DataMismatch(
+            f"merge keys {keys} are not unique in the source rows read "
+            f"({row['dup_keys']} duplicated key(s))"
+        )
+
+
+def tag_jobs(spark: Any, tag: str) -> tuple[Callable, Callable] | None:
+    """Tag the Spark jobs this thread starts with ``tag``: (cancel, remove) for it, or None where
+    the session has no job tags. The cancel works from any thread (the stop watcher's).
+
+    A classic session (Spark 3.5 on Databricks Runtime 15.4 LTS, 4.x): the SparkContext's
+    ``addJobTag`` / ``cancelJobsWithTag`` / ``removeJobTag`` (a classic ``spark.addTag`` is
+    cancelled only from the thread that added it). Spark Connect (serverless, standard access
+    mode) has no SparkContext: ``spark.addTag`` / ``interruptTag`` / ``removeTag``.
+    """
+    try:
+        context = spark.sparkContext  # absent on Spark Connect
+    except Exception:  # noqa: BLE001 - Spark Connect: the session's own tags
+        context = None
+    try:
+        if context is not None:
+            context.addJobTag(tag)
+            return context.cancelJobsWithTag, context.removeJobTag
+        spark.addTag(tag)
+    except Exception:  # noqa: BLE001 - a session without job tags
+        return None
+    return spark.interruptTag, spark.removeTag
+
+
+@contextmanager
+def cancellable(spark: Any, stop: Any | None) -> Iterator[None]:
+    """Run the load's Spark jobs under one job tag, which a stop signal cancels.
+
+    A tag, never a job group: on Databricks the job group belongs to the platform (its run, its
+    cancel) and ``setJobGroup`` would replace it; tags are added beside it. A session without tags
+    runs the load untagged.
+    """
+    tag = f"dataloader-{uuid.uuid4().hex[:12]}"
+    tagged = tag_jobs(spark, tag)
+    if tagged is None:
+        yield
+        return
+    cancel_tag, remove = tagged
+
+    def cancel() -> int:
+        cancel_tag(tag)
+        return 0  # an aborted Delta write leaves only unreferenced files (VACUUM removes them)
+
+    if stop is not None:
+        stop.on_stop(cleanup=cancel)
+    try:
+        yield
+    finally:
+        remove(tag)

@@ -1,0 +1,1 @@
+"""Retry decisions for a failed load: foreign errors' codes, the rules classifier, the AI advisor."""
