@@ -15,7 +15,7 @@ import os
 import sys
 import time
 import traceback
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 
 def _import_as_package() -> None:
@@ -66,19 +66,9 @@ from databricks_scripts.redaction import redact
 from databricks_scripts.retry.codes import code_of
 from databricks_scripts.script_env import ScriptEnv
 
-
-class EngineResult(Protocol):
-    """What both engines' results have (``engines.arrow.engine.LoadResult``, the Spark engine's); the
-    fields only one of them has are read with ``getattr`` (``load_report``)."""
-
-    rows_read: int
-    rows_written: int
-    watermark_before: str | None
-    watermark_after: str | None
-    applied_strategy: str
-    destination: str
-    schema: Any
-    row_count: int | None
+if TYPE_CHECKING:
+    from databricks_scripts.load.engine import Engine
+    from databricks_scripts.load.plan import LoadResult
 
 
 class DataLoaderError(DataLoaderFailure, RuntimeError):
@@ -139,6 +129,17 @@ def column_schema_metadata(schema, descriptions: dict | None = None) -> dict:
     return {"type": "table_schema", "raw_value": {"columns": columns}}
 
 
+def engine_for(name: str, env: ScriptEnv) -> Engine:
+    """The engine ``name`` (``choose_engine``); each imports its own stack only when chosen."""
+    if name == "spark":
+        from databricks_scripts.engines.spark.run import SparkEngine
+
+        return SparkEngine(env)
+    from databricks_scripts.engines.arrow.run import ArrowEngine
+
+    return ArrowEngine(env)
+
+
 def _run_engine(
     engine: str,
     spec: LoadSpec,
@@ -147,55 +148,16 @@ def _run_engine(
     env: ScriptEnv,
     stop: StopSignal,
     hash_key: bytes | None = None,
-) -> EngineResult:
+) -> LoadResult:
     env.check()  # a malformed DATALOADER_BATCH_* / _PROGRESS_SECONDS fails at step 'load'
-    progress = env.progress_seconds
-    if engine == "spark":
-        from databricks_scripts.engines.spark.engine import run_spark_load
-
-        return run_spark_load(
-            spec,
-            password,
-            log=log,
-            progress_interval=progress,
-            stop=stop,
-            partitioning=(env.jdbc_rows_per_partition, env.jdbc_max_partitions),
-            hash_key=hash_key,
-        )
-    from databricks_scripts.engines.arrow.engine import LoadStepError, run_arrow_load
-    from databricks_scripts.load.columns import with_column_control
-    from databricks_scripts.sources.readers import open_source
-
-    destination = spec.destination_path(env.lake_root)
-    try:
-        source = open_source(spec, password, batch_bytes=env.batch_bytes, batch_rows=env.batch_rows)
-    except Exception as exc:
-        raise LoadStepError("connect to source", f"{type(exc).__name__}: {exc}") from exc
-    try:
-        source = with_column_control(source, hash_key)
-    except Exception as exc:
-        source.close()
-        raise LoadStepError("probe source", f"{type(exc).__name__}: {exc}") from exc
-    try:
-        result = run_arrow_load(
-            spec,
-            source,
-            destination,
-            log=log,
-            progress_interval=progress,
-            stop=stop,
-            target_file_size=env.target_file_bytes,
-            merge_chunk_rows=env.merge_chunk_rows,
-            first_load_chunks=(env.first_load_chunk_rows, env.first_load_chunked_above_rows),
-        )
-    except BaseException:
-        try:
-            source.close()
-        except Exception:  # noqa: BLE001, S110 - the load's own error is the one to report
-            pass
-        raise
-    source.close()
-    return result
+    return engine_for(engine, env).run(
+        spec,
+        password,
+        log=log,
+        progress_interval=env.progress_seconds,
+        stop=stop,
+        hash_key=hash_key,
+    )
 
 
 def _deep_verify(
@@ -348,16 +310,14 @@ def run_load(
 
 
 def load_report(
-    spec: LoadSpec, result: EngineResult, engine: str, duration: float, secrets: list[str]
+    spec: LoadSpec, result: LoadResult, engine: str, duration: float, secrets: list[str]
 ) -> LoadReport:
-    """What the load reports (either engine's result: the Spark one lacks some fields)."""
-    comments: tuple[Any, dict] = getattr(result, "comments", None) or (None, {})
-    reconciled = getattr(result, "reconciled", None)
-    verification = getattr(result, "verification", None)
+    """What the load reports (either engine's ``load.plan.LoadResult``)."""
+    comments: tuple[Any, dict] = result.comments or (None, {})
+    reconciled = result.reconciled
+    verification = result.verification
     facts = dict(verification.facts) if verification is not None else {}
-    notes = [
-        redact(n, secrets) for n in [*_column_notes(spec), *(getattr(result, "notes", None) or ())]
-    ]
+    notes = [redact(n, secrets) for n in [*_column_notes(spec), *(result.notes or ())]]
     described = None
     if verification is not None:
         described = redact(verification.description, secrets)
@@ -369,8 +329,8 @@ def load_report(
     source_rows = facts.pop("source_rows", None)
     if source_rows is None and counted and result.applied_strategy == "full":
         source_rows = result.rows_read
-    before = getattr(result, "destination_rows_before", None) if counted else None
-    full_reason = getattr(result, "full_reason", None) if counted else None
+    before = result.destination_rows_before if counted else None
+    full_reason = result.full_reason if counted else None
     return LoadReport(
         rows_read=result.rows_read,
         rows_written=result.rows_written,

@@ -14,8 +14,8 @@ import pytest
 from databricks_scripts.engines.spark import columns as lsc
 from databricks_scripts.load import columns as lc
 from databricks_scripts.load.params import LoadParamsError, parse_load_spec
+from databricks_scripts.load.sql import MYSQL, select_source
 from databricks_scripts.load.types import SchemaContractError, plan_schema
-from databricks_scripts.sources.sql import MYSQL, select_source
 
 KEY = b"0123456789abcdef-key"
 

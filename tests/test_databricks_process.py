@@ -89,15 +89,16 @@ def test_locally_the_script_handles_sigint_and_sigterm():
 
 def test_os_exit_is_called_only_by_the_local_stop_watcher():
     calls = []
-    for path in sorted((REPO / "databricks_scripts").glob("*.py")):
+    scripts = REPO / "databricks_scripts"
+    for path in sorted(scripts.rglob("*.py")):
         tree = ast.parse(path.read_text())
         for top in ast.walk(tree):
             if not isinstance(top, ast.FunctionDef):
                 continue
             for node in ast.walk(top):
                 if isinstance(node, ast.Attribute) and node.attr == "_exit":
-                    calls.append((path.name, top.name))
-    assert calls == [("load.interrupt.py", "_watch")]
+                    calls.append((path.relative_to(scripts).as_posix(), top.name))
+    assert calls == [("load/interrupt.py", "_watch")]
 
 
 def _tags(session) -> set[str]:

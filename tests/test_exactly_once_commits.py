@@ -16,11 +16,7 @@ import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 
 from databricks_scripts.contract import RECORDED_METADATA_ID_PARAM
-from databricks_scripts.engines.arrow.commits import (
-    UnrecordedCommit,
-    commit_properties,
-    unrecorded_commit,
-)
+from databricks_scripts.engines.arrow.commits import commit_properties, unrecorded_commit
 from databricks_scripts.engines.spark.commits import (
     TXN_APP_ID_CONF,
     TXN_VERSION_CONF,
@@ -38,6 +34,7 @@ from databricks_scripts.engines.spark.writes import (
     created,
     run_write,
 )
+from databricks_scripts.load.commits import UnrecordedCommit
 from databricks_scripts.load.params import parse_load_spec
 
 

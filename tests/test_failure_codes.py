@@ -34,7 +34,7 @@ from databricks_scripts.contract import (
     error_message,
     stderr_error_line,
 )
-from databricks_scripts.engines.arrow.engine import LoadStepError
+from databricks_scripts.load.plan import LoadStepError
 from databricks_scripts.retry.advisor import AdvisorConfig, decide_retry
 from databricks_scripts.retry.classifier import (
     _CODE_ONLY_RULES,

@@ -48,8 +48,8 @@ from databricks_scripts.contract import (
     kind_from_stderr,
     stderr_error_line,
 )
-from databricks_scripts.engines.arrow.engine import LoadStepError
 from databricks_scripts.failures import KIND_RULES, DataLoaderFailure, failure_kind
+from databricks_scripts.load.plan import LoadStepError
 from databricks_scripts.load.types import IncompatibleSchemaError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ def _script_exception_classes() -> list[type[BaseException]]:
     import importlib
 
     found = []
-    for path in sorted((REPO / "databricks_scripts").glob("*.py")):
+    for path in sorted((REPO / "databricks_scripts").rglob("*.py")):
         text = path.read_text()
         names = re.findall(
             r"^class (\w+)\((?:[\w.]+, )*[\w.]*(?:Error|Exception)\b", text, re.MULTILINE
@@ -71,7 +71,8 @@ def _script_exception_classes() -> list[type[BaseException]]:
             r"^class (\w+)\((?:BadConfig|SchemaConflict|DataMismatch)\)", text, re.MULTILINE
         )
         if names and path.stem not in ("dataloader_pipe", "dataloader_retry_pipe"):
-            module = importlib.import_module(f"databricks_scripts.{path.stem}")
+            dotted = ".".join(path.relative_to(REPO).with_suffix("").parts)
+            module = importlib.import_module(dotted)
             found += [getattr(module, n) for n in names]
     return found
 

@@ -136,6 +136,48 @@ def test_the_scripts_never_import_the_code_location():
     assert {name: deps for name, deps in offenders.items() if deps} == {}
 
 
+# The scripts' packages (issue 24): the engine-neutral rules (load/) import no engine and no
+# reader; the readers (sources/) and each engine build on load/ (the Arrow engine on its readers
+# too); the two engines never import each other (a rule both need belongs in load/); retry/ stands
+# alone. Only the entry scripts (dataloader_pipe, dataloader_retry_pipe) put the pieces together.
+SHARED = {"contract", "failures", "redaction", "script_env", "local_secrets", "pipes_io"}
+PACKAGE_MAY_IMPORT = {
+    "load": SHARED,
+    "sources": SHARED | {"load"},
+    "engines.arrow": SHARED | {"load", "sources"},  # its readers are sources/
+    "engines.spark": SHARED | {"load"},
+    "retry": SHARED,
+    **{shared: SHARED for shared in SHARED},
+}
+
+
+def _script_package(module: str) -> str:
+    """``load`` for databricks_scripts.load.params, ``contract`` for databricks_scripts.contract."""
+    parts = module.split(".")[1:]
+    return ".".join(parts[:-1]) if len(parts) > 1 else (parts[0] if parts else "")
+
+
+def test_the_scripts_packages_import_only_what_their_layer_may():
+    modules = _modules(SCRIPTS)
+    packages = {
+        ".".join(("databricks_scripts", *p.relative_to(SCRIPTS).parent.parts))
+        for p in SCRIPTS.rglob("__init__.py")
+    }
+    wrong = []
+    for name, tree in modules.items():
+        mine = _script_package(name)
+        if name in packages or mine not in PACKAGE_MAY_IMPORT:
+            continue  # a package's docstring, or an entry script
+        for imported in _imports(tree, "databricks_scripts"):
+            if imported not in modules or imported in packages:
+                continue  # a name imported from a module, or the package of a module import
+            theirs = _script_package(imported)
+            if theirs != mine and theirs not in PACKAGE_MAY_IMPORT[mine]:
+                wrong.append(f"{name} imports {imported}")
+    assert wrong == []
+    assert len(modules) > 40  # the scan sees the subpackages
+
+
 def test_every_module_imports_on_its_own():
     # Each module first, in a process where no other dagsters module is loaded yet.
     names = sorted(_modules())

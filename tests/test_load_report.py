@@ -8,10 +8,10 @@ import pyarrow as pa
 
 from databricks_scripts.contract import LoadMetadata, LoadReport
 from databricks_scripts.dataloader_pipe import load_report
-from databricks_scripts.engines.arrow.commits import UnrecordedCommit
-from databricks_scripts.engines.arrow.engine import LoadResult
 from databricks_scripts.engines.arrow.verify import Verification
 from databricks_scripts.load import params as lp
+from databricks_scripts.load.commits import UnrecordedCommit
+from databricks_scripts.load.plan import LoadResult
 
 ALWAYS = {
     LoadMetadata.ROWS_READ,

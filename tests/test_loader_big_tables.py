@@ -21,9 +21,9 @@ from deltalake import DeltaTable
 from test_loader_pipe import dest, make_params, run_raw
 
 from databricks_scripts.contract import RECORDED_METADATA_ID_PARAM
-from databricks_scripts.engines.arrow.commits import KEY_COMPLETE, KEY_METADATA_ID, KEY_RESUMABLE
 from databricks_scripts.engines.arrow.first_load import _CursorChunks
 from databricks_scripts.engines.arrow.merge import key_parts
+from databricks_scripts.load.commits import KEY_COMPLETE, KEY_METADATA_ID, KEY_RESUMABLE
 
 ROWS = 6000
 

@@ -8,8 +8,8 @@ import shutil
 import pytest
 
 from databricks_scripts.engines.spark import engine as lsp
+from databricks_scripts.load import sql as sq
 from databricks_scripts.load.params import parse_load_spec
-from databricks_scripts.sources import sql as sq
 
 UTC = dt.UTC
 

@@ -9,7 +9,7 @@ import datetime as dt
 from test_loader_spark import spark  # noqa: F401 - the session's local SparkSession
 
 from databricks_scripts.engines.spark.merge import key_range_literal, with_key_range
-from databricks_scripts.sources.sql import spark_merge
+from databricks_scripts.load.sql import spark_merge
 
 
 def test_key_range_comes_from_the_rows_read(spark):  # noqa: F811

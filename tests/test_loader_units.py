@@ -11,12 +11,12 @@ import pytest
 
 from databricks_scripts import contract
 from databricks_scripts.load import params as lp
+from databricks_scripts.load import sql as sq
 from databricks_scripts.load import types as lt
 from databricks_scripts.load import watermark as lw
 from databricks_scripts.pipes_io import choose_pipes_io, dbfs_local_path
 from databricks_scripts.script_env import ScriptEnv
 from databricks_scripts.sources import readers as ls
-from databricks_scripts.sources import sql as sq
 
 UTC = dt.UTC
 
@@ -357,10 +357,10 @@ def test_script_env_defaults_to_the_process_environment(monkeypatch):
 
 
 def test_no_script_module_but_script_env_reads_the_environment():
-    scripts = Path(lp.__file__).parent
+    scripts = Path(lp.__file__).parents[1]  # databricks_scripts/ (lp: load/params.py)
     readers = [
         p.name
-        for p in sorted(scripts.glob("*.py"))
+        for p in sorted(scripts.rglob("*.py"))
         if p.name != "script_env.py"
         and ("os.environ" in p.read_text() or "os.getenv" in p.read_text())
     ]

@@ -38,7 +38,7 @@ FORBIDDEN = {
 }
 # Where ``sparkContext`` may be touched: job tags on a classic session, where it is tried (on Spark
 # Connect it raises, and the session's own tags are used).
-SPARK_CONTEXT_ALLOWED = {("engines.spark.commits.py", "tag_jobs")}
+SPARK_CONTEXT_ALLOWED = {("engines/spark/commits.py", "tag_jobs")}
 # Spark confs a serverless job may set (Databricks' documentation, reviewed).
 SERVERLESS_SETTABLE = {
     "spark.sql.legacy.timeParserPolicy",
@@ -51,7 +51,10 @@ SERVERLESS_SETTABLE = {
 
 
 def _modules() -> list[tuple[str, ast.Module]]:
-    found = [(p.name, ast.parse(p.read_text(), str(p))) for p in sorted(SCRIPTS.glob("*.py"))]
+    found = [
+        (p.relative_to(SCRIPTS).as_posix(), ast.parse(p.read_text(), str(p)))
+        for p in sorted(SCRIPTS.rglob("*.py"))
+    ]
     assert len(found) > 20  # the scan sees the scripts
     return found
 

@@ -31,7 +31,7 @@ from databricks_scripts.engines.spark.merge import with_key_range
 from databricks_scripts.failures import DataMismatch
 from databricks_scripts.load.interrupt import StopSignal
 from databricks_scripts.load.params import parse_load_spec
-from databricks_scripts.sources.sql import spark_append_new_rows
+from databricks_scripts.load.sql import spark_append_new_rows
 
 UTC = dt.UTC
 T0 = dt.datetime(2024, 1, 1, tzinfo=UTC)

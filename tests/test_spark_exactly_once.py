@@ -17,7 +17,6 @@ import shutil
 import pytest
 
 from databricks_scripts.contract import RECORDED_METADATA_ID_PARAM
-from databricks_scripts.engines.arrow.commits import StaleAttempt, UnrecordedCommit
 from databricks_scripts.engines.spark.commits import (
     USER_METADATA_CONF,
     check_keys,
@@ -27,6 +26,7 @@ from databricks_scripts.engines.spark.commits import (
     unrecorded,
     user_metadata,
 )
+from databricks_scripts.load.commits import StaleAttempt, UnrecordedCommit
 from databricks_scripts.load.params import parse_load_spec
 
 

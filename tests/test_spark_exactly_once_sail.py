@@ -21,7 +21,7 @@ pytest.importorskip(
 from test_spark_on_sail import COLUMNS, Both, _seed, sail  # noqa: F401 - the fixture
 
 from databricks_scripts.contract import RECORDED_METADATA_ID_PARAM
-from databricks_scripts.engines.arrow.commits import UnrecordedCommit
+from databricks_scripts.load.commits import UnrecordedCommit
 
 
 def _metadata_ids(both: Both) -> list[tuple[int, str, str]]:
@@ -72,9 +72,9 @@ def test_a_write_skipped_for_a_newer_attempt_fails_the_load_as_stale(
     must fail as stale instead of reporting success."""
     import dataclasses
 
-    from databricks_scripts.engines.arrow.commits import StaleAttempt
     from databricks_scripts.engines.spark import engine as lsp
     from databricks_scripts.engines.spark.commits import write_options
+    from databricks_scripts.load.commits import StaleAttempt
 
     both = Both(
         source_db, sail, tmp_path, COLUMNS, load_strategy="incremental", incremental_column="ts"

@@ -25,7 +25,7 @@ from test_spark_partitioned_reads import _rows, _spec, pg, spark  # noqa: F401
 
 from databricks_scripts.engines.spark import engine as lsp
 from databricks_scripts.engines.spark import partitions as lpp
-from databricks_scripts.sources.sql import DIALECTS
+from databricks_scripts.load.sql import DIALECTS
 
 # Our db_type -> sqlglot's dialect name.
 SQLGLOT = {"postgresql": "postgres", "mysql": "mysql", "sqlserver": "tsql", "oracle": "oracle"}

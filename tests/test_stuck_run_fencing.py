@@ -131,7 +131,7 @@ def claim(control_db: str, key: str) -> dict:
 def gated_source(source, where: str) -> None:
     """public.gated_orders: while public.gate says closed, the loader's schema probe ('probe') or
     its row read ('read') waits on an advisory lock the test holds."""
-    # The PostgreSQL schema probe is ``SELECT * FROM <table> WHERE false`` (sources.sql).
+    # The PostgreSQL schema probe is ``SELECT * FROM <table> WHERE false`` (load.sql).
     probe = "~" if where == "probe" else "!~"
     source.execute("CREATE TABLE public.gate (closed boolean NOT NULL)")
     source.execute("INSERT INTO public.gate VALUES (false)")

@@ -108,7 +108,7 @@ def canonical_text(arr: pa.Array) -> list[str | bytes | None]:
     if pa.types.is_decimal(t):
         return [None if v is None else format(v, "f") for v in arr.to_pylist()]
     if pa.types.is_timestamp(t):
-        return _timestamp_texts(arr)
+        return list(_timestamp_texts(arr))
     if pa.types.is_date(t):
         return [None if v is None else v.isoformat() for v in arr.to_pylist()]
     if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
@@ -136,7 +136,7 @@ def hmac_array(arr: pa.Array, key: bytes) -> pa.Array:
     """HMAC-SHA-256 hex of every value of ``arr`` (NULL stays NULL); the same digest as
     ``hmac.new(key, value, sha256)``, from pre-keyed states (about twice as fast per value)."""
     inner, outer = _pads(key)
-    out = []
+    out: list[str | None] = []
     for value in _value_bytes(arr):
         if value is None:
             out.append(None)
@@ -233,7 +233,7 @@ def column_control_text(spec: LoadSpec) -> str:
     )
 
 
-_NONE = {"exclude": [], "hash": [], "key": None, "text": None}
+_NONE: dict[str, Any] = {"exclude": [], "hash": [], "key": None, "text": None}
 
 
 def recorded_column_control(history: Iterable[dict]) -> dict:
@@ -372,3 +372,15 @@ def spark_hash_column(column: Any, key: bytes, spark_type: str = "string") -> An
         value = spark_canonical_text(column, spark_type).cast("binary")
     inner_hash = F.unhex(F.sha2(F.concat(F.unhex(F.lit(inner)), value), 256))
     return F.sha2(F.concat(F.unhex(F.lit(outer)), inner_hash), 256)
+
+
+# Column mapping (``delta.columnMapping.mode = 'name'``): the rule both engines apply to the
+# source's column names. The Spark engine maps a table that needs it; the Arrow engine reads mapped
+# tables but never maps one (docs/loader.md).
+COLUMN_MAPPING_MODE = "delta.columnMapping.mode"
+NEEDS_COLUMN_MAPPING = frozenset(" ,;{}()\n\t=")
+
+
+def needs_column_mapping(names: Any) -> bool:
+    """A column name Delta refuses in a table without column mapping."""
+    return any(NEEDS_COLUMN_MAPPING & set(name) for name in names)

@@ -21,8 +21,8 @@ from databricks_scripts.contract import DELETED_AT, END_AT, START_AT
 from databricks_scripts.failures import DataMismatch, SchemaConflict
 from databricks_scripts.load.keys import spool_checked
 from databricks_scripts.load.params import LoadSpec
+from databricks_scripts.load.sql import DATAFUSION
 from databricks_scripts.load.types import cast_batch, delta_schema_for
-from databricks_scripts.sources.sql import DATAFUSION
 
 TECHNICAL_COLUMNS = (DELETED_AT, START_AT, END_AT)
 TIMESTAMP_UTC = pa.timestamp("us", tz="UTC")

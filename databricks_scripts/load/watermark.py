@@ -186,4 +186,4 @@ def max_watermark(a: Watermark | None, b: Watermark | None) -> Watermark | None:
         return b
     if b is None:
         return a
-    return max(a, b)  # type: ignore[operator]
+    return max(a, b)

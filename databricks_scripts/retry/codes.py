@@ -294,7 +294,9 @@ def rule_for_code(code: str | None) -> str | None:
             return _SQLSTATE_EXACT[value]
         return _SQLSTATE_CLASS.get(value[:2])
     if family in ("mysql", "sqlserver", "http"):
-        table = {"mysql": _MYSQL, "sqlserver": _SQLSERVER, "http": _HTTP}[family]
+        table: dict[int, str | None] = {"mysql": _MYSQL, "sqlserver": _SQLSERVER, "http": _HTTP}[
+            family
+        ]
         try:
             return table.get(int(value))
         except ValueError:
@@ -505,9 +507,9 @@ def codes_in_text(text: str | None) -> list[str]:
             found.append((match.start(), f"{family}:{match.group(1)}"))
     if not found:
         for words, state in _POSTGRES_WORDS:
-            match = words.search(text or "")
-            if match:
-                found.append((match.start(), f"sqlstate:{state}"))
+            word = words.search(text or "")
+            if word:
+                found.append((word.start(), f"sqlstate:{state}"))
     return [code for _, code in sorted(found)]
 
 

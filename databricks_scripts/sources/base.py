@@ -10,7 +10,7 @@ import pyarrow as pa
 from databricks_scripts.contract import KIND_INTERNAL
 from databricks_scripts.failures import DataLoaderFailure
 from databricks_scripts.load.columns import kept_schema
-from databricks_scripts.sources.sql import (
+from databricks_scripts.load.sql import (
     Dialect,
     qualified_name,
     select_source,

@@ -10,14 +10,14 @@ from typing import Any
 
 import pyarrow as pa
 
+from databricks_scripts.load.sql import (
+    ORACLE,
+    SQLSERVER,
+)
 from databricks_scripts.sources.base import SourceReader
 from databricks_scripts.sources.connections import (
     oracle_connect_kwargs,
     sqlserver_connect_kwargs,
-)
-from databricks_scripts.sources.sql import (
-    ORACLE,
-    SQLSERVER,
 )
 from databricks_scripts.sources.types_mssql_oracle import (
     ORACLE_DATE_METADATA,
@@ -163,8 +163,9 @@ class DbApiReader(SourceReader):
         else:
             import oracledb
 
-            self._conn = oracledb.connect(**oracle_connect_kwargs(spec.db_config_value, password))
-            self._conn.outputtypehandler = _oracle_output_type_handler
+            conn = oracledb.connect(**oracle_connect_kwargs(spec.db_config_value, password))
+            conn.outputtypehandler = _oracle_output_type_handler
+            self._conn = conn
 
     def schema(self) -> pa.Schema:
         if self._schema is not None:
@@ -177,7 +178,7 @@ class DbApiReader(SourceReader):
                 self._schema = self.kept(sqlserver_schema_from_description(cur.fetchall()))
             else:
                 cur.execute(self.query(limit_zero=True))
-                probed = pa.schema([oracle_field(tuple(d)) for d in cur.description])
+                probed = pa.schema([oracle_field(tuple(d)) for d in cur.description or ()])
                 self._schema = self.kept(probed)
                 cur.fetchall()
         finally:
@@ -198,7 +199,7 @@ class DbApiReader(SourceReader):
             cur.execute(query, params)
         else:
             cur.execute(query)
-        names = [d[0] for d in cur.description]
+        names = [d[0] for d in cur.description or ()]
         if names != schema.names:
             cur.close()
             raise ValueError(f"source columns changed while reading: {names} != {schema.names}")

@@ -16,6 +16,14 @@ from typing import Any
 
 import pyarrow as pa
 
+from databricks_scripts.load.sql import (
+    MYSQL,
+    MYSQL_COLUMN_COMMENTS,
+    MYSQL_TABLE_COMMENT,
+    PG_COMMENTS,
+    POSTGRESQL,
+    source_table_parts,
+)
 from databricks_scripts.load.types import decimal_from_unscaled, pg_numeric_as_scaled_int8
 from databricks_scripts.sources.base import SourceReader
 from databricks_scripts.sources.connections import (
@@ -31,14 +39,6 @@ from databricks_scripts.sources.dbapi import (
     sqlserver_describe_query,
     sqlserver_read,
     sqlserver_schema_from_description,
-)
-from databricks_scripts.sources.sql import (
-    MYSQL,
-    MYSQL_COLUMN_COMMENTS,
-    MYSQL_TABLE_COMMENT,
-    PG_COMMENTS,
-    POSTGRESQL,
-    source_table_parts,
 )
 
 __all__ = [

@@ -30,64 +30,33 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from databricks_scripts.contract import KIND_STALE_ATTEMPT, RECORDED_METADATA_ID_PARAM
-from databricks_scripts.failures import DataLoaderFailure
-from databricks_scripts.load.columns import KEY_COLUMN_CONTROL, column_control_text
-
-APP_ID_PREFIX = "dataloader:"
-KEY_METADATA_ID = "dataloader.metadata_id"
-KEY_CONTROL_KEY = "dataloader.control_key"
-KEY_WATERMARK_BEFORE = "dataloader.watermark_before"
-KEY_STRATEGY = "dataloader.strategy"
-# Multi-commit loads: "false" on every commit but the load's last (absent: a complete load).
-KEY_COMPLETE = "dataloader.complete"
-# Resumable first load: "first_load" on each of its chunk commits. Chunks are committed in cursor
-# order, so the destination's max(cursor) is the watermark the load reached.
-KEY_RESUMABLE = "dataloader.resumable"
-RESUMABLE_FIRST_LOAD = "first_load"
-
-
-class StaleAttempt(DataLoaderFailure, RuntimeError):
-    """Another attempt of the same row committed while this one ran: nothing was committed."""
-
-    kind = KIND_STALE_ATTEMPT
-
-    step = "check attempt before commit"
-
-
-def app_id(spec: Any) -> str:
-    """The Delta transaction app id of the row (config_id; the control_key when it is unknown)."""
-    return f"{APP_ID_PREFIX}{spec.config_id if spec.config_id is not None else spec.control_key}"
+from databricks_scripts.contract import RECORDED_METADATA_ID_PARAM
+from databricks_scripts.load.commits import (
+    KEY_COMPLETE,
+    KEY_METADATA_ID,
+    KEY_RESUMABLE,
+    RESUMABLE_FIRST_LOAD,
+    UnrecordedCommit,
+    app_id,
+    commit_marks,
+    is_unrecorded,
+    stale_attempt,
+)
 
 
 def commit_properties(spec: Any, strategy: str, *, complete: bool = True, resumable: bool = False):
-    """CommitProperties naming this attempt and the column lists it loaded with.
-
-    ``complete=False`` marks a commit that is not the load's last; ``resumable`` a chunk of a
-    resumable first load. Without a ``metadata_id`` (a test run) only those marks and the column
-    lists are written.
-    """
+    """CommitProperties naming this attempt (``load.commits.commit_marks``) and, with a
+    ``metadata_id``, its Delta transaction id."""
     from deltalake import CommitProperties, Transaction
 
-    marks = {} if complete else {KEY_COMPLETE: "false"}
-    if resumable:
-        marks[KEY_RESUMABLE] = RESUMABLE_FIRST_LOAD
-    # Which columns were left out and hashed (names only): a change rebuilds (load.columns).
-    marks[KEY_COLUMN_CONTROL] = column_control_text(spec)
+    marks = commit_marks(spec, strategy, complete=complete, resumable=resumable)
     if spec.metadata_id is None:
         return CommitProperties(custom_metadata=marks)
     return CommitProperties(
-        custom_metadata={
-            KEY_METADATA_ID: str(spec.metadata_id),
-            KEY_CONTROL_KEY: str(spec.control_key),
-            KEY_WATERMARK_BEFORE: "" if spec.incremental_value is None else spec.incremental_value,
-            KEY_STRATEGY: strategy,
-            **marks,
-        },
+        custom_metadata=marks,
         app_transactions=[Transaction(app_id(spec), int(spec.metadata_id))],
     )
 
@@ -100,26 +69,12 @@ def committed_attempt(table: Any, spec: Any) -> int | None:
     return None if version is None else int(version)
 
 
-@dataclass(frozen=True)
-class UnrecordedCommit:
-    metadata_id: int
-    version: int | None  # the destination version it committed, when found in the history
-    # False: the attempt died between the commits of one load (its last commit is not marked
-    # complete); the next load repeats or resumes it instead of recording it.
-    complete: bool = True
-    # Its last commit is a chunk of a resumable first load: the next load resumes it.
-    resumable: bool = False
-
-
 def unrecorded_commit(table: Any, spec: Any) -> UnrecordedCommit | None:
     """The attempt that committed to ``table`` without its success being recorded, if any."""
     if table is None or spec.metadata_id is None or RECORDED_METADATA_ID_PARAM not in spec.extra:
         return None
     committed = committed_attempt(table, spec)
-    recorded = spec.extra.get(RECORDED_METADATA_ID_PARAM)
-    if committed is None or committed == spec.metadata_id:
-        return None
-    if recorded is not None and committed <= int(recorded):
+    if committed is None or not is_unrecorded(spec, committed):
         return None
     commit = _last_commit_of(table, committed)
     if commit is None:
@@ -149,23 +104,16 @@ def _last_commit_of(table: Any, metadata_id: int, limit: int = 200) -> dict | No
 
 
 def check_still_current(destination: Path, spec: Any, committed_at_start: int | None) -> None:
-    """Raise :class:`StaleAttempt` when another attempt of the row committed since the load began.
-
-    Reads the destination's newest state (not the snapshot the load started from).
-    """
+    """Raise :class:`StaleAttempt` when another attempt of the row committed since the load began
+    (``load.commits.stale_attempt``). Reads the destination's newest state (not the snapshot the
+    load started from)."""
     if spec.metadata_id is None:
         return
-    now = committed_attempt(_open_latest(destination), spec)
-    if now == committed_at_start or now == spec.metadata_id:
-        return
-    newer = now is not None and now > spec.metadata_id
-    raise StaleAttempt(
-        f"attempt {now} of this table committed to the destination while attempt "
-        f"{spec.metadata_id} was loading"
-        + (" (a newer attempt: this one is stale)" if newer else "")
-        + "; this attempt committed nothing"
-        + ("" if newer else f"; the next load records attempt {now}'s result")
+    stale = stale_attempt(
+        spec, committed_at_start, committed_attempt(_open_latest(destination), spec)
     )
+    if stale is not None:
+        raise stale
 
 
 def _open_latest(destination: Path):

@@ -35,8 +35,8 @@ from databricks_scripts.load.history_rules import (
     spooled,
 )
 from databricks_scripts.load.keys import keys_checked
+from databricks_scripts.load.sql import delta_merge_predicate
 from databricks_scripts.load.types import cast_batch
-from databricks_scripts.sources.sql import delta_merge_predicate
 
 GONE_FLAG = "__dataloader_gone"  # a MERGE-source-only column, never named in an update/insert
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from databricks_scripts.load.columns import COLUMN_MAPPING_MODE
+
 
 def local_path(table_uri: str) -> str | None:
     """The local directory of a table URI (``/x`` or ``file:///x``), else None."""
@@ -34,14 +36,7 @@ def local_path(table_uri: str) -> str | None:
     return None
 
 
-COLUMN_MAPPING_MODE = "delta.columnMapping.mode"
-NEEDS_COLUMN_MAPPING = frozenset(" ,;{}()\n\t=")
 PHYSICAL_NAME = "delta.columnMapping.physicalName"
-
-
-def needs_column_mapping(names: Any) -> bool:
-    """A column name Delta refuses in a table without column mapping."""
-    return any(NEEDS_COLUMN_MAPPING & set(name) for name in names)
 
 
 def new_table_configuration(schema: Any, file_size: int | None = None) -> dict[str, str] | None:

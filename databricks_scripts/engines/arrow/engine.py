@@ -25,17 +25,13 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from databricks_scripts.contract import full_load_reason
 from databricks_scripts.engines.arrow.commits import (
-    StaleAttempt,
-    UnrecordedCommit,
     commit_properties,
     committed_attempt,
     unrecorded_commit,
@@ -57,15 +53,15 @@ from databricks_scripts.engines.arrow.stream import (
     progress_estimate,
     text_cursor_start,
 )
-from databricks_scripts.engines.arrow.verify import Verification, verify_committed
-from databricks_scripts.failures import BadConfig, DataLoaderFailure
+from databricks_scripts.engines.arrow.verify import verify_committed
+from databricks_scripts.failures import BadConfig
 from databricks_scripts.load.columns import (
     commented_plan,
     rebuild_if_column_control_changed,
     schema_notes,
     source_comments,
 )
-from databricks_scripts.load.history_rules import history_strategy
+from databricks_scripts.load.commits import UnrecordedCommit
 from databricks_scripts.load.interrupt import (
     StopRequested,
     StopSignal,
@@ -74,6 +70,15 @@ from databricks_scripts.load.interrupt import (
 )
 from databricks_scripts.load.keys import keys_checked
 from databricks_scripts.load.params import LoadSpec
+from databricks_scripts.load.plan import (
+    LoadResult,
+    LoadStepError,  # noqa: F401 - dataloader_pipe imports it with run_arrow_load (one lazy import)
+    check_source_columns,
+    full_reason,
+    plan_load,
+)
+from databricks_scripts.load.plan import lazy_step as _lazy_step
+from databricks_scripts.load.plan import step as _step
 from databricks_scripts.load.types import (
     SchemaPlan,
     arrow_schema_of,
@@ -86,70 +91,8 @@ from databricks_scripts.load.watermark import (
     cursor_type_problem,
     decode_watermark_for,
     encode_watermark,
-    lookback_lower_bound,
     max_watermark,
 )
-
-
-class LoadStepError(DataLoaderFailure, RuntimeError):
-    """A load failed; ``step`` says where (probe source, read source, write destination, ...).
-
-    Its kind is its cause's (``failures.failure_kind``): None around a foreign error."""
-
-    kind = None
-
-    def __init__(self, step: str, message: str):
-        super().__init__(message)
-        self.step = step
-
-
-@dataclass
-class LoadResult:
-    rows_read: int
-    rows_written: int
-    watermark_before: str | None
-    watermark_after: str | None
-    applied_strategy: str
-    destination: str
-    schema: pa.Schema
-    row_count: int | None
-    committed: bool
-    notes: list[str] = field(default_factory=list)
-    # Set when nothing was loaded because an earlier attempt's commit had not been recorded.
-    reconciled: UnrecordedCommit | None = None
-    # The destination's row count at the version the write started from (0: it did not exist;
-    # None: unknown), and why the load ran full (None: it did not).
-    destination_rows_before: int | None = None
-    full_reason: str | None = None
-    # The reconciliation check (engines.arrow.verify); None: verify_depth none, or nothing committed.
-    verification: Verification | None = None
-    comments: tuple = (None, {})  # the source's (table comment, {column: comment})
-
-
-def full_reason(spec, destination_exists: bool) -> str | None:
-    """Why this load runs full (``contract.FULL_REASONS``), or None.
-
-    None too for a table that keeps history (scd2, soft deletes): it is never overwritten.
-    """
-    if history_strategy(spec, destination_exists) is not None:
-        return None
-    if destination_exists and getattr(spec, "rebuild_reason", None):
-        return spec.rebuild_reason
-    return full_load_reason(
-        force_full_reload=spec.force_full_reload,
-        destination_exists=destination_exists,
-        load_strategy=spec.load_strategy,
-        incremental_column=spec.incremental_column,
-        incremental_value=spec.incremental_value,
-    )
-
-
-def choose_strategy(spec, destination_exists: bool) -> str:
-    """The strategy actually applied: full when forced, first load, or no watermark yet."""
-    kept = history_strategy(spec, destination_exists)  # scd2 / soft deletes never overwrite
-    if kept is not None:
-        return kept
-    return "full" if full_reason(spec, destination_exists) else spec.load_strategy
 
 
 def _delta_table(path: Path):
@@ -234,27 +177,6 @@ def _drop_rows_already_loaded(
         yield batch if all(keep) else batch.filter(pa.array(keep))
 
 
-def _lazy_step(name: str, fn: Callable[[], object]) -> Callable[[], object]:
-    """``fn`` whose failure is reported as step ``name`` (it runs lazily, inside another step)."""
-
-    def wrapped():
-        with _step(name):
-            return fn()
-
-    return wrapped
-
-
-@contextmanager
-def _step(name: str) -> Iterator[None]:
-    """Report a failure inside the block as step ``name`` (a LoadStepError passes unchanged)."""
-    try:
-        yield
-    except (LoadStepError, StaleAttempt, StopRequested):
-        raise
-    except Exception as exc:
-        raise LoadStepError(name, f"{type(exc).__name__}: {exc}") from exc
-
-
 @dataclass
 class _Load:
     """What the writers need, decided before a row is read."""
@@ -327,10 +249,7 @@ def _prepare(spec, source, destination: Path, log: Callable[[str], None]) -> _Lo
     with _step("probe source"):
         source_schema = source.schema()
         cursor = spec.incremental_column
-        roles = [(cursor, "incremental_column")] + [(k, "merge key") for k in spec.merge_keys]
-        for column, role in roles:
-            if column is not None and column not in source_schema.names:
-                raise BadConfig(f"{role} {column!r} is not a column of the source table")
+        check_source_columns(spec, source_schema.names)
         problem = cursor_type_problem(source_schema.field(cursor)) if cursor else None
         if problem:
             raise BadConfig(f"incremental_column {cursor!r} cannot be a cursor: {problem}")
@@ -341,34 +260,28 @@ def _prepare(spec, source, destination: Path, log: Callable[[str], None]) -> _Lo
         spec = rebuild_if_column_control_changed(spec, table, notes, log)
         if table is not None and spec.load_strategy == "scd2" and spec.force_full_reload:
             table = archive_if_types_changed(spec, source_schema, table, destination, log)
-        applied = choose_strategy(spec, table is not None)
-        rebuild = applied == "full" and (table is None or spec.force_full_reload)
-        dest_schema = None if rebuild else arrow_schema_of(table.schema())
+        plan = plan_load(spec, table is not None)
+        dest_schema = None if plan.rebuild else arrow_schema_of(table.schema())
     with _step("reconcile schema"):
-        plan = plan_schema(source_schema, dest_schema, spec.schema_change)
-        schema_notes(spec, plan, source_schema, dest_schema, notes, log)
+        schema = plan_schema(source_schema, dest_schema, spec.schema_change)
+        schema_notes(spec, schema, source_schema, dest_schema, notes, log)
     comments = source_comments(source, log)
-    plan = commented_plan(plan, comments[1]) if dest_schema is None else plan
+    schema = commented_plan(schema, comments[1]) if dest_schema is None else schema
+    plan = plan.window(lambda text: decode_watermark_for(text, source_schema.field(cursor)))
     load = _Load(
         spec,
         destination,
         table,
-        applied,
-        rebuild,
-        plan,
+        plan.applied,
+        plan.rebuild,
+        schema,
         numeric_text,
         source_columns=frozenset(source_schema.names),
         notes=notes,
         comments=comments,
     )
     load.committed_at_start = committed_attempt(table, spec)
-    reread = spec.force_full_reload  # a forced reload of an scd2 / soft-delete table reads all
-    if applied != "full" and cursor and spec.incremental_value is not None and not reread:
-        with _step("decode watermark"):
-            load.watermark = decode_watermark_for(
-                spec.incremental_value, source_schema.field(cursor)
-            )
-            load.lower = lookback_lower_bound(load.watermark, spec.lookback_window_seconds)
+    load.watermark, load.lower = plan.watermark, plan.lower
     return load
 
 
@@ -481,7 +394,7 @@ def run_arrow_load(
     spec = load.spec  # a rebuild when the column control changed
     load.stop, load.target_file_size, load.source = stop, target_file_size, source
     load.merge_chunk_rows = merge_chunk_rows
-    if load.applied != "full":
+    if load.applied != "full":  # LoadPlan.reconciles
         with _step("reconcile with the destination"):
             reconciled = _reconcile(load, log)
         if reconciled is not None:

@@ -19,9 +19,8 @@ import pyarrow as pa
 
 from databricks_scripts.engines.arrow.deletes import write_first_soft, write_with_deletes
 from databricks_scripts.engines.arrow.scd2 import write_scd2
-from databricks_scripts.load.history_rules import (  # noqa: F401 - check_floor: see below
+from databricks_scripts.load.history_rules import (
     WriterHooks,
-    check_floor,
     load_time,
     plain_type,
 )
@@ -32,9 +31,6 @@ from databricks_scripts.load.types import (
     delta_schema_for,
     plan_schema,
 )
-
-# check_floor is imported from here by the Spark engine's deletes (engines.spark.history), which
-# share the Arrow engine's delete floor.
 
 
 def history_writer(load: Any, hooks: WriterHooks) -> Callable | None:

@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from databricks_scripts.engines.arrow.commits import commit_properties, fenced, stream_errors
 from databricks_scripts.load.keys import check_keys
-from databricks_scripts.sources.sql import DATAFUSION, delta_merge_predicate
+from databricks_scripts.load.sql import DATAFUSION, delta_merge_predicate
 
 DEFAULT_MERGE_CHUNK_ROWS = 150_000
 # Data file size of keyed tables (unless DATALOADER_TARGET_FILE_BYTES says otherwise): a MERGE

@@ -35,8 +35,8 @@ from databricks_scripts.load.history_rules import (
     read_spool,
     spooled,
 )
+from databricks_scripts.load.sql import delta_merge_predicate
 from databricks_scripts.load.types import cast_batch
-from databricks_scripts.sources.sql import delta_merge_predicate
 
 MATCHED = "__dataloader_current"  # marks a joined current version; never written
 

@@ -24,8 +24,8 @@ from databricks_scripts.load.columns import (
     recorded_column_control,
     spark_hash_column,
 )
+from databricks_scripts.load.sql import spark_add_columns
 from databricks_scripts.load.types import SchemaContractError
-from databricks_scripts.sources.sql import spark_add_columns
 
 _LOADER_COLUMNS = {"__start_at", "__end_at", "__deleted_at"}
 

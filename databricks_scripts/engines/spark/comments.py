@@ -3,7 +3,7 @@
 - Read: a Unity Catalog source (``db_type: databricks``) from ``DESCRIBE TABLE EXTENDED`` (its
   column rows' ``comment``, and the ``Comment`` row of the table's details); a PostgreSQL or
   MySQL/MariaDB source by a JDBC ``query`` over the source read's own connection options (the
-  Arrow readers' catalog SQL, sources.sql). SQL Server and Oracle sources: none read.
+  Arrow readers' catalog SQL, load.sql). SQL Server and Oracle sources: none read.
 - Written when the load creates or rebuilds the destination: ``COMMENT ON TABLE`` and ``ALTER
   TABLE ... ALTER COLUMN ... COMMENT`` (Unity Catalog's own comments).
 - Reported on every load (``LoadResult.comments``): the table asset's column descriptions.
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from databricks_scripts.sources.sql import (
+from databricks_scripts.load.sql import (
     MYSQL,
     MYSQL_COLUMN_COMMENTS,
     MYSQL_TABLE_COMMENT,

@@ -35,18 +35,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from databricks_scripts.contract import RECORDED_METADATA_ID_PARAM
-from databricks_scripts.engines.arrow.commits import (
-    KEY_CONTROL_KEY,
+from databricks_scripts.failures import DataMismatch
+from databricks_scripts.load.commits import (
     KEY_METADATA_ID,
-    KEY_STRATEGY,
-    KEY_WATERMARK_BEFORE,
-    StaleAttempt,
     UnrecordedCommit,
     app_id,
+    commit_marks,
+    is_unrecorded,
+    stale_attempt,
 )
-from databricks_scripts.failures import DataMismatch
-from databricks_scripts.load.columns import KEY_COLUMN_CONTROL, column_control_text
 
 USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
 TXN_APP_ID_CONF = "spark.databricks.delta.write.txnAppId"
@@ -64,17 +61,8 @@ OUR_OPERATIONS = (
 
 
 def user_metadata(spec: Any, strategy: str) -> str:
-    """The JSON ``userMetadata`` of this attempt's commit."""
-    return json.dumps(
-        {
-            KEY_METADATA_ID: str(spec.metadata_id),
-            KEY_CONTROL_KEY: str(spec.control_key),
-            KEY_WATERMARK_BEFORE: spec.incremental_value or "",
-            KEY_STRATEGY: strategy,
-            KEY_COLUMN_CONTROL: column_control_text(spec),
-        },
-        sort_keys=True,
-    )
+    """The JSON ``userMetadata`` of this attempt's commit (``load.commits.commit_marks``)."""
+    return json.dumps(commit_marks(spec, strategy), sort_keys=True)
 
 
 def write_options(spec: Any, strategy: str) -> dict[str, str]:
@@ -131,27 +119,23 @@ def read_last_commit(spark: Any, target: str) -> UnrecordedCommit | None:
 
 def unrecorded(spec: Any, last: UnrecordedCommit | None) -> UnrecordedCommit | None:
     """``last`` when it is an attempt whose success the control database did not record."""
-    if last is None or spec.metadata_id is None or RECORDED_METADATA_ID_PARAM not in spec.extra:
-        return None
-    recorded = spec.extra.get(RECORDED_METADATA_ID_PARAM)
-    if last.metadata_id == spec.metadata_id:
-        return None
-    if recorded is not None and last.metadata_id <= int(recorded):
-        return None
-    return last
+    return last if last is not None and is_unrecorded(spec, last.metadata_id) else None
 
 
 def check_still_current(spec: Any, at_start: UnrecordedCommit | None, now: UnrecordedCommit | None):
-    """Raise :class:`StaleAttempt` when another attempt committed since the load began."""
-    if spec.metadata_id is None or now is None or now == at_start:
+    """Raise :class:`StaleAttempt` when another attempt committed since the load began
+    (``load.commits.stale_attempt``; a new version of the same attempt counts too)."""
+    if now is None:
         return
-    if now.metadata_id == spec.metadata_id:
-        return
-    raise StaleAttempt(
-        f"attempt {now.metadata_id} of this table committed to the destination (version "
-        f"{now.version}) while attempt {spec.metadata_id} was loading; this attempt committed "
-        "nothing"
+    stale = stale_attempt(
+        spec,
+        None if at_start is None else at_start.metadata_id,
+        now.metadata_id,
+        version=now.version,
+        moved=at_start is not None and now != at_start,
     )
+    if stale is not None:
+        raise stale
 
 
 @contextmanager

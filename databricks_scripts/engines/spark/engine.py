@@ -1,7 +1,7 @@
 """The Spark engine (Databricks): JDBC or Unity Catalog source -> Unity Catalog Delta table.
 
 Same strategies and rules as the Arrow engine (see engines.arrow.engine and docs/loader.md), expressed as
-Spark SQL built in sources.sql: each load is one Delta commit (a DataFrame write of a SELECT, or a
+Spark SQL built in load.sql: each load is one Delta commit (a DataFrame write of a SELECT, or a
 MERGE INTO; engines.spark.writes), preceded by ALTER TABLE ADD COLUMNS for new source columns (and,
 for delete detection and scd2, by staging the rows read: engines.spark.stage). The watermark filter
 is a DataFrame filter, which Spark pushes down into the JDBC query (and into Delta file skipping for
@@ -16,13 +16,6 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from databricks_scripts.engines.arrow.commits import StaleAttempt
-from databricks_scripts.engines.arrow.engine import (
-    LoadResult,
-    LoadStepError,
-    choose_strategy,
-    full_reason,
-)
 from databricks_scripts.engines.spark.columns import (
     controlled_frame,
     evolve_schema,
@@ -49,13 +42,10 @@ from databricks_scripts.engines.spark.writes import (
     created,
     run_write,
 )
+from databricks_scripts.load.commits import StaleAttempt
 from databricks_scripts.load.interrupt import StopRequested
-from databricks_scripts.load.watermark import (
-    decode_watermark,
-    encode_watermark,
-    lookback_lower_bound,
-)
-from databricks_scripts.sources.sql import (
+from databricks_scripts.load.plan import LoadResult, LoadStepError, check_source_columns, plan_load
+from databricks_scripts.load.sql import (
     MYSQL,
     ORACLE,
     POSTGRESQL,
@@ -67,6 +57,10 @@ from databricks_scripts.sources.sql import (
     spark_merge,
     spark_new_rows,
     spark_table,
+)
+from databricks_scripts.load.watermark import (
+    decode_watermark,
+    encode_watermark,
 )
 
 _JDBC = {
@@ -462,32 +456,30 @@ def _load(
 ) -> Any:
     exists = table_exists(spark, target)
     spec, rebuilt = rebuild_if_changed(spark, spec, target, exists, log)
-    applied = choose_strategy(spec, exists)
+    plan = plan_load(spec, exists)
+    applied = plan.applied
     target_fields = _fields(spark.table(target).schema) if exists else []
     last = read_last_commit(spark, target) if exists else None
 
-    watermark = lower = None
     cursor = spec.incremental_column
-    # A forced reload of an scd2 / soft-delete table (never overwritten) reads everything.
-    reads_all = applied == "full" or spec.force_full_reload or spec.incremental_value is None
-    if cursor and not reads_all:
+    if plan.from_watermark:
         where[0] = "decode watermark"
         cursor_type = {n.lower(): t for n, t in target_fields}.get(cursor.lower(), "string")
-        watermark = decode_watermark(spec.incremental_value, _arrow_type_for(cursor_type))
-        lower = lookback_lower_bound(watermark, spec.lookback_window_seconds)
-    found = unrecorded(spec, last) if applied != "full" else None
+        plan = plan.window(lambda text: decode_watermark(text, _arrow_type_for(cursor_type)))
+    watermark, lower = plan.watermark, plan.lower
+    found = unrecorded(spec, last) if plan.reconciles else None
     if found is not None:
         where[0] = "reconcile with the destination"
         return _reconciled(spark, spec, target, applied, watermark, found, log)
 
     where[0] = "read source"
-    view, source_fields, key_range, plan = _source_view(
+    view, source_fields, key_range, read_plan = _source_view(
         spark, spec, password, lower, reading, applied, log
     )
 
     where[0] = "reconcile schema"
-    rebuild = applied == "full" and (not exists or spec.force_full_reload)
-    notes = [n for n in (rebuilt, plan.note) if n]
+    rebuild = plan.rebuild
+    notes = [n for n in (rebuilt, read_plan.note) if n]
     if not rebuild:
         source_fields = evolve_schema(spark, spec, target, source_fields, target_fields, log)
         notes += source_fields.notes
@@ -525,7 +517,7 @@ def _load(
     read, written = write_counts(spark, target, statement, result, version_before)
     loaded = _result(spark, spec, target, applied, watermark, read, written, notes=notes)
     loaded.destination_rows_before = rows_before
-    loaded.full_reason = full_reason(spec, exists)
+    loaded.full_reason = plan.full_reason
     jdbc = None if spec.db_type == "databricks" else jdbc_options(spec, password)
     return with_comments(spark, spec, target, loaded, columns, rebuild or not exists, log, jdbc)
 
@@ -546,6 +538,8 @@ def _source_view(spark: Any, spec: Any, password, lower, reading, applied: str, 
     ``reading`` = (JDBC partitioning, hash key, the load's staging tables). The rows of a
     delete-detecting or scd2 load are staged: one read of the source (engines.spark.stage)."""
     df, plan = read_source_planned(spark, spec, password, lower, *reading[:2])
+    # The Arrow engine's check (load.plan), before the key range or staging reads a missing key.
+    check_source_columns(spec, df.columns, case_sensitive=False)
     if is_history_load(spec):
         df = reading[2].stage(df, "rows read", log)
     if plan.partitions > 1:

@@ -25,11 +25,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from databricks_scripts.contract import DELETED_AT, END_AT, START_AT
-from databricks_scripts.engines.arrow.history import check_floor
 from databricks_scripts.engines.spark.commits import check_keys
 from databricks_scripts.engines.spark.writes import MERGE, SparkWrite, created
 from databricks_scripts.failures import SchemaConflict
-from databricks_scripts.sources.sql import SPARK
+from databricks_scripts.load.history_rules import check_floor
+from databricks_scripts.load.sql import SPARK
 
 KEY_ONLY = "__dataloader_key_only"
 MERGE_KEY = "__dataloader_merge_key_"

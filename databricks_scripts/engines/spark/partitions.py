@@ -50,7 +50,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from databricks_scripts.sources.sql import DIALECTS
+from databricks_scripts.load.sql import DIALECTS
 
 # Spark simpleString types ``partitionColumn`` accepts (Spark 3.5: numeric, date, timestamp).
 _INTEGRAL = ("tinyint", "smallint", "int", "bigint")

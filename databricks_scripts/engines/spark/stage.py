@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from databricks_scripts.engines.spark.writes import table_properties
-from databricks_scripts.sources.sql import spark_table
+from databricks_scripts.load.sql import spark_table
 
 STAGE_MARK = "__dl_stage_"
 

@@ -19,15 +19,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from databricks_scripts.engines.arrow.delta_dataset import COLUMN_MAPPING_MODE, needs_column_mapping
 from databricks_scripts.engines.spark.commits import commit_named, write_options
+from databricks_scripts.load.columns import COLUMN_MAPPING_MODE, needs_column_mapping
 
 CREATE, REPLACE, OVERWRITE, APPEND, MERGE = "create", "replace", "overwrite", "append", "merge"
 
 
 def table_properties(names: Sequence[str]) -> dict[str, str]:
     """The properties a table created with these columns needs (the Arrow engine's rule,
-    delta_dataset.needs_column_mapping)."""
+    load.columns.needs_column_mapping)."""
     return {COLUMN_MAPPING_MODE: "name"} if needs_column_mapping(names) else {}
 
 
