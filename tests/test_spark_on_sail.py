@@ -254,6 +254,32 @@ def test_full_loads_create_then_overwrite(source_db, sail, tmp_path):
     assert len(rows) == 4
 
 
+@pytest.mark.parametrize(
+    ("params", "said"),
+    [
+        ({"load_strategy": "merge", "merge_keys": ["nope"]}, "merge key 'nope'"),
+        (
+            {"load_strategy": "incremental", "incremental_column": "nope"},
+            "incremental_column 'nope'",
+        ),
+    ],
+)
+def test_both_engines_refuse_a_key_or_cursor_the_source_lacks(
+    source_db, sail, tmp_path, params, said
+):
+    # One rule (load.plan.check_source_columns): the Spark engine used to fail later, on Spark's
+    # own error, or not at all; now both refuse before writing, naming the column, and nothing is
+    # created.
+    both = Both(source_db, sail, tmp_path, COLUMNS, **params)
+    _seed(both)
+    arrow, spark = both.load_each()
+    for result in (arrow, spark):
+        assert isinstance(result, la.LoadStepError), result
+        assert f"{said} is not a column of the source table" in str(result)
+    assert not DeltaTable.is_deltatable(str(both.arrow_path))
+    assert not both.sail.catalog.tableExists(f"spark_catalog.default.dst_{both.tag}")
+
+
 def test_incremental_append_with_a_lookback_loads_a_late_row_once(source_db, sail, tmp_path):
     both = Both(
         source_db,
