@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,36 @@ if TYPE_CHECKING:
     from dagsters.utils.lakebase_client import LakebaseClient
 
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+
+# Old per-run temporary folders (below) are removed once no run can still be using them.
+BASETEMP_PREFIX = "dataloader-pytest-"
+BASETEMP_KEEP_SECONDS = 24 * 3600
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Give every test run its own basetemp outside ``/tmp/pytest-of-<user>``.
+
+    Running as root, the embedded PostgreSQL (the session's and each ``dataloader dev`` a test
+    starts under its ``tmp_path``) runs as another user, which must traverse every folder above its
+    pgdata; the wheel adds ``o+rx`` to them when it initialises. But every pytest process on the
+    machine (each xdist worker, each concurrent run) resets ``/tmp/pytest-of-<user>`` to 0700 when it
+    first asks for a temporary folder, so a server started in a test's ``tmp_path`` failed at random
+    with ``pg_ctl: could not access directory ".../pgdata": Permission denied`` whenever another
+    pytest process started meanwhile. A basetemp of our own is never reset; xdist hands each worker
+    a folder below it. Runs a person starts with ``--basetemp`` keep theirs.
+    """
+    if config.option.basetemp or hasattr(config, "workerinput"):
+        return
+    top = Path(tempfile.gettempdir())
+    now = time.time()
+    for old in top.glob(f"{BASETEMP_PREFIX}*"):
+        try:
+            if now - old.stat().st_mtime > BASETEMP_KEEP_SECONDS:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass  # another run removed it first
+    config.option.basetemp = tempfile.mkdtemp(prefix=BASETEMP_PREFIX)
 
 
 @pytest.fixture(scope="session")

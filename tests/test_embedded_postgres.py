@@ -180,3 +180,10 @@ def test_a_data_directory_of_a_major_not_shipped_is_refused_with_what_to_do(scra
     assert f"mv {pgdata} {pgdata}.pg15" in done.stderr
     assert "LAKEBASE_HOST" in done.stderr
     assert sorted(p.name for p in pgdata.iterdir()) == ["PG_VERSION"]  # nothing touched
+
+
+def test_tmp_paths_live_where_no_other_pytest_process_resets_permissions(tmp_path):
+    # tests/conftest.py: every pytest process resets /tmp/pytest-of-<user> to 0700, which cut off
+    # the embedded PostgreSQL user from a pgdata under a test's tmp_path (a random
+    # "pg_ctl: could not access directory ... Permission denied" in `dataloader dev` tests).
+    assert not any(part.startswith("pytest-of-") for part in tmp_path.parts), tmp_path
