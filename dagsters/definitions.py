@@ -32,6 +32,7 @@ from dagsters.jobs.landing_table_git_job import landing_table_git_job
 from dagsters.jobs.release_review_job import release_review_job
 from dagsters.local.lakebase import lakebase_resource
 from dagsters.resources.databricks_rest import DatabricksRestResource
+from dagsters.resources.databricks_workspace import DatabricksWorkspaceResource
 from dagsters.resources.models_repo import ModelsRepoResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.resources.settled import settled
@@ -44,12 +45,18 @@ from dagsters.settings import Settings, load_settings
 
 
 def build_resources(settings: Settings) -> dict[str, object]:
-    """Every resource, built from ``settings``; no secret becomes visible resource config."""
+    """Every resource, built from ``settings``; no secret becomes visible resource config.
+
+    One ``databricks_workspace`` (host from settings, credentials from databricks-sdk's own chain)
+    is injected into every resource that talks to Databricks and into the sensors that do, so a
+    process builds one ``WorkspaceClient``, on first use (never in local mode)."""
+    workspace = DatabricksWorkspaceResource.from_settings(settings)
     return {
-        "lakebase": lakebase_resource(settings),
-        "pipes_databricks": PipesDatabricksResource.from_settings(settings),
-        "databricks_rest": DatabricksRestResource.from_settings(settings),
-        "models_repo": ModelsRepoResource.from_settings(settings),
+        "databricks_workspace": workspace,
+        "lakebase": lakebase_resource(settings, workspace),
+        "pipes_databricks": PipesDatabricksResource.from_settings(settings, workspace=workspace),
+        "databricks_rest": DatabricksRestResource.from_settings(settings, workspace=workspace),
+        "models_repo": ModelsRepoResource.from_settings(settings, workspace),
     }
 
 

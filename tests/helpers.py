@@ -29,6 +29,7 @@ from dagsters.local.embedded_lakebase import (
     start_embedded_server,
 )
 from dagsters.partitions import PARTITIONS_NAME
+from dagsters.resources.databricks_workspace import DatabricksWorkspaceResource
 from dagsters.resources.lakebase import LakebaseResource
 
 # db_config_value of rows no test loads from: well-formed, never connected to.
@@ -218,12 +219,39 @@ def read_failed_row(message: str, retry_count: int = 1) -> dict[str, Any]:
     }
 
 
-def tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, control_db: str, cursor=None):
+def sensor_resources(
+    control_db: str, workspace: DatabricksWorkspaceResource | None = None
+) -> dict[str, Any]:
+    """What the code location gives its sensors: ``lakebase`` on ``control_db`` and the
+    ``databricks_workspace`` (``workspace``, else one whose host the SDK resolves itself)."""
+    return {
+        "lakebase": lakebase_for(control_db),
+        "databricks_workspace": workspace or DatabricksWorkspaceResource(),
+    }
+
+
+def tick(
+    sensor: dg.SensorDefinition,
+    instance: dg.DagsterInstance,
+    control_db: str,
+    cursor=None,
+    workspace: DatabricksWorkspaceResource | None = None,
+):
     """One evaluation of ``sensor`` against ``control_db``; what it returned."""
-    context = dg.build_sensor_context(
-        instance=instance, resources={"lakebase": lakebase_for(control_db)}, cursor=cursor
-    )
-    return sensor(context)
+    return evaluate(sensor, instance, sensor_resources(control_db, workspace), cursor=cursor)
+
+
+def evaluate(
+    sensor: dg.SensorDefinition,
+    instance: dg.DagsterInstance,
+    resources: dict[str, Any],
+    cursor: str | None = None,
+):
+    """One evaluation of ``sensor`` with ``resources``, inside its context as the daemon runs it:
+    a resource holding another (``lakebase`` holds the ``databricks_workspace`` its OAuth login
+    mints through) is set up and torn down by Dagster like a context manager."""
+    with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as context:
+        return sensor(context)
 
 
 class SensorLoop:
@@ -234,12 +262,12 @@ class SensorLoop:
         self.cursor: str | None = None
 
     def tick(self):
-        context = dg.build_sensor_context(
+        with dg.build_sensor_context(
             instance=self.instance,
-            resources={"lakebase": lakebase_for(self.conninfo)},
+            resources=sensor_resources(self.conninfo),
             cursor=self.cursor,
-        )
-        result = self.sensor(context)
+        ) as context:
+            result = self.sensor(context)
         self.cursor = context.cursor
         for request in getattr(result, "dynamic_partitions_requests", None) or []:
             if isinstance(request, dg.AddDynamicPartitionsRequest):

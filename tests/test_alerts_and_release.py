@@ -11,9 +11,8 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import dagster as dg
 import pytest
-from helpers import control_row, failed_row, lakebase_for
+from helpers import control_row, evaluate, failed_row, lakebase_for
 from psycopg.conninfo import conninfo_to_dict
 
 from dagsters.alerts import RELEASE_JOB, Alert, Notifier
@@ -74,7 +73,7 @@ def alerting_settings(webhook: Webhook, **overrides) -> Settings:
 
 
 def tick(sensor, instance, lakebase: LakebaseResource):
-    return sensor(dg.build_sensor_context(instance=instance, resources={"lakebase": lakebase}))
+    return evaluate(sensor, instance, {"lakebase": lakebase})
 
 
 def with_links(db, key: str) -> None:

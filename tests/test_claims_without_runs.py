@@ -15,7 +15,7 @@ import dagster as dg
 import psycopg
 import pytest
 from dagster._core.test_utils import create_run_for_test
-from helpers import SOME_SOURCE, lakebase_for
+from helpers import SOME_SOURCE, evaluate, lakebase_for
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -43,10 +43,9 @@ def _rows(db, *keys: str) -> None:
 
 
 def _tick(instance, control_db):
-    context = dg.build_sensor_context(
-        instance=instance, resources={"lakebase": lakebase_for(control_db)}
+    return evaluate(
+        build_master_sensor(Settings()), instance, {"lakebase": lakebase_for(control_db)}
     )
-    return build_master_sensor(Settings())(context)
 
 
 def _status(db, key: str) -> dict:

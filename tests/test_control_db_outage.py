@@ -26,7 +26,7 @@ import dagster as dg
 import psycopg
 import pytest
 from deltalake import DeltaTable
-from helpers import add_control_row, control_row, history, lakebase_for, load_scripts
+from helpers import add_control_row, control_row, evaluate, history, lakebase_for, load_scripts
 from psycopg.rows import dict_row
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
@@ -276,7 +276,7 @@ def test_a_sensor_tick_while_the_control_database_is_down_claims_nothing(control
 
     control.stop()
     with pytest.raises(LakebaseError, match="control database|connection"):
-        sensor(dg.build_sensor_context(instance=instance, resources={"lakebase": lakebase}))
+        evaluate(sensor, instance, {"lakebase": lakebase})
     control.start()
 
     # Ticks go on as the daemon runs them; until the pool has reconnected a tick may still fail,
@@ -287,9 +287,7 @@ def test_a_sensor_tick_while_the_control_database_is_down_claims_nothing(control
             assert control_row(db, "pg.orders")["last_status"] is None
             assert history(db, "pg.orders") == []
         try:
-            result = sensor(
-                dg.build_sensor_context(instance=instance, resources={"lakebase": lakebase})
-            )
+            result = evaluate(sensor, instance, {"lakebase": lakebase})
             break
         except LakebaseError:
             assert time.monotonic() < deadline, "no tick succeeded after the restart"

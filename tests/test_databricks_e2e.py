@@ -29,7 +29,7 @@ from databricks_standin import (  # noqa: F401
     event_text,
 )
 from deltalake import DeltaTable
-from helpers import add_control_row, control_row, history, lakebase_for
+from helpers import add_control_row, control_row, evaluate, history, lakebase_for
 from test_load_asset import materializations
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
@@ -261,10 +261,8 @@ def test_retry_analysis_runs_through_the_same_databricks_path(
     failed, _ = claim_and_materialize(control_db, instance, "pg.missing")
     assert not failed.success
 
-    sensor_context = dg.build_sensor_context(
-        instance=instance, resources={"lakebase": lakebase_for(control_db)}
-    )
-    [request] = build_failed_monitor(Settings())(sensor_context).run_requests
+    resources = {"lakebase": lakebase_for(control_db)}
+    [request] = evaluate(build_failed_monitor(Settings()), instance, resources).run_requests
     result = dg.materialize(
         [build_retry_asset(load_settings())],
         instance=instance,

@@ -24,7 +24,7 @@ from dagsters.assets.dataloader_pipes_asset import build_load_asset
 from dagsters.control.run_requests import load_run_config
 from dagsters.partitions import PARTITIONS_NAME
 from dagsters.resources.databricks_rest import DatabricksRestResource
-from dagsters.resources.databricks_workspace import workspace_client
+from dagsters.resources.databricks_workspace import DatabricksWorkspaceResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.settings import load_settings, workspace_host
 from dagsters.utils.lakebase_client import LakebaseClient
@@ -45,7 +45,8 @@ def test_databricks_host_wins_and_the_workspace_url_is_normalised():
 
 
 def test_the_code_location_builds_workspace_clients_in_one_place():
-    """No module under dagsters/ calls WorkspaceClient(...) except the shared helper."""
+    """No module under dagsters/ calls WorkspaceClient(...) except the databricks_workspace
+    resource."""
     callers = []
     for path in DAGSTERS.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -73,7 +74,8 @@ def url_only(databricks_standin: DatabricksStandin, lake_root, monkeypatch, tmp_
 def test_sql_resource_and_helper_reach_the_workspace_url(url_only):
     settings = load_settings(os.environ)  # as the code location's edge reads it
     assert settings.databricks.workspace_host == url_only.host
-    assert workspace_client(host=settings.databricks.workspace_host).config.host == url_only.host
+    workspace = DatabricksWorkspaceResource.from_settings(settings)
+    assert workspace.get_client().config.host == url_only.host
     client = DatabricksRestResource.from_settings(settings).get_workspace_client()
     assert client.config.host == url_only.host
     assert client.current_user.me() is not None

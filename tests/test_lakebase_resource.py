@@ -23,6 +23,7 @@ from dagsters.local.embedded_lakebase import (
 )
 from dagsters.local.lakebase import lakebase_resource
 from dagsters.local.migrate import apply_migrations, migrate_control_database
+from dagsters.resources.databricks_workspace import DatabricksWorkspaceResource
 from dagsters.resources.lakebase import (
     LakebaseResource,
     databricks_token_provider,
@@ -107,8 +108,10 @@ def test_from_settings_keeps_the_password_an_environment_reference(monkeypatch):
     resource = LakebaseResource.from_settings(settings)
     # What the UI shows as the resource's config: the variable's name, never its value.
     assert isinstance(resource.password, dg.EnvVar) and resource.password == "LAKEBASE_PASSWORD"
-    # Resolved when the resource is set up for a run (and when used outside one).
-    assert resource.process_config_and_initialize().password == "EnvPassw0rd!"
+    # Resolved when the resource is set up for a run (and when used outside one). It holds the
+    # databricks_workspace resource, so Dagster sets it up as a context manager.
+    with resource.process_config_and_initialize_cm() as initialized:
+        assert initialized.password == "EnvPassw0rd!"
     assert resource._settings().password == "EnvPassw0rd!"
     assert LakebaseResource.from_settings(load_settings({})).password is None
 
@@ -304,10 +307,8 @@ def test_oauth_reaches_the_workspace_named_by_databricks_workspace_url(
     host = os.environ["DATABRICKS_HOST"]
     monkeypatch.delenv("DATABRICKS_HOST")
     monkeypatch.setenv("DATABRICKS_WORKSPACE_URL", host + "/")
-    workspace_host = load_settings().databricks.workspace_host
-    resource = _oauth_resource(
-        password_pg, instance_name="dataloader-db", workspace_host=workspace_host
-    )
+    workspace = DatabricksWorkspaceResource.from_settings(load_settings())
+    resource = _oauth_resource(password_pg, instance_name="dataloader-db", workspace=workspace)
     assert resource.get_client().get_control_tables() == []
     assert [path for path, _, _ in databricks.requests] == ["/api/2.0/database/credentials"]
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 from databricks_standin import databricks_standin  # noqa: F401
 from deltalake import write_deltalake
-from helpers import lakebase_for
+from helpers import evaluate, lakebase_for
 from psycopg.rows import dict_row
 
 from dagsters.jobs.landing_table_git_job import landing_table_git_job
@@ -153,10 +153,7 @@ def test_a_failed_push_leaves_rows_unprocessed_and_a_later_tick_retries_the_batc
     (remote / "reject-pushes").touch()
 
     def tick() -> dg.RunRequest:
-        context = dg.build_sensor_context(
-            instance=instance, resources={"lakebase": lakebase_for(control)}
-        )
-        request = monitor(context)
+        request = evaluate(monitor, instance, {"lakebase": lakebase_for(control)})
         assert isinstance(request, dg.RunRequest), request
         return request
 

@@ -23,7 +23,14 @@ from dagster._core.remote_origin import (
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from databricks.sdk.service.jobs import SubmitTask
 from databricks_standin import CLUSTER, DatabricksStandin, databricks_standin  # noqa: F401
-from helpers import SOME_SOURCE, add_history, control_row, insert_control_row, lakebase_for
+from helpers import (
+    SOME_SOURCE,
+    add_history,
+    control_row,
+    evaluate,
+    insert_control_row,
+    sensor_resources,
+)
 from psycopg.types.json import Jsonb
 
 from dagsters.control.run_requests import (
@@ -33,7 +40,6 @@ from dagsters.control.run_requests import (
     source_system,
 )
 from dagsters.control.source_slots import SOURCE_SYSTEM_SQL
-from dagsters.resources.databricks_workspace import workspace_client
 from dagsters.sensors.dataloader_longqueued_monitor import (
     build_longqueued_monitor,
     databricks_run_id,
@@ -77,10 +83,7 @@ def add_row(conn: psycopg.Connection, key: str, source: dict = SOME_SOURCE, **co
 
 
 def tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, control_db: str):
-    context = dg.build_sensor_context(
-        instance=instance, resources={"lakebase": lakebase_for(control_db)}
-    )
-    return sensor(context)
+    return evaluate(sensor, instance, sensor_resources(control_db))
 
 
 def test_the_sql_source_system_is_the_run_tag(db):
@@ -358,7 +361,7 @@ def test_longqueued_monitor_cancels_a_linked_databricks_run(
     monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "no-databrickscfg"))
     monkeypatch.setenv("DATABRICKS_HOST", databricks_standin.host)
     monkeypatch.setenv("DATABRICKS_TOKEN", databricks_standin.token)
-    workspace = workspace_client()
+    workspace = databricks_standin.workspace_client()  # the test's own client
     submitted = workspace.jobs.submit(
         run_name="held",
         tasks=[

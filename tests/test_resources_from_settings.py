@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from dagsters.resources.databricks_rest import DatabricksRestResource
+from dagsters.resources.databricks_workspace import DatabricksWorkspaceResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.runners.databricks import pinned as orchestrator_pin
 from dagsters.settings import load_settings
@@ -38,10 +39,11 @@ def test_pipes_resource_from_settings():
     assert resource.environment == "prod"
     assert (resource.home, resource.lake_root) == ("/srv/dataloader", "/mnt/lake")
     assert resource.timeout_seconds == 600
-    assert resource.workspace_host == "https://adb-1.2.azuredatabricks.net"
+    assert resource.workspace.host == "https://adb-1.2.azuredatabricks.net"
     assert resource.libraries_for("dataloader_retry_pipe.py") == ["dagster-pipes==1.9.0"]
     runner = resource.databricks_runner()
     assert runner.poll_interval_seconds == 2.5
+    assert runner.workspace is resource.workspace  # the runner uses the injected workspace
     assert runner.task("dataloader_pipe.py") == {
         "task_key": "dataloader_task",
         "spark_python_task": {
@@ -70,7 +72,7 @@ def test_rest_resource_from_settings():
     resource = DatabricksRestResource.from_settings(load_settings(DEPLOYMENT_ENV))
 
     assert resource.warehouse_id == "wh-1"
-    assert resource.workspace_host == "https://adb-1.2.azuredatabricks.net"
+    assert resource.workspace.host == "https://adb-1.2.azuredatabricks.net"
 
 
 def test_no_secret_reaches_the_resources_configuration():
@@ -78,6 +80,7 @@ def test_no_secret_reaches_the_resources_configuration():
     for resource in (
         PipesDatabricksResource.from_settings(settings),
         DatabricksRestResource.from_settings(settings),
+        DatabricksWorkspaceResource.from_settings(settings),
     ):
         config = json.dumps(resource.model_dump(), default=str)
         for secret in SECRETS:

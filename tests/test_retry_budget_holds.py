@@ -15,7 +15,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from databricks_standin import VOLUME, DatabricksStandin, databricks_standin  # noqa: F401
-from helpers import control_row, failed_row, lakebase_for
+from helpers import control_row, evaluate, failed_row, lakebase_for
 
 from dagsters.assets.dataloader_pipes_asset import build_retry_asset
 from dagsters.control.run_requests import RETRY_ASSET
@@ -27,10 +27,7 @@ from dagsters.settings import Settings
 
 
 def tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, control_db: str):
-    context = dg.build_sensor_context(
-        instance=instance, resources={"lakebase": lakebase_for(control_db)}
-    )
-    return sensor(context)
+    return evaluate(sensor, instance, {"lakebase": lakebase_for(control_db)})
 
 
 def claimed_keys(result) -> list[str]:

@@ -13,7 +13,7 @@ from datetime import timedelta
 import dagster as dg
 import psycopg
 import pytest
-from helpers import control_row, failed_row, failed_under_analysis, lakebase_for, tick
+from helpers import control_row, evaluate, failed_row, failed_under_analysis, lakebase_for, tick
 from openai_standin import OpenAIStandIn, good_answer, openai_standin
 
 from dagsters.assets.dataloader_pipes_asset import build_retry_asset
@@ -41,9 +41,7 @@ def run_monitor_then_analysis(
     """A failed_monitor tick, then every analysis run it requested; the runs' results."""
     settings = settings or Settings()
     lakebase = lakebase_for(control_db)
-    result = build_failed_monitor(settings)(
-        dg.build_sensor_context(instance=instance, resources={"lakebase": lakebase})
-    )
+    result = evaluate(build_failed_monitor(settings), instance, {"lakebase": lakebase})
     if isinstance(result, dg.SkipReason):
         return []
     instance.add_dynamic_partitions(PARTITIONS_NAME, [r.partition_key for r in result.run_requests])

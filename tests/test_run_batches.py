@@ -24,7 +24,16 @@ import dagster as dg
 import pytest
 from dagster._core.test_utils import create_run_for_test
 from deltalake import DeltaTable
-from helpers import SensorLoop, add_control_row, control_row, history, lakebase_for, load_scripts
+from helpers import (
+    SensorLoop,
+    add_control_row,
+    control_row,
+    evaluate,
+    history,
+    lakebase_for,
+    load_scripts,
+    sensor_resources,
+)
 from test_load_asset import _source_query_running
 
 from dagsters.assets.load_batch import build_load_batch_job
@@ -222,10 +231,7 @@ def test_monitors_find_the_batch_run_of_every_attempt(
     _age_claims(db, 90)  # past the orphan check (5 min) and the long-queued threshold (60)
 
     SensorLoop(master_sensor(settings), instance, control_db).tick()
-    longqueued = dg.build_sensor_context(
-        instance=instance, resources={"lakebase": lakebase_for(control_db)}
-    )
-    build_longqueued_monitor(settings)(longqueued)
+    evaluate(build_longqueued_monitor(settings), instance, sensor_resources(control_db))
 
     for row in claimed:  # the batch is loading the tables before them: left alone
         state = control_row(db, row["control_key"])

@@ -23,7 +23,7 @@ import psycopg
 import pytest
 from dagster_shared.serdes import serialize_value
 from databricks_standin import VOLUME, DatabricksStandin, arrow_runtime, databricks_standin
-from helpers import lakebase_for, start_password_enforcing_server
+from helpers import evaluate, lakebase_for, start_password_enforcing_server
 from openai_standin import OpenAIStandIn, good_answer, openai_standin
 from psycopg import sql
 
@@ -564,9 +564,7 @@ def test_retry_analysis_sends_and_stores_no_secret(
     )
 
     lakebase = lakebase_for(control_db)
-    requested = build_failed_monitor(Settings())(
-        dg.build_sensor_context(instance=instance, resources={"lakebase": lakebase})
-    )
+    requested = evaluate(build_failed_monitor(Settings()), instance, {"lakebase": lakebase})
     [request] = requested.run_requests
     instance.add_dynamic_partitions(PARTITIONS_NAME, [request.partition_key])
     result = dg.materialize(

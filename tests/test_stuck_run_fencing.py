@@ -19,7 +19,7 @@ import dagster as dg
 import psycopg
 import pytest
 from deltalake import DeltaTable
-from helpers import add_control_row, add_history, control_row, history, lakebase_for
+from helpers import add_control_row, add_history, control_row, evaluate, history, lakebase_for
 from test_load_asset import materializations
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
@@ -57,10 +57,8 @@ def stuck_row(db: psycopg.Connection, source_db: str, key: str, run_link: str | 
 
 
 def tick(instance, control_db: str) -> str:
-    context = dg.build_sensor_context(
-        instance=instance, resources={"lakebase": lakebase_for(control_db)}
-    )
-    return build_longrunning_monitor(Settings())(context).skip_message
+    resources = {"lakebase": lakebase_for(control_db)}
+    return evaluate(build_longrunning_monitor(Settings()), instance, resources).skip_message
 
 
 def test_a_stuck_row_is_failed_only_after_its_run_has_stopped(control_db, source_db, db, instance):

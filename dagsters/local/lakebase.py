@@ -9,9 +9,11 @@ location merely loads. The wheel shares one server between the processes that st
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 
+from dagsters.resources.databricks_workspace import DatabricksWorkspaceResource
 from dagsters.resources.lakebase import LakebaseConnection, LakebaseResource
 from dagsters.settings import Settings
 
@@ -23,8 +25,10 @@ class EmbeddedLakebaseResource(LakebaseResource):
     seed_demo: bool = Field(default=True, description="Seed the demo tables and control rows")
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> EmbeddedLakebaseResource:
-        return cls.from_settings(settings, home=str(settings.paths.home), sslmode="disable")
+    def for_settings(cls, settings: Settings, **overrides: Any) -> EmbeddedLakebaseResource:
+        return cls.from_settings(
+            settings, home=str(settings.paths.home), sslmode="disable", **overrides
+        )
 
     def connection(self) -> LakebaseConnection:
         # Imported here, not when the code location loads: only a process that connects needs
@@ -36,8 +40,14 @@ class EmbeddedLakebaseResource(LakebaseResource):
         return LakebaseConnection(server.conninfo(CONTROL_DATABASE))
 
 
-def lakebase_resource(settings: Settings) -> LakebaseResource:
-    """The ``lakebase`` resource for ``settings``: the configured server, else the embedded one."""
+def lakebase_resource(
+    settings: Settings, workspace: DatabricksWorkspaceResource | None = None
+) -> LakebaseResource:
+    """The ``lakebase`` resource for ``settings``: the configured server, else the embedded one.
+
+    ``workspace``: the code location's ``databricks_workspace`` (OAuth logins mint through it);
+    unset: one built from ``settings``."""
+    shared = {"workspace": workspace} if workspace is not None else {}
     if settings.lakebase.embedded:
-        return EmbeddedLakebaseResource.for_settings(settings)
-    return LakebaseResource.from_settings(settings)
+        return EmbeddedLakebaseResource.for_settings(settings, **shared)
+    return LakebaseResource.from_settings(settings, **shared)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psycopg
 
+from dagsters.resources.databricks_workspace import DatabricksWorkspaceResource
 from dagsters.resources.lakebase import lakebase_connection
 from dagsters.settings import PROJECT_ROOT, Settings, load_settings
 from dagsters.utils.lakebase_client import LakebaseError
@@ -137,7 +138,7 @@ def migrate_control_database(settings: Settings, sql_dir: Path | str = SQL_DIR) 
         raise MigrationError("LAKEBASE_HOST is not set; pass --conninfo or set LAKEBASE_*")
     try:
         connection = lakebase_connection(
-            settings.lakebase, workspace_host=settings.databricks.workspace_host
+            settings.lakebase, workspace=DatabricksWorkspaceResource.from_settings(settings)
         )
     except LakebaseError as exc:
         raise MigrationError(str(exc)) from None

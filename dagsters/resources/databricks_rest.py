@@ -3,10 +3,10 @@
 Statements go through the SQL Statement Execution API with databricks-sdk's
 ``WorkspaceClient().statement_execution``. Built at the edge with
 :meth:`DatabricksRestResource.from_settings`: the warehouse is ``Settings.databricks.warehouse_id``
-(``DATABRICKS_WAREHOUSE_ID``) and the workspace host ``Settings.databricks.workspace_host``;
-credentials come from the SDK's own authentication chain (``DATABRICKS_TOKEN``, OAuth, a config
-profile...; see ``dagsters.resources.databricks_workspace``), so no secret is ever part of this
-resource's config.
+(``DATABRICKS_WAREHOUSE_ID``) and the client the code location's one ``databricks_workspace``
+resource (host from settings; credentials from the SDK's own authentication chain:
+``DATABRICKS_TOKEN``, OAuth, a config profile...; see ``dagsters.resources.databricks_workspace``),
+so no secret is ever part of this resource's config.
 
 The API answers synchronously for up to ``wait_timeout_seconds``; a slower statement keeps running
 and is polled until it finishes or ``statement_timeout_seconds`` have passed, after which it is
@@ -20,9 +20,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
-from dagsters.resources.databricks_workspace import workspace_client
+from dagsters.resources.databricks_workspace import (
+    DatabricksWorkspaceResource,
+    workspace_or_default,
+)
 from dagsters.settings import Settings
 from databricks_scripts.redaction import redact
 
@@ -44,9 +47,9 @@ class DatabricksRestResource(dg.ConfigurableResource):
     warehouse_id: str | None = Field(
         default=None, description="SQL warehouse id (DATABRICKS_WAREHOUSE_ID)"
     )
-    workspace_host: str | None = Field(
+    workspace: DatabricksWorkspaceResource | None = Field(
         default=None,
-        description="Databricks workspace URL handed to databricks-sdk; unset: the SDK's own.",
+        description="The code location's databricks_workspace; unset: the SDK's own host.",
     )
     wait_timeout_seconds: int = Field(
         default=10,
@@ -59,22 +62,19 @@ class DatabricksRestResource(dg.ConfigurableResource):
         default=300.0, description="Give up (and cancel) a statement running longer than this."
     )
 
-    _client: Any = PrivateAttr(default=None)
-
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> DatabricksRestResource:
-        """The resource the code location uses; ``overrides`` set other fields (tests)."""
+        """The resource the code location uses; ``overrides`` set other fields (``workspace``:
+        the code location's shared one; tests)."""
         values: dict[str, Any] = {
             "warehouse_id": settings.databricks.warehouse_id,
-            "workspace_host": settings.databricks.workspace_host,
+            "workspace": DatabricksWorkspaceResource.from_settings(settings),
         }
         return cls(**{**values, **overrides})
 
     def get_workspace_client(self) -> WorkspaceClient:
-        """databricks-sdk client (host from settings, SDK auth), built once per resource."""
-        if self._client is None:
-            self._client = workspace_client(host=self.workspace_host)
-        return self._client
+        """The injected workspace's databricks-sdk client (host from settings, SDK auth)."""
+        return workspace_or_default(self.workspace).get_client()
 
     def resolved_warehouse_id(self) -> str:
         warehouse = self.warehouse_id
@@ -172,7 +172,7 @@ class DatabricksRestResource(dg.ConfigurableResource):
         return rows
 
     def _redact(self, text: str) -> str:
-        token = getattr(self._client.config, "token", None) if self._client else None
+        token = getattr(self.get_workspace_client().config, "token", None)
         return redact(text, secrets=[token])
 
 

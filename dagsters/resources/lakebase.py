@@ -6,10 +6,10 @@ as ``dg.EnvVar("LAKEBASE_PASSWORD")``, so it never shows in the UI's resource co
 
 - ``host`` / ``port`` / ``database`` / ``user`` / ``password`` / ``sslmode``: the connection.
 - ``auth_mode``: ``password`` (default) or ``oauth``. With ``oauth`` every new physical connection
-  logs in with a fresh Databricks database credential, minted through databricks-sdk
-  (``workspace_host``, or the SDK's own ``DATABRICKS_HOST``; any SDK auth): ``instance_name`` for
-  a provisioned database instance, or ``endpoint`` (``projects/<p>/branches/<b>/endpoints/<e>``)
-  for an autoscaling Lakebase project.
+  logs in with a fresh Databricks database credential, minted through the injected
+  ``databricks_workspace`` resource (``workspace``: host from settings, or the SDK's own
+  ``DATABRICKS_HOST``; any SDK auth): ``instance_name`` for a provisioned database instance, or
+  ``endpoint`` (``projects/<p>/branches/<b>/endpoints/<e>``) for an autoscaling Lakebase project.
 
 ``lakebase_connection(settings.lakebase, ...)`` is the one place a connection is described; the
 resource and the migrations runner both use it. The resource itself always needs a host: with
@@ -29,7 +29,10 @@ import dagster as dg
 import psycopg
 from pydantic import Field
 
-from dagsters.resources.databricks_workspace import workspace_client as _new_workspace_client
+from dagsters.resources.databricks_workspace import (
+    DatabricksWorkspaceResource,
+    workspace_or_default,
+)
 from dagsters.settings import LAKEBASE_AUTH_MODES, LakebaseSettings, Settings
 from dagsters.utils.lakebase_client import LakebaseClient, LakebaseError
 from databricks_scripts.redaction import redact
@@ -59,7 +62,7 @@ class LakebaseConnection:
 def lakebase_connection(
     settings: LakebaseSettings,
     *,
-    workspace_host: str | None = None,
+    workspace: DatabricksWorkspaceResource | None = None,
     connect_timeout_seconds: int = 10,
 ) -> LakebaseConnection:
     """The connection ``settings`` describe (password or OAuth login); never the embedded one."""
@@ -85,7 +88,7 @@ def lakebase_connection(
         provider = databricks_token_provider(
             instance_name=settings.instance_name,
             endpoint=settings.endpoint,
-            workspace_host=workspace_host,
+            workspace=workspace,
         )
         return LakebaseConnection(conninfo, connection_class=oauth_connection_class(provider))
     password = {"password": settings.password} if settings.password else None
@@ -112,8 +115,10 @@ class LakebaseResource(dg.ConfigurableResource):
         description="Autoscaling endpoint projects/<p>/branches/<b>/endpoints/<e> "
         "(DATALOADER_LAKEBASE_ENDPOINT)",
     )
-    workspace_host: str | None = Field(
-        default=None, description="Databricks workspace minting OAuth credentials"
+    workspace: DatabricksWorkspaceResource | None = Field(
+        default=None,
+        description="The code location's databricks_workspace, minting OAuth credentials; unset: "
+        "the SDK's own host",
     )
     min_pool_size: int = 1
     max_pool_size: int = 4
@@ -124,7 +129,8 @@ class LakebaseResource(dg.ConfigurableResource):
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> LakebaseResource:
-        """The resource for ``settings.lakebase``; the password stays an environment reference."""
+        """The resource for ``settings.lakebase``; the password stays an environment reference
+        (``overrides``: other fields, such as ``workspace``, the code location's shared one)."""
         lakebase = settings.lakebase
         values: dict[str, Any] = {
             "host": lakebase.host,
@@ -136,7 +142,7 @@ class LakebaseResource(dg.ConfigurableResource):
             "auth_mode": lakebase.auth_mode,
             "instance_name": lakebase.instance_name,
             "endpoint": lakebase.endpoint,
-            "workspace_host": settings.databricks.workspace_host,
+            "workspace": DatabricksWorkspaceResource.from_settings(settings),
         }
         return cls(**{**values, **overrides})
 
@@ -170,7 +176,7 @@ class LakebaseResource(dg.ConfigurableResource):
     def connection(self) -> LakebaseConnection:
         return lakebase_connection(
             self._settings(),
-            workspace_host=self.workspace_host,
+            workspace=self.workspace,
             connect_timeout_seconds=self.connect_timeout_seconds,
         )
 
@@ -184,7 +190,7 @@ class LakebaseResource(dg.ConfigurableResource):
         key = (
             os.getpid(),  # a forked worker must not share its parent's pool
             type(self).__name__,
-            self.workspace_host,
+            self.workspace.host if self.workspace else None,
             tuple(sorted((k, _fingerprint(k, v)) for k, v in s.__dict__.items())),
         )
         with _clients_lock:
@@ -235,26 +241,20 @@ def databricks_token_provider(
     *,
     instance_name: str | None,
     endpoint: str | None,
-    workspace_client: Any = None,
-    workspace_host: str | None = None,
+    workspace: DatabricksWorkspaceResource | None = None,
 ) -> Callable[[], str]:
-    """A function returning a new Lakebase OAuth token each call (databricks-sdk auth)."""
+    """A function returning a new Lakebase OAuth token each call, minted through ``workspace``
+    (the injected ``databricks_workspace``; None: the SDK's own host). Its client is built at the
+    first mint and kept."""
     if not instance_name and not endpoint:
         raise LakebaseError(
             "auth_mode=oauth needs DATALOADER_LAKEBASE_INSTANCE (provisioned database instance) "
             "or DATALOADER_LAKEBASE_ENDPOINT (autoscaling projects/<p>/branches/<b>/endpoints/<e>)"
         )
-    lock = threading.Lock()
-    holder: dict[str, Any] = {"client": workspace_client}
-
-    def _workspace():
-        with lock:
-            if holder["client"] is None:
-                holder["client"] = _new_workspace_client(host=workspace_host)
-            return holder["client"]
+    minter = workspace_or_default(workspace)
 
     def mint() -> str:
-        w = _workspace()
+        w = minter.get_client()
         try:
             if instance_name:
                 credential = w.database.generate_database_credential(

@@ -12,8 +12,9 @@ at ``DATALOADER_MODELS_REPO`` is used as before (``git init``-ed if missing, pus
 remote). Push credentials: an SSH key / credential helper of the machine, or
 ``DATALOADER_MODELS_TOKEN`` (an https token, handed to git through a credential helper; kept as
 ``dg.EnvVar`` so it never shows in the UI), or ``DATALOADER_MODELS_TOKEN_SECRET=<scope>/<key>``
-(the token read from a Databricks secret scope at the start of each run, never stored). A URL that carries credentials is kept as an
-``EnvVar`` too.
+(the token read from a Databricks secret scope at the start of each run, never stored, through
+the code location's injected ``databricks_workspace`` resource). A URL that carries credentials
+is kept as an ``EnvVar`` too.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ from urllib.parse import urlparse
 import dagster as dg
 from pydantic import Field
 
-from dagsters.resources.databricks_workspace import workspace_client
+from dagsters.resources.databricks_workspace import (
+    DatabricksWorkspaceResource,
+    workspace_or_default,
+)
 from dagsters.settings import DEFAULT_MODELS_BRANCH, Settings
 from databricks_scripts.redaction import redact
 
@@ -64,12 +68,17 @@ class ModelsRepoResource(dg.ConfigurableResource):
         description="DATALOADER_MODELS_TOKEN_SECRET: <scope>/<key> of a Databricks secret "
         "holding the push token (read per run, never stored)",
     )
-    workspace_host: str | None = Field(
-        default=None, description="Databricks workspace for token_secret; unset: the SDK's own"
+    workspace: DatabricksWorkspaceResource | None = Field(
+        default=None,
+        description="The code location's databricks_workspace (for token_secret); unset: the "
+        "SDK's own host",
     )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ModelsRepoResource:
+    def from_settings(
+        cls, settings: Settings, workspace: DatabricksWorkspaceResource | None = None
+    ) -> ModelsRepoResource:
+        """The resource for ``settings``; ``workspace``: the code location's shared one."""
         paths = settings.paths
         return cls(
             path=str(paths.models_repo),
@@ -81,7 +90,7 @@ class ModelsRepoResource(dg.ConfigurableResource):
             url=_url_config(paths.models_url),
             token=dg.EnvVar("DATALOADER_MODELS_TOKEN") if paths.models_token else None,
             token_secret=paths.models_token_secret,
-            workspace_host=settings.databricks.workspace_host,
+            workspace=workspace or DatabricksWorkspaceResource.from_settings(settings),
         )
 
     def repo(self) -> ModelsRepo:
@@ -120,7 +129,8 @@ class ModelsRepoResource(dg.ConfigurableResource):
         if self.token or not self.token_secret:
             return self.token
         scope, _, key = self.token_secret.partition("/")
-        secret = workspace_client(host=self.workspace_host).secrets.get_secret(scope, key)
+        client = workspace_or_default(self.workspace).get_client()
+        secret = client.secrets.get_secret(scope, key)
         return base64.b64decode(secret.value or "").decode() or None
 
 

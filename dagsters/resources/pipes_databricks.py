@@ -13,8 +13,10 @@ the external work is stopped (subprocess killed / Databricks run cancelled) and
 ``DagsterExecutionInterruptedError`` is raised, so the caller can record the cancellation and
 nothing is materialized.
 
-Built at the edge with :meth:`PipesDatabricksResource.from_settings`. No field holds a secret:
-Databricks credentials come from databricks-sdk's own chain.
+Built at the edge with :meth:`PipesDatabricksResource.from_settings`. No field holds a secret: the
+Databricks runners talk to the workspace through the injected ``databricks_workspace`` resource
+(``workspace``), whose credentials come from databricks-sdk's own chain; a local run never builds
+its client.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 from pydantic import Field
 
+from dagsters.resources.databricks_workspace import DatabricksWorkspaceResource
 from dagsters.runners.local import LocalRunner
 from dagsters.runners.outcome import ScriptOutcome
 from dagsters.settings import (
@@ -82,14 +85,15 @@ class PipesDatabricksResource(dg.ConfigurableResource):
         default=LOCAL_DAGSTER_BASE_URL,
         description="Where the Dagster UI is, for the run link in Databricks run names.",
     )
-    workspace_host: str | None = Field(
+    workspace: DatabricksWorkspaceResource | None = Field(
         default=None,
-        description="Databricks workspace URL handed to databricks-sdk; unset: the SDK's own.",
+        description="The code location's databricks_workspace; unset: the SDK's own host.",
     )
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> PipesDatabricksResource:
-        """The resource the code location uses; ``overrides`` set other fields (tests)."""
+        """The resource the code location uses; ``overrides`` set other fields (``workspace``:
+        the code location's shared one; tests)."""
         databricks = settings.databricks
         values: dict[str, Any] = {
             "execution": settings.execution,
@@ -107,7 +111,7 @@ class PipesDatabricksResource(dg.ConfigurableResource):
             "poll_interval_seconds": databricks.poll_interval_seconds,
             "environment": settings.environment,
             "dagster_base_url": settings.dagster_base_url,
-            "workspace_host": databricks.workspace_host,
+            "workspace": DatabricksWorkspaceResource.from_settings(settings),
         }
         return cls(**{**values, **overrides})
 
@@ -138,7 +142,7 @@ class PipesDatabricksResource(dg.ConfigurableResource):
             poll_interval_seconds=self.poll_interval_seconds,
             environment=self.environment,
             dagster_base_url=self.dagster_base_url,
-            workspace_host=self.workspace_host,
+            workspace=self.workspace,
         )
 
     # ------------------------------------------------------------------ public

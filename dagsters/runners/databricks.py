@@ -2,8 +2,9 @@
 
 Submitted through dagster-databricks' ``PipesDatabricksClient`` (an existing cluster, or a
 new-cluster spec) or ``PipesDatabricksServerlessClient`` (Pipes files in a Unity Catalog volume).
-The workspace client comes from ``dagsters.resources.databricks_workspace`` (host from settings,
-credentials from databricks-sdk's own chain). The run id is reported as soon as the run exists; a
+The workspace client is the injected ``databricks_workspace`` resource's
+(``dagsters.resources.databricks_workspace``: host from settings, credentials from databricks-sdk's
+own chain), handed over by ``pipes_databricks``. The run id is reported as soon as the run exists; a
 terminated Dagster run cancels the Databricks run and raises ``DagsterExecutionInterruptedError``;
 the outcome is read from the run's own final state, not from the client's return.
 """
@@ -17,12 +18,15 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
 from dagsters.dagster_compat import DagsterPipesExecutionError, tracked_databricks_client
-from dagsters.resources.databricks_workspace import workspace_client
+from dagsters.resources.databricks_workspace import (
+    DatabricksWorkspaceResource,
+    workspace_or_default,
+)
 from dagsters.runners.cluster_spec import parse_new_cluster
 from dagsters.runners.outcome import (
     ScriptOutcome,
@@ -32,6 +36,9 @@ from dagsters.runners.outcome import (
 )
 from dagsters.settings import LOCAL_DAGSTER_BASE_URL
 from databricks_scripts.redaction import redact
+
+if TYPE_CHECKING:
+    from databricks.sdk import WorkspaceClient
 
 DEFAULT_WORKSPACE_SCRIPTS = "/Workspace/Shared/dataloader/databricks_scripts"
 
@@ -125,7 +132,11 @@ class DatabricksRunner:
     poll_interval_seconds: float = 5.0
     environment: str | None = None
     dagster_base_url: str = LOCAL_DAGSTER_BASE_URL
-    workspace_host: str | None = None
+    workspace: DatabricksWorkspaceResource | None = None  # None: the SDK's own host
+
+    def workspace_client(self) -> WorkspaceClient:
+        """The injected workspace's databricks-sdk client (built once per process)."""
+        return workspace_or_default(self.workspace).get_client()
 
     def libraries_for(self, script: str) -> list[str]:
         """PyPI packages the Databricks task for ``script`` installs."""
@@ -169,7 +180,7 @@ class DatabricksRunner:
     ) -> ScriptOutcome:
         from databricks.sdk.service import jobs
 
-        workspace = workspace_client(host=self.workspace_host)
+        workspace = self.workspace_client()
         task = jobs.SubmitTask.from_dict(self.task(script))
         submit_args: dict[str, Any] = {
             "run_name": databricks_run_name(

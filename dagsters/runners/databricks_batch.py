@@ -30,7 +30,6 @@ from typing import Any
 
 import dagster as dg
 
-from dagsters.resources.databricks_workspace import workspace_client
 from dagsters.runners.databricks import (
     CLASSIC_PIPES_NEEDS_A_VOLUME,
     DatabricksRunner,
@@ -124,7 +123,7 @@ def run_batch(
 ) -> list[ScriptOutcome]:
     """Run ``script`` once per item as the tasks of ONE Databricks run; one outcome per item."""
 
-    workspace = workspace_client(host=runner.workspace_host)
+    workspace = runner.workspace_client()  # the injected databricks_workspace resource's
     keys = [task_key(i, item.label) for i, item in enumerate(items)]
     readers: list[_RecordingMessageReader] = []
     sessions: list[Any] = []

@@ -8,7 +8,8 @@ Passive (no RunRequest). For each row Queued past the threshold (spec: the queue
    one, so its rows are left alone like any starting run's); a run still waiting
    (QUEUED / NOT_STARTED) is cancelled through the instance's run coordinator, so it can never
    start later and fail on a row that moved on;
-2. a Databricks run linked to the row (if any) is cancelled;
+2. a Databricks run linked to the row (if any) is cancelled, through the code location's
+   ``databricks_workspace`` resource (a sensor resource argument);
 3. the row is marked Failed (``Cancelled - stuck in queue for >N minutes``: retry analysis treats
    it as transient), guarded on this attempt still being Queued past the threshold.
 
@@ -30,7 +31,7 @@ from dagsters.control.run_requests import (
     TAG_METADATA_ID,
     attempt_run_filters,
 )
-from dagsters.resources.databricks_workspace import workspace_client
+from dagsters.resources.databricks_workspace import DatabricksWorkspaceResource
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.sensors import (
     alert_on_error,
@@ -83,13 +84,13 @@ def _cancel_queued_dagster_runs(context: dg.SensorEvaluationContext, row: dict) 
 
 
 def _cancel_databricks_run(
-    context: dg.SensorEvaluationContext, settings: Settings, row: dict
+    context: dg.SensorEvaluationContext, workspace: DatabricksWorkspaceResource, row: dict
 ) -> str | None:
     run_id = databricks_run_id(row.get("last_databricks_run"))
     if run_id is None:
         return None
     try:
-        workspace_client(host=settings.databricks.workspace_host).jobs.cancel_run(run_id)
+        workspace.get_client().jobs.cancel_run(run_id)
     except Exception as exc:  # noqa: BLE001 - the row must not stay Queued because of it
         context.log.warning(f"Could not cancel Databricks run {run_id}: {type(exc).__name__}")
         return f"cancel of Databricks run {run_id} failed"
@@ -109,6 +110,7 @@ def build_longqueued_monitor(settings: Settings) -> dg.SensorDefinition:
     def longqueued_monitor(
         context: dg.SensorEvaluationContext,
         lakebase: LakebaseResource,
+        databricks_workspace: DatabricksWorkspaceResource,
     ) -> dg.SkipReason:
         client = lakebase.get_client()
         fail_uncomputable_rows(context, client)
@@ -122,7 +124,7 @@ def build_longqueued_monitor(settings: Settings) -> dg.SensorDefinition:
                 if dagster is None:
                     context.log.info(f"{row['control_key']}: its run is starting; left alone")
                     continue
-                databricks = _cancel_databricks_run(context, settings, row)
+                databricks = _cancel_databricks_run(context, databricks_workspace, row)
                 won = client.fail_stuck_queued_attempt(
                     row["config_id"], row["last_metadata_id"], threshold
                 )
