@@ -24,9 +24,9 @@ STAMP  := $(VENV)/.installed
 PYTHON312 ?= $(call find_python,3.12)
 VENV312   := .venv312
 STAMP312  := $(VENV312)/.installed
-SCRIPT_TESTS := tests/test_loader_units.py tests/test_loader_spark.py tests/test_loader_mssql_oracle.py \
-	tests/test_redaction.py tests/test_retry_classifier.py tests/test_spark_write_counts.py \
-	tests/test_runtime_floor.py
+SCRIPT_TESTS := tests/loader/arrow/test_loader_units.py tests/loader/spark/test_loader_spark.py tests/loader/arrow/test_loader_mssql_oracle.py \
+	tests/loader/arrow/test_redaction.py tests/loader/arrow/test_retry_classifier.py tests/loader/spark/test_spark_write_counts.py \
+	tests/loader/spark/test_runtime_floor.py
 
 # A smoke set on the second supported Python, 3.13 (`make test-smoke-py313`, run by .ci/run after
 # `make test` where a Python 3.13 exists): its own install in .venv313, then the embedded PostgreSQL
@@ -35,21 +35,21 @@ SCRIPT_TESTS := tests/test_loader_units.py tests/test_loader_spark.py tests/test
 PYTHON313 ?= $(call find_python,3.13)
 VENV313   := .venv313
 STAMP313  := $(VENV313)/.installed
-SMOKE_TESTS := tests/test_embedded_postgres.py tests/test_local_demo_seed.py tests/test_e2e_local.py \
-	tests/test_cli_help.py
+SMOKE_TESTS := tests/e2e/test_embedded_postgres.py tests/e2e/test_local_demo_seed.py tests/e2e/test_e2e_local.py \
+	tests/e2e/test_cli_help.py
 
 # The Spark tests on Spark 3.5, the Spark of Databricks Runtime 15.4 LTS (`make test-spark35`, run
 # by .ci/run after `make test`): .venv-spark35 holds pyspark[connect] 3.5 (tests/spark35-requirements.txt)
-# on Python 3.11, 15.4's Python. pyspark 3.5 ships no Spark Connect server: tests/test_spark_connect.py
+# on Python 3.11, 15.4's Python. pyspark 3.5 ships no Spark Connect server: tests/loader/spark/test_spark_connect.py
 # skips there, saying so; the Sail tests run with the 3.5 Connect client.
 PYTHON311 ?= $(call find_python,3.11)
 VENV35    := .venv-spark35
 STAMP35   := $(VENV35)/.installed
-SPARK_TESTS := tests/test_spark_on_sail.py tests/test_loader_spark.py \
-	tests/test_loader_spark_merge_range.py tests/test_spark_write_counts.py \
-	tests/test_spark_exactly_once.py tests/test_spark_deletes_scd2.py \
-	tests/test_spark_partitioned_reads.py tests/test_split_dialects.py \
-	tests/test_databricks_process.py tests/test_serverless_rules.py tests/test_spark_connect.py
+SPARK_TESTS := tests/loader/spark/test_spark_on_sail.py tests/loader/spark/test_loader_spark.py \
+	tests/loader/spark/test_loader_spark_merge_range.py tests/loader/spark/test_spark_write_counts.py \
+	tests/loader/spark/test_spark_exactly_once.py tests/loader/spark/test_spark_deletes_scd2.py \
+	tests/loader/spark/test_spark_partitioned_reads.py tests/loader/spark/test_split_dialects.py \
+	tests/loader/spark/test_databricks_process.py tests/loader/spark/test_serverless_rules.py tests/loader/spark/test_spark_connect.py
 
 .PHONY: dev test test-py312 test-smoke-py313 test-spark35 python313 bench install clean-local
 

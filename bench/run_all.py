@@ -13,7 +13,7 @@ BENCHES = [
     "bench_verify.py",
     "bench_column_hash.py",
 ]
-# The differential tests' long profile (tests/test_differential.py): many more and longer random
+# The differential tests' long profile (tests/loader/arrow/test_differential.py): many more and longer random
 # sequences of source changes and loads than `make test` draws.
 LONG_DIFFERENTIAL = {"DATALOADER_DIFF_EXAMPLES": "200"}
 
@@ -24,11 +24,11 @@ def main() -> int:
     for name in BENCHES:
         print(f"== {name}", flush=True)
         worst = max(worst, subprocess.call([sys.executable, str(here / name)]))
-    print("== tests/test_differential.py, long profile", flush=True)
+    print("== tests/loader/arrow/test_differential.py, long profile", flush=True)
     worst = max(
         worst,
         subprocess.call(
-            [sys.executable, "-m", "pytest", "-q", "tests/test_differential.py"],
+            [sys.executable, "-m", "pytest", "-q", "tests/loader/arrow/test_differential.py"],
             cwd=here.parent,
             env={**os.environ, **LONG_DIFFERENTIAL},
         ),

@@ -3,7 +3,7 @@
 Everything else uses public names (``dg.DagsterExecutionInterruptedError``,
 ``dg.PipesMessageReader``, ``dg.PipesMessageHandler``, ...). What has no public equivalent lives
 here, so a Dagster or dagster-databricks upgrade that moves it breaks in one place, and
-``tests/test_dagster_compat.py`` says so loudly:
+``tests/dagster/test_dagster_compat.py`` says so loudly:
 
 - ``DagsterPipesExecutionError``: what dagster-databricks' clients raise when the Databricks run
   ends in anything but success. Dagster does not export it at the top level.

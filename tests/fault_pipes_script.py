@@ -1,6 +1,6 @@
 """A load script for fault injection: a real Pipes subprocess that does one harmful thing mid-load.
 
-tests/test_attempt_exit_paths.py copies it as ``dataloader_pipe.py`` into a scripts directory
+tests/dagster/test_attempt_exit_paths.py copies it as ``dataloader_pipe.py`` into a scripts directory
 with a ``fault.json`` beside it: ``{"conninfo": <control database>, "fault": <name>, ...}``.
 It then reports a materialization the way the real loader does (rows, watermark), after doing
 to the control database what the fault names, as a person or another process could meanwhile:

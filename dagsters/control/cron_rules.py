@@ -3,7 +3,7 @@
 The database refuses a schedule the scheduler could not compute (``sql/005``: the CHECK
 ``schedule_cron_must_have_fields_in_range_and_a_future_slot`` calls ``dataloader_cron_problem``,
 the same rules written in PL/pgSQL), so a bad cron is refused at the INSERT/UPDATE a person types,
-never discovered after a load. ``tests/test_schedule_rules.py`` runs both over the same corpus
+never discovered after a load. ``tests/control/test_schedule_rules.py`` runs both over the same corpus
 and requires the same answer, and requires ``schedule.next_load_time`` to compute a slot for
 every expression they accept.
 

@@ -44,7 +44,7 @@ def validate_timezone(name: str) -> ZoneInfo:
     """The zone ``name`` names in the IANA zone database (``Europe/Berlin``, ``UTC``).
 
     POSIX offset strings (``UTC+3``) are refused here as in the database (``sql/005``: only
-    names PostgreSQL lists in ``pg_timezone_names``, which ``tests/test_schedule_rules.py``
+    names PostgreSQL lists in ``pg_timezone_names``, which ``tests/control/test_schedule_rules.py``
     checks are all known here).
     """
     if not isinstance(name, str) or not name or name != name.strip():

@@ -3,7 +3,7 @@
 Every status change of a control row goes through :func:`guarded_transition`: one UPDATE whose
 WHERE clause names the state it expects (and, for a running load, the history row it belongs
 to), so when two actors race exactly one wins and the others get an empty list. No other SQL in
-the product assigns ``last_status`` (``tests/test_lakebase_client.py`` scans the tree for it).
+the product assigns ``last_status`` (``tests/control/test_lakebase_client.py`` scans the tree for it).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from databricks_scripts.script_env import runtime_problem
 
 SETTING = "DATALOADER_DATABRICKS_NEW_CLUSTER"
 # ClusterSpec fields whose SDK docs say "This field can only be used when `kind = CLASSIC_PREVIEW`"
-# (tests/test_new_cluster_spec.py reads the SDK's docstrings to keep this list equal to them).
+# (tests/dagster/test_new_cluster_spec.py reads the SDK's docstrings to keep this list equal to them).
 CLASSIC_PREVIEW_FIELDS = ("is_single_node", "use_ml_runtime")
 CLASSIC_PREVIEW = "CLASSIC_PREVIEW"
 UNITY_CATALOG_MODES = (
