@@ -41,7 +41,6 @@ from psycopg.rows import dict_row
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
 from dagsters.assets.load_batch import build_load_batch_job
-from dagsters.control.run_requests import LOAD_ASSET, LOAD_BATCH_JOB
 from dagsters.local.embedded_lakebase import (
     ensure_database,
     start_embedded_server,
@@ -49,6 +48,7 @@ from dagsters.local.embedded_lakebase import (
 )
 from dagsters.local.migrate import apply_migrations
 from dagsters.partitions import PARTITIONS_NAME
+from dagsters.policy.run_requests import LOAD_ASSET, LOAD_BATCH_JOB
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.sensors.dataloader_master_sensor import LOAD_JOB, build_master_sensor
 from dagsters.settings import load_settings

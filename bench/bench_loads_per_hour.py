@@ -271,7 +271,7 @@ def _breakdown(dagster_home: Path) -> dict[str, dict[str, list[float]]]:
     step ran in a process of its own: multiprocess; else in process)."""
     import dagster as dg
 
-    from dagsters.control.run_requests import TAG_CONTROL_KEY
+    from dagsters.policy.run_requests import TAG_CONTROL_KEY
 
     instance = dg.DagsterInstance.from_config(str(dagster_home))
     groups: dict[str, dict[str, list[float]]] = {}

@@ -21,7 +21,6 @@ from dagsters.assets.launch_config import load_job_config
 from dagsters.assets.load_checks import load_review_check
 from dagsters.assets.table_specs import declared_rows, table_asset_definitions
 from dagsters.console_logger import one_line_console_logger
-from dagsters.control.run_requests import environment_tags
 from dagsters.control.table_listing import declared_fingerprint
 from dagsters.deployment import require_deployment_ready
 from dagsters.jobs.history_retention_job import (
@@ -31,6 +30,7 @@ from dagsters.jobs.history_retention_job import (
 from dagsters.jobs.landing_table_git_job import landing_table_git_job
 from dagsters.jobs.release_review_job import release_review_job
 from dagsters.local.lakebase import lakebase_resource
+from dagsters.policy.run_requests import environment_tags
 from dagsters.resources.databricks_rest import DatabricksRestResource
 from dagsters.resources.databricks_workspace import DatabricksWorkspaceResource
 from dagsters.resources.models_repo import ModelsRepoResource

@@ -15,7 +15,7 @@ from typing import Any
 
 import dagster as dg
 
-from dagsters.control.run_requests import LOAD_ASSET
+from dagsters.policy.run_requests import LOAD_ASSET
 
 NEEDS_REVIEW = "needs review"
 NEEDS_REVIEW_CHECK = "needs_review"

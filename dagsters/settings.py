@@ -273,7 +273,7 @@ def _cron(env: Mapping[str, str], name: str, default: str) -> str:
     raw = _text(env, name)
     if raw is None:
         return default
-    from dagsters.control.schedule import validate_cron
+    from dagsters.policy.schedule import validate_cron
 
     try:
         return validate_cron(raw)

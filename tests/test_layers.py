@@ -178,6 +178,40 @@ def test_the_scripts_packages_import_only_what_their_layer_may():
     assert len(modules) > 40  # the scan sees the subpackages
 
 
+def test_the_domain_layer_is_not_dagster_shaped_and_policy_holds_no_sql():
+    # control/ (SQL) and policy/ (rules and decisions) are the domain: neither imports Dagster;
+    # policy/ holds no SQL and no database driver (it may call the LakebaseClient facade).
+    modules = _modules()
+    dagster_in_domain = [
+        name
+        for name, tree in modules.items()
+        if name.startswith(("dagsters.control.", "dagsters.policy."))
+        and any(n == "dagster" or n.startswith("dagster.") for n in _all_imports(tree))
+    ]
+    assert dagster_in_domain == []
+    sql_in_policy = [
+        name
+        for name, tree in modules.items()
+        if name.startswith("dagsters.policy.")
+        and (
+            any(n.split(".")[0] == "psycopg" for n in _all_imports(tree))
+            or any(
+                isinstance(node, ast.Attribute) and node.attr in ("_transaction", "execute")
+                for node in ast.walk(tree)
+            )
+        )
+    ]
+    assert sql_in_policy == []
+    assert sum(name.startswith("dagsters.policy.") for name in modules) >= 6
+
+
+def _all_imports(tree: ast.AST) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        names |= _imported_names(node)
+    return names
+
+
 def test_every_module_imports_on_its_own():
     # Each module first, in a process where no other dagsters module is loaded yet.
     names = sorted(_modules())

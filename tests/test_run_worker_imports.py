@@ -60,7 +60,7 @@ THIRD_PARTY_AT_LOAD = {
     "psycopg",  # the control database: every run reads and writes its row
     "psycopg_binary",
     "psycopg_pool",
-    "croniter",  # next_load_date_time after a load (dagsters/control/schedule.py)
+    "croniter",  # next_load_date_time after a load (dagsters/policy/schedule.py)
     "dateutil",  # croniter's
 }
 

@@ -17,7 +17,7 @@ CHECKED = (
     "dagsters/control/connection.py",
     "dagsters/control/lifecycle.py",
     "dagsters/control/reconcile.py",
-    "dagsters/control/run_requests.py",
+    "dagsters/policy/run_requests.py",
     "dagsters/control/transitions.py",
     "databricks_scripts/contract.py",
     "databricks_scripts/dataloader_pipe.py",

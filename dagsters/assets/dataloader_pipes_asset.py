@@ -29,16 +29,16 @@ from dagsters.assets.table_assets import (
     report_destination_table,
     retry_asset_kinds,
 )
-from dagsters.control.retry_analysis import (
+from dagsters.control.source_connections import ResolvedSource, SourceConnectionError, fit_compute
+from dagsters.partitions import PARTITIONS_NAME, control_key_partitions
+from dagsters.policy.retry_analysis import (
     apply_decision,
     build_analysis_request,
     decide_by_rules,
     decide_without_asking,
 )
-from dagsters.control.run_requests import LOAD_ASSET, RETRY_ASSET, environment_tags, load_params
-from dagsters.control.source_connections import ResolvedSource, SourceConnectionError, fit_compute
-from dagsters.control.writeback import is_connection_error, with_writeback_retries
-from dagsters.partitions import PARTITIONS_NAME, control_key_partitions
+from dagsters.policy.run_requests import LOAD_ASSET, RETRY_ASSET, environment_tags, load_params
+from dagsters.policy.writeback import is_connection_error, with_writeback_retries
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.review_status import review_evaluations, review_events

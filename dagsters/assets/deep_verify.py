@@ -16,7 +16,7 @@ from typing import Any
 import dagster as dg
 
 from dagsters.assets.table_assets import destination_asset_key
-from dagsters.control.run_requests import load_params
+from dagsters.policy.run_requests import load_params
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.runners.local import LOAD_SCRIPT

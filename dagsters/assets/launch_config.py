@@ -27,13 +27,13 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from dagsters.control.run_requests import (
+from dagsters.partitions import control_key_partitions
+from dagsters.policy.run_requests import (
     LOAD_ASSET,
     TAG_CONTROL_KEY,
     launch_tags,
     load_run_tags,
 )
-from dagsters.partitions import control_key_partitions
 
 
 class LoadConfig(dg.Config):

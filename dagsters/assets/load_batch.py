@@ -41,14 +41,14 @@ from dagsters.assets.table_assets import (
     load_partition_metadata,
     report_destination_table,
 )
-from dagsters.control.run_requests import (
+from dagsters.partitions import PARTITIONS_NAME
+from dagsters.policy.run_requests import (
     LOAD_ASSET,
     LOAD_BATCH_JOB,
     LOAD_BATCH_OP,
     attempt_tag,
     environment_tags,
 )
-from dagsters.partitions import PARTITIONS_NAME
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.settings import Settings

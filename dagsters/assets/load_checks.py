@@ -22,9 +22,9 @@ from typing import Any
 
 import dagster as dg
 
-from dagsters.control.run_requests import LOAD_ASSET
 from dagsters.dagster_compat import preview_partitioned_checks
 from dagsters.partitions import control_key_partitions
+from dagsters.policy.run_requests import LOAD_ASSET
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.review_status import (
     NEEDS_REVIEW_CHECK,

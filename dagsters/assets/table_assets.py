@@ -21,8 +21,8 @@ from typing import Any
 import dagster as dg
 
 from dagsters.assets.load_checks import reconcile_row_counts, row_count_evaluation
-from dagsters.control.run_requests import LOAD_ASSET
 from dagsters.control.source_connections import ResolvedSource
+from dagsters.policy.run_requests import LOAD_ASSET
 from databricks_scripts.contract import LoadMetadata
 
 # Text, never plotted: the identifiers of a load (the plots tab shows rows, duration, bytes).

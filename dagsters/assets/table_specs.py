@@ -2,7 +2,7 @@
 
 Declared, a table gets what only a definition gives in the Dagster UI: its kinds and group, a
 freshness policy derived from its own schedule (the freshness daemon shows it late when a load is
-overdue, ``control/freshness.py``), and the row-count check on its Checks tab. The loads report
+overdue, ``policy/freshness.py``), and the row-count check on its Checks tab. The loads report
 its materializations and check evaluations at run time either way (``table_assets``); a table
 that is not declared still gets them, as an external asset, with no checks tab or freshness.
 
@@ -29,9 +29,9 @@ from dagsters.assets.load_checks import (
     reconcile_row_counts,
 )
 from dagsters.assets.table_assets import destination_asset_key
-from dagsters.control.freshness import freshness_window
-from dagsters.control.run_requests import LOAD_ASSET
 from dagsters.control.table_listing import rows_to_declare
+from dagsters.policy.freshness import freshness_window
+from dagsters.policy.run_requests import LOAD_ASSET
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.review_status import (
     NEEDS_REVIEW_CHECK,

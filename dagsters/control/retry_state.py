@@ -1,6 +1,6 @@
 """The control-row side of retries: claim a failure for analysis, then apply the decision.
 
-:mod:`dagsters.control.retry_analysis` decides; this module holds the SQL that claims a Failed
+:mod:`dagsters.policy.retry_analysis` decides; this module holds the SQL that claims a Failed
 row for an analysis (once) and writes the decision back: reset the row for a retry after a
 back-off, or keep it Failed for a person's review, and record the decision in the history row.
 """
@@ -14,9 +14,9 @@ import psycopg
 from psycopg import sql
 
 from dagsters.control.connection import ControlDatabase
-from dagsters.control.schedule import retry_backoff
 from dagsters.control.status import FAILED
 from dagsters.control.transitions import guarded_transition, row_guard
+from dagsters.policy.schedule import retry_backoff
 from databricks_scripts.contract import KIND_CANCELLED, REQUIRES_REVIEW, RETRY_RECOMMENDED, Decision
 from databricks_scripts.redaction import redact
 

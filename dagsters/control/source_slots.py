@@ -11,7 +11,7 @@ already Queued or In Progress (whatever started them: the sensor, a retry, a per
 against the limit, and only ``limit - in flight`` more are claimed. Everything claimed can start
 right away; the others stay unclaimed (and due) in table_control, in due order, until a slot frees.
 
-The source system is computed in SQL exactly as :func:`dagsters.control.run_requests.source_system`
+The source system is computed in SQL exactly as :func:`dagsters.policy.run_requests.source_system`
 computes the run tag (a test holds the two together).
 """
 

@@ -16,8 +16,8 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import DictRow
 
-from dagsters.control.schedule import next_load_time
 from dagsters.control.status import ALLOWED_FROM, FAILED, STATUSES, SUCCEEDED, UNCOMPUTABLE_FROM
+from dagsters.policy.schedule import next_load_time
 from databricks_scripts.contract import FAILURE_KINDS, known_code
 
 KEEP_KIND: Any = object()  # "leave last_failure_kind as it is" (the default)

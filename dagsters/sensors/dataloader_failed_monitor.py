@@ -26,15 +26,15 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from dagsters.alerts import Alert, notifier_from_settings
-from dagsters.control.retry_analysis import apply_decision, decide_without_asking
-from dagsters.control.run_requests import (
+from dagsters.partitions import control_key_partitions
+from dagsters.policy.retry_analysis import apply_decision, decide_without_asking
+from dagsters.policy.run_requests import (
     TAG_METADATA_ID,
     environment_tags,
     retry_run_config,
     retry_run_key,
     retry_run_tags,
 )
-from dagsters.partitions import control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.review_status import review_events
 from dagsters.sensors import (

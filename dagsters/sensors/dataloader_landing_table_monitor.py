@@ -12,7 +12,7 @@ every ``DATALOADER_LANDING_INTERVAL_SECONDS`` instead of never.
 
 import dagster as dg
 
-from dagsters.control.run_requests import (
+from dagsters.policy.run_requests import (
     LANDING_JOB,
     environment_tags,
     landing_run_config,

@@ -25,7 +25,7 @@ import re
 
 import dagster as dg
 
-from dagsters.control.run_requests import (
+from dagsters.policy.run_requests import (
     LOAD_BATCH_JOB,
     TAG_CONTROL_KEY,
     TAG_METADATA_ID,

@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from dagsters.control.run_requests import run_id_from_url
+from dagsters.policy.run_requests import run_id_from_url
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.sensors import (
     alert_on_error,

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from dagsters.control.run_requests import (
+from dagsters.partitions import PARTITIONS_NAME, control_key_partitions
+from dagsters.policy.run_requests import (
     LOAD_BATCH_JOB,
     batch_run_config,
     batch_run_key,
@@ -35,7 +36,6 @@ from dagsters.control.run_requests import (
     load_run_tags,
     triggered_by,
 )
-from dagsters.partitions import PARTITIONS_NAME, control_key_partitions
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.sensors import alert_on_error, default_status, fail_uncomputable_rows
 from dagsters.sensors.orphan_claims import release_after_failed_tick, settle_orphan_claims

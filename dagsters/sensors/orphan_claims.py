@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from dagsters.control.run_requests import LOAD_BATCH_JOB, attempt_run_filters
+from dagsters.policy.run_requests import LOAD_BATCH_JOB, attempt_run_filters
 from dagsters.utils.lakebase_client import LakebaseClient
 from databricks_scripts.contract import KIND_ORPHANED
 

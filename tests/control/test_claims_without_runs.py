@@ -19,7 +19,7 @@ from helpers import SOME_SOURCE, evaluate, lakebase_for
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from dagsters.control.run_requests import TAG_METADATA_ID
+from dagsters.policy.run_requests import TAG_METADATA_ID
 from dagsters.sensors.dataloader_master_sensor import LOAD_JOB, build_master_sensor
 from dagsters.settings import Settings
 from dagsters.utils.lakebase_client import LakebaseClient

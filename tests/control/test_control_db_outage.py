@@ -30,7 +30,6 @@ from helpers import add_control_row, control_row, evaluate, history, lakebase_fo
 from psycopg.rows import dict_row
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
-from dagsters.control.run_requests import LOAD_ASSET, load_run_config
 from dagsters.local.embedded_lakebase import (
     ensure_database,
     start_embedded_server,
@@ -38,6 +37,7 @@ from dagsters.local.embedded_lakebase import (
 )
 from dagsters.local.migrate import apply_migrations
 from dagsters.partitions import PARTITIONS_NAME
+from dagsters.policy.run_requests import LOAD_ASSET, load_run_config
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.sensors.dataloader_master_sensor import build_master_sensor

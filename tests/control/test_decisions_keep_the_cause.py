@@ -19,8 +19,8 @@ from helpers import SOME_SOURCE
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from dagsters.control.retry_analysis import apply_decision, decide_without_asking
 from dagsters.control.retry_state import CAUSE_CHARS
+from dagsters.policy.retry_analysis import apply_decision, decide_without_asking
 from dagsters.settings import RetryPolicy
 from dagsters.utils.lakebase_client import LakebaseClient
 from databricks_scripts.contract import KIND_CANCELLED, Decision

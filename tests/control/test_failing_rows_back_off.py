@@ -14,7 +14,7 @@ from helpers import SOME_SOURCE
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from dagsters.control.retry_analysis import apply_decision
+from dagsters.policy.retry_analysis import apply_decision
 from dagsters.utils.lakebase_client import LakebaseClient
 from databricks_scripts.contract import Decision, LoadReport
 

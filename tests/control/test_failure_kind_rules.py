@@ -15,10 +15,10 @@ from helpers import control_row, failed_row, lakebase_for, tick
 from openai_standin import OpenAIStandIn, good_answer, openai_standin
 
 from dagsters.assets.dataloader_pipes_asset import build_retry_asset
-from dagsters.control import retry_analysis
-from dagsters.control.retry_analysis import decide_by_rules, decide_without_asking
-from dagsters.control.run_requests import RETRY_ASSET, retry_run_config
+from dagsters.policy import retry_analysis
 from dagsters.partitions import PARTITIONS_NAME
+from dagsters.policy.retry_analysis import decide_by_rules, decide_without_asking
+from dagsters.policy.run_requests import RETRY_ASSET, retry_run_config
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.sensors.dataloader_failed_monitor import build_failed_monitor
 from dagsters.settings import RetryPolicy, Settings, load_settings

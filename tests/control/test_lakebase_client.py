@@ -16,7 +16,6 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from dagsters.control.schedule import next_load_time
 from dagsters.control.status import (
     ALLOWED_FROM,
     FAILED,
@@ -25,6 +24,7 @@ from dagsters.control.status import (
     STATUSES,
     SUCCEEDED,
 )
+from dagsters.policy.schedule import next_load_time
 from dagsters.utils.lakebase_client import (
     LakebaseClient,
     LakebaseError,

@@ -33,13 +33,13 @@ from helpers import (
 )
 from psycopg.types.json import Jsonb
 
-from dagsters.control.run_requests import (
+from dagsters.control.source_slots import SOURCE_SYSTEM_SQL
+from dagsters.policy.run_requests import (
     TAG_CONTROL_KEY,
     TAG_METADATA_ID,
     TAG_SOURCE_SYSTEM,
     source_system,
 )
-from dagsters.control.source_slots import SOURCE_SYSTEM_SQL
 from dagsters.sensors.dataloader_longqueued_monitor import (
     build_longqueued_monitor,
     databricks_run_id,
@@ -275,7 +275,7 @@ def test_without_queue_aware_claiming_the_same_rows_fail_in_the_queue(control_db
     fifty_rows(db)
 
     def claim_ten_whatever_the_queue(settings, client):
-        from dagsters.control.run_requests import load_run_config, load_run_tags
+        from dagsters.policy.run_requests import load_run_config, load_run_tags
 
         return [
             dg.RunRequest(run_key=None, run_config=load_run_config(row), tags=load_run_tags(row))

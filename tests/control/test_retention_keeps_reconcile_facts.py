@@ -15,8 +15,8 @@ from deltalake import DeltaTable
 from helpers import add_control_row, control_row, history, lakebase_for
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
-from dagsters.control.run_requests import load_run_config
 from dagsters.partitions import PARTITIONS_NAME
+from dagsters.policy.run_requests import load_run_config
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.settings import load_settings
 from dagsters.utils.lakebase_client import LakebaseClient

@@ -18,8 +18,8 @@ from databricks_standin import VOLUME, DatabricksStandin, databricks_standin  # 
 from helpers import control_row, evaluate, failed_row, lakebase_for
 
 from dagsters.assets.dataloader_pipes_asset import build_retry_asset
-from dagsters.control.run_requests import RETRY_ASSET
 from dagsters.partitions import PARTITIONS_NAME
+from dagsters.policy.run_requests import RETRY_ASSET
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.sensors.dataloader_failed_monitor import build_failed_monitor
 from dagsters.sensors.dataloader_master_sensor import build_master_sensor

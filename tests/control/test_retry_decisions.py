@@ -18,7 +18,7 @@ import pytest
 from helpers import read_failed_row
 from psycopg.rows import dict_row
 
-from dagsters.control.retry_analysis import (
+from dagsters.policy.retry_analysis import (
     LOST,
     RETRIED,
     REVIEW,

@@ -17,8 +17,8 @@ from test_retry_end_to_end import analyse, monitor_tick, run_monitor_then_analys
 
 from dagsters.assets.load_checks import load_review_check
 from dagsters.assets.table_specs import row_count_checks, table_spec
-from dagsters.control.run_requests import LOAD_ASSET
 from dagsters.partitions import control_key_partitions
+from dagsters.policy.run_requests import LOAD_ASSET
 from dagsters.review_status import NEEDS_REVIEW, NEEDS_REVIEW_CHECK
 
 __all__ = ["openai_standin"]

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from dagsters.control.schedule import next_load_time, retry_backoff, validate_cron
+from dagsters.policy.schedule import next_load_time, retry_backoff, validate_cron
 
 NY = "America/New_York"
 

@@ -21,9 +21,9 @@ import pytest
 from helpers import SOME_SOURCE, control_row, insert_control_row
 from psycopg.types.json import Jsonb
 
-from dagsters.control.cron_rules import cron_problem
-from dagsters.control.schedule import next_load_time, validate_timezone
 from dagsters.local.migrate import SQL_DIR, apply_migrations
+from dagsters.policy.cron_rules import cron_problem
+from dagsters.policy.schedule import next_load_time, validate_timezone
 
 HAND_PICKED = [
     "* * * * *",

@@ -21,8 +21,8 @@ from helpers import history, insert_control_row, lakebase_for, pg_config
 from psycopg.types.json import Jsonb
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
-from dagsters.control.run_requests import load_run_config
 from dagsters.partitions import PARTITIONS_NAME
+from dagsters.policy.run_requests import load_run_config
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.settings import load_settings
 from dagsters.utils.lakebase_client import LakebaseClient

@@ -11,8 +11,8 @@ import pytest
 from helpers import insert_control_row
 from psycopg.types.json import Jsonb
 
-from dagsters.control.run_requests import load_params, load_run_tags, source_system
 from dagsters.control.source_connections import SourceConnectionError, resolve_source
+from dagsters.policy.run_requests import load_params, load_run_tags, source_system
 from dagsters.utils.lakebase_client import LakebaseClient
 
 ERP = {

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from dagsters.control.errors import LakebaseError
-from dagsters.control.writeback import is_connection_error, with_writeback_retries
+from dagsters.policy.writeback import is_connection_error, with_writeback_retries
 
 
 class Clock:

@@ -38,7 +38,7 @@ from test_databricks_e2e import BACKENDS, NEW_CLUSTER, databricks_backend
 from test_run_batches import batch_settings, master_sensor
 
 from dagsters.assets.load_batch import build_load_batch_job
-from dagsters.control.run_requests import LOAD_ASSET, LOAD_BATCH_JOB
+from dagsters.policy.run_requests import LOAD_ASSET, LOAD_BATCH_JOB
 from dagsters.runners.databricks import DatabricksRunner
 from dagsters.runners.databricks_batch import JOB_CLUSTER_KEY, batch_tasks, task_key
 

@@ -21,8 +21,8 @@ from databricks_standin import (  # noqa: F401
 from helpers import add_control_row, control_row, lakebase_for
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
-from dagsters.control.run_requests import load_run_config
 from dagsters.partitions import PARTITIONS_NAME
+from dagsters.policy.run_requests import load_run_config
 from dagsters.resources.databricks_rest import DatabricksRestResource
 from dagsters.resources.databricks_workspace import DatabricksWorkspaceResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource

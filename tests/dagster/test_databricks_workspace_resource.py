@@ -31,9 +31,9 @@ from test_run_batches import batch_settings, master_sensor
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
 from dagsters.assets.load_batch import build_load_batch_job
-from dagsters.control.run_requests import load_run_config
 from dagsters.definitions import build_resources
 from dagsters.partitions import PARTITIONS_NAME
+from dagsters.policy.run_requests import load_run_config
 from dagsters.resources.databricks_workspace import DatabricksWorkspaceResource
 from dagsters.resources.models_repo import ModelsRepoResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource

@@ -71,8 +71,8 @@ def test_the_lineage_draws_load_then_table_then_model_grouped_per_source(example
     """The two code locations' graph as the UI joins it: the load asset, the declared tables
     (as ``dataloader dev`` declares the demo rows), the dbt model."""
     from dagsters.assets.table_specs import table_spec
-    from dagsters.control.run_requests import LOAD_ASSET
     from dagsters.definitions import defs
+    from dagsters.policy.run_requests import LOAD_ASSET
 
     rows = [
         {

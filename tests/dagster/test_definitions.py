@@ -12,15 +12,15 @@ import pytest
 import yaml
 from deployment_env import deployment_env
 
-from dagsters.control.run_requests import (
+from dagsters.definitions import build_definitions, defs
+from dagsters.local.cli import GENERATED_MARKER, dev_environment
+from dagsters.policy.run_requests import (
     landing_run_config,
     landing_run_key,
     load_params,
     run_id_from_url,
     source_system,
 )
-from dagsters.definitions import build_definitions, defs
-from dagsters.local.cli import GENERATED_MARKER, dev_environment
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.runners.databricks import databricks_run_name
 from dagsters.settings import Settings, SettingsError, load_settings

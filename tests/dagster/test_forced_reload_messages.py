@@ -12,8 +12,8 @@ from test_load_asset import claim_and_materialize, resources
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
 from dagsters.assets.forced_reload import FORCED_BY_ROW, FORCED_BY_RUN_CONFIG
-from dagsters.control.run_requests import LOAD_ASSET, load_run_config
 from dagsters.partitions import PARTITIONS_NAME
+from dagsters.policy.run_requests import LOAD_ASSET, load_run_config
 from dagsters.settings import load_settings
 from dagsters.utils.lakebase_client import LakebaseClient
 

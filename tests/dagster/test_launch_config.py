@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dagsters.assets.launch_config import load_job_config
-from dagsters.control.run_requests import (
+from dagsters.policy.run_requests import (
     TAG_CONTROL_KEY,
     TAG_METADATA_ID,
     TAG_SOURCE_SYSTEM,

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
 
-from dagsters.control.run_requests import LOAD_ASSET
+from dagsters.policy.run_requests import LOAD_ASSET
 
 DEFINITIONS = str(Path(__file__).resolve().parents[2] / "dagsters" / "definitions.py")
 LOAD_JOB = "dataloader__table_load_job"

@@ -34,8 +34,8 @@ from helpers import (
 from psycopg.conninfo import conninfo_to_dict
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
-from dagsters.control.run_requests import LOAD_ASSET, load_run_config, source_system
 from dagsters.partitions import PARTITIONS_NAME
+from dagsters.policy.run_requests import LOAD_ASSET, load_run_config, source_system
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.settings import load_settings
 from dagsters.utils.lakebase_client import LakebaseClient

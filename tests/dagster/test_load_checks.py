@@ -10,8 +10,8 @@ from helpers import add_control_row, lakebase_for, pg_config
 
 from dagsters.assets.load_checks import ROW_COUNT_CHECK, reconcile_row_counts, row_count_evaluation
 from dagsters.assets.table_specs import source_group, table_asset_definitions, table_spec
-from dagsters.control.freshness import freshness_window
-from dagsters.control.run_requests import LOAD_ASSET
+from dagsters.policy.freshness import freshness_window
+from dagsters.policy.run_requests import LOAD_ASSET
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.review_status import NEEDS_REVIEW_CHECK
 from dagsters.settings import load_settings

@@ -21,7 +21,7 @@ from databricks_standin import DatabricksStandin, databricks_standin
 from helpers import read_failed_row
 from openai_standin import OpenAIStandIn, Reply, good_answer, openai_standin
 
-from dagsters.control.retry_analysis import build_analysis_request
+from dagsters.policy.retry_analysis import build_analysis_request
 
 __all__ = ["databricks_standin", "openai_standin"]  # fixtures, imported so pytest finds them here
 

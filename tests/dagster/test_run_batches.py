@@ -37,7 +37,7 @@ from helpers import (
 from test_load_asset import _source_query_running
 
 from dagsters.assets.load_batch import build_load_batch_job
-from dagsters.control.run_requests import (
+from dagsters.policy.run_requests import (
     LOAD_ASSET,
     LOAD_BATCH_JOB,
     attempt_tag,

@@ -15,8 +15,8 @@ from dagster._core.remote_origin import (
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from helpers import SensorLoop, add_history, add_row, control_row, tick
 
-from dagsters.control.run_requests import LOAD_ASSET, RETRY_ASSET
 from dagsters.partitions import PARTITIONS_NAME
+from dagsters.policy.run_requests import LOAD_ASSET, RETRY_ASSET
 from dagsters.sensors.dataloader_failed_monitor import build_failed_monitor, triage_failures
 from dagsters.sensors.dataloader_landing_table_monitor import build_landing_table_monitor
 from dagsters.sensors.dataloader_longqueued_monitor import build_longqueued_monitor

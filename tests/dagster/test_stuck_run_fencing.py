@@ -23,8 +23,8 @@ from helpers import add_control_row, add_history, control_row, evaluate, history
 from test_load_asset import materializations
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
-from dagsters.control.run_requests import LOAD_ASSET, load_run_config
 from dagsters.partitions import PARTITIONS_NAME
+from dagsters.policy.run_requests import LOAD_ASSET, load_run_config
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.sensors.dataloader_longrunning_monitor import build_longrunning_monitor
 from dagsters.settings import Settings, load_settings

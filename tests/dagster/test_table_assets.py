@@ -130,7 +130,7 @@ def test_retry_analysis_metadata_shows_the_original_error_and_links_the_failed_r
 def test_progress_shows_rows_so_far_of_the_sources_own_estimate(source_db, source, db):
     """A full load's progress lines say how far it is, from PostgreSQL's catalog estimate."""
 
-    from dagsters.control.run_requests import load_params
+    from dagsters.policy.run_requests import load_params
     from databricks_scripts.engines.arrow.stream import Progress
     from databricks_scripts.load.params import parse_load_spec
     from databricks_scripts.sources.readers import open_source

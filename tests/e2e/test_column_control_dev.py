@@ -34,7 +34,7 @@ from helpers import embedded_conninfo, free_port, running_dev
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from test_ui_launches import Dev, _code_location_loaded
 
-from dagsters.control.run_requests import LOAD_ASSET
+from dagsters.policy.run_requests import LOAD_ASSET
 from databricks_scripts.load.params import secret_env_var
 
 SCOPE, KEY = "kv-pii", "hash-key"

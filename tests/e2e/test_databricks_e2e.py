@@ -33,8 +33,8 @@ from helpers import add_control_row, control_row, evaluate, history, lakebase_fo
 from test_load_asset import materializations
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
-from dagsters.control.run_requests import LOAD_ASSET, load_run_config
 from dagsters.partitions import PARTITIONS_NAME
+from dagsters.policy.run_requests import LOAD_ASSET, load_run_config
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.runners.databricks import SERVERLESS_ENVIRONMENT_VERSION, pinned
 from dagsters.settings import load_settings

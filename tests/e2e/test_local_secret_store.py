@@ -41,7 +41,7 @@ from test_secrets_e2e import (  # the same real source, row and search of every 
 )
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
-from dagsters.control.run_requests import LOAD_ASSET
+from dagsters.policy.run_requests import LOAD_ASSET
 from dagsters.settings import load_settings
 from databricks_scripts import local_secrets
 from databricks_scripts.load.params import secret_env_var

@@ -17,8 +17,8 @@ from helpers import control_row, evaluate, failed_row, failed_under_analysis, la
 from openai_standin import OpenAIStandIn, good_answer, openai_standin
 
 from dagsters.assets.dataloader_pipes_asset import build_retry_asset
-from dagsters.control.run_requests import RETRY_ASSET, retry_run_key
 from dagsters.partitions import PARTITIONS_NAME
+from dagsters.policy.run_requests import RETRY_ASSET, retry_run_key
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.sensors.dataloader_failed_monitor import RETRY_JOB, build_failed_monitor
 from dagsters.settings import RetryPolicy, Settings, SettingsError, load_settings

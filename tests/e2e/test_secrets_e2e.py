@@ -28,12 +28,12 @@ from openai_standin import OpenAIStandIn, good_answer, openai_standin
 from psycopg import sql
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset, build_retry_asset
-from dagsters.control.run_requests import LOAD_ASSET, RETRY_ASSET, load_run_config
 from dagsters.local.embedded_lakebase import (
     EmbeddedServer,
     stop_embedded_server,
 )
 from dagsters.partitions import PARTITIONS_NAME
+from dagsters.policy.run_requests import LOAD_ASSET, RETRY_ASSET, load_run_config
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.sensors.dataloader_failed_monitor import build_failed_monitor
 from dagsters.settings import Settings, load_settings

@@ -18,9 +18,9 @@ from helpers import free_port, running_dev
 from test_ui_launches import REPOSITORY, Dev, _code_location_loaded
 
 from dagsters.assets.load_checks import ROW_COUNT_CHECK
-from dagsters.control.run_requests import LOAD_ASSET
 from dagsters.local.cli import dev_environment
 from dagsters.local.demo import DEMO_CATALOG, DEMO_SCHEMA
+from dagsters.policy.run_requests import LOAD_ASSET
 from dagsters.sensors import default_status
 from dagsters.sensors.table_assets_sensor import SENSOR_NAME
 from dagsters.settings import load_settings

@@ -34,14 +34,14 @@ from helpers import add_control_row, embedded_conninfo, free_port, load_scripts,
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
-from dagsters.control.run_requests import (
+from dagsters.local.demo import DEMO_DATABASE, DEMO_SCHEMA, DEMO_TABLES
+from dagsters.partitions import PARTITIONS_NAME
+from dagsters.policy.run_requests import (
     LOAD_ASSET,
     TAG_METADATA_ID,
     TAG_SOURCE_SYSTEM,
     source_system,
 )
-from dagsters.local.demo import DEMO_DATABASE, DEMO_SCHEMA, DEMO_TABLES
-from dagsters.partitions import PARTITIONS_NAME
 
 WAIT_SECONDS = 240  # a bound, not a timing assertion: a test fails only if nothing happens
 REPOSITORY = {"repositoryLocationName": "dataloader", "repositoryName": "__repository__"}

@@ -386,7 +386,7 @@ def test_the_control_table_refuses_bad_settings_by_name(db, columns, constraint)
 
 
 def test_a_control_row_sends_the_settings_to_the_script(db):
-    from dagsters.control.run_requests import load_params
+    from dagsters.policy.run_requests import load_params
 
     config_id = add_row(
         db,

@@ -23,7 +23,7 @@ from helpers import add_control_row, control_row, history
 from psycopg import sql
 from test_load_asset import claim_and_materialize
 
-from dagsters.control.retry_analysis import build_analysis_request, decide_by_rules
+from dagsters.policy.retry_analysis import build_analysis_request, decide_by_rules
 from dagsters.runners.outcome import error_code_from
 from databricks_scripts.contract import (
     ERROR_CODE_KEY,

@@ -279,7 +279,7 @@ def test_a_read_that_cannot_be_split_says_why(spark, pg):
 def test_the_control_row_columns_are_checked_and_reach_the_load_spec(control_db):
     from psycopg.rows import dict_row
 
-    from dagsters.control.run_requests import load_params
+    from dagsters.policy.run_requests import load_params
 
     with psycopg.connect(control_db, row_factory=dict_row) as conn:
         conn.execute(

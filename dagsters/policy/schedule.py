@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, croniter
 
-from dagsters.control.cron_rules import cron_problem
+from dagsters.policy.cron_rules import cron_problem
 
 RETRY_BASE = timedelta(minutes=5)
 RETRY_FACTOR = 3
@@ -28,7 +28,7 @@ _MAX_CANDIDATES = 100_000
 def validate_cron(expr: str) -> str:
     """Return ``expr`` stripped if DataLoader can schedule it; else ValueError saying why.
 
-    The rules are :func:`dagsters.control.cron_rules.cron_problem`, the same the database's
+    The rules are :func:`dagsters.policy.cron_rules.cron_problem`, the same the database's
     CHECK applies (``sql/005``), so a row the database accepted is always computable.
     """
     problem = cron_problem(expr)

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from dagsters.control.schedule import next_load_time
+from dagsters.policy.schedule import next_load_time
 
 GRACE_CAP = timedelta(hours=1)
 _SLOTS_LOOKED_AT = 14
