@@ -228,8 +228,14 @@ def _run_batch_on_databricks(
     ]
     try:
         outcomes = pipes_databricks.run_script_batch(context, script=LOAD_SCRIPT, items=items)
-    except dg.DagsterExecutionInterruptedError:
-        _cancel_started(context, [a for a, _, _ in started])
+    except dg.DagsterExecutionInterruptedError as stopped:
+        # Tables whose task finished before the cancel are recorded as loaded (their Delta
+        # commit is there); the others end Cancelled.
+        finished = getattr(stopped, "finished", {})
+        for index, (attempt, trigger, _) in enumerate(started):
+            if index in finished:
+                _record_one(context, attempt, trigger, finished[index], failed)
+        _cancel_started(context, [a for i, (a, _, _) in enumerate(started) if i not in finished])
         raise
     except Exception as exc:  # noqa: BLE001 - the run could not run: every started table fails
         message = _safe(f"Load could not run: {type(exc).__name__}: {exc}", settings)
@@ -238,13 +244,24 @@ def _run_batch_on_databricks(
             failed[attempt.control_key] = message
         return failed
     for (attempt, trigger, _), outcome in zip(started, outcomes, strict=True):
-        try:
-            reported, run_link = attempt.record(outcome)
-            _materialize(context, attempt, reported, run_link, trigger)
-        except Exception as exc:  # noqa: BLE001 - this table failed (settled); the others go on
-            attempt.settle(exc)
-            failed[attempt.control_key] = _why(exc)
+        _record_one(context, attempt, trigger, outcome, failed)
     return failed
+
+
+def _record_one(
+    context: dg.OpExecutionContext,
+    attempt: _Attempt,
+    trigger: str,
+    outcome: Any,
+    failed: dict[str, str],
+) -> None:
+    """One table's outcome recorded and materialized; a failure settles only this table."""
+    try:
+        reported, run_link = attempt.record(outcome)
+        _materialize(context, attempt, reported, run_link, trigger)
+    except Exception as exc:  # noqa: BLE001 - this table failed (settled); the others go on
+        attempt.settle(exc)
+        failed[attempt.control_key] = _why(exc)
 
 
 def _cancel_started(context: dg.OpExecutionContext, started: list[_Attempt]) -> None:

@@ -148,19 +148,46 @@ def run_batch(
         tasks, job_clusters = batch_tasks(runner, script, keys, parameters)
         submit = _submit_args(runner, context, items, script)
         run_id, job_id = _start(workspace, tasks, job_clusters, submit)
+        interrupted: dg.DagsterExecutionInterruptedError | None = None
         try:
             tracker.submitted(run_id)
             _link_tasks(context, workspace, run_id, keys, items)
             _wait(context, workspace, tracker, run_id, runner.poll_interval_seconds)
+        except dg.DagsterExecutionInterruptedError as stopped:  # cancelled in _wait
+            interrupted = stopped
         finally:
             if job_id is not None:
                 _delete_job(context, workspace, job_id)
     run = workspace.jobs.get_run(run_id)
     by_key = {t.task_key: t for t in run.tasks or []}
+    triples = list(zip(keys, readers, sessions, strict=True))
+    if interrupted is not None:
+        # The tables whose task finished before the cancel keep their load: their outcomes ride
+        # the interrupt, so the asset records them instead of failing a written table.
+        finished = {
+            index: _task_outcome(context, workspace, run, by_key.get(key), reader, session)
+            for index, (key, reader, session) in enumerate(triples)
+            if _succeeded(by_key.get(key))
+        }
+        raise BatchInterrupted(str(interrupted), finished) from None
     return [
         _task_outcome(context, workspace, run, by_key.get(key), reader, session)
-        for key, reader, session in zip(keys, readers, sessions, strict=True)
+        for key, reader, session in triples
     ]
+
+
+class BatchInterrupted(dg.DagsterExecutionInterruptedError):
+    """The Dagster run was terminated and the batch's Databricks run cancelled; ``finished``: the
+    outcomes of the tasks that had ended SUCCESS before the cancel, by their index in the batch."""
+
+    def __init__(self, message: str, finished: dict[int, ScriptOutcome]):
+        super().__init__(message)
+        self.finished = finished
+
+
+def _succeeded(task: Any) -> bool:
+    state = task.state if task is not None else None
+    return bool(state) and _name(state.result_state) == "SUCCESS"
 
 
 def _submit_args(

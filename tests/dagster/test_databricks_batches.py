@@ -17,6 +17,10 @@ script run by the stand-in for each task, real Delta tables.
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -35,6 +39,7 @@ from databricks_standin import (  # noqa: F401
 from deltalake import DeltaTable
 from helpers import SensorLoop, add_control_row, control_row, history, lakebase_for
 from test_databricks_e2e import BACKENDS, NEW_CLUSTER, databricks_backend
+from test_load_asset import _source_query_running
 from test_run_batches import batch_settings, master_sensor
 
 from dagsters.assets.load_batch import build_load_batch_job
@@ -126,6 +131,61 @@ def test_a_batch_of_ten_is_one_run_of_ten_tasks_and_a_failing_task_fails_only_it
         assert DeltaTable(str(table)).to_pyarrow_table().num_rows == 25
     [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert "1 of 10 table(s) failed" in str(failure.event_specific_data.error)
+
+
+def test_terminating_a_databricks_batch_cancels_its_one_run_and_ends_each_table_on_its_own(
+    standin, control_db, source_db, source, lake_root, db, instance
+):
+    # As the local batch (test_run_batches): the second table's source query takes a minute and
+    # the Dagster run is terminated inside it. On Databricks the batch is one run: the terminate
+    # cancels it (runs/cancel), the running task stops, and each table ends on its own.
+    source.execute(
+        "CREATE VIEW public.slow_orders AS SELECT o.* FROM public.orders o"
+        " WHERE (SELECT count(*) FROM pg_sleep(60)) > 0"
+    )
+    for key, table in (("t.first", "orders"), ("t.slow", "slow_orders"), ("t.after", "orders")):
+        add_control_row(
+            db,
+            source_db,
+            key,
+            table,
+            load_strategy="full",
+            incremental_column=None,
+            destination_table_name=key.replace(".", "_"),
+        )
+    terminated = threading.Event()
+
+    def terminate_inside_the_source_query() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if _source_query_running(source, "slow_orders"):
+                os.kill(os.getpid(), signal.SIGINT)  # what a run worker gets on termination
+                terminated.set()
+                return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=terminate_inside_the_source_query, daemon=True)
+    killer.start()
+    result = claim_and_run_batch(control_db, instance, lake_root, 3, "existing_cluster")
+    killer.join(timeout=5)
+
+    assert terminated.is_set(), "the slow table's load never reached its source query"
+    assert not result.success
+    assert len(standin.requests_to("POST", r"/api/2\.[12]/jobs/runs/submit")) == 1
+    assert len(standin.requests_to("POST", r"/api/2\.[12]/jobs/runs/cancel")) == 1
+    run = standin.only_job_run()
+    assert run.done.wait(60), "the cancelled run never ended"
+    assert run.state()[:2] == ("TERMINATED", "CANCELED")
+    assert run.task_runs[0].result_state == "SUCCESS"
+    assert control_row(db, "t.first")["last_status"] == "Succeeded"
+    for key in ("t.slow", "t.after"):
+        row = control_row(db, key)
+        assert row["last_status"] == "Failed", (key, row["last_message"])
+        assert row["last_message"].startswith("Cancelled - "), (key, row["last_message"])
+        assert row["last_failure_kind"] == "cancelled", key
+        assert [h["status"] for h in history(db, key)] == ["Failed"], key
+    assert set(load_partitions(instance)) == {"t.first"}  # the written table is recorded
+    assert DeltaTable(str(lake_root / "lake" / "raw" / "t_first")).to_pyarrow_table().num_rows == 25
 
 
 def test_a_new_cluster_batch_starts_compute_once(
