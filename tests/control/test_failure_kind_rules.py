@@ -15,8 +15,8 @@ from helpers import control_row, failed_row, lakebase_for, tick
 from openai_standin import OpenAIStandIn, good_answer, openai_standin
 
 from dagsters.assets.dataloader_pipes_asset import build_retry_asset
-from dagsters.policy import retry_analysis
 from dagsters.partitions import PARTITIONS_NAME
+from dagsters.policy import retry_analysis
 from dagsters.policy.retry_analysis import decide_by_rules, decide_without_asking
 from dagsters.policy.run_requests import RETRY_ASSET, retry_run_config
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
