@@ -29,8 +29,8 @@ from psycopg import sql
 from test_load_asset import claim_and_materialize
 
 import databricks_scripts
+from dagsters.control.rows import FAILED, IN_PROGRESS, QUEUED
 from dagsters.control.run_requests import TAG_METADATA_ID
-from dagsters.control.status import FAILED, IN_PROGRESS, QUEUED
 from dagsters.control.transitions import guarded_transition
 from dagsters.runners.outcome import error_kind_from
 from dagsters.sensors.dataloader_longqueued_monitor import build_longqueued_monitor

@@ -16,8 +16,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from dagsters.control.schedule import next_load_time
-from dagsters.control.status import (
+from dagsters.control.rows import (
     ALLOWED_FROM,
     FAILED,
     IN_PROGRESS,
@@ -25,6 +24,7 @@ from dagsters.control.status import (
     STATUSES,
     SUCCEEDED,
 )
+from dagsters.control.schedule import next_load_time
 from dagsters.utils.lakebase_client import (
     LakebaseClient,
     LakebaseError,
