@@ -5,6 +5,7 @@ Test modules import builders from here (or use fixtures from conftest.py), never
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -26,6 +27,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
 from dagsters.control.rows import ClaimedRow, ControlRow, fetch_one
+from dagsters.control.table_listing import DeclaredTable, TableListingSql
 from dagsters.local.embedded_lakebase import (
     EmbeddedServer,
     ensure_database,
@@ -147,6 +149,16 @@ def typed_control_row(db: psycopg.Connection, key: str) -> ControlRow:
     return row
 
 
+def declared_table(conninfo: str, key: str) -> DeclaredTable:
+    """The active row ``key`` as the declared table assets read it (``active_tables``)."""
+    listing = TableListingSql(conninfo)
+    try:
+        [row] = [r for r in listing.active_tables(10_000) if r.control_key == key]
+    finally:
+        listing.close()
+    return row
+
+
 # A row's values where a test names none: the table's defaults (sql/001 and the migrations) and a
 # placeholder table. Every column of ControlRow has one, so a test names only what it is about.
 _ROW_DEFAULTS: dict[str, Any] = {
@@ -202,6 +214,13 @@ _ROW_DEFAULTS: dict[str, Any] = {
 def make_row(**values: Any) -> ControlRow:
     """A ``ControlRow`` without a database: the given columns, the table's defaults otherwise."""
     return ControlRow(**{**_ROW_DEFAULTS, **values})
+
+
+def make_declared(**values: Any) -> DeclaredTable:
+    """A declared table (``active_tables``' read) without a database: ``make_row``'s defaults."""
+    names = {f.name for f in dataclasses.fields(DeclaredTable)}
+    defaults = {k: v for k, v in _ROW_DEFAULTS.items() if k in names}
+    return DeclaredTable(**{**defaults, "source_host": None, "source_database": None, **values})
 
 
 def make_claimed(metadata_id: int, **values: Any) -> ClaimedRow:

@@ -86,14 +86,13 @@ def guarded_transition(
 
     ``where`` picks the row(s) (``config_id = %(config_id)s`` or a join to ``from_items``);
     ``sets`` are extra assignments (SQL fragments using named parameters). Returns the
-    updated rows (empty list: the guard refused), or with ``execute=False`` the statement and
-    its parameters so a caller can embed it in a larger one (claim_due_tables' CTE).
+    updated rows as ``ControlRow`` (empty list: the guard refused), or with ``execute=False``
+    the statement and its parameters so a caller can embed it in a larger one (a claim's CTE).
 
     ``uncomputable``: the row's values cannot be computed with (sql/012's bounds), so it may be
     failed from any state (:data:`UNCOMPUTABLE_FROM`); only ``to_status`` Failed.
     ``returning``: the columns to return instead of ``t.*`` (a row whose timestamps Python
     cannot read must not be read back); only with ``execute=False`` (the caller reads them).
-    Executed, it returns the updated rows as :class:`ControlRow`.
     ``failure_kind``: the failure's kind (``contract.FAILURE_KINDS``, or None for a foreign error)
     written to ``last_failure_kind``, with ``failure_code`` (a foreign error's driver code, else
     NULL) to ``last_failure_code``. A row entering Failed from a running state must be given
@@ -145,10 +144,8 @@ def guarded_transition(
         all_params["_t_code"] = None if failure_kind else known_code(failure_code)
     if not execute:
         return statement, all_params
-    if conn is None:
-        raise ValueError("guarded_transition: a connection is needed to execute")
-    if returning is not None:
-        raise ValueError("guarded_transition: returning is for execute=False (not whole rows)")
+    if conn is None or returning is not None:
+        raise ValueError("guarded_transition: executing needs a connection and returns t.*")
     return fetch_all(conn, ControlRow, statement, all_params)
 
 
