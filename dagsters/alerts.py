@@ -20,10 +20,11 @@ import json
 import logging
 import re
 import shlex
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dagsters.control.rows import ControlRow
 from databricks_scripts.redaction import redact
 
 RELEASE_JOB = "dataloader__release_review_job"
@@ -45,13 +46,13 @@ class Alert:
     databricks_run: str | None = None
 
     @classmethod
-    def for_row(cls, title: str, row: Mapping[str, Any], cause: str | None = None) -> Alert:
+    def for_row(cls, title: str, row: ControlRow, cause: str | None = None) -> Alert:
         return cls(
             title=title,
-            cause=str(cause or row.get("last_message") or "no message"),
-            control_key=row.get("control_key"),
-            dagster_run=row.get("last_dagster_run"),
-            databricks_run=row.get("last_databricks_run"),
+            cause=str(cause or row.last_message or "no message"),
+            control_key=row.control_key,
+            dagster_run=row.last_dagster_run,
+            databricks_run=row.last_databricks_run,
         )
 
     def lines(self, escape: Callable[[str], str] = lambda text: text) -> list[str]:

@@ -10,11 +10,11 @@ released, make it pass again.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from dataclasses import replace
 
 import dagster as dg
 
+from dagsters.control.rows import ControlRow
 from dagsters.policy.run_requests import LOAD_ASSET
 
 NEEDS_REVIEW = "needs review"
@@ -37,23 +37,20 @@ def release_how(control_key: str) -> str:
     )
 
 
-def table_key(row: Mapping[str, Any]) -> dg.AssetKey | None:
+def table_key(row: ControlRow) -> dg.AssetKey | None:
     """The table's asset key, as dagsters.assets.table_assets.destination_asset_key builds it
     (sensors do not import the assets package)."""
-    parts = [
-        row.get(c)
-        for c in ("destination_catalog", "destination_schema_name", "destination_table_name")
-    ]
+    parts = [row.destination_catalog, row.destination_schema_name, row.destination_table_name]
     return dg.AssetKey([str(p) for p in parts]) if all(parts) else None
 
 
-def review_verdict(row: Mapping[str, Any], reason: str | None = None) -> tuple[bool, str, dict]:
+def review_verdict(row: ControlRow, reason: str | None = None) -> tuple[bool, str, dict]:
     """(passed, description, metadata) of the ``needs_review`` check for the row as it is now;
     ``reason`` (already redacted) instead of the row's last message when the caller knows it."""
-    key = str(row["control_key"])
-    if not row.get("needs_review"):
-        return True, f"Not under review ({row.get('last_status') or 'ready'}).", {}
-    why = reason or str(row.get("last_message") or "no reason recorded")
+    key = str(row.control_key)
+    if not row.needs_review:
+        return True, f"Not under review ({row.last_status or 'ready'}).", {}
+    why = reason or str(row.last_message or "no reason recorded")
     how = release_how(key)
     metadata = {
         "status": dg.MetadataValue.text(NEEDS_REVIEW),
@@ -64,12 +61,10 @@ def review_verdict(row: Mapping[str, Any], reason: str | None = None) -> tuple[b
     return False, f"Needs review: {why}. To load it again: {how}.", metadata
 
 
-def review_evaluations(
-    row: Mapping[str, Any], reason: str | None = None
-) -> list[dg.AssetCheckEvaluation]:
+def review_evaluations(row: ControlRow, reason: str | None = None) -> list[dg.AssetCheckEvaluation]:
     """The ``needs_review`` evaluations of the row's load partition and of its table's asset."""
     passed, description, metadata = review_verdict(row, reason)
-    targets = [(dg.AssetKey(LOAD_ASSET), str(row["control_key"])), (table_key(row), None)]
+    targets = [(dg.AssetKey(LOAD_ASSET), str(row.control_key)), (table_key(row), None)]
     return [
         dg.AssetCheckEvaluation(
             asset_key=asset_key,
@@ -86,16 +81,16 @@ def review_evaluations(
 
 
 def review_events(
-    row: Mapping[str, Any], reason: str
+    row: ControlRow, reason: str
 ) -> list[dg.AssetObservation | dg.AssetCheckEvaluation]:
     """What tells a person this row needs them (``reason`` already redacted): the failing
     checks and an observation on the load partition and on the table's asset."""
-    under_review = {**row, "needs_review": True}
+    under_review = replace(row, needs_review=True)
     _, description, metadata = review_verdict(under_review, reason)
     observed: list[dg.AssetObservation | dg.AssetCheckEvaluation] = [
         dg.AssetObservation(
             asset_key=dg.AssetKey(LOAD_ASSET),
-            partition=str(row["control_key"]),
+            partition=str(row.control_key),
             description=description,
             metadata=metadata,
         )

@@ -5,6 +5,7 @@ Test modules import builders from here (or use fixtures from conftest.py), never
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -12,6 +13,8 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
+from dagsters.control.rows import ClaimedRow, ControlRow, fetch_one
+from dagsters.control.table_listing import DeclaredTable, TableListingSql
 from dagsters.local.embedded_lakebase import (
     EmbeddedServer,
     ensure_database,
@@ -138,6 +143,92 @@ def control_row(db: psycopg.Connection, key: str) -> dict:
     return db.execute("SELECT * FROM table_control WHERE control_key = %s", (key,)).fetchone()
 
 
+def typed_control_row(db: psycopg.Connection, key: str) -> ControlRow:
+    """The row as the code reads it (``ControlRow``); ``control_row`` is the plain dict."""
+    row = fetch_one(db, ControlRow, "SELECT * FROM table_control WHERE control_key = %s", (key,))
+    assert row is not None, key
+    return row
+
+
+def declared_table(conninfo: str, key: str) -> DeclaredTable:
+    """The active row ``key`` as the declared table assets read it (``active_tables``)."""
+    listing = TableListingSql(conninfo)
+    try:
+        [row] = [r for r in listing.active_tables(10_000) if r.control_key == key]
+    finally:
+        listing.close()
+    return row
+
+
+# A row's values where a test names none: the table's defaults (sql/001 and the migrations) and a
+# placeholder table. Every column of ControlRow has one, so a test names only what it is about.
+_ROW_DEFAULTS: dict[str, Any] = {
+    "config_id": 1,
+    "control_key": "demo.orders",
+    "source_catalog": None,
+    "source_schema_name": "public",
+    "source_table_name": "orders",
+    "destination_catalog": "main",
+    "destination_schema_name": "bronze",
+    "destination_table_name": "orders",
+    "db_type": "postgresql",
+    "db_config_value": {},
+    "db_kv_scope": None,
+    "load_strategy": "full",
+    "incremental_column": None,
+    "incremental_value": None,
+    "merge_keys": None,
+    "lookback_window": timedelta(0),
+    "is_active": True,
+    "schedule_cron": None,
+    "schedule_timezone": "UTC",
+    "schedule_interval": None,
+    "next_load_date_time": None,
+    "force_full_reload": False,
+    "last_status": None,
+    "last_status_date_time": None,
+    "last_load_date_time": None,
+    "last_dagster_run": None,
+    "last_databricks_run": None,
+    "last_message": None,
+    "last_metadata_id": None,
+    "retry_count": 0,
+    "needs_review": False,
+    "retry_analysis_requested_at": None,
+    "staging_model_processed": False,
+    "created_at": datetime(2024, 1, 1, tzinfo=UTC),
+    "updated_at": datetime(2024, 1, 1, tzinfo=UTC),
+    "connection_name": None,
+    "delete_detection": "none",
+    "delete_max_fraction": Decimal("0.5"),
+    "jdbc_partition_column": None,
+    "jdbc_num_partitions": None,
+    "verify_depth": "counts",
+    "last_failure_kind": None,
+    "last_failure_code": None,
+    "columns_exclude": None,
+    "columns_hash": None,
+    "schema_change": "evolve",
+}
+
+
+def make_row(**values: Any) -> ControlRow:
+    """A ``ControlRow`` without a database: the given columns, the table's defaults otherwise."""
+    return ControlRow(**{**_ROW_DEFAULTS, **values})
+
+
+def make_declared(**values: Any) -> DeclaredTable:
+    """A declared table (``active_tables``' read) without a database: ``make_row``'s defaults."""
+    names = {f.name for f in dataclasses.fields(DeclaredTable)}
+    defaults = {k: v for k, v in _ROW_DEFAULTS.items() if k in names}
+    return DeclaredTable(**{**defaults, "source_host": None, "source_database": None, **values})
+
+
+def make_claimed(metadata_id: int, **values: Any) -> ClaimedRow:
+    """A claimed row (``make_row``) with its attempt's ``metadata_id``."""
+    return ClaimedRow.of(make_row(**values), metadata_id)
+
+
 def history(db: psycopg.Connection, key: str) -> list[dict]:
     return db.execute(
         "SELECT * FROM historical_metadata WHERE control_key = %s ORDER BY metadata_id", (key,)
@@ -194,29 +285,21 @@ def failed_under_analysis(
     return config_id, metadata_id
 
 
-def read_failed_row(message: str, retry_count: int = 1) -> dict[str, Any]:
+def read_failed_row(message: str, retry_count: int = 1) -> ControlRow:
     """A Failed table_control row as LakebaseClient.get_table_details returns it (no database).
 
     Its db_config_value and db_kv_scope hold connection details no analysis request may carry.
     """
-    return {
-        "config_id": 7,
-        "control_key": "sales.orders",
-        "source_catalog": None,
-        "source_schema_name": "public",
-        "source_table_name": "orders",
-        "destination_catalog": "main",
-        "destination_schema_name": "bronze",
-        "destination_table_name": "orders",
-        "db_type": "postgresql",
-        "db_config_value": {"host": "pg-prod", "user": "loader", "password_secret": "pg_pw"},
-        "db_kv_scope": "jdbc",
-        "load_strategy": "full",
-        "retry_count": retry_count,
-        "last_status": "Failed",
-        "last_message": message,
-        "last_metadata_id": 41,
-    }
+    return make_row(
+        config_id=7,
+        control_key="sales.orders",
+        db_config_value={"host": "pg-prod", "user": "loader", "password_secret": "pg_pw"},
+        db_kv_scope="jdbc",
+        retry_count=retry_count,
+        last_status="Failed",
+        last_message=message,
+        last_metadata_id=41,
+    )
 
 
 def sensor_resources(

@@ -13,6 +13,7 @@ retry policy come from that one ``Settings`` object, not from the environment at
 """
 
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 import dagster as dg
@@ -29,6 +30,7 @@ from dagsters.assets.table_assets import (
     report_destination_table,
     retry_asset_kinds,
 )
+from dagsters.control.rows import FAILED, SUCCEEDED, ControlRow
 from dagsters.control.source_connections import ResolvedSource, SourceConnectionError, fit_compute
 from dagsters.partitions import PARTITIONS_NAME, control_key_partitions
 from dagsters.policy.retry_analysis import (
@@ -121,17 +123,17 @@ def _begin_attempt(
             config.config_id, config.metadata_id, dagster_run_id=run_id, dagster_run_url=url
         ):
             return config.config_id, config.metadata_id, "sensor"
-        row = client.get_table_by_id(config.config_id) or {}
+        row = client.get_table_by_id(config.config_id)
         raise dg.Failure(
             f"{control_key}: attempt {config.metadata_id} is no longer queued (row is "
-            f"{row.get('last_status')!r}: {row.get('last_message')!r}); nothing was loaded. "
+            f"{row and row.last_status!r}: {row and row.last_message!r}); nothing was loaded. "
             "Re-execute this run or launch the partition to load it again."
         )
     try:
         claimed = client.queue_manual_load(control_key, triggered_by="ui")
     except (UnknownControlKey, LoadAlreadyActive) as exc:
         raise dg.Failure(str(exc)) from None
-    config_id, metadata_id = int(claimed["config_id"]), int(claimed["metadata_id"])
+    config_id, metadata_id = int(claimed.config_id), int(claimed.metadata_id)
     if not client.start_load(config_id, metadata_id, dagster_run_id=run_id, dagster_run_url=url):
         message = f"{control_key}: could not start attempt {metadata_id} (row changed)"
         # Never leave it Queued; another actor moved the row on meanwhile.
@@ -199,7 +201,7 @@ class _Attempt:
         self.config_id = 0
         self.metadata_id = 0
         self.databricks_url: str | None = None
-        self.row: Mapping[str, Any] = {}  # the control row as loaded, and its resolved source
+        self.row: ControlRow  # the control row as loaded (set before the script runs), its source
         self.forced_by: str | None = None  # who asked for a full reload (every message says so)
         self.resolved: ResolvedSource | None = None
 
@@ -255,7 +257,7 @@ class _Attempt:
             log=lambda text: self.context.log.warning(f"{self.control_key}: {text}"),
         )
 
-    def source(self, row: Mapping[str, Any], compute: Any = None) -> ResolvedSource:
+    def source(self, row: ControlRow, compute: Any = None) -> ResolvedSource:
         """The row's source if ``compute`` (pipes_databricks) can read it; else fails the row."""
         try:
             return fit_compute(row, compute, self.client.resolve_source(row))
@@ -391,7 +393,7 @@ class _Attempt:
         # A monitor (or a person) settled the row meanwhile. Say so instead of hiding it.
         self.context.log.warning(
             f"{self.control_key}: load finished but attempt {self.metadata_id} was no longer "
-            f"In Progress (row is {row['last_status']!r}: {row['last_message']!r}); the "
+            f"In Progress (row is {row.last_status!r}: {row.last_message!r}); the "
             "control row keeps that state"
         )
 
@@ -420,7 +422,7 @@ def _load_params(
         tag_ui_run(attempt.context, row, attempt.metadata_id)
     attempt.forced_by = forced_by(row, config)
     attempt.row, attempt.resolved = row, attempt.source(row, pipes_databricks)
-    params = load_params({**row, "metadata_id": attempt.metadata_id}, attempt.resolved)
+    params = load_params(row, attempt.resolved, metadata_id=attempt.metadata_id)
     if config.force_full_reload:
         # A person's one-off full reload takes the path of the row's own flag (the script
         # overwrites the destination); the row's flag itself is left as it is.
@@ -491,7 +493,7 @@ def build_load_asset(settings: Settings) -> dg.AssetsDefinition:
         yield dg.MaterializeResult(metadata=load_partition_metadata(metadata))
         # Loaded, so not under review: needs_review passes on the partition and the table.
         for passed in review_evaluations(
-            {**attempt.row, "needs_review": False, "last_status": "Succeeded"}
+            replace(attempt.row, needs_review=False, last_status=SUCCEEDED)
         ):
             context.log_event(passed)
 
@@ -499,37 +501,37 @@ def build_load_asset(settings: Settings) -> dg.AssetsDefinition:
 
 
 def _analysis_to_do(
-    context: dg.AssetExecutionContext, config: AttemptConfig, row: Mapping | None, control_key: str
-) -> bool:
-    """Is the row still failed, unreviewed, and on the attempt this run was launched for?"""
+    context: dg.AssetExecutionContext, config: AttemptConfig, row: ControlRow | None, key: str
+) -> ControlRow | None:
+    """The row if it is still failed, unreviewed, and on the attempt this run was launched for."""
     if row is None:
-        raise dg.Failure(f"No table_control row with control_key {control_key!r}")
-    if row["last_status"] != "Failed" or row["needs_review"]:
+        raise dg.Failure(f"No table_control row with control_key {key!r}")
+    if row.last_status != FAILED or row.needs_review:
         context.log.info(
-            f"{control_key}: nothing to analyse (status {row['last_status']!r}, "
-            f"needs_review={row['needs_review']})"
+            f"{key}: nothing to analyse (status {row.last_status!r}, "
+            f"needs_review={row.needs_review})"
         )
-        return False
-    if config.metadata_id is not None and row["last_metadata_id"] != config.metadata_id:
-        context.log.info(f"{control_key}: attempt {config.metadata_id} is no longer the latest")
-        return False
-    return True
+        return None
+    if config.metadata_id is not None and row.last_metadata_id != config.metadata_id:
+        context.log.info(f"{key}: attempt {config.metadata_id} is no longer the latest")
+        return None
+    return row
 
 
 def _ask_the_script(
     context: dg.AssetExecutionContext,
     client: LakebaseClient,
     pipes_databricks: PipesDatabricksResource,
-    row: Mapping,
+    row: ControlRow,
     settings: Settings,
 ) -> Decision:
     """The retry script's decision; the deterministic rules' when it could not run or answer."""
-    history = client.get_recent_history(row["config_id"], limit=5)
+    history = client.get_recent_history(row.config_id, limit=5)
     request = build_analysis_request(row, history, settings)
     decision, error = None, None
     try:
         outcome = pipes_databricks.run_script(
-            context, script=RETRY_SCRIPT, params=request, label=f"retry {row['control_key']}"
+            context, script=RETRY_SCRIPT, params=request, label=f"retry {row.control_key}"
         )
     except dg.DagsterExecutionInterruptedError:
         raise  # a person terminated the analysis run: nothing is decided
@@ -544,7 +546,7 @@ def _ask_the_script(
         # falls back to decide here, so a transient load failure is still retried (within the
         # retry budget) instead of every affected table going to review.
         why = _safe(f"retry analysis did not decide: {error or 'no answer'}", settings)
-        context.log.warning(f"{row['control_key']}: {why}; deciding by the rules")
+        context.log.warning(f"{row.control_key}: {why}; deciding by the rules")
         decision = decide_by_rules(row, why)
     return decision
 
@@ -569,8 +571,8 @@ def build_retry_asset(settings: Settings) -> dg.AssetsDefinition:
         control_key = _control_key(context, config.control_key)
         _tag_environment(context, settings)
         client = lakebase.get_client()
-        row = client.get_table_details(control_key)
-        if not _analysis_to_do(context, config, row, control_key):
+        row = _analysis_to_do(context, config, client.get_table_details(control_key), control_key)
+        if row is None:
             return
         decision = decide_without_asking(row, settings.retry) or _ask_the_script(
             context, client, pipes_databricks, row, settings
@@ -586,7 +588,7 @@ def build_retry_asset(settings: Settings) -> dg.AssetsDefinition:
         yield dg.MaterializeResult(
             metadata={
                 **analysis_metadata(
-                    {**row, "last_message": _safe(row.get("last_message") or "", settings)},
+                    replace(row, last_message=_safe(row.last_message or "", settings)),
                     settings.dagster_run_url,
                 ),
                 **decision.as_dict(),

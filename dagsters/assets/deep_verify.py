@@ -16,6 +16,7 @@ from typing import Any
 import dagster as dg
 
 from dagsters.assets.table_assets import destination_asset_key
+from dagsters.control.rows import ControlRow
 from dagsters.policy.run_requests import load_params
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
@@ -41,7 +42,7 @@ def _found(messages: Sequence[Any]) -> Mapping[str, Any] | None:
 
 def _verify_one(
     context: dg.AssetCheckExecutionContext,
-    row: Mapping[str, Any],
+    row: ControlRow,
     lakebase: LakebaseResource,
     pipes: PipesDatabricksResource,
 ) -> tuple[bool, str, dict[str, Any]]:
@@ -55,7 +56,7 @@ def _verify_one(
         context.op_execution_context,
         script=LOAD_SCRIPT,
         params=params,
-        label=str(row["control_key"]),
+        label=str(row.control_key),
     )
     found = _found(outcome.custom_messages)
     if outcome.error is not None or found is None:
@@ -81,7 +82,7 @@ def deep_checks(specs: Sequence[dg.AssetSpec], settings: Settings) -> dg.AssetCh
         pipes = context.resources.pipes_databricks
         client = lakebase.get_client()
         rows = {
-            destination_asset_key(r): r["config_id"]
+            destination_asset_key(r): r.config_id
             for r in client.active_tables(settings.table_assets_max + 1)
         }
         for check_key in context.selected_asset_check_keys:

@@ -9,10 +9,10 @@ message says that too.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from dagsters.assets.launch_config import LoadConfig
+from dagsters.control.rows import ControlRow
 
 
 def loaded_message(
@@ -31,9 +31,9 @@ FORCED_BY_ROW = "the row's force_full_reload flag"
 FORCED_BY_RUN_CONFIG = "the run config (force_full_reload: true)"
 
 
-def forced_by(row: Mapping[str, Any], config: LoadConfig) -> str | None:
+def forced_by(row: ControlRow, config: LoadConfig) -> str | None:
     """Who asked this load to reload in full, in words, or None."""
-    who = [FORCED_BY_ROW] if row.get("force_full_reload") else []
+    who = [FORCED_BY_ROW] if row.force_full_reload else []
     if config.force_full_reload:
         who.append(FORCED_BY_RUN_CONFIG)
     return " and ".join(who) or None

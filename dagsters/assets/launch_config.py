@@ -21,12 +21,12 @@ row is authoritative for everything else.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 import dagster as dg
 from pydantic import Field
 
+from dagsters.control.rows import ClaimedRow, ControlRow
 from dagsters.partitions import control_key_partitions
 from dagsters.policy.run_requests import (
     LOAD_ASSET,
@@ -84,7 +84,7 @@ def launched_control_key(context: dg.AssetExecutionContext, configured: str | No
 
 
 def load_job_config(
-    row_for_key: Callable[[str], Mapping[str, Any] | None],
+    row_for_key: Callable[[str], ControlRow | None],
 ) -> dg.PartitionedConfig:
     """The load job's config per partition: the launchpad shows the one option a person may set,
     and the run carries the table's ``dataloader/*`` tags from the moment it is launched.
@@ -112,8 +112,8 @@ def load_job_config(
     )
 
 
-def tag_ui_run(context: dg.AssetExecutionContext, row: Mapping[str, Any], metadata_id: int) -> None:
+def tag_ui_run(context: dg.AssetExecutionContext, row: ControlRow, metadata_id: int) -> None:
     """Give a person's run the tags a sensor run carries, for the attempt it started."""
-    tags = load_run_tags({**row, "metadata_id": metadata_id}, triggered_by="ui")
+    tags = load_run_tags(ClaimedRow.of(row, metadata_id), triggered_by="ui")
     if any(context.run.tags.get(k) != v for k, v in tags.items()):
         context.instance.add_run_tags(context.run.run_id, tags)

@@ -21,7 +21,9 @@ from typing import Any
 import dagster as dg
 
 from dagsters.assets.load_checks import reconcile_row_counts, row_count_evaluation
+from dagsters.control.rows import ControlRow
 from dagsters.control.source_connections import ResolvedSource
+from dagsters.control.table_listing import DeclaredTable
 from dagsters.policy.run_requests import LOAD_ASSET
 from databricks_scripts.contract import LoadMetadata
 
@@ -35,13 +37,13 @@ SOURCE_TABLE = "source_table"
 LOAD_ASSET_KEY = "dataloader/load_asset"
 
 
-def destination_asset_key(row: Mapping[str, Any]) -> dg.AssetKey:
+def destination_asset_key(row: ControlRow | DeclaredTable) -> dg.AssetKey:
     """The destination table's own asset key: catalog, schema, table (as in table_control)."""
     return dg.AssetKey(
         [
-            str(row["destination_catalog"]),
-            str(row["destination_schema_name"]),
-            str(row["destination_table_name"]),
+            str(row.destination_catalog),
+            str(row.destination_schema_name),
+            str(row.destination_table_name),
         ]
     )
 
@@ -57,19 +59,19 @@ def retry_asset_kinds(execution: str) -> set[str]:
     return {"databricks", "python", "openai"} if execution == "databricks" else {"python", "openai"}
 
 
-def source_metadata(row: Mapping[str, Any], source: ResolvedSource | None) -> dict[str, Any]:
+def source_metadata(row: ControlRow, source: ResolvedSource | None) -> dict[str, Any]:
     """Where the rows came from: system, connection, database, schema, table. No host, user or
     secret: only names a person uses to find the source."""
-    meta: dict[str, Any] = {SOURCE_SYSTEM: dg.MetadataValue.text(str(row.get("db_type") or ""))}
+    meta: dict[str, Any] = {SOURCE_SYSTEM: dg.MetadataValue.text(str(row.db_type or ""))}
     if source is not None and source.connection_name:
         meta[SOURCE_CONNECTION] = dg.MetadataValue.text(source.connection_name)
-    for key, column in (
-        (SOURCE_DATABASE, "source_catalog"),
-        (SOURCE_SCHEMA, "source_schema_name"),
-        (SOURCE_TABLE, "source_table_name"),
+    for key, value in (
+        (SOURCE_DATABASE, row.source_catalog),
+        (SOURCE_SCHEMA, row.source_schema_name),
+        (SOURCE_TABLE, row.source_table_name),
     ):
-        if row.get(column):
-            meta[key] = dg.MetadataValue.text(str(row[column]))
+        if value:
+            meta[key] = dg.MetadataValue.text(str(value))
     return meta
 
 
@@ -92,7 +94,7 @@ def as_text_ids(metadata: Mapping[str, Any]) -> dict[str, Any]:
 
 def load_metadata(
     reported: Mapping[str, Any],
-    row: Mapping[str, Any],
+    row: ControlRow,
     source: ResolvedSource | None,
     *,
     trigger: str,
@@ -121,19 +123,19 @@ def load_partition_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metadata.items() if k not in TABLE_OWNED_METADATA}
 
 
-def analysis_metadata(row: Mapping[str, Any], run_url: Callable[[str], str]) -> dict[str, Any]:
+def analysis_metadata(row: ControlRow, run_url: Callable[[str], str]) -> dict[str, Any]:
     """What a retry analysis looked at: the failed attempt, its original error, its run."""
     meta: dict[str, Any] = {
-        "control_key": dg.MetadataValue.text(str(row["control_key"])),
-        "metadata_id": dg.MetadataValue.text(str(row.get("last_metadata_id"))),
-        "original_error": dg.MetadataValue.md(_code_block(str(row.get("last_message") or ""))),
+        "control_key": dg.MetadataValue.text(str(row.control_key)),
+        "metadata_id": dg.MetadataValue.text(str(row.last_metadata_id)),
+        "original_error": dg.MetadataValue.md(_code_block(str(row.last_message or ""))),
     }
-    failed_run = str(row.get("last_dagster_run") or "")
+    failed_run = str(row.last_dagster_run or "")
     if failed_run:
         link = failed_run if "://" in failed_run else run_url(failed_run)
         meta["failed_run"] = dg.MetadataValue.url(link)
-    if row.get("last_databricks_run"):
-        meta["failed_databricks_run"] = dg.MetadataValue.url(str(row["last_databricks_run"]))
+    if row.last_databricks_run:
+        meta["failed_databricks_run"] = dg.MetadataValue.url(str(row.last_databricks_run))
     return meta
 
 
@@ -145,7 +147,7 @@ def _code_block(text: str) -> str:
 
 def report_destination_table(
     context: dg.AssetExecutionContext,
-    row: Mapping[str, Any],
+    row: ControlRow,
     metadata: Mapping[str, Any],
     *,
     control_key: str,
@@ -167,7 +169,7 @@ def report_destination_table(
 
 def _report(
     context: dg.AssetExecutionContext,
-    row: Mapping[str, Any],
+    row: ControlRow,
     metadata: Mapping[str, Any],
     *,
     control_key: str,

@@ -16,8 +16,7 @@ keys cost one event per load.
 
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
 from urllib.parse import quote
 
 import dagster as dg
@@ -29,7 +28,7 @@ from dagsters.assets.load_checks import (
     reconcile_row_counts,
 )
 from dagsters.assets.table_assets import destination_asset_key
-from dagsters.control.table_listing import rows_to_declare
+from dagsters.control.table_listing import DeclaredTable, rows_to_declare
 from dagsters.policy.freshness import freshness_window
 from dagsters.policy.run_requests import LOAD_ASSET
 from dagsters.resources.lakebase import LakebaseResource
@@ -60,63 +59,64 @@ def _part(value: object) -> str:
     return _UNUSABLE.sub("_", str(value)).strip("_") or "_"
 
 
-def source_system_name(row: Mapping[str, Any]) -> str:
+def source_system_name(row: DeclaredTable) -> str:
     """The connection's name, or (a row without one) ``<db_type>_<host>``."""
-    if row.get("connection_name"):
-        return _part(row["connection_name"])
-    host = row.get("source_host") or "unknown"
-    return _part(f"{row.get('db_type')}_{host}")
+    if row.connection_name:
+        return _part(row.connection_name)
+    host = row.source_host or "unknown"
+    return _part(f"{row.db_type}_{host}")
 
 
-def source_asset_key(row: Mapping[str, Any]) -> dg.AssetKey:
+def source_asset_key(row: DeclaredTable) -> dg.AssetKey:
     """The source table's key: connection, database, schema, table (database when known)."""
-    database = row.get("source_catalog")
-    if not database and row.get("db_type") in ("postgresql", "oracle"):
-        database = row.get("source_database")  # theirs comes from the connection
-    parts = [database, row.get("source_schema_name"), row.get("source_table_name")]
+    database = row.source_catalog
+    if not database and row.db_type in ("postgresql", "oracle"):
+        database = row.source_database  # theirs comes from the connection
+    parts = [database, row.source_schema_name, row.source_table_name]
     return dg.AssetKey(
         [SOURCE_KEY_PREFIX, source_system_name(row), *(_part(p) for p in parts if p)]
     )
 
 
-def source_spec(row: Mapping[str, Any]) -> dg.AssetSpec:
+def _source_where(row: DeclaredTable) -> str:
+    parts = (row.source_catalog, row.source_schema_name, row.source_table_name)
+    return ".".join(str(p) for p in parts if p)
+
+
+def source_spec(row: DeclaredTable) -> dg.AssetSpec:
     """The external asset of one row's source table (DataLoader reads it, never writes it)."""
-    where = ".".join(
-        str(row[c])
-        for c in ("source_catalog", "source_schema_name", "source_table_name")
-        if row.get(c)
-    )
-    metadata = {"type": dg.MetadataValue.text(str(row.get("db_type") or ""))}
-    if row.get("connection_name"):
-        metadata["connection"] = dg.MetadataValue.text(str(row["connection_name"]))
-    if row.get("source_host"):
-        metadata["host"] = dg.MetadataValue.text(str(row["source_host"]))
+    where = _source_where(row)
+    metadata = {"type": dg.MetadataValue.text(str(row.db_type or ""))}
+    if row.connection_name:
+        metadata["connection"] = dg.MetadataValue.text(str(row.connection_name))
+    if row.source_host:
+        metadata["host"] = dg.MetadataValue.text(str(row.source_host))
     return dg.AssetSpec(
         key=source_asset_key(row),
         group_name=source_group(row),
-        kinds={str(row.get("db_type") or "database")},
-        description=f"Source table {where} ({row.get('db_type')}), read by DataLoader.",
+        kinds={str(row.db_type or "database")},
+        description=f"Source table {where} ({row.db_type}), read by DataLoader.",
         metadata=metadata,
     )
 
 
-def table_kinds(row: Mapping[str, Any], execution: str) -> set[str]:
+def table_kinds(row: DeclaredTable, execution: str) -> set[str]:
     """Delta, the source system, and Databricks only when the loads run there."""
-    kinds = {"delta", str(row.get("db_type") or "database")}
+    kinds = {"delta", str(row.db_type or "database")}
     if execution == "databricks":
         kinds.add("databricks")
     return kinds
 
 
-def source_group(row: Mapping[str, Any]) -> str:
+def source_group(row: DeclaredTable) -> str:
     """The asset group of a table: one per source. A row naming a connection is grouped by it
     (``source_erp``); an inline row by its type and database (``source_postgresql_demo_source``)."""
-    if row.get("connection_name"):
-        name = str(row["connection_name"])
+    if row.connection_name:
+        name = str(row.connection_name)
     else:
-        config = row.get("db_config_value") or {}
-        database = config.get("database") or row.get("source_catalog") or "unknown"
-        name = f"{row.get('db_type')}_{database}"
+        config = row.db_config_value or {}
+        database = config.get("database") or row.source_catalog or "unknown"
+        name = f"{row.db_type}_{database}"
     return "source_" + re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_")
 
 
@@ -125,19 +125,13 @@ def reload_url(base_url: str, control_key: str) -> str:
     return f"{base_url}/assets/{LOAD_ASSET}?view=partitions&partition={quote(control_key, safe='')}"
 
 
-def table_spec(row: Mapping[str, Any], execution: str, base_url: str | None = None) -> dg.AssetSpec:
+def table_spec(row: DeclaredTable, execution: str, base_url: str | None = None) -> dg.AssetSpec:
     """The declared asset of one row's destination table; with ``base_url``, a link to reload it
     (the table's own Materialize is greyed out: it is loaded by the load asset's partition)."""
     reload = (
-        {"reload": dg.MetadataValue.url(reload_url(base_url, row["control_key"]))}
-        if base_url
-        else {}
+        {"reload": dg.MetadataValue.url(reload_url(base_url, row.control_key))} if base_url else {}
     )
-    source = ".".join(
-        str(row[c])
-        for c in ("source_catalog", "source_schema_name", "source_table_name")
-        if row.get(c)
-    )
+    source = _source_where(row)
     window = freshness_window(row)
     return dg.AssetSpec(
         key=destination_asset_key(row),
@@ -146,8 +140,8 @@ def table_spec(row: Mapping[str, Any], execution: str, base_url: str | None = No
         group_name=source_group(row),
         kinds=table_kinds(row, execution),
         description=(
-            f"Delta table loaded from {row.get('db_type')} {source} by {LOAD_ASSET} "
-            f"(partition {row['control_key']}, {row.get('load_strategy')} load)."
+            f"Delta table loaded from {row.db_type} {source} by {LOAD_ASSET} "
+            f"(partition {row.control_key}, {row.load_strategy} load)."
             + (
                 f" To reload it: [its partition of {LOAD_ASSET}]({reload['reload'].value})"
                 " → Materialize."
@@ -156,16 +150,16 @@ def table_spec(row: Mapping[str, Any], execution: str, base_url: str | None = No
             )
         ),
         metadata={
-            "control_key": dg.MetadataValue.text(str(row["control_key"])),
+            "control_key": dg.MetadataValue.text(str(row.control_key)),
             "dagster/table_name": ".".join(destination_asset_key(row).path),
             **reload,
         },
-        tags={"dataloader/source_system": str(row.get("db_type") or "")},
+        tags={"dataloader/source_system": str(row.db_type or "")},
         freshness_policy=dg.FreshnessPolicy.time_window(fail_window=window) if window else None,
     )
 
 
-def declared_rows(settings: Settings, lakebase: LakebaseResource) -> list[dict]:
+def declared_rows(settings: Settings, lakebase: LakebaseResource) -> list[DeclaredTable]:
     """The rows whose tables this code location declares ([] when none; warnings say why)."""
     cap = settings.table_assets_max
     if cap <= 0:
@@ -256,7 +250,7 @@ def _review_result(
 
 
 def table_asset_definitions(
-    settings: Settings, lakebase: LakebaseResource, rows: list[dict] | None = None
+    settings: Settings, lakebase: LakebaseResource, rows: list[DeclaredTable] | None = None
 ) -> tuple[list[dg.AssetSpec], list[dg.AssetChecksDefinition]]:
     """The declared table specs (then their source tables as external assets) and their
     checks ([] and [] when none is declared); ``rows``: what ``declared_rows`` read (read
@@ -264,7 +258,7 @@ def table_asset_definitions(
     rows = declared_rows(settings, lakebase) if rows is None else rows
     declarable = [r for r in rows if all(map(_DAGSTER_NAME.match, _key_parts(r)))]
     if len(declarable) < len(rows):
-        skipped = sorted({str(r["control_key"]) for r in rows if r not in declarable})
+        skipped = sorted({str(r.control_key) for r in rows if r not in declarable})
         _log.warning(
             "Not declared as assets (a destination name Dagster cannot use; their loads still "
             f"record materializations): {', '.join(skipped[:10])}"
@@ -274,7 +268,7 @@ def table_asset_definitions(
     )
     if not specs:
         return [], []
-    keyed = {destination_asset_key(r) for r in declarable if r.get("merge_keys")}
+    keyed = {destination_asset_key(r) for r in declarable if r.merge_keys}
     try:
         checks = [row_count_checks(specs)]
         if keyed:
@@ -285,5 +279,5 @@ def table_asset_definitions(
         return [], []
 
 
-def _key_parts(row: Mapping[str, Any]) -> list[str]:
+def _key_parts(row: DeclaredTable) -> list[str]:
     return [str(part) for part in destination_asset_key(row).path]

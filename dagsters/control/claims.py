@@ -6,7 +6,8 @@ Queued through the guarded transition, so concurrent claimers never get the same
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from psycopg import sql
@@ -14,7 +15,15 @@ from psycopg.rows import tuple_row
 
 from dagsters.control.connection import ControlDatabase
 from dagsters.control.errors import LoadAlreadyActive, UnknownControlKey
-from dagsters.control.status import ALLOWED_FROM, IN_PROGRESS, QUEUED
+from dagsters.control.rows import (
+    ALLOWED_FROM,
+    IN_PROGRESS,
+    QUEUED,
+    ClaimedRow,
+    ControlRow,
+    fetch_all,
+    fetch_one,
+)
 from dagsters.control.transitions import guarded_transition, row_guard
 from databricks_scripts.contract import KIND_ORPHANED
 
@@ -34,7 +43,7 @@ _DUE = sql.SQL(
 class ClaimsSql(ControlDatabase):
     """Reads of ``table_control`` rows and keys; claims of due rows and manual reruns."""
 
-    def get_control_tables(self, limit: int | None = None) -> list[dict]:
+    def get_control_tables(self, limit: int | None = None) -> list[ControlRow]:
         """Rows that are due now (the master_sensor query), oldest due first. Read only."""
         query = sql.SQL(
             "SELECT * FROM table_control WHERE {due} ORDER BY next_load_date_time, config_id"
@@ -42,19 +51,22 @@ class ClaimsSql(ControlDatabase):
         if limit is not None:
             query = sql.SQL("{} LIMIT {}").format(query, sql.Literal(int(limit)))
         with self._transaction("get_control_tables") as conn:
-            return conn.execute(query).fetchall()
+            return fetch_all(conn, ControlRow, query)
 
-    def get_table_details(self, control_key: str) -> dict | None:
+    def get_table_details(self, control_key: str) -> ControlRow | None:
         with self._transaction("get_table_details") as conn:
-            return conn.execute(
-                "SELECT * FROM table_control WHERE control_key = %s", (control_key,)
-            ).fetchone()
+            return fetch_one(
+                conn,
+                ControlRow,
+                "SELECT * FROM table_control WHERE control_key = %s",
+                (control_key,),
+            )
 
-    def get_table_by_id(self, config_id: int) -> dict | None:
+    def get_table_by_id(self, config_id: int) -> ControlRow | None:
         with self._transaction("get_table_by_id") as conn:
-            return conn.execute(
-                "SELECT * FROM table_control WHERE config_id = %s", (config_id,)
-            ).fetchone()
+            return fetch_one(
+                conn, ControlRow, "SELECT * FROM table_control WHERE config_id = %s", (config_id,)
+            )
 
     def control_keys_version(self) -> int:
         """A counter that moves whenever control_keys are added, removed or renamed (sql/004).
@@ -74,11 +86,11 @@ class ClaimsSql(ControlDatabase):
             rows = cur.execute("SELECT control_key FROM table_control ORDER BY control_key")
             return [key for (key,) in rows.fetchall()]
 
-    def claim_due_tables(self, batch_size: int) -> list[dict]:
+    def claim_due_tables(self, batch_size: int) -> list[ClaimedRow]:
         """Claim up to ``batch_size`` due rows: Queued + history row each, in one statement.
 
         FOR UPDATE SKIP LOCKED means concurrent callers split the due rows between them and
-        never receive the same row. Each returned dict is the row plus its ``metadata_id``.
+        never receive the same row. Each returned row carries its attempt's ``metadata_id``.
         """
         if batch_size <= 0:
             return []
@@ -90,20 +102,23 @@ class ClaimsSql(ControlDatabase):
             sql.SQL("CASE WHEN c.retry_count > 0 THEN 'retry' ELSE 'sensor' END"),
         )
         with self._transaction("claim_due_tables") as conn:
-            return conn.execute(statement, {**params, "_batch": int(batch_size)}).fetchall()
+            return fetch_all(conn, ClaimedRow, statement, {**params, "_batch": int(batch_size)})
 
-    def queued_longer_than(self, minutes: float, limit: int = 100) -> list[dict]:
-        """Rows Queued for more than ``minutes`` (each with its attempt's ``metadata_id``)."""
+    def queued_longer_than(self, minutes: float, limit: int = 100) -> list[ClaimedRow]:
+        """Rows Queued for more than ``minutes`` (each with its attempt's ``metadata_id``: a
+        claim sets ``last_metadata_id`` with Queued)."""
         with self._transaction("queued_longer_than") as conn:
-            return conn.execute(
+            return fetch_all(
+                conn,
+                ClaimedRow,
                 "SELECT *, last_metadata_id AS metadata_id FROM table_control"
                 " WHERE last_status = 'Queued'"
                 " AND last_status_date_time < now() - make_interval(secs => %s)"
                 " ORDER BY last_status_date_time LIMIT %s",
                 (float(minutes) * 60, int(limit)),
-            ).fetchall()
+            )
 
-    def release_claims(self, attempts: Iterable[Mapping[str, Any]], reason: str) -> list[dict]:
+    def release_claims(self, attempts: Iterable[ClaimedRow], reason: str) -> list[ControlRow]:
         """Queued -> ready for claims whose run was never created; returns the released rows.
 
         Guarded per attempt (``config_id`` + ``metadata_id``), so a claim whose run did start
@@ -111,19 +126,19 @@ class ClaimsSql(ControlDatabase):
         why in last_message; the attempt's history row ends Failed with the same words.
         """
         message = self.redact(reason)
-        released: list[dict] = []
+        released: list[ControlRow] = []
         with self._transaction("release_claims") as conn:
             for attempt in attempts:
                 params = {
-                    "config_id": attempt["config_id"],
-                    "metadata_id": attempt["metadata_id"],
+                    "config_id": attempt.config_id,
+                    "metadata_id": attempt.metadata_id,
                     "message": message,
                 }
                 rows = guarded_transition(
                     conn,
                     None,
                     {QUEUED},
-                    where=row_guard(attempt["metadata_id"]),
+                    where=row_guard(attempt.metadata_id),
                     params=params,
                     sets={"last_message": sql.SQL("%(message)s")},
                 )
@@ -137,9 +152,10 @@ class ClaimsSql(ControlDatabase):
                     released.extend(rows)
         return released
 
-    def queue_manual_load(self, control_key: str, *, triggered_by: str = "ui") -> dict:
+    def queue_manual_load(self, control_key: str, *, triggered_by: str = "ui") -> ClaimedRow:
         """Queue one row now (a person's rerun); raises if it is unknown or already active."""
         with self._transaction("queue_manual_load") as conn:
+            # Two columns: a status check, kept a dict.
             row = conn.execute(
                 "SELECT config_id, last_status FROM table_control WHERE control_key = %s"
                 " FOR UPDATE",
@@ -156,10 +172,12 @@ class ClaimsSql(ControlDatabase):
                 sql.SQL("SELECT %(_config_id)s::bigint AS config_id"),
                 sql.SQL("%(_triggered_by)s"),
             )
-            claimed = conn.execute(
+            claimed = fetch_all(
+                conn,
+                ClaimedRow,
                 statement,
                 {**params, "_config_id": row["config_id"], "_triggered_by": triggered_by},
-            ).fetchall()
+            )
             if not claimed:  # cannot happen while we hold the row lock; be explicit anyway
                 raise LoadAlreadyActive(f"{control_key} could not be queued")
             # A person asked for this load: a pending review no longer blocks the row.
@@ -167,7 +185,7 @@ class ClaimsSql(ControlDatabase):
                 "UPDATE table_control SET needs_review = false WHERE config_id = %s",
                 (row["config_id"],),
             )
-            return {**claimed[0], "needs_review": False}
+            return replace(claimed[0], needs_review=False)
 
 
 def _claim_statement(

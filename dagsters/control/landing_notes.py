@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dagsters.control.connection import ControlDatabase
+from dagsters.control.rows import ControlRow, fetch_all
 
 # Put between a load's own message and a note from the landing-table job in last_message.
 LANDING_NOTE_SEPARATOR = " | [Landing] "
@@ -17,13 +18,15 @@ LANDING_NOTE_SEPARATOR = " | [Landing] "
 class LandingSql(ControlDatabase):
     """Rows waiting for a staging model; mark them processed or note why they are not."""
 
-    def get_unprocessed_landing_tables(self) -> list[dict]:
+    def get_unprocessed_landing_tables(self) -> list[ControlRow]:
         """Succeeded rows whose staging model has not been generated yet (spec query)."""
         with self._transaction("get_unprocessed_landing_tables") as conn:
-            return conn.execute(
+            return fetch_all(
+                conn,
+                ControlRow,
                 "SELECT * FROM table_control WHERE last_status = 'Succeeded'"
-                " AND NOT staging_model_processed ORDER BY config_id"
-            ).fetchall()
+                " AND NOT staging_model_processed ORDER BY config_id",
+            )
 
     def mark_staging_processed(self, config_ids: Sequence[int]) -> int:
         """Staging model generated for these rows; clears a landing note left earlier."""

@@ -6,20 +6,22 @@ in the same transaction, the matching write to the attempt's ``historical_metada
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import DictRow
 
 from dagsters.control.connection import ControlDatabase
-from dagsters.control.status import (
+from dagsters.control.rows import (
     ANY_ALLOWED,
     FAILED,
     IN_PROGRESS,
     QUEUED,
     SUCCEEDED,
     expected_states,
+    fetch_one,
 )
 from dagsters.control.transitions import (
     KEEP_KIND,
@@ -281,14 +283,26 @@ def _foreign_code(kind: str | None, code: str | None, message: str) -> str | Non
     return known_code(code) or code_from_text(message)
 
 
-def _schedulable(conn: psycopg.Connection[DictRow], config_id: int) -> bool:
+@dataclass(frozen=True, kw_only=True)
+class _ScheduleNow:
+    """A row's schedule columns and the database's ``now()``."""
+
+    schedule_cron: str | None
+    schedule_timezone: str | None
+    schedule_interval: timedelta | None
+    now: datetime
+
+
+def _schedulable(conn: psycopg.Connection[Any], config_id: int) -> bool:
     """Can the row's next slot be computed (a row written before sql/005's rules may not)?"""
-    row = conn.execute(
+    row = fetch_one(
+        conn,
+        _ScheduleNow,
         "SELECT schedule_cron, schedule_timezone, schedule_interval, now() AS now"
         " FROM table_control WHERE config_id = %s",
         (config_id,),
-    ).fetchone()
-    return row is None or next_slot_or_problem(row, row["now"])[1] is None
+    )
+    return row is None or next_slot_or_problem(row, row.now)[1] is None
 
 
 _SUCCESS_HISTORY = (

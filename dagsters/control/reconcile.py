@@ -11,7 +11,7 @@ every status change, in one transaction.
 from __future__ import annotations
 
 from dagsters.control.connection import ControlDatabase
-from dagsters.control.status import IN_PROGRESS, SUCCEEDED
+from dagsters.control.rows import IN_PROGRESS, SUCCEEDED
 from dagsters.control.transitions import (
     advance_schedule,
     guarded_transition,

@@ -14,7 +14,7 @@ import psycopg
 from psycopg import sql
 
 from dagsters.control.connection import ControlDatabase
-from dagsters.control.status import FAILED
+from dagsters.control.rows import FAILED, AnalysisClaim, ControlRow, fetch_all, fetch_one
 from dagsters.control.transitions import guarded_transition, row_guard
 from dagsters.policy.schedule import retry_backoff
 from databricks_scripts.contract import KIND_CANCELLED, REQUIRES_REVIEW, RETRY_RECOMMENDED, Decision
@@ -39,7 +39,7 @@ class RetrySql(ControlDatabase):
         max_retries: int = 3,
         *,
         stale_after_minutes: int | None = DEFAULT_ANALYSIS_TIMEOUT_MINUTES,
-    ) -> list[dict]:
+    ) -> list[AnalysisClaim]:
         """Failed rows still eligible for a retry decision, marked as being analysed (once).
 
         A row whose analysis was requested more than ``stale_after_minutes`` ago and never
@@ -49,7 +49,9 @@ class RetrySql(ControlDatabase):
         (the caller needs a new run key for a second analysis of the same attempt).
         """
         with self._transaction("claim_failed_for_analysis") as conn:
-            return conn.execute(
+            return fetch_all(
+                conn,
+                AnalysisClaim,
                 "WITH picked AS ("
                 "  SELECT config_id, retry_analysis_requested_at AS previous"
                 "  FROM table_control"
@@ -74,7 +76,7 @@ class RetrySql(ControlDatabase):
                     "terminated": KIND_CANCELLED,
                     "stale": None if stale_after_minutes is None else int(stale_after_minutes),
                 },
-            ).fetchall()
+            )
 
     def reset_for_retry(
         self,
@@ -88,7 +90,7 @@ class RetrySql(ControlDatabase):
         """Failed -> NULL (ready) after a back-off, retry_count + 1; True if this caller won."""
         with self._transaction("reset_for_retry") as conn:
             current = _lock_row(conn, config_id)
-            if current is None or current["last_status"] != FAILED:
+            if current is None or current.last_status != FAILED:
                 return False
             rows = guarded_transition(
                 conn,
@@ -100,10 +102,10 @@ class RetrySql(ControlDatabase):
                     "metadata_id": metadata_id,
                     "message": self.redact(
                         decided_message(
-                            RETRY_MARKER, reason, decision, current["last_message"], secrets
+                            RETRY_MARKER, reason, decision, current.last_message, secrets
                         )
                     ),
-                    "backoff": retry_backoff(current["retry_count"]),
+                    "backoff": retry_backoff(current.retry_count),
                 },
                 sets={
                     "retry_count": sql.SQL("t.retry_count + 1"),
@@ -129,7 +131,7 @@ class RetrySql(ControlDatabase):
         """Failed stays Failed with needs_review, so no sensor picks it up until a person acts."""
         with self._transaction("mark_for_review") as conn:
             current = _lock_row(conn, config_id)
-            if current is None or current["last_status"] != FAILED:
+            if current is None or current.last_status != FAILED:
                 return False
             rows = guarded_transition(
                 conn,
@@ -141,7 +143,7 @@ class RetrySql(ControlDatabase):
                     "metadata_id": metadata_id,
                     "message": self.redact(
                         decided_message(
-                            REVIEW_MARKER, reason, decision, current["last_message"], secrets
+                            REVIEW_MARKER, reason, decision, current.last_message, secrets
                         )
                     ),
                 },
@@ -153,8 +155,8 @@ class RetrySql(ControlDatabase):
 
     def _store_decision(
         self,
-        conn: psycopg.Connection,
-        row: Mapping,
+        conn: psycopg.Connection[Any],
+        row: ControlRow,
         metadata_id: int | None,
         decision: Mapping[str, Any] | Decision | None,
         reason: str,
@@ -172,8 +174,8 @@ class RetrySql(ControlDatabase):
                 "confidence": decision.get("confidence"),
                 "reason": self.redact(decision.get("reason") or reason),
                 "decider": decision.get("decider"),
-                "metadata_id": metadata_id if metadata_id is not None else row["last_metadata_id"],
-                "config_id": row["config_id"],
+                "metadata_id": metadata_id if metadata_id is not None else row.last_metadata_id,
+                "config_id": row.config_id,
             },
         )
 
@@ -214,10 +216,13 @@ def _original_cause(message: str | None) -> str:
     return message
 
 
-def _lock_row(conn: psycopg.Connection, config_id: int) -> dict | None:
-    return conn.execute(
-        "SELECT * FROM table_control WHERE config_id = %s FOR UPDATE", (config_id,)
-    ).fetchone()
+def _lock_row(conn: psycopg.Connection[Any], config_id: int) -> ControlRow | None:
+    return fetch_one(
+        conn,
+        ControlRow,
+        "SELECT * FROM table_control WHERE config_id = %s FOR UPDATE",
+        (config_id,),
+    )
 
 
 def _decision_values(decision: Mapping[str, Any] | Decision | None) -> dict[str, Any]:

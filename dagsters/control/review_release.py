@@ -12,7 +12,7 @@ from psycopg import sql
 
 from dagsters.control.connection import ControlDatabase
 from dagsters.control.errors import LoadAlreadyActive, UnknownControlKey
-from dagsters.control.status import FAILED
+from dagsters.control.rows import FAILED, ControlRow
 from dagsters.control.transitions import guarded_transition
 
 RELEASED_PREFIX = "[Released after review by {who}] "
@@ -21,10 +21,11 @@ RELEASED_PREFIX = "[Released after review by {who}] "
 class ReviewReleaseSql(ControlDatabase):
     """Release one reviewed (or failed) row."""
 
-    def release_reviewed(self, control_key: str, *, released_by: str = "an operator") -> dict:
+    def release_reviewed(self, control_key: str, *, released_by: str = "an operator") -> ControlRow:
         """Failed -> ready now with a fresh retry budget; returns the row. Raises when it is not
         Failed (``UnknownControlKey`` / ``LoadAlreadyActive``)."""
         with self._transaction("release_reviewed") as conn:
+            # Three columns for a status check: kept a dict.
             row = conn.execute(
                 "SELECT config_id, last_status, needs_review FROM table_control"
                 " WHERE control_key = %s FOR UPDATE",

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dagsters.control.connection import ControlDatabase
+from dagsters.control.rows import ControlRow
 from databricks_scripts.contract import (
     CONNECTION_KEYS,
     DEFAULT_PORTS,
@@ -105,7 +106,7 @@ def _check_keys(config: Mapping[str, Any]) -> None:
 
 
 def _binding(
-    row: Mapping[str, Any], config: Mapping[str, Any], bindings: Sequence[Mapping[str, Any]]
+    row: ControlRow, config: Mapping[str, Any], bindings: Sequence[Mapping[str, Any]]
 ) -> Mapping[str, Any]:
     """The connection that binds the row's secret to the row's own host/port/database/user.
 
@@ -113,7 +114,7 @@ def _binding(
     database from (``database``; ``service_name``, which Oracle and the Spark engine's JDBC URL
     prefer) must name the connection's database.
     """
-    db_type = row["db_type"]
+    db_type = row.db_type
     host = str(config.get("host") or "")
     port = _port(db_type, config.get("port"))
     user = config.get("user") or None
@@ -133,7 +134,7 @@ def _binding(
             return connection
     named = "/".join(sorted(str(d) for d in databases if d)) or ""
     raise SourceConnectionError(
-        f"secret {config.get('password_secret')!r} of scope {row.get('db_kv_scope')!r} is not "
+        f"secret {config.get('password_secret')!r} of scope {row.db_kv_scope!r} is not "
         f"bound to {db_type} {host}:{port}/{named} as user {user!r}, so it is not sent there. "
         "Fix: name a source_connection in connection_name (and remove host, port, database, user "
         "and password_secret from db_config_value); a connection admin creates one for a new "
@@ -142,7 +143,7 @@ def _binding(
 
 
 def resolve_source(
-    row: Mapping[str, Any],
+    row: ControlRow,
     *,
     connection: Mapping[str, Any] | None,
     bindings: Sequence[Mapping[str, Any]] = (),
@@ -152,9 +153,9 @@ def resolve_source(
     ``connection``: the row's ``connection_name`` connection (None when the row names none).
     ``bindings``: the connections holding the row's inline secret (same scope and key).
     """
-    db_type = row["db_type"]
-    config = dict(row.get("db_config_value") or {})
-    name = row.get("connection_name")
+    db_type = row.db_type
+    config = dict(row.db_config_value or {})
+    name = row.connection_name
     if name:
         if connection is None:
             raise SourceConnectionError(f"source_connection {name!r} does not exist")
@@ -180,8 +181,8 @@ def resolve_source(
         if db_type != "databricks" and not is_loopback_host(host):
             base = tls_mode_default(host, None)
             config["sslmode"] = _stricter(config.get("sslmode"), base, "a non-loopback host")
-        return ResolvedSource(config, row.get("db_kv_scope"), None)
-    if not row.get("db_kv_scope"):
+        return ResolvedSource(config, row.db_kv_scope, None)
+    if not row.db_kv_scope:
         raise SourceConnectionError(
             "db_config_value names a password_secret but db_kv_scope is empty"
         )
@@ -201,33 +202,34 @@ def resolve_source(
     if pinned:
         config["sslrootcert"] = pinned
     config = {k: v for k, v in config.items() if v is not None}
-    return ResolvedSource(config, row["db_kv_scope"], bound["connection_name"], _hash_secret(bound))
+    return ResolvedSource(config, row.db_kv_scope, bound["connection_name"], _hash_secret(bound))
 
 
 class SourceConnectionsSql(ControlDatabase):
     """Reads ``source_connection`` (the service role may read it; nobody else needs to)."""
 
-    def resolve_source(self, row: Mapping[str, Any]) -> ResolvedSource:
-        """:func:`resolve_source` with the row's connection and its secret's bindings."""
+    def resolve_source(self, row: ControlRow) -> ResolvedSource:
+        """:func:`resolve_source` with the row's connection and its secret's bindings (the
+        ``source_connection`` rows stay dicts: only this module reads them)."""
         connection = None
         bindings: list[dict] = []
-        config = row.get("db_config_value") or {}
+        config = row.db_config_value or {}
         with self._transaction("resolve_source") as conn:
-            if row.get("connection_name"):
+            if row.connection_name:
                 connection = conn.execute(
                     "SELECT * FROM source_connection WHERE connection_name = %s",
-                    (row["connection_name"],),
+                    (row.connection_name,),
                 ).fetchone()
-            elif config.get("password_secret") and row.get("db_kv_scope"):
+            elif config.get("password_secret") and row.db_kv_scope:
                 bindings = conn.execute(
                     "SELECT * FROM source_connection WHERE secret_scope = %s AND secret_key = %s"
                     " ORDER BY connection_name",
-                    (row["db_kv_scope"], str(config["password_secret"])),
+                    (row.db_kv_scope, str(config["password_secret"])),
                 ).fetchall()
         return resolve_source(row, connection=connection, bindings=bindings)
 
 
-def fit_compute(row: Mapping[str, Any], compute: Any, resolved: ResolvedSource) -> ResolvedSource:
+def fit_compute(row: ControlRow, compute: Any, resolved: ResolvedSource) -> ResolvedSource:
     """``resolved`` when the loads' compute (``compute``: the ``pipes_databricks`` resource, its
     ``execution`` and ``serverless``) can read the row's source; refused before anything runs
     otherwise.
@@ -239,7 +241,7 @@ def fit_compute(row: Mapping[str, Any], compute: Any, resolved: ResolvedSource) 
     serverless = getattr(compute, "execution", None) == "databricks" and bool(
         getattr(compute, "serverless", False)
     )
-    db_type = row.get("db_type")
+    db_type = row.db_type
     if not serverless or db_type == "databricks":
         return resolved
     raise SourceConnectionError(

@@ -21,7 +21,7 @@ from psycopg import sql
 
 from dagsters.control.claims import _DUE, _claim_statement
 from dagsters.control.connection import ControlDatabase
-from dagsters.control.status import FAILED, QUEUED
+from dagsters.control.rows import FAILED, QUEUED, ClaimedRow, ControlRow, fetch_all
 from dagsters.control.stuck import STUCK_IN_QUEUE, fail_history
 from dagsters.control.transitions import advance_schedule, guarded_transition
 from databricks_scripts.contract import KIND_STUCK_QUEUED
@@ -70,7 +70,7 @@ class SourceSlotsSql(ControlDatabase):
 
     def claim_due_tables_within_source_limit(
         self, batch_size: int, per_source_limit: int
-    ) -> list[dict]:
+    ) -> list[ClaimedRow]:
         """Like ``claim_due_tables``, but never more in flight per source than the limit.
 
         Due rows are ranked per source system in due order; a row is a candidate only when its
@@ -98,9 +98,9 @@ class SourceSlotsSql(ControlDatabase):
         )
         values = {**params, "_batch": int(batch_size), "_per_source": int(per_source_limit)}
         with self._transaction("claim_due_tables_within_source_limit") as conn:
-            return conn.execute(statement, values).fetchall()
+            return fetch_all(conn, ClaimedRow, statement, values)
 
-    def claim_due_batch(self, rows_per_run: int, per_source_limit: int) -> list[dict]:
+    def claim_due_batch(self, rows_per_run: int, per_source_limit: int) -> list[ClaimedRow]:
         """Claim up to ``rows_per_run`` due rows of one source system, for one batch run.
 
         The source is the one of the earliest due row whose source has a free slot. A slot is a
@@ -134,17 +134,19 @@ class SourceSlotsSql(ControlDatabase):
         )
         values = {**params, "_batch": int(rows_per_run), "_per_source": int(per_source_limit)}
         with self._transaction("claim_due_batch") as conn:
-            return conn.execute(statement, values).fetchall()
+            return fetch_all(conn, ClaimedRow, statement, values)
 
-    def find_stuck_queued(self, threshold_minutes: int) -> list[dict]:
+    def find_stuck_queued(self, threshold_minutes: int) -> list[ControlRow]:
         """Rows Queued for longer than the threshold (read only; longqueued_monitor's list)."""
         with self._transaction("find_stuck_queued") as conn:
-            return conn.execute(
+            return fetch_all(
+                conn,
+                ControlRow,
                 "SELECT * FROM table_control WHERE last_status = 'Queued'"
                 " AND last_status_date_time < now() - make_interval(mins => %s)"
                 " ORDER BY last_status_date_time",
                 (int(threshold_minutes),),
-            ).fetchall()
+            )
 
     def fail_stuck_queued_attempt(
         self, config_id: int, metadata_id: int | None, threshold_minutes: int

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from dagsters.control.connection import ControlDatabase
-from dagsters.control.status import FAILED, IN_PROGRESS, QUEUED
+from dagsters.control.rows import FAILED, IN_PROGRESS, QUEUED, ControlRow, fetch_all
 from dagsters.control.transitions import advance_schedule, guarded_transition
 from databricks_scripts.contract import KIND_RUN_TIMEOUT, KIND_STUCK_QUEUED
 
@@ -21,7 +22,7 @@ RUN_TIMEOUT = "Cancelled - exceeded {minutes} minute timeout"
 class StuckRowsSql(ControlDatabase):
     """Find and fail rows stuck in Queued or In Progress (guarded, per attempt)."""
 
-    def fail_stuck_queued(self, threshold_minutes: int = 60) -> list[dict]:
+    def fail_stuck_queued(self, threshold_minutes: int = 60) -> list[ControlRow]:
         """Queued for longer than the threshold -> Failed (one guarded UPDATE); returns the rows."""
         message = STUCK_IN_QUEUE.format(minutes=threshold_minutes)
         with self._transaction("fail_stuck_queued") as conn:
@@ -40,18 +41,20 @@ class StuckRowsSql(ControlDatabase):
             advance_schedule(conn, rows)
         return rows
 
-    def find_stuck_running(self, threshold_minutes: int = 180) -> list[dict]:
+    def find_stuck_running(self, threshold_minutes: int = 180) -> list[ControlRow]:
         """In Progress rows whose load started longer ago than the threshold (spec query)."""
         with self._transaction("find_stuck_running") as conn:
-            return conn.execute(
+            return fetch_all(
+                conn,
+                ControlRow,
                 "SELECT * FROM table_control WHERE last_status = 'In Progress'"
                 " AND last_load_date_time < now() - make_interval(mins => %s)"
                 " ORDER BY last_load_date_time",
                 (int(threshold_minutes),),
-            ).fetchall()
+            )
 
     def fail_stuck_running(
-        self, config_id: int, metadata_id: int, threshold_minutes: int = 180
+        self, config_id: int, metadata_id: int | None, threshold_minutes: int = 180
     ) -> bool:
         """In Progress past the threshold -> Failed, only for this attempt; True if this won."""
         message = RUN_TIMEOUT.format(minutes=threshold_minutes)
@@ -79,10 +82,10 @@ class StuckRowsSql(ControlDatabase):
 
 
 def fail_history(
-    conn: psycopg.Connection, rows: Sequence[Mapping], message: str, kind: str | None
+    conn: psycopg.Connection[Any], rows: Sequence[ControlRow], message: str, kind: str | None
 ) -> None:
     """The history rows of attempts a stuck-row monitor failed: Failed with its message and kind."""
-    ids = [r["last_metadata_id"] for r in rows if r["last_metadata_id"] is not None]
+    ids = [r.last_metadata_id for r in rows if r.last_metadata_id is not None]
     if ids:
         conn.execute(
             "UPDATE historical_metadata SET status = 'Failed', ended_at = now(), message = %s,"

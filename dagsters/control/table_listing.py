@@ -11,8 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from typing import Any
 
 from dagsters.control.connection import ControlDatabase
+from dagsters.control.rows import fetch_all
+from databricks_scripts.contract import DbType, Strategy
 
 # The source's host and port (never user or secret names) group inline rows by source.
 _COLUMNS = (
@@ -28,20 +33,47 @@ _COLUMNS = (
 )
 
 
+@dataclass(frozen=True, kw_only=True)
+class DeclaredTable:
+    """An active row as its declared asset sees it (``_COLUMNS``): some of the control row's
+    columns, its source's host and database, and only where ``db_config_value`` points."""
+
+    config_id: int
+    control_key: str
+    db_type: DbType
+    source_catalog: str | None
+    source_schema_name: str | None
+    source_table_name: str
+    destination_catalog: str
+    destination_schema_name: str
+    destination_table_name: str
+    load_strategy: Strategy
+    schedule_cron: str | None
+    schedule_timezone: str
+    schedule_interval: timedelta | None
+    merge_keys: list[str] | None
+    connection_name: str | None
+    source_host: str | None
+    source_database: str | None
+    db_config_value: dict[str, Any]
+
+
 class TableListingSql(ControlDatabase):
-    def active_tables(self, limit: int) -> list[dict]:
+    def active_tables(self, limit: int) -> list[DeclaredTable]:
         """Up to ``limit`` active rows (by config_id): what ``table_specs`` declares, with their
         source's host and database (from the connection, or the row's own config)."""
         with self._transaction("active_tables") as conn:
-            return conn.execute(
+            return fetch_all(
+                conn,
+                DeclaredTable,
                 f"SELECT {_COLUMNS} FROM table_control t"
                 " LEFT JOIN source_connection s ON s.connection_name = t.connection_name"
                 " WHERE t.is_active ORDER BY t.config_id LIMIT %s",
                 (int(limit),),
-            ).fetchall()
+            )
 
 
-def rows_to_declare(client: TableListingSql, cap: int) -> tuple[list[dict], bool]:
+def rows_to_declare(client: TableListingSql, cap: int) -> tuple[list[DeclaredTable], bool]:
     """The active rows to declare as assets, and whether there were more than ``cap`` (then none
     is declared, so what is declared never depends on row order). ``cap`` 0: none."""
     if cap <= 0:
@@ -52,7 +84,7 @@ def rows_to_declare(client: TableListingSql, cap: int) -> tuple[list[dict], bool
     return rows, False
 
 
-def declared_fingerprint(rows: Sequence[dict]) -> str:
+def declared_fingerprint(rows: Sequence[DeclaredTable]) -> str:
     """One short text that changes exactly when the declared rows (or their columns) do."""
-    text = json.dumps([dict(r) for r in rows], sort_keys=True, default=str)
+    text = json.dumps([asdict(r) for r in rows], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

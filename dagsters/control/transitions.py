@@ -14,10 +14,17 @@ from typing import Any, Literal, overload
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import DictRow
 
-from dagsters.control.status import ALLOWED_FROM, FAILED, STATUSES, SUCCEEDED, UNCOMPUTABLE_FROM
-from dagsters.policy.schedule import next_load_time
+from dagsters.control.rows import (
+    ALLOWED_FROM,
+    FAILED,
+    STATUSES,
+    SUCCEEDED,
+    UNCOMPUTABLE_FROM,
+    ControlRow,
+    fetch_all,
+)
+from dagsters.policy.schedule import Schedule, next_load_time
 from databricks_scripts.contract import FAILURE_KINDS, known_code
 
 KEEP_KIND: Any = object()  # "leave last_failure_kind as it is" (the default)
@@ -26,7 +33,7 @@ _SET_KIND_AND_CODE = sql.SQL("last_failure_kind = %(_t_kind)s, last_failure_code
 
 @overload
 def guarded_transition(
-    conn: psycopg.Connection[DictRow] | None,
+    conn: psycopg.Connection[Any] | None,
     to_status: str | None,
     expected: Iterable[str | None],
     *,
@@ -39,12 +46,12 @@ def guarded_transition(
     returning: sql.Composable | None = None,
     failure_kind: str | None = KEEP_KIND,
     failure_code: str | None = None,
-) -> list[DictRow]: ...
+) -> list[ControlRow]: ...
 
 
 @overload
 def guarded_transition(
-    conn: psycopg.Connection[DictRow] | None,
+    conn: psycopg.Connection[Any] | None,
     to_status: str | None,
     expected: Iterable[str | None],
     *,
@@ -61,7 +68,7 @@ def guarded_transition(
 
 
 def guarded_transition(
-    conn: psycopg.Connection[DictRow] | None,
+    conn: psycopg.Connection[Any] | None,
     to_status: str | None,
     expected: Iterable[str | None],
     *,
@@ -74,18 +81,18 @@ def guarded_transition(
     returning: sql.Composable | None = None,
     failure_kind: str | None = KEEP_KIND,
     failure_code: str | None = None,
-) -> list[DictRow] | tuple[sql.Composed, dict[str, Any]]:
+) -> list[ControlRow] | tuple[sql.Composed, dict[str, Any]]:
     """The one place a status changes: UPDATE ... WHERE <target> AND <expected state>.
 
     ``where`` picks the row(s) (``config_id = %(config_id)s`` or a join to ``from_items``);
     ``sets`` are extra assignments (SQL fragments using named parameters). Returns the
-    updated rows (empty list: the guard refused), or with ``execute=False`` the statement and
-    its parameters so a caller can embed it in a larger one (claim_due_tables' CTE).
+    updated rows as ``ControlRow`` (empty list: the guard refused), or with ``execute=False``
+    the statement and its parameters so a caller can embed it in a larger one (a claim's CTE).
 
     ``uncomputable``: the row's values cannot be computed with (sql/012's bounds), so it may be
     failed from any state (:data:`UNCOMPUTABLE_FROM`); only ``to_status`` Failed.
     ``returning``: the columns to return instead of ``t.*`` (a row whose timestamps Python
-    cannot read must not be read back).
+    cannot read must not be read back); only with ``execute=False`` (the caller reads them).
     ``failure_kind``: the failure's kind (``contract.FAILURE_KINDS``, or None for a foreign error)
     written to ``last_failure_kind``, with ``failure_code`` (a foreign error's driver code, else
     NULL) to ``last_failure_code``. A row entering Failed from a running state must be given
@@ -137,9 +144,9 @@ def guarded_transition(
         all_params["_t_code"] = None if failure_kind else known_code(failure_code)
     if not execute:
         return statement, all_params
-    if conn is None:
-        raise ValueError("guarded_transition: a connection is needed to execute")
-    return conn.execute(statement, all_params).fetchall()
+    if conn is None or returning is not None:
+        raise ValueError("guarded_transition: executing needs a connection and returns t.*")
+    return fetch_all(conn, ControlRow, statement, all_params)
 
 
 def _check_kind(to_status: str | None, expected: set, failure_kind: Any) -> None:
@@ -182,7 +189,7 @@ def recorded_success_sets() -> dict[str, sql.Composable]:
     }
 
 
-def advance_schedule(conn: psycopg.Connection[DictRow], rows: Sequence[Mapping]) -> dict[int, str]:
+def advance_schedule(conn: psycopg.Connection[Any], rows: Sequence[ControlRow]) -> dict[int, str]:
     """Move next_load_date_time to each row's next schedule slot (same transaction).
 
     Row by row: a row whose schedule cannot be computed (a cron written before sql/005's rules)
@@ -197,9 +204,9 @@ def advance_schedule(conn: psycopg.Connection[DictRow], rows: Sequence[Mapping])
     problems: dict[int, str] = {}
     for row in rows:
         slot, problem = next_slot_or_problem(row, now)
-        values.append((slot, row["config_id"]))
+        values.append((slot, row.config_id))
         if problem is not None:
-            problems[row["config_id"]] = problem
+            problems[row.config_id] = problem
     with conn.cursor() as cur:
         cur.executemany(
             "UPDATE table_control SET next_load_date_time = %s WHERE config_id = %s", values
@@ -226,7 +233,7 @@ UNSCHEDULED_NOTE = (
 )
 
 
-def next_slot_or_problem(row: Mapping, now: datetime) -> tuple[datetime | None, str | None]:
+def next_slot_or_problem(row: Schedule, now: datetime) -> tuple[datetime | None, str | None]:
     """(the row's next slot after ``now``, None) or (None, why its schedule cannot be computed)."""
     try:
         return _next_slot(row, now), None
@@ -237,15 +244,15 @@ def next_slot_or_problem(row: Mapping, now: datetime) -> tuple[datetime | None, 
         # force): the row is not scheduled again, saying which value, instead of the commit's
         # bookkeeping failing (the row and its attempt would stay In Progress for ever).
         return None, (
-            f"schedule_interval '{row.get('schedule_interval')}' from {now.isoformat()} is"
+            f"schedule_interval '{row.schedule_interval}' from {now.isoformat()} is"
             f" beyond the last date the scheduler can compute ({exc})"
         )
 
 
-def _next_slot(row: Mapping, now: datetime) -> datetime | None:
+def _next_slot(row: Schedule, now: datetime) -> datetime | None:
     return next_load_time(
         now,
-        cron=row.get("schedule_cron"),
-        timezone=row.get("schedule_timezone") or "UTC",
-        interval=row.get("schedule_interval"),
+        cron=row.schedule_cron,
+        timezone=row.schedule_timezone or "UTC",
+        interval=row.schedule_interval,
     )

@@ -18,11 +18,14 @@ sensor computing something for one row raised): that row is failed, the tick goe
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from dagsters.control.connection import ControlDatabase
-from dagsters.control.status import FAILED, UNCOMPUTABLE_FROM
+from dagsters.control.rows import FAILED, UNCOMPUTABLE_FROM, fetch_all
 from dagsters.control.transitions import guarded_transition
 from databricks_scripts.contract import KIND_BAD_CONFIG
 
@@ -45,6 +48,16 @@ MESSAGE_PREFIX = "Failed: cannot schedule this row: "
 _RETURNING = sql.SQL("t.config_id, t.control_key, t.last_metadata_id, t.last_message")
 
 
+@dataclass(frozen=True, kw_only=True)
+class UncomputableRow:
+    """What is read back of a row failed here (``_RETURNING``): never one of its timestamps."""
+
+    config_id: int
+    control_key: str
+    last_metadata_id: int | None
+    last_message: str | None
+
+
 def _clear_unreadable(column: str) -> sql.Composable:
     return sql.SQL("CASE WHEN dataloader_timestamp_in_bounds(t.{c}) THEN t.{c} END").format(
         c=sql.Identifier(column)
@@ -54,7 +67,7 @@ def _clear_unreadable(column: str) -> sql.Composable:
 class UncomputableRowsSql(ControlDatabase):
     """Fail rows whose values cannot be computed with, without reading those values."""
 
-    def fail_uncomputable_rows(self, limit: int = 100) -> list[dict]:
+    def fail_uncomputable_rows(self, limit: int = 100) -> list[UncomputableRow]:
         """Every row breaking sql/012's bounds -> Failed (+ needs_review), naming the value.
 
         Returns ``config_id``, ``control_key``, ``last_metadata_id`` and ``last_message`` of the
@@ -65,8 +78,8 @@ class UncomputableRowsSql(ControlDatabase):
             " || left(t.control_key, 200) || ').'"
         ).format(prefix=sql.Literal(MESSAGE_PREFIX), problem=PROBLEM_SQL)
         with self._transaction("fail_uncomputable_rows") as conn:
-            rows = guarded_transition(
-                conn,
+            statement, params = guarded_transition(
+                None,
                 FAILED,
                 UNCOMPUTABLE_FROM,
                 where=sql.SQL(
@@ -88,7 +101,9 @@ class UncomputableRowsSql(ControlDatabase):
                 uncomputable=True,
                 returning=_RETURNING,
                 failure_kind=KIND_BAD_CONFIG,
+                execute=False,
             )
+            rows = fetch_all(conn, UncomputableRow, statement, params)
             if not rows:
                 return rows
             # last_status_date_time: the transition sets now() unless the row was Failed already.
@@ -96,7 +111,7 @@ class UncomputableRowsSql(ControlDatabase):
                 "UPDATE table_control SET last_status_date_time = now()"
                 " WHERE config_id = ANY(%s) AND NOT dataloader_timestamp_in_bounds("
                 "last_status_date_time)",
-                ([r["config_id"] for r in rows],),
+                ([r.config_id for r in rows],),
             )
             _fail_attempts(conn, rows)
         return rows
@@ -111,12 +126,12 @@ class UncomputableRowsSql(ControlDatabase):
     ) -> bool:
         """This row -> Failed (+ needs_review) with ``message``: a value of it made a sensor
         raise. Guarded by the state the sensor read it in (and its attempt, when given)."""
-        where = sql.SQL("t.config_id = %(config_id)s")
+        where: sql.Composable = sql.SQL("t.config_id = %(config_id)s")
         if metadata_id is not None:
             where = sql.SQL("{} AND t.last_metadata_id = %(metadata_id)s").format(where)
         with self._transaction("fail_row") as conn:
-            rows = guarded_transition(
-                conn,
+            statement, params = guarded_transition(
+                None,
                 FAILED,
                 set(expected),
                 where=where,
@@ -129,18 +144,20 @@ class UncomputableRowsSql(ControlDatabase):
                 uncomputable=True,
                 returning=_RETURNING,
                 failure_kind=KIND_BAD_CONFIG,
+                execute=False,
             )
+            rows = fetch_all(conn, UncomputableRow, statement, params)
             _fail_attempts(conn, rows)
         return bool(rows)
 
 
-def _fail_attempts(conn, rows: list[dict]) -> None:
+def _fail_attempts(conn: psycopg.Connection[Any], rows: list[UncomputableRow]) -> None:
     """The unfinished attempt of each failed row ends Failed with the row's message (bad_config)."""
     for row in rows:
-        if row["last_metadata_id"] is not None:
+        if row.last_metadata_id is not None:
             conn.execute(
                 "UPDATE historical_metadata SET status = 'Failed', ended_at = now(), message = %s,"
                 " failure_kind = %s"
                 " WHERE metadata_id = %s AND status IN ('Queued', 'In Progress')",
-                (row["last_message"], KIND_BAD_CONFIG, row["last_metadata_id"]),
+                (row.last_message, KIND_BAD_CONFIG, row.last_metadata_id),
             )

@@ -26,6 +26,7 @@ import dagster as dg
 from pydantic import Field
 
 from dagsters.alerts import ALERT_ON_FAILURE_TAGS
+from dagsters.control.rows import ControlRow
 from dagsters.resources.databricks_rest import DatabricksRestResource, DatabricksSqlError
 from dagsters.resources.models_repo import ModelsRepoResource
 from dagsters.utils.lakebase_client import LakebaseClient
@@ -44,7 +45,7 @@ class LandingTableGitConfig(dg.Config):
 
 
 def _read_columns(
-    row: dict, models_repo: ModelsRepoResource, databricks_rest: DatabricksRestResource
+    row: ControlRow, models_repo: ModelsRepoResource, databricks_rest: DatabricksRestResource
 ) -> "LandingTable":
     from dagsters.landing.schema import (
         LandingTable,
@@ -55,9 +56,9 @@ def _read_columns(
         uc_columns_statement,
     )
 
-    catalog = row["destination_catalog"]
-    schema = row["destination_schema_name"]
-    table = row["destination_table_name"]
+    catalog = row.destination_catalog
+    schema = row.destination_schema_name
+    table = row.destination_table_name
     if models_repo.execution == "databricks":
         try:
             rows = databricks_rest.execute_statement(*uc_columns_statement(catalog, schema, table))
@@ -73,9 +74,9 @@ def _read_columns(
         lake_root = Path(models_repo.lake_root)
         columns = read_delta_columns(local_table_path(lake_root, catalog, schema, table))
     return LandingTable(
-        config_id=row["config_id"],
-        control_key=row["control_key"],
-        load_strategy=row["load_strategy"],
+        config_id=row.config_id,
+        control_key=row.control_key,
+        load_strategy=row.load_strategy,
         catalog=catalog,
         schema=schema,
         table=table,
@@ -84,7 +85,7 @@ def _read_columns(
 
 
 def _read_tables(
-    context: dg.OpExecutionContext, client: LakebaseClient, rows: list[dict]
+    context: dg.OpExecutionContext, client: LakebaseClient, rows: list[ControlRow]
 ) -> tuple[list["LandingTable"], dict[str, str]]:
     """The readable tables, and ``control_key -> reason`` for the others (noted on their rows)."""
     from dagsters.landing.schema import SchemaUnavailable
@@ -97,14 +98,12 @@ def _read_tables(
                 _read_columns(row, context.resources.models_repo, context.resources.databricks_rest)
             )
         except SchemaUnavailable as exc:
-            unreadable[row["control_key"]] = str(exc)
-            context.log.warning(
-                f"{row['control_key']}: schema not readable, left unprocessed: {exc}"
-            )
+            unreadable[row.control_key] = str(exc)
+            context.log.warning(f"{row.control_key}: schema not readable, left unprocessed: {exc}")
             # Operators read table_control, not run logs: leave the reason on the row (status
             # unchanged; the note goes away once the staging model is generated).
             client.note_landing_problem(
-                row["config_id"], f"staging model not generated, schema not readable: {exc}"
+                row.config_id, f"staging model not generated, schema not readable: {exc}"
             )
     return tables, unreadable
 
@@ -164,9 +163,9 @@ def landing_table_git_op(context: dg.OpExecutionContext, config: LandingTableGit
     wanted = set(config.config_ids)
     # Re-read the rows: one queued earlier may have been processed by another run since.
     rows = [
-        r for r in client.get_unprocessed_landing_tables() if not wanted or r["config_id"] in wanted
+        r for r in client.get_unprocessed_landing_tables() if not wanted or r.config_id in wanted
     ]
-    missing = sorted(wanted - {r["config_id"] for r in rows})
+    missing = sorted(wanted - {r.config_id for r in rows})
     if missing:
         context.log.info(f"config_ids {missing} are already processed or not Succeeded; skipped")
 

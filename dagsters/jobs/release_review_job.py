@@ -37,7 +37,7 @@ def release_review_op(
     context.log.info(f"{config.control_key} released by {who}: ready to load now")
     return dg.Output(
         config.control_key,
-        metadata={"control_key": config.control_key, "last_message": row["last_message"]},
+        metadata={"control_key": config.control_key, "last_message": row.last_message},
     )
 
 

@@ -13,11 +13,9 @@ asset's Dagster freshness policy.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from dagsters.policy.schedule import next_load_time
+from dagsters.policy.schedule import Schedule, next_load_time
 
 GRACE_CAP = timedelta(hours=1)
 _SLOTS_LOOKED_AT = 14
@@ -39,13 +37,13 @@ def schedule_period(
     return max(gaps) if gaps else None
 
 
-def freshness_window(row: Mapping[str, Any], now: datetime | None = None) -> timedelta | None:
+def freshness_window(row: Schedule, now: datetime | None = None) -> timedelta | None:
     """The time a table_control row's table may go without a successful load, or None."""
     try:
         period = schedule_period(
-            cron=row.get("schedule_cron"),
-            timezone=row.get("schedule_timezone"),
-            interval=row.get("schedule_interval"),
+            cron=row.schedule_cron,
+            timezone=row.schedule_timezone,
+            interval=row.schedule_interval,
             now=now or datetime.now(UTC),
         )
     except ValueError:

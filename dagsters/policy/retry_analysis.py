@@ -22,6 +22,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from dagsters.alerts import Alert, Notifier
+from dagsters.control.rows import ControlRow
 from dagsters.settings import RetryPolicy, Settings
 from databricks_scripts.contract import Decision
 from databricks_scripts.failures import decision_for_kind
@@ -45,7 +46,7 @@ REVIEW = "review"
 LOST = "lost"
 
 
-def decide_without_asking(row: Mapping[str, Any], policy: RetryPolicy) -> Decision | None:
+def decide_without_asking(row: ControlRow, policy: RetryPolicy) -> Decision | None:
     """A decision by rule, or None when the script (model or rules) should decide.
 
     Review for a row whose retries are used up; for a failure with a kind
@@ -54,9 +55,9 @@ def decide_without_asking(row: Mapping[str, Any], policy: RetryPolicy) -> Decisi
     its message text unread. Only a foreign error (no kind) goes to the script. A person's
     terminate never gets here: failed_monitor does not claim it (kind ``cancelled``).
     """
-    retry_count = int(row.get("retry_count") or 0)
+    retry_count = int(row.retry_count or 0)
     if retry_count < policy.max_retries:
-        return decision_for_kind(row.get("last_failure_kind"))
+        return decision_for_kind(row.last_failure_kind)
     return Decision.review(
         f"Failed again after {retry_count} of {policy.max_retries} automatic retries, so a "
         "person should look before it is loaded again.",
@@ -64,7 +65,7 @@ def decide_without_asking(row: Mapping[str, Any], policy: RetryPolicy) -> Decisi
     )
 
 
-def decide_by_rules(row: Mapping[str, Any], why_not_asked: str) -> Decision:
+def decide_by_rules(row: ControlRow, why_not_asked: str) -> Decision:
     """The deterministic rules' decision on the row's error, taken inside the code location.
 
     Used when the retry-analysis script itself could not run or answer (cluster gone, model
@@ -72,17 +73,17 @@ def decide_by_rules(row: Mapping[str, Any], why_not_asked: str) -> Decision:
     is retried instead of every affected table going to review. A failure with a kind is decided
     by its kind, as everywhere.
     """
-    by_kind = decision_for_kind(row.get("last_failure_kind"))
+    by_kind = decision_for_kind(row.last_failure_kind)
     if by_kind is not None:
         return by_kind
-    rules = classify_error(str(row.get("last_message") or ""), row.get("last_failure_code"))
+    rules = classify_error(str(row.last_message or ""), row.last_failure_code)
     confidence = 0.5 if rules.category == UNKNOWN else 0.9
     reason = f"{rules.reason} (decided in the code location: {why_not_asked})"
     return Decision(rules.decision, confidence, reason[:_REASON_LIMIT], "rules")
 
 
 def build_analysis_request(
-    row: Mapping[str, Any],
+    row: ControlRow,
     history: Sequence[Mapping[str, Any]],
     settings: Settings = _DEFAULT_SETTINGS,
 ) -> dict:
@@ -92,40 +93,34 @@ def build_analysis_request(
     anything added to table_control later never leave by accident; every text is redacted.
     """
     secrets = list(settings.secrets)
-    latest = row.get("last_metadata_id")
+    latest = row.last_metadata_id
     attempts = sorted(history, key=lambda h: h.get("metadata_id") or 0, reverse=True)
-    error = row.get("last_message")
+    error = row.last_message
     if not error:
         error = next((h.get("message") for h in attempts if h.get("metadata_id") == latest), None)
     request = {
-        "config_id": row.get("config_id"),
-        "control_key": row.get("control_key"),
+        "config_id": row.config_id,
+        "control_key": row.control_key,
         "metadata_id": latest,
         "table": {
-            "source": _dotted(
-                row.get("source_catalog"),
-                row.get("source_schema_name"),
-                row.get("source_table_name"),
-            ),
+            "source": _dotted(row.source_catalog, row.source_schema_name, row.source_table_name),
             "destination": _dotted(
-                row.get("destination_catalog"),
-                row.get("destination_schema_name"),
-                row.get("destination_table_name"),
+                row.destination_catalog, row.destination_schema_name, row.destination_table_name
             ),
         },
-        "db_type": row.get("db_type"),
-        "load_strategy": row.get("load_strategy"),
-        "incremental_column": row.get("incremental_column"),
-        "merge_keys": list(row.get("merge_keys") or []) or None,
-        "retry_count": int(row.get("retry_count") or 0),
+        "db_type": row.db_type,
+        "load_strategy": row.load_strategy,
+        "incremental_column": row.incremental_column,
+        "merge_keys": list(row.merge_keys or []) or None,
+        "retry_count": int(row.retry_count or 0),
         "max_retries": settings.retry.max_retries,
-        "failed_at": _plain(row.get("last_status_date_time")),
+        "failed_at": _plain(row.last_status_date_time),
         # The failure's kind (contract.FAILURE_KINDS), None for a foreign error: the script
         # decides a kind by its rule, without the classifier or a model.
-        "failure_kind": row.get("last_failure_kind"),
+        "failure_kind": row.last_failure_kind,
         # A foreign error's driver code (sql/018; SQLSTATE, MySQL number, ORA-, ...): the rules
         # decide by it before the text.
-        "failure_code": row.get("last_failure_code"),
+        "failure_code": row.last_failure_code,
         "error_message": redact(_clip_error(error), secrets),
         "recent_attempts": [_attempt(h, secrets) for h in attempts[:HISTORY_ATTEMPTS]],
     }
@@ -136,7 +131,7 @@ def build_analysis_request(
 
 def apply_decision(
     client: LakebaseClient,
-    row: Mapping[str, Any],
+    row: ControlRow,
     decision: Decision,
     *,
     secrets: Iterable[str] = (),
@@ -156,9 +151,9 @@ def apply_decision(
     stored = {**decision.as_dict(), "reason": reason}
     transition = client.reset_for_retry if decision.retry else client.mark_for_review
     won = transition(
-        row["config_id"],
+        row.config_id,
         reason,
-        metadata_id=row.get("last_metadata_id"),
+        metadata_id=row.last_metadata_id,
         decision=stored,
         secrets=secrets,
     )

@@ -11,11 +11,24 @@ Cron expressions are evaluated on the wall clock of the row's time zone:
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, croniter
 
 from dagsters.policy.cron_rules import cron_problem
+
+
+class Schedule(Protocol):
+    """What a next slot is computed from: a control row, or a read of its schedule alone."""
+
+    @property
+    def schedule_cron(self) -> str | None: ...
+    @property
+    def schedule_timezone(self) -> str | None: ...
+    @property
+    def schedule_interval(self) -> timedelta | None: ...
+
 
 RETRY_BASE = timedelta(minutes=5)
 RETRY_FACTOR = 3

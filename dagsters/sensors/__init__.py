@@ -7,6 +7,8 @@ from typing import Any
 import dagster as dg
 
 from dagsters.alerts import Alert, notifier_from_settings
+from dagsters.control.rows import ControlRow
+from dagsters.control.uncomputable import UncomputableRow
 from dagsters.settings import Settings
 
 
@@ -43,20 +45,22 @@ def alert_on_error(settings: Settings, name: str) -> Callable[[Callable], Callab
     return decorate
 
 
-def fail_uncomputable_rows(context: dg.SensorEvaluationContext, client: Any) -> list[dict]:
+def fail_uncomputable_rows(
+    context: dg.SensorEvaluationContext, client: Any
+) -> list[UncomputableRow]:
     """Every tick's first statement: rows whose values no sensor can compute with are failed
     (named, needs_review), so the rest of the tick never reads them and goes on for the others
     (:mod:`dagsters.control.uncomputable`)."""
     rows = client.fail_uncomputable_rows()
     for row in rows:
-        context.log.warning(f"{row['control_key']}: {row['last_message']}")
+        context.log.warning(f"{row.control_key}: {row.last_message}")
     return rows
 
 
 def fail_row_that_raised(
     context: dg.SensorEvaluationContext,
     client: Any,
-    row: dict,
+    row: ControlRow,
     expected: Any,
     what: str,
     exc: BaseException,
@@ -69,7 +73,5 @@ def fail_row_that_raised(
     if isinstance(exc, LakebaseError):
         raise exc
     message = f"Failed: {what} of this row could not be computed: {type(exc).__name__}: {exc}"
-    context.log.warning(f"{row.get('control_key')}: {message}")
-    return client.fail_row(
-        row["config_id"], expected, message, metadata_id=row.get("last_metadata_id")
-    )
+    context.log.warning(f"{row.control_key}: {message}")
+    return client.fail_row(row.config_id, expected, message, metadata_id=row.last_metadata_id)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from dagsters.alerts import Alert, notifier_from_settings
+from dagsters.control.rows import AnalysisClaim, ControlRow
 from dagsters.partitions import control_key_partitions
 from dagsters.policy.retry_analysis import apply_decision, decide_without_asking
 from dagsters.policy.run_requests import (
@@ -61,24 +62,27 @@ _ACTIVE = [
 class FailureTriage:
     """What one tick does with the failures it claimed."""
 
-    analyse: list[dict] = field(default_factory=list)
+    analyse: list[AnalysisClaim] = field(default_factory=list)
     # Decided by rule without a run: retries used up (review), or a failure with a kind
     # (failures.KIND_RULES: stuck in queue: retry; over the run timeout: review; ...).
-    by_rule: list[tuple[dict, Decision]] = field(default_factory=list)
-    waiting: list[tuple[dict, str]] = field(default_factory=list)  # (row, active analysis run)
-    again: list[dict] = field(default_factory=list)  # earlier analysis never decided
+    by_rule: list[tuple[AnalysisClaim, Decision]] = field(default_factory=list)
+    # (row, active analysis run)
+    waiting: list[tuple[AnalysisClaim, str]] = field(default_factory=list)
+    again: list[AnalysisClaim] = field(default_factory=list)  # earlier analysis never decided
 
 
-def analysis_run_key(row: dict) -> str:
-    previous = row.get("previous_analysis_requested_at")
-    if previous is None:
+def analysis_run_key(row: AnalysisClaim) -> str:
+    stamp = row.retry_analysis_requested_at  # the claim's now(): set on every claimed row
+    if row.previous_analysis_requested_at is None or stamp is None:
         return retry_run_key(row)
     # A second analysis of the same attempt: the first run key is spent (Dagster would drop it).
-    return f"{retry_run_key(row)}:again-{int(row['retry_analysis_requested_at'].timestamp())}"
+    return f"{retry_run_key(row)}:again-{int(stamp.timestamp())}"
 
 
 def triage_failures(
-    claimed: Iterable[dict], policy: RetryPolicy, active_run: Callable[[dict], str | None]
+    claimed: Iterable[AnalysisClaim],
+    policy: RetryPolicy,
+    active_run: Callable[[ControlRow], str | None],
 ) -> FailureTriage:
     """Split claimed failures: out of retries, to analyse, or still being analysed.
 
@@ -90,7 +94,7 @@ def triage_failures(
         if decision is not None:
             triage.by_rule.append((row, decision))
             continue
-        if row.get("previous_analysis_requested_at") is not None:
+        if row.previous_analysis_requested_at is not None:
             active = active_run(row)
             if active:
                 triage.waiting.append((row, active))
@@ -102,15 +106,15 @@ def triage_failures(
 
 def apply_rule_decisions(
     client: LakebaseClient,
-    decided: Iterable[tuple[dict, Decision]],
+    decided: Iterable[tuple[ControlRow, Decision]],
     settings: Settings,
-    on_review: Callable[[dict, str], None] | None = None,
-) -> list[tuple[dict, str]]:
+    on_review: Callable[[ControlRow, str], None] | None = None,
+) -> list[tuple[ControlRow, str]]:
     """Apply the decisions made by rule; one (row, outcome) pair per row. ``on_review(row,
     reason)`` for each row sent to review."""
     notifier = notifier_from_settings(settings)
 
-    def told(row: dict) -> Callable[[str], None] | None:
+    def told(row: ControlRow) -> Callable[[str], None] | None:
         return None if on_review is None else (lambda reason: on_review(row, reason))
 
     return [
@@ -129,14 +133,14 @@ def apply_rule_decisions(
     ]
 
 
-def alert_repeated_failures(rows: Iterable[dict], settings: Settings) -> int:
+def alert_repeated_failures(rows: Iterable[ControlRow], settings: Settings) -> int:
     """Tell someone about each table that has just failed ``alert_after_failures`` times in a row.
 
     ``retry_count`` counts the automatic retries of the current streak, so this attempt is failure
     number ``retry_count + 1``; each failure is claimed once, so each streak alerts once.
     """
     notifier = notifier_from_settings(settings)
-    due = [r for r in rows if int(r.get("retry_count") or 0) + 1 == settings.alert_after_failures]
+    due = [r for r in rows if int(r.retry_count or 0) + 1 == settings.alert_after_failures]
     if notifier.enabled:
         notifier.send_all(
             Alert.for_row(f"DataLoader: a table failed {settings.alert_after_failures} times", r)
@@ -145,18 +149,18 @@ def alert_repeated_failures(rows: Iterable[dict], settings: Settings) -> int:
     return len(due)
 
 
-def analysis_requests(rows: list[dict], settings: Settings) -> dg.SensorResult:
+def analysis_requests(rows: list[AnalysisClaim], settings: Settings) -> dg.SensorResult:
     # Every claimed key goes in the add request: the sensor daemon adds only the keys it does not
     # have yet (one lookup per key there), so checking them here as well would only double that
     # cost on every tick.
-    keys = sorted({row["control_key"] for row in rows})
+    keys = sorted({row.control_key for row in rows})
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(
                 run_key=analysis_run_key(row),
                 run_config=retry_run_config(row),
                 tags={**retry_run_tags(row), **environment_tags(settings.environment)},
-                partition_key=row["control_key"],
+                partition_key=row.control_key,
             )
             for row in rows
         ],
@@ -164,24 +168,26 @@ def analysis_requests(rows: list[dict], settings: Settings) -> dg.SensorResult:
     )
 
 
-def _record_review(context: dg.SensorEvaluationContext) -> Callable[[dict, str], None]:
+def _record_review(context: dg.SensorEvaluationContext) -> Callable[[ControlRow, str], None]:
     """A row sent to review by rule: said on its load partition and its table's asset."""
 
-    def record(row: dict, reason: str) -> None:
+    def record(row: ControlRow, reason: str) -> None:
         for event in review_events(row, reason):
             context.instance.report_runless_asset_event(event)
 
     return record
 
 
-def _active_analysis_run(context: dg.SensorEvaluationContext) -> Callable[[dict], str | None]:
-    def active_run(row: dict) -> str | None:
+def _active_analysis_run(
+    context: dg.SensorEvaluationContext,
+) -> Callable[[ControlRow], str | None]:
+    def active_run(row: ControlRow) -> str | None:
         """Run id of an analysis run for this attempt that is still queued or running, if any."""
         records = context.instance.get_run_records(
             filters=dg.RunsFilter(
                 job_name=RETRY_JOB,
                 statuses=_ACTIVE,
-                tags={TAG_METADATA_ID: str(row.get("last_metadata_id"))},
+                tags={TAG_METADATA_ID: str(row.last_metadata_id)},
             ),
             limit=1,
         )
@@ -217,13 +223,13 @@ def build_failed_monitor(settings: Settings) -> dg.SensorDefinition:
         triage = triage_failures(claimed, settings.retry, _active_analysis_run(context))
         for row, active in triage.waiting:
             context.log.info(
-                f"{row['control_key']}: analysis run {active} is still in flight after "
+                f"{row.control_key}: analysis run {active} is still in flight after "
                 f"{timeout} min; waiting for it"
             )
         for row in triage.again:
             context.log.warning(
-                f"{row['control_key']}: analysis requested at "
-                f"{row['previous_analysis_requested_at']} never decided; analysing again"
+                f"{row.control_key}: analysis requested at "
+                f"{row.previous_analysis_requested_at} never decided; analysing again"
             )
         decided = []
         for row, decision in triage.by_rule:
@@ -236,7 +242,7 @@ def build_failed_monitor(settings: Settings) -> dg.SensorDefinition:
                 continue
             decided.append((row, outcome))
             context.log.info(
-                f"{row['control_key']}: {decision.decision} by rule ({decision.reason}); {outcome}"
+                f"{row.control_key}: {decision.decision} by rule ({decision.reason}); {outcome}"
             )
         if triage.analyse:
             return analysis_requests(triage.analyse, settings)

@@ -66,7 +66,7 @@ def build_landing_table_monitor(settings: Settings) -> dg.SensorDefinition:
             context.log.info(f"Batch {batch} ran {earlier} time(s) without settling; again")
         return dg.RunRequest(
             run_key=f"{batch}#{earlier}" if earlier else batch,
-            run_config=landing_run_config(row["config_id"] for row in rows),
+            run_config=landing_run_config(row.config_id for row in rows),
             tags={
                 "dataloader/table_count": str(len(rows)),
                 LANDING_BATCH_TAG: batch,

@@ -25,6 +25,7 @@ import re
 
 import dagster as dg
 
+from dagsters.control.rows import ControlRow
 from dagsters.policy.run_requests import (
     LOAD_BATCH_JOB,
     TAG_CONTROL_KEY,
@@ -52,21 +53,21 @@ def databricks_run_id(url: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _cancel_queued_dagster_runs(context: dg.SensorEvaluationContext, row: dict) -> str | None:
+def _cancel_queued_dagster_runs(context: dg.SensorEvaluationContext, row: ControlRow) -> str | None:
     """Cancel the attempt's waiting runs; a description, or None when a run is already starting."""
     runs = list(
         context.instance.get_runs(
             filters=dg.RunsFilter(
                 tags={
-                    TAG_CONTROL_KEY: str(row["control_key"]),
-                    TAG_METADATA_ID: str(row["last_metadata_id"]),
+                    TAG_CONTROL_KEY: str(row.control_key),
+                    TAG_METADATA_ID: str(row.last_metadata_id),
                 }
             )
         )
     )
     # A batch run holding the attempt (DATALOADER_RUN_BATCH_SIZE > 1): started means the
     # attempt's turn is coming (the tables before it are loading), so it is left alone too.
-    _, batch = attempt_run_filters(row["last_metadata_id"], row["config_id"])
+    _, batch = attempt_run_filters(row.last_metadata_id, row.config_id)
     runs += context.instance.get_runs(filters=dg.RunsFilter(job_name=LOAD_BATCH_JOB, tags=batch))
     if any(run.status in _STARTING for run in runs):
         return None
@@ -84,9 +85,9 @@ def _cancel_queued_dagster_runs(context: dg.SensorEvaluationContext, row: dict) 
 
 
 def _cancel_databricks_run(
-    context: dg.SensorEvaluationContext, workspace: DatabricksWorkspaceResource, row: dict
+    context: dg.SensorEvaluationContext, workspace: DatabricksWorkspaceResource, row: ControlRow
 ) -> str | None:
-    run_id = databricks_run_id(row.get("last_databricks_run"))
+    run_id = databricks_run_id(row.last_databricks_run)
     if run_id is None:
         return None
     try:
@@ -122,22 +123,22 @@ def build_longqueued_monitor(settings: Settings) -> dg.SensorDefinition:
             try:
                 dagster = _cancel_queued_dagster_runs(context, row)
                 if dagster is None:
-                    context.log.info(f"{row['control_key']}: its run is starting; left alone")
+                    context.log.info(f"{row.control_key}: its run is starting; left alone")
                     continue
                 databricks = _cancel_databricks_run(context, databricks_workspace, row)
                 won = client.fail_stuck_queued_attempt(
-                    row["config_id"], row["last_metadata_id"], threshold
+                    row.config_id, row.last_metadata_id, threshold
                 )
             except Exception as exc:  # noqa: BLE001 - this row fails; the others go on
                 if fail_row_that_raised(context, client, row, {"Queued"}, "the stuck check", exc):
-                    failed.append(row["control_key"])
+                    failed.append(row.control_key)
                 continue
             outcome = "marked Failed" if won else "left alone (moved on meanwhile)"
             context.log.warning(
-                f"{row['control_key']}: {'; '.join(filter(None, [dagster, databricks]))}; {outcome}"
+                f"{row.control_key}: {'; '.join(filter(None, [dagster, databricks]))}; {outcome}"
             )
             if won:
-                failed.append(row["control_key"])
+                failed.append(row.control_key)
         if not failed:
             return dg.SkipReason("Rows stuck in queue started or moved on before being failed.")
         keys = ", ".join(failed)

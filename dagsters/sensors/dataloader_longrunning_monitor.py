@@ -101,27 +101,25 @@ def build_longrunning_monitor(settings: Settings) -> dg.SensorDefinition:
             try:
                 state = _cancel_dagster_run(
                     context,
-                    run_id_from_url(row["last_dagster_run"]),
-                    row["last_load_date_time"],
+                    run_id_from_url(row.last_dagster_run),
+                    row.last_load_date_time,
                     threshold,
                 )
                 if not state.stopped:
-                    context.log.warning(f"{row['control_key']}: {state.text}")
-                    waiting.append(row["control_key"])
+                    context.log.warning(f"{row.control_key}: {state.text}")
+                    waiting.append(row.control_key)
                     continue
-                failed = client.fail_stuck_running(
-                    row["config_id"], row["last_metadata_id"], threshold
-                )
+                failed = client.fail_stuck_running(row.config_id, row.last_metadata_id, threshold)
             except Exception as exc:  # noqa: BLE001 - this row fails; the others go on
                 if fail_row_that_raised(
                     context, client, row, {"In Progress"}, "the run timeout", exc
                 ):
-                    done.append(row["control_key"])
+                    done.append(row.control_key)
                 continue
             outcome = "marked Failed" if failed else "left alone (finished meanwhile)"
-            context.log.warning(f"{row['control_key']}: {state.text}; {outcome}")
+            context.log.warning(f"{row.control_key}: {state.text}; {outcome}")
             if failed:
-                done.append(row["control_key"])
+                done.append(row.control_key)
         if not done:
             if waiting:
                 return dg.SkipReason(

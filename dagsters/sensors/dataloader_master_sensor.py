@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from dagsters.control.rows import ClaimedRow
 from dagsters.partitions import PARTITIONS_NAME, control_key_partitions
 from dagsters.policy.run_requests import (
     LOAD_BATCH_JOB,
@@ -102,7 +103,7 @@ def batching(settings: Settings) -> bool:
     return settings.run_batch_size > 1
 
 
-def claim_runs(client: LakebaseClient, settings: Settings) -> list[list[dict]]:
+def claim_runs(client: LakebaseClient, settings: Settings) -> list[list[ClaimedRow]]:
     """This tick's claims, grouped by the run that loads them.
 
     Without batching: up to ``master_batch_size`` rows, a run each (as always). With batching:
@@ -116,7 +117,7 @@ def claim_runs(client: LakebaseClient, settings: Settings) -> list[list[dict]]:
             settings.master_batch_size, settings.source_concurrency
         )
         return [[row] for row in rows]
-    runs: list[list[dict]] = []
+    runs: list[list[ClaimedRow]] = []
     try:
         for _ in range(settings.master_batch_size):
             rows = client.claim_due_batch(settings.run_batch_size, settings.source_concurrency)
@@ -129,7 +130,7 @@ def claim_runs(client: LakebaseClient, settings: Settings) -> list[list[dict]]:
     return runs
 
 
-def run_request(rows: list[dict], settings: Settings, *, batched: bool) -> dg.RunRequest:
+def run_request(rows: list[ClaimedRow], settings: Settings, *, batched: bool) -> dg.RunRequest:
     """One table's run (its partition, exactly as without batching), or one batch run."""
     if len(rows) == 1:
         [row] = rows
@@ -140,7 +141,7 @@ def run_request(rows: list[dict], settings: Settings, *, batched: bool) -> dg.Ru
                 **load_run_tags(row, triggered_by=triggered_by(row)),
                 **environment_tags(settings.environment),
             },
-            partition_key=row["control_key"],
+            partition_key=row.control_key,
             **({"job_name": LOAD_JOB} if batched else {}),
         )
     return dg.RunRequest(
@@ -156,7 +157,7 @@ def build_master_sensor(settings: Settings, jobs: list | None = None) -> dg.Sens
     batched = batching(settings)
 
     def tick_result(
-        context: dg.SensorEvaluationContext, client: LakebaseClient, runs: list[list[dict]]
+        context: dg.SensorEvaluationContext, client: LakebaseClient, runs: list[list[ClaimedRow]]
     ) -> dg.SensorResult | dg.SkipReason:
         """Partition requests and one run request per claimed run (no Lakebase writes)."""
         rows = [row for run in runs for row in run]
@@ -167,7 +168,7 @@ def build_master_sensor(settings: Settings, jobs: list | None = None) -> dg.Sens
             now=time.time(),
             list_control_keys=client.list_control_keys,
             list_partitions=lambda: context.instance.get_dynamic_partitions(PARTITIONS_NAME),
-            claimed=[row["control_key"] for row in rows],
+            claimed=[row.control_key for row in rows],
         )
         if sync.cursor is not None:
             context.update_cursor(sync.cursor)
@@ -189,7 +190,7 @@ def build_master_sensor(settings: Settings, jobs: list | None = None) -> dg.Sens
                 return dg.SensorResult(skip_reason=skip, dynamic_partitions_requests=requests)
             return dg.SkipReason(skip)
         context.log.info(
-            f"Claimed {len(rows)} table(s): " + ", ".join(row["control_key"] for row in rows)
+            f"Claimed {len(rows)} table(s): " + ", ".join(row.control_key for row in rows)
         )
         return dg.SensorResult(
             run_requests=[run_request(run, settings, batched=batched) for run in runs],

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 
+from dagsters.control.rows import ClaimedRow, ControlRow
 from dagsters.policy.run_requests import LOAD_BATCH_JOB, attempt_run_filters
 from dagsters.utils.lakebase_client import LakebaseClient
 from databricks_scripts.contract import KIND_ORPHANED
@@ -31,8 +32,8 @@ _FINISHED = {
 
 
 def release_after_failed_tick(
-    client: LakebaseClient, rows: Sequence[dict], error: BaseException
-) -> list[dict]:
+    client: LakebaseClient, rows: Sequence[ClaimedRow], error: BaseException
+) -> list[ControlRow]:
     """The tick failed after claiming ``rows``: give them back (their runs were never requested)."""
     return client.release_claims(
         rows,
@@ -41,9 +42,9 @@ def release_after_failed_tick(
     )
 
 
-def attempt_run_records(instance: dg.DagsterInstance, row: dict, job_name: str) -> list:
+def attempt_run_records(instance: dg.DagsterInstance, row: ClaimedRow, job_name: str) -> list:
     """The run of the row's attempt (``metadata_id``): its own run, or the batch run holding it."""
-    own, batch = attempt_run_filters(row["metadata_id"], row["config_id"])
+    own, batch = attempt_run_filters(row.metadata_id, row.config_id)
     records = instance.get_run_records(filters=dg.RunsFilter(job_name=job_name, tags=own), limit=1)
     if records:
         return list(records)
@@ -62,17 +63,19 @@ def settle_orphan_claims(
     for row in client.queued_longer_than(ORPHAN_AFTER_MINUTES):
         records = attempt_run_records(context.instance, row, job_name)
         if not records:
-            done = client.release_claims(
-                [row],
-                f"Released: no Dagster run was created for attempt {row['metadata_id']} within "
-                f"{ORPHAN_AFTER_MINUTES} minutes of its claim (sensor daemon stopped?); it is "
-                "due again",
+            done = bool(
+                client.release_claims(
+                    [row],
+                    f"Released: no Dagster run was created for attempt {row.metadata_id} within "
+                    f"{ORPHAN_AFTER_MINUTES} minutes of its claim (sensor daemon stopped?); it is "
+                    "due again",
+                )
             )
         elif records[0].dagster_run.status in _FINISHED:
             run = records[0].dagster_run
             done = client.record_failure(
-                row["config_id"],
-                row["metadata_id"],
+                row.config_id,
+                row.metadata_id,
                 f"Run {run.run_id} ended {run.status.value} before the load started "
                 "(see the run's event log)",
                 failure_kind=KIND_ORPHANED,
@@ -80,7 +83,7 @@ def settle_orphan_claims(
         else:
             continue  # queued or running: the long-queued monitor's business
         if done:
-            settled.append(row["control_key"])
+            settled.append(row.control_key)
     if settled:
         context.log.warning(f"Settled claims without a working run: {', '.join(settled)}")
     return settled

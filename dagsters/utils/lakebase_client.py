@@ -17,6 +17,7 @@ Messages written to the database or raised are redacted first.
 
 =================================  ===========================================================
 ``control/connection.py``          the pool, one transaction per operation, redacted errors
+``control/rows.py``                ``ControlRow`` (a typed control row), the status lifecycle
 ``control/transitions.py``         the one guarded status UPDATE; next schedule slot
 ``control/claims.py``              due rows, control keys, claims and manual reruns (sensors, UI)
 ``control/lifecycle.py``           start, success, failure, run links of one attempt
@@ -49,9 +50,7 @@ from dagsters.control.retry_state import (
     RetrySql,
 )
 from dagsters.control.review_release import ReviewReleaseSql
-from dagsters.control.source_connections import SourceConnectionsSql
-from dagsters.control.source_slots import SourceSlotsSql
-from dagsters.control.status import (
+from dagsters.control.rows import (
     ALLOWED_FROM,
     FAILED,
     IN_PROGRESS,
@@ -59,6 +58,8 @@ from dagsters.control.status import (
     STATUSES,
     SUCCEEDED,
 )
+from dagsters.control.source_connections import SourceConnectionsSql
+from dagsters.control.source_slots import SourceSlotsSql
 from dagsters.control.stuck import StuckRowsSql
 from dagsters.control.table_listing import TableListingSql
 from dagsters.control.uncomputable import UncomputableRowsSql
@@ -97,7 +98,7 @@ class LakebaseClient(
     TableListingSql,
     UncomputableRowsSql,
 ):
-    """Pooled access to ``table_control`` and ``historical_metadata`` (rows as dicts).
+    """Pooled access to ``table_control`` (rows as ``ControlRow``) and ``historical_metadata``.
 
     ``LakebaseClient(conninfo, *, min_size=1, max_size=4, connect_kwargs=None,
     connection_class=None, timeout=30.0)``; every part shares the one pool of

@@ -81,7 +81,7 @@ def test_a_tick_failing_after_its_claim_gives_the_rows_back(control_db, db, inst
             assert text.startswith("Released: master_sensor's tick failed after claiming")
             assert "control_keys_state" in text
     with LakebaseClient(control_db) as client:  # due again at once
-        assert {r["control_key"] for r in client.get_control_tables()} == {"c.one", "c.two"}
+        assert {r.control_key for r in client.get_control_tables()} == {"c.one", "c.two"}
 
 
 def test_a_claim_without_a_run_is_released_and_claimed_afresh(control_db, db, instance):
@@ -98,10 +98,10 @@ def test_a_claim_without_a_run_is_released_and_claimed_afresh(control_db, db, in
 
     [request] = result.run_requests
     assert request.partition_key == "c.orphan"
-    assert request.tags[TAG_METADATA_ID] != str(lost["metadata_id"])
+    assert request.tags[TAG_METADATA_ID] != str(lost.metadata_id)
     old = db.execute(
         "SELECT status, message FROM historical_metadata WHERE metadata_id = %s",
-        (lost["metadata_id"],),
+        (lost.metadata_id,),
     ).fetchone()
     assert old["status"] == "Failed" and "no Dagster run was created" in old["message"]
     assert _status(db, "c.orphan")["last_status"] == "Queued"  # the fresh claim
@@ -112,18 +112,18 @@ def test_a_run_that_ended_before_starting_fails_the_attempt_and_a_live_run_is_le
 ):
     _rows(db, "c.crashed", "c.waiting")
     with LakebaseClient(control_db) as client:
-        claimed = {r["control_key"]: r for r in client.claim_due_tables(10)}
+        claimed = {r.control_key: r for r in client.claim_due_tables(10)}
     crashed = create_run_for_test(
         instance,
         job_name=LOAD_JOB,
         status=dg.DagsterRunStatus.FAILURE,
-        tags={TAG_METADATA_ID: str(claimed["c.crashed"]["metadata_id"])},
+        tags={TAG_METADATA_ID: str(claimed["c.crashed"].metadata_id)},
     )
     create_run_for_test(
         instance,
         job_name=LOAD_JOB,
         status=dg.DagsterRunStatus.STARTED,
-        tags={TAG_METADATA_ID: str(claimed["c.waiting"]["metadata_id"])},
+        tags={TAG_METADATA_ID: str(claimed["c.waiting"].metadata_id)},
     )
     _age_claims(db, 10)
 

@@ -96,7 +96,7 @@ def delta_version(path: Path) -> int:
 def materialize(control: ControlServer, lake_root: Path, instance, key: str, *, bound: int):
     """What master_sensor + a run worker do: claim the due row, run its partition."""
     with LakebaseClient(control.conninfo) as client:
-        [claimed] = [r for r in client.claim_due_tables(10) if r["control_key"] == key]
+        [claimed] = [r for r in client.claim_due_tables(10) if r.control_key == key]
     instance.add_dynamic_partitions(PARTITIONS_NAME, [key])
     settings = dataclasses.replace(
         load_settings({"DATALOADER_LAKE_ROOT": str(lake_root)}), writeback_retry_seconds=bound
@@ -203,7 +203,7 @@ def test_a_commit_made_while_the_control_database_is_down_is_recorded_when_it_re
         assert row["last_status"] == "Succeeded"
         assert row["incremental_value"].startswith("2024-03-02T06:00")
         _first, second = history(db, "pg.slow")
-    assert (second["metadata_id"], second["status"]) == (claimed["metadata_id"], "Succeeded")
+    assert (second["metadata_id"], second["status"]) == (claimed.metadata_id, "Succeeded")
     assert second["rows_written"] == 5
     assert write_back_retried(instance)  # the write-back did meet the outage
 
@@ -227,10 +227,10 @@ def test_a_commit_never_recorded_is_recorded_by_the_next_load_not_loaded_again(
     assert destination_rows(lake_root) == (30, 30)
     control.start()
     with LakebaseClient(control.conninfo) as client:
-        assert client.get_table_details("pg.slow")["last_status"] == "In Progress"
+        assert client.get_table_details("pg.slow").last_status == "In Progress"
         # What longrunning_monitor does once the run is known dead; then a person (or the retry
         # decision) makes the Failed row ready again: its schedule alone does not.
-        assert client.fail_stuck_running(lost["config_id"], lost["metadata_id"], 0)
+        assert client.fail_stuck_running(lost.config_id, lost.metadata_id, 0)
     with psycopg.connect(control.conninfo, autocommit=True) as db:
         db.execute(
             "UPDATE table_control SET last_status = NULLIF(last_status, 'Failed'),"
@@ -246,9 +246,9 @@ def test_a_commit_never_recorded_is_recorded_by_the_next_load_not_loaded_again(
         _, earlier, now = history(db, "pg.slow")
     assert row["last_status"] == "Succeeded"
     assert row["incremental_value"].startswith("2024-03-02T06:00")
-    assert f"attempt {lost['metadata_id']} had committed" in row["last_message"]
+    assert f"attempt {lost.metadata_id} had committed" in row["last_message"]
     assert (now["metadata_id"], now["status"], now["rows_written"]) == (
-        claimed["metadata_id"],
+        claimed.metadata_id,
         "Succeeded",
         0,
     )

@@ -14,6 +14,7 @@ from helpers import SOME_SOURCE
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from dagsters.control.rows import ClaimedRow
 from dagsters.policy.retry_analysis import apply_decision
 from dagsters.utils.lakebase_client import LakebaseClient
 from databricks_scripts.contract import Decision, LoadReport
@@ -32,11 +33,11 @@ def _minute_passes(db) -> None:
     )
 
 
-def _run(client: LakebaseClient, rows: list[dict], failing: str) -> None:
+def _run(client: LakebaseClient, rows: list[ClaimedRow], failing: str) -> None:
     for row in rows:
-        cid, mid = row["config_id"], row["metadata_id"]
+        cid, mid = row.config_id, row.metadata_id
         assert client.start_load(cid, mid, dagster_run_id="r", dagster_run_url="u")
-        if row["control_key"] == failing:
+        if row.control_key == failing:
             assert client.record_failure(cid, mid, "could not connect to server: timeout")
         else:
             assert client.record_success(
@@ -58,23 +59,23 @@ def test_a_failing_row_waits_for_its_decision_and_the_healthy_row_keeps_its_slot
         for _ in range(3):  # three frequent slots pass before the analysis decides
             _minute_passes(db)
             claimed = client.claim_due_tables(10)
-            assert [r["control_key"] for r in claimed] == ["src.healthy"]
+            assert [r.control_key for r in claimed] == ["src.healthy"]
             _run(client, claimed, failing="src.failing")
 
         [failed] = client.claim_failed_for_analysis(10, 3)
         decision = Decision("Retry Recommended", 0.9, "Transient network fault.", "rules")
         assert apply_decision(client, failed, decision) == "retried"
         _minute_passes(db)  # inside the 5-minute back-off
-        assert [r["control_key"] for r in client.claim_due_tables(10)] == ["src.healthy"]
+        assert [r.control_key for r in client.claim_due_tables(10)] == ["src.healthy"]
 
         db.execute(
             "UPDATE table_control SET next_load_date_time = now() - interval '1 second'"
             " WHERE control_key = 'src.failing'"
         )  # the back-off is over
-        again = {r["control_key"]: r for r in client.claim_due_tables(10)}
+        again = {r.control_key: r for r in client.claim_due_tables(10)}
         assert set(again) == {"src.failing"}
         retry_history = db.execute(
             "SELECT triggered_by FROM historical_metadata WHERE metadata_id = %s",
-            (again["src.failing"]["metadata_id"],),
+            (again["src.failing"].metadata_id,),
         ).fetchone()
         assert retry_history["triggered_by"] == "retry"

@@ -9,9 +9,11 @@ the model's requests: none for a kind, one for the foreign error next to them.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import dagster as dg
 import pytest
-from helpers import control_row, failed_row, lakebase_for, tick
+from helpers import control_row, failed_row, lakebase_for, make_row, tick, typed_control_row
 from openai_standin import OpenAIStandIn, good_answer, openai_standin
 
 from dagsters.assets.dataloader_pipes_asset import build_retry_asset
@@ -53,7 +55,7 @@ def no_classifier(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("kind", FAILURE_KINDS)
 def test_each_kind_is_decided_by_its_rule_without_the_classifier(kind, no_classifier):
-    row = {"retry_count": 0, "last_message": _contradicting(kind), "last_failure_kind": kind}
+    row = make_row(retry_count=0, last_message=_contradicting(kind), last_failure_kind=kind)
     decision, _ = KIND_RULES[kind]
 
     ruled = decide_without_asking(row, RetryPolicy(max_retries=3))
@@ -62,13 +64,15 @@ def test_each_kind_is_decided_by_its_rule_without_the_classifier(kind, no_classi
     assert kind in ruled.reason
     assert decide_by_rules(row, "the analysis run failed").decision == decision
     # The retry budget still comes first: a kind that retries goes to review once it is used up.
-    spent = decide_without_asking({**row, "retry_count": 3}, RetryPolicy(max_retries=3))
+    spent = decide_without_asking(replace(row, retry_count=3), RetryPolicy(max_retries=3))
     assert spent is not None and spent.decision == REQUIRES_REVIEW
 
 
 def test_a_foreign_error_is_left_to_the_script_and_classified_there():
-    assert decide_without_asking({"retry_count": 0, "last_message": "x"}, RetryPolicy()) is None
-    assert decide_by_rules({"last_message": RETRYABLE_TEXT}, "why").decision == RETRY_RECOMMENDED
+    assert decide_without_asking(make_row(last_message="x"), RetryPolicy()) is None
+    assert decide_by_rules(make_row(last_message=RETRYABLE_TEXT), "why").decision == (
+        RETRY_RECOMMENDED
+    )
 
 
 def test_the_script_decides_a_kind_without_the_model_or_the_classifier(
@@ -136,13 +140,13 @@ def test_a_persons_analysis_of_a_kinded_failure_asks_no_model(
     monkeypatch.setenv("DATALOADER_AI_BASE_URL", openai_standin.base_url)
     openai_standin.queue(good_answer("Requires Review", 0.99, "Permissions."))
     metadata_id = failed_row(db, "k.stuck", REVIEWABLE_TEXT, kind="stuck_queued")
-    row = control_row(db, "k.stuck")
+    row = typed_control_row(db, "k.stuck")
     instance.add_dynamic_partitions(PARTITIONS_NAME, ["k.stuck"])
 
     result = dg.materialize(
         [build_retry_asset(load_settings())],
         partition_key="k.stuck",
-        run_config=retry_run_config({**row, "last_metadata_id": metadata_id}),
+        run_config=retry_run_config(replace(row, last_metadata_id=metadata_id)),
         resources={
             "lakebase": lakebase_for(control_db),
             "pipes_databricks": PipesDatabricksResource(execution="local"),

@@ -16,7 +16,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from dagsters.control.status import (
+from dagsters.control.rows import (
     ALLOWED_FROM,
     FAILED,
     IN_PROGRESS,
@@ -95,9 +95,9 @@ def history(conninfo: str, metadata_id: int) -> dict:
 
 
 def claim_one(client: LakebaseClient, config_id: int) -> int:
-    claimed = [r for r in client.claim_due_tables(100) if r["config_id"] == config_id]
+    claimed = [r for r in client.claim_due_tables(100) if r.config_id == config_id]
     assert len(claimed) == 1
-    return claimed[0]["metadata_id"]
+    return claimed[0].metadata_id
 
 
 def run_one(client: LakebaseClient, config_id: int) -> int:
@@ -120,15 +120,15 @@ def test_claim_takes_only_due_rows_and_writes_history(client, control_db):
     add_row(control_db, "a.running", last_status=IN_PROGRESS)
     add_row(control_db, "a.review", last_status=FAILED, needs_review=True)
 
-    assert {r["config_id"] for r in client.get_control_tables()} == {due, retry, after_success}
+    assert {r.config_id for r in client.get_control_tables()} == {due, retry, after_success}
     claimed = client.claim_due_tables(10)
-    assert {r["config_id"] for r in claimed} == {due, retry, after_success}
+    assert {r.config_id for r in claimed} == {due, retry, after_success}
     for r in claimed:
-        assert r["last_status"] == QUEUED and r["last_metadata_id"] == r["metadata_id"]
-        assert r["last_dagster_run"] is None and r["retry_analysis_requested_at"] is None
-        h = history(control_db, r["metadata_id"])
-        assert h["status"] == QUEUED and h["config_id"] == r["config_id"]
-        assert h["triggered_by"] == ("retry" if r["config_id"] == retry else "sensor")
+        assert r.last_status == QUEUED and r.last_metadata_id == r.metadata_id
+        assert r.last_dagster_run is None and r.retry_analysis_requested_at is None
+        h = history(control_db, r.metadata_id)
+        assert h["status"] == QUEUED and h["config_id"] == r.config_id
+        assert h["triggered_by"] == ("retry" if r.config_id == retry else "sensor")
     assert history(control_db, row(control_db, due)["last_metadata_id"])["watermark_before"] == "41"
     assert client.claim_due_tables(10) == []
     assert client.get_control_tables() == []
@@ -140,9 +140,9 @@ def test_claim_respects_batch_size_and_due_order(client, control_db):
         for i in range(5)
     ]
     first = client.claim_due_tables(2)
-    assert [r["config_id"] for r in first] == ids[:2]
+    assert [r.config_id for r in first] == ids[:2]
     assert client.claim_due_tables(0) == []
-    assert [r["config_id"] for r in client.claim_due_tables(10)] == ids[2:]
+    assert [r.config_id for r in client.claim_due_tables(10)] == ids[2:]
 
 
 def test_eight_threads_claim_each_of_1000_rows_exactly_once(control_db):
@@ -158,7 +158,7 @@ def test_eight_threads_claim_each_of_1000_rows_exactly_once(control_db):
         def worker(_: int) -> list[int]:
             got: list[int] = []
             while batch := shared.claim_due_tables(7):
-                got.extend(r["config_id"] for r in batch)
+                got.extend(r.config_id for r in batch)
             return got
 
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -186,12 +186,12 @@ def test_manual_load_queues_with_ui_history_and_refuses_active_or_unknown(client
         next_load_date_time=None,
     )
     queued = client.queue_manual_load("m.one")
-    assert queued["config_id"] == cid and queued["last_status"] == QUEUED
-    assert queued["needs_review"] is False and row(control_db, cid)["needs_review"] is False
-    assert history(control_db, queued["metadata_id"])["triggered_by"] == "ui"
+    assert queued.config_id == cid and queued.last_status == QUEUED
+    assert queued.needs_review is False and row(control_db, cid)["needs_review"] is False
+    assert history(control_db, queued.metadata_id)["triggered_by"] == "ui"
     with pytest.raises(LoadAlreadyActive, match="m.one is already Queued"):
         client.queue_manual_load("m.one")
-    client.start_load(cid, queued["metadata_id"], dagster_run_id="r", dagster_run_url="u")
+    client.start_load(cid, queued.metadata_id, dagster_run_id="r", dagster_run_url="u")
     with pytest.raises(LoadAlreadyActive, match="In Progress"):
         client.queue_manual_load("m.one")
     with pytest.raises(UnknownControlKey, match="no.such"):
@@ -305,17 +305,17 @@ def test_success_with_a_schema_change_asks_for_the_staging_model_again(db, clien
     for key in ("same", "changed"):
         add_row(control_db, key, staging_model_processed=True)
     for claimed in client.claim_due_tables(10):
-        config_id, metadata_id = claimed["config_id"], claimed["metadata_id"]
+        config_id, metadata_id = claimed.config_id, claimed.metadata_id
         assert client.start_load(config_id, metadata_id, dagster_run_id="r", dagster_run_url="u")
         assert client.record_success(
             config_id,
             metadata_id,
             LoadReport(rows_read=1, rows_written=1, watermark_after=None),
-            schema_changed=claimed["control_key"] == "changed",
+            schema_changed=claimed.control_key == "changed",
         )
     assert control_row(db, "same")["staging_model_processed"] is True
     assert control_row(db, "changed")["staging_model_processed"] is False
-    assert [r["control_key"] for r in client.get_unprocessed_landing_tables()] == ["changed"]
+    assert [r.control_key for r in client.get_unprocessed_landing_tables()] == ["changed"]
 
 
 def test_success_without_schedule_loads_once_and_keeps_watermark(client, control_db):
@@ -393,8 +393,8 @@ def test_failed_rows_are_claimed_for_analysis_once(client, control_db):
     exhausted, _ = failed_row(client, control_db, "r.exhausted")
     set_cols(control_db, exhausted, retry_count=3)
     claimed = client.claim_failed_for_analysis(10)
-    assert [r["config_id"] for r in claimed] == [cid]
-    assert claimed[0]["retry_analysis_requested_at"] is not None
+    assert [r.config_id for r in claimed] == [cid]
+    assert claimed[0].retry_analysis_requested_at is not None
     assert client.claim_failed_for_analysis(10) == []
 
 
@@ -408,14 +408,13 @@ def test_claim_takes_back_analyses_older_than_the_timeout_only(db, client):
         "UPDATE table_control SET last_status = 'Succeeded' WHERE config_id = %s",
         (stale_succeeded,),
     )
-    assert [r["control_key"] for r in client.claim_failed_for_analysis(10, 3, stale_after_minutes=None)] == ["new"]  # fmt: skip
-    claimed = {r["control_key"]: r for r in client.claim_failed_for_analysis(10, 3)}
+    assert [r.control_key for r in client.claim_failed_for_analysis(10, 3, stale_after_minutes=None)] == ["new"]  # fmt: skip
+    claimed = {r.control_key: r for r in client.claim_failed_for_analysis(10, 3)}
     assert set(claimed) == {"stale"}
     stale = claimed["stale"]
-    assert stale["previous_analysis_requested_at"] < stale["retry_analysis_requested_at"]
+    assert stale.previous_analysis_requested_at < stale.retry_analysis_requested_at
     assert (
-        control_row(db, "stale")["retry_analysis_requested_at"]
-        == stale["retry_analysis_requested_at"]
+        control_row(db, "stale")["retry_analysis_requested_at"] == stale.retry_analysis_requested_at
     )
     # Restamped: not taken again until the timeout passes once more.
     assert client.claim_failed_for_analysis(10, 3) == []
@@ -494,7 +493,7 @@ def test_retry_decisions_refused_unless_failed(client, control_db, status):
 def test_stuck_queued_rows_fail_with_the_spec_message(client, control_db):
     old = add_row(control_db, "q.old")
     fresh = add_row(control_db, "q.fresh")
-    claimed = {r["config_id"]: r["metadata_id"] for r in client.claim_due_tables(10)}
+    claimed = {r.config_id: r.metadata_id for r in client.claim_due_tables(10)}
     assert set(claimed) == {old, fresh}
     old_meta = claimed[old]
     with psycopg.connect(control_db) as conn:
@@ -504,8 +503,8 @@ def test_stuck_queued_rows_fail_with_the_spec_message(client, control_db):
             (old,),
         )
     failed = client.fail_stuck_queued(60)
-    assert [r["config_id"] for r in failed] == [old]
-    assert failed[0]["last_message"] == "Cancelled - stuck in queue for >60 minutes"
+    assert [r.config_id for r in failed] == [old]
+    assert failed[0].last_message == "Cancelled - stuck in queue for >60 minutes"
     assert history(control_db, old_meta)["status"] == FAILED
     assert row(control_db, fresh)["last_status"] == QUEUED
     assert client.fail_stuck_queued(60) == []
@@ -520,7 +519,7 @@ def test_stuck_running_rows_are_found_and_failed_for_that_attempt_only(client, c
         control_db, cid, last_load_date_time=row(control_db, cid)["db_now"] - timedelta(hours=4)
     )
     stuck = client.find_stuck_running(180)
-    assert [(r["config_id"], r["last_metadata_id"], r["last_dagster_run"]) for r in stuck] == [
+    assert [(r.config_id, r.last_metadata_id, r.last_dagster_run) for r in stuck] == [
         (cid, metadata_id, "u/r1")
     ]
     assert not client.fail_stuck_running(cid, metadata_id + 1, 180)
@@ -565,11 +564,11 @@ def test_run_tracking_and_metadata_updates(client, control_db):
 def test_landing_tables_are_listed_until_marked_processed(client, control_db):
     ok = add_row(control_db, "g.ok", last_status=SUCCEEDED)
     add_row(control_db, "g.failed", last_status=FAILED)
-    assert [r["config_id"] for r in client.get_unprocessed_landing_tables()] == [ok]
+    assert [r.config_id for r in client.get_unprocessed_landing_tables()] == [ok]
     assert client.mark_staging_processed([ok]) == 1
     assert client.mark_staging_processed([ok]) == 0
     assert client.get_unprocessed_landing_tables() == []
-    assert client.get_table_details("g.ok")["staging_model_processed"] is True
+    assert client.get_table_details("g.ok").staging_model_processed is True
     assert client.get_table_details("nope") is None
 
 

@@ -225,15 +225,23 @@ def test_valid_schedules_are_accepted(control_db):
             conn.execute(f"UPDATE table_control {assignment} WHERE control_key = 'k'")
 
 
-class _RecordingConnection(psycopg.Connection):
-    """Keeps every statement the client sends, so the test can EXPLAIN exactly those."""
-
-    statements: ClassVar[list] = []
+class _RecordingCursor(psycopg.Cursor):
+    """A cursor that keeps what it executes (``conn.execute`` and the typed reads use one)."""
 
     def execute(self, query, params=None, **kwargs):  # type: ignore[override]
         if query:
             _RecordingConnection.statements.append((query, params))
         return super().execute(query, params, **kwargs)
+
+
+class _RecordingConnection(psycopg.Connection):
+    """Keeps every statement the client sends, so the test can EXPLAIN exactly those."""
+
+    statements: ClassVar[list] = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cursor_factory = _RecordingCursor
 
 
 def _plans(conn: psycopg.Connection, statements: list) -> list[str]:

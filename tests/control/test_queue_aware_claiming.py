@@ -29,10 +29,12 @@ from helpers import (
     control_row,
     evaluate,
     insert_control_row,
+    make_row,
     sensor_resources,
 )
 from psycopg.types.json import Jsonb
 
+from dagsters.control.rows import ControlRow, fetch_all
 from dagsters.control.source_slots import SOURCE_SYSTEM_SQL
 from dagsters.policy.run_requests import (
     TAG_CONTROL_KEY,
@@ -104,14 +106,14 @@ def test_the_sql_source_system_is_the_run_tag(db):
         " VALUES ('erp-pg.main', 'postgresql', 'erp.internal', 5432, 'erp')"
     )
     add_row(db, "by_connection", {}, connection_name="erp-pg.main")
-    rows = db.execute(
-        psycopg.sql.SQL("SELECT t.*, {src} AS sql_source FROM table_control t").format(
-            src=SOURCE_SYSTEM_SQL
-        )
-    ).fetchall()
-    assert len(rows) == len(configs) + 1
-    for row in rows:
-        assert row["sql_source"] == source_system(row), row["control_key"]
+    query = psycopg.sql.SQL(
+        "SELECT t.*, {src} AS sql_source FROM table_control t ORDER BY config_id"
+    ).format(src=SOURCE_SYSTEM_SQL)
+    rows = db.execute(query).fetchall()
+    typed = fetch_all(db, ControlRow, query)  # the same rows as the code reads them
+    assert len(rows) == len(typed) == len(configs) + 1
+    for row, control in zip(rows, typed, strict=True):
+        assert row["sql_source"] == source_system(control), row["control_key"]
     assert {r["control_key"]: r["sql_source"] for r in rows}["by_connection"] == (
         "connection_erp-pg.main"
     )
@@ -135,8 +137,8 @@ def test_claims_fill_only_the_free_slots_of_each_source(control_db, db, instance
     assert not getattr(again, "run_requests", None)
     with LakebaseClient(control_db) as client:
         assert client.source_systems_in_flight() == {
-            source_system({"db_type": "postgresql", "db_config_value": SOME_SOURCE}): 2,
-            source_system({"db_type": "postgresql", "db_config_value": OTHER_SOURCE}): 2,
+            source_system(make_row(db_config_value=SOME_SOURCE)): 2,
+            source_system(make_row(db_config_value=OTHER_SOURCE)): 2,
         }
     # The rows not claimed stay due and unclaimed in table_control: nothing is lost.
     for key in ("a2", "a3", "a4", "b2"):

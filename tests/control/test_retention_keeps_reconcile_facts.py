@@ -25,7 +25,7 @@ from dagsters.utils.lakebase_client import LakebaseClient
 def _load(control_db: str, lake_root: Path, instance, key: str) -> dg.ExecuteInProcessResult:
     """What master_sensor + a run worker do: claim the due row, run its partition."""
     with LakebaseClient(control_db) as client:
-        [claimed] = [r for r in client.claim_due_tables(10) if r["control_key"] == key]
+        [claimed] = [r for r in client.claim_due_tables(10) if r.control_key == key]
     instance.add_dynamic_partitions(PARTITIONS_NAME, [key])
     return dg.materialize(
         [build_load_asset(load_settings())],
@@ -54,7 +54,7 @@ def test_retention_keeps_the_last_succeeded_attempt_and_the_next_load_loads(
     db.execute("UPDATE table_control SET next_load_date_time = now()")
     with LakebaseClient(control_db) as client:
         [failed] = client.claim_due_tables(10)
-        assert client.record_failure(cid, failed["metadata_id"], "source unreachable")
+        assert client.record_failure(cid, failed.metadata_id, "source unreachable")
     # Both attempts are older than the retention; the purge runs.
     db.execute("UPDATE historical_metadata SET queued_at = now() - interval '500 days'")
     with LakebaseClient(control_db) as client:
@@ -62,7 +62,7 @@ def test_retention_keeps_the_last_succeeded_attempt_and_the_next_load_loads(
         assert client.last_recorded_attempt(cid) == good["metadata_id"]
     assert [h["metadata_id"] for h in history(db, "pg.orders")] == [
         good["metadata_id"],
-        failed["metadata_id"],
+        failed.metadata_id,
     ]
 
     source.execute(

@@ -65,14 +65,14 @@ def _fail_attempt(client: LakebaseClient, control_db: str, key: str, message: st
             " WHERE control_key = %s",
             (key,),
         )
-    [claimed] = [r for r in client.claim_due_tables(10) if r["control_key"] == key]
-    config_id, metadata_id = claimed["config_id"], claimed["metadata_id"]
+    [claimed] = [r for r in client.claim_due_tables(10) if r.control_key == key]
+    config_id, metadata_id = claimed.config_id, claimed.metadata_id
     assert client.start_load(
         config_id, metadata_id, dagster_run_id="run-1", dagster_run_url="http://dagster/runs/1"
     )
     assert client.record_failure(config_id, metadata_id, message)
     row = client.get_table_details(key)
-    assert row is not None and row["last_status"] == "Failed"
+    assert row is not None and row.last_status == "Failed"
     return row
 
 
@@ -104,7 +104,7 @@ def test_transient_failure_is_retried_after_a_backoff(client: LakebaseClient, co
     request = build_analysis_request(row, history)
     assert request["error_message"] == "ERROR:  deadlock detected"
     assert request["recent_attempts"][0]["message"] == "ERROR:  deadlock detected"
-    assert request["metadata_id"] == row["last_metadata_id"]
+    assert request["metadata_id"] == row.last_metadata_id
     decision = _advise(request)  # no model: the rules decide
     outcome = apply_decision(client, row, decision)
 
@@ -113,7 +113,7 @@ def test_transient_failure_is_retried_after_a_backoff(client: LakebaseClient, co
     assert state["last_status"] is None and state["retry_count"] == 1
     assert state["last_message"].startswith("[AI Analysis - Retry Recommended] Transient lock")
     assert state["wait"].total_seconds() > 4 * 60  # backoff: not due on the next sensor tick
-    stored = _history(control_db, row["last_metadata_id"])
+    stored = _history(control_db, row.last_metadata_id)
     assert stored["retry_decision"] == "Retry Recommended"
     assert stored["retry_decider"] == "rules"
     assert stored["retry_confidence"] == pytest.approx(decision.confidence)
@@ -137,7 +137,7 @@ def test_flapping_source_backs_off_5_15_45_minutes_then_goes_to_review(
     for wait, minutes in zip(waits, (5, 15, 45), strict=True):
         assert timedelta(minutes=minutes - 1) < wait <= timedelta(minutes=minutes)
     row = _fail_attempt(client, control_db, "sales.flapping", "Connection reset by peer")
-    assert row["retry_count"] == 3
+    assert row.retry_count == 3
     decision = decide_without_asking(row, SPEC)
     assert decision is not None and apply_decision(client, row, decision) == REVIEW
     assert client.claim_failed_for_analysis(10) == []
@@ -174,7 +174,7 @@ def test_exhausted_retries_go_to_review_without_asking(client: LakebaseClient, c
     assert decision is not None and decision.decision == "Requires Review"
     assert apply_decision(client, row, decision) == REVIEW
     assert _state(control_db, config_id)["needs_review"] is True
-    assert "3 automatic retries" in _history(control_db, row["last_metadata_id"])["retry_reason"]
+    assert "3 automatic retries" in _history(control_db, row.last_metadata_id)["retry_reason"]
 
 
 def test_a_second_decision_for_the_same_attempt_loses(client: LakebaseClient, control_db: str):
@@ -195,16 +195,16 @@ def test_decision_for_an_older_attempt_loses(client: LakebaseClient, control_db:
     client.queue_manual_load("sales.refunds")  # a person reran it meanwhile
     latest = client.get_table_details("sales.refunds")
     client.start_load(
-        latest["config_id"],
-        latest["last_metadata_id"],
+        latest.config_id,
+        latest.last_metadata_id,
         dagster_run_id="run-2",
         dagster_run_url="http://dagster/runs/2",
     )
-    client.record_failure(latest["config_id"], latest["last_metadata_id"], "Connection refused")
+    client.record_failure(latest.config_id, latest.last_metadata_id, "Connection refused")
     retry = _decision("Retry Recommended")
 
     assert apply_decision(client, stale, retry) == LOST  # guarded by last_metadata_id
-    assert _history(control_db, stale["last_metadata_id"])["retry_decision"] is None
+    assert _history(control_db, stale.last_metadata_id)["retry_decision"] is None
 
 
 def test_unknown_decision_and_secret_in_reason_are_made_safe(
@@ -223,7 +223,7 @@ def test_unknown_decision_and_secret_in_reason_are_made_safe(
 
     assert apply_decision(client, row, decision) == REVIEW
 
-    stored = _history(control_db, row["last_metadata_id"])
+    stored = _history(control_db, row.last_metadata_id)
     assert stored["retry_decision"] == "Requires Review"
     assert stored["retry_confidence"] == 1.0
     assert "Hunter2Pw" not in stored["retry_reason"]

@@ -11,7 +11,7 @@ import warnings
 
 import dagster as dg
 import pytest
-from helpers import control_row, failed_row, lakebase_for
+from helpers import control_row, declared_table, failed_row, lakebase_for
 from openai_standin import OpenAIStandIn, good_answer, openai_standin
 from test_retry_end_to_end import analyse, monitor_tick, run_monitor_then_analysis
 
@@ -126,8 +126,7 @@ def test_executing_the_tables_check_reads_the_row_and_passes_once_it_is_released
 ):
     failed_row(db, "pg.gone", 'relation "public.gone" does not exist')
     run_monitor_then_analysis(control_db, instance)
-    row = control_row(db, "pg.gone")
-    checks = row_count_checks([table_spec(row, "local")])
+    checks = row_count_checks([table_spec(declared_table(control_db, "pg.gone"), "local")])
 
     [failing] = _execute(instance, control_db, checks).values()
     assert not failing.passed

@@ -131,7 +131,7 @@ def test_service_role_runs_the_control_loop_but_cannot_edit_connections(logins):
         assert resolved.db_config_value["host"] == "erp-db.internal"
         assert resolved.db_config_value["sslmode"] == "require"
         assert resolved.db_kv_scope == "kv-main"
-        assert client.get_table_details("erp.invoices")["last_status"] == "Queued"
+        assert client.get_table_details("erp.invoices").last_status == "Queued"
 
 
 def test_audit_records_who_changed_configuration_but_not_status_updates(logins, db):

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from helpers import insert_control_row
+from helpers import insert_control_row, make_claimed, make_row
 from psycopg.types.json import Jsonb
 
+from dagsters.control.rows import ControlRow
 from dagsters.control.source_connections import SourceConnectionError, resolve_source
 from dagsters.policy.run_requests import load_params, load_run_tags, source_system
 from dagsters.utils.lakebase_client import LakebaseClient
@@ -30,15 +31,8 @@ ERP = {
 }
 
 
-def row(**values) -> dict:
-    return {
-        "control_key": "erp.invoices",
-        "db_type": "postgresql",
-        "db_config_value": {},
-        "db_kv_scope": None,
-        "connection_name": None,
-        **values,
-    }
+def row(**values) -> ControlRow:
+    return make_row(**{"control_key": "erp.invoices", **values})
 
 
 def test_a_row_naming_a_connection_gets_its_settings_and_tls_by_default():
@@ -180,11 +174,11 @@ def test_inline_rows_without_a_secret_keep_working_and_get_tls_off_loopback():
 
 def test_load_params_carry_the_resolved_source_and_the_source_system_is_the_connection():
     resolved = resolve_source(row(connection_name="erp"), connection=ERP)
-    params = load_params({**row(connection_name="erp"), "metadata_id": 1}, resolved)
+    params = load_params(row(connection_name="erp"), resolved, metadata_id=1)
     assert params["db_config_value"]["host"] == "erp-db.internal"
     assert params["db_kv_scope"] == "kv-main"
     assert source_system(row(connection_name="erp")) == "connection_erp"
-    tags = load_run_tags({**row(connection_name="erp"), "metadata_id": 1})
+    tags = load_run_tags(make_claimed(1, control_key="erp.invoices", connection_name="erp"))
     assert tags["dataloader/source_system"] == "connection_erp"
     inline = row(db_config_value={"host": "db1", "port": 5432})
     assert source_system(inline) == "postgresql_db1_5432"  # unchanged for inline rows

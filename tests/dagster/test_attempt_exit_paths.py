@@ -64,7 +64,7 @@ def _scripts_dir(tmp_path: Path, control_db: str, fault: str) -> Path:
 
 def _materialize(control_db, lake_root, instance, key, *, scripts: Path | None = None):
     with LakebaseClient(control_db) as client:
-        [claimed] = [r for r in client.claim_due_tables(10) if r["control_key"] == key]
+        [claimed] = [r for r in client.claim_due_tables(10) if r.control_key == key]
     instance.add_dynamic_partitions(PARTITIONS_NAME, [key])
     return _run(control_db, lake_root, instance, claimed, scripts=scripts), claimed
 
@@ -76,7 +76,7 @@ def _run(control_db, lake_root, instance, claimed, *, scripts: Path | None = Non
     )
     return dg.materialize(
         [build_load_asset(settings)],
-        partition_key=claimed["control_key"],
+        partition_key=claimed.control_key,
         run_config=load_run_config(claimed),
         resources={
             "lakebase": lakebase_for(control_db),
@@ -254,7 +254,7 @@ def test_stuck_row_monitors_fail_rows_whose_schedule_cannot_be_computed(
         if monitor == "running":
             for row in claimed:
                 assert client.start_load(
-                    row["config_id"], row["metadata_id"], dagster_run_id="r", dagster_run_url="u"
+                    row.config_id, row.metadata_id, dagster_run_id="r", dagster_run_url="u"
                 )
         db.execute(
             "UPDATE table_control SET last_status_date_time = now() - interval '5 hours',"
@@ -265,7 +265,7 @@ def test_stuck_row_monitors_fail_rows_whose_schedule_cannot_be_computed(
             assert len(failed) == 3
         else:
             for row in client.find_stuck_running(180):
-                assert client.fail_stuck_running(row["config_id"], row["last_metadata_id"], 180)
+                assert client.fail_stuck_running(row.config_id, row.last_metadata_id, 180)
 
     for key, problem in [("m.bad_zone", "unknown time zone 'UTC+3'"), ("m.never", "never fires")]:
         row = control_row(db, key)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from helpers import make_declared
 
 from dagsters.assets.table_assets import destination_asset_key
 from dagsters.local.demo import DEMO_CATALOG, DEMO_DATABASE, DEMO_SCHEMA
@@ -55,11 +56,11 @@ def test_the_models_upstream_is_the_loaded_tables_asset_key(example):
     graph = defs.resolve_asset_graph()
     model = dg.AssetKey(["orders_by_country"])
     orders = destination_asset_key(
-        {
-            "destination_catalog": DEMO_CATALOG,
-            "destination_schema_name": DEMO_SCHEMA,
-            "destination_table_name": "orders",
-        }
+        make_declared(
+            destination_catalog=DEMO_CATALOG,
+            destination_schema_name=DEMO_SCHEMA,
+            destination_table_name="orders",
+        )
     )
     customers = dg.AssetKey([DEMO_CATALOG, DEMO_SCHEMA, "customers"])
 
@@ -75,18 +76,18 @@ def test_the_lineage_draws_load_then_table_then_model_grouped_per_source(example
     from dagsters.policy.run_requests import LOAD_ASSET
 
     rows = [
-        {
-            "control_key": f"demo.{table}",
-            "db_type": "postgresql",
-            "db_config_value": {"host": "/tmp/pg", "database": DEMO_DATABASE},
-            "source_catalog": DEMO_DATABASE,
-            "source_schema_name": DEMO_SCHEMA,
-            "source_table_name": table,
-            "destination_catalog": DEMO_CATALOG,
-            "destination_schema_name": DEMO_SCHEMA,
-            "destination_table_name": table,
-            "load_strategy": "full",
-        }
+        make_declared(
+            control_key=f"demo.{table}",
+            db_type="postgresql",
+            db_config_value={"host": "/tmp/pg", "database": DEMO_DATABASE},
+            source_catalog=DEMO_DATABASE,
+            source_schema_name=DEMO_SCHEMA,
+            source_table_name=table,
+            destination_catalog=DEMO_CATALOG,
+            destination_schema_name=DEMO_SCHEMA,
+            destination_table_name=table,
+            load_strategy="full",
+        )
         for table in ("orders", "customers")
     ]
     tables = dg.Definitions(assets=[table_spec(r, "local") for r in rows])

@@ -11,6 +11,7 @@ import dagster as dg
 import pytest
 import yaml
 from deployment_env import deployment_env
+from helpers import make_row
 
 from dagsters.definitions import build_definitions, defs
 from dagsters.local.cli import GENERATED_MARKER, dev_environment
@@ -24,6 +25,7 @@ from dagsters.policy.run_requests import (
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.runners.databricks import databricks_run_name
 from dagsters.settings import Settings, SettingsError, load_settings
+from databricks_scripts.contract import LOAD_PARAM_FIELDS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -119,18 +121,17 @@ def test_dagster_run_links():
 
 
 def test_load_params_are_json_safe_and_complete():
-    row = {
-        "config_id": 7,
-        "control_key": "k",
-        "metadata_id": 9,
-        "db_type": "mysql",
-        "db_config_value": {"host": "h", "port": 3306, "password_secret": "pw"},
-        "merge_keys": ["a", "b"],
-        "lookback_window": timedelta(minutes=5),
-        "incremental_value": "2024-01-01",
-        "force_full_reload": None,
-    }
-    params = load_params(row)
+    row = make_row(
+        config_id=7,
+        control_key="k",
+        db_type="mysql",
+        db_config_value={"host": "h", "port": 3306, "password_secret": "pw"},
+        merge_keys=["a", "b"],
+        lookback_window=timedelta(minutes=5),
+        incremental_value="2024-01-01",
+    )
+    params = load_params(row, metadata_id=9)
+    assert list(params) == list(LOAD_PARAM_FIELDS) and params["metadata_id"] == 9
     assert params["lookback_window_seconds"] == 300.0
     assert params["merge_keys"] == ["a", "b"]
     assert params["force_full_reload"] is False
@@ -139,10 +140,10 @@ def test_load_params_are_json_safe_and_complete():
 
 
 def test_landing_run_key_is_stable_for_one_batch():
-    rows = [{"config_id": 2, "last_metadata_id": 5}, {"config_id": 1, "last_metadata_id": 4}]
+    rows = [make_row(config_id=2, last_metadata_id=5), make_row(config_id=1, last_metadata_id=4)]
     assert landing_run_key(rows) == landing_run_key(list(reversed(rows)))
     assert landing_run_key(rows) != landing_run_key(
-        [{"config_id": 2, "last_metadata_id": 6}, {"config_id": 1, "last_metadata_id": 4}]
+        [make_row(config_id=2, last_metadata_id=6), make_row(config_id=1, last_metadata_id=4)]
     )
     assert landing_run_config([2, 1]) == {
         "ops": {"landing_table_git_op": {"config": {"config_ids": [1, 2]}}}

@@ -20,7 +20,7 @@ from dagsters.utils.lakebase_client import LakebaseClient
 
 def _claim(control_db: str, key: str) -> dict:
     with LakebaseClient(control_db) as client:
-        [claimed] = [r for r in client.claim_due_tables(10) if r["control_key"] == key]
+        [claimed] = [r for r in client.claim_due_tables(10) if r.control_key == key]
     return claimed
 
 

@@ -56,15 +56,15 @@ def test_without_host_the_embedded_lakebase_is_started_migrated_and_seeded(tmp_p
         client = resource.get_client()
         assert resource.get_client() is client  # one pool per process and configuration
         due = client.get_control_tables()
-        assert sorted(r["control_key"] for r in due) == [
+        assert sorted(r.control_key for r in due) == [
             "demo.customers",
             "demo.orders",
             "demo.products",
         ]
-        orders = next(r for r in due if r["control_key"] == "demo.orders")
-        assert orders["load_strategy"] == "incremental"
-        assert orders["db_config_value"]["database"] == DEMO_DATABASE
-        assert "password" not in json.dumps(orders["db_config_value"])
+        orders = next(r for r in due if r.control_key == "demo.orders")
+        assert orders.load_strategy == "incremental"
+        assert orders.db_config_value["database"] == DEMO_DATABASE
+        assert "password" not in json.dumps(orders.db_config_value)
 
         # A restart re-seeds without duplicating rows, keeps a person's edits, adds nothing.
         server = start_embedded_server(pgdata)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from helpers import make_claimed
+
 from dagsters.assets.launch_config import load_job_config
 from dagsters.policy.run_requests import (
     TAG_CONTROL_KEY,
@@ -11,16 +13,16 @@ from dagsters.policy.run_requests import (
     load_run_tags,
 )
 
-ROW = {
-    "control_key": "erp.orders",
-    "db_type": "postgresql",
-    "db_config_value": {"host": "db1.internal", "port": 5432},
-    "destination_catalog": "bronze",
-    "destination_schema_name": "erp",
-    "destination_table_name": "orders",
-    "metadata_id": 7,
-    "retry_count": 1,
-}
+ROW = make_claimed(
+    7,
+    control_key="erp.orders",
+    db_type="postgresql",
+    db_config_value={"host": "db1.internal", "port": 5432},
+    destination_catalog="bronze",
+    destination_schema_name="erp",
+    destination_table_name="orders",
+    retry_count=1,
+)
 
 
 def test_partition_tags_are_the_sensor_tags_of_the_same_row_without_the_attempt():

@@ -30,6 +30,7 @@ from helpers import (
     history,
     lakebase_for,
     load_scripts,
+    typed_control_row,
 )
 from psycopg.conninfo import conninfo_to_dict
 
@@ -66,7 +67,7 @@ def lakebase_env(monkeypatch: pytest.MonkeyPatch, conninfo: str) -> None:
 def claim_and_materialize(control_db, lake_root, instance, key):
     """What master_sensor + a run worker do: claim the due row, run its partition."""
     with LakebaseClient(control_db) as client:
-        [claimed] = [r for r in client.claim_due_tables(10) if r["control_key"] == key]
+        [claimed] = [r for r in client.claim_due_tables(10) if r.control_key == key]
     instance.add_dynamic_partitions(PARTITIONS_NAME, [key])
     return dg.materialize(
         [build_load_asset(load_settings())],
@@ -103,7 +104,7 @@ def test_claimed_incremental_load_succeeds_then_picks_up_only_new_rows(
     assert row["last_dagster_run"] == f"http://127.0.0.1:3000/runs/{result.run_id}"
     assert row["next_load_date_time"] > row["last_load_date_time"]
     [attempt] = history(db, "pg.orders")
-    assert attempt["metadata_id"] == claimed["metadata_id"]
+    assert attempt["metadata_id"] == claimed.metadata_id
     assert attempt["status"] == "Succeeded"
     assert (attempt["rows_read"], attempt["rows_written"]) == (25, 25)
     assert attempt["dagster_run_id"] == result.run_id
@@ -111,7 +112,7 @@ def test_claimed_incremental_load_succeeds_then_picks_up_only_new_rows(
     [materialization] = materializations(result)
     assert materialization.partition == "pg.orders"
     assert materialization.metadata["rows_written"].value == 25
-    assert materialization.metadata["metadata_id"].value == str(claimed["metadata_id"])
+    assert materialization.metadata["metadata_id"].value == str(claimed.metadata_id)
     # The table's columns, row count and name are its own asset's, never the load asset's
     # (the partitioned load asset's Overview would show the last table's as its own).
     own = set(materialization.metadata)
@@ -239,9 +240,7 @@ def test_stale_attempt_is_not_loaded(control_db, source_db, source, lake_root, d
     add_control_row(db, source_db, "pg.orders", "orders")
     with LakebaseClient(control_db) as client:
         [claimed] = client.claim_due_tables(10)
-        client.record_failure(
-            claimed["config_id"], claimed["metadata_id"], "Cancelled - stuck in queue"
-        )
+        client.record_failure(claimed.config_id, claimed.metadata_id, "Cancelled - stuck in queue")
     instance.add_dynamic_partitions(PARTITIONS_NAME, ["pg.orders"])
 
     result = dg.materialize(
@@ -351,7 +350,7 @@ def test_reexecuting_a_failed_run_makes_a_new_history_row(
         assert second.success
 
     old, new = history(db, "pg.late")
-    assert (old["metadata_id"], old["status"]) == (claimed["metadata_id"], "Failed")
+    assert (old["metadata_id"], old["status"]) == (claimed.metadata_id, "Failed")
     assert old["dagster_run_id"] == first.run_id
     assert (new["status"], new["triggered_by"], new["dagster_run_id"]) == (
         "Succeeded",
@@ -416,7 +415,8 @@ def test_the_documented_launchpad_yaml_forces_a_full_reload_of_the_partition(
     tags = instance.get_run_by_id(result.run_id).tags
     assert tags["dataloader/metadata_id"] == str(forced["metadata_id"])
     assert tags["dataloader/triggered_by"] == "ui"
-    assert tags["dataloader/source_system"] == source_system(row)  # what a sensor run carries
+    # What a sensor run carries.
+    assert tags["dataloader/source_system"] == source_system(typed_control_row(db, "pg.orders"))
 
 
 def test_a_config_field_the_asset_does_not_know_is_refused_at_launch(instance):

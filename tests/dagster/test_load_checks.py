@@ -6,7 +6,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
-from helpers import add_control_row, lakebase_for, pg_config
+from helpers import (
+    add_control_row,
+    declared_table,
+    lakebase_for,
+    make_declared,
+    make_row,
+    pg_config,
+)
 
 from dagsters.assets.load_checks import ROW_COUNT_CHECK, reconcile_row_counts, row_count_evaluation
 from dagsters.assets.table_specs import source_group, table_asset_definitions, table_spec
@@ -78,7 +85,7 @@ def test_freshness_window_is_one_period_plus_a_grace_of_one_period_at_most_an_ho
     now = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)  # a Monday
 
     def window(**row):
-        return freshness_window({"schedule_timezone": "UTC", **row}, now)
+        return freshness_window(make_row(**row), now)
 
     assert window(schedule_interval=timedelta(minutes=5)) == timedelta(minutes=10)
     assert window(schedule_interval=timedelta(hours=6)) == timedelta(hours=7)
@@ -109,7 +116,7 @@ def test_declared_table_specs_carry_kinds_freshness_and_the_row_count_check(
     # The lineage draws load -> table, and the tables are grouped per source.
     assert [dep.asset_key for dep in spec.deps] == [dg.AssetKey(LOAD_ASSET), source.key]
     assert spec.group_name == f"source_postgresql_{pg_config(source_db)['database']}"
-    assert source_group({"connection_name": "erp-db.main", "db_type": "mysql"}) == (
+    assert source_group(make_declared(connection_name="erp-db.main", db_type="mysql")) == (
         "source_erp_db_main"
     )
     on_databricks = load_settings(
@@ -117,12 +124,7 @@ def test_declared_table_specs_carry_kinds_freshness_and_the_row_count_check(
     )
     assert (
         "databricks"
-        in table_spec(
-            dict(
-                db.execute("SELECT * FROM table_control WHERE control_key = 'pg.orders'").fetchone()
-            ),
-            on_databricks.execution,
-        ).kinds
+        in table_spec(declared_table(control_db, "pg.orders"), on_databricks.execution).kinds
     )
     # Over the cap nothing is declared (the loads still report each table's events).
     capped = load_settings({"DATALOADER_TABLE_ASSETS_MAX": "1"})

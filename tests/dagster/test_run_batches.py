@@ -37,6 +37,7 @@ from helpers import (
 from test_load_asset import _source_query_running
 
 from dagsters.assets.load_batch import build_load_batch_job
+from dagsters.control.rows import ClaimedRow
 from dagsters.policy.run_requests import (
     LOAD_ASSET,
     LOAD_BATCH_JOB,
@@ -210,7 +211,7 @@ def _age_claims(db, minutes: int) -> None:
     )
 
 
-def _claim_batch(control_db, size: int = 3, per_source: int = 2) -> list[dict]:
+def _claim_batch(control_db, size: int = 3, per_source: int = 2) -> list[ClaimedRow]:
     with LakebaseClient(control_db) as client:
         return client.claim_due_batch(size, per_source)
 
@@ -234,17 +235,17 @@ def test_monitors_find_the_batch_run_of_every_attempt(
     evaluate(build_longqueued_monitor(settings), instance, sensor_resources(control_db))
 
     for row in claimed:  # the batch is loading the tables before them: left alone
-        state = control_row(db, row["control_key"])
+        state = control_row(db, row.control_key)
         assert state["last_status"] == "Queued", state
-        assert state["last_metadata_id"] == row["metadata_id"]
+        assert state["last_metadata_id"] == row.metadata_id
 
     instance.report_run_failed(run)  # the run ended without starting them (a crash)
     SensorLoop(master_sensor(settings), instance, control_db).tick()
     for row in claimed:
-        state = control_row(db, row["control_key"])
+        state = control_row(db, row.control_key)
         assert state["last_status"] == "Failed", state
         assert run.run_id in state["last_message"]
-        assert history(db, row["control_key"])[-1]["status"] == "Failed"
+        assert history(db, row.control_key)[-1]["status"] == "Failed"
 
 
 def test_a_batch_claim_without_a_run_is_released(control_db, source_db, lake_root, db, instance):
@@ -255,8 +256,8 @@ def test_a_batch_claim_without_a_run_is_released(control_db, source_db, lake_roo
     SensorLoop(master_sensor(batch_settings(lake_root)), instance, control_db).tick()
 
     for row in claimed:
-        [released, *_] = history(db, row["control_key"])
-        assert released["metadata_id"] == row["metadata_id"]
+        [released, *_] = history(db, row.control_key)
+        assert released["metadata_id"] == row.metadata_id
         assert released["status"] == "Failed"
         assert "no Dagster run was created" in released["message"]
 
@@ -270,22 +271,22 @@ def test_a_batch_holds_one_slot_of_its_source(control_db, source_db, db):
     third = _claim_batch(control_db, size=3, per_source=2)
 
     assert (len(first), len(second), third) == (3, 3, [])  # two runs of three; the limit is 2
-    assert {r["control_key"] for r in first} | {r["control_key"] for r in second} == {
+    assert {r.control_key for r in first} | {r.control_key for r in second} == {
         f"s.{n}" for n in range(6)
     }
     # A table of the first batch finishing frees nothing: its run still loads the others.
     db.execute(
         "UPDATE table_control SET last_status = 'Succeeded',"
         " next_load_date_time = now() + interval '1 hour' WHERE config_id = %s",
-        (first[0]["config_id"],),
+        (first[0].config_id,),
     )
     assert _claim_batch(control_db, size=3, per_source=2) == []
     db.execute(
         "UPDATE table_control SET last_status = 'Succeeded',"
         " next_load_date_time = now() + interval '1 hour' WHERE config_id = ANY(%s)",
-        ([r["config_id"] for r in first],),
+        ([r.config_id for r in first],),
     )
-    assert [r["control_key"] for r in _claim_batch(control_db, size=3, per_source=2)] == ["s.6"]
+    assert [r.control_key for r in _claim_batch(control_db, size=3, per_source=2)] == ["s.6"]
 
 
 @pytest.mark.parametrize("env", [{}, {"DATALOADER_RUN_BATCH_SIZE": "1"}], ids=["unset", "1"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 import dagster as dg
 import psycopg
@@ -13,8 +14,9 @@ from dagster._core.remote_origin import (
     RemoteRepositoryOrigin,
 )
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
-from helpers import SensorLoop, add_history, add_row, control_row, tick
+from helpers import SensorLoop, add_history, add_row, control_row, make_row, tick
 
+from dagsters.control.rows import AnalysisClaim, control_values
 from dagsters.partitions import PARTITIONS_NAME
 from dagsters.policy.run_requests import LOAD_ASSET, RETRY_ASSET
 from dagsters.sensors.dataloader_failed_monitor import build_failed_monitor, triage_failures
@@ -344,21 +346,20 @@ def test_sensor_skip_reasons_say_what_was_looked_for(control_db, instance):
 
 
 def test_failed_monitor_triage_follows_the_retry_policy():
-    rows = [
-        {"control_key": "a", "retry_count": 4},
-        {"control_key": "b", "retry_count": 5},
-        {"control_key": "c", "retry_count": 0, "previous_analysis_requested_at": "earlier"},
-        {"control_key": "d", "retry_count": 1, "previous_analysis_requested_at": "earlier"},
-    ]
+    earlier = datetime(2024, 1, 1, tzinfo=UTC)
+
+    def claim(key: str, retries: int, previous: datetime | None = None) -> AnalysisClaim:
+        values = control_values(make_row(control_key=key, retry_count=retries))
+        return AnalysisClaim(**values, previous_analysis_requested_at=previous)
+
+    rows = [claim("a", 4), claim("b", 5), claim("c", 0, earlier), claim("d", 1, earlier)]
     active = {"c": "run-1"}
 
-    triage = triage_failures(
-        rows, RetryPolicy(max_retries=5), lambda r: active.get(r["control_key"])
-    )
+    triage = triage_failures(rows, RetryPolicy(max_retries=5), lambda r: active.get(r.control_key))
 
-    assert [r["control_key"] for r in triage.analyse] == ["a", "d"]
-    assert [(r["control_key"], d.decider) for r, d in triage.by_rule] == [("b", "rules")]
-    assert [(r["control_key"], run) for r, run in triage.waiting] == [("c", "run-1")]
-    assert [r["control_key"] for r in triage.again] == ["d"]
+    assert [r.control_key for r in triage.analyse] == ["a", "d"]
+    assert [(r.control_key, d.decider) for r, d in triage.by_rule] == [("b", "rules")]
+    assert [(r.control_key, run) for r, run in triage.waiting] == [("c", "run-1")]
+    assert [r.control_key for r in triage.again] == ["d"]
     spec = triage_failures(rows, RetryPolicy(), lambda r: None)
-    assert [r["control_key"] for r, _ in spec.by_rule] == ["a", "b"]
+    assert [r.control_key for r, _ in spec.by_rule] == ["a", "b"]

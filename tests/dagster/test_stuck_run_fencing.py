@@ -23,6 +23,7 @@ from helpers import add_control_row, add_history, control_row, evaluate, history
 from test_load_asset import materializations
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
+from dagsters.control.rows import ClaimedRow
 from dagsters.partitions import PARTITIONS_NAME
 from dagsters.policy.run_requests import LOAD_ASSET, load_run_config
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
@@ -109,7 +110,7 @@ def materialize(control_db: str, lake_root: Path, instance, claimed: dict):
     settings = load_settings({"DATALOADER_LAKE_ROOT": str(lake_root)})
     return dg.materialize(
         [build_load_asset(settings)],
-        partition_key=claimed["control_key"],
+        partition_key=claimed.control_key,
         run_config=load_run_config(claimed),
         resources={
             "lakebase": lakebase_for(control_db),
@@ -120,9 +121,9 @@ def materialize(control_db: str, lake_root: Path, instance, claimed: dict):
     )
 
 
-def claim(control_db: str, key: str) -> dict:
+def claim(control_db: str, key: str) -> ClaimedRow:
     with LakebaseClient(control_db) as client:
-        [claimed] = [r for r in client.claim_due_tables(10) if r["control_key"] == key]
+        [claimed] = [r for r in client.claim_due_tables(10) if r.control_key == key]
     return claimed
 
 
@@ -188,7 +189,7 @@ def test_a_stale_attempt_still_running_commits_nothing(
     # A monitor fails A's row (as if its run were known dead) and attempt B loads the table.
     source.execute("UPDATE public.gate SET closed = false")
     with LakebaseClient(control_db) as client:
-        assert client.fail_stuck_running(stale["config_id"], stale["metadata_id"], 0)
+        assert client.fail_stuck_running(stale.config_id, stale.metadata_id, 0)
     db.execute(
         "UPDATE table_control SET last_status = NULLIF(last_status, 'Failed'),"
         " next_load_date_time = now()"
@@ -204,20 +205,16 @@ def test_a_stale_attempt_still_running_commits_nothing(
     if where == "read":
         assert not result.success
         error = result.failure_data_for_node(LOAD_ASSET).error.message
-        assert f"attempt {current['metadata_id']}" in error and "committed nothing" in error
+        assert f"attempt {current.metadata_id}" in error and "committed nothing" in error
     else:
         [materialization] = materializations(result)
         assert materialization.metadata["rows_written"].value == 0
-        assert materialization.metadata["reconciled_metadata_id"].value == str(
-            current["metadata_id"]
-        )
+        assert materialization.metadata["reconciled_metadata_id"].value == str(current.metadata_id)
     table = DeltaTable(str(lake_root / "lake" / "raw" / "gated_orders")).to_pyarrow_table()
     assert table.num_rows == 30 == len(set(table.column("order_id").to_pylist()))
     row = control_row(db, "pg.gated")
-    assert (row["last_status"], row["last_metadata_id"]) == ("Succeeded", current["metadata_id"])
-    [stale_history] = [
-        h for h in history(db, "pg.gated") if h["metadata_id"] == stale["metadata_id"]
-    ]
+    assert (row["last_status"], row["last_metadata_id"]) == ("Succeeded", current.metadata_id)
+    [stale_history] = [h for h in history(db, "pg.gated") if h["metadata_id"] == stale.metadata_id]
     assert stale_history["status"] == "Failed"
     if where == "read":  # the stale attempt's own history row says it committed nothing
         assert "committed nothing" in stale_history["message"]

@@ -5,8 +5,10 @@ original error and links to the failed run."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import dagster as dg
-from helpers import add_control_row, history
+from helpers import add_control_row, history, make_row, typed_control_row
 from test_load_asset import claim_and_materialize
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset, build_retry_asset
@@ -43,7 +45,7 @@ def test_a_load_materializes_the_table_key_with_its_source_checks_and_strategy(
     assert (
         "dagster/column_schema" in meta and _value(meta, "dagster/table_name") == "lake.raw.orders"
     )
-    assert meta["metadata_id"] == dg.MetadataValue.text(str(claimed["metadata_id"]))
+    assert meta["metadata_id"] == dg.MetadataValue.text(str(claimed.metadata_id))
     assert meta["control_key"] == dg.MetadataValue.text("pg.orders")
     assert meta["source_system"] == dg.MetadataValue.text("postgresql")
     assert (_value(meta, "source_schema"), _value(meta, "source_table")) == ("public", "orders")
@@ -112,18 +114,17 @@ def test_kinds_say_where_the_assets_run():
 
 
 def test_retry_analysis_metadata_shows_the_original_error_and_links_the_failed_run():
-    row = {
-        "control_key": "pg.orders",
-        "last_metadata_id": 41,
-        "last_message": "load failed at step 'read source': connection refused",
-        "last_dagster_run": "http://127.0.0.1:3000/runs/abc",
-        "last_databricks_run": None,
-    }
+    row = make_row(
+        control_key="pg.orders",
+        last_metadata_id=41,
+        last_message="load failed at step 'read source': connection refused",
+        last_dagster_run="http://127.0.0.1:3000/runs/abc",
+    )
     meta = analysis_metadata(row, lambda run_id: f"http://ui/runs/{run_id}")
     assert "connection refused" in meta["original_error"].value
     assert meta["failed_run"] == dg.MetadataValue.url("http://127.0.0.1:3000/runs/abc")
     assert meta["metadata_id"] == dg.MetadataValue.text("41")
-    by_id = analysis_metadata({**row, "last_dagster_run": "abc"}, lambda r: f"http://ui/runs/{r}")
+    by_id = analysis_metadata(replace(row, last_dagster_run="abc"), lambda r: f"http://ui/runs/{r}")
     assert by_id["failed_run"] == dg.MetadataValue.url("http://ui/runs/abc")
 
 
@@ -135,9 +136,8 @@ def test_progress_shows_rows_so_far_of_the_sources_own_estimate(source_db, sourc
     from databricks_scripts.load.params import parse_load_spec
     from databricks_scripts.sources.readers import open_source
 
-    config_id = add_control_row(db, source_db, "pg.orders", "orders")
-    row = db.execute("SELECT * FROM table_control WHERE config_id = %s", (config_id,)).fetchone()
-    spec = parse_load_spec(load_params({**row, "metadata_id": 1}))
+    add_control_row(db, source_db, "pg.orders", "orders")
+    spec = parse_load_spec(load_params(typed_control_row(db, "pg.orders"), metadata_id=1))
     source.execute("ANALYZE public.orders")
     reader = open_source(spec, None, batch_bytes=1 << 20, batch_rows=1000)
     try:

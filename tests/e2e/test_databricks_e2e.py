@@ -84,7 +84,7 @@ def claim_and_materialize(control_db, instance, key, backend="existing_cluster",
     """What master_sensor and a run worker do: claim the due row, run its partition (with
     ``pipes``, else the ``backend`` of BACKENDS running the repository's scripts)."""
     with LakebaseClient(control_db) as client:
-        [claimed] = [r for r in client.claim_due_tables(10) if r["control_key"] == key]
+        [claimed] = [r for r in client.claim_due_tables(10) if r.control_key == key]
     instance.add_dynamic_partitions(PARTITIONS_NAME, [key])
     result = dg.materialize(
         [build_load_asset(load_settings())],
@@ -121,7 +121,7 @@ def test_full_then_incremental_load_on_databricks(
     assert row["last_databricks_run"] == standin.run_page_url(run)
     assert row["incremental_value"].startswith("2024-01-02")
     [attempt] = history(db, "pg.orders")
-    assert attempt["metadata_id"] == claimed["metadata_id"]
+    assert attempt["metadata_id"] == claimed.metadata_id
     assert attempt["status"] == "Succeeded"
     assert (attempt["rows_read"], attempt["rows_written"]) == (25, 25)
     assert attempt["databricks_run_url"] == standin.run_page_url(run)

@@ -13,7 +13,15 @@ from datetime import timedelta
 import dagster as dg
 import psycopg
 import pytest
-from helpers import control_row, evaluate, failed_row, failed_under_analysis, lakebase_for, tick
+from helpers import (
+    control_row,
+    evaluate,
+    failed_row,
+    failed_under_analysis,
+    lakebase_for,
+    make_row,
+    tick,
+)
 from openai_standin import OpenAIStandIn, good_answer, openai_standin
 
 from dagsters.assets.dataloader_pipes_asset import build_retry_asset
@@ -247,8 +255,8 @@ def fail_again(db, control_db: str, key: str, message: str) -> None:
         "UPDATE table_control SET next_load_date_time = now() WHERE control_key = %s", (key,)
     )
     with LakebaseClient(control_db) as client:
-        [claimed] = [r for r in client.claim_due_tables(10) if r["control_key"] == key]
-        config_id, metadata_id = claimed["config_id"], claimed["metadata_id"]
+        [claimed] = [r for r in client.claim_due_tables(10) if r.control_key == key]
+        config_id, metadata_id = claimed.config_id, claimed.metadata_id
         assert client.start_load(config_id, metadata_id, dagster_run_id="r", dagster_run_url="u")
         assert client.record_failure(config_id, metadata_id, message)
 
@@ -284,7 +292,7 @@ def test_failed_monitor_reanalyses_a_dead_analysis_with_a_new_run_key(control_db
         control_db,
     )
     [request] = result.run_requests
-    first_key = retry_run_key({"control_key": "orders", "last_metadata_id": metadata_id})
+    first_key = retry_run_key(make_row(control_key="orders", last_metadata_id=metadata_id))
     assert request.partition_key == "orders"
     assert request.run_key.startswith(first_key + ":again-") and request.run_key != first_key
     assert request.run_config["ops"]["dataloader__retry_analysis"]["config"]["metadata_id"] == (

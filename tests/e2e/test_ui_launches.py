@@ -34,6 +34,7 @@ from helpers import add_control_row, embedded_conninfo, free_port, load_scripts,
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
+from dagsters.control.rows import ControlRow, fetch_one
 from dagsters.local.demo import DEMO_DATABASE, DEMO_SCHEMA, DEMO_TABLES
 from dagsters.partitions import PARTITIONS_NAME
 from dagsters.policy.run_requests import (
@@ -194,6 +195,18 @@ def _row(dev: Dev, key: str) -> dict:
     return row
 
 
+def _typed(dev: Dev, key: str) -> ControlRow:
+    """The row as the code reads it."""
+    conninfo = embedded_conninfo(dev.home)
+    assert conninfo, "the embedded control database is not running"
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = fetch_one(
+            conn, ControlRow, "SELECT * FROM table_control WHERE control_key = %s", (key,)
+        )
+    assert row is not None
+    return row
+
+
 def _history(dev: Dev, key: str) -> list[dict]:
     return dev.sql(
         "SELECT * FROM historical_metadata WHERE control_key = %s ORDER BY metadata_id", (key,)
@@ -240,7 +253,7 @@ def test_materializing_a_partition_from_the_asset_page_lands_on_it(
     assert (attempt["status"], attempt["triggered_by"]) == ("Succeeded", "ui")
     assert attempt["dagster_run_id"] == run_id
     assert run["tags"][TAG_METADATA_ID] == str(attempt["metadata_id"])  # tagged when it started
-    assert run["tags"][TAG_SOURCE_SYSTEM] == source_system(_row(dev, "demo.orders"))
+    assert run["tags"][TAG_SOURCE_SYSTEM] == source_system(_typed(dev, "demo.orders"))
     assert "demo.orders" in _partition_status(dev)["materializedPartitions"]
 
 
@@ -301,7 +314,7 @@ def test_a_partition_picked_in_the_launchpad_forces_a_full_reload_with_the_table
     assert config == {"ops": {LOAD_ASSET: {"config": {"force_full_reload": False}}}}
     assert tags["dagster/partition"] == "demo.orders"
     # The per-source limit holds it in the queue like a sensor run.
-    assert tags[TAG_SOURCE_SYSTEM] == source_system(_row(dev, "demo.orders"))
+    assert tags[TAG_SOURCE_SYSTEM] == source_system(_typed(dev, "demo.orders"))
 
     # demo.orders is incremental and was loaded from the asset page: nothing new in the source,
     # yet the one option, honoured, writes every row again.

@@ -386,6 +386,7 @@ def test_the_control_table_refuses_bad_settings_by_name(db, columns, constraint)
 
 
 def test_a_control_row_sends_the_settings_to_the_script(db):
+    from dagsters.control.rows import ControlRow, fetch_one
     from dagsters.policy.run_requests import load_params
 
     config_id = add_row(
@@ -396,7 +397,10 @@ def test_a_control_row_sends_the_settings_to_the_script(db):
         delete_detection="hard",
         delete_max_fraction=0.25,
     )
-    row = db.execute("SELECT * FROM table_control WHERE config_id = %s", (config_id,)).fetchone()
+    row = fetch_one(
+        db, ControlRow, "SELECT * FROM table_control WHERE config_id = %s", (config_id,)
+    )
+    assert row is not None
     spec = parse_load_spec(load_params(row))
     assert (spec.load_strategy, spec.delete_detection, spec.delete_max_fraction) == (
         "scd2",
@@ -404,7 +408,8 @@ def test_a_control_row_sends_the_settings_to_the_script(db):
         0.25,
     )
     plain = add_row(db, "plain")
-    row = db.execute("SELECT * FROM table_control WHERE config_id = %s", (plain,)).fetchone()
+    row = fetch_one(db, ControlRow, "SELECT * FROM table_control WHERE config_id = %s", (plain,))
+    assert row is not None
     spec = parse_load_spec(load_params(row))
     assert (spec.delete_detection, spec.delete_max_fraction) == ("none", 0.5)
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
-from helpers import add_control_row, control_row, history
+from helpers import add_control_row, control_row, history, typed_control_row
 from psycopg import sql
 from test_load_asset import claim_and_materialize
 
@@ -406,8 +406,9 @@ def test_a_statement_timeout_reaches_the_row_and_history_with_its_code_and_is_re
     assert (latest["failure_kind"], latest["failure_code"]) == (None, "sqlstate:57014")
     assert "statement timeout" in row["last_message"]
     # Decided by the code, in the code location and in the retry script alike.
-    assert decide_by_rules(row, "test").decision == RETRY_RECOMMENDED
-    request = build_analysis_request(row, history(db, "pg.slow"))
+    typed = typed_control_row(db, "pg.slow")
+    assert decide_by_rules(typed, "test").decision == RETRY_RECOMMENDED
+    request = build_analysis_request(typed, history(db, "pg.slow"))
     assert request["failure_code"] == "sqlstate:57014"
     decided = decide_retry(request, AdvisorConfig.from_env({}))
     assert decided["decision"] == RETRY_RECOMMENDED

@@ -29,7 +29,7 @@ from psycopg import sql
 from test_load_asset import claim_and_materialize
 
 import databricks_scripts
-from dagsters.control.status import FAILED, IN_PROGRESS, QUEUED
+from dagsters.control.rows import FAILED, IN_PROGRESS, QUEUED
 from dagsters.control.transitions import guarded_transition
 from dagsters.policy.run_requests import TAG_METADATA_ID
 from dagsters.runners.outcome import error_kind_from
@@ -276,12 +276,12 @@ def test_an_orphaned_claim_writes_orphaned(control_db, db, instance):
     add_row(db, "crashed", schedule_interval="1 hour")
     add_row(db, "lost", schedule_interval="1 hour")
     with LakebaseClient(control_db) as client:
-        claimed = {r["control_key"]: r for r in client.claim_due_tables(10)}
+        claimed = {r.control_key: r for r in client.claim_due_tables(10)}
     create_run_for_test(
         instance,
         job_name=LOAD_JOB,
         status=dg.DagsterRunStatus.FAILURE,
-        tags={TAG_METADATA_ID: str(claimed["crashed"]["metadata_id"])},
+        tags={TAG_METADATA_ID: str(claimed["crashed"].metadata_id)},
     )
     db.execute(
         "UPDATE table_control SET last_status_date_time = now() - interval '10 minutes'"
@@ -293,7 +293,7 @@ def test_an_orphaned_claim_writes_orphaned(control_db, db, instance):
     # A claim whose run never existed is released (ready, not Failed); its attempt says why.
     released = db.execute(
         "SELECT status, failure_kind FROM historical_metadata WHERE metadata_id = %s",
-        (claimed["lost"]["metadata_id"],),
+        (claimed["lost"].metadata_id,),
     ).fetchone()
     assert (released["status"], released["failure_kind"]) == (FAILED, "orphaned")
 

@@ -25,7 +25,7 @@ from dagsters.utils.lakebase_client import LakebaseClient
 
 def load(control_db: str, lake_root: Path, instance, key: str) -> dg.ExecuteInProcessResult:
     with LakebaseClient(control_db) as client:
-        [claimed] = [r for r in client.claim_due_tables(10) if r["control_key"] == key]
+        [claimed] = [r for r in client.claim_due_tables(10) if r.control_key == key]
     instance.add_dynamic_partitions(PARTITIONS_NAME, [key])
     settings = load_settings({"DATALOADER_LAKE_ROOT": str(lake_root)})
     return dg.materialize(

@@ -279,6 +279,7 @@ def test_a_read_that_cannot_be_split_says_why(spark, pg):
 def test_the_control_row_columns_are_checked_and_reach_the_load_spec(control_db):
     from psycopg.rows import dict_row
 
+    from dagsters.control.rows import ControlRow, fetch_one
     from dagsters.policy.run_requests import load_params
 
     with psycopg.connect(control_db, row_factory=dict_row) as conn:
@@ -299,7 +300,8 @@ def test_the_control_row_columns_are_checked_and_reach_the_load_spec(control_db)
         conn.execute(
             "UPDATE table_control SET jdbc_partition_column = 'id', jdbc_num_partitions = 4"
         )
-        row = conn.execute("SELECT * FROM table_control").fetchone()
+        row = fetch_one(conn, ControlRow, "SELECT * FROM table_control")
+    assert row is not None
     spec = parse_load_spec(load_params(row))
     assert (spec.jdbc_partition_column, spec.jdbc_num_partitions) == ("id", 4)
     with pytest.raises(ValueError, match="jdbc_num_partitions must be a whole number"):
