@@ -16,6 +16,14 @@ executed on Sail"):
   command, so the values are put into the text as typed literals here (``literal``);
 - ``ALTER TABLE ... ADD COLUMNS``: applied with ``deltalake``'s ``alter.add_columns`` (Sail then
   reads the new schema from the log).
+- an empty append carrying ``txnAppId`` / ``txnVersion`` (the serverless MERGE's marker commit,
+  engines.spark.commits.mark_merge): Sail commits nothing for it, where Delta records a ``WRITE``
+  commit (the idempotent-write pair adds a ``txn`` action, and Delta leaves out an empty commit
+  only when it has no action at all: ``OptimisticTransaction.commitImpl`` with
+  ``skipRecordingEmptyCommits``, ``WriteIntoDelta`` adding the ``SetTransaction``, reviewed in
+  Delta's source); Sail also refuses any append to a table with an upper-case column name such as
+  ``__DELETED_AT``. The commit Delta would make (``commitInfo.userMetadata`` and the ``txn``
+  action, no file) is written with ``deltalake`` instead of the append.
 """
 
 from __future__ import annotations
@@ -37,6 +45,11 @@ SAIL_GAPS = {
         "(it writes the writer option userMetadata)"
     ),
     "txnAppId": "Sail 0.7 accepts txnAppId/txnVersion but writes no txn action (no idempotence)",
+    "empty append": (
+        "Sail 0.7 commits nothing for an empty append, even with txnAppId/txnVersion, where Delta "
+        "records it (its txn action makes the commit non-empty); it also refuses any append to a "
+        "table with an upper-case column name such as __DELETED_AT"
+    ),
     "REPLACE schema": (
         "Sail 0.7's CREATE OR REPLACE TABLE AS SELECT overwrites the data but cannot change the "
         "schema (it refuses a replacement that drops a column)"
@@ -152,13 +165,35 @@ _CTAS = re.compile(
 
 class _Writer:
     """``df.writeTo(target)`` on Sail: a created table's commit is named as Delta names it
-    (Sail records ``CREATE TABLE`` and, for a replacement, an overwrite ``WRITE``)."""
+    (Sail records ``CREATE TABLE`` and, for a replacement, an overwrite ``WRITE``); an empty
+    append with ``txnAppId`` / ``txnVersion`` is committed as Delta commits it (``SAIL_GAPS``
+    "empty append")."""
 
-    def __init__(self, writer: Any, target: str, session: SailSession):
+    def __init__(
+        self,
+        writer: Any,
+        target: str,
+        session: SailSession,
+        frame: Any = None,
+        options: dict | None = None,
+    ):
         self._writer, self._target, self._session = writer, target, session
+        self._frame = frame  # the rows written
+        self._options: dict[str, str] = {} if options is None else options
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._writer, name)
+        if name == "append":
+
+            def append(*a: Any, **kw: Any) -> Any:
+                if "txnAppId" in self._options and self._frame.isEmpty():
+                    # Sail would commit nothing (and refuses an append to a table with an
+                    # upper-case column name such as __DELETED_AT): Delta's commit instead.
+                    self._session.commit_empty_append(self._target, self._options)
+                    return None
+                return attr(*a, **kw)
+
+            return append
         if name in ("create", "createOrReplace", "replace"):
             operation = (
                 "CREATE TABLE AS SELECT"
@@ -176,8 +211,14 @@ class _Writer:
             return attr
 
         def chained(*a: Any, **kw: Any) -> Any:
+            if name == "options":
+                self._options.update({k: str(v) for k, v in kw.items()})
+            elif name == "option" and len(a) == 2:
+                self._options[str(a[0])] = str(a[1])
             out = attr(*a, **kw)
-            return _Writer(out, self._target, self._session) if out is self._writer else out
+            if out is self._writer:
+                return _Writer(out, self._target, self._session, self._frame, self._options)
+            return out
 
         return chained
 
@@ -192,7 +233,7 @@ class _Frame:
         return getattr(self._frame, name)
 
     def writeTo(self, target: str) -> _Writer:
-        return _Writer(self._frame.writeTo(target), target, self._session)
+        return _Writer(self._frame.writeTo(target), target, self._session, self._frame)
 
 
 class SailSession:
@@ -237,6 +278,22 @@ class SailSession:
             )
             self._named[(where, DeltaTable(where).version())] = name
         return result
+
+    def commit_empty_append(self, target: str, options: dict[str, str]) -> None:
+        """The commit Delta records for an empty append that Sail left out (``SAIL_GAPS``
+        "empty append"): only with the idempotent-write pair, which gives Delta's commit its
+        ``txn`` action; the ``userMetadata`` option goes into ``commitInfo``. No file."""
+        if "txnAppId" not in options or "txnVersion" not in options:
+            return  # Delta leaves out an empty append without an action too
+        from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+
+        self.answered.append("empty append")
+        where = self.location(target)
+        empty = DeltaTable(where).to_pyarrow_dataset().schema.empty_table()
+        metadata = {"userMetadata": options["userMetadata"]} if "userMetadata" in options else {}
+        transaction = Transaction(options["txnAppId"], int(options["txnVersion"]))
+        properties = CommitProperties(custom_metadata=metadata, app_transactions=[transaction])
+        write_deltalake(where, empty, mode="append", commit_properties=properties)
 
     def name_commit(self, target: str, operation: str) -> None:
         """Name the newest commit of ``target`` as Delta names the statement that made it."""

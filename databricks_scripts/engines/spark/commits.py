@@ -7,10 +7,14 @@ The Arrow engine's rules (``engines.arrow.commits``), expressed for Databricks:
   ``DESCRIBE HISTORY``, and Delta's idempotent-write pair ``txnAppId`` = the control row,
   ``txnVersion`` = the attempt's ``metadata_id`` (Delta skips a write whose version is not above the
   last one the table recorded for that app id: a stale or repeated attempt commits nothing). A
-  DataFrame write carries them as writer options (engines.spark.writes); a SQL ``MERGE`` has none,
-  so it runs with the SQL configurations Databricks documents for them
+  DataFrame write carries them as writer options (engines.spark.writes); a SQL ``MERGE`` has none.
+  On classic compute it runs with the SQL configurations Databricks documents for them
   (``spark.databricks.delta.commitInfo.userMetadata``, ``spark.databricks.delta.write.txnAppId`` /
-  ``txnVersion``), set for that one statement and cleared after it: never for the session;
+  ``txnVersion``), set for that one statement and cleared after it: never for the session.
+  Serverless lets a job set none of them, so there the MERGE runs with no configuration and is
+  followed by a *marker commit* (:func:`mark_merge`): an empty append to the same table carrying
+  the writer options, which Delta records as a ``WRITE`` commit (its ``txn`` action makes it one:
+  Delta leaves out an empty append only when it has no action at all);
 - only our write operations count as ours: an ``OPTIMIZE`` (auto compaction runs inside the
   MERGE's statement, so it carries the same metadata) or any other operation never does;
 - before a load, the newest commit of the destination that carries a ``dataloader.metadata_id``
@@ -19,7 +23,9 @@ The Arrow engine's rules (``engines.arrow.commits``), expressed for Databricks:
 - just before the write statement, the same read tells whether another attempt of the row
   committed since this load began (fencing). On Spark the statement reads the source and commits
   in one go, so the check runs before it, and again after it: Delta skips the write of an attempt
-  older than one that committed meanwhile (``txnVersion``), which the second check reports;
+  older than one that committed meanwhile (``txnVersion``), which the second check reports. On
+  serverless only the marker can be skipped: the MERGE before it has committed, and the second
+  check says so (:func:`check_still_current`);
 - a keyed table's load that runs as a full (its first load) checks that the keys are set and
   unique before it writes;
 - on SIGINT/SIGTERM (locally: on Databricks the script installs no handler) the load's Spark
@@ -38,6 +44,7 @@ from typing import Any
 from databricks_scripts.failures import DataMismatch
 from databricks_scripts.load.commits import (
     KEY_METADATA_ID,
+    StaleAttempt,
     UnrecordedCommit,
     app_id,
     commit_marks,
@@ -89,6 +96,28 @@ def statement_confs(spec: Any, strategy: str) -> dict[str, str]:
     }
 
 
+def mark_merge(spark: Any, target: str, spec: Any, strategy: str) -> None:
+    """The marker commit naming the MERGE just run on ``target`` (serverless, where the MERGE
+    cannot carry the attempt itself): an empty append with this attempt's writer options.
+
+    It comes after the MERGE, never before: a crash between the two leaves an unnamed MERGE,
+    which the row's next attempt does not take for a committed load; it loads again from the
+    recorded watermark and upserts the same rows, which changes nothing a second time (a MERGE
+    by key sets the values it set; delete detection only marks, deletes or closes rows still live;
+    scd2 adds a version only for a row that differs from the current one). A marker before the
+    MERGE would name a load that never happened, which the next attempt would record as done.
+
+    Delta records the append (``WRITE``) because the idempotent-write pair adds a ``txn`` action
+    to it, and skips it, like any write, when a newer attempt's ``txnVersion`` is recorded.
+    Without a ``metadata_id`` (a test run) there is nothing to name: no marker.
+    """
+    options = write_options(spec, strategy)
+    if not options:
+        return
+    empty = spark.sql(f"SELECT * FROM {target} LIMIT 0")
+    empty.writeTo(target).options(**options).append()
+
+
 def is_our_operation(operation: Any) -> bool:
     return str(operation or "").upper().strip() in OUR_OPERATIONS
 
@@ -122,9 +151,19 @@ def unrecorded(spec: Any, last: UnrecordedCommit | None) -> UnrecordedCommit | N
     return last if last is not None and is_unrecorded(spec, last.metadata_id) else None
 
 
-def check_still_current(spec: Any, at_start: UnrecordedCommit | None, now: UnrecordedCommit | None):
+def check_still_current(
+    spec: Any,
+    at_start: UnrecordedCommit | None,
+    now: UnrecordedCommit | None,
+    *,
+    merged: bool = False,
+):
     """Raise :class:`StaleAttempt` when another attempt committed since the load began
-    (``load.commits.stale_attempt``; a new version of the same attempt counts too)."""
+    (``load.commits.stale_attempt``; a new version of the same attempt counts too).
+
+    ``merged``: the check after a serverless MERGE, which committed before its marker: when the
+    marker was skipped for a newer attempt, the failure says the MERGE's rows are in the table.
+    """
     if now is None:
         return
     stale = stale_attempt(
@@ -134,14 +173,25 @@ def check_still_current(spec: Any, at_start: UnrecordedCommit | None, now: Unrec
         version=now.version,
         moved=at_start is not None and now != at_start,
     )
-    if stale is not None:
-        raise stale
+    if stale is None:
+        return
+    if merged:
+        raise StaleAttempt(
+            f"attempt {now.metadata_id} of this table committed to the destination (version "
+            f"{now.version}) while attempt {spec.metadata_id} was loading; on serverless a MERGE "
+            "cannot carry its attempt, so this attempt's MERGE had committed, unnamed, before "
+            "its marker commit was skipped or overtaken: its rows are in the destination. A full "
+            "reload of the row (force_full_reload) replaces them with the source's current rows"
+        )
+    raise stale
 
 
 @contextmanager
 def commit_named(spark: Any, spec: Any, strategy: str) -> Iterator[None]:
     """The one SQL ``MERGE`` run inside carries this attempt's userMetadata and idempotent-write
-    pair (:func:`statement_confs`); all are cleared when it ends, whatever happens."""
+    pair (:func:`statement_confs`); all are cleared when it ends, whatever happens. Classic
+    compute only: serverless refuses these configurations (the MERGE is named by
+    :func:`mark_merge` there, engines.spark.writes.run_write)."""
     confs = statement_confs(spec, strategy)
     try:
         for name, value in confs.items():

@@ -288,11 +288,14 @@ def counts_from(
 
 
 def write_counts(
-    spark: Any, target: str, statement: str, result_rows: Sequence[Any], version_before: int | None
+    spark: Any, target: str, statement: str, rows: Sequence[Any], before: int | None, marker=False
 ) -> tuple[int, int]:
-    """:func:`counts_from` on the destination's newest ``HISTORY_SEARCH_DEPTH`` commits."""
+    """:func:`counts_from` on the destination's newest ``HISTORY_SEARCH_DEPTH`` commits;
+    ``marker``: a MERGE's marker commit (serverless) moved the table but is not the write."""
     history = spark.sql(f"DESCRIBE HISTORY {target} LIMIT {HISTORY_SEARCH_DEPTH}").collect()
-    return counts_from(history, statement, result_rows, version_before)
+    if marker:
+        history = [row for row in history if str(row["operation"]).upper() != "WRITE"]
+    return counts_from(history, statement, rows, before)
 
 
 def _arrow_type_for(spark_type: str):
@@ -428,9 +431,11 @@ def run_spark_load(
     stop: Any | None = None,
     partitioning: tuple[int, int] | None = None,
     hash_key: bytes | None = None,
+    merge_marker: bool = False,
 ) -> Any:
     """One load on Spark; ``partitioning``: (rows per JDBC partition, most partitions), None to
-    read a JDBC source on one connection; ``hash_key``: the HMAC key of ``columns_hash``."""
+    read a JDBC source on one connection; ``hash_key``: the HMAC key of ``columns_hash``;
+    ``merge_marker`` (serverless): a MERGE is named by a marker commit (engines.spark.writes)."""
     from pyspark.sql import SparkSession
 
     spark = spark or SparkSession.builder.getOrCreate()
@@ -442,7 +447,7 @@ def run_spark_load(
     try:
         with cancellable(spark, stop), staging(spark, spec) as stages:
             reading = (partitioning, hash_key, stages)
-            return _load(spark, spec, password, target, log, where, reading)
+            return _load(spark, spec, password, target, log, where, reading, merge_marker)
     except StaleAttempt:
         raise
     except Exception as exc:
@@ -452,7 +457,7 @@ def run_spark_load(
 
 
 def _load(
-    spark: Any, spec: Any, password: str | None, target: str, log, where: list, reading
+    spark: Any, spec: Any, password: str | None, target: str, log, where: list, reading, marker
 ) -> Any:
     exists = table_exists(spark, target)
     spec, rebuilt = rebuild_if_changed(spark, spec, target, exists, log)
@@ -509,12 +514,13 @@ def _load(
     rows_before = _count(spark, target, version_before) if exists else 0
     statement = write.text
     log(f"running: {statement}")
-    result = run_write(spark, write, spec, applied)
+    merged = marker and write.kind == MERGE  # serverless: the MERGE, then its marker commit
+    result = run_write(spark, write, spec, applied, marker=merged)
     if exists:  # Delta skipped it (txnVersion): a newer attempt committed meanwhile
-        check_still_current(spec, last, read_last_commit(spark, target))
+        check_still_current(spec, last, read_last_commit(spark, target), merged=merged)
 
     where[0] = "read commit metrics"
-    read, written = write_counts(spark, target, statement, result, version_before)
+    read, written = write_counts(spark, target, statement, result, version_before, merged)
     loaded = _result(spark, spec, target, applied, watermark, read, written, notes=notes)
     loaded.destination_rows_before = rows_before
     loaded.full_reason = plan.full_reason

@@ -1,5 +1,7 @@
 """The Spark engine behind ``load.engine.Engine``: ``engine.run_spark_load`` on the session of
-the compute it runs on, reading JDBC sources over the partitioning ``DATALOADER_JDBC_*`` allows."""
+the compute it runs on, reading JDBC sources over the partitioning ``DATALOADER_JDBC_*`` allows.
+On serverless (``ScriptEnv.on_serverless``) a MERGE is named by a marker commit after it, since
+serverless lets a job set none of the Spark confs that name it on classic compute."""
 
 from __future__ import annotations
 
@@ -36,4 +38,5 @@ class SparkEngine:
             stop=stop,
             partitioning=(self.env.jdbc_rows_per_partition, self.env.jdbc_max_partitions),
             hash_key=hash_key,
+            merge_marker=self.env.on_serverless,  # serverless refuses the MERGE's Spark confs
         )

@@ -5,8 +5,10 @@ a SELECT's rows, with this attempt's writer options (``userMetadata``, ``txnAppI
 ``txnVersion``): ``create`` (a first load: ``CREATE TABLE AS SELECT`` in the history), ``replace``
 (a forced rebuild, ``CREATE OR REPLACE TABLE AS SELECT``), ``overwrite`` (a full load into the
 table, ``WRITE``: the table, its grants and properties stay), ``append`` (``WRITE``). A ``merge``
-is a SQL ``MERGE INTO``, which takes no writer options: it runs with the same values as the SQL
-configurations Databricks documents, for that statement only (``commit_named``).
+is a SQL ``MERGE INTO``, which takes no writer options: on classic compute it runs with the same
+values as the SQL configurations Databricks documents, for that statement only (``commit_named``);
+on serverless, which lets a job set none of them, it runs with no configuration and is followed by
+the marker commit that names it (``mark_merge``: an empty append with the writer options).
 
 A created table gets column mapping (``delta.columnMapping.mode = 'name'``) when a column name
 needs it: Delta refuses a name with a space or one of ``,;{}()=`` (and newline, tab) in a table
@@ -19,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from databricks_scripts.engines.spark.commits import commit_named, write_options
+from databricks_scripts.engines.spark.commits import commit_named, mark_merge, write_options
 from databricks_scripts.load.columns import COLUMN_MAPPING_MODE, needs_column_mapping
 
 CREATE, REPLACE, OVERWRITE, APPEND, MERGE = "create", "replace", "overwrite", "append", "merge"
@@ -65,8 +67,24 @@ def created(target: str, query: str, columns: Sequence[str], *, replace: bool) -
     return SparkWrite(kind, target, query, properties=table_properties(columns))
 
 
-def run_write(spark: Any, write: SparkWrite, spec: Any, strategy: str) -> list[Any]:
-    """Run ``write`` naming this attempt; the statement's result rows (a MERGE's metrics)."""
+def run_write(
+    spark: Any, write: SparkWrite, spec: Any, strategy: str, *, marker: bool = False
+) -> list[Any]:
+    """Run ``write`` naming this attempt; the statement's result rows (a MERGE's metrics).
+
+    ``marker`` (serverless): a MERGE sets no Spark configuration; the marker commit after it
+    names it (``mark_merge``). Every other write is the same DataFrame write either way.
+    """
+    if write.kind == MERGE and marker:
+        rows = spark.sql(write.query).collect()
+        try:
+            mark_merge(spark, write.target, spec, strategy)
+        except Exception as exc:
+            raise RuntimeError(
+                "the MERGE committed, but the marker commit naming it failed "
+                f"({type(exc).__name__}: {exc}); the row's next load upserts the same rows again"
+            ) from exc
+        return rows
     if write.kind == MERGE:
         with commit_named(spark, spec, strategy):
             return spark.sql(write.query).collect()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 
 import pyarrow as pa
+import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from databricks_scripts.contract import RECORDED_METADATA_ID_PARAM
@@ -160,3 +161,28 @@ def test_dataframe_writes_carry_writer_options_and_never_set_the_session():
     run_write(session, write, spec(), "full")
     assert ("tableProperty", ("delta.columnMapping.mode", "name"), {}) in session.ran
     assert created("`t`", "SELECT 1", ["id", "a_b"], replace=True).properties == {}
+
+
+@pytest.mark.parametrize("kind", [MERGE, APPEND, CREATE])
+def test_serverless_writes_set_no_conf_and_a_merge_is_named_by_a_marker_after_it(kind):
+    """On serverless (``marker``) no write sets a Spark configuration; a MERGE runs as it is,
+    then the marker: an empty append of the same table with this attempt's writer options."""
+    session = _Recorder()
+    query = "MERGE INTO `t` ..." if kind == MERGE else "SELECT 1"
+    rows = run_write(session, SparkWrite(kind, "`t`", query), spec(), "merge", marker=True)
+    assert rows == []
+    assert all(not r[2] for r in session.ran if r[0] == "sql")  # no configuration set, ever
+    if kind != MERGE:
+        return
+    assert [r[1] for r in session.ran if r[0] == "sql"] == [
+        "MERGE INTO `t` ...",  # first the MERGE
+        "SELECT * FROM `t` LIMIT 0",  # then the marker's empty rows, appended to the table
+    ]
+    assert session.ran[-3:] == [
+        ("writeTo", "`t`"),
+        ("options", (), write_options(spec(), "merge")),
+        ("append", (), {}),
+    ]
+    unnamed = _Recorder()  # a test run (no metadata_id): nothing to name, no marker
+    run_write(unnamed, SparkWrite(MERGE, "`t`", "MERGE"), spec(metadata_id=None), "m", marker=True)
+    assert [r[1] for r in unnamed.ran] == ["MERGE"]

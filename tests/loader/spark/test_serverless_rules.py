@@ -7,7 +7,11 @@ runs on Databricks) as Python syntax, so a forbidden call cannot hide in a comme
 tests/loader/spark/test_spark_connect.py executes the engine's Connect paths on a local Spark Connect server.
 
 The list of settable confs is Databricks' documentation for serverless notebooks and jobs
-("Configure Spark properties for serverless"), reviewed, not executed: no serverless here.
+("Configure Spark properties for serverless"), reviewed, not executed: no serverless here. The
+MERGE's per-statement confs are set on classic compute only (``commit_named``); on serverless the
+MERGE is named by a marker commit instead: tests/test_spark_serverless_merge_sail.py runs that path
+on Sail behind a session that refuses every conf this list does not hold, and
+tests/test_exactly_once_commits.py shows that no write of the serverless path sets one.
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ FORBIDDEN = {
 # Where ``sparkContext`` may be touched: job tags on a classic session, where it is tried (on Spark
 # Connect it raises, and the session's own tags are used).
 SPARK_CONTEXT_ALLOWED = {("engines/spark/commits.py", "tag_jobs")}
+# The one place a conf serverless does not list is set: the MERGE's per-statement confs, on
+# classic compute only (engines.spark.writes.run_write without ``marker``; serverless runs the
+# MERGE with ``marker``, from ScriptEnv.on_serverless).
+CLASSIC_ONLY_CONF_SETS = {("engines/spark/commits.py", "commit_named")}
 # Spark confs a serverless job may set (Databricks' documentation, reviewed).
 SERVERLESS_SETTABLE = {
     "spark.sql.legacy.timeParserPolicy",
@@ -93,11 +101,13 @@ def _constants(tree: ast.Module) -> dict[str, str]:
     return values
 
 
-def _conf_sets() -> list[tuple[str, int, str | None]]:
-    """(module, line, key) of every ``<x>.conf.set(key, ...)`` and ``SET key`` statement text."""
+def _conf_sets() -> list[tuple[str, int, str | None, str]]:
+    """(module, line, key, function) of every ``<x>.conf.set(key, ...)`` and ``SET key`` statement
+    text."""
     found = []
     for name, tree in _modules():
         constants = _constants(tree)
+        owner = _functions(tree)
         for node in ast.walk(tree):
             if (
                 isinstance(node, ast.Call)
@@ -108,36 +118,51 @@ def _conf_sets() -> list[tuple[str, int, str | None]]:
             ):
                 key = node.args[0] if node.args else None
                 if isinstance(key, ast.Constant):
-                    found.append((name, node.lineno, key.value))
+                    found.append((name, node.lineno, key.value, owner[node]))
                 elif isinstance(key, ast.Name):
-                    found.append((name, node.lineno, constants.get(key.id)))
+                    found.append((name, node.lineno, constants.get(key.id), owner[node]))
                 else:
-                    found.append((name, node.lineno, None))  # a computed key: refused below
+                    found.append((name, node.lineno, None, owner[node]))  # computed: refused
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
                 text = node.value.lstrip()
                 if text.upper().startswith("SET SPARK."):
-                    found.append((name, node.lineno, text[4:].split("=")[0].strip()))
+                    found.append((name, node.lineno, text[4:].split("=")[0].strip(), owner[node]))
     return found
 
 
 def test_the_scan_finds_conf_sets():
-    keys = {key for _, _, key in _conf_sets()}
+    keys = {key for _, _, key, _ in _conf_sets()}
     assert "spark.sql.session.timeZone" in keys  # run_spark_load's: allowed
+    # commit_named's loop over the MERGE's confs (a computed key): classic compute only
+    assert ("engines/spark/commits.py", "commit_named") in {(m, f) for m, _, _, f in _conf_sets()}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "the MERGE's commit metadata and idempotent-write settings "
-        "(spark.databricks.delta.commitInfo.userMetadata, spark.databricks.delta.write.txnAppId / "
-        "txnVersion) are still spark.conf.set calls for that statement (engines.spark.commits); "
-        "serverless does not list them as settable"
-    ),
-)
 def test_the_scripts_set_only_the_spark_confs_serverless_allows():
+    """Outside the classic-only MERGE confs, only confs serverless lists are set anywhere."""
     refused = [
-        f"{name}:{line} {key!r}"
-        for name, line, key in _conf_sets()
-        if key not in SERVERLESS_SETTABLE
+        f"{name}:{line} {key!r} in {function}"
+        for name, line, key, function in _conf_sets()
+        if key not in SERVERLESS_SETTABLE and (name, function) not in CLASSIC_ONLY_CONF_SETS
     ]
     assert refused == []
+
+
+def test_the_serverless_engine_runs_its_merge_with_a_marker():
+    """The Spark engine on serverless (``DATABRICKS_RUNTIME_VERSION=client.<n>``) asks for the
+    marker path, which never enters commit_named; classic compute keeps the MERGE's confs."""
+    from databricks_scripts.engines.spark import run
+    from databricks_scripts.script_env import ScriptEnv
+
+    asked = []
+
+    def load(*args, **kwargs):
+        asked.append(kwargs["merge_marker"])
+
+    for runtime in ("client.2", "15.4"):
+        env = ScriptEnv.from_environ({"DATABRICKS_RUNTIME_VERSION": runtime})
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(run, "run_spark_load", load)
+            run.SparkEngine(env).run(
+                None, None, log=print, progress_interval=1.0, stop=None, hash_key=None
+            )
+    assert asked == [True, False]

@@ -83,7 +83,7 @@ def test_a_write_skipped_for_a_newer_attempt_fails_the_load_as_stale(
     both.check(*both.load())
     both.check(*both.load())
 
-    def newer_attempt_commits_first(spark, write, spec, strategy):
+    def newer_attempt_commits_first(spark, write, spec, strategy, **_):
         newer = dataclasses.replace(spec, metadata_id=spec.metadata_id + 1)
         rows = spark.sql(f"SELECT * FROM {both.spark_target} LIMIT 1")
         rows.writeTo(write.target).options(**write_options(newer, strategy)).append()

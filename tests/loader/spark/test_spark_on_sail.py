@@ -115,6 +115,7 @@ class Both:
         self.watermark = {"arrow": None, "spark": None}
         self.logged: list[str] = []
         self.hash_key: bytes | None = None  # the HMAC key of columns_hash, both engines
+        self.spark_options: dict[str, Any] = {}  # more keyword arguments of run_spark_load
 
     def sql(self, text: str, params: tuple = ()) -> list[tuple]:
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
@@ -146,15 +147,22 @@ class Both:
         self.watermark = {"arrow": arrow.watermark_after, "spark": spark.watermark_after}
         return arrow, spark
 
-    def load_each(self, **overrides) -> tuple[Any, Any]:
-        """(Arrow result or its error, Spark result or its error) of one load."""
+    def _next_attempt(self, overrides: dict) -> dict:
         self.attempt += 1
-        common = {
+        return {
             **self.params,
             "metadata_id": self.attempt,
             RECORDED_METADATA_ID_PARAM: self.attempt - 1 or None,
             **overrides,
         }
+
+    def load_spark(self, **overrides) -> Any:
+        """One attempt on the Spark engine alone: its result or its error."""
+        return self._run_spark(self._next_attempt(overrides))
+
+    def load_each(self, **overrides) -> tuple[Any, Any]:
+        """(Arrow result or its error, Spark result or its error) of one load."""
+        common = self._next_attempt(overrides)
         spec = parse_load_spec({**common, "incremental_value": self.watermark["arrow"]})
         source = ls.PostgresReader(spec, None, batch_bytes=1 << 20, batch_rows=100)
         source = with_column_control(source, self.hash_key)
@@ -166,6 +174,9 @@ class Both:
             arrow = exc
         finally:
             source.close()
+        return arrow, self._run_spark(common)
+
+    def _run_spark(self, common: dict) -> Any:
         self._copy_to_sail()
         spark_spec = parse_load_spec(
             {
@@ -181,12 +192,16 @@ class Both:
             }
         )
         try:
-            spark = lsp.run_spark_load(
-                spark_spec, None, log=self.logged.append, spark=self.sail, hash_key=self.hash_key
+            return lsp.run_spark_load(
+                spark_spec,
+                None,
+                log=self.logged.append,
+                spark=self.sail,
+                hash_key=self.hash_key,
+                **self.spark_options,
             )
         except la.LoadStepError as exc:
-            spark = exc
-        return arrow, spark
+            return exc
 
     def _norm(self, value: Any, column: str) -> Any:
         if isinstance(value, dt.datetime):
