@@ -514,3 +514,15 @@ def load_scripts(parent: int | None = None) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return found
+
+
+def fail_stuck_queued(client: Any, minutes: int = 60) -> list[Any]:
+    """The one production path for rows stuck in Queued (longqueued_monitor's): find them, then
+    fail each attempt that is still Queued past the threshold; the rows this call failed, as they
+    read afterwards."""
+    failed = [
+        row.config_id
+        for row in client.find_stuck_queued(minutes)
+        if client.fail_stuck_queued_attempt(row.config_id, row.last_metadata_id, minutes)
+    ]
+    return [client.get_table_by_id(config_id) for config_id in failed]

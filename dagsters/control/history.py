@@ -75,9 +75,3 @@ class HistorySql(ControlDatabase):
                 " ORDER BY metadata_id DESC LIMIT %s",
                 (config_id, int(limit)),
             ).fetchall()
-
-    def get_metadata(self, metadata_id: int) -> dict | None:
-        with self._transaction("get_metadata") as conn:
-            return conn.execute(
-                "SELECT * FROM historical_metadata WHERE metadata_id = %s", (metadata_id,)
-            ).fetchone()

@@ -35,12 +35,3 @@ class RetentionSql(ControlDatabase):
                 {"days": int(older_than_days), "batch": int(batch_size)},
             )
             return cur.rowcount
-
-    def count_history_older_than(self, older_than_days: int) -> int:
-        with self._transaction("count_history_older_than") as conn:
-            row = conn.execute(
-                "SELECT count(*) AS n FROM historical_metadata"
-                " WHERE queued_at < now() - make_interval(days => %s)",
-                (int(older_than_days),),
-            ).fetchone()
-        return int(row["n"])

@@ -58,16 +58,6 @@ _IN_FLIGHT_ATTEMPTS = sql.SQL(
 class SourceSlotsSql(ControlDatabase):
     """Claims bounded by free per-source slots; one stuck queued attempt failed at a time."""
 
-    def source_systems_in_flight(self) -> dict[str, int]:
-        """Queued + In Progress rows per source system (what holds a slot right now)."""
-        with self._transaction("source_systems_in_flight") as conn:
-            rows = conn.execute(
-                sql.SQL(
-                    "SELECT {src} AS source_system, count(*) AS n FROM ({rows}) t GROUP BY 1"
-                ).format(src=SOURCE_SYSTEM_SQL, rows=_IN_FLIGHT)
-            ).fetchall()
-        return {row["source_system"]: int(row["n"]) for row in rows}
-
     def claim_due_tables_within_source_limit(
         self, batch_size: int, per_source_limit: int
     ) -> list[ClaimedRow]:

@@ -9,9 +9,9 @@ import psycopg
 from psycopg import sql
 
 from dagsters.control.connection import ControlDatabase
-from dagsters.control.rows import FAILED, IN_PROGRESS, QUEUED, ControlRow, fetch_all
+from dagsters.control.rows import FAILED, IN_PROGRESS, ControlRow, fetch_all
 from dagsters.control.transitions import advance_schedule, guarded_transition
-from databricks_scripts.contract import KIND_RUN_TIMEOUT, KIND_STUCK_QUEUED
+from databricks_scripts.contract import KIND_RUN_TIMEOUT
 
 # The two monitors' messages (the spec's words). What retry rules read is the kind each one writes
 # with it (KIND_STUCK_QUEUED, KIND_RUN_TIMEOUT), not these words.
@@ -21,25 +21,6 @@ RUN_TIMEOUT = "Cancelled - exceeded {minutes} minute timeout"
 
 class StuckRowsSql(ControlDatabase):
     """Find and fail rows stuck in Queued or In Progress (guarded, per attempt)."""
-
-    def fail_stuck_queued(self, threshold_minutes: int = 60) -> list[ControlRow]:
-        """Queued for longer than the threshold -> Failed (one guarded UPDATE); returns the rows."""
-        message = STUCK_IN_QUEUE.format(minutes=threshold_minutes)
-        with self._transaction("fail_stuck_queued") as conn:
-            rows = guarded_transition(
-                conn,
-                FAILED,
-                {QUEUED},
-                where=sql.SQL(
-                    "t.last_status_date_time < now() - make_interval(mins => %(minutes)s)"
-                ),
-                params={"minutes": int(threshold_minutes), "message": message},
-                sets={"last_message": sql.SQL("%(message)s")},
-                failure_kind=KIND_STUCK_QUEUED,
-            )
-            fail_history(conn, rows, message, KIND_STUCK_QUEUED)
-            advance_schedule(conn, rows)
-        return rows
 
     def find_stuck_running(self, threshold_minutes: int = 180) -> list[ControlRow]:
         """In Progress rows whose load started longer ago than the threshold (spec query)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from helpers import SOME_SOURCE, make_row
+from helpers import SOME_SOURCE, fail_stuck_queued, make_row
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -161,7 +161,7 @@ def test_the_monitors_timeouts_are_decided_by_rule(client, db, monitor, decision
     cid, mid = claimed.config_id, claimed.metadata_id
     if monitor == "queued":
         _stuck(db, cid, "Queued")
-        assert [r.config_id for r in client.fail_stuck_queued(60)] == [cid]
+        assert [r.config_id for r in fail_stuck_queued(client, 60)] == [cid]
     else:
         assert client.start_load(cid, mid, dagster_run_id="r", dagster_run_url="u/r")
         _stuck(db, cid, "In Progress")

@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers import control_row, failed_under_analysis
+from helpers import control_row, fail_stuck_queued, failed_under_analysis
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -502,12 +502,12 @@ def test_stuck_queued_rows_fail_with_the_spec_message(client, control_db):
             " WHERE config_id = %s",
             (old,),
         )
-    failed = client.fail_stuck_queued(60)
+    failed = fail_stuck_queued(client, 60)
     assert [r.config_id for r in failed] == [old]
     assert failed[0].last_message == "Cancelled - stuck in queue for >60 minutes"
     assert history(control_db, old_meta)["status"] == FAILED
     assert row(control_db, fresh)["last_status"] == QUEUED
-    assert client.fail_stuck_queued(60) == []
+    assert fail_stuck_queued(client, 60) == []
 
 
 def test_stuck_running_rows_are_found_and_failed_for_that_attempt_only(client, control_db):

@@ -284,7 +284,7 @@ def test_sensor_queries_use_their_partial_indexes_at_100k_rows(control_db):
         conn.execute("ANALYZE table_control")
         expected = {
             "table_control_due_idx": lambda c: c.claim_due_tables(10),
-            "table_control_queued_idx": lambda c: c.fail_stuck_queued(60),
+            "table_control_queued_idx": lambda c: c.find_stuck_queued(60),
             "table_control_in_progress_idx": lambda c: c.find_stuck_running(180),
             "table_control_failed_not_reviewed_idx": lambda c: c.claim_failed_for_analysis(10, 3),
             "table_control_unprocessed_landing_idx": lambda c: c.get_unprocessed_landing_tables(),

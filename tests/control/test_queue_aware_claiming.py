@@ -32,6 +32,7 @@ from helpers import (
     make_row,
     sensor_resources,
 )
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from dagsters.control.rows import ControlRow, fetch_all
@@ -135,11 +136,17 @@ def test_claims_fill_only_the_free_slots_of_each_source(control_db, db, instance
     again = tick(build_master_sensor(Settings(source_concurrency=2)), instance, control_db)
     assert isinstance(again, dg.SensorResult | dg.SkipReason)
     assert not getattr(again, "run_requests", None)
-    with LakebaseClient(control_db) as client:
-        assert client.source_systems_in_flight() == {
-            source_system(make_row(db_config_value=SOME_SOURCE)): 2,
-            source_system(make_row(db_config_value=OTHER_SOURCE)): 2,
-        }
+    # What holds a slot now: the Queued and In Progress rows of each source system.
+    in_flight = db.execute(
+        sql.SQL(
+            "SELECT {src} AS src, count(*) AS n FROM table_control t"
+            " WHERE t.last_status IN ('Queued', 'In Progress') GROUP BY 1"
+        ).format(src=SOURCE_SYSTEM_SQL)
+    ).fetchall()
+    assert {r["src"]: r["n"] for r in in_flight} == {
+        source_system(make_row(db_config_value=SOME_SOURCE)): 2,
+        source_system(make_row(db_config_value=OTHER_SOURCE)): 2,
+    }
     # The rows not claimed stay due and unclaimed in table_control: nothing is lost.
     for key in ("a2", "a3", "a4", "b2"):
         assert control_row(db, key)["last_status"] is None

@@ -28,7 +28,7 @@ from pathlib import Path
 import dagster as dg
 import psycopg
 import pytest
-from helpers import add_control_row, control_row, history, lakebase_for
+from helpers import add_control_row, control_row, fail_stuck_queued, history, lakebase_for
 from psycopg.rows import dict_row
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
@@ -261,7 +261,7 @@ def test_stuck_row_monitors_fail_rows_whose_schedule_cannot_be_computed(
             " last_load_date_time = now() - interval '5 hours'"
         )
         if monitor == "queued":
-            failed = client.fail_stuck_queued(60)
+            failed = fail_stuck_queued(client, 60)
             assert len(failed) == 3
         else:
             for row in client.find_stuck_running(180):
