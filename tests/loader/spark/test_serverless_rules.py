@@ -9,9 +9,9 @@ tests/loader/spark/test_spark_connect.py executes the engine's Connect paths on 
 The list of settable confs is Databricks' documentation for serverless notebooks and jobs
 ("Configure Spark properties for serverless"), reviewed, not executed: no serverless here. The
 MERGE's per-statement confs are set on classic compute only (``commit_named``); on serverless the
-MERGE is named by a marker commit instead: tests/test_spark_serverless_merge_sail.py runs that path
+MERGE is named by a marker commit instead: tests/loader/spark/test_spark_serverless_merge_sail.py runs that path
 on Sail behind a session that refuses every conf this list does not hold, and
-tests/test_exactly_once_commits.py shows that no write of the serverless path sets one.
+tests/loader/arrow/test_exactly_once_commits.py shows that no write of the serverless path sets one.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ compute (``spark.databricks.delta.commitInfo.userMetadata``, ``...write.txnAppId
 an empty append carrying the writer options ``userMetadata``, ``txnAppId``, ``txnVersion``.
 
 Every load here runs on a session that refuses, as serverless does, every conf serverless does
-not list (``ServerlessSail``; the list is tests/test_serverless_rules.py's, from Databricks'
+not list (``ServerlessSail``; the list is tests/loader/spark/test_serverless_rules.py's, from Databricks'
 documentation), beside the Arrow engine on the same PostgreSQL rows (test_spark_on_sail.Both).
 
 Executed on Sail: the MERGE and its marker; the reconcile and the fence before the write reading
