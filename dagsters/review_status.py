@@ -16,6 +16,7 @@ import dagster as dg
 
 from dagsters.control.rows import ControlRow
 from dagsters.policy.run_requests import LOAD_ASSET
+from dagsters.translator import TRANSLATOR
 
 NEEDS_REVIEW = "needs review"
 NEEDS_REVIEW_CHECK = "needs_review"
@@ -38,10 +39,9 @@ def release_how(control_key: str) -> str:
 
 
 def table_key(row: ControlRow) -> dg.AssetKey | None:
-    """The table's asset key, as dagsters.assets.table_assets.destination_asset_key builds it
-    (sensors do not import the assets package)."""
+    """The table's asset key (the translator's; None for a row without a destination)."""
     parts = [row.destination_catalog, row.destination_schema_name, row.destination_table_name]
-    return dg.AssetKey([str(p) for p in parts]) if all(parts) else None
+    return TRANSLATOR.get_asset_key(row) if all(parts) else None
 
 
 def review_verdict(row: ControlRow, reason: str | None = None) -> tuple[bool, str, dict]:

@@ -55,7 +55,10 @@ def test_loading_the_code_location_leaves_the_heavy_packages_unimported(tmp_path
 # Issue 24's package move (databricks_scripts into load/, engines/, sources/, retry/): packages
 # whose __init__ only documents them cost nothing and are no longer counted; the same modules then
 # count 69 (79 with the ten packages that only document themselves).
-PROJECT_MODULES_CEILING = 69
+# Raised knowingly to 70 for issue 24's dagsters.translator: the one object that maps a row to its
+# assets, needed when the definitions are built (declared specs) and by every load (its keys); the
+# code it holds moved out of table_specs / table_assets, which stay.
+PROJECT_MODULES_CEILING = 70
 THIRD_PARTY_AT_LOAD = {
     "psycopg",  # the control database: every run reads and writes its row
     "psycopg_binary",

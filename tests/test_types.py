@@ -33,6 +33,7 @@ CHECKED = (
     "dagsters/policy/freshness.py",
     "dagsters/policy/run_requests.py",
     "dagsters/review_status.py",
+    "dagsters/translator.py",
     "databricks_scripts/contract.py",
     "databricks_scripts/dataloader_pipe.py",
     "databricks_scripts/engines/arrow/commits.py",

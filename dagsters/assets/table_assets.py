@@ -23,29 +23,23 @@ import dagster as dg
 from dagsters.assets.load_checks import reconcile_row_counts, row_count_evaluation
 from dagsters.control.rows import ControlRow
 from dagsters.control.source_connections import ResolvedSource
-from dagsters.control.table_listing import DeclaredTable
 from dagsters.policy.run_requests import LOAD_ASSET
+from dagsters.translator import (  # noqa: F401 - the source metadata keys, re-exported
+    SOURCE_CONNECTION,
+    SOURCE_DATABASE,
+    SOURCE_SCHEMA,
+    SOURCE_SYSTEM,
+    SOURCE_TABLE,
+    TRANSLATOR,
+)
 from databricks_scripts.contract import LoadMetadata
 
 # Text, never plotted: the identifiers of a load (the plots tab shows rows, duration, bytes).
 ID_KEYS = ("control_key", "metadata_id", "config_id", "triggered_by")
-SOURCE_SYSTEM = "source_system"
-SOURCE_CONNECTION = "source_connection"
-SOURCE_DATABASE = "source_database"
-SOURCE_SCHEMA = "source_schema"
-SOURCE_TABLE = "source_table"
 LOAD_ASSET_KEY = "dataloader/load_asset"
 
 
-def destination_asset_key(row: ControlRow | DeclaredTable) -> dg.AssetKey:
-    """The destination table's own asset key: catalog, schema, table (as in table_control)."""
-    return dg.AssetKey(
-        [
-            str(row.destination_catalog),
-            str(row.destination_schema_name),
-            str(row.destination_table_name),
-        ]
-    )
+destination_asset_key = TRANSLATOR.get_asset_key  # the translator's (dagsters/translator.py)
 
 
 def load_asset_kinds(execution: str) -> set[str]:
@@ -59,20 +53,7 @@ def retry_asset_kinds(execution: str) -> set[str]:
     return {"databricks", "python", "openai"} if execution == "databricks" else {"python", "openai"}
 
 
-def source_metadata(row: ControlRow, source: ResolvedSource | None) -> dict[str, Any]:
-    """Where the rows came from: system, connection, database, schema, table. No host, user or
-    secret: only names a person uses to find the source."""
-    meta: dict[str, Any] = {SOURCE_SYSTEM: dg.MetadataValue.text(str(row.db_type or ""))}
-    if source is not None and source.connection_name:
-        meta[SOURCE_CONNECTION] = dg.MetadataValue.text(source.connection_name)
-    for key, value in (
-        (SOURCE_DATABASE, row.source_catalog),
-        (SOURCE_SCHEMA, row.source_schema_name),
-        (SOURCE_TABLE, row.source_table_name),
-    ):
-        if value:
-            meta[key] = dg.MetadataValue.text(str(value))
-    return meta
+source_metadata = TRANSLATOR.get_source_metadata
 
 
 def as_text_ids(metadata: Mapping[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,6 @@ keys cost one event per load.
 import logging
 import re
 from collections.abc import Iterable, Sequence
-from urllib.parse import quote
 
 import dagster as dg
 
@@ -27,10 +26,7 @@ from dagsters.assets.load_checks import (
     ROW_COUNT_CHECK_DESCRIPTION,
     reconcile_row_counts,
 )
-from dagsters.assets.table_assets import destination_asset_key
 from dagsters.control.table_listing import DeclaredTable, rows_to_declare
-from dagsters.policy.freshness import freshness_window
-from dagsters.policy.run_requests import LOAD_ASSET
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.review_status import (
     NEEDS_REVIEW_CHECK,
@@ -38,6 +34,7 @@ from dagsters.review_status import (
     review_verdict,
 )
 from dagsters.settings import Settings
+from dagsters.translator import SOURCE_KEY_PREFIX, TRANSLATOR, reload_url  # noqa: F401
 
 TABLE_CHECKS = "destination_table_checks"
 _log = logging.getLogger(__name__)
@@ -45,118 +42,13 @@ _log = logging.getLogger(__name__)
 _DAGSTER_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
 
-# ---- source lineage: each declared table depends on its source table, an external asset ---------
-# Key ["sources", <connection or source system>, <database>, <schema>, <table>] (parts Dagster can
-# use: other characters become "_"), grouped per connection ("source_<connection>"), so the graph
-# reads source -> destination table -> dbt model. Metadata: connection, type, host; never a user,
-# a secret's name or a password (docs/assets.md, "Source lineage").
-
-SOURCE_KEY_PREFIX = "sources"
-_UNUSABLE = re.compile(r"[^A-Za-z0-9_]+")
-
-
-def _part(value: object) -> str:
-    return _UNUSABLE.sub("_", str(value)).strip("_") or "_"
-
-
-def source_system_name(row: DeclaredTable) -> str:
-    """The connection's name, or (a row without one) ``<db_type>_<host>``."""
-    if row.connection_name:
-        return _part(row.connection_name)
-    host = row.source_host or "unknown"
-    return _part(f"{row.db_type}_{host}")
-
-
-def source_asset_key(row: DeclaredTable) -> dg.AssetKey:
-    """The source table's key: connection, database, schema, table (database when known)."""
-    database = row.source_catalog
-    if not database and row.db_type in ("postgresql", "oracle"):
-        database = row.source_database  # theirs comes from the connection
-    parts = [database, row.source_schema_name, row.source_table_name]
-    return dg.AssetKey(
-        [SOURCE_KEY_PREFIX, source_system_name(row), *(_part(p) for p in parts if p)]
-    )
-
-
-def _source_where(row: DeclaredTable) -> str:
-    parts = (row.source_catalog, row.source_schema_name, row.source_table_name)
-    return ".".join(str(p) for p in parts if p)
-
-
-def source_spec(row: DeclaredTable) -> dg.AssetSpec:
-    """The external asset of one row's source table (DataLoader reads it, never writes it)."""
-    where = _source_where(row)
-    metadata = {"type": dg.MetadataValue.text(str(row.db_type or ""))}
-    if row.connection_name:
-        metadata["connection"] = dg.MetadataValue.text(str(row.connection_name))
-    if row.source_host:
-        metadata["host"] = dg.MetadataValue.text(str(row.source_host))
-    return dg.AssetSpec(
-        key=source_asset_key(row),
-        group_name=source_group(row),
-        kinds={str(row.db_type or "database")},
-        description=f"Source table {where} ({row.db_type}), read by DataLoader.",
-        metadata=metadata,
-    )
-
-
-def table_kinds(row: DeclaredTable, execution: str) -> set[str]:
-    """Delta, the source system, and Databricks only when the loads run there."""
-    kinds = {"delta", str(row.db_type or "database")}
-    if execution == "databricks":
-        kinds.add("databricks")
-    return kinds
-
-
-def source_group(row: DeclaredTable) -> str:
-    """The asset group of a table: one per source. A row naming a connection is grouped by it
-    (``source_erp``); an inline row by its type and database (``source_postgresql_demo_source``)."""
-    if row.connection_name:
-        name = str(row.connection_name)
-    else:
-        config = row.db_config_value or {}
-        database = config.get("database") or row.source_catalog or "unknown"
-        name = f"{row.db_type}_{database}"
-    return "source_" + re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_")
-
-
-def reload_url(base_url: str, control_key: str) -> str:
-    """The load asset's page on this table's partition: Materialize there reloads the table."""
-    return f"{base_url}/assets/{LOAD_ASSET}?view=partitions&partition={quote(control_key, safe='')}"
-
-
-def table_spec(row: DeclaredTable, execution: str, base_url: str | None = None) -> dg.AssetSpec:
-    """The declared asset of one row's destination table; with ``base_url``, a link to reload it
-    (the table's own Materialize is greyed out: it is loaded by the load asset's partition)."""
-    reload = (
-        {"reload": dg.MetadataValue.url(reload_url(base_url, row.control_key))} if base_url else {}
-    )
-    source = _source_where(row)
-    window = freshness_window(row)
-    return dg.AssetSpec(
-        key=destination_asset_key(row),
-        # source -> load -> table -> dbt model in the lineage: the load asset writes the table.
-        deps=[LOAD_ASSET, source_asset_key(row)],
-        group_name=source_group(row),
-        kinds=table_kinds(row, execution),
-        description=(
-            f"Delta table loaded from {row.db_type} {source} by {LOAD_ASSET} "
-            f"(partition {row.control_key}, {row.load_strategy} load)."
-            + (
-                f" To reload it: [its partition of {LOAD_ASSET}]({reload['reload'].value})"
-                " → Materialize."
-                if reload
-                else ""
-            )
-        ),
-        metadata={
-            "control_key": dg.MetadataValue.text(str(row.control_key)),
-            "dagster/table_name": ".".join(destination_asset_key(row).path),
-            **reload,
-        },
-        tags={"dataloader/source_system": str(row.db_type or "")},
-        freshness_policy=dg.FreshnessPolicy.time_window(fail_window=window) if window else None,
-    )
+# ---- source lineage and the declared specs: the translator's (dagsters/translator.py) ---------
+source_system_name = TRANSLATOR.get_source_system
+source_asset_key = TRANSLATOR.get_source_asset_key
+source_spec = TRANSLATOR.get_source_spec
+table_kinds = TRANSLATOR.get_kinds
+source_group = TRANSLATOR.get_group_name
+table_spec = TRANSLATOR.get_asset_spec
 
 
 def declared_rows(settings: Settings, lakebase: LakebaseResource) -> list[DeclaredTable]:
@@ -268,7 +160,7 @@ def table_asset_definitions(
     )
     if not specs:
         return [], []
-    keyed = {destination_asset_key(r) for r in declarable if r.merge_keys}
+    keyed = {TRANSLATOR.get_asset_key(r) for r in declarable if r.merge_keys}
     try:
         checks = [row_count_checks(specs)]
         if keyed:
@@ -280,4 +172,4 @@ def table_asset_definitions(
 
 
 def _key_parts(row: DeclaredTable) -> list[str]:
-    return [str(part) for part in destination_asset_key(row).path]
+    return [str(part) for part in TRANSLATOR.get_asset_key(row).path]
