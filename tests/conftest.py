@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
 
+# The Databricks stand-in fixtures every Databricks test shares (tests/databricks_fixtures.py).
+pytest_plugins = ["databricks_fixtures"]
+
 # Old per-run temporary folders (below) are removed once no run can still be using them.
 BASETEMP_PREFIX = "dataloader-pytest-"
 BASETEMP_KEEP_SECONDS = 24 * 3600

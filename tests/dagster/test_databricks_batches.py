@@ -21,11 +21,11 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import dagster as dg
 import pytest
 from databricks.sdk.service import jobs
+from databricks_fixtures import BACKENDS, NEW_CLUSTER, databricks_backend
 from databricks_standin import (  # noqa: F401
     CLUSTER,
     REPO_SCRIPTS,
@@ -38,7 +38,6 @@ from databricks_standin import (  # noqa: F401
 )
 from deltalake import DeltaTable
 from helpers import SensorLoop, add_control_row, control_row, history, lakebase_for
-from test_databricks_e2e import BACKENDS, NEW_CLUSTER, databricks_backend
 from test_load_asset import _source_query_running
 from test_run_batches import batch_settings, master_sensor
 
@@ -46,19 +45,6 @@ from dagsters.assets.load_batch import build_load_batch_job
 from dagsters.policy.run_requests import LOAD_ASSET, LOAD_BATCH_JOB
 from dagsters.runners.databricks import DatabricksRunner
 from dagsters.runners.databricks_batch import JOB_CLUSTER_KEY, batch_tasks, task_key
-
-
-@pytest.fixture
-def standin(
-    databricks_standin: DatabricksStandin,  # noqa: F811
-    lake_root: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> DatabricksStandin:
-    databricks_standin.deploy(REPO_SCRIPTS, WORKSPACE_SCRIPTS)
-    databricks_standin.runtime_env.update(arrow_runtime(lake_root))
-    for name, value in databricks_standin.env().items():
-        monkeypatch.setenv(name, value)
-    return databricks_standin
 
 
 def claim_and_run_batch(control_db, instance, lake_root, size: int, backend: str):

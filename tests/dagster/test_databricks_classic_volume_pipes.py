@@ -5,16 +5,16 @@ deployment with neither is refused at load and, if a load is attempted, before a
 submitted."""
 
 import pytest
-from databricks_standin import CLUSTER, VOLUME, databricks_standin, event_text  # noqa: F401
-from deployment_env import deployment_env
-from helpers import add_control_row, control_row
-from test_databricks_e2e import (
+from databricks_fixtures import (
     BACKENDS,
     NEW_CLUSTER,
     claim_and_materialize,
     destination_rows,
     standin,  # noqa: F401
 )
+from databricks_standin import CLUSTER, VOLUME, databricks_standin, event_text  # noqa: F401
+from deployment_env import deployment_env
+from helpers import add_control_row, control_row
 
 from dagsters.deployment import deployment_problems
 from dagsters.resources.pipes_databricks import PipesDatabricksResource

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from databricks_fixtures import claim_and_materialize, standin  # noqa: F401
 from databricks_standin import DatabricksStandin, databricks_standin, event_text  # noqa: F401
 from helpers import add_control_row, control_row
-from test_databricks_e2e import claim_and_materialize, standin  # noqa: F401
 
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.runners.databricks import pinned

@@ -13,9 +13,9 @@ import threading
 import dagster as dg
 import psycopg
 import pytest
+from databricks_fixtures import claim_and_materialize, databricks_backend, standin  # noqa: F401
 from databricks_standin import DatabricksStandin, databricks_standin, event_text  # noqa: F401
 from helpers import add_control_row, control_row, history
-from test_databricks_e2e import claim_and_materialize, databricks_backend, standin  # noqa: F401
 
 from dagsters.runners.databricks import idempotency_token
 

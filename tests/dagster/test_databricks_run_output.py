@@ -14,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from databricks.sdk.service import jobs
+from databricks_fixtures import claim_and_materialize, standin  # noqa: F401
 from databricks_standin import (  # noqa: F401
     CLUSTER,
     VOLUME,
@@ -22,7 +23,6 @@ from databricks_standin import (  # noqa: F401
     event_text,
 )
 from helpers import add_control_row, control_row, history
-from test_databricks_e2e import claim_and_materialize, standin  # noqa: F401
 
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.runners.databricks import _task_error as task_error

@@ -9,6 +9,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from databricks_fixtures import BACKENDS, claim_and_materialize, destination_rows
+from databricks_fixtures import standin as loading_standin  # noqa: F401
 from databricks_standin import (
     CLUSTER,
     REPO_SCRIPTS,
@@ -19,8 +21,6 @@ from databricks_standin import (
     event_text,
 )
 from helpers import add_control_row, control_row
-from test_databricks_e2e import BACKENDS, claim_and_materialize, destination_rows
-from test_databricks_e2e import standin as loading_standin  # noqa: F401
 
 LEAKS = {
     "DATALOADER_SECRET__SOURCES__ORDERS": "orchestrator-only-secret-1",

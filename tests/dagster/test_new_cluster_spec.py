@@ -7,10 +7,10 @@ import json
 import re
 
 import pytest
+from databricks_fixtures import BACKENDS, NEW_CLUSTER, claim_and_materialize, standin  # noqa: F401
 from databricks_standin import databricks_standin  # noqa: F401
 from deployment_env import deployment_env
 from helpers import add_control_row, control_row, history
-from test_databricks_e2e import BACKENDS, NEW_CLUSTER, claim_and_materialize, standin  # noqa: F401
 
 from dagsters.deployment import deployment_problems
 from dagsters.runners.cluster_spec import new_cluster_problems, parse_new_cluster

@@ -8,9 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from databricks_fixtures import BACKENDS, claim_and_materialize, standin  # noqa: F401
 from databricks_standin import VOLUME, databricks_standin  # noqa: F401
 from helpers import add_control_row, control_row
-from test_databricks_e2e import BACKENDS, claim_and_materialize, standin  # noqa: F401
 from test_loader_pipe import run_raw
 
 from databricks_scripts.contract import STDERR_ERROR_PREFIX
