@@ -34,7 +34,7 @@ from dagsters.review_status import (
     review_verdict,
 )
 from dagsters.settings import Settings
-from dagsters.translator import SOURCE_KEY_PREFIX, TRANSLATOR, reload_url  # noqa: F401
+from dagsters.translator import TRANSLATOR
 
 TABLE_CHECKS = "destination_table_checks"
 _log = logging.getLogger(__name__)

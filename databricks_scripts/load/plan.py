@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
 from databricks_scripts.contract import full_load_reason
 from databricks_scripts.failures import BadConfig, DataLoaderFailure
@@ -24,21 +24,6 @@ from databricks_scripts.load.history_rules import history_strategy
 from databricks_scripts.load.interrupt import StopRequested
 from databricks_scripts.load.params import LoadSpec
 from databricks_scripts.load.watermark import Watermark, lookback_lower_bound
-
-# The strategy a load applies (``load_strategy`` plus ``full`` when it runs full).
-Applied = Literal["full", "incremental", "merge", "scd2", "soft_delete"]
-
-# The steps a failure is reported at, in the order a load runs them.
-STEPS = (
-    "probe source",
-    "open destination",
-    "reconcile schema",
-    "decode watermark",
-    "reconcile with the destination",
-    "read source",
-    "write destination",
-    "read commit metrics",
-)
 
 
 class LoadStepError(DataLoaderFailure, RuntimeError):

@@ -448,8 +448,8 @@ def run_spark_load(
         with cancellable(spark, stop), staging(spark, spec) as stages:
             reading = (partitioning, hash_key, stages)
             return _load(spark, spec, password, target, log, where, reading, merge_marker)
-    except StaleAttempt:
-        raise
+    except (StaleAttempt, LoadStepError):
+        raise  # a step the plan named itself (decode watermark) keeps its name and words
     except Exception as exc:
         if stop is not None and stop.requested.is_set():
             raise StopRequested(stop.finish_stop()) from None
