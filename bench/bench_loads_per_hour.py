@@ -105,7 +105,7 @@ def _wait(predicate, what: str, process: subprocess.Popen, log: Path) -> None:
 
 
 def _start_dev(
-    home: Path, args: argparse.Namespace, run_batch_size: int = 1
+    home: Path, args: argparse.Namespace, run_batch_size: int = 1, dequeue: int = 1
 ) -> tuple[subprocess.Popen, Path]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LAKEBASE_", "DAGSTER_"))}
     env.update(
@@ -117,6 +117,7 @@ def _start_dev(
         DATALOADER_SOURCE_CONCURRENCY=str(args.source_concurrency),
         DATALOADER_MAX_CONCURRENT_RUNS=str(args.max_concurrent_runs),
         DATALOADER_RUN_BATCH_SIZE=str(run_batch_size),
+        DATALOADER_DEQUEUE_INTERVAL_SECONDS=str(dequeue),
     )
     log = home.parent / f"dev_{home.name}.log"
     with log.open("w") as out:
@@ -345,10 +346,10 @@ def _print_imports() -> None:
         print(f"import {name:30s} median {statistics.median(seconds):.2f} s ({spread})")
 
 
-def _measure(args: argparse.Namespace, run_batch_size: int, home: Path) -> dict:
+def _measure(args: argparse.Namespace, run_batch_size: int, home: Path, dequeue: int = 1) -> dict:
     """One ``dataloader dev`` in ``home``: warm up, make the tables due, wait for every load."""
     home.mkdir(parents=True)
-    process, log = _start_dev(home, args, run_batch_size)
+    process, log = _start_dev(home, args, run_batch_size, dequeue)
     try:
         demo = "SELECT count(*) AS n FROM table_control WHERE control_key LIKE 'demo.%%'"
         _wait(
@@ -403,7 +404,8 @@ def _measure(args: argparse.Namespace, run_batch_size: int, home: Path) -> dict:
 
 def _print_measurement(m: dict, args: argparse.Namespace) -> None:
     print(
-        f"DATALOADER_RUN_BATCH_SIZE={m['batch']}: {m['loads']} tiny-table loads "
+        f"DATALOADER_RUN_BATCH_SIZE={m['batch']}, DATALOADER_DEQUEUE_INTERVAL_SECONDS="
+        f"{m['dequeue']}: {m['loads']} tiny-table loads "
         f"({m['failed']} failed) in {m['runs']} Dagster runs, {args.sources} source(s), "
         f"interval {args.interval} s, batch {args.batch}, per-source {args.source_concurrency}, "
         f"max runs {args.max_concurrent_runs}"
@@ -425,14 +427,17 @@ def _print_side_by_side(measured: list[dict]) -> None:
     base = measured[0]
     base_rate = base["loads"] / base["seconds"] * 3600
     base_cpu = base["cpu"] / max(base["loads"], 1)
-    print("side by side (ratios against the first batch size):")
-    print("  run batch size  loads/hour  x rate  CPU-s/load  x CPU  runs/100 tables  failed")
+    print("side by side (ratios against the first measured):")
+    print(
+        "  run batch size  dequeue s  loads/hour  x rate  CPU-s/load  x CPU  runs/100 tables"
+        "  failed"
+    )
     for m in measured:
         rate = m["loads"] / m["seconds"] * 3600
         cpu = m["cpu"] / max(m["loads"], 1)
         runs = 100 * m["runs"] / max(m["loads"], 1)
         print(
-            f"  {m['batch']:14d}  {rate:10,.0f}  {rate / base_rate:6.2f}  {cpu:10.2f}  "
+            f"  {m['batch']:14d}  {m['dequeue']:9d}  {rate:10,.0f}  {rate / base_rate:6.2f}  {cpu:10.2f}  "
             f"{cpu / base_cpu:5.2f}  {runs:15.0f}  {m['failed']:6d}"
         )
 
@@ -450,6 +455,12 @@ def main() -> int:
         default="1",
         help="DATALOADER_RUN_BATCH_SIZE values, comma separated, measured one after the other "
         "(a fresh dataloader dev each) and compared side by side, e.g. 1,10",
+    )
+    parser.add_argument(
+        "--dequeue-intervals",
+        default="1",
+        help="DATALOADER_DEQUEUE_INTERVAL_SECONDS values, comma separated, each measured with "
+        "every run batch size, e.g. 5,1 (5: Dagster's default)",
     )
     parser.add_argument("--imports-only", action="store_true")
     parser.add_argument("--no-imports", action="store_true", help="skip the import timings")
@@ -471,9 +482,14 @@ def main() -> int:
     if args.imports_only:
         return 0
     measured = []
-    for size in [int(v) for v in args.run_batch_sizes.split(",") if v.strip()]:
+    intervals = [int(v) for v in args.dequeue_intervals.split(",") if v.strip()]
+    sizes = [int(v) for v in args.run_batch_sizes.split(",") if v.strip()]
+    for size, dequeue in [(s, d) for s in sizes for d in intervals]:
         home = WORK / ("home" if size == 1 else f"home_batch{size}")
-        measured.append(_measure(args, size, home))
+        if len(intervals) > 1:
+            home = home.with_name(f"{home.name}_dequeue{dequeue}")
+        measured.append(_measure(args, size, home, dequeue))
+        measured[-1]["dequeue"] = dequeue
         _print_measurement(measured[-1], args)
         # Runs of one table only: a batch run's parts are not split per table.
         _print_breakdown(home / "dagster_home")

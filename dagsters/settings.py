@@ -147,6 +147,9 @@ class Settings:
     # tag_concurrency_limits at the same value. Overall run limit: local instance (CLI) only.
     source_concurrency: int = 2
     max_concurrent_runs: int = 10
+    # How often the local instance's run queue launches queued runs (Dagster's default is 5 s; a
+    # tiny load's run otherwise waits most of its life in the queue). Local instance (CLI) only.
+    dequeue_interval_seconds: int = 1
     # historical_metadata retention: finished attempts older than this are deleted in batches by
     # dataloader__history_retention_job on its schedule (cron, UTC).
     history_retention_days: int = 400
@@ -203,6 +206,7 @@ _INT_VARS = {
     "DATALOADER_WRITEBACK_RETRY_SECONDS": "writeback_retry_seconds",
     "DATALOADER_SOURCE_CONCURRENCY": "source_concurrency",
     "DATALOADER_MAX_CONCURRENT_RUNS": "max_concurrent_runs",
+    "DATALOADER_DEQUEUE_INTERVAL_SECONDS": "dequeue_interval_seconds",
     "DATALOADER_HISTORY_RETENTION_DAYS": "history_retention_days",
     "DATALOADER_HISTORY_RETENTION_BATCH_ROWS": "history_retention_batch_rows",
     "DATALOADER_ALERT_AFTER_FAILURES": "alert_after_failures",

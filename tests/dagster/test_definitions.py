@@ -167,6 +167,20 @@ def test_dev_environment_writes_a_dagster_home_with_a_source_system_limit(tmp_pa
     assert (tmp_path / "dagster_home" / "dagster.yaml").read_text().startswith("telemetry")
 
 
+def test_dev_dagster_home_is_an_instance_that_dequeues_at_the_set_interval(tmp_path):
+    """The generated dagster.yaml loads as a Dagster instance: a queued run coordinator with the
+    per-source limit and DATALOADER_DEQUEUE_INTERVAL_SECONDS (Dagster's own default is 5 s)."""
+    env = {"DATALOADER_HOME": str(tmp_path), "DATALOADER_DEQUEUE_INTERVAL_SECONDS": "2"}
+    dev_environment("127.0.0.1", 3999, env)
+    with dg.DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
+        coordinator = instance.run_coordinator
+        assert coordinator.dequeue_interval_seconds == 2
+        assert coordinator.dequeue_use_threads is True
+        [limit] = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
+        assert limit["key"] == "dataloader/source_system"
+        assert limit["limit"] == 2
+
+
 def test_dagster_environment_reaches_job_tags_and_databricks_run_names():
     repo = build_definitions(load_settings(deployment_env("npd"))).get_repository_def()
     for job in ("dataloader__table_load_job", "dataloader__retry_analysis_job"):
