@@ -17,11 +17,11 @@ its destination's last committing attempt its own way (``DeltaTable.transaction_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from databricks_scripts.contract import KIND_STALE_ATTEMPT, RECORDED_METADATA_ID_PARAM
 from databricks_scripts.failures import DataLoaderFailure
 from databricks_scripts.load.columns import KEY_COLUMN_CONTROL, column_control_text
+from databricks_scripts.load.params import LoadSpec
 
 APP_ID_PREFIX = "dataloader:"
 KEY_METADATA_ID = "dataloader.metadata_id"
@@ -44,13 +44,13 @@ class StaleAttempt(DataLoaderFailure, RuntimeError):
     step = "check attempt before commit"
 
 
-def app_id(spec: Any) -> str:
+def app_id(spec: LoadSpec) -> str:
     """The Delta transaction app id of the row (config_id; the control_key when it is unknown)."""
     return f"{APP_ID_PREFIX}{spec.config_id if spec.config_id is not None else spec.control_key}"
 
 
 def commit_marks(
-    spec: Any, strategy: str, *, complete: bool = True, resumable: bool = False
+    spec: LoadSpec, strategy: str, *, complete: bool = True, resumable: bool = False
 ) -> dict[str, str]:
     """The metadata of one commit of this attempt: which attempt, row, watermark and strategy, and
     the column lists it loaded with (names only: a change rebuilds, ``load.columns``).
@@ -84,7 +84,7 @@ class UnrecordedCommit:
     resumable: bool = False
 
 
-def is_unrecorded(spec: Any, committed: int | None) -> bool:
+def is_unrecorded(spec: LoadSpec, committed: int | None) -> bool:
     """True when attempt ``committed`` (the destination's last committing attempt of the row)
     committed but the control database never recorded its success.
 
@@ -100,7 +100,7 @@ def is_unrecorded(spec: Any, committed: int | None) -> bool:
 
 
 def stale_attempt(
-    spec: Any,
+    spec: LoadSpec,
     at_start: int | None,
     now: int | None,
     *,

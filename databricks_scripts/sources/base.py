@@ -10,6 +10,7 @@ import pyarrow as pa
 from databricks_scripts.contract import KIND_INTERNAL
 from databricks_scripts.failures import DataLoaderFailure
 from databricks_scripts.load.columns import kept_schema
+from databricks_scripts.load.params import LoadSpec
 from databricks_scripts.load.sql import (
     Dialect,
     qualified_name,
@@ -74,7 +75,7 @@ class SourceReader:
 
     dialect: Dialect
 
-    def __init__(self, spec: Any, password: str | None, *, batch_bytes: int, batch_rows: int):
+    def __init__(self, spec: LoadSpec, password: str | None, *, batch_bytes: int, batch_rows: int):
         self.spec = spec
         self.password = password
         self.batch_bytes = batch_bytes
@@ -138,13 +139,13 @@ class SourceReader:
 
     def select_list(self) -> str | None:
         """The quoted columns a row with ``columns_exclude`` reads (None: ``*``, every column)."""
-        if not getattr(self.spec, "columns_exclude", ()):
+        if not self.spec.columns_exclude:
             return None
         return ", ".join(self.dialect.quote(n) for n in self.schema().names)
 
     def kept(self, probed: pa.Schema) -> pa.Schema:
         """The probed schema without the row's ``columns_exclude`` (load.columns)."""
-        return kept_schema(probed, getattr(self.spec, "columns_exclude", ()))
+        return kept_schema(probed, self.spec.columns_exclude)
 
     def ordered_batches(
         self, lower_bound: object | None, *, null_cursor: bool = False

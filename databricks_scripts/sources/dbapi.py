@@ -6,10 +6,11 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 
+from databricks_scripts.load.params import LoadSpec
 from databricks_scripts.load.sql import (
     ORACLE,
     SQLSERVER,
@@ -144,6 +145,14 @@ def _oracle_output_type_handler(cursor: Any, metadata: Any) -> Any:
     return None
 
 
+class _Connection(Protocol):
+    """What the reader uses of a pymssql or an oracledb connection (their cursors differ)."""
+
+    def cursor(self) -> Any: ...
+
+    def close(self) -> None: ...
+
+
 class DbApiReader(SourceReader):
     """SQL Server / Oracle through their DB-API drivers; exact types from the server's metadata.
 
@@ -152,10 +161,11 @@ class DbApiReader(SourceReader):
     converted to that schema exactly (a value that does not fit fails the load naming the column).
     """
 
-    def __init__(self, spec: Any, password: str | None, **kw: Any):
+    def __init__(self, spec: LoadSpec, password: str | None, **kw: int):
         self.dialect = SQLSERVER if spec.db_type == "sqlserver" else ORACLE
         super().__init__(spec, password, **kw)
         self._schema: pa.Schema | None = None
+        self._conn: _Connection
         if spec.db_type == "sqlserver":
             import pymssql
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from databricks_scripts.load.params import LoadSpec
 from databricks_scripts.load.sql import (
     MYSQL,
     MYSQL_COLUMN_COMMENTS,
@@ -66,7 +67,7 @@ class PostgresReader(SourceReader):
 
     dialect = POSTGRESQL
 
-    def __init__(self, spec: Any, password: str | None, **kw: Any):
+    def __init__(self, spec: LoadSpec, password: str | None, **kw: int):
         super().__init__(spec, password, **kw)
         import adbc_driver_manager
         import adbc_driver_postgresql
@@ -349,7 +350,7 @@ def rows_to_batch(rows: list[tuple], schema: pa.Schema) -> pa.RecordBatch:
 class MySQLReader(SourceReader):
     dialect = MYSQL
 
-    def __init__(self, spec: Any, password: str | None, **kw: Any):
+    def __init__(self, spec: LoadSpec, password: str | None, **kw: int):
         super().__init__(spec, password, **kw)
         import pymysql
 
@@ -451,7 +452,7 @@ class MySQLReader(SourceReader):
 
 
 def open_source(
-    spec: Any, password: str | None, *, batch_bytes: int, batch_rows: int
+    spec: LoadSpec, password: str | None, *, batch_bytes: int, batch_rows: int
 ) -> SourceReader:
     kw = {"batch_bytes": batch_bytes, "batch_rows": batch_rows}
     if spec.db_type == "postgresql":

@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from databricks_scripts.contract import RECORDED_METADATA_ID_PARAM
 from databricks_scripts.load.commits import (
@@ -45,9 +45,15 @@ from databricks_scripts.load.commits import (
     is_unrecorded,
     stale_attempt,
 )
+from databricks_scripts.load.params import LoadSpec
+
+if TYPE_CHECKING:  # deltalake is imported where it is used
+    from deltalake import CommitProperties, DeltaTable
 
 
-def commit_properties(spec: Any, strategy: str, *, complete: bool = True, resumable: bool = False):
+def commit_properties(
+    spec: LoadSpec, strategy: str, *, complete: bool = True, resumable: bool = False
+) -> CommitProperties:
     """CommitProperties naming this attempt (``load.commits.commit_marks``) and, with a
     ``metadata_id``, its Delta transaction id."""
     from deltalake import CommitProperties, Transaction
@@ -61,7 +67,7 @@ def commit_properties(spec: Any, strategy: str, *, complete: bool = True, resuma
     )
 
 
-def committed_attempt(table: Any, spec: Any) -> int | None:
+def committed_attempt(table: DeltaTable | None, spec: LoadSpec) -> int | None:
     """metadata_id of the last attempt of this row that committed to ``table`` (None: none)."""
     if table is None:
         return None
@@ -69,7 +75,7 @@ def committed_attempt(table: Any, spec: Any) -> int | None:
     return None if version is None else int(version)
 
 
-def unrecorded_commit(table: Any, spec: Any) -> UnrecordedCommit | None:
+def unrecorded_commit(table: DeltaTable | None, spec: LoadSpec) -> UnrecordedCommit | None:
     """The attempt that committed to ``table`` without its success being recorded, if any."""
     if table is None or spec.metadata_id is None or RECORDED_METADATA_ID_PARAM not in spec.extra:
         return None
@@ -92,7 +98,7 @@ def unrecorded_commit(table: Any, spec: Any) -> UnrecordedCommit | None:
 _MAINTENANCE = ("OPTIMIZE", "VACUUM", "RESTORE", "FSCK")
 
 
-def _last_commit_of(table: Any, metadata_id: int, limit: int = 200) -> dict | None:
+def _last_commit_of(table: DeltaTable, metadata_id: int, limit: int = 200) -> dict[str, Any] | None:
     """The newest commit (history entry) of attempt ``metadata_id`` among the last ``limit``:
     one of its writes, never a maintenance commit carrying the same metadata."""
     for commit in table.history(limit):
@@ -103,7 +109,7 @@ def _last_commit_of(table: Any, metadata_id: int, limit: int = 200) -> dict | No
     return None
 
 
-def check_still_current(destination: Path, spec: Any, committed_at_start: int | None) -> None:
+def check_still_current(destination: Path, spec: LoadSpec, committed_at_start: int | None) -> None:
     """Raise :class:`StaleAttempt` when another attempt of the row committed since the load began
     (``load.commits.stale_attempt``). Reads the destination's newest state (not the snapshot the
     load started from)."""
@@ -116,7 +122,7 @@ def check_still_current(destination: Path, spec: Any, committed_at_start: int | 
         raise stale
 
 
-def _open_latest(destination: Path):
+def _open_latest(destination: Path) -> DeltaTable | None:
     """The destination's newest state, or None when there is no Delta table there."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError

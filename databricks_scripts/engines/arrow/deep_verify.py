@@ -16,18 +16,33 @@ differ from the destination's), memory bounded by one range. bench/bench_verify.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 
 from databricks_scripts.contract import DELETED_AT, END_AT
 from databricks_scripts.engines.arrow.delta_dataset import delta_dataset
+from databricks_scripts.load.params import LoadSpec
+
+if TYPE_CHECKING:  # deltalake is imported where it is used
+    from deltalake import DeltaTable
 
 DEFAULT_SEGMENT_ROWS = 200_000
 SAMPLE = 10
 _MASK = (1 << 64) - 1
+
+
+class KeyRangeSource(Protocol):
+    """What deep verification reads of the source: a ``sources.base.SourceReader``, or the
+    ``load.columns.HashingSource`` around one when the row hashes columns."""
+
+    def schema(self) -> pa.Schema: ...
+
+    def key_bounds(self, key: str) -> tuple[int, int, int]: ...
+
+    def key_range_batches(self, key: str, start: int, stop: int) -> Iterator[pa.RecordBatch]: ...
 
 
 @dataclass
@@ -65,9 +80,9 @@ def _live_filter(names: set[str]):
 
 
 def deep_verify(
-    spec: Any,
-    source: Any,
-    table: Any,
+    spec: LoadSpec,
+    source: KeyRangeSource,
+    table: DeltaTable,
     *,
     segment_rows: int = DEFAULT_SEGMENT_ROWS,
     log: Callable[[str], None] = lambda _m: None,

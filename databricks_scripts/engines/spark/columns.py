@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from databricks_scripts.contract import FULL_REASON_COLUMN_CONTROL
@@ -24,6 +24,7 @@ from databricks_scripts.load.columns import (
     recorded_column_control,
     spark_hash_column,
 )
+from databricks_scripts.load.params import LoadSpec
 from databricks_scripts.load.sql import spark_add_columns
 from databricks_scripts.load.types import SchemaContractError
 
@@ -57,10 +58,9 @@ def spark_schema_changes(
     return added, problems
 
 
-def controlled_frame(df: Any, spec: Any, hash_key: bytes | None) -> Any:
+def controlled_frame(df: Any, spec: LoadSpec, hash_key: bytes | None) -> Any:
     """``df`` without the excluded columns and with the hashed ones as their HMAC."""
-    exclude = getattr(spec, "columns_exclude", ())
-    hashed = getattr(spec, "columns_hash", ())
+    exclude, hashed = spec.columns_exclude, spec.columns_hash
     if exclude:
         df = df.drop(*match_columns(exclude, df.columns, "columns_exclude"))
     if hashed:
@@ -73,7 +73,7 @@ def controlled_frame(df: Any, spec: Any, hash_key: bytes | None) -> Any:
 
 
 def contract_changes(
-    spec: Any,
+    spec: LoadSpec,
     source: Sequence[tuple[str, str]],
     target: Sequence[tuple[str, str]],
     added: list[tuple[str, str]],
@@ -81,7 +81,7 @@ def contract_changes(
 ) -> tuple[list[tuple[str, str]], list[str]]:
     """(columns to add, notes) under the row's ``schema_change``; ``freeze`` raises naming every
     added, dropped or retyped column."""
-    change = getattr(spec, "schema_change", "evolve")
+    change = spec.schema_change
     source_types = {n.lower(): t for n, t in source}
     dropped = [n for n, _ in target if n.lower() not in source_types]
     dropped = [n for n in dropped if n.lower() not in _LOADER_COLUMNS]
@@ -118,7 +118,9 @@ def contract_changes(
     return added, notes
 
 
-def rebuild_if_changed(spark: Any, spec: Any, target: str, exists: bool, log) -> tuple[Any, str]:
+def rebuild_if_changed(
+    spark: Any, spec: LoadSpec, target: str, exists: bool, log: Callable[[str], None]
+) -> tuple[LoadSpec, str]:
     """(spec, note): a rebuild when the destination's last DataLoader commit recorded other column
     lists (its ``userMetadata``); the note says what changed ('' when nothing did)."""
     if not exists:
@@ -143,7 +145,14 @@ def rebuild_if_changed(spark: Any, spec: Any, target: str, exists: bool, log) ->
     return spec, note
 
 
-def evolve_schema(spark: Any, spec, target: str, source_fields, target_fields, log):
+def evolve_schema(
+    spark: Any,
+    spec: LoadSpec,
+    target: str,
+    source_fields: Sequence[tuple[str, str]],
+    target_fields: Sequence[tuple[str, str]],
+    log: Callable[[str], None],
+) -> _Fields:
     """Add the source's new columns to ``target`` as the row's schema_change allows; an
     incompatible type change is refused. Returns the source fields the load writes (``.notes``:
     what the contract did)."""
@@ -156,9 +165,9 @@ def evolve_schema(spark: Any, spec, target: str, source_fields, target_fields, l
     return _Fields([f for f in source_fields if f[0] not in discarded], notes)
 
 
-class _Fields(list):
+class _Fields(list[tuple[str, str]]):
     """The source fields a load writes, with the schema contract's notes."""
 
-    def __init__(self, fields, notes):
+    def __init__(self, fields: Iterable[tuple[str, str]], notes: list[str]):
         super().__init__(fields)
         self.notes = notes

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from databricks_scripts.load.params import LoadSpec
+from databricks_scripts.load.plan import LoadResult
 from databricks_scripts.load.sql import (
     MYSQL,
     MYSQL_COLUMN_COMMENTS,
@@ -28,7 +30,9 @@ from databricks_scripts.load.sql import (
     spark_table,
 )
 
-NONE: tuple[str | None, dict[str, str]] = (None, {})
+# (the table's comment, {column: comment}), as LoadResult.comments carries them.
+Comments = tuple[str | None, dict[str, str]]
+NONE: Comments = (None, {})
 
 
 def spark_string(text: str) -> str:
@@ -36,7 +40,7 @@ def spark_string(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def parse_described(rows: list[dict]) -> tuple[str | None, dict[str, str]]:
+def parse_described(rows: list[dict]) -> Comments:
     """(table comment, {column: comment}) from ``DESCRIBE TABLE EXTENDED`` rows as dicts."""
     columns: dict[str, str] = {}
     table = None
@@ -61,7 +65,7 @@ def sql_string(text: str | None) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def comment_queries(spec: Any) -> list[str]:
+def comment_queries(spec: LoadSpec) -> list[str]:
     """The JDBC queries reading a PostgreSQL or MySQL source's comments; [] for other sources."""
     schema, table = spec.source_schema_name, spec.source_table_name
     if spec.db_type == "postgresql":
@@ -81,7 +85,7 @@ def _jdbc_rows(spark: Any, jdbc: dict[str, str], query: str) -> list[dict]:
     return [r.asDict() for r in df.collect()]
 
 
-def read_jdbc_comments(spark: Any, spec: Any, jdbc: dict[str, str]) -> tuple:
+def read_jdbc_comments(spark: Any, spec: LoadSpec, jdbc: dict[str, str]) -> Comments:
     """(table comment, {column: comment}) of a PostgreSQL or MySQL source over JDBC."""
     queries = comment_queries(spec)
     if not queries:
@@ -92,8 +96,8 @@ def read_jdbc_comments(spark: Any, spec: Any, jdbc: dict[str, str]) -> tuple:
 
 
 def read_comments(
-    spark: Any, spec: Any, log: Callable[[str], None], jdbc: dict[str, str] | None = None
-) -> tuple:
+    spark: Any, spec: LoadSpec, log: Callable[[str], None], jdbc: dict[str, str] | None = None
+) -> Comments:
     """The source's comments: a Unity Catalog source's, or (with ``jdbc``, the source read's
     options, password included) a PostgreSQL or MySQL/MariaDB source's. None for SQL Server and
     Oracle, and none (one line logged) when the catalog cannot be read."""
@@ -109,7 +113,7 @@ def read_comments(
         return NONE
 
 
-def comment_statements(target: str, comments: tuple, columns: list[str]) -> list[str]:
+def comment_statements(target: str, comments: Comments, columns: list[str]) -> list[str]:
     """The statements that give ``target`` the comments (only columns it has)."""
     table, by_column = comments
     statements = [f"COMMENT ON TABLE {target} IS {spark_string(table)}"] if table else []
@@ -122,7 +126,7 @@ def comment_statements(target: str, comments: tuple, columns: list[str]) -> list
 
 
 def write_comments(
-    spark: Any, target: str, comments: tuple, columns: list[str], log: Callable[[str], None]
+    spark: Any, target: str, comments: Comments, columns: list[str], log: Callable[[str], None]
 ) -> None:
     """Give a created or rebuilt destination the source's comments; a refusal costs the comment."""
     for statement in comment_statements(target, comments, columns):
@@ -135,14 +139,14 @@ def write_comments(
 
 def with_comments(
     spark: Any,
-    spec: Any,
+    spec: LoadSpec,
     target: str,
-    loaded: Any,
+    loaded: LoadResult,
     columns: list[str],
     created: bool,
-    log,
+    log: Callable[[str], None],
     jdbc: dict[str, str] | None = None,
-) -> Any:
+) -> LoadResult:
     """``loaded`` carrying the source's comments; a ``created`` (or rebuilt) destination gets
     them too. ``jdbc``: the source read's JDBC options (a JDBC source)."""
     comments = read_comments(spark, spec, log, jdbc)

@@ -65,14 +65,15 @@ OUR_OPERATIONS = (
     "REPLACE TABLE AS SELECT",
     "MERGE",
 )
+from databricks_scripts.load.params import LoadSpec
 
 
-def user_metadata(spec: Any, strategy: str) -> str:
+def user_metadata(spec: LoadSpec, strategy: str) -> str:
     """The JSON ``userMetadata`` of this attempt's commit (``load.commits.commit_marks``)."""
     return json.dumps(commit_marks(spec, strategy), sort_keys=True)
 
 
-def write_options(spec: Any, strategy: str) -> dict[str, str]:
+def write_options(spec: LoadSpec, strategy: str) -> dict[str, str]:
     """Writer options of a DataFrame write: this attempt's ``userMetadata`` and, with a
     ``metadata_id``, the idempotent-write pair keyed on the row and the attempt."""
     if spec.metadata_id is None:
@@ -84,7 +85,7 @@ def write_options(spec: Any, strategy: str) -> dict[str, str]:
     }
 
 
-def statement_confs(spec: Any, strategy: str) -> dict[str, str]:
+def statement_confs(spec: LoadSpec, strategy: str) -> dict[str, str]:
     """The same, as the SQL configurations a SQL ``MERGE`` reads (it takes no writer options)."""
     options = write_options(spec, strategy)
     if not options:
@@ -96,7 +97,7 @@ def statement_confs(spec: Any, strategy: str) -> dict[str, str]:
     }
 
 
-def mark_merge(spark: Any, target: str, spec: Any, strategy: str) -> None:
+def mark_merge(spark: Any, target: str, spec: LoadSpec, strategy: str) -> None:
     """The marker commit naming the MERGE just run on ``target`` (serverless, where the MERGE
     cannot carry the attempt itself): an empty append with this attempt's writer options.
 
@@ -146,18 +147,18 @@ def read_last_commit(spark: Any, target: str) -> UnrecordedCommit | None:
     return last_dataloader_commit(r.asDict() for r in rows)
 
 
-def unrecorded(spec: Any, last: UnrecordedCommit | None) -> UnrecordedCommit | None:
+def unrecorded(spec: LoadSpec, last: UnrecordedCommit | None) -> UnrecordedCommit | None:
     """``last`` when it is an attempt whose success the control database did not record."""
     return last if last is not None and is_unrecorded(spec, last.metadata_id) else None
 
 
 def check_still_current(
-    spec: Any,
+    spec: LoadSpec,
     at_start: UnrecordedCommit | None,
     now: UnrecordedCommit | None,
     *,
     merged: bool = False,
-):
+) -> None:
     """Raise :class:`StaleAttempt` when another attempt committed since the load began
     (``load.commits.stale_attempt``; a new version of the same attempt counts too).
 
@@ -187,7 +188,7 @@ def check_still_current(
 
 
 @contextmanager
-def commit_named(spark: Any, spec: Any, strategy: str) -> Iterator[None]:
+def commit_named(spark: Any, spec: LoadSpec, strategy: str) -> Iterator[None]:
     """The one SQL ``MERGE`` run inside carries this attempt's userMetadata and idempotent-write
     pair (:func:`statement_confs`); all are cleared when it ends, whatever happens. Classic
     compute only: serverless refuses these configurations (the MERGE is named by

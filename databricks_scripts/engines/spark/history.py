@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from databricks_scripts.contract import DELETED_AT, END_AT, START_AT
@@ -29,6 +29,7 @@ from databricks_scripts.engines.spark.commits import check_keys
 from databricks_scripts.engines.spark.writes import MERGE, SparkWrite, created
 from databricks_scripts.failures import SchemaConflict
 from databricks_scripts.load.history_rules import check_floor
+from databricks_scripts.load.params import LoadSpec
 from databricks_scripts.load.sql import SPARK
 
 KEY_ONLY = "__dataloader_key_only"
@@ -224,7 +225,7 @@ def floor_query(target: str, view: str, keys_view: str, keys: Sequence[str], liv
 
 def history_statement(
     spark: Any,
-    spec: Any,
+    spec: LoadSpec,
     password: str | None,
     target: str,
     view: str,
@@ -232,9 +233,9 @@ def history_statement(
     target_fields: Sequence[tuple[str, str]],
     exists: bool,
     applied: str,
-    where: list,
-    read_keys: Any,
-    log: Any,
+    where: list[str],
+    read_keys: Callable[[], Any],
+    log: Callable[[str], None],
 ) -> SparkWrite | None:
     """The write for a table with delete detection or scd2 (None: not such a table).
 
@@ -284,10 +285,10 @@ def history_statement(
         row = spark.sql(floor_query(target, view, keys_view, keys, live)).collect()[0]
         check_floor(spec, int(row["gone"]), int(row["live"]))
         where[0] = "write destination"
-    if scd2:
+    if not scd2 and keys_view is not None:  # not scd2: deletes are detected, the keys were read
+        text = deletes_merge(target, view, keys_view, keys, columns, soft=soft, load_ts=load_ts)
+    else:
         text = scd2_merge(
             target, view, keys_view, keys, columns, start=start, soft=soft, load_ts=load_ts
         )
-    else:
-        text = deletes_merge(target, view, keys_view, keys, columns, soft=soft, load_ts=load_ts)
     return SparkWrite(MERGE, target, text)

@@ -62,7 +62,7 @@ def with_key_range(
     if low is None or high is None:
         return df, None
     keep = F.col(key).between(F.lit(row["lo"]), F.lit(row["hi"])) | F.col(key).isNull()
-    if capped is not None and row["cap"] is not None:
+    if cursor and capped is not None and row["cap"] is not None:
         keep = keep & ((capped <= F.lit(row["cap"])) | F.col(cursor).isNull())
     log(f"merge restricted to {key} from {low} to {high}")
     return df.filter(keep), (low, high)

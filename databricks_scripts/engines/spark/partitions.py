@@ -50,6 +50,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from databricks_scripts.load.params import LoadSpec
 from databricks_scripts.load.sql import DIALECTS
 
 # Spark simpleString types ``partitionColumn`` accepts (Spark 3.5: numeric, date, timestamp).
@@ -83,7 +84,9 @@ def splittable(spark_type: str) -> bool:
     return spark_type in _INTEGRAL or spark_type in _TIMES or spark_type.startswith("decimal(")
 
 
-def choose_partition_column(spec: Any, fields: Sequence[tuple[str, str]]) -> tuple[str | None, str]:
+def choose_partition_column(
+    spec: LoadSpec, fields: Sequence[tuple[str, str]]
+) -> tuple[str | None, str]:
     """(column, its Spark type) to split on, or (None, why not).
 
     A ``jdbc_partition_column`` a person set must exist and be splittable: a typo is refused
@@ -92,9 +95,10 @@ def choose_partition_column(spec: Any, fields: Sequence[tuple[str, str]]) -> tup
     types = {name.lower(): (name, t) for name, t in fields}
     override = spec.jdbc_partition_column
     if override:
-        name, spark_type = types.get(override.lower(), (None, None))
-        if name is None:
+        found = types.get(override.lower())
+        if found is None:
             raise ValueError(f"jdbc_partition_column {override!r} is not a column of the source")
+        name, spark_type = found
         if not splittable(spark_type):
             raise ValueError(
                 f"jdbc_partition_column {override!r} is {spark_type}; a JDBC read can be split "
@@ -110,10 +114,10 @@ def choose_partition_column(spec: Any, fields: Sequence[tuple[str, str]]) -> tup
     if spec.incremental_column:
         candidates.append(("incremental column", spec.incremental_column))
     for role, column in candidates:
-        name, spark_type = types.get(column.lower(), (None, None))
-        if name is not None and splittable(spark_type):
-            return name, spark_type
-        reasons.append(f"the {role} {column!r} is {spark_type or 'not in the source'}")
+        found = types.get(column.lower())
+        if found is not None and splittable(found[1]):
+            return found
+        reasons.append(f"the {role} {column!r} is {found[1] if found else 'not in the source'}")
     if not reasons:
         reasons.append("the table has no merge key or incremental column")
     return None, "; ".join(reasons)
@@ -169,7 +173,7 @@ def probe_query(
     return text
 
 
-def estimate_query(db_type: str, spec: Any) -> str | None:
+def estimate_query(db_type: str, spec: LoadSpec) -> str | None:
     """The catalog's row estimate of the source table, or None where none is read."""
     if db_type == "postgresql":
         qualified = DIALECTS["postgresql"].quote(spec.source_table_name)
@@ -274,7 +278,7 @@ def _probe(spark, base, spark_type, query) -> tuple[Any, Any, int | None]:
 
 def plan_read(
     spark: Any,
-    spec: Any,
+    spec: LoadSpec,
     base: Mapping[str, str],
     fields: Sequence[tuple[str, str]],
     lower: Any,

@@ -16,17 +16,18 @@ schema: the load can create tables there) and are dropped when the load ends, wh
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from databricks_scripts.engines.spark.writes import table_properties
+from databricks_scripts.load.params import LoadSpec
 from databricks_scripts.load.sql import spark_table
 
 STAGE_MARK = "__dl_stage_"
 
 
-def is_history_load(spec: Any) -> bool:
+def is_history_load(spec: LoadSpec) -> bool:
     """Delete detection or scd2: the loads whose checks and MERGE must see one snapshot."""
     return spec.load_strategy == "scd2" or spec.delete_detection != "none"
 
@@ -34,11 +35,11 @@ def is_history_load(spec: Any) -> bool:
 class Stages:
     """The staging tables of one load."""
 
-    def __init__(self, spark: Any, spec: Any):
+    def __init__(self, spark: Any, spec: LoadSpec):
         self._spark, self._spec = spark, spec
         self.names: list[str] = []
 
-    def stage(self, df: Any, what: str, log) -> Any:
+    def stage(self, df: Any, what: str, log: Callable[[str], None]) -> Any:
         """``df``'s rows written once into a staging Delta table; that table as a DataFrame."""
         spec = self._spec
         name = spark_table(
@@ -66,7 +67,7 @@ class Stages:
 
 
 @contextmanager
-def staging(spark: Any, spec: Any) -> Iterator[Stages]:
+def staging(spark: Any, spec: LoadSpec) -> Iterator[Stages]:
     stages = Stages(spark, spec)
     try:
         yield stages

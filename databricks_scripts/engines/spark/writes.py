@@ -23,6 +23,7 @@ from typing import Any
 
 from databricks_scripts.engines.spark.commits import commit_named, mark_merge, write_options
 from databricks_scripts.load.columns import COLUMN_MAPPING_MODE, needs_column_mapping
+from databricks_scripts.load.params import LoadSpec
 
 CREATE, REPLACE, OVERWRITE, APPEND, MERGE = "create", "replace", "overwrite", "append", "merge"
 
@@ -68,7 +69,7 @@ def created(target: str, query: str, columns: Sequence[str], *, replace: bool) -
 
 
 def run_write(
-    spark: Any, write: SparkWrite, spec: Any, strategy: str, *, marker: bool = False
+    spark: Any, write: SparkWrite, spec: LoadSpec, strategy: str, *, marker: bool = False
 ) -> list[Any]:
     """Run ``write`` naming this attempt; the statement's result rows (a MERGE's metrics).
 
