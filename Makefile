@@ -55,7 +55,8 @@ SPARK_TESTS := tests/loader/spark/test_spark_on_sail.py tests/loader/spark/test_
 	tests/loader/spark/test_databricks_process.py tests/loader/spark/test_serverless_rules.py tests/loader/spark/test_spark_connect.py \
 	tests/loader/spark/test_spark_serverless_merge_sail.py tests/loader/spark/test_spark_exactly_once_sail.py \
 	tests/loader/spark/test_column_control_sail.py tests/loader/spark/test_spark_one_snapshot_sail.py \
-	tests/loader/spark/test_spark_source_comments.py tests/loader/spark/test_runtime_floor.py
+	tests/loader/spark/test_spark_source_comments.py tests/loader/spark/test_runtime_floor.py \
+	tests/loader/spark/test_spark_federation_sail.py
 
 .PHONY: dev test test-py312 test-smoke-py313 test-spark35 python313 bench install clean-local
 

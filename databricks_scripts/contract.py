@@ -112,6 +112,9 @@ CONNECTION_KEYS: tuple[str, ...] = (
     "connect_timeout",
     "service_name",
     "connection",
+    # The Unity Catalog foreign catalog of the connection (sql/019): the Spark engine reads the
+    # source through it instead of JDBC. Only a source_connection sets it, never a row.
+    "foreign_catalog",
 )
 # TLS modes, weakest first (libpq's names; each driver maps them, see docs/secrets.md).
 TLS_MODES: tuple[str, ...] = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")

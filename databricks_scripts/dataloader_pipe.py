@@ -83,13 +83,15 @@ def choose_engine(spec: LoadSpec, env: ScriptEnv) -> str:
     engine = env.engine or ("spark" if env.on_databricks else "arrow")
     if engine not in ("arrow", "spark"):
         raise BadConfig(f"DATALOADER_ENGINE must be 'arrow' or 'spark', not {engine!r}")
-    if env.on_serverless and engine == "spark" and spec.db_type != "databricks":
+    jdbc = spec.db_type != "databricks" and spec.foreign_table is None
+    if env.on_serverless and engine == "spark" and jdbc:
         # The code location refuses this before submitting (source_connections.fit_compute).
         raise BadConfig(
             f"a {spec.db_type} source cannot be read from serverless compute: serverless has no "
             "plain JDBC reads (spark.read.format('jdbc')); read the database through a Unity "
-            "Catalog foreign catalog (Lakehouse Federation, db_type 'databricks') or load this "
-            "table on classic compute (DATABRICKS_CLUSTER_ID or DATALOADER_DATABRICKS_NEW_CLUSTER)"
+            "Catalog foreign catalog (Lakehouse Federation: the source_connection's "
+            "foreign_catalog, or db_type 'databricks') or load this table on classic compute "
+            "(DATABRICKS_CLUSTER_ID or DATALOADER_DATABRICKS_NEW_CLUSTER)"
         )
     if spec.db_type == "databricks" and engine != "spark":
         raise BadConfig(
@@ -266,13 +268,15 @@ def run_load(
         step = "read parameters"
         spec = parse_load_spec(context.get_extra(PARAMS_EXTRA))
         label = f"load of {spec.source_label} ({spec.db_type}) into {spec.destination_label}"
+        step = "choose engine"
+        engine = choose_engine(spec, env)
         step = "resolve secret"
-        password = _password(spec, env)
+        # A foreign table is read through Unity Catalog's connection: the job holds no password.
+        federated = engine == "spark" and spec.foreign_table is not None
+        password = None if federated else _password(spec, env)
         if password:
             secrets.append(password)
         spec, hash_key = _with_hash_key(spec, env, secrets)
-        step = "choose engine"
-        engine = choose_engine(spec, env)
         context.log.info(
             f"{label}: strategy {spec.load_strategy}"
             f"{' (force full reload)' if spec.force_full_reload else ''}, engine {engine}, "

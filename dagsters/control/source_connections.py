@@ -92,16 +92,27 @@ def connection_config(connection: Mapping[str, Any]) -> dict[str, Any]:
         "sslmode": tls_mode_default(connection["host"], connection.get("tls_mode")),
         "sslrootcert": connection.get("tls_ca_file"),
         "connect_timeout": connection.get("connect_timeout_seconds"),
+        "foreign_catalog": connection.get("foreign_catalog"),
     }
     return {k: v for k, v in config.items() if v not in (None, "")}
 
 
+# Keys only a source_connection sets (its name; its foreign catalog, sql/019), never a row's own
+# db_config_value.
+_CONNECTION_ONLY = ("connection", "foreign_catalog")
+
+
 def _check_keys(config: Mapping[str, Any]) -> None:
-    unknown = sorted(str(k) for k in config if k not in CONNECTION_KEYS or k == "connection")
+    unknown = sorted(str(k) for k in config if k not in CONNECTION_KEYS or k in _CONNECTION_ONLY)
     if unknown:
+        allowed = ", ".join(k for k in CONNECTION_KEYS if k not in _CONNECTION_ONLY)
+        why = (
+            "; foreign_catalog is a source_connection's, set by connection admins"
+            if "foreign_catalog" in unknown
+            else ""
+        )
         raise SourceConnectionError(
-            f"db_config_value key {unknown[0]!r} is not allowed (allowed: "
-            f"{', '.join(k for k in CONNECTION_KEYS if k != 'connection')})"
+            f"db_config_value key {unknown[0]!r} is not allowed (allowed: {allowed}){why}"
         )
 
 
@@ -235,20 +246,29 @@ def fit_compute(row: ControlRow, compute: Any, resolved: ResolvedSource) -> Reso
     otherwise.
 
     Serverless compute has no plain JDBC reads (``spark.read.format("jdbc")``): a database outside
-    Databricks is reached there through Unity Catalog (Lakehouse Federation), which DataLoader
-    reads as a Unity Catalog table. Standard access mode keeps JDBC reads (docs/databricks.md).
+    Databricks is reached there through Unity Catalog (Lakehouse Federation): a source_connection
+    whose ``foreign_catalog`` names the database's foreign catalog (sql/019), read by the Spark
+    engine as a Unity Catalog table, or a row of db_type ``databricks``. Standard access mode keeps
+    JDBC reads (docs/databricks.md).
     """
     serverless = getattr(compute, "execution", None) == "databricks" and bool(
         getattr(compute, "serverless", False)
     )
     db_type = row.db_type
-    if not serverless or db_type == "databricks":
+    federated = bool(resolved.db_config_value.get("foreign_catalog"))
+    if not serverless or db_type == "databricks" or federated:
         return resolved
+    via = (
+        f"source_connection {resolved.connection_name!r}"
+        if resolved.connection_name
+        else "a source_connection (connection_name)"
+    )
     raise SourceConnectionError(
         f"its {db_type} source would be read with spark.read.format('jdbc'), which serverless "
         "compute (DATALOADER_DATABRICKS_SERVERLESS) does not run, so nothing was submitted. "
         "Fix: create a Unity Catalog connection and foreign catalog for the database (Lakehouse "
-        "Federation) and point this row at the foreign table (db_type 'databricks', "
-        "source_catalog = the foreign catalog), or run the loads on classic compute "
-        "(DATABRICKS_CLUSTER_ID or DATALOADER_DATABRICKS_NEW_CLUSTER)"
+        f"Federation) and have a connection admin set its name as foreign_catalog of {via}; "
+        "or point this row at the foreign table (db_type 'databricks', source_catalog = the "
+        "foreign catalog); or run the loads on classic compute (DATABRICKS_CLUSTER_ID or "
+        "DATALOADER_DATABRICKS_NEW_CLUSTER)"
     )

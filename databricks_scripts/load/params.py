@@ -92,6 +92,20 @@ class LoadSpec:
         return ".".join(p for p in parts if p)
 
     @property
+    def foreign_table(self) -> tuple[str, str | None, str] | None:
+        """The source as a Unity Catalog foreign table (Lakehouse Federation, sql/019): (foreign
+        catalog, schema, table), or None when its connection names no foreign catalog. A foreign
+        catalog mirrors one database (PostgreSQL, SQL Server, Oracle: its schemas) or a MySQL
+        server (its databases, so a row without a schema names the connection's database)."""
+        catalog = self.db_config_value.get("foreign_catalog")
+        if not catalog or self.db_type == "databricks":
+            return None
+        schema = self.source_schema_name
+        if schema is None and self.db_type == "mysql":
+            schema = self.db_config_value.get("database")
+        return (str(catalog), schema, self.source_table_name)
+
+    @property
     def destination_label(self) -> str:
         return (
             f"{self.destination_catalog}.{self.destination_schema_name}."

@@ -456,6 +456,7 @@ def test_every_column_of_source_connection_is_audited(owned):
         "hash_secret_key": "pii-2",
         "connect_timeout_seconds": 7,
         "description": "moved",
+        "foreign_catalog": "uc_erp2",
         "created_at": "2031-01-01T00:00:00+00:00",
     }
     admin = owned.logins["dataloader_connection_admin"]

@@ -4,7 +4,9 @@
   here the SDK's own dbutils against the stand-in's ``secrets/get``.
 - Serverless: ``environment_version`` (not the deprecated ``client``) and the pinned dependencies
   (test_databricks_e2e's retry analysis on serverless); every JDBC source refused there (no plain
-  JDBC reads): by the code location before anything is submitted, and by the script as well.
+  JDBC reads): by the code location before anything is submitted, and by the script as well;
+  a source_connection whose ``foreign_catalog`` names the database's Unity Catalog foreign catalog
+  (Lakehouse Federation, sql/019) is read through it instead, so its rows run on serverless.
 - Classic: ``dagster-pipes`` (and ``openai`` for the retry script) pinned at the orchestrator's
   versions; a wheel in a volume for workspaces without PyPI egress.
 """
@@ -16,12 +18,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from databricks_fixtures import claim_and_materialize, standin  # noqa: F401
+from databricks_fixtures import claim_and_materialize, destination_rows, standin  # noqa: F401
 from databricks_standin import DatabricksStandin, databricks_standin, event_text  # noqa: F401
-from helpers import add_control_row, control_row
+from helpers import add_control_row, control_row, insert_control_row, pg_config
+from psycopg.types.json import Jsonb
 
+from dagsters.control.source_connections import SourceConnectionError
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.runners.databricks import pinned
+from dagsters.utils.lakebase_client import LakebaseClient
 from databricks_scripts.dataloader_pipe import choose_engine
 from databricks_scripts.load.params import parse_load_spec
 from databricks_scripts.script_env import ScriptEnv
@@ -114,6 +119,98 @@ def test_a_jdbc_row_on_serverless_is_refused_before_anything_is_submitted(
     assert "serverless" in message and "Fix: create a Unity Catalog connection" in message
     assert "db_type 'databricks'" in message and "DATABRICKS_CLUSTER_ID" in message
     # On classic compute the same row loads (test_databricks_e2e.py).
+
+
+def _federated(db_type: str, schema: str | None = "s"):
+    config = {"host": "db.example.com", "database": "d", "user": "u", "foreign_catalog": "uc_src"}
+    spec = _spec(db_type)
+    return parse_load_spec(
+        {
+            **{f: getattr(spec, f) for f in ("source_table_name", "destination_catalog")},
+            "source_schema_name": schema,
+            "destination_schema_name": "raw",
+            "destination_table_name": "t",
+            "db_type": db_type,
+            "db_config_value": config,
+            "load_strategy": "full",
+        }
+    )
+
+
+@pytest.mark.parametrize("db_type", ["postgresql", "mysql", "oracle", "sqlserver"])
+def test_a_foreign_catalog_is_read_through_unity_catalog_on_serverless(db_type):
+    serverless = ScriptEnv(databricks_runtime="client.2.5")
+    assert choose_engine(_federated(db_type), serverless) == "spark"
+    assert _federated(db_type).foreign_table == ("uc_src", "s", "t")
+    assert _spec(db_type).foreign_table is None  # no foreign catalog: JDBC, refused above
+
+
+def test_a_mysql_foreign_catalog_names_the_connections_database_as_the_schema():
+    # A MySQL foreign catalog mirrors the server: its schemas are the server's databases.
+    assert _federated("mysql", schema=None).foreign_table == ("uc_src", "d", "t")
+
+
+def test_a_row_of_a_federated_connection_runs_on_serverless(
+    standin,  # noqa: F811
+    control_db,
+    source_db,
+    source,
+    lake_root,
+    db,
+    instance,
+):
+    config = pg_config(source_db)
+    db.execute(
+        "INSERT INTO source_connection (connection_name, db_type, host, port, database,"
+        " user_name, foreign_catalog) VALUES ('pg_fed', 'postgresql', %s, %s, %s, %s, 'uc_pg')",
+        (config["host"], config["port"], config["database"], config["user"]),
+    )
+    insert_control_row(
+        db,
+        {
+            "control_key": "pg.orders",
+            "source_schema_name": "public",
+            "source_table_name": "orders",
+            "destination_catalog": "lake",
+            "destination_schema_name": "raw",
+            "destination_table_name": "orders",
+            "db_type": "postgresql",
+            "connection_name": "pg_fed",
+            "load_strategy": "incremental",
+            "incremental_column": "updated_at",
+            "schedule_interval": "1 hour",
+        },
+    )
+    result, _ = claim_and_materialize(control_db, instance, "pg.orders", "serverless")
+
+    # Submitted to serverless (the stand-in's compute loads with the Arrow engine, straight from
+    # the host; on Databricks the Spark engine reads uc_pg.public.orders: test_spark_federation_sail).
+    assert result.success, control_row(db, "pg.orders")["last_message"]
+    assert len(standin.runs) == 1
+    row = control_row(db, "pg.orders")
+    assert row["last_status"] == "Succeeded"
+    [(n,)] = source.execute("SELECT count(*) FROM orders").fetchall()
+    assert destination_rows(lake_root) == n > 0
+
+
+def test_only_a_connection_admin_names_a_foreign_catalog(control_db, source_db, db):
+    add_control_row(
+        db,
+        source_db,
+        "pg.inline",
+        "orders",
+        db_config_value=Jsonb({**pg_config(source_db), "foreign_catalog": "uc_other"}),
+    )
+    with (
+        LakebaseClient(control_db) as client,
+        pytest.raises(SourceConnectionError, match="set by connection admins"),
+    ):
+        client.resolve_source(client.get_table_details("pg.inline"))
+    with pytest.raises(Exception, match="foreign_catalog_must_be_a_plain_name"):
+        db.execute(
+            "INSERT INTO source_connection (connection_name, db_type, host, foreign_catalog)"
+            " VALUES ('bad', 'postgresql', 'h', 'uc; DROP')"
+        )
 
 
 def test_classic_libraries_are_pinned_or_taken_from_a_volume_wheel():

@@ -98,13 +98,16 @@ def read_jdbc_comments(spark: Any, spec: LoadSpec, jdbc: dict[str, str]) -> Comm
 def read_comments(
     spark: Any, spec: LoadSpec, log: Callable[[str], None], jdbc: dict[str, str] | None = None
 ) -> Comments:
-    """The source's comments: a Unity Catalog source's, or (with ``jdbc``, the source read's
-    options, password included) a PostgreSQL or MySQL/MariaDB source's. None for SQL Server and
-    Oracle, and none (one line logged) when the catalog cannot be read."""
+    """The source's comments: a Unity Catalog source's (a foreign table's too), or (with
+    ``jdbc``, the source read's options, password included) a PostgreSQL or MySQL/MariaDB
+    source's. None for SQL Server and Oracle, and none (one line logged) when the catalog cannot
+    be read."""
     try:
-        if spec.db_type != "databricks":
+        federated = spec.foreign_table  # a foreign table's comments are Unity Catalog's too
+        if spec.db_type != "databricks" and not federated:
             return read_jdbc_comments(spark, spec, jdbc) if jdbc is not None else NONE
-        source = spark_table(spec.source_catalog, spec.source_schema_name, spec.source_table_name)
+        parts = federated or (spec.source_catalog, spec.source_schema_name, spec.source_table_name)
+        source = spark_table(*parts)
         rows = spark.sql(f"DESCRIBE TABLE EXTENDED {source}").collect()
         return parse_described([r.asDict() for r in rows])
     except Exception as exc:  # noqa: BLE001 - comments are documentation, never data

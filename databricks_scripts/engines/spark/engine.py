@@ -336,10 +336,10 @@ def read_source_planned(
     from pyspark.sql import functions as F
 
     plan = ReadPlan.single()
-    if spec.db_type == "databricks":
-        df = spark.read.table(
-            spark_table(spec.source_catalog, spec.source_schema_name, spec.source_table_name)
-        )
+    federated = spec.foreign_table  # Lakehouse Federation: Unity Catalog reads, no JDBC
+    if spec.db_type == "databricks" or federated:
+        parts = federated or (spec.source_catalog, spec.source_schema_name, spec.source_table_name)
+        df = spark.read.table(spark_table(*parts))
     else:
         options = jdbc_options(spec, password)
         df = spark.read.format("jdbc").options(**options).load()
@@ -524,7 +524,9 @@ def _load(
     loaded = _result(spark, spec, target, applied, watermark, read, written, notes=notes)
     loaded.destination_rows_before = rows_before
     loaded.full_reason = plan.full_reason
-    jdbc = None if spec.db_type == "databricks" else jdbc_options(spec, password)
+    jdbc = (
+        None if spec.db_type == "databricks" or spec.foreign_table else jdbc_options(spec, password)
+    )
     return with_comments(spark, spec, target, loaded, columns, rebuild or not exists, log, jdbc)
 
 
