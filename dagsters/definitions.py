@@ -8,6 +8,12 @@ resource. With no ``LAKEBASE_HOST`` the ``lakebase`` resource is the embedded lo
 (``dagsters.local``; the only product-side import of it is here). In a deployment (npd, prod,
 Dagster+) nothing falls back to local mode: ``build_definitions`` refuses to load with one message
 listing every missing or contradictory setting (``dagsters/deployment.py``).
+
+``build_definitions(settings, translator=...)`` takes a ``DataLoaderTranslator`` (default: the
+shipped one, ``dagsters/translator.py``): every table asset, its checks, the load's runtime report
+and the review status name a row's asset with it. A code location of your own that builds with a
+subclass (``defs = build_definitions(load_settings(), translator=MyTranslator())``) changes the
+keys and groups everywhere (README.md, "Your own asset keys and groups").
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from dagsters.sensors.dataloader_longqueued_monitor import build_longqueued_moni
 from dagsters.sensors.dataloader_longrunning_monitor import build_longrunning_monitor
 from dagsters.sensors.dataloader_master_sensor import LOAD_JOB, batching, build_master_sensor
 from dagsters.settings import Settings, load_settings
+from dagsters.translator import DEFAULT_TRANSLATOR, DataLoaderTranslator
 
 
 def build_resources(settings: Settings) -> dict[str, object]:
@@ -60,13 +67,15 @@ def build_resources(settings: Settings) -> dict[str, object]:
     }
 
 
-def build_definitions(settings: Settings) -> dg.Definitions:
+def build_definitions(
+    settings: Settings, translator: DataLoaderTranslator = DEFAULT_TRANSLATOR
+) -> dg.Definitions:
     # In npd/prod/Dagster+ no local fallback may stand in for a missing setting: refuse to load,
     # listing every problem at once (dagsters/deployment.py). Local mode is unaffected.
     require_deployment_ready(settings)
     resources = build_resources(settings)
-    load_asset = build_load_asset(settings)
-    retry_asset = build_retry_asset(settings)
+    load_asset = build_load_asset(settings, translator)
+    retry_asset = build_retry_asset(settings, translator)
     lakebase = resources["lakebase"]
     load_job = dg.define_asset_job(
         LOAD_JOB,
@@ -89,7 +98,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     )
     retention_job = build_history_retention_job(settings)
     tables = declared_rows(settings, lakebase)
-    table_specs, table_checks = table_asset_definitions(settings, lakebase, tables)
+    table_specs, table_checks = table_asset_definitions(settings, lakebase, tables, translator)
     jobs = [load_job, retry_job, landing_table_git_job, retention_job, release_review_job]
     schedules = [build_history_retention_schedule(settings, retention_job)]
     deep = [c for c in table_checks if DEEP_CHECKS in c.node_def.name]
@@ -100,13 +109,13 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     if batching(settings):  # DATALOADER_RUN_BATCH_SIZE > 1: master_sensor launches both jobs
         from dagsters.assets.load_batch import build_load_batch_job
 
-        load_jobs = [load_job, build_load_batch_job(settings)]
+        load_jobs = [load_job, build_load_batch_job(settings, translator)]
         jobs.append(load_jobs[-1])
     sensors = [
         build_master_sensor(settings, load_jobs),
         build_longqueued_monitor(settings),
         build_longrunning_monitor(settings),
-        build_failed_monitor(settings),
+        build_failed_monitor(settings, translator),
         build_landing_table_monitor(settings),
     ]
     if settings.reloads_table_assets:  # local work: a new row's asset without a manual reload

@@ -16,7 +16,7 @@ import dagster as dg
 
 from dagsters.control.rows import ControlRow
 from dagsters.policy.run_requests import LOAD_ASSET
-from dagsters.translator import TRANSLATOR
+from dagsters.translator import DEFAULT_TRANSLATOR, DataLoaderTranslator
 
 NEEDS_REVIEW = "needs review"
 NEEDS_REVIEW_CHECK = "needs_review"
@@ -38,10 +38,12 @@ def release_how(control_key: str) -> str:
     )
 
 
-def table_key(row: ControlRow) -> dg.AssetKey | None:
+def table_key(
+    row: ControlRow, translator: DataLoaderTranslator = DEFAULT_TRANSLATOR
+) -> dg.AssetKey | None:
     """The table's asset key (the translator's; None for a row without a destination)."""
     parts = [row.destination_catalog, row.destination_schema_name, row.destination_table_name]
-    return TRANSLATOR.get_asset_key(row) if all(parts) else None
+    return translator.get_asset_key(row) if all(parts) else None
 
 
 def review_verdict(row: ControlRow, reason: str | None = None) -> tuple[bool, str, dict]:
@@ -61,10 +63,15 @@ def review_verdict(row: ControlRow, reason: str | None = None) -> tuple[bool, st
     return False, f"Needs review: {why}. To load it again: {how}.", metadata
 
 
-def review_evaluations(row: ControlRow, reason: str | None = None) -> list[dg.AssetCheckEvaluation]:
-    """The ``needs_review`` evaluations of the row's load partition and of its table's asset."""
+def review_evaluations(
+    row: ControlRow,
+    reason: str | None = None,
+    translator: DataLoaderTranslator = DEFAULT_TRANSLATOR,
+) -> list[dg.AssetCheckEvaluation]:
+    """The ``needs_review`` evaluations of the row's load partition and of its table's asset
+    (keyed by ``translator``)."""
     passed, description, metadata = review_verdict(row, reason)
-    targets = [(dg.AssetKey(LOAD_ASSET), str(row.control_key)), (table_key(row), None)]
+    targets = [(dg.AssetKey(LOAD_ASSET), str(row.control_key)), (table_key(row, translator), None)]
     return [
         dg.AssetCheckEvaluation(
             asset_key=asset_key,
@@ -81,7 +88,7 @@ def review_evaluations(row: ControlRow, reason: str | None = None) -> list[dg.As
 
 
 def review_events(
-    row: ControlRow, reason: str
+    row: ControlRow, reason: str, translator: DataLoaderTranslator = DEFAULT_TRANSLATOR
 ) -> list[dg.AssetObservation | dg.AssetCheckEvaluation]:
     """What tells a person this row needs them (``reason`` already redacted): the failing
     checks and an observation on the load partition and on the table's asset."""
@@ -95,9 +102,9 @@ def review_events(
             metadata=metadata,
         )
     ]
-    table = table_key(row)
+    table = table_key(row, translator)
     if table is not None:
         observed.append(
             dg.AssetObservation(asset_key=table, description=description, metadata=metadata)
         )
-    return [*observed, *review_evaluations(under_review, reason)]
+    return [*observed, *review_evaluations(under_review, reason, translator)]

@@ -12,9 +12,12 @@ does for dlt resources).
   (docs/assets.md, "Source lineage");
 - the source metadata a load's materialization carries (names a person uses to find the source).
 
-Every caller (declared specs, the load's runtime report, the deep verification, the review check)
-goes through :data:`TRANSLATOR`; the module-level functions of ``table_specs`` / ``table_assets``
-are its methods under their old names.
+Injectable, as dagster-dlt's and dagster-dbt's translators are: every function that names a
+row's asset (the declared specs and their checks, the load's runtime report, the deep
+verification, the review status, failed_monitor) takes a ``translator`` argument, defaulting to
+:data:`DEFAULT_TRANSLATOR`, and ``build_definitions(settings, translator=...)`` hands one instance
+to all of them. A subclass overriding e.g. ``get_asset_key`` or ``get_group_name`` changes the key
+or group everywhere it appears (README.md, "Your own asset keys and groups").
 """
 
 from __future__ import annotations
@@ -177,5 +180,5 @@ def _source_where(row: DeclaredTable) -> str:
     return ".".join(str(p) for p in parts if p)
 
 
-# The translator every caller uses.
-TRANSLATOR = DataLoaderTranslator()
+# The shipped translator: what every ``translator`` argument defaults to.
+DEFAULT_TRANSLATOR = DataLoaderTranslator()

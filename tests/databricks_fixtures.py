@@ -20,7 +20,7 @@ from databricks_standin import (  # noqa: F401 - databricks_standin: the fixture
     databricks_standin,
 )
 from deltalake import DeltaTable
-from helpers import lakebase_for
+from helpers import claim_due, lakebase_for
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
 from dagsters.partitions import PARTITIONS_NAME
@@ -73,7 +73,7 @@ def claim_and_materialize(control_db, instance, key, backend="existing_cluster",
     """What master_sensor and a run worker do: claim the due row, run its partition (with
     ``pipes``, else the ``backend`` of BACKENDS running the repository's scripts)."""
     with LakebaseClient(control_db) as client:
-        [claimed] = [r for r in client.claim_due_tables(10) if r.control_key == key]
+        [claimed] = [r for r in claim_due(client, 10) if r.control_key == key]
     instance.add_dynamic_partitions(PARTITIONS_NAME, [key])
     result = dg.materialize(
         [build_load_asset(load_settings())],

@@ -27,6 +27,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
 from dagsters.control.rows import ClaimedRow, ControlRow, fetch_one
+from dagsters.control.source_slots import SourceSlotsSql
 from dagsters.control.table_listing import DeclaredTable, TableListingSql
 from dagsters.local.embedded_lakebase import (
     EmbeddedServer,
@@ -45,6 +46,9 @@ SOME_SOURCE = {"host": "db1.internal", "port": 5432, "database": "shop"}
 AI_ENV_PREFIX = "DATALOADER_AI_"
 OPENAI_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL")
 
+# A per-source limit no test's rows reach: for tests that claim due rows but are not about slots.
+NO_SOURCE_LIMIT = 1_000_000
+
 
 def clear_ai_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """Unset every AI setting, so no developer's own model is asked and the rules decide.
@@ -54,6 +58,12 @@ def clear_ai_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(AI_ENV_PREFIX) or name in OPENAI_ENV:
             monkeypatch.delenv(name, raising=False)
+
+
+def claim_due(client: SourceSlotsSql, batch_size: int) -> list[ClaimedRow]:
+    """Claim up to ``batch_size`` due rows with master_sensor's statement
+    (``claim_due_tables_within_source_limit``), the per-source limit out of the way."""
+    return client.claim_due_tables_within_source_limit(batch_size, NO_SOURCE_LIMIT)
 
 
 def lakebase_for(conninfo: str) -> LakebaseResource:

@@ -23,12 +23,12 @@ from dagsters.assets.forced_reload import forced_by, loaded_message
 from dagsters.assets.launch_config import LoadConfig, launched_control_key, tag_ui_run
 from dagsters.assets.table_assets import (
     analysis_metadata,
-    destination_asset_key,
     load_asset_kinds,
     load_metadata,
     load_partition_metadata,
     report_destination_table,
     retry_asset_kinds,
+    schema_changed,
 )
 from dagsters.control.rows import FAILED, SUCCEEDED, ControlRow
 from dagsters.control.source_connections import ResolvedSource, SourceConnectionError, fit_compute
@@ -46,6 +46,7 @@ from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.review_status import review_evaluations, review_events
 from dagsters.runners.outcome import ScriptOutcome
 from dagsters.settings import Settings
+from dagsters.translator import DEFAULT_TRANSLATOR, DataLoaderTranslator
 from dagsters.utils.lakebase_client import (
     LakebaseClient,
     LakebaseError,
@@ -56,7 +57,6 @@ from databricks_scripts import contract, local_secrets
 from databricks_scripts.contract import (
     RECORDED_METADATA_ID_PARAM,
     Decision,
-    LoadMetadata,
     LoadReport,
 )
 from databricks_scripts.redaction import redact
@@ -145,33 +145,6 @@ def _begin_attempt(
     return config_id, metadata_id, "ui"
 
 
-def _metadata_value(metadata: Mapping[str, Any], key: str) -> Any:
-    value = metadata.get(key)
-    return getattr(value, "value", value)
-
-
-def _schema_changed(
-    context: dg.AssetExecutionContext, table: dg.AssetKey, reported: Mapping
-) -> bool:
-    """Did this load change the destination's columns since the table's last materialization?
-
-    Compared here rather than in the script so both engines (Arrow and Spark) are covered alike.
-    The columns are the destination table's (its asset's materializations), not the load
-    asset's. A first load is not a change: a new row's staging model is still unprocessed anyway.
-    """
-    new_schema = _metadata_value(reported, LoadMetadata.COLUMN_SCHEMA)
-    if new_schema is None:
-        return False
-    previous = context.instance.fetch_materializations(table, limit=1).records
-    if not previous:
-        return False
-    materialization = previous[0].asset_materialization
-    old_schema = _metadata_value(
-        materialization.metadata if materialization else {}, LoadMetadata.COLUMN_SCHEMA
-    )
-    return old_schema is not None and old_schema != new_schema
-
-
 def _reported_metadata(outcome: ScriptOutcome) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for result in outcome.results:
@@ -193,11 +166,13 @@ class _Attempt:
         client: LakebaseClient,
         settings: Settings,
         control_key: str,
+        translator: DataLoaderTranslator = DEFAULT_TRANSLATOR,
     ):
         self.context = context
         self.client = client
         self.settings = settings
         self.control_key = control_key
+        self.translator = translator  # names the destination table's asset
         self.config_id = 0
         self.metadata_id = 0
         self.databricks_url: str | None = None
@@ -377,7 +352,9 @@ class _Attempt:
                 report.rows_written, report.notes, self.forced_by, report.load_strategy
             ),
             databricks_run_url=run_link,
-            schema_changed=_schema_changed(self.context, destination_asset_key(self.row), reported),
+            schema_changed=schema_changed(
+                self.context, self.translator.get_asset_key(self.row), reported
+            ),
         )
 
     def _say_why_not_recorded(self) -> None:
@@ -436,8 +413,11 @@ def _load_params(
     return params
 
 
-def build_load_asset(settings: Settings) -> dg.AssetsDefinition:
-    """``dataloader__table_load``: one load of the partition's table, with these settings."""
+def build_load_asset(
+    settings: Settings, translator: DataLoaderTranslator = DEFAULT_TRANSLATOR
+) -> dg.AssetsDefinition:
+    """``dataloader__table_load``: one load of the partition's table, with these settings; it
+    reports the destination table's materialization on ``translator``'s key."""
 
     @dg.asset(
         name=LOAD_ASSET,
@@ -456,7 +436,7 @@ def build_load_asset(settings: Settings) -> dg.AssetsDefinition:
         control_key = launched_control_key(context, config.control_key)
         _tag_environment(context, settings)
         client = lakebase.get_client()
-        attempt = _Attempt(context, client, settings, control_key)
+        attempt = _Attempt(context, client, settings, control_key, translator)
         attempt.config_id, attempt.metadata_id, trigger = _begin_attempt(
             context, client, config, control_key, settings
         )
@@ -483,17 +463,27 @@ def build_load_asset(settings: Settings) -> dg.AssetsDefinition:
                 "in Dagster; the table_control row and its history say what was recorded"
             )
         metadata = load_metadata(
-            reported, attempt.row, attempt.resolved, trigger=trigger, run_link=run_link
+            reported,
+            attempt.row,
+            attempt.resolved,
+            trigger=trigger,
+            run_link=run_link,
+            translator=translator,
         )
         metadata.update(control_key=control_key, metadata_id=str(attempt.metadata_id))
         report_destination_table(
-            context, attempt.row, metadata, control_key=control_key, metadata_id=attempt.metadata_id
+            context,
+            attempt.row,
+            metadata,
+            control_key=control_key,
+            metadata_id=attempt.metadata_id,
+            translator=translator,
         )
         # The table's columns, row count and name are its own asset's (reported just above).
         yield dg.MaterializeResult(metadata=load_partition_metadata(metadata))
         # Loaded, so not under review: needs_review passes on the partition and the table.
         for passed in review_evaluations(
-            replace(attempt.row, needs_review=False, last_status=SUCCEEDED)
+            replace(attempt.row, needs_review=False, last_status=SUCCEEDED), translator=translator
         ):
             context.log_event(passed)
 
@@ -551,8 +541,11 @@ def _ask_the_script(
     return decision
 
 
-def build_retry_asset(settings: Settings) -> dg.AssetsDefinition:
-    """``dataloader__retry_analysis``: retry or review one failed load, with these settings."""
+def build_retry_asset(
+    settings: Settings, translator: DataLoaderTranslator = DEFAULT_TRANSLATOR
+) -> dg.AssetsDefinition:
+    """``dataloader__retry_analysis``: retry or review one failed load, with these settings; a
+    review is reported on the table's asset under ``translator``'s key."""
 
     @dg.asset(
         name=RETRY_ASSET,
@@ -583,7 +576,9 @@ def build_retry_asset(settings: Settings) -> dg.AssetsDefinition:
             decision,
             secrets=settings.secrets,
             notifier=notifier_from_settings(settings),
-            on_review=lambda reason: [context.log_event(o) for o in review_events(row, reason)],
+            on_review=lambda reason: [
+                context.log_event(o) for o in review_events(row, reason, translator)
+            ],
         )
         yield dg.MaterializeResult(
             metadata={

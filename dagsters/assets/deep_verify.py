@@ -15,13 +15,13 @@ from typing import Any
 
 import dagster as dg
 
-from dagsters.assets.table_assets import destination_asset_key
 from dagsters.control.rows import ControlRow
 from dagsters.policy.run_requests import load_params
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.runners.local import LOAD_SCRIPT
 from dagsters.settings import Settings
+from dagsters.translator import DEFAULT_TRANSLATOR, DataLoaderTranslator
 from databricks_scripts.contract import DEEP_VERIFY_KEY, DEEP_VERIFY_MODE, MODE_PARAM
 
 DEEP_CHECK = "deep_verification"
@@ -65,8 +65,13 @@ def _verify_one(
     return bool(found.get("passed")), str(found.get("description")), facts
 
 
-def deep_checks(specs: Sequence[dg.AssetSpec], settings: Settings) -> dg.AssetChecksDefinition:
-    """The ``deep_verification`` check of every declared keyed table."""
+def deep_checks(
+    specs: Sequence[dg.AssetSpec],
+    settings: Settings,
+    translator: DataLoaderTranslator = DEFAULT_TRANSLATOR,
+) -> dg.AssetChecksDefinition:
+    """The ``deep_verification`` check of every declared keyed table (a check's asset is matched
+    to its row by ``translator``'s key, as the specs were keyed)."""
 
     @dg.multi_asset_check(
         name=DEEP_CHECKS,
@@ -82,7 +87,7 @@ def deep_checks(specs: Sequence[dg.AssetSpec], settings: Settings) -> dg.AssetCh
         pipes = context.resources.pipes_databricks
         client = lakebase.get_client()
         rows = {
-            destination_asset_key(r): r.config_id
+            translator.get_asset_key(r): r.config_id
             for r in client.active_tables(settings.table_assets_max + 1)
         }
         for check_key in context.selected_asset_check_keys:

@@ -52,6 +52,7 @@ from dagsters.policy.run_requests import (
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.resources.pipes_databricks import PipesDatabricksResource
 from dagsters.settings import Settings
+from dagsters.translator import DEFAULT_TRANSLATOR, DataLoaderTranslator
 from dagsters.utils.lakebase_client import LakebaseClient
 from databricks_scripts.contract import KIND_CANCELLED
 
@@ -79,12 +80,19 @@ def _start_one(
     client: LakebaseClient,
     settings: Settings,
     item: BatchAttempt,
+    translator: DataLoaderTranslator,
 ) -> tuple[_Attempt, LoadConfig, str]:
     """Put one table's attempt In Progress: (attempt, config, triggered_by)."""
     config = LoadConfig(
         config_id=item.config_id, metadata_id=item.metadata_id, control_key=item.control_key
     )
-    attempt = _Attempt(context, client, settings, item.control_key)  # type: ignore[arg-type]
+    attempt = _Attempt(
+        context,  # type: ignore[arg-type]
+        client,
+        settings,
+        item.control_key,
+        translator,
+    )
     attempt.config_id, attempt.metadata_id, trigger = _begin_attempt(
         context,  # type: ignore[arg-type]
         client,
@@ -105,9 +113,10 @@ def _load_one(
     settings: Settings,
     pipes_databricks: PipesDatabricksResource,
     item: BatchAttempt,
+    translator: DataLoaderTranslator,
 ) -> None:
     """One table of the batch, as the load asset runs it; raises when this table failed."""
-    attempt, config, trigger = _start_one(context, client, settings, item)
+    attempt, config, trigger = _start_one(context, client, settings, item, translator)
     try:
         params = _load_params(attempt, pipes_databricks, config, trigger)
         reported, run_link = attempt.record(attempt.run(pipes_databricks, params))
@@ -136,7 +145,12 @@ def _materialize(
             "row and its history say what was recorded"
         )
     metadata = load_metadata(
-        reported, attempt.row, attempt.resolved, trigger=trigger, run_link=run_link
+        reported,
+        attempt.row,
+        attempt.resolved,
+        trigger=trigger,
+        run_link=run_link,
+        translator=attempt.translator,
     )
     metadata.update(control_key=key, metadata_id=str(attempt.metadata_id))
     report_destination_table(
@@ -145,6 +159,7 @@ def _materialize(
         metadata,
         control_key=key,
         metadata_id=attempt.metadata_id,
+        translator=attempt.translator,
     )
     context.log_event(
         dg.AssetMaterialization(
@@ -176,13 +191,14 @@ def _run_batch(
     settings: Settings,
     pipes_databricks: PipesDatabricksResource,
     attempts: list[BatchAttempt],
+    translator: DataLoaderTranslator,
 ) -> dict[str, str]:
     """Load each attempt in turn; the tables that failed, with why."""
     failed: dict[str, str] = {}
     for index, item in enumerate(attempts):
         context.log.info(f"{item.control_key}: table {index + 1} of {len(attempts)}")
         try:
-            _load_one(context, client, settings, pipes_databricks, item)
+            _load_one(context, client, settings, pipes_databricks, item, translator)
         except dg.DagsterExecutionInterruptedError:
             _cancel_not_started(context, client, attempts[index + 1 :])
             raise
@@ -201,6 +217,7 @@ def _run_batch_on_databricks(
     settings: Settings,
     pipes_databricks: PipesDatabricksResource,
     attempts: list[BatchAttempt],
+    translator: DataLoaderTranslator,
 ) -> dict[str, str]:
     """ONE Databricks run for the batch (a task per table, dagsters/runners/databricks_batch.py);
     each table is started, recorded and materialized on its own; the tables that failed."""
@@ -208,7 +225,7 @@ def _run_batch_on_databricks(
     started: list[tuple[_Attempt, str, dict[str, Any]]] = []
     for index, item in enumerate(attempts):
         try:
-            attempt, config, trigger = _start_one(context, client, settings, item)
+            attempt, config, trigger = _start_one(context, client, settings, item, translator)
             try:
                 params = _load_params(attempt, pipes_databricks, config, trigger)
                 started.append((attempt, trigger, params))
@@ -276,8 +293,11 @@ def _why(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def build_load_batch_job(settings: Settings) -> dg.JobDefinition:
-    """``dataloader__table_load_batch_job``: the tables of one source, one after the other."""
+def build_load_batch_job(
+    settings: Settings, translator: DataLoaderTranslator = DEFAULT_TRANSLATOR
+) -> dg.JobDefinition:
+    """``dataloader__table_load_batch_job``: the tables of one source, one after the other (each
+    table's materialization on ``translator``'s key, as the load asset reports it)."""
 
     @dg.op(name=LOAD_BATCH_OP, description="Loads the batch's tables one by one.")
     def load_batch(
@@ -292,7 +312,12 @@ def build_load_batch_job(settings: Settings) -> dg.JobDefinition:
         on_databricks = pipes_databricks.execution == "databricks"
         run = _run_batch_on_databricks if on_databricks else _run_batch
         failed = run(
-            context, lakebase.get_client(), settings, pipes_databricks, list(config.attempts)
+            context,
+            lakebase.get_client(),
+            settings,
+            pipes_databricks,
+            list(config.attempts),
+            translator,
         )
         if failed:
             raise dg.Failure(

@@ -11,7 +11,7 @@ Nothing here compares what the writer says it wrote.
 that recorded an earlier attempt's commit (nothing read), a row with ``verify_depth = 'none'`` and
 an engine that does not verify report nothing: no evaluation, the log says why.
 ``row_count_evaluation`` turns the result into a ``dg.AssetCheckEvaluation`` on the destination
-table's asset key (``table_assets.destination_asset_key``), severity ERROR: a destination that
+table's asset key (the translator's ``get_asset_key``), severity ERROR: a destination that
 differs from its source is never green. It is reported after the status write-back, so it never
 blocks the load's own record; the row's message says so too (docs/loader.md, "Reconciliation").
 """

@@ -24,22 +24,12 @@ from dagsters.assets.load_checks import reconcile_row_counts, row_count_evaluati
 from dagsters.control.rows import ControlRow
 from dagsters.control.source_connections import ResolvedSource
 from dagsters.policy.run_requests import LOAD_ASSET
-from dagsters.translator import (  # noqa: F401 - the source metadata keys, re-exported
-    SOURCE_CONNECTION,
-    SOURCE_DATABASE,
-    SOURCE_SCHEMA,
-    SOURCE_SYSTEM,
-    SOURCE_TABLE,
-    TRANSLATOR,
-)
+from dagsters.translator import DEFAULT_TRANSLATOR, DataLoaderTranslator
 from databricks_scripts.contract import LoadMetadata
 
 # Text, never plotted: the identifiers of a load (the plots tab shows rows, duration, bytes).
 ID_KEYS = ("control_key", "metadata_id", "config_id", "triggered_by")
 LOAD_ASSET_KEY = "dataloader/load_asset"
-
-
-destination_asset_key = TRANSLATOR.get_asset_key  # the translator's (dagsters/translator.py)
 
 
 def load_asset_kinds(execution: str) -> set[str]:
@@ -53,7 +43,31 @@ def retry_asset_kinds(execution: str) -> set[str]:
     return {"databricks", "python", "openai"} if execution == "databricks" else {"python", "openai"}
 
 
-source_metadata = TRANSLATOR.get_source_metadata
+def _metadata_value(metadata: Mapping[str, Any], key: str) -> Any:
+    value = metadata.get(key)
+    return getattr(value, "value", value)
+
+
+def schema_changed(
+    context: dg.AssetExecutionContext, table: dg.AssetKey, reported: Mapping
+) -> bool:
+    """Did this load change the destination's columns since the table's last materialization?
+
+    Compared here rather than in the script so both engines (Arrow and Spark) are covered alike.
+    The columns are the destination table's (its asset's materializations), not the load
+    asset's. A first load is not a change: a new row's staging model is still unprocessed anyway.
+    """
+    new_schema = _metadata_value(reported, LoadMetadata.COLUMN_SCHEMA)
+    if new_schema is None:
+        return False
+    previous = context.instance.fetch_materializations(table, limit=1).records
+    if not previous:
+        return False
+    materialization = previous[0].asset_materialization
+    old_schema = _metadata_value(
+        materialization.metadata if materialization else {}, LoadMetadata.COLUMN_SCHEMA
+    )
+    return old_schema is not None and old_schema != new_schema
 
 
 def as_text_ids(metadata: Mapping[str, Any]) -> dict[str, Any]:
@@ -80,10 +94,14 @@ def load_metadata(
     *,
     trigger: str,
     run_link: str | None,
+    translator: DataLoaderTranslator = DEFAULT_TRANSLATOR,
 ) -> dict[str, Any]:
-    """The load's materialization metadata: what the script reported, where it came from, why it
-    ran full, the run link; identifiers as text."""
-    extra: dict[str, Any] = {"triggered_by": trigger, **source_metadata(row, source)}
+    """The load's materialization metadata: what the script reported, where it came from (the
+    translator's source metadata), why it ran full, the run link; identifiers as text."""
+    extra: dict[str, Any] = {
+        "triggered_by": trigger,
+        **translator.get_source_metadata(row, source),
+    }
     rows_written = reported.get(LoadMetadata.ROWS_WRITTEN)
     rows_written = getattr(rows_written, "value", rows_written)
     if rows_written is not None and LoadMetadata.ROW_COUNT not in reported:
@@ -133,14 +151,16 @@ def report_destination_table(
     *,
     control_key: str,
     metadata_id: int,
+    translator: DataLoaderTranslator = DEFAULT_TRANSLATOR,
 ) -> None:
-    """Record the destination table's materialization and its row-count check for this load.
+    """Record the destination table's materialization and its row-count check for this load, on
+    the key ``translator`` gives the row.
 
     Called after the control row was written: neither can hold up or undo the status, and a
     failure to report them is a warning in the run's log, not a failed load.
     """
     try:
-        _report(context, row, metadata, control_key=control_key, metadata_id=metadata_id)
+        _report(context, row, metadata, control_key, metadata_id, translator)
     except Exception as exc:  # noqa: BLE001 - the load succeeded and is recorded; say what is missing
         context.log.warning(
             f"{control_key}: the destination table's materialization or check was not recorded: "
@@ -152,11 +172,11 @@ def _report(
     context: dg.AssetExecutionContext,
     row: ControlRow,
     metadata: Mapping[str, Any],
-    *,
     control_key: str,
     metadata_id: int,
+    translator: DataLoaderTranslator,
 ) -> None:
-    key = destination_asset_key(row)
+    key = translator.get_asset_key(row)
     table_meta = {
         **metadata,
         LOAD_ASSET_KEY: dg.MetadataValue.asset(dg.AssetKey(LOAD_ASSET)),

@@ -34,21 +34,12 @@ from dagsters.review_status import (
     review_verdict,
 )
 from dagsters.settings import Settings
-from dagsters.translator import TRANSLATOR
+from dagsters.translator import DEFAULT_TRANSLATOR, DataLoaderTranslator
 
 TABLE_CHECKS = "destination_table_checks"
 _log = logging.getLogger(__name__)
 # What Dagster accepts in the names it derives from an asset key (a check's op, the UI's paths).
 _DAGSTER_NAME = re.compile(r"^[A-Za-z0-9_]+$")
-
-
-# ---- source lineage and the declared specs: the translator's (dagsters/translator.py) ---------
-source_system_name = TRANSLATOR.get_source_system
-source_asset_key = TRANSLATOR.get_source_asset_key
-source_spec = TRANSLATOR.get_source_spec
-table_kinds = TRANSLATOR.get_kinds
-source_group = TRANSLATOR.get_group_name
-table_spec = TRANSLATOR.get_asset_spec
 
 
 def declared_rows(settings: Settings, lakebase: LakebaseResource) -> list[DeclaredTable]:
@@ -142,13 +133,16 @@ def _review_result(
 
 
 def table_asset_definitions(
-    settings: Settings, lakebase: LakebaseResource, rows: list[DeclaredTable] | None = None
+    settings: Settings,
+    lakebase: LakebaseResource,
+    rows: list[DeclaredTable] | None = None,
+    translator: DataLoaderTranslator = DEFAULT_TRANSLATOR,
 ) -> tuple[list[dg.AssetSpec], list[dg.AssetChecksDefinition]]:
     """The declared table specs (then their source tables as external assets) and their
     checks ([] and [] when none is declared); ``rows``: what ``declared_rows`` read (read
-    here when not given)."""
+    here when not given); ``translator``: the specs' keys, groups, kinds, tags, metadata."""
     rows = declared_rows(settings, lakebase) if rows is None else rows
-    declarable = [r for r in rows if all(map(_DAGSTER_NAME.match, _key_parts(r)))]
+    declarable = [r for r in rows if all(map(_DAGSTER_NAME.match, _key_parts(r, translator)))]
     if len(declarable) < len(rows):
         skipped = sorted({str(r.control_key) for r in rows if r not in declarable})
         _log.warning(
@@ -156,20 +150,21 @@ def table_asset_definitions(
             f"record materializations): {', '.join(skipped[:10])}"
         )
     specs = _unique(
-        table_spec(row, settings.execution, settings.dagster_base_url) for row in declarable
+        translator.get_asset_spec(row, settings.execution, settings.dagster_base_url)
+        for row in declarable
     )
     if not specs:
         return [], []
-    keyed = {TRANSLATOR.get_asset_key(r) for r in declarable if r.merge_keys}
+    keyed = {translator.get_asset_key(r) for r in declarable if r.merge_keys}
     try:
         checks = [row_count_checks(specs)]
         if keyed:
-            checks.append(deep_checks([s for s in specs if s.key in keyed], settings))
-        return specs + _unique(source_spec(r) for r in declarable), checks
+            checks.append(deep_checks([s for s in specs if s.key in keyed], settings, translator))
+        return specs + _unique(translator.get_source_spec(r) for r in declarable), checks
     except Exception as exc:  # noqa: BLE001 - one bad row must not stop the code location loading
         _log.warning(f"Destination tables not declared as assets: {exc}")
         return [], []
 
 
-def _key_parts(row: DeclaredTable) -> list[str]:
-    return [str(part) for part in TRANSLATOR.get_asset_key(row).path]
+def _key_parts(row: DeclaredTable, translator: DataLoaderTranslator) -> list[str]:
+    return [str(part) for part in translator.get_asset_key(row).path]

@@ -86,24 +86,6 @@ class ClaimsSql(ControlDatabase):
             rows = cur.execute("SELECT control_key FROM table_control ORDER BY control_key")
             return [key for (key,) in rows.fetchall()]
 
-    def claim_due_tables(self, batch_size: int) -> list[ClaimedRow]:
-        """Claim up to ``batch_size`` due rows: Queued + history row each, in one statement.
-
-        FOR UPDATE SKIP LOCKED means concurrent callers split the due rows between them and
-        never receive the same row. Each returned row carries its attempt's ``metadata_id``.
-        """
-        if batch_size <= 0:
-            return []
-        statement, params = _claim_statement(
-            sql.SQL(
-                "SELECT config_id FROM table_control WHERE {due}"
-                " ORDER BY next_load_date_time, config_id LIMIT %(_batch)s FOR UPDATE SKIP LOCKED"
-            ).format(due=_DUE),
-            sql.SQL("CASE WHEN c.retry_count > 0 THEN 'retry' ELSE 'sensor' END"),
-        )
-        with self._transaction("claim_due_tables") as conn:
-            return fetch_all(conn, ClaimedRow, statement, {**params, "_batch": int(batch_size)})
-
     def queued_longer_than(self, minutes: float, limit: int = 100) -> list[ClaimedRow]:
         """Rows Queued for more than ``minutes`` (each with its attempt's ``metadata_id``: a
         claim sets ``last_metadata_id`` with Queued)."""

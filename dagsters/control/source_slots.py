@@ -55,17 +55,25 @@ _IN_FLIGHT_ATTEMPTS = sql.SQL(
 )
 
 
+# Both claims lock their candidates with ``WHERE {due} AND config_id IN (...) FOR UPDATE SKIP
+# LOCKED``: the {due} there is what Postgres re-checks on a row another claimer committed after this
+# statement's snapshot (it is Queued now), so the row is skipped; ``config_id IN`` alone would pass
+# the re-check and the row would get a second history row (test_lakebase_client's eight threads).
+
+
 class SourceSlotsSql(ControlDatabase):
     """Claims bounded by free per-source slots; one stuck queued attempt failed at a time."""
 
     def claim_due_tables_within_source_limit(
         self, batch_size: int, per_source_limit: int
     ) -> list[ClaimedRow]:
-        """Like ``claim_due_tables``, but never more in flight per source than the limit.
+        """Claim up to ``batch_size`` due rows (oldest due first), never more in flight per
+        source than the limit: Queued + a history row each, in one statement (master_sensor's).
 
         Due rows are ranked per source system in due order; a row is a candidate only when its
-        rank fits in the slots its source has left. Candidates are locked with SKIP LOCKED and
-        claimed in the same single statement as ``claim_due_tables``.
+        rank fits in the slots its source has left. Candidates are locked with FOR UPDATE SKIP
+        LOCKED, so concurrent callers never receive the same row. Each returned row carries its
+        attempt's ``metadata_id``.
         """
         if batch_size <= 0 or per_source_limit <= 0:
             return []
@@ -77,7 +85,7 @@ class SourceSlotsSql(ControlDatabase):
             "   row_number() OVER (PARTITION BY {src}"
             "    ORDER BY t.next_load_date_time, t.config_id) AS rank"
             "  FROM table_control t WHERE {due})"
-            " SELECT config_id FROM table_control WHERE config_id IN ("
+            " SELECT config_id FROM table_control WHERE {due} AND config_id IN ("
             "  SELECT r.config_id FROM ranked r LEFT JOIN inflight i USING (src)"
             "  WHERE r.rank <= %(_per_source)s - coalesce(i.n, 0)"
             "  ORDER BY r.next_load_date_time, r.config_id LIMIT %(_batch)s)"
@@ -114,7 +122,7 @@ class SourceSlotsSql(ControlDatabase):
             "  SELECT d.src FROM due d LEFT JOIN inflight i USING (src)"
             "  WHERE coalesce(i.n, 0) < %(_per_source)s"
             "  ORDER BY d.next_load_date_time, d.config_id LIMIT 1)"
-            " SELECT config_id FROM table_control WHERE config_id IN ("
+            " SELECT config_id FROM table_control WHERE {due} AND config_id IN ("
             "  SELECT d.config_id FROM due d JOIN source USING (src)"
             "  ORDER BY d.next_load_date_time, d.config_id LIMIT %(_batch)s)"
             " ORDER BY next_load_date_time, config_id FOR UPDATE SKIP LOCKED"

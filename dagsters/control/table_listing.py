@@ -25,7 +25,7 @@ _COLUMNS = (
     " t.source_table_name, t.destination_catalog, t.destination_schema_name,"
     " t.destination_table_name, t.load_strategy, t.schedule_cron, t.schedule_timezone,"
     " t.schedule_interval, t.merge_keys, t.connection_name,"
-    # Source lineage (table_specs.source_spec): where the source is, never who logs in or with what.
+    # Source lineage (translator.get_source_spec): where the source is, never who logs in or with what.
     " coalesce(s.host, t.db_config_value ->> 'host') AS source_host,"
     " coalesce(s.database, t.db_config_value ->> 'database') AS source_database,"
     " jsonb_build_object('host', t.db_config_value->'host', 'port', t.db_config_value->'port',"

@@ -45,6 +45,7 @@ from dagsters.sensors import (
     fail_uncomputable_rows,
 )
 from dagsters.settings import RetryPolicy, Settings
+from dagsters.translator import DEFAULT_TRANSLATOR, DataLoaderTranslator
 from dagsters.utils.lakebase_client import LakebaseClient
 from databricks_scripts.contract import Decision
 
@@ -168,11 +169,13 @@ def analysis_requests(rows: list[AnalysisClaim], settings: Settings) -> dg.Senso
     )
 
 
-def _record_review(context: dg.SensorEvaluationContext) -> Callable[[ControlRow, str], None]:
+def _record_review(
+    context: dg.SensorEvaluationContext, translator: DataLoaderTranslator
+) -> Callable[[ControlRow, str], None]:
     """A row sent to review by rule: said on its load partition and its table's asset."""
 
     def record(row: ControlRow, reason: str) -> None:
-        for event in review_events(row, reason):
+        for event in review_events(row, reason, translator):
             context.instance.report_runless_asset_event(event)
 
     return record
@@ -196,7 +199,10 @@ def _active_analysis_run(
     return active_run
 
 
-def build_failed_monitor(settings: Settings) -> dg.SensorDefinition:
+def build_failed_monitor(
+    settings: Settings, translator: DataLoaderTranslator = DEFAULT_TRANSLATOR
+) -> dg.SensorDefinition:
+    """``failed_monitor``; a row it sends to review is reported on ``translator``'s table key."""
     timeout = settings.retry.analysis_timeout_minutes
     max_retries = settings.retry.max_retries
 
@@ -235,7 +241,10 @@ def build_failed_monitor(settings: Settings) -> dg.SensorDefinition:
         for row, decision in triage.by_rule:
             try:
                 [(_, outcome)] = apply_rule_decisions(
-                    client, [(row, decision)], settings, on_review=_record_review(context)
+                    client,
+                    [(row, decision)],
+                    settings,
+                    on_review=_record_review(context, translator),
                 )
             except Exception as exc:  # noqa: BLE001 - this row fails; the others go on
                 fail_row_that_raised(context, client, row, {"Failed"}, "the retry decision", exc)

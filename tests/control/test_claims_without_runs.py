@@ -15,7 +15,7 @@ import dagster as dg
 import psycopg
 import pytest
 from dagster._core.test_utils import create_run_for_test
-from helpers import SOME_SOURCE, evaluate, lakebase_for
+from helpers import SOME_SOURCE, claim_due, evaluate, lakebase_for
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -87,7 +87,7 @@ def test_a_tick_failing_after_its_claim_gives_the_rows_back(control_db, db, inst
 def test_a_claim_without_a_run_is_released_and_claimed_afresh(control_db, db, instance):
     _rows(db, "c.orphan")
     with LakebaseClient(control_db) as client:
-        [lost] = client.claim_due_tables(10)  # the daemon died before creating the run
+        [lost] = claim_due(client, 10)  # the daemon died before creating the run
 
     _age_claims(db, 1)
     assert not _tick(instance, control_db).run_requests  # too young to judge: left alone
@@ -112,7 +112,7 @@ def test_a_run_that_ended_before_starting_fails_the_attempt_and_a_live_run_is_le
 ):
     _rows(db, "c.crashed", "c.waiting")
     with LakebaseClient(control_db) as client:
-        claimed = {r.control_key: r for r in client.claim_due_tables(10)}
+        claimed = {r.control_key: r for r in claim_due(client, 10)}
     crashed = create_run_for_test(
         instance,
         job_name=LOAD_JOB,

@@ -26,7 +26,15 @@ import dagster as dg
 import psycopg
 import pytest
 from deltalake import DeltaTable
-from helpers import add_control_row, control_row, evaluate, history, lakebase_for, load_scripts
+from helpers import (
+    add_control_row,
+    claim_due,
+    control_row,
+    evaluate,
+    history,
+    lakebase_for,
+    load_scripts,
+)
 from psycopg.rows import dict_row
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
@@ -96,7 +104,7 @@ def delta_version(path: Path) -> int:
 def materialize(control: ControlServer, lake_root: Path, instance, key: str, *, bound: int):
     """What master_sensor + a run worker do: claim the due row, run its partition."""
     with LakebaseClient(control.conninfo) as client:
-        [claimed] = [r for r in client.claim_due_tables(10) if r.control_key == key]
+        [claimed] = [r for r in claim_due(client, 10) if r.control_key == key]
     instance.add_dynamic_partitions(PARTITIONS_NAME, [key])
     settings = dataclasses.replace(
         load_settings({"DATALOADER_LAKE_ROOT": str(lake_root)}), writeback_retry_seconds=bound

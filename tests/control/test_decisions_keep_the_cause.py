@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from helpers import SOME_SOURCE, fail_stuck_queued, make_row
+from helpers import SOME_SOURCE, claim_due, fail_stuck_queued, make_row
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -58,7 +58,7 @@ def _failed(
         " 'postgresql', %s, now() - interval '1 minute')",
         (key, key, key, Jsonb(SOME_SOURCE)),
     )
-    [claimed] = [r for r in client.claim_due_tables(50) if r.control_key == key]
+    [claimed] = [r for r in claim_due(client, 50) if r.control_key == key]
     cid, mid = claimed.config_id, claimed.metadata_id
     assert client.start_load(cid, mid, dagster_run_id="run-1", dagster_run_url="u/run-1")
     assert client.record_failure(cid, mid, message, failure_kind=kind)
@@ -157,7 +157,7 @@ def test_the_monitors_timeouts_are_decided_by_rule(client, db, monitor, decision
         " 'postgresql', %s)",
         (Jsonb(SOME_SOURCE),),
     )
-    [claimed] = client.claim_due_tables(5)
+    [claimed] = claim_due(client, 5)
     cid, mid = claimed.config_id, claimed.metadata_id
     if monitor == "queued":
         _stuck(db, cid, "Queued")

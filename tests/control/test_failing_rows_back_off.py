@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from helpers import SOME_SOURCE
+from helpers import SOME_SOURCE, claim_due
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -55,10 +55,10 @@ def test_a_failing_row_waits_for_its_decision_and_the_healthy_row_keeps_its_slot
             (key, key, key, Jsonb(SOME_SOURCE)),
         )
     with LakebaseClient(control_db, max_size=2) as client:
-        _run(client, client.claim_due_tables(10), failing="src.failing")
+        _run(client, claim_due(client, 10), failing="src.failing")
         for _ in range(3):  # three frequent slots pass before the analysis decides
             _minute_passes(db)
-            claimed = client.claim_due_tables(10)
+            claimed = claim_due(client, 10)
             assert [r.control_key for r in claimed] == ["src.healthy"]
             _run(client, claimed, failing="src.failing")
 
@@ -66,13 +66,13 @@ def test_a_failing_row_waits_for_its_decision_and_the_healthy_row_keeps_its_slot
         decision = Decision("Retry Recommended", 0.9, "Transient network fault.", "rules")
         assert apply_decision(client, failed, decision) == "retried"
         _minute_passes(db)  # inside the 5-minute back-off
-        assert [r.control_key for r in client.claim_due_tables(10)] == ["src.healthy"]
+        assert [r.control_key for r in claim_due(client, 10)] == ["src.healthy"]
 
         db.execute(
             "UPDATE table_control SET next_load_date_time = now() - interval '1 second'"
             " WHERE control_key = 'src.failing'"
         )  # the back-off is over
-        again = {r.control_key: r for r in client.claim_due_tables(10)}
+        again = {r.control_key: r for r in claim_due(client, 10)}
         assert set(again) == {"src.failing"}
         retry_history = db.execute(
             "SELECT triggered_by FROM historical_metadata WHERE metadata_id = %s",

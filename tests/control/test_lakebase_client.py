@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers import control_row, fail_stuck_queued, failed_under_analysis
+from helpers import claim_due, control_row, fail_stuck_queued, failed_under_analysis
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -95,7 +95,7 @@ def history(conninfo: str, metadata_id: int) -> dict:
 
 
 def claim_one(client: LakebaseClient, config_id: int) -> int:
-    claimed = [r for r in client.claim_due_tables(100) if r.config_id == config_id]
+    claimed = [r for r in claim_due(client, 100) if r.config_id == config_id]
     assert len(claimed) == 1
     return claimed[0].metadata_id
 
@@ -121,7 +121,7 @@ def test_claim_takes_only_due_rows_and_writes_history(client, control_db):
     add_row(control_db, "a.review", last_status=FAILED, needs_review=True)
 
     assert {r.config_id for r in client.get_control_tables()} == {due, retry, after_success}
-    claimed = client.claim_due_tables(10)
+    claimed = claim_due(client, 10)
     assert {r.config_id for r in claimed} == {due, retry, after_success}
     for r in claimed:
         assert r.last_status == QUEUED and r.last_metadata_id == r.metadata_id
@@ -130,7 +130,7 @@ def test_claim_takes_only_due_rows_and_writes_history(client, control_db):
         assert h["status"] == QUEUED and h["config_id"] == r.config_id
         assert h["triggered_by"] == ("retry" if r.config_id == retry else "sensor")
     assert history(control_db, row(control_db, due)["last_metadata_id"])["watermark_before"] == "41"
-    assert client.claim_due_tables(10) == []
+    assert claim_due(client, 10) == []
     assert client.get_control_tables() == []
 
 
@@ -139,10 +139,10 @@ def test_claim_respects_batch_size_and_due_order(client, control_db):
         add_row(control_db, f"b.{i}", next_load_date_time=f"2020-01-0{i + 1}T00:00:00Z")
         for i in range(5)
     ]
-    first = client.claim_due_tables(2)
+    first = claim_due(client, 2)
     assert [r.config_id for r in first] == ids[:2]
-    assert client.claim_due_tables(0) == []
-    assert [r.config_id for r in client.claim_due_tables(10)] == ids[2:]
+    assert claim_due(client, 0) == []
+    assert [r.config_id for r in claim_due(client, 10)] == ids[2:]
 
 
 def test_eight_threads_claim_each_of_1000_rows_exactly_once(control_db):
@@ -157,7 +157,7 @@ def test_eight_threads_claim_each_of_1000_rows_exactly_once(control_db):
 
         def worker(_: int) -> list[int]:
             got: list[int] = []
-            while batch := shared.claim_due_tables(7):
+            while batch := claim_due(shared, 7):
                 got.extend(r.config_id for r in batch)
             return got
 
@@ -304,7 +304,7 @@ def test_success_uses_the_rows_cron_and_time_zone(client, control_db):
 def test_success_with_a_schema_change_asks_for_the_staging_model_again(db, client, control_db):
     for key in ("same", "changed"):
         add_row(control_db, key, staging_model_processed=True)
-    for claimed in client.claim_due_tables(10):
+    for claimed in claim_due(client, 10):
         config_id, metadata_id = claimed.config_id, claimed.metadata_id
         assert client.start_load(config_id, metadata_id, dagster_run_id="r", dagster_run_url="u")
         assert client.record_success(
@@ -326,7 +326,7 @@ def test_success_without_schedule_loads_once_and_keeps_watermark(client, control
     )
     r = row(control_db, cid)
     assert r["next_load_date_time"] is None and r["incremental_value"] == "7"
-    assert client.claim_due_tables(10) == []
+    assert claim_due(client, 10) == []
 
 
 def test_success_write_back_is_all_or_nothing(client, control_db):
@@ -474,7 +474,7 @@ def test_mark_for_review_keeps_failed_and_blocks_every_sensor(client, control_db
         "openai",
     )
     set_cols(control_db, cid, next_load_date_time=r["db_now"] - timedelta(hours=1))
-    assert client.claim_due_tables(10) == []
+    assert claim_due(client, 10) == []
     assert client.claim_failed_for_analysis(10) == []
 
 
@@ -493,7 +493,7 @@ def test_retry_decisions_refused_unless_failed(client, control_db, status):
 def test_stuck_queued_rows_fail_with_the_spec_message(client, control_db):
     old = add_row(control_db, "q.old")
     fresh = add_row(control_db, "q.fresh")
-    claimed = {r.config_id: r.metadata_id for r in client.claim_due_tables(10)}
+    claimed = {r.config_id: r.metadata_id for r in claim_due(client, 10)}
     assert set(claimed) == {old, fresh}
     old_meta = claimed[old]
     with psycopg.connect(control_db) as conn:

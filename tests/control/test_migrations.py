@@ -10,6 +10,7 @@ from typing import ClassVar
 import psycopg
 import psycopg.sql
 import pytest
+from helpers import claim_due
 
 from dagsters.local.migrate import SQL_DIR, MigrationError, apply_migrations, main
 from dagsters.utils.lakebase_client import LakebaseClient
@@ -283,7 +284,7 @@ def test_sensor_queries_use_their_partial_indexes_at_100k_rows(control_db):
         )
         conn.execute("ANALYZE table_control")
         expected = {
-            "table_control_due_idx": lambda c: c.claim_due_tables(10),
+            "table_control_due_idx": lambda c: claim_due(c, 10),
             "table_control_queued_idx": lambda c: c.find_stuck_queued(60),
             "table_control_in_progress_idx": lambda c: c.find_stuck_running(180),
             "table_control_failed_not_reviewed_idx": lambda c: c.claim_failed_for_analysis(10, 3),

@@ -26,6 +26,7 @@ from databricks_standin import CLUSTER, DatabricksStandin, databricks_standin  #
 from helpers import (
     SOME_SOURCE,
     add_history,
+    claim_due,
     control_row,
     evaluate,
     insert_control_row,
@@ -288,7 +289,7 @@ def test_without_queue_aware_claiming_the_same_rows_fail_in_the_queue(control_db
 
         return [
             dg.RunRequest(run_key=None, run_config=load_run_config(row), tags=load_run_tags(row))
-            for row in client.claim_due_tables(10)
+            for row in claim_due(client, 10)
         ]
 
     simulate(control_db, db, instance, claim_ten_whatever_the_queue)

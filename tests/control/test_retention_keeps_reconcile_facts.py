@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 from deltalake import DeltaTable
-from helpers import add_control_row, control_row, history, lakebase_for
+from helpers import add_control_row, claim_due, control_row, history, lakebase_for
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
 from dagsters.partitions import PARTITIONS_NAME
@@ -25,7 +25,7 @@ from dagsters.utils.lakebase_client import LakebaseClient
 def _load(control_db: str, lake_root: Path, instance, key: str) -> dg.ExecuteInProcessResult:
     """What master_sensor + a run worker do: claim the due row, run its partition."""
     with LakebaseClient(control_db) as client:
-        [claimed] = [r for r in client.claim_due_tables(10) if r.control_key == key]
+        [claimed] = [r for r in claim_due(client, 10) if r.control_key == key]
     instance.add_dynamic_partitions(PARTITIONS_NAME, [key])
     return dg.materialize(
         [build_load_asset(load_settings())],
@@ -53,7 +53,7 @@ def test_retention_keeps_the_last_succeeded_attempt_and_the_next_load_loads(
     # The next attempt fails before committing anything (its row points at it now).
     db.execute("UPDATE table_control SET next_load_date_time = now()")
     with LakebaseClient(control_db) as client:
-        [failed] = client.claim_due_tables(10)
+        [failed] = claim_due(client, 10)
         assert client.record_failure(cid, failed.metadata_id, "source unreachable")
     # Both attempts are older than the retention; the purge runs.
     db.execute("UPDATE historical_metadata SET queued_at = now() - interval '500 days'")

@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers import read_failed_row
+from helpers import claim_due, read_failed_row
 from psycopg.rows import dict_row
 
 from dagsters.policy.retry_analysis import (
@@ -65,7 +65,7 @@ def _fail_attempt(client: LakebaseClient, control_db: str, key: str, message: st
             " WHERE control_key = %s",
             (key,),
         )
-    [claimed] = [r for r in client.claim_due_tables(10) if r.control_key == key]
+    [claimed] = [r for r in claim_due(client, 10) if r.control_key == key]
     config_id, metadata_id = claimed.config_id, claimed.metadata_id
     assert client.start_load(
         config_id, metadata_id, dagster_run_id="run-1", dagster_run_url="http://dagster/runs/1"
@@ -162,7 +162,7 @@ def test_permanent_failure_goes_to_review_and_stays_out_of_the_loop(
     )
     assert state["last_message"].startswith("[AI Analysis - Requires Review] Permanent missing")
     assert client.claim_failed_for_analysis(10) == []  # failed_monitor will not pick it up again
-    assert client.claim_due_tables(10) == []  # nor will master_sensor
+    assert claim_due(client, 10) == []  # nor will master_sensor
 
 
 def test_exhausted_retries_go_to_review_without_asking(client: LakebaseClient, control_db: str):

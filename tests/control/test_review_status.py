@@ -16,10 +16,11 @@ from openai_standin import OpenAIStandIn, good_answer, openai_standin
 from test_retry_end_to_end import analyse, monitor_tick, run_monitor_then_analysis
 
 from dagsters.assets.load_checks import load_review_check
-from dagsters.assets.table_specs import row_count_checks, table_spec
+from dagsters.assets.table_specs import row_count_checks
 from dagsters.partitions import control_key_partitions
 from dagsters.policy.run_requests import LOAD_ASSET
 from dagsters.review_status import NEEDS_REVIEW, NEEDS_REVIEW_CHECK
+from dagsters.translator import DEFAULT_TRANSLATOR
 
 __all__ = ["openai_standin"]
 
@@ -126,7 +127,9 @@ def test_executing_the_tables_check_reads_the_row_and_passes_once_it_is_released
 ):
     failed_row(db, "pg.gone", 'relation "public.gone" does not exist')
     run_monitor_then_analysis(control_db, instance)
-    checks = row_count_checks([table_spec(declared_table(control_db, "pg.gone"), "local")])
+    checks = row_count_checks(
+        [DEFAULT_TRANSLATOR.get_asset_spec(declared_table(control_db, "pg.gone"), "local")]
+    )
 
     [failing] = _execute(instance, control_db, checks).values()
     assert not failing.passed

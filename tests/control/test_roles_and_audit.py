@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from helpers import SOME_SOURCE
+from helpers import SOME_SOURCE, claim_due
 from psycopg import errors, sql
 from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
@@ -126,7 +126,7 @@ def test_service_role_runs_the_control_loop_but_cannot_edit_connections(logins):
     assert not can(service, "SELECT * FROM control_audit")
     # The real client, logged in as the service: claim, resolve the source, record the attempt.
     with LakebaseClient(service) as client:
-        [claimed] = client.claim_due_tables(10)
+        [claimed] = claim_due(client, 10)
         resolved = client.resolve_source(claimed)
         assert resolved.db_config_value["host"] == "erp-db.internal"
         assert resolved.db_config_value["sslmode"] == "require"

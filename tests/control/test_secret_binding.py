@@ -17,7 +17,7 @@ import dagster as dg
 import psycopg
 import pytest
 from fake_db_servers import FakeMySQL, FakePostgres, non_loopback_address
-from helpers import history, insert_control_row, lakebase_for, pg_config
+from helpers import claim_due, history, insert_control_row, lakebase_for, pg_config
 from psycopg.types.json import Jsonb
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
@@ -75,7 +75,7 @@ def load(control_db: str, instance: dg.DagsterInstance, key: str, lake_root: Pat
             "UPDATE table_control SET next_load_date_time = now() WHERE control_key = %s", (key,)
         )
     with LakebaseClient(control_db) as client:
-        [claimed] = [r for r in client.claim_due_tables(10) if r.control_key == key]
+        [claimed] = [r for r in claim_due(client, 10) if r.control_key == key]
     instance.add_dynamic_partitions(PARTITIONS_NAME, [key])
     dg.materialize(
         [build_load_asset(load_settings())],

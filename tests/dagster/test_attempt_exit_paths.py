@@ -28,7 +28,14 @@ from pathlib import Path
 import dagster as dg
 import psycopg
 import pytest
-from helpers import add_control_row, control_row, fail_stuck_queued, history, lakebase_for
+from helpers import (
+    add_control_row,
+    claim_due,
+    control_row,
+    fail_stuck_queued,
+    history,
+    lakebase_for,
+)
 from psycopg.rows import dict_row
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
@@ -64,7 +71,7 @@ def _scripts_dir(tmp_path: Path, control_db: str, fault: str) -> Path:
 
 def _materialize(control_db, lake_root, instance, key, *, scripts: Path | None = None):
     with LakebaseClient(control_db) as client:
-        [claimed] = [r for r in client.claim_due_tables(10) if r.control_key == key]
+        [claimed] = [r for r in claim_due(client, 10) if r.control_key == key]
     instance.add_dynamic_partitions(PARTITIONS_NAME, [key])
     return _run(control_db, lake_root, instance, claimed, scripts=scripts), claimed
 
@@ -165,7 +172,7 @@ def test_a_key_renamed_while_queued_loads_the_claimed_row(
 ):
     add_control_row(db, source_db, "f.old_name", "orders")
     with LakebaseClient(control_db) as client:
-        [claimed] = client.claim_due_tables(10)
+        [claimed] = claim_due(client, 10)
     instance.add_dynamic_partitions(PARTITIONS_NAME, ["f.old_name"])
     db.execute("UPDATE table_control SET control_key = 'f.new_name'")
 
@@ -183,7 +190,7 @@ def test_a_row_deleted_before_the_load_started_fails_the_run_saying_so(
 ):
     add_control_row(db, source_db, "f.gone", "orders")
     with LakebaseClient(control_db) as client:
-        [claimed] = client.claim_due_tables(10)
+        [claimed] = claim_due(client, 10)
     db.execute("DELETE FROM table_control")
     instance.add_dynamic_partitions(PARTITIONS_NAME, ["f.gone"])
 
@@ -201,7 +208,7 @@ def test_a_row_deleted_while_loading_ends_cleanly_without_a_partition_error(
     add_control_row(db, source_db, "f.deleted", "orders")
     scripts = _scripts_dir(tmp_path, control_db, "delete_row")
     with LakebaseClient(control_db) as client:
-        [claimed] = client.claim_due_tables(10)
+        [claimed] = claim_due(client, 10)
     instance.add_dynamic_partitions(PARTITIONS_NAME, ["f.deleted"])
     outcome: dict = {}
     worker = threading.Thread(
@@ -249,7 +256,7 @@ def test_stuck_row_monitors_fail_rows_whose_schedule_cannot_be_computed(
     )
     add_control_row(db, source_db, "m.healthy", "c")
     with LakebaseClient(control_db) as client:
-        claimed = client.claim_due_tables(10)
+        claimed = claim_due(client, 10)
         assert len(claimed) == 3
         if monitor == "running":
             for row in claimed:

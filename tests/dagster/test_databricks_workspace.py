@@ -18,7 +18,7 @@ from databricks_standin import (  # noqa: F401
     databricks_standin,
     event_text,
 )
-from helpers import add_control_row, control_row, lakebase_for
+from helpers import add_control_row, claim_due, control_row, lakebase_for
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
 from dagsters.partitions import PARTITIONS_NAME
@@ -104,7 +104,7 @@ def test_load_on_databricks_with_only_the_workspace_url_tagged_with_the_environm
         monkeypatch.setenv(name, value)
     add_control_row(db, source_db, "pg.orders", "orders")
     with LakebaseClient(control_db) as client:
-        [claimed] = client.claim_due_tables(10)
+        [claimed] = claim_due(client, 10)
     instance.add_dynamic_partitions(PARTITIONS_NAME, ["pg.orders"])
 
     result = dg.materialize(

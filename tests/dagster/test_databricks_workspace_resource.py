@@ -26,7 +26,15 @@ from databricks_standin import (  # noqa: F401
     databricks_standin,
     event_text,
 )
-from helpers import SensorLoop, add_control_row, add_history, control_row, lakebase_for, tick
+from helpers import (
+    SensorLoop,
+    add_control_row,
+    add_history,
+    claim_due,
+    control_row,
+    lakebase_for,
+    tick,
+)
 from test_run_batches import batch_settings, master_sensor
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
@@ -149,7 +157,7 @@ def test_the_runner_submits_through_the_injected_workspace(
     pipes = _pipes(databricks_standin, lake_root, injected)
     add_control_row(db, source_db, "pg.orders", "orders")
     with LakebaseClient(control_db) as client:
-        [claimed] = client.claim_due_tables(10)
+        [claimed] = claim_due(client, 10)
     instance.add_dynamic_partitions(PARTITIONS_NAME, ["pg.orders"])
 
     result = dg.materialize(

@@ -13,8 +13,8 @@ import dagster as dg
 import pytest
 from helpers import make_declared
 
-from dagsters.assets.table_assets import destination_asset_key
 from dagsters.local.demo import DEMO_CATALOG, DEMO_DATABASE, DEMO_SCHEMA
+from dagsters.translator import DEFAULT_TRANSLATOR
 
 pytest.importorskip(
     "dagster_dbt", reason="the dbt extra is not installed (pip install -e '.[dbt]')"
@@ -55,7 +55,7 @@ def test_the_models_upstream_is_the_loaded_tables_asset_key(example):
     defs = _load_example_definitions(example)
     graph = defs.resolve_asset_graph()
     model = dg.AssetKey(["orders_by_country"])
-    orders = destination_asset_key(
+    orders = DEFAULT_TRANSLATOR.get_asset_key(
         make_declared(
             destination_catalog=DEMO_CATALOG,
             destination_schema_name=DEMO_SCHEMA,
@@ -71,7 +71,6 @@ def test_the_models_upstream_is_the_loaded_tables_asset_key(example):
 def test_the_lineage_draws_load_then_table_then_model_grouped_per_source(example):
     """The two code locations' graph as the UI joins it: the load asset, the declared tables
     (as ``dataloader dev`` declares the demo rows), the dbt model."""
-    from dagsters.assets.table_specs import table_spec
     from dagsters.definitions import defs
     from dagsters.policy.run_requests import LOAD_ASSET
 
@@ -90,7 +89,7 @@ def test_the_lineage_draws_load_then_table_then_model_grouped_per_source(example
         )
         for table in ("orders", "customers")
     ]
-    tables = dg.Definitions(assets=[table_spec(r, "local") for r in rows])
+    tables = dg.Definitions(assets=[DEFAULT_TRANSLATOR.get_asset_spec(r, "local") for r in rows])
     graph = dg.Definitions.merge(
         defs, tables, _load_example_definitions(example)
     ).resolve_asset_graph()

@@ -7,7 +7,7 @@ The row's flag is set the way the issue met it: with SQL while the row is alread
 from __future__ import annotations
 
 import dagster as dg
-from helpers import add_control_row, control_row, history
+from helpers import add_control_row, claim_due, control_row, history
 from test_load_asset import claim_and_materialize, resources
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
@@ -20,7 +20,7 @@ from dagsters.utils.lakebase_client import LakebaseClient
 
 def _claim(control_db: str, key: str) -> dict:
     with LakebaseClient(control_db) as client:
-        [claimed] = [r for r in client.claim_due_tables(10) if r.control_key == key]
+        [claimed] = [r for r in claim_due(client, 10) if r.control_key == key]
     return claimed
 
 

@@ -25,6 +25,7 @@ import yaml
 from deltalake import DeltaTable
 from helpers import (
     add_control_row,
+    claim_due,
     control_row,
     fresh_code_location_job,
     history,
@@ -67,7 +68,7 @@ def lakebase_env(monkeypatch: pytest.MonkeyPatch, conninfo: str) -> None:
 def claim_and_materialize(control_db, lake_root, instance, key):
     """What master_sensor + a run worker do: claim the due row, run its partition."""
     with LakebaseClient(control_db) as client:
-        [claimed] = [r for r in client.claim_due_tables(10) if r.control_key == key]
+        [claimed] = [r for r in claim_due(client, 10) if r.control_key == key]
     instance.add_dynamic_partitions(PARTITIONS_NAME, [key])
     return dg.materialize(
         [build_load_asset(load_settings())],
@@ -218,7 +219,7 @@ def test_launch_while_the_table_is_already_loading_is_refused(
 ):
     add_control_row(db, source_db, "pg.orders", "orders")
     with LakebaseClient(control_db) as client:
-        client.claim_due_tables(10)  # Queued by the sensor, its run not started yet
+        claim_due(client, 10)  # Queued by the sensor, its run not started yet
     instance.add_dynamic_partitions(PARTITIONS_NAME, ["pg.orders"])
 
     result = dg.materialize(
@@ -239,7 +240,7 @@ def test_launch_while_the_table_is_already_loading_is_refused(
 def test_stale_attempt_is_not_loaded(control_db, source_db, source, lake_root, db, instance):
     add_control_row(db, source_db, "pg.orders", "orders")
     with LakebaseClient(control_db) as client:
-        [claimed] = client.claim_due_tables(10)
+        [claimed] = claim_due(client, 10)
         client.record_failure(claimed.config_id, claimed.metadata_id, "Cancelled - stuck in queue")
     instance.add_dynamic_partitions(PARTITIONS_NAME, ["pg.orders"])
 
@@ -325,7 +326,7 @@ def test_reexecuting_a_failed_run_makes_a_new_history_row(
         db, source_db, "pg.late", "late_orders", load_strategy="full", incremental_column=None
     )
     with LakebaseClient(control_db) as client:
-        [claimed] = client.claim_due_tables(10)
+        [claimed] = claim_due(client, 10)
     instance.add_dynamic_partitions(PARTITIONS_NAME, ["pg.late"])
     job = _load_job()
 

@@ -16,12 +16,13 @@ from helpers import (
 )
 
 from dagsters.assets.load_checks import ROW_COUNT_CHECK, reconcile_row_counts, row_count_evaluation
-from dagsters.assets.table_specs import source_group, table_asset_definitions, table_spec
+from dagsters.assets.table_specs import table_asset_definitions
 from dagsters.policy.freshness import freshness_window
 from dagsters.policy.run_requests import LOAD_ASSET
 from dagsters.resources.lakebase import LakebaseResource
 from dagsters.review_status import NEEDS_REVIEW_CHECK
 from dagsters.settings import load_settings
+from dagsters.translator import DEFAULT_TRANSLATOR
 from databricks_scripts.contract import LoadMetadata as M
 from databricks_scripts.contract import full_load_reason
 
@@ -116,15 +117,16 @@ def test_declared_table_specs_carry_kinds_freshness_and_the_row_count_check(
     # The lineage draws load -> table, and the tables are grouped per source.
     assert [dep.asset_key for dep in spec.deps] == [dg.AssetKey(LOAD_ASSET), source.key]
     assert spec.group_name == f"source_postgresql_{pg_config(source_db)['database']}"
-    assert source_group(make_declared(connection_name="erp-db.main", db_type="mysql")) == (
-        "source_erp_db_main"
-    )
+    erp = make_declared(connection_name="erp-db.main", db_type="mysql")
+    assert DEFAULT_TRANSLATOR.get_group_name(erp) == "source_erp_db_main"
     on_databricks = load_settings(
         {"DATALOADER_TABLE_ASSETS_MAX": "10", "DATALOADER_EXECUTION": "databricks"}
     )
     assert (
         "databricks"
-        in table_spec(declared_table(control_db, "pg.orders"), on_databricks.execution).kinds
+        in DEFAULT_TRANSLATOR.get_asset_spec(
+            declared_table(control_db, "pg.orders"), on_databricks.execution
+        ).kinds
     )
     # Over the cap nothing is declared (the loads still report each table's events).
     capped = load_settings({"DATALOADER_TABLE_ASSETS_MAX": "1"})

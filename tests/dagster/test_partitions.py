@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import dagster as dg
-from helpers import SensorLoop, add_row
+from helpers import SensorLoop, add_row, claim_due
 
 from dagsters.partitions import PARTITIONS_NAME
 from dagsters.sensors.dataloader_master_sensor import (
@@ -38,7 +38,7 @@ def test_key_version_moves_on_key_changes_only(db, client):
     assert client.control_keys_version() == start + 1  # one bump per statement, not per row
     assert client.list_control_keys()[:3] == ["k1", "k10", "k11"]
     # The sensors' own writes (claims, status changes) do not touch control_key.
-    assert len(client.claim_due_tables(10)) == 10
+    assert len(claim_due(client, 10)) == 10
     db.execute("UPDATE table_control SET last_message = 'x', is_active = false")
     assert client.control_keys_version() == start + 1
     db.execute("UPDATE table_control SET control_key = 'renamed' WHERE control_key = 'k1'")

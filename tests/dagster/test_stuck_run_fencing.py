@@ -19,7 +19,15 @@ import dagster as dg
 import psycopg
 import pytest
 from deltalake import DeltaTable
-from helpers import add_control_row, add_history, control_row, evaluate, history, lakebase_for
+from helpers import (
+    add_control_row,
+    add_history,
+    claim_due,
+    control_row,
+    evaluate,
+    history,
+    lakebase_for,
+)
 from test_load_asset import materializations
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
@@ -123,7 +131,7 @@ def materialize(control_db: str, lake_root: Path, instance, claimed: dict):
 
 def claim(control_db: str, key: str) -> ClaimedRow:
     with LakebaseClient(control_db) as client:
-        [claimed] = [r for r in client.claim_due_tables(10) if r.control_key == key]
+        [claimed] = [r for r in claim_due(client, 10) if r.control_key == key]
     return claimed
 
 

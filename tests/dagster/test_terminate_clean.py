@@ -18,7 +18,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from deltalake import DeltaTable
-from helpers import add_control_row, control_row, history, lakebase_for
+from helpers import add_control_row, claim_due, control_row, history, lakebase_for
 
 from dagsters.assets.dataloader_pipes_asset import build_load_asset
 from dagsters.partitions import PARTITIONS_NAME
@@ -50,7 +50,7 @@ def big_source(source):
 
 def load(control_db: str, lake_root: Path, instance, key: str) -> dg.ExecuteInProcessResult:
     with LakebaseClient(control_db) as client:
-        [claimed] = [r for r in client.claim_due_tables(10) if r.control_key == key]
+        [claimed] = [r for r in claim_due(client, 10) if r.control_key == key]
     instance.add_dynamic_partitions(PARTITIONS_NAME, [key])
     settings = load_settings({"DATALOADER_LAKE_ROOT": str(lake_root)})
     return dg.materialize(

@@ -14,6 +14,7 @@ import dagster as dg
 import psycopg
 import pytest
 from helpers import (
+    claim_due,
     control_row,
     evaluate,
     failed_row,
@@ -255,7 +256,7 @@ def fail_again(db, control_db: str, key: str, message: str) -> None:
         "UPDATE table_control SET next_load_date_time = now() WHERE control_key = %s", (key,)
     )
     with LakebaseClient(control_db) as client:
-        [claimed] = [r for r in client.claim_due_tables(10) if r.control_key == key]
+        [claimed] = [r for r in claim_due(client, 10) if r.control_key == key]
         config_id, metadata_id = claimed.config_id, claimed.metadata_id
         assert client.start_load(config_id, metadata_id, dagster_run_id="r", dagster_run_url="u")
         assert client.record_failure(config_id, metadata_id, message)

@@ -23,7 +23,7 @@ import psycopg
 import pytest
 from dagster_shared.serdes import serialize_value
 from databricks_standin import VOLUME, DatabricksStandin, arrow_runtime, databricks_standin
-from helpers import evaluate, lakebase_for, start_password_enforcing_server
+from helpers import claim_due, evaluate, lakebase_for, start_password_enforcing_server
 from openai_standin import OpenAIStandIn, good_answer, openai_standin
 from psycopg import sql
 
@@ -219,7 +219,7 @@ def materialize(control_db: str, instance: dg.DagsterInstance, key: str, pipes) 
             "UPDATE table_control SET next_load_date_time = now() WHERE control_key = %s", (key,)
         )
     with LakebaseClient(control_db) as client:
-        [claimed] = [r for r in client.claim_due_tables(10) if r.control_key == key]
+        [claimed] = [r for r in claim_due(client, 10) if r.control_key == key]
     instance.add_dynamic_partitions(PARTITIONS_NAME, [key])
     result = dg.materialize(
         [build_load_asset(load_settings())],

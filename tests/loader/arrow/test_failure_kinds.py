@@ -24,7 +24,7 @@ import psycopg
 import pytest
 import test_loader_pipe as pipe
 from dagster._core.test_utils import create_run_for_test
-from helpers import add_control_row, add_history, add_row, control_row, history, tick
+from helpers import add_control_row, add_history, add_row, claim_due, control_row, history, tick
 from psycopg import sql
 from test_load_asset import claim_and_materialize
 
@@ -276,7 +276,7 @@ def test_an_orphaned_claim_writes_orphaned(control_db, db, instance):
     add_row(db, "crashed", schedule_interval="1 hour")
     add_row(db, "lost", schedule_interval="1 hour")
     with LakebaseClient(control_db) as client:
-        claimed = {r.control_key: r for r in client.claim_due_tables(10)}
+        claimed = {r.control_key: r for r in claim_due(client, 10)}
     create_run_for_test(
         instance,
         job_name=LOAD_JOB,
