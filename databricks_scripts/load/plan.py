@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from databricks_scripts.contract import full_load_reason
 from databricks_scripts.failures import BadConfig, DataLoaderFailure
@@ -24,6 +24,9 @@ from databricks_scripts.load.history_rules import history_strategy
 from databricks_scripts.load.interrupt import StopRequested
 from databricks_scripts.load.params import LoadSpec
 from databricks_scripts.load.watermark import Watermark, lookback_lower_bound
+
+if TYPE_CHECKING:
+    from databricks_scripts.load.interrupt import StopSignal
 
 
 class LoadStepError(DataLoaderFailure, RuntimeError):
@@ -39,15 +42,22 @@ class LoadStepError(DataLoaderFailure, RuntimeError):
 
 
 @contextmanager
-def step(name: str) -> Iterator[None]:
+def step(name: str | list[str], stop: StopSignal | None = None) -> Iterator[None]:
     """Report a failure inside the block as step ``name``; our own stop, fence and step errors
-    pass unchanged. The one way either engine names the step a load failed at."""
+    pass unchanged. The one way either engine names the step a load failed at. ``name`` may be
+    a one-item list whose item the block changes as it goes (``engines.spark``'s ``where``).
+
+    ``stop``: a failure after a stop was asked for is the stop (a cancelled Spark job fails the
+    statement it ran): :class:`StopRequested`, saying what the stop cleaned up."""
     try:
         yield
     except (LoadStepError, StaleAttempt, StopRequested):
         raise
     except Exception as exc:
-        raise LoadStepError(name, f"{type(exc).__name__}: {exc}") from exc
+        if stop is not None and stop.requested.is_set():
+            raise StopRequested(stop.finish_stop()) from None
+        named = name if isinstance(name, str) else name[0]
+        raise LoadStepError(named, f"{type(exc).__name__}: {exc}") from exc
 
 
 def lazy_step(name: str, fn: Callable[[], Any]) -> Callable[[], Any]:
@@ -60,6 +70,16 @@ def lazy_step(name: str, fn: Callable[[], Any]) -> Callable[[], Any]:
     return wrapped
 
 
+@dataclass(frozen=True)
+class Column:
+    """A destination column as the load reports it (``dagster/column_schema``): ``type`` as the
+    engine names it (Arrow: ``str(pa.DataType)``; Spark: its ``simpleString``)."""
+
+    name: str
+    type: str
+    nullable: bool = True
+
+
 @dataclass
 class LoadResult:
     rows_read: int
@@ -68,7 +88,7 @@ class LoadResult:
     watermark_after: str | None
     applied_strategy: str
     destination: str
-    schema: Any  # the destination's schema: a pyarrow Schema (Arrow) or its fields (Spark)
+    schema: tuple[Column, ...]  # the destination's columns
     row_count: int | None
     committed: bool
     notes: list[str] = field(default_factory=list)
@@ -80,7 +100,7 @@ class LoadResult:
     full_reason: str | None = None
     # The reconciliation check (engines.arrow.verify); None: verify_depth none, or nothing committed.
     verification: Any = None
-    comments: tuple = (None, {})  # the source's (table comment, {column: comment})
+    comments: tuple[str | None, dict[str, str]] = (None, {})  # (table comment, {column: comment})
 
 
 def full_reason(spec: LoadSpec, destination_exists: bool) -> str | None:

@@ -54,41 +54,23 @@ from databricks_scripts.engines.arrow.stream import (
     text_cursor_start,
 )
 from databricks_scripts.engines.arrow.verify import verify_committed
-from databricks_scripts.failures import BadConfig
-from databricks_scripts.load.columns import (
-    commented_plan,
-    rebuild_if_column_control_changed,
-    schema_notes,
-    source_comments,
-)
+from databricks_scripts.load.columns import commented_plan, schema_notes, source_comments
 from databricks_scripts.load.commits import UnrecordedCommit
-from databricks_scripts.load.interrupt import (
-    StopRequested,
-    StopSignal,
-    data_files,
-    remove_uncommitted,
-)
+from databricks_scripts.load.driver import run_load
+from databricks_scripts.load.engine import Load, SourceColumns, Written
+from databricks_scripts.load.interrupt import StopSignal, data_files, remove_uncommitted
 from databricks_scripts.load.keys import keys_checked
 from databricks_scripts.load.params import LoadSpec
 from databricks_scripts.load.plan import (
+    Column,
     LoadResult,
     LoadStepError,  # noqa: F401 - dataloader_pipe imports it with run_arrow_load (one lazy import)
-    check_source_columns,
-    full_reason,
-    plan_load,
 )
 from databricks_scripts.load.plan import lazy_step as _lazy_step
 from databricks_scripts.load.plan import step as _step
-from databricks_scripts.load.types import (
-    SchemaPlan,
-    arrow_schema_of,
-    cast_batch,
-    is_numeric_text,
-    plan_schema,
-)
+from databricks_scripts.load.types import SchemaPlan, arrow_schema_of, cast_batch, plan_schema
 from databricks_scripts.load.watermark import (
     Watermark,
-    cursor_type_problem,
     decode_watermark_for,
     encode_watermark,
     max_watermark,
@@ -244,47 +226,6 @@ class _Load:
         return existing
 
 
-def _prepare(spec, source, destination: Path, log: Callable[[str], None]) -> _Load:
-    """Probe the source, open the destination, reconcile schemas, decode the watermark."""
-    with _step("probe source"):
-        source_schema = source.schema()
-        cursor = spec.incremental_column
-        check_source_columns(spec, source_schema.names)
-        problem = cursor_type_problem(source_schema.field(cursor)) if cursor else None
-        if problem:
-            raise BadConfig(f"incremental_column {cursor!r} cannot be a cursor: {problem}")
-        numeric_text = bool(cursor) and is_numeric_text(source_schema.field(cursor))
-    notes: list[str] = []
-    with _step("open destination"):
-        table = _delta_table(destination)
-        spec = rebuild_if_column_control_changed(spec, table, notes, log)
-        if table is not None and spec.load_strategy == "scd2" and spec.force_full_reload:
-            table = archive_if_types_changed(spec, source_schema, table, destination, log)
-        plan = plan_load(spec, table is not None)
-        dest_schema = None if plan.rebuild else arrow_schema_of(table.schema())
-    with _step("reconcile schema"):
-        schema = plan_schema(source_schema, dest_schema, spec.schema_change)
-        schema_notes(spec, schema, source_schema, dest_schema, notes, log)
-    comments = source_comments(source, log)
-    schema = commented_plan(schema, comments[1]) if dest_schema is None else schema
-    plan = plan.window(lambda text: decode_watermark_for(text, source_schema.field(cursor)))
-    load = _Load(
-        spec,
-        destination,
-        table,
-        plan.applied,
-        plan.rebuild,
-        schema,
-        numeric_text,
-        source_columns=frozenset(source_schema.names),
-        notes=notes,
-        comments=comments,
-    )
-    load.committed_at_start = committed_attempt(table, spec)
-    load.watermark, load.lower = plan.watermark, plan.lower
-    return load
-
-
 # ---- one writer per strategy: each returns (rows written, committed) ---------------------------
 
 
@@ -373,7 +314,7 @@ def _watermark_after(load: _Load, tracker: Tracker) -> str | None:
 
 
 def run_arrow_load(
-    spec,
+    spec: LoadSpec,
     source,
     destination: Path,
     *,
@@ -384,64 +325,184 @@ def run_arrow_load(
     merge_chunk_rows: int | None = None,
     first_load_chunks: tuple[int, int] | None = None,
 ) -> LoadResult:
-    """Run one load of ``spec`` from ``source`` (a sources.readers reader) into ``destination``.
+    """Run one load of ``spec`` from ``source`` (a sources.readers reader) into ``destination``:
+    ``load.driver.run_load`` on an :class:`ArrowSession`.
 
-    Failures are raised as :class:`LoadStepError` naming the step: probe source, open
-    destination, reconcile schema, decode watermark, read source, write destination.
+    Failures are raised as :class:`LoadStepError` naming the step (load.driver).
     ``first_load_chunks`` = (chunk rows, chunked above rows): see engines.arrow.first_load.
     """
-    load = _prepare(spec, source, destination, log)
-    spec = load.spec  # a rebuild when the column control changed
-    load.stop, load.target_file_size, load.source = stop, target_file_size, source
-    load.merge_chunk_rows = merge_chunk_rows
-    if load.applied != "full":  # LoadPlan.reconciles
-        with _step("reconcile with the destination"):
-            reconciled = _reconcile(load, log)
-        if reconciled is not None:
-            return reconciled
-    chunked = _first_load_plan(load, source, first_load_chunks, log)
-    with _step("read source"):
-        tracker = _open_stream(load, source, chunked, progress_interval, log)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-    before = data_files(destination)
-    rows_before = _row_count(load.table) if load.table is not None else 0
-    if stop is not None:
-        stop.on_stop(
-            cleanup=lambda: remove_uncommitted(destination, before),
-            progress=lambda: f"after reading {tracker.rows_read:,} rows",
-        )
-    try:
-        with _step("write destination"):
-            if chunked is not None:
-                from databricks_scripts.engines.arrow.first_load import write_first_load_chunks
-
-                rows_written, committed = write_first_load_chunks(load, iter(tracker), chunked)
-            else:
-                rows_written, committed = _writer(load)(load, iter(tracker), tracker)
-    except StopRequested:
-        raise StopRequested(stop.finish_stop() if stop else "stopped") from None
-
-    # write_deltalake/merge on a DeltaTable object advance that object to the new version, so
-    # the table is opened once per load (twice only when this load created it).
-    final = load.table if load.table is not None else _delta_table(destination)
-    schema = arrow_schema_of(final.schema()) if final is not None else load.write_schema
-    verification = verify_committed(load, source, lambda: _delta_table(destination), log)
-    return LoadResult(
-        rows_read=tracker.rows_read,
-        rows_written=rows_written,
-        watermark_before=spec.incremental_value,
-        watermark_after=_watermark_after(load, tracker),
-        applied_strategy=load.applied,
-        destination=str(destination),
-        schema=schema,
-        row_count=_row_count(final) if final is not None else 0,
-        committed=committed,
-        destination_rows_before=rows_before,
-        full_reason=full_reason(spec, load.table is not None),
-        verification=verification,
-        notes=list(load.notes),
-        comments=load.comments,
+    session = ArrowSession(
+        source,
+        destination,
+        progress_interval=progress_interval,
+        target_file_size=target_file_size,
+        merge_chunk_rows=merge_chunk_rows,
+        first_load_chunks=first_load_chunks,
     )
+    return run_load(session, spec, log=log, stop=stop)
+
+
+class ArrowSession:
+    """The Arrow engine's side of ``load.engine.LoadSession``: a source reader, a local Delta
+    table, and the writers' view of the load (:class:`_Load`, built once the schema is known)."""
+
+    def __init__(
+        self,
+        source,
+        destination: Path,
+        *,
+        progress_interval: float = 10.0,
+        target_file_size: int | None = None,
+        merge_chunk_rows: int | None = None,
+        first_load_chunks: tuple[int, int] | None = None,
+    ):
+        self.source = source
+        self.path = destination
+        self.progress_interval = progress_interval
+        self.target_file_size = target_file_size
+        self.merge_chunk_rows = merge_chunk_rows
+        self.first_load_chunks = first_load_chunks
+        self.table: Any = None  # the DeltaTable, None when there is none (yet)
+        self.source_schema: pa.Schema = pa.schema([])
+        self.load: _Load | None = None
+        self.tracker: Tracker | None = None
+        self.chunked: Any = None  # a resumable first load's chunks (engines.arrow.first_load)
+        self.written = False
+
+    @property
+    def destination(self) -> str:
+        return str(self.path)
+
+    def probe(self, load: Load) -> SourceColumns:
+        self.source_schema = source_schema = self.source.schema()
+        cursor = load.spec.incremental_column
+        field = source_schema.field(cursor) if cursor in source_schema.names else None
+        return SourceColumns(tuple(source_schema.names), field)
+
+    def open(self, load: Load) -> bool:
+        self.table = _delta_table(self.path)
+        return self.table is not None
+
+    def recorded_commits(self) -> list[dict]:
+        return self.table.history(20)
+
+    def settle(self, load: Load) -> bool:
+        spec = load.spec
+        if self.table is not None and spec.load_strategy == "scd2" and spec.force_full_reload:
+            self.table = archive_if_types_changed(
+                spec, self.source_schema, self.table, self.path, load.log
+            )
+        return self.table is not None
+
+    def last_commit(self, load: Load) -> UnrecordedCommit | None:
+        unrecorded = unrecorded_commit(self.table, load.spec)
+        if unrecorded is not None:
+            return unrecorded  # its version and completeness read from the history
+        committed = committed_attempt(self.table, load.spec)
+        return None if committed is None else UnrecordedCommit(committed, None)
+
+    def decode(self, load: Load, text: str) -> Watermark:
+        return decode_watermark_for(text, self.source_schema.field(load.spec.incremental_column))
+
+    def destination_watermark(self, load: Load) -> str | None:
+        return destination_watermark(self._view(load, None))
+
+    def evolve_schema(self, load: Load) -> list[str]:
+        spec, notes = load.spec, []
+        dest_schema = None if load.plan.rebuild else arrow_schema_of(self.table.schema())
+        schema = plan_schema(self.source_schema, dest_schema, spec.schema_change)
+        schema_notes(spec, schema, self.source_schema, dest_schema, notes, load.log)
+        comments = source_comments(self.source, load.log)
+        if dest_schema is None:
+            schema = commented_plan(schema, comments[1])
+        self.load = self._view(load, schema)
+        self.load.comments = comments
+        return notes
+
+    def _view(self, load: Load, schema: SchemaPlan | None) -> _Load:
+        """The writers' view of ``load`` (``schema`` None: only what reconciling reads)."""
+        view = _Load(
+            load.spec,
+            self.path,
+            self.table,
+            load.plan.applied,
+            load.plan.rebuild,
+            schema,  # type: ignore[arg-type]
+            load.numeric_text,
+            source_columns=frozenset(self.source_schema.names),
+            watermark=load.plan.watermark,
+            lower=load.plan.lower,
+            committed_at_start=load.at_start.metadata_id if load.at_start else None,
+            stop=load.stop,
+            target_file_size=self.target_file_size,
+            merge_chunk_rows=self.merge_chunk_rows,
+            source=self.source,
+            notes=load.notes,  # the writers' notes are the load's
+        )
+        return view
+
+    def read(self, load: Load) -> list[str]:
+        view = self._ready()
+        self.chunked = _first_load_plan(view, self.source, self.first_load_chunks, load.log)
+        self.tracker = _open_stream(
+            view, self.source, self.chunked, self.progress_interval, load.log
+        )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return []
+
+    def on_stop(self, stop: StopSignal) -> None:
+        before = data_files(self.path)
+        tracker = self.tracker
+        stop.on_stop(
+            cleanup=lambda: remove_uncommitted(self.path, before),
+            progress=lambda: f"after reading {tracker.rows_read if tracker else 0:,} rows",
+        )
+
+    def row_count(self) -> int | None:
+        table = self._final()
+        return _row_count(table) if table is not None else 0
+
+    def _final(self):
+        """The destination now: write_deltalake/merge on a DeltaTable object advance that object
+        to the new version, so the table is opened once per load (twice when this load made it)."""
+        if self.table is None and self.written:
+            self.table = _delta_table(self.path)
+        return self.table
+
+    def write(self, load: Load) -> Written:
+        view, tracker = self._ready(), self.tracker
+        assert tracker is not None  # read() opened it
+        if self.chunked is not None:
+            from databricks_scripts.engines.arrow.first_load import write_first_load_chunks
+
+            rows_written, committed = write_first_load_chunks(view, iter(tracker), self.chunked)
+        else:
+            rows_written, committed = _writer(view)(view, iter(tracker), tracker)
+        self.written = True
+        return Written(tracker.rows_read, rows_written, committed)
+
+    def watermark_after(self, load: Load, written: Written) -> str | None:
+        assert self.tracker is not None
+        return _watermark_after(self._ready(), self.tracker)
+
+    def schema(self) -> tuple[Column, ...]:
+        table = self._final()
+        schema = (
+            arrow_schema_of(table.schema()) if table is not None else self._ready().write_schema
+        )
+        return tuple(Column(f.name, str(f.type), f.nullable) for f in schema)
+
+    def finish(self, load: Load, result: LoadResult) -> LoadResult:
+        view = self._ready()
+        result.verification = verify_committed(
+            view, self.source, lambda: _delta_table(self.path), load.log
+        )
+        result.comments = view.comments
+        return result
+
+    def _ready(self) -> _Load:
+        assert self.load is not None, "evolve_schema() builds the writers' view first"
+        return self.load
 
 
 def _open_stream(load: _Load, source, chunked, progress_interval: float, log) -> Tracker:
@@ -476,38 +537,3 @@ def _first_load_plan(load: _Load, source, settings: tuple[int, int] | None, log)
 
     with _step("plan resumable first load"):
         return plan_first_load(load, source, settings, log)
-
-
-def _reconcile(load: _Load, log: Callable[[str], None]) -> LoadResult | None:
-    """The result to report when an earlier attempt's complete load was never recorded."""
-    unrecorded = unrecorded_commit(load.table, load.spec)
-    if unrecorded is not None and unrecorded.complete:
-        return _reconciled(load, unrecorded, log)
-    if unrecorded is not None:  # it died between the commits of a chunked upsert
-        log(
-            f"attempt {unrecorded.metadata_id} stopped between the commits of its upsert "
-            f"(destination version {unrecorded.version}); this load upserts the rows again"
-        )
-    return None
-
-
-def _reconciled(load: _Load, unrecorded: UnrecordedCommit, log: Callable[[str], None]):
-    """Nothing read: an earlier attempt's commit is reported for the asset to record."""
-    watermark = destination_watermark(load)
-    log(
-        f"attempt {unrecorded.metadata_id} committed destination version {unrecorded.version} "
-        f"but its success was never recorded; recording it (watermark {watermark!r}) instead of "
-        "loading again"
-    )
-    return LoadResult(
-        rows_read=0,
-        rows_written=0,
-        watermark_before=load.spec.incremental_value,
-        watermark_after=watermark,
-        applied_strategy=load.applied,
-        destination=str(load.destination),
-        schema=arrow_schema_of(load.table.schema()),
-        row_count=_row_count(load.table),
-        committed=False,
-        reconciled=unrecorded,
-    )
