@@ -32,9 +32,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from databricks_scripts.contract import FULL_REASON_COLUMN_CONTROL
 from databricks_scripts.failures import BadConfig
-from databricks_scripts.load.history_rules import history_strategy
 from databricks_scripts.load.params import LoadSpec
 from databricks_scripts.load.types import cast_batch, delta_schema_for
 
@@ -266,26 +264,6 @@ def changed_column_control(spec: LoadSpec, recorded: dict) -> str | None:
 
 
 # ---- the Arrow engine's rebuild and schema-contract notes ---------------------------------------
-
-
-def rebuild_if_column_control_changed(spec, table, notes: list[str], log):
-    """``spec``, made a rebuild when the destination was built with other column lists."""
-    if table is None:
-        return spec
-    changed = changed_column_control(spec, recorded_column_control(table.history(20)))
-    if changed is None:
-        return spec
-    note = f"rebuilt because the column control changed ({changed})"
-    if history_strategy(spec, True) is not None:
-        note += (
-            "; a table that keeps history is re-read in full and merged, so its earlier "
-            "versions keep their values"
-        )
-    log(note)
-    notes.append(note)
-    return dataclasses.replace(
-        spec, force_full_reload=True, rebuild_reason=FULL_REASON_COLUMN_CONTROL
-    )
 
 
 def schema_notes(spec, plan: Any, source_schema, dest_schema, notes, log) -> None:

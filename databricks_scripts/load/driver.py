@@ -59,7 +59,7 @@ def column_control_rebuild(
     """(spec, note): a rebuild when the destination's newest DataLoader commit recorded other
     ``columns_exclude`` / ``columns_hash`` lists (or another hash key); the note says what
     changed (None: nothing did)."""
-    recorded = recorded_column_control(c for c in commits if isinstance(c, Mapping))
+    recorded = recorded_column_control(dict(c) for c in commits if isinstance(c, Mapping))
     changed = changed_column_control(spec, recorded)
     if changed is None:
         return spec, None

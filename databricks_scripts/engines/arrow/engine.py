@@ -408,7 +408,8 @@ class ArrowSession:
         return destination_watermark(self._view(load, None))
 
     def evolve_schema(self, load: Load) -> list[str]:
-        spec, notes = load.spec, []
+        spec = load.spec
+        notes: list[str] = []
         dest_schema = None if load.plan.rebuild else arrow_schema_of(self.table.schema())
         schema = plan_schema(self.source_schema, dest_schema, spec.schema_change)
         schema_notes(spec, schema, self.source_schema, dest_schema, notes, load.log)

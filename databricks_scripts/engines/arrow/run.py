@@ -1,13 +1,15 @@
 """The Arrow engine behind ``load.engine.Engine``: open the source reader, apply column control,
-run ``engine.run_arrow_load`` into the local lake, and always close the reader."""
+run ``load.driver.run_load`` on the Arrow engine's session (``engine.ArrowSession``) into the
+local lake, and always close the reader."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from databricks_scripts.engines.arrow.engine import run_arrow_load
+from databricks_scripts.engines.arrow.engine import ArrowSession
 from databricks_scripts.load.columns import with_column_control
+from databricks_scripts.load.driver import run_load
 from databricks_scripts.load.interrupt import StopSignal
 from databricks_scripts.load.params import LoadSpec
 from databricks_scripts.load.plan import LoadResult, step
@@ -38,17 +40,15 @@ class ArrowEngine:
         try:
             with step("probe source"):
                 source = with_column_control(source, hash_key)
-            return run_arrow_load(
-                spec,
+            session = ArrowSession(
                 source,
                 spec.destination_path(env.lake_root),
-                log=log,
                 progress_interval=progress_interval,
-                stop=stop,
                 target_file_size=env.target_file_bytes,
                 merge_chunk_rows=env.merge_chunk_rows,
                 first_load_chunks=(env.first_load_chunk_rows, env.first_load_chunked_above_rows),
             )
+            return run_load(session, spec, log=log, stop=stop)
         finally:
             try:
                 source.close()

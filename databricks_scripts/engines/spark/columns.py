@@ -10,20 +10,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from databricks_scripts.contract import FULL_REASON_COLUMN_CONTROL
 from databricks_scripts.failures import SchemaConflict
-from databricks_scripts.load.columns import (
-    ColumnControlError,
-    changed_column_control,
-    match_columns,
-    recorded_column_control,
-    spark_hash_column,
-)
+from databricks_scripts.load.columns import ColumnControlError, match_columns, spark_hash_column
+from databricks_scripts.load.driver import column_control_rebuild
 from databricks_scripts.load.params import LoadSpec
 from databricks_scripts.load.sql import spark_add_columns
 from databricks_scripts.load.types import SchemaContractError
@@ -118,31 +111,27 @@ def contract_changes(
     return added, notes
 
 
+def recorded_commits(spark: Any, target: str) -> list[dict]:
+    """The DataLoader properties (``userMetadata``) of ``target``'s newest commits, newest first."""
+    commits = []
+    for row in spark.sql(f"DESCRIBE HISTORY {target} LIMIT 50").collect():
+        try:
+            meta = json.loads(row.asDict().get("userMetadata") or "")
+        except (ValueError, TypeError):
+            meta = {}
+        commits.append(meta if isinstance(meta, dict) else {})
+    return commits
+
+
 def rebuild_if_changed(
     spark: Any, spec: LoadSpec, target: str, exists: bool, log: Callable[[str], None]
 ) -> tuple[LoadSpec, str]:
-    """(spec, note): a rebuild when the destination's last DataLoader commit recorded other column
-    lists (its ``userMetadata``); the note says what changed ('' when nothing did)."""
+    """(spec, note): ``load.driver.column_control_rebuild`` on ``target``'s recorded commits; the
+    note says what changed ('' when nothing did)."""
     if not exists:
         return spec, ""
-    rows = spark.sql(f"DESCRIBE HISTORY {target} LIMIT 50").collect()
-    commits = []
-    for row in rows:
-        try:
-            commits.append(json.loads(row.asDict().get("userMetadata") or ""))
-        except (ValueError, TypeError):
-            commits.append({})
-    changed = changed_column_control(
-        spec, recorded_column_control(c for c in commits if isinstance(c, dict))
-    )
-    if changed is None:
-        return spec, ""
-    note = f"rebuilt because the column control changed ({changed})"
-    log(note)
-    spec = dataclasses.replace(
-        spec, force_full_reload=True, rebuild_reason=FULL_REASON_COLUMN_CONTROL
-    )
-    return spec, note
+    spec, note = column_control_rebuild(spec, recorded_commits(spark, target), log)
+    return spec, note or ""
 
 
 def evolve_schema(

@@ -7,19 +7,25 @@ for delete detection and scd2, by staging the rows read: engines.spark.stage). T
 is a DataFrame filter, which Spark pushes down into the JDBC query (and into Delta file skipping for
 Unity Catalog sources); the watermark value is a typed literal built by Spark, never text we
 format. The new watermark is max(cursor) of the destination.
+
+The load's sequence and its rules are ``load.driver.run_load``'s; :class:`SparkLoad` is what this
+engine supplies to it (``load.engine.LoadSession``). JDBC options: engines.spark.jdbc.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
+
+import pyarrow as pa
 
 from databricks_scripts.engines.spark.columns import (
     controlled_frame,
     evolve_schema,
-    rebuild_if_changed,
+    recorded_commits,
     spark_schema_changes,  # noqa: F401 - still this module's name for it (tests, docs)
 )
 from databricks_scripts.engines.spark.comments import with_comments
@@ -28,9 +34,12 @@ from databricks_scripts.engines.spark.commits import (
     check_keys,
     check_still_current,
     read_last_commit,
-    unrecorded,
 )
 from databricks_scripts.engines.spark.history import history_statement
+from databricks_scripts.engines.spark.jdbc import (  # noqa: F401 - this module's names (tests)
+    jdbc_options,
+    jdbc_tls_options,
+)
 from databricks_scripts.engines.spark.merge import with_key_range
 from databricks_scripts.engines.spark.partitions import ReadPlan, plan_read
 from databricks_scripts.engines.spark.stage import is_history_load, staging
@@ -42,126 +51,20 @@ from databricks_scripts.engines.spark.writes import (
     created,
     run_write,
 )
-from databricks_scripts.load.commits import StaleAttempt
-from databricks_scripts.load.interrupt import StopRequested
-from databricks_scripts.load.plan import LoadResult, LoadStepError, check_source_columns, plan_load
+from databricks_scripts.load.commits import UnrecordedCommit
+from databricks_scripts.load.driver import run_load
+from databricks_scripts.load.engine import Load, SourceColumns, Written
+from databricks_scripts.load.interrupt import StopSignal
+from databricks_scripts.load.params import LoadSpec
+from databricks_scripts.load.plan import Column, LoadResult, step
 from databricks_scripts.load.sql import (
-    MYSQL,
-    ORACLE,
-    POSTGRESQL,
     SPARK,
-    SQLSERVER,
-    qualified_name,
-    source_table_parts,
     spark_max,
     spark_merge,
     spark_new_rows,
     spark_table,
 )
-from databricks_scripts.load.watermark import (
-    decode_watermark,
-    encode_watermark,
-)
-
-_JDBC = {
-    "postgresql": (
-        "org.postgresql.Driver",
-        POSTGRESQL,
-        "jdbc:postgresql://{host}:{port}/{database}",
-        5432,
-    ),
-    "mysql": ("com.mysql.cj.jdbc.Driver", MYSQL, "jdbc:mysql://{host}:{port}/{database}", 3306),
-    "sqlserver": (
-        "com.microsoft.sqlserver.jdbc.SQLServerDriver",
-        SQLSERVER,
-        "jdbc:sqlserver://{host}:{port};databaseName={database}",
-        1433,
-    ),
-    "oracle": (
-        "oracle.jdbc.OracleDriver",
-        ORACLE,
-        "jdbc:oracle:thin:@//{host}:{port}/{database}",
-        1521,
-    ),
-}
-
-
-# Each driver's connect-timeout property and its unit (seconds x scale).
-_JDBC_CONNECT_TIMEOUT = {
-    "postgresql": ("connectTimeout", 1),
-    "mysql": ("connectTimeout", 1000),
-    "sqlserver": ("loginTimeout", 1),
-    "oracle": ("oracle.net.CONNECT_TIMEOUT", 1000),
-}
-
-
-def jdbc_options(spec: Any, password: str | None, *, fetch_size: int = 10_000) -> dict[str, str]:
-    """Options for ``spark.read.format("jdbc")``. The password goes in the ``password`` option,
-    never into the URL, so it cannot leak through a logged URL."""
-    driver, dialect, url, default_port = _JDBC[spec.db_type]
-    cfg = spec.db_config_value
-    database = cfg.get("service_name") or cfg.get("database") or ""
-    if spec.db_type == "oracle" and cfg.get("sslmode") in ("require", "verify-ca", "verify-full"):
-        url = "jdbc:oracle:thin:@tcps://{host}:{port}/{database}"
-    opts = {
-        "url": url.format(
-            host=cfg.get("host"), port=cfg.get("port") or default_port, database=database
-        ),
-        "driver": driver,
-        "dbtable": qualified_name(
-            dialect,
-            *source_table_parts(
-                spec.db_type, spec.source_catalog, spec.source_schema_name, spec.source_table_name
-            ),
-        ),
-        "user": str(cfg.get("user") or ""),
-        "fetchsize": str(fetch_size),
-        "pushDownPredicate": "true",
-        # The MERGE's key range (engines.spark.merge) and the key checks are aggregates: the
-        # source answers them (from an index where it has one) instead of Spark reading it all.
-        "pushDownAggregate": "true",
-    }
-    opts.update(jdbc_tls_options(spec.db_type, cfg))
-    if cfg.get("connect_timeout"):
-        name, scale = _JDBC_CONNECT_TIMEOUT[spec.db_type]
-        opts[name] = str(int(cfg["connect_timeout"]) * scale)
-    if password is not None:
-        opts["password"] = password
-    return opts
-
-
-def jdbc_tls_options(db_type: str, cfg: Mapping[str, Any]) -> dict[str, str]:
-    """Driver properties for the checked ``sslmode`` (``load.params.check_connection_config``:
-    ``require`` by default for a host that is not loopback). Each JDBC driver refuses to log in
-    without TLS when it is required, so the password is never sent in clear."""
-    mode = cfg.get("sslmode")
-    ca = cfg.get("sslrootcert")
-    secure = mode in ("require", "verify-ca", "verify-full")
-    if db_type == "postgresql":
-        opts = {"sslmode": mode} if mode else {}
-        if ca:
-            opts["sslrootcert"] = str(ca)
-        return opts
-    if db_type == "mysql":
-        names = {
-            "require": "REQUIRED",
-            "verify-ca": "VERIFY_CA",
-            "verify-full": "VERIFY_IDENTITY",
-            "disable": "DISABLED",
-        }
-        return {"sslMode": names[mode]} if mode in names else {}
-    if db_type == "sqlserver":
-        if not mode:
-            return {}
-        if not secure:
-            return {"encrypt": "false"}
-        # require: encrypted, the driver's own certificate check (as before); verify-*: explicit.
-        if mode == "require":
-            return {"encrypt": "true"}
-        return {"encrypt": "true", "trustServerCertificate": "false"}
-    if db_type == "oracle" and secure:
-        return {"oracle.net.ssl_server_dn_match": str(mode == "verify-full").lower()}
-    return {}
+from databricks_scripts.load.watermark import Watermark, decode_watermark, encode_watermark
 
 
 def spark_literal(value: Any) -> Any:
@@ -298,9 +201,9 @@ def write_counts(
     return counts_from(history, statement, rows, before)
 
 
-def _arrow_type_for(spark_type: str):
-    import pyarrow as pa
-
+def _arrow_type_for(spark_type: str) -> pa.DataType:
+    """The Arrow type a Spark column's values are compared as (the cursor's type for
+    ``load.watermark``: its decoding, and whether it can be a cursor at all)."""
     if spark_type == "timestamp":
         return pa.timestamp("us", tz="UTC")
     if spark_type == "timestamp_ntz":
@@ -314,35 +217,38 @@ def _arrow_type_for(spark_type: str):
         return pa.int64()
     if spark_type in ("float", "double"):
         return pa.float64()
+    unordered = {"boolean": pa.bool_(), "binary": pa.binary()}
+    if spark_type in unordered:
+        return unordered[spark_type]
+    if spark_type.startswith(("array<", "map<", "struct<")):
+        return pa.list_(pa.string())  # no order that finds new rows, as on the Arrow engine
     return pa.string()
 
 
-def read_source(spark: Any, spec: Any, password: str | None, lower_bound: Any | None) -> Any:
+def read_source(spark: Any, spec: LoadSpec, password: str | None, lower_bound: Any | None) -> Any:
     """The source DataFrame, filtered above ``lower_bound`` (pushed down by Spark)."""
     return read_source_planned(spark, spec, password, lower_bound)[0]
 
 
 def read_source_planned(
     spark: Any,
-    spec: Any,
+    spec: LoadSpec,
     password: str | None,
     lower_bound: Any | None,
     partitioning: tuple[int, int] | None = None,
     hash_key: bytes | None = None,
+    *,
+    base: Any = None,
 ) -> tuple[Any, ReadPlan]:
     """The source DataFrame, filtered above ``lower_bound`` (pushed down by Spark), and how a JDBC
     read was split: ``partitioning`` = (rows per partition, most partitions), None: one connection
-    (engines.spark.partitions)."""
+    (engines.spark.partitions). ``base``: :func:`source_frame` already read (the probe's)."""
     from pyspark.sql import functions as F
 
     plan = ReadPlan.single()
-    federated = spec.foreign_table  # Lakehouse Federation: Unity Catalog reads, no JDBC
-    if spec.db_type == "databricks" or federated:
-        parts = federated or (spec.source_catalog, spec.source_schema_name, spec.source_table_name)
-        df = spark.read.table(spark_table(*parts))
-    else:
+    df = base if base is not None else source_frame(spark, spec, password)
+    if spec.db_type != "databricks" and not spec.foreign_table:
         options = jdbc_options(spec, password)
-        df = spark.read.format("jdbc").options(**options).load()
         if partitioning is not None:
             rows_per_partition, max_partitions = partitioning
             plan = plan_read(
@@ -371,24 +277,21 @@ def read_source_planned(
     return controlled_frame(df, spec, hash_key), plan
 
 
+def source_frame(spark: Any, spec: LoadSpec, password: str | None) -> Any:
+    """The whole source table as a DataFrame (Spark asks a JDBC source for its columns only)."""
+    federated = spec.foreign_table  # Lakehouse Federation: Unity Catalog reads, no JDBC
+    if spec.db_type == "databricks" or federated:
+        parts = federated or (spec.source_catalog, spec.source_schema_name, spec.source_table_name)
+        return spark.read.table(spark_table(*parts))
+    return spark.read.format("jdbc").options(**jdbc_options(spec, password)).load()
+
+
 def _fields(schema: Any) -> list[tuple[str, str]]:
     return [(f.name, f.dataType.simpleString()) for f in schema.fields]
 
 
-class _Schema:
-    """A minimal stand-in with the Arrow-schema shape the script's metadata builder reads."""
-
-    def __init__(self, fields: list[tuple[str, str]]):
-        self._fields = fields
-
-    def __iter__(self):
-        from types import SimpleNamespace
-
-        return iter(SimpleNamespace(name=n, type=t, nullable=True) for n, t in self._fields)
-
-
 def _upsert_or_append(
-    spec: Any,
+    spec: LoadSpec,
     target: str,
     view: str,
     columns: list[str],
@@ -411,30 +314,46 @@ def _upsert_or_append(
     return SparkWrite(APPEND, target, query, args)
 
 
-def _watermark_after(spark: Any, spec: Any, target: str, watermark: Any) -> str | None:
-    """max(cursor) of the destination after the commit; the stored text when nothing is newer."""
-    if not spec.incremental_column:
-        return spec.incremental_value
-    value = read_watermark(spark, target, spec.incremental_column)
-    if value is None or value == watermark:
-        return spec.incremental_value
-    return encode_watermark(value)
-
-
 def run_spark_load(
-    spec: Any,
+    spec: LoadSpec,
     password: str | None,
     *,
     log: Callable[[str], None],
     progress_interval: float = 10.0,
     spark: Any | None = None,
-    stop: Any | None = None,
+    stop: StopSignal | None = None,
     partitioning: tuple[int, int] | None = None,
     hash_key: bytes | None = None,
     merge_marker: bool = False,
-) -> Any:
-    """One load on Spark; ``partitioning``: (rows per JDBC partition, most partitions), None to
-    read a JDBC source on one connection; ``hash_key``: the HMAC key of ``columns_hash``;
+) -> LoadResult:
+    """One load on Spark: ``load.driver.run_load`` on the :class:`SparkLoad` of
+    :func:`spark_session`."""
+    with spark_session(
+        spec,
+        password,
+        spark=spark,
+        stop=stop,
+        partitioning=partitioning,
+        hash_key=hash_key,
+        merge_marker=merge_marker,
+    ) as session:
+        return run_load(session, spec, log=log, stop=stop)
+
+
+@contextmanager
+def spark_session(
+    spec: LoadSpec,
+    password: str | None,
+    *,
+    spark: Any | None = None,
+    stop: StopSignal | None = None,
+    partitioning: tuple[int, int] | None = None,
+    hash_key: bytes | None = None,
+    merge_marker: bool = False,
+) -> Iterator[SparkLoad]:
+    """The Spark engine's session of one load, its jobs under a tag a stop cancels and its staging
+    tables dropped after it. ``partitioning``: (rows per JDBC partition, most partitions), None
+    to read a JDBC source on one connection; ``hash_key``: the HMAC key of ``columns_hash``;
     ``merge_marker`` (serverless): a MERGE is named by a marker commit (engines.spark.writes)."""
     from pyspark.sql import SparkSession
 
@@ -443,94 +362,153 @@ def run_spark_load(
     target = spark_table(
         spec.destination_catalog, spec.destination_schema_name, spec.destination_table_name
     )
-    where = ["open destination"]  # the step a failure is reported at
-    try:
-        with cancellable(spark, stop), staging(spark, spec) as stages:
-            reading = (partitioning, hash_key, stages)
-            return _load(spark, spec, password, target, log, where, reading, merge_marker)
-    except (StaleAttempt, LoadStepError):
-        raise  # a step the plan named itself (decode watermark) keeps its name and words
-    except Exception as exc:
-        if stop is not None and stop.requested.is_set():
-            raise StopRequested(stop.finish_stop()) from None
-        raise LoadStepError(where[0], f"{type(exc).__name__}: {exc}") from exc
+    # "open destination": the job tag's and the staging tables' own failures
+    with step("open destination", stop), cancellable(spark, stop), staging(spark, spec) as stages:
+        session = SparkLoad(spark, password, target, (partitioning, hash_key, stages))
+        session.merge_marker = merge_marker
+        yield session
 
 
-def _load(
-    spark: Any, spec: Any, password: str | None, target: str, log, where: list, reading, marker
-) -> Any:
-    exists = table_exists(spark, target)
-    spec, rebuilt = rebuild_if_changed(spark, spec, target, exists, log)
-    plan = plan_load(spec, exists)
-    applied = plan.applied
-    target_fields = _fields(spark.table(target).schema) if exists else []
-    last = read_last_commit(spark, target) if exists else None
+class SparkLoad:
+    """The Spark engine's side of ``load.engine.LoadSession``: a Spark session, the destination
+    table's name, and ``reading`` = (JDBC partitioning, hash key, the load's staging tables)."""
 
-    cursor = spec.incremental_column
-    if plan.from_watermark:
-        where[0] = "decode watermark"
-        cursor_type = {n.lower(): t for n, t in target_fields}.get(cursor.lower(), "string")
-        plan = plan.window(lambda text: decode_watermark(text, _arrow_type_for(cursor_type)))
-    watermark, lower = plan.watermark, plan.lower
-    found = unrecorded(spec, last) if plan.reconciles else None
-    if found is not None:
-        where[0] = "reconcile with the destination"
-        return _reconciled(spark, spec, target, applied, watermark, found, log)
+    def __init__(self, spark: Any, password: str | None, target: str, reading: tuple) -> None:
+        self.spark, self.password, self.target, self.reading = spark, password, target, reading
+        self.merge_marker = False
+        self.exists = False
+        self.wrote = False
+        self.base: Any = None  # the source DataFrame as probed (no filter, one connection)
+        self.source_fields: list[tuple[str, str]] = []
+        self.target_fields: list[tuple[str, str]] = []
+        self.view = ""
+        self.key_range: tuple[str, str] | None = None
 
-    where[0] = "read source"
-    view, source_fields, key_range, read_plan = _source_view(
-        spark, spec, password, lower, reading, applied, log
-    )
+    @property
+    def destination(self) -> str:
+        return self.target
 
-    where[0] = "reconcile schema"
-    rebuild = plan.rebuild
-    notes = [n for n in (rebuilt, read_plan.note) if n]
-    if not rebuild:
-        source_fields = evolve_schema(spark, spec, target, source_fields, target_fields, log)
-        notes += source_fields.notes
-    columns = [n for n, _ in source_fields]
+    def probe(self, load: Load) -> SourceColumns:
+        self.base = source_frame(self.spark, load.spec, self.password)
+        df = controlled_frame(self.base, load.spec, self.reading[1])
+        self.source_fields = _fields(df.schema)
+        cursor = (load.spec.incremental_column or "").lower()
+        found = [(n, t) for n, t in self.source_fields if n.lower() == cursor]
+        field = pa.field(found[0][0], _arrow_type_for(found[0][1])) if found else None
+        return SourceColumns(tuple(n for n, _ in self.source_fields), field, case_sensitive=False)
 
-    where[0] = "write destination"
-    keys = _key_reader(spark, spec, password, view, lower, reading[2], log)
-    args = (spark, spec, password, target, view, source_fields, target_fields, exists, applied)
-    # delete detection / scd2 (engines.spark.history)
-    kept = history_statement(*args, where, keys, log)
+    def open(self, load: Load) -> bool:
+        self.exists = table_exists(self.spark, self.target)
+        self.target_fields = _fields(self.spark.table(self.target).schema) if self.exists else []
+        return self.exists
+
+    def recorded_commits(self) -> list[dict]:
+        return recorded_commits(self.spark, self.target)
+
+    def settle(self, load: Load) -> bool:
+        return self.exists
+
+    def last_commit(self, load: Load) -> UnrecordedCommit | None:
+        return read_last_commit(self.spark, self.target) if self.exists else None
+
+    def decode(self, load: Load, text: str) -> Watermark:
+        cursor = (load.spec.incremental_column or "").lower()
+        cursor_type = {n.lower(): t for n, t in self.target_fields}.get(cursor, "string")
+        return decode_watermark(text, _arrow_type_for(cursor_type))
+
+    def destination_watermark(self, load: Load) -> str | None:
+        """max(cursor) of the destination; the stored text when nothing is newer."""
+        spec, watermark = load.spec, load.plan.watermark
+        if not spec.incremental_column:
+            return spec.incremental_value
+        value = read_watermark(self.spark, self.target, spec.incremental_column)
+        if value is None or value == watermark:
+            return spec.incremental_value
+        return encode_watermark(value)
+
+    def evolve_schema(self, load: Load) -> list[str]:
+        if load.plan.rebuild:
+            return []
+        spark, spec, fields = self.spark, load.spec, self.source_fields
+        evolved = evolve_schema(spark, spec, self.target, fields, self.target_fields, load.log)
+        self.source_fields = evolved
+        return list(evolved.notes)
+
+    def read(self, load: Load) -> list[str]:
+        self.view, self.key_range, plan = _source_view(
+            self.spark, load, self.password, self.reading, self.base
+        )
+        return [plan.note] if plan.note else []
+
+    def on_stop(self, stop: StopSignal) -> None:
+        pass  # the load's Spark jobs carry a tag the stop cancels (engines.spark.commits)
+
+    def row_count(self) -> int | None:
+        if not (self.exists or self.wrote):
+            return 0
+        return int(self.spark.sql(f"SELECT count(*) AS n FROM {self.target}").collect()[0]["n"])
+
+    def write(self, load: Load) -> Written:
+        where = ["write destination"]  # engines.spark.history names its own steps here
+        with step(where, load.stop):
+            read, written = _write(self, load, where)
+        self.wrote = True
+        return Written(read, written, True)
+
+    def watermark_after(self, load: Load, written: Written) -> str | None:
+        return self.destination_watermark(load)
+
+    def schema(self) -> tuple[Column, ...]:
+        return tuple(Column(n, t) for n, t in _fields(self.spark.table(self.target).schema))
+
+    def finish(self, load: Load, result: LoadResult) -> LoadResult:
+        spec, columns = load.spec, [n for n, _ in self.source_fields]
+        uc = spec.db_type == "databricks" or spec.foreign_table
+        jdbc = None if uc else jdbc_options(spec, self.password)
+        created = load.plan.rebuild or not self.exists
+        return with_comments(
+            self.spark, spec, self.target, result, columns, created, load.log, jdbc
+        )
+
+
+def _write(session: SparkLoad, load: Load, where: list[str]) -> tuple[int, int]:
+    """The write per the applied strategy, fenced before and after; (rows read, rows written)."""
+    spark, spec, target, view = session.spark, load.spec, session.target, session.view
+    plan, exists, fields = load.plan, session.exists, session.source_fields
+    lower = plan.lower
+    columns = [n for n, _ in fields]
+    keys = _key_reader(spark, spec, session.password, view, lower, session.reading[2], load.log)
+    args = (spark, spec, session.password, target, view, fields, session.target_fields, exists)
+    kept = history_statement(*args, plan.applied, where, keys, load.log)
     columns_sql = ", ".join(SPARK.quote(c) for c in columns)
     if kept is not None:
         write = kept
-    elif rebuild:
+    elif plan.rebuild:
         write = created(target, f"SELECT * FROM {SPARK.quote(view)}", columns, replace=exists)
-    elif applied == "full":
+    elif plan.applied == "full":
         write = SparkWrite(OVERWRITE, target, f"SELECT {columns_sql} FROM {SPARK.quote(view)}")
     else:
-        write = _upsert_or_append(spec, target, view, columns, watermark, lower, key_range)
-    if applied == "full" and spec.merge_keys:  # a keyed table's first load checks its keys
+        write = _upsert_or_append(
+            spec, target, view, columns, plan.watermark, lower, session.key_range
+        )
+    if plan.applied == "full" and spec.merge_keys:  # a keyed table's first load checks its keys
         check_keys(spark, view, spec.merge_keys)
+    last = load.at_start
     if exists:
         check_still_current(spec, last, read_last_commit(spark, target))
     # The version before the write: on Databricks auto compaction / predictive optimization (or
     # another writer) may commit after ours, so "the newest commit" is not necessarily ours.
     version_before = table_version(spark, target) if exists else None
-    rows_before = _count(spark, target, version_before) if exists else 0
-    statement = write.text
-    log(f"running: {statement}")
-    merged = marker and write.kind == MERGE  # serverless: the MERGE, then its marker commit
-    result = run_write(spark, write, spec, applied, marker=merged)
+    load.log(f"running: {write.text}")
+    merged = session.merge_marker and write.kind == MERGE  # serverless: MERGE, then its marker
+    result = run_write(spark, write, spec, plan.applied, marker=merged)
     if exists:  # Delta skipped it (txnVersion): a newer attempt committed meanwhile
         check_still_current(spec, last, read_last_commit(spark, target), merged=merged)
-
     where[0] = "read commit metrics"
-    read, written = write_counts(spark, target, statement, result, version_before, merged)
-    loaded = _result(spark, spec, target, applied, watermark, read, written, notes=notes)
-    loaded.destination_rows_before = rows_before
-    loaded.full_reason = plan.full_reason
-    jdbc = (
-        None if spec.db_type == "databricks" or spec.foreign_table else jdbc_options(spec, password)
-    )
-    return with_comments(spark, spec, target, loaded, columns, rebuild or not exists, log, jdbc)
+    return write_counts(spark, target, write.text, result, version_before, merged)
 
 
-def _key_reader(spark: Any, spec: Any, password, view: str, lower, stages, log):
+def _key_reader(spark: Any, spec: LoadSpec, password, view: str, lower, stages, log):
     """The source's keys for delete detection: those of the staged rows when the load read every
     row (no second read), else one read of the key columns, staged too."""
     keys = list(spec.merge_keys or ())
@@ -541,13 +519,12 @@ def _key_reader(spark: Any, spec: Any, password, view: str, lower, stages, log):
     )
 
 
-def _source_view(spark: Any, spec: Any, password, lower, reading, applied: str, log):
-    """The source read as a temp view: (view, its fields, the MERGE's key range, the read plan);
-    ``reading`` = (JDBC partitioning, hash key, the load's staging tables). The rows of a
-    delete-detecting or scd2 load are staged: one read of the source (engines.spark.stage)."""
-    df, plan = read_source_planned(spark, spec, password, lower, *reading[:2])
-    # The Arrow engine's check (load.plan), before the key range or staging reads a missing key.
-    check_source_columns(spec, df.columns, case_sensitive=False)
+def _source_view(spark: Any, load: Load, password, reading, base):
+    """The source read as a temp view: (view, the MERGE's key range, the read plan); ``reading``
+    = (JDBC partitioning, hash key, the load's staging tables). The rows of a delete-detecting
+    or scd2 load are staged: one read of the source (engines.spark.stage)."""
+    spec, lower, log = load.spec, load.plan.lower, load.log
+    df, plan = read_source_planned(spark, spec, password, lower, *reading[:2], base=base)
     if is_history_load(spec):
         df = reading[2].stage(df, "rows read", log)
     if plan.partitions > 1:
@@ -557,43 +534,8 @@ def _source_view(spark: Any, spec: Any, password, lower, reading, applied: str, 
         log(plan.note)
     key_range = None
     plain_merge = spec.load_strategy != "scd2" and spec.delete_detection == "none"
-    if applied != "full" and spec.merge_keys and plain_merge:  # MERGE only the keys read
+    if load.plan.applied != "full" and spec.merge_keys and plain_merge:  # MERGE the keys read
         df, key_range = with_key_range(df, spec.merge_keys[0], log, spec.incremental_column)
     view = f"dl_src_{uuid.uuid4().hex[:12]}"
     df.createOrReplaceTempView(view)
-    return view, _fields(df.schema), key_range, plan
-
-
-def _count(spark: Any, target: str, version: int | None) -> int | None:
-    """The row count of ``target`` at ``version`` (Delta answers it from the log's statistics)."""
-    if version is None:
-        return None
-    n = spark.sql(f"SELECT count(*) AS n FROM {target} VERSION AS OF {int(version)}").collect()
-    return int(n[0]["n"])
-
-
-def _result(
-    spark, spec, target, applied, watermark, read, written, reconciled=None, notes=()
-) -> Any:
-    return LoadResult(
-        notes=list(notes),
-        rows_read=read,
-        rows_written=written,
-        watermark_before=spec.incremental_value,
-        watermark_after=_watermark_after(spark, spec, target, watermark),
-        applied_strategy=applied,
-        destination=target,
-        schema=_Schema(_fields(spark.table(target).schema)),
-        row_count=int(spark.sql(f"SELECT count(*) AS n FROM {target}").collect()[0]["n"]),
-        committed=reconciled is None,
-        reconciled=reconciled,
-    )
-
-
-def _reconciled(spark, spec, target, applied, watermark, found, log) -> Any:
-    """Nothing read: an earlier attempt's commit is reported for the asset to record."""
-    log(
-        f"attempt {found.metadata_id} committed destination version {found.version} but its "
-        "success was never recorded; recording it instead of loading again"
-    )
-    return _result(spark, spec, target, applied, watermark, 0, 0, reconciled=found)
+    return view, key_range, plan

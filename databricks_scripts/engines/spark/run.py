@@ -1,6 +1,7 @@
-"""The Spark engine behind ``load.engine.Engine``: ``engine.run_spark_load`` on the session of
-the compute it runs on, reading JDBC sources over the partitioning ``DATALOADER_JDBC_*`` allows.
-On serverless (``ScriptEnv.on_serverless``) a MERGE is named by a marker commit after it, since
+"""The Spark engine behind ``load.engine.Engine``: ``engine.run_spark_load``
+(``load.driver.run_load`` on the engine's ``spark_session``) on the Spark session of the compute
+it runs on, reading JDBC sources over the partitioning ``DATALOADER_JDBC_*`` allows. On
+serverless (``ScriptEnv.on_serverless``) a MERGE is named by a marker commit after it, since
 serverless lets a job set none of the Spark confs that name it on classic compute."""
 
 from __future__ import annotations

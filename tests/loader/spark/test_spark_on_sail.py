@@ -49,6 +49,7 @@ SPARK_TYPES = {
     "text": "STRING",
     "numeric(12,2)": "DECIMAL(12,2)",
     "timestamp": "TIMESTAMP",
+    "boolean": "BOOLEAN",
 }
 
 
@@ -291,6 +292,25 @@ def test_both_engines_refuse_a_key_or_cursor_the_source_lacks(
     for result in (arrow, spark):
         assert isinstance(result, la.LoadStepError), result
         assert f"{said} is not a column of the source table" in str(result)
+    assert not DeltaTable.is_deltatable(str(both.arrow_path))
+    assert not both.sail.catalog.tableExists(f"spark_catalog.default.dst_{both.tag}")
+
+
+def test_both_engines_refuse_a_cursor_whose_type_has_no_order(source_db, sail, tmp_path):
+    # One rule (load.driver.check_source): the Spark engine used to take a boolean cursor (its
+    # type read as text); now both refuse it at the probe, with the same words, creating nothing.
+    columns = [*COLUMNS, ("flag", "boolean")]
+    both = Both(
+        source_db, sail, tmp_path, columns, load_strategy="incremental", incremental_column="flag"
+    )
+    both.sql(f"INSERT INTO {both.table} VALUES (1,'a',1.50,%s,true)", (t(1),))
+    arrow, spark = both.load_each()
+    said = "incremental_column 'flag' cannot be a cursor: its type bool has no order"
+    for result in (arrow, spark):
+        assert isinstance(result, la.LoadStepError), result
+        assert result.step == "probe source", result.step
+        assert said in str(result), str(result)
+    assert str(arrow) == str(spark)
     assert not DeltaTable.is_deltatable(str(both.arrow_path))
     assert not both.sail.catalog.tableExists(f"spark_catalog.default.dst_{both.tag}")
 
