@@ -19,6 +19,9 @@ Rules (see docs/loader.md):
   Without an incremental column, merge reads the whole source. The rows are spooled to local
   Arrow files first, so NULL or duplicate keys are refused before the first commit.
 - No watermark yet, no destination yet, or force_full_reload: the load runs as full.
+
+The load's sequence, its step names and the rules between the steps are ``load.driver.run_load``'s;
+:class:`ArrowSession` is what this engine supplies to it (``load.engine.LoadSession``).
 """
 
 from __future__ import annotations
