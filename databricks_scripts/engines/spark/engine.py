@@ -501,7 +501,8 @@ def _write(session: SparkLoad, load: Load, where: list[str]) -> tuple[int, int]:
     version_before = table_version(spark, target) if exists else None
     load.log(f"running: {write.text}")
     merged = session.merge_marker and write.kind == MERGE  # serverless: MERGE, then its marker
-    result = run_write(spark, write, spec, plan.applied, marker=merged)
+    counted = load.stop.leave_commit if load.stop is not None else (lambda: None)
+    result = run_write(spark, write, spec, plan.applied, marker=merged, committed=counted)
     if exists:  # Delta skipped it (txnVersion): a newer attempt committed meanwhile
         check_still_current(spec, last, read_last_commit(spark, target), merged=merged)
     where[0] = "read commit metrics"

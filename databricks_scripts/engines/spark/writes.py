@@ -17,7 +17,7 @@ without it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,15 +69,24 @@ def created(target: str, query: str, columns: Sequence[str], *, replace: bool) -
 
 
 def run_write(
-    spark: Any, write: SparkWrite, spec: LoadSpec, strategy: str, *, marker: bool = False
+    spark: Any,
+    write: SparkWrite,
+    spec: LoadSpec,
+    strategy: str,
+    *,
+    marker: bool = False,
+    committed: Callable[[], None] = lambda: None,
 ) -> list[Any]:
     """Run ``write`` naming this attempt; the statement's result rows (a MERGE's metrics).
 
     ``marker`` (serverless): a MERGE sets no Spark configuration; the marker commit after it
     names it (``mark_merge``). Every other write is the same DataFrame write either way.
+    ``committed()`` is called once the data's commit is made (the stop signal counts it, so a stop
+    after it no longer says "committed nothing"; for the serverless MERGE, before its marker).
     """
     if write.kind == MERGE and marker:
         rows = spark.sql(write.query).collect()
+        committed()
         try:
             mark_merge(spark, write.target, spec, strategy)
         except Exception as exc:
@@ -88,7 +97,9 @@ def run_write(
         return rows
     if write.kind == MERGE:
         with commit_named(spark, spec, strategy):
-            return spark.sql(write.query).collect()
+            rows = spark.sql(write.query).collect()
+        committed()
+        return rows
     rows = spark.sql(write.query, args=dict(write.args)) if write.args else spark.sql(write.query)
     writer = rows.writeTo(write.target).options(**write_options(spec, strategy))
     if write.kind in (CREATE, REPLACE):
@@ -104,4 +115,5 @@ def run_write(
         writer.append()
     else:
         raise ValueError(f"unknown write kind {write.kind!r}")
+    committed()
     return []

@@ -36,6 +36,7 @@ from databricks_scripts.engines.spark.writes import (
     run_write,
 )
 from databricks_scripts.load.commits import UnrecordedCommit
+from databricks_scripts.load.interrupt import StopSignal
 from databricks_scripts.load.params import parse_load_spec
 
 
@@ -186,3 +187,40 @@ def test_serverless_writes_set_no_conf_and_a_merge_is_named_by_a_marker_after_it
     unnamed = _Recorder()  # a test run (no metadata_id): nothing to name, no marker
     run_write(unnamed, SparkWrite(MERGE, "`t`", "MERGE"), spec(metadata_id=None), "m", marker=True)
     assert [r[1] for r in unnamed.ran] == ["MERGE"]
+
+
+class _MarkerFails(_Recorder):
+    """A session whose marker commit (the empty append after a serverless MERGE) fails."""
+
+    def append(self, *a, **kw):
+        raise RuntimeError("cancelled")
+
+
+@pytest.mark.parametrize(("kind", "marker"), [(MERGE, False), (MERGE, True), (APPEND, True)])
+def test_a_spark_write_tells_the_stop_signal_once_its_data_is_committed(kind, marker):
+    """A stop after the Spark engine's commit says the commit stays (not "committed nothing");
+    the serverless MERGE counts before its marker, so a cancelled marker still says so."""
+    stop = StopSignal()
+    query = "MERGE INTO `t` ..." if kind == MERGE else "SELECT 1"
+    run_write(
+        _Recorder(),
+        SparkWrite(kind, "`t`", query),
+        spec(),
+        "m",
+        marker=marker,
+        committed=stop.leave_commit,
+    )
+    assert stop.commits_done == 1
+    cancelled = StopSignal()
+    if kind == MERGE and marker:
+        with pytest.raises(RuntimeError, match="the MERGE committed, but the marker"):
+            run_write(
+                _MarkerFails(),
+                SparkWrite(MERGE, "`t`", query),
+                spec(),
+                "m",
+                marker=True,
+                committed=cancelled.leave_commit,
+            )
+        assert cancelled.commits_done == 1
+        assert "its 1 earlier commit(s) stay" in cancelled.finish_stop()
