@@ -66,6 +66,9 @@ run_monitoring:
   poll_interval_seconds: 30
 telemetry:
   enabled: false
+# No "join the community" sign-up dialog over the UI on a person's first visit.
+nux:
+  enabled: false
 """
 
 

@@ -176,6 +176,7 @@ def test_dev_dagster_home_is_an_instance_that_dequeues_at_the_set_interval(tmp_p
         coordinator = instance.run_coordinator
         assert coordinator.dequeue_interval_seconds == 2
         assert coordinator.dequeue_use_threads is True
+        assert instance.nux_enabled is False  # no sign-up dialog over the UI
         [limit] = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
         assert limit["key"] == "dataloader/source_system"
         assert limit["limit"] == 2
