@@ -68,8 +68,12 @@ def test_the_terminal_has_no_warning_noise_and_a_failed_load_has_no_stack_trace(
         def failed_and_demo_loaded() -> bool:
             rows = _rows(home, "SELECT control_key, last_status FROM table_control")
             status = {r["control_key"]: r["last_status"] for r in rows}
-            return status.get("bad.missing") == "Failed" and all(
-                status.get(k) == "Succeeded" for k in ("demo.customers", "demo.orders")
+            # The row is Failed before its run ends (the asset records it, then raises): wait for
+            # the run's end in the terminal too, or the stop below interrupts the run's last events.
+            return (
+                status.get("bad.missing") == "Failed"
+                and all(status.get(k) == "Succeeded" for k in ("demo.customers", "demo.orders"))
+                and "RUN_FAILURE" in log.read_text()
             )
 
         _wait("the bad row to fail and the demo to load", failed_and_demo_loaded, process, log)
