@@ -83,8 +83,7 @@ def choose_engine(spec: LoadSpec, env: ScriptEnv) -> str:
     engine = env.engine or ("spark" if env.on_databricks else "arrow")
     if engine not in ("arrow", "spark"):
         raise BadConfig(f"DATALOADER_ENGINE must be 'arrow' or 'spark', not {engine!r}")
-    jdbc = spec.db_type != "databricks" and spec.foreign_table is None
-    if env.on_serverless and engine == "spark" and jdbc:
+    if env.on_serverless and engine == "spark" and spec.unity_catalog_table is None:
         # The code location refuses this before submitting (source_connections.fit_compute).
         raise BadConfig(
             f"a {spec.db_type} source cannot be read from serverless compute: serverless has no "

@@ -106,6 +106,14 @@ class LoadSpec:
         return (str(catalog), schema, self.source_table_name)
 
     @property
+    def unity_catalog_table(self) -> tuple[str | None, str | None, str] | None:
+        """The source's Unity Catalog name when Spark reads it as a table (db_type
+        ``databricks``, or a foreign table); None when it is read over JDBC."""
+        if self.db_type == "databricks":
+            return (self.source_catalog, self.source_schema_name, self.source_table_name)
+        return self.foreign_table
+
+    @property
     def destination_label(self) -> str:
         return (
             f"{self.destination_catalog}.{self.destination_schema_name}."

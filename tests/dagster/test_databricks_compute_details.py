@@ -123,10 +123,10 @@ def test_a_jdbc_row_on_serverless_is_refused_before_anything_is_submitted(
 
 def _federated(db_type: str, schema: str | None = "s"):
     config = {"host": "db.example.com", "database": "d", "user": "u", "foreign_catalog": "uc_src"}
-    spec = _spec(db_type)
     return parse_load_spec(
         {
-            **{f: getattr(spec, f) for f in ("source_table_name", "destination_catalog")},
+            "source_table_name": "t",
+            "destination_catalog": "main",
             "source_schema_name": schema,
             "destination_schema_name": "raw",
             "destination_table_name": "t",

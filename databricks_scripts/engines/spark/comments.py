@@ -103,11 +103,10 @@ def read_comments(
     source's. None for SQL Server and Oracle, and none (one line logged) when the catalog cannot
     be read."""
     try:
-        federated = spec.foreign_table  # a foreign table's comments are Unity Catalog's too
-        if spec.db_type != "databricks" and not federated:
+        table = spec.unity_catalog_table  # a foreign table's comments are Unity Catalog's too
+        if table is None:
             return read_jdbc_comments(spark, spec, jdbc) if jdbc is not None else NONE
-        parts = federated or (spec.source_catalog, spec.source_schema_name, spec.source_table_name)
-        source = spark_table(*parts)
+        source = spark_table(*table)
         rows = spark.sql(f"DESCRIBE TABLE EXTENDED {source}").collect()
         return parse_described([r.asDict() for r in rows])
     except Exception as exc:  # noqa: BLE001 - comments are documentation, never data

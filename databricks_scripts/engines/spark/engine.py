@@ -247,7 +247,7 @@ def read_source_planned(
 
     plan = ReadPlan.single()
     df = base if base is not None else source_frame(spark, spec, password)
-    if spec.db_type != "databricks" and not spec.foreign_table:
+    if spec.unity_catalog_table is None:
         options = jdbc_options(spec, password)
         if partitioning is not None:
             rows_per_partition, max_partitions = partitioning
@@ -279,10 +279,9 @@ def read_source_planned(
 
 def source_frame(spark: Any, spec: LoadSpec, password: str | None) -> Any:
     """The whole source table as a DataFrame (Spark asks a JDBC source for its columns only)."""
-    federated = spec.foreign_table  # Lakehouse Federation: Unity Catalog reads, no JDBC
-    if spec.db_type == "databricks" or federated:
-        parts = federated or (spec.source_catalog, spec.source_schema_name, spec.source_table_name)
-        return spark.read.table(spark_table(*parts))
+    table = spec.unity_catalog_table  # Lakehouse Federation included: no JDBC
+    if table is not None:
+        return spark.read.table(spark_table(*table))
     return spark.read.format("jdbc").options(**jdbc_options(spec, password)).load()
 
 
@@ -463,8 +462,7 @@ class SparkLoad:
 
     def finish(self, load: Load, result: LoadResult) -> LoadResult:
         spec, columns = load.spec, [n for n, _ in self.source_fields]
-        uc = spec.db_type == "databricks" or spec.foreign_table
-        jdbc = None if uc else jdbc_options(spec, self.password)
+        jdbc = None if spec.unity_catalog_table else jdbc_options(spec, self.password)
         created = load.plan.rebuild or not self.exists
         return with_comments(
             self.spark, spec, self.target, result, columns, created, load.log, jdbc
