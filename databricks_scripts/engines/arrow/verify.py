@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from databricks_scripts.contract import DEFAULT_VERIFY_DEPTH
 from databricks_scripts.engines.arrow.delta_dataset import delta_dataset
+from databricks_scripts.load.keys import distinct_keys
 
 SAMPLE = 5
 
@@ -132,7 +133,7 @@ def verify_load(load: Any, source: Any, table: Any, depth: str) -> Verification 
     if keys:
         live = dataset.to_table(columns=keys, filter=_scope_filter(names, None, None))
         dest_all = live.num_rows
-        distinct = live.group_by(keys).aggregate([]).num_rows if dest_all else 0
+        distinct = distinct_keys(live, tuple(keys))
         facts.update(destination_rows=dest_all, destination_keys=distinct)
     else:
         dest_all = _dest_count(dataset, names, None, None)
