@@ -166,17 +166,17 @@ def _rounds(args, work: Path, conninfo: str, uri: str, params: dict) -> None:
 
     def raw_first() -> tuple[float, int]:
         shutil.rmtree(raw_out, ignore_errors=True)
-        wall, peak, _ = _run_child(
+        wall, peak, res = _run_child(
             [sys.executable, "-c", RAW_PATH, uri, str(raw_out), "typed"], dict(os.environ)
         )
-        return wall, peak
+        return wall, peak, float(res.stdout.split()[-1])
 
     def loader_first() -> tuple[float, int]:
         shutil.rmtree(lake, ignore_errors=True)
         wall, peak, meta = _run_loader(params, work, lake)
         assert meta["rows_written"] == args.rows, meta
         watermarks.append(meta["watermark_after"])
-        return wall, peak
+        return wall, peak, meta["duration_seconds"]
 
     watermarks: list[str] = []
     first: dict[str, list] = {"floor": [], "loader": []}
@@ -198,10 +198,10 @@ def _rounds(args, work: Path, conninfo: str, uri: str, params: dict) -> None:
         shutil.rmtree(raw_out)
         shutil.copytree(raw_template, raw_out)
         before = DeltaTable(str(raw_out)).version()
-        wall, peak, _ = _run_child(
+        wall, peak, res = _run_child(
             [sys.executable, "-c", RAW_MERGE, uri, str(raw_out), since], dict(os.environ)
         )
-        return wall, peak, _files_rewritten(raw_out, before)
+        return wall, peak, float(res.stdout.split()[-1]), _files_rewritten(raw_out, before)
 
     def loader_merge() -> tuple[float, int, tuple[int, int]]:
         shutil.rmtree(lake)
@@ -209,7 +209,7 @@ def _rounds(args, work: Path, conninfo: str, uri: str, params: dict) -> None:
         before = DeltaTable(str(table)).version()
         wall, peak, meta = _run_loader({**params, "incremental_value": watermark}, work, lake)
         assert meta["rows_written"] == args.rows // 100, meta
-        return wall, peak, _files_rewritten(table, before)
+        return wall, peak, meta["duration_seconds"], _files_rewritten(table, before)
 
     upserts: dict[str, list] = {"floor": [], "loader": []}
     turns = [("floor", raw_merge), ("loader", loader_merge)]
@@ -224,14 +224,16 @@ def _print(label: str, results: dict[str, list], rows: int) -> None:
     print(f"{label}: {rows:,} rows, {len(loader)} round(s); median (min-max)")
     for name, runs in (("floor (raw)", floor), ("loader", loader)):
         extra = ""
-        if len(runs[0]) > 2:
-            removed, files = runs[-1][2]
+        if len(runs[0]) > 3:
+            removed, files = runs[-1][3]
             extra = f", files rewritten {removed} of {files}"
         print(
             f"    {name:<30}: {_spread([r[0] for r in runs])}s wall, "
+            f"{_spread([r[2] for r in runs], '{:.3f}')}s after imports, "
             f"peak RSS {max(r[1] for r in runs) / MIB:.0f} MiB{extra}"
         )
-    print(_ratio_line("ratio", [r[0] for r in loader], [r[0] for r in floor]))
+    print(_ratio_line("ratio (wall)", [r[0] for r in loader], [r[0] for r in floor]))
+    print(_ratio_line("ratio (after imports)", [r[2] for r in loader], [r[2] for r in floor]))
 
 
 if __name__ == "__main__":

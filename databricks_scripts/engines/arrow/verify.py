@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from databricks_scripts.contract import DEFAULT_VERIFY_DEPTH
 from databricks_scripts.engines.arrow.delta_dataset import delta_dataset
-from databricks_scripts.load.keys import distinct_keys
+from databricks_scripts.load.keys import count_keys
 
 SAMPLE = 5
 
@@ -124,6 +124,9 @@ def verify_load(load: Any, source: Any, table: Any, depth: str) -> Verification 
     if why_not is not None:
         return Verification(True, f"not verified: {why_not}", {}, depth)
     keys = list(load.spec.merge_keys)
+    # What the write freed stays with Arrow's allocator: hand it back before the keys are read,
+    # so the check does not add to the load's peak (a keyed first load of 10M rows: 542 -> MiB).
+    pa.default_memory_pool().release_unused()
     dataset = delta_dataset(table)
     names = set(dataset.schema.names)
     # One statement, inside the load's snapshot: every row, the read's scope, above the watermark.
@@ -131,9 +134,12 @@ def verify_load(load: Any, source: Any, table: Any, depth: str) -> Verification 
     facts = {"source_rows": source_all}
     # Live rows (scd2: open versions) of the committed version: their number, distinct keys.
     if keys:
-        live = dataset.to_table(columns=keys, filter=_scope_filter(names, None, None))
-        dest_all = live.num_rows
-        distinct = distinct_keys(live, tuple(keys))
+        live = _scope_filter(names, None, None)
+        dest_all, distinct = count_keys(
+            dataset.to_batches(columns=keys, filter=live),
+            tuple(keys),
+            dataset.count_rows(filter=live),
+        )
         facts.update(destination_rows=dest_all, destination_keys=distinct)
     else:
         dest_all = _dest_count(dataset, names, None, None)
