@@ -117,6 +117,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", choices=("k", "u"), help="only the first load (k) or upsert (u)")
+    parser.add_argument(
+        "--verify-depth",
+        choices=("counts", "keys", "none"),
+        help="the loader's reconciliation check (default: the product's, counts); the floor has none",
+    )
     args = parser.parse_args()
     os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
     with tempfile.TemporaryDirectory(prefix="dl_floor_") as tmp:
@@ -131,7 +136,10 @@ def main() -> None:
             print(f"source: {args.rows:,} rows built in {time.perf_counter() - t0:.1f}s")
             info = conninfo_to_dict(conninfo)
             uri = f"postgresql://postgres@/bench?host={info['host']}&port={info['port']}"
-            _rounds(args, work, conninfo, uri, _params(info))
+            params = _params(info)
+            if args.verify_depth:
+                params["verify_depth"] = args.verify_depth
+            _rounds(args, work, conninfo, uri, params)
         finally:
             stop_embedded_server(pgdata)
 

@@ -40,6 +40,13 @@ DEFAULT_MERGE_CHUNK_ROWS = 150_000
 # Data file size of keyed tables (unless DATALOADER_TARGET_FILE_BYTES says otherwise): a MERGE
 # rewrites whole files and holds what it rewrites, so small files keep it cheap and bounded.
 KEYED_FILE_BYTES = 4 * 1024 * 1024
+# A keyed table whose upserts rewrite most of its files (scattered updates) gets files this many
+# times bigger: a MERGE's cost grows with the files it writes (10M rows, 1% scattered: 67 files
+# of 4 MiB 1.7-2.0 s, 12 of 16 MiB 1.2-1.5 s, the same memory; bench/bench_floor.py).
+SCATTERED_FILE_FACTOR = 4
+# "Most": at least half of the table's parts, and the table has at least this many.
+SCATTERED_MIN_PARTS = 8
+FILE_SIZE_PROPERTY = "delta.targetFileSize"
 # At most this many parts (spool files open at once); smaller parts are joined to stay under it.
 MAX_PARTS = 256
 _EPOCH = dt.date(1970, 1, 1)
@@ -376,6 +383,7 @@ def write_upsert(load: Any, batches: Iterator[pa.RecordBatch], chunk_rows: int) 
             return 0, False
         spool.check_duplicates()
         commits = plan_commits(spool, max(chunk_rows, 1))
+        size_files_by_updates(load, spool, commits)
         written = 0
         for i, commit in enumerate(commits):
             last = i == len(commits) - 1
@@ -386,3 +394,31 @@ def write_upsert(load: Any, batches: Iterator[pa.RecordBatch], chunk_rows: int) 
             if not last and load.stop is not None:
                 load.stop.leave_commit()
         return written, True
+
+
+def size_files_by_updates(load: Any, spool: _Spool, commits: list[_Commit]) -> None:
+    """Size a keyed table's files by how its upserts touch them: small files while an upsert
+    rewrites a few of them (clustered keys, chunked big upserts: each chunk rewrites its range),
+    files ``SCATTERED_FILE_FACTOR`` times bigger once one MERGE rewrites most of them anyway
+    (scattered keys). Only between the loader's own two sizes: a person's own
+    ``delta.targetFileSize`` is kept. A table-property commit of its own, before the MERGE."""
+    small = load.file_size
+    parts = spool.parts
+    if not small or not parts or load.table is None:
+        return
+    big = small * SCATTERED_FILE_FACTOR
+    configured = load.table.metadata().configuration.get(FILE_SIZE_PROPERTY)
+    merges = [c for c in commits if c.merge]
+    touched = sum(1 for part in spool.buckets if part is not None)
+    scattered = len(merges) == 1 and len(parts) >= SCATTERED_MIN_PARTS and 2 * touched >= len(parts)
+    if configured == str(small) and scattered:
+        size, why = big, f"this upsert rewrites {touched} of its {len(parts)} key ranges"
+    elif configured == str(big) and len(merges) > 1:
+        size, why = small, f"this upsert goes in {len(merges)} MERGEs, each rewriting its range"
+    else:
+        return
+    load.table.alter.set_table_properties({FILE_SIZE_PROPERTY: str(size)})
+    load.notes.append(
+        f"{why}: the table's files are written at {size // 1024:,} KiB from now on "
+        f"({FILE_SIZE_PROPERTY})"
+    )
