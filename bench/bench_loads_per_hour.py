@@ -206,6 +206,38 @@ def _seed(home: Path, tables: int, sources: int = 1) -> list[str]:
     return keys
 
 
+KINDS = (  # (what the CPU is spent on, a text its process's command line holds)
+    ("run workers (+ their load scripts)", "execute_run"),
+    ("load scripts (running)", "dataloader_pipe"),
+    ("daemon: sensors, run queue, monitors", "dagster._daemon"),
+    ("webserver", "dagster_webserver"),
+    ("code server (+ the run workers it started)", "grpc"),
+)
+
+
+def _cpu_by_kind(pid: int, pgdata: Path | None = None) -> dict[str, float]:
+    """CPU seconds per kind of process of the tree (a process's reaped children count with it:
+    the code server's are the run workers that ended, with their load scripts)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return {}
+    found: dict[str, float] = {}
+    for proc in procs:
+        try:
+            cmdline = " ".join(proc.cmdline())
+            t = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        kind = next((k for k, text in KINDS if text in cmdline), "dataloader dev, dagster dev")
+        found[kind] = found.get(kind, 0.0) + t.user + t.system + t.children_user + t.children_system
+    found["control database (PostgreSQL)"] = _tree_cpu_seconds(pid, pgdata) - sum(found.values())
+    return found
+
+
 def _tree_cpu_seconds(pid: int, pgdata: Path | None = None) -> float:
     """User + system CPU of ``pid`` and its descendants, their reaped children included, and of
     the PostgreSQL server on ``pgdata`` (pg_ctl detaches it from the tree) and its backends."""
@@ -362,6 +394,7 @@ def _measure(args: argparse.Namespace, run_batch_size: int, home: Path, dequeue:
         _wait(lambda: _query(home, warm)[0]["n"] >= 3, "the demo loads (warm-up)", process, log)
         keys = _seed(home, args.tables, args.sources)
         cpu_at_due = _tree_cpu_seconds(process.pid, home / "pgdata")
+        kinds_at_due = _cpu_by_kind(process.pid, home / "pgdata")
         due = _query(
             home,
             "UPDATE table_control SET next_load_date_time = now() WHERE control_key LIKE %s"
@@ -385,6 +418,10 @@ def _measure(args: argparse.Namespace, run_batch_size: int, home: Path, dequeue:
             (f"{PREFIX}.%",),
         )
         cpu = _tree_cpu_seconds(process.pid, home / "pgdata") - cpu_at_due
+        kinds = {
+            k: v - kinds_at_due.get(k, 0.0)
+            for k, v in _cpu_by_kind(process.pid, home / "pgdata").items()
+        }
     finally:
         _stop_dev(process)
     ended = [h["ended"] for h in history]
@@ -395,6 +432,7 @@ def _measure(args: argparse.Namespace, run_batch_size: int, home: Path, dequeue:
         "runs": len({h["dagster_run_id"] for h in history}),
         "seconds": ended[-1] - due,
         "cpu": cpu,
+        "kinds": kinds,
         "steady": (len(ended) - 1) / (ended[-1] - ended[0]) * 3600
         if len(ended) > 1 and ended[-1] > ended[0]
         else None,
@@ -416,6 +454,8 @@ def _print_measurement(m: dict, args: argparse.Namespace) -> None:
         f"{per_load:.2f} CPU-seconds per load ({os.cpu_count()} cores, load average at the "
         f"end {m['load_average']:.1f})"
     )
+    for kind, seconds in sorted(m["kinds"].items(), key=lambda kv: -kv[1]):
+        print(f"    {kind:<45} {seconds / max(m['loads'], 1):6.2f} CPU-s per load")
     rate = m["loads"] / m["seconds"] * 3600
     print(f"  all done {m['seconds']:.1f} s after due: {rate:,.0f} loads/hour")
     if m["steady"]:

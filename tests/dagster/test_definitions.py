@@ -155,9 +155,9 @@ def test_dev_environment_writes_a_dagster_home_with_a_source_system_limit(tmp_pa
     assert env["DAGSTER_HOME"] == str(tmp_path / "dagster_home")
     assert env["DATALOADER_DAGSTER_BASE_URL"] == "http://127.0.0.1:3999"
     assert env["DATALOADER_LAKE_ROOT"] == str(tmp_path / "lake")
-    # Dagster's tail of a step's output gets a second after the step: its last lines reach the
+    # Dagster's tail of a step's output gets half a second after the step: its last lines reach the
     # terminal (a person's own setting wins).
-    assert env["DAGSTER_COMPUTE_LOG_TAIL_WAIT_AFTER_FINISH"] == "1"
+    assert env["DAGSTER_COMPUTE_LOG_TAIL_WAIT_AFTER_FINISH"] == "0.5"
     own = {"DATALOADER_HOME": str(tmp_path), "DAGSTER_COMPUTE_LOG_TAIL_WAIT_AFTER_FINISH": "0"}
     assert (
         dev_environment("127.0.0.1", 3999, own)["DAGSTER_COMPUTE_LOG_TAIL_WAIT_AFTER_FINISH"] == "0"
