@@ -34,7 +34,7 @@ from deltalake import DeltaTable
 from psycopg.conninfo import conninfo_to_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_loader import RAW_PATH, _run_child, _run_loader, _spread
+from bench_loader import RAW_PATH, _run_child, _run_loader, _spread, source_params
 
 from dagsters.local.embedded_lakebase import (
     ensure_database,
@@ -148,26 +148,7 @@ def main() -> None:
 
 
 def _params(info: dict) -> dict:
-    return {
-        "control_key": "bench",
-        "source_schema_name": "public",
-        "source_table_name": "bench",
-        "destination_catalog": "bench",
-        "destination_schema_name": "landing",
-        "destination_table_name": "bench",
-        "db_type": "postgresql",
-        "db_config_value": {
-            "host": info["host"],
-            "port": int(info["port"]),
-            "database": "bench",
-            "user": "postgres",
-        },
-        "load_strategy": "incremental",
-        "incremental_column": "updated_at",
-        "incremental_value": None,
-        "lookback_window_seconds": 0,
-        "merge_keys": ["id"],
-    }
+    return {**source_params(info), "merge_keys": ["id"]}
 
 
 def _rounds(args, work: Path, conninfo: str, uri: str, params: dict) -> None:

@@ -131,6 +131,29 @@ def _run_loader(params: dict, work: Path, lake: Path) -> tuple[float, int, dict]
     raise SystemExit("loader reported no materialization")
 
 
+def source_params(info: dict, table: str = "bench") -> dict:
+    """``table``'s load parameters (incremental on updated_at) for the server ``info``."""
+    return {
+        "control_key": table,
+        "source_schema_name": "public",
+        "source_table_name": table,
+        "destination_catalog": "bench",
+        "destination_schema_name": "landing",
+        "destination_table_name": table,
+        "db_type": "postgresql",
+        "db_config_value": {
+            "host": info["host"],
+            "port": int(info["port"]),
+            "database": "bench",
+            "user": "postgres",
+        },
+        "load_strategy": "incremental",
+        "incremental_column": "updated_at",
+        "incremental_value": None,
+        "lookback_window_seconds": 0,
+    }
+
+
 def _spread(values: list[float], fmt: str = "{:.2f}") -> str:
     """'median (min-max)' of repeated measurements."""
     v = sorted(values)
@@ -180,25 +203,7 @@ def main() -> None:
             info = conninfo_to_dict(conninfo)
             uri = f"postgresql://postgres@/bench?host={info['host']}&port={info['port']}"
             lake = work / "lake"
-            params = {
-                "control_key": "bench",
-                "source_schema_name": "public",
-                "source_table_name": "bench",
-                "destination_catalog": "bench",
-                "destination_schema_name": "landing",
-                "destination_table_name": "bench",
-                "db_type": "postgresql",
-                "db_config_value": {
-                    "host": info["host"],
-                    "port": int(info["port"]),
-                    "database": "bench",
-                    "user": "postgres",
-                },
-                "load_strategy": "incremental",
-                "incremental_column": "updated_at",
-                "incremental_value": None,
-                "lookback_window_seconds": 0,
-            }
+            params = source_params(info)
 
             if args.merge_memory:
                 _merge_memory(args.repeat, work, lake, params)
@@ -471,23 +476,8 @@ def history_main() -> None:
             _history_source(conninfo, args.rows)
             info = conninfo_to_dict(conninfo)
             base = {
-                "control_key": "hist",
-                "source_schema_name": "public",
-                "source_table_name": "hist",
-                "destination_catalog": "bench",
-                "destination_schema_name": "landing",
-                "destination_table_name": "hist",
-                "db_type": "postgresql",
-                "db_config_value": {
-                    "host": info["host"],
-                    "port": int(info["port"]),
-                    "database": "bench",
-                    "user": "postgres",
-                },
-                "load_strategy": "incremental",
-                "incremental_column": "updated_at",
+                **source_params(info, "hist"),
                 "merge_keys": ["id"],
-                "lookback_window_seconds": 0,
             }
             cases = {
                 "merge": base,
