@@ -98,6 +98,10 @@ def target_key_ranges(table: Any, key: str, key_type: pa.DataType) -> list[tuple
 def key_parts(ranges: list[tuple[int, int, int]], max_parts: int = MAX_PARTS) -> list[tuple]:
     """Disjoint key ranges covering the files: overlapping files share a part; small neighbours
     are joined so there are at most ``max_parts``."""
+    return [(lo, hi) for lo, hi, _ in _parts_with_rows(ranges, max_parts)]
+
+
+def _parts_with_rows(ranges: list[tuple[int, int, int]], max_parts: int) -> list[list[int]]:
     if not ranges:
         return []
     total = sum(r[2] for r in ranges)
@@ -109,7 +113,33 @@ def key_parts(ranges: list[tuple[int, int, int]], max_parts: int = MAX_PARTS) ->
             last[1], last[2] = max(last[1], hi), last[2] + rows
         else:
             parts.append([lo, hi, rows])
-    return [(lo, hi) for lo, hi, _ in parts]
+    return parts
+
+
+def chunk_parts(
+    ranges: list[tuple[int, int, int]], chunk_rows: int, max_parts: int = MAX_PARTS
+) -> list[tuple]:
+    """:func:`key_parts`, each cut into equal key ranges of about ``chunk_rows`` of its rows.
+
+    A part is a group of overlapping files, and one file whose keys span the table (a source
+    read that started mid-table, as PostgreSQL's synchronized scans do, hands the first file rows
+    of both ends) makes the whole table one part. Its rows were then cut into chunks in the order
+    they arrived, so a chunk could hold keys from both ends, and its MERGE range covered every
+    file: 10M rows in chunks of 100,000 peaked at 1.8-2.0 GiB. Cut by key, each chunk's range
+    covers about its own share of the files (at most ``max_parts`` ranges in all)."""
+    parts = _parts_with_rows(ranges, max_parts)
+    pieces = [max(1, min(-(-rows // max(chunk_rows, 1)), hi - lo + 1)) for lo, hi, rows in parts]
+    budget = max(max_parts, len(parts))  # at most this many spool files
+    if sum(pieces) > budget:  # fewer, bigger pieces, at least one per part
+        scale = budget / sum(pieces)
+        pieces = [max(1, int(n * scale)) for n in pieces]
+        while sum(pieces) > budget:
+            pieces[pieces.index(max(pieces))] -= 1
+    out: list[tuple] = []
+    for (lo, hi, _), n in zip(parts, pieces, strict=True):
+        bounds = [lo + (hi - lo + 1) * i // n for i in range(n)] + [hi + 1]
+        out += [(bounds[i], bounds[i + 1] - 1) for i in range(n)]
+    return out
 
 
 @dataclass
@@ -369,7 +399,7 @@ def write_upsert(load: Any, batches: Iterator[pa.RecordBatch], chunk_rows: int) 
     key_type = load.write_schema.field(keys[0]).type
     parts: list[tuple] | None
     try:
-        parts = key_parts(target_key_ranges(load.table, keys[0], key_type))
+        parts = chunk_parts(target_key_ranges(load.table, keys[0], key_type), chunk_rows)
     except LookupError:
         parts = None
     with tempfile.TemporaryDirectory(prefix="dataloader-merge-") as directory:
