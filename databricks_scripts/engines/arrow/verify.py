@@ -125,7 +125,7 @@ def verify_load(load: Any, source: Any, table: Any, depth: str) -> Verification 
         return Verification(True, f"not verified: {why_not}", {}, depth)
     keys = list(load.spec.merge_keys)
     # What the write freed stays with Arrow's allocator: hand it back before the keys are read,
-    # so the check does not add to the load's peak (a keyed first load of 10M rows: 542 -> MiB).
+    # so the check does not add to the load's peak (a keyed first load of 10M rows: 542 -> 513 MiB).
     pa.default_memory_pool().release_unused()
     dataset = delta_dataset(table)
     names = set(dataset.schema.names)
