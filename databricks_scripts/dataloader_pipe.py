@@ -80,7 +80,7 @@ class DataLoaderError(DataLoaderFailure, RuntimeError):
 
 
 def choose_engine(spec: LoadSpec, env: ScriptEnv) -> str:
-    engine = env.engine or ("spark" if env.on_databricks else "arrow")
+    engine = env.engine_name
     if engine not in ("arrow", "spark"):
         raise BadConfig(f"DATALOADER_ENGINE must be 'arrow' or 'spark', not {engine!r}")
     if env.on_serverless and engine == "spark" and spec.unity_catalog_table is None:
@@ -407,4 +407,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    if ScriptEnv.from_environ().engine_name == "arrow":
+        # This process is the load's own: pyarrow need not import pandas in it (0.3 s per load).
+        from databricks_scripts.engines.arrow.process import leave_out_pandas
+
+        leave_out_pandas()
     sys.exit(main())

@@ -161,6 +161,12 @@ class ScriptEnv:
         return bool(self.databricks_runtime)
 
     @property
+    def engine_name(self) -> str:
+        """``DATALOADER_ENGINE``, else ``spark`` on Databricks and ``arrow`` elsewhere (the load
+        script's ``choose_engine`` checks it)."""
+        return self.engine or ("spark" if self.on_databricks else "arrow")
+
+    @property
     def on_serverless(self) -> bool:
         """Serverless compute names its environment ``client.<n>`` instead of a runtime."""
         return bool(self.databricks_runtime and self.databricks_runtime.startswith("client."))
