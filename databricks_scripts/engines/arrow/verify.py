@@ -27,6 +27,7 @@ job compares row hashes for that, engines.arrow.deep_verify).
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,6 +115,28 @@ def _dest_count(dataset: Any, names: set[str], cursor: str | None, above: object
     return dataset.count_rows(filter=_scope_filter(names, cursor, above))
 
 
+def _dest_counts(
+    dataset: Any, names: set[str], keys: list[str], cursor: str | None, lower, watermark
+) -> dict[str, int]:
+    """The committed version's counts: live rows (scd2: open versions) and, for a keyed table,
+    their distinct keys; rows above the previous watermark and above the look-back's bound."""
+    counts: dict[str, int] = {}
+    if keys:
+        live = _scope_filter(names, None, None)
+        counts["destination_rows"], counts["destination_keys"] = count_keys(
+            dataset.to_batches(columns=keys, filter=live),
+            tuple(keys),
+            dataset.count_rows(filter=live),
+        )
+    else:
+        counts["destination_rows"] = _dest_count(dataset, names, None, None)
+    if watermark is not None:
+        counts["destination_rows_new"] = _dest_count(dataset, names, cursor, watermark)
+    if lower is not None and lower != watermark:
+        counts["destination_rows_in_scope"] = _dest_count(dataset, names, cursor, lower)
+    return counts
+
+
 def verify_load(load: Any, source: Any, table: Any, depth: str) -> Verification | None:
     """The check of a committed load (None: ``verify_depth`` is none)."""
     if depth == "none" or table is None:
@@ -129,21 +152,17 @@ def verify_load(load: Any, source: Any, table: Any, depth: str) -> Verification 
     pa.default_memory_pool().release_unused()
     dataset = delta_dataset(table)
     names = set(dataset.schema.names)
-    # One statement, inside the load's snapshot: every row, the read's scope, above the watermark.
-    source_all, source_scope, source_new = source.count_rows(lower, watermark)
-    facts = {"source_rows": source_all}
-    # Live rows (scd2: open versions) of the committed version: their number, distinct keys.
+    # The source counts in one statement, inside the load's snapshot (every row, the read's
+    # scope, above the watermark), on the source's server while this process counts the
+    # destination: the source connection is idle once the commit is made.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="source-count") as pool:
+        counted = pool.submit(source.count_rows, lower, watermark)
+        dest = _dest_counts(dataset, names, keys, load.cursor, lower, watermark)
+        source_all, source_scope, source_new = counted.result()
+    dest_all, distinct = dest["destination_rows"], dest.get("destination_keys")
+    facts = {"source_rows": source_all, "destination_rows": dest_all}
     if keys:
-        live = _scope_filter(names, None, None)
-        dest_all, distinct = count_keys(
-            dataset.to_batches(columns=keys, filter=live),
-            tuple(keys),
-            dataset.count_rows(filter=live),
-        )
-        facts.update(destination_rows=dest_all, destination_keys=distinct)
-    else:
-        dest_all = _dest_count(dataset, names, None, None)
-        facts["destination_rows"] = dest_all
+        facts["destination_keys"] = distinct
     # Exactly the source's rows: an overwrite, or a keyed table whose deletes are detected. Else
     # the destination may hold more (keys the source deleted; an append table's earlier versions).
     exact = load.applied == "full" or (bool(keys) and load.spec.delete_detection != "none")
@@ -158,14 +177,14 @@ def verify_load(load: Any, source: Any, table: Any, depth: str) -> Verification 
     if watermark is not None:
         # Above the previous watermark the destination holds exactly what the source has: none
         # of it was loaded before, and this load read all of it.
-        dest_new = _dest_count(dataset, names, load.cursor, watermark)
+        dest_new = dest["destination_rows_new"]
         facts.update(source_rows_new=source_new, destination_rows_new=dest_new)
         parts.append(f"{load.cursor} > {watermark!s}: source {source_new:,}, {dest_new:,}")
         if dest_new != source_new:
             problems.append(f"{dest_new - source_new:+,} row(s) above the previous watermark")
     if lower is not None and lower != watermark:
         # The look-back window read again: earlier versions and deleted keys may stay there.
-        dest_scope = _dest_count(dataset, names, load.cursor, lower)
+        dest_scope = dest["destination_rows_in_scope"]
         facts.update(source_rows_in_scope=source_scope, destination_rows_in_scope=dest_scope)
         parts.append(f"{load.cursor} > {lower!s}: source {source_scope:,}, {dest_scope:,}")
         if dest_scope < source_scope:
