@@ -88,3 +88,33 @@ def test_count_keys_streamed_is_a_group_by(values, batch_rows, hint_off):
         expected = (part.num_rows, part.group_by(list(keys)).aggregate([]).num_rows)
         hint = max(part.num_rows + hint_off, 0)
         assert count_keys(batches, keys, hint) == expected
+
+
+NUMBER_TYPES = [pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint64()]
+
+
+@given(
+    st.sampled_from(NUMBER_TYPES),
+    st.integers(0, 2**70),
+    st.lists(st.integers(0, 2**70), min_size=1, max_size=80),
+    st.integers(1, 2**70),
+)
+def test_count_keys_of_dense_and_sparse_numbers_is_len_of_set(type_, base, offsets, stretch):
+    """Integer keys of every width near both ends of their range, dense (a span within 4x their
+    number: marked) or sparse (sorted), counted as a set would."""
+    info = (-(2 ** (type_.bit_width - 1)), 2 ** (type_.bit_width - 1) - 1)
+    if pa.types.is_unsigned_integer(type_):
+        info = (0, 2**type_.bit_width - 1)
+    width = info[1] - info[0] + 1
+    values = [info[0] + (base + (o % 7 if stretch % 2 else o * stretch)) % width for o in offsets]
+    column = pa.array(values, type_)
+    batches = pa.table({"id": column}).to_batches(max_chunksize=7)
+    assert count_keys(batches, ("id",), len(values)) == (len(values), len(set(values)))
+
+
+def test_dense_keys_whose_differences_overflow_their_type_are_sorted_instead():
+    # Span 201 within 4x the 54 keys, but 50 - (-100) = 150 overflows int8 to -106, which would
+    # mark index 95 of the span: -5's mark.
+    values = [-100, 100, 50, -5, *range(-90, -40)]
+    batches = pa.table({"id": pa.array(values, pa.int8())}).to_batches()
+    assert count_keys(batches, ("id",), len(values)) == (54, 54)
