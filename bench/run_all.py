@@ -12,6 +12,7 @@ BENCHES = [
     "bench_loader.py",
     "bench_verify.py",
     "bench_column_hash.py",
+    "bench_load_script.py",
 ]
 # The differential tests' long profile (tests/loader/arrow/test_differential.py): many more and longer random
 # sequences of source changes and loads than `make test` draws.
