@@ -3,10 +3,10 @@
 pyarrow imports pandas, when it is installed, the first time anything builds an array (its pandas
 shim asks whether the value is a pandas object): ``pa.array``, ``pa.scalar``, ``pa.table``, a
 query parameter bound for ADBC. The Arrow engine never hands pyarrow or deltalake a pandas object,
-yet that one import was about 0.3 s of CPU, a third of a tiny load's script process (bench:
-bench/bench_floor.py, bench/bench_loads_per_hour.py). A finder placed first on ``sys.meta_path``
-answers ``import pandas`` with ``ModuleNotFoundError``, which pyarrow's shim (and adbc's and
-oracledb's optional pandas support) take as "pandas is not installed".
+yet that one import was about 0.3 s of CPU, a third of a tiny load's script process
+(bench/bench_load_script.py). A finder placed first on ``sys.meta_path`` answers ``import pandas``
+with ``ModuleNotFoundError``, which pyarrow's shim takes as "pandas is not installed" (a
+``sys.modules["pandas"] = None`` would not do: pyarrow's compiled import returns the None).
 
 It is installed only by the load script's ``__main__`` when the engine is ``arrow`` and pandas is
 not imported yet: never in a process that imports this module for other reasons (tests, the code
