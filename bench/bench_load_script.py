@@ -19,7 +19,6 @@ import os
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -27,8 +26,9 @@ from pathlib import Path
 from psycopg.conninfo import conninfo_to_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_loader
 from bench_floor import _build_source, _params
+from bench_loader import _run_loader
+from bench_run_worker_import import compiled, tree_at
 
 from dagsters.local.embedded_lakebase import (
     ensure_database,
@@ -41,27 +41,19 @@ SCRIPT = Path("databricks_scripts") / "dataloader_pipe.py"
 
 
 def _scripts(work: Path, ref: str | None) -> dict[str, Path]:
-    scripts = {"this tree": ROOT / SCRIPT}
+    packages = ["databricks_scripts"]
+    scripts = {"this tree": compiled(ROOT, packages) / SCRIPT}
     if ref:
-        tree = work / "baseline"
-        tree.mkdir()
-        archive = subprocess.run(
-            ["git", "archive", ref, "databricks_scripts"], cwd=ROOT, check=True, capture_output=True
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-        scripts[ref] = tree / SCRIPT
-    for script in scripts.values():
-        subprocess.run([sys.executable, "-m", "compileall", "-q", str(script.parent)], check=True)
+        scripts[ref] = tree_at(ref, packages, work / "baseline") / SCRIPT
     return scripts
 
 
 def _one_load(script: Path, params: dict, rows: int, work: Path) -> tuple[float, float]:
     """(CPU seconds, wall seconds) of one load by ``script`` into a fresh lake."""
-    bench_loader.SCRIPT = script
     lake = work / "lake"
     shutil.rmtree(lake, ignore_errors=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    wall, _, meta = bench_loader._run_loader(params, work, lake)
+    wall, _, meta = _run_loader(params, work, lake, script)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert meta["rows_written"] == rows, meta
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime

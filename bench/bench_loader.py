@@ -99,7 +99,9 @@ def _run_child(
     return wall, peak, subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-def _run_loader(params: dict, work: Path, lake: Path) -> tuple[float, int, dict]:
+def _run_loader(
+    params: dict, work: Path, lake: Path, script: Path = SCRIPT
+) -> tuple[float, int, dict]:
     context = {
         "asset_keys": ["bench"],
         "code_version_by_asset_key": {"bench": None},
@@ -122,7 +124,7 @@ def _run_loader(params: dict, work: Path, lake: Path) -> tuple[float, int, dict]
         "DAGSTER_PIPES_CONTEXT": encode_param({"path": str(ctx)}),
         "DAGSTER_PIPES_MESSAGES": encode_param({"path": str(messages)}),
     }
-    wall, peak, _ = _run_child([sys.executable, str(SCRIPT)], env)
+    wall, peak, _ = _run_child([sys.executable, str(script)], env)
     for line in messages.read_text().splitlines():
         msg = json.loads(line)
         if msg["method"] == "report_asset_materialization":

@@ -87,6 +87,25 @@ def _split(importtime: str) -> dict[str, float]:
     return groups
 
 
+def tree_at(ref: str, packages: list[str], into: Path) -> Path:
+    """``packages`` of this repository at git ``ref``, extracted (``git archive``) into ``into``
+    and byte-compiled; returns ``into``."""
+    into.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", ref, *packages], cwd=ROOT, check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return compiled(into, packages)
+
+
+def compiled(tree: Path, packages: list[str]) -> Path:
+    """``tree`` with ``packages`` byte-compiled, so no measured process pays for compiling."""
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", *(str(tree / p) for p in packages)], check=True
+    )
+    return tree
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
@@ -96,23 +115,10 @@ def main() -> int:
     home = tempfile.mkdtemp(prefix="dataloader-bench-import-")
     env = _env(home)
     packages = ["dagsters", "databricks_scripts"]
-    if args.baseline_ref:
-        args.baseline = Path(home) / "baseline"
-        args.baseline.mkdir()
-        archive = subprocess.run(
-            ["git", "archive", args.baseline_ref, *packages],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", str(args.baseline)], input=archive, check=True)
-    else:
-        args.baseline = None
-    for tree in [ROOT, args.baseline] if args.baseline else [ROOT]:
-        subprocess.run(
-            [sys.executable, "-m", "compileall", "-q", *(str(tree / p) for p in packages)],
-            check=True,
-        )
+    args.baseline = (
+        tree_at(args.baseline_ref, packages, Path(home) / "baseline") if args.baseline_ref else None
+    )
+    compiled(ROOT, packages)
     variants: dict[str, tuple[str, Path]] = {
         "python alone": ("pass", ROOT),
         "import dagster": ("import dagster", ROOT),

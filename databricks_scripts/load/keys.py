@@ -141,7 +141,7 @@ def _distinct_numbers(values: Any) -> int:
     """How many distinct values a non-empty 1-D NumPy array of integers, dates or timestamps
     holds; the array is overwritten. Dense keys (their span at most 4x their number, as serial
     ids are) are marked in a boolean array of that span, no larger than the keys at 4 bytes
-    each: one pass (10M keys: 0.7 s sorted, 0.1 s marked). Other keys are sorted in place."""
+    each: one pass (10M keys: 0.7 s sorted, 0.15 s marked). Other keys are sorted in place."""
     import numpy as np
 
     if values.dtype.kind == "M":
