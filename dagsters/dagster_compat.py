@@ -20,6 +20,11 @@ here, so a Dagster or dagster-databricks upgrade that moves it breaks in one pla
 - Partitioned asset checks (``partitions_def`` on a check) are a preview feature in Dagster 1.13:
   :func:`preview_partitioned_checks` silences that one warning where the load asset's partitioned
   ``needs_review`` check is built, so neither the terminal nor the code-location log repeats it.
+- The run launcher's base classes (``RunLauncher``, ``ConfigurableClass`` and the health-check
+  result) and :func:`execute_run`, the body of ``dagster api execute_run``: what every Dagster run
+  launcher that starts its own worker process runs there (``dataloader dev``'s launcher,
+  ``dagsters/local/run_launcher.py``). Dagster imports the first ones itself; ``execute_run``
+  imports Dagster's CLI module only when a run worker calls it.
 """
 
 from __future__ import annotations
@@ -31,14 +36,25 @@ from typing import Any, Protocol
 
 import dagster as dg
 from dagster._core.errors import DagsterPipesExecutionError
+from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, RunLauncher, WorkerStatus
 from dagster._core.log_manager import LOG_RECORD_METADATA_ATTR
+from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
 __all__ = [
     "LOG_RECORD_METADATA_ATTR",
     "POLL_METHOD",
     "POLL_PARAMETERS",
+    "RUN_BODY",
+    "RUN_BODY_PARAMETERS",
+    "CheckRunHealthResult",
+    "ConfigurableClass",
+    "ConfigurableClassData",
     "DagsterPipesExecutionError",
+    "LaunchRunContext",
+    "RunLauncher",
     "RunTracker",
+    "WorkerStatus",
+    "execute_run",
     "preview_partitioned_checks",
     "tracked_databricks_client",
 ]
@@ -109,3 +125,26 @@ def tracked_databricks_client(base: type, tracker: RunTracker, **client_args: An
     client = _tracked_class(base)(**client_args)
     client.dataloader_tracker = tracker
     return client
+
+
+# The body of `dagster api execute_run` and the parameters we pass (pinned by a test).
+RUN_BODY = "_execute_run_command_body"
+RUN_BODY_PARAMETERS = ("run_id", "instance", "write_stream_fn", "set_exit_code_on_failure")
+
+
+def execute_run(run_id: str, instance_ref: str) -> int:
+    """Execute run ``run_id`` in this process as ``dagster api execute_run`` does: with the
+    instance of the serialized ``instance_ref``, SIGINT raising the interrupt Dagster turns into a
+    cancelled run, "Started process for run (pid: ...)" and "Process for run exited" in the run's
+    event log. Returns the worker's exit code."""
+    from dagster._cli import api
+    from dagster._cli.utils import get_instance_for_cli
+    from dagster._core.instance.ref import InstanceRef
+    from dagster._serdes import deserialize_value
+    from dagster._utils.interrupts import capture_interrupts
+
+    body = getattr(api, RUN_BODY)
+    with capture_interrupts():
+        ref = deserialize_value(instance_ref, InstanceRef)
+        with get_instance_for_cli(instance_ref=ref) as instance:
+            return body(run_id, instance, lambda _event: None, set_exit_code_on_failure=False)

@@ -14,6 +14,7 @@ Plain module: imports nothing from Dagster, so the CLI and tests use it without 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LOCAL_SCRIPTS_DIR = PROJECT_ROOT / "databricks_scripts"
 LOCAL_DAGSTER_BASE_URL = "http://127.0.0.1:3000"
 EXECUTION_MODES = ("local", "databricks")
+# How `dataloader dev`'s instance starts a run's worker (dagsters/local/run_launcher.py).
+RUN_LAUNCHERS = ("forkserver", "default")
+DEFAULT_RUN_LAUNCHER = "forkserver" if sys.platform.startswith("linux") else "default"
 ENVIRONMENTS = ("npd", "prod")
 LAKEBASE_AUTH_MODES = ("password", "oauth")
 DEFAULT_LOAD_TIMEOUT_SECONDS = 10_800  # spec: 3 hours per load
@@ -150,6 +154,10 @@ class Settings:
     # How often the local instance's run queue launches queued runs (Dagster's default is 5 s; a
     # tiny load's run otherwise waits most of its life in the queue). Local instance (CLI) only.
     dequeue_interval_seconds: int = 1
+    # How the local instance starts a run's worker (DATALOADER_RUN_LAUNCHER): "forkserver" forks
+    # it from a process with Dagster imported (Linux; the default there), "default" is Dagster's
+    # own launcher (the code server spawns a fresh process). Local instance (CLI) only.
+    run_launcher: str = DEFAULT_RUN_LAUNCHER
     # historical_metadata retention: finished attempts older than this are deleted in batches by
     # dataloader__history_retention_job on its schedule (cron, UTC).
     history_retention_days: int = 400
@@ -271,6 +279,16 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default
     if raw.lower() not in choices:
         raise SettingsError(f"{name} must be one of {choices}, got {raw!r}")
     return raw.lower()
+
+
+def _run_launcher(env: Mapping[str, str]) -> str:
+    chosen = _choice(env, "DATALOADER_RUN_LAUNCHER", RUN_LAUNCHERS, DEFAULT_RUN_LAUNCHER)
+    if chosen == "forkserver" and not sys.platform.startswith("linux"):
+        raise SettingsError(
+            f"DATALOADER_RUN_LAUNCHER=forkserver needs Linux (this is {sys.platform}); "
+            "unset it or set it to 'default'"
+        )
+    return chosen
 
 
 def _cron(env: Mapping[str, str], name: str, default: str) -> str:
@@ -420,6 +438,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         databricks=_databricks(env),
         dagster_base_url=dagster_base_url(env),
         scripts_path=_text(env, "DATALOADER_SCRIPTS_PATH"),
+        run_launcher=_run_launcher(env),
         history_retention_cron=_cron(env, "DATALOADER_HISTORY_RETENTION_CRON", "30 3 * * *"),
         alert_slack_webhook_url=slack,
         alert_teams_webhook_url=teams,

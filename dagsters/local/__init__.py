@@ -1,5 +1,6 @@
-"""Local-development pieces: the CLI, the embedded PostgreSQL, the demo seed and the migrations
-runner. Product code never imports this package; only the edge (definitions.py, the CLI) does.
+"""Local-development pieces: the CLI, the embedded PostgreSQL, the demo seed, the migrations
+runner and the local instance's run launcher. Product code never imports this package; only the
+edge (definitions.py, the CLI, and the ``dagster.yaml`` the CLI writes) does.
 
 The embedded-PostgreSQL wheel asks platformdirs for its runtime directory when it is imported,
 and platformdirs warns (RuntimeDirWarning) when XDG_RUNTIME_DIR is unset or not private, once per

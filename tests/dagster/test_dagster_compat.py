@@ -118,3 +118,13 @@ def test_the_tracked_client_overrides_exactly_the_polling_method(client_class):
     assert tuple(inspect.signature(override).parameters) == POLL_PARAMETERS
     own = [name for name in vars(type(client)) if not name.startswith("__")]
     assert set(own) - {"_abc_impl"} == {POLL_METHOD}
+
+
+def test_the_run_body_the_fork_server_launcher_calls_keeps_its_name_and_signature():
+    """dataloader dev's run launcher runs a run as `dagster api execute_run` does, through its
+    body: renamed or re-signed by an upgrade, every local run would fail at start."""
+    from dagster._cli import api
+
+    body = getattr(api, dagster_compat.RUN_BODY, None)
+    assert body is not None, f"dagster._cli.api no longer has {dagster_compat.RUN_BODY}"
+    assert tuple(inspect.signature(body).parameters) == dagster_compat.RUN_BODY_PARAMETERS

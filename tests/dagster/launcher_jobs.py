@@ -1,0 +1,31 @@
+"""Jobs the fork-server run launcher's tests launch (tests/dagster/test_run_launcher.py): the
+forked worker imports this module afresh by the run's code origin, as it imports the code
+location."""
+
+import os
+import time
+from pathlib import Path
+
+import dagster as dg
+
+
+@dg.op(config_schema={"path": str})
+def note_pid(context: dg.OpExecutionContext) -> None:
+    Path(context.op_config["path"]).write_text(str(os.getpid()))
+
+
+@dg.op(config_schema={"path": str})
+def note_pid_and_wait(context: dg.OpExecutionContext) -> None:
+    Path(context.op_config["path"]).write_text(str(os.getpid()))
+    while True:  # until the run is terminated
+        time.sleep(0.05)
+
+
+@dg.job(executor_def=dg.in_process_executor)
+def quick_job() -> None:
+    note_pid()
+
+
+@dg.job(executor_def=dg.in_process_executor)
+def waiting_job() -> None:
+    note_pid_and_wait()
