@@ -105,7 +105,11 @@ def _wait(predicate, what: str, process: subprocess.Popen, log: Path) -> None:
 
 
 def _start_dev(
-    home: Path, args: argparse.Namespace, run_batch_size: int = 1, dequeue: int = 1
+    home: Path,
+    args: argparse.Namespace,
+    run_batch_size: int = 1,
+    dequeue: int = 1,
+    launcher: str = "",
 ) -> tuple[subprocess.Popen, Path]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LAKEBASE_", "DAGSTER_"))}
     env.update(
@@ -119,6 +123,8 @@ def _start_dev(
         DATALOADER_RUN_BATCH_SIZE=str(run_batch_size),
         DATALOADER_DEQUEUE_INTERVAL_SECONDS=str(dequeue),
     )
+    if launcher:
+        env["DATALOADER_RUN_LAUNCHER"] = launcher
     log = home.parent / f"dev_{home.name}.log"
     with log.open("w") as out:
         process = subprocess.Popen(
@@ -207,6 +213,7 @@ def _seed(home: Path, tables: int, sources: int = 1) -> list[str]:
 
 
 KINDS = (  # (what the CPU is spent on, a text its process's command line holds)
+    ("fork server (+ the run workers it forked)", "multiprocessing.forkserver"),
     ("run workers (+ their load scripts)", "execute_run"),
     ("load scripts (running)", "dataloader_pipe"),
     ("daemon: sensors, run queue, monitors", "dagster._daemon"),
@@ -378,10 +385,12 @@ def _print_imports() -> None:
         print(f"import {name:30s} median {statistics.median(seconds):.2f} s ({spread})")
 
 
-def _measure(args: argparse.Namespace, run_batch_size: int, home: Path, dequeue: int = 1) -> dict:
+def _measure(
+    args: argparse.Namespace, run_batch_size: int, home: Path, dequeue: int = 1, launcher: str = ""
+) -> dict:
     """One ``dataloader dev`` in ``home``: warm up, make the tables due, wait for every load."""
     home.mkdir(parents=True)
-    process, log = _start_dev(home, args, run_batch_size, dequeue)
+    process, log = _start_dev(home, args, run_batch_size, dequeue, launcher)
     try:
         demo = "SELECT count(*) AS n FROM table_control WHERE control_key LIKE 'demo.%%'"
         _wait(
@@ -443,7 +452,8 @@ def _measure(args: argparse.Namespace, run_batch_size: int, home: Path, dequeue:
 def _print_measurement(m: dict, args: argparse.Namespace) -> None:
     print(
         f"DATALOADER_RUN_BATCH_SIZE={m['batch']}, DATALOADER_DEQUEUE_INTERVAL_SECONDS="
-        f"{m['dequeue']}: {m['loads']} tiny-table loads "
+        f"{m['dequeue']}, DATALOADER_RUN_LAUNCHER={m['launcher'] or '(default)'}: "
+        f"{m['loads']} tiny-table loads "
         f"({m['failed']} failed) in {m['runs']} Dagster runs, {args.sources} source(s), "
         f"interval {args.interval} s, batch {args.batch}, per-source {args.source_concurrency}, "
         f"max runs {args.max_concurrent_runs}"
@@ -469,15 +479,16 @@ def _print_side_by_side(measured: list[dict]) -> None:
     base_cpu = base["cpu"] / max(base["loads"], 1)
     print("side by side (ratios against the first measured):")
     print(
-        "  run batch size  dequeue s  loads/hour  x rate  CPU-s/load  x CPU  runs/100 tables"
-        "  failed"
+        "  run batch size  dequeue s  launcher    loads/hour  x rate  CPU-s/load  x CPU"
+        "  runs/100 tables  failed"
     )
     for m in measured:
         rate = m["loads"] / m["seconds"] * 3600
         cpu = m["cpu"] / max(m["loads"], 1)
         runs = 100 * m["runs"] / max(m["loads"], 1)
         print(
-            f"  {m['batch']:14d}  {m['dequeue']:9d}  {rate:10,.0f}  {rate / base_rate:6.2f}  {cpu:10.2f}  "
+            f"  {m['batch']:14d}  {m['dequeue']:9d}  {m['launcher'] or '(default)':10}"
+            f"  {rate:10,.0f}  {rate / base_rate:6.2f}  {cpu:10.2f}  "
             f"{cpu / base_cpu:5.2f}  {runs:15.0f}  {m['failed']:6d}"
         )
 
@@ -502,6 +513,12 @@ def main() -> int:
         help="DATALOADER_DEQUEUE_INTERVAL_SECONDS values, comma separated, each measured with "
         "every run batch size, e.g. 5,1 (5: Dagster's default)",
     )
+    parser.add_argument(
+        "--run-launchers",
+        default="",
+        help="DATALOADER_RUN_LAUNCHER values, comma separated, each measured with every run "
+        "batch size, e.g. forkserver,default (unset: dataloader dev's default)",
+    )
     parser.add_argument("--imports-only", action="store_true")
     parser.add_argument("--no-imports", action="store_true", help="skip the import timings")
     parser.add_argument(
@@ -524,12 +541,15 @@ def main() -> int:
     measured = []
     intervals = [int(v) for v in args.dequeue_intervals.split(",") if v.strip()]
     sizes = [int(v) for v in args.run_batch_sizes.split(",") if v.strip()]
-    for size, dequeue in [(s, d) for s in sizes for d in intervals]:
+    launchers = [v.strip() for v in args.run_launchers.split(",")]
+    for size, dequeue, launcher in [(s, d, n) for s in sizes for d in intervals for n in launchers]:
         home = WORK / ("home" if size == 1 else f"home_batch{size}")
         if len(intervals) > 1:
             home = home.with_name(f"{home.name}_dequeue{dequeue}")
-        measured.append(_measure(args, size, home, dequeue))
-        measured[-1]["dequeue"] = dequeue
+        if len(launchers) > 1:
+            home = home.with_name(f"{home.name}_{launcher}")
+        measured.append(_measure(args, size, home, dequeue, launcher))
+        measured[-1].update(dequeue=dequeue, launcher=launcher)
         _print_measurement(measured[-1], args)
         # Runs of one table only: a batch run's parts are not split per table.
         _print_breakdown(home / "dagster_home")

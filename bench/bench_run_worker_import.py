@@ -6,6 +6,10 @@ Each round starts fresh Python processes, interleaved so that all of them see th
 - ``import dagster`` (what Dagster itself costs; the code location cannot make it cheaper);
 - the code location as a run worker loads it: ``import dagsters.definitions`` and
   ``defs.get_repository_def()``, in this tree;
+- a whole run worker's imports as Dagster's default launcher starts one (a fresh process: Dagster's
+  run execution, the SQLite storage modules, then the code location), and as ``dataloader dev``'s
+  fork-server launcher starts one (``dagsters/local/run_launcher.py``): forked from a process that
+  has imported the launcher's ``PRELOAD``, timed in the forked child only;
 - with ``--baseline-ref REF``, the same for the code location at git ``REF`` (``main``, a commit):
   its ``dagsters`` and ``databricks_scripts`` are extracted with ``git archive`` into a temporary
   directory and imported from there, with this tree's virtual environment. Both trees are
@@ -36,6 +40,28 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LOAD = "import dagsters.definitions as d; d.defs.get_repository_def()"
+STORAGE = (
+    "dagster._core.storage.sqlite_storage",
+    "dagster._core.storage.runs.sqlite.sqlite_run_storage",
+    "dagster._core.storage.event_log.sqlite.sqlite_event_log",
+    "dagster._core.storage.schedules.sqlite.sqlite_schedule_storage",
+)
+SPAWNED = f"import dagster._grpc.impl, {', '.join(STORAGE)}; {LOAD}"
+# Prints the forked child's own wall and CPU seconds (a child's CPU count starts at the fork).
+FORKED = f"""
+import importlib, os, time
+from dagsters.local.run_launcher import PRELOAD
+for module in PRELOAD:
+    importlib.import_module(module)
+read, write = os.pipe()
+if os.fork() == 0:
+    started = time.perf_counter()
+    {LOAD}
+    os.write(write, f"{{time.perf_counter() - started}} {{time.process_time()}}".encode())
+    os._exit(0)
+os.wait()
+print(os.read(read, 100).decode())
+"""
 
 
 def _env(home: str) -> dict[str, str]:
@@ -46,6 +72,16 @@ def _env(home: str) -> dict[str, str]:
 
 
 def _run(code: str, cwd: Path, env: dict[str, str], *flags: str) -> tuple[float, float, str]:
+    if code == FORKED:
+        out = subprocess.run(
+            [sys.executable, "-c", code], check=True, cwd=cwd, env=env, capture_output=True
+        )
+        wall, cpu = (float(v) for v in out.stdout.split())
+        return wall, cpu, ""
+    return _run_fresh(code, cwd, env, *flags)
+
+
+def _run_fresh(code: str, cwd: Path, env: dict[str, str], *flags: str) -> tuple[float, float, str]:
     """(wall s, CPU s of the child, stderr) of one fresh ``python -c code`` in ``cwd``."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
@@ -123,6 +159,8 @@ def main() -> int:
         "python alone": ("pass", ROOT),
         "import dagster": ("import dagster", ROOT),
         "code location (this tree)": (LOAD, ROOT),
+        "run worker, spawned": (SPAWNED, ROOT),
+        "run worker, forked": (FORKED, ROOT),
     }
     if args.baseline:
         variants[f"code location ({args.baseline_ref})"] = (LOAD, args.baseline.resolve())
@@ -169,7 +207,7 @@ def main() -> int:
             print(f"this tree / {args.baseline_ref} ({what}): {ratio:4.2f}")
 
     for name, (code, cwd) in variants.items():
-        if not name.startswith("code location"):
+        if not name.startswith(("code location", "run worker, spawned")):
             continue
         _, _, stderr = _run(code, cwd, env, "-X", "importtime")
         groups = _split(stderr)
