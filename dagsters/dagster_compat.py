@@ -30,7 +30,7 @@ here, so a Dagster or dagster-databricks upgrade that moves it breaks in one pla
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -39,6 +39,7 @@ from dagster._core.errors import DagsterPipesExecutionError
 from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, RunLauncher, WorkerStatus
 from dagster._core.log_manager import LOG_RECORD_METADATA_ATTR
 from dagster._serdes import ConfigurableClass, ConfigurableClassData
+from dagster._utils import get_run_crash_explanation
 
 __all__ = [
     "LOG_RECORD_METADATA_ATTR",
@@ -55,6 +56,7 @@ __all__ = [
     "RunTracker",
     "WorkerStatus",
     "execute_run",
+    "get_run_crash_explanation",
     "preview_partitioned_checks",
     "tracked_databricks_client",
 ]
@@ -132,11 +134,12 @@ RUN_BODY = "_execute_run_command_body"
 RUN_BODY_PARAMETERS = ("run_id", "instance", "write_stream_fn", "set_exit_code_on_failure")
 
 
-def execute_run(run_id: str, instance_ref: str) -> int:
+def execute_run(run_id: str, instance_ref: str, before: Callable[[], None] | None = None) -> int:
     """Execute run ``run_id`` in this process as ``dagster api execute_run`` does: with the
     instance of the serialized ``instance_ref``, SIGINT raising the interrupt Dagster turns into a
     cancelled run, "Started process for run (pid: ...)" and "Process for run exited" in the run's
-    event log. Returns the worker's exit code."""
+    event log. ``before`` runs first, once a SIGINT would already be kept for the run. Returns the
+    worker's exit code."""
     from dagster._cli import api
     from dagster._cli.utils import get_instance_for_cli
     from dagster._core.instance.ref import InstanceRef
@@ -145,6 +148,8 @@ def execute_run(run_id: str, instance_ref: str) -> int:
 
     body = getattr(api, RUN_BODY)
     with capture_interrupts():
+        if before is not None:
+            before()
         ref = deserialize_value(instance_ref, InstanceRef)
         with get_instance_for_cli(instance_ref=ref) as instance:
             return body(run_id, instance, lambda _event: None, set_exit_code_on_failure=False)

@@ -9,14 +9,21 @@ from pathlib import Path
 import dagster as dg
 
 
+def _note_pid(path: str) -> None:
+    """Written whole or not at all: a test waiting for the file never reads half of it."""
+    partial = Path(f"{path}.partial")
+    partial.write_text(str(os.getpid()))
+    partial.replace(path)
+
+
 @dg.op(config_schema={"path": str})
 def note_pid(context: dg.OpExecutionContext) -> None:
-    Path(context.op_config["path"]).write_text(str(os.getpid()))
+    _note_pid(context.op_config["path"])
 
 
 @dg.op(config_schema={"path": str})
 def note_pid_and_wait(context: dg.OpExecutionContext) -> None:
-    Path(context.op_config["path"]).write_text(str(os.getpid()))
+    _note_pid(context.op_config["path"])
     while True:  # until the run is terminated
         time.sleep(0.05)
 
