@@ -33,6 +33,7 @@ from typing import Any
 import pyarrow as pa
 
 from databricks_scripts.engines.arrow.commits import commit_properties, fenced, stream_errors
+from databricks_scripts.engines.arrow.verify import prepare_check
 from databricks_scripts.load.keys import check_keys
 from databricks_scripts.load.sql import DATAFUSION, delta_merge_predicate
 
@@ -412,6 +413,8 @@ def write_upsert(load: Any, batches: Iterator[pa.RecordBatch], chunk_rows: int) 
         if not spool.rows:
             return 0, False
         spool.check_duplicates()
+        # The source is read: the check gets under way during the MERGEs.
+        prepare_check(load)
         commits = plan_commits(spool, max(chunk_rows, 1))
         size_files_by_updates(load, spool, commits)
         written = 0

@@ -242,3 +242,32 @@ def test_local_delta_tables_are_scanned_through_arrows_own_filesystem(tmp_path):
     assert local_path("file:///data/lake/t") == "/data/lake/t"
     assert local_path("/data/lake/t") == "/data/lake/t"
     assert local_path("s3://bucket/t") is None
+
+
+def test_a_count_started_ahead_counts_the_loads_snapshot(source_db):
+    """The check's source count starts while the destination is written (count_rows_ahead): it
+    counts the load's snapshot, the check takes its result, any other statement waits for it,
+    and a count with other bounds is made afresh."""
+    from test_loader_pipe import make_params
+
+    from databricks_scripts.load.params import parse_load_spec
+
+    _table(source_db)
+    spec = parse_load_spec(make_params(source_db, "recon", incremental_column="ts"))
+    reader = ls.PostgresReader(spec, None, batch_bytes=1 << 10, batch_rows=5)
+    try:
+        reader.schema()
+        _, stream = reader.batches(None)
+        assert sum(b.num_rows for b in stream) == 50
+        above = T0 + dt.timedelta(seconds=30)  # ids 31-50
+        reader.count_rows_ahead(None, above)
+        reader.count_rows_ahead(above)  # one at a time: the first one stands
+        # Committed after the load's snapshot: in none of the counts.
+        execute(source_db, "INSERT INTO recon VALUES (9999, 'late', %s)", (T0,))
+        assert reader.key_bounds("id")[2] == 50  # waits for the count, then runs
+        assert reader.count_rows(None, above) == (50, 50, 20)
+        reader.count_rows_ahead(None, above)
+        assert reader.count_rows(above) == (50, 20)  # other bounds: counted afresh
+        assert reader.count_rows() == (50,)
+    finally:
+        reader.close()
