@@ -364,6 +364,7 @@ def _write_commit(load: Any, commit: _Commit, complete: bool, key_type: pa.DataT
 
     properties = commit_properties(load.spec, load.applied, complete=complete)
     reader = pa.RecordBatchReader.from_batches(load.write_schema, fenced(commit.batches(), load))
+    rows = sum(stop - start for _, start, stop in commit.segments)
     with stream_errors(load):
         if not commit.merge:
             write_deltalake(
@@ -374,7 +375,7 @@ def _write_commit(load: Any, commit: _Commit, complete: bool, key_type: pa.DataT
                 commit_properties=properties,
                 target_file_size=load.file_size,
             )
-            return sum(stop - start for _, start, stop in commit.segments)
+            return rows
         metrics = (
             load.table.merge(
                 reader,
@@ -382,7 +383,11 @@ def _write_commit(load: Any, commit: _Commit, complete: bool, key_type: pa.DataT
                 source_alias="s",
                 target_alias="t",
                 merge_schema=bool(load.plan.added_columns),
-                streamed_exec=True,
+                # A chunk of the default size is handed over whole: delta-rs then knows the
+                # source's statistics for its join (2M rows, 1% scattered updates: 1.04 -> 1.00x
+                # the floor). A bigger one, a row's own merge_chunk_rows, is streamed, so it is
+                # not held in memory twice.
+                streamed_exec=rows > DEFAULT_MERGE_CHUNK_ROWS,
                 commit_properties=properties,
             )
             .when_matched_update_all()

@@ -271,3 +271,55 @@ def test_a_count_started_ahead_counts_the_loads_snapshot(source_db):
         assert reader.count_rows() == (50,)
     finally:
         reader.close()
+
+
+def test_a_merge_bigger_than_a_default_chunk_is_streamed_and_lands_whole(source_db, lake_root):
+    """A MERGE of more rows than a default chunk (a row's own DATALOADER_MERGE_CHUNK_ROWS) goes
+    to delta-rs as a stream, not whole (engines.arrow.merge): every row lands, the check passes."""
+    from test_loader_pipe import dest, make_params
+
+    from databricks_scripts.contract import RECORDED_METADATA_ID_PARAM
+    from databricks_scripts.engines.arrow import engine as la
+    from databricks_scripts.engines.arrow.merge import DEFAULT_MERGE_CHUNK_ROWS
+    from databricks_scripts.load.params import parse_load_spec
+
+    rows = DEFAULT_MERGE_CHUNK_ROWS + 10
+    execute(source_db, "CREATE TABLE big (id int PRIMARY KEY, v text, ts timestamp NOT NULL)")
+    execute(
+        source_db,
+        "INSERT INTO big SELECT g, 'old', %s::timestamp + g * interval '1 second'"
+        " FROM generate_series(1, %s) g",
+        (T0, rows),
+    )
+    params = make_params(
+        source_db, "big", load_strategy="merge", incremental_column="ts", merge_keys=["id"]
+    )
+    watermark = None
+    for attempt in (1, 2):
+        spec = parse_load_spec(
+            {
+                **params,
+                "metadata_id": attempt,
+                "incremental_value": watermark,
+                RECORDED_METADATA_ID_PARAM: attempt - 1 or None,
+            }
+        )
+        reader = ls.PostgresReader(spec, None, batch_bytes=1 << 20, batch_rows=10_000)
+        try:
+            result = la.run_arrow_load(
+                spec,
+                reader,
+                dest(lake_root, params),
+                log=lambda _m: None,
+                merge_chunk_rows=2 * rows,
+            )
+        finally:
+            reader.close()
+        watermark = result.watermark_after
+        assert result.verification.passed, result.verification.description
+        assert result.rows_read == rows
+        # Every row changes, past the watermark: the second load is one MERGE of all of them.
+        execute(source_db, "UPDATE big SET v = 'new', ts = ts + interval '1 year'")
+    table = DeltaTable(str(dest(lake_root, params))).to_pyarrow_table(columns=["v"])
+    assert table.num_rows == rows
+    assert set(table.column("v").to_pylist()) == {"new"}
