@@ -16,10 +16,12 @@ What a person sees is what the default launcher gives: the run's events, "Starte
 (pid: ...)", terminate from the UI (SIGINT to the worker, which Dagster turns into a cancelled
 run; the load stops its script), and a worker that dies failing its run with the reason (the
 launching daemon watches each worker it started, as the code server does; run monitoring asks
-the launcher too). The worker's pid and start time are written to the run's tags
-(``dataloader/run_worker``) before the worker touches the run (a handshake: the worker's own
-writes to the run could otherwise drop the tag), so the webserver, which did not start it, can
-signal it, and a pid the system has since given to another process is never signalled.
+the launcher too). The worker's pid and start time are written to a run tag
+(``.dagster/dataloader_run_worker``: Dagster's prefix of tags the UI does not show, where its own
+launcher keeps the code server's address) before the worker touches the run (a handshake: the
+worker's own writes to the run could otherwise drop the tag), so the webserver, which did not
+start it, can signal it, and a pid the system has since given to another process is never
+signalled.
 
 Linux only (``/proc`` identifies the worker; forking is what macOS discourages); elsewhere, or
 with ``DATALOADER_RUN_LAUNCHER=default``, ``dataloader dev`` keeps Dagster's default launcher.
@@ -49,7 +51,7 @@ from dagsters.dagster_compat import (
     get_run_crash_explanation,
 )
 
-WORKER_TAG = "dataloader/run_worker"
+WORKER_TAG = ".dagster/dataloader_run_worker"
 # How long a forked worker may take to say it is ready (it unpickles its arguments; the fork
 # server itself is started, and its modules imported, inside Process.start()).
 READY_SECONDS = 300.0
