@@ -150,14 +150,19 @@ def test_twenty_correct_loads_of_a_changing_table_stay_quiet(
             execute(source_db, "DELETE FROM recon WHERE id = (SELECT min(id) FROM recon)")
 
 
-def test_the_reader_refuses_a_statement_while_a_result_still_streams(source_db):
+def _recon_reader(source_db) -> ls.PostgresReader:
+    """A reader of the 50-row ``recon`` table, 5 rows a batch."""
     from test_loader_pipe import make_params
 
     from databricks_scripts.load.params import parse_load_spec
 
     _table(source_db)
     spec = parse_load_spec(make_params(source_db, "recon", incremental_column="ts"))
-    reader = ls.PostgresReader(spec, None, batch_bytes=1 << 10, batch_rows=5)
+    return ls.PostgresReader(spec, None, batch_bytes=1 << 10, batch_rows=5)
+
+
+def test_the_reader_refuses_a_statement_while_a_result_still_streams(source_db):
+    reader = _recon_reader(source_db)
     try:
         reader.schema()
         _, stream = reader.batches(None)
@@ -248,13 +253,7 @@ def test_a_count_started_ahead_counts_the_loads_snapshot(source_db):
     """The check's source count starts while the destination is written (count_rows_ahead): it
     counts the load's snapshot, the check takes its result, any other statement waits for it,
     and a count with other bounds is made afresh."""
-    from test_loader_pipe import make_params
-
-    from databricks_scripts.load.params import parse_load_spec
-
-    _table(source_db)
-    spec = parse_load_spec(make_params(source_db, "recon", incremental_column="ts"))
-    reader = ls.PostgresReader(spec, None, batch_bytes=1 << 10, batch_rows=5)
+    reader = _recon_reader(source_db)
     try:
         reader.schema()
         _, stream = reader.batches(None)
