@@ -452,7 +452,7 @@ def _measure(
 def _print_measurement(m: dict, args: argparse.Namespace) -> None:
     print(
         f"DATALOADER_RUN_BATCH_SIZE={m['batch']}, DATALOADER_DEQUEUE_INTERVAL_SECONDS="
-        f"{m['dequeue']}, DATALOADER_RUN_LAUNCHER={m['launcher'] or '(default)'}: "
+        f"{m['dequeue']}, DATALOADER_RUN_LAUNCHER={m['launcher'] or '(unset)'}: "
         f"{m['loads']} tiny-table loads "
         f"({m['failed']} failed) in {m['runs']} Dagster runs, {args.sources} source(s), "
         f"interval {args.interval} s, batch {args.batch}, per-source {args.source_concurrency}, "
@@ -487,7 +487,7 @@ def _print_side_by_side(measured: list[dict]) -> None:
         cpu = m["cpu"] / max(m["loads"], 1)
         runs = 100 * m["runs"] / max(m["loads"], 1)
         print(
-            f"  {m['batch']:14d}  {m['dequeue']:9d}  {m['launcher'] or '(default)':10}"
+            f"  {m['batch']:14d}  {m['dequeue']:9d}  {m['launcher'] or '(unset)':10}"
             f"  {rate:10,.0f}  {rate / base_rate:6.2f}  {cpu:10.2f}  "
             f"{cpu / base_cpu:5.2f}  {runs:15.0f}  {m['failed']:6d}"
         )
