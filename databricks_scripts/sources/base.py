@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
@@ -92,9 +90,6 @@ class SourceReader:
         # Verification facts read at the snapshot (engines.arrow.verify): set by the readers that
         # hold one for the whole load.
         self.snapshot = False
-        # A count started ahead (count_rows_ahead): its bounds and result; the thread running it.
-        self._ahead: tuple[tuple, Future] | None = None
-        self._counting = threading.local()
 
     def _track(
         self, batches: Iterator[pa.RecordBatch], cleanup: Callable[[], None]
@@ -104,10 +99,7 @@ class SourceReader:
         return stream
 
     def _statement(self) -> None:
-        """Called before every statement on the reader's connection: one result at a time (a
-        count started ahead is waited for)."""
-        if self._ahead is not None and not getattr(self._counting, "ahead", False):
-            self._ahead[1].exception()  # wait; its outcome is for count_rows
+        """Called before every statement on the reader's connection: one result at a time."""
         self._streams = [s for s in self._streams if not s.done]
         if self._streams:
             raise SourceBusyError(
@@ -183,34 +175,9 @@ class SourceReader:
         snapshot (engines.arrow.deletes) and the key verification (engines.arrow.verify)."""
         raise NotImplementedError
 
-    def count_rows_ahead(self, *above: object | None) -> None:
-        """Start ``count_rows(*above)`` now, on a thread, for the next ``count_rows`` with the
-        same bounds: the reconciliation check's source count runs on the source's server while
-        this process writes the destination (the rows are read; same transaction, so the same
-        snapshot). Any other statement waits for it first."""
-        if self._ahead is not None:
-            return
-
-        def count() -> tuple[int, ...]:
-            self._counting.ahead = True
-            return self._count_rows(*above)
-
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="source-count")
-        self._ahead = (above, pool.submit(count))
-        pool.shutdown(wait=False)
-
     def count_rows(self, *above: object | None) -> tuple[int, ...]:
         """(every row, then for each bound how many rows have cursor > it; a None bound counts
         every row), in one statement, so from one snapshot (engines.arrow.verify)."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None:
-            bounds, counted = ahead
-            if bounds == above:
-                return counted.result()
-            counted.exception()  # wait: one statement at a time
-        return self._count_rows(*above)
-
-    def _count_rows(self, *above: object | None) -> tuple[int, ...]:
         cursor = self.spec.incremental_column
         op = "OPERATOR(pg_catalog.>)" if self.dialect.name == "postgresql" else ">"
         columns, params = ["COUNT(*)"], []
@@ -269,8 +236,6 @@ class SourceReader:
     def close(self) -> None:
         try:
             self.close_streams()
-            if self._ahead is not None:
-                self._ahead[1].exception()  # not closed under a running count
         finally:
             self._close_connection()
 

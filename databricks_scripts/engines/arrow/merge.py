@@ -33,7 +33,6 @@ from typing import Any
 import pyarrow as pa
 
 from databricks_scripts.engines.arrow.commits import commit_properties, fenced, stream_errors
-from databricks_scripts.engines.arrow.verify import prepare_check
 from databricks_scripts.load.keys import check_keys
 from databricks_scripts.load.sql import DATAFUSION, delta_merge_predicate
 
@@ -363,31 +362,38 @@ def _write_commit(load: Any, commit: _Commit, complete: bool, key_type: pa.DataT
     from deltalake import write_deltalake
 
     properties = commit_properties(load.spec, load.applied, complete=complete)
-    reader = pa.RecordBatchReader.from_batches(load.write_schema, fenced(commit.batches(), load))
     rows = sum(stop - start for _, start, stop in commit.segments)
+    batches = fenced(commit.batches(), load)
     with stream_errors(load):
         if not commit.merge:
             write_deltalake(
                 load.table,
-                reader,
+                pa.RecordBatchReader.from_batches(load.write_schema, batches),
                 mode="append",
                 schema_mode="merge",
                 commit_properties=properties,
                 target_file_size=load.file_size,
             )
             return rows
+        # A chunk of the default size is handed over whole: delta-rs then knows the source's
+        # statistics for its join (2M rows, 1% scattered updates: 1.04 -> 1.00x the floor). It is
+        # read here, not by delta-rs, which turns an error raised while it reads (a stop, the
+        # fence) into a Rust panic instead of the error. A bigger chunk, a row's own
+        # merge_chunk_rows, is streamed, so it is not held in memory.
+        streamed = rows > DEFAULT_MERGE_CHUNK_ROWS
+        source = (
+            pa.RecordBatchReader.from_batches(load.write_schema, batches)
+            if streamed
+            else pa.Table.from_batches(list(batches), schema=load.write_schema)
+        )
         metrics = (
             load.table.merge(
-                reader,
+                source,
                 predicate=merge_predicate(tuple(load.spec.merge_keys), key_type, commit),
                 source_alias="s",
                 target_alias="t",
                 merge_schema=bool(load.plan.added_columns),
-                # A chunk of the default size is handed over whole: delta-rs then knows the
-                # source's statistics for its join (2M rows, 1% scattered updates: 1.04 -> 1.00x
-                # the floor). A bigger one, a row's own merge_chunk_rows, is streamed, so it is
-                # not held in memory twice.
-                streamed_exec=rows > DEFAULT_MERGE_CHUNK_ROWS,
+                streamed_exec=streamed,
                 commit_properties=properties,
             )
             .when_matched_update_all()
@@ -418,8 +424,6 @@ def write_upsert(load: Any, batches: Iterator[pa.RecordBatch], chunk_rows: int) 
         if not spool.rows:
             return 0, False
         spool.check_duplicates()
-        # The source is read: the check gets under way during the MERGEs.
-        prepare_check(load)
         commits = plan_commits(spool, max(chunk_rows, 1))
         size_files_by_updates(load, spool, commits)
         written = 0

@@ -26,8 +26,8 @@ job compares row hashes for that, engines.arrow.deep_verify).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,36 +137,12 @@ def _dest_counts(
     return counts
 
 
-def _bounds(load: Any) -> tuple[object | None, object | None]:
-    """(the read's lower bound, the previous watermark) the check counts above (None: all)."""
-    lower = None if load.applied == "full" else load.lower
-    return lower, None if lower is None else load.watermark
-
-
-def prepare_check(load: Any) -> None:
-    """Get the check under way while the destination is written (a MERGE runs for a while after
-    the source's rows are all read): the source's count starts on its server, and pyarrow's
-    dataset modules, which only the check reads the destination with (0.2 s of imports, as
-    long as the rest of the check at 2M rows), are imported on a thread while delta-rs merges
-    outside the GIL."""
-    source = load.source
-    if source is None or load.spec.verify_depth == "none":
-        return
-    threading.Thread(target=_import_dataset, name="check-imports", daemon=True).start()
-    lower, watermark = _bounds(load)
-    if _unverifiable(load, source, lower) is None:
-        source.count_rows_ahead(lower, watermark)
-
-
-def _import_dataset() -> None:
-    import pyarrow.dataset  # noqa: F401
-
-
 def verify_load(load: Any, source: Any, table: Any, depth: str) -> Verification | None:
     """The check of a committed load (None: ``verify_depth`` is none)."""
     if depth == "none" or table is None:
         return None
-    lower, watermark = _bounds(load)
+    lower = None if load.applied == "full" else load.lower
+    watermark = None if lower is None else load.watermark
     why_not = _unverifiable(load, source, lower)
     if why_not is not None:
         return Verification(True, f"not verified: {why_not}", {}, depth)
@@ -178,11 +154,11 @@ def verify_load(load: Any, source: Any, table: Any, depth: str) -> Verification 
     names = set(dataset.schema.names)
     # The source counts in one statement, inside the load's snapshot (every row, the read's
     # scope, above the watermark), on the source's server while this process counts the
-    # destination, if it was not started already while the destination was written
-    # (prepare_check): the source connection is idle once the rows are read.
-    source.count_rows_ahead(lower, watermark)
-    dest = _dest_counts(dataset, names, keys, load.cursor, lower, watermark)
-    source_all, source_scope, source_new = source.count_rows(lower, watermark)
+    # destination: the source connection is idle once the commit is made.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="source-count") as pool:
+        counted = pool.submit(source.count_rows, lower, watermark)
+        dest = _dest_counts(dataset, names, keys, load.cursor, lower, watermark)
+        source_all, source_scope, source_new = counted.result()
     dest_all, distinct = dest["destination_rows"], dest.get("destination_keys")
     facts = {"source_rows": source_all, "destination_rows": dest_all}
     if keys:

@@ -249,29 +249,6 @@ def test_local_delta_tables_are_scanned_through_arrows_own_filesystem(tmp_path):
     assert local_path("s3://bucket/t") is None
 
 
-def test_a_count_started_ahead_counts_the_loads_snapshot(source_db):
-    """The check's source count starts while the destination is written (count_rows_ahead): it
-    counts the load's snapshot, the check takes its result, any other statement waits for it,
-    and a count with other bounds is made afresh."""
-    reader = _recon_reader(source_db)
-    try:
-        reader.schema()
-        _, stream = reader.batches(None)
-        assert sum(b.num_rows for b in stream) == 50
-        above = T0 + dt.timedelta(seconds=30)  # ids 31-50
-        reader.count_rows_ahead(None, above)
-        reader.count_rows_ahead(above)  # one at a time: the first one stands
-        # Committed after the load's snapshot: in none of the counts.
-        execute(source_db, "INSERT INTO recon VALUES (9999, 'late', %s)", (T0,))
-        assert reader.key_bounds("id")[2] == 50  # waits for the count, then runs
-        assert reader.count_rows(None, above) == (50, 50, 20)
-        reader.count_rows_ahead(None, above)
-        assert reader.count_rows(above) == (50, 20)  # other bounds: counted afresh
-        assert reader.count_rows() == (50,)
-    finally:
-        reader.close()
-
-
 def test_a_merge_bigger_than_a_default_chunk_is_streamed_and_lands_whole(source_db, lake_root):
     """A MERGE of more rows than a default chunk (a row's own DATALOADER_MERGE_CHUNK_ROWS) goes
     to delta-rs as a stream, not whole (engines.arrow.merge): every row lands, the check passes."""
@@ -322,3 +299,50 @@ def test_a_merge_bigger_than_a_default_chunk_is_streamed_and_lands_whole(source_
     table = DeltaTable(str(dest(lake_root, params))).to_pyarrow_table(columns=["v"])
     assert table.num_rows == rows
     assert set(table.column("v").to_pylist()) == {"new"}
+
+
+class StoppingReader(ls.PostgresReader):
+    """A stop (SIGTERM, terminate) arriving once the rows are read: the upsert's MERGE is what
+    meets it, while its chunk is read from the spool."""
+
+    stop = None
+
+    def batches(self, lower_bound, **kw):
+        schema, stream = super().batches(lower_bound, **kw)
+
+        def then_stop():
+            yield from stream
+            self.stop.requested.set()
+
+        return schema, then_stop()
+
+
+def test_a_stop_met_by_a_merge_is_a_stop_and_commits_nothing(source_db, lake_root):
+    """A default-sized chunk is handed to delta-rs whole, read by the loader: a stop raised
+    while it is read is the loader's StopRequested, not a panic inside delta-rs (which is what a
+    stream it reads itself turns the error into), and nothing is committed."""
+    from test_loader_pipe import dest
+
+    from databricks_scripts.engines.arrow import engine as la
+    from databricks_scripts.load.interrupt import StopRequested, StopSignal
+    from databricks_scripts.load.params import parse_load_spec
+
+    _table(source_db)
+    loads = _loads(source_db, lake_root, "merge")
+    loads.run()
+    version = DeltaTable(str(loads.path)).version()
+    execute(source_db, "UPDATE recon SET v = 'new', ts = ts + interval '1 year' WHERE id <= 10")
+    spec = parse_load_spec(
+        {**loads.params, "metadata_id": 2, "incremental_value": loads.watermark}
+        | {"recorded_metadata_id": 1}
+    )
+    reader = StoppingReader(spec, None, batch_bytes=1 << 20, batch_rows=100)
+    reader.stop = StopSignal()  # not installed: tripped as the handler would
+    try:
+        with pytest.raises(StopRequested):
+            la.run_arrow_load(
+                spec, reader, dest(lake_root, loads.params), log=lambda _m: None, stop=reader.stop
+            )
+    finally:
+        reader.close()
+    assert DeltaTable(str(loads.path)).version() == version  # nothing committed
