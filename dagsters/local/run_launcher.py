@@ -29,6 +29,7 @@ with ``DATALOADER_RUN_LAUNCHER=default``, ``dataloader dev`` keeps Dagster's def
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.process
@@ -145,7 +146,14 @@ def run_worker(run_id: str, instance_ref: str, launcher: Any) -> None:
         launcher.recv()  # "go": the run carries this worker's tag
         launcher.close()
 
-    sys.exit(execute_run(run_id, instance_ref, before=handshake))
+    try:
+        code = execute_run(run_id, instance_ref, before=handshake)
+    finally:
+        # A fork server's child ends with os._exit, which skips what registered to run at exit:
+        # run it here, as a process of its own would. The embedded PostgreSQL's handle is one
+        # (each run holds it): unreleased, `dataloader dev` could not stop the server at its end.
+        atexit._run_exitfuncs()
+    sys.exit(code)
 
 
 def _storage_modules(instance: Any) -> list[str]:

@@ -2,6 +2,7 @@
 forked worker imports this module afresh by the run's code origin, as it imports the code
 location."""
 
+import atexit
 import os
 import time
 from pathlib import Path
@@ -19,6 +20,8 @@ def _note_pid(path: str) -> None:
 @dg.op(config_schema={"path": str})
 def note_pid(context: dg.OpExecutionContext) -> None:
     _note_pid(context.op_config["path"])
+    # What registers to run at exit (the embedded PostgreSQL's handle) runs when the worker ends.
+    atexit.register(_note_pid, f"{context.op_config['path']}.at_exit")
 
 
 @dg.op(config_schema={"path": str})

@@ -120,6 +120,10 @@ def test_a_forked_worker_runs_the_run_and_is_its_pid(instance, tmp_path):
     # The worker's last event follows the run's end.
     exited = f"Process for run exited (pid: {worker})."
     _wait_for(lambda: exited in _messages(instance, run_id), "the worker's last event")
+    # What the run registered to run at exit ran in the worker, as in a process of its own.
+    at_exit = tmp_path / "pid.at_exit"
+    _wait_for(at_exit.exists, "the worker's exit handlers")
+    assert at_exit.read_text() == str(worker)
     # The worker is gone and the run is over: run monitoring counts it a success, not a failure.
     _wait_for(lambda: live_worker(run.tags) is None, "the worker to exit")
     assert instance.run_launcher.check_run_worker_health(run).status == WorkerStatus.SUCCESS

@@ -88,3 +88,42 @@ def _lines_when(log: Path, marker: str, process) -> list[str]:
             pytest.fail(f"dataloader dev exited early:\n{log.read_text()[-3000:]}")
         time.sleep(0.5)
     pytest.fail(f"{marker!r} never printed:\n{log.read_text()[-3000:]}")
+
+
+def test_the_embedded_database_stops_too_after_runs_have_used_it(tmp_path):
+    """Every load run holds the embedded PostgreSQL's handle while it runs; each must let go of
+    it when it ends (a forked run worker too), or the server outlives `dataloader dev`."""
+    import psycopg
+    from helpers import embedded_conninfo
+
+    with running_dev(tmp_path, {}) as (home, process, log):
+
+        def demo_loaded() -> bool:
+            conninfo = embedded_conninfo(home)
+            if conninfo is None:  # the server is not up yet
+                return False
+            try:
+                with psycopg.connect(conninfo) as db:
+                    return (
+                        db.execute(
+                            "SELECT count(*) FROM table_control WHERE last_status = 'Succeeded'"
+                        ).fetchone()[0]
+                        >= 2
+                    )
+            except psycopg.Error:
+                return False
+
+        deadline = time.monotonic() + UP_SECONDS
+        while not demo_loaded():
+            assert time.monotonic() < deadline, f"no demo load:\n{log.read_text()[-3000:]}"
+            assert process.poll() is None, log.read_text()[-3000:]
+            time.sleep(1)
+        postmaster = int((home / "pgdata" / "postmaster.pid").read_text().split()[0])
+        assert _alive(postmaster)
+
+        os.kill(process.pid, signal.SIGINT)
+        assert process.wait(timeout=DOWN_SECONDS) == 0, log.read_text()[-3000:]
+        deadline = time.monotonic() + DOWN_SECONDS
+        while _alive(postmaster) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _alive(postmaster), "the embedded PostgreSQL outlived dataloader dev"
