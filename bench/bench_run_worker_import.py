@@ -38,14 +38,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from dagsters.local.run_launcher import PRELOAD
+
 ROOT = Path(__file__).resolve().parents[1]
 LOAD = "import dagsters.definitions as d; d.defs.get_repository_def()"
-STORAGE = (
-    "dagster._core.storage.sqlite_storage",
-    "dagster._core.storage.runs.sqlite.sqlite_run_storage",
-    "dagster._core.storage.event_log.sqlite.sqlite_event_log",
-    "dagster._core.storage.schedules.sqlite.sqlite_schedule_storage",
-)
+# A spawned worker imports the SQLite storage modules the fork server preloads.
+STORAGE = [module for module in PRELOAD if "._core.storage." in module]
 SPAWNED = f"import dagster._grpc.impl, {', '.join(STORAGE)}; {LOAD}"
 # Prints the forked child's own wall and CPU seconds (a child's CPU count starts at the fork).
 FORKED = f"""

@@ -46,7 +46,8 @@ class Loads:
         self.watermark = None
         self.last = None
 
-    def run(self, source_class=None, **overrides):
+    def run(self, source_class=None, engine_args=None, **overrides):
+        """One load; ``engine_args`` go to ``run_arrow_load`` (``stop``, ``merge_chunk_rows``)."""
         self.attempt += 1
         params = {
             **self.params,
@@ -60,7 +61,9 @@ class Loads:
         source = reader_class(spec, None, batch_bytes=1 << 20, batch_rows=100)
         try:  # closed as dataloader_pipe closes it: a failed load's own error is reported
             started = dt.datetime.now(UTC)
-            result = la.run_arrow_load(spec, source, self.path, log=lambda _m: None)
+            result = la.run_arrow_load(
+                spec, source, self.path, log=lambda _m: None, **(engine_args or {})
+            )
             self.last = (started, dt.datetime.now(UTC))
         except BaseException:
             try:

@@ -150,19 +150,14 @@ def test_twenty_correct_loads_of_a_changing_table_stay_quiet(
             execute(source_db, "DELETE FROM recon WHERE id = (SELECT min(id) FROM recon)")
 
 
-def _recon_reader(source_db) -> ls.PostgresReader:
-    """A reader of the 50-row ``recon`` table, 5 rows a batch."""
+def test_the_reader_refuses_a_statement_while_a_result_still_streams(source_db):
     from test_loader_pipe import make_params
 
     from databricks_scripts.load.params import parse_load_spec
 
     _table(source_db)
     spec = parse_load_spec(make_params(source_db, "recon", incremental_column="ts"))
-    return ls.PostgresReader(spec, None, batch_bytes=1 << 10, batch_rows=5)
-
-
-def test_the_reader_refuses_a_statement_while_a_result_still_streams(source_db):
-    reader = _recon_reader(source_db)
+    reader = ls.PostgresReader(spec, None, batch_bytes=1 << 10, batch_rows=5)
     try:
         reader.schema()
         _, stream = reader.batches(None)
@@ -252,12 +247,7 @@ def test_local_delta_tables_are_scanned_through_arrows_own_filesystem(tmp_path):
 def test_a_merge_bigger_than_a_default_chunk_is_streamed_and_lands_whole(source_db, lake_root):
     """A MERGE of more rows than a default chunk (a row's own DATALOADER_MERGE_CHUNK_ROWS) goes
     to delta-rs as a stream, not whole (engines.arrow.merge): every row lands, the check passes."""
-    from test_loader_pipe import dest, make_params
-
-    from databricks_scripts.contract import RECORDED_METADATA_ID_PARAM
-    from databricks_scripts.engines.arrow import engine as la
     from databricks_scripts.engines.arrow.merge import DEFAULT_MERGE_CHUNK_ROWS
-    from databricks_scripts.load.params import parse_load_spec
 
     rows = DEFAULT_MERGE_CHUNK_ROWS + 10
     execute(source_db, "CREATE TABLE big (id int PRIMARY KEY, v text, ts timestamp NOT NULL)")
@@ -267,36 +257,21 @@ def test_a_merge_bigger_than_a_default_chunk_is_streamed_and_lands_whole(source_
         " FROM generate_series(1, %s) g",
         (T0, rows),
     )
-    params = make_params(
-        source_db, "big", load_strategy="merge", incremental_column="ts", merge_keys=["id"]
+    loads = Loads(
+        source_db,
+        lake_root,
+        "big",
+        load_strategy="merge",
+        incremental_column="ts",
+        merge_keys=["id"],
     )
-    watermark = None
-    for attempt in (1, 2):
-        spec = parse_load_spec(
-            {
-                **params,
-                "metadata_id": attempt,
-                "incremental_value": watermark,
-                RECORDED_METADATA_ID_PARAM: attempt - 1 or None,
-            }
-        )
-        reader = ls.PostgresReader(spec, None, batch_bytes=1 << 20, batch_rows=10_000)
-        try:
-            result = la.run_arrow_load(
-                spec,
-                reader,
-                dest(lake_root, params),
-                log=lambda _m: None,
-                merge_chunk_rows=2 * rows,
-            )
-        finally:
-            reader.close()
-        watermark = result.watermark_after
+    for _ in range(2):
+        result = loads.run(engine_args={"merge_chunk_rows": 2 * rows})
         assert result.verification.passed, result.verification.description
         assert result.rows_read == rows
         # Every row changes, past the watermark: the second load is one MERGE of all of them.
         execute(source_db, "UPDATE big SET v = 'new', ts = ts + interval '1 year'")
-    table = DeltaTable(str(dest(lake_root, params))).to_pyarrow_table(columns=["v"])
+    table = DeltaTable(str(loads.path)).to_pyarrow_table(columns=["v"])
     assert table.num_rows == rows
     assert set(table.column("v").to_pylist()) == {"new"}
 
@@ -321,28 +296,17 @@ def test_a_stop_met_by_a_merge_is_a_stop_and_commits_nothing(source_db, lake_roo
     """A default-sized chunk is handed to delta-rs whole, read by the loader: a stop raised
     while it is read is the loader's StopRequested, not a panic inside delta-rs (which is what a
     stream it reads itself turns the error into), and nothing is committed."""
-    from test_loader_pipe import dest
-
-    from databricks_scripts.engines.arrow import engine as la
     from databricks_scripts.load.interrupt import StopRequested, StopSignal
-    from databricks_scripts.load.params import parse_load_spec
 
     _table(source_db)
     loads = _loads(source_db, lake_root, "merge")
     loads.run()
     version = DeltaTable(str(loads.path)).version()
     execute(source_db, "UPDATE recon SET v = 'new', ts = ts + interval '1 year' WHERE id <= 10")
-    spec = parse_load_spec(
-        {**loads.params, "metadata_id": 2, "incremental_value": loads.watermark}
-        | {"recorded_metadata_id": 1}
-    )
-    reader = StoppingReader(spec, None, batch_bytes=1 << 20, batch_rows=100)
-    reader.stop = StopSignal()  # not installed: tripped as the handler would
-    try:
-        with pytest.raises(StopRequested):
-            la.run_arrow_load(
-                spec, reader, dest(lake_root, loads.params), log=lambda _m: None, stop=reader.stop
-            )
-    finally:
-        reader.close()
+
+    class Stopping(StoppingReader):
+        stop = StopSignal()  # not installed: tripped as the handler would
+
+    with pytest.raises(StopRequested):
+        loads.run(source_class=Stopping, engine_args={"stop": Stopping.stop})
     assert DeltaTable(str(loads.path)).version() == version  # nothing committed
